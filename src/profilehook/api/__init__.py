@@ -1,0 +1,1 @@
+"""HTTP: a thin raw-ASGI ingest path in front of a Starlette app for everything else."""

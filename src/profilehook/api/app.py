@@ -1,0 +1,101 @@
+"""The ASGI application: the raw ingest handlers first, Starlette for every other route."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from profilehook.api.ingest import ingest_handlers
+from profilehook.api.responses import error_body, error_response
+from profilehook.api.routes import read_routes
+from profilehook.errors import ProfilehookError
+from profilehook.service import Services
+from profilehook.settings import Settings
+from profilehook.worker import Applier
+
+log = logging.getLogger(__name__)
+
+
+class ProfilehookApp:
+    """Dispatches the two ingest POSTs without Starlette's routing; all else goes to Starlette."""
+
+    def __init__(self, services: Services, run_applier: bool = True):
+        self.services = services
+        self.applier = Applier(
+            services.queue,
+            services.store,
+            services.metrics,
+            services.settings.apply_batch_max_events,
+        )
+        self._ingest = ingest_handlers(services)
+        self._starlette = Starlette(
+            routes=read_routes(services),
+            lifespan=self._lifespan if run_applier else self._lifespan_without_applier,
+            exception_handlers={
+                HTTPException: _http_exception,
+                ProfilehookError: _profilehook_error,
+                Exception: _unexpected,
+            },
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            handler = self._ingest.get(scope["path"])
+            if handler is not None:
+                await handler(scope, receive, send)
+                return
+        await self._starlette(scope, receive, send)
+
+    @asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        await self.services.open()
+        stop = asyncio.Event()
+        task = asyncio.create_task(self.applier.run(stop), name="applier")
+        try:
+            yield
+        finally:
+            stop.set()
+            with suppress(asyncio.CancelledError):
+                await task
+            await self.services.close()
+
+    @asynccontextmanager
+    async def _lifespan_without_applier(self, app: Starlette) -> AsyncIterator[None]:
+        await self.services.open()
+        try:
+            yield
+        finally:
+            await self.services.close()
+
+
+def create_app(settings: Settings, run_applier: bool = True) -> ProfilehookApp:
+    """The app for ``settings``; backends open in its lifespan. Raises ``ConfigurationError``."""
+    return ProfilehookApp(Services.from_settings(settings), run_applier)
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return Response(
+        error_body(exc.detail),
+        status_code=exc.status_code,
+        headers=exc.headers,
+        media_type="application/json",
+    )
+
+
+async def _profilehook_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ProfilehookError)
+    return error_response(exc)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return Response(error_body("Internal error"), status_code=500, media_type="application/json")

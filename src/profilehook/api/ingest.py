@@ -1,0 +1,132 @@
+"""The ingest hot path, as raw ASGI: auth -> bounded body -> validate -> durable append -> 202.
+
+Starlette's routing and request objects cost about as much CPU as everything else on this
+path together (see PERF_NOTES), so the two POST endpoints are plain ASGI callables.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from starlette.types import Receive, Scope, Send
+
+from profilehook import keys
+from profilehook.api.responses import encode, send_error, send_json
+from profilehook.errors import (
+    ClientDisconnected,
+    InvalidApiKey,
+    PayloadTooLarge,
+    ProfilehookError,
+    UnsupportedMediaType,
+)
+from profilehook.events import Event, now_us
+from profilehook.service import Services
+from profilehook.sources import native
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def ingest_handlers(services: Services) -> dict[str, Handler]:
+    """The raw-ASGI POST handlers by path."""
+    accepted = services.metrics.events.labels(native.SOURCE, "accepted")
+    rejected = services.metrics.events.labels(native.SOURCE, "rejected")
+
+    async def single(scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            workspace, body = await _authorized_body(
+                services, scope, receive, services.settings.max_single_body_bytes
+            )
+            event = native.parse_single(body, workspace, now_us())
+            await services.queue.publish([event])
+        except ProfilehookError as exc:
+            await _refuse(services, send, exc)
+            return
+        accepted.inc()
+        await send_json(send, 202, b'{"status":"accepted","event_id":%s}' % encode(event.event_id))
+
+    async def batch(scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            workspace, body = await _authorized_body(
+                services, scope, receive, services.settings.max_batch_body_bytes
+            )
+            items = native.parse_batch(body, workspace, now_us())
+            events = [item for item in items if isinstance(item, Event)]
+            await services.queue.publish(events)
+        except ProfilehookError as exc:
+            await _refuse(services, send, exc)
+            return
+        accepted.inc(len(events))
+        rejected.inc(len(items) - len(events))
+        results = [
+            {"index": i, "status": "accepted", "event_id": item.event_id}
+            if isinstance(item, Event)
+            else {"index": i, "status": "rejected", "detail": item}
+            for i, item in enumerate(items)
+        ]
+        body_out = {
+            "accepted": len(events),
+            "rejected": len(items) - len(events),
+            "results": results,
+        }
+        await send_json(send, 202, encode(body_out))
+
+    return {"/v1/properties": single, "/v1/properties/batch": batch}
+
+
+async def _refuse(services: Services, send: Send, exc: ProfilehookError) -> None:
+    if isinstance(exc, ClientDisconnected):
+        return
+    services.metrics.requests_rejected.labels(str(exc.status_code)).inc()
+    await send_error(send, exc)
+
+
+async def _authorized_body(
+    services: Services, scope: Scope, receive: Receive, max_body_bytes: int
+) -> tuple[str, bytes]:
+    """Check the key, then the content type, then read the body up to the cap."""
+    headers = dict(scope["headers"])
+    workspace = await keys.authenticate(services.store, headers.get(b"authorization"))
+    if workspace is None:
+        raise InvalidApiKey()
+    check_json_content_type(headers.get(b"content-type"))
+    return workspace, await read_body(receive, headers.get(b"content-length"), max_body_bytes)
+
+
+def check_json_content_type(value: bytes | None) -> None:
+    """Absent, ``application/json`` or ``application/*+json`` pass; anything else is a 415."""
+    if value is None:
+        return
+    media_type = value.split(b";", 1)[0].strip().lower()
+    if media_type == b"application/json" or (
+        media_type.startswith(b"application/") and media_type.endswith(b"+json")
+    ):
+        return
+    raise UnsupportedMediaType(
+        f"Content-Type {media_type.decode('latin-1')!r} is not supported; send application/json"
+    )
+
+
+async def read_body(receive: Receive, content_length: bytes | None, limit_bytes: int) -> bytes:
+    """The request body, refused with a 413 as soon as it is known to exceed ``limit_bytes``."""
+    if (
+        content_length is not None
+        and content_length.isdigit()
+        and int(content_length) > limit_bytes
+    ):
+        raise PayloadTooLarge(limit_bytes)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected("client went away")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit_bytes:
+            raise PayloadTooLarge(limit_bytes)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -1,0 +1,359 @@
+"""The OpenAPI 3 document of what the server really does, and a self-contained /docs page.
+
+tests/test_openapi.py checks that every route of the app is described here and that the
+answers the tests receive match the documented status codes.
+"""
+
+from __future__ import annotations
+
+import html as html_lib
+from typing import Any
+
+import msgspec
+
+from profilehook import __version__
+from profilehook import constants as c
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json(_ref("Error"), description)
+
+
+_ERRORS_INGEST = {
+    "401": _error("Missing, malformed, unknown or revoked API key: `Invalid API Key`"),
+    "413": _error("Body larger than the limit"),
+    "415": _error("A declared Content-Type that is not JSON"),
+    "422": _json(_ref("ValidationError"), "Every problem found, in FastAPI's format"),
+    "503": _error("Storage unavailable; retry after `Retry-After` seconds"),
+}
+_ERRORS_READ = {
+    "401": _ERRORS_INGEST["401"],
+    "503": _ERRORS_INGEST["503"],
+}
+
+_EVENT_IN: dict[str, Any] = {
+    "type": "object",
+    "required": ["contact_id", "event_name", "user_properties"],
+    "description": "`timestamp` is required; `time` is accepted in its place when it is absent."
+    " Unknown fields are ignored.",
+    "properties": {
+        "contact_id": {"type": "string", "minLength": 1, "maxLength": c.MAX_CONTACT_ID_CHARS},
+        "event_name": {"type": "string", "minLength": 1, "maxLength": c.MAX_PROPERTY_NAME_CHARS},
+        "timestamp": {
+            "type": "number",
+            "minimum": 0,
+            "description": "Unix seconds (decimals allowed); a value >= 1e11 is milliseconds",
+        },
+        "time": {"type": "number", "minimum": 0, "description": "Alias of `timestamp`"},
+        "event_id": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": c.MAX_EVENT_ID_CHARS,
+            "description": "Idempotency key; a UUID4 is generated when absent",
+        },
+        "user_properties": {
+            "type": "object",
+            "maxProperties": c.MAX_PROPERTIES_PER_EVENT,
+            "description": "Properties to set; `null` unsets one",
+        },
+        "metadata": {"type": ["object", "null"]},
+    },
+}
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["detail"],
+        "properties": {"detail": {"type": "string"}},
+    },
+    "ValidationError": {
+        "type": "object",
+        "required": ["detail"],
+        "properties": {"detail": {"type": "array", "items": _ref("Problem")}},
+    },
+    "Problem": {
+        "type": "object",
+        "required": ["loc", "msg", "type"],
+        "properties": {
+            "loc": {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]}},
+            "msg": {"type": "string"},
+            "type": {"type": "string"},
+            "input": {},
+            "ctx": {"type": "object"},
+        },
+    },
+    "PropertyUpdate": _EVENT_IN,
+    "Batch": {
+        "type": "object",
+        "required": ["events"],
+        "properties": {
+            "events": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": c.MAX_BATCH_EVENTS,
+                "items": {"description": "An event as in PropertyUpdate; each is checked alone"},
+            }
+        },
+    },
+    "Accepted": {
+        "type": "object",
+        "required": ["status", "event_id"],
+        "properties": {"status": {"const": "accepted"}, "event_id": {"type": "string"}},
+    },
+    "BatchAccepted": {
+        "type": "object",
+        "required": ["accepted", "rejected", "results"],
+        "properties": {
+            "accepted": {"type": "integer"},
+            "rejected": {"type": "integer"},
+            "results": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["index", "status"],
+                    "properties": {
+                        "index": {"type": "integer"},
+                        "status": {"enum": ["accepted", "rejected"]},
+                        "event_id": {"type": "string"},
+                        "detail": {"type": "array", "items": _ref("Problem")},
+                    },
+                },
+            },
+        },
+    },
+    "Contact": {
+        "type": "object",
+        "required": ["contact_id", "properties", "updated_at", "versions"],
+        "properties": {
+            "contact_id": {"type": "string"},
+            "properties": {"type": "object"},
+            "updated_at": {"type": "string", "format": "date-time"},
+            "versions": {
+                "type": "object",
+                "additionalProperties": {
+                    "type": "object",
+                    "required": ["timestamp", "event_id"],
+                    "properties": {"timestamp": {"type": "number"}, "event_id": {"type": "string"}},
+                },
+            },
+        },
+    },
+    "Event": {
+        "type": "object",
+        "required": ["event_id", "status", "contact_id", "source", "received_at", "applied_at"],
+        "properties": {
+            "event_id": {"type": "string"},
+            "status": {"enum": ["queued", "applied", "duplicate", "failed"]},
+            "contact_id": {"type": "string"},
+            "source": {"type": "string"},
+            "kind": {"enum": ["update", "delete"]},
+            "event_name": {"type": "string"},
+            "timestamp": {"type": "number"},
+            "properties": {"type": "object"},
+            "metadata": {"type": ["object", "null"]},
+            "received_at": {"type": "string", "format": "date-time"},
+            "applied_at": {"type": ["string", "null"], "format": "date-time"},
+            "error": {"type": ["string", "null"]},
+        },
+    },
+    "History": {
+        "type": "object",
+        "required": ["contact_id", "events", "next_cursor"],
+        "properties": {
+            "contact_id": {"type": "string"},
+            "events": {"type": "array", "items": _ref("Event")},
+            "next_cursor": {"type": ["string", "null"]},
+        },
+    },
+    "Status": {"type": "object", "properties": {"status": {"type": "string"}}},
+}
+
+_SECURED: list[dict[str, list[str]]] = [{"apiKey": []}]
+_CONTACT_ID = {
+    "name": "contact_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "Percent-encoded; `/` inside an id as `%2F`",
+}
+
+
+def _paths() -> dict[str, Any]:
+    return {
+        "/v1/properties": {
+            "post": {
+                "summary": "Send one property update",
+                "security": _SECURED,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("PropertyUpdate")}},
+                },
+                "responses": {
+                    "202": _json(_ref("Accepted"), "Durably stored; applied asynchronously"),
+                    **_ERRORS_INGEST,
+                },
+            }
+        },
+        "/v1/properties/batch": {
+            "post": {
+                "summary": f"Send up to {c.MAX_BATCH_EVENTS} property updates",
+                "security": _SECURED,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("Batch")}},
+                },
+                "responses": {
+                    "202": _json(_ref("BatchAccepted"), "Valid events stored, invalid ones listed"),
+                    **_ERRORS_INGEST,
+                },
+            }
+        },
+        "/v1/contacts/{contact_id}": {
+            "get": {
+                "summary": "A contact's current properties, each with its version",
+                "security": _SECURED,
+                "parameters": [_CONTACT_ID],
+                "responses": {
+                    "200": _json(_ref("Contact"), "The profile"),
+                    "404": _error("`Contact not found` (also for another workspace's contact)"),
+                    **_ERRORS_READ,
+                },
+            }
+        },
+        "/v1/contacts/{contact_id}/history": {
+            "get": {
+                "summary": "A contact's applied events, newest first, paged",
+                "security": _SECURED,
+                "parameters": [
+                    _CONTACT_ID,
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": c.HISTORY_PAGE_MAX,
+                            "default": c.HISTORY_PAGE_DEFAULT,
+                        },
+                    },
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "schema": {"type": "string"},
+                        "description": "`next_cursor` of the previous page",
+                    },
+                ],
+                "responses": {
+                    "200": _json(_ref("History"), "One page of events"),
+                    "404": _error("`Contact not found`"),
+                    "422": _ERRORS_INGEST["422"],
+                    **_ERRORS_READ,
+                },
+            }
+        },
+        "/v1/events/{event_id}": {
+            "get": {
+                "summary": "An event's status: queued, applied, duplicate or failed",
+                "security": _SECURED,
+                "parameters": [
+                    {
+                        "name": "event_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {
+                    "200": _json(_ref("Event"), "The event"),
+                    "404": _error("`Event not found`"),
+                    **_ERRORS_READ,
+                },
+            }
+        },
+        "/healthz": {
+            "get": {
+                "summary": "The process is alive",
+                "responses": {"200": _json(_ref("Status"), "Alive")},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "summary": "The log and the store answer",
+                "responses": {
+                    "200": _json(_ref("Status"), "Ready"),
+                    "503": _error("A backend is unreachable"),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "responses": {
+                    "200": {"description": "Prometheus text format", "content": {"text/plain": {}}}
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI"}}}
+        },
+        "/docs": {
+            "get": {
+                "summary": "This document as a page",
+                "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}},
+            }
+        },
+    }
+
+
+def document(base_url: str) -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "profilehook",
+            "version": __version__,
+            "description": "Real-time user-property updates, stored durably before the answer"
+            " and applied by event time into one profile per contact.",
+        },
+        "servers": [{"url": base_url}],
+        "paths": _paths(),
+        "components": {
+            "schemas": _SCHEMAS,
+            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+def html(doc: dict[str, Any]) -> str:
+    """A readable page of the document, with nothing fetched from elsewhere."""
+    esc = html_lib.escape
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>profilehook API</title>",
+        "<style>body{font:15px/1.5 system-ui,sans-serif;max-width:60rem;margin:2rem auto;"
+        "padding:0 1rem}code,pre{background:#f4f4f4;padding:.1rem .3rem}pre{padding:.6rem;"
+        "overflow:auto}h2{border-top:1px solid #ddd;padding-top:1rem}</style></head><body>",
+        f"<h1>{esc(doc['info']['title'])} {esc(doc['info']['version'])}</h1>",
+        f"<p>{esc(doc['info']['description'])}</p>",
+        "<p>Machine-readable: <a href='/openapi.json'>/openapi.json</a>."
+        " Authenticate with <code>Authorization: Bearer &lt;key&gt;</code>.</p>",
+    ]
+    for path, operations in doc["paths"].items():
+        for method, op in operations.items():
+            parts.append(f"<h2><code>{method.upper()} {esc(path)}</code></h2>")
+            parts.append(f"<p>{esc(op['summary'])}</p><ul>")
+            for status, response in op["responses"].items():
+                parts.append(f"<li><b>{status}</b> {esc(response['description'])}</li>")
+            parts.append("</ul>")
+    parts.append("<h2>Schemas</h2>")
+    for name, schema in doc["components"]["schemas"].items():
+        pretty = msgspec.json.format(msgspec.json.encode(schema)).decode()
+        parts.append(f"<h3>{esc(name)}</h3><pre>{esc(pretty)}</pre>")
+    parts.append("</body></html>")
+    return "".join(parts)

@@ -1,0 +1,207 @@
+"""Read and operations routes (SPEC 2.5, 2.6), on Starlette: richer, and off the hot path."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+from typing import Any
+from urllib.parse import unquote
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+
+from profilehook import constants as c
+from profilehook import keys
+from profilehook.api import openapi
+from profilehook.api.responses import json_response
+from profilehook.errors import InvalidApiKey, NotFound, StorageUnavailable, ValidationFailed
+from profilehook.events import Event, Version, iso, seconds
+from profilehook.service import Services
+from profilehook.sources.problems import problem, value_error
+from profilehook.stores.base import Contact, EventRecord
+
+READY_TIMEOUT_S = 1.0
+
+
+def read_routes(services: Services) -> list[Route]:
+    store, queue = services.store, services.queue
+
+    async def workspace_of(request: Request) -> str:
+        header = request.headers.get("authorization")
+        workspace = await keys.authenticate(store, header.encode("latin-1") if header else None)
+        if workspace is None:
+            raise InvalidApiKey()
+        return workspace
+
+    async def contact(request: Request) -> Response:
+        workspace = await workspace_of(request)
+        contact_id, is_history = _contact_path(request)
+        if is_history:
+            return await _history(request, workspace, contact_id)
+        found = await store.get_contact(workspace, contact_id)
+        if found is None:
+            raise NotFound("Contact not found")
+        return json_response(contact_view(found))
+
+    async def _history(request: Request, workspace: str, contact_id: str) -> Response:
+        limit, before = _page(request)
+        records = await store.history(workspace, contact_id, before, limit + 1)
+        if not records and before is None:
+            raise NotFound("Contact not found")
+        page = records[:limit]
+        more = len(records) > limit
+        return json_response(
+            {
+                "contact_id": contact_id,
+                "events": [_event_view(r) for r in page],
+                "next_cursor": _cursor(page[-1].event.version) if more else None,
+            }
+        )
+
+    async def event(request: Request) -> Response:
+        workspace = await workspace_of(request)
+        view = await event_status(services, workspace, _raw_tail(request, "/v1/events/"))
+        if view is None:
+            raise NotFound("Event not found")
+        return json_response(view)
+
+    async def healthz(request: Request) -> Response:
+        return json_response({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        try:
+            async with asyncio.timeout(READY_TIMEOUT_S):
+                await queue.ping()
+                await store.ping()
+        except TimeoutError:
+            raise StorageUnavailable("A backend did not answer within 1 s") from None
+        return json_response({"status": "ready"})
+
+    async def metrics(request: Request) -> Response:
+        services.metrics.queue_depth.set(await queue.depth())
+        return Response(services.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    async def openapi_json(request: Request) -> Response:
+        return json_response(openapi.document(services.settings.base_url))
+
+    async def docs(request: Request) -> Response:
+        return HTMLResponse(openapi.html(openapi.document(services.settings.base_url)))
+
+    return [
+        Route("/v1/contacts/{rest:path}", contact, methods=["GET"]),
+        Route("/v1/events/{rest:path}", event, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/openapi.json", openapi_json, methods=["GET"]),
+        Route("/docs", docs, methods=["GET"]),
+    ]
+
+
+def contact_view(found: Contact) -> dict[str, Any]:
+    return {
+        "contact_id": found.contact_id,
+        "properties": found.properties,
+        "updated_at": iso(found.updated_us),
+        "versions": {
+            name: {"timestamp": seconds(ts_us), "event_id": event_id}
+            for name, (ts_us, event_id) in found.versions.items()
+        },
+    }
+
+
+async def event_status(services: Services, workspace: str, event_id: str) -> dict[str, Any] | None:
+    """An event with its status, wherever it is now; None when never accepted."""
+    # The log first, then the store: the store commits before the log lets an event go,
+    # so an event is never missed while it moves from one to the other.
+    pending = await services.queue.find(workspace, event_id)
+    record = await services.store.get_event(workspace, event_id)
+    if record is None and pending is not None:
+        record = EventRecord(pending, "queued")
+    return None if record is None else _event_view(record)
+
+
+def _raw_tail(request: Request, prefix: str) -> str:
+    """The path after ``prefix``, percent-decoded once: ids may contain an encoded ``/``."""
+    raw = request.scope.get("raw_path") or request.scope["path"].encode()
+    tail = raw.decode("latin-1").split("?", 1)[0][len(prefix) :]
+    try:
+        value = unquote(tail, encoding="utf-8", errors="strict")
+    except UnicodeDecodeError:
+        value = ""
+    if not value:
+        raise NotFound("Not Found")
+    return value
+
+
+def _contact_path(request: Request) -> tuple[str, bool]:
+    raw = request.scope.get("raw_path") or request.scope["path"].encode()
+    tail = raw.decode("latin-1").split("?", 1)[0][len("/v1/contacts/") :]
+    is_history = tail.endswith("/history")
+    if is_history:
+        tail = tail[: -len("/history")]
+    if not tail or "/" in tail:
+        raise NotFound("Not Found")
+    try:
+        return unquote(tail, encoding="utf-8", errors="strict"), is_history
+    except UnicodeDecodeError:
+        raise NotFound("Contact not found") from None
+
+
+def _page(request: Request) -> tuple[int, Version | None]:
+    problems = []
+    raw_limit = request.query_params.get("limit", str(c.HISTORY_PAGE_DEFAULT))
+    limit = int(raw_limit) if raw_limit.isdigit() else 0
+    if not 1 <= limit <= c.HISTORY_PAGE_MAX:
+        problems.append(
+            problem(
+                "int_range",
+                ("query", "limit"),
+                f"Input should be a whole number from 1 to {c.HISTORY_PAGE_MAX}",
+                raw_limit,
+            )
+        )
+    before = None
+    raw_cursor = request.query_params.get("cursor")
+    if raw_cursor is not None:
+        before = _decode_cursor(raw_cursor)
+        if before is None:
+            problems.append(value_error(("query", "cursor"), raw_cursor, "not a cursor we issued"))
+    if problems:
+        raise ValidationFailed(problems)
+    return limit, before
+
+
+def _cursor(version: Version) -> str:
+    return base64.urlsafe_b64encode(msgspec.json.encode(version)).decode().rstrip("=")
+
+
+def _decode_cursor(raw: str) -> Version | None:
+    try:
+        ts_us, event_id = msgspec.json.decode(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+    except (binascii.Error, ValueError, TypeError, msgspec.DecodeError):
+        return None
+    if not isinstance(ts_us, int) or not isinstance(event_id, str):
+        return None
+    return (ts_us, event_id)
+
+
+def _event_view(record: EventRecord) -> dict[str, Any]:
+    event: Event = record.event
+    return {
+        "event_id": event.event_id,
+        "status": record.status,
+        "contact_id": event.contact_id,
+        "source": event.source,
+        "kind": event.kind,
+        "event_name": event.event_name,
+        "timestamp": seconds(event.ts_us),
+        "properties": event.properties,
+        "metadata": event.metadata,
+        "received_at": iso(event.received_us),
+        "applied_at": iso(record.applied_us),
+        "error": record.error,
+    }

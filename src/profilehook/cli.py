@@ -1,0 +1,359 @@
+"""The ``profilehook`` command: thin commands over library calls (parse -> settings -> call).
+
+Only this module configures logging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shlex
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from profilehook import constants as c
+from profilehook import keys as keys_lib
+from profilehook.errors import ProfilehookError
+from profilehook.events import iso, now_us
+from profilehook.service import running
+from profilehook.settings import Settings
+
+T = TypeVar("T")
+
+SEED_EVENT = {
+    "contact_id": "user123",
+    "event_name": "aampe_property_update",
+    "time": 1672531200,
+    "event_id": "e3b0c442-98fc-4e4e-a83f-5f7d7edc2f38",
+    "user_properties": {"subscription_status": "active", "last_login": 1672531200},
+    "metadata": {"platform": "web", "browser": "Chrome"},
+}
+
+
+def _run(coro: Awaitable[T]) -> T:
+    """Run a library call; a profilehook error becomes a clear message and exit code 1."""
+    try:
+        return asyncio.run(coro)  # type: ignore[arg-type]
+    except ProfilehookError as exc:
+        raise click.ClickException(str(exc.detail)) from None
+
+
+def _settings(ctx: click.Context, **overrides: Any) -> Settings:
+    base: Settings = ctx.obj
+    return base.replace(**{k: v for k, v in overrides.items() if v is not None})
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Overrides PROFILEHOOK_DATA_DIR.")
+@click.option("--queue-url", help="Overrides PROFILEHOOK_QUEUE_URL.")
+@click.option("--store-url", help="Overrides PROFILEHOOK_STORE_URL.")
+@click.option("--log-level", help="Overrides PROFILEHOOK_LOG_LEVEL.")
+@click.pass_context
+def main(ctx: click.Context, /, **overrides: Any) -> None:
+    """profilehook: real-time user-property updates into always-correct profiles.
+
+    \b
+    Example:
+      profilehook serve --port 8000
+    """
+    try:
+        ctx.obj = Settings.from_env(os.environ, **overrides)
+    except ProfilehookError as exc:
+        raise click.ClickException(str(exc.detail)) from None
+    logging.basicConfig(
+        level=ctx.obj.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@main.command()
+@click.option("--host", help="Address to listen on (PROFILEHOOK_HOST).")
+@click.option("--port", type=int, help="Port to listen on (PROFILEHOOK_PORT).")
+@click.option("--no-applier", is_flag=True, help="Only ingest; run `profilehook worker` apart.")
+@click.option(
+    "--quickstart",
+    is_flag=True,
+    help="Create a first workspace and key if there is none, and print how to send an event.",
+)
+@click.pass_context
+def serve(
+    ctx: click.Context, host: str | None, port: int | None, no_applier: bool, quickstart: bool
+) -> None:
+    """Run the HTTP API (and, by default, the applier) until interrupted.
+
+    \b
+    Example:
+      profilehook serve --host 0.0.0.0 --port 8000
+    """
+    import uvicorn
+
+    from profilehook.api.app import create_app
+
+    settings = _settings(ctx, host=host, port=port)
+    if quickstart:
+        click.echo(_run(_quickstart_text(settings)))
+    app = create_app(settings, run_applier=not no_applier)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level=settings.log_level.lower(),
+        timeout_keep_alive=c.KEEP_ALIVE_S,
+        log_config=None,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:
+        sys.exit(1)
+
+
+async def _quickstart_text(settings: Settings) -> str:
+    async with running(settings) as services:
+        existing = await services.store.list_keys()
+        if existing:
+            key = "$PROFILEHOOK_KEY"
+            intro = (
+                "Keys exist already; a key is shown only when it is created. Use yours as\n"
+                "PROFILEHOOK_KEY, or create one: profilehook keys create --workspace "
+                f"{existing[0].workspace}"
+            )
+        else:
+            key, record = await keys_lib.create_key(services.store, c.DEFAULT_WORKSPACE)
+            intro = (
+                f"Created workspace {record.workspace!r} and its first API key "
+                f"(shown only now, keep it):\n  {key}"
+            )
+    url = settings.base_url
+    body = json.dumps(SEED_EVENT)
+    send = (
+        f"curl -sS -X POST {url}/v1/properties -H 'Authorization: Bearer {key}'"
+        f" -H 'Content-Type: application/json' -d {shlex.quote(body)}"
+    )
+    read = f"curl -sS {url}/v1/contacts/user123 -H 'Authorization: Bearer {key}'"
+    return (
+        f"profilehook on {url}, data in {settings.data_dir}\n{intro}\n\n"
+        f"Send the first event:\n  {send}\n\nRead the profile:\n  {read}\n"
+        f"API docs: {url}/docs\n"
+    )
+
+
+@main.command()
+@click.pass_context
+def worker(ctx: click.Context) -> None:
+    """Run only the applier (queue -> store) until interrupted.
+
+    \b
+    Example:
+      PROFILEHOOK_QUEUE_URL=... PROFILEHOOK_STORE_URL=... profilehook worker
+    """
+    from profilehook.worker import Applier
+
+    settings = _settings(ctx)
+
+    async def work() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with running(settings) as services:
+            applier = Applier(
+                services.queue, services.store, services.metrics, settings.apply_batch_max_events
+            )
+            await applier.run(stop)
+
+    _run(work())
+
+
+@main.group()
+def keys() -> None:
+    """Create, list and revoke API keys."""
+
+
+@keys.command("create")
+@click.option("--workspace", required=True, help="The workspace the key grants.")
+@click.option("--json", "as_json", is_flag=True, help='Print {"key", "key_id", "workspace"}.')
+@click.pass_context
+def keys_create(ctx: click.Context, workspace: str, as_json: bool) -> None:
+    """Create a key; it is printed once and stored only as a hash.
+
+    \b
+    Example:
+      profilehook keys create --workspace acme --json
+    """
+    key, record = _with_services(_settings(ctx), lambda s: keys_lib.create_key(s.store, workspace))
+    if as_json:
+        click.echo(json.dumps({"key": key, "key_id": record.key_id, "workspace": workspace}))
+    else:
+        click.echo(f"Key {record.key_id} for workspace {workspace!r} (shown only now):\n{key}")
+
+
+@keys.command("list")
+@click.option("--workspace", help="Only this workspace's keys.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.pass_context
+def keys_list(ctx: click.Context, workspace: str | None, as_json: bool) -> None:
+    """List keys (ids, workspaces, dates; never the keys themselves).
+
+    \b
+    Example:
+      profilehook keys list --workspace acme
+    """
+    found = _with_services(_settings(ctx), lambda s: s.store.list_keys(workspace))
+    rows = [
+        {
+            "key_id": k.key_id,
+            "workspace": k.workspace,
+            "created_at": iso(k.created_us),
+            "revoked_at": iso(k.revoked_us),
+        }
+        for k in found
+    ]
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for row in rows:
+        state = f"revoked {row['revoked_at']}" if row["revoked_at"] else "active"
+        click.echo(f"{row['key_id']}  {row['workspace']}  created {row['created_at']}  {state}")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@click.pass_context
+def keys_revoke(ctx: click.Context, key_id: str) -> None:
+    """Revoke a key; a running server refuses it from the next request on.
+
+    \b
+    Example:
+      profilehook keys revoke 3f9a0c1d2e4b
+    """
+    if not _with_services(_settings(ctx), lambda s: s.store.revoke_key(key_id, now_us())):
+        raise click.ClickException(f"No key with id {key_id!r}")
+    click.echo(f"Revoked {key_id}")
+
+
+@main.group()
+def contacts() -> None:
+    """Read profiles."""
+
+
+@contacts.command("get")
+@click.argument("contact_id")
+@click.option("--workspace", required=True)
+@click.pass_context
+def contacts_get(ctx: click.Context, contact_id: str, workspace: str) -> None:
+    """Print a contact's profile as JSON (exit 1 when not found).
+
+    \b
+    Example:
+      profilehook contacts get user123 --workspace default
+    """
+    from profilehook.api.routes import contact_view
+
+    settings = _settings(ctx)
+    found = _with_services(settings, lambda s: s.store.get_contact(workspace, contact_id))
+    if found is None:
+        raise click.ClickException("Contact not found")
+    click.echo(json.dumps(contact_view(found), indent=2))
+
+
+@main.group()
+def events() -> None:
+    """Read events."""
+
+
+@events.command("get")
+@click.argument("event_id")
+@click.option("--workspace", required=True)
+@click.pass_context
+def events_get(ctx: click.Context, event_id: str, workspace: str) -> None:
+    """Print an event and its status as JSON (exit 1 when not found).
+
+    \b
+    Example:
+      profilehook events get e3b0c442-98fc-4e4e-a83f-5f7d7edc2f38 --workspace default
+    """
+    from profilehook.api.routes import event_status
+
+    settings = _settings(ctx)
+    found = _with_services(settings, lambda s: event_status(s, workspace, event_id))
+    if found is None:
+        raise click.ClickException("Event not found")
+    click.echo(json.dumps(found, indent=2))
+
+
+@main.command()
+@click.pass_context
+def rebuild(ctx: click.Context) -> None:
+    """Recompute every profile from the event history, with a progress bar.
+
+    \b
+    Example:
+      profilehook rebuild
+    """
+    from rich.progress import Progress
+
+    settings = _settings(ctx)
+
+    async def run() -> int:
+        async with running(settings) as services:
+            with Progress(transient=True) as bar:
+                task = bar.add_task("Replaying events", total=None)
+                return await services.store.rebuild(
+                    lambda done, total: bar.update(task, completed=done, total=total)
+                )
+
+    count = _run(run())
+    click.echo(f"Rebuilt profiles from {count} events")
+
+
+@main.command()
+@click.pass_context
+def check(ctx: click.Context) -> None:
+    """Check the settings and that the log and the store answer.
+
+    \b
+    Example:
+      PROFILEHOOK_STORE_URL=... profilehook check
+    """
+    settings = _settings(ctx)
+
+    async def probe() -> int:
+        async with running(settings) as services:
+            await services.store.ping()
+            await services.queue.ping()
+            return await services.queue.depth()
+
+    depth = _run(probe())
+    click.echo(f"ok: log and store answer; {depth} events waiting to be applied")
+
+
+@main.command("settings")
+@click.pass_context
+def settings_cmd(ctx: click.Context) -> None:
+    """List every setting: its environment variable, current value and meaning.
+
+    \b
+    Example:
+      PROFILEHOOK_PORT=9000 profilehook settings
+    """
+    for name, value, help_text in _settings(ctx).describe():
+        click.echo(f"{name}={value}\n    {help_text}")
+
+
+def _with_services(settings: Settings, call: Callable[[Any], Awaitable[T]]) -> T:
+    async def run() -> T:
+        async with running(settings) as services:
+            return await call(services)
+
+    return _run(run())

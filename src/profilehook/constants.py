@@ -1,0 +1,34 @@
+"""Defaults and fixed values, in one place. Units are in the names."""
+
+from __future__ import annotations
+
+# Native API limits (SPEC 5).
+MAX_SINGLE_BODY_BYTES = 256 * 1024
+MAX_BATCH_BODY_BYTES = 1024 * 1024
+MAX_BATCH_EVENTS = 1_000
+MAX_PROPERTIES_PER_EVENT = 1_000
+MAX_PROPERTY_NAME_CHARS = 256
+MAX_CONTACT_ID_CHARS = 512
+MAX_EVENT_ID_CHARS = 256
+MAX_JSON_DEPTH = 32
+
+# A timestamp at or above this is read as milliseconds (SPEC 2.1).
+MILLISECONDS_THRESHOLD = 1e11
+# Event times must fall between the epoch and the end of year 9999.
+MAX_EVENT_TIME_S = 253_402_300_799
+
+# Applier.
+APPLY_BATCH_MAX_EVENTS = 2_000
+APPLY_IDLE_WAIT_S = 0.2
+APPLY_RETRY_BACKOFF_S = (0.05, 0.2, 1.0, 5.0)
+
+# Answers to clients when a backend is down.
+RETRY_AFTER_S = 1
+
+DEDUPE_WINDOW_S = 7 * 24 * 3600
+HISTORY_PAGE_DEFAULT = 50
+HISTORY_PAGE_MAX = 500
+
+KEY_PREFIX = "phk_"
+DEFAULT_WORKSPACE = "default"
+KEEP_ALIVE_S = 5

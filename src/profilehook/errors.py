@@ -1,0 +1,74 @@
+"""The one exception root. Errors that reach HTTP carry their status and their detail.
+
+Third-party exceptions (sqlite3, psycopg, nats) are translated into these at the edge of
+``queues/`` and ``stores/``; nothing else escapes those packages.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from profilehook.constants import RETRY_AFTER_S
+
+
+class ProfilehookError(Exception):
+    """Root of every error profilehook raises on purpose."""
+
+    status_code = 500
+
+    def __init__(self, detail: Any = "Internal error", headers: dict[str, str] | None = None):
+        super().__init__(detail if isinstance(detail, str) else repr(detail))
+        self.detail = detail
+        self.headers = headers or {}
+
+
+class InvalidApiKey(ProfilehookError):
+    status_code = 401
+
+    def __init__(self) -> None:
+        super().__init__("Invalid API Key", {"www-authenticate": "Bearer"})
+
+
+class NotFound(ProfilehookError):
+    status_code = 404
+
+
+class PayloadTooLarge(ProfilehookError):
+    status_code = 413
+
+    def __init__(self, limit_bytes: int):
+        super().__init__(f"Request body is larger than the limit of {limit_bytes} bytes")
+
+
+class UnsupportedMediaType(ProfilehookError):
+    status_code = 415
+
+
+class ValidationFailed(ProfilehookError):
+    """422 with FastAPI's detail list: every problem found, not only the first."""
+
+    status_code = 422
+
+    def __init__(self, problems: list[dict[str, Any]]):
+        super().__init__(problems)
+
+
+class BadRequest(ProfilehookError):
+    status_code = 400
+
+
+class StorageUnavailable(ProfilehookError):
+    """A backend cannot take or serve data right now; the client should retry."""
+
+    status_code = 503
+
+    def __init__(self, detail: str = "Storage unavailable, retry later"):
+        super().__init__(detail, {"retry-after": str(RETRY_AFTER_S)})
+
+
+class ConfigurationError(ProfilehookError):
+    """Settings that cannot work (bad URL, missing optional driver)."""
+
+
+class ClientDisconnected(ProfilehookError):
+    status_code = 499

@@ -1,0 +1,66 @@
+"""The one frozen type that crosses every stage: a normalised property update."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import msgspec
+
+Kind = Literal["update", "delete"]
+Version = tuple[int, str]
+"""(event time in microseconds, event_id): the order in which updates win."""
+
+
+class Event(msgspec.Struct, frozen=True, array_like=True, omit_defaults=True):
+    """One update of one contact's properties, as every source produces it.
+
+    ``kind="update"`` sets ``properties`` (``None`` unsets a property); ``kind="delete"``
+    deletes the contact as of ``ts_us``: every property with a version at or below it.
+    """
+
+    workspace: str
+    event_id: str
+    contact_id: str
+    ts_us: int
+    properties: dict[str, Any]
+    source: str = "api"
+    event_name: str = ""
+    metadata: dict[str, Any] | None = None
+    received_us: int = 0
+    kind: Kind = "update"
+
+    @property
+    def version(self) -> Version:
+        return (self.ts_us, self.event_id)
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Event)
+
+
+def encode_event(event: Event) -> bytes:
+    return _encoder.encode(event)
+
+
+def decode_event(data: bytes) -> Event:
+    """Raises ``msgspec.DecodeError`` / ``msgspec.ValidationError`` on a corrupt record."""
+    return _decoder.decode(data)
+
+
+def now_us() -> int:
+    return time.time_ns() // 1_000
+
+
+def seconds(us: int) -> int | float:
+    """Microseconds as Unix seconds, an int when whole (as clients usually send them)."""
+    whole, frac = divmod(us, 1_000_000)
+    return whole if frac == 0 else us / 1_000_000
+
+
+def iso(us: int | None) -> str | None:
+    """Microseconds since the epoch as an RFC 3339 UTC string."""
+    if us is None:
+        return None
+    return datetime.fromtimestamp(us / 1_000_000, UTC).isoformat().replace("+00:00", "Z")

@@ -1,0 +1,43 @@
+"""API keys: shown once at creation, stored only as a SHA-256 hash, revocable."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from profilehook.constants import KEY_PREFIX
+from profilehook.events import now_us
+from profilehook.stores.base import ApiKey, Store
+
+
+def hash_key(key: str) -> str:
+    """Keys carry 192 random bits, so a fast hash is safe; lookups stay O(1) by hash."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+async def create_key(store: Store, workspace: str) -> tuple[str, ApiKey]:
+    """Create a key for ``workspace``; returns (the key, shown only now; its record)."""
+    key_id = secrets.token_hex(6)
+    key = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(24)}"
+    record = ApiKey(key_id=key_id, workspace=workspace, created_us=now_us())
+    await store.add_key(record, hash_key(key))
+    return key, record
+
+
+def bearer_token(authorization: bytes | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, or None when malformed."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.decode("latin-1").strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or " " in token:
+        return None
+    return token
+
+
+async def authenticate(store: Store, authorization: bytes | None) -> str | None:
+    """The workspace an Authorization header grants, or None."""
+    token = bearer_token(authorization)
+    if token is None or not token.startswith(KEY_PREFIX):
+        return None
+    return await store.workspace_for(hash_key(token))

@@ -1,0 +1,32 @@
+"""Durable logs. ``open_queue`` chooses the backend from a URL; drivers load lazily."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from profilehook.errors import ConfigurationError
+from profilehook.queues.base import Queue
+
+QUEUE_FILE = "log.sqlite3"
+
+
+def open_queue(url: str, data_dir: Path) -> Queue:
+    """``""`` or ``sqlite:///path`` -> SQLite (the default); ``memory://`` -> in-memory.
+
+    Raises ``ConfigurationError`` for a URL no backend serves.
+    """
+    if url in ("", "sqlite://"):
+        from profilehook.queues.sqlite import SqliteQueue
+
+        return SqliteQueue(data_dir / QUEUE_FILE)
+    if url.startswith("sqlite:///"):
+        from profilehook.queues.sqlite import SqliteQueue
+
+        return SqliteQueue(Path(url.removeprefix("sqlite:///")))
+    if url == "memory://":
+        from profilehook.queues.memory import MemoryQueue
+
+        return MemoryQueue()
+    raise ConfigurationError(
+        f"PROFILEHOOK_QUEUE_URL={url!r}: use sqlite:///path/to/file or memory://"
+    )

@@ -1,0 +1,56 @@
+"""The durable log's contract. A backend is correct when it passes tests/test_queue_contract.py."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from profilehook.events import Event
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """An event handed to a consumer, with the backend's handle to acknowledge it."""
+
+    event: Event
+    token: Any
+
+
+class Queue(ABC):
+    """An append-only, durable log of accepted events, consumed at least once.
+
+    Delivery is at least once: the store's dedupe by event_id makes redelivery harmless.
+    Backend errors are raised as ``StorageUnavailable``.
+    """
+
+    @abstractmethod
+    async def open(self) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def publish(self, events: Sequence[Event]) -> None:
+        """Append events; return only once they are durable (the 2xx promise)."""
+
+    @abstractmethod
+    async def fetch(self, max_events: int, wait_s: float) -> list[Delivery]:
+        """Up to ``max_events`` unacknowledged events in log order; wait up to ``wait_s``."""
+
+    @abstractmethod
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """Mark deliveries done (after the store committed them): they are not redelivered."""
+
+    @abstractmethod
+    async def find(self, workspace: str, event_id: str) -> Event | None:
+        """A still-pending event by id, or None (applied or never accepted)."""
+
+    @abstractmethod
+    async def depth(self) -> int:
+        """Events accepted and not yet acknowledged."""
+
+    async def ping(self) -> None:
+        """Raise ``StorageUnavailable`` when the backend cannot be reached."""
+        await self.depth()

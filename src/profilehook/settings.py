@@ -1,0 +1,79 @@
+"""Settings: one immutable object, built from an injected environment (never at import time).
+
+Every field has an environment variable ``PROFILEHOOK_<NAME>``; CLI flags override them.
+``profilehook settings`` prints this table, so the docs cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from profilehook import constants as c
+from profilehook.errors import ConfigurationError
+
+ENV_PREFIX = "PROFILEHOOK_"
+
+
+def _setting(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = _setting(Path("./profilehook-data"), "Directory of the embedded SQLite files")
+    queue_url: str = _setting("", "Durable log: empty = SQLite in data_dir; memory://")
+    store_url: str = _setting("", "Profile store: empty = SQLite in data_dir; memory://")
+    host: str = _setting("127.0.0.1", "Address `serve` listens on")
+    port: int = _setting(8000, "Port `serve` listens on")
+    public_url: str = _setting("", "Base URL clients use to reach the service (for printed URLs)")
+    max_single_body_bytes: int = _setting(c.MAX_SINGLE_BODY_BYTES, "Body cap, POST /v1/properties")
+    max_batch_body_bytes: int = _setting(c.MAX_BATCH_BODY_BYTES, "Body cap, batch endpoint")
+    apply_batch_max_events: int = _setting(c.APPLY_BATCH_MAX_EVENTS, "Events per apply batch")
+    dedupe_window_s: int = _setting(c.DEDUPE_WINDOW_S, "How long applied event_ids are kept")
+    log_level: str = _setting("info", "Log level: debug, info, warning, error")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], **overrides: Any) -> Settings:
+        """Build from ``PROFILEHOOK_*`` variables; ``overrides`` (CLI flags) win when not None.
+
+        Raises ``ConfigurationError`` for a value that does not parse.
+        """
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is not None and raw != "":
+                values[f.name] = _parse(f, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    @property
+    def base_url(self) -> str:
+        return self.public_url.rstrip("/") or f"http://{self.host}:{self.port}"
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """(environment variable, current value, help) for every setting."""
+        return [
+            (ENV_PREFIX + f.name.upper(), str(getattr(self, f.name)), f.metadata["help"])
+            for f in fields(self)
+        ]
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
+    kind = type(f.default)
+    try:
+        if kind is int:
+            return int(raw)
+        if issubclass(kind, Path):
+            return Path(raw)
+    except ValueError:
+        raise ConfigurationError(
+            f"{ENV_PREFIX}{f.name.upper()}={raw!r} is not a {kind.__name__}"
+        ) from None
+    return raw

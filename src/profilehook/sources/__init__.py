@@ -1,0 +1,1 @@
+"""Sources turn an HTTP request body into events: native JSON API, Copernica, Amplitude."""

@@ -1,0 +1,218 @@
+"""The native JSON API (SPEC 2.1, 2.2): request body -> events, or every problem found."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from typing import Any
+
+from profilehook import constants as c
+from profilehook.errors import ValidationFailed
+from profilehook.events import Event
+from profilehook.sources.problems import (
+    Loc,
+    Problem,
+    decode_json,
+    dict_type,
+    missing,
+    problem,
+    string_type,
+    too_long,
+    too_short,
+    value_error,
+)
+
+SOURCE = "api"
+
+
+def parse_single(body: bytes, workspace: str, received_us: int) -> Event:
+    """Body of ``POST /v1/properties`` -> one event. Raises ``ValidationFailed`` (422)."""
+    value, problems = decode_json(body)
+    if problems:
+        raise ValidationFailed(problems)
+    result = event_from_object(value, workspace, received_us, ("body",))
+    if isinstance(result, Event):
+        return result
+    raise ValidationFailed(result)
+
+
+BatchItem = Event | list[Problem]
+
+
+def parse_batch(body: bytes, workspace: str, received_us: int) -> list[BatchItem]:
+    """Body of ``POST /v1/properties/batch`` -> per item an event or its problems.
+
+    Raises ``ValidationFailed`` when the envelope is wrong or no item is valid.
+    """
+    value, problems = decode_json(body)
+    if problems:
+        raise ValidationFailed(problems)
+    if not isinstance(value, dict):
+        raise ValidationFailed([_not_an_object(("body",), value)])
+    items = value.get("events")
+    loc: Loc = ("body", "events")
+    if items is None:
+        raise ValidationFailed([missing(loc, value)])
+    if not isinstance(items, list):
+        raise ValidationFailed([problem("list_type", loc, "Input should be a valid list", items)])
+    if not 1 <= len(items) <= c.MAX_BATCH_EVENTS:
+        raise ValidationFailed([_list_length(loc, items)])
+    results = [
+        event_from_object(item, workspace, received_us, (*loc, index))
+        for index, item in enumerate(items)
+    ]
+    if not any(isinstance(r, Event) for r in results):
+        raise ValidationFailed([p for r in results if not isinstance(r, Event) for p in r])
+    return results
+
+
+def event_from_object(value: Any, workspace: str, received_us: int, loc: Loc) -> BatchItem:
+    """Validate one decoded event object; return the event or every problem found in it."""
+    if not isinstance(value, dict):
+        return [_not_an_object(loc, value)]
+    problems: list[Problem] = []
+    contact_id = _required_string(value, "contact_id", loc, problems, c.MAX_CONTACT_ID_CHARS)
+    event_name = _required_string(value, "event_name", loc, problems, c.MAX_PROPERTY_NAME_CHARS)
+    ts_us = _event_time(value, loc, problems)
+    event_id = _event_id(value.get("event_id"), (*loc, "event_id"), problems)
+    properties = _properties(value, loc, problems)
+    metadata = value.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        problems.append(dict_type((*loc, "metadata"), metadata))
+    if problems:
+        return problems
+    return Event(
+        workspace=workspace,
+        event_id=event_id or str(uuid.uuid4()),
+        contact_id=contact_id,  # type: ignore[arg-type]
+        ts_us=ts_us,  # type: ignore[arg-type]
+        properties=properties,  # type: ignore[arg-type]
+        source=SOURCE,
+        event_name=event_name,  # type: ignore[arg-type]
+        metadata=metadata,
+        received_us=received_us,
+    )
+
+
+def timestamp_to_us(value: float) -> int | None:
+    """Unix seconds (or milliseconds when >= 1e11) -> microseconds; None when out of range."""
+    if not math.isfinite(value) or value < 0:
+        return None
+    if value >= c.MILLISECONDS_THRESHOLD:
+        value = value / 1_000
+    if value > c.MAX_EVENT_TIME_S:
+        return None
+    return round(value * 1_000_000)
+
+
+def _required_string(
+    obj: dict[str, Any], name: str, loc: Loc, problems: list[Problem], max_chars: int
+) -> str | None:
+    value = obj.get(name)
+    where = (*loc, name)
+    if value is None:
+        problems.append(missing(where, obj))
+    elif not isinstance(value, str):
+        problems.append(string_type(where, value))
+    elif not value:
+        problems.append(too_short(where, value))
+    elif len(value) > max_chars:
+        problems.append(too_long(where, value, max_chars))
+    else:
+        return value
+    return None
+
+
+def _event_time(obj: dict[str, Any], loc: Loc, problems: list[Problem]) -> int | None:
+    # The seed's own example sends "time": accept it when "timestamp" is absent.
+    name = "timestamp" if obj.get("timestamp") is not None or "time" not in obj else "time"
+    value = obj.get(name)
+    where = (*loc, name)
+    if value is None:
+        problems.append(missing((*loc, "timestamp"), obj))
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        problems.append(problem("float_type", where, "Input should be a valid number", value))
+        return None
+    ts_us = timestamp_to_us(value)
+    if ts_us is None:
+        problems.append(
+            value_error(
+                where,
+                value,
+                "timestamp must be Unix seconds (or milliseconds, when >= 1e11) "
+                "between 1970 and 9999",
+            )
+        )
+    return ts_us
+
+
+def _event_id(value: Any, loc: Loc, problems: list[Problem]) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        problems.append(string_type(loc, value))
+    elif not value:
+        problems.append(too_short(loc, value))
+    elif len(value) > c.MAX_EVENT_ID_CHARS:
+        problems.append(too_long(loc, value, c.MAX_EVENT_ID_CHARS))
+    else:
+        return value
+    return None
+
+
+def _properties(obj: dict[str, Any], loc: Loc, problems: list[Problem]) -> dict[str, Any] | None:
+    where = (*loc, "user_properties")
+    value = obj.get("user_properties")
+    if value is None:
+        problems.append(missing(where, obj))
+        return None
+    if not isinstance(value, dict):
+        problems.append(dict_type(where, value))
+        return None
+    if len(value) > c.MAX_PROPERTIES_PER_EVENT:
+        problems.append(
+            problem(
+                "too_long",
+                where,
+                f"Dictionary should have at most {c.MAX_PROPERTIES_PER_EVENT} items "
+                f"after validation, not {len(value)}",
+                None,
+                {"field_type": "Dictionary", "max_length": c.MAX_PROPERTIES_PER_EVENT},
+            )
+        )
+        return None
+    before = len(problems)
+    for name in value:
+        if not name:
+            problems.append(too_short((*where, name), name))
+        elif len(name) > c.MAX_PROPERTY_NAME_CHARS:
+            problems.append(too_long((*where, name), name, c.MAX_PROPERTY_NAME_CHARS))
+    return value if len(problems) == before else None
+
+
+def _not_an_object(loc: Loc, value: Any) -> Problem:
+    return problem(
+        "model_attributes_type",
+        loc,
+        "Input should be a valid dictionary or object to extract fields from",
+        value,
+    )
+
+
+def _list_length(loc: Loc, items: list[Any]) -> Problem:
+    if not items:
+        return problem(
+            "too_short",
+            loc,
+            "List should have at least 1 item after validation, not 0",
+            items,
+            {"field_type": "List", "min_length": 1, "actual_length": 0},
+        )
+    return problem(
+        "too_long",
+        loc,
+        f"List should have at most {c.MAX_BATCH_EVENTS} items after validation, not {len(items)}",
+        None,
+        {"field_type": "List", "max_length": c.MAX_BATCH_EVENTS, "actual_length": len(items)},
+    )

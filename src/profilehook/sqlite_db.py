@@ -1,0 +1,185 @@
+"""One SQLite database file behind one writer thread, with group commit.
+
+Concurrent ``write`` calls that arrive while a commit is in progress are run together in the
+next transaction and share its fsync: this is what makes ``synchronous=FULL`` cheap. Every
+``sqlite3`` error is translated to ``StorageUnavailable`` here; none escapes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from profilehook.errors import ProfilehookError, StorageUnavailable
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+MAX_JOBS_PER_COMMIT = 4_096
+BUSY_TIMEOUT_MS = 5_000
+
+
+@dataclass
+class _Job:
+    fn: Callable[[sqlite3.Connection], Any]
+    future: asyncio.Future[Any]
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection with the pragmas every profilehook database uses."""
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+    except sqlite3.Error as exc:
+        raise StorageUnavailable(f"Cannot open {path}: {exc}") from exc
+    return conn
+
+
+class SqliteDatabase:
+    """A database file, its schema, one writer thread and one reader thread."""
+
+    def __init__(self, path: Path, schema: str):
+        self.path = path
+        self._schema = schema
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix=f"sqlite-read-{path.name}")
+        self._reader_conn: sqlite3.Connection | None = None
+        self._local_conn: sqlite3.Connection | None = None
+
+    async def open(self) -> None:
+        """Create the file and schema, start the writer. Raises ``StorageUnavailable``."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._loop = asyncio.get_running_loop()
+        conn = connect(self.path)
+        try:
+            conn.executescript(self._schema)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StorageUnavailable(f"Cannot create schema in {self.path}: {exc}") from exc
+        self._writer = threading.Thread(
+            target=self._write_loop,
+            args=(conn,),
+            name=f"sqlite-write-{self.path.name}",
+            daemon=True,
+        )
+        self._writer.start()
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._jobs.put(None)
+            await asyncio.to_thread(self._writer.join)
+            self._writer = None
+        self._reader.shutdown(wait=True)
+        for conn in (self._reader_conn, self._local_conn):
+            if conn is not None:
+                conn.close()
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(conn)`` inside a transaction that is committed (fsynced) before returning."""
+        if self._writer is None or self._loop is None:
+            raise StorageUnavailable(f"{self.path.name} is not open")
+        future: asyncio.Future[T] = self._loop.create_future()
+        self._jobs.put(_Job(fn, future))
+        return await future
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(conn)`` on the reader thread (a consistent WAL snapshot per call)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._reader, self._run_read, fn)
+
+    def read_now(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a read of a few microseconds on the calling thread (the event loop)."""
+        if self._local_conn is None:
+            self._local_conn = connect(self.path)
+        return _translated(fn, self._local_conn, self.path)
+
+    def _run_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._reader_conn is None:
+            self._reader_conn = connect(self.path)
+        return _translated(fn, self._reader_conn, self.path)
+
+    def _write_loop(self, conn: sqlite3.Connection) -> None:
+        try:
+            while True:
+                job = self._jobs.get()
+                if job is None:
+                    return
+                batch = [job]
+                stop = False
+                while len(batch) < MAX_JOBS_PER_COMMIT:
+                    try:
+                        more = self._jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is None:
+                        stop = True
+                        break
+                    batch.append(more)
+                outcomes = self._commit(conn, batch)
+                assert self._loop is not None
+                self._loop.call_soon_threadsafe(_settle, outcomes)
+                if stop:
+                    return
+        finally:
+            conn.close()
+
+    def _commit(
+        self, conn: sqlite3.Connection, batch: list[_Job]
+    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            results = [job.fn(conn) for job in batch]
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            _rollback(conn)
+            if len(batch) > 1:
+                # One job's failure must not fail its neighbours: retry each on its own.
+                return [o for job in batch for o in self._commit(conn, [job])]
+            return [(batch[0].future, None, _translate(exc, self.path))]
+        return [(job.future, result, None) for job, result in zip(batch, results, strict=True)]
+
+
+def _settle(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, result, error in outcomes:
+        if future.cancelled():
+            continue
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    try:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+    except sqlite3.Error:
+        log.exception("rollback failed")
+
+
+def _translate(exc: BaseException, path: Path) -> BaseException:
+    if isinstance(exc, sqlite3.Error):
+        log.error("SQLite error on %s: %s", path, exc)
+        return StorageUnavailable(f"Storage unavailable ({path.name}: {exc}), retry later")
+    if isinstance(exc, ProfilehookError | Exception):
+        return exc
+    return StorageUnavailable(f"Storage unavailable ({exc!r})")  # e.g. MemoryError's siblings
+
+
+def _translated(fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection, path: Path) -> T:
+    try:
+        return fn(conn)
+    except sqlite3.Error as exc:
+        raise _translate(exc, path) from exc

@@ -1,0 +1,32 @@
+"""Profile stores. ``open_store`` chooses the backend from a URL; drivers load lazily."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from profilehook.errors import ConfigurationError
+from profilehook.stores.base import Store
+
+STORE_FILE = "profiles.sqlite3"
+
+
+def open_store(url: str, data_dir: Path) -> Store:
+    """``""`` or ``sqlite:///path`` -> SQLite (the default); ``memory://`` -> in-memory.
+
+    Raises ``ConfigurationError`` for a URL no backend serves.
+    """
+    if url in ("", "sqlite://"):
+        from profilehook.stores.sqlite import SqliteStore
+
+        return SqliteStore(data_dir / STORE_FILE)
+    if url.startswith("sqlite:///"):
+        from profilehook.stores.sqlite import SqliteStore
+
+        return SqliteStore(Path(url.removeprefix("sqlite:///")))
+    if url == "memory://":
+        from profilehook.stores.memory import MemoryStore
+
+        return MemoryStore()
+    raise ConfigurationError(
+        f"PROFILEHOOK_STORE_URL={url!r}: use sqlite:///path/to/file or memory://"
+    )

@@ -1,0 +1,195 @@
+"""The profile store's contract, and the last-writer-wins rules every backend shares.
+
+Per property, the update with the greatest version ``(event time, event_id)`` wins; ``None``
+unsets (the tombstone keeps its version). Deleting a contact at version D removes every
+property with a version <= D, and no update with a version <= D can bring one back.
+Backends do the I/O; ``plan_contact`` decides, so every backend decides alike.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from profilehook.events import Event, Version
+
+EventStatus = Literal["queued", "applied", "duplicate", "failed"]
+Progress = Callable[[int, int], None]
+"""Called with (done, total) during long operations."""
+
+
+@dataclass(frozen=True)
+class Contact:
+    contact_id: str
+    properties: dict[str, Any]
+    versions: dict[str, Version]
+    updated_us: int
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    event: Event
+    status: EventStatus
+    applied_us: int | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    key_id: str
+    workspace: str
+    created_us: int
+    revoked_us: int | None = None
+
+
+@dataclass
+class ApplyResult:
+    """What one ``apply`` did: counts that feed the metrics."""
+
+    applied: int = 0
+    duplicates: int = 0
+    superseded: int = 0
+    written: int = 0
+
+    def add(self, other: ApplyResult) -> None:
+        self.applied += other.applied
+        self.duplicates += other.duplicates
+        self.superseded += other.superseded
+        self.written += other.written
+
+
+@dataclass
+class ContactState:
+    """What a backend knows of one contact before a batch, as much as the batch touches."""
+
+    last_update: Version | None = None
+    deleted: Version | None = None
+    versions: dict[str, Version] = field(default_factory=dict)
+
+
+@dataclass
+class ContactPlan:
+    """The writes that one batch makes to one contact; nothing else is written."""
+
+    upserts: dict[str, tuple[Any, Version]]  # value None = tombstone
+    delete_upto: Version | None  # set when the batch deletes the contact at a newer version
+    last_update: Version | None
+    deleted: Version | None
+    superseded: int
+
+    @property
+    def touches_contact_row(self) -> bool:
+        return bool(self.upserts) or self.delete_upto is not None
+
+
+def plan_contact(state: ContactState, events: Iterable[Event]) -> ContactPlan:
+    """Decide, for one contact, which property rows a batch of new events writes."""
+    best: dict[str, tuple[Any, Version]] = {}
+    batch_delete: Version | None = None
+    last_update = state.last_update
+    writes = 0
+    for event in events:
+        version = event.version
+        if event.kind == "delete":
+            batch_delete = version if batch_delete is None else max(batch_delete, version)
+            continue
+        if last_update is None or version > last_update:
+            last_update = version
+        for name, value in event.properties.items():
+            writes += 1
+            held = best.get(name)
+            if held is None or version > held[1]:
+                best[name] = (value, version)
+    deleted = state.deleted
+    delete_upto = None
+    if batch_delete is not None and (deleted is None or batch_delete > deleted):
+        deleted = delete_upto = batch_delete
+    upserts = {
+        name: (value, version)
+        for name, (value, version) in best.items()
+        if (deleted is None or version > deleted)
+        and (name not in state.versions or version > state.versions[name])
+    }
+    return ContactPlan(upserts, delete_upto, last_update, deleted, writes - len(upserts))
+
+
+def contact_exists(last_update: Version | None, deleted: Version | None) -> bool:
+    return last_update is not None and (deleted is None or last_update > deleted)
+
+
+def first_of_each(events: Iterable[Event]) -> list[Event]:
+    """Drop repeats of an (workspace, event_id) within one batch, keeping the first."""
+    seen: set[tuple[str, str]] = set()
+    unique = []
+    for event in events:
+        key = (event.workspace, event.event_id)
+        if key not in seen:
+            seen.add(key)
+            unique.append(event)
+    return unique
+
+
+def by_contact(events: Iterable[Event]) -> dict[tuple[str, str], list[Event]]:
+    groups: dict[tuple[str, str], list[Event]] = {}
+    for event in events:
+        groups.setdefault((event.workspace, event.contact_id), []).append(event)
+    return groups
+
+
+class Store(ABC):
+    """Profiles, the applied-event history, and the API keys of every workspace.
+
+    Backend errors are raised as ``StorageUnavailable``.
+    """
+
+    @abstractmethod
+    async def open(self) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise ``StorageUnavailable`` when the backend cannot be reached."""
+        await self.get_event("", "")
+
+    @abstractmethod
+    async def apply(self, events: Sequence[Event]) -> ApplyResult:
+        """Apply a batch atomically: events already applied count as duplicates and change
+        nothing; the rest update the profiles by ``plan_contact`` and join the history."""
+
+    @abstractmethod
+    async def record_failure(self, event: Event, error: str) -> None:
+        """Keep an event that could not be applied, with status ``failed`` and the reason."""
+
+    @abstractmethod
+    async def get_contact(self, workspace: str, contact_id: str) -> Contact | None: ...
+
+    @abstractmethod
+    async def history(
+        self, workspace: str, contact_id: str, before: Version | None, limit: int
+    ) -> list[EventRecord]:
+        """Applied events of a contact, newest (by version) first, older than ``before``."""
+
+    @abstractmethod
+    async def get_event(self, workspace: str, event_id: str) -> EventRecord | None: ...
+
+    @abstractmethod
+    async def rebuild(self, progress: Progress | None = None) -> int:
+        """Recompute every profile from the event history; returns the events replayed."""
+
+    @abstractmethod
+    async def add_key(self, key: ApiKey, key_hash: str) -> None: ...
+
+    @abstractmethod
+    async def list_keys(self, workspace: str | None = None) -> list[ApiKey]: ...
+
+    @abstractmethod
+    async def revoke_key(self, key_id: str, revoked_us: int) -> bool:
+        """Revoke a key; False when there is no such key."""
+
+    @abstractmethod
+    async def workspace_for(self, key_hash: str) -> str | None:
+        """The workspace of a live (unrevoked) key with this hash, checked on every request:
+        a revocation from another process takes effect on the next request."""

@@ -1,0 +1,136 @@
+"""In-memory store for tests: the same contract and rules as the durable ones."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from profilehook.events import Event, Version, now_us
+from profilehook.stores.base import (
+    ApiKey,
+    ApplyResult,
+    Contact,
+    ContactState,
+    EventRecord,
+    Progress,
+    Store,
+    by_contact,
+    contact_exists,
+    first_of_each,
+    plan_contact,
+)
+
+
+@dataclass
+class _Profile:
+    state: ContactState = field(default_factory=ContactState)
+    values: dict[str, Any] = field(default_factory=dict)  # None = tombstone
+
+
+class MemoryStore(Store):
+    def __init__(self) -> None:
+        self._events: dict[tuple[str, str], EventRecord] = {}
+        self._profiles: dict[tuple[str, str], _Profile] = {}
+        self._keys: dict[str, tuple[ApiKey, str]] = {}
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def apply(self, events: Sequence[Event]) -> ApplyResult:
+        new = [e for e in first_of_each(events) if (e.workspace, e.event_id) not in self._events]
+        applied_us = now_us()
+        for event in new:
+            self._events[(event.workspace, event.event_id)] = EventRecord(
+                event, "applied", applied_us
+            )
+        result = self._apply_profiles(new)
+        result.applied = len(new)
+        result.duplicates = len(events) - len(new)
+        return result
+
+    def _apply_profiles(self, events: Sequence[Event]) -> ApplyResult:
+        result = ApplyResult()
+        for key, group in by_contact(events).items():
+            profile = self._profiles.setdefault(key, _Profile())
+            plan = plan_contact(profile.state, group)
+            result.superseded += plan.superseded
+            if plan.delete_upto is not None:
+                for name, version in list(profile.state.versions.items()):
+                    if version <= plan.delete_upto:
+                        del profile.state.versions[name]
+                        del profile.values[name]
+            for name, (value, version) in plan.upserts.items():
+                profile.state.versions[name] = version
+                profile.values[name] = value
+            profile.state.last_update = plan.last_update
+            profile.state.deleted = plan.deleted
+            result.written += len(plan.upserts)
+        return result
+
+    async def record_failure(self, event: Event, error: str) -> None:
+        key = (event.workspace, event.event_id)
+        self._events.setdefault(key, EventRecord(event, "failed", now_us(), error))
+
+    async def get_contact(self, workspace: str, contact_id: str) -> Contact | None:
+        profile = self._profiles.get((workspace, contact_id))
+        if profile is None or not contact_exists(profile.state.last_update, profile.state.deleted):
+            return None
+        live = sorted(name for name, value in profile.values.items() if value is not None)
+        assert profile.state.last_update is not None
+        return Contact(
+            contact_id,
+            {name: profile.values[name] for name in live},
+            {name: profile.state.versions[name] for name in live},
+            profile.state.last_update[0],
+        )
+
+    async def history(
+        self, workspace: str, contact_id: str, before: Version | None, limit: int
+    ) -> list[EventRecord]:
+        records = [
+            r
+            for r in self._events.values()
+            if r.event.workspace == workspace
+            and r.event.contact_id == contact_id
+            and (before is None or r.event.version < before)
+        ]
+        records.sort(key=lambda r: r.event.version, reverse=True)
+        return records[:limit]
+
+    async def get_event(self, workspace: str, event_id: str) -> EventRecord | None:
+        return self._events.get((workspace, event_id))
+
+    async def rebuild(self, progress: Progress | None = None) -> int:
+        self._profiles.clear()
+        applied = [r.event for r in self._events.values() if r.status == "applied"]
+        self._apply_profiles(applied)
+        if progress is not None:
+            progress(len(applied), len(applied))
+        return len(applied)
+
+    async def add_key(self, key: ApiKey, key_hash: str) -> None:
+        self._keys[key.key_id] = (key, key_hash)
+
+    async def list_keys(self, workspace: str | None = None) -> list[ApiKey]:
+        return [k for k, _ in self._keys.values() if workspace in (None, k.workspace)]
+
+    async def revoke_key(self, key_id: str, revoked_us: int) -> bool:
+        if key_id not in self._keys:
+            return False
+        key, key_hash = self._keys[key_id]
+        if key.revoked_us is None:
+            self._keys[key_id] = (
+                ApiKey(key.key_id, key.workspace, key.created_us, revoked_us),
+                key_hash,
+            )
+        return True
+
+    async def workspace_for(self, key_hash: str) -> str | None:
+        for key, stored_hash in self._keys.values():
+            if stored_hash == key_hash and key.revoked_us is None:
+                return key.workspace
+        return None

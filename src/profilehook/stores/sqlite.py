@@ -1,0 +1,342 @@
+"""The embedded default profile store: a SQLite file, one row per property.
+
+``apply`` runs on the writer thread in one transaction: dedupe against the history, plan each
+contact with the shared rules, write only what wins.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from profilehook.events import Event, Version, decode_event, encode_event, now_us
+from profilehook.sqlite_db import SqliteDatabase
+from profilehook.stores.base import (
+    ApiKey,
+    ApplyResult,
+    Contact,
+    ContactPlan,
+    ContactState,
+    EventRecord,
+    Progress,
+    Store,
+    by_contact,
+    contact_exists,
+    first_of_each,
+    plan_contact,
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    workspace TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    contact_id TEXT NOT NULL,
+    ts_us INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    applied_us INTEGER,
+    error TEXT,
+    body BLOB NOT NULL,
+    PRIMARY KEY (workspace, event_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS events_by_contact ON events (workspace, contact_id, ts_us, event_id);
+CREATE TABLE IF NOT EXISTS properties (
+    workspace TEXT NOT NULL,
+    contact_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value TEXT,
+    ts_us INTEGER NOT NULL,
+    event_id TEXT NOT NULL,
+    PRIMARY KEY (workspace, contact_id, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS contacts (
+    workspace TEXT NOT NULL,
+    contact_id TEXT NOT NULL,
+    last_ts_us INTEGER,
+    last_event_id TEXT,
+    deleted_ts_us INTEGER,
+    deleted_event_id TEXT,
+    PRIMARY KEY (workspace, contact_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_id TEXT PRIMARY KEY,
+    workspace TEXT NOT NULL,
+    key_hash TEXT NOT NULL UNIQUE,
+    created_us INTEGER NOT NULL,
+    revoked_us INTEGER
+);
+"""
+
+# Beyond this many names, read all of a contact's rows rather than bind each name.
+MAX_BOUND_NAMES = 500
+REBUILD_CHUNK_EVENTS = 5_000
+
+
+class SqliteStore(Store):
+    def __init__(self, path: Path):
+        self.db = SqliteDatabase(path, SCHEMA)
+        self._keys_cache: dict[str, str | None] = {}
+        self._keys_seen_version: int | None = None
+
+    async def open(self) -> None:
+        await self.db.open()
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    async def apply(self, events: Sequence[Event]) -> ApplyResult:
+        return await self.db.write(lambda conn: _apply(conn, events))
+
+    async def record_failure(self, event: Event, error: str) -> None:
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT OR IGNORE INTO events (workspace, event_id, contact_id, ts_us, status,"
+                " applied_us, error, body) VALUES (?, ?, ?, ?, 'failed', ?, ?, ?)",
+                (*_event_key_columns(event), now_us(), error, encode_event(event)),
+            )
+
+        await self.db.write(insert)
+
+    async def get_contact(self, workspace: str, contact_id: str) -> Contact | None:
+        return await self.db.read(lambda conn: _contact(conn, workspace, contact_id))
+
+    async def history(
+        self, workspace: str, contact_id: str, before: Version | None, limit: int
+    ) -> list[EventRecord]:
+        top = before or (2**62, "")
+
+        def select(conn: sqlite3.Connection) -> list[EventRecord]:
+            rows = conn.execute(
+                "SELECT status, applied_us, error, body FROM events"
+                " WHERE workspace = ? AND contact_id = ? AND (ts_us, event_id) < (?, ?)"
+                " ORDER BY ts_us DESC, event_id DESC LIMIT ?",
+                (workspace, contact_id, top[0], top[1], limit),
+            ).fetchall()
+            return [_record(row) for row in rows]
+
+        return await self.db.read(select)
+
+    async def get_event(self, workspace: str, event_id: str) -> EventRecord | None:
+        def select(conn: sqlite3.Connection) -> EventRecord | None:
+            row = conn.execute(
+                "SELECT status, applied_us, error, body FROM events"
+                " WHERE workspace = ? AND event_id = ?",
+                (workspace, event_id),
+            ).fetchone()
+            return None if row is None else _record(row)
+
+        return await self.db.read(select)
+
+    async def rebuild(self, progress: Progress | None = None) -> int:
+        return await self.db.write(lambda conn: _rebuild(conn, progress))
+
+    async def add_key(self, key: ApiKey, key_hash: str) -> None:
+        await self.db.write(
+            lambda conn: conn.execute(
+                "INSERT INTO api_keys (key_id, workspace, key_hash, created_us) VALUES (?,?,?,?)",
+                (key.key_id, key.workspace, key_hash, key.created_us),
+            )
+        )
+
+    async def list_keys(self, workspace: str | None = None) -> list[ApiKey]:
+        def select(conn: sqlite3.Connection) -> list[ApiKey]:
+            rows = conn.execute(
+                "SELECT key_id, workspace, created_us, revoked_us FROM api_keys"
+                " WHERE ? IS NULL OR workspace = ? ORDER BY created_us",
+                (workspace, workspace),
+            ).fetchall()
+            return [ApiKey(*row) for row in rows]
+
+        return await self.db.read(select)
+
+    async def revoke_key(self, key_id: str, revoked_us: int) -> bool:
+        def update(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "UPDATE api_keys SET revoked_us = COALESCE(revoked_us, ?) WHERE key_id = ?",
+                (revoked_us, key_id),
+            )
+            return cursor.rowcount > 0
+
+        return await self.db.write(update)
+
+    async def workspace_for(self, key_hash: str) -> str | None:
+        # On the event loop: a cached answer is valid until any connection commits to the
+        # file (PRAGMA data_version moves); then one primary-key read refreshes it.
+        return self.db.read_now(lambda conn: self._cached_workspace(conn, key_hash))
+
+    def _cached_workspace(self, conn: sqlite3.Connection, key_hash: str) -> str | None:
+        version = conn.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._keys_seen_version:
+            self._keys_cache.clear()
+            self._keys_seen_version = version
+        if key_hash not in self._keys_cache:
+            row = conn.execute(
+                "SELECT workspace FROM api_keys WHERE key_hash = ? AND revoked_us IS NULL",
+                (key_hash,),
+            ).fetchone()
+            if len(self._keys_cache) > 10_000:
+                self._keys_cache.clear()
+            self._keys_cache[key_hash] = None if row is None else row[0]
+        return self._keys_cache[key_hash]
+
+
+def _event_key_columns(event: Event) -> tuple[str, str, str, int]:
+    return (event.workspace, event.event_id, event.contact_id, event.ts_us)
+
+
+def _record(row: tuple[str, int | None, str | None, bytes]) -> EventRecord:
+    status, applied_us, error, body = row
+    return EventRecord(decode_event(body), status, applied_us, error)  # type: ignore[arg-type]
+
+
+def _apply(conn: sqlite3.Connection, events: Sequence[Event]) -> ApplyResult:
+    unique = first_of_each(events)
+    seen = _already_recorded(conn, unique)
+    new = [e for e in unique if (e.workspace, e.event_id) not in seen]
+    applied_us = now_us()
+    conn.executemany(
+        "INSERT INTO events (workspace, event_id, contact_id, ts_us, status, applied_us, body)"
+        " VALUES (?, ?, ?, ?, 'applied', ?, ?)",
+        [(*_event_key_columns(e), applied_us, encode_event(e)) for e in new],
+    )
+    result = _apply_profiles(conn, new)
+    result.applied = len(new)
+    result.duplicates = len(events) - len(new)
+    return result
+
+
+def _already_recorded(conn: sqlite3.Connection, events: list[Event]) -> set[tuple[str, str]]:
+    by_workspace: dict[str, list[str]] = {}
+    for event in events:
+        by_workspace.setdefault(event.workspace, []).append(event.event_id)
+    seen: set[tuple[str, str]] = set()
+    for workspace, ids in by_workspace.items():
+        for start in range(0, len(ids), MAX_BOUND_NAMES):
+            chunk = ids[start : start + MAX_BOUND_NAMES]
+            marks = ",".join("?" * len(chunk))
+            rows = conn.execute(
+                f"SELECT event_id FROM events WHERE workspace = ? AND event_id IN ({marks})",
+                (workspace, *chunk),
+            )
+            seen.update((workspace, row[0]) for row in rows)
+    return seen
+
+
+def _apply_profiles(conn: sqlite3.Connection, events: Sequence[Event]) -> ApplyResult:
+    result = ApplyResult()
+    for (workspace, contact_id), group in by_contact(events).items():
+        names = {name for e in group for name in e.properties}
+        state = _state(conn, workspace, contact_id, names)
+        plan = plan_contact(state, group)
+        result.superseded += plan.superseded
+        if plan.touches_contact_row or plan.last_update != state.last_update:
+            _write_plan(conn, workspace, contact_id, plan)
+            result.written += len(plan.upserts) + 1
+    return result
+
+
+def _state(
+    conn: sqlite3.Connection, workspace: str, contact_id: str, names: set[str]
+) -> ContactState:
+    row = conn.execute(
+        "SELECT last_ts_us, last_event_id, deleted_ts_us, deleted_event_id FROM contacts"
+        " WHERE workspace = ? AND contact_id = ?",
+        (workspace, contact_id),
+    ).fetchone()
+    if row is None:
+        return ContactState()
+    if not names:
+        rows: Any = []
+    elif len(names) > MAX_BOUND_NAMES:
+        rows = conn.execute(
+            "SELECT name, ts_us, event_id FROM properties WHERE workspace = ? AND contact_id = ?",
+            (workspace, contact_id),
+        )
+    else:
+        marks = ",".join("?" * len(names))
+        rows = conn.execute(
+            "SELECT name, ts_us, event_id FROM properties"
+            f" WHERE workspace = ? AND contact_id = ? AND name IN ({marks})",
+            (workspace, contact_id, *names),
+        )
+    return ContactState(
+        last_update=None if row[0] is None else (row[0], row[1]),
+        deleted=None if row[2] is None else (row[2], row[3]),
+        versions={name: (ts_us, event_id) for name, ts_us, event_id in rows},
+    )
+
+
+def _write_plan(
+    conn: sqlite3.Connection, workspace: str, contact_id: str, plan: ContactPlan
+) -> None:
+    if plan.delete_upto is not None:
+        conn.execute(
+            "DELETE FROM properties WHERE workspace = ? AND contact_id = ?"
+            " AND (ts_us, event_id) <= (?, ?)",
+            (workspace, contact_id, *plan.delete_upto),
+        )
+    if plan.upserts:
+        conn.executemany(
+            "INSERT INTO properties (workspace, contact_id, name, value, ts_us, event_id)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (workspace, contact_id, name) DO UPDATE SET"
+            " value = excluded.value, ts_us = excluded.ts_us, event_id = excluded.event_id",
+            [
+                (workspace, contact_id, name, _json(value), version[0], version[1])
+                for name, (value, version) in plan.upserts.items()
+            ],
+        )
+    last = plan.last_update or (None, None)
+    deleted = plan.deleted or (None, None)
+    conn.execute(
+        "INSERT INTO contacts (workspace, contact_id, last_ts_us, last_event_id, deleted_ts_us,"
+        " deleted_event_id) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (workspace, contact_id) DO UPDATE"
+        " SET last_ts_us = excluded.last_ts_us, last_event_id = excluded.last_event_id,"
+        " deleted_ts_us = excluded.deleted_ts_us, deleted_event_id = excluded.deleted_event_id",
+        (workspace, contact_id, *last, *deleted),
+    )
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else msgspec.json.encode(value).decode()
+
+
+def _contact(conn: sqlite3.Connection, workspace: str, contact_id: str) -> Contact | None:
+    row = conn.execute(
+        "SELECT last_ts_us, last_event_id, deleted_ts_us, deleted_event_id FROM contacts"
+        " WHERE workspace = ? AND contact_id = ?",
+        (workspace, contact_id),
+    ).fetchone()
+    if row is None:
+        return None
+    last = None if row[0] is None else (row[0], row[1])
+    deleted = None if row[2] is None else (row[2], row[3])
+    if last is None or not contact_exists(last, deleted):
+        return None
+    rows = conn.execute(
+        "SELECT name, value, ts_us, event_id FROM properties"
+        " WHERE workspace = ? AND contact_id = ? AND value IS NOT NULL ORDER BY name",
+        (workspace, contact_id),
+    ).fetchall()
+    return Contact(
+        contact_id=contact_id,
+        properties={name: msgspec.json.decode(value) for name, value, _, _ in rows},
+        versions={name: (ts_us, event_id) for name, _, ts_us, event_id in rows},
+        updated_us=last[0],
+    )
+
+
+def _rebuild(conn: sqlite3.Connection, progress: Progress | None) -> int:
+    conn.execute("DELETE FROM properties")
+    conn.execute("DELETE FROM contacts")
+    total = conn.execute("SELECT COUNT(*) FROM events WHERE status = 'applied'").fetchone()[0]
+    done = 0
+    cursor = conn.execute("SELECT body FROM events WHERE status = 'applied'")
+    while chunk := cursor.fetchmany(REBUILD_CHUNK_EVENTS):
+        _apply_profiles(conn, [decode_event(body) for (body,) in chunk])
+        done += len(chunk)
+        if progress is not None:
+            progress(done, total)
+    return int(done)

@@ -1,0 +1,109 @@
+"""The applier: queue -> store in batches, acknowledged only after the store committed.
+
+A crash between the store's commit and the ack redelivers the batch; the store's dedupe by
+event_id makes that harmless, so effects happen exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from profilehook.constants import APPLY_IDLE_WAIT_S, APPLY_RETRY_BACKOFF_S
+from profilehook.errors import StorageUnavailable
+from profilehook.events import Event, now_us
+from profilehook.metrics import Metrics
+from profilehook.queues.base import Delivery, Queue
+from profilehook.stores.base import ApplyResult, Store
+
+log = logging.getLogger(__name__)
+
+
+class Applier:
+    def __init__(self, queue: Queue, store: Store, metrics: Metrics, batch_max_events: int):
+        self.queue = queue
+        self.store = store
+        self.metrics = metrics
+        self.batch_max_events = batch_max_events
+        self.applied_total = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Apply until ``stop`` is set; backend outages are retried with backoff, not fatal."""
+        failures = 0
+        while not stop.is_set():
+            try:
+                applied = await self.step(APPLY_IDLE_WAIT_S)
+                failures = 0
+                if not applied:
+                    await self.refresh_depth()
+            except StorageUnavailable as exc:
+                delay = APPLY_RETRY_BACKOFF_S[min(failures, len(APPLY_RETRY_BACKOFF_S) - 1)]
+                failures += 1
+                log.warning("applier: %s; retrying in %.2fs", exc.detail, delay)
+                await _sleep_unless(stop, delay)
+
+    async def step(self, wait_s: float = 0.0) -> int:
+        """Fetch one batch, apply it, acknowledge it. Returns the events handled."""
+        deliveries = await self.queue.fetch(self.batch_max_events, wait_s)
+        if not deliveries:
+            return 0
+        events = [d.event for d in deliveries]
+        result = await self._apply(events)
+        await self.queue.ack(deliveries)
+        self._observe(events, result)
+        return len(deliveries)
+
+    async def drain(self) -> int:
+        """Apply until the queue is empty (used by tests and the CLI)."""
+        total = 0
+        while handled := await self.step():
+            total += handled
+        return total
+
+    async def refresh_depth(self) -> None:
+        self.metrics.queue_depth.set(await self.queue.depth())
+
+    async def _apply(self, events: Sequence[Event]) -> ApplyResult:
+        try:
+            return await self.store.apply(events)
+        except StorageUnavailable:
+            raise
+        except Exception:
+            # A poison event must not block the log: apply one by one, keep the failures.
+            log.exception("applier: batch of %d failed; applying one by one", len(events))
+            return await self._apply_singly(events)
+
+    async def _apply_singly(self, events: Sequence[Event]) -> ApplyResult:
+        total = ApplyResult()
+        for event in events:
+            try:
+                total.add(await self.store.apply([event]))
+            except StorageUnavailable:
+                raise
+            except Exception as exc:
+                log.exception("applier: event %s failed", event.event_id)
+                await self.store.record_failure(event, f"{type(exc).__name__}: {exc}")
+                self.metrics.events.labels(event.source, "failed").inc()
+        return total
+
+    def _observe(self, events: Sequence[Event], result: ApplyResult) -> None:
+        now = now_us()
+        self.applied_total += len(events)
+        for event in events:
+            self.metrics.apply_lag.observe(max(0, now - event.received_us) / 1_000_000)
+        source = events[0].source if len({e.source for e in events}) == 1 else "mixed"
+        self.metrics.events.labels(source, "applied").inc(result.applied)
+        self.metrics.events.labels(source, "duplicate").inc(result.duplicates)
+        self.metrics.superseded.inc(result.superseded)
+        self.metrics.apply_batches.inc()
+
+
+async def _sleep_unless(stop: asyncio.Event, delay_s: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), delay_s)
+    except TimeoutError:
+        return
+
+
+__all__ = ["Applier", "Delivery"]
