@@ -25,7 +25,6 @@ APPLY_RETRY_BACKOFF_S = (0.05, 0.2, 1.0, 5.0)
 # Answers to clients when a backend is down.
 RETRY_AFTER_S = 1
 
-DEDUPE_WINDOW_S = 7 * 24 * 3600
 HISTORY_PAGE_DEFAULT = 50
 HISTORY_PAGE_MAX = 500
 

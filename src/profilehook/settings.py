@@ -33,7 +33,6 @@ class Settings:
     max_single_body_bytes: int = _setting(c.MAX_SINGLE_BODY_BYTES, "Body cap, POST /v1/properties")
     max_batch_body_bytes: int = _setting(c.MAX_BATCH_BODY_BYTES, "Body cap, batch endpoint")
     apply_batch_max_events: int = _setting(c.APPLY_BATCH_MAX_EVENTS, "Events per apply batch")
-    dedupe_window_s: int = _setting(c.DEDUPE_WINDOW_S, "How long applied event_ids are kept")
     log_level: str = _setting("info", "Log level: debug, info, warning, error")
 
     @classmethod

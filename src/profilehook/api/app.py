@@ -11,9 +11,10 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from profilehook.api.ingest import ingest_handlers
+from profilehook.api.ingest import Handler, ingest_handlers
 from profilehook.api.responses import error_body, error_response
 from profilehook.api.routes import read_routes
 from profilehook.errors import ProfilehookError
@@ -36,8 +37,13 @@ class ProfilehookApp:
             services.settings.apply_batch_max_events,
         )
         self._ingest = ingest_handlers(services)
+        # The ingest paths are also known to Starlette, so that other methods get a 405.
+        ingest_routes = [
+            Route(path, _AsgiEndpoint(handler), methods=["POST"])
+            for path, handler in self._ingest.items()
+        ]
         self._starlette = Starlette(
-            routes=read_routes(services),
+            routes=ingest_routes + read_routes(services),
             lifespan=self._lifespan if run_applier else self._lifespan_without_applier,
             exception_handlers={
                 HTTPException: _http_exception,
@@ -74,6 +80,16 @@ class ProfilehookApp:
             yield
         finally:
             await self.services.close()
+
+
+class _AsgiEndpoint:
+    """Makes Starlette treat a handler function as a raw ASGI app, not a request handler."""
+
+    def __init__(self, handler: Handler):
+        self.handler = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.handler(scope, receive, send)
 
 
 def create_app(settings: Settings, run_applier: bool = True) -> ProfilehookApp:

@@ -1,0 +1,3 @@
+from profilehook.cli import main
+
+main()

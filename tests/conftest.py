@@ -1,0 +1,58 @@
+"""Fixtures shared by the whole suite."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from profilehook.api.app import create_app
+from profilehook.settings import Settings
+from profilehook.keys import create_key
+from profilehook.service import running
+from tests.support import ServerProcess
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data")
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    """The whole app in-process on the embedded SQLite default, lifespan and applier running."""
+    with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def key(client: TestClient, settings: Settings) -> str:
+    """A key of workspace ``acme``, made by a second store on the same file (as the CLI does)."""
+    return new_key(settings, "acme")
+
+
+def new_key(settings: Settings, workspace: str) -> str:
+    async def make() -> str:
+        async with running(settings) as services:
+            key, _ = await create_key(services.store, workspace)
+            return key
+
+    return asyncio.run(make())
+
+
+@pytest.fixture
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A real ``profilehook serve`` subprocess on the embedded default."""
+    proc = ServerProcess(tmp_path / "data").start()
+    try:
+        yield proc
+    finally:
+        proc.stop()

@@ -1,0 +1,135 @@
+"""Shared test helpers: real server processes, the CLI, and event builders."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+
+from profilehook.events import Event
+
+READY_TIMEOUT_S = 20.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cli_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROFILEHOOK_")}
+    env["PROFILEHOOK_DATA_DIR"] = str(data_dir)
+    env["PROFILEHOOK_LOG_LEVEL"] = "warning"
+    env.update(extra)
+    return env
+
+
+def run_cli(data_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``profilehook ARGS`` as a user would, in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "profilehook", *args],
+        env=cli_env(data_dir, **env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def create_key(data_dir: Path, workspace: str = "acme", **env: str) -> dict[str, Any]:
+    result = run_cli(data_dir, "keys", "create", "--workspace", workspace, "--json", **env)
+    assert result.returncode == 0, result.stderr
+    created: dict[str, Any] = json.loads(result.stdout)
+    return created
+
+
+@dataclass
+class ServerProcess:
+    """A real ``profilehook serve`` subprocess on its own port and data directory."""
+
+    data_dir: Path
+    port: int = field(default_factory=free_port)
+    extra_env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ServerProcess:
+        log = (self.data_dir.parent / f"server-{self.port}.log").open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "profilehook", "serve", "--port", str(self.port)],
+            env=cli_env(self.data_dir, **self.extra_env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self.wait_ready()
+        return self
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log_text()}")
+            try:
+                if httpx.get(f"{self.base_url}/healthz", timeout=0.5).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"server not ready in {READY_TIMEOUT_S}s: {self.log_text()}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        self.kill(signal.SIGTERM)
+
+    def log_text(self) -> str:
+        path = self.data_dir.parent / f"server-{self.port}.log"
+        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+
+def event(
+    contact_id: str = "c1",
+    event_id: str = "e1",
+    ts_us: int = 1_000_000,
+    workspace: str = "acme",
+    kind: str = "update",
+    **properties: Any,
+) -> Event:
+    """A ready-made event for store and queue tests."""
+    return Event(
+        workspace=workspace,
+        event_id=event_id,
+        contact_id=contact_id,
+        ts_us=ts_us,
+        properties=properties,
+        kind=kind,  # type: ignore[arg-type]
+        received_us=time.time_ns() // 1000,
+    )
+
+
+def wait_until(predicate: Any, timeout_s: float = 10.0, interval_s: float = 0.02) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s}s")
+        time.sleep(interval_s)

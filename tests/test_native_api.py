@@ -1,0 +1,271 @@
+"""POST /v1/properties and /v1/properties/batch, as SPEC 2.1 and 2.2 describe them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from tests.support import wait_until
+
+SEED = {
+    "contact_id": "user123",
+    "event_name": "aampe_property_update",
+    "time": 1672531200,
+    "event_id": "e3b0c442-98fc-4e4e-a83f-5f7d7edc2f38",
+    "user_properties": {"subscription_status": "active", "last_login": 1672531200},
+    "metadata": {"platform": "web", "browser": "Chrome"},
+}
+
+
+def event(**fields: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "contact_id": "c1",
+        "event_name": "aampe_property_update",
+        "timestamp": 1700000000,
+        "user_properties": {"plan": "pro"},
+    }
+    body.update(fields)
+    return {k: v for k, v in body.items() if v is not ...}
+
+
+def applied_contact(client: TestClient, auth: dict[str, str], contact_id: str) -> Any:
+    def fetch() -> Any:
+        r = client.get(f"/v1/contacts/{contact_id}", headers=auth)
+        return r.json() if r.status_code == 200 else None
+
+    return wait_until(fetch)
+
+
+def wait_applied(client: TestClient, auth: dict[str, str], event_id: str) -> dict[str, Any]:
+    def fetch() -> Any:
+        r = client.get(f"/v1/events/{event_id}", headers=auth)
+        return r.json() if r.status_code == 200 and r.json()["status"] == "applied" else None
+
+    result: dict[str, Any] = wait_until(fetch)
+    return result
+
+
+class TestAccepting:
+    def test_the_seed_example_is_accepted_with_its_event_id(self, client, auth):
+        r = client.post("/v1/properties", json=SEED, headers=auth)
+        assert r.status_code == 202
+        assert r.json() == {"status": "accepted", "event_id": SEED["event_id"]}
+        profile = applied_contact(client, auth, "user123")
+        assert profile["properties"] == SEED["user_properties"]
+
+    def test_an_event_without_event_id_gets_a_generated_uuid4(self, client, auth):
+        r = client.post("/v1/properties", json=event(), headers=auth)
+        assert r.status_code == 202
+        event_id = r.json()["event_id"]
+        assert len(event_id) == 36 and event_id[14] == "4"
+
+    def test_repeating_an_event_id_answers_the_same_and_changes_nothing(self, client, auth):
+        first = client.post("/v1/properties", json=event(event_id="dup-1"), headers=auth)
+        again = client.post(
+            "/v1/properties",
+            json=event(event_id="dup-1", user_properties={"plan": "free"}),
+            headers=auth,
+        )
+        assert first.status_code == again.status_code == 202
+        assert first.json() == again.json()
+        wait_until(lambda: client.get("/metrics").text.count("profilehook_queue_depth 0.0"))
+        wait_applied(client, auth, "dup-1")
+        assert applied_contact(client, auth, "c1")["properties"] == {"plan": "pro"}
+        history = client.get("/v1/contacts/c1/history", headers=auth).json()
+        assert [e["event_id"] for e in history["events"]] == ["dup-1"]
+
+    def test_milliseconds_and_seconds_give_the_same_event_time(self, client, auth):
+        client.post(
+            "/v1/properties", json=event(event_id="s", timestamp=1700000000.5), headers=auth
+        )
+        client.post(
+            "/v1/properties",
+            json=event(event_id="ms", contact_id="c2", timestamp=1700000000500),
+            headers=auth,
+        )
+        assert wait_applied(client, auth, "s")["timestamp"] == 1700000000.5
+        assert wait_applied(client, auth, "ms")["timestamp"] == 1700000000.5
+
+    def test_time_is_an_alias_when_timestamp_is_absent(self, client, auth):
+        body = event(timestamp=..., time=1600000000, event_id="alias")
+        assert client.post("/v1/properties", json=body, headers=auth).status_code == 202
+        assert wait_applied(client, auth, "alias")["timestamp"] == 1600000000
+
+    def test_unknown_top_level_fields_are_ignored(self, client, auth):
+        r = client.post("/v1/properties", json=event(extra={"x": 1}), headers=auth)
+        assert r.status_code == 202
+
+    def test_json_with_a_charset_parameter_is_json(self, client, auth):
+        r = client.post(
+            "/v1/properties",
+            content=b'{"contact_id":"c","event_name":"e","timestamp":1,"user_properties":{}}',
+            headers={**auth, "Content-Type": "application/json; charset=utf-8"},
+        )
+        assert r.status_code == 202
+
+    def test_newer_event_time_wins_whatever_the_arrival_order(self, client, auth):
+        newer = event(event_id="new", timestamp=200, user_properties={"plan": "new"})
+        older = event(event_id="old", timestamp=100, user_properties={"plan": "old", "x": 1})
+        client.post("/v1/properties", json=newer, headers=auth)
+        client.post("/v1/properties", json=older, headers=auth)
+        wait_applied(client, auth, "old")
+        profile = applied_contact(client, auth, "c1")
+        assert profile["properties"] == {"plan": "new", "x": 1}
+        assert profile["versions"]["plan"] == {"timestamp": 200, "event_id": "new"}
+
+    def test_null_unsets_a_property(self, client, auth):
+        client.post("/v1/properties", json=event(event_id="a", timestamp=1), headers=auth)
+        unset = event(event_id="b", timestamp=2, user_properties={"plan": None, "y": 2})
+        client.post("/v1/properties", json=unset, headers=auth)
+        wait_applied(client, auth, "b")
+        assert applied_contact(client, auth, "c1")["properties"] == {"y": 2}
+
+
+def problems(response: Any) -> list[tuple[tuple[Any, ...], str]]:
+    assert response.status_code == 422, response.text
+    return [(tuple(p["loc"]), p["type"]) for p in response.json()["detail"]]
+
+
+class TestRefusing:
+    def test_every_problem_is_listed_at_once(self, client, auth):
+        body = {"contact_id": 5, "event_name": "", "user_properties": [], "metadata": 3}
+        r = client.post("/v1/properties", json=body, headers=auth)
+        assert problems(r) == [
+            (("body", "contact_id"), "string_type"),
+            (("body", "event_name"), "string_too_short"),
+            (("body", "timestamp"), "missing"),
+            (("body", "user_properties"), "dict_type"),
+            (("body", "metadata"), "dict_type"),
+        ]
+        first = r.json()["detail"][0]
+        assert first["msg"] == "Input should be a valid string"
+
+    @pytest.mark.parametrize(
+        ("body", "expected"),
+        [
+            (event(contact_id=...), [(("body", "contact_id"), "missing")]),
+            (event(event_name=...), [(("body", "event_name"), "missing")]),
+            (event(timestamp=...), [(("body", "timestamp"), "missing")]),
+            (event(user_properties=...), [(("body", "user_properties"), "missing")]),
+            (event(timestamp="soon"), [(("body", "timestamp"), "float_type")]),
+            (event(timestamp=True), [(("body", "timestamp"), "float_type")]),
+            (event(timestamp=-1), [(("body", "timestamp"), "value_error")]),
+            (event(timestamp=1e20), [(("body", "timestamp"), "value_error")]),
+            (event(event_id=7), [(("body", "event_id"), "string_type")]),
+            (event(event_id=""), [(("body", "event_id"), "string_too_short")]),
+            (event(contact_id="x" * 513), [(("body", "contact_id"), "string_too_long")]),
+            (event(metadata=[1]), [(("body", "metadata"), "dict_type")]),
+            (
+                event(user_properties={"x" * 257: 1}),
+                [(("body", "user_properties", "x" * 257), "string_too_long")],
+            ),
+            (
+                event(user_properties={str(i): i for i in range(1001)}),
+                [(("body", "user_properties"), "too_long")],
+            ),
+        ],
+        ids=lambda v: str(v)[:40] if not isinstance(v, list) else "",
+    )
+    def test_a_field_that_does_not_fit_is_named(self, client, auth, body, expected):
+        assert problems(client.post("/v1/properties", json=body, headers=auth)) == expected
+
+    @pytest.mark.parametrize(
+        "raw",
+        [b"{", b'{"a": NaN}', b'{"a": 1,}', b"\xff\xfe", b'{"a": Infinity}'],
+        ids=["truncated", "nan", "trailing-comma", "bad-utf8", "infinity"],
+    )
+    def test_malformed_json_is_json_invalid(self, client, auth, raw):
+        r = client.post(
+            "/v1/properties", content=raw, headers={**auth, "Content-Type": "application/json"}
+        )
+        [(loc, kind)] = problems(r)
+        assert kind == "json_invalid" and loc[0] == "body"
+
+    @pytest.mark.parametrize("raw", [b"[]", b'"text"', b"42", b"null"])
+    def test_a_body_that_is_not_an_object_is_refused(self, client, auth, raw):
+        r = client.post("/v1/properties", content=raw, headers=auth)
+        assert problems(r) == [(("body",), "model_attributes_type")]
+
+    def test_an_empty_body_is_a_missing_body(self, client, auth):
+        assert problems(client.post("/v1/properties", content=b"", headers=auth)) == [
+            (("body",), "missing")
+        ]
+
+    def test_deeply_nested_json_is_refused(self, client, auth):
+        deep: Any = 1
+        for _ in range(40):
+            deep = {"d": deep}
+        r = client.post("/v1/properties", json=event(user_properties={"x": deep}), headers=auth)
+        assert problems(r) == [(("body",), "json_invalid")]
+
+    @pytest.mark.parametrize(
+        "header",
+        [None, "", "Bearer", "Bearer nope", "Basic abc", "Bearer phk_000000000000_wrong", "bearer"],
+    )
+    def test_a_missing_or_wrong_key_is_401_with_the_seed_body(self, client, header):
+        headers = {} if header is None else {"Authorization": header}
+        r = client.post("/v1/properties", json=event(), headers=headers)
+        assert r.status_code == 401
+        assert r.json() == {"detail": "Invalid API Key"}
+
+    def test_a_body_over_the_limit_is_413(self, client, auth):
+        big = event(user_properties={"blob": "x" * (300 * 1024)})
+        r = client.post("/v1/properties", json=big, headers=auth)
+        assert r.status_code == 413
+        assert "262144" in r.json()["detail"]
+
+    def test_a_declared_content_type_that_is_not_json_is_415(self, client, auth):
+        r = client.post(
+            "/v1/properties",
+            content=b"contact_id=x",
+            headers={**auth, "Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert r.status_code == 415
+        assert "application/json" in r.json()["detail"]
+
+    def test_a_refused_event_is_never_stored(self, client, auth):
+        client.post("/v1/properties", json=event(event_id="bad", timestamp="x"), headers=auth)
+        assert client.get("/v1/events/bad", headers=auth).status_code == 404
+
+
+class TestBatch:
+    def test_valid_items_are_accepted_and_invalid_ones_reported(self, client, auth):
+        body = {"events": [event(event_id="b1"), {"contact_id": "x"}, event(event_id="b3")]}
+        r = client.post("/v1/properties/batch", json=body, headers=auth)
+        assert r.status_code == 202
+        out = r.json()
+        assert (out["accepted"], out["rejected"]) == (2, 1)
+        assert out["results"][0] == {"index": 0, "status": "accepted", "event_id": "b1"}
+        assert out["results"][1]["status"] == "rejected"
+        locs = {tuple(p["loc"]) for p in out["results"][1]["detail"]}
+        assert ("body", "events", 1, "event_name") in locs
+        wait_applied(client, auth, "b3")
+
+    def test_all_invalid_is_422_listing_every_problem(self, client, auth):
+        body = {"events": [{"contact_id": 1}, []]}
+        locs = [
+            loc for loc, _ in problems(client.post("/v1/properties/batch", json=body, headers=auth))
+        ]
+        assert ("body", "events", 0, "contact_id") in locs
+        assert ("body", "events", 1) in locs
+
+    @pytest.mark.parametrize(
+        ("body", "kind"),
+        [
+            ({}, "missing"),
+            ({"events": {}}, "list_type"),
+            ({"events": []}, "too_short"),
+            ({"events": [event()] * 1001}, "too_long"),
+        ],
+        ids=["no-events", "not-a-list", "empty", "too-many"],
+    )
+    def test_a_wrong_envelope_is_422(self, client, auth, body, kind):
+        assert problems(client.post("/v1/properties/batch", json=body, headers=auth)) == [
+            (("body", "events"), kind)
+        ]
+
+    def test_a_batch_needs_a_key(self, client):
+        r = client.post("/v1/properties/batch", json={"events": [event()]})
+        assert r.status_code == 401
