@@ -357,3 +357,198 @@ def _with_services(settings: Settings, call: Callable[[Any], Awaitable[T]]) -> T
             return await call(services)
 
     return _run(run())
+
+
+@main.group()
+def sources() -> None:
+    """Create and manage webhook sources (Copernica, Amplitude)."""
+
+
+@sources.group("create")
+def sources_create() -> None:
+    """Create a webhook source; prints its URL (and its secret, once)."""
+
+
+@sources_create.command("copernica")
+@click.option("--workspace", required=True)
+@click.option("--account", required=True, help="Copernica account id (X-Copernica-ID).")
+@click.option(
+    "--contact-field", help="Profile field that holds the contact id (default: profile id)."
+)
+@click.option(
+    "--public-key",
+    "public_keys",
+    multiple=True,
+    metavar="KEYID=PEMFILE",
+    help="Pin a public key for a keyId instead of looking it up in DNS (repeatable).",
+)
+@click.option("--token", is_flag=True, help="Also require a secret ?token= in the URL.")
+@click.option(
+    "--json", "as_json", is_flag=True, help='Print {"source_id", "url", "kind", "workspace"}.'
+)
+@click.pass_context
+def sources_create_copernica(
+    ctx: click.Context,
+    workspace: str,
+    account: str,
+    contact_field: str | None,
+    public_keys: tuple[str, ...],
+    token: bool,
+    as_json: bool,
+) -> None:
+    """A Copernica profile webhook source.
+
+    \b
+    Example:
+      profilehook sources create copernica --workspace acme --account 12345 \\
+          --contact-field customer_id --json
+    """
+    config: dict[str, Any] = {
+        "account": account,
+        "contact_field": contact_field,
+        "public_keys": dict(_read_public_key(spec) for spec in public_keys),
+    }
+    _create_source(ctx, "copernica", workspace, config, token, as_json)
+
+
+@sources_create.command("amplitude")
+@click.option("--workspace", required=True)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help='Print {"source_id", "url", "kind", "workspace", "secret"}.',
+)
+@click.pass_context
+def sources_create_amplitude(ctx: click.Context, workspace: str, as_json: bool) -> None:
+    """An Amplitude cohort webhook source, with its secret.
+
+    \b
+    Example:
+      profilehook sources create amplitude --workspace acme --json
+    """
+    _create_source(ctx, "amplitude", workspace, {}, True, as_json)
+
+
+def _read_public_key(spec: str) -> tuple[str, str]:
+    key_id, sep, path = spec.partition("=")
+    if not sep or not key_id or not path:
+        raise click.BadParameter(f"{spec!r}: use KEYID=PEMFILE", param_hint="--public-key")
+    try:
+        pem = Path(path).read_text()
+    except OSError as exc:
+        raise click.BadParameter(f"{path}: {exc.strerror}", param_hint="--public-key") from None
+    if "-----BEGIN PUBLIC KEY-----" not in pem and "-----BEGIN RSA PUBLIC KEY-----" not in pem:
+        raise click.BadParameter(f"{path} holds no PEM public key", param_hint="--public-key")
+    return key_id, pem
+
+
+def _create_source(
+    ctx: click.Context,
+    kind: Any,
+    workspace: str,
+    config: dict[str, Any],
+    with_secret: bool,
+    as_json: bool,
+) -> None:
+    from profilehook.sources import registry
+
+    settings = _settings(ctx)
+    source, secret = _with_services(
+        settings, lambda s: registry.create_source(s.store, kind, workspace, config, with_secret)
+    )
+    url = registry.webhook_url(settings.base_url, source)
+    out: dict[str, Any] = {
+        "source_id": source.source_id,
+        "url": url,
+        "kind": kind,
+        "workspace": workspace,
+    }
+    if kind == "amplitude":
+        out["secret"] = secret
+    elif secret is not None:
+        out["token"] = secret
+        out["url"] = f"{url}?token={secret}"
+    if as_json:
+        click.echo(json.dumps(out))
+        return
+    click.echo(f"Created {kind} source {source.source_id} for workspace {workspace!r}.")
+    click.echo(f"Webhook URL: {out['url']}")
+    if kind == "amplitude":
+        click.echo("In Amplitude, add this custom header to the webhook (shown only now):")
+        click.echo(f"  Authorization: Bearer {secret}")
+        click.echo(f"  (or X-Api-Key: {secret})")
+
+
+@sources.command("list")
+@click.option("--workspace", help="Only this workspace's sources.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.pass_context
+def sources_list(ctx: click.Context, workspace: str | None, as_json: bool) -> None:
+    """List sources with their URLs (never their secrets).
+
+    \b
+    Example:
+      profilehook sources list --workspace acme
+    """
+    from profilehook.sources.registry import public_view
+
+    settings = _settings(ctx)
+    found = _with_services(settings, lambda s: s.store.list_sources(workspace))
+    views = [public_view(source, settings.base_url) for source in found]
+    if as_json:
+        click.echo(json.dumps(views))
+        return
+    for view in views:
+        click.echo(f"{view['source_id']}  {view['kind']:<9}  {view['workspace']}  {view['url']}")
+
+
+@sources.command("show")
+@click.argument("source_id")
+@click.pass_context
+def sources_show(ctx: click.Context, source_id: str) -> None:
+    """Print a source as JSON: URL, options, how many secrets are active.
+
+    \b
+    Example:
+      profilehook sources show src_0123456789abcdef
+    """
+    from profilehook.sources.registry import public_view
+
+    settings = _settings(ctx)
+    source = _with_services(settings, lambda s: s.store.get_source(source_id))
+    if source is None:
+        raise click.ClickException(f"No source with id {source_id!r}")
+    click.echo(json.dumps(public_view(source, settings.base_url), indent=2))
+
+
+@sources.command("rotate")
+@click.argument("source_id")
+@click.option(
+    "--drop-previous",
+    is_flag=True,
+    help="Finish a rotation: only the newest secret keeps working.",
+)
+@click.option("--json", "as_json", is_flag=True, help='Print {"source_id", "secret"}.')
+@click.pass_context
+def sources_rotate(ctx: click.Context, source_id: str, drop_previous: bool, as_json: bool) -> None:
+    """Issue a new secret; the previous one works until --drop-previous.
+
+    \b
+    Example:
+      profilehook sources rotate src_0123456789abcdef
+      profilehook sources rotate src_0123456789abcdef --drop-previous
+    """
+    from profilehook.sources import registry
+
+    settings = _settings(ctx)
+    if drop_previous:
+        _with_services(settings, lambda s: registry.drop_previous_secret(s.store, source_id))
+        click.echo(f"Only the newest secret of {source_id} works now")
+        return
+    _, secret = _with_services(settings, lambda s: registry.rotate_secret(s.store, source_id))
+    if as_json:
+        click.echo(json.dumps({"source_id": source_id, "secret": secret}))
+    else:
+        click.echo(f"New secret of {source_id} (shown only now; the previous one still works):")
+        click.echo(f"  {secret}")

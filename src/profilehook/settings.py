@@ -32,6 +32,12 @@ class Settings:
     public_url: str = _setting("", "Base URL clients use to reach the service (for printed URLs)")
     max_single_body_bytes: int = _setting(c.MAX_SINGLE_BODY_BYTES, "Body cap, POST /v1/properties")
     max_batch_body_bytes: int = _setting(c.MAX_BATCH_BODY_BYTES, "Body cap, batch endpoint")
+    max_copernica_body_bytes: int = _setting(
+        c.MAX_COPERNICA_BODY_BYTES, "Body cap, Copernica webhooks"
+    )
+    max_amplitude_body_bytes: int = _setting(
+        c.MAX_AMPLITUDE_BODY_BYTES, "Body cap, Amplitude webhooks"
+    )
     apply_batch_max_events: int = _setting(c.APPLY_BATCH_MAX_EVENTS, "Events per apply batch")
     log_level: str = _setting("info", "Log level: debug, info, warning, error")
 

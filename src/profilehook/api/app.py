@@ -17,6 +17,7 @@ from starlette.types import Receive, Scope, Send
 from profilehook.api.ingest import Handler, ingest_handlers
 from profilehook.api.responses import error_body, error_response
 from profilehook.api.routes import read_routes
+from profilehook.api.webhooks import PATH_PREFIX, webhook_handler
 from profilehook.errors import ProfilehookError
 from profilehook.service import Services
 from profilehook.settings import Settings
@@ -37,11 +38,12 @@ class ProfilehookApp:
             services.settings.apply_batch_max_events,
         )
         self._ingest = ingest_handlers(services)
+        self._webhooks = webhook_handler(services)
         # The ingest paths are also known to Starlette, so that other methods get a 405.
         ingest_routes = [
             Route(path, _AsgiEndpoint(handler), methods=["POST"])
             for path, handler in self._ingest.items()
-        ]
+        ] + [Route(PATH_PREFIX + "{source_id}", _AsgiEndpoint(self._webhooks), methods=["POST"])]
         self._starlette = Starlette(
             routes=ingest_routes + read_routes(services),
             lifespan=self._lifespan if run_applier else self._lifespan_without_applier,
@@ -57,6 +59,9 @@ class ProfilehookApp:
             handler = self._ingest.get(scope["path"])
             if handler is not None:
                 await handler(scope, receive, send)
+                return
+            if scope["path"].startswith(PATH_PREFIX):
+                await self._webhooks(scope, receive, send)
                 return
         await self._starlette(scope, receive, send)
 

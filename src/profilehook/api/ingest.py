@@ -42,7 +42,7 @@ def ingest_handlers(services: Services) -> dict[str, Handler]:
             event = native.parse_single(body, workspace, now_us())
             await services.queue.publish([event])
         except ProfilehookError as exc:
-            await _refuse(services, send, exc)
+            await refuse(services, send, exc)
             return
         accepted.inc()
         await send_json(send, 202, b'{"status":"accepted","event_id":%s}' % encode(event.event_id))
@@ -56,7 +56,7 @@ def ingest_handlers(services: Services) -> dict[str, Handler]:
             events = [item for item in items if isinstance(item, Event)]
             await services.queue.publish(events)
         except ProfilehookError as exc:
-            await _refuse(services, send, exc)
+            await refuse(services, send, exc)
             return
         accepted.inc(len(events))
         rejected.inc(len(items) - len(events))
@@ -76,7 +76,7 @@ def ingest_handlers(services: Services) -> dict[str, Handler]:
     return {"/v1/properties": single, "/v1/properties/batch": batch}
 
 
-async def _refuse(services: Services, send: Send, exc: ProfilehookError) -> None:
+async def refuse(services: Services, send: Send, exc: ProfilehookError) -> None:
     if isinstance(exc, ClientDisconnected):
         return
     services.metrics.requests_rejected.labels(str(exc.status_code)).inc()

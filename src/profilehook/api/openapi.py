@@ -129,6 +129,17 @@ _SCHEMAS: dict[str, Any] = {
             },
         },
     },
+    "WebhookAccepted": {
+        "type": "object",
+        "required": ["status"],
+        "properties": {
+            "status": {"const": "accepted"},
+            "event_ids": {"type": "array", "items": {"type": "string"}},
+            "accepted": {"type": "integer"},
+            "skipped": {"type": "integer"},
+            "ignored": {"type": "integer"},
+        },
+    },
     "Contact": {
         "type": "object",
         "required": ["contact_id", "properties", "updated_at", "versions"],
@@ -213,6 +224,38 @@ def _paths() -> dict[str, Any]:
                 "responses": {
                     "202": _json(_ref("BatchAccepted"), "Valid events stored, invalid ones listed"),
                     **_ERRORS_INGEST,
+                },
+            }
+        },
+        "/v1/webhooks/{source_id}": {
+            "post": {
+                "summary": "A Copernica or Amplitude webhook, authenticated as its source requires",
+                "description": "Copernica: form-encoded (sub)profile events signed with its HTTP"
+                " signature. Amplitude: cohort JSON with the source secret in `Authorization:"
+                " Bearer` or `X-Api-Key`. Answers 200 after durable storage.",
+                "parameters": [
+                    {
+                        "name": "source_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/x-www-form-urlencoded": {"schema": {"type": "object"}},
+                        "application/json": {"schema": {}},
+                    },
+                },
+                "responses": {
+                    "200": _json(_ref("WebhookAccepted"), "Stored durably"),
+                    "401": _error("Signature, token or secret refused; `detail` says which check"),
+                    "404": _error("`Source not found`"),
+                    "413": _ERRORS_INGEST["413"],
+                    "415": _ERRORS_INGEST["415"],
+                    "422": _ERRORS_INGEST["422"],
+                    "503": _ERRORS_INGEST["503"],
                 },
             }
         },

@@ -44,6 +44,21 @@ class ApiKey:
     revoked_us: int | None = None
 
 
+SourceKind = Literal["copernica", "amplitude"]
+
+
+@dataclass(frozen=True)
+class Source:
+    """A configured webhook integration of a workspace. ``config`` holds its options and the
+    hashes of its secrets (never the secrets themselves)."""
+
+    source_id: str
+    workspace: str
+    kind: SourceKind
+    config: dict[str, Any]
+    created_us: int
+
+
 @dataclass
 class ApplyResult:
     """What one ``apply`` did: counts that feed the metrics."""
@@ -188,6 +203,18 @@ class Store(ABC):
     @abstractmethod
     async def revoke_key(self, key_id: str, revoked_us: int) -> bool:
         """Revoke a key; False when there is no such key."""
+
+    @abstractmethod
+    async def put_source(self, source: Source) -> None:
+        """Create or replace a source (by ``source_id``)."""
+
+    @abstractmethod
+    async def get_source(self, source_id: str) -> Source | None:
+        """A source by id, checked on every webhook request: changes made by another process
+        (a rotated secret) take effect on the next request."""
+
+    @abstractmethod
+    async def list_sources(self, workspace: str | None = None) -> list[Source]: ...
 
     @abstractmethod
     async def workspace_for(self, key_hash: str) -> str | None:

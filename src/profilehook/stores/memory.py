@@ -14,6 +14,7 @@ from profilehook.stores.base import (
     ContactState,
     EventRecord,
     Progress,
+    Source,
     Store,
     by_contact,
     contact_exists,
@@ -33,6 +34,7 @@ class MemoryStore(Store):
         self._events: dict[tuple[str, str], EventRecord] = {}
         self._profiles: dict[tuple[str, str], _Profile] = {}
         self._keys: dict[str, tuple[ApiKey, str]] = {}
+        self._sources: dict[str, Source] = {}
 
     async def open(self) -> None:
         return None
@@ -128,6 +130,15 @@ class MemoryStore(Store):
                 key_hash,
             )
         return True
+
+    async def put_source(self, source: Source) -> None:
+        self._sources[source.source_id] = source
+
+    async def get_source(self, source_id: str) -> Source | None:
+        return self._sources.get(source_id)
+
+    async def list_sources(self, workspace: str | None = None) -> list[Source]:
+        return [s for s in self._sources.values() if workspace in (None, s.workspace)]
 
     async def workspace_for(self, key_hash: str) -> str | None:
         for key, stored_hash in self._keys.values():

@@ -7,7 +7,7 @@ contact with the shared rules, write only what wins.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from profilehook.stores.base import (
     ContactState,
     EventRecord,
     Progress,
+    Source,
     Store,
     by_contact,
     contact_exists,
@@ -61,6 +62,13 @@ CREATE TABLE IF NOT EXISTS contacts (
     deleted_event_id TEXT,
     PRIMARY KEY (workspace, contact_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sources (
+    source_id TEXT PRIMARY KEY,
+    workspace TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    config TEXT NOT NULL,
+    created_us INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS api_keys (
     key_id TEXT PRIMARY KEY,
     workspace TEXT NOT NULL,
@@ -73,13 +81,15 @@ CREATE TABLE IF NOT EXISTS api_keys (
 # Beyond this many names, read all of a contact's rows rather than bind each name.
 MAX_BOUND_NAMES = 500
 REBUILD_CHUNK_EVENTS = 5_000
+MAX_CACHED_ANSWERS = 10_000
 
 
 class SqliteStore(Store):
     def __init__(self, path: Path):
         self.db = SqliteDatabase(path, SCHEMA)
-        self._keys_cache: dict[str, str | None] = {}
-        self._keys_seen_version: int | None = None
+        # Answers for the hot path, valid until any connection commits to the file.
+        self._cache: dict[tuple[str, str], Any] = {}
+        self._cache_version: int | None = None
 
     async def open(self) -> None:
         await self.db.open()
@@ -162,25 +172,78 @@ class SqliteStore(Store):
 
         return await self.db.write(update)
 
-    async def workspace_for(self, key_hash: str) -> str | None:
-        # On the event loop: a cached answer is valid until any connection commits to the
-        # file (PRAGMA data_version moves); then one primary-key read refreshes it.
-        return self.db.read_now(lambda conn: self._cached_workspace(conn, key_hash))
+    async def put_source(self, source: Source) -> None:
+        row = (
+            source.source_id,
+            source.workspace,
+            source.kind,
+            _json(source.config),
+            source.created_us,
+        )
+        await self.db.write(
+            lambda conn: conn.execute(
+                "INSERT OR REPLACE INTO sources (source_id, workspace, kind, config, created_us)"
+                " VALUES (?, ?, ?, ?, ?)",
+                row,
+            )
+        )
 
-    def _cached_workspace(self, conn: sqlite3.Connection, key_hash: str) -> str | None:
-        version = conn.execute("PRAGMA data_version").fetchone()[0]
-        if version != self._keys_seen_version:
-            self._keys_cache.clear()
-            self._keys_seen_version = version
-        if key_hash not in self._keys_cache:
+    async def get_source(self, source_id: str) -> Source | None:
+        def load(conn: sqlite3.Connection) -> Source | None:
+            row = conn.execute(_SOURCE_SELECT + " WHERE source_id = ?", (source_id,)).fetchone()
+            return None if row is None else _source(row)
+
+        found: Source | None = self.db.read_now(
+            lambda conn: self._cached(conn, ("source", source_id), load)
+        )
+        return found
+
+    async def list_sources(self, workspace: str | None = None) -> list[Source]:
+        def select(conn: sqlite3.Connection) -> list[Source]:
+            rows = conn.execute(
+                _SOURCE_SELECT + " WHERE ? IS NULL OR workspace = ? ORDER BY created_us",
+                (workspace, workspace),
+            ).fetchall()
+            return [_source(row) for row in rows]
+
+        return await self.db.read(select)
+
+    async def workspace_for(self, key_hash: str) -> str | None:
+        def load(conn: sqlite3.Connection) -> str | None:
             row = conn.execute(
                 "SELECT workspace FROM api_keys WHERE key_hash = ? AND revoked_us IS NULL",
                 (key_hash,),
             ).fetchone()
-            if len(self._keys_cache) > 10_000:
-                self._keys_cache.clear()
-            self._keys_cache[key_hash] = None if row is None else row[0]
-        return self._keys_cache[key_hash]
+            return None if row is None else str(row[0])
+
+        result: str | None = self.db.read_now(
+            lambda conn: self._cached(conn, ("key", key_hash), load)
+        )
+        return result
+
+    def _cached(
+        self,
+        conn: sqlite3.Connection,
+        key: tuple[str, str],
+        load: Callable[[sqlite3.Connection], Any],
+    ) -> Any:
+        # On the event loop: a cached answer holds until any connection commits to the file
+        # (PRAGMA data_version moves); then one primary-key read refreshes it.
+        version = conn.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._cache_version or len(self._cache) > MAX_CACHED_ANSWERS:
+            self._cache.clear()
+            self._cache_version = version
+        if key not in self._cache:
+            self._cache[key] = load(conn)
+        return self._cache[key]
+
+
+_SOURCE_SELECT = "SELECT source_id, workspace, kind, config, created_us FROM sources"
+
+
+def _source(row: tuple[str, str, str, str, int]) -> Source:
+    source_id, workspace, kind, config, created_us = row
+    return Source(source_id, workspace, kind, msgspec.json.decode(config), created_us)  # type: ignore[arg-type]
 
 
 def _event_key_columns(event: Event) -> tuple[str, str, str, int]:

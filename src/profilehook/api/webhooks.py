@@ -1,0 +1,88 @@
+"""POST /v1/webhooks/{source_id}: find the source, let its kind turn the request into events,
+store them durably, answer as that kind's sender expects. Raw ASGI, like the ingest path."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from urllib.parse import parse_qsl
+
+from starlette.types import Receive, Scope, Send
+
+from profilehook.api.ingest import Handler, read_body, refuse
+from profilehook.api.responses import encode, send_json
+from profilehook.errors import ConfigurationError, NotFound, ProfilehookError, StorageUnavailable
+from profilehook.events import now_us
+from profilehook.service import Services
+from profilehook.sources.webhooks import WebhookRequest, WebhookSource
+
+log = logging.getLogger(__name__)
+
+PATH_PREFIX = "/v1/webhooks/"
+# kind -> (module with ``make_source(services)``, the extra that installs its dependencies)
+KINDS = {
+    "copernica": ("profilehook.sources.copernica", "copernica"),
+    "amplitude": ("profilehook.sources.amplitude", None),
+}
+
+
+def load_kinds(services: Services) -> dict[str, WebhookSource | ConfigurationError]:
+    """Every kind's handler, or the error that says what to install for it."""
+    kinds: dict[str, WebhookSource | ConfigurationError] = {}
+    for kind, (module_name, extra) in KINDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            hint = f"pip install 'profilehook[{extra}]'" if extra else "reinstall profilehook"
+            log.warning("%s webhooks unavailable (%s): %s", kind, exc, hint)
+            kinds[kind] = ConfigurationError(f"{kind} webhooks need: {hint}")
+            continue
+        kinds[kind] = module.make_source(services)
+    return kinds
+
+
+def webhook_handler(services: Services) -> Handler:
+    kinds = load_kinds(services)
+
+    async def handle(scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            source_id = scope["path"][len(PATH_PREFIX) :]
+            source = await services.store.get_source(source_id) if source_id else None
+            kind = kinds.get(source.kind) if source is not None else None
+            if source is None or kind is None:
+                raise NotFound("Source not found")
+            if isinstance(kind, ConfigurationError):
+                raise StorageUnavailable(str(kind.detail))
+            request = await _request(scope, receive, kind.max_body_bytes)
+            result = await kind.handle(source, request)
+            if result.events:
+                await services.queue.publish(result.events)
+        except ProfilehookError as exc:
+            await refuse(services, send, exc)
+            return
+        counter = services.metrics.events
+        counter.labels(source.kind, "accepted").inc(len(result.events))
+        counter.labels(source.kind, "ignored").inc(result.ignored)
+        counter.labels(source.kind, "skipped").inc(result.skipped)
+        await send_json(send, result.status, encode(result.body))
+
+    return handle
+
+
+async def _request(scope: Scope, receive: Receive, max_body_bytes: int) -> WebhookRequest:
+    headers: dict[str, str] = {}
+    for name, value in scope["headers"]:
+        key, text = name.decode("latin-1").lower(), value.decode("latin-1")
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+    length = headers.get("content-length")
+    body = await read_body(receive, length.encode() if length else None, max_body_bytes)
+    raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+    query_string = scope.get("query_string", b"").decode("latin-1")
+    return WebhookRequest(
+        method=scope["method"],
+        target=f"{raw_path}?{query_string}" if query_string else raw_path,
+        headers=headers,
+        body=body,
+        received_us=now_us(),
+        query=dict(parse_qsl(query_string, keep_blank_values=True)),
+    )
