@@ -72,3 +72,22 @@ class ConfigurationError(ProfilehookError):
 
 class ClientDisconnected(ProfilehookError):
     status_code = 499
+
+
+class FormTooComplex(ProfilehookError):
+    """A form body over the field-count or bracket-depth limit (SPEC 5): too much to process."""
+
+    status_code = 413
+
+
+class SignatureRejected(ProfilehookError):
+    """A webhook request whose signature, or one of the checks around it, failed.
+
+    ``reason`` is a stable code for logs and metrics; ``detail`` says which check failed.
+    """
+
+    status_code = 401
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
