@@ -10,9 +10,9 @@ import pytest
 from starlette.testclient import TestClient
 
 from profilehook.api.app import create_app
-from profilehook.settings import Settings
 from profilehook.keys import create_key
 from profilehook.service import running
+from profilehook.settings import Settings
 from tests.support import ServerProcess
 
 

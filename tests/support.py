@@ -66,13 +66,13 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> ServerProcess:
-        log = (self.data_dir.parent / f"server-{self.port}.log").open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "profilehook", "serve", "--port", str(self.port)],
-            env=cli_env(self.data_dir, **self.extra_env),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        with (self.data_dir.parent / f"server-{self.port}.log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "profilehook", "serve", "--port", str(self.port)],
+                env=cli_env(self.data_dir, **self.extra_env),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         self.wait_ready()
         return self
 

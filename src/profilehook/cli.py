@@ -137,10 +137,10 @@ async def _quickstart_text(settings: Settings) -> str:
     url = settings.base_url
     body = json.dumps(SEED_EVENT)
     send = (
-        f"curl -sS -X POST {url}/v1/properties -H 'Authorization: Bearer {key}'"
+        f"curl -sS -X POST {url}/v1/properties -H \"Authorization: Bearer {key}\""
         f" -H 'Content-Type: application/json' -d {shlex.quote(body)}"
     )
-    read = f"curl -sS {url}/v1/contacts/user123 -H 'Authorization: Bearer {key}'"
+    read = f'curl -sS {url}/v1/contacts/user123 -H "Authorization: Bearer {key}"'
     return (
         f"profilehook on {url}, data in {settings.data_dir}\n{intro}\n\n"
         f"Send the first event:\n  {send}\n\nRead the profile:\n  {read}\n"

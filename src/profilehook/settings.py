@@ -79,6 +79,6 @@ def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
             return Path(raw)
     except ValueError:
         raise ConfigurationError(
-            f"{ENV_PREFIX}{f.name.upper()}={raw!r} is not a {kind.__name__}"
+            f"{ENV_PREFIX}{f.name.upper()}={raw!r} is not {'an integer' if kind is int else 'a path'}"
         ) from None
     return raw

@@ -1,0 +1,239 @@
+"""The ``profilehook`` command as scripts and operators use it (SPEC 4), in subprocesses."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+import pytest
+
+from profilehook.settings import Settings
+from tests.support import ServerProcess, create_key, run_cli, wait_until
+
+pytestmark = pytest.mark.slow
+
+APPLY_TIMEOUT_S = 20.0
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def server(data_dir: Path) -> Iterator[ServerProcess]:
+    proc = ServerProcess(data_dir).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def send(server: ServerProcess, key: str, **event: Any) -> httpx.Response:
+    return httpx.post(
+        f"{server.base_url}/v1/properties", json=event, headers=bearer(key), timeout=10
+    )
+
+
+def update(contact_id: str, event_id: str, timestamp: float, **properties: Any) -> dict[str, Any]:
+    return {
+        "contact_id": contact_id,
+        "event_name": "update",
+        "timestamp": timestamp,
+        "event_id": event_id,
+        "user_properties": properties,
+    }
+
+
+def wait_applied(server: ServerProcess, key: str, *event_ids: str) -> None:
+    def applied(event_id: str) -> bool:
+        response = httpx.get(f"{server.base_url}/v1/events/{event_id}", headers=bearer(key))
+        return response.status_code == 200 and response.json()["status"] == "applied"
+
+    for event_id in event_ids:
+        wait_until(lambda eid=event_id: applied(eid), timeout_s=APPLY_TIMEOUT_S)
+
+
+def test_keys_create_json_prints_exactly_key_key_id_and_workspace(data_dir: Path) -> None:
+    result = run_cli(data_dir, "keys", "create", "--workspace", "acme", "--json")
+
+    assert result.returncode == 0, result.stderr
+    created = json.loads(result.stdout)
+    assert set(created) == {"key", "key_id", "workspace"}
+    assert created["workspace"] == "acme"
+    assert created["key"].startswith("phk_") and created["key_id"] in created["key"]
+
+
+def test_keys_list_shows_ids_and_workspaces_but_never_the_keys(data_dir: Path) -> None:
+    first = create_key(data_dir, "acme")
+    second = create_key(data_dir, "globex")
+    secrets = [k["key"] for k in (first, second)]
+
+    plain = run_cli(data_dir, "keys", "list")
+    as_json = run_cli(data_dir, "keys", "list", "--json")
+
+    assert plain.returncode == as_json.returncode == 0, plain.stderr + as_json.stderr
+    for output in (plain.stdout, as_json.stdout):
+        for created in (first, second):
+            assert created["key_id"] in output
+            assert created["key"] not in output
+            assert created["key"].rsplit("_", 1)[1] not in output  # not even the secret part
+    rows = json.loads(as_json.stdout)
+    assert [(r["key_id"], r["workspace"], r["revoked_at"]) for r in rows] == [
+        (first["key_id"], "acme", None),
+        (second["key_id"], "globex", None),
+    ]
+    assert not any(secret in json.dumps(rows) for secret in secrets)
+    only_acme = json.loads(
+        run_cli(data_dir, "keys", "list", "--workspace", "acme", "--json").stdout
+    )
+    assert [r["key_id"] for r in only_acme] == [first["key_id"]]
+
+
+def test_given_a_running_server_when_a_key_is_revoked_then_the_next_request_is_refused(
+    data_dir: Path,
+) -> None:
+    """Given a running server and two keys of one workspace, when one key is revoked from
+    the shell, then the very next request with it is a 401 and the other key keeps working."""
+    revoked, kept = create_key(data_dir), create_key(data_dir)
+    server = ServerProcess(data_dir).start()
+    try:
+        assert send(server, revoked["key"], **update("c1", "before", 1, a=1)).status_code == 202
+
+        result = run_cli(data_dir, "keys", "revoke", revoked["key_id"])
+        assert result.returncode == 0, result.stderr
+
+        refused = send(server, revoked["key"], **update("c1", "after", 2, a=2))
+        assert refused.status_code == 401
+        assert refused.json() == {"detail": "Invalid API Key"}
+        read = httpx.get(f"{server.base_url}/v1/contacts/c1", headers=bearer(revoked["key"]))
+        assert (read.status_code, read.json()) == (401, {"detail": "Invalid API Key"})
+        assert send(server, kept["key"], **update("c1", "other", 3, a=3)).status_code == 202
+    finally:
+        server.stop()
+    listed = json.loads(run_cli(data_dir, "keys", "list", "--json").stdout)
+    revoked_at = {r["key_id"]: r["revoked_at"] for r in listed}
+    assert revoked_at[revoked["key_id"]] is not None
+    assert revoked_at[kept["key_id"]] is None
+
+
+def test_revoking_an_unknown_key_id_fails_with_a_clear_message(data_dir: Path) -> None:
+    create_key(data_dir)
+    result = run_cli(data_dir, "keys", "revoke", "000000000000")
+
+    assert result.returncode != 0
+    assert "No key with id '000000000000'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_settings_lists_every_profilehook_variable_with_its_value(data_dir: Path) -> None:
+    result = run_cli(data_dir, "settings", PROFILEHOOK_PORT="9123")
+
+    assert result.returncode == 0, result.stderr
+    listed = {
+        line.split("=", 1)[0] for line in result.stdout.splitlines() if line.startswith("PROFILE")
+    }
+    assert listed == {f"PROFILEHOOK_{f.name.upper()}" for f in fields(Settings)}
+    assert "PROFILEHOOK_PORT=9123" in result.stdout.splitlines()
+    assert f"PROFILEHOOK_DATA_DIR={data_dir}" in result.stdout.splitlines()
+
+
+@pytest.mark.parametrize("command", [["settings"], ["check"], ["serve"]])
+def test_a_bad_port_value_is_a_clear_error_not_a_traceback(
+    data_dir: Path, command: list[str]
+) -> None:
+    result = run_cli(data_dir, *command, PROFILEHOOK_PORT="eighty")
+
+    assert result.returncode != 0
+    assert "PROFILEHOOK_PORT='eighty'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_exits_0_when_the_log_and_the_store_answer(data_dir: Path) -> None:
+    result = run_cli(data_dir, "check")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ok")
+
+
+def test_given_an_event_sent_through_the_server_then_contacts_get_and_events_get_print_json(
+    data_dir: Path, server: ServerProcess
+) -> None:
+    key = create_key(data_dir, "acme")["key"]
+    response = send(server, key, **update("user-1", "evt-1", 1_700_000_000, plan="pro"))
+    assert response.status_code == 202, response.text
+    wait_applied(server, key, "evt-1")
+
+    contact = run_cli(data_dir, "contacts", "get", "user-1", "--workspace", "acme")
+    event = run_cli(data_dir, "events", "get", "evt-1", "--workspace", "acme")
+
+    assert contact.returncode == event.returncode == 0, contact.stderr + event.stderr
+    over_http = httpx.get(f"{server.base_url}/v1/contacts/user-1", headers=bearer(key)).json()
+    assert json.loads(contact.stdout) == over_http
+    assert json.loads(contact.stdout)["properties"] == {"plan": "pro"}
+    printed_event = json.loads(event.stdout)
+    assert printed_event["event_id"] == "evt-1"
+    assert printed_event["status"] == "applied"
+    assert printed_event["contact_id"] == "user-1"
+
+
+def test_contacts_get_and_events_get_of_unknown_ids_fail_clearly(data_dir: Path) -> None:
+    contact = run_cli(data_dir, "contacts", "get", "nobody", "--workspace", "acme")
+    event = run_cli(data_dir, "events", "get", "nothing", "--workspace", "acme")
+
+    assert (contact.returncode, event.returncode) == (1, 1)
+    assert "Contact not found" in contact.stderr
+    assert "Event not found" in event.stderr
+
+
+def test_given_applied_events_when_rebuild_runs_with_the_server_stopped_then_profiles_are_equal(
+    data_dir: Path,
+) -> None:
+    """Given profiles built from out-of-order updates, unsets and repeats, when the server is
+    stopped and ``profilehook rebuild`` runs, then every profile reads exactly as before."""
+    key = create_key(data_dir, "acme")["key"]
+    events = [
+        update("r1", "r1-new", 1_700_000_300, plan="pro", seats=5),
+        update("r1", "r1-old", 1_700_000_100, plan="free", region="eu"),
+        update("r1", "r1-unset", 1_700_000_200, region=None),
+        update("r2", "r2-a", 1_700_000_000, tags=["a", "b"], nested={"x": 1}),
+        update("r2", "r2-b", 1_700_000_000, tags=["c"]),
+        update("r2", "r2-a", 1_700_000_999, tags=["repeat ignored"]),
+        update("r3", "r3-a", 1_700_000_000.5, score=1.5),
+    ]
+    server = ServerProcess(data_dir).start()
+    try:
+        for event in events:
+            assert send(server, key, **event).status_code == 202
+        wait_applied(server, key, *{e["event_id"] for e in events})
+        before = _profiles(server, key, ["r1", "r2", "r3"])
+        server.stop()
+
+        result = run_cli(data_dir, "rebuild")
+        assert result.returncode == 0, result.stderr
+        assert "Rebuilt profiles from 6 events" in result.stdout
+
+        server.start()
+        after = _profiles(server, key, ["r1", "r2", "r3"])
+    finally:
+        server.stop()
+    assert after == before
+    assert before["r1"]["properties"] == {"plan": "pro", "seats": 5}
+    assert before["r2"]["properties"] == {"tags": ["c"], "nested": {"x": 1}}
+
+
+def _profiles(server: ServerProcess, key: str, contact_ids: list[str]) -> dict[str, Any]:
+    found = {}
+    for contact_id in contact_ids:
+        response = httpx.get(f"{server.base_url}/v1/contacts/{contact_id}", headers=bearer(key))
+        assert response.status_code == 200, response.text
+        found[contact_id] = response.json()
+    return found
