@@ -133,3 +133,47 @@ def wait_until(predicate: Any, timeout_s: float = 10.0, interval_s: float = 0.02
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout_s}s")
         time.sleep(interval_s)
+
+
+POSTGRES_URL = os.environ.get(
+    "PROFILEHOOK_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+NATS_URL = os.environ.get("PROFILEHOOK_TEST_NATS_URL", "nats://127.0.0.1:4222")
+
+
+def require_server(url: str, default_port: int) -> None:
+    """Skip when a real server is absent locally; fail in CI (CI=true), where it must be up."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection(
+            (parts.hostname or "127.0.0.1", parts.port or default_port), 2
+        ):
+            return
+    except OSError as exc:
+        message = f"{url} is not reachable ({exc})"
+    if os.environ.get("CI", "").lower() == "true":
+        import pytest
+
+        pytest.fail(f"{message}; CI must run the real servers (.ci/run starts them)")
+    import pytest
+
+    pytest.skip(message)
+
+
+def unique_schema() -> str:
+    import uuid
+
+    return f"t_{uuid.uuid4().hex[:12]}"
+
+
+def postgres_url(schema: str) -> str:
+    return f"{POSTGRES_URL}?schema={schema}"
+
+
+def drop_schema(schema: str) -> None:
+    import psycopg
+
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

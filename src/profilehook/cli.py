@@ -137,7 +137,7 @@ async def _quickstart_text(settings: Settings) -> str:
     url = settings.base_url
     body = json.dumps(SEED_EVENT)
     send = (
-        f"curl -sS -X POST {url}/v1/properties -H \"Authorization: Bearer {key}\""
+        f'curl -sS -X POST {url}/v1/properties -H "Authorization: Bearer {key}"'
         f" -H 'Content-Type: application/json' -d {shlex.quote(body)}"
     )
     read = f'curl -sS {url}/v1/contacts/user123 -H "Authorization: Bearer {key}"'

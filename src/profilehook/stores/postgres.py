@@ -1,0 +1,517 @@
+"""PostgreSQL profile store, for the scale-out configuration (any number of workers).
+
+Last-writer-wins is decided in SQL, so concurrent workers stay correct: a batch first upserts
+its contacts' rows in key order (which locks them, so two batches on one contact serialise),
+then deletes what a newer contact delete covers, then upserts only the property rows whose
+version is greater than the stored one and than the contact's delete version. A write that
+loses changes no row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import msgspec
+
+from profilehook.errors import ConfigurationError, StorageUnavailable
+from profilehook.events import Event, Version, decode_event, encode_event, now_us
+from profilehook.stores.base import (
+    ApiKey,
+    ApplyResult,
+    Contact,
+    ContactState,
+    EventRecord,
+    Progress,
+    Source,
+    Store,
+    by_contact,
+    contact_exists,
+    first_of_each,
+    plan_contact,
+)
+
+try:
+    import psycopg
+    from psycopg import sql
+    from psycopg_pool import AsyncConnectionPool
+except ImportError as exc:  # pragma: no cover - exercised by the missing-driver test
+    raise ConfigurationError(
+        "PostgreSQL needs its driver: pip install 'profilehook[postgres]'"
+    ) from exc
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Conn = psycopg.AsyncConnection[Any]
+
+NOTIFY_CHANNEL = "profilehook_catalog"
+MIGRATION_LOCK_ID = 0x70686B  # any constant shared by every profilehook process
+REBUILD_CHUNK_EVENTS = 5_000
+
+MIGRATIONS = [
+    """
+    CREATE TABLE events (
+        workspace text NOT NULL,
+        event_id text NOT NULL,
+        contact_id text NOT NULL,
+        ts_us bigint NOT NULL,
+        status text NOT NULL,
+        applied_us bigint,
+        error text,
+        body bytea NOT NULL,
+        PRIMARY KEY (workspace, event_id)
+    );
+    CREATE INDEX events_by_contact ON events (workspace, contact_id, ts_us, event_id);
+    CREATE TABLE properties (
+        workspace text NOT NULL,
+        contact_id text NOT NULL,
+        name text NOT NULL,
+        value jsonb,
+        ts_us bigint NOT NULL,
+        event_id text NOT NULL,
+        PRIMARY KEY (workspace, contact_id, name)
+    );
+    CREATE TABLE contacts (
+        workspace text NOT NULL,
+        contact_id text NOT NULL,
+        last_ts_us bigint,
+        last_event_id text,
+        deleted_ts_us bigint,
+        deleted_event_id text,
+        PRIMARY KEY (workspace, contact_id)
+    );
+    CREATE TABLE api_keys (
+        key_id text PRIMARY KEY,
+        workspace text NOT NULL,
+        key_hash text NOT NULL UNIQUE,
+        created_us bigint NOT NULL,
+        revoked_us bigint
+    );
+    CREATE TABLE sources (
+        source_id text PRIMARY KEY,
+        workspace text NOT NULL,
+        kind text NOT NULL,
+        config jsonb NOT NULL,
+        created_us bigint NOT NULL
+    );
+    """,
+]
+
+
+def split_url(url: str) -> tuple[str, str]:
+    """``postgresql://…?schema=name`` -> (conninfo without ``schema``, schema; default public)."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schema = next((v for k, v in query if k == "schema"), "public")
+    rest = urlencode([(k, v) for k, v in query if k != "schema"])
+    return urlunsplit(parts._replace(query=rest)), schema
+
+
+class PostgresStore(Store):
+    def __init__(self, url: str, pool_size: int = 8):
+        self.conninfo, self.schema = split_url(url)
+        self._pool_size = pool_size
+        self._pool: AsyncConnectionPool[Conn] | None = None
+        self._cache: dict[tuple[str, str], Any] = {}
+        self._listener: asyncio.Task[None] | None = None
+        self._listening = asyncio.Event()
+
+    async def open(self) -> None:
+        schema = sql.Identifier(self.schema)
+
+        async def configure(conn: Conn) -> None:
+            await conn.execute(sql.SQL("SET search_path TO {}").format(schema))
+            await conn.commit()
+
+        self._pool = AsyncConnectionPool(
+            self.conninfo,
+            min_size=1,
+            max_size=self._pool_size,
+            configure=configure,
+            open=False,
+            timeout=5.0,
+        )
+        try:
+            await self._pool.open(wait=True, timeout=5.0)
+        except (psycopg.Error, Exception) as exc:
+            await self._pool.close()
+            self._pool = None
+            raise StorageUnavailable(f"PostgreSQL unreachable: {exc}") from exc
+        await self._run(self._migrate)
+        self._listener = asyncio.create_task(self._listen(), name="pg-catalog-listener")
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def _run(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
+        """Run ``fn`` in one transaction; driver errors become ``StorageUnavailable``."""
+        if self._pool is None:
+            raise StorageUnavailable("PostgreSQL store is not open")
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                return await fn(conn)
+        except psycopg.Error as exc:
+            log.error("PostgreSQL error: %s", exc)
+            raise StorageUnavailable(f"PostgreSQL unavailable ({exc}), retry later") from exc
+        except TimeoutError as exc:  # the pool had no connection in time
+            raise StorageUnavailable("PostgreSQL did not answer in time, retry later") from exc
+
+    async def _migrate(self, conn: Conn) -> None:
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_ID,))
+        await conn.execute(
+            sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema))
+        )
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version int PRIMARY KEY, applied_us bigint)"
+        )
+        cur = await conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+        current = (await cur.fetchone() or (0,))[0]
+        for version, statement in enumerate(MIGRATIONS[current:], start=current + 1):
+            await conn.execute(statement)
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, applied_us) VALUES (%s, %s)",
+                (version, now_us()),
+            )
+            log.info("applied PostgreSQL migration %d in schema %s", version, self.schema)
+
+    async def _listen(self) -> None:
+        """Clear the hot-path cache whenever another process changes keys or sources."""
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self.conninfo, autocommit=True
+                ) as conn:
+                    await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    self._cache.clear()
+                    self._listening.set()
+                    async for _ in conn.notifies():
+                        self._cache.clear()
+            except psycopg.Error as exc:
+                log.warning("catalog listener lost (%s); reconnecting", exc)
+            self._listening.clear()
+            self._cache.clear()
+            await asyncio.sleep(1.0)
+
+    async def _cached(self, key: tuple[str, str], load: Callable[[Conn], Awaitable[T]]) -> T:
+        # Cached only while the listener is connected: otherwise a change could go unseen.
+        if self._listening.is_set() and key in self._cache:
+            result: T = self._cache[key]
+            return result
+        value = await self._run(load)
+        if self._listening.is_set():
+            self._cache[key] = value
+        return value
+
+    async def apply(self, events: Sequence[Event]) -> ApplyResult:
+        return await self._run(lambda conn: _apply(conn, events))
+
+    async def record_failure(self, event: Event, error: str) -> None:
+        async def insert(conn: Conn) -> None:
+            await conn.execute(
+                "INSERT INTO events (workspace, event_id, contact_id, ts_us, status, applied_us,"
+                " error, body) VALUES (%s, %s, %s, %s, 'failed', %s, %s, %s)"
+                " ON CONFLICT DO NOTHING",
+                (
+                    event.workspace,
+                    event.event_id,
+                    event.contact_id,
+                    event.ts_us,
+                    now_us(),
+                    error,
+                    encode_event(event),
+                ),
+            )
+
+        await self._run(insert)
+
+    async def get_contact(self, workspace: str, contact_id: str) -> Contact | None:
+        return await self._run(lambda conn: _contact(conn, workspace, contact_id))
+
+    async def history(
+        self, workspace: str, contact_id: str, before: Version | None, limit: int
+    ) -> list[EventRecord]:
+        top = before or (2**62, "")
+
+        async def select(conn: Conn) -> list[EventRecord]:
+            cur = await conn.execute(
+                "SELECT status, applied_us, error, body FROM events"
+                " WHERE workspace = %s AND contact_id = %s AND (ts_us, event_id) < (%s, %s)"
+                " ORDER BY ts_us DESC, event_id DESC LIMIT %s",
+                (workspace, contact_id, top[0], top[1], limit),
+            )
+            return [_record(row) for row in await cur.fetchall()]
+
+        return await self._run(select)
+
+    async def get_event(self, workspace: str, event_id: str) -> EventRecord | None:
+        async def select(conn: Conn) -> EventRecord | None:
+            cur = await conn.execute(
+                "SELECT status, applied_us, error, body FROM events"
+                " WHERE workspace = %s AND event_id = %s",
+                (workspace, event_id),
+            )
+            row = await cur.fetchone()
+            return None if row is None else _record(row)
+
+        return await self._run(select)
+
+    async def rebuild(self, progress: Progress | None = None) -> int:
+        return await self._run(lambda conn: _rebuild(conn, progress))
+
+    async def add_key(self, key: ApiKey, key_hash: str) -> None:
+        async def insert(conn: Conn) -> None:
+            await conn.execute(
+                "INSERT INTO api_keys (key_id, workspace, key_hash, created_us)"
+                " VALUES (%s, %s, %s, %s)",
+                (key.key_id, key.workspace, key_hash, key.created_us),
+            )
+            await _notify(conn)
+
+        await self._run(insert)
+
+    async def list_keys(self, workspace: str | None = None) -> list[ApiKey]:
+        async def select(conn: Conn) -> list[ApiKey]:
+            cur = await conn.execute(
+                "SELECT key_id, workspace, created_us, revoked_us FROM api_keys"
+                " WHERE %s::text IS NULL OR workspace = %s ORDER BY created_us",
+                (workspace, workspace),
+            )
+            return [ApiKey(*row) for row in await cur.fetchall()]
+
+        return await self._run(select)
+
+    async def revoke_key(self, key_id: str, revoked_us: int) -> bool:
+        async def update(conn: Conn) -> bool:
+            cur = await conn.execute(
+                "UPDATE api_keys SET revoked_us = COALESCE(revoked_us, %s) WHERE key_id = %s",
+                (revoked_us, key_id),
+            )
+            await _notify(conn)
+            return cur.rowcount > 0
+
+        return await self._run(update)
+
+    async def put_source(self, source: Source) -> None:
+        async def upsert(conn: Conn) -> None:
+            await conn.execute(
+                "INSERT INTO sources (source_id, workspace, kind, config, created_us)"
+                " VALUES (%s, %s, %s, %s::jsonb, %s) ON CONFLICT (source_id) DO UPDATE SET"
+                " workspace = excluded.workspace, kind = excluded.kind, config = excluded.config",
+                (
+                    source.source_id,
+                    source.workspace,
+                    source.kind,
+                    _json(source.config),
+                    source.created_us,
+                ),
+            )
+            await _notify(conn)
+
+        await self._run(upsert)
+
+    async def get_source(self, source_id: str) -> Source | None:
+        async def select(conn: Conn) -> Source | None:
+            cur = await conn.execute(_SOURCE_SELECT + " WHERE source_id = %s", (source_id,))
+            row = await cur.fetchone()
+            return None if row is None else _source(row)
+
+        return await self._cached(("source", source_id), select)
+
+    async def list_sources(self, workspace: str | None = None) -> list[Source]:
+        async def select(conn: Conn) -> list[Source]:
+            cur = await conn.execute(
+                _SOURCE_SELECT + " WHERE %s::text IS NULL OR workspace = %s ORDER BY created_us",
+                (workspace, workspace),
+            )
+            return [_source(row) for row in await cur.fetchall()]
+
+        return await self._run(select)
+
+    async def workspace_for(self, key_hash: str) -> str | None:
+        async def select(conn: Conn) -> str | None:
+            cur = await conn.execute(
+                "SELECT workspace FROM api_keys WHERE key_hash = %s AND revoked_us IS NULL",
+                (key_hash,),
+            )
+            row = await cur.fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._cached(("key", key_hash), select)
+
+
+_SOURCE_SELECT = "SELECT source_id, workspace, kind, config, created_us FROM sources"
+
+
+async def _notify(conn: Conn) -> None:
+    await conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else msgspec.json.encode(value).decode()
+
+
+def _source(row: Any) -> Source:
+    source_id, workspace, kind, config, created_us = row
+    return Source(source_id, workspace, kind, config, created_us)
+
+
+def _record(row: Any) -> EventRecord:
+    status, applied_us, error, body = row
+    return EventRecord(decode_event(bytes(body)), status, applied_us, error)
+
+
+async def _apply(conn: Conn, events: Sequence[Event]) -> ApplyResult:
+    unique = first_of_each(events)
+    applied_us = now_us()
+    cur = await conn.execute(
+        "INSERT INTO events (workspace, event_id, contact_id, ts_us, status, applied_us, body)"
+        " SELECT w, e, c, t, 'applied', %s, b FROM unnest(%s::text[], %s::text[], %s::text[],"
+        " %s::bigint[], %s::bytea[]) AS u(w, e, c, t, b)"
+        " ON CONFLICT DO NOTHING RETURNING workspace, event_id",
+        (
+            applied_us,
+            [e.workspace for e in unique],
+            [e.event_id for e in unique],
+            [e.contact_id for e in unique],
+            [e.ts_us for e in unique],
+            [encode_event(e) for e in unique],
+        ),
+    )
+    inserted = {(w, e) for w, e in await cur.fetchall()}
+    new = [e for e in unique if (e.workspace, e.event_id) in inserted]
+    result = await _apply_profiles(conn, new)
+    result.applied = len(new)
+    result.duplicates = len(events) - len(new)
+    return result
+
+
+async def _apply_profiles(conn: Conn, events: Sequence[Event]) -> ApplyResult:
+    """Reduce the batch per contact with the shared rules, then let SQL guard every write."""
+    contacts: list[tuple[str, str, Any, Any, Any, Any]] = []
+    deletes: list[tuple[str, str, int, str]] = []
+    rows: list[tuple[str, str, str, str | None, int, str]] = []
+    writes = 0
+    for (workspace, contact_id), group in sorted(by_contact(events).items()):
+        plan = plan_contact(ContactState(), group)
+        writes += sum(len(e.properties) for e in group if e.kind == "update")
+        last, deleted = plan.last_update or (None, None), plan.deleted or (None, None)
+        contacts.append((workspace, contact_id, *last, *deleted))
+        if plan.deleted is not None:
+            deletes.append((workspace, contact_id, *plan.deleted))
+        rows += [
+            (workspace, contact_id, name, _json(value), *version)
+            for name, (value, version) in plan.upserts.items()
+        ]
+    if contacts:
+        await conn.execute(_UPSERT_CONTACTS, _columns(contacts, 6))
+    if deletes:
+        await conn.execute(_DELETE_COVERED, _columns(deletes, 4))
+    written = 0
+    if rows:
+        cur = await conn.execute(_UPSERT_PROPERTIES, _columns(rows, 6))
+        written = cur.rowcount
+    return ApplyResult(superseded=writes - written, written=written)
+
+
+def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    return [[row[i] for row in rows] for i in range(width)] if rows else [[] for _ in range(width)]
+
+
+_NEWER = "(x.{c}_ts_us IS NOT NULL AND (c.{c}_ts_us IS NULL OR (x.{c}_ts_us, x.{c}_event_id) > (c.{c}_ts_us, c.{c}_event_id)))"
+_LAST_NEWER = _NEWER.format(c="last").replace("x.", "excluded.")
+_DELETED_NEWER = _NEWER.format(c="deleted").replace("x.", "excluded.")
+# A newer last update is worth a write only when no delete (stored or in the batch) hides it.
+_LAST_VISIBLE = (
+    "(c.deleted_ts_us IS NULL OR (excluded.last_ts_us, excluded.last_event_id)"
+    " > (c.deleted_ts_us, c.deleted_event_id))"
+    " AND (excluded.deleted_ts_us IS NULL OR (excluded.last_ts_us, excluded.last_event_id)"
+    " > (excluded.deleted_ts_us, excluded.deleted_event_id))"
+)
+
+# Rows arrive sorted by (workspace, contact_id): batches lock contacts in one order, no deadlock.
+_UPSERT_CONTACTS = f"""
+INSERT INTO contacts AS c (workspace, contact_id, last_ts_us, last_event_id, deleted_ts_us,
+    deleted_event_id)
+SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::bigint[], %s::text[])
+ON CONFLICT (workspace, contact_id) DO UPDATE SET
+    last_ts_us = CASE WHEN {_LAST_NEWER} THEN excluded.last_ts_us ELSE c.last_ts_us END,
+    last_event_id = CASE WHEN {_LAST_NEWER} THEN excluded.last_event_id ELSE c.last_event_id END,
+    deleted_ts_us = CASE WHEN {_DELETED_NEWER} THEN excluded.deleted_ts_us ELSE c.deleted_ts_us END,
+    deleted_event_id = CASE WHEN {_DELETED_NEWER}
+        THEN excluded.deleted_event_id ELSE c.deleted_event_id END
+WHERE {_DELETED_NEWER} OR ({_LAST_NEWER} AND {_LAST_VISIBLE})
+"""
+
+_DELETE_COVERED = """
+DELETE FROM properties p
+USING unnest(%s::text[], %s::text[], %s::bigint[], %s::text[]) AS d(w, c, t, e)
+WHERE p.workspace = d.w AND p.contact_id = d.c AND (p.ts_us, p.event_id) <= (d.t, d.e)
+"""
+
+_UPSERT_PROPERTIES = """
+INSERT INTO properties AS p (workspace, contact_id, name, value, ts_us, event_id)
+SELECT u.w, u.c, u.n, u.v::jsonb, u.t, u.e
+FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[], %s::text[])
+    AS u(w, c, n, v, t, e)
+JOIN contacts k ON k.workspace = u.w AND k.contact_id = u.c
+WHERE k.deleted_ts_us IS NULL OR (u.t, u.e) > (k.deleted_ts_us, k.deleted_event_id)
+ON CONFLICT (workspace, contact_id, name) DO UPDATE SET
+    value = excluded.value, ts_us = excluded.ts_us, event_id = excluded.event_id
+WHERE (p.ts_us, p.event_id) < (excluded.ts_us, excluded.event_id)
+"""
+
+
+async def _contact(conn: Conn, workspace: str, contact_id: str) -> Contact | None:
+    cur = await conn.execute(
+        "SELECT last_ts_us, last_event_id, deleted_ts_us, deleted_event_id FROM contacts"
+        " WHERE workspace = %s AND contact_id = %s",
+        (workspace, contact_id),
+    )
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    last = None if row[0] is None else (row[0], row[1])
+    deleted = None if row[2] is None else (row[2], row[3])
+    if last is None or not contact_exists(last, deleted):
+        return None
+    cur = await conn.execute(
+        "SELECT name, value, ts_us, event_id FROM properties"
+        " WHERE workspace = %s AND contact_id = %s AND value IS NOT NULL ORDER BY name",
+        (workspace, contact_id),
+    )
+    props = await cur.fetchall()
+    return Contact(
+        contact_id=contact_id,
+        properties={name: value for name, value, _, _ in props},
+        versions={name: (ts_us, event_id) for name, _, ts_us, event_id in props},
+        updated_us=last[0],
+    )
+
+
+async def _rebuild(conn: Conn, progress: Progress | None) -> int:
+    await conn.execute("LOCK TABLE contacts, properties IN EXCLUSIVE MODE")
+    await conn.execute("DELETE FROM properties")
+    await conn.execute("DELETE FROM contacts")
+    cur = await conn.execute("SELECT COUNT(*) FROM events WHERE status = 'applied'")
+    total = int((await cur.fetchone() or (0,))[0])
+    done = 0
+    if progress is not None:
+        progress(0, total)
+    async with conn.cursor(name="rebuild") as events:
+        await events.execute("SELECT body FROM events WHERE status = 'applied'")
+        while chunk := await events.fetchmany(REBUILD_CHUNK_EVENTS):
+            await _apply_profiles(conn, [decode_event(bytes(body)) for (body,) in chunk])
+            done += len(chunk)
+            if progress is not None:
+                progress(done, total)
+    return done

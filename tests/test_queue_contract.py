@@ -1,0 +1,299 @@
+"""The durable log's contract: every queue backend passes this one suite.
+
+Each test runs once per backend (ids ``memory``, ``sqlite``). A new backend joins by adding one
+fixture ``<name>_queue_backend`` and one ``pytest.param`` to ``backend`` (as litestar does for its
+channel backends); NATS JetStream will add ``nats`` and skip locally when the server is absent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from profilehook.events import Event
+from profilehook.queues.base import Queue
+from profilehook.queues.memory import MemoryQueue
+from profilehook.queues.sqlite import SqliteQueue
+from tests.support import event
+
+NO_WAIT_S = 0.0
+
+
+@dataclass
+class QueueBackend:
+    """The open queue, and a way to restart its consumer as a crash and a new process would."""
+
+    name: str
+    queue: Queue
+    _restart: Callable[[Queue], Awaitable[Queue]]
+
+    async def restart(self) -> Queue:
+        """Drop the consumer without acknowledging anything, then open the log again."""
+        self.queue = await self._restart(self.queue)
+        return self.queue
+
+
+@pytest.fixture
+async def memory_queue_backend() -> AsyncIterator[QueueBackend]:
+    async def restart(queue: Queue) -> Queue:
+        assert isinstance(queue, MemoryQueue)
+        queue.redeliver_unacked()  # the log lives in this process: only the consumer restarts
+        return queue
+
+    queue = MemoryQueue()
+    await queue.open()
+    backend = QueueBackend("memory", queue, restart)
+    yield backend
+    await backend.queue.close()
+
+
+@pytest.fixture
+async def sqlite_queue_backend(tmp_path: Path) -> AsyncIterator[QueueBackend]:
+    path = tmp_path / "queue.sqlite3"
+
+    async def restart(queue: Queue) -> Queue:
+        await queue.close()
+        reopened = SqliteQueue(path)
+        await reopened.open()
+        return reopened
+
+    queue = SqliteQueue(path)
+    await queue.open()
+    backend = QueueBackend("sqlite", queue, restart)
+    yield backend
+    await backend.queue.close()
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("memory_queue_backend", id="memory"),
+        pytest.param("sqlite_queue_backend", id="sqlite"),
+    ]
+)
+def backend(request: pytest.FixtureRequest) -> QueueBackend:
+    found: QueueBackend = request.getfixturevalue(request.param)
+    return found
+
+
+def ids(events: Any) -> list[str]:
+    return [getattr(e, "event", e).event_id for e in events]
+
+
+def numbered(count: int, prefix: str = "e", workspace: str = "acme") -> list[Event]:
+    return [
+        event(event_id=f"{prefix}{i:03d}", ts_us=i + 1, workspace=workspace, n=i)
+        for i in range(count)
+    ]
+
+
+# -- publish and fetch ---------------------------------------------------------------------------
+
+
+async def test_given_published_events_when_fetched_then_they_come_in_log_order(
+    backend: QueueBackend,
+) -> None:
+    queue = backend.queue
+    first, second = numbered(3, "a"), numbered(2, "b")
+    await queue.publish(first)
+    await queue.publish(second)
+
+    deliveries = await queue.fetch(10, NO_WAIT_S)
+
+    assert [d.event for d in deliveries] == first + second
+
+
+async def test_given_more_events_than_max_events_then_fetch_pages_through_them_in_order(
+    backend: QueueBackend,
+) -> None:
+    queue = backend.queue
+    events = numbered(5)
+    await queue.publish(events)
+
+    pages = [ids(await queue.fetch(2, NO_WAIT_S)) for _ in range(4)]
+
+    assert pages == [["e000", "e001"], ["e002", "e003"], ["e004"], []]
+
+
+async def test_given_an_empty_log_when_fetching_then_it_waits_up_to_wait_s_and_returns_nothing(
+    backend: QueueBackend,
+) -> None:
+    started = time.monotonic()
+
+    assert await backend.queue.fetch(10, 0.2) == []
+
+    assert 0.15 <= time.monotonic() - started < 5.0
+
+
+async def test_given_a_waiting_fetch_when_an_event_is_published_then_it_returns_before_wait_s(
+    backend: QueueBackend,
+) -> None:
+    queue = backend.queue
+    waiting = asyncio.create_task(queue.fetch(10, 30.0))
+    await asyncio.sleep(0)  # let the fetch start waiting
+    started = time.monotonic()
+
+    await queue.publish([event(event_id="wake")])
+
+    assert ids(await asyncio.wait_for(waiting, 10.0)) == ["wake"]
+    assert time.monotonic() - started < 10.0
+
+
+# -- acknowledgement, find, depth ----------------------------------------------------------------
+
+
+async def test_given_fetched_events_when_acked_then_find_and_depth_forget_them(
+    backend: QueueBackend,
+) -> None:
+    queue = backend.queue
+    events = numbered(3)
+    await queue.publish(events)
+    assert await queue.depth() == 3
+
+    delivered = await queue.fetch(2, NO_WAIT_S)
+    assert await queue.depth() == 3, "fetched is not done: only an ack takes an event off the log"
+    assert await queue.find("acme", "e000") == events[0]
+
+    await queue.ack(delivered)
+
+    assert await queue.depth() == 1
+    assert await queue.find("acme", "e000") is None
+    assert await queue.find("acme", "e001") is None
+    assert await queue.find("acme", "e002") == events[2]
+
+
+async def test_given_no_deliveries_when_acking_then_nothing_changes(backend: QueueBackend) -> None:
+    await backend.queue.publish(numbered(2))
+
+    await backend.queue.ack([])
+
+    assert await backend.queue.depth() == 2
+
+
+async def test_given_pending_events_then_find_looks_them_up_by_workspace_and_event_id(
+    backend: QueueBackend,
+) -> None:
+    queue = backend.queue
+    acme = event(workspace="acme", event_id="same-id", name="acme's")
+    globex = event(workspace="globex", event_id="same-id", name="globex's")
+    await queue.publish([acme, globex])
+
+    assert await queue.find("acme", "same-id") == acme
+    assert await queue.find("globex", "same-id") == globex
+    assert await queue.find("initech", "same-id") is None
+    assert await queue.find("acme", "never-sent") is None
+
+
+# -- crash and resume ----------------------------------------------------------------------------
+
+
+async def test_given_unacked_deliveries_when_the_consumer_restarts_then_they_are_redelivered(
+    backend: QueueBackend,
+) -> None:
+    queue = backend.queue
+    events = numbered(5)
+    await queue.publish(events)
+    await queue.ack(await queue.fetch(2, NO_WAIT_S))
+    unacked = await queue.fetch(2, NO_WAIT_S)
+    assert ids(unacked) == ["e002", "e003"]
+
+    queue = await backend.restart()
+
+    redelivered = await queue.fetch(10, NO_WAIT_S)
+    assert [d.event for d in redelivered] == events[2:]
+    assert await queue.depth() == 3
+    assert await queue.find("acme", "e002") == events[2]
+    assert await queue.find("acme", "e001") is None
+
+
+async def test_given_everything_acked_when_the_consumer_restarts_then_nothing_is_redelivered(
+    backend: QueueBackend,
+) -> None:
+    await backend.queue.publish(numbered(3))
+    await backend.queue.ack(await backend.queue.fetch(10, NO_WAIT_S))
+
+    queue = await backend.restart()
+
+    assert await queue.fetch(10, NO_WAIT_S) == []
+    assert await queue.depth() == 0
+    await queue.publish([event(event_id="after-restart")])
+    assert ids(await queue.fetch(10, NO_WAIT_S)) == ["after-restart"]
+
+
+async def test_given_200_concurrent_publishes_then_all_are_durable_and_share_commits(
+    backend: QueueBackend,
+) -> None:
+    queue = backend.queue
+    commits: list[int] = []
+    if isinstance(queue, SqliteQueue):
+        commit = queue.db._commit
+
+        def counting_commit(conn: Any, batch: Any) -> Any:
+            commits.append(len(batch))
+            return commit(conn, batch)
+
+        queue.db._commit = counting_commit  # type: ignore[method-assign]
+    events = numbered(200, "p")
+
+    await asyncio.gather(*(queue.publish([e]) for e in events))
+
+    if isinstance(queue, SqliteQueue):
+        assert sum(commits) == 200
+        assert len(commits) < 50, f"200 concurrent publishes took {len(commits)} commits"
+    queue = await backend.restart()
+    delivered = await queue.fetch(1_000, NO_WAIT_S)
+    assert sorted(ids(delivered)) == ids(events)
+    assert await queue.depth() == 200
+
+
+# -- payload -------------------------------------------------------------------------------------
+
+
+ROUND_TRIP = [
+    Event(
+        workspace="wörk-space",
+        event_id="ïd/with spaces?&#",
+        contact_id="contact ✉ 42",
+        ts_us=1_700_000_000_123_456,
+        properties={
+            "name": "Zoë 😀",
+            "nested": {"list": [1, 2.5, None, True, {"deep": ["x", {"y": "z"}]}], "empty": {}},
+            "unset": None,
+            "big": 2**53 + 1,
+            "negative": -7,
+            "": "empty name",
+        },
+        source="copernica",
+        event_name="profile.updated",
+        metadata={"ip": "203.0.113.9", "headers": {"x-ü": ["1", "2"]}},
+        received_us=1_700_000_001_000_000,
+    ),
+    Event(
+        workspace="acme",
+        event_id="delete-1",
+        contact_id="c1",
+        ts_us=5,
+        properties={},
+        kind="delete",
+    ),
+]
+
+
+async def test_given_an_event_with_every_field_then_it_round_trips_exactly(
+    backend: QueueBackend,
+) -> None:
+    queue = backend.queue
+    await queue.publish(ROUND_TRIP)
+
+    assert [d.event for d in await queue.fetch(10, NO_WAIT_S)] == ROUND_TRIP
+    assert await queue.find("wörk-space", "ïd/with spaces?&#") == ROUND_TRIP[0]
+    queue = await backend.restart()
+    redelivered = [d.event for d in await queue.fetch(10, NO_WAIT_S)]
+    assert redelivered == ROUND_TRIP
+    assert redelivered[1].kind == "delete"
+    assert redelivered[0].properties["nested"]["list"][4] == {"deep": ["x", {"y": "z"}]}

@@ -1,0 +1,742 @@
+"""The profile store's contract: every backend passes this one suite.
+
+Each test runs once per backend (ids ``memory``, ``sqlite``). A new backend joins by adding one
+fixture ``<name>_store_backend`` and one ``pytest.param`` to ``store_backend`` (as litestar does for
+its channel backends); PostgreSQL will add ``postgres`` and skip locally when the server is absent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from profilehook.events import Event, Version
+from profilehook.stores import sqlite as sqlite_module
+from profilehook.stores.base import ApiKey, Contact, Store
+from profilehook.stores.memory import MemoryStore
+from profilehook.stores.sqlite import SqliteStore
+from tests.support import (
+    POSTGRES_URL,
+    drop_schema,
+    event,
+    postgres_url,
+    require_server,
+    unique_schema,
+)
+
+S = 1_000_000  # one second in microseconds
+
+
+@dataclass
+class StoreBackend:
+    """An open store, and a way to open a second instance on the same data (another process)."""
+
+    name: str
+    store: Store
+    open_another: Callable[[], Awaitable[Store]]
+
+
+@pytest.fixture
+async def memory_store_backend() -> AsyncIterator[StoreBackend]:
+    store = MemoryStore()
+    await store.open()
+
+    async def same_instance() -> Store:
+        return store  # nothing to share with another process: the one instance is the data
+
+    yield StoreBackend("memory", store, same_instance)
+    await store.close()
+
+
+@pytest.fixture
+async def sqlite_store_backend(tmp_path: Path) -> AsyncIterator[StoreBackend]:
+    path = tmp_path / "profiles.sqlite3"
+    store = SqliteStore(path)
+    await store.open()
+    others: list[Store] = []
+
+    async def another() -> Store:
+        other = SqliteStore(path)
+        await other.open()
+        others.append(other)
+        return other
+
+    yield StoreBackend("sqlite", store, another)
+    for other in others:
+        await other.close()
+    await store.close()
+
+
+@pytest.fixture
+async def postgres_store_backend() -> AsyncIterator[StoreBackend]:
+    require_server(POSTGRES_URL, 5432)
+    from profilehook.stores.postgres import PostgresStore
+
+    schema = unique_schema()
+    store = PostgresStore(postgres_url(schema))
+    await store.open()
+    others: list[Store] = []
+
+    async def another() -> Store:
+        other = PostgresStore(postgres_url(schema))
+        await other.open()
+        others.append(other)
+        return other
+
+    yield StoreBackend("postgres", store, another)
+    for other in others:
+        await other.close()
+    await store.close()
+    drop_schema(schema)
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("memory_store_backend", id="memory"),
+        pytest.param("sqlite_store_backend", id="sqlite"),
+        pytest.param("postgres_store_backend", id="postgres"),
+    ]
+)
+def backend(request: pytest.FixtureRequest) -> StoreBackend:
+    found: StoreBackend = request.getfixturevalue(request.param)
+    return found
+
+
+@pytest.fixture
+def store(backend: StoreBackend) -> Store:
+    return backend.store
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def sqlite_property_row(store: Store, workspace: str, contact_id: str, name: str) -> Any:
+    """The raw (value, ts_us, event_id) row of a property in a SqliteStore's file."""
+    assert isinstance(store, SqliteStore)
+    with contextlib.closing(sqlite3.connect(store.db.path)) as conn:
+        return conn.execute(
+            "SELECT value, ts_us, event_id FROM properties"
+            " WHERE workspace = ? AND contact_id = ? AND name = ?",
+            (workspace, contact_id, name),
+        ).fetchone()
+
+
+@contextlib.contextmanager
+def counting_profile_writes(store: Store) -> Any:
+    """Count every row a SqliteStore writes to its profile tables (properties, contacts)."""
+    assert isinstance(store, SqliteStore)
+    counter: dict[str, int] = {}
+    with contextlib.closing(sqlite3.connect(store.db.path, isolation_level=None)) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS test_writes (tbl TEXT)")
+        conn.execute("DELETE FROM test_writes")
+        for table in ("properties", "contacts"):
+            for op in ("INSERT", "UPDATE", "DELETE"):
+                conn.execute(
+                    f"CREATE TRIGGER IF NOT EXISTS test_count_{table}_{op} AFTER {op} ON {table}"
+                    f" BEGIN INSERT INTO test_writes VALUES ('{table}'); END"
+                )
+        try:
+            yield counter
+        finally:
+            for table, count in conn.execute("SELECT tbl, COUNT(*) FROM test_writes GROUP BY tbl"):
+                counter[table] = count
+            for table in ("properties", "contacts"):
+                for op in ("INSERT", "UPDATE", "DELETE"):
+                    conn.execute(f"DROP TRIGGER test_count_{table}_{op}")
+
+
+async def props(store: Store, contact_id: str = "c1", workspace: str = "acme") -> dict[str, Any]:
+    found = await store.get_contact(workspace, contact_id)
+    assert found is not None, f"contact {workspace}/{contact_id} should exist"
+    return found.properties
+
+
+async def versions(store: Store, contact_id: str = "c1", workspace: str = "acme") -> Any:
+    found = await store.get_contact(workspace, contact_id)
+    assert found is not None
+    return found.versions
+
+
+# -- per-property last-writer-wins ---------------------------------------------------------------
+
+
+async def test_given_a_new_contact_when_an_update_is_applied_then_its_properties_carry_its_version(
+    store: Store,
+) -> None:
+    result = await store.apply([event(event_id="e1", ts_us=5 * S, name="Ann", city="Oslo")])
+
+    found = await store.get_contact("acme", "c1")
+    assert found == Contact(
+        contact_id="c1",
+        properties={"city": "Oslo", "name": "Ann"},
+        versions={"city": (5 * S, "e1"), "name": (5 * S, "e1")},
+        updated_us=5 * S,
+    )
+    assert (result.applied, result.duplicates, result.superseded) == (1, 0, 0)
+    assert result.written > 0
+
+
+async def test_given_values_of_every_json_type_then_get_contact_returns_them_exactly(
+    store: Store,
+) -> None:
+    values = {
+        "text": 'Zoë 😀 "quoted" \\ \n',
+        "empty_text": "",
+        "int": 2**53 + 1,
+        "negative": -42,
+        "float": 0.1,
+        "false": False,
+        "list": [1, "two", None, [3.5]],
+        "empty_list": [],
+        "object": {"nested": {"deeper": [True, None]}, "null": None},
+        "empty_object": {},
+        "naïve name / with spaces": "ok",
+    }
+    await store.apply([event(event_id="e1", **values)])
+
+    found = await props(store)
+    assert found == values
+    assert {k: type(v) for k, v in found.items()} == {k: type(v) for k, v in values.items()}
+
+
+async def test_given_an_empty_batch_then_apply_does_nothing(store: Store) -> None:
+    result = await store.apply([])
+
+    assert (result.applied, result.duplicates, result.superseded, result.written) == (0, 0, 0, 0)
+
+
+async def test_given_a_property_when_a_newer_update_arrives_then_the_newer_value_wins(
+    store: Store,
+) -> None:
+    await store.apply([event(event_id="e1", ts_us=1 * S, name="Ann")])
+    await store.apply([event(event_id="e2", ts_us=2 * S, name="Bea")])
+
+    assert await props(store) == {"name": "Bea"}
+    assert await versions(store) == {"name": (2 * S, "e2")}
+
+
+@pytest.mark.parametrize("order", ["ascending-ids", "descending-ids"], ids=str)
+@pytest.mark.parametrize("batching", ["one-batch", "two-batches"], ids=str)
+async def test_given_equal_event_times_then_the_greater_event_id_wins_in_any_arrival_order(
+    store: Store, order: str, batching: str
+) -> None:
+    events = [
+        event(event_id="e-a", ts_us=7 * S, name="from a"),
+        event(event_id="e-b", ts_us=7 * S, name="from b"),
+    ]
+    if order == "descending-ids":
+        events.reverse()
+    if batching == "one-batch":
+        await store.apply(events)
+    else:
+        for one in events:
+            await store.apply([one])
+
+    assert await props(store) == {"name": "from b"}
+    assert await versions(store) == {"name": (7 * S, "e-b")}
+
+
+async def test_given_a_newer_value_when_an_older_event_arrives_late_then_it_never_overwrites(
+    store: Store,
+) -> None:
+    await store.apply([event(event_id="new", ts_us=9 * S, name="new")])
+
+    late = await store.apply([event(event_id="old", ts_us=3 * S, name="old")])
+
+    assert await props(store) == {"name": "new"}
+    assert await versions(store) == {"name": (9 * S, "new")}
+    assert (late.applied, late.superseded, late.written) == (1, 1, 0)
+
+
+async def test_given_an_older_event_with_two_properties_then_only_the_one_not_held_newer_is_set(
+    store: Store,
+) -> None:
+    """LWW is per property, not per contact: an old event still sets what nobody set later."""
+    await store.apply([event(event_id="new", ts_us=9 * S, name="new")])
+
+    result = await store.apply([event(event_id="old", ts_us=3 * S, name="old", city="Oslo")])
+
+    assert await props(store) == {"city": "Oslo", "name": "new"}
+    assert await versions(store) == {"city": (3 * S, "old"), "name": (9 * S, "new")}
+    assert (result.applied, result.superseded) == (1, 1)
+    found = await store.get_contact("acme", "c1")
+    assert found is not None and found.updated_us == 9 * S
+
+
+async def test_given_one_batch_setting_a_property_twice_then_the_newer_wins_and_one_is_superseded(
+    store: Store,
+) -> None:
+    result = await store.apply(
+        [
+            event(event_id="e2", ts_us=2 * S, name="second"),
+            event(event_id="e1", ts_us=1 * S, name="first"),
+        ]
+    )
+
+    assert await props(store) == {"name": "second"}
+    assert (result.applied, result.superseded) == (2, 1)
+
+
+async def test_given_a_superseded_write_then_it_costs_no_store_write_and_the_row_keeps_its_version(
+    backend: StoreBackend,
+) -> None:
+    store = backend.store
+    await store.apply([event(event_id="new", ts_us=9 * S, name="new", city="Oslo")])
+    before = await store.get_contact("acme", "c1")
+
+    if isinstance(store, SqliteStore):
+        row_before = sqlite_property_row(store, "acme", "c1", "name")
+        with counting_profile_writes(store) as writes:
+            result = await store.apply([event(event_id="old", ts_us=3 * S, name="old")])
+        assert writes == {}, "a superseded update must not touch the profile tables"
+        assert (
+            sqlite_property_row(store, "acme", "c1", "name")
+            == row_before
+            == ('"new"', 9 * S, "new")
+        )
+    else:
+        result = await store.apply([event(event_id="old", ts_us=3 * S, name="old")])
+
+    assert (result.applied, result.superseded, result.written) == (1, 1, 0)
+    assert await store.get_contact("acme", "c1") == before
+
+
+# -- null unsets ---------------------------------------------------------------------------------
+
+
+async def test_given_a_property_when_null_arrives_then_it_is_unset_and_an_older_set_loses(
+    store: Store,
+) -> None:
+    await store.apply([event(event_id="e1", ts_us=1 * S, name="Ann", city="Oslo")])
+
+    await store.apply([event(event_id="e3", ts_us=3 * S, name=None)])
+    assert await props(store) == {"city": "Oslo"}
+    assert await versions(store) == {"city": (1 * S, "e1")}
+
+    # The tombstone keeps version (3 s, e3): a set at 2 s arriving late stays unset.
+    late = await store.apply([event(event_id="e2", ts_us=2 * S, name="late")])
+    assert await props(store) == {"city": "Oslo"}
+    assert late.superseded == 1
+    assert late.written == 0
+
+    # A set newer than the tombstone sets it again.
+    await store.apply([event(event_id="e4", ts_us=4 * S, name="Cleo")])
+    assert await props(store) == {"city": "Oslo", "name": "Cleo"}
+    assert await versions(store) == {"city": (1 * S, "e1"), "name": (4 * S, "e4")}
+
+
+async def test_given_null_before_any_value_then_an_older_set_arriving_later_stays_unset(
+    store: Store,
+) -> None:
+    await store.apply([event(event_id="e5", ts_us=5 * S, name=None, city="Oslo")])
+    await store.apply([event(event_id="e4", ts_us=4 * S, name="too old")])
+
+    assert await props(store) == {"city": "Oslo"}
+
+
+async def test_given_only_nulls_then_the_contact_exists_with_no_properties(store: Store) -> None:
+    await store.apply([event(event_id="e1", ts_us=1 * S, name=None)])
+
+    found = await store.get_contact("acme", "c1")
+    assert found is not None
+    assert (found.properties, found.versions, found.updated_us) == ({}, {}, 1 * S)
+
+
+# -- delete --------------------------------------------------------------------------------------
+
+
+async def test_given_properties_around_a_delete_then_only_those_at_or_below_its_time_are_removed(
+    store: Store,
+) -> None:
+    await store.apply(
+        [
+            event(event_id="e1", ts_us=1 * S, old="gone"),
+            event(event_id="e3", ts_us=3 * S, new="kept"),
+        ]
+    )
+
+    await store.apply([event(event_id="d2", ts_us=2 * S, kind="delete")])
+
+    assert await props(store) == {"new": "kept"}
+    assert await versions(store) == {"new": (3 * S, "e3")}
+
+
+async def test_given_a_property_set_at_the_delete_time_then_the_event_id_decides_if_it_is_removed(
+    store: Store,
+) -> None:
+    await store.apply(
+        [
+            event(event_id="a", ts_us=5 * S, below="gone"),
+            event(event_id="c", ts_us=5 * S, above="kept"),
+        ]
+    )
+
+    await store.apply([event(event_id="b", ts_us=5 * S, kind="delete")])
+
+    assert await props(store) == {"above": "kept"}
+
+
+async def test_given_a_deleted_contact_when_an_older_update_arrives_then_it_does_not_resurrect(
+    store: Store,
+) -> None:
+    await store.apply([event(event_id="e1", ts_us=1 * S, name="Ann")])
+    await store.apply([event(event_id="d5", ts_us=5 * S, kind="delete")])
+    assert await store.get_contact("acme", "c1") is None
+
+    late = await store.apply([event(event_id="e3", ts_us=3 * S, name="late", city="Oslo")])
+
+    assert await store.get_contact("acme", "c1") is None
+    assert (late.applied, late.superseded) == (1, 2)
+
+
+async def test_given_a_deleted_contact_when_an_older_update_arrives_then_it_costs_no_store_write(
+    backend: StoreBackend, request: pytest.FixtureRequest
+) -> None:
+    """SPEC 3: writes that lose cost no store write — also when they lose to a delete."""
+    store = backend.store
+    await store.apply([event(event_id="e1", ts_us=1 * S, name="Ann")])
+    await store.apply([event(event_id="d5", ts_us=5 * S, kind="delete")])
+
+    if isinstance(store, SqliteStore):
+        with counting_profile_writes(store) as writes:
+            late = await store.apply([event(event_id="e3", ts_us=3 * S, name="late")])
+        assert writes == {}, "an update that lost to the delete must not touch the profile tables"
+    else:
+        late = await store.apply([event(event_id="e3", ts_us=3 * S, name="late")])
+
+    assert (late.superseded, late.written) == (1, 0)
+
+
+async def test_given_a_deleted_contact_when_a_newer_update_arrives_then_the_contact_is_new(
+    store: Store,
+) -> None:
+    await store.apply([event(event_id="e1", ts_us=1 * S, name="Ann", city="Oslo")])
+    await store.apply([event(event_id="d5", ts_us=5 * S, kind="delete")])
+
+    await store.apply([event(event_id="e7", ts_us=7 * S, name="Bea")])
+
+    found = await store.get_contact("acme", "c1")
+    assert found == Contact("c1", {"name": "Bea"}, {"name": (7 * S, "e7")}, 7 * S)
+
+
+async def test_given_a_delete_that_arrives_before_the_updates_it_covers_then_they_never_appear(
+    store: Store,
+) -> None:
+    await store.apply([event(event_id="d5", ts_us=5 * S, kind="delete")])
+    assert await store.get_contact("acme", "c1") is None
+
+    await store.apply([event(event_id="e1", ts_us=1 * S, name="Ann")])
+    await store.apply([event(event_id="e9", ts_us=9 * S, city="Oslo")])
+
+    assert await props(store) == {"city": "Oslo"}
+
+
+async def test_given_two_deletes_then_the_newest_one_counts_whatever_their_order(
+    store: Store,
+) -> None:
+    await store.apply(
+        [event(event_id="e1", ts_us=1 * S, a=1), event(event_id="e3", ts_us=3 * S, b=3)]
+    )
+    await store.apply([event(event_id="d4", ts_us=4 * S, kind="delete")])
+    await store.apply([event(event_id="d2", ts_us=2 * S, kind="delete")])
+
+    await store.apply([event(event_id="e35", ts_us=3 * S + 5, c="older than d4")])
+    assert await store.get_contact("acme", "c1") is None
+
+    await store.apply([event(event_id="e5", ts_us=5 * S, d="newer")])
+    assert await props(store) == {"d": "newer"}
+
+
+async def test_given_one_batch_with_updates_and_a_delete_then_the_result_is_the_same_as_one_by_one(
+    store: Store,
+) -> None:
+    await store.apply(
+        [
+            event(event_id="e6", ts_us=6 * S, after="kept"),
+            event(event_id="d4", ts_us=4 * S, kind="delete"),
+            event(event_id="e2", ts_us=2 * S, before="gone", after="older"),
+        ]
+    )
+
+    assert await props(store) == {"after": "kept"}
+    assert await versions(store) == {"after": (6 * S, "e6")}
+
+
+# -- get_contact ---------------------------------------------------------------------------------
+
+
+async def test_given_no_events_for_a_contact_then_get_contact_is_none(store: Store) -> None:
+    await store.apply([event(contact_id="someone-else", name="x")])
+
+    assert await store.get_contact("acme", "nobody") is None
+
+
+async def test_given_only_a_delete_for_a_contact_then_get_contact_is_none(store: Store) -> None:
+    await store.apply([event(event_id="d1", kind="delete")])
+
+    assert await store.get_contact("acme", "c1") is None
+
+
+# -- idempotency ---------------------------------------------------------------------------------
+
+
+async def test_given_the_same_event_id_twice_in_one_batch_then_it_is_applied_once(
+    store: Store,
+) -> None:
+    first = event(event_id="e1", ts_us=1 * S, name="first")
+    replay = event(event_id="e1", ts_us=9 * S, name="replayed payload")
+
+    result = await store.apply([first, first, replay])
+
+    assert (result.applied, result.duplicates) == (1, 2)
+    assert await props(store) == {"name": "first"}
+    assert len(await store.history("acme", "c1", None, 10)) == 1
+
+
+async def test_given_an_applied_event_when_it_is_applied_again_then_it_is_a_duplicate(
+    store: Store,
+) -> None:
+    await store.apply([event(event_id="e1", ts_us=1 * S, name="first")])
+    contact = await store.get_contact("acme", "c1")
+
+    again = await store.apply(
+        [
+            event(event_id="e1", ts_us=9 * S, name="changed"),
+            event(event_id="e2", ts_us=2 * S, city="Oslo"),
+        ]
+    )
+
+    assert (again.applied, again.duplicates) == (1, 1)
+    assert await props(store) == {"city": "Oslo", "name": "first"}
+    assert contact is not None
+
+    only_duplicate = await store.apply([event(event_id="e1", ts_us=1 * S, name="first")])
+    assert (only_duplicate.applied, only_duplicate.duplicates, only_duplicate.written) == (0, 1, 0)
+
+
+async def test_given_a_delete_applied_twice_then_it_is_a_duplicate_the_second_time(
+    store: Store,
+) -> None:
+    await store.apply([event(event_id="e1", ts_us=1 * S, name="Ann")])
+    delete = event(event_id="d2", ts_us=2 * S, kind="delete")
+
+    assert (await store.apply([delete])).applied == 1
+    again = await store.apply([delete])
+
+    assert (again.applied, again.duplicates, again.written) == (0, 1, 0)
+
+
+async def test_given_many_event_ids_then_dedupe_and_lww_hold_beyond_one_bound_query(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the per-query bound made tiny, ids and names are looked up in several chunks."""
+    monkeypatch.setattr(sqlite_module, "MAX_BOUND_NAMES", 2)
+    first = [event(event_id=f"e{i}", ts_us=i * S, **{f"p{i % 4}": i}) for i in range(7)]
+    await store.apply(first)
+
+    again = await store.apply([*first, event(event_id="late", ts_us=0, p0=-1, p1=-1, p2=-1, p3=-1)])
+
+    assert (again.applied, again.duplicates, again.superseded) == (1, 7, 4)
+    assert await props(store) == {"p0": 4, "p1": 5, "p2": 6, "p3": 3}
+
+
+# -- history and events --------------------------------------------------------------------------
+
+
+async def test_given_events_in_any_order_then_history_is_newest_first_and_pages_with_before(
+    store: Store,
+) -> None:
+    times = [(3 * S, "b"), (1 * S, "y"), (3 * S, "a"), (2 * S, "z"), (5 * S, "c")]
+    events = [event(event_id=i, ts_us=t, n=t) for t, i in times]
+    await store.apply(events)
+    await store.apply([event(contact_id="other", event_id="x", ts_us=4 * S, n=0)])
+
+    pages: list[list[Version]] = []
+    before: Version | None = None
+    while page := await store.history("acme", "c1", before, 2):
+        pages.append([r.event.version for r in page])
+        before = page[-1].event.version
+
+    assert pages == [
+        [(5 * S, "c"), (3 * S, "b")],
+        [(3 * S, "a"), (2 * S, "z")],
+        [(1 * S, "y")],
+    ]
+    records = await store.history("acme", "c1", None, 10)
+    assert {r.status for r in records} == {"applied"}
+    assert all(r.applied_us is not None for r in records)
+    assert records[0].event == events[-1], "history keeps the event exactly as applied"
+
+
+async def test_given_a_contact_without_events_then_its_history_is_empty(store: Store) -> None:
+    await store.apply([event(contact_id="c1", name="x")])
+
+    assert await store.history("acme", "c2", None, 10) == []
+    assert await store.history("other-workspace", "c1", None, 10) == []
+
+
+async def test_given_events_then_get_event_tells_applied_failed_or_unknown(store: Store) -> None:
+    applied = event(event_id="ok", name="x")
+    poison = event(event_id="bad", contact_id="c2", name="y")
+    await store.apply([applied])
+
+    await store.record_failure(poison, "ValueError: cannot apply")
+
+    ok = await store.get_event("acme", "ok")
+    assert ok is not None
+    assert (ok.event, ok.status, ok.error) == (applied, "applied", None)
+    assert ok.applied_us is not None
+    bad = await store.get_event("acme", "bad")
+    assert bad is not None
+    assert (bad.event, bad.status, bad.error) == (poison, "failed", "ValueError: cannot apply")
+    assert await store.get_event("acme", "never-sent") is None
+    assert await store.get_event("globex", "ok") is None
+    assert await store.get_contact("acme", "c2") is None, "a failed event changes no profile"
+
+
+# -- workspaces ----------------------------------------------------------------------------------
+
+
+async def test_given_the_same_contact_and_event_ids_in_two_workspaces_then_they_are_separate(
+    store: Store,
+) -> None:
+    result = await store.apply(
+        [
+            event(workspace="acme", event_id="e1", ts_us=1 * S, name="Ann"),
+            event(workspace="globex", event_id="e1", ts_us=1 * S, name="Gus"),
+        ]
+    )
+    await store.apply([event(workspace="globex", event_id="d2", ts_us=2 * S, kind="delete")])
+
+    assert (result.applied, result.duplicates) == (2, 0)
+    assert await props(store, workspace="acme") == {"name": "Ann"}
+    assert await store.get_contact("globex", "c1") is None
+    acme_event = await store.get_event("acme", "e1")
+    assert acme_event is not None and acme_event.event.properties == {"name": "Ann"}
+    assert [r.event.event_id for r in await store.history("globex", "c1", None, 10)] == ["d2", "e1"]
+    assert [r.event.event_id for r in await store.history("acme", "c1", None, 10)] == ["e1"]
+
+
+# -- keys ----------------------------------------------------------------------------------------
+
+
+async def test_given_keys_then_they_are_listed_resolved_and_revoked(store: Store) -> None:
+    one = ApiKey("k1", "acme", created_us=1)
+    two = ApiKey("k2", "globex", created_us=2)
+    await store.add_key(one, "hash-1")
+    await store.add_key(two, "hash-2")
+
+    assert await store.list_keys() == [one, two]
+    assert await store.list_keys("globex") == [two]
+    assert await store.list_keys("nobody") == []
+    assert await store.workspace_for("hash-1") == "acme"
+    assert await store.workspace_for("hash-2") == "globex"
+    assert await store.workspace_for("no-such-hash") is None
+
+    assert await store.revoke_key("k1", revoked_us=10) is True
+    assert (
+        await store.revoke_key("k1", revoked_us=20) is True
+    )  # revoking again keeps the first time
+    assert await store.revoke_key("no-such-key", revoked_us=10) is False
+
+    assert await store.workspace_for("hash-1") is None
+    assert await store.workspace_for("hash-2") == "globex"
+    assert await store.list_keys("acme") == [ApiKey("k1", "acme", created_us=1, revoked_us=10)]
+
+
+async def test_given_a_serving_store_when_another_instance_revokes_a_key_then_it_is_refused_at_once(
+    backend: StoreBackend,
+) -> None:
+    """The CLI revokes from another process; the server's next request must see it."""
+    server = backend.store
+    await server.add_key(ApiKey("k1", "acme", created_us=1), "hash-1")
+    assert await server.workspace_for("hash-1") == "acme"  # warm whatever the server caches
+    assert await server.workspace_for("hash-later") is None
+
+    cli = await backend.open_another()
+    assert await cli.revoke_key("k1", revoked_us=5) is True
+    await cli.add_key(ApiKey("k2", "globex", created_us=2), "hash-later")
+
+    if backend.name == "postgres":
+        # Across PostgreSQL clients the change travels by LISTEN/NOTIFY: milliseconds, not zero.
+        await until(lambda: server.workspace_for("hash-1"), None)
+    assert await server.workspace_for("hash-1") is None
+    assert await server.workspace_for("hash-later") == "globex"
+
+
+async def until(probe: Callable[[], Awaitable[Any]], expected: Any, timeout_s: float = 2.0) -> None:
+    import asyncio
+
+    for _ in range(int(timeout_s / 0.01)):
+        if await probe() == expected:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never became {expected!r}")
+
+
+# -- rebuild -------------------------------------------------------------------------------------
+
+
+def mixed_events(seed: int) -> list[Event]:
+    rng = random.Random(seed)
+    events = []
+    for i in range(60):
+        contact = rng.choice(["c1", "c2", "c3", "c4"])
+        ts = rng.randint(1, 8) * S
+        if rng.random() < 0.12:
+            events.append(event(contact_id=contact, event_id=f"d{i}", ts_us=ts, kind="delete"))
+            continue
+        values = {
+            name: rng.choice([None, i, f"v{i}", {"nested": [i, "ü"]}])
+            for name in rng.sample(["a", "b", "c", "d"], rng.randint(0, 3))
+        }
+        events.append(event(contact_id=contact, event_id=f"e{i:02d}", ts_us=ts, **values))
+    return events
+
+
+async def snapshot(store: Store, contacts: list[str]) -> dict[str, Contact | None]:
+    return {c: await store.get_contact("acme", c) for c in contacts}
+
+
+async def test_given_applied_events_when_rebuilt_then_every_contact_is_exactly_the_same(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Small chunks make the SQLite rebuild replay in several passes, as a big log does.
+    monkeypatch.setattr(sqlite_module, "REBUILD_CHUNK_EVENTS", 7)
+    events = mixed_events(seed=3)
+    shuffled = random.Random(4).sample(events, len(events))
+    for start in range(0, len(shuffled), 9):
+        await store.apply(shuffled[start : start + 9] + shuffled[start : start + 2])
+    await store.record_failure(event(contact_id="c5", event_id="poison", name="x"), "boom")
+    contacts = ["c1", "c2", "c3", "c4", "c5"]
+    before = await snapshot(store, contacts)
+    calls: list[tuple[int, int]] = []
+
+    replayed = await store.rebuild(lambda done, total: calls.append((done, total)))
+
+    assert await snapshot(store, contacts) == before
+    assert replayed == len(events)
+    assert calls, "progress must be reported"
+    assert calls[-1] == (len(events), len(events))
+    assert [done for done, _ in calls] == sorted(done for done, _ in calls)
+    assert {total for _, total in calls} == {len(events)}
+    assert before["c5"] is None
+    assert sum(c is not None for c in before.values()) >= 2, (
+        "the scenario should keep some contacts"
+    )
+
+
+async def test_given_a_rebuilt_store_then_later_events_still_follow_the_rules(store: Store) -> None:
+    await store.apply([event(event_id="e5", ts_us=5 * S, name="Ann")])
+    await store.rebuild()
+
+    await store.apply([event(event_id="e3", ts_us=3 * S, name="older")])
+    assert await props(store) == {"name": "Ann"}
+    assert (await store.apply([event(event_id="e5", ts_us=5 * S, name="Ann")])).duplicates == 1
