@@ -366,7 +366,12 @@ def sources() -> None:
 
 @sources.group("create")
 def sources_create() -> None:
-    """Create a webhook source; prints its URL (and its secret, once)."""
+    """Create a webhook source; prints its URL (and its secret, once).
+
+    \b
+    Example:
+      profilehook sources create amplitude --workspace acme --json
+    """
 
 
 @sources_create.command("copernica")

@@ -11,7 +11,8 @@ QUEUE_FILE = "log.sqlite3"
 
 
 def open_queue(url: str, data_dir: Path) -> Queue:
-    """``""`` or ``sqlite:///path`` -> SQLite (the default); ``memory://`` -> in-memory.
+    """``""`` or ``sqlite:///path`` -> SQLite (the default); ``nats://`` -> JetStream;
+    ``memory://`` -> in-memory.
 
     Raises ``ConfigurationError`` for a URL no backend serves.
     """
@@ -23,10 +24,14 @@ def open_queue(url: str, data_dir: Path) -> Queue:
         from profilehook.queues.sqlite import SqliteQueue
 
         return SqliteQueue(Path(url.removeprefix("sqlite:///")))
+    if url.startswith(("nats://", "tls://")):
+        from profilehook.queues.nats import NatsQueue
+
+        return NatsQueue(url)
     if url == "memory://":
         from profilehook.queues.memory import MemoryQueue
 
         return MemoryQueue()
     raise ConfigurationError(
-        f"PROFILEHOOK_QUEUE_URL={url!r}: use sqlite:///path/to/file or memory://"
+        f"PROFILEHOOK_QUEUE_URL={url!r}: use nats://host:4222, sqlite:///path/to/file or memory://"
     )

@@ -23,10 +23,14 @@ def open_store(url: str, data_dir: Path) -> Store:
         from profilehook.stores.sqlite import SqliteStore
 
         return SqliteStore(Path(url.removeprefix("sqlite:///")))
+    if url.startswith(("postgresql://", "postgres://")):
+        from profilehook.stores.postgres import PostgresStore
+
+        return PostgresStore(url)
     if url == "memory://":
         from profilehook.stores.memory import MemoryStore
 
         return MemoryStore()
     raise ConfigurationError(
-        f"PROFILEHOOK_STORE_URL={url!r}: use sqlite:///path/to/file or memory://"
+        f"PROFILEHOOK_STORE_URL={url!r}: use postgresql://…, sqlite:///path/to/file or memory://"
     )

@@ -1,0 +1,200 @@
+"""NATS JetStream log, for the scale-out configuration (many `serve`, many `worker`).
+
+One work-queue stream holds the events not yet applied: a 2xx is sent only after the PubAck
+(the stream stored the event), ``Nats-Msg-Id`` = workspace + event_id lets JetStream drop a
+re-sent event within its duplicate window, and every worker pulls from one shared durable
+consumer. Each event has its own subject (a digest of workspace and event_id) so that a
+pending event can be looked up directly; acknowledged events leave the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from profilehook.errors import ConfigurationError, StorageUnavailable
+from profilehook.events import Event, decode_event, encode_event
+from profilehook.queues.base import Delivery, Queue
+
+try:
+    import nats
+    import nats.errors
+    import nats.js.errors
+    from nats.js import api
+except ImportError as exc:  # pragma: no cover - exercised by the missing-driver test
+    raise ConfigurationError("NATS needs its driver: pip install 'profilehook[nats]'") from exc
+
+log = logging.getLogger(__name__)
+
+STREAM = "PROFILEHOOK_EVENTS"
+SUBJECT_PREFIX = "profilehook.events"
+CONSUMER = "appliers"
+DUPLICATE_WINDOW_S = 120.0
+PUBLISH_TIMEOUT_S = 5.0
+REDELIVERY_BACKOFF_S = [1.0, 5.0, 15.0, 30.0, 60.0]
+MAX_DELIVER = 1_000
+CONNECT_TIMEOUT_S = 2.0
+
+NATS_ERRORS: tuple[type[BaseException], ...] = (
+    nats.errors.Error,
+    nats.js.errors.Error,
+    TimeoutError,
+    OSError,
+)
+
+
+def split_url(url: str) -> tuple[str, str]:
+    """``nats://…?stream=NAME`` -> (server URL, stream name; default PROFILEHOOK_EVENTS)."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    stream = next((v for k, v in query if k == "stream"), STREAM)
+    rest = urlencode([(k, v) for k, v in query if k != "stream"])
+    return urlunsplit(parts._replace(query=rest)), stream
+
+
+class NatsQueue(Queue):
+    def __init__(self, url: str, replicas: int = 1):
+        self.url, self.stream = split_url(url)
+        # Streams may not share subjects, so each stream has its own subject space.
+        self.subject_prefix = f"{SUBJECT_PREFIX}.{self.stream.lower()}"
+        self.replicas = replicas
+        self._nc: Any = None
+        self._js: Any = None
+        self._sub: Any = None
+
+    async def open(self) -> None:
+        try:
+            self._nc = await nats.connect(
+                self.url,
+                connect_timeout=CONNECT_TIMEOUT_S,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                allow_reconnect=True,
+            )
+            self._js = self._nc.jetstream(timeout=PUBLISH_TIMEOUT_S)
+            await self._ensure_stream()
+        except NATS_ERRORS as exc:
+            await self.close()
+            raise StorageUnavailable(f"NATS unreachable at {self.url}: {exc}") from exc
+
+    async def _ensure_stream(self) -> None:
+        """Create the stream, or verify that the existing one has the settings we rely on."""
+        wanted = api.StreamConfig(
+            name=self.stream,
+            subjects=[f"{self.subject_prefix}.>"],
+            retention=api.RetentionPolicy.WORK_QUEUE,
+            storage=api.StorageType.FILE,
+            duplicate_window=DUPLICATE_WINDOW_S,
+            num_replicas=self.replicas,
+            allow_direct=True,
+        )
+        try:
+            info = await self._js.stream_info(self.stream)
+        except nats.js.errors.NotFoundError:
+            await self._js.add_stream(wanted)
+            return
+        config = info.config
+        if config.retention != api.RetentionPolicy.WORK_QUEUE:
+            raise ConfigurationError(
+                f"NATS stream {self.stream} exists with retention {config.retention}; "
+                "profilehook needs a work-queue stream: delete it or choose another name"
+            )
+        if config.subjects != wanted.subjects or config.duplicate_window != DUPLICATE_WINDOW_S:
+            await self._js.update_stream(wanted)
+
+    async def close(self) -> None:
+        if self._nc is not None:
+            # Publishes were awaited to their PubAck and acks flushed: nothing is in flight.
+            await self._nc.close()
+            self._nc = self._js = self._sub = None
+
+    async def publish(self, events: Sequence[Event]) -> None:
+        js = self._connected()
+        try:
+            futures = [
+                await js.publish_async(
+                    self._subject(e.workspace, e.event_id),
+                    encode_event(e),
+                    headers={"Nats-Msg-Id": f"{e.workspace}\x1f{e.event_id}"},
+                    wait_stall=PUBLISH_TIMEOUT_S,
+                )
+                for e in events
+            ]
+            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+                await asyncio.gather(*futures)
+        except NATS_ERRORS as exc:
+            raise StorageUnavailable(
+                f"NATS did not store the event ({exc!r}), retry later"
+            ) from exc
+
+    async def fetch(self, max_events: int, wait_s: float) -> list[Delivery]:
+        try:
+            sub = await self._subscription()
+            messages = await sub.fetch(batch=max_events, timeout=max(wait_s, 0.05))
+        except (TimeoutError, nats.errors.TimeoutError):
+            return []
+        except NATS_ERRORS as exc:
+            raise StorageUnavailable(f"NATS fetch failed ({exc!r})") from exc
+        deliveries = []
+        for message in messages:
+            try:
+                deliveries.append(Delivery(decode_event(message.data), message))
+            except ValueError as exc:  # msgspec errors: not an event at all; nothing to apply
+                log.error("dropping undecodable message %s: %s", message.subject, exc)
+                await message.term()
+        return deliveries
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        try:
+            for delivery in deliveries:
+                await delivery.token.ack()
+            await self._nc.flush(timeout=PUBLISH_TIMEOUT_S)
+        except NATS_ERRORS as exc:
+            # Unacknowledged events come again; the store's dedupe makes that harmless.
+            raise StorageUnavailable(f"NATS ack failed ({exc!r})") from exc
+
+    async def find(self, workspace: str, event_id: str) -> Event | None:
+        js = self._connected()
+        try:
+            raw = await js.get_last_msg(self.stream, self._subject(workspace, event_id))
+        except nats.js.errors.NotFoundError:
+            return None
+        except NATS_ERRORS as exc:
+            raise StorageUnavailable(f"NATS lookup failed ({exc!r})") from exc
+        event = decode_event(raw.data)
+        return event if (event.workspace, event.event_id) == (workspace, event_id) else None
+
+    async def depth(self) -> int:
+        js = self._connected()
+        try:
+            info = await js.stream_info(self.stream)
+        except NATS_ERRORS as exc:
+            raise StorageUnavailable(f"NATS unreachable ({exc!r})") from exc
+        return int(info.state.messages)
+
+    def _subject(self, workspace: str, event_id: str) -> str:
+        digest = hashlib.blake2b(f"{workspace}\x00{event_id}".encode(), digest_size=16)
+        return f"{self.subject_prefix}.{digest.hexdigest()}"
+
+    def _connected(self) -> Any:
+        if self._js is None or self._nc is None or not self._nc.is_connected:
+            raise StorageUnavailable("NATS is not connected, retry later")
+        return self._js
+
+    async def _subscription(self) -> Any:
+        if self._sub is None:
+            config = api.ConsumerConfig(
+                durable_name=CONSUMER,
+                ack_policy=api.AckPolicy.EXPLICIT,
+                max_deliver=MAX_DELIVER,
+                backoff=REDELIVERY_BACKOFF_S,
+                max_ack_pending=20_000,
+            )
+            self._sub = await self._connected().pull_subscribe(
+                f"{self.subject_prefix}.>", durable=CONSUMER, stream=self.stream, config=config
+            )
+        return self._sub
