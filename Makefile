@@ -19,6 +19,7 @@ run: $(STAMP)
 	PROFILEHOOK_DATA_DIR=$(DATA_DIR) $(BIN)/profilehook serve --quickstart --port $(PORT)
 
 test: $(STAMP)
+	bash .ci/services
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
