@@ -1,0 +1,692 @@
+"""profilehook benchmarks: every scenario measured side by side in one run, reported as ratios.
+
+    .venv/bin/python benchmarks/run.py [--duration 10] [--sustain 60] [--only A,C]
+
+A ceiling (raw ASGI), B naive baseline (FastAPI + Pydantic, one fsync per request), C native
+ingest, D batch ingest, E Amplitude 10,000-user request, F sustained ingest + apply with apply
+lag and RSS, G store apply throughput, H scale-out ingest on NATS + PostgreSQL (2 serve).
+Load comes from wrk on loopback, on the same 2 cores as the server: figures are only
+comparable within one run, which is why the table reports ratios. Bounded in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+RESULTS = ROOT / "benchmarks" / "results"
+POSTGRES_URL = os.environ.get(
+    "PROFILEHOOK_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+NATS_URL = os.environ.get("PROFILEHOOK_TEST_NATS_URL", "nats://127.0.0.1:4222")
+CONNECTIONS = 64
+EVENT = {
+    "contact_id": "user123",
+    "event_name": "aampe_property_update",
+    "timestamp": 1672531200,
+    "user_properties": {"subscription_status": "active", "last_login": 1672531200},
+    "metadata": {"platform": "web", "browser": "Chrome"},
+}
+
+
+# -- processes -------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A server subprocess, its port, and samples of its CPU and RSS."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    rss_mb: list[float] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Server:
+        argv = [a.replace("{port}", str(self.port)) for a in self.argv]
+        self.proc = subprocess.Popen(
+            argv, env=self.env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited: {self.proc.stderr.read().decode()[-2000:]}"
+                )  # type: ignore[union-attr]
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), 0.2):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise TimeoutError(f"{self.name} did not listen")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def cpu_s(self) -> float:
+        assert self.proc is not None
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss(self) -> float:
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+
+@contextmanager
+def running(server: Server) -> Iterator[Server]:
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextmanager
+def sampling(server: Server, every_s: float = 1.0) -> Iterator[list[float]]:
+    """Sample the server's RSS (MB) every ``every_s`` while the block runs."""
+    samples: list[float] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                samples.append(server.rss())
+            except OSError:
+                return
+            stop.wait(every_s)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield samples
+    finally:
+        stop.set()
+        thread.join()
+
+
+# -- load ------------------------------------------------------------------------------------
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    print("wrk is missing: installing it with apt-get", file=sys.stderr)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True)
+    return shutil.which("wrk") or "wrk"
+
+
+def lua(path: Path, body: Any, key: str, delay_ms: float | None = None) -> Path:
+    text = (
+        'wrk.method = "POST"\n'
+        f"wrk.body = {json.dumps(json.dumps(body))}\n"
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f'wrk.headers["Authorization"] = "Bearer {key}"\n'
+    )
+    if delay_ms is not None:
+        text += f"function delay() return {delay_ms:.3f} end\n"
+    path.write_text(text)
+    return path
+
+
+def wrk(
+    url: str, script: Path, duration_s: int, connections: int = CONNECTIONS, threads: int = 2
+) -> dict[str, float]:
+    out = subprocess.run(
+        [
+            ensure_wrk(),
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{duration_s}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=duration_s + 60,
+    ).stdout
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        "p50_ms": _latency(out, "50%"),
+        "p99_ms": _latency(out, "99%"),
+        "non_2xx": float(m.group(1))
+        if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out))
+        else 0.0,
+        "errors": float(
+            sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+        ),
+    }
+
+
+def _latency(out: str, percentile: str) -> float:
+    match = re.search(rf"{re.escape(percentile)}\s+([\d.]+)(us|ms|s)\b", out)
+    if not match:
+        return float("nan")
+    value, unit = float(match.group(1)), match.group(2)
+    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+
+def measured(server: Server, script: Path, duration_s: int, **kw: Any) -> dict[str, float]:
+    cpu0, t0 = server.cpu_s(), time.monotonic()
+    with sampling(server) as rss:
+        result = wrk(server.url + kw.pop("path", "/v1/properties"), script, duration_s, **kw)
+    result["server_cpu_pct"] = 100 * (server.cpu_s() - cpu0) / (time.monotonic() - t0)
+    result["peak_rss_mb"] = max(rss) if rss else float("nan")
+    return result
+
+
+# -- profilehook helpers ---------------------------------------------------------------------
+
+
+def profilehook_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROFILEHOOK_")}
+    env.update(PROFILEHOOK_DATA_DIR=str(data_dir), PROFILEHOOK_LOG_LEVEL="warning", **extra)
+    return env
+
+
+def cli(env: dict[str, str], *args: str) -> dict[str, Any]:
+    out = subprocess.run(
+        [str(BIN / "profilehook"), *args, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+def serve(name: str, env: dict[str, str], *flags: str) -> Server:
+    return Server(name, [str(BIN / "profilehook"), "serve", "--port", "{port}", *flags], env)
+
+
+def metric(url: str, name: str) -> dict[str, float]:
+    import httpx2
+
+    text = httpx2.get(url + "/metrics", timeout=10).text
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(name):
+            key, _, value = line.rpartition(" ")
+            values[key] = float(value)
+    return values
+
+
+def histogram_quantile(buckets: dict[str, float], q: float) -> float:
+    """Upper bound of the bucket holding quantile ``q`` (Prometheus buckets, in seconds)."""
+    edges = sorted(
+        (float("inf") if (le := re.search(r'le="([^"]+)"', k).group(1)) == "+Inf" else float(le), v)  # type: ignore[union-attr]
+        for k, v in buckets.items()
+    )
+    total = edges[-1][1] if edges else 0
+    for edge, count in edges:
+        if total and count >= q * total:
+            return edge
+    return float("nan")
+
+
+# -- scenarios -------------------------------------------------------------------------------
+
+
+def scenario_a(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    app = Server(
+        "ceiling",
+        [
+            str(BIN / "uvicorn"),
+            "benchmarks.apps.ceiling:app",
+            "--port",
+            "{port}",
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        dict(os.environ),
+    )
+    with running(app):
+        return measured(app, lua(tmp / "a.lua", EVENT, "x"), args.duration)
+
+
+def scenario_b(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    env = {**os.environ, "NAIVE_DB": str(tmp / "naive.sqlite3")}
+    app = Server(
+        "naive",
+        [
+            str(BIN / "uvicorn"),
+            "benchmarks.apps.naive:app",
+            "--port",
+            "{port}",
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        env,
+    )
+    with running(app):
+        return measured(app, lua(tmp / "b.lua", EVENT, "x"), args.duration)
+
+
+def embedded(tmp: Path, name: str) -> tuple[dict[str, str], str]:
+    env = profilehook_env(tmp / name)
+    return env, cli(env, "keys", "create", "--workspace", "bench")["key"]
+
+
+def scenario_c(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    env, key = embedded(tmp, "c")
+    with running(serve("profilehook", env)) as server:
+        full = measured(server, lua(tmp / "c.lua", EVENT, key), args.duration)
+        # Half of the maximum rate: each connection waits so that all together send rate/2.
+        half_rate = full["rps"] / 2
+        connections = 16
+        delay_ms = max(0.0, 1000 * connections / half_rate - full["p50_ms"] / 4)
+        half = measured(
+            server,
+            lua(tmp / "c-half.lua", EVENT, key, delay_ms),
+            args.duration,
+            connections=connections,
+        )
+    full["half_rate_rps"] = half["rps"]
+    full["half_rate_p99_ms"] = half["p99_ms"]
+    full["half_rate_p50_ms"] = half["p50_ms"]
+    return full
+
+
+def scenario_d(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    env, key = embedded(tmp, "d")
+    body = {"events": [{**EVENT, "contact_id": f"user{i}"} for i in range(args.batch)]}
+    with running(serve("profilehook", env)) as server:
+        result = measured(
+            server,
+            lua(tmp / "d.lua", body, key),
+            args.duration,
+            path="/v1/properties/batch",
+            connections=16,
+        )
+    result["events_per_s"] = result["rps"] * args.batch
+    result["batch_size"] = args.batch
+    return result
+
+
+def scenario_e(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    import httpx2
+
+    env, _ = embedded(tmp, "e")
+    source = cli(env, "sources", "create", "amplitude", "--workspace", "bench")
+    body = json.dumps(
+        {
+            "cohort_name": "Bench cohort",
+            "cohort_id": "bench1",
+            "in_cohort": True,
+            "computed_time": "1692206763",
+            "message_id": "",
+            "users": [{"user_id": f"user_{i}@example.com"} for i in range(10_000)],
+        }
+    )
+    timings = []
+    with running(serve("profilehook", env)) as server:
+        url = f"{server.url}/v1/webhooks/{source['source_id']}"
+        headers = {
+            "Authorization": f"Bearer {source['secret']}",
+            "Content-Type": "application/json",
+        }
+        for i in range(args.amplitude_requests):
+            payload = body.replace('"message_id": ""', f'"message_id": "m{i}"')
+            t0 = time.perf_counter()
+            response = httpx2.post(url, content=payload, headers=headers, timeout=30)
+            timings.append(1000 * (time.perf_counter() - t0))
+            assert response.status_code == 200, response.text
+            time.sleep(0.5)  # let the applier take them, as between real cohort updates
+    timings.sort()
+    return {
+        "requests": len(timings),
+        "p50_ms": statistics.median(timings),
+        "p99_ms": timings[min(len(timings) - 1, round(0.99 * (len(timings) - 1)))],
+        "max_ms": timings[-1],
+    }
+
+
+def scenario_f(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    env, key = embedded(tmp, "f")
+    per_request = args.sustain_batch
+    body = {"events": [{**EVENT, "contact_id": f"user{i}"} for i in range(per_request)]}
+    with running(serve("profilehook", env)) as server:
+        script = lua(tmp / "f.lua", body, key)
+        before = metric(server.url, "profilehook_events_total")
+        with sampling(server) as rss:
+            load = wrk(server.url + "/v1/properties/batch", script, args.sustain, connections=16)
+            t_end = time.monotonic()
+            accepted = load["rps"] * per_request * args.sustain
+            while (
+                metric(server.url, "profilehook_queue_depth").get("profilehook_queue_depth", 0) > 0
+                and time.monotonic() - t_end < 60
+            ):
+                time.sleep(0.2)
+            drained_s = time.monotonic() - t_end
+        after = metric(server.url, "profilehook_events_total")
+        lag = metric(server.url, "profilehook_apply_lag_seconds_bucket")
+    applied_key = 'profilehook_events_total{outcome="applied",source="api"}'
+    applied = after.get(applied_key, 0) - before.get(applied_key, 0)
+    third = max(1, len(rss) // 3)
+    return {
+        "ingest_events_per_s": accepted / args.sustain,
+        "applied_events_per_s": applied / (args.sustain + drained_s),
+        "drain_after_load_s": drained_s,
+        "apply_lag_p50_s": histogram_quantile(lag, 0.5),
+        "apply_lag_p99_s": histogram_quantile(lag, 0.99),
+        "peak_rss_mb": max(rss),
+        "rss_first_third_mb": max(rss[:third]),
+        "rss_last_third_mb": max(rss[-third:]),
+        "duration_s": args.sustain,
+    }
+
+
+def scenario_g(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    return asyncio.run(_apply_throughput(tmp, args))
+
+
+async def _apply_throughput(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    import random
+
+    from profilehook.events import Event
+    from profilehook.stores.sqlite import SqliteStore
+
+    rng = random.Random(7)
+    batches = [
+        [
+            Event(
+                workspace="bench",
+                event_id=uuid.uuid4().hex,
+                contact_id=f"c{rng.randrange(20_000)}",
+                ts_us=rng.randrange(1, 10**15),
+                properties={f"p{rng.randrange(20)}": rng.random() for _ in range(5)},
+            )
+            for _ in range(2_000)
+        ]
+        for _ in range(args.apply_batches)
+    ]
+    stores: dict[str, Any] = {"sqlite": SqliteStore(tmp / "g.sqlite3")}
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    try:
+        from profilehook.stores.postgres import PostgresStore
+
+        stores["postgres"] = PostgresStore(f"{POSTGRES_URL}?schema={schema}")
+    except Exception as exc:
+        print(f"G: PostgreSQL skipped ({exc})", file=sys.stderr)
+    result: dict[str, Any] = {}
+    for name, store in stores.items():
+        try:
+            await store.open()
+        except Exception as exc:
+            print(f"G: {name} unavailable ({exc})", file=sys.stderr)
+            continue
+        updates = 0
+        t0 = time.perf_counter()
+        for batch in batches:
+            await store.apply(batch)
+            updates += sum(len(e.properties) for e in batch)
+        elapsed = time.perf_counter() - t0
+        await store.close()
+        result[f"{name}_property_updates_per_s"] = updates / elapsed
+        result[f"{name}_events_per_s"] = len(batches) * 2_000 / elapsed
+    if "postgres" in stores:
+        import psycopg
+
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    return result
+
+
+def scenario_h(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    stream = f"BENCH{uuid.uuid4().hex[:8].upper()}"
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    env = profilehook_env(
+        tmp / "h",
+        PROFILEHOOK_QUEUE_URL=f"{NATS_URL}?stream={stream}",
+        PROFILEHOOK_STORE_URL=f"{POSTGRES_URL}?schema={schema}",
+    )
+    key = cli(env, "keys", "create", "--workspace", "bench")["key"]
+    script = lua(tmp / "h.lua", EVENT, key)
+    servers = [serve(f"serve-{i}", env, "--no-applier") for i in range(2)]
+    results: list[dict[str, float]] = []
+    try:
+        for server in servers:
+            server.start()
+        threads = [
+            threading.Thread(
+                target=lambda s=s: results.append(
+                    wrk(s.url + "/v1/properties", script, args.duration, connections=32, threads=1)
+                )
+            )
+            for s in servers
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        for server in servers:
+            server.stop()
+        _drop_scale_out(stream, schema)
+    return {
+        "rps": sum(r["rps"] for r in results),
+        "p50_ms": max(r["p50_ms"] for r in results),
+        "p99_ms": max(r["p99_ms"] for r in results),
+        "non_2xx": sum(r["non_2xx"] for r in results),
+    }
+
+
+def _drop_scale_out(stream: str, schema: str) -> None:
+    async def drop() -> None:
+        import nats
+
+        nc = await nats.connect(NATS_URL)
+        try:
+            await nc.jetstream().delete_stream(stream)
+        finally:
+            await nc.close()
+
+    try:
+        asyncio.run(drop())
+        import psycopg
+
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    except Exception as exc:
+        print(f"H: cleanup failed ({exc})", file=sys.stderr)
+
+
+SCENARIOS = {
+    "A": scenario_a,
+    "B": scenario_b,
+    "C": scenario_c,
+    "D": scenario_d,
+    "E": scenario_e,
+    "F": scenario_f,
+    "G": scenario_g,
+    "H": scenario_h,
+}
+TITLES = {
+    "A": "ceiling: raw ASGI, reads body, answers 202",
+    "B": "naive: FastAPI + Pydantic, 1 fsync per request",
+    "C": "profilehook POST /v1/properties (durable, applier running)",
+    "D": "profilehook batch endpoint",
+    "E": "Amplitude 10,000-user request",
+    "F": "sustained ingest + apply",
+    "G": "store apply throughput (in process)",
+    "H": "scale-out ingest, NATS + PostgreSQL, 2 serve",
+}
+
+
+# -- report ----------------------------------------------------------------------------------
+
+
+def targets(r: dict[str, dict[str, Any]]) -> list[tuple[str, str, bool | None]]:
+    def has(*names: str) -> bool:
+        return all(n in r for n in names)
+
+    rows: list[tuple[str, str, bool | None]] = []
+    if has("A", "C"):
+        ratio = r["C"]["rps"] / r["A"]["rps"]
+        rows.append(("C >= 0.5 x A", f"{ratio:.2f} x A", ratio >= 0.5))
+        rows.append(
+            (
+                "C p99 <= 10 ms at half of C's max rate",
+                f"{r['C']['half_rate_p99_ms']:.1f} ms at {r['C']['half_rate_rps']:.0f} req/s",
+                r["C"]["half_rate_p99_ms"] <= 10,
+            )
+        )
+    if has("B", "C"):
+        ratio = r["C"]["rps"] / r["B"]["rps"]
+        rows.append(("C >= 8 x B", f"{ratio:.1f} x B", ratio >= 8))
+    if has("D"):
+        rows.append(
+            (
+                "D >= 150k events/s",
+                f"{r['D']['events_per_s']:.0f} events/s",
+                r["D"]["events_per_s"] >= 150_000,
+            )
+        )
+    if has("E"):
+        rows.append(("E p99 <= 250 ms", f"{r['E']['p99_ms']:.0f} ms", r["E"]["p99_ms"] <= 250))
+    if has("F"):
+        f = r["F"]
+        rows.append(
+            (
+                "F >= 15k events/s sustained",
+                f"{f['applied_events_per_s']:.0f} applied/s ({f['ingest_events_per_s']:.0f} ingested/s)",
+                f["applied_events_per_s"] >= 15_000,
+            )
+        )
+        rows.append(
+            ("F apply lag p99 <= 1 s", f"<= {f['apply_lag_p99_s']} s", f["apply_lag_p99_s"] <= 1)
+        )
+        rows.append(
+            (
+                "peak RSS <= 250 MB and flat",
+                f"{f['peak_rss_mb']:.0f} MB (first third {f['rss_first_third_mb']:.0f}, last third {f['rss_last_third_mb']:.0f})",
+                f["peak_rss_mb"] <= 250 and f["rss_last_third_mb"] <= 1.2 * f["rss_first_third_mb"],
+            )
+        )
+    if has("G") and "sqlite_property_updates_per_s" in r["G"]:
+        rows.append(
+            (
+                "G (SQLite) >= 100k property updates/s",
+                f"{r['G']['sqlite_property_updates_per_s']:.0f}/s",
+                r["G"]["sqlite_property_updates_per_s"] >= 100_000,
+            )
+        )
+    return rows
+
+
+def markdown(r: dict[str, dict[str, Any]], command: str) -> str:
+    lines = [
+        f"Command: `{command}`  ",
+        f"Machine: {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}; "
+        "**wrk and the server share the same 2 cores**, so compare ratios, not absolute figures.",
+        "",
+        "| | scenario | req/s | events/s | p50 ms | p99 ms | server CPU % | peak RSS MB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, result in r.items():
+        events = (
+            result.get("events_per_s")
+            or result.get("applied_events_per_s")
+            or (result.get("rps") if name in "ABCH" else None)
+        )
+        if name == "G":
+            events = result.get("sqlite_events_per_s")
+        lines.append(
+            f"| {name} | {TITLES[name]} | {_fmt(result.get('rps'))} | {_fmt(events)} | {_fmt(result.get('p50_ms'), 1)} | "
+            f"{_fmt(result.get('p99_ms'), 1)} | {_fmt(result.get('server_cpu_pct'))} | {_fmt(result.get('peak_rss_mb'))} |"
+        )
+    lines += ["", "| target | measured | met |", "|---|---|---|"]
+    lines += [f"| {t} | {m} | {'yes' if ok else 'no'} |" for t, m, ok in targets(r)]
+    return "\n".join(lines)
+
+
+def _fmt(value: Any, digits: int = 0) -> str:
+    return "" if value is None else f"{value:,.{digits}f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--sustain", type=int, default=60, help="seconds of the sustained run F")
+    parser.add_argument("--sustain-batch", type=int, default=10, help="events per request in F")
+    parser.add_argument("--batch", type=int, default=100, help="events per request in D")
+    parser.add_argument("--amplitude-requests", type=int, default=10)
+    parser.add_argument("--apply-batches", type=int, default=25, help="2,000-event batches in G")
+    parser.add_argument("--only", default="ABCDEFGH", help="scenarios to run, e.g. ACF")
+    args = parser.parse_args()
+    ensure_wrk()
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="profilehook-bench-") as tmp:
+        for name in [n for n in SCENARIOS if n in args.only.upper()]:
+            print(f"{name}: {TITLES[name]} …", file=sys.stderr, flush=True)
+            results[name] = SCENARIOS[name](Path(tmp), args)
+            print(f"   {json.dumps(results[name])}", file=sys.stderr, flush=True)
+    command = (
+        "make bench" if len(sys.argv) == 1 else "python benchmarks/run.py " + " ".join(sys.argv[1:])
+    )
+    report = markdown(results, command)
+    RESULTS.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (RESULTS / f"{stamp}.json").write_text(json.dumps(results, indent=2))
+    (RESULTS / "latest.md").write_text(report + "\n")
+    print(report)
+
+
+if __name__ == "__main__":
+    main()
