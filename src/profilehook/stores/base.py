@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from profilehook.events import Event, Version
 
-EventStatus = Literal["queued", "applied", "duplicate", "failed"]
+EventStatus = Literal["queued", "applied", "failed"]
 Progress = Callable[[int, int], None]
 """Called with (done, total) during long operations."""
 
@@ -57,6 +57,15 @@ class Source:
     kind: SourceKind
     config: dict[str, Any]
     created_us: int
+
+
+@dataclass(frozen=True)
+class AliasUpdate:
+    """What ``put_alias`` leaves: the contact the profile maps to now, and the events parked
+    for that profile, to publish with that contact and then ``unpark``."""
+
+    contact_id: str
+    parked: list[Event]
 
 
 @dataclass
@@ -220,3 +229,29 @@ class Store(ABC):
     async def workspace_for(self, key_hash: str) -> str | None:
         """The workspace of a live (unrevoked) key with this hash, checked on every request:
         a revocation from another process takes effect on the next request."""
+
+    # Profile aliases: a source's own id of a profile -> the contact it maps to (Copernica's
+    # ``--contact-field``), and the events that wait for a profile's first mapping.
+
+    @abstractmethod
+    async def get_alias(self, workspace: str, source_id: str, profile_id: str) -> str | None:
+        """The contact a source's profile maps to; None when it has never been mapped."""
+
+    @abstractmethod
+    async def put_alias(
+        self, workspace: str, source_id: str, profile_id: str, contact_id: str, version: Version
+    ) -> AliasUpdate:
+        """Durably map the profile to ``contact_id`` unless a greater ``version`` maps it already;
+        in the same transaction, read the winning contact and the events parked for the profile
+        (they stay parked until ``unpark``, so a crash before publishing them loses nothing)."""
+
+    @abstractmethod
+    async def park_until_alias(self, source_id: str, profile_id: str, event: Event) -> str | None:
+        """Atomically: the contact the profile maps to, if any; otherwise durably keep ``event``
+        (once per ``event_id``) for the next ``put_alias`` of the profile and return None."""
+
+    @abstractmethod
+    async def unpark(
+        self, workspace: str, source_id: str, profile_id: str, event_ids: Sequence[str]
+    ) -> None:
+        """Forget parked events once they have been published."""

@@ -8,6 +8,7 @@ from typing import Any
 
 from profilehook.events import Event, Version, now_us
 from profilehook.stores.base import (
+    AliasUpdate,
     ApiKey,
     ApplyResult,
     Contact,
@@ -35,6 +36,9 @@ class MemoryStore(Store):
         self._profiles: dict[tuple[str, str], _Profile] = {}
         self._keys: dict[str, tuple[ApiKey, str]] = {}
         self._sources: dict[str, Source] = {}
+        # (workspace, source_id, profile_id) -> the mapped contact and the version that set it
+        self._aliases: dict[tuple[str, str, str], tuple[str, Version]] = {}
+        self._parked: dict[tuple[str, str, str], dict[str, Event]] = {}
 
     async def open(self) -> None:
         return None
@@ -109,6 +113,8 @@ class MemoryStore(Store):
     async def rebuild(self, progress: Progress | None = None) -> int:
         self._profiles.clear()
         applied = [r.event for r in self._events.values() if r.status == "applied"]
+        if progress is not None:
+            progress(0, len(applied))
         self._apply_profiles(applied)
         if progress is not None:
             progress(len(applied), len(applied))
@@ -145,3 +151,31 @@ class MemoryStore(Store):
             if stored_hash == key_hash and key.revoked_us is None:
                 return key.workspace
         return None
+
+    async def get_alias(self, workspace: str, source_id: str, profile_id: str) -> str | None:
+        found = self._aliases.get((workspace, source_id, profile_id))
+        return None if found is None else found[0]
+
+    async def put_alias(
+        self, workspace: str, source_id: str, profile_id: str, contact_id: str, version: Version
+    ) -> AliasUpdate:
+        key = (workspace, source_id, profile_id)
+        held = self._aliases.get(key)
+        if held is None or version > held[1]:
+            self._aliases[key] = held = (contact_id, version)
+        parked = self._parked.get(key, {})
+        return AliasUpdate(held[0], [parked[event_id] for event_id in sorted(parked)])
+
+    async def park_until_alias(self, source_id: str, profile_id: str, event: Event) -> str | None:
+        key = (event.workspace, source_id, profile_id)
+        if key in self._aliases:
+            return self._aliases[key][0]
+        self._parked.setdefault(key, {}).setdefault(event.event_id, event)
+        return None
+
+    async def unpark(
+        self, workspace: str, source_id: str, profile_id: str, event_ids: Sequence[str]
+    ) -> None:
+        parked = self._parked.get((workspace, source_id, profile_id), {})
+        for event_id in event_ids:
+            parked.pop(event_id, None)

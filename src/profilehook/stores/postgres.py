@@ -21,6 +21,7 @@ import msgspec
 from profilehook.errors import ConfigurationError, StorageUnavailable
 from profilehook.events import Event, Version, decode_event, encode_event, now_us
 from profilehook.stores.base import (
+    AliasUpdate,
     ApiKey,
     ApplyResult,
     Contact,
@@ -97,6 +98,25 @@ MIGRATIONS = [
         kind text NOT NULL,
         config jsonb NOT NULL,
         created_us bigint NOT NULL
+    );
+    """,
+    """
+    CREATE TABLE profile_aliases (
+        workspace text NOT NULL,
+        source_id text NOT NULL,
+        profile_id text NOT NULL,
+        contact_id text NOT NULL,
+        ts_us bigint NOT NULL,
+        event_id text NOT NULL,
+        PRIMARY KEY (workspace, source_id, profile_id)
+    );
+    CREATE TABLE parked_events (
+        workspace text NOT NULL,
+        source_id text NOT NULL,
+        profile_id text NOT NULL,
+        event_id text NOT NULL,
+        body bytea NOT NULL,
+        PRIMARY KEY (workspace, source_id, profile_id, event_id)
     );
     """,
 ]
@@ -347,6 +367,77 @@ class PostgresStore(Store):
             return None if row is None else str(row[0])
 
         return await self._cached(("key", key_hash), select)
+
+    async def get_alias(self, workspace: str, source_id: str, profile_id: str) -> str | None:
+        return await self._run(lambda conn: _alias(conn, (workspace, source_id, profile_id)))
+
+    async def put_alias(
+        self, workspace: str, source_id: str, profile_id: str, contact_id: str, version: Version
+    ) -> AliasUpdate:
+        key = (workspace, source_id, profile_id)
+
+        async def put(conn: Conn) -> AliasUpdate:
+            await _lock_alias(conn, key)
+            await conn.execute(
+                "INSERT INTO profile_aliases AS a (workspace, source_id, profile_id, contact_id,"
+                " ts_us, event_id) VALUES (%s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (workspace, source_id, profile_id) DO UPDATE SET"
+                " contact_id = excluded.contact_id, ts_us = excluded.ts_us,"
+                " event_id = excluded.event_id"
+                " WHERE (excluded.ts_us, excluded.event_id) > (a.ts_us, a.event_id)",
+                (*key, contact_id, *version),
+            )
+            cur = await conn.execute(
+                "SELECT body FROM parked_events" + _ALIAS_WHERE + " ORDER BY event_id", key
+            )
+            parked = [decode_event(bytes(body)) for (body,) in await cur.fetchall()]
+            current = await _alias(conn, key)
+            assert current is not None
+            return AliasUpdate(current, parked)
+
+        return await self._run(put)
+
+    async def park_until_alias(self, source_id: str, profile_id: str, event: Event) -> str | None:
+        key = (event.workspace, source_id, profile_id)
+
+        async def park(conn: Conn) -> str | None:
+            await _lock_alias(conn, key)
+            contact = await _alias(conn, key)
+            if contact is None:
+                await conn.execute(
+                    "INSERT INTO parked_events (workspace, source_id, profile_id, event_id, body)"
+                    " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                    (*key, event.event_id, encode_event(event)),
+                )
+            return contact
+
+        return await self._run(park)
+
+    async def unpark(
+        self, workspace: str, source_id: str, profile_id: str, event_ids: Sequence[str]
+    ) -> None:
+        async def delete(conn: Conn) -> None:
+            await conn.execute(
+                "DELETE FROM parked_events" + _ALIAS_WHERE + " AND event_id = ANY(%s)",
+                (workspace, source_id, profile_id, list(event_ids)),
+            )
+
+        await self._run(delete)
+
+
+AliasKey = tuple[str, str, str]
+_ALIAS_WHERE = " WHERE workspace = %s AND source_id = %s AND profile_id = %s"
+
+
+async def _lock_alias(conn: Conn, key: AliasKey) -> None:
+    # Parking and mapping one profile serialise, so a parked event is never missed.
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", ("\x1f".join(key),))
+
+
+async def _alias(conn: Conn, key: AliasKey) -> str | None:
+    cur = await conn.execute("SELECT contact_id FROM profile_aliases" + _ALIAS_WHERE, key)
+    row = await cur.fetchone()
+    return None if row is None else str(row[0])
 
 
 _SOURCE_SELECT = "SELECT source_id, workspace, kind, config, created_us FROM sources"

@@ -16,10 +16,10 @@ import msgspec
 from profilehook.events import Event, Version, decode_event, encode_event, now_us
 from profilehook.sqlite_db import SqliteDatabase
 from profilehook.stores.base import (
+    AliasUpdate,
     ApiKey,
     ApplyResult,
     Contact,
-    ContactPlan,
     ContactState,
     EventRecord,
     Progress,
@@ -40,9 +40,10 @@ CREATE TABLE IF NOT EXISTS events (
     status TEXT NOT NULL,
     applied_us INTEGER,
     error TEXT,
-    body BLOB NOT NULL,
-    PRIMARY KEY (workspace, event_id)
-) WITHOUT ROWID;
+    body BLOB NOT NULL
+);
+-- A rowid table: rows with bodies append at the end; only the narrow key index is random.
+CREATE UNIQUE INDEX IF NOT EXISTS events_by_id ON events (workspace, event_id);
 CREATE INDEX IF NOT EXISTS events_by_contact ON events (workspace, contact_id, ts_us, event_id);
 CREATE TABLE IF NOT EXISTS properties (
     workspace TEXT NOT NULL,
@@ -69,6 +70,23 @@ CREATE TABLE IF NOT EXISTS sources (
     config TEXT NOT NULL,
     created_us INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS profile_aliases (
+    workspace TEXT NOT NULL,
+    source_id TEXT NOT NULL,
+    profile_id TEXT NOT NULL,
+    contact_id TEXT NOT NULL,
+    ts_us INTEGER NOT NULL,
+    event_id TEXT NOT NULL,
+    PRIMARY KEY (workspace, source_id, profile_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS parked_events (
+    workspace TEXT NOT NULL,
+    source_id TEXT NOT NULL,
+    profile_id TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    body BLOB NOT NULL,
+    PRIMARY KEY (workspace, source_id, profile_id, event_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS api_keys (
     key_id TEXT PRIMARY KEY,
     workspace TEXT NOT NULL,
@@ -221,6 +239,42 @@ class SqliteStore(Store):
         )
         return result
 
+    async def get_alias(self, workspace: str, source_id: str, profile_id: str) -> str | None:
+        return await self.db.read(lambda conn: _alias(conn, (workspace, source_id, profile_id)))
+
+    async def put_alias(
+        self, workspace: str, source_id: str, profile_id: str, contact_id: str, version: Version
+    ) -> AliasUpdate:
+        key = (workspace, source_id, profile_id)
+        return await self.db.write(lambda conn: _put_alias(conn, key, contact_id, version))
+
+    async def park_until_alias(self, source_id: str, profile_id: str, event: Event) -> str | None:
+        key = (event.workspace, source_id, profile_id)
+
+        def park(conn: sqlite3.Connection) -> str | None:
+            contact = _alias(conn, key)
+            if contact is None:
+                conn.execute(
+                    "INSERT OR IGNORE INTO parked_events (workspace, source_id, profile_id,"
+                    " event_id, body) VALUES (?, ?, ?, ?, ?)",
+                    (*key, event.event_id, encode_event(event)),
+                )
+            return contact
+
+        return await self.db.write(park)
+
+    async def unpark(
+        self, workspace: str, source_id: str, profile_id: str, event_ids: Sequence[str]
+    ) -> None:
+        rows = [(workspace, source_id, profile_id, event_id) for event_id in event_ids]
+        await self.db.write(
+            lambda conn: conn.executemany(
+                "DELETE FROM parked_events WHERE workspace = ? AND source_id = ?"
+                " AND profile_id = ? AND event_id = ?",
+                rows,
+            )
+        )
+
     def _cached(
         self,
         conn: sqlite3.Connection,
@@ -239,6 +293,35 @@ class SqliteStore(Store):
 
 
 _SOURCE_SELECT = "SELECT source_id, workspace, kind, config, created_us FROM sources"
+
+
+AliasKey = tuple[str, str, str]
+"""(workspace, source_id, profile_id)"""
+_ALIAS_WHERE = " WHERE workspace = ? AND source_id = ? AND profile_id = ?"
+
+
+def _alias(conn: sqlite3.Connection, key: AliasKey) -> str | None:
+    row = conn.execute("SELECT contact_id FROM profile_aliases" + _ALIAS_WHERE, key).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _put_alias(
+    conn: sqlite3.Connection, key: AliasKey, contact_id: str, version: Version
+) -> AliasUpdate:
+    conn.execute(
+        "INSERT INTO profile_aliases (workspace, source_id, profile_id, contact_id, ts_us,"
+        " event_id) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (workspace, source_id, profile_id)"
+        " DO UPDATE SET contact_id = excluded.contact_id, ts_us = excluded.ts_us,"
+        " event_id = excluded.event_id WHERE (excluded.ts_us, excluded.event_id)"
+        " > (profile_aliases.ts_us, profile_aliases.event_id)",
+        (*key, contact_id, *version),
+    )
+    rows = conn.execute(
+        "SELECT body FROM parked_events" + _ALIAS_WHERE + " ORDER BY event_id", key
+    ).fetchall()
+    current = _alias(conn, key)
+    assert current is not None
+    return AliasUpdate(current, [decode_event(body) for (body,) in rows])
 
 
 def _source(row: tuple[str, str, str, str, int]) -> Source:
@@ -289,31 +372,74 @@ def _already_recorded(conn: sqlite3.Connection, events: list[Event]) -> set[tupl
 
 
 def _apply_profiles(conn: sqlite3.Connection, events: Sequence[Event]) -> ApplyResult:
+    """Plan every contact of the batch, then write all of it in three statements."""
+    groups = by_contact(events)
+    states = _states(conn, groups)
     result = ApplyResult()
-    for (workspace, contact_id), group in by_contact(events).items():
-        names = {name for e in group for name in e.properties}
-        state = _state(conn, workspace, contact_id, names)
+    deletes: list[tuple[Any, ...]] = []
+    upserts: list[tuple[Any, ...]] = []
+    contacts: list[tuple[Any, ...]] = []
+    for (workspace, contact_id), group in groups.items():
+        state = states.get((workspace, contact_id)) or ContactState()
         plan = plan_contact(state, group)
         result.superseded += plan.superseded
-        if plan.touches_contact_row or plan.last_update != state.last_update:
-            _write_plan(conn, workspace, contact_id, plan)
-            result.written += len(plan.upserts) + 1
+        # A newer last update matters only if it is visible (newer than the contact's delete).
+        if not plan.touches_contact_row and (
+            plan.last_update == state.last_update
+            or not contact_exists(plan.last_update, plan.deleted)
+        ):
+            continue
+        if plan.delete_upto is not None:
+            deletes.append((workspace, contact_id, *plan.delete_upto))
+        upserts += [
+            (workspace, contact_id, name, _json(value), *version)
+            for name, (value, version) in plan.upserts.items()
+        ]
+        contacts.append(
+            (
+                workspace,
+                contact_id,
+                *(plan.last_update or (None, None)),
+                *(plan.deleted or (None, None)),
+            )
+        )
+    _write(conn, deletes, upserts, contacts)
+    result.written = len(upserts)
     return result
 
 
-def _state(
+def _states(
+    conn: sqlite3.Connection, groups: dict[tuple[str, str], list[Event]]
+) -> dict[tuple[str, str], ContactState]:
+    """What the store holds for the batch's contacts: their rows and the properties it names."""
+    states: dict[tuple[str, str], ContactState] = {}
+    keys = list(groups)
+    for start in range(0, len(keys), MAX_BOUND_NAMES // 2):
+        chunk = keys[start : start + MAX_BOUND_NAMES // 2]
+        pairs = ",".join(["(?, ?)"] * len(chunk))
+        flat = [part for key in chunk for part in key]
+        for workspace, contact_id, *row in conn.execute(
+            f"WITH k (w, c) AS (VALUES {pairs}) SELECT workspace, contact_id, last_ts_us,"
+            " last_event_id, deleted_ts_us, deleted_event_id FROM k"
+            " JOIN contacts ON workspace = k.w AND contact_id = k.c",
+            flat,
+        ):
+            states[(workspace, contact_id)] = ContactState(
+                last_update=None if row[0] is None else (row[0], row[1]),
+                deleted=None if row[2] is None else (row[2], row[3]),
+            )
+    for key, state in states.items():
+        names = {name for e in groups[key] for name in e.properties}
+        state.versions = _versions(conn, *key, names)
+    return states
+
+
+def _versions(
     conn: sqlite3.Connection, workspace: str, contact_id: str, names: set[str]
-) -> ContactState:
-    row = conn.execute(
-        "SELECT last_ts_us, last_event_id, deleted_ts_us, deleted_event_id FROM contacts"
-        " WHERE workspace = ? AND contact_id = ?",
-        (workspace, contact_id),
-    ).fetchone()
-    if row is None:
-        return ContactState()
+) -> dict[str, Version]:
     if not names:
-        rows: Any = []
-    elif len(names) > MAX_BOUND_NAMES:
+        return {}
+    if len(names) > MAX_BOUND_NAMES:
         rows = conn.execute(
             "SELECT name, ts_us, event_id FROM properties WHERE workspace = ? AND contact_id = ?",
             (workspace, contact_id),
@@ -325,40 +451,32 @@ def _state(
             f" WHERE workspace = ? AND contact_id = ? AND name IN ({marks})",
             (workspace, contact_id, *names),
         )
-    return ContactState(
-        last_update=None if row[0] is None else (row[0], row[1]),
-        deleted=None if row[2] is None else (row[2], row[3]),
-        versions={name: (ts_us, event_id) for name, ts_us, event_id in rows},
-    )
+    return {name: (ts_us, event_id) for name, ts_us, event_id in rows}
 
 
-def _write_plan(
-    conn: sqlite3.Connection, workspace: str, contact_id: str, plan: ContactPlan
+def _write(
+    conn: sqlite3.Connection,
+    deletes: list[tuple[Any, ...]],
+    upserts: list[tuple[Any, ...]],
+    contacts: list[tuple[Any, ...]],
 ) -> None:
-    if plan.delete_upto is not None:
-        conn.execute(
-            "DELETE FROM properties WHERE workspace = ? AND contact_id = ?"
-            " AND (ts_us, event_id) <= (?, ?)",
-            (workspace, contact_id, *plan.delete_upto),
-        )
-    if plan.upserts:
-        conn.executemany(
-            "INSERT INTO properties (workspace, contact_id, name, value, ts_us, event_id)"
-            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (workspace, contact_id, name) DO UPDATE SET"
-            " value = excluded.value, ts_us = excluded.ts_us, event_id = excluded.event_id",
-            [
-                (workspace, contact_id, name, _json(value), version[0], version[1])
-                for name, (value, version) in plan.upserts.items()
-            ],
-        )
-    last = plan.last_update or (None, None)
-    deleted = plan.deleted or (None, None)
-    conn.execute(
+    # Deletes first; every upsert is newer than its contact's delete, so the order is safe.
+    conn.executemany(
+        "DELETE FROM properties WHERE workspace = ? AND contact_id = ? AND (ts_us, event_id) <= (?, ?)",
+        deletes,
+    )
+    conn.executemany(
+        "INSERT INTO properties (workspace, contact_id, name, value, ts_us, event_id)"
+        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (workspace, contact_id, name) DO UPDATE SET"
+        " value = excluded.value, ts_us = excluded.ts_us, event_id = excluded.event_id",
+        upserts,
+    )
+    conn.executemany(
         "INSERT INTO contacts (workspace, contact_id, last_ts_us, last_event_id, deleted_ts_us,"
         " deleted_event_id) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (workspace, contact_id) DO UPDATE"
         " SET last_ts_us = excluded.last_ts_us, last_event_id = excluded.last_event_id,"
         " deleted_ts_us = excluded.deleted_ts_us, deleted_event_id = excluded.deleted_event_id",
-        (workspace, contact_id, *last, *deleted),
+        contacts,
     )
 
 
@@ -396,6 +514,8 @@ def _rebuild(conn: sqlite3.Connection, progress: Progress | None) -> int:
     conn.execute("DELETE FROM contacts")
     total = conn.execute("SELECT COUNT(*) FROM events WHERE status = 'applied'").fetchone()[0]
     done = 0
+    if progress is not None:
+        progress(0, total)
     cursor = conn.execute("SELECT body FROM events WHERE status = 'applied'")
     while chunk := cursor.fetchmany(REBUILD_CHUNK_EVENTS):
         _apply_profiles(conn, [decode_event(body) for (body,) in chunk])
