@@ -7,6 +7,7 @@ contact with the shared rules, write only what wins.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -63,13 +64,6 @@ CREATE TABLE IF NOT EXISTS contacts (
     deleted_event_id TEXT,
     PRIMARY KEY (workspace, contact_id)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS sources (
-    source_id TEXT PRIMARY KEY,
-    workspace TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    config TEXT NOT NULL,
-    created_us INTEGER NOT NULL
-);
 CREATE TABLE IF NOT EXISTS profile_aliases (
     workspace TEXT NOT NULL,
     source_id TEXT NOT NULL,
@@ -87,6 +81,18 @@ CREATE TABLE IF NOT EXISTS parked_events (
     body BLOB NOT NULL,
     PRIMARY KEY (workspace, source_id, profile_id, event_id)
 ) WITHOUT ROWID;
+"""
+
+# Keys and sources live in a file of their own: the hot path checks on every request whether
+# anything changed (PRAGMA data_version), and the applier's commits must not make it look so.
+CATALOG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sources (
+    source_id TEXT PRIMARY KEY,
+    workspace TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    config TEXT NOT NULL,
+    created_us INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS api_keys (
     key_id TEXT PRIMARY KEY,
     workspace TEXT NOT NULL,
@@ -100,20 +106,33 @@ CREATE TABLE IF NOT EXISTS api_keys (
 MAX_BOUND_NAMES = 500
 REBUILD_CHUNK_EVENTS = 5_000
 MAX_CACHED_ANSWERS = 10_000
+CATALOG_CHECK_INTERVAL_S = 0.001
 
 
 class SqliteStore(Store):
     def __init__(self, path: Path):
         self.db = SqliteDatabase(path, SCHEMA)
-        # Answers for the hot path, valid until any connection commits to the file.
+        self.catalog = SqliteDatabase(
+            path.with_name(f"{path.stem}.catalog{path.suffix}"), CATALOG_SCHEMA
+        )
+        # Answers for the hot path, valid until any connection commits to the catalog.
         self._cache: dict[tuple[str, str], Any] = {}
         self._cache_version: int | None = None
+        self._cache_checked_at = float("-inf")
 
     async def open(self) -> None:
         await self.db.open()
+        try:
+            await self.catalog.open()
+        except BaseException:
+            await self.db.close()
+            raise
 
     async def close(self) -> None:
-        await self.db.close()
+        try:
+            await self.catalog.close()
+        finally:
+            await self.db.close()
 
     async def apply(self, events: Sequence[Event]) -> ApplyResult:
         return await self.db.write(lambda conn: _apply(conn, events))
@@ -162,7 +181,8 @@ class SqliteStore(Store):
         return await self.db.write(lambda conn: _rebuild(conn, progress))
 
     async def add_key(self, key: ApiKey, key_hash: str) -> None:
-        await self.db.write(
+        self._cache.clear()
+        await self.catalog.write(
             lambda conn: conn.execute(
                 "INSERT INTO api_keys (key_id, workspace, key_hash, created_us) VALUES (?,?,?,?)",
                 (key.key_id, key.workspace, key_hash, key.created_us),
@@ -178,7 +198,7 @@ class SqliteStore(Store):
             ).fetchall()
             return [ApiKey(*row) for row in rows]
 
-        return await self.db.read(select)
+        return await self.catalog.read(select)
 
     async def revoke_key(self, key_id: str, revoked_us: int) -> bool:
         def update(conn: sqlite3.Connection) -> bool:
@@ -188,7 +208,8 @@ class SqliteStore(Store):
             )
             return cursor.rowcount > 0
 
-        return await self.db.write(update)
+        self._cache.clear()
+        return await self.catalog.write(update)
 
     async def put_source(self, source: Source) -> None:
         row = (
@@ -198,7 +219,8 @@ class SqliteStore(Store):
             _json(source.config),
             source.created_us,
         )
-        await self.db.write(
+        self._cache.clear()
+        await self.catalog.write(
             lambda conn: conn.execute(
                 "INSERT OR REPLACE INTO sources (source_id, workspace, kind, config, created_us)"
                 " VALUES (?, ?, ?, ?, ?)",
@@ -211,7 +233,7 @@ class SqliteStore(Store):
             row = conn.execute(_SOURCE_SELECT + " WHERE source_id = ?", (source_id,)).fetchone()
             return None if row is None else _source(row)
 
-        found: Source | None = self.db.read_now(
+        found: Source | None = self.catalog.read_now(
             lambda conn: self._cached(conn, ("source", source_id), load)
         )
         return found
@@ -224,7 +246,7 @@ class SqliteStore(Store):
             ).fetchall()
             return [_source(row) for row in rows]
 
-        return await self.db.read(select)
+        return await self.catalog.read(select)
 
     async def workspace_for(self, key_hash: str) -> str | None:
         def load(conn: sqlite3.Connection) -> str | None:
@@ -234,7 +256,7 @@ class SqliteStore(Store):
             ).fetchone()
             return None if row is None else str(row[0])
 
-        result: str | None = self.db.read_now(
+        result: str | None = self.catalog.read_now(
             lambda conn: self._cached(conn, ("key", key_hash), load)
         )
         return result
@@ -281,12 +303,19 @@ class SqliteStore(Store):
         key: tuple[str, str],
         load: Callable[[sqlite3.Connection], Any],
     ) -> Any:
-        # On the event loop: a cached answer holds until any connection commits to the file
-        # (PRAGMA data_version moves); then one primary-key read refreshes it.
-        version = conn.execute("PRAGMA data_version").fetchone()[0]
-        if version != self._cache_version or len(self._cache) > MAX_CACHED_ANSWERS:
+        # On the event loop: a cached answer holds until any connection commits to the catalog
+        # (PRAGMA data_version moves); then one primary-key read refreshes it. The check itself
+        # runs at most once a millisecond: a change from another process (the CLI) is seen by
+        # every request that starts more than 1 ms after its commit.
+        now = time.monotonic()
+        if now - self._cache_checked_at >= CATALOG_CHECK_INTERVAL_S:
+            self._cache_checked_at = now
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._cache_version:
+                self._cache.clear()
+                self._cache_version = version
+        if len(self._cache) > MAX_CACHED_ANSWERS:
             self._cache.clear()
-            self._cache_version = version
         if key not in self._cache:
             self._cache[key] = load(conn)
         return self._cache[key]
