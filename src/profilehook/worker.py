@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Sequence
 
 from profilehook.constants import APPLY_IDLE_WAIT_S, APPLY_RETRY_BACKOFF_S
@@ -92,9 +93,11 @@ class Applier:
         self.applied_total += len(events)
         for event in events:
             self.metrics.apply_lag.observe(max(0, now - event.received_us) / 1_000_000)
-        source = events[0].source if len({e.source for e in events}) == 1 else "mixed"
-        self.metrics.events.labels(source, "applied").inc(result.applied)
-        self.metrics.events.labels(source, "duplicate").inc(result.duplicates)
+        received = Counter(e.source for e in events)
+        for source, count in received.items():
+            applied = result.applied_by_source.get(source, 0)
+            self.metrics.events.labels(source, "applied").inc(applied)
+            self.metrics.events.labels(source, "duplicate").inc(count - applied)
         self.metrics.superseded.inc(result.superseded)
         self.metrics.apply_batches.inc()
 

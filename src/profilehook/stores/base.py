@@ -76,12 +76,23 @@ class ApplyResult:
     duplicates: int = 0
     superseded: int = 0
     written: int = 0
+    applied_by_source: dict[str, int] = field(default_factory=dict)
 
     def add(self, other: ApplyResult) -> None:
         self.applied += other.applied
         self.duplicates += other.duplicates
         self.superseded += other.superseded
         self.written += other.written
+        for source, count in other.applied_by_source.items():
+            self.applied_by_source[source] = self.applied_by_source.get(source, 0) + count
+
+    def count_new(self, batch: Sequence[Event], new: Sequence[Event]) -> ApplyResult:
+        """Record which events of ``batch`` were new (applied) and which were repeats."""
+        self.applied = len(new)
+        self.duplicates = len(batch) - len(new)
+        for event in new:
+            self.applied_by_source[event.source] = self.applied_by_source.get(event.source, 0) + 1
+        return self
 
 
 @dataclass

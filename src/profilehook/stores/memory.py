@@ -54,9 +54,7 @@ class MemoryStore(Store):
                 event, "applied", applied_us
             )
         result = self._apply_profiles(new)
-        result.applied = len(new)
-        result.duplicates = len(events) - len(new)
-        return result
+        return result.count_new(events, new)
 
     def _apply_profiles(self, events: Sequence[Event]) -> ApplyResult:
         result = ApplyResult()

@@ -481,9 +481,7 @@ async def _apply(conn: Conn, events: Sequence[Event]) -> ApplyResult:
     inserted = {(w, e) for w, e in await cur.fetchall()}
     new = [e for e in unique if (e.workspace, e.event_id) in inserted]
     result = await _apply_profiles(conn, new)
-    result.applied = len(new)
-    result.duplicates = len(events) - len(new)
-    return result
+    return result.count_new(events, new)
 
 
 async def _apply_profiles(conn: Conn, events: Sequence[Event]) -> ApplyResult:

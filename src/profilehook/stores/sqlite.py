@@ -378,9 +378,7 @@ def _apply(conn: sqlite3.Connection, events: Sequence[Event]) -> ApplyResult:
         [(*_event_key_columns(e), applied_us, encode_event(e)) for e in new],
     )
     result = _apply_profiles(conn, new)
-    result.applied = len(new)
-    result.duplicates = len(events) - len(new)
-    return result
+    return result.count_new(events, new)
 
 
 def _already_recorded(conn: sqlite3.Connection, events: list[Event]) -> set[tuple[str, str]]:
