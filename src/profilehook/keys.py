@@ -35,9 +35,21 @@ def bearer_token(authorization: bytes | None) -> str | None:
     return token
 
 
+_hashes: dict[bytes, str | None] = {}  # Authorization header -> key hash (None: not a key)
+MAX_REMEMBERED_HEADERS = 10_000
+
+
 async def authenticate(store: Store, authorization: bytes | None) -> str | None:
     """The workspace an Authorization header grants, or None."""
-    token = bearer_token(authorization)
-    if token is None or not token.startswith(KEY_PREFIX):
+    if not authorization:
         return None
-    return await store.workspace_for(hash_key(token))
+    try:
+        key_hash = _hashes[authorization]
+    except KeyError:
+        # Parsing and hashing a header is pure: remember it (the store decides what it grants).
+        token = bearer_token(authorization)
+        key_hash = hash_key(token) if token and token.startswith(KEY_PREFIX) else None
+        if len(_hashes) >= MAX_REMEMBERED_HEADERS:
+            _hashes.clear()
+        _hashes[authorization] = key_hash
+    return None if key_hash is None else await store.workspace_for(key_hash)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import math
-import uuid
 from typing import Any
 
 from profilehook import constants as c
 from profilehook.errors import ValidationFailed
-from profilehook.events import Event
+from profilehook.events import Event, new_event_id
 from profilehook.sources.problems import (
     Loc,
     Problem,
@@ -83,7 +82,7 @@ def event_from_object(value: Any, workspace: str, received_us: int, loc: Loc) ->
         return problems
     return Event(
         workspace=workspace,
-        event_id=event_id or str(uuid.uuid4()),
+        event_id=event_id or new_event_id(),
         contact_id=contact_id,  # type: ignore[arg-type]
         ts_us=ts_us,  # type: ignore[arg-type]
         properties=properties,  # type: ignore[arg-type]

@@ -229,13 +229,7 @@ class SqliteStore(Store):
         )
 
     async def get_source(self, source_id: str) -> Source | None:
-        def load(conn: sqlite3.Connection) -> Source | None:
-            row = conn.execute(_SOURCE_SELECT + " WHERE source_id = ?", (source_id,)).fetchone()
-            return None if row is None else _source(row)
-
-        found: Source | None = self.catalog.read_now(
-            lambda conn: self._cached(conn, ("source", source_id), load)
-        )
+        found: Source | None = self._cached(("source", source_id), _load_source)
         return found
 
     async def list_sources(self, workspace: str | None = None) -> list[Source]:
@@ -249,17 +243,8 @@ class SqliteStore(Store):
         return await self.catalog.read(select)
 
     async def workspace_for(self, key_hash: str) -> str | None:
-        def load(conn: sqlite3.Connection) -> str | None:
-            row = conn.execute(
-                "SELECT workspace FROM api_keys WHERE key_hash = ? AND revoked_us IS NULL",
-                (key_hash,),
-            ).fetchone()
-            return None if row is None else str(row[0])
-
-        result: str | None = self.catalog.read_now(
-            lambda conn: self._cached(conn, ("key", key_hash), load)
-        )
-        return result
+        found: str | None = self._cached(("key", key_hash), _load_workspace)
+        return found
 
     async def get_alias(self, workspace: str, source_id: str, profile_id: str) -> str | None:
         return await self.db.read(lambda conn: _alias(conn, (workspace, source_id, profile_id)))
@@ -297,28 +282,41 @@ class SqliteStore(Store):
             )
         )
 
-    def _cached(
-        self,
-        conn: sqlite3.Connection,
-        key: tuple[str, str],
-        load: Callable[[sqlite3.Connection], Any],
-    ) -> Any:
-        # On the event loop: a cached answer holds until any connection commits to the catalog
-        # (PRAGMA data_version moves); then one primary-key read refreshes it. The check itself
-        # runs at most once a millisecond: a change from another process (the CLI) is seen by
-        # every request that starts more than 1 ms after its commit.
+    def _cached(self, key: tuple[str, str], load: Callable[[sqlite3.Connection, str], Any]) -> Any:
+        """A catalog answer for the hot path, read on the event loop only when not cached.
+
+        A cached answer holds until any connection commits to the catalog (PRAGMA data_version
+        moves). The check runs at most once a millisecond: a change from another process (the
+        CLI) is seen by every request that starts more than 1 ms after its commit.
+        """
         now = time.monotonic()
         if now - self._cache_checked_at >= CATALOG_CHECK_INTERVAL_S:
             self._cache_checked_at = now
-            version = conn.execute("PRAGMA data_version").fetchone()[0]
-            if version != self._cache_version:
+            version = self.catalog.read_now(_data_version)
+            if version != self._cache_version or len(self._cache) > MAX_CACHED_ANSWERS:
                 self._cache.clear()
                 self._cache_version = version
-        if len(self._cache) > MAX_CACHED_ANSWERS:
-            self._cache.clear()
-        if key not in self._cache:
-            self._cache[key] = load(conn)
-        return self._cache[key]
+        try:
+            return self._cache[key]
+        except KeyError:
+            value = self._cache[key] = self.catalog.read_now(lambda conn: load(conn, key[1]))
+            return value
+
+
+def _data_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA data_version").fetchone()[0])
+
+
+def _load_source(conn: sqlite3.Connection, source_id: str) -> Source | None:
+    row = conn.execute(_SOURCE_SELECT + " WHERE source_id = ?", (source_id,)).fetchone()
+    return None if row is None else _source(row)
+
+
+def _load_workspace(conn: sqlite3.Connection, key_hash: str) -> str | None:
+    row = conn.execute(
+        "SELECT workspace FROM api_keys WHERE key_hash = ? AND revoked_us IS NULL", (key_hash,)
+    ).fetchone()
+    return None if row is None else str(row[0])
 
 
 _SOURCE_SELECT = "SELECT source_id, workspace, kind, config, created_us FROM sources"
