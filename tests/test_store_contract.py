@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from profilehook.events import Event, Version
@@ -118,25 +119,28 @@ def store(backend: StoreBackend) -> Store:
 
 
 def sqlite_property_row(store: Store, workspace: str, contact_id: str, name: str) -> Any:
-    """The raw (value, ts_us, event_id) row of a property in a SqliteStore's file."""
+    """The raw (value, ts_us, event_id) of a property as a SqliteStore's file holds it."""
     assert isinstance(store, SqliteStore)
     with contextlib.closing(sqlite3.connect(store.db.path)) as conn:
-        return conn.execute(
-            "SELECT value, ts_us, event_id FROM properties"
-            " WHERE workspace = ? AND contact_id = ? AND name = ?",
-            (workspace, contact_id, name),
+        row = conn.execute(
+            "SELECT properties FROM contacts WHERE workspace = ? AND contact_id = ?",
+            (workspace, contact_id),
         ).fetchone()
+    return None if row is None else msgspec.msgpack.decode(row[0]).get(name)
+
+
+PROFILE_TABLES = ("contacts",)
 
 
 @contextlib.contextmanager
 def counting_profile_writes(store: Store) -> Any:
-    """Count every row a SqliteStore writes to its profile tables (properties, contacts)."""
+    """Count every row a SqliteStore writes to its profile table (contacts)."""
     assert isinstance(store, SqliteStore)
     counter: dict[str, int] = {}
     with contextlib.closing(sqlite3.connect(store.db.path, isolation_level=None)) as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS test_writes (tbl TEXT)")
         conn.execute("DELETE FROM test_writes")
-        for table in ("properties", "contacts"):
+        for table in PROFILE_TABLES:
             for op in ("INSERT", "UPDATE", "DELETE"):
                 conn.execute(
                     f"CREATE TRIGGER IF NOT EXISTS test_count_{table}_{op} AFTER {op} ON {table}"
@@ -147,7 +151,7 @@ def counting_profile_writes(store: Store) -> Any:
         finally:
             for table, count in conn.execute("SELECT tbl, COUNT(*) FROM test_writes GROUP BY tbl"):
                 counter[table] = count
-            for table in ("properties", "contacts"):
+            for table in PROFILE_TABLES:
                 for op in ("INSERT", "UPDATE", "DELETE"):
                     conn.execute(f"DROP TRIGGER test_count_{table}_{op}")
 
@@ -299,7 +303,7 @@ async def test_given_a_superseded_write_then_it_costs_no_store_write_and_the_row
         assert (
             sqlite_property_row(store, "acme", "c1", "name")
             == row_before
-            == ('"new"', 9 * S, "new")
+            == ["new", 9 * S, "new"]
         )
     else:
         result = await store.apply([event(event_id="old", ts_us=3 * S, name="old")])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from profilehook.stores.base import (
     ApiKey,
     ApplyResult,
     Contact,
+    ContactPlan,
     ContactState,
     EventRecord,
     Progress,
@@ -46,15 +48,8 @@ CREATE TABLE IF NOT EXISTS events (
 -- A rowid table: rows with bodies append at the end; only the narrow key index is random.
 CREATE UNIQUE INDEX IF NOT EXISTS events_by_id ON events (workspace, event_id);
 CREATE INDEX IF NOT EXISTS events_by_contact ON events (workspace, contact_id, ts_us, event_id);
-CREATE TABLE IF NOT EXISTS properties (
-    workspace TEXT NOT NULL,
-    contact_id TEXT NOT NULL,
-    name TEXT NOT NULL,
-    value TEXT,
-    ts_us INTEGER NOT NULL,
-    event_id TEXT NOT NULL,
-    PRIMARY KEY (workspace, contact_id, name)
-) WITHOUT ROWID;
+-- One row per contact: its properties are a msgpack map name -> [value, ts_us, event_id]
+-- (value None: unset, the tombstone keeps its version), read and written whole per batch.
 CREATE TABLE IF NOT EXISTS contacts (
     workspace TEXT NOT NULL,
     contact_id TEXT NOT NULL,
@@ -62,6 +57,7 @@ CREATE TABLE IF NOT EXISTS contacts (
     last_event_id TEXT,
     deleted_ts_us INTEGER,
     deleted_event_id TEXT,
+    properties BLOB NOT NULL,
     PRIMARY KEY (workspace, contact_id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS profile_aliases (
@@ -102,8 +98,8 @@ CREATE TABLE IF NOT EXISTS api_keys (
 );
 """
 
-# Beyond this many names, read all of a contact's rows rather than bind each name.
-MAX_BOUND_NAMES = 500
+MAX_BOUND_NAMES = 500  # event ids looked up per statement
+MAX_BOUND_KEYS = 250  # contacts looked up per statement (two bound values each)
 REBUILD_CHUNK_EVENTS = 5_000
 MAX_CACHED_ANSWERS = 10_000
 CATALOG_CHECK_INTERVAL_S = 0.001
@@ -397,145 +393,123 @@ def _already_recorded(conn: sqlite3.Connection, events: list[Event]) -> set[tupl
 
 
 def _apply_profiles(conn: sqlite3.Connection, events: Sequence[Event]) -> ApplyResult:
-    """Plan every contact of the batch, then write all of it in three statements."""
+    """Plan every contact of the batch with the shared rules; rewrite only contacts that change."""
     groups = by_contact(events)
-    states = _states(conn, groups)
+    rows = _rows(conn, list(groups))
     result = ApplyResult()
-    deletes: list[tuple[Any, ...]] = []
-    upserts: list[tuple[Any, ...]] = []
-    contacts: list[tuple[Any, ...]] = []
-    for (workspace, contact_id), group in groups.items():
-        state = states.get((workspace, contact_id)) or ContactState()
-        plan = plan_contact(state, group)
+    changed: list[tuple[Any, ...]] = []
+    for key, group in groups.items():
+        row = rows.get(key) or _Row()
+        names = {name for e in group for name in e.properties}
+        plan = plan_contact(row.state(names), group)
         result.superseded += plan.superseded
         # A newer last update matters only if it is visible (newer than the contact's delete).
         if not plan.touches_contact_row and (
-            plan.last_update == state.last_update
-            or not contact_exists(plan.last_update, plan.deleted)
+            plan.last_update == row.last or not contact_exists(plan.last_update, plan.deleted)
         ):
             continue
-        if plan.delete_upto is not None:
-            deletes.append((workspace, contact_id, *plan.delete_upto))
-        upserts += [
-            (workspace, contact_id, name, _json(value), *version)
-            for name, (value, version) in plan.upserts.items()
-        ]
-        contacts.append(
-            (
-                workspace,
-                contact_id,
-                *(plan.last_update or (None, None)),
-                *(plan.deleted or (None, None)),
-            )
+        changed.append(
+            (*key, *_nullable(plan.last_update), *_nullable(plan.deleted), _merged(row, plan))
         )
-    _write(conn, deletes, upserts, contacts)
-    result.written = len(upserts)
+        result.written += len(plan.upserts)
+    conn.executemany(
+        "INSERT INTO contacts (workspace, contact_id, last_ts_us, last_event_id, deleted_ts_us,"
+        " deleted_event_id, properties) VALUES (?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (workspace, contact_id) DO UPDATE SET last_ts_us = excluded.last_ts_us,"
+        " last_event_id = excluded.last_event_id, deleted_ts_us = excluded.deleted_ts_us,"
+        " deleted_event_id = excluded.deleted_event_id, properties = excluded.properties",
+        changed,
+    )
     return result
 
 
-def _states(
-    conn: sqlite3.Connection, groups: dict[tuple[str, str], list[Event]]
-) -> dict[tuple[str, str], ContactState]:
-    """What the store holds for the batch's contacts: their rows and the properties it names."""
-    states: dict[tuple[str, str], ContactState] = {}
-    keys = list(groups)
-    for start in range(0, len(keys), MAX_BOUND_NAMES // 2):
-        chunk = keys[start : start + MAX_BOUND_NAMES // 2]
+PropertyMap = dict[str, tuple[Any, int, str]]
+_encode_properties = msgspec.msgpack.Encoder().encode
+_decode_properties = msgspec.msgpack.Decoder(PropertyMap).decode
+
+
+@dataclass
+class _Row:
+    """A contact as stored: its versions and its property map."""
+
+    last: Version | None = None
+    deleted: Version | None = None
+    properties: PropertyMap = field(default_factory=dict)
+
+    def state(self, names: set[str]) -> ContactState:
+        held = self.properties
+        return ContactState(
+            self.last,
+            self.deleted,
+            {n: (held[n][1], held[n][2]) for n in names if n in held},
+        )
+
+
+def _merged(row: _Row, plan: ContactPlan) -> bytes:
+    properties = row.properties
+    if plan.delete_upto is not None:
+        upto = plan.delete_upto
+        properties = {n: p for n, p in properties.items() if (p[1], p[2]) > upto}
+    for name, (value, (ts_us, event_id)) in plan.upserts.items():
+        properties[name] = (value, ts_us, event_id)
+    return _encode_properties(properties)
+
+
+def _json(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+def _nullable(version: Version | None) -> tuple[int | None, str | None]:
+    return (None, None) if version is None else version
+
+
+def _row(values: Sequence[Any]) -> _Row:
+    last_ts, last_id, deleted_ts, deleted_id, properties = values
+    return _Row(
+        None if last_ts is None else (last_ts, last_id),
+        None if deleted_ts is None else (deleted_ts, deleted_id),
+        _decode_properties(properties),
+    )
+
+
+_ROW_COLUMNS = "last_ts_us, last_event_id, deleted_ts_us, deleted_event_id, properties"
+
+
+def _rows(conn: sqlite3.Connection, keys: list[tuple[str, str]]) -> dict[tuple[str, str], _Row]:
+    """The stored rows of these contacts, in one query per few hundred contacts."""
+    rows: dict[tuple[str, str], _Row] = {}
+    for start in range(0, len(keys), MAX_BOUND_KEYS):
+        chunk = keys[start : start + MAX_BOUND_KEYS]
         pairs = ",".join(["(?, ?)"] * len(chunk))
-        flat = [part for key in chunk for part in key]
-        for workspace, contact_id, *row in conn.execute(
-            f"WITH k (w, c) AS (VALUES {pairs}) SELECT workspace, contact_id, last_ts_us,"
-            " last_event_id, deleted_ts_us, deleted_event_id FROM k"
-            " JOIN contacts ON workspace = k.w AND contact_id = k.c",
-            flat,
+        for workspace, contact_id, *values in conn.execute(
+            f"WITH k (w, c) AS (VALUES {pairs}) SELECT workspace, contact_id, {_ROW_COLUMNS}"
+            " FROM k JOIN contacts ON workspace = k.w AND contact_id = k.c",
+            [part for key in chunk for part in key],
         ):
-            states[(workspace, contact_id)] = ContactState(
-                last_update=None if row[0] is None else (row[0], row[1]),
-                deleted=None if row[2] is None else (row[2], row[3]),
-            )
-    for key, state in states.items():
-        names = {name for e in groups[key] for name in e.properties}
-        state.versions = _versions(conn, *key, names)
-    return states
-
-
-def _versions(
-    conn: sqlite3.Connection, workspace: str, contact_id: str, names: set[str]
-) -> dict[str, Version]:
-    if not names:
-        return {}
-    if len(names) > MAX_BOUND_NAMES:
-        rows = conn.execute(
-            "SELECT name, ts_us, event_id FROM properties WHERE workspace = ? AND contact_id = ?",
-            (workspace, contact_id),
-        )
-    else:
-        marks = ",".join("?" * len(names))
-        rows = conn.execute(
-            "SELECT name, ts_us, event_id FROM properties"
-            f" WHERE workspace = ? AND contact_id = ? AND name IN ({marks})",
-            (workspace, contact_id, *names),
-        )
-    return {name: (ts_us, event_id) for name, ts_us, event_id in rows}
-
-
-def _write(
-    conn: sqlite3.Connection,
-    deletes: list[tuple[Any, ...]],
-    upserts: list[tuple[Any, ...]],
-    contacts: list[tuple[Any, ...]],
-) -> None:
-    # Deletes first; every upsert is newer than its contact's delete, so the order is safe.
-    conn.executemany(
-        "DELETE FROM properties WHERE workspace = ? AND contact_id = ? AND (ts_us, event_id) <= (?, ?)",
-        deletes,
-    )
-    conn.executemany(
-        "INSERT INTO properties (workspace, contact_id, name, value, ts_us, event_id)"
-        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (workspace, contact_id, name) DO UPDATE SET"
-        " value = excluded.value, ts_us = excluded.ts_us, event_id = excluded.event_id",
-        upserts,
-    )
-    conn.executemany(
-        "INSERT INTO contacts (workspace, contact_id, last_ts_us, last_event_id, deleted_ts_us,"
-        " deleted_event_id) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (workspace, contact_id) DO UPDATE"
-        " SET last_ts_us = excluded.last_ts_us, last_event_id = excluded.last_event_id,"
-        " deleted_ts_us = excluded.deleted_ts_us, deleted_event_id = excluded.deleted_event_id",
-        contacts,
-    )
-
-
-def _json(value: Any) -> str | None:
-    return None if value is None else msgspec.json.encode(value).decode()
+            rows[(workspace, contact_id)] = _row(values)
+    return rows
 
 
 def _contact(conn: sqlite3.Connection, workspace: str, contact_id: str) -> Contact | None:
-    row = conn.execute(
-        "SELECT last_ts_us, last_event_id, deleted_ts_us, deleted_event_id FROM contacts"
-        " WHERE workspace = ? AND contact_id = ?",
+    found = conn.execute(
+        f"SELECT {_ROW_COLUMNS} FROM contacts WHERE workspace = ? AND contact_id = ?",
         (workspace, contact_id),
     ).fetchone()
-    if row is None:
+    if found is None:
         return None
-    last = None if row[0] is None else (row[0], row[1])
-    deleted = None if row[2] is None else (row[2], row[3])
-    if last is None or not contact_exists(last, deleted):
+    row = _row(found)
+    if row.last is None or not contact_exists(row.last, row.deleted):
         return None
-    rows = conn.execute(
-        "SELECT name, value, ts_us, event_id FROM properties"
-        " WHERE workspace = ? AND contact_id = ? AND value IS NOT NULL ORDER BY name",
-        (workspace, contact_id),
-    ).fetchall()
+    live = sorted(n for n, p in row.properties.items() if p[0] is not None)
     return Contact(
         contact_id=contact_id,
-        properties={name: msgspec.json.decode(value) for name, value, _, _ in rows},
-        versions={name: (ts_us, event_id) for name, _, ts_us, event_id in rows},
-        updated_us=last[0],
+        properties={n: row.properties[n][0] for n in live},
+        versions={n: (row.properties[n][1], row.properties[n][2]) for n in live},
+        updated_us=row.last[0],
     )
 
 
 def _rebuild(conn: sqlite3.Connection, progress: Progress | None) -> int:
-    conn.execute("DELETE FROM properties")
     conn.execute("DELETE FROM contacts")
     total = conn.execute("SELECT COUNT(*) FROM events WHERE status = 'applied'").fetchone()[0]
     done = 0
