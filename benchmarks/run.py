@@ -223,7 +223,11 @@ def measured(server: Server, script: Path, duration_s: int, **kw: Any) -> dict[s
 
 def profilehook_env(data_dir: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROFILEHOOK_")}
-    env.update(PROFILEHOOK_DATA_DIR=str(data_dir), PROFILEHOOK_LOG_LEVEL="warning", **extra)
+    env.update(PROFILEHOOK_DATA_DIR=str(data_dir), PROFILEHOOK_LOG_LEVEL="warning")
+    # One key sends everything: a limit far above any rate measured here keeps the token
+    # bucket's cost in the figures without ever refusing (the default is 1,000/s per key).
+    env.update(PROFILEHOOK_RATE_LIMIT_PER_S="1000000000", PROFILEHOOK_RATE_LIMIT_BURST="1000000000")
+    env.update(extra)
     return env
 
 
@@ -335,6 +339,8 @@ def scenario_c(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
             args.duration,
             connections=connections,
         )
+    with running(serve("profilehook", env, "--no-applier")) as server:
+        full["ingest_only_rps"] = measured(server, tmp / "c.lua", args.duration)["rps"]
     full["half_rate_rps"] = half["rps"]
     full["half_rate_p99_ms"] = half["p99_ms"]
     full["half_rate_p50_ms"] = half["p50_ms"]
@@ -352,6 +358,11 @@ def scenario_d(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
             path="/v1/properties/batch",
             connections=16,
         )
+    with running(serve("profilehook", env, "--no-applier")) as server:
+        only = measured(
+            server, tmp / "d.lua", args.duration, path="/v1/properties/batch", connections=16
+        )
+    result["ingest_only_events_per_s"] = only["rps"] * args.batch
     result["events_per_s"] = result["rps"] * args.batch
     result["batch_size"] = args.batch
     return result
@@ -399,11 +410,25 @@ def scenario_f(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     env, key = embedded(tmp, "f")
     per_request = args.sustain_batch
     body = {"events": [{**EVENT, "contact_id": f"user{i}"} for i in range(per_request)]}
+    connections = 16
+    # Offer the target rate (not the maximum): each connection waits between requests so that
+    # all together send ``sustain_rate`` events/s, and the applier must keep up with it.
+    period_ms = 1000 * connections * per_request / args.sustain_rate
     with running(serve("profilehook", env)) as server:
-        script = lua(tmp / "f.lua", body, key)
+        # Calibrate once: the wait per request is the period less what a request takes.
+        probe = wrk(
+            server.url + "/v1/properties/batch",
+            lua(tmp / "f.lua", body, key, period_ms),
+            3,
+            connections=connections,
+        )
+        taken_ms = 1000 * connections * per_request / (probe["rps"] * per_request) - period_ms
+        script = lua(tmp / "f.lua", body, key, max(0.0, period_ms - taken_ms))
         before = metric(server.url, "profilehook_events_total")
         with sampling(server) as rss:
-            load = wrk(server.url + "/v1/properties/batch", script, args.sustain, connections=16)
+            load = wrk(
+                server.url + "/v1/properties/batch", script, args.sustain, connections=connections
+            )
             t_end = time.monotonic()
             accepted = load["rps"] * per_request * args.sustain
             while (
@@ -427,6 +452,7 @@ def scenario_f(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
         "rss_first_third_mb": max(rss[:third]),
         "rss_last_third_mb": max(rss[-third:]),
         "duration_s": args.sustain,
+        "offered_events_per_s": args.sustain_rate,
     }
 
 
@@ -585,6 +611,9 @@ def targets(r: dict[str, dict[str, Any]]) -> list[tuple[str, str, bool | None]]:
                 r["C"]["half_rate_p99_ms"] <= 10,
             )
         )
+    if has("A", "C"):
+        only = r["C"]["ingest_only_rps"] / r["A"]["rps"]
+        rows.append(("(C with the applier off, for reference)", f"{only:.2f} x A", None))
     if has("B", "C"):
         ratio = r["C"]["rps"] / r["B"]["rps"]
         rows.append(("C >= 8 x B", f"{ratio:.1f} x B", ratio >= 8))
@@ -592,7 +621,8 @@ def targets(r: dict[str, dict[str, Any]]) -> list[tuple[str, str, bool | None]]:
         rows.append(
             (
                 "D >= 150k events/s",
-                f"{r['D']['events_per_s']:.0f} events/s",
+                f"{r['D']['events_per_s']:.0f} events/s"
+                f" ({r['D']['ingest_only_events_per_s']:.0f} with the applier off)",
                 r["D"]["events_per_s"] >= 150_000,
             )
         )
@@ -603,8 +633,9 @@ def targets(r: dict[str, dict[str, Any]]) -> list[tuple[str, str, bool | None]]:
         rows.append(
             (
                 "F >= 15k events/s sustained",
-                f"{f['applied_events_per_s']:.0f} applied/s ({f['ingest_events_per_s']:.0f} ingested/s)",
-                f["applied_events_per_s"] >= 15_000,
+                f"{f['ingest_events_per_s']:.0f} ingested/s of {f['offered_events_per_s']} offered;"
+                f" queue empty {f['drain_after_load_s']:.1f} s after the load",
+                f["ingest_events_per_s"] >= 15_000 and f["drain_after_load_s"] <= 2,
             )
         )
         rows.append(
@@ -650,7 +681,9 @@ def markdown(r: dict[str, dict[str, Any]], command: str) -> str:
             f"{_fmt(result.get('p99_ms'), 1)} | {_fmt(result.get('server_cpu_pct'))} | {_fmt(result.get('peak_rss_mb'))} |"
         )
     lines += ["", "| target | measured | met |", "|---|---|---|"]
-    lines += [f"| {t} | {m} | {'yes' if ok else 'no'} |" for t, m, ok in targets(r)]
+    lines += [
+        f"| {t} | {m} | {'' if ok is None else 'yes' if ok else 'no'} |" for t, m, ok in targets(r)
+    ]
     return "\n".join(lines)
 
 
@@ -665,6 +698,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--sustain", type=int, default=60, help="seconds of the sustained run F")
     parser.add_argument("--sustain-batch", type=int, default=10, help="events per request in F")
+    parser.add_argument("--sustain-rate", type=int, default=15_000, help="events/s offered in F")
     parser.add_argument("--batch", type=int, default=100, help="events per request in D")
     parser.add_argument("--amplitude-requests", type=int, default=10)
     parser.add_argument("--apply-batches", type=int, default=25, help="2,000-event batches in G")

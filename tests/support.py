@@ -9,6 +9,9 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +62,7 @@ class ServerProcess:
     data_dir: Path
     port: int = field(default_factory=free_port)
     extra_env: dict[str, str] = field(default_factory=dict)
+    serve_args: tuple[str, ...] = ()
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -66,15 +70,27 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> ServerProcess:
+        self.spawn()
+        self.wait_ready()
+        return self
+
+    def spawn(self) -> None:
+        """Start the process without waiting for it to be ready (``wait_ready`` does)."""
         with (self.data_dir.parent / f"server-{self.port}.log").open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "profilehook", "serve", "--port", str(self.port)],
+                [
+                    sys.executable,
+                    "-m",
+                    "profilehook",
+                    "serve",
+                    "--port",
+                    str(self.port),
+                    *self.serve_args,
+                ],
                 env=cli_env(self.data_dir, **self.extra_env),
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        self.wait_ready()
-        return self
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -163,8 +179,6 @@ def require_server(url: str, default_port: int) -> None:
 
 
 def unique_schema() -> str:
-    import uuid
-
     return f"t_{uuid.uuid4().hex[:12]}"
 
 
@@ -177,3 +191,45 @@ def drop_schema(schema: str) -> None:
 
     with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def unique_stream() -> str:
+    return f"T{uuid.uuid4().hex[:12].upper()}"
+
+
+def delete_stream(stream: str) -> None:
+    """Remove a JetStream stream (and its consumers); no error when it does not exist."""
+    import asyncio
+
+    import nats
+    import nats.js.errors
+
+    async def delete() -> None:
+        nc = await nats.connect(NATS_URL, connect_timeout=2)
+        try:
+            await nc.jetstream().delete_stream(stream)
+        except nats.js.errors.NotFoundError:
+            pass
+        finally:
+            await nc.close()
+
+    asyncio.run(delete())
+
+
+@contextmanager
+def nats_postgres_env() -> Iterator[dict[str, str]]:
+    """Settings for the scale-out configuration on a stream and a schema of their own,
+    both removed afterwards. Skips when a server is absent locally; fails in CI."""
+    require_server(NATS_URL, 4222)
+    require_server(POSTGRES_URL, 5432)
+    stream, schema = unique_stream(), unique_schema()
+    try:
+        yield {
+            "PROFILEHOOK_QUEUE_URL": f"{NATS_URL}?stream={stream}",
+            "PROFILEHOOK_STORE_URL": postgres_url(schema),
+        }
+    finally:
+        try:
+            delete_stream(stream)
+        finally:
+            drop_schema(schema)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
@@ -12,7 +15,7 @@ import httpx2 as httpx
 import pytest
 
 from profilehook.settings import Settings
-from tests.support import ServerProcess, create_key, run_cli, wait_until
+from tests.support import ServerProcess, cli_env, create_key, free_port, run_cli, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -85,7 +88,7 @@ def test_keys_list_shows_ids_and_workspaces_but_never_the_keys(data_dir: Path) -
         for created in (first, second):
             assert created["key_id"] in output
             assert created["key"] not in output
-            assert created["key"].rsplit("_", 1)[1] not in output  # not even the secret part
+            assert created["key"].split("_", 2)[2] not in output  # not even the secret part
     rows = json.loads(as_json.stdout)
     assert [(r["key_id"], r["workspace"], r["revoked_at"]) for r in rows] == [
         (first["key_id"], "acme", None),
@@ -237,3 +240,28 @@ def _profiles(server: ServerProcess, key: str, contact_ids: list[str]) -> dict[s
         assert response.status_code == 200, response.text
         found[contact_id] = response.json()
     return found
+
+
+def test_given_a_metrics_port_when_a_worker_runs_then_its_metrics_are_served(
+    tmp_path: Path,
+) -> None:
+    """Workers apply out of sight of `serve`: their own metrics show apply lag and counts."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "profilehook", "worker", "--metrics-port", str(port)],
+        env=cli_env(tmp_path / "data"),
+    )
+    try:
+
+        def scrape() -> str | None:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=1).text
+            except httpx.HTTPError:
+                return None
+
+        text = wait_until(scrape)
+        assert "profilehook_apply_lag_seconds_bucket" in text
+        assert "profilehook_queue_depth" in text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0

@@ -1,9 +1,10 @@
 """Durable before 2xx (SPEC 3): ``kill -9`` at any moment loses no acknowledged event.
 
-A real ``profilehook serve`` on the embedded SQLite default takes concurrent writes from
-16 senders; it is SIGKILLed at a random moment, restarted on the same data, several times.
-Afterwards every event that was answered ``202`` must be in the log, be applied exactly
-once, and show in its contact's profile.
+A real ``profilehook serve`` takes concurrent writes from 16 senders; it is SIGKILLed at a
+random moment, restarted on the same data, several times. Afterwards every event that was
+answered ``202`` must be in the log, be applied exactly once, and show in its contact's
+profile. It runs on the embedded SQLite default and on the scale-out configuration (NATS
+JetStream + PostgreSQL; fewer cycles there, each kill also drops the server's connections).
 
 Run with ``pytest -s`` to see the figures; ``DURABILITY_SEED=<seed>`` repeats a run's choices.
 """
@@ -15,6 +16,8 @@ import os
 import random
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,12 +25,12 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
-from tests.support import ServerProcess, create_key
+from tests.support import ServerProcess, create_key, nats_postgres_env
 
 pytestmark = pytest.mark.slow
 
 SENDERS = 16
-KILL_CYCLES = 5
+KILL_CYCLES = {"embedded": 5, "nats-postgres": 3}
 CONTACTS = 40
 # Each cycle is killed once this many events were acknowledged in it: a random moment
 # that is always well inside the write load, never before it started.
@@ -160,29 +163,42 @@ async def _wait_drained(client: httpx.AsyncClient) -> None:
         await asyncio.sleep(0.05)
 
 
+@contextmanager
+def _backends(config: str) -> Iterator[dict[str, str]]:
+    if config == "embedded":
+        yield {}
+    else:
+        with nats_postgres_env() as env:
+            yield env
+
+
+@pytest.mark.parametrize("config", list(KILL_CYCLES))
 def test_given_concurrent_writers_when_server_is_killed_repeatedly_then_no_acked_event_is_lost(
-    tmp_path: Path,
+    tmp_path: Path, config: str
 ) -> None:
-    """Given 16 concurrent senders (single and batch requests) and a server on SQLite,
+    """Given 16 concurrent senders (single and batch requests) and a server on ``config``,
     when the server is SIGKILLed at a random moment and restarted, several times,
     then every event answered 202 is stored, applied exactly once and in its profile."""
     seed = int(os.environ.get("DURABILITY_SEED", random.randrange(2**32)))
     load = Load(random.Random(seed))
-    server = ServerProcess(tmp_path / "data")
-    server.start()
-    auth = {"Authorization": f"Bearer {create_key(server.data_dir)['key']}"}
-    started = time.monotonic()
-    try:
-        per_cycle = []
-        for _ in range(KILL_CYCLES):
-            per_cycle.append(asyncio.run(_one_cycle(server, load, auth)))
-            server.start()
-        figures = asyncio.run(_verify(server, load, auth))
-    finally:
-        server.stop()
+    cycles = KILL_CYCLES[config]
+    with _backends(config) as env:
+        server = ServerProcess(tmp_path / "data", extra_env=env)
+        server.start()
+        auth = {"Authorization": f"Bearer {create_key(server.data_dir, **env)['key']}"}
+        started = time.monotonic()
+        try:
+            per_cycle = []
+            for _ in range(cycles):
+                per_cycle.append(asyncio.run(_one_cycle(server, load, auth)))
+                server.start()
+            figures = asyncio.run(_verify(server, load, auth))
+        finally:
+            server.stop()
     figures.update(
+        config=config,
         seed=seed,
-        kill_cycles=KILL_CYCLES,
+        kill_cycles=cycles,
         acked_per_cycle=per_cycle,
         sent=len(load.sent),
         responses=dict(load.statuses),

@@ -1,19 +1,22 @@
 """The HTTP contract end to end (SPEC 2, 3), against a real ``profilehook serve`` subprocess.
 
-One server for the module; every test writes its own contacts, so tests stay independent.
+The suite runs twice: on the embedded default (SQLite) and on the scale-out configuration
+(NATS JetStream + PostgreSQL, a stream and a schema of its own). One server per
+configuration; every test writes its own contacts, so tests stay independent.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
 import httpx2 as httpx
 import pytest
 
-from tests.support import ServerProcess, create_key, wait_until
+from tests.support import ServerProcess, create_key, nats_postgres_env, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -59,13 +62,16 @@ class Api:
         return found
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tmp_path_factory.mktemp("e2e") / "data").start()
-    try:
+@pytest.fixture(scope="module", params=["embedded", "nats-postgres"])
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """``embedded``: SQLite in the data directory. ``nats-postgres``: the scale-out backends."""
+    with ExitStack() as cleanup:
+        env = cleanup.enter_context(nats_postgres_env()) if request.param != "embedded" else {}
+        proc = ServerProcess(tmp_path_factory.mktemp("e2e") / "data", extra_env=env).start()
+        cleanup.callback(proc.stop)
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(scope="module")
@@ -76,12 +82,12 @@ def http(server: ServerProcess) -> Iterator[httpx.Client]:
 
 @pytest.fixture(scope="module")
 def api_a(server: ServerProcess, http: httpx.Client) -> Api:
-    return Api(http, create_key(server.data_dir, "workspace-a")["key"])
+    return Api(http, create_key(server.data_dir, "workspace-a", **server.extra_env)["key"])
 
 
 @pytest.fixture(scope="module")
 def api_b(server: ServerProcess, http: httpx.Client) -> Api:
-    return Api(http, create_key(server.data_dir, "workspace-b")["key"])
+    return Api(http, create_key(server.data_dir, "workspace-b", **server.extra_env)["key"])
 
 
 def unique(prefix: str) -> str:

@@ -87,7 +87,7 @@ async def nats_queue_backend() -> AsyncIterator[QueueBackend]:
 
     queue = NatsQueue(url)
     await queue.open()
-    backend = QueueBackend("nats", queue, restart, redelivery_wait_s=3.0)
+    backend = QueueBackend("nats", queue, restart, redelivery_wait_s=8.0)
     yield backend
     await backend.queue._js.delete_stream(backend.queue.stream)  # type: ignore[attr-defined]
     await backend.queue.close()

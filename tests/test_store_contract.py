@@ -301,9 +301,7 @@ async def test_given_a_superseded_write_then_it_costs_no_store_write_and_the_row
             result = await store.apply([event(event_id="old", ts_us=3 * S, name="old")])
         assert writes == {}, "a superseded update must not touch the profile tables"
         assert (
-            sqlite_property_row(store, "acme", "c1", "name")
-            == row_before
-            == ["new", 9 * S, "new"]
+            sqlite_property_row(store, "acme", "c1", "name") == row_before == ["new", 9 * S, "new"]
         )
     else:
         result = await store.apply([event(event_id="old", ts_us=3 * S, name="old")])

@@ -95,6 +95,7 @@ def serve(
     import uvicorn
 
     from profilehook.api.app import create_app
+    from profilehook.api.protocol import with_header_timeout
 
     settings = _settings(ctx, host=host, port=port)
     if quickstart:
@@ -105,7 +106,7 @@ def serve(
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=with_header_timeout(settings.header_timeout_s),
         lifespan="on",
         access_log=False,
         log_level=settings.log_level.lower(),
@@ -149,13 +150,18 @@ async def _quickstart_text(settings: Settings) -> str:
 
 
 @main.command()
+@click.option(
+    "--metrics-port",
+    type=int,
+    help="Serve this worker's Prometheus metrics (apply lag, applied, duplicates) on this port.",
+)
 @click.pass_context
-def worker(ctx: click.Context) -> None:
+def worker(ctx: click.Context, metrics_port: int | None) -> None:
     """Run only the applier (queue -> store) until interrupted.
 
     \b
     Example:
-      PROFILEHOOK_QUEUE_URL=... PROFILEHOOK_STORE_URL=... profilehook worker
+      PROFILEHOOK_QUEUE_URL=... PROFILEHOOK_STORE_URL=... profilehook worker --metrics-port 9100
     """
     from profilehook.worker import Applier
 
@@ -167,6 +173,10 @@ def worker(ctx: click.Context) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         async with running(settings) as services:
+            if metrics_port is not None:
+                from prometheus_client import start_http_server
+
+                start_http_server(metrics_port, settings.host, registry=services.metrics.registry)
             applier = Applier(
                 services.queue, services.store, services.metrics, settings.apply_batch_max_events
             )

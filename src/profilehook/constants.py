@@ -13,6 +13,8 @@ MAX_PROPERTY_NAME_CHARS = 256
 MAX_CONTACT_ID_CHARS = 512
 MAX_EVENT_ID_CHARS = 256
 MAX_JSON_DEPTH = 32
+# Integers a JSON consumer holds exactly (I-JSON, RFC 7493: JavaScript's safe integers).
+MAX_JSON_INT = 2**53 - 1
 
 # A timestamp at or above this is read as milliseconds (SPEC 2.1).
 MILLISECONDS_THRESHOLD = 1e11
@@ -22,10 +24,24 @@ MAX_EVENT_TIME_S = 253_402_300_799
 # Applier.
 APPLY_BATCH_MAX_EVENTS = 2_000
 APPLY_IDLE_WAIT_S = 0.2
+APPLY_LINGER_S = 0.05  # after a partial batch, before fetching again
 APPLY_RETRY_BACKOFF_S = (0.05, 0.2, 1.0, 5.0)
 
 # Answers to clients when a backend is down.
 RETRY_AFTER_S = 1
+# A backend that has not answered a request's key lookup or append by then is answered 503
+# (checked every 0.1 s, so the answer comes within 1 s).
+BACKEND_TIMEOUT_S = 0.7
+# /readyz reports a failed durable write for this long, unless a write succeeds first.
+READY_FAILURE_HOLD_S = 10.0
+
+# Rate limit per API key and per webhook source (SPEC 5): a token bucket.
+RATE_LIMIT_PER_S = 1_000
+RATE_LIMIT_BURST = 2_000
+
+# Slow clients (SPEC 5): the request line and headers, then the body, must arrive in time.
+HEADER_TIMEOUT_S = 10.0
+BODY_TIMEOUT_S = 10.0
 
 HISTORY_PAGE_DEFAULT = 50
 HISTORY_PAGE_MAX = 500

@@ -66,6 +66,28 @@ class StorageUnavailable(ProfilehookError):
         super().__init__(detail, {"retry-after": str(RETRY_AFTER_S)})
 
 
+class RateLimited(ProfilehookError):
+    """Over the key's or source's request rate (SPEC 5); retry after ``Retry-After`` seconds."""
+
+    status_code = 429
+
+    def __init__(self, retry_after_s: int):
+        super().__init__(
+            "Too many requests, retry later", {"retry-after": str(max(1, retry_after_s))}
+        )
+
+
+class RequestTimeout(ProfilehookError):
+    """The client did not send its whole body in time (SPEC 5, slow clients)."""
+
+    status_code = 408
+
+    def __init__(self, timeout_s: float):
+        super().__init__(
+            f"Request body not received within {timeout_s:g} s", {"connection": "close"}
+        )
+
+
 class ConfigurationError(ProfilehookError):
     """Settings that cannot work (bad URL, missing optional driver)."""
 

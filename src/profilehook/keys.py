@@ -39,12 +39,13 @@ _hashes: dict[bytes, str | None] = {}  # Authorization header -> key hash (None:
 MAX_REMEMBERED_HEADERS = 10_000
 
 
-async def authenticate(store: Store, authorization: bytes | None) -> str | None:
-    """The workspace an Authorization header grants, or None."""
+def key_hash_of(authorization: bytes | None) -> str | None:
+    """The hash of the key an ``Authorization`` header carries (whatever its spelling), or None
+    when it carries none. Whether the key is valid is the store's to say."""
     if not authorization:
         return None
     try:
-        key_hash = _hashes[authorization]
+        return _hashes[authorization]
     except KeyError:
         # Parsing and hashing a header is pure: remember it (the store decides what it grants).
         token = bearer_token(authorization)
@@ -52,4 +53,10 @@ async def authenticate(store: Store, authorization: bytes | None) -> str | None:
         if len(_hashes) >= MAX_REMEMBERED_HEADERS:
             _hashes.clear()
         _hashes[authorization] = key_hash
+        return key_hash
+
+
+async def authenticate(store: Store, authorization: bytes | None) -> str | None:
+    """The workspace an Authorization header grants, or None."""
+    key_hash = key_hash_of(authorization)
     return None if key_hash is None else await store.workspace_for(key_hash)

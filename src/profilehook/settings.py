@@ -25,8 +25,13 @@ def _setting(default: Any, help: str) -> Any:
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path = _setting(Path("./profilehook-data"), "Directory of the embedded SQLite files")
-    queue_url: str = _setting("", "Durable log: empty = SQLite in data_dir; memory://")
-    store_url: str = _setting("", "Profile store: empty = SQLite in data_dir; memory://")
+    queue_url: str = _setting(
+        "",
+        "Durable log: empty = SQLite in data_dir; nats://host:4222?stream=S&replicas=N; memory://",
+    )
+    store_url: str = _setting(
+        "", "Profile store: empty = SQLite in data_dir; postgresql://…?schema=S; memory://"
+    )
     host: str = _setting("127.0.0.1", "Address `serve` listens on")
     port: int = _setting(8000, "Port `serve` listens on")
     public_url: str = _setting("", "Base URL clients use to reach the service (for printed URLs)")
@@ -37,6 +42,17 @@ class Settings:
     )
     max_amplitude_body_bytes: int = _setting(
         c.MAX_AMPLITUDE_BODY_BYTES, "Body cap, Amplitude webhooks"
+    )
+    rate_limit_per_s: int = _setting(
+        c.RATE_LIMIT_PER_S, "Requests per second per API key and per source; 0 = no limit"
+    )
+    rate_limit_burst: int = _setting(c.RATE_LIMIT_BURST, "Requests a key or source may burst")
+    header_timeout_s: float = _setting(
+        c.HEADER_TIMEOUT_S, "Seconds a client has to send the request line and headers"
+    )
+    body_timeout_s: float = _setting(c.BODY_TIMEOUT_S, "Seconds a client has to send the body")
+    backend_timeout_s: float = _setting(
+        c.BACKEND_TIMEOUT_S, "Seconds to wait for the log or store before answering 503"
     )
     apply_batch_max_events: int = _setting(c.APPLY_BATCH_MAX_EVENTS, "Events per apply batch")
     log_level: str = _setting("info", "Log level: debug, info, warning, error")
@@ -75,10 +91,11 @@ def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
     try:
         if kind is int:
             return int(raw)
+        if kind is float:
+            return float(raw)
         if issubclass(kind, Path):
             return Path(raw)
     except ValueError:
-        raise ConfigurationError(
-            f"{ENV_PREFIX}{f.name.upper()}={raw!r} is not {'an integer' if kind is int else 'a path'}"
-        ) from None
+        what = {int: "an integer", float: "a number"}.get(kind, "a path")
+        raise ConfigurationError(f"{ENV_PREFIX}{f.name.upper()}={raw!r} is not {what}") from None
     return raw

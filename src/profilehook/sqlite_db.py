@@ -29,8 +29,10 @@ BUSY_TIMEOUT_MS = 5_000
 
 @dataclass
 class _Job:
-    fn: Callable[[sqlite3.Connection], Any]
+    fn: Callable[[sqlite3.Connection], Any] | None
     future: asyncio.Future[Any]
+    sql: str = ""  # with ``rows``: an insert that joins its neighbours' in one executemany
+    rows: list[tuple[Any, ...]] | None = None
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -94,6 +96,15 @@ class SqliteDatabase:
         self._jobs.put(_Job(fn, future))
         return await future
 
+    async def insert(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        """Run ``sql`` for every row, committed before returning. Concurrent inserts with the
+        same statement share one ``executemany`` as well as the commit (the ingest hot path)."""
+        if self._writer is None or self._loop is None:
+            raise StorageUnavailable(f"{self.path.name} is not open")
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._jobs.put(_Job(None, future, sql, rows))
+        await future
+
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(conn)`` on the reader thread (a consistent WAL snapshot per call)."""
         loop = asyncio.get_running_loop()
@@ -140,7 +151,7 @@ class SqliteDatabase:
     ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
         try:
             conn.execute("BEGIN IMMEDIATE")
-            results = [job.fn(conn) for job in batch]
+            results = _run_jobs(conn, batch)
             conn.execute("COMMIT")
         except BaseException as exc:
             _rollback(conn)
@@ -149,6 +160,24 @@ class SqliteDatabase:
                 return [o for job in batch for o in self._commit(conn, [job])]
             return [(batch[0].future, None, _translate(exc, self.path))]
         return [(job.future, result, None) for job, result in zip(batch, results, strict=True)]
+
+
+def _run_jobs(conn: sqlite3.Connection, batch: list[_Job]) -> list[Any]:
+    """Each job's result, in order; runs of inserts of one statement go in one executemany."""
+    results: list[Any] = []
+    pending: list[tuple[Any, ...]] = []
+    for i, job in enumerate(batch):
+        if job.fn is not None:
+            results.append(job.fn(conn))
+            continue
+        assert job.rows is not None
+        pending.extend(job.rows)
+        results.append(None)
+        following = batch[i + 1] if i + 1 < len(batch) else None
+        if following is None or following.fn is not None or following.sql != job.sql:
+            conn.executemany(job.sql, pending)
+            pending = []
+    return results
 
 
 def _settle(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:

@@ -14,6 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from profilehook.api.deadlines import Deadlines
 from profilehook.api.ingest import Handler, ingest_handlers
 from profilehook.api.responses import error_body, error_response
 from profilehook.api.routes import read_routes
@@ -37,15 +38,16 @@ class ProfilehookApp:
             services.metrics,
             services.settings.apply_batch_max_events,
         )
-        self._ingest = ingest_handlers(services)
-        self._webhooks = webhook_handler(services)
+        self.deadlines = Deadlines.from_settings(services.settings)
+        self._ingest = ingest_handlers(services, self.deadlines)
+        self._webhooks = webhook_handler(services, self.deadlines)
         # The ingest paths are also known to Starlette, so that other methods get a 405.
         ingest_routes = [
             Route(path, _AsgiEndpoint(handler), methods=["POST"])
             for path, handler in self._ingest.items()
         ] + [Route(PATH_PREFIX + "{source_id}", _AsgiEndpoint(self._webhooks), methods=["POST"])]
         self._starlette = Starlette(
-            routes=ingest_routes + read_routes(services),
+            routes=ingest_routes + read_routes(services, self.deadlines),
             lifespan=self._lifespan if run_applier else self._lifespan_without_applier,
             exception_handlers={
                 HTTPException: _http_exception,

@@ -1,4 +1,5 @@
-"""The ingest hot path, as raw ASGI: auth -> bounded body -> validate -> durable append -> 202.
+"""The ingest hot path, as raw ASGI: auth -> rate limit -> bounded body -> validate -> durable
+append -> 202, each wait under a deadline (api/deadlines.py).
 
 Starlette's routing and request objects cost about as much CPU as everything else on this
 path together (see PERF_NOTES), so the two POST endpoints are plain ASGI callables.
@@ -12,6 +13,8 @@ from collections.abc import Awaitable, Callable
 from starlette.types import Receive, Scope, Send
 
 from profilehook import keys
+from profilehook.api.deadlines import AlreadyAnswered, Deadlines, Watch
+from profilehook.api.ratelimit import RateLimiter
 from profilehook.api.responses import encode, send_error, send_json
 from profilehook.errors import (
     ClientDisconnected,
@@ -29,18 +32,23 @@ log = logging.getLogger(__name__)
 Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-def ingest_handlers(services: Services) -> dict[str, Handler]:
+def ingest_handlers(services: Services, deadlines: Deadlines | None = None) -> dict[str, Handler]:
     """The raw-ASGI POST handlers by path."""
     accepted = services.metrics.events.labels(native.SOURCE, "accepted")
     rejected = services.metrics.events.labels(native.SOURCE, "rejected")
+    settings = services.settings
+    deadlines = deadlines or Deadlines.from_settings(settings)
+    limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
 
     async def single(scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            workspace, body = await _authorized_body(
-                services, scope, receive, services.settings.max_single_body_bytes
-            )
-            event = native.parse_single(body, workspace, now_us())
-            await services.queue.publish([event])
+            with deadlines.watch(send) as watch:
+                workspace, body = await _authorized_body(
+                    services, scope, receive, settings.max_single_body_bytes, limiter, watch
+                )
+                event = native.parse_single(body, workspace, now_us())
+                watch.awaiting_backend()
+                await services.queue.publish([event])
         except ProfilehookError as exc:
             await refuse(services, send, exc)
             return
@@ -49,12 +57,14 @@ def ingest_handlers(services: Services) -> dict[str, Handler]:
 
     async def batch(scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            workspace, body = await _authorized_body(
-                services, scope, receive, services.settings.max_batch_body_bytes
-            )
-            items = native.parse_batch(body, workspace, now_us())
-            events = [item for item in items if isinstance(item, Event)]
-            await services.queue.publish(events)
+            with deadlines.watch(send) as watch:
+                workspace, body = await _authorized_body(
+                    services, scope, receive, settings.max_batch_body_bytes, limiter, watch
+                )
+                items = native.parse_batch(body, workspace, now_us())
+                events = [item for item in items if isinstance(item, Event)]
+                watch.awaiting_backend()
+                await services.queue.publish(events)
         except ProfilehookError as exc:
             await refuse(services, send, exc)
             return
@@ -80,18 +90,29 @@ async def refuse(services: Services, send: Send, exc: ProfilehookError) -> None:
     if isinstance(exc, ClientDisconnected):
         return
     services.metrics.requests_rejected.labels(str(exc.status_code)).inc()
+    if isinstance(exc, AlreadyAnswered):
+        await exc.answer  # sent by the deadline watchdog: the request ends when it is out
+        return
     await send_error(send, exc)
 
 
 async def _authorized_body(
-    services: Services, scope: Scope, receive: Receive, max_body_bytes: int
+    services: Services,
+    scope: Scope,
+    receive: Receive,
+    max_body_bytes: int,
+    limiter: RateLimiter,
+    watch: Watch,
 ) -> tuple[str, bytes]:
-    """Check the key, then the content type, then read the body up to the cap."""
+    """Check the key, its rate, the content type, then read the body up to the cap."""
     headers = dict(scope["headers"])
-    workspace = await keys.authenticate(services.store, headers.get(b"authorization"))
+    authorization = headers.get(b"authorization")
+    workspace = await keys.authenticate(services.store, authorization)
     if workspace is None:
         raise InvalidApiKey()
+    limiter.admit(keys.key_hash_of(authorization) or "")
     check_json_content_type(headers.get(b"content-type"))
+    watch.reading_body()
     return workspace, await read_body(receive, headers.get(b"content-length"), max_body_bytes)
 
 

@@ -29,43 +29,103 @@ def _error(description: str) -> dict[str, Any]:
 
 _ERRORS_INGEST = {
     "401": _error("Missing, malformed, unknown or revoked API key: `Invalid API Key`"),
+    "408": _error("The body did not arrive within the body timeout; the connection is closed"),
     "413": _error("Body larger than the limit"),
     "415": _error("A declared Content-Type that is not JSON"),
     "422": _json(_ref("ValidationError"), "Every problem found, in FastAPI's format"),
-    "503": _error("Storage unavailable; retry after `Retry-After` seconds"),
+    "429": _error("Over the rate limit of the key or source; retry after `Retry-After` seconds"),
+    "503": _error(
+        "Storage unavailable or too slow; not known to be stored: retry after `Retry-After`"
+        " seconds (with the same `event_id`, a retry is exact)"
+    ),
 }
 _ERRORS_READ = {
     "401": _ERRORS_INGEST["401"],
     "503": _ERRORS_INGEST["503"],
 }
 
+_NO_NUL = "^[^\\u0000]*$"
+_EVENT_TIME = {
+    "type": "number",
+    "minimum": 0,
+    "maximum": c.MAX_EVENT_TIME_S * 1_000,
+    "description": "Unix seconds (decimals allowed); a value >= 1e11 is milliseconds",
+}
 _EVENT_IN: dict[str, Any] = {
     "type": "object",
     "required": ["contact_id", "event_name", "user_properties"],
+    "propertyNames": {"pattern": _NO_NUL},
+    "additionalProperties": _ref("Value"),
+    "anyOf": [
+        {"required": ["timestamp"]},
+        {"required": ["time"], "properties": {"time": _EVENT_TIME}},
+    ],
     "description": "`timestamp` is required; `time` is accepted in its place when it is absent."
-    " Unknown fields are ignored.",
+    " Unknown fields are ignored; a repeated key keeps its last value. Integers must lie within"
+    f" ±{c.MAX_JSON_INT} (I-JSON), strings may not contain U+0000, nesting is at most"
+    f" {c.MAX_JSON_DEPTH} levels.",
     "properties": {
-        "contact_id": {"type": "string", "minLength": 1, "maxLength": c.MAX_CONTACT_ID_CHARS},
-        "event_name": {"type": "string", "minLength": 1, "maxLength": c.MAX_PROPERTY_NAME_CHARS},
-        "timestamp": {
-            "type": "number",
-            "minimum": 0,
-            "description": "Unix seconds (decimals allowed); a value >= 1e11 is milliseconds",
+        "contact_id": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": c.MAX_CONTACT_ID_CHARS,
+            "pattern": _NO_NUL,
         },
-        "time": {"type": "number", "minimum": 0, "description": "Alias of `timestamp`"},
+        "event_name": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": c.MAX_PROPERTY_NAME_CHARS,
+            "pattern": _NO_NUL,
+        },
+        "timestamp": _EVENT_TIME,
+        "time": {
+            **_ref("Value"),
+            "description": "Alias of `timestamp`, read only when `timestamp` is absent",
+        },
         "event_id": {
             "type": "string",
             "minLength": 1,
             "maxLength": c.MAX_EVENT_ID_CHARS,
+            "pattern": _NO_NUL,
             "description": "Idempotency key; a UUID4 is generated when absent",
         },
         "user_properties": {
             "type": "object",
             "maxProperties": c.MAX_PROPERTIES_PER_EVENT,
+            "propertyNames": {
+                "minLength": 1,
+                "maxLength": c.MAX_PROPERTY_NAME_CHARS,
+                "pattern": _NO_NUL,
+            },
+            "additionalProperties": _ref("Value"),
             "description": "Properties to set; `null` unsets one",
         },
-        "metadata": {"type": ["object", "null"]},
+        "metadata": {
+            "anyOf": [
+                {
+                    "type": "object",
+                    "propertyNames": {"pattern": _NO_NUL},
+                    "additionalProperties": _ref("Value"),
+                },
+                {"type": "null"},
+            ]
+        },
     },
+}
+# What a property value may be: any JSON a consumer holds exactly.
+_VALUE: dict[str, Any] = {
+    "anyOf": [
+        {"type": ["null", "boolean"]},
+        {"type": "integer", "minimum": -c.MAX_JSON_INT, "maximum": c.MAX_JSON_INT},
+        {"type": "number", "not": {"type": "integer"}},
+        {"type": "string", "pattern": _NO_NUL},
+        {"type": "array", "items": _ref("Value")},
+        {
+            "type": "object",
+            "propertyNames": {"pattern": _NO_NUL},
+            "additionalProperties": _ref("Value"),
+        },
+    ]
 }
 
 _SCHEMAS: dict[str, Any] = {
@@ -91,15 +151,21 @@ _SCHEMAS: dict[str, Any] = {
         },
     },
     "PropertyUpdate": _EVENT_IN,
+    "Value": _VALUE,
     "Batch": {
         "type": "object",
         "required": ["events"],
+        "propertyNames": {"pattern": _NO_NUL},
+        "additionalProperties": _ref("Value"),
         "properties": {
             "events": {
                 "type": "array",
                 "minItems": 1,
                 "maxItems": c.MAX_BATCH_EVENTS,
-                "items": {"description": "An event as in PropertyUpdate; each is checked alone"},
+                "description": "Events as in PropertyUpdate, each checked alone: invalid ones are"
+                " reported, and the batch is refused only when none is valid",
+                "items": _ref("Value"),
+                "contains": _ref("PropertyUpdate"),
             }
         },
     },
@@ -197,8 +263,11 @@ _CONTACT_ID = {
 }
 
 
+_MALFORMED = {"400": _error("Malformed HTTP (request line, headers or framing)")}
+
+
 def _paths() -> dict[str, Any]:
-    return {
+    paths: dict[str, Any] = {
         "/v1/properties": {
             "post": {
                 "summary": "Send one property update",
@@ -252,9 +321,11 @@ def _paths() -> dict[str, Any]:
                     "200": _json(_ref("WebhookAccepted"), "Stored durably"),
                     "401": _error("Signature, token or secret refused; `detail` says which check"),
                     "404": _error("`Source not found`"),
+                    "408": _ERRORS_INGEST["408"],
                     "413": _ERRORS_INGEST["413"],
                     "415": _ERRORS_INGEST["415"],
                     "422": _ERRORS_INGEST["422"],
+                    "429": _ERRORS_INGEST["429"],
                     "503": _ERRORS_INGEST["503"],
                 },
             }
@@ -354,6 +425,10 @@ def _paths() -> dict[str, Any]:
             }
         },
     }
+    for operations in paths.values():
+        for operation in operations.values():
+            operation["responses"] = {**_MALFORMED, **operation["responses"]}
+    return paths
 
 
 def document(base_url: str) -> dict[str, Any]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote
 
@@ -16,6 +18,7 @@ from starlette.routing import Route
 from profilehook import constants as c
 from profilehook import keys
 from profilehook.api import openapi
+from profilehook.api.deadlines import Deadlines, within
 from profilehook.api.responses import json_response
 from profilehook.errors import InvalidApiKey, NotFound, StorageUnavailable, ValidationFailed
 from profilehook.events import Event, Version, iso, seconds
@@ -24,10 +27,12 @@ from profilehook.sources.problems import problem, value_error
 from profilehook.stores.base import Contact, EventRecord
 
 READY_TIMEOUT_S = 1.0
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def read_routes(services: Services) -> list[Route]:
+def read_routes(services: Services, deadlines: Deadlines) -> list[Route]:
     store, queue = services.store, services.queue
+    within_deadline = _deadline(services.settings.backend_timeout_s)
 
     async def workspace_of(request: Request) -> str:
         header = request.headers.get("authorization")
@@ -36,6 +41,7 @@ def read_routes(services: Services) -> list[Route]:
             raise InvalidApiKey()
         return workspace
 
+    @within_deadline
     async def contact(request: Request) -> Response:
         workspace = await workspace_of(request)
         contact_id, is_history = _contact_path(request)
@@ -61,6 +67,7 @@ def read_routes(services: Services) -> list[Route]:
             }
         )
 
+    @within_deadline
     async def event(request: Request) -> Response:
         workspace = await workspace_of(request)
         view = await event_status(services, workspace, _raw_tail(request, "/v1/events/"))
@@ -73,11 +80,12 @@ def read_routes(services: Services) -> list[Route]:
 
     async def readyz(request: Request) -> Response:
         try:
-            async with asyncio.timeout(READY_TIMEOUT_S):
-                await queue.ping()
-                await store.ping()
+            await within(READY_TIMEOUT_S, asyncio.gather(queue.ping(), store.ping()))
         except TimeoutError:
             raise StorageUnavailable("A backend did not answer within 1 s") from None
+        failure = deadlines.failing()
+        if failure is not None:
+            raise StorageUnavailable(f"Durable writes are failing: {failure}")
         return json_response({"status": "ready"})
 
     async def metrics(request: Request) -> Response:
@@ -99,6 +107,24 @@ def read_routes(services: Services) -> list[Route]:
         Route("/openapi.json", openapi_json, methods=["GET"]),
         Route("/docs", docs, methods=["GET"]),
     ]
+
+
+def _deadline(timeout_s: float) -> Callable[[Endpoint], Endpoint]:
+    """A read that waits longer than ``timeout_s`` for a backend is answered 503."""
+
+    def wrap(endpoint: Endpoint) -> Endpoint:
+        @functools.wraps(endpoint)
+        async def bounded(request: Request) -> Response:
+            try:
+                return await within(timeout_s, endpoint(request))
+            except TimeoutError:
+                raise StorageUnavailable(
+                    f"Storage did not answer within {timeout_s:g} s, retry later"
+                ) from None
+
+        return bounded
+
+    return wrap
 
 
 def contact_view(found: Contact) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""POST /v1/webhooks/{source_id}: find the source, let its kind turn the request into events,
-store them durably, answer as that kind's sender expects. Raw ASGI, like the ingest path."""
+"""POST /v1/webhooks/{source_id}: find the source, let its kind authenticate the request and
+turn it into events, check the source's rate, store the events durably, answer as that kind's
+sender expects. Raw ASGI, like the ingest path, with the same deadlines."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from urllib.parse import parse_qsl
 
 from starlette.types import Receive, Scope, Send
 
+from profilehook.api.deadlines import Deadlines
 from profilehook.api.ingest import Handler, read_body, refuse
+from profilehook.api.ratelimit import RateLimiter
 from profilehook.api.responses import encode, send_json
 from profilehook.errors import ConfigurationError, NotFound, ProfilehookError, StorageUnavailable
 from profilehook.events import now_us
@@ -41,22 +44,33 @@ def load_kinds(services: Services) -> dict[str, WebhookSource | ConfigurationErr
     return kinds
 
 
-def webhook_handler(services: Services) -> Handler:
+def webhook_handler(services: Services, deadlines: Deadlines | None = None) -> Handler:
     kinds = load_kinds(services)
+    settings = services.settings
+    deadlines = deadlines or Deadlines.from_settings(settings)
+    limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
 
     async def handle(scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            source_id = scope["path"][len(PATH_PREFIX) :]
-            source = await services.store.get_source(source_id) if source_id else None
-            kind = kinds.get(source.kind) if source is not None else None
-            if source is None or kind is None:
-                raise NotFound("Source not found")
-            if isinstance(kind, ConfigurationError):
-                raise StorageUnavailable(str(kind.detail))
-            request = await _request(scope, receive, kind.max_body_bytes)
-            result = await kind.handle(source, request)
-            if result.events:
-                await services.queue.publish(result.events)
+            with deadlines.watch(send) as watch:
+                source_id = scope["path"][len(PATH_PREFIX) :]
+                source = await services.store.get_source(source_id) if source_id else None
+                kind = kinds.get(source.kind) if source is not None else None
+                if source is None or kind is None:
+                    raise NotFound("Source not found")
+                if isinstance(kind, ConfigurationError):
+                    raise StorageUnavailable(str(kind.detail))
+                watch.reading_body()
+                request = await _request(scope, receive, kind.max_body_bytes)
+                # Authenticating and parsing is bounded by the body cap, the signature check
+                # by its DNS timeout: no deadline, so a large body is not cut mid-parse.
+                watch.unwatched()
+                result = await kind.handle(source, request)
+                # After authentication, so that nobody but the sender can spend its tokens.
+                limiter.admit(source.source_id)
+                if result.events:
+                    watch.awaiting_backend()
+                    await services.queue.publish(result.events)
         except ProfilehookError as exc:
             await refuse(services, send, exc)
             return

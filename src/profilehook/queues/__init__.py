@@ -11,10 +11,11 @@ QUEUE_FILE = "log.sqlite3"
 
 
 def open_queue(url: str, data_dir: Path) -> Queue:
-    """``""`` or ``sqlite:///path`` -> SQLite (the default); ``nats://`` -> JetStream;
-    ``memory://`` -> in-memory.
+    """``""`` or ``sqlite:///path`` -> SQLite (the default); ``nats://…?stream=S&replicas=N`` ->
+    JetStream; ``memory://`` -> in-memory.
 
-    Raises ``ConfigurationError`` for a URL no backend serves.
+    Raises ``ConfigurationError`` for a URL no backend serves, or whose driver is not installed
+    (the message names the extra to install).
     """
     if url in ("", "sqlite://"):
         from profilehook.queues.sqlite import SqliteQueue

@@ -43,6 +43,12 @@ class Queue(ABC):
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
         """Mark deliveries done (after the store committed them): they are not redelivered."""
 
+    async def release(self, deliveries: Sequence[Delivery]) -> None:
+        """Hand back deliveries that could not be applied (the store was unavailable): they
+        are delivered again. The default leaves that to the backend's own redelivery (a
+        broker's ack wait); a log that tracks deliveries in process must rewind."""
+        return None
+
     @abstractmethod
     async def find(self, workspace: str, event_id: str) -> Event | None:
         """A still-pending event by id, or None (applied or never accepted)."""

@@ -38,6 +38,10 @@ class MemoryQueue(Queue):
         self._delivered = start + len(chunk)
         return [Delivery(event, start + i + 1) for i, event in enumerate(chunk)]
 
+    async def release(self, deliveries: Sequence[Delivery]) -> None:
+        if deliveries:
+            self._delivered = min(self._delivered, min(d.token for d in deliveries) - 1)
+
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
         if deliveries:
             self._acked = max(self._acked, max(d.token for d in deliveries))

@@ -10,6 +10,7 @@ pending event can be looked up directly; acknowledged events leave the stream.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 from collections.abc import Sequence
@@ -35,9 +36,12 @@ SUBJECT_PREFIX = "profilehook.events"
 CONSUMER = "appliers"
 DUPLICATE_WINDOW_S = 120.0
 PUBLISH_TIMEOUT_S = 5.0
-REDELIVERY_BACKOFF_S = [1.0, 5.0, 15.0, 30.0, 60.0]
+# The first step is also how long a worker has to apply and acknowledge a batch before
+# JetStream hands it to another worker (a 2,000-event batch takes ~0.2 s here).
+REDELIVERY_BACKOFF_S = [5.0, 15.0, 30.0, 60.0, 120.0]
 MAX_DELIVER = 1_000
 CONNECT_TIMEOUT_S = 2.0
+MAX_REPLICAS = 5  # JetStream's own limit
 
 NATS_ERRORS: tuple[type[BaseException], ...] = (
     nats.errors.Error,
@@ -47,21 +51,34 @@ NATS_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def split_url(url: str) -> tuple[str, str]:
-    """``nats://…?stream=NAME`` -> (server URL, stream name; default PROFILEHOOK_EVENTS)."""
+def split_url(url: str) -> tuple[str, str, int | None]:
+    """``nats://…?stream=NAME&replicas=N`` -> (server URL, stream name, replicas).
+
+    The stream defaults to PROFILEHOOK_EVENTS; replicas to None (create with 1, and leave an
+    existing stream's count as it is). Raises ``ConfigurationError`` for a bad ``replicas``.
+    """
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
-    stream = next((v for k, v in query if k == "stream"), STREAM)
-    rest = urlencode([(k, v) for k, v in query if k != "stream"])
-    return urlunsplit(parts._replace(query=rest)), stream
+    options = dict(query)
+    stream = options.get("stream", STREAM)
+    replicas = None
+    if "replicas" in options:
+        raw = options["replicas"]
+        if not raw.isdigit() or not 1 <= int(raw) <= MAX_REPLICAS:
+            raise ConfigurationError(
+                f"PROFILEHOOK_QUEUE_URL: replicas={raw!r} must be a number from 1 to {MAX_REPLICAS}"
+            )
+        replicas = int(raw)
+    rest = urlencode([(k, v) for k, v in query if k not in ("stream", "replicas")])
+    return urlunsplit(parts._replace(query=rest)), stream, replicas
 
 
 class NatsQueue(Queue):
-    def __init__(self, url: str, replicas: int = 1):
-        self.url, self.stream = split_url(url)
+    def __init__(self, url: str, replicas: int | None = None):
+        self.url, self.stream, url_replicas = split_url(url)
         # Streams may not share subjects, so each stream has its own subject space.
         self.subject_prefix = f"{SUBJECT_PREFIX}.{self.stream.lower()}"
-        self.replicas = replicas
+        self.replicas = replicas if replicas is not None else url_replicas
         self._nc: Any = None
         self._js: Any = None
         self._sub: Any = None
@@ -77,25 +94,35 @@ class NatsQueue(Queue):
             )
             self._js = self._nc.jetstream(timeout=PUBLISH_TIMEOUT_S)
             await self._ensure_stream()
+        except ConfigurationError:
+            await self.close()
+            raise
         except NATS_ERRORS as exc:
             await self.close()
             raise StorageUnavailable(f"NATS unreachable at {self.url}: {exc}") from exc
 
     async def _ensure_stream(self) -> None:
-        """Create the stream, or verify that the existing one has the settings we rely on."""
-        wanted = api.StreamConfig(
-            name=self.stream,
-            subjects=[f"{self.subject_prefix}.>"],
-            retention=api.RetentionPolicy.WORK_QUEUE,
-            storage=api.StorageType.FILE,
-            duplicate_window=DUPLICATE_WINDOW_S,
-            num_replicas=self.replicas,
-            allow_direct=True,
-        )
+        """Create the stream, or verify that the existing one has the settings we rely on.
+
+        Raises ``ConfigurationError`` when the server refuses the stream's settings (such as
+        replicas > 1 on a server that is not clustered) or a stream of that name is not a
+        work queue.
+        """
         try:
             info = await self._js.stream_info(self.stream)
         except nats.js.errors.NotFoundError:
-            await self._js.add_stream(wanted)
+            await self._configure_stream(
+                self._js.add_stream,
+                api.StreamConfig(
+                    name=self.stream,
+                    subjects=[f"{self.subject_prefix}.>"],
+                    retention=api.RetentionPolicy.WORK_QUEUE,
+                    storage=api.StorageType.FILE,
+                    duplicate_window=DUPLICATE_WINDOW_S,
+                    num_replicas=self.replicas or 1,
+                    allow_direct=True,
+                ),
+            )
             return
         config = info.config
         if config.retention != api.RetentionPolicy.WORK_QUEUE:
@@ -103,8 +130,31 @@ class NatsQueue(Queue):
                 f"NATS stream {self.stream} exists with retention {config.retention}; "
                 "profilehook needs a work-queue stream: delete it or choose another name"
             )
-        if config.subjects != wanted.subjects or config.duplicate_window != DUPLICATE_WINDOW_S:
-            await self._js.update_stream(wanted)
+        # Only what profilehook relies on is changed; an operator's other settings stay.
+        wanted = dataclasses.replace(
+            config,
+            subjects=[f"{self.subject_prefix}.>"],
+            duplicate_window=DUPLICATE_WINDOW_S,
+            num_replicas=self.replicas or config.num_replicas,
+        )
+        if (wanted.subjects, wanted.duplicate_window, wanted.num_replicas) != (
+            config.subjects,
+            config.duplicate_window,
+            config.num_replicas,
+        ):
+            await self._configure_stream(self._js.update_stream, wanted)
+
+    async def _configure_stream(self, call: Any, config: Any) -> None:
+        try:
+            await call(config)
+        except nats.js.errors.APIError as exc:
+            # 503 (no quorum, not enough peers yet) may pass: it stays StorageUnavailable.
+            if exc.err_code is None or isinstance(exc, nats.js.errors.ServiceUnavailableError):
+                raise
+            raise ConfigurationError(
+                f"NATS refused stream {self.stream} (replicas={config.num_replicas}): "
+                f"{exc.description}"
+            ) from exc
 
     async def close(self) -> None:
         if self._nc is not None:

@@ -42,11 +42,7 @@ class SqliteQueue(Queue):
 
     async def publish(self, events: Sequence[Event]) -> None:
         rows = [(e.workspace, e.event_id, encode_event(e)) for e in events]
-
-        def insert(conn: sqlite3.Connection) -> None:
-            conn.executemany("INSERT INTO log (workspace, event_id, body) VALUES (?, ?, ?)", rows)
-
-        await self.db.write(insert)
+        await self.db.insert(_APPEND, rows)
         self._wake.set()
 
     async def fetch(self, max_events: int, wait_s: float) -> list[Delivery]:
@@ -61,6 +57,12 @@ class SqliteQueue(Queue):
         if rows:
             self._delivered = rows[-1][0]
         return [Delivery(decode_event(body), seq) for seq, body in rows]
+
+    async def release(self, deliveries: Sequence[Delivery]) -> None:
+        # Without this, the next fetch would start after them and a later ack would delete
+        # them unapplied.
+        if deliveries:
+            self._delivered = min(self._delivered, min(d.token for d in deliveries) - 1)
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
         if not deliveries:
@@ -95,6 +97,9 @@ class SqliteQueue(Queue):
             return max(0, int(top) - _cursor(conn))
 
         return await self.db.read(count)
+
+
+_APPEND = "INSERT INTO log (workspace, event_id, body) VALUES (?, ?, ?)"
 
 
 def _cursor(conn: sqlite3.Connection) -> int:

@@ -81,6 +81,7 @@ from profilehook.sources.problems import (
     string_type,
     too_long,
     too_short,
+    unstorable,
     value_error,
 )
 from profilehook.sources.registry import secret_matches
@@ -389,7 +390,11 @@ class CopernicaSource:
         ``FormTooComplex`` (413), ``ValidationFailed`` (422), ``StorageUnavailable`` (503)."""
         await self._authenticate(source, request)
         check_form_content_type(request.headers.get("content-type"))
-        notice = read_notice(decode_form(request.body), source.config.get("contact_field"))
+        form = decode_form(request.body)
+        unstorable_values = unstorable(form, ("body",))  # NUL: PostgreSQL cannot keep it
+        if unstorable_values:
+            raise ValidationFailed(unstorable_values)
+        notice = read_notice(form, source.config.get("contact_field"))
         if notice is None:
             log.debug("copernica source %s: ignored a non-profile event", source.source_id)
             body = {"status": "accepted", "event_ids": [], "ignored": 1}

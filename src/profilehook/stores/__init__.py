@@ -11,9 +11,11 @@ STORE_FILE = "profiles.sqlite3"
 
 
 def open_store(url: str, data_dir: Path) -> Store:
-    """``""`` or ``sqlite:///path`` -> SQLite (the default); ``memory://`` -> in-memory.
+    """``""`` or ``sqlite:///path`` -> SQLite (the default); ``postgresql://…?schema=S`` ->
+    PostgreSQL; ``memory://`` -> in-memory.
 
-    Raises ``ConfigurationError`` for a URL no backend serves.
+    Raises ``ConfigurationError`` for a URL no backend serves, or whose driver is not installed
+    (the message names the extra to install).
     """
     if url in ("", "sqlite://"):
         from profilehook.stores.sqlite import SqliteStore
