@@ -27,7 +27,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
-from profilehook.errors import SignatureRejected, UnsupportedMediaType, ValidationFailed
+from profilehook.errors import (
+    SignatureRejected,
+    StorageUnavailable,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
 from profilehook.events import Event
 from profilehook.queues.memory import MemoryQueue
 from profilehook.service import Services, running
@@ -664,6 +669,26 @@ class TestRefusedOverHttp:
         r = hook.send(body, headers)
         assert r.status_code == 401
         assert r.json() == {"detail": "Replayed request: Digest and X-Nonce seen"}
+
+    def test_a_call_refused_for_an_outage_may_be_retried_with_the_same_signature(
+        self, hook, client, monkeypatch
+    ):
+        """Given a signed call answered 503 (the log was down), when Copernica re-sends the very
+        same request, then it is stored, not refused as a replay: nothing is lost."""
+        body = profile_call({"name": "Retried"})
+        headers = signed_headers(hook.key, body, hook.target, hook.host)
+        queue = client.app.services.queue
+        publish = queue.publish
+
+        async def down(events):
+            raise StorageUnavailable("log down")
+
+        monkeypatch.setattr(queue, "publish", down)
+        assert hook.send(body, headers).status_code == 503
+        monkeypatch.setattr(queue, "publish", publish)
+        retried = hook.send(body, headers)
+        assert retried.status_code == 200, retried.text
+        hook.applied(retried.json()["event_ids"][0])
 
     def test_a_tampered_body(self, hook):
         body = profile_call({"name": "Jo"})

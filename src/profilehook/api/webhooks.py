@@ -17,7 +17,7 @@ from profilehook.api.responses import encode, send_json
 from profilehook.errors import ConfigurationError, NotFound, ProfilehookError, StorageUnavailable
 from profilehook.events import now_us
 from profilehook.service import Services
-from profilehook.sources.webhooks import WebhookRequest, WebhookSource
+from profilehook.sources.webhooks import WebhookRequest, WebhookResult, WebhookSource
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,7 @@ def webhook_handler(services: Services, deadlines: Deadlines | None = None) -> H
     limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
 
     async def handle(scope: Scope, receive: Receive, send: Send) -> None:
+        result: WebhookResult | None = None
         try:
             with deadlines.watch(send) as watch:
                 source_id = scope["path"][len(PATH_PREFIX) :]
@@ -72,6 +73,8 @@ def webhook_handler(services: Services, deadlines: Deadlines | None = None) -> H
                     watch.awaiting_backend()
                     await services.queue.publish(result.events)
         except ProfilehookError as exc:
+            if result is not None and result.undo is not None:
+                result.undo()
             await refuse(services, send, exc)
             return
         counter = services.metrics.events

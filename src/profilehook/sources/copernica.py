@@ -45,6 +45,7 @@ falling back to the profile id (one customer split over two contacts for good).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import re
@@ -61,7 +62,12 @@ import dns.resolver  # noqa: F401
 import msgspec
 
 from profilehook import constants as c
-from profilehook.errors import SignatureRejected, UnsupportedMediaType, ValidationFailed
+from profilehook.errors import (
+    ProfilehookError,
+    SignatureRejected,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
 from profilehook.events import Event
 from profilehook.service import Services
 from profilehook.sources.copernica_signature import (
@@ -389,6 +395,16 @@ class CopernicaSource:
         """Raises ``SignatureRejected`` (401), ``UnsupportedMediaType`` (415),
         ``FormTooComplex`` (413), ``ValidationFailed`` (422), ``StorageUnavailable`` (503)."""
         await self._authenticate(source, request)
+        replays = self._replays[source.source_id]
+        entry = (request.headers.get("digest", ""), request.headers.get("x-nonce", ""))
+        try:
+            result = await self._events(source, request)
+        except ProfilehookError:
+            replays.forget(entry)  # refused: the sender's retry is not a replay
+            raise
+        return dataclasses.replace(result, undo=lambda: replays.forget(entry))
+
+    async def _events(self, source: Source, request: WebhookRequest) -> WebhookResult:
         check_form_content_type(request.headers.get("content-type"))
         form = decode_form(request.body)
         unstorable_values = unstorable(form, ("body",))  # NUL: PostgreSQL cannot keep it

@@ -254,6 +254,12 @@ class ReplayCache:
             self._expiry_s[entry] = expires_s
             heapq.heappush(self._queue, (expires_s, entry))
 
+    def forget(self, entry: tuple[str, str]) -> None:
+        """Drop ``entry``: its request was refused after all, so the sender's retry of it
+        (same Digest and X-Nonce) must not be taken for a replay."""
+        with self._lock:
+            self._expiry_s.pop(entry, None)
+
     def size(self) -> int:
         """How many entries are remembered (expired ones may linger until the next write)."""
         return len(self._expiry_s)

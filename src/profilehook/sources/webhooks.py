@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -30,6 +31,9 @@ class WebhookResult:
     status: int = 200
     ignored: int = 0
     skipped: int = 0
+    # Called when the request is refused after all (rate limit, storage unavailable), so that
+    # what the source remembered of it (Copernica's nonce) does not refuse the sender's retry.
+    undo: Callable[[], None] | None = None
 
 
 class WebhookSource(Protocol):
