@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -35,13 +36,13 @@ class _Job:
     rows: list[tuple[Any, ...]] | None = None
 
 
-def connect(path: Path) -> sqlite3.Connection:
+def connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
     """A connection with the pragmas every profilehook database uses."""
     try:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
     except sqlite3.Error as exc:
         raise StorageUnavailable(f"Cannot open {path}: {exc}") from exc
     return conn
@@ -50,9 +51,12 @@ def connect(path: Path) -> sqlite3.Connection:
 class SqliteDatabase:
     """A database file, its schema, one writer thread and one reader thread."""
 
-    def __init__(self, path: Path, schema: str):
+    def __init__(self, path: Path, schema: str, synchronous: str = "FULL"):
+        """``synchronous="NORMAL"``: commits are not fsynced (still safe against a killed
+        process); ``fsync_wal`` then makes all of them durable at once."""
         self.path = path
         self._schema = schema
+        self._synchronous = synchronous
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -64,7 +68,7 @@ class SqliteDatabase:
         """Create the file and schema, start the writer. Raises ``StorageUnavailable``."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._loop = asyncio.get_running_loop()
-        conn = connect(self.path)
+        conn = connect(self.path, self._synchronous)
         try:
             conn.executescript(self._schema)
         except sqlite3.Error as exc:
@@ -104,6 +108,21 @@ class SqliteDatabase:
         future: asyncio.Future[None] = self._loop.create_future()
         self._jobs.put(_Job(None, future, sql, rows))
         await future
+
+    async def fsync_wal(self) -> None:
+        """Make every commit so far survive a power loss (WAL mode: one fsync of the log file)."""
+
+        def flush(conn: sqlite3.Connection) -> None:
+            try:
+                fd = os.open(f"{self.path}-wal", os.O_RDONLY)
+            except FileNotFoundError:
+                return  # nothing written since the last checkpoint, which fsyncs
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+        await self.write(flush)
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(conn)`` on the reader thread (a consistent WAL snapshot per call)."""

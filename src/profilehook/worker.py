@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Sequence
 
-from profilehook.constants import APPLY_IDLE_WAIT_S, APPLY_LINGER_S, APPLY_RETRY_BACKOFF_S
+from profilehook.constants import (
+    ACK_INTERVAL_S,
+    APPLY_IDLE_WAIT_S,
+    APPLY_LINGER_S,
+    APPLY_RETRY_BACKOFF_S,
+)
 from profilehook.errors import StorageUnavailable
 from profilehook.events import Event, now_us
 from profilehook.metrics import Metrics
@@ -28,6 +34,8 @@ class Applier:
         self.metrics = metrics
         self.batch_max_events = batch_max_events
         self.applied_total = 0
+        self._unacked: list[Delivery] = []  # applied, acknowledged after the next store sync
+        self._synced_at = time.monotonic()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Apply until ``stop`` is set; backend outages are retried with backoff, not fatal."""
@@ -48,11 +56,17 @@ class Applier:
                 failures += 1
                 log.warning("applier: %s; retrying in %.2fs", exc.detail, delay)
                 await _sleep_unless(stop, delay)
+        try:
+            await self.flush()
+        except StorageUnavailable as exc:  # unacknowledged events are simply applied again
+            log.warning("applier: final acknowledgement failed: %s", exc.detail)
 
     async def step(self, wait_s: float = 0.0) -> int:
-        """Fetch one batch, apply it, acknowledge it. Returns the events handled."""
+        """Fetch one batch and apply it; acknowledge what was applied once the store made it
+        durable (``flush``, at most every ``ACK_INTERVAL_S``). Returns the events handled."""
         deliveries = await self.queue.fetch(self.batch_max_events, wait_s)
         if not deliveries:
+            await self.flush()
             return 0
         events = [d.event for d in deliveries]
         try:
@@ -60,15 +74,30 @@ class Applier:
         except StorageUnavailable:
             await self.queue.release(deliveries)  # applied again once the store is back
             raise
-        await self.queue.ack(deliveries)
+        self._unacked.extend(deliveries)
+        if time.monotonic() - self._synced_at >= ACK_INTERVAL_S:
+            await self.flush()
         self._observe(events, result)
         return len(deliveries)
+
+    async def flush(self) -> None:
+        """Make everything applied durable in the store, then acknowledge it to the log.
+
+        One store sync (an fsync for SQLite) covers many batches; until it, a crash only
+        redelivers events that the store's dedupe then recognises.
+        """
+        if self._unacked:
+            await self.store.sync()
+            await self.queue.ack(self._unacked)
+            self._unacked = []
+        self._synced_at = time.monotonic()
 
     async def drain(self) -> int:
         """Apply until the queue is empty (used by tests and the CLI)."""
         total = 0
         while handled := await self.step():
             total += handled
+        await self.flush()
         return total
 
     async def refresh_depth(self) -> None:

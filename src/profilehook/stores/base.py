@@ -194,6 +194,11 @@ class Store(ABC):
         """Apply a batch atomically: events already applied count as duplicates and change
         nothing; the rest update the profiles by ``plan_contact`` and join the history."""
 
+    async def sync(self) -> None:
+        """Make every ``apply`` so far survive a power loss. The applier acknowledges events to
+        the log only after this. A store whose commits are durable already has nothing to do."""
+        return None
+
     @abstractmethod
     async def record_failure(self, event: Event, error: str) -> None:
         """Keep an event that could not be applied, with status ``failed`` and the reason."""

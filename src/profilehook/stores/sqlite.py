@@ -107,7 +107,9 @@ CATALOG_CHECK_INTERVAL_S = 0.001
 
 class SqliteStore(Store):
     def __init__(self, path: Path):
-        self.db = SqliteDatabase(path, SCHEMA)
+        # Commits are not fsynced one by one: the applier calls ``sync`` before it lets the log
+        # forget what was applied, so a power loss only means re-applying (deduplicated).
+        self.db = SqliteDatabase(path, SCHEMA, synchronous="NORMAL")
         self.catalog = SqliteDatabase(
             path.with_name(f"{path.stem}.catalog{path.suffix}"), CATALOG_SCHEMA
         )
@@ -132,6 +134,9 @@ class SqliteStore(Store):
 
     async def apply(self, events: Sequence[Event]) -> ApplyResult:
         return await self.db.write(lambda conn: _apply(conn, events))
+
+    async def sync(self) -> None:
+        await self.db.fsync_wal()
 
     async def record_failure(self, event: Event, error: str) -> None:
         def insert(conn: sqlite3.Connection) -> None:
