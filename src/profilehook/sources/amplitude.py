@@ -39,9 +39,8 @@ from profilehook.sources.problems import (
     decode_json,
     missing,
     problem,
+    required_string,
     string_type,
-    too_long,
-    too_short,
     value_error,
 )
 from profilehook.sources.registry import secret_matches
@@ -215,17 +214,7 @@ def _string(body: dict[str, Any], name: str, problems: list[Problem], max_chars:
     loc = (*BODY, name)
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)  # a template that renders the id without quotes
-    if value is None:
-        problems.append(missing(loc, _without_users(body)))
-    elif not isinstance(value, str):
-        problems.append(string_type(loc, value))
-    elif not value:
-        problems.append(too_short(loc, value))
-    elif len(value) > max_chars:
-        problems.append(too_long(loc, value, max_chars))
-    else:
-        return value
-    return None
+    return required_string(value, loc, problems, max_chars, _without_users(body))
 
 
 def _in_cohort(body: dict[str, Any], problems: list[Problem]) -> bool | None:

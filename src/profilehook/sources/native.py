@@ -15,6 +15,7 @@ from profilehook.sources.problems import (
     dict_type,
     missing,
     problem,
+    required_string,
     string_type,
     too_long,
     too_short,
@@ -107,19 +108,7 @@ def timestamp_to_us(value: float) -> int | None:
 def _required_string(
     obj: dict[str, Any], name: str, loc: Loc, problems: list[Problem], max_chars: int
 ) -> str | None:
-    value = obj.get(name)
-    where = (*loc, name)
-    if value is None:
-        problems.append(missing(where, obj))
-    elif not isinstance(value, str):
-        problems.append(string_type(where, value))
-    elif not value:
-        problems.append(too_short(where, value))
-    elif len(value) > max_chars:
-        problems.append(too_long(where, value, max_chars))
-    else:
-        return value
-    return None
+    return required_string(obj.get(name), (*loc, name), problems, max_chars, obj)
 
 
 def _event_time(obj: dict[str, Any], loc: Loc, problems: list[Problem]) -> int | None:

@@ -55,6 +55,24 @@ def too_long(loc: Loc, value: Any, max_length: int) -> Problem:
     )
 
 
+def required_string(
+    value: Any, loc: Loc, problems: list[Problem], max_chars: int, whole: Any = None
+) -> str | None:
+    """``value`` when it is a non-empty string of at most ``max_chars``; else None, with its
+    problem appended (``whole`` is what a ``missing`` problem echoes, as FastAPI does)."""
+    if value is None:
+        problems.append(missing(loc, whole))
+    elif not isinstance(value, str):
+        problems.append(string_type(loc, value))
+    elif not value:
+        problems.append(too_short(loc, value))
+    elif len(value) > max_chars:
+        problems.append(too_long(loc, value, max_chars))
+    else:
+        return value
+    return None
+
+
 def value_error(loc: Loc, value: Any, message: str) -> Problem:
     return problem("value_error", loc, f"Value error, {message}", value, {"error": message})
 
