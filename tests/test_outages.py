@@ -41,6 +41,7 @@ from tests.support import (
     POSTGRES_URL,
     ServerProcess,
     create_key,
+    delete_stream,
     drop_schema,
     require_server,
     unique_schema,
@@ -350,24 +351,8 @@ def scale_out_app(
             finally:
                 proxy.restore()
     finally:
-        _delete_stream(stream)
+        delete_stream(stream)
         drop_schema(schema)
-
-
-def _delete_stream(stream: str) -> None:
-    import nats
-    import nats.js.errors
-
-    async def delete() -> None:
-        nc = await nats.connect(NATS_URL, connect_timeout=2)
-        try:
-            await nc.jetstream().delete_stream(stream)
-        except nats.js.errors.NotFoundError:
-            pass
-        finally:
-            await nc.close()
-
-    asyncio.run(delete())
 
 
 def accepted_and_applied(client: Any, auth: dict[str, str], event_id: str) -> None:
