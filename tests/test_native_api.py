@@ -156,6 +156,10 @@ class TestRefusing:
             (event(event_id=7), [(("body", "event_id"), "string_type")]),
             (event(event_id=""), [(("body", "event_id"), "string_too_short")]),
             (event(contact_id="x" * 513), [(("body", "contact_id"), "string_too_long")]),
+            # 512 characters, but 2,048 bytes: ids are index keys, capped at 1,024 bytes too.
+            (event(contact_id="\U0001f600" * 512), [(("body", "contact_id"), "string_too_long")]),
+            (event(event_id="\u00e9" * 257), [(("body", "event_id"), "string_too_long")]),
+            (event(event_id="\U0001f600" * 129), [(("body", "event_id"), "string_too_long")]),
             (event(metadata=[1]), [(("body", "metadata"), "dict_type")]),
             (
                 event(user_properties={"x" * 257: 1}),

@@ -135,3 +135,15 @@ def test_operations_endpoints(client, auth):
         "profilehook_superseded_writes_total",
     ]:
         assert name in metrics
+
+
+def test_a_cursor_or_id_no_store_could_hold_is_a_clean_4xx(client, auth):
+    import base64
+
+    send(client, auth, "c1", "e1", 1, a=1)
+    applied(client, auth, "e1")
+    huge = base64.urlsafe_b64encode(b'[1000000000000000000000000000000,"x"]').decode().rstrip("=")
+    r = client.get(f"/v1/contacts/c1/history?cursor={huge}", headers=auth)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "cursor"]
+    assert client.get("/v1/contacts/c%001", headers=auth).status_code == 404
+    assert client.get("/v1/events/e%001", headers=auth).status_code == 404

@@ -12,6 +12,10 @@ MAX_PROPERTIES_PER_EVENT = 1_000
 MAX_PROPERTY_NAME_CHARS = 256
 MAX_CONTACT_ID_CHARS = 512
 MAX_EVENT_ID_CHARS = 256
+# Ids are index keys: PostgreSQL refuses an index row over 2,704 bytes, so ids are also capped
+# in UTF-8 bytes (workspace + contact_id + event_id must fit with room to spare).
+MAX_CONTACT_ID_BYTES = 1_024
+MAX_EVENT_ID_BYTES = 512
 MAX_JSON_DEPTH = 32
 # Integers a JSON consumer holds exactly (I-JSON, RFC 7493: JavaScript's safe integers).
 MAX_JSON_INT = 2**53 - 1

@@ -57,6 +57,13 @@ class BadRequest(ProfilehookError):
     status_code = 400
 
 
+class StoreRefused(ProfilehookError):
+    """The store refused this data itself (too long for an index, a value it cannot hold):
+    retrying will not help. The applier records the event as failed instead of stalling."""
+
+    status_code = 422
+
+
 class StorageUnavailable(ProfilehookError):
     """A backend cannot take or serve data right now; the client should retry."""
 

@@ -117,8 +117,12 @@ class SqliteDatabase:
                 fd = os.open(f"{self.path}-wal", os.O_RDONLY)
             except FileNotFoundError:
                 return  # nothing written since the last checkpoint, which fsyncs
+            except OSError as exc:
+                raise StorageUnavailable(f"Cannot open the WAL of {self.path.name}: {exc}") from exc
             try:
                 os.fsync(fd)
+            except OSError as exc:
+                raise StorageUnavailable(f"fsync of {self.path.name} failed: {exc}") from exc
             finally:
                 os.close(fd)
 

@@ -7,6 +7,7 @@ event_id makes that harmless, so effects happen exactly once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -18,7 +19,7 @@ from profilehook.constants import (
     APPLY_LINGER_S,
     APPLY_RETRY_BACKOFF_S,
 )
-from profilehook.errors import StorageUnavailable
+from profilehook.errors import StorageUnavailable, StoreRefused
 from profilehook.events import Event, now_us
 from profilehook.metrics import Metrics
 from profilehook.queues.base import Delivery, Queue
@@ -51,10 +52,13 @@ class Applier:
                     # each cost a commit in the store and an ack in the log, taking CPU and
                     # fsyncs from ingestion; the lag this adds is bounded by the linger.
                     await _sleep_unless(stop, APPLY_LINGER_S)
-            except StorageUnavailable as exc:
+            except Exception as exc:  # the applier must outlive any one failure
                 delay = APPLY_RETRY_BACKOFF_S[min(failures, len(APPLY_RETRY_BACKOFF_S) - 1)]
                 failures += 1
-                log.warning("applier: %s; retrying in %.2fs", exc.detail, delay)
+                if isinstance(exc, StorageUnavailable):
+                    log.warning("applier: %s; retrying in %.2fs", exc.detail, delay)
+                else:
+                    log.exception("applier: unexpected failure; retrying in %.2fs", delay)
                 await _sleep_unless(stop, delay)
         try:
             await self.flush()
@@ -73,6 +77,8 @@ class Applier:
             result = await self._apply(events)
         except StorageUnavailable:
             await self.queue.release(deliveries)  # applied again once the store is back
+            with contextlib.suppress(StorageUnavailable):
+                await self.flush()  # what was applied before need not come again
             raise
         self._unacked.extend(deliveries)
         if time.monotonic() - self._synced_at >= ACK_INTERVAL_S:
@@ -122,8 +128,13 @@ class Applier:
                 raise
             except Exception as exc:
                 log.exception("applier: event %s failed", event.event_id)
-                await self.store.record_failure(event, f"{type(exc).__name__}: {exc}")
                 self.metrics.events.labels(event.source, "failed").inc()
+                try:
+                    await self.store.record_failure(event, f"{type(exc).__name__}: {exc}")
+                except StoreRefused:
+                    # Not even its failure can be stored (its id is what the store refuses):
+                    # it cannot block the log forever; the log line above is its record.
+                    log.error("applier: event %s dropped: the store refuses it", event.event_id)
         return total
 
     def _observe(self, events: Sequence[Event], result: ApplyResult) -> None:

@@ -158,7 +158,7 @@ def _raw_tail(request: Request, prefix: str) -> str:
         value = unquote(tail, encoding="utf-8", errors="strict")
     except UnicodeDecodeError:
         value = ""
-    if not value:
+    if not value or "\x00" in value:  # no id holds NUL (refused at ingestion)
         raise NotFound("Not Found")
     return value
 
@@ -172,9 +172,12 @@ def _contact_path(request: Request) -> tuple[str, bool]:
     if not tail or "/" in tail:
         raise NotFound("Not Found")
     try:
-        return unquote(tail, encoding="utf-8", errors="strict"), is_history
+        contact_id = unquote(tail, encoding="utf-8", errors="strict")
     except UnicodeDecodeError:
         raise NotFound("Contact not found") from None
+    if "\x00" in contact_id:  # no id holds NUL (refused at ingestion)
+        raise NotFound("Contact not found")
+    return contact_id, is_history
 
 
 def _page(request: Request) -> tuple[int, Version | None]:
@@ -210,7 +213,7 @@ def _decode_cursor(raw: str) -> Version | None:
         ts_us, event_id = msgspec.json.decode(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
     except (binascii.Error, ValueError, TypeError, msgspec.DecodeError):
         return None
-    if not isinstance(ts_us, int) or not isinstance(event_id, str):
+    if type(ts_us) is not int or not 0 <= ts_us < 2**62 or not isinstance(event_id, str):
         return None
     return (ts_us, event_id)
 

@@ -106,6 +106,9 @@ class Received:
         return hashed.hexdigest()[:DIGEST_HEX_CHARS]
 
     def event(self, contact_id: str, event_id: str, ts_us: int, **fields: Any) -> Event:
+        if len(event_id.encode()) > c.MAX_EVENT_ID_BYTES:
+            # <message_id>:<user_id> can outgrow an index key: keep it deterministic, shorter.
+            event_id = "sha256:" + hashlib.sha256(event_id.encode()).hexdigest()
         return Event(
             workspace=self.workspace,
             event_id=event_id,
@@ -300,7 +303,8 @@ def segment_events(received: Received, batch: Any) -> tuple[list[Event], int]:
 def user_id(value: Any) -> str | None:
     """The contact id a user_id gives, or None when the user must be skipped."""
     if isinstance(value, str):
-        return value if 0 < len(value) <= c.MAX_CONTACT_ID_CHARS else None
+        fits = 0 < len(value) <= c.MAX_CONTACT_ID_CHARS
+        return value if fits and len(value.encode()) <= c.MAX_CONTACT_ID_BYTES else None
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     return None

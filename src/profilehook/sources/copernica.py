@@ -83,6 +83,7 @@ from profilehook.sources.problems import (
     Loc,
     Problem,
     dict_type,
+    fits_bytes,
     missing,
     string_type,
     too_long,
@@ -291,7 +292,7 @@ def _required_id(form: Mapping[str, Any], name: str, problems: list[Problem]) ->
     elif len(value) > c.MAX_CONTACT_ID_CHARS:
         problems.append(too_long(loc, value, c.MAX_CONTACT_ID_CHARS))
     else:
-        return value
+        return fits_bytes(value, loc, problems, c.MAX_CONTACT_ID_BYTES) or ""
     return ""
 
 
@@ -325,7 +326,7 @@ def _named_contact(
     elif len(value) > c.MAX_CONTACT_ID_CHARS:
         problems.append(too_long(loc, value, c.MAX_CONTACT_ID_CHARS))
     else:
-        return value
+        return fits_bytes(value, loc, problems, c.MAX_CONTACT_ID_BYTES)
     return None
 
 

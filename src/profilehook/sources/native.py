@@ -13,6 +13,7 @@ from profilehook.sources.problems import (
     Problem,
     decode_json,
     dict_type,
+    fits_bytes,
     missing,
     problem,
     required_string,
@@ -72,6 +73,7 @@ def event_from_object(value: Any, workspace: str, received_us: int, loc: Loc) ->
         return [_not_an_object(loc, value)]
     problems: list[Problem] = []
     contact_id = _required_string(value, "contact_id", loc, problems, c.MAX_CONTACT_ID_CHARS)
+    contact_id = fits_bytes(contact_id, (*loc, "contact_id"), problems, c.MAX_CONTACT_ID_BYTES)
     event_name = _required_string(value, "event_name", loc, problems, c.MAX_PROPERTY_NAME_CHARS)
     ts_us = _event_time(value, loc, problems)
     event_id = _event_id(value.get("event_id"), (*loc, "event_id"), problems)
@@ -145,7 +147,7 @@ def _event_id(value: Any, loc: Loc, problems: list[Problem]) -> str | None:
     elif len(value) > c.MAX_EVENT_ID_CHARS:
         problems.append(too_long(loc, value, c.MAX_EVENT_ID_CHARS))
     else:
-        return value
+        return fits_bytes(value, loc, problems, c.MAX_EVENT_ID_BYTES)
     return None
 
 

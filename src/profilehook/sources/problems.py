@@ -73,6 +73,22 @@ def required_string(
     return None
 
 
+def fits_bytes(value: str | None, loc: Loc, problems: list[Problem], max_bytes: int) -> str | None:
+    """``value`` when its UTF-8 form has at most ``max_bytes``; else None and a problem."""
+    if value is None or len(value) * 4 <= max_bytes or len(value.encode()) <= max_bytes:
+        return value
+    problems.append(
+        problem(
+            "string_too_long",
+            loc,
+            f"String should have at most {max_bytes} bytes in UTF-8",
+            value,
+            {"max_bytes": max_bytes},
+        )
+    )
+    return None
+
+
 def value_error(loc: Loc, value: Any, message: str) -> Problem:
     return problem("value_error", loc, f"Value error, {message}", value, {"error": message})
 

@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
 
-from profilehook.errors import ConfigurationError, StorageUnavailable
+from profilehook.errors import ConfigurationError, StorageUnavailable, StoreRefused
 from profilehook.events import Event, Version, decode_event, encode_event, now_us
 from profilehook.stores.base import (
     AliasUpdate,
@@ -137,6 +137,7 @@ class PostgresStore(Store):
         self._pool_size = pool_size
         self._pool: AsyncConnectionPool[Conn] | None = None
         self._cache: dict[tuple[str, str], Any] = {}
+        self._generation = 0  # moves on every clear: a load that straddles one is not cached
         self._listener: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
 
@@ -180,6 +181,15 @@ class PostgresStore(Store):
         try:
             async with self._pool.connection() as conn, conn.transaction():
                 return await fn(conn)
+        except (
+            psycopg.DataError,
+            psycopg.IntegrityError,
+            psycopg.errors.ProgramLimitExceeded,
+        ) as exc:
+            # The data, not the server: an outage would retry it (and what is batched with
+            # it) forever; refused, the applier isolates it and records it as failed.
+            log.error("PostgreSQL refused the data: %s", exc)
+            raise StoreRefused(f"PostgreSQL refused the data: {exc}") from exc
         except psycopg.Error as exc:
             log.error("PostgreSQL error: %s", exc)
             raise StorageUnavailable(f"PostgreSQL unavailable ({exc}), retry later") from exc
@@ -212,23 +222,29 @@ class PostgresStore(Store):
                     self.conninfo, autocommit=True
                 ) as conn:
                     await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-                    self._cache.clear()
+                    self._clear_cache()
                     self._listening.set()
                     async for _ in conn.notifies():
-                        self._cache.clear()
+                        self._clear_cache()
             except psycopg.Error as exc:
                 log.warning("catalog listener lost (%s); reconnecting", exc)
             self._listening.clear()
-            self._cache.clear()
+            self._clear_cache()
             await asyncio.sleep(1.0)
+
+    def _clear_cache(self) -> None:
+        self._cache.clear()
+        self._generation += 1
 
     async def _cached(self, key: tuple[str, str], load: Callable[[Conn], Awaitable[T]]) -> T:
         # Cached only while the listener is connected: otherwise a change could go unseen.
         if self._listening.is_set() and key in self._cache:
             result: T = self._cache[key]
             return result
+        generation = self._generation
         value = await self._run(load)
-        if self._listening.is_set():
+        # A change notified while this load ran may not be in its answer: do not keep it.
+        if self._listening.is_set() and generation == self._generation:
             self._cache[key] = value
         return value
 

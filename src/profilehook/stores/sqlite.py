@@ -1,4 +1,4 @@
-"""The embedded default profile store: a SQLite file, one row per property.
+"""The embedded default profile store: a SQLite file, one row per contact.
 
 ``apply`` runs on the writer thread in one transaction: dedupe against the history, plan each
 contact with the shared rules, write only what wins.
@@ -254,7 +254,9 @@ class SqliteStore(Store):
         self, workspace: str, source_id: str, profile_id: str, contact_id: str, version: Version
     ) -> AliasUpdate:
         key = (workspace, source_id, profile_id)
-        return await self.db.write(lambda conn: _put_alias(conn, key, contact_id, version))
+        update = await self.db.write(lambda conn: _put_alias(conn, key, contact_id, version))
+        await self.db.fsync_wal()  # answered before the applier's next sync: durable now
+        return update
 
     async def park_until_alias(self, source_id: str, profile_id: str, event: Event) -> str | None:
         key = (event.workspace, source_id, profile_id)
@@ -269,7 +271,10 @@ class SqliteStore(Store):
                 )
             return contact
 
-        return await self.db.write(park)
+        contact = await self.db.write(park)
+        if contact is None:
+            await self.db.fsync_wal()  # a parked event is not in the log: durable before 200
+        return contact
 
     async def unpark(
         self, workspace: str, source_id: str, profile_id: str, event_ids: Sequence[str]

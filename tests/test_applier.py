@@ -1,0 +1,110 @@
+"""The applier outlives failures: nothing it could not apply blocks the log or stops it."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from profilehook.errors import StoreRefused
+from profilehook.events import Event
+from profilehook.metrics import Metrics
+from profilehook.queues.memory import MemoryQueue
+from profilehook.stores.base import ApplyResult
+from profilehook.stores.sqlite import SqliteStore
+from profilehook.worker import Applier
+from tests.support import (
+    POSTGRES_URL,
+    drop_schema,
+    event,
+    postgres_url,
+    require_server,
+    unique_schema,
+)
+
+
+class FlakySyncStore(SqliteStore):
+    """A SQLite store whose first sync fails the way an fsync can (EMFILE, EIO)."""
+
+    failures = 1
+
+    async def sync(self) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise OSError(24, "Too many open files")
+        await super().sync()
+
+
+async def test_given_an_unexpected_failure_when_running_then_the_applier_carries_on(
+    tmp_path: Path,
+) -> None:
+    queue, store = MemoryQueue(), FlakySyncStore(tmp_path / "p.sqlite3")
+    await store.open()
+    applier = Applier(queue, store, Metrics(), 100)
+    stop = asyncio.Event()
+    task = asyncio.create_task(applier.run(stop))
+    try:
+        await queue.publish([event(event_id="e1", a=1)])
+        await queue.publish([event(event_id="e2", a=2, ts_us=2_000_000)])
+        for _ in range(500):
+            if await queue.depth() == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert not task.done(), "the applier task must survive the failed sync"
+        assert await queue.depth() == 0
+        found = await store.get_contact("acme", "c1")
+        assert found is not None and found.properties == {"a": 2}
+    finally:
+        stop.set()
+        await task
+        await store.close()
+
+
+class RefusingStore(SqliteStore):
+    """Refuses one event id as PostgreSQL refuses an over-long index key."""
+
+    async def apply(self, events: Sequence[Event]) -> ApplyResult:
+        if any(e.event_id == "poison" for e in events):
+            raise StoreRefused("index row size exceeds maximum")
+        return await super().apply(events)
+
+
+async def test_given_an_event_the_store_refuses_then_the_rest_of_its_batch_is_applied(
+    tmp_path: Path,
+) -> None:
+    queue, store = MemoryQueue(), RefusingStore(tmp_path / "p.sqlite3")
+    await store.open()
+    try:
+        await queue.publish([event(event_id="ok-1", a=1), event(event_id="poison", b=2)])
+        assert await Applier(queue, store, Metrics(), 100).drain() == 2
+        assert await queue.depth() == 0
+        assert (await store.get_event("acme", "ok-1")).status == "applied"  # type: ignore[union-attr]
+        failed = await store.get_event("acme", "poison")
+        assert failed is not None and failed.status == "failed"
+        assert "index row size" in (failed.error or "")
+    finally:
+        await store.close()
+
+
+@pytest.mark.slow
+async def test_given_an_id_postgresql_cannot_index_then_it_is_refused_not_an_outage() -> None:
+    """Before the ingest byte caps, such an event stalled the whole applier on PostgreSQL."""
+    require_server(POSTGRES_URL, 5432)
+    from profilehook.stores.postgres import PostgresStore
+
+    schema = unique_schema()
+    store = PostgresStore(postgres_url(schema))
+    await store.open()
+    try:
+        # Random text does not compress: the index row really is over PostgreSQL's 2,704 bytes.
+        huge = event(contact_id="c", event_id=base64.b64encode(os.urandom(3_000)).decode(), a=1)
+        with pytest.raises(StoreRefused):
+            await store.apply([huge])
+        assert (await store.apply([event(event_id="ok-3", a=1)])).applied == 1
+    finally:
+        await store.close()
+        drop_schema(schema)
