@@ -6,6 +6,7 @@ Only this module configures logging.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -325,6 +326,48 @@ def rebuild(ctx: click.Context) -> None:
 
     count = _run(run())
     click.echo(f"Rebuilt profiles from {count} events")
+
+
+@main.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--workspace", required=True, help="The workspace the events belong to.")
+@click.option("--json", "as_json", is_flag=True, help='Print {"accepted", "rejected", "problems"}.')
+@click.pass_context
+def import_cmd(ctx: click.Context, file: Path, workspace: str, as_json: bool) -> None:
+    """Backfill a JSONL file (one POST /v1/properties body a line) into the durable log.
+
+    Lines are checked alone; valid ones are stored and applied by event time (a historical
+    import never overwrites newer values), invalid ones reported. Exit code 1 if any was.
+
+    \b
+    Example:
+      profilehook import history.jsonl --workspace acme
+    """
+    from rich.progress import Progress
+
+    from profilehook.backfill import import_jsonl
+
+    async def run() -> Any:
+        async with running(_settings(ctx)) as services:
+            with Progress(transient=True, disable=as_json) as bar:
+                task = bar.add_task(f"Importing {file.name}", total=file.stat().st_size)
+                return await import_jsonl(
+                    services.queue,
+                    file,
+                    workspace,
+                    lambda done, total: bar.update(task, completed=done, total=total),
+                )
+
+    result = _run(run())
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(result)))
+    else:
+        click.echo(f"Imported {result.accepted} events; {result.rejected} lines refused")
+        for refused in result.problems[:10]:
+            first = refused["detail"][0]
+            click.echo(f"  line {refused['line']}: {first['msg']} at {first['loc'][2:]}")
+    if result.rejected:
+        sys.exit(1)
 
 
 @main.command()
