@@ -275,48 +275,21 @@ def histogram_quantile(buckets: dict[str, float], q: float) -> float:
 # -- scenarios -------------------------------------------------------------------------------
 
 
+def uvicorn_app(name: str, target: str, env: dict[str, str]) -> Server:
+    """An ASGI app under uvicorn with the settings ``profilehook serve`` uses."""
+    argv = [str(BIN / "uvicorn"), target, "--port", "{port}", "--loop", "uvloop"]
+    argv += ["--http", "httptools", "--no-access-log", "--log-level", "warning"]
+    return Server(name, argv, env)
+
+
 def scenario_a(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
-    app = Server(
-        "ceiling",
-        [
-            str(BIN / "uvicorn"),
-            "benchmarks.apps.ceiling:app",
-            "--port",
-            "{port}",
-            "--loop",
-            "uvloop",
-            "--http",
-            "httptools",
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ],
-        dict(os.environ),
-    )
-    with running(app):
+    with running(uvicorn_app("ceiling", "benchmarks.apps.ceiling:app", dict(os.environ))) as app:
         return measured(app, lua(tmp / "a.lua", EVENT, "x"), args.duration)
 
 
 def scenario_b(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     env = {**os.environ, "NAIVE_DB": str(tmp / "naive.sqlite3")}
-    app = Server(
-        "naive",
-        [
-            str(BIN / "uvicorn"),
-            "benchmarks.apps.naive:app",
-            "--port",
-            "{port}",
-            "--loop",
-            "uvloop",
-            "--http",
-            "httptools",
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ],
-        env,
-    )
-    with running(app):
+    with running(uvicorn_app("naive", "benchmarks.apps.naive:app", env)) as app:
         return measured(app, lua(tmp / "b.lua", EVENT, "x"), args.duration)
 
 
