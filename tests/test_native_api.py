@@ -7,16 +7,11 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
+from profilehook.cli import SEED_EVENT
 from tests.support import wait_until
 
-SEED = {
-    "contact_id": "user123",
-    "event_name": "aampe_property_update",
-    "time": 1672531200,
-    "event_id": "e3b0c442-98fc-4e4e-a83f-5f7d7edc2f38",
-    "user_properties": {"subscription_status": "active", "last_login": 1672531200},
-    "metadata": {"platform": "web", "browser": "Chrome"},
-}
+# The seed document's example event, as the quick start prints it.
+SEED = SEED_EVENT
 
 
 def event(**fields: Any) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from profilehook.errors import ProfilehookError, StorageUnavailable
+from profilehook.errors import StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -225,9 +225,10 @@ def _translate(exc: BaseException, path: Path) -> BaseException:
     if isinstance(exc, sqlite3.Error):
         log.error("SQLite error on %s: %s", path, exc)
         return StorageUnavailable(f"Storage unavailable ({path.name}: {exc}), retry later")
-    if isinstance(exc, ProfilehookError | Exception):
-        return exc
-    return StorageUnavailable(f"Storage unavailable ({exc!r})")  # e.g. MemoryError's siblings
+    if isinstance(exc, Exception):
+        return exc  # a job's own error (ProfilehookError included) goes back unchanged
+    # KeyboardInterrupt and the like, caught on the writer thread: report, don't re-raise there.
+    return StorageUnavailable(f"Storage unavailable ({exc!r})")
 
 
 def _translated(fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection, path: Path) -> T:

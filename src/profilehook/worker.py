@@ -34,7 +34,6 @@ class Applier:
         self.store = store
         self.metrics = metrics
         self.batch_max_events = batch_max_events
-        self.applied_total = 0
         self._unacked: list[Delivery] = []  # applied, acknowledged after the next store sync
         self._synced_at = time.monotonic()
 
@@ -139,7 +138,6 @@ class Applier:
 
     def _observe(self, events: Sequence[Event], result: ApplyResult) -> None:
         now = now_us()
-        self.applied_total += len(events)
         self.metrics.apply_lag.observe_many(
             max(0, now - event.received_us) / 1_000_000 for event in events
         )
@@ -157,6 +155,3 @@ async def _sleep_unless(stop: asyncio.Event, delay_s: float) -> None:
         await asyncio.wait_for(stop.wait(), delay_s)
     except TimeoutError:
         return
-
-
-__all__ = ["Applier", "Delivery"]
