@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 MAX_JOBS_PER_COMMIT = 4_096
+MAX_ROWS_PER_STATEMENT = 256  # multi-row inserts; each distinct row count is prepared once
 BUSY_TIMEOUT_MS = 5_000
 
 
@@ -39,7 +40,12 @@ class _Job:
 def connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
     """A connection with the pragmas every profilehook database uses."""
     try:
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(
+            path,
+            isolation_level=None,
+            check_same_thread=False,
+            cached_statements=2 * MAX_ROWS_PER_STATEMENT,
+        )
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={synchronous}")
@@ -198,9 +204,25 @@ def _run_jobs(conn: sqlite3.Connection, batch: list[_Job]) -> list[Any]:
         results.append(None)
         following = batch[i + 1] if i + 1 < len(batch) else None
         if following is None or following.fn is not None or following.sql != job.sql:
-            conn.executemany(job.sql, pending)
+            insert_rows(conn, job.sql, pending)
             pending = []
     return results
+
+
+def insert_rows(conn: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]]) -> None:
+    """``conn.executemany(sql, rows)`` for an ``INSERT … VALUES (?, …)``, in multi-row statements.
+
+    executemany runs one SQLite step per row, and Python's sqlite3 releases and retakes the GIL
+    around each: with the event loop holding the GIL, every retake waits for it, so a commit of
+    a hundred events stalled ingestion a hundred times. One statement of many rows takes it once.
+    """
+    head, _, values = sql.rpartition("VALUES")
+    for start in range(0, len(rows), MAX_ROWS_PER_STATEMENT):
+        chunk = rows[start : start + MAX_ROWS_PER_STATEMENT]
+        conn.execute(
+            f"{head}VALUES {', '.join([values.strip()] * len(chunk))}",
+            [value for row in chunk for value in row],
+        )
 
 
 def _settle(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
