@@ -96,7 +96,7 @@ def cap_pages(conn: sqlite3.Connection, pages: int | None = None) -> None:
 @pytest.fixture
 def ingest_only(settings: Settings) -> Iterator[TestClient]:
     """The app without its applier, so that the log only grows."""
-    with TestClient(create_app(settings, run_applier=False), raise_server_exceptions=False) as c:
+    with TestClient(create_app(settings, applies_in="nowhere"), raise_server_exceptions=False) as c:
         yield c
 
 

@@ -144,6 +144,19 @@ async def test_given_more_events_than_max_events_then_fetch_pages_through_them_i
     assert pages == [["e000", "e001"], ["e002", "e003"], ["e004"], []]
 
 
+async def test_given_one_publish_of_thousands_then_it_comes_back_whole_and_in_order(
+    backend: QueueBackend,
+) -> None:
+    # As an Amplitude cohort of 10,000 users does: more than one row, page or message batch.
+    events = numbered(2_500)
+    await backend.queue.publish(events)
+
+    delivered = await fetch_all(backend.queue, 2_500, NO_WAIT_S)
+
+    assert [d.event for d in delivered] == events
+    assert await backend.queue.depth() == 2_500
+
+
 async def test_given_an_empty_log_when_fetching_then_it_waits_up_to_wait_s_and_returns_nothing(
     backend: QueueBackend,
 ) -> None:

@@ -15,7 +15,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -25,6 +25,9 @@ from profilehook.errors import ProfilehookError
 from profilehook.events import iso, now_us
 from profilehook.service import running
 from profilehook.settings import Settings
+
+if TYPE_CHECKING:
+    from profilehook.api.app import AppliesIn
 
 T = TypeVar("T")
 
@@ -101,7 +104,7 @@ def serve(
     settings = _settings(ctx, host=host, port=port)
     if quickstart:
         click.echo(_run(_quickstart_text(settings)))
-    app = create_app(settings, run_applier=not no_applier)
+    app = create_app(settings, _applies_in(settings, no_applier))
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -118,6 +121,14 @@ def serve(
     server.run()
     if not server.started:
         sys.exit(1)
+
+
+def _applies_in(settings: Settings, no_applier: bool) -> AppliesIn:
+    """A child process, unless told not to apply, or unless a backend lives only in memory."""
+    if no_applier:
+        return "nowhere"
+    in_memory = any(url.startswith("memory:") for url in (settings.queue_url, settings.store_url))
+    return "task" if in_memory else "process"
 
 
 async def _quickstart_text(settings: Settings) -> str:
@@ -156,14 +167,16 @@ async def _quickstart_text(settings: Settings) -> str:
     type=int,
     help="Serve this worker's Prometheus metrics (apply lag, applied, duplicates) on this port.",
 )
+@click.option("--report-to-parent", is_flag=True, hidden=True)
 @click.pass_context
-def worker(ctx: click.Context, metrics_port: int | None) -> None:
+def worker(ctx: click.Context, metrics_port: int | None, report_to_parent: bool) -> None:
     """Run only the applier (queue -> store) until interrupted.
 
     \b
     Example:
       PROFILEHOOK_QUEUE_URL=... PROFILEHOOK_STORE_URL=... profilehook worker --metrics-port 9100
     """
+    from profilehook.applier_process import ParentLink
     from profilehook.worker import Applier
 
     settings = _settings(ctx)
@@ -178,10 +191,18 @@ def worker(ctx: click.Context, metrics_port: int | None) -> None:
                 from prometheus_client import start_http_server
 
                 start_http_server(metrics_port, settings.host, registry=services.metrics.registry)
+            # As the applier process of `serve` (applier_process.py): stop when the server does.
+            link = ParentLink(services.metrics, stop) if report_to_parent else None
+            if link is not None:
+                await link.open()
             applier = Applier(
                 services.queue, services.store, services.metrics, settings.apply_batch_max_events
             )
-            await applier.run(stop)
+            try:
+                await applier.run(stop)
+            finally:
+                if link is not None:
+                    link.close()
 
     _run(work())
 

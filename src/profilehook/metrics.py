@@ -6,9 +6,11 @@ import threading
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 
+import msgspec
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 LAG_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
@@ -52,6 +54,65 @@ class Metrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
+    def applier_totals(self) -> ApplierTotals:
+        """Everything an applier has counted so far (what its process reports to ``serve``)."""
+        events: dict[str, dict[str, float]] = {}
+        for sample in _samples(self.events, "_total"):
+            source, outcome = sample.labels["source"], sample.labels["outcome"]
+            if outcome in APPLIER_OUTCOMES:
+                events.setdefault(source, {})[outcome] = sample.value
+        counts, total = self.apply_lag.totals()
+        return ApplierTotals(
+            events=events,
+            superseded=_value(self.superseded, "_total"),
+            batches=_value(self.apply_batches, "_total"),
+            lag_counts=counts,
+            lag_sum=total,
+        )
+
+    def add_applier_progress(self, before: ApplierTotals | None, after: ApplierTotals) -> None:
+        """Add what an applier process counted between two of its reports."""
+        before = before or ApplierTotals()
+        for source, outcomes in after.events.items():
+            for outcome, count in outcomes.items():
+                grown = count - before.events.get(source, {}).get(outcome, 0.0)
+                if grown > 0:
+                    self.events.labels(source, outcome).inc(grown)
+        if after.superseded > before.superseded:
+            self.superseded.inc(after.superseded - before.superseded)
+        if after.batches > before.batches:
+            self.apply_batches.inc(after.batches - before.batches)
+        old = before.lag_counts or [0] * len(after.lag_counts)
+        self.apply_lag.add(
+            [a - b for a, b in zip(after.lag_counts, old, strict=True)],
+            after.lag_sum - before.lag_sum,
+        )
+
+
+APPLIER_OUTCOMES = ("applied", "duplicate", "failed")
+
+
+class ApplierTotals(msgspec.Struct, frozen=True):
+    """An applier's counts since it started: a running total per metric, so a lost report
+    loses nothing (the next one carries it), and a new process starts again from zero."""
+
+    events: dict[str, dict[str, float]] = {}  # source -> outcome -> count
+    superseded: float = 0.0
+    batches: float = 0.0
+    lag_counts: list[int] = []  # per bucket of LAG_BUCKETS_S, then +Inf
+    lag_sum: float = 0.0
+
+
+def _samples(metric: Counter, suffix: str) -> Iterator[Sample]:
+    for family in metric.collect():
+        for sample in family.samples:
+            if sample.name == family.name + suffix:
+                yield sample
+
+
+def _value(metric: Counter, suffix: str) -> float:
+    return sum(sample.value for sample in _samples(metric, suffix))
+
 
 class BatchHistogram(Collector):
     """A Prometheus histogram that takes a whole batch of observations under one lock.
@@ -75,6 +136,17 @@ class BatchHistogram(Collector):
             total += value
         with self._lock:
             self._counts = [a + b for a, b in zip(self._counts, local, strict=True)]
+            self._sum += total
+
+    def totals(self) -> tuple[list[int], float]:
+        """The count in each bucket (not cumulative; the last is +Inf) and the sum."""
+        with self._lock:
+            return list(self._counts), self._sum
+
+    def add(self, counts: list[int], total: float) -> None:
+        """Add observations counted elsewhere (``totals`` of another histogram)."""
+        with self._lock:
+            self._counts = [a + b for a, b in zip(self._counts, counts, strict=True)]
             self._sum += total
 
     def collect(self) -> Iterator[HistogramMetricFamily]:

@@ -82,6 +82,11 @@ class Settings:
             for f in fields(self)
         ]
 
+    def to_env(self) -> dict[str, str]:
+        """The ``PROFILEHOOK_*`` variables that make ``from_env`` give these settings again
+        (how ``serve`` hands its settings, flags included, to its applier process)."""
+        return {ENV_PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in fields(self)}
+
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 

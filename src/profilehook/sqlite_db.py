@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_JOBS_PER_COMMIT = 4_096
 MAX_ROWS_PER_STATEMENT = 256  # multi-row inserts; each distinct row count is prepared once
+MAX_RECORDS_PER_ROW = 2_000  # appends joined in one row
 BUSY_TIMEOUT_MS = 5_000
 
 
@@ -33,8 +34,8 @@ BUSY_TIMEOUT_MS = 5_000
 class _Job:
     fn: Callable[[sqlite3.Connection], Any] | None
     future: asyncio.Future[Any]
-    sql: str = ""  # with ``rows``: an insert that joins its neighbours' in one executemany
-    rows: list[tuple[Any, ...]] | None = None
+    sql: str = ""  # with ``records``: an append that joins its neighbours' in one row
+    records: list[bytes] | None = None
 
 
 def connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
@@ -106,13 +107,15 @@ class SqliteDatabase:
         self._jobs.put(_Job(fn, future))
         return await future
 
-    async def insert(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
-        """Run ``sql`` for every row, committed before returning. Concurrent inserts with the
-        same statement share one ``executemany`` as well as the commit (the ingest hot path)."""
+    async def append(self, sql: str, records: list[bytes]) -> None:
+        """Store ``records`` (byte strings), committed before returning: ``sql`` runs with the
+        parameters ``(count, concatenated records)`` for each row of up to
+        ``MAX_RECORDS_PER_ROW``. Appends with the same statement that arrive together share
+        rows as well as the commit: this is the ingest hot path."""
         if self._writer is None or self._loop is None:
             raise StorageUnavailable(f"{self.path.name} is not open")
         future: asyncio.Future[None] = self._loop.create_future()
-        self._jobs.put(_Job(None, future, sql, rows))
+        self._jobs.put(_Job(None, future, sql, records))
         await future
 
     async def fsync_wal(self) -> None:
@@ -179,9 +182,15 @@ class SqliteDatabase:
         self, conn: sqlite3.Connection, batch: list[_Job]
     ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            results = _run_jobs(conn, batch)
-            conn.execute("COMMIT")
+            if (rows := _single_row(batch)) is not None:
+                # One statement outside a transaction commits by itself: one SQLite step, so
+                # this thread takes the GIL back once, not once each for BEGIN, it and COMMIT.
+                conn.execute(batch[0].sql, rows)
+                results: list[Any] = [None] * len(batch)
+            else:
+                conn.execute("BEGIN IMMEDIATE")
+                results = _run_jobs(conn, batch)
+                conn.execute("COMMIT")
         except BaseException as exc:
             _rollback(conn)
             if len(batch) > 1:
@@ -191,20 +200,34 @@ class SqliteDatabase:
         return [(job.future, result, None) for job, result in zip(batch, results, strict=True)]
 
 
+def _single_row(batch: list[_Job]) -> tuple[int, bytes] | None:
+    """The row parameters when the whole batch is appends with one statement that fit one row."""
+    sql, count = batch[0].sql, 0
+    for job in batch:
+        if job.records is None or job.sql != sql:
+            return None
+        count += len(job.records)
+    if count > MAX_RECORDS_PER_ROW:
+        return None
+    return count, b"".join([record for job in batch for record in job.records or ()])
+
+
 def _run_jobs(conn: sqlite3.Connection, batch: list[_Job]) -> list[Any]:
-    """Each job's result, in order; runs of inserts of one statement go in one executemany."""
+    """Each job's result, in order; runs of appends of one statement share rows."""
     results: list[Any] = []
-    pending: list[tuple[Any, ...]] = []
+    pending: list[bytes] = []
     for i, job in enumerate(batch):
-        if job.fn is not None:
+        if job.records is None:
+            assert job.fn is not None
             results.append(job.fn(conn))
             continue
-        assert job.rows is not None
-        pending.extend(job.rows)
+        pending.extend(job.records)
         results.append(None)
         following = batch[i + 1] if i + 1 < len(batch) else None
-        if following is None or following.fn is not None or following.sql != job.sql:
-            insert_rows(conn, job.sql, pending)
+        if following is None or following.records is None or following.sql != job.sql:
+            for start in range(0, len(pending), MAX_RECORDS_PER_ROW):
+                chunk = pending[start : start + MAX_RECORDS_PER_ROW]
+                conn.execute(job.sql, (len(chunk), b"".join(chunk)))
             pending = []
     return results
 

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from typing import Literal
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -19,6 +20,7 @@ from profilehook.api.ingest import Handler, ingest_handlers
 from profilehook.api.responses import error_body, error_response
 from profilehook.api.routes import read_routes
 from profilehook.api.webhooks import PATH_PREFIX, webhook_handler
+from profilehook.applier_process import ApplierProcess
 from profilehook.errors import ProfilehookError
 from profilehook.service import Services
 from profilehook.settings import Settings
@@ -26,12 +28,18 @@ from profilehook.worker import Applier
 
 log = logging.getLogger(__name__)
 
+AppliesIn = Literal["process", "task", "nowhere"]
+"""Where ``serve`` applies the log to the store: a child process (``serve``'s default, see
+applier_process.py), a task of the server's own event loop (in-memory backends, tests), or
+nowhere (``--no-applier``: ``profilehook worker`` processes do it)."""
+
 
 class ProfilehookApp:
     """Dispatches the two ingest POSTs without Starlette's routing; all else goes to Starlette."""
 
-    def __init__(self, services: Services, run_applier: bool = True):
+    def __init__(self, services: Services, applies_in: AppliesIn = "task"):
         self.services = services
+        self.applies_in = applies_in
         self.applier = Applier(
             services.queue,
             services.store,
@@ -48,7 +56,7 @@ class ProfilehookApp:
         ] + [Route(PATH_PREFIX + "{source_id}", _AsgiEndpoint(self._webhooks), methods=["POST"])]
         self._starlette = Starlette(
             routes=ingest_routes + read_routes(services, self.deadlines),
-            lifespan=self._lifespan if run_applier else self._lifespan_without_applier,
+            lifespan=self._lifespan,
             exception_handlers={
                 HTTPException: _http_exception,
                 ProfilehookError: _profilehook_error,
@@ -71,21 +79,19 @@ class ProfilehookApp:
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         await self.services.open()
         stop = asyncio.Event()
-        task = asyncio.create_task(self.applier.run(stop), name="applier")
+        task = None
+        if self.applies_in == "task":
+            task = asyncio.create_task(self.applier.run(stop), name="applier")
+        elif self.applies_in == "process":
+            process = ApplierProcess(self.services.settings, self.services.metrics)
+            task = asyncio.create_task(process.run(stop), name="applier-process")
         try:
             yield
         finally:
             stop.set()
-            with suppress(asyncio.CancelledError):
-                await task
-            await self.services.close()
-
-    @asynccontextmanager
-    async def _lifespan_without_applier(self, app: Starlette) -> AsyncIterator[None]:
-        await self.services.open()
-        try:
-            yield
-        finally:
+            if task is not None:
+                with suppress(asyncio.CancelledError):
+                    await task
             await self.services.close()
 
 
@@ -99,9 +105,9 @@ class _AsgiEndpoint:
         await self.handler(scope, receive, send)
 
 
-def create_app(settings: Settings, run_applier: bool = True) -> ProfilehookApp:
+def create_app(settings: Settings, applies_in: AppliesIn = "task") -> ProfilehookApp:
     """The app for ``settings``; backends open in its lifespan. Raises ``ConfigurationError``."""
-    return ProfilehookApp(Services.from_settings(settings), run_applier)
+    return ProfilehookApp(Services.from_settings(settings), applies_in)
 
 
 async def _http_exception(request: Request, exc: Exception) -> Response:

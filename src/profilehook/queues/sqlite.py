@@ -7,27 +7,36 @@ Acknowledged events are removed from the log; the store keeps the history. One c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from profilehook.events import Event, decode_event, encode_event
+import msgspec
+
+from profilehook.events import Event, encode_event
 from profilehook.queues.base import Delivery, Queue
 from profilehook.sqlite_db import SqliteDatabase
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS log (
+-- One row per group commit: the events of every publish that shared it, each encoded
+-- (msgpack), one after the other. A row is written in one SQLite step, and read whole.
+CREATE TABLE IF NOT EXISTS batches (
     seq INTEGER PRIMARY KEY,
-    workspace TEXT NOT NULL,
-    event_id TEXT NOT NULL,
+    events INTEGER NOT NULL,
     body BLOB NOT NULL
 );
+-- seq: the position (see SqliteQueue) of the last event acknowledged.
 CREATE TABLE IF NOT EXISTS cursors (name TEXT PRIMARY KEY, seq INTEGER NOT NULL);
-INSERT OR IGNORE INTO cursors (name, seq) VALUES ('applier', 0);
+INSERT OR IGNORE INTO cursors (name, seq) VALUES ('applier_position', 0);
 """
 
 
 class SqliteQueue(Queue):
+    """A delivery's token is its position in the log, ``seq << INDEX_BITS | index in its row``;
+    the cursor in the file is the position of the last event acknowledged."""
+
     def __init__(self, path: Path):
         self.db = SqliteDatabase(path, SCHEMA)
         self._delivered = 0
@@ -41,22 +50,29 @@ class SqliteQueue(Queue):
         await self.db.close()
 
     async def publish(self, events: Sequence[Event]) -> None:
-        rows = [(e.workspace, e.event_id, encode_event(e)) for e in events]
-        await self.db.insert(_APPEND, rows)
+        await self.db.append(_APPEND, [encode_event(e) for e in events])
         self._wake.set()
 
     async def fetch(self, max_events: int, wait_s: float) -> list[Delivery]:
-        self._wake.clear()
-        rows = await self.db.read(lambda conn: _rows_after(conn, self._delivered, max_events))
-        if not rows:
-            try:
-                await asyncio.wait_for(self._wake.wait(), wait_s)
-            except TimeoutError:
-                return []
-            rows = await self.db.read(lambda conn: _rows_after(conn, self._delivered, max_events))
-        if rows:
-            self._delivered = rows[-1][0]
-        return [Delivery(decode_event(body), seq) for seq, body in rows]
+        deadline = time.monotonic() + wait_s
+        while True:
+            self._wake.clear()
+            rows = await self.db.read(lambda conn: _rows_from(conn, self._delivered, max_events))
+            if rows or time.monotonic() >= deadline:
+                break
+            # Woken at once by a publish in this process; appends by another process (the
+            # server, when this is its applier process) are seen within POLL_INTERVAL_S.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), POLL_INTERVAL_S)
+        deliveries: list[Delivery] = []
+        for seq, count, body in rows:
+            first = seq << INDEX_BITS
+            for index, event in enumerate(_decode(count, body)):
+                if first + index > self._delivered and len(deliveries) < max_events:
+                    deliveries.append(Delivery(event, first + index))
+        if deliveries:
+            self._delivered = deliveries[-1].token
+        return deliveries
 
     async def release(self, deliveries: Sequence[Delivery]) -> None:
         # Without this, the next fetch would start after them and a later ack would delete
@@ -67,46 +83,87 @@ class SqliteQueue(Queue):
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
         if not deliveries:
             return
-        upto = max(d.token for d in deliveries)
+        last = max(d.token for d in deliveries)
 
         def advance(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "UPDATE cursors SET seq = ? WHERE name = 'applier' AND seq < ?", (upto, upto)
+                "UPDATE cursors SET seq = ? WHERE name = 'applier_position' AND seq < ?", (last, last)
             )
-            conn.execute(
-                "DELETE FROM log WHERE seq < ?", (upto,)
-            )  # keep the top row: rowids never go back
+            # Rows before the cursor's are done. Its own row stays: so does the top row,
+            # and rowids never go back.
+            conn.execute("DELETE FROM batches WHERE seq < ?", (last >> INDEX_BITS,))
 
         await self.db.write(advance)
 
     async def find(self, workspace: str, event_id: str) -> Event | None:
-        def lookup(conn: sqlite3.Connection) -> bytes | None:
-            row = conn.execute(
-                "SELECT body FROM log WHERE seq > (SELECT seq FROM cursors WHERE name = 'applier')"
-                " AND event_id = ? AND workspace = ? LIMIT 1",
-                (event_id, workspace),
-            ).fetchone()
-            return None if row is None else row[0]
+        def lookup(conn: sqlite3.Connection) -> tuple[int, list[tuple[int, int, bytes]]]:
+            cursor = _cursor(conn)
+            # instr() skips, in SQLite's C, every row that cannot hold the id.
+            return cursor, conn.execute(
+                "SELECT seq, events, body FROM batches WHERE seq >= ? AND instr(body, ?) > 0",
+                (cursor >> INDEX_BITS, event_id.encode()),
+            ).fetchall()
 
-        body = await self.db.read(lookup)
-        return None if body is None else decode_event(body)
+        cursor, rows = await self.db.read(lookup)
+        for seq, count, body in rows:
+            for index, event in enumerate(_decode(count, body)):
+                found = event.event_id == event_id and event.workspace == workspace
+                if found and seq << INDEX_BITS | index > cursor:
+                    return event
+        return None
 
     async def depth(self) -> int:
         def count(conn: sqlite3.Connection) -> int:
-            top = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM log").fetchone()[0]
-            return max(0, int(top) - _cursor(conn))
+            cursor = _cursor(conn)
+            seq, index = cursor >> INDEX_BITS, cursor & INDEX_MASK
+            total, done = conn.execute(
+                "SELECT COALESCE(SUM(events), 0), COALESCE(SUM(seq = ?) * (? + 1), 0)"
+                " FROM batches WHERE seq >= ?",
+                (seq, index, seq),
+            ).fetchone()
+            return max(0, int(total) - int(done))
 
         return await self.db.read(count)
 
 
-_APPEND = "INSERT INTO log (workspace, event_id, body) VALUES (?, ?, ?)"
+POLL_INTERVAL_S = 0.02
+INDEX_BITS = 20  # a row holds at most MAX_RECORDS_PER_ROW (2,000) events
+INDEX_MASK = (1 << INDEX_BITS) - 1
+_APPEND = "INSERT INTO batches (events, body) VALUES (?, ?)"
+_decode_events = msgspec.msgpack.Decoder(list[Event]).decode
+
+
+def _decode(count: int, body: bytes) -> list[Event]:
+    """The events of a row: its records are one msgpack array once the array's header is put
+    in front. Raises ``msgspec.DecodeError`` on a corrupt row."""
+    if count < 16:
+        header = bytes([0x90 | count])
+    elif count < 2**16:
+        header = b"\xdc" + count.to_bytes(2, "big")
+    else:
+        header = b"\xdd" + count.to_bytes(4, "big")
+    return _decode_events(header + body)
 
 
 def _cursor(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("SELECT seq FROM cursors WHERE name = 'applier'").fetchone()[0])
+    return int(conn.execute("SELECT seq FROM cursors WHERE name = 'applier_position'").fetchone()[0])
 
 
-def _rows_after(conn: sqlite3.Connection, seq: int, limit: int) -> list[tuple[int, bytes]]:
-    return conn.execute(
-        "SELECT seq, body FROM log WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
-    ).fetchall()
+def _rows_from(
+    conn: sqlite3.Connection, position: int, max_events: int
+) -> list[tuple[int, int, bytes]]:
+    """The rows holding the next ``max_events`` events after ``position`` (the first may be
+    the rest of a row delivered in part)."""
+    seq, index = position >> INDEX_BITS, position & INDEX_MASK
+    rows, events = [], 0
+    for row in conn.execute(
+        "SELECT seq, events, body FROM batches WHERE seq >= ? ORDER BY seq", (seq,)
+    ):
+        left = row[1] - (index + 1 if row[0] == seq else 0)
+        if left <= 0:
+            continue
+        rows.append(row)
+        events += left
+        if events >= max_events:
+            break
+    return rows

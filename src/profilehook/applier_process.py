@@ -1,0 +1,147 @@
+"""The embedded applier as a child process of ``serve``: started, watched, restarted, stopped.
+
+Why a process: the applier's work (decoding, planning, msgpack, SQLite calls) needs the GIL that
+the event loop needs to answer requests. In the same process it took half of the ingest
+throughput on two cores; as a child it runs beside the server on the other core, and at a
+lower CPU priority, so that answering clients comes first and applying uses the time left.
+
+The child is ``profilehook worker --report-to-parent`` with the server's settings. It stops
+when its standard input closes (the server stopping, or dying: even a ``kill -9`` closes the
+pipe), after acknowledging what it applied. On its standard output it writes one JSON line of
+``ApplierTotals`` every ``REPORT_INTERVAL_S``, which the server adds to its own ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from asyncio.subprocess import PIPE, Process
+
+import msgspec
+
+from profilehook.metrics import ApplierTotals, Metrics
+from profilehook.settings import Settings
+
+log = logging.getLogger(__name__)
+
+REPORT_INTERVAL_S = 0.25
+RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
+STOP_TIMEOUT_S = 15.0  # to finish a batch and acknowledge it, before the child is killed
+NICENESS = 5  # below the server's priority; ~1/3 of a contended core, all of an idle one
+
+_decode_totals = msgspec.json.Decoder(ApplierTotals).decode
+
+
+class ApplierProcess:
+    """Runs the applier in a child process until ``stop``, restarting it when it dies."""
+
+    def __init__(self, settings: Settings, metrics: Metrics):
+        self.settings = settings
+        self.metrics = metrics
+
+    async def run(self, stop: asyncio.Event) -> None:
+        failures = 0
+        while not stop.is_set():
+            proc = await self._spawn()
+            code = await self._supervise(proc, stop)
+            if stop.is_set():
+                return
+            delay = RESTART_BACKOFF_S[min(failures, len(RESTART_BACKOFF_S) - 1)]
+            failures += 1
+            log.error("applier process exited with code %s; restarting in %.1fs", code, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+
+    async def _spawn(self) -> Process:
+        env = {**os.environ, **self.settings.to_env()}
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "profilehook",
+            "worker",
+            "--report-to-parent",
+            env=env,
+            stdin=PIPE,
+            stdout=PIPE,
+            # Its own session: a Ctrl-C in the terminal stops the server, which stops the child.
+            start_new_session=True,
+        )
+
+    async def _supervise(self, proc: Process, stop: asyncio.Event) -> int:
+        relay = asyncio.create_task(self._relay(proc))
+        stopping = asyncio.create_task(stop.wait())
+        exited = asyncio.create_task(proc.wait())
+        await asyncio.wait({stopping, exited}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not exited.done():
+            assert proc.stdin is not None
+            proc.stdin.close()  # the child's signal to finish, acknowledge and exit
+            try:
+                await asyncio.wait_for(asyncio.shield(exited), STOP_TIMEOUT_S)
+            except TimeoutError:
+                log.error("applier process did not stop within %ss; killing it", STOP_TIMEOUT_S)
+                proc.kill()
+        code = await exited
+        await relay
+        return code
+
+    async def _relay(self, proc: Process) -> None:
+        """Add each report's progress to the server's metrics, until the child's output ends."""
+        assert proc.stdout is not None
+        last: ApplierTotals | None = None
+        async for line in proc.stdout:
+            try:
+                totals = _decode_totals(line)
+                self.metrics.add_applier_progress(last, totals)
+            except (msgspec.DecodeError, ValueError):
+                log.warning("applier process: unreadable report %r", line[:200])
+                continue
+            last = totals
+
+
+class ParentLink:
+    """The child's side: ``stop`` is set when standard input closes; meanwhile the totals go to
+    standard output every ``REPORT_INTERVAL_S``, and once more at ``close``."""
+
+    def __init__(self, metrics: Metrics, stop: asyncio.Event):
+        self.metrics = metrics
+        self.stop = stop
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def open(self) -> None:
+        with contextlib.suppress(OSError):
+            os.nice(NICENESS)
+        reader = asyncio.StreamReader()
+        await asyncio.get_running_loop().connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(sys.stdin.fileno(), "rb", 0)
+        )
+        self._tasks = [
+            asyncio.create_task(self._stop_at_eof(reader)),
+            asyncio.create_task(self._report_often()),
+        ]
+
+    def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        self._report()
+
+    async def _stop_at_eof(self, reader: asyncio.StreamReader) -> None:
+        while await reader.read(4096):
+            pass
+        self.stop.set()
+
+    async def _report_often(self) -> None:
+        while not self.stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), REPORT_INTERVAL_S)
+            self._report()
+
+    def _report(self) -> None:
+        try:
+            sys.stdout.buffer.write(msgspec.json.encode(self.metrics.applier_totals()) + b"\n")
+            sys.stdout.buffer.flush()
+        except OSError:  # the server is gone: finish up as if told to stop
+            self.stop.set()

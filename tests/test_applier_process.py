@@ -1,0 +1,159 @@
+"""`serve`'s applier runs in a child process (applier_process.py): it applies, reports its
+metrics to the server, is restarted when it dies, and never outlives the server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+
+from profilehook.metrics import Metrics
+from tests.support import ServerProcess, create_key, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    proc = ServerProcess(tmp_path / "data").start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def applier_pids(server: ServerProcess) -> list[int]:
+    assert server.proc is not None
+    out = subprocess.run(
+        ["pgrep", "-P", str(server.proc.pid), "-f", "profilehook worker --report-to-parent"],
+        capture_output=True,
+        text=True,
+    )
+    return [int(pid) for pid in out.stdout.split()]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by a dead parent's successor) counts as gone.
+    return "(Z)" not in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:4]
+
+
+def send(server: ServerProcess, key: str, contact_id: str, **properties: object) -> None:
+    response = httpx.post(
+        f"{server.base_url}/v1/properties",
+        json={
+            "contact_id": contact_id,
+            "event_name": "test",
+            "timestamp": 1_700_000_000,
+            "user_properties": properties,
+        },
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    assert response.status_code == 202, response.text
+
+
+def profile(server: ServerProcess, key: str, contact_id: str) -> dict[str, object] | None:
+    response = httpx.get(
+        f"{server.base_url}/v1/contacts/{contact_id}", headers={"Authorization": f"Bearer {key}"}
+    )
+    return response.json()["properties"] if response.status_code == 200 else None
+
+
+def metric(server: ServerProcess, line_start: str) -> float:
+    for line in httpx.get(f"{server.base_url}/metrics").text.splitlines():
+        if line.startswith(line_start):
+            return float(line.rpartition(" ")[2])
+    return 0.0
+
+
+def test_serve_applies_in_one_child_process_at_a_lower_priority(server: ServerProcess) -> None:
+    key = create_key(server.data_dir)["key"]
+
+    send(server, key, "c1", plan="pro")
+
+    assert wait_until(lambda: profile(server, key, "c1")) == {"plan": "pro"}
+    (child,) = applier_pids(server)
+    assert os.getpriority(os.PRIO_PROCESS, child) > os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def test_the_servers_metrics_count_what_the_child_applied(server: ServerProcess) -> None:
+    key = create_key(server.data_dir)["key"]
+
+    for i in range(5):
+        send(server, key, f"m{i}", n=i)
+
+    applied = 'profilehook_events_total{outcome="applied",source="api"}'
+    wait_until(lambda: metric(server, applied) == 5)
+    assert metric(server, "profilehook_apply_lag_seconds_count") == 5
+    assert metric(server, "profilehook_apply_batches_total") >= 1
+
+
+def test_a_killed_applier_process_is_replaced_and_nothing_is_lost(server: ServerProcess) -> None:
+    key = create_key(server.data_dir)["key"]
+    (first,) = wait_until(lambda: applier_pids(server))
+
+    os.kill(first, signal.SIGKILL)
+    for i in range(20):
+        send(server, key, f"k{i}", n=i)
+
+    (second,) = wait_until(lambda: [p for p in applier_pids(server) if p != first], 15)
+    assert second != first
+    for i in range(20):
+        assert wait_until(lambda i=i: profile(server, key, f"k{i}"), 15) == {"n": i}
+
+
+def test_the_child_exits_when_the_server_is_killed(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data").start()
+    (child,) = wait_until(lambda: applier_pids(server))
+
+    server.kill(signal.SIGKILL)
+
+    wait_until(lambda: not alive(child), 10)
+
+
+def test_a_stopped_server_stops_its_child_after_it_acknowledged_everything(
+    tmp_path: Path,
+) -> None:
+    server = ServerProcess(tmp_path / "data").start()
+    key = create_key(server.data_dir)["key"]
+    (child,) = wait_until(lambda: applier_pids(server))
+    for i in range(10):
+        send(server, key, f"s{i}", n=i)
+    wait_until(lambda: profile(server, key, "s9"))
+
+    started = time.monotonic()
+    server.stop()
+
+    assert not alive(child)
+    assert time.monotonic() - started < 10
+    # Nothing left to apply: a server started on the same data finds an empty log.
+    again = ServerProcess(tmp_path / "data").start()
+    try:
+        assert metric(again, "profilehook_queue_depth") == 0
+    finally:
+        again.stop()
+
+
+def test_a_report_adds_only_what_grew_since_the_last_one() -> None:
+    child, server = Metrics(), Metrics()
+    child.events.labels("api", "applied").inc(3)
+    child.apply_lag.observe_many([0.01, 0.2, 3.0])
+    first = child.applier_totals()
+    child.events.labels("api", "applied").inc(2)
+    child.events.labels("copernica", "duplicate").inc(1)
+    child.superseded.inc(4)
+    second = child.applier_totals()
+
+    server.add_applier_progress(None, first)
+    server.add_applier_progress(first, second)
+
+    assert server.applier_totals() == second
