@@ -87,7 +87,8 @@ class SqliteQueue(Queue):
 
         def advance(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "UPDATE cursors SET seq = ? WHERE name = 'applier_position' AND seq < ?", (last, last)
+                "UPDATE cursors SET seq = ? WHERE name = 'applier_position' AND seq < ?",
+                (last, last),
             )
             # Rows before the cursor's are done. Its own row stays: so does the top row,
             # and rowids never go back.
@@ -146,7 +147,9 @@ def _decode(count: int, body: bytes) -> list[Event]:
 
 
 def _cursor(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("SELECT seq FROM cursors WHERE name = 'applier_position'").fetchone()[0])
+    return int(
+        conn.execute("SELECT seq FROM cursors WHERE name = 'applier_position'").fetchone()[0]
+    )
 
 
 def _rows_from(
