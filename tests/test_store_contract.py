@@ -126,7 +126,12 @@ def sqlite_property_row(store: Store, workspace: str, contact_id: str, name: str
             "SELECT properties FROM contacts WHERE workspace = ? AND contact_id = ?",
             (workspace, contact_id),
         ).fetchone()
-    return None if row is None else msgspec.msgpack.decode(row[0]).get(name)
+    if row is None:
+        return None
+    for ts_us, event_id, values in msgspec.msgpack.decode(row[0]):
+        if name in values:
+            return [values[name], ts_us, event_id]
+    return None
 
 
 PROFILE_TABLES = ("contacts",)
@@ -533,6 +538,33 @@ async def test_given_a_delete_applied_twice_then_it_is_a_duplicate_the_second_ti
     again = await store.apply([delete])
 
     assert (again.applied, again.duplicates, again.written) == (0, 1, 0)
+
+
+async def test_given_every_id_hashes_alike_then_sqlite_dedupe_history_and_lookups_stay_exact(
+    backend: StoreBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SQLite events indexes hold hashes of the ids; a shared hash must never merge two ids."""
+    if not isinstance(backend.store, SqliteStore):
+        pytest.skip("the events indexes of the SQLite store")
+    store = backend.store
+    monkeypatch.setattr(sqlite_module, "_key", lambda workspace, name: 42)
+    await store.apply([event(event_id="a", ts_us=1 * S, x=1), event("c2", "b", 2 * S, y=2)])
+    await store.record_failure(event(event_id="a", ts_us=9 * S, x=9), "already applied")
+    await store.record_failure(event(event_id="f", ts_us=3 * S, x=3), "cannot apply")
+
+    again = await store.apply(
+        [event(event_id="a", ts_us=5 * S, x=5), event(event_id="b", workspace="globex", z=1)]
+    )
+
+    assert (again.applied, again.duplicates) == (1, 1)
+    assert await props(store) == {"x": 1}
+    assert [r.event.event_id for r in await store.history("acme", "c1", None, 10)] == ["f", "a"]
+    assert [r.event.event_id for r in await store.history("acme", "c2", None, 10)] == ["b"]
+    found = await store.get_event("acme", "a")
+    assert found is not None and (found.status, found.event.ts_us) == ("applied", 1 * S)
+    failed = await store.get_event("acme", "f")
+    assert failed is not None and failed.status == "failed"
+    assert await store.get_event("acme", "zz") is None
 
 
 async def test_given_many_event_ids_then_dedupe_and_lww_hold_beyond_one_bound_query(

@@ -10,13 +10,14 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from hashlib import blake2b
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from profilehook.events import Event, Version, decode_event, encode_event, now_us
-from profilehook.sqlite_db import SqliteDatabase
+from profilehook.sqlite_db import SqliteDatabase, insert_rows
 from profilehook.stores.base import (
     AliasUpdate,
     ApiKey,
@@ -43,13 +44,20 @@ CREATE TABLE IF NOT EXISTS events (
     status TEXT NOT NULL,
     applied_us INTEGER,
     error TEXT,
-    body BLOB NOT NULL
+    body BLOB NOT NULL,
+    id_key INTEGER NOT NULL,  -- _key(workspace, event_id)
+    contact_key INTEGER NOT NULL  -- _key(workspace, contact_id)
 );
--- A rowid table: rows with bodies append at the end; only the narrow key index is random.
-CREATE UNIQUE INDEX IF NOT EXISTS events_by_id ON events (workspace, event_id);
-CREATE INDEX IF NOT EXISTS events_by_contact ON events (workspace, contact_id, ts_us, event_id);
--- One row per contact: its properties are a msgpack map name -> [value, ts_us, event_id]
--- (value None: unset, the tombstone keeps its version), read and written whole per batch.
+-- A rowid table: rows with bodies append at the end; only the two indexes take random inserts,
+-- and they hold 48-bit hashes rather than the ids, so they span a third of the pages (each
+-- random insert dirties a page the commit rewrites). A hash may match another id: every lookup
+-- compares the real columns too, and ``apply`` keeps (workspace, event_id) unique by checking
+-- in the transaction that inserts.
+CREATE INDEX IF NOT EXISTS events_by_id ON events (id_key);
+CREATE INDEX IF NOT EXISTS events_by_contact ON events (contact_key, ts_us);
+-- One row per contact: its properties are msgpack [[ts_us, event_id, {name: value}], ...], one
+-- entry per version that set any (value None: unset, the tombstone keeps its version), read and
+-- written whole per batch.
 CREATE TABLE IF NOT EXISTS contacts (
     workspace TEXT NOT NULL,
     contact_id TEXT NOT NULL,
@@ -98,8 +106,8 @@ CREATE TABLE IF NOT EXISTS api_keys (
 );
 """
 
-MAX_BOUND_NAMES = 500  # event ids looked up per statement
-MAX_BOUND_KEYS = 250  # contacts looked up per statement (two bound values each)
+MAX_BOUND_NAMES = 5_000  # event ids looked up per statement
+MAX_BOUND_KEYS = 5_000  # contacts looked up per statement
 REBUILD_CHUNK_EVENTS = 5_000
 MAX_CACHED_ANSWERS = 10_000
 CATALOG_CHECK_INTERVAL_S = 0.001
@@ -139,12 +147,12 @@ class SqliteStore(Store):
         await self.db.fsync_wal()
 
     async def record_failure(self, event: Event, error: str) -> None:
+        id_key = _key(event.workspace, event.event_id)
+
         def insert(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT OR IGNORE INTO events (workspace, event_id, contact_id, ts_us, status,"
-                " applied_us, error, body) VALUES (?, ?, ?, ?, 'failed', ?, ?, ?)",
-                (*_event_key_columns(event), now_us(), error, encode_event(event)),
-            )
+            if _find_event(conn, event.workspace, event.event_id, id_key) is None:
+                row = _event_row(event, id_key, "failed", now_us(), {}, error)
+                conn.execute(_INSERT_EVENT, row)
 
         await self.db.write(insert)
 
@@ -155,28 +163,23 @@ class SqliteStore(Store):
         self, workspace: str, contact_id: str, before: Version | None, limit: int
     ) -> list[EventRecord]:
         top = before or (2**62, "")
+        contact_key = _key(workspace, contact_id)
 
         def select(conn: sqlite3.Connection) -> list[EventRecord]:
             rows = conn.execute(
                 "SELECT status, applied_us, error, body FROM events"
-                " WHERE workspace = ? AND contact_id = ? AND (ts_us, event_id) < (?, ?)"
+                " WHERE contact_key = ? AND ts_us <= ? AND (ts_us, event_id) < (?, ?)"
+                " AND workspace = ? AND contact_id = ?"
                 " ORDER BY ts_us DESC, event_id DESC LIMIT ?",
-                (workspace, contact_id, top[0], top[1], limit),
+                (contact_key, top[0], *top, workspace, contact_id, limit),
             ).fetchall()
             return [_record(row) for row in rows]
 
         return await self.db.read(select)
 
     async def get_event(self, workspace: str, event_id: str) -> EventRecord | None:
-        def select(conn: sqlite3.Connection) -> EventRecord | None:
-            row = conn.execute(
-                "SELECT status, applied_us, error, body FROM events"
-                " WHERE workspace = ? AND event_id = ?",
-                (workspace, event_id),
-            ).fetchone()
-            return None if row is None else _record(row)
-
-        return await self.db.read(select)
+        id_key = _key(workspace, event_id)
+        return await self.db.read(lambda conn: _find_event(conn, workspace, event_id, id_key))
 
     async def rebuild(self, progress: Progress | None = None) -> int:
         return await self.db.write(lambda conn: _rebuild(conn, progress))
@@ -362,8 +365,53 @@ def _source(row: tuple[str, str, str, str, int]) -> Source:
     return Source(source_id, workspace, kind, msgspec.json.decode(config), created_us)  # type: ignore[arg-type]
 
 
-def _event_key_columns(event: Event) -> tuple[str, str, str, int]:
-    return (event.workspace, event.event_id, event.contact_id, event.ts_us)
+def _key(workspace: str, name: str) -> int:
+    """A stable 48-bit hash of (workspace, name): what the events indexes hold (SQLite stores
+    it in 6 bytes). Cryptographic, so ids cannot be chosen to pile up on one hash."""
+    data = f"{workspace}\x00{name}".encode(errors="surrogatepass")
+    return int.from_bytes(blake2b(data, digest_size=6).digest(), "little", signed=True)
+
+
+_INSERT_EVENT = (
+    "INSERT INTO events (workspace, contact_id, event_id, ts_us, status, applied_us, error,"
+    " body, id_key, contact_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _event_row(
+    event: Event,
+    id_key: int,
+    status: str,
+    applied_us: int,
+    contact_keys: dict[tuple[str, str], int],
+    error: str | None = None,
+) -> tuple[Any, ...]:
+    contact = (event.workspace, event.contact_id)
+    contact_key = contact_keys.get(contact)
+    if contact_key is None:
+        contact_key = contact_keys[contact] = _key(*contact)
+    return (
+        *contact,
+        event.event_id,
+        event.ts_us,
+        status,
+        applied_us,
+        error,
+        encode_event(event),
+        id_key,
+        contact_key,
+    )
+
+
+def _find_event(
+    conn: sqlite3.Connection, workspace: str, event_id: str, id_key: int
+) -> EventRecord | None:
+    row = conn.execute(
+        "SELECT status, applied_us, error, body FROM events"
+        " WHERE id_key = ? AND workspace = ? AND event_id = ?",
+        (id_key, workspace, event_id),
+    ).fetchone()
+    return None if row is None else _record(row)
 
 
 def _record(row: tuple[str, int | None, str | None, bytes]) -> EventRecord:
@@ -372,33 +420,28 @@ def _record(row: tuple[str, int | None, str | None, bytes]) -> EventRecord:
 
 
 def _apply(conn: sqlite3.Connection, events: Sequence[Event]) -> ApplyResult:
-    unique = first_of_each(events)
-    seen = _already_recorded(conn, unique)
-    new = [e for e in unique if (e.workspace, e.event_id) not in seen]
+    unique = [(_key(e.workspace, e.event_id), e) for e in first_of_each(events)]
+    seen = _already_recorded(conn, [id_key for id_key, _ in unique])
+    new = [(k, e) for k, e in unique if (e.workspace, e.event_id) not in seen]
     applied_us = now_us()
-    conn.executemany(
-        "INSERT INTO events (workspace, event_id, contact_id, ts_us, status, applied_us, body)"
-        " VALUES (?, ?, ?, ?, 'applied', ?, ?)",
-        [(*_event_key_columns(e), applied_us, encode_event(e)) for e in new],
-    )
-    result = _apply_profiles(conn, new)
-    return result.count_new(events, new)
+    contact_keys: dict[tuple[str, str], int] = {}  # many events of a batch share a contact
+    rows = [_event_row(e, k, "applied", applied_us, contact_keys) for k, e in new]
+    insert_rows(conn, _INSERT_EVENT, rows)
+    new_events = [e for _, e in new]
+    return _apply_profiles(conn, new_events).count_new(events, new_events)
 
 
-def _already_recorded(conn: sqlite3.Connection, events: list[Event]) -> set[tuple[str, str]]:
-    by_workspace: dict[str, list[str]] = {}
-    for event in events:
-        by_workspace.setdefault(event.workspace, []).append(event.event_id)
+def _already_recorded(conn: sqlite3.Connection, id_keys: list[int]) -> set[tuple[str, str]]:
+    """(workspace, event_id) of the events recorded under these hashes: the ones asked for,
+    and now and then another whose hash is the same (the caller compares the ids)."""
     seen: set[tuple[str, str]] = set()
-    for workspace, ids in by_workspace.items():
-        for start in range(0, len(ids), MAX_BOUND_NAMES):
-            chunk = ids[start : start + MAX_BOUND_NAMES]
-            marks = ",".join("?" * len(chunk))
-            rows = conn.execute(
-                f"SELECT event_id FROM events WHERE workspace = ? AND event_id IN ({marks})",
-                (workspace, *chunk),
-            )
-            seen.update((workspace, row[0]) for row in rows)
+    for start in range(0, len(id_keys), MAX_BOUND_NAMES):
+        rows = conn.execute(
+            "SELECT workspace, event_id FROM events"
+            " WHERE id_key IN (SELECT value FROM json_each(?))",
+            (_json(id_keys[start : start + MAX_BOUND_NAMES]),),
+        )
+        seen.update(rows)
     return seen
 
 
@@ -410,8 +453,7 @@ def _apply_profiles(conn: sqlite3.Connection, events: Sequence[Event]) -> ApplyR
     changed: list[tuple[Any, ...]] = []
     for key, group in groups.items():
         row = rows.get(key) or _Row()
-        names = {name for e in group for name in e.properties}
-        plan = plan_contact(row.state(names), group)
+        plan = plan_contact(row.state(), group)
         result.superseded += plan.superseded
         # A newer last update matters only if it is visible (newer than the contact's delete).
         if not plan.touches_contact_row and (
@@ -419,9 +461,10 @@ def _apply_profiles(conn: sqlite3.Connection, events: Sequence[Event]) -> ApplyR
         ):
             continue
         changed.append(
-            (*key, *_nullable(plan.last_update), *_nullable(plan.deleted), _merged(row, plan))
+            (*key, *_nullable(plan.last_update), *_nullable(plan.deleted), row.merged(plan))
         )
         result.written += len(plan.upserts)
+    # One step per row, which measured faster here than multi-row upserts of these large rows.
     conn.executemany(
         "INSERT INTO contacts (workspace, contact_id, last_ts_us, last_event_id, deleted_ts_us,"
         " deleted_event_id, properties) VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -433,36 +476,55 @@ def _apply_profiles(conn: sqlite3.Connection, events: Sequence[Event]) -> ApplyR
     return result
 
 
-PropertyMap = dict[str, tuple[Any, int, str]]
-_encode_properties = msgspec.msgpack.Encoder().encode
-_decode_properties = msgspec.msgpack.Decoder(PropertyMap).decode
+PropertyGroups = list[tuple[int, str, dict[str, Any]]]
+"""A contact's properties as stored: (ts_us, event_id, {name: value}) per version that set any
+(value None: unset, the tombstone keeps its version). An event sets several properties at once,
+so its version is stored once rather than beside each property: rows half the size."""
+_encode_groups = msgspec.msgpack.Encoder().encode
+_decode_groups = msgspec.msgpack.Decoder(PropertyGroups).decode
 
 
 @dataclass
 class _Row:
-    """A contact as stored: its versions and its property map."""
+    """A contact as stored: its versions and its property groups."""
 
     last: Version | None = None
     deleted: Version | None = None
-    properties: PropertyMap = field(default_factory=dict)
+    groups: PropertyGroups = field(default_factory=list)
+    encoded: bytes = _encode_groups([])
 
-    def state(self, names: set[str]) -> ContactState:
-        held = self.properties
-        return ContactState(
-            self.last,
-            self.deleted,
-            {n: (held[n][1], held[n][2]) for n in names if n in held},
-        )
+    def state(self) -> ContactState:
+        versions: dict[str, Version] = {}
+        for ts_us, event_id, values in self.groups:
+            versions.update(dict.fromkeys(values, (ts_us, event_id)))
+        return ContactState(self.last, self.deleted, versions)
 
+    def merged(self, plan: ContactPlan) -> bytes:
+        """The stored groups with the plan's writes."""
+        upserts, upto = plan.upserts, plan.delete_upto
+        if not upserts and upto is None:
+            return self.encoded
+        groups: PropertyGroups = []
+        for ts_us, event_id, values in self.groups:
+            if upto is not None and (ts_us, event_id) <= upto:
+                continue
+            if not upserts.keys().isdisjoint(values):
+                values = {n: v for n, v in values.items() if n not in upserts}
+                if not values:
+                    continue
+            groups.append((ts_us, event_id, values))
+        added: dict[Version, dict[str, Any]] = {}
+        for name, (value, version) in upserts.items():
+            added.setdefault(version, {})[name] = value
+        groups.extend((ts_us, event_id, values) for (ts_us, event_id), values in added.items())
+        return _encode_groups(groups)
 
-def _merged(row: _Row, plan: ContactPlan) -> bytes:
-    properties = row.properties
-    if plan.delete_upto is not None:
-        upto = plan.delete_upto
-        properties = {n: p for n, p in properties.items() if (p[1], p[2]) > upto}
-    for name, (value, (ts_us, event_id)) in plan.upserts.items():
-        properties[name] = (value, ts_us, event_id)
-    return _encode_properties(properties)
+    def properties(self) -> dict[str, tuple[Any, Version]]:
+        return {
+            name: (value, (ts_us, event_id))
+            for ts_us, event_id, values in self.groups
+            for name, value in values.items()
+        }
 
 
 def _json(value: Any) -> str:
@@ -474,11 +536,12 @@ def _nullable(version: Version | None) -> tuple[int | None, str | None]:
 
 
 def _row(values: Sequence[Any]) -> _Row:
-    last_ts, last_id, deleted_ts, deleted_id, properties = values
+    last_ts, last_id, deleted_ts, deleted_id, encoded = values
     return _Row(
         None if last_ts is None else (last_ts, last_id),
         None if deleted_ts is None else (deleted_ts, deleted_id),
-        _decode_properties(properties),
+        _decode_groups(encoded),
+        encoded,
     )
 
 
@@ -486,18 +549,28 @@ _ROW_COLUMNS = "last_ts_us, last_event_id, deleted_ts_us, deleted_event_id, prop
 
 
 def _rows(conn: sqlite3.Connection, keys: list[tuple[str, str]]) -> dict[tuple[str, str], _Row]:
-    """The stored rows of these contacts, in one query per few hundred contacts."""
+    """The stored rows of these contacts. Python's sqlite3 takes the GIL back after every step
+    (one per result row); aggregated into one JSON text, the rows of a workspace take one."""
+    by_workspace: dict[str, list[str]] = {}
+    for workspace, contact_id in keys:
+        by_workspace.setdefault(workspace, []).append(contact_id)
     rows: dict[tuple[str, str], _Row] = {}
-    for start in range(0, len(keys), MAX_BOUND_KEYS):
-        chunk = keys[start : start + MAX_BOUND_KEYS]
-        pairs = ",".join(["(?, ?)"] * len(chunk))
-        for workspace, contact_id, *values in conn.execute(
-            f"WITH k (w, c) AS (VALUES {pairs}) SELECT workspace, contact_id, {_ROW_COLUMNS}"
-            " FROM k JOIN contacts ON workspace = k.w AND contact_id = k.c",
-            [part for key in chunk for part in key],
-        ):
-            rows[(workspace, contact_id)] = _row(values)
+    for workspace, contact_ids in by_workspace.items():
+        for start in range(0, len(contact_ids), MAX_BOUND_KEYS):
+            (found,) = conn.execute(
+                "SELECT json_group_array(json_array(contact_id, last_ts_us, last_event_id,"
+                " deleted_ts_us, deleted_event_id, hex(properties))) FROM contacts"
+                " WHERE workspace = ? AND contact_id IN (SELECT value FROM json_each(?))",
+                (workspace, _json(contact_ids[start : start + MAX_BOUND_KEYS])),
+            ).fetchone()
+            for contact_id, *values, properties in _decode_rows(found):
+                rows[(workspace, contact_id)] = _row((*values, bytes.fromhex(properties)))
     return rows
+
+
+_decode_rows = msgspec.json.Decoder(
+    list[tuple[str, int | None, str | None, int | None, str | None, str]]
+).decode
 
 
 def _contact(conn: sqlite3.Connection, workspace: str, contact_id: str) -> Contact | None:
@@ -510,11 +583,12 @@ def _contact(conn: sqlite3.Connection, workspace: str, contact_id: str) -> Conta
     row = _row(found)
     if row.last is None or not contact_exists(row.last, row.deleted):
         return None
-    live = sorted(n for n, p in row.properties.items() if p[0] is not None)
+    held = row.properties()
+    live = sorted(n for n, (value, _) in held.items() if value is not None)
     return Contact(
         contact_id=contact_id,
-        properties={n: row.properties[n][0] for n in live},
-        versions={n: (row.properties[n][1], row.properties[n][2]) for n in live},
+        properties={n: held[n][0] for n in live},
+        versions={n: held[n][1] for n in live},
         updated_us=row.last[0],
     )
 
