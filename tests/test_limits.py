@@ -278,10 +278,28 @@ def test_whatever_json_arrives_it_is_refused_with_problems_or_accepted_and_stora
 
 @settings(max_examples=300, deadline=None)
 @given(json_values)
-def test_the_cheap_byte_filter_never_hides_a_refusal(value):
+def test_the_cheap_byte_filters_never_hide_a_refusal(value):
     body = msgspec.json.encode(value)
-    if p._plain(body):
-        assert p._walk(msgspec.json.decode(body), c.MAX_JSON_DEPTH) is None
+    decoded = msgspec.json.decode(body)
+    verdict = p._walk(decoded, c.MAX_JSON_DEPTH)
+    if p._plain_leaves(body):
+        assert verdict is None or verdict is p._TOO_DEEP
+        assert p._depth(decoded) is verdict  # the depth-only walk finds the same
+        if p._shallow(body):
+            assert verdict is None
+
+
+def test_a_batch_too_deep_in_one_property_is_refused_though_it_has_many_brackets():
+    deep: object = 1
+    for _ in range(c.MAX_JSON_DEPTH + 1):
+        deep = {"d": deep}
+    events = [{"contact_id": f"c{i}", "user_properties": {"x": {"y": i}}} for i in range(50)]
+    events[7]["user_properties"] = {"deep": deep}
+    body = msgspec.json.encode({"events": events})
+
+    assert not p._shallow(body)
+    _, problems = p.decode_json(body)
+    assert [q["type"] for q in problems] == ["json_invalid"]
 
 
 @settings(max_examples=300, deadline=None)

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from profilehook.cli import SEED_EVENT
+from profilehook.events import Event
+from profilehook.sources import native
 from tests.support import wait_until
 
 # The seed document's example event, as the quick start prints it.
@@ -268,3 +273,61 @@ class TestBatch:
     def test_a_batch_needs_a_key(self, client):
         r = client.post("/v1/properties/batch", json={"events": [event()]})
         assert r.status_code == 401
+
+
+# -- the hot path agrees with the full checks ------------------------------------------------
+
+_strings = st.one_of(
+    st.just(""),
+    st.text(max_size=4),
+    st.text(min_size=250, max_size=260),
+    st.text(alphabet="\U0001f600é", min_size=126, max_size=300),
+)
+_anything = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(), _strings, st.lists(st.integers())
+)
+_times = st.one_of(
+    st.integers(min_value=-5, max_value=10**14),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([0, 0.5, 1e11 - 1, 1e11, 2.5e14, True]),
+    _anything,
+)
+_properties = st.one_of(st.dictionaries(_strings, _anything, max_size=4), _anything)
+
+
+_valid = st.fixed_dictionaries(
+    {
+        "contact_id": st.text(min_size=1, max_size=8),
+        "event_name": st.text(min_size=1, max_size=8),
+        "timestamp": st.one_of(st.integers(0, 10**10), st.floats(0, 1e10)),
+        "user_properties": st.dictionaries(st.text(min_size=1, max_size=5), _anything, max_size=3),
+    },
+    optional={
+        "event_id": st.text(min_size=1, max_size=8),
+        "metadata": st.dictionaries(st.text(max_size=3), _anything, max_size=2),
+        "time": _times,
+    },
+)
+_changes = st.dictionaries(
+    st.sampled_from(
+        ["contact_id", "event_name", "timestamp", "time", "event_id", "user_properties", "metadata"]
+    ),
+    st.one_of(_strings, _times, _properties, _anything),
+    max_size=2,
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(_valid, _changes, st.sets(st.sampled_from(["timestamp", "event_id", "metadata"])))
+def test_the_fast_path_accepts_only_what_the_full_checks_accept_and_makes_the_same_event(
+    value: dict[str, Any], changes: dict[str, Any], dropped: set[str]
+) -> None:
+    value = {k: v for k, v in {**value, **changes}.items() if k not in dropped}
+    fast = native._plainly_valid(value, "w", 123)
+    checked = native._checked(value, "w", 123, ("body",))
+    if fast is None:
+        return
+    assert isinstance(checked, Event), checked
+    if "event_id" not in value or value["event_id"] is None:  # a fresh id each time
+        checked = msgspec.structs.replace(checked, event_id=fast.event_id)
+    assert checked == fast

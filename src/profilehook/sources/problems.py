@@ -115,7 +115,10 @@ def decode_json(body: bytes, loc: Loc = ("body",)) -> tuple[Any, list[Problem]]:
         return None, [_json_invalid(loc, body, exc)]
     except RecursionError:  # thousands of levels: msgspec gives up before our check can run
         return None, [_too_deep(loc)]
-    verdict = None if _plain(body) else _walk(value, MAX_JSON_DEPTH)
+    if _shallow(body):
+        verdict = None if _plain_leaves(body) else _walk(value, MAX_JSON_DEPTH)
+    else:
+        verdict = _walk(value, MAX_JSON_DEPTH) if not _plain_leaves(body) else _depth(value)
     if verdict is _TOO_DEEP:
         return None, [_too_deep(loc)]
     if verdict is _UNSTORABLE:
@@ -148,16 +151,33 @@ _UNSTORABLE = object()
 _DIGITS_AS_ZERO = bytes.maketrans(b"0123456789", b"0000000000")
 
 
-def _plain(body: bytes) -> bool:
-    """True when the raw body rules out every refusal of ``_walk``, which then need not run:
-    too few brackets to nest past the limit, no escaped NUL (JSON has no raw one), no run of 16
-    digits (an integer beyond ``±MAX_JSON_INT`` has at least 16). A filter: three scans of the
-    bytes in C cost half of walking the decoded tree (a regex would cost more than the walk)."""
-    return (
-        body.count(b"{") + body.count(b"[") <= MAX_JSON_DEPTH
-        and b"\\u0000" not in body
-        and b"0000000000000000" not in body.translate(_DIGITS_AS_ZERO)
-    )
+def _shallow(body: bytes) -> bool:
+    """Too few brackets in the raw body to nest past ``MAX_JSON_DEPTH``."""
+    return body.count(b"{") + body.count(b"[") <= MAX_JSON_DEPTH
+
+
+def _plain_leaves(body: bytes) -> bool:
+    """True when the raw body rules out every unstorable value ``_walk`` looks for: no escaped
+    NUL (JSON has no raw one), no run of 16 digits (an integer beyond ``±MAX_JSON_INT`` has at
+    least 16). With ``_shallow``, a filter that spares walking the decoded tree: scans of the
+    bytes in C cost a fraction of the walk (a regex would cost more than the walk)."""
+    return b"\\u0000" not in body and b"0000000000000000" not in body.translate(_DIGITS_AS_ZERO)
+
+
+def _depth(value: Any) -> object | None:
+    """``_TOO_DEEP`` when containers nest deeper than ``MAX_JSON_DEPTH``: ``_walk`` without
+    the leaves, for bodies ``_plain_leaves`` cleared (a batch has too many brackets to be
+    ``_shallow``)."""
+    stack: list[tuple[Any, int]] = [(value, 1)] if type(value) in (dict, list) else []
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return _TOO_DEEP
+        for child in item.values() if type(item) is dict else item:
+            kind = type(child)
+            if kind is dict or kind is list:
+                stack.append((child, depth + 1))
+    return None
 
 
 def _walk(value: Any, max_depth: int) -> object | None:
