@@ -694,7 +694,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--sustain", type=int, default=60, help="seconds of the sustained run F")
     parser.add_argument("--sustain-batch", type=int, default=10, help="events per request in F")
-    parser.add_argument("--sustain-rate", type=int, default=15_000, help="events/s offered in F")
+    parser.add_argument("--sustain-rate", type=int, default=16_000, help="events/s offered in F")
     parser.add_argument("--batch", type=int, default=100, help="events per request in D")
     parser.add_argument("--amplitude-requests", type=int, default=10)
     parser.add_argument("--apply-batches", type=int, default=25, help="2,000-event batches in G")

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 REPORT_INTERVAL_S = 0.25
 RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
 STOP_TIMEOUT_S = 15.0  # to finish a batch and acknowledge it, before the child is killed
-NICENESS = 5  # below the server's priority; ~1/3 of a contended core, all of an idle one
+NICENESS = 10  # below the server: ~1/10 of a contended core, all of an idle one
 
 _decode_totals = msgspec.json.Decoder(ApplierTotals).decode
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
+import msgspec
 from starlette.types import Receive, Scope, Send
 
 from profilehook import keys
@@ -71,19 +73,35 @@ def ingest_handlers(services: Services, deadlines: Deadlines | None = None) -> d
         accepted.inc(len(events))
         rejected.inc(len(items) - len(events))
         results = [
-            {"index": i, "status": "accepted", "event_id": item.event_id}
+            _Accepted(i, "accepted", item.event_id)
             if isinstance(item, Event)
-            else {"index": i, "status": "rejected", "detail": item}
+            else _Rejected(i, "rejected", item)
             for i, item in enumerate(items)
         ]
-        body_out = {
-            "accepted": len(events),
-            "rejected": len(items) - len(events),
-            "results": results,
-        }
+        body_out = _BatchAnswer(len(events), len(items) - len(events), results)
         await send_json(send, 202, encode(body_out))
 
     return {"/v1/properties": single, "/v1/properties/batch": batch}
+
+
+class _Accepted(msgspec.Struct, frozen=True):
+    index: int
+    status: str
+    event_id: str
+
+
+class _Rejected(msgspec.Struct, frozen=True):
+    index: int
+    status: str
+    detail: list[Any]
+
+
+class _BatchAnswer(msgspec.Struct, frozen=True):
+    """The batch endpoint's answer (SPEC 2.2); Structs encode several times faster than dicts."""
+
+    accepted: int
+    rejected: int
+    results: list[_Accepted | _Rejected]
 
 
 async def refuse(services: Services, send: Send, exc: ProfilehookError) -> None:
