@@ -541,12 +541,10 @@ async def test_given_a_delete_applied_twice_then_it_is_a_duplicate_the_second_ti
 
 
 async def test_given_every_id_hashes_alike_then_sqlite_dedupe_history_and_lookups_stay_exact(
-    backend: StoreBackend, monkeypatch: pytest.MonkeyPatch
+    sqlite_store_backend: StoreBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The SQLite events indexes hold hashes of the ids; a shared hash must never merge two ids."""
-    if not isinstance(backend.store, SqliteStore):
-        pytest.skip("the events indexes of the SQLite store")
-    store = backend.store
+    store = sqlite_store_backend.store
     monkeypatch.setattr(sqlite_module, "_key", lambda workspace, name: 42)
     await store.apply([event(event_id="a", ts_us=1 * S, x=1), event("c2", "b", 2 * S, y=2)])
     await store.record_failure(event(event_id="a", ts_us=9 * S, x=9), "already applied")
