@@ -22,6 +22,7 @@ from profilehook import constants as c
 from profilehook.api.ingest import read_body
 from profilehook.errors import PayloadTooLarge
 from profilehook.events import Event, encode_event
+from profilehook.sources import native
 from profilehook.sources import problems as p
 from profilehook.sources.forms import decode_form
 from tests.support import ServerProcess
@@ -287,6 +288,14 @@ def test_the_cheap_byte_filters_never_hide_a_refusal(value):
         assert p._depth(decoded) is verdict  # the depth-only walk finds the same
         if p._shallow(body):
             assert verdict is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(json_values, max_size=5), json_values)
+def test_a_batch_the_shape_check_calls_flat_nests_no_deeper_than_the_limit(events, other):
+    for value in ({"events": events}, {"events": events, "other": other}, other):
+        if native._flat_batch(value):
+            assert p._depth(value) is None
 
 
 def test_a_batch_too_deep_in_one_property_is_refused_though_it_has_many_brackets():

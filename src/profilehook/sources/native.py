@@ -45,7 +45,7 @@ def parse_batch(body: bytes, workspace: str, received_us: int) -> list[BatchItem
 
     Raises ``ValidationFailed`` when the envelope is wrong or no item is valid.
     """
-    value, problems = decode_json(body)
+    value, problems = decode_json(body, shallow=_flat_batch)
     if problems:
         raise ValidationFailed(problems)
     if not isinstance(value, dict):
@@ -65,6 +65,34 @@ def parse_batch(body: bytes, workspace: str, received_us: int) -> list[BatchItem
     if not any(isinstance(r, Event) for r in results):
         raise ValidationFailed([p for r in results if not isinstance(r, Event) for p in r])
     return results
+
+
+def _flat_batch(value: Any) -> bool:
+    """True when ``value`` is a batch of flat events: an object whose only container is
+    ``events``, a list of objects whose values are scalars or objects of scalars. It then nests
+    4 deep at most, which ``decode_json`` need not walk the whole tree to know."""
+    if type(value) is not dict:
+        return False
+    for name, item in value.items():
+        if name != "events" and (type(item) is dict or type(item) is list):
+            return False
+    events = value.get("events")
+    if type(events) is not list:
+        return True
+    for event in events:
+        if type(event) is not dict:
+            if type(event) is list:
+                return False
+            continue
+        for field in event.values():
+            kind = type(field)
+            if kind is list:
+                return False
+            if kind is dict:
+                for inner in field.values():
+                    if type(inner) is dict or type(inner) is list:
+                        return False
+    return True
 
 
 def event_from_object(value: Any, workspace: str, received_us: int, loc: Loc) -> BatchItem:
