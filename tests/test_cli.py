@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -265,3 +266,24 @@ def test_given_a_metrics_port_when_a_worker_runs_then_its_metrics_are_served(
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+
+
+def test_given_a_data_dir_in_an_older_format_then_commands_and_serve_refuse_it_clearly(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    with sqlite3.connect(data_dir / "log.sqlite3") as old:  # the log as the first builds wrote it
+        old.execute("CREATE TABLE log (seq INTEGER PRIMARY KEY, event_id TEXT, body BLOB)")
+        old.execute("INSERT INTO log (event_id, body) VALUES ('e1', x'00')")
+
+    result = run_cli(data_dir, "check")
+
+    assert result.returncode == 1
+    assert "another profilehook version" in result.stderr
+    assert "log.sqlite3" in result.stderr
+    with pytest.raises(RuntimeError, match="another profilehook version"):
+        ServerProcess(data_dir).start()
+    with sqlite3.connect(data_dir / "log.sqlite3") as kept:  # and nothing of it was changed
+        assert kept.execute("SELECT event_id FROM log").fetchall() == [("e1",)]
+        assert kept.execute("PRAGMA user_version").fetchone() == (0,)

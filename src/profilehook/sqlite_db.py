@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from profilehook.errors import StorageUnavailable
+from profilehook.errors import ConfigurationError, StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +58,14 @@ def connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
 class SqliteDatabase:
     """A database file, its schema, one writer thread and one reader thread."""
 
-    def __init__(self, path: Path, schema: str, synchronous: str = "FULL"):
-        """``synchronous="NORMAL"``: commits are not fsynced (still safe against a killed
+    def __init__(self, path: Path, schema: str, version: int, synchronous: str = "FULL"):
+        """``version`` of ``schema`` is kept in the file (``PRAGMA user_version``): a file of
+        another version is refused at ``open`` with a clear error rather than misread.
+        ``synchronous="NORMAL"``: commits are not fsynced (still safe against a killed
         process); ``fsync_wal`` then makes all of them durable at once."""
         self.path = path
         self._schema = schema
+        self._version = version
         self._synchronous = synchronous
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
@@ -77,10 +80,12 @@ class SqliteDatabase:
         self._loop = asyncio.get_running_loop()
         conn = connect(self.path, self._synchronous)
         try:
-            conn.executescript(self._schema)
-        except sqlite3.Error as exc:
+            self._create_schema(conn)
+        except BaseException as exc:
             conn.close()
-            raise StorageUnavailable(f"Cannot create schema in {self.path}: {exc}") from exc
+            if isinstance(exc, sqlite3.Error):
+                raise StorageUnavailable(f"Cannot create schema in {self.path}: {exc}") from exc
+            raise
         self._writer = threading.Thread(
             target=self._write_loop,
             args=(conn,),
@@ -88,6 +93,26 @@ class SqliteDatabase:
             daemon=True,
         )
         self._writer.start()
+
+    def _create_schema(self, conn: sqlite3.Connection) -> None:
+        """Create the schema in a new file; check the version of an existing one."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            found = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            empty = conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0
+            if found != self._version and not empty:
+                raise ConfigurationError(
+                    f"{self.path} holds data in the format of another profilehook version "
+                    f"(schema {found}; this one reads {self._version}) and there is no "
+                    "migration between them yet: start with another PROFILEHOOK_DATA_DIR, or "
+                    "move this directory away"
+                )
+            for statement in _statements(self._schema):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {self._version}")
+            conn.execute("COMMIT")
+        finally:
+            _rollback(conn)
 
     async def close(self) -> None:
         if self._writer is not None:
@@ -198,6 +223,17 @@ class SqliteDatabase:
                 return [o for job in batch for o in self._commit(conn, [job])]
             return [(batch[0].future, None, _translate(exc, self.path))]
         return [(job.future, result, None) for job, result in zip(batch, results, strict=True)]
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of an SQL script (``executescript`` would commit our transaction)."""
+    statements, buffer = [], ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statements.append(buffer)
+            buffer = ""
+    return statements
 
 
 def _single_row(batch: list[_Job]) -> tuple[int, bytes] | None:

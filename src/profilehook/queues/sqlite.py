@@ -19,6 +19,7 @@ from profilehook.events import Event, encode_event
 from profilehook.queues.base import Delivery, Queue
 from profilehook.sqlite_db import SqliteDatabase
 
+SCHEMA_VERSION = 2  # 1: one row per event (before group-commit rows)
 SCHEMA = """
 -- One row per group commit: the events of every publish that shared it, each encoded
 -- (msgpack), one after the other. A row is written in one SQLite step, and read whole.
@@ -38,7 +39,7 @@ class SqliteQueue(Queue):
     the cursor in the file is the position of the last event acknowledged."""
 
     def __init__(self, path: Path):
-        self.db = SqliteDatabase(path, SCHEMA)
+        self.db = SqliteDatabase(path, SCHEMA, SCHEMA_VERSION)
         self._delivered = 0
         self._wake = asyncio.Event()
 

@@ -35,6 +35,7 @@ from profilehook.stores.base import (
     plan_contact,
 )
 
+SCHEMA_VERSION = 2  # 1: events keyed by their ids, one property per map entry
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     workspace TEXT NOT NULL,
@@ -89,6 +90,7 @@ CREATE TABLE IF NOT EXISTS parked_events (
 
 # Keys and sources live in a file of their own: the hot path checks on every request whether
 # anything changed (PRAGMA data_version), and the applier's commits must not make it look so.
+CATALOG_VERSION = 1
 CATALOG_SCHEMA = """
 CREATE TABLE IF NOT EXISTS sources (
     source_id TEXT PRIMARY KEY,
@@ -117,9 +119,9 @@ class SqliteStore(Store):
     def __init__(self, path: Path):
         # Commits are not fsynced one by one: the applier calls ``sync`` before it lets the log
         # forget what was applied, so a power loss only means re-applying (deduplicated).
-        self.db = SqliteDatabase(path, SCHEMA, synchronous="NORMAL")
+        self.db = SqliteDatabase(path, SCHEMA, SCHEMA_VERSION, synchronous="NORMAL")
         self.catalog = SqliteDatabase(
-            path.with_name(f"{path.stem}.catalog{path.suffix}"), CATALOG_SCHEMA
+            path.with_name(f"{path.stem}.catalog{path.suffix}"), CATALOG_SCHEMA, CATALOG_VERSION
         )
         # Answers for the hot path, valid until any connection commits to the catalog.
         self._cache: dict[tuple[str, str], Any] = {}
