@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2 as httpx
@@ -17,15 +16,6 @@ from profilehook.metrics import Metrics
 from tests.support import ServerProcess, create_key, wait_until
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tmp_path / "data").start()
-    try:
-        yield proc
-    finally:
-        proc.stop()
 
 
 def applier_pids(server: ServerProcess) -> list[int]:
