@@ -6,12 +6,15 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import httpx2 as httpx
 import pytest
 
+from profilehook import cpu_priority
+from profilehook.cpu_priority import CATCH_UP_AFTER_S, ApplierPriority
 from profilehook.metrics import Metrics
 from tests.support import ServerProcess, create_key, wait_until
 
@@ -73,6 +76,8 @@ def test_serve_applies_in_one_child_process_at_a_lower_priority(server: ServerPr
     assert wait_until(lambda: profile(server, key, "c1")) == {"plan": "pro"}
     (child,) = applier_pids(server)
     assert os.getpriority(os.PRIO_PROCESS, child) > os.getpriority(os.PRIO_PROCESS, 0)
+    if os.geteuid() == 0:  # may come back from the idle policy, so it takes it
+        assert os.sched_getscheduler(child) == os.SCHED_IDLE
 
 
 def test_the_servers_metrics_count_what_the_child_applied(server: ServerProcess) -> None:
@@ -147,3 +152,28 @@ def test_a_report_adds_only_what_grew_since_the_last_one() -> None:
     server.add_applier_progress(first, second)
 
     assert server.applier_totals() == second
+
+
+def test_the_applier_takes_idle_cpu_only_until_it_falls_behind_then_catches_up_normally() -> None:
+    # Scheduling policy and niceness belong to a thread on Linux: try it in one of its own.
+    seen: list[int] = []
+
+    def run() -> None:
+        priority = ApplierPriority()
+        priority.start()
+        seen.append(os.sched_getscheduler(0))
+        priority.follow(CATCH_UP_AFTER_S + 1)
+        seen.append(os.sched_getscheduler(0))
+        priority.follow(CATCH_UP_AFTER_S - 1)  # between the two thresholds: no change
+        seen.append(os.sched_getscheduler(0))
+        priority.follow(0.0)
+        seen.append(os.sched_getscheduler(0))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+
+    if os.geteuid() != 0 and not cpu_priority._may_return_to_nice(cpu_priority.NICENESS):
+        assert seen == [os.SCHED_OTHER] * 4  # it could not come back, so it never goes idle
+    else:
+        assert seen == [os.SCHED_IDLE, os.SCHED_OTHER, os.SCHED_OTHER, os.SCHED_IDLE]

@@ -3,7 +3,8 @@
 Why a process: the applier's work (decoding, planning, msgpack, SQLite calls) needs the GIL that
 the event loop needs to answer requests. In the same process it took half of the ingest
 throughput on two cores; as a child it runs beside the server on the other core, and at a
-lower CPU priority, so that answering clients comes first and applying uses the time left.
+lower CPU priority (cpu_priority.py), so that answering clients comes first and applying uses
+the time left.
 
 The child is ``profilehook worker --report-to-parent`` with the server's settings. It stops
 when its standard input closes (the server stopping, or dying: even a ``kill -9`` closes the
@@ -19,9 +20,11 @@ import logging
 import os
 import sys
 from asyncio.subprocess import PIPE, Process
+from collections.abc import Callable
 
 import msgspec
 
+from profilehook.cpu_priority import ApplierPriority
 from profilehook.metrics import ApplierTotals, Metrics
 from profilehook.settings import Settings
 
@@ -30,7 +33,6 @@ log = logging.getLogger(__name__)
 REPORT_INTERVAL_S = 0.25
 RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
 STOP_TIMEOUT_S = 15.0  # to finish a batch and acknowledge it, before the child is killed
-NICENESS = 10  # below the server: ~1/10 of a contended core, all of an idle one
 
 _decode_totals = msgspec.json.Decoder(ApplierTotals).decode
 
@@ -106,14 +108,15 @@ class ParentLink:
     """The child's side: ``stop`` is set when standard input closes; meanwhile the totals go to
     standard output every ``REPORT_INTERVAL_S``, and once more at ``close``."""
 
-    def __init__(self, metrics: Metrics, stop: asyncio.Event):
+    def __init__(self, metrics: Metrics, stop: asyncio.Event, lag_s: Callable[[], float]):
         self.metrics = metrics
         self.stop = stop
+        self.lag_s = lag_s
+        self.priority = ApplierPriority()
         self._tasks: list[asyncio.Task[None]] = []
 
     async def open(self) -> None:
-        with contextlib.suppress(OSError):
-            os.nice(NICENESS)
+        self.priority.start()
         reader = asyncio.StreamReader()
         await asyncio.get_running_loop().connect_read_pipe(
             lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(sys.stdin.fileno(), "rb", 0)
@@ -137,6 +140,7 @@ class ParentLink:
         while not self.stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), REPORT_INTERVAL_S)
+            self.priority.follow(self.lag_s())
             self._report()
 
     def _report(self) -> None:

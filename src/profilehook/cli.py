@@ -192,12 +192,13 @@ def worker(ctx: click.Context, metrics_port: int | None, report_to_parent: bool)
 
                 start_http_server(metrics_port, settings.host, registry=services.metrics.registry)
             # As the applier process of `serve` (applier_process.py): stop when the server does.
-            link = ParentLink(services.metrics, stop) if report_to_parent else None
-            if link is not None:
-                await link.open()
             applier = Applier(
                 services.queue, services.store, services.metrics, settings.apply_batch_max_events
             )
+            link = None
+            if report_to_parent:
+                link = ParentLink(services.metrics, stop, lambda: applier.lag_s)
+                await link.open()
             try:
                 await applier.run(stop)
             finally:
