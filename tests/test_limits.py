@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from profilehook import constants as c
 from profilehook.api.ingest import read_body
-from profilehook.errors import PayloadTooLarge
+from profilehook.errors import PayloadTooLarge, ValidationFailed
 from profilehook.events import Event, encode_event
 from profilehook.sources import native
 from profilehook.sources import problems as p
@@ -293,7 +293,7 @@ def test_the_cheap_byte_filters_never_hide_a_refusal(value):
 @settings(max_examples=300, deadline=None)
 @given(st.lists(json_values, max_size=5), json_values)
 def test_a_batch_the_shape_check_calls_flat_nests_no_deeper_than_the_limit(events, other):
-    for value in ({"events": events}, {"events": events, "other": other}, other):
+    for value in ({"events": events}, {"events": events, "other": other}, {"events": other}, other):
         if native._flat_batch(value):
             assert p._depth(value) is None
 
@@ -309,6 +309,17 @@ def test_a_batch_too_deep_in_one_property_is_refused_though_it_has_many_brackets
     assert not p._shallow(body)
     _, problems = p.decode_json(body)
     assert [q["type"] for q in problems] == ["json_invalid"]
+
+
+def test_a_batch_whose_events_is_a_deep_object_is_refused_as_too_deep():
+    # "events" is the one key the shape check lets hold a container: an object there must not
+    # be taken for flat (it is no list of events, and may nest past the limit).
+    body = msgspec.json.encode({"events": nested(c.MAX_JSON_DEPTH + 5)})
+
+    assert not native._flat_batch(msgspec.json.decode(body))
+    with pytest.raises(ValidationFailed) as refusal:
+        native.parse_batch(body, "w", 0)
+    assert [q["type"] for q in refusal.value.detail] == ["json_invalid"]
 
 
 @settings(max_examples=300, deadline=None)

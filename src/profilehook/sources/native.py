@@ -78,7 +78,7 @@ def _flat_batch(value: Any) -> bool:
             return False
     events = value.get("events")
     if type(events) is not list:
-        return True
+        return type(events) is not dict  # an object there may nest any depth
     for event in events:
         if type(event) is not dict:
             if type(event) is list:
