@@ -3,6 +3,7 @@ metrics to the server, is restarted when it dies, and never outlives the server.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -13,9 +14,10 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
-from profilehook import cpu_priority
+from profilehook import applier_process, cpu_priority
 from profilehook.cpu_priority import CATCH_UP_AFTER_S, ApplierPriority
 from profilehook.metrics import Metrics
+from profilehook.settings import Settings
 from tests.support import ServerProcess, create_key, wait_until
 
 pytestmark = pytest.mark.slow
@@ -177,3 +179,27 @@ def test_the_applier_takes_idle_cpu_only_until_it_falls_behind_then_catches_up_n
         assert seen == [os.SCHED_OTHER] * 4  # it could not come back, so it never goes idle
     else:
         assert seen == [os.SCHED_IDLE, os.SCHED_OTHER, os.SCHED_OTHER, os.SCHED_IDLE]
+
+
+async def test_a_child_that_cannot_be_started_is_tried_again_not_given_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # fork/exec fails now and then (EAGAIN under a process limit, ENOMEM): the supervisor must
+    # keep trying, not end silently and leave the server accepting events nobody applies.
+    monkeypatch.setattr(applier_process, "RESTART_BACKOFF_S", (0.001,))
+    supervisor = applier_process.ApplierProcess(Settings(), Metrics())
+    stop = asyncio.Event()
+    attempts = 0
+
+    async def spawn() -> None:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 3:
+            stop.set()
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(supervisor, "_spawn", spawn)
+
+    await asyncio.wait_for(supervisor.run(stop), 5)
+
+    assert attempts == 3

@@ -47,13 +47,17 @@ class ApplierProcess:
     async def run(self, stop: asyncio.Event) -> None:
         failures = 0
         while not stop.is_set():
-            proc = await self._spawn()
-            code = await self._supervise(proc, stop)
+            try:
+                proc = await self._spawn()
+            except OSError as exc:  # fork/exec can fail for a while (EAGAIN, ENOMEM): retry
+                outcome = f"could not start ({exc})"
+            else:
+                outcome = f"exited with code {await self._supervise(proc, stop)}"
             if stop.is_set():
                 return
             delay = RESTART_BACKOFF_S[min(failures, len(RESTART_BACKOFF_S) - 1)]
             failures += 1
-            log.error("applier process exited with code %s; restarting in %.1fs", code, delay)
+            log.error("applier process %s; restarting in %.1fs", outcome, delay)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
 
