@@ -7,15 +7,13 @@ import asyncio
 import os
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import httpx2 as httpx
 import pytest
 
-from profilehook import applier_process, cpu_priority
-from profilehook.cpu_priority import CATCH_UP_AFTER_S, ApplierPriority
+from profilehook import applier_process
 from profilehook.metrics import Metrics
 from profilehook.settings import Settings
 from tests.support import ServerProcess, create_key, wait_until
@@ -78,8 +76,6 @@ def test_serve_applies_in_one_child_process_at_a_lower_priority(server: ServerPr
     assert wait_until(lambda: profile(server, key, "c1")) == {"plan": "pro"}
     (child,) = applier_pids(server)
     assert os.getpriority(os.PRIO_PROCESS, child) > os.getpriority(os.PRIO_PROCESS, 0)
-    if os.geteuid() == 0:  # may come back from the idle policy, so it takes it
-        assert os.sched_getscheduler(child) == os.SCHED_IDLE
 
 
 def test_the_servers_metrics_count_what_the_child_applied(server: ServerProcess) -> None:
@@ -156,31 +152,6 @@ def test_a_report_adds_only_what_grew_since_the_last_one() -> None:
     assert server.applier_totals() == second
 
 
-def test_the_applier_takes_idle_cpu_only_until_it_falls_behind_then_catches_up_normally() -> None:
-    # Scheduling policy and niceness belong to a thread on Linux: try it in one of its own.
-    seen: list[int] = []
-
-    def run() -> None:
-        priority = ApplierPriority()
-        priority.start()
-        seen.append(os.sched_getscheduler(0))
-        priority.follow(CATCH_UP_AFTER_S + 1)
-        seen.append(os.sched_getscheduler(0))
-        priority.follow(CATCH_UP_AFTER_S - 1)  # between the two thresholds: no change
-        seen.append(os.sched_getscheduler(0))
-        priority.follow(0.0)
-        seen.append(os.sched_getscheduler(0))
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join()
-
-    if os.geteuid() != 0 and not cpu_priority._may_return_to_nice(cpu_priority.NICENESS):
-        assert seen == [os.SCHED_OTHER] * 4  # it could not come back, so it never goes idle
-    else:
-        assert seen == [os.SCHED_IDLE, os.SCHED_OTHER, os.SCHED_OTHER, os.SCHED_IDLE]
-
-
 async def test_a_child_that_cannot_be_started_is_tried_again_not_given_up(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -205,11 +176,6 @@ async def test_a_child_that_cannot_be_started_is_tried_again_not_given_up(
     assert attempts == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="nice and SCHED_IDLE are per thread on Linux; ApplierPriority sets them on the main "
-    "thread only, after the SQLite writer and reader threads (where apply runs) were started",
-)
 def test_every_thread_of_the_child_runs_at_the_lower_priority(server: ServerProcess) -> None:
     key = create_key(server.data_dir)["key"]
     send(server, key, "t1", n=1)

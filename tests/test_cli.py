@@ -287,3 +287,21 @@ def test_given_a_data_dir_in_an_older_format_then_commands_and_serve_refuse_it_c
     with sqlite3.connect(data_dir / "log.sqlite3") as kept:  # and nothing of it was changed
         assert kept.execute("SELECT event_id FROM log").fetchall() == [("e1",)]
         assert kept.execute("PRAGMA user_version").fetchone() == (0,)
+
+
+def test_given_keys_made_before_files_had_versions_then_they_keep_working(tmp_path: Path) -> None:
+    # The catalog's format has not changed since: a file without a version stamp is version 1.
+    data_dir = tmp_path / "data"
+    key = create_key(data_dir)["key"]
+    with sqlite3.connect(data_dir / "profiles.catalog.sqlite3") as catalog:
+        catalog.execute("PRAGMA user_version = 0")
+
+    server = ServerProcess(data_dir).start()
+    try:
+        answer = httpx.get(
+            f"{server.base_url}/v1/contacts/nobody", headers={"Authorization": f"Bearer {key}"}
+        )
+    finally:
+        server.stop()
+
+    assert answer.status_code == 404  # the key is known: not a 401

@@ -3,8 +3,8 @@
 Why a process: the applier's work (decoding, planning, msgpack, SQLite calls) needs the GIL that
 the event loop needs to answer requests. In the same process it took half of the ingest
 throughput on two cores; as a child it runs beside the server on the other core, and at a
-lower CPU priority (cpu_priority.py), so that answering clients comes first and applying uses
-the time left.
+lower CPU priority (``lower_priority``), so that answering clients comes first and applying
+uses the time left.
 
 The child is ``profilehook worker --report-to-parent`` with the server's settings. It stops
 when its standard input closes (the server stopping, or dying: even a ``kill -9`` closes the
@@ -19,12 +19,11 @@ import contextlib
 import logging
 import os
 import sys
+import time
 from asyncio.subprocess import PIPE, Process
-from collections.abc import Callable
 
 import msgspec
 
-from profilehook.cpu_priority import ApplierPriority
 from profilehook.metrics import ApplierTotals, Metrics
 from profilehook.settings import Settings
 
@@ -32,6 +31,7 @@ log = logging.getLogger(__name__)
 
 REPORT_INTERVAL_S = 0.25
 RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
+HEALTHY_RUN_S = 60.0  # a child that ran this long starts the backoff over when it dies
 STOP_TIMEOUT_S = 15.0  # to finish a batch and acknowledge it, before the child is killed
 
 _decode_totals = msgspec.json.Decoder(ApplierTotals).decode
@@ -47,6 +47,7 @@ class ApplierProcess:
     async def run(self, stop: asyncio.Event) -> None:
         failures = 0
         while not stop.is_set():
+            started_s = time.monotonic()
             try:
                 proc = await self._spawn()
             except OSError as exc:  # fork/exec can fail for a while (EAGAIN, ENOMEM): retry
@@ -55,6 +56,8 @@ class ApplierProcess:
                 outcome = f"exited with code {await self._supervise(proc, stop)}"
             if stop.is_set():
                 return
+            if time.monotonic() - started_s > HEALTHY_RUN_S:
+                failures = 0  # it had been running fine: this is a new failure, not a streak
             delay = RESTART_BACKOFF_S[min(failures, len(RESTART_BACKOFF_S) - 1)]
             failures += 1
             log.error("applier process %s; restarting in %.1fs", outcome, delay)
@@ -108,19 +111,29 @@ class ApplierProcess:
             last = totals
 
 
+NICENESS = 10  # the child's priority, below the server's: ~1/10 of a contended CPU
+
+
+def lower_priority() -> None:
+    """Lower this process's CPU priority; call it before any thread starts. On Linux niceness
+    belongs to each thread and new threads inherit their creator's, so a call made after the
+    SQLite threads started would leave the applying itself at the server's priority. (Linux's
+    idle policy, SCHED_IDLE, was measured too: it would leave a thread that holds a SQLite
+    write lock unscheduled while the server waits for that lock.)"""
+    with contextlib.suppress(OSError):
+        os.nice(NICENESS)
+
+
 class ParentLink:
     """The child's side: ``stop`` is set when standard input closes; meanwhile the totals go to
     standard output every ``REPORT_INTERVAL_S``, and once more at ``close``."""
 
-    def __init__(self, metrics: Metrics, stop: asyncio.Event, lag_s: Callable[[], float]):
+    def __init__(self, metrics: Metrics, stop: asyncio.Event):
         self.metrics = metrics
         self.stop = stop
-        self.lag_s = lag_s
-        self.priority = ApplierPriority()
         self._tasks: list[asyncio.Task[None]] = []
 
     async def open(self) -> None:
-        self.priority.start()
         reader = asyncio.StreamReader()
         await asyncio.get_running_loop().connect_read_pipe(
             lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(sys.stdin.fileno(), "rb", 0)
@@ -144,7 +157,6 @@ class ParentLink:
         while not self.stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), REPORT_INTERVAL_S)
-            self.priority.follow(self.lag_s())
             self._report()
 
     def _report(self) -> None:

@@ -176,10 +176,12 @@ def worker(ctx: click.Context, metrics_port: int | None, report_to_parent: bool)
     Example:
       PROFILEHOOK_QUEUE_URL=... PROFILEHOOK_STORE_URL=... profilehook worker --metrics-port 9100
     """
-    from profilehook.applier_process import ParentLink
+    from profilehook.applier_process import ParentLink, lower_priority
     from profilehook.worker import Applier
 
     settings = _settings(ctx)
+    if report_to_parent:
+        lower_priority()  # before any thread exists: threads inherit it
 
     async def work() -> None:
         stop = asyncio.Event()
@@ -197,7 +199,7 @@ def worker(ctx: click.Context, metrics_port: int | None, report_to_parent: bool)
             )
             link = None
             if report_to_parent:
-                link = ParentLink(services.metrics, stop, lambda: applier.lag_s)
+                link = ParentLink(services.metrics, stop)
                 await link.open()
             try:
                 await applier.run(stop)

@@ -98,14 +98,18 @@ class SqliteDatabase:
         """Create the schema in a new file; check the version of an existing one."""
         conn.execute("BEGIN IMMEDIATE")
         try:
-            found = int(conn.execute("PRAGMA user_version").fetchone()[0])
             empty = conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0
+            # Files written before versions were kept carry no stamp: they are version 1.
+            found = int(conn.execute("PRAGMA user_version").fetchone()[0]) or 1
             if found != self._version and not empty:
                 raise ConfigurationError(
                     f"{self.path} holds data in the format of another profilehook version "
                     f"(schema {found}; this one reads {self._version}) and there is no "
-                    "migration between them yet: start with another PROFILEHOOK_DATA_DIR, or "
-                    "move this directory away"
+                    "migration between them yet. Keep this data directory for the version that "
+                    "wrote it, or move this file aside (with its -wal and -shm files) and start "
+                    "again: keys and sources live in profiles.catalog.sqlite3, which stays; "
+                    "events still waiting in an old log.sqlite3 are applied only by the version "
+                    "that wrote it (its `profilehook check` shows how many wait)."
                 )
             for statement in _statements(self._schema):
                 conn.execute(statement)

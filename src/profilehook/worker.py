@@ -36,7 +36,6 @@ class Applier:
         self.batch_max_events = batch_max_events
         self._unacked: list[Delivery] = []  # applied, acknowledged after the next store sync
         self._synced_at = time.monotonic()
-        self.lag_s = 0.0  # age of the oldest event of the last batch; 0 once the log is empty
 
     async def run(self, stop: asyncio.Event) -> None:
         """Apply until ``stop`` is set; backend outages are retried with backoff, not fatal."""
@@ -70,11 +69,9 @@ class Applier:
         durable (``flush``, at most every ``ACK_INTERVAL_S``). Returns the events handled."""
         deliveries = await self.queue.fetch(self.batch_max_events, wait_s)
         if not deliveries:
-            self.lag_s = 0.0
             await self.flush()
             return 0
         events = [d.event for d in deliveries]
-        self.lag_s = max(0, now_us() - min(e.received_us for e in events)) / 1_000_000
         try:
             result = await self._apply(events)
         except StorageUnavailable:
