@@ -40,12 +40,6 @@ class ProfilehookApp:
     def __init__(self, services: Services, applies_in: AppliesIn = "task"):
         self.services = services
         self.applies_in = applies_in
-        self.applier = Applier(
-            services.queue,
-            services.store,
-            services.metrics,
-            services.settings.apply_batch_max_events,
-        )
         self.deadlines = Deadlines.from_settings(services.settings)
         self._ingest = ingest_handlers(services, self.deadlines)
         self._webhooks = webhook_handler(services, self.deadlines)
@@ -80,10 +74,17 @@ class ProfilehookApp:
         await self.services.open()
         stop = asyncio.Event()
         task = None
+        services = self.services
         if self.applies_in == "task":
-            task = asyncio.create_task(self.applier.run(stop), name="applier")
+            applier = Applier(
+                services.queue,
+                services.store,
+                services.metrics,
+                services.settings.apply_batch_max_events,
+            )
+            task = asyncio.create_task(applier.run(stop), name="applier")
         elif self.applies_in == "process":
-            process = ApplierProcess(self.services.settings, self.services.metrics)
+            process = ApplierProcess(services.settings, services.metrics)
             task = asyncio.create_task(process.run(stop), name="applier-process")
         try:
             yield

@@ -17,7 +17,7 @@ import msgspec
 
 from profilehook.events import Event, encode_event
 from profilehook.queues.base import Delivery, Queue
-from profilehook.sqlite_db import SqliteDatabase
+from profilehook.sqlite_db import MAX_RECORDS_PER_ROW, SqliteDatabase
 
 SCHEMA_VERSION = 2  # 1: one row per event (before group-commit rows)
 SCHEMA = """
@@ -129,8 +129,9 @@ class SqliteQueue(Queue):
 
 
 POLL_INTERVAL_S = 0.02
-INDEX_BITS = 20  # a row holds at most MAX_RECORDS_PER_ROW (2,000) events
+INDEX_BITS = 20  # room for an event's index in its row
 INDEX_MASK = (1 << INDEX_BITS) - 1
+assert MAX_RECORDS_PER_ROW <= INDEX_MASK, "a row's events must fit in a position's index bits"
 _APPEND = "INSERT INTO batches (events, body) VALUES (?, ?)"
 _decode_events = msgspec.msgpack.Decoder(list[Event]).decode
 
