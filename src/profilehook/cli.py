@@ -99,7 +99,7 @@ def serve(
     import uvicorn
 
     from profilehook.api.app import create_app
-    from profilehook.api.protocol import with_header_timeout
+    from profilehook.api.protocol import http_protocol
 
     settings = _settings(ctx, host=host, port=port)
     if quickstart:
@@ -110,11 +110,10 @@ def serve(
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http=with_header_timeout(settings.header_timeout_s),
+        http=http_protocol(settings.header_timeout_s, settings.keep_alive_s),
         lifespan="on",
         access_log=False,
         log_level=settings.log_level.lower(),
-        timeout_keep_alive=c.KEEP_ALIVE_S,
         log_config=None,
     )
     server = uvicorn.Server(config)

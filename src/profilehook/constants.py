@@ -47,13 +47,13 @@ RATE_LIMIT_BURST = 2_000
 # Slow clients (SPEC 5): the request line and headers, then the body, must arrive in time.
 HEADER_TIMEOUT_S = 10.0
 BODY_TIMEOUT_S = 10.0
+KEEP_ALIVE_S = 5.0  # an idle keep-alive connection is closed after this
 
 HISTORY_PAGE_DEFAULT = 50
 HISTORY_PAGE_MAX = 500
 
 KEY_PREFIX = "phk_"
 DEFAULT_WORKSPACE = "default"
-KEEP_ALIVE_S = 5
 
 # Copernica webhooks (SPEC 2.3, 5).
 FORM_MAX_FIELDS = 1_000

@@ -51,6 +51,11 @@ class Settings:
         c.HEADER_TIMEOUT_S, "Seconds a client has to send the request line and headers"
     )
     body_timeout_s: float = _setting(c.BODY_TIMEOUT_S, "Seconds a client has to send the body")
+    keep_alive_s: float = _setting(
+        c.KEEP_ALIVE_S,
+        "Seconds an idle keep-alive connection stays open; behind a load balancer, more than"
+        " its idle timeout",
+    )
     backend_timeout_s: float = _setting(
         c.BACKEND_TIMEOUT_S, "Seconds to wait for the log or store before answering 503"
     )

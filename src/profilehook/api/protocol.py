@@ -1,62 +1,78 @@
-"""uvicorn's httptools protocol, plus a deadline for the request line and headers.
+"""uvicorn's httptools protocol, with deadlines kept by one sweep and one write per response.
 
-uvicorn has no such deadline: its ``timeout_keep_alive`` starts only after a response, so a
-connection that sends nothing, or half a request head, is held until the client goes away
-(slowloris). The head is parsed before any application code runs, so the app cannot help; this
-subclass notes when a connection opens or a request's first byte arrives, forgets it when the
-headers are complete, and one timer sweeps the connections for heads that took too long: such
-a client gets a ``408`` and the connection is closed. The body has its own deadline inside the app (api/deadlines.py), which works under
-any ASGI server; this one exists only under ``profilehook serve``. A request the parser
-refuses (``400``) is answered in the one error shape as well.
+- **A deadline for the request line and headers.** uvicorn has none: its ``timeout_keep_alive``
+  starts only after a response, so a connection that sends nothing, or half a request head, is
+  held until the client goes away (slowloris). The head is parsed before any application code
+  runs, so the app cannot help; this protocol notes when a connection opens or a request's
+  first byte arrives, forgets it when the headers are complete, and a client whose head took
+  too long gets a ``408`` and the connection is closed. (The body has its own deadline inside
+  the app, api/deadlines.py, which works under any ASGI server.)
+- **Idle keep-alive connections are closed by the same sweep.** uvicorn arms and cancels a
+  timer per request for this; here a response only notes when the connection fell idle.
+- **One write per response.** uvicorn writes a response's head and its body separately, which
+  is two ``send`` system calls for every small answer. Writes wait in the connection until the
+  end of the event loop's current pass, and go out as one.
+- A request the parser refuses (``400``) is answered in the one error shape as well.
 
-It relies on uvicorn's protocol callbacks (``connection_made``, ``on_message_begin``,
-``on_headers_complete``, ``connection_lost``, ``send_400_response``), which constraints.txt pins;
-tests/test_slow_clients.py fails if they change.
+One timer per server sweeps the open connections every ``header_timeout_s / 4`` (at most
+1 s), so each deadline holds to within that; the hot path pays attribute writes only.
+
+It relies on uvicorn's protocol callbacks and state (``connection_made``, ``on_message_begin``,
+``on_headers_complete``, ``on_response_complete``, ``connection_lost``, ``send_400_response``,
+``flow``, ``pipeline``, ``_start_asgi_task``), which constraints.txt pins;
+tests/test_slow_clients.py and tests/test_http_protocol.py fail if they change.
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from profilehook.api.responses import error_body
 
 
-def with_header_timeout(timeout_s: float) -> type[HttpToolsProtocol]:
-    """An ``HttpToolsProtocol`` class that closes a connection whose request head takes longer
-    than ``timeout_s``; pass it to ``uvicorn.Config(http=...)``.
-
-    A request only notes when its head began (an attribute write): one timer per server
-    sweeps the open connections every ``timeout_s / 4`` (at most 1 s), so the deadline holds to
-    within that, and the hot path pays no timer of its own per request.
-    """
-    body = error_body(f"Request headers not received within {timeout_s:g} s")
+def http_protocol(header_timeout_s: float, keep_alive_s: float) -> type[HttpToolsProtocol]:
+    """An ``HttpToolsProtocol`` class for ``uvicorn.Config(http=...)``: a connection whose
+    request head takes longer than ``header_timeout_s``, or that stays idle between requests
+    longer than ``keep_alive_s``, is closed (the first with a ``408``)."""
+    body = error_body(f"Request headers not received within {header_timeout_s:g} s")
     answer = (
         b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
         b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
     )
-    sweep_every_s = min(1.0, timeout_s / 4)
-    open_connections: set[HeaderTimeoutProtocol] = set()
+    sweep_every_s = min(1.0, header_timeout_s / 4, keep_alive_s / 4)
+    open_connections: set[Protocol] = set()
     sweeper: list[asyncio.TimerHandle] = []  # the pending sweep, while connections are open
+    end_of_pass: list[_EndOfPass] = []  # one per server (its loop)
 
     def sweep() -> None:
         sweeper.clear()
         if not open_connections:
             return
         loop = next(iter(open_connections)).loop
-        too_old = loop.time() - timeout_s
+        now = loop.time()
+        head_too_old, idle_too_long = now - header_timeout_s, now - keep_alive_s
         for protocol in list(open_connections):
-            started = protocol.head_started
-            if started is not None and started <= too_old:
+            started, idle = protocol.head_started, protocol.idle_since
+            if started is not None and started <= head_too_old:
                 protocol.head_timed_out()
+            elif idle is not None and idle <= idle_too_long:
+                protocol.idle_timed_out()
         sweeper.append(loop.call_later(sweep_every_s, sweep))
 
-    class HeaderTimeoutProtocol(HttpToolsProtocol):
+    class Protocol(HttpToolsProtocol):
         head_started: float | None = None  # loop time the pending request head began
+        idle_since: float | None = None  # loop time the last response ended, while idle
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            # The request/response cycles write through this; the flow control (pausing
+            # reads) keeps the transport itself.
+            if not end_of_pass:
+                end_of_pass.append(_EndOfPass(self.loop))
+            self.transport = _OneWritePerPass(transport, end_of_pass[0])  # type: ignore[assignment]
             self.head_started = self.loop.time()
             open_connections.add(self)
             if not sweeper:
@@ -64,12 +80,25 @@ def with_header_timeout(timeout_s: float) -> type[HttpToolsProtocol]:
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
+            self.idle_since = None
             if self.head_started is None:
                 self.head_started = self.loop.time()
 
         def on_headers_complete(self) -> None:
             self.head_started = None
             super().on_headers_complete()
+
+        def on_response_complete(self) -> None:
+            # uvicorn's, with the keep-alive timer replaced by a note for the sweep.
+            self.server_state.total_requests += 1
+            if self.transport.is_closing():
+                return
+            self.flow.resume_reading()
+            if self.pipeline:
+                cycle, app = self.pipeline.pop()
+                self._start_asgi_task(cycle, app)
+            else:
+                self.idle_since = self.loop.time()
 
         def send_400_response(self, msg: str) -> None:
             # A request the parser refused never reaches the app; answer it in the one error
@@ -83,7 +112,7 @@ def with_header_timeout(timeout_s: float) -> type[HttpToolsProtocol]:
             self.transport.close()
 
         def connection_lost(self, exc: Exception | None) -> None:
-            self.head_started = None
+            self.head_started = self.idle_since = None
             open_connections.discard(self)
             super().connection_lost(exc)
 
@@ -93,4 +122,66 @@ def with_header_timeout(timeout_s: float) -> type[HttpToolsProtocol]:
                 self.transport.write(answer)
                 self.transport.close()
 
-    return HeaderTimeoutProtocol
+        def idle_timed_out(self) -> None:
+            self.idle_since = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
+    return Protocol
+
+
+class _OneWritePerPass:
+    """A transport whose writes are held until the end of the event loop's current pass, then
+    written as one: a response's head and body leave in one ``send``. Closing writes what is
+    held first. Everything else is the transport's own."""
+
+    __slots__ = ("_held", "_pass", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, end_of_pass: _EndOfPass):
+        self._transport = transport
+        self._pass = end_of_pass
+        self._held: list[bytes] | None = None
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is None:
+            self._held = [data]
+            self._pass.flush_later(self)
+        else:
+            held.append(data)
+
+    def flush(self) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(held[0] if len(held) == 1 else b"".join(held))
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class _EndOfPass:
+    """The connections holding writes; one callback at the end of the pass flushes them all."""
+
+    __slots__ = ("_holding", "_loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
+        self._holding: list[_OneWritePerPass] = []
+
+    def flush_later(self, connection: _OneWritePerPass) -> None:
+        if not self._holding:
+            self._loop.call_soon(self._flush)
+        self._holding.append(connection)
+
+    def _flush(self) -> None:
+        holding, self._holding = self._holding, []
+        for connection in holding:
+            connection.flush()

@@ -1,0 +1,153 @@
+"""profilehook's HTTP protocol (api/protocol.py): idle keep-alive connections closed by the
+sweep, pipelined requests answered in order, and each response written in one piece."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Iterator
+
+import msgspec
+import pytest
+
+from profilehook.api.protocol import _EndOfPass, _OneWritePerPass
+from tests.support import ServerProcess, create_key
+
+KEEP_ALIVE_S = 1.0
+EVENT = msgspec.json.encode(
+    {"contact_id": "c", "event_name": "e", "timestamp": 1, "user_properties": {"a": 1}}
+)
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, bytes]] = []
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.calls.append(("write", data))
+
+    def close(self) -> None:
+        self.calls.append(("close", b""))
+        self.closing = True
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_extra_info(self, name: str) -> str:
+        return f"extra {name}"
+
+
+async def test_writes_of_one_pass_leave_as_one_write_at_its_end():
+    transport = _Transport()
+    connection = _OneWritePerPass(transport, _EndOfPass(asyncio.get_running_loop()))  # type: ignore[arg-type]
+    connection.write(b"HTTP/1.1 202 Accepted\r\n\r\n")
+    connection.write(b"{}")
+    assert transport.calls == []  # held until the pass ends
+    await asyncio.sleep(0)
+    assert transport.calls == [("write", b"HTTP/1.1 202 Accepted\r\n\r\n{}")]
+    connection.write(b"next")
+    await asyncio.sleep(0)
+    assert transport.calls[1:] == [("write", b"next")]
+
+
+async def test_closing_writes_what_is_held_first_and_other_calls_reach_the_transport():
+    loop = asyncio.get_running_loop()
+    end_of_pass = _EndOfPass(loop)
+    first, second = _Transport(), _Transport()
+    a = _OneWritePerPass(first, end_of_pass)  # type: ignore[arg-type]
+    b = _OneWritePerPass(second, end_of_pass)  # type: ignore[arg-type]
+    a.write(b"answer")
+    b.write(b"other")
+    a.close()
+    assert first.calls == [("write", b"answer"), ("close", b"")]
+    assert a.is_closing() and a.get_extra_info("peername") == "extra peername"
+    await asyncio.sleep(0)
+    assert first.calls == [("write", b"answer"), ("close", b"")]  # not written twice
+    assert second.calls == [("write", b"other")]
+
+
+# -- a real server ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str]]:
+    data_dir = tmp_path_factory.mktemp("protocol") / "data"
+    key = create_key(data_dir)["key"]
+    found = ServerProcess(data_dir, extra_env={"PROFILEHOOK_KEEP_ALIVE_S": str(KEEP_ALIVE_S)})
+    found.start()
+    try:
+        yield found, key
+    finally:
+        found.stop()
+
+
+def post(key: str, body: bytes = EVENT) -> bytes:
+    return (
+        f"POST /v1/properties HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+def responses(sock: socket.socket, count: int) -> list[bytes]:
+    """Read ``count`` complete responses (each with a content-length) from ``sock``."""
+    buffer, found = b"", []
+    while len(found) < count:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed after {len(found)} responses: {buffer!r}"
+        buffer += chunk
+        while b"\r\n\r\n" in buffer:
+            head, _, rest = buffer.partition(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            if len(rest) < length:
+                break
+            found.append(head + b"\r\n\r\n" + rest[:length])
+            buffer = rest[length:]
+    return found
+
+
+@pytest.mark.slow
+def test_an_idle_keep_alive_connection_is_closed_after_the_keep_alive(server):
+    server, key = server
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(post(key))
+        [answer] = responses(sock, 1)
+        assert answer.startswith(b"HTTP/1.1 202 "), answer
+        idle_from = time.monotonic()
+        assert sock.recv(65536) == b""  # closed by the server, with nothing more sent
+        idle_s = time.monotonic() - idle_from
+    # The sweep runs every keep-alive / 4: the deadline holds to within that.
+    assert KEEP_ALIVE_S - 0.05 <= idle_s < KEEP_ALIVE_S * 1.25 + 0.5
+
+
+@pytest.mark.slow
+def test_a_connection_in_use_is_kept_past_the_keep_alive(server):
+    server, key = server
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        started = time.monotonic()
+        sent = 0
+        while time.monotonic() - started < 2.5 * KEEP_ALIVE_S:
+            sock.sendall(post(key))
+            [answer] = responses(sock, 1)
+            assert answer.startswith(b"HTTP/1.1 202 "), answer
+            sent += 1
+            time.sleep(KEEP_ALIVE_S / 3)
+    assert sent >= 6
+
+
+def test_pipelined_requests_are_answered_in_order_on_one_connection(server):
+    server, key = server
+    bodies = [
+        msgspec.json.encode(
+            {"contact_id": f"c{i}", "event_name": "e", "timestamp": 1, "user_properties": {}}
+        )
+        for i in range(3)
+    ]
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(post(key, bodies[0]) + post(key, b"{") + post(key, bodies[2]))
+        answers = responses(sock, 3)
+    statuses = [answer.split(b" ", 2)[1] for answer in answers]
+    assert statuses == [b"202", b"422", b"202"]
+    ids = [msgspec.json.decode(a.partition(b"\r\n\r\n")[2]).get("event_id") for a in answers]
+    assert ids[0] and ids[2] and ids[0] != ids[2]
