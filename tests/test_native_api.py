@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+import uuid
 from typing import Any
 
 import msgspec
@@ -60,6 +62,12 @@ class TestAccepting:
         assert r.status_code == 202
         event_id = r.json()["event_id"]
         assert len(event_id) == 36 and event_id[14] == "4"
+        made = uuid.UUID(event_id)
+        assert (made.version, made.variant) == (4, uuid.RFC_4122)
+        # Its first 48 bits are when it was made (ms): ids sort, and index, in time order.
+        assert abs(int(made.hex[:12], 16) - time.time() * 1000) < 60_000
+        later = client.post("/v1/properties", json=event(), headers=auth).json()["event_id"]
+        assert later != event_id and later[:13] >= event_id[:13]
 
     def test_repeating_an_event_id_answers_the_same_and_changes_nothing(self, client, auth):
         first = client.post("/v1/properties", json=event(event_id="dup-1"), headers=auth)

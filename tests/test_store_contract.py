@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import random
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from profilehook.events import Event, Version
+from profilehook.events import Event, Version, new_event_id
 from profilehook.stores import sqlite as sqlite_module
 from profilehook.stores.base import ApiKey, Contact, Store
 from profilehook.stores.memory import MemoryStore
@@ -563,6 +564,75 @@ async def test_given_every_id_hashes_alike_then_sqlite_dedupe_history_and_lookup
     failed = await store.get_event("acme", "f")
     assert failed is not None and failed.status == "failed"
     assert await store.get_event("acme", "zz") is None
+
+
+async def test_given_ids_made_in_time_order_then_their_sqlite_index_keys_rise_with_time(
+    sqlite_store_backend: StoreBackend, tmp_path: Path
+) -> None:
+    """Ids profilehook makes begin with their time, and so do their index keys: each apply
+    appends to the index instead of dirtying pages all over it (the applier's main cost)."""
+    store = sqlite_store_backend.store
+    ids: list[str] = []
+    for _ in range(3):
+        ids += [new_event_id() for _ in range(20)]
+        time.sleep(0.003)
+    random.Random(1).shuffle(ids)  # applied in any order: the keys follow the ids' time
+    await store.apply([event(event_id=i, ts_us=n * S, x=n) for n, i in enumerate(ids)])
+
+    with contextlib.closing(sqlite3.connect(tmp_path / "profiles.sqlite3")) as conn:
+        keyed = dict(conn.execute("SELECT event_id, id_key FROM events").fetchall())
+    by_time = sorted(ids)  # the first 48 bits are the time, in hex: text order is time order
+    assert [keyed[i] >> 15 for i in by_time] == sorted(keyed[i] >> 15 for i in ids)
+    assert len({keyed[i] >> 15 for i in ids}) >= 3
+    found = await store.get_event("acme", ids[0])
+    assert found is not None and found.status == "applied"
+
+
+async def test_given_uuid_ids_sharing_their_time_and_hash_bits_then_lookups_stay_exact(
+    sqlite_store_backend: StoreBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = sqlite_store_backend.store
+    monkeypatch.setattr(sqlite_module, "_key", lambda workspace, name: 42)
+    one, two = "0190a0b0-c0d0-4000-8000-000000000001", "0190a0b0-c0d0-4000-8000-000000000002"
+    await store.apply([event(event_id=one, ts_us=1 * S, x=1)])
+
+    again = await store.apply([event(event_id=one, ts_us=5 * S, x=5), event(event_id=two, y=2)])
+
+    assert (again.applied, again.duplicates) == (1, 1)
+    assert await props(store) == {"x": 1, "y": 2}
+    found = await store.get_event("acme", two)
+    assert found is not None and found.event.event_id == two
+
+
+async def test_given_a_schema_2_store_file_then_opening_it_rekeys_its_events(
+    tmp_path: Path,
+) -> None:
+    """Schema 2 keyed every id by a hash; schema 3 keys UUID-form ids by their time. Opening an
+    older file migrates it in place: its events are still found and still deduplicated."""
+    path = tmp_path / "profiles.sqlite3"
+    made, plain = new_event_id(), "plain-id"
+    store = SqliteStore(path)
+    await store.open()
+    await store.apply([event(event_id=made, ts_us=1 * S, x=1), event(event_id=plain, y=2)])
+    await store.close()
+    with contextlib.closing(sqlite3.connect(path)) as conn:  # what schema 2 wrote
+        conn.create_function("hash_key", 2, sqlite_module._key)
+        conn.execute("UPDATE events SET id_key = hash_key(workspace, event_id)")
+        conn.execute("PRAGMA user_version = 2")
+        conn.commit()
+
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        found = await store.get_event("acme", made)
+        again = await store.apply([event(event_id=made, ts_us=9 * S, x=9)])
+        assert found is not None and found.event.event_id == made
+        assert (again.applied, again.duplicates) == (0, 1)
+        assert await props(store) == {"x": 1, "y": 2}
+    finally:
+        await store.close()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == sqlite_module.SCHEMA_VERSION
 
 
 async def test_given_many_event_ids_then_dedupe_and_lww_hold_beyond_one_bound_query(

@@ -60,9 +60,13 @@ _V4_SET = (0x4000 << 64) | (0x8 << 60)  # ... of a version 4, RFC 4122 variant U
 
 
 def new_event_id() -> str:
-    """A random (version 4) UUID as text. Event ids need uniqueness, not secrecy, so this draws
-    from a seeded PRNG: ~10x cheaper than ``uuid.uuid4()``, which reads the OS entropy pool."""
-    h = "%032x" % (_random.getrandbits(128) & _V4_CLEAR | _V4_SET)
+    """A UUID in version 4 form whose first 48 bits are the time in milliseconds (the layout of
+    RFC 9562's version 7) and whose other 74 are random. Ids made later sort later, so the store's
+    index of ids grows at its end instead of at random places: applying an event costs about half
+    the CPU it did with fully random ids (benchmarks/README.md). The random part comes from a
+    seeded PRNG: ids need uniqueness, not secrecy, and it is ~10x cheaper than the OS pool."""
+    value = (time.time_ns() // 1_000_000) << 80 | _random.getrandbits(80)
+    h = "%032x" % (value & _V4_CLEAR | _V4_SET)
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 

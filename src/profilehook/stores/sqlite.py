@@ -35,7 +35,7 @@ from profilehook.stores.base import (
     plan_contact,
 )
 
-SCHEMA_VERSION = 2  # 1: events keyed by their ids, one property per map entry
+SCHEMA_VERSION = 3  # 1: events keyed by their ids, one property per map entry; 2: id_key a hash
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     workspace TEXT NOT NULL,
@@ -46,14 +46,15 @@ CREATE TABLE IF NOT EXISTS events (
     applied_us INTEGER,
     error TEXT,
     body BLOB NOT NULL,
-    id_key INTEGER NOT NULL,  -- _key(workspace, event_id)
+    id_key INTEGER NOT NULL,  -- _id_key(workspace, event_id)
     contact_key INTEGER NOT NULL  -- _key(workspace, contact_id)
 );
--- A rowid table: rows with bodies append at the end; only the two indexes take random inserts,
--- and they hold 48-bit hashes rather than the ids, so they span a third of the pages (each
--- random insert dirties a page the commit rewrites). A hash may match another id: every lookup
--- compares the real columns too, and ``apply`` keeps (workspace, event_id) unique by checking
--- in the transaction that inserts.
+-- A rowid table: rows with bodies append at the end. The indexes hold integers rather than the
+-- ids, so they span a third of the pages; a random insert dirties a page the commit rewrites,
+-- so the keys are chosen to append: an id made by profilehook begins with its time, and so does
+-- its key (see _id_key); a contact's events mostly come in time order. A key may match another
+-- id: every lookup compares the real columns too, and ``apply`` keeps (workspace, event_id)
+-- unique by checking in the transaction that inserts.
 CREATE INDEX IF NOT EXISTS events_by_id ON events (id_key);
 CREATE INDEX IF NOT EXISTS events_by_contact ON events (contact_key, ts_us);
 -- One row per contact: its properties are msgpack [[ts_us, event_id, {name: value}], ...], one
@@ -119,7 +120,9 @@ class SqliteStore(Store):
     def __init__(self, path: Path):
         # Commits are not fsynced one by one: the applier calls ``sync`` before it lets the log
         # forget what was applied, so a power loss only means re-applying (deduplicated).
-        self.db = SqliteDatabase(path, SCHEMA, SCHEMA_VERSION, synchronous="NORMAL")
+        self.db = SqliteDatabase(
+            path, SCHEMA, SCHEMA_VERSION, synchronous="NORMAL", migrations={2: _rekey_2_to_3}
+        )
         self.catalog = SqliteDatabase(
             path.with_name(f"{path.stem}.catalog{path.suffix}"), CATALOG_SCHEMA, CATALOG_VERSION
         )
@@ -149,7 +152,7 @@ class SqliteStore(Store):
         await self.db.fsync_wal()
 
     async def record_failure(self, event: Event, error: str) -> None:
-        id_key = _key(event.workspace, event.event_id)
+        id_key = _id_key(event.workspace, event.event_id)
 
         def insert(conn: sqlite3.Connection) -> None:
             if _find_event(conn, event.workspace, event.event_id, id_key) is None:
@@ -180,7 +183,7 @@ class SqliteStore(Store):
         return await self.db.read(select)
 
     async def get_event(self, workspace: str, event_id: str) -> EventRecord | None:
-        id_key = _key(workspace, event_id)
+        id_key = _id_key(workspace, event_id)
         return await self.db.read(lambda conn: _find_event(conn, workspace, event_id, id_key))
 
     async def rebuild(self, progress: Progress | None = None) -> int:
@@ -374,6 +377,29 @@ def _key(workspace: str, name: str) -> int:
     return int.from_bytes(blake2b(data, digest_size=6).digest(), "little", signed=True)
 
 
+def _id_key(workspace: str, event_id: str) -> int:
+    """The index key of an event id. For an id in UUID form, its first 48 bits (the time, in
+    the ids profilehook makes and in UUIDv7s) then 15 bits of ``_key``: ids made in time order
+    get keys in time order, which the index appends. Other ids: ``_key``.
+
+    Ids can be chosen to share a key's first 48 bits, but the 15 hashed bits still spread them
+    over 32,768 keys; a key shared by several ids only makes its lookups compare more rows.
+    """
+    if len(event_id) == 36 and event_id[8] == "-" and event_id[13] == "-":
+        try:
+            prefix = int(event_id[:8] + event_id[9:13], 16)
+        except ValueError:
+            return _key(workspace, event_id)
+        return prefix << 15 | (_key(workspace, event_id) & 0x7FFF)
+    return _key(workspace, event_id)
+
+
+def _rekey_2_to_3(conn: sqlite3.Connection) -> None:
+    """Schema 2 -> 3: event ids in UUID form get ``_id_key``'s time-ordered keys."""
+    conn.create_function("profilehook_id_key", 2, _id_key, deterministic=True)
+    conn.execute("UPDATE events SET id_key = profilehook_id_key(workspace, event_id)")
+
+
 _INSERT_EVENT = (
     "INSERT INTO events (workspace, contact_id, event_id, ts_us, status, applied_us, error,"
     " body, id_key, contact_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -422,7 +448,7 @@ def _record(row: tuple[str, int | None, str | None, bytes]) -> EventRecord:
 
 
 def _apply(conn: sqlite3.Connection, events: Sequence[Event]) -> ApplyResult:
-    unique = [(_key(e.workspace, e.event_id), e) for e in first_of_each(events)]
+    unique = [(_id_key(e.workspace, e.event_id), e) for e in first_of_each(events)]
     seen = _already_recorded(conn, [id_key for id_key, _ in unique])
     new = [(k, e) for k, e in unique if (e.workspace, e.event_id) not in seen]
     applied_us = now_us()
