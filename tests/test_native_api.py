@@ -8,11 +8,12 @@ from typing import Any
 
 import msgspec
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from profilehook.cli import SEED_EVENT
+from profilehook.errors import ValidationFailed
 from profilehook.events import Event
 from profilehook.sources import native
 from tests.support import wait_until
@@ -339,3 +340,125 @@ def test_the_fast_path_accepts_only_what_the_full_checks_accept_and_makes_the_sa
     if "event_id" not in value or value["event_id"] is None:  # a fresh id each time
         checked = msgspec.structs.replace(checked, event_id=fast.event_id)
     assert checked == fast
+
+
+# -- bodies in the everyday shape take a path of their own; it agrees with the general one ------
+
+_leaves = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**60), max_value=2**60),
+    st.sampled_from([2**53 - 1, 2**53, -(2**53) + 1, -(2**53), 0.5, 1e300]),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=3),
+    st.sampled_from(["a\x00b", "\\u0000"]),
+)
+_values = st.one_of(
+    _leaves,
+    st.lists(_leaves, max_size=2),
+    st.dictionaries(st.text(max_size=2), _leaves, max_size=2),
+)
+_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(-1e6, 1e6),
+    st.text(max_size=3),
+)
+_everyday = st.fixed_dictionaries(
+    {
+        "contact_id": st.text(min_size=1, max_size=8),
+        "event_name": st.text(min_size=1, max_size=4),
+        "timestamp": st.one_of(
+            st.integers(0, 10**10), st.floats(0, 1e10), st.sampled_from([1.7e12, 1700000000123])
+        ),
+        "user_properties": st.dictionaries(st.text(min_size=1, max_size=4), _scalars, max_size=3),
+    },
+    optional={
+        "event_id": st.one_of(st.none(), st.text(min_size=1, max_size=6)),
+        "metadata": st.one_of(
+            st.none(), st.dictionaries(st.text(max_size=3), _scalars, max_size=2)
+        ),
+    },
+)
+# One change that may or may not leave the everyday shape: an odd leaf, a nested value, a key
+# the shape does not know, a field of the wrong type or size.
+_odd = st.one_of(
+    _leaves,
+    _values,
+    _times,
+    st.text(min_size=1, max_size=4).map(lambda name: {name: "a\x00b"}),
+    st.sampled_from([{"": 1}, {"x" * 257: 1}, {"n": 2**53}, {"n": -(2**53) + 1}, {"a\x00": 1}]),
+    st.text(min_size=250, max_size=260),
+    st.text(min_size=126, max_size=130),
+)
+_change = st.one_of(
+    st.just({}),
+    st.dictionaries(
+        st.sampled_from(
+            [
+                *("contact_id", "event_name", "timestamp", "user_properties", "metadata"),
+                *("event_id", "time", "extra"),
+            ]
+        ),
+        _odd,
+        max_size=1,
+    ),
+)
+
+
+def _outcome(parse: Any, body: bytes) -> Any:
+    try:
+        return parse(body, "w", 123)
+    except ValidationFailed as exc:
+        return ("422", exc.detail)
+
+
+def _same_ids(fast: Any, general: Any) -> Any:
+    """``general`` with the ids it made replaced by the ones ``fast`` made."""
+    if isinstance(fast, Event) and isinstance(general, Event):
+        return msgspec.structs.replace(general, event_id=fast.event_id)
+    if isinstance(fast, list) and isinstance(general, list) and len(fast) == len(general):
+        return [_same_ids(f, g) for f, g in zip(fast, general, strict=True)]
+    return general
+
+
+_EVERYDAY = {"contact_id": "c", "event_name": "e", "timestamp": 1, "user_properties": {"a": 1}}
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_everyday, _change, st.sampled_from(["single", "batch"]), st.integers(1, 3))
+@example(_EVERYDAY, {"user_properties": {"n": 2**53}}, "batch", 2)
+@example(_EVERYDAY, {"metadata": {"n": -(2**53)}}, "single", 1)
+@example(_EVERYDAY, {"user_properties": {"a": "x\x00"}}, "single", 1)
+@example(_EVERYDAY, {"metadata": {"a\x00": 1}}, "batch", 1)
+@example(_EVERYDAY, {"user_properties": {"a": {"deep": 1}}}, "single", 1)
+@example(_EVERYDAY, {"extra": 1}, "batch", 3)
+@example(_EVERYDAY, {"timestamp": 1700000000123}, "batch", 1)
+@example(_EVERYDAY, {"timestamp": 1e15}, "single", 1)
+def test_a_body_gets_the_same_answer_on_the_everyday_path_as_on_the_general_one(
+    value: dict[str, Any], change: dict[str, Any], endpoint: str, copies: int
+) -> None:
+    value = {**value, **change}
+    if endpoint == "single":
+        body = msgspec.json.encode(value)
+        fast, general = (
+            _outcome(native.parse_single, body),
+            _outcome(native._single_in_general, body),
+        )
+    else:
+        body = msgspec.json.encode({"events": [value] * copies})
+        fast, general = _outcome(native.parse_batch, body), _outcome(native._batch_in_general, body)
+    given_id = isinstance(value.get("event_id"), str) and value["event_id"]
+    assert (fast if given_id else _same_ids(general, fast)) == general
+
+
+def test_everyday_bodies_are_decoded_once():
+    """The benchmark's bodies take the everyday path (the general one is never called)."""
+    single = msgspec.json.encode(event())
+    batch = msgspec.json.encode({"events": [event(contact_id=f"u{i}") for i in range(100)]})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(native, "_single_in_general", None)
+        patch.setattr(native, "_batch_in_general", None)
+        assert native.parse_single(single, "w", 1).contact_id == "c1"
+        assert len(native.parse_batch(batch, "w", 1)) == 100

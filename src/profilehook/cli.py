@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -116,10 +117,21 @@ def serve(
         log_level=settings.log_level.lower(),
         log_config=None,
     )
+    _settle_heap()
     server = uvicorn.Server(config)
     server.run()
     if not server.started:
         sys.exit(1)
+
+
+def _settle_heap() -> None:
+    """Before serving: freeze what start-up allocated (the collector stops rescanning it) and
+    collect the young generation every ``GC_YOUNG_THRESHOLD`` allocations instead of 700. Ingest
+    allocates thousands of short-lived, acyclic dicts a millisecond, freed by reference
+    counting; with the default the collector ran every few requests (~5% of a batch's CPU)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(c.GC_YOUNG_THRESHOLD, 10, 10)
 
 
 def _applies_in(settings: Settings, no_applier: bool) -> AppliesIn:
@@ -181,6 +193,7 @@ def worker(ctx: click.Context, metrics_port: int | None, report_to_parent: bool)
     settings = _settings(ctx)
     if report_to_parent:
         lower_priority()  # before any thread exists: threads inherit it
+    _settle_heap()
 
     async def work() -> None:
         stop = asyncio.Event()

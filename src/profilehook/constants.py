@@ -60,3 +60,6 @@ FORM_MAX_FIELDS = 1_000
 FORM_MAX_DEPTH = 4
 COPERNICA_MAX_CLOCK_SKEW_S = 300
 COPERNICA_DNS_TIMEOUT_S = 2.0
+
+# Objects allocated between two collections of the youngest generation (Python's default: 700).
+GC_YOUNG_THRESHOLD = 10_000

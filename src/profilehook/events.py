@@ -55,8 +55,8 @@ _random = random.Random()  # seeded from os.urandom: ids differ across processes
 os.register_at_fork(after_in_child=_random.seed)  # and across forked workers
 
 
-_V4_CLEAR = ~(0xF000 << 64) & ~(0xC << 60)  # the version and variant bits ...
-_V4_SET = (0x4000 << 64) | (0x8 << 60)  # ... of a version 4, RFC 4122 variant UUID
+_getrandbits = _random.getrandbits
+_made_in: list[Any] = [-1, ""]  # the millisecond of the last id, and its ids' common start
 
 
 def new_event_id() -> str:
@@ -65,9 +65,17 @@ def new_event_id() -> str:
     index of ids grows at its end instead of at random places: applying an event costs about half
     the CPU it did with fully random ids (benchmarks/README.md). The random part comes from a
     seeded PRNG: ids need uniqueness, not secrecy, and it is ~10x cheaper than the OS pool."""
-    value = (time.time_ns() // 1_000_000) << 80 | _random.getrandbits(80)
-    h = "%032x" % (value & _V4_CLEAR | _V4_SET)
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    ms = time.time_ns() // 1_000_000
+    if ms != _made_in[0]:
+        _made_in[:] = [ms, f"{ms >> 16 & 0xFFFFFFFF:08x}-{ms & 0xFFFF:04x}-4"]
+    bits = _getrandbits(74)  # 12 after the version digit, 14 after the variant bits, 48 last
+    # %-formatting: a third faster than the f-string here, and this runs once per event.
+    return "%s%03x-%04x-%012x" % (  # noqa: UP031
+        _made_in[1],
+        bits >> 62,
+        0x8000 | (bits >> 48) & 0x3FFF,
+        bits & 0xFFFFFFFFFFFF,
+    )
 
 
 def now_us() -> int:

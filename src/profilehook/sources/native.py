@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta
 
 from profilehook import constants as c
 from profilehook.errors import ValidationFailed
@@ -28,6 +31,13 @@ SOURCE = "api"
 
 def parse_single(body: bytes, workspace: str, received_us: int) -> Event:
     """Body of ``POST /v1/properties`` -> one event. Raises ``ValidationFailed`` (422)."""
+    flat = _decoded_flat(_decode_flat_event, body)
+    if flat is not None and (event := _flat_event(flat, workspace, received_us)) is not None:
+        return event
+    return _single_in_general(body, workspace, received_us)
+
+
+def _single_in_general(body: bytes, workspace: str, received_us: int) -> Event:
     value, problems = decode_json(body)
     if problems:
         raise ValidationFailed(problems)
@@ -45,6 +55,15 @@ def parse_batch(body: bytes, workspace: str, received_us: int) -> list[BatchItem
 
     Raises ``ValidationFailed`` when the envelope is wrong or no item is valid.
     """
+    flat = _decoded_flat(_decode_flat_batch, body)
+    if flat is not None:
+        events = [_flat_event(item, workspace, received_us) for item in flat.events]
+        if None not in events:
+            return events  # type: ignore[return-value]
+    return _batch_in_general(body, workspace, received_us)
+
+
+def _batch_in_general(body: bytes, workspace: str, received_us: int) -> list[BatchItem]:
     value, problems = decode_json(body, shallow=_flat_batch)
     if problems:
         raise ValidationFailed(problems)
@@ -65,6 +84,68 @@ def parse_batch(body: bytes, workspace: str, received_us: int) -> list[BatchItem
     if not any(isinstance(r, Event) for r in results):
         raise ValidationFailed([p for r in results if not isinstance(r, Event) for p in r])
     return results
+
+
+# -- the everyday shape, checked in C ---------------------------------------------------------
+#
+# Most bodies are flat: the known fields only, properties and metadata of scalars. Decoding
+# straight into these Structs makes msgspec check, in C, all that ``_plainly_valid`` checks but
+# the time, and bounds the depth; a body that does not fit (or holds an escaped NUL) goes to
+# the general path, which decodes it again, decides and explains. ``test_native_api`` checks
+# that both paths make the same events.
+
+# Within these, a string's UTF-8 form cannot exceed its byte cap (4 bytes a character at most).
+_PLAIN_ID_CHARS = min(c.MAX_CONTACT_ID_CHARS, c.MAX_CONTACT_ID_BYTES // 4)
+_PLAIN_EVENT_ID_CHARS = min(c.MAX_EVENT_ID_CHARS, c.MAX_EVENT_ID_BYTES // 4)
+_PropertyName = Annotated[str, Meta(min_length=1, max_length=c.MAX_PROPERTY_NAME_CHARS)]
+_Int = Annotated[int, Meta(ge=-c.MAX_JSON_INT, le=c.MAX_JSON_INT)]
+_Scalar = str | _Int | float | bool | None
+
+
+class _Flat(msgspec.Struct, forbid_unknown_fields=True):
+    contact_id: Annotated[str, Meta(min_length=1, max_length=_PLAIN_ID_CHARS)]
+    event_name: _PropertyName
+    timestamp: int | float
+    user_properties: Annotated[
+        dict[_PropertyName, _Scalar], Meta(max_length=c.MAX_PROPERTIES_PER_EVENT)
+    ]
+    metadata: dict[str, _Scalar] | None = None
+    event_id: Annotated[str, Meta(min_length=1, max_length=_PLAIN_EVENT_ID_CHARS)] | None = None
+
+
+class _FlatBatch(msgspec.Struct, forbid_unknown_fields=True):
+    events: Annotated[list[_Flat], Meta(min_length=1, max_length=c.MAX_BATCH_EVENTS)]
+
+
+_decode_flat_event = msgspec.json.Decoder(_Flat).decode
+_decode_flat_batch = msgspec.json.Decoder(_FlatBatch).decode
+
+
+def _decoded_flat(decode: Any, body: bytes) -> Any:
+    """``decode(body)``, or None when the body is not in the everyday shape."""
+    if b"\\u0000" in body:  # NUL is refused, with its place: the general path says where
+        return None
+    try:
+        return decode(body)
+    except (msgspec.DecodeError, UnicodeDecodeError):  # (ValidationError is a DecodeError)
+        return None
+
+
+def _flat_event(flat: _Flat, workspace: str, received_us: int) -> Event | None:
+    ts_us = timestamp_to_us(flat.timestamp)
+    if ts_us is None:
+        return None
+    return Event(
+        workspace=workspace,
+        event_id=flat.event_id or new_event_id(),
+        contact_id=flat.contact_id,
+        ts_us=ts_us,
+        properties=flat.user_properties,
+        source=SOURCE,
+        event_name=flat.event_name,
+        metadata=flat.metadata,
+        received_us=received_us,
+    )
 
 
 def _flat_batch(value: Any) -> bool:
@@ -100,11 +181,6 @@ def event_from_object(value: Any, workspace: str, received_us: int, loc: Loc) ->
     if type(value) is dict and (event := _plainly_valid(value, workspace, received_us)):
         return event
     return _checked(value, workspace, received_us, loc)
-
-
-# Within these, a string's UTF-8 form cannot exceed its byte cap (4 bytes a character at most).
-_PLAIN_ID_CHARS = min(c.MAX_CONTACT_ID_CHARS, c.MAX_CONTACT_ID_BYTES // 4)
-_PLAIN_EVENT_ID_CHARS = min(c.MAX_EVENT_ID_CHARS, c.MAX_EVENT_ID_BYTES // 4)
 
 
 def _plainly_valid(value: dict[str, Any], workspace: str, received_us: int) -> Event | None:
