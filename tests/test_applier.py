@@ -108,3 +108,34 @@ async def test_given_an_id_postgresql_cannot_index_then_it_is_refused_not_an_out
     finally:
         await store.close()
         drop_schema(schema)
+
+
+async def test_under_load_the_applier_waits_for_fuller_batches_and_when_quiet_it_does_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a batch of over a tenth of the maximum, the next gathers longer (fewer, larger
+    commits take less CPU from ingestion); after a small one, the lag stays short."""
+    from profilehook import worker
+    from profilehook.constants import APPLY_BUSY_LINGER_S, APPLY_LINGER_S
+
+    queue, store = MemoryQueue(), SqliteStore(tmp_path / "p.sqlite3")
+    await store.open()
+    stop = asyncio.Event()
+    lingered: list[float] = []
+    real_sleep = worker._sleep_unless
+
+    async def sleep(stop_: asyncio.Event, delay_s: float) -> None:
+        lingered.append(delay_s)
+        if len(lingered) == 1:  # the busy batch is applied: a quiet one follows
+            await queue.publish([event(event_id="quiet", a=1)])
+        else:
+            stop.set()
+        await real_sleep(stop_, 0)
+
+    monkeypatch.setattr(worker, "_sleep_unless", sleep)
+    await queue.publish([event(event_id=f"e{i}", a=i) for i in range(150)])
+    try:
+        await asyncio.wait_for(Applier(queue, store, Metrics(), 1_000).run(stop), 10)
+    finally:
+        await store.close()
+    assert lingered[:2] == [APPLY_BUSY_LINGER_S, APPLY_LINGER_S]

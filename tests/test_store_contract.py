@@ -588,12 +588,19 @@ async def test_given_ids_made_in_time_order_then_their_sqlite_index_keys_rise_wi
     assert found is not None and found.status == "applied"
 
 
-async def test_given_uuid_ids_sharing_their_time_and_hash_bits_then_lookups_stay_exact(
-    sqlite_store_backend: StoreBackend, monkeypatch: pytest.MonkeyPatch
+async def test_given_two_uuid_ids_with_one_index_key_then_lookups_stay_exact(
+    sqlite_store_backend: StoreBackend,
 ) -> None:
+    """A real collision, found by search: two ids of one millisecond whose hashed bits match."""
     store = sqlite_store_backend.store
-    monkeypatch.setattr(sqlite_module, "_key", lambda workspace, name: 42)
-    one, two = "0190a0b0-c0d0-4000-8000-000000000001", "0190a0b0-c0d0-4000-8000-000000000002"
+    seen: dict[int, str] = {}
+    for n in range(100_000):
+        candidate = f"0190a0b0-c0d0-4000-8000-{n:012x}"
+        key = sqlite_module._id_key("acme", candidate)
+        if key in seen:
+            one, two = seen[key], candidate
+            break
+        seen[key] = candidate
     await store.apply([event(event_id=one, ts_us=1 * S, x=1)])
 
     again = await store.apply([event(event_id=one, ts_us=5 * S, x=5), event(event_id=two, y=2)])

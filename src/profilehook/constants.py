@@ -29,6 +29,7 @@ MAX_EVENT_TIME_S = 253_402_300_799
 APPLY_BATCH_MAX_EVENTS = 2_000
 APPLY_IDLE_WAIT_S = 0.2
 APPLY_LINGER_S = 0.05  # after a partial batch, before fetching again
+APPLY_BUSY_LINGER_S = 0.15  # the same, after a batch of over a tenth of the maximum
 ACK_INTERVAL_S = 0.25  # applied events are synced in the store and acknowledged this often
 APPLY_RETRY_BACKOFF_S = (0.05, 0.2, 1.0, 5.0)
 

@@ -379,18 +379,20 @@ def _key(workspace: str, name: str) -> int:
 
 def _id_key(workspace: str, event_id: str) -> int:
     """The index key of an event id. For an id in UUID form, its first 48 bits (the time, in
-    the ids profilehook makes and in UUIDv7s) then 15 bits of ``_key``: ids made in time order
-    get keys in time order, which the index appends. Other ids: ``_key``.
+    the ids profilehook makes and in UUIDv7s) then 15 bits of a hash of the id: ids made in time
+    order get keys in time order, which the index appends. Other ids: ``_key``.
 
-    Ids can be chosen to share a key's first 48 bits, but the 15 hashed bits still spread them
-    over 32,768 keys; a key shared by several ids only makes its lookups compare more rows.
+    Ids can be chosen to share a key's first 48 bits, but the hashed bits spread them over
+    32,768 keys (to pile ids on one key, each must be searched for); a key shared by several
+    ids only makes its lookups compare more rows.
     """
     if len(event_id) == 36 and event_id[8] == "-" and event_id[13] == "-":
         try:
             prefix = int(event_id[:8] + event_id[9:13], 16)
         except ValueError:
             return _key(workspace, event_id)
-        return prefix << 15 | (_key(workspace, event_id) & 0x7FFF)
+        spread = blake2b(event_id.encode(errors="surrogatepass"), digest_size=2).digest()
+        return prefix << 15 | (int.from_bytes(spread, "little") & 0x7FFF)
     return _key(workspace, event_id)
 
 
