@@ -35,7 +35,7 @@ WRITER_CACHE_KIB = 65_536
 CHECKPOINT_PAGES = 10_000
 
 
-@dataclass
+@dataclass(slots=True)
 class _Job:
     fn: Callable[[sqlite3.Connection], Any] | None
     future: asyncio.Future[Any]
@@ -70,11 +70,12 @@ class SqliteDatabase:
         version: int,
         synchronous: str = "FULL",
         migrations: Mapping[int, Callable[[sqlite3.Connection], None]] | None = None,
+        after_commit: Callable[[], None] | None = None,
     ):
         """``version`` of ``schema`` is kept in the file (``PRAGMA user_version``). A file of an
         older version is brought up to date at ``open`` by ``migrations[v]`` (``v`` -> ``v + 1``,
         in the transaction that creates the schema); any other is refused with a clear error
-        rather than misread.
+        rather than misread. ``after_commit`` runs on the event loop after each commit.
         ``synchronous="NORMAL"``: commits are not fsynced (still safe against a killed
         process); ``fsync_wal`` then makes all of them durable at once."""
         self.path = path
@@ -82,6 +83,7 @@ class SqliteDatabase:
         self._version = version
         self._synchronous = synchronous
         self._migrations = dict(migrations or {})
+        self._after_commit = after_commit
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -164,16 +166,17 @@ class SqliteDatabase:
         self._jobs.put(_Job(fn, future))
         return await future
 
-    async def append(self, sql: str, records: list[bytes]) -> None:
-        """Store ``records`` (byte strings), committed before returning: ``sql`` runs with the
-        parameters ``(count, concatenated records)`` for each row of up to
-        ``MAX_RECORDS_PER_ROW``. Appends with the same statement that arrive together share
-        rows as well as the commit: this is the ingest hot path."""
+    def append(self, sql: str, records: list[bytes]) -> asyncio.Future[None]:
+        """Store ``records`` (byte strings); the future completes once they are committed:
+        ``sql`` runs with the parameters ``(count, concatenated records)`` for each row of up
+        to ``MAX_RECORDS_PER_ROW``. Appends with the same statement that arrive together share
+        rows as well as the commit: this is the ingest hot path (hence a future to await, not
+        a coroutine). Raises ``StorageUnavailable`` when the database is not open."""
         if self._writer is None or self._loop is None:
             raise StorageUnavailable(f"{self.path.name} is not open")
         future: asyncio.Future[None] = self._loop.create_future()
         self._jobs.put(_Job(None, future, sql, records))
-        await future
+        return future
 
     async def fsync_wal(self) -> None:
         """Make every commit so far survive a power loss (WAL mode: one fsync of the log file)."""
@@ -229,7 +232,7 @@ class SqliteDatabase:
                     batch.append(more)
                 outcomes = self._commit(conn, batch)
                 assert self._loop is not None
-                self._loop.call_soon_threadsafe(_settle, outcomes)
+                self._loop.call_soon_threadsafe(_settle, outcomes, self._after_commit)
                 if stop:
                     return
         finally:
@@ -316,7 +319,12 @@ def insert_rows(conn: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]])
         )
 
 
-def _settle(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+def _settle(
+    outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]],
+    after_commit: Callable[[], None] | None,
+) -> None:
+    if after_commit is not None:
+        after_commit()
     for future, result, error in outcomes:
         if future.cancelled():
             continue

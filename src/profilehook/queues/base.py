@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,8 +32,10 @@ class Queue(ABC):
     async def close(self) -> None: ...
 
     @abstractmethod
-    async def publish(self, events: Sequence[Event]) -> None:
-        """Append events; return only once they are durable (the 2xx promise)."""
+    def publish(self, events: Sequence[Event]) -> Awaitable[None]:
+        """Append events; the awaitable completes only once they are durable (the 2xx
+        promise). (Not necessarily a coroutine: a backend may hand back its commit's future,
+        one await less on the ingest path.)"""
 
     @abstractmethod
     async def fetch(self, max_events: int, wait_s: float) -> list[Delivery]:

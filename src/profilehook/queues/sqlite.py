@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 
 import msgspec
@@ -39,9 +39,9 @@ class SqliteQueue(Queue):
     the cursor in the file is the position of the last event acknowledged."""
 
     def __init__(self, path: Path):
-        self.db = SqliteDatabase(path, SCHEMA, SCHEMA_VERSION)
+        self._wake = asyncio.Event()  # set after each commit: a fetch in this process wakes
+        self.db = SqliteDatabase(path, SCHEMA, SCHEMA_VERSION, after_commit=self._wake.set)
         self._delivered = 0
-        self._wake = asyncio.Event()
 
     async def open(self) -> None:
         await self.db.open()
@@ -50,9 +50,8 @@ class SqliteQueue(Queue):
     async def close(self) -> None:
         await self.db.close()
 
-    async def publish(self, events: Sequence[Event]) -> None:
-        await self.db.append(_APPEND, [encode_event(e) for e in events])
-        self._wake.set()
+    def publish(self, events: Sequence[Event]) -> Awaitable[None]:
+        return self.db.append(_APPEND, [encode_event(e) for e in events])
 
     async def fetch(self, max_events: int, wait_s: float) -> list[Delivery]:
         deadline = time.monotonic() + wait_s
