@@ -12,6 +12,8 @@ import msgspec
 import pytest
 
 from profilehook.api.protocol import _EndOfPass, _OneWritePerPass
+from profilehook.errors import ConfigurationError
+from profilehook.settings import Settings
 from tests.support import ServerProcess, create_key
 
 KEEP_ALIVE_S = 1.0
@@ -151,3 +153,79 @@ def test_pipelined_requests_are_answered_in_order_on_one_connection(server):
     assert statuses == [b"202", b"422", b"202"]
     ids = [msgspec.json.decode(a.partition(b"\r\n\r\n")[2]).get("event_id") for a in answers]
     assert ids[0] and ids[2] and ids[0] != ids[2]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("keep_alive_s", -1.0), ("header_timeout_s", 0.0), ("body_timeout_s", -2.0)],
+)
+def test_a_deadline_that_cannot_hold_is_refused_with_its_variable_named(name: str, value: float):
+    with pytest.raises(ConfigurationError, match=f"PROFILEHOOK_{name.upper()} must be"):
+        Settings(**{name: value})
+
+
+async def test_writes_to_a_connection_whose_peer_is_gone_are_dropped_and_others_still_leave():
+    """uvloop raises on a write to a closed transport: one reset client must not strand the
+    answers of the others flushed in the same pass."""
+    end_of_pass = _EndOfPass(asyncio.get_running_loop())
+    gone, alive, broken = _Transport(), _Transport(), _Transport()
+    gone.closing = True
+
+    def refuse(data: bytes) -> None:
+        raise RuntimeError("unable to perform operation on <TCPTransport closed=True>")
+
+    broken.write = refuse  # type: ignore[method-assign]
+    connections = [_OneWritePerPass(t, end_of_pass) for t in (broken, gone, alive)]  # type: ignore[arg-type]
+    for connection in connections:
+        connection.write(b"answer")
+    await asyncio.sleep(0)
+    assert alive.calls == [("write", b"answer")]
+    assert gone.calls == []
+    connections[2].write(b"next")  # the connection after a failure still flushes
+    await asyncio.sleep(0)
+    assert alive.calls[1:] == [("write", b"next")]
+
+
+async def test_a_reused_buffer_is_written_as_it_was_when_written():
+    transport = _Transport()
+    connection = _OneWritePerPass(transport, _EndOfPass(asyncio.get_running_loop()))  # type: ignore[arg-type]
+    buffer = bytearray(b"first")
+    connection.write(buffer)
+    buffer[:] = b"XXXXX"
+    connection.writelines([b"-", memoryview(b"second")])
+    await asyncio.sleep(0)
+    assert transport.calls == [("write", b"first-second")]
+
+
+@pytest.mark.slow
+def test_a_pipelined_head_begun_before_the_answer_is_under_the_head_deadline_not_keep_alive(
+    server,
+):
+    server, key = server
+    second = post(key)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(post(key) + second[:20])  # the next request has begun
+        [first] = responses(sock, 1)
+        time.sleep(KEEP_ALIVE_S * 1.6)  # past the keep-alive, well within the head deadline
+        sock.sendall(second[20:])
+        [answer] = responses(sock, 1)
+    assert first.startswith(b"HTTP/1.1 202 ") and answer.startswith(b"HTTP/1.1 202 ")
+
+
+@pytest.mark.slow
+def test_a_client_still_sending_a_refused_body_is_not_cut_off_by_the_keep_alive(server):
+    server, key = server
+    body = b"x" * 600
+    head = (
+        "POST /v1/properties HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wrong\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(head)
+        [refused] = responses(sock, 1)
+        for start in range(0, len(body), 100):  # 1.8 keep-alives of uploading
+            sock.sendall(body[start : start + 100])
+            time.sleep(KEEP_ALIVE_S * 0.3)
+        sock.sendall(post(key))
+        [answer] = responses(sock, 1)
+    assert refused.startswith(b"HTTP/1.1 401 ") and answer.startswith(b"HTTP/1.1 202 ")

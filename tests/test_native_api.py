@@ -436,6 +436,8 @@ _EVERYDAY = {"contact_id": "c", "event_name": "e", "timestamp": 1, "user_propert
 @example(_EVERYDAY, {"extra": 1}, "batch", 3)
 @example(_EVERYDAY, {"timestamp": 1700000000123}, "batch", 1)
 @example(_EVERYDAY, {"timestamp": 1e15}, "single", 1)
+@example(_EVERYDAY, {"timestamp": 10**400}, "single", 1)
+@example(_EVERYDAY, {"timestamp": -(10**400)}, "batch", 1)
 def test_a_body_gets_the_same_answer_on_the_everyday_path_as_on_the_general_one(
     value: dict[str, Any], change: dict[str, Any], endpoint: str, copies: int
 ) -> None:

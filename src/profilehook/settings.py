@@ -62,6 +62,19 @@ class Settings:
     apply_batch_max_events: int = _setting(c.APPLY_BATCH_MAX_EVENTS, "Events per apply batch")
     log_level: str = _setting("info", "Log level: debug, info, warning, error")
 
+    def __post_init__(self) -> None:
+        for name in ("header_timeout_s", "body_timeout_s", "backend_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigurationError(
+                    f"{ENV_PREFIX}{name.upper()} must be more than 0 seconds, not "
+                    f"{getattr(self, name)!r}"
+                )
+        if not self.keep_alive_s >= 0:
+            raise ConfigurationError(
+                f"{ENV_PREFIX}KEEP_ALIVE_S must be 0 seconds (no keep-alive) or more, not "
+                f"{self.keep_alive_s!r}"
+            )
+
     @classmethod
     def from_env(cls, env: Mapping[str, str], **overrides: Any) -> Settings:
         """Build from ``PROFILEHOOK_*`` variables; ``overrides`` (CLI flags) win when not None.

@@ -28,10 +28,8 @@ MAX_JOBS_PER_COMMIT = 4_096
 MAX_ROWS_PER_STATEMENT = 256  # multi-row inserts; each distinct row count is prepared once
 MAX_RECORDS_PER_ROW = 2_000  # appends joined in one row
 BUSY_TIMEOUT_MS = 5_000
-# The writer's page cache, and the WAL size (pages) at which its commits checkpoint. SQLite's
-# defaults (2 MiB, 1,000 pages) made the applier re-read index pages and checkpoint every few
-# commits: with these, an applied event costs about a third less CPU (see benchmarks/README).
-WRITER_CACHE_KIB = 65_536
+# The WAL size (pages) at which the writer's commits checkpoint. SQLite's default (1,000) made
+# the applier's store checkpoint every few commits, rewriting the same index pages each time.
 CHECKPOINT_PAGES = 10_000
 
 
@@ -71,11 +69,13 @@ class SqliteDatabase:
         synchronous: str = "FULL",
         migrations: Mapping[int, Callable[[sqlite3.Connection], None]] | None = None,
         after_commit: Callable[[], None] | None = None,
+        cache_kib: int | None = None,
     ):
         """``version`` of ``schema`` is kept in the file (``PRAGMA user_version``). A file of an
         older version is brought up to date at ``open`` by ``migrations[v]`` (``v`` -> ``v + 1``,
         in the transaction that creates the schema); any other is refused with a clear error
-        rather than misread. ``after_commit`` runs on the event loop after each commit.
+        rather than misread. ``after_commit`` runs on the event loop after each commit;
+        ``cache_kib`` sizes the writer's page cache (None: SQLite's 2 MiB).
         ``synchronous="NORMAL"``: commits are not fsynced (still safe against a killed
         process); ``fsync_wal`` then makes all of them durable at once."""
         self.path = path
@@ -84,6 +84,7 @@ class SqliteDatabase:
         self._synchronous = synchronous
         self._migrations = dict(migrations or {})
         self._after_commit = after_commit
+        self._cache_kib = cache_kib
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -97,7 +98,8 @@ class SqliteDatabase:
         self._loop = asyncio.get_running_loop()
         conn = connect(self.path, self._synchronous)
         try:
-            conn.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
+            if self._cache_kib is not None:
+                conn.execute(f"PRAGMA cache_size=-{self._cache_kib}")
             conn.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES}")
             self._create_schema(conn)
         except BaseException as exc:

@@ -26,11 +26,16 @@ tests/test_slow_clients.py and tests/test_http_protocol.py fail if they change.
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Iterable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from profilehook.api.responses import error_body
+
+log = logging.getLogger(__name__)
+MIN_SWEEP_S = 0.05
 
 
 def http_protocol(header_timeout_s: float, keep_alive_s: float) -> type[HttpToolsProtocol]:
@@ -42,7 +47,8 @@ def http_protocol(header_timeout_s: float, keep_alive_s: float) -> type[HttpTool
         b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
         b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
     )
-    sweep_every_s = min(1.0, header_timeout_s / 4, keep_alive_s / 4)
+    # (A keep-alive of 0 closes a connection at the first sweep after its response.)
+    sweep_every_s = max(MIN_SWEEP_S, min(1.0, header_timeout_s / 4, keep_alive_s / 4))
     open_connections: set[Protocol] = set()
     sweeper: list[asyncio.TimerHandle] = []  # the pending sweep, while connections are open
     end_of_pass: list[_EndOfPass] = []  # one per server (its loop)
@@ -70,13 +76,17 @@ def http_protocol(header_timeout_s: float, keep_alive_s: float) -> type[HttpTool
             super().connection_made(transport)
             # The request/response cycles write through this; the flow control (pausing
             # reads) keeps the transport itself.
-            if not end_of_pass:
-                end_of_pass.append(_EndOfPass(self.loop))
+            if not end_of_pass or end_of_pass[0].loop is not self.loop:
+                end_of_pass[:] = [_EndOfPass(self.loop)]
             self.transport = _OneWritePerPass(transport, end_of_pass[0])  # type: ignore[assignment]
             self.head_started = self.loop.time()
             open_connections.add(self)
             if not sweeper:
                 sweeper.append(self.loop.call_later(sweep_every_s, sweep))
+
+        def data_received(self, data: bytes) -> None:
+            self.idle_since = None  # any byte makes the connection busy, as under uvicorn
+            super().data_received(data)
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
@@ -97,7 +107,7 @@ def http_protocol(header_timeout_s: float, keep_alive_s: float) -> type[HttpTool
             if self.pipeline:
                 cycle, app = self.pipeline.pop()
                 self._start_asgi_task(cycle, app)
-            else:
+            elif self.head_started is None:  # (a next request's head is under its own deadline)
                 self.idle_since = self.loop.time()
 
         def send_400_response(self, msg: str) -> None:
@@ -113,6 +123,8 @@ def http_protocol(header_timeout_s: float, keep_alive_s: float) -> type[HttpTool
 
         def connection_lost(self, exc: Exception | None) -> None:
             self.head_started = self.idle_since = None
+            if isinstance(self.transport, _OneWritePerPass):
+                self.transport.discard()  # nobody to write to any more
             open_connections.discard(self)
             super().connection_lost(exc)
 
@@ -133,7 +145,9 @@ def http_protocol(header_timeout_s: float, keep_alive_s: float) -> type[HttpTool
 class _OneWritePerPass:
     """A transport whose writes are held until the end of the event loop's current pass, then
     written as one: a response's head and body leave in one ``send``. Closing writes what is
-    held first. Everything else is the transport's own."""
+    held first; a transport already closing (its peer gone) drops it. The other transport
+    calls that write (``writelines``, ``write_eof``) keep the order; the rest are the
+    transport's own."""
 
     __slots__ = ("_held", "_pass", "_transport")
 
@@ -142,7 +156,9 @@ class _OneWritePerPass:
         self._pass = end_of_pass
         self._held: list[bytes] | None = None
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if type(data) is not bytes:
+            data = bytes(data)  # the caller may reuse its buffer before the pass ends
         held = self._held
         if held is None:
             self._held = [data]
@@ -150,15 +166,31 @@ class _OneWritePerPass:
         else:
             held.append(data)
 
+    def writelines(self, chunks: Iterable[bytes | bytearray | memoryview]) -> None:
+        for chunk in chunks:
+            self.write(chunk)
+
     def flush(self) -> None:
         held = self._held
         if held is not None:
             self._held = None
-            self._transport.write(held[0] if len(held) == 1 else b"".join(held))
+            if not self._transport.is_closing():
+                self._transport.write(held[0] if len(held) == 1 else b"".join(held))
+
+    def discard(self) -> None:
+        self._held = None
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
 
     def close(self) -> None:
         self.flush()
         self._transport.close()
+
+    def abort(self) -> None:
+        self._held = None
+        self._transport.abort()
 
     def is_closing(self) -> bool:
         return self._transport.is_closing()
@@ -170,18 +202,22 @@ class _OneWritePerPass:
 class _EndOfPass:
     """The connections holding writes; one callback at the end of the pass flushes them all."""
 
-    __slots__ = ("_holding", "_loop")
+    __slots__ = ("_holding", "loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
-        self._loop = loop
+        self.loop = loop
         self._holding: list[_OneWritePerPass] = []
 
     def flush_later(self, connection: _OneWritePerPass) -> None:
         if not self._holding:
-            self._loop.call_soon(self._flush)
+            self.loop.call_soon(self._flush)
         self._holding.append(connection)
 
     def _flush(self) -> None:
         holding, self._holding = self._holding, []
         for connection in holding:
-            connection.flush()
+            try:
+                connection.flush()
+            except Exception:  # one connection's failure must not strand the others' answers
+                log.exception("writing to a connection failed")
+                connection.discard()

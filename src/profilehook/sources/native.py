@@ -105,7 +105,7 @@ _Scalar = str | _Int | float | bool | None
 class _Flat(msgspec.Struct, forbid_unknown_fields=True):
     contact_id: Annotated[str, Meta(min_length=1, max_length=_PLAIN_ID_CHARS)]
     event_name: _PropertyName
-    timestamp: int | float
+    timestamp: _Int | float  # (an integer past a double would overflow timestamp_to_us)
     user_properties: Annotated[
         dict[_PropertyName, _Scalar], Meta(max_length=c.MAX_PROPERTIES_PER_EVENT)
     ]
