@@ -283,8 +283,14 @@ def uvicorn_app(name: str, target: str, env: dict[str, str]) -> Server:
 
 
 def scenario_a(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    script = lua(tmp / "a.lua", EVENT, "x")
     with running(uvicorn_app("ceiling", "benchmarks.apps.ceiling:app", dict(os.environ))) as app:
-        return measured(app, lua(tmp / "a.lua", EVENT, "x"), args.duration)
+        result = measured(app, script, args.duration)
+    # For reference, not a target: the same app on profilehook's HTTP protocol.
+    argv = [sys.executable, "-m", "benchmarks.apps.ceiling_on_our_protocol", "{port}"]
+    with running(Server("ceiling-on-our-protocol", argv, dict(os.environ))) as app:
+        result["on_our_protocol_rps"] = measured(app, script, args.duration)["rps"]
+    return result
 
 
 def scenario_b(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -610,6 +616,15 @@ def targets(r: dict[str, dict[str, Any]]) -> list[tuple[str, str, bool | None]]:
     if has("A", "C"):
         only = r["C"]["ingest_only_rps"] / r["A"]["rps"]
         rows.append(("(C with the applier off, for reference)", f"{only:.2f} x A", None))
+        ours = r["A"].get("on_our_protocol_rps")
+        if ours:
+            rows.append(
+                (
+                    "(A's app on profilehook's HTTP protocol, for reference)",
+                    f"{ours:,.0f} req/s; C = {r['C']['rps'] / ours:.2f} x that",
+                    None,
+                )
+            )
     if has("B", "C"):
         ratio = r["C"]["rps"] / r["B"]["rps"]
         rows.append(("C >= 8 x B", f"{ratio:.1f} x B", ratio >= 8))
@@ -700,7 +715,7 @@ def main() -> None:
     parser.add_argument("--apply-batches", type=int, default=25, help="2,000-event batches in G")
     parser.add_argument("--only", default="ABCDEFGH", help="scenarios to run, e.g. ACF")
     parser.add_argument(
-        "--rounds", type=int, default=3, help="interleaved rounds of A-D (medians reported)"
+        "--rounds", type=int, default=5, help="interleaved rounds of A-D (medians reported)"
     )
     args = parser.parse_args()
     ensure_wrk()
