@@ -1,6 +1,7 @@
 """A's app, served the way ``profilehook serve`` serves it: uvicorn with profilehook's HTTP
-protocol (api/protocol.py: one write per response, keep-alive kept by a sweep). Not a target:
-a reference for how much of C's ratio to A that protocol accounts for.
+protocol (api/protocol.py: one write per response, keep-alive kept by a sweep) and without
+proxy-header rewriting. Not a target: a reference for how much of C's ratio to A comes from
+serving, not from the app.
 
     python -m benchmarks.apps.ceiling_on_our_protocol PORT
 """
@@ -25,6 +26,7 @@ def main() -> None:
         loop="uvloop",
         http=http_protocol(settings.header_timeout_s, settings.keep_alive_s),
         access_log=False,
+        proxy_headers=False,
         log_level="warning",
     )
     uvicorn.Server(config).run()

@@ -114,6 +114,9 @@ def serve(
         http=http_protocol(settings.header_timeout_s, settings.keep_alive_s),
         lifespan="on",
         access_log=False,
+        # profilehook never reads a client's address: rewriting it from X-Forwarded-For on
+        # every request (uvicorn's default) would be work for nothing.
+        proxy_headers=False,
         log_level=settings.log_level.lower(),
         log_config=None,
     )
