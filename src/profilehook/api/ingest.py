@@ -175,7 +175,10 @@ async def read_body(
     chunks: list[bytes] = []
     size = 0
     while True:
-        message, first = (first, None) if first is not None else (await receive(), None)
+        if first is None:
+            message = await receive()
+        else:
+            message, first = first, None
         if message["type"] == "http.disconnect":
             raise ClientDisconnected("client went away")
         chunk = message.get("body", b"")
