@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from profilehook import keys
 from profilehook.api.deadlines import AlreadyAnswered, Deadlines, Watch
@@ -131,17 +131,7 @@ async def _authorized_body(
     limiter.admit(keys.key_hash_of(authorization) or "")
     check_json_content_type(headers.get(b"content-type"))
     watch.reading_body()
-    length = headers.get(b"content-length")
-    if length is not None and length.isdigit() and int(length) <= max_body_bytes:
-        # Mostly the whole body has arrived with the head: one receive, no loop.
-        message = await receive()
-        if message["type"] == "http.request" and not message.get("more_body", False):
-            body: bytes = message.get("body", b"")
-            if len(body) > max_body_bytes:
-                raise PayloadTooLarge(max_body_bytes)
-            return workspace, body
-        return workspace, await read_body(receive, length, max_body_bytes, first=message)
-    return workspace, await read_body(receive, length, max_body_bytes)
+    return workspace, await read_body(receive, headers.get(b"content-length"), max_body_bytes)
 
 
 def check_json_content_type(value: bytes | None) -> None:
@@ -158,14 +148,8 @@ def check_json_content_type(value: bytes | None) -> None:
     )
 
 
-async def read_body(
-    receive: Receive,
-    content_length: bytes | None,
-    limit_bytes: int,
-    first: Message | None = None,
-) -> bytes:
-    """The request body, refused with a 413 as soon as it is known to exceed ``limit_bytes``.
-    ``first``: a message already received."""
+async def read_body(receive: Receive, content_length: bytes | None, limit_bytes: int) -> bytes:
+    """The request body, refused with a 413 as soon as it is known to exceed ``limit_bytes``."""
     if (
         content_length is not None
         and content_length.isdigit()
@@ -175,10 +159,7 @@ async def read_body(
     chunks: list[bytes] = []
     size = 0
     while True:
-        if first is None:
-            message = await receive()
-        else:
-            message, first = first, None
+        message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientDisconnected("client went away")
         chunk = message.get("body", b"")

@@ -14,8 +14,9 @@
   end of the event loop's current pass, and go out as one.
 - A request the parser refuses (``400``) is answered in the one error shape as well.
 
-One timer per server sweeps the open connections every ``header_timeout_s / 4`` (at most
-1 s), so each deadline holds to within that; the hot path pays attribute writes only.
+One timer per server sweeps the open connections every quarter of the shorter deadline (at
+least 50 ms, at most 1 s), so each deadline holds to within that; the hot path pays attribute
+writes only.
 
 It relies on uvicorn's protocol callbacks and state (``connection_made``, ``on_message_begin``,
 ``on_headers_complete``, ``on_response_complete``, ``connection_lost``, ``send_400_response``,
@@ -90,7 +91,6 @@ def http_protocol(header_timeout_s: float, keep_alive_s: float) -> type[HttpTool
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
-            self.idle_since = None
             if self.head_started is None:
                 self.head_started = self.loop.time()
 

@@ -400,12 +400,12 @@ def _id_key(workspace: str, event_id: str) -> int:
     32,768 keys (to pile ids on one key, each must be searched for); a key shared by several
     ids only makes its lookups compare more rows.
     """
-    if len(event_id) == 36 and event_id[8] == "-" and event_id[13] == "-":
+    if len(event_id) == 36 and event_id[8] == "-" and event_id[13] == "-" and event_id[14] in "47":
         try:
             prefix = int(event_id[:8] + event_id[9:13], 16)
         except ValueError:
             prefix = -1
-        if prefix in _TIMES_MS and event_id[14] in "47":
+        if prefix in _TIMES_MS:
             spread = blake2b(event_id.encode(errors="surrogatepass"), digest_size=2).digest()
             return prefix << 15 | (int.from_bytes(spread, "little") & 0x7FFF)
     return _key(workspace, event_id)
