@@ -12,6 +12,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
+from profilehook import events
 from profilehook.cli import SEED_EVENT
 from profilehook.errors import ValidationFailed
 from profilehook.events import Event
@@ -279,6 +280,21 @@ class TestBatch:
             (("body", "events"), kind)
         ]
 
+    def test_events_without_event_id_get_distinct_uuid4s_each_applied(self, client, auth):
+        body = {"events": [event(contact_id=f"m{i}", event_id=...) for i in range(300)]}
+        body["events"][7]["event_id"] = "given-7"
+        r = client.post("/v1/properties/batch", json=body, headers=auth)
+        assert r.status_code == 202
+        ids = [result["event_id"] for result in r.json()["results"]]
+        assert ids[7] == "given-7"
+        made = [uuid.UUID(i) for n, i in enumerate(ids) if n != 7]
+        assert len(set(ids)) == 300
+        assert {(u.version, u.variant) for u in made} == {(4, uuid.RFC_4122)}
+        assert all(abs(int(u.hex[:12], 16) - time.time() * 1000) < 60_000 for u in made)
+        # Each is an event of its own: every contact got its update, under its id.
+        assert wait_applied(client, auth, ids[299])["contact_id"] == "m299"
+        assert applied_contact(client, auth, "m0")["properties"] == {"plan": "pro"}
+
     def test_a_batch_needs_a_key(self, client):
         r = client.post("/v1/properties/batch", json={"events": [event()]})
         assert r.status_code == 401
@@ -464,3 +480,17 @@ def test_everyday_bodies_are_decoded_once():
         patch.setattr(native, "_batch_in_general", None)
         assert native.parse_single(single, "w", 1).contact_id == "c1"
         assert len(native.parse_batch(batch, "w", 1)) == 100
+
+
+def test_a_batchs_ids_stay_distinct_and_well_formed_where_their_count_wraps(monkeypatch):
+    # The last 48 bits count up from a random start: one near the top wraps to zero.
+    monkeypatch.setattr(events, "_getrandbits", lambda n: (1 << 74) - 2)
+    ids = events.new_event_ids(4)
+    assert [i[-12:] for i in ids] == [
+        "fffffffffffe",
+        "ffffffffffff",
+        "000000000000",
+        "000000000001",
+    ]
+    assert {(uuid.UUID(i).version, uuid.UUID(i).variant) for i in ids} == {(4, uuid.RFC_4122)}
+    assert len({i[:24] for i in ids}) == 1 and all(len(i) == 36 for i in ids)

@@ -65,17 +65,36 @@ def new_event_id() -> str:
     index of ids grows at its end instead of at random places: applying an event costs about half
     the CPU it did with fully random ids (benchmarks/README.md). The random part comes from a
     seeded PRNG: ids need uniqueness, not secrecy, and it is ~10x cheaper than the OS pool."""
-    ms = time.time_ns() // 1_000_000
-    if ms != _made_in[0]:
-        _made_in[:] = [ms, f"{ms >> 16 & 0xFFFFFFFF:08x}-{ms & 0xFFFF:04x}-4"]
     bits = _getrandbits(74)  # 12 after the version digit, 14 after the variant bits, 48 last
     # %-formatting: a third faster than the f-string here, and this runs once per event.
     return "%s%03x-%04x-%012x" % (  # noqa: UP031
-        _made_in[1],
+        _time_prefix(),
         bits >> 62,
         0x8000 | (bits >> 48) & 0x3FFF,
         bits & 0xFFFFFFFFFFFF,
     )
+
+
+def new_event_ids(count: int) -> list[str]:
+    """``count`` ids for the events of one request, made as ``new_event_id`` makes one but for
+    their last 48 bits: a random number for the first, counting up (modulo 2**48) for the rest.
+    Within the request they differ by construction; against any other id they have the same odds
+    of a clash as ids made one by one, give or take the count (~2**-62 per pair of requests made
+    in one millisecond). A batch's ids then cost a fifth of the CPU."""
+    bits = _getrandbits(74)
+    variant = 0x8000 | (bits >> 48) & 0x3FFF
+    start = f"{_time_prefix()}{bits >> 62:03x}-{variant:04x}-"
+    last = bits & 0xFFFFFFFFFFFF
+    return [start + "%012x" % (last + i & 0xFFFFFFFFFFFF) for i in range(count)]
+
+
+def _time_prefix() -> str:
+    """The ids' first 13 characters and the version digit, for the current millisecond."""
+    ms = time.time_ns() // 1_000_000
+    if ms != _made_in[0]:
+        _made_in[:] = [ms, f"{ms >> 16 & 0xFFFFFFFF:08x}-{ms & 0xFFFF:04x}-4"]
+    prefix: str = _made_in[1]
+    return prefix
 
 
 def now_us() -> int:

@@ -10,7 +10,7 @@ from msgspec import Meta
 
 from profilehook import constants as c
 from profilehook.errors import ValidationFailed
-from profilehook.events import Event, new_event_id
+from profilehook.events import Event, new_event_id, new_event_ids
 from profilehook.sources.problems import (
     Loc,
     Problem,
@@ -32,8 +32,10 @@ SOURCE = "api"
 def parse_single(body: bytes, workspace: str, received_us: int) -> Event:
     """Body of ``POST /v1/properties`` -> one event. Raises ``ValidationFailed`` (422)."""
     flat = _decoded_flat(_decode_flat_event, body)
-    if flat is not None and (event := _flat_event(flat, workspace, received_us)) is not None:
-        return event
+    if flat is not None:
+        event = _flat_event(flat, workspace, received_us, flat.event_id or new_event_id())
+        if event is not None:
+            return event
     return _single_in_general(body, workspace, received_us)
 
 
@@ -57,7 +59,11 @@ def parse_batch(body: bytes, workspace: str, received_us: int) -> list[BatchItem
     """
     flat = _decoded_flat(_decode_flat_batch, body)
     if flat is not None:
-        events = [_flat_event(item, workspace, received_us) for item in flat.events]
+        ids = new_event_ids(len(flat.events))  # (a few unused ones cost less than a test each)
+        events = [
+            _flat_event(item, workspace, received_us, item.event_id or made)
+            for item, made in zip(flat.events, ids, strict=True)
+        ]
         if None not in events:
             return events  # type: ignore[return-value]
     return _batch_in_general(body, workspace, received_us)
@@ -131,20 +137,26 @@ def _decoded_flat(decode: Any, body: bytes) -> Any:
         return None
 
 
-def _flat_event(flat: _Flat, workspace: str, received_us: int) -> Event | None:
-    ts_us = timestamp_to_us(flat.timestamp)
-    if ts_us is None:
-        return None
+def _flat_event(flat: _Flat, workspace: str, received_us: int, event_id: str) -> Event | None:
+    ts = flat.timestamp
+    ts_us: int | None
+    if type(ts) is int and 0 <= ts < c.MILLISECONDS_THRESHOLD:  # whole seconds, as most send
+        ts_us = ts * 1_000_000
+    else:
+        ts_us = timestamp_to_us(ts)
+        if ts_us is None:
+            return None
+    # Positional: a third cheaper than by keyword, in the order of Event's fields.
     return Event(
-        workspace=workspace,
-        event_id=flat.event_id or new_event_id(),
-        contact_id=flat.contact_id,
-        ts_us=ts_us,
-        properties=flat.user_properties,
-        source=SOURCE,
-        event_name=flat.event_name,
-        metadata=flat.metadata,
-        received_us=received_us,
+        workspace,
+        event_id,
+        flat.contact_id,
+        ts_us,
+        flat.user_properties,
+        SOURCE,
+        flat.event_name,
+        flat.metadata,
+        received_us,
     )
 
 
