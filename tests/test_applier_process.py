@@ -4,18 +4,26 @@ metrics to the server, is restarted when it dies, and never outlives the server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx2 as httpx
+import msgspec
 import pytest
 
 from profilehook import applier_process
+from profilehook.errors import StorageUnavailable
 from profilehook.metrics import Metrics
+from profilehook.queues import QUEUE_FILE
 from profilehook.settings import Settings
+from profilehook.stores import STORE_FILE
 from tests.support import ServerProcess, create_key, wait_until
 
 pytestmark = pytest.mark.slow
@@ -158,7 +166,7 @@ async def test_a_child_that_cannot_be_started_is_tried_again_not_given_up(
     # fork/exec fails now and then (EAGAIN under a process limit, ENOMEM): the supervisor must
     # keep trying, not end silently and leave the server accepting events nobody applies.
     monkeypatch.setattr(applier_process, "RESTART_BACKOFF_S", (0.001,))
-    supervisor = applier_process.ApplierProcess(Settings(), Metrics())
+    supervisor = applier_process.ApplierProcess(Settings(), Metrics(), _Log())
     stop = asyncio.Event()
     attempts = 0
 
@@ -187,3 +195,93 @@ def test_every_thread_of_the_child_runs_at_the_lower_priority(server: ServerProc
     assert len(tasks) > 1  # the event loop, and the SQLite writer and reader threads
     server_nice = os.getpriority(os.PRIO_PROCESS, 0)
     assert all(os.getpriority(os.PRIO_PROCESS, tid) > server_nice for tid in tasks)
+
+
+class _Log:
+    """The server's log, as the supervisor sees it: where handed-over acknowledgements go."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.written: list[int] = []
+        self.failures = failures
+
+    async def acknowledge_upto(self, position: int) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise StorageUnavailable("the log is busy")
+        self.written.append(position)
+
+
+async def _lines(lines: list[bytes]) -> AsyncIterator[bytes]:
+    for line in lines:
+        yield line
+
+
+def _report(acknowledged: int | None, applied: float = 0) -> bytes:
+    child = Metrics()
+    child.events.labels("api", "applied").inc(applied)
+    return msgspec.json.encode(applier_process.Report(child.applier_totals(), acknowledged)) + b"\n"
+
+
+async def test_the_server_writes_each_acknowledgement_its_child_hands_over_once() -> None:
+    log = _Log(failures=1)
+    metrics = Metrics()
+    supervisor = applier_process.ApplierProcess(Settings(), metrics, log)  # type: ignore[arg-type]
+    reports = [
+        _report(None),
+        _report(5, 2),  # the write fails: the next report carries 5 again, and it is retried
+        _report(5, 2),
+        b"half a line\n",
+        _report(9, 4),
+        _report(9, 4),
+        _report(12, 7),
+    ]
+
+    await supervisor._relay(SimpleNamespace(stdout=_lines(reports)))  # type: ignore[arg-type]
+
+    assert log.written == [5, 9, 12]
+    assert metrics.applier_totals().events == {"api": {"applied": 7}}
+
+
+def test_the_child_hands_its_acknowledgements_to_the_server_and_never_writes_the_log(
+    server: ServerProcess,
+) -> None:
+    # At nice 19 the child could be preempted holding the log's write lock, which every commit
+    # of the server needs: it only reads the log, and the server writes what it acknowledges.
+    # With the server stopped (SIGSTOP), the child applies what is pending and the log's cursor
+    # stays where it was; once the server runs again, it moves past everything.
+    assert server.proc is not None
+    key = create_key(server.data_dir)["key"]
+    log, store = server.data_dir / QUEUE_FILE, server.data_dir / STORE_FILE
+    batch = {
+        "events": [
+            {"contact_id": f"a{i}", "event_name": "t", "timestamp": 1, "user_properties": {"n": i}}
+            for i in range(1_000)
+        ]
+    }
+    sent = 0
+    while True:  # until the server is stopped with some of what it took not yet acknowledged
+        response = httpx.post(
+            f"{server.base_url}/v1/properties/batch",
+            json=batch,
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        assert response.status_code == 202
+        sent += 1_000
+        server.proc.send_signal(signal.SIGSTOP)
+        cursor = _read(log, "SELECT seq FROM cursors")
+        if _read(log, "SELECT max(seq) FROM batches") > cursor >> 20:
+            break
+        server.proc.send_signal(signal.SIGCONT)
+    try:
+        wait_until(lambda: _read(store, "SELECT count(*) FROM events") == sent, 20)
+        time.sleep(4 * applier_process.REPORT_INTERVAL_S)  # it has handed over its acks by now
+        assert _read(log, "SELECT seq FROM cursors") == cursor
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+    wait_until(lambda: metric(server, "profilehook_queue_depth") == 0, 10)
+    assert _read(log, "SELECT seq FROM cursors") > cursor
+
+
+def _read(path: Path, sql: str) -> int:
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+        return int(conn.execute(sql).fetchone()[0] or 0)

@@ -222,6 +222,34 @@ async def test_given_no_deliveries_when_acking_then_nothing_changes(backend: Que
     assert await backend.queue.depth() == 2
 
 
+async def test_given_acknowledgements_handed_over_then_only_their_writer_moves_the_log(
+    backend: QueueBackend,
+) -> None:
+    # `serve`'s applier process hands its acknowledgements to the server, which writes them.
+    queue = backend.queue
+    handed: list[int] = []
+    await queue.publish(numbered(4))
+
+    if not queue.hand_acknowledgements_to(handed.append):
+        # A backend only the consumer can acknowledge to: ack goes on doing it.
+        await queue.ack(await queue.fetch(2, NO_WAIT_S))
+        assert handed == []
+        with pytest.raises(NotImplementedError):
+            await queue.acknowledge_upto(0)
+        return
+
+    await queue.ack(await queue.fetch(2, NO_WAIT_S))
+    assert len(handed) == 1
+    assert await queue.depth() == 4, "the consumer itself wrote nothing"
+
+    await queue.acknowledge_upto(handed[0])  # as the server does, in its own process
+    await queue.acknowledge_upto(handed[0] - 1)  # a stale one moves nothing back
+    assert await queue.depth() == 2
+
+    queue = await backend.restart()
+    assert ids(await queue.fetch(10, NO_WAIT_S)) == ["e002", "e003"]
+
+
 async def test_given_pending_events_then_find_looks_them_up_by_workspace_and_event_id(
     backend: QueueBackend,
 ) -> None:

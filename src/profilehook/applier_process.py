@@ -8,8 +8,10 @@ uses the time left.
 
 The child is ``profilehook worker --report-to-parent`` with the server's settings. It stops
 when its standard input closes (the server stopping, or dying: even a ``kill -9`` closes the
-pipe), after acknowledging what it applied. On its standard output it writes one JSON line of
-``ApplierTotals`` every ``REPORT_INTERVAL_S``, which the server adds to its own ``/metrics``.
+pipe), after acknowledging what it applied. On its standard output it writes one JSON line, a
+``Report``, every ``REPORT_INTERVAL_S`` and at each acknowledgement: its ``ApplierTotals``, which
+the server adds to its own ``/metrics``, and, for the SQLite log, the position it acknowledges,
+which the server writes to the log (``Queue.hand_acknowledgements_to``): the child only reads it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from asyncio.subprocess import PIPE, Process
 
 import msgspec
 
+from profilehook.errors import StorageUnavailable
 from profilehook.metrics import ApplierTotals, Metrics
+from profilehook.queues.base import Queue
 from profilehook.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -34,15 +38,25 @@ RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
 HEALTHY_RUN_S = 60.0  # a child that ran this long starts the backoff over when it dies
 STOP_TIMEOUT_S = 15.0  # to finish a batch and acknowledge it, before the child is killed
 
-_decode_totals = msgspec.json.Decoder(ApplierTotals).decode
+
+class Report(msgspec.Struct, frozen=True):
+    """One line from the child. Both fields are running values: a lost line loses nothing."""
+
+    totals: ApplierTotals
+    acknowledged: int | None = None  # the log position applied and synced up to, for the server
+
+
+_decode_report = msgspec.json.Decoder(Report).decode
 
 
 class ApplierProcess:
-    """Runs the applier in a child process until ``stop``, restarting it when it dies."""
+    """Runs the applier in a child process until ``stop``, restarting it when it dies; writes
+    to ``queue`` the acknowledgements the child hands over."""
 
-    def __init__(self, settings: Settings, metrics: Metrics):
+    def __init__(self, settings: Settings, metrics: Metrics, queue: Queue):
         self.settings = settings
         self.metrics = metrics
+        self.queue = queue
 
     async def run(self, stop: asyncio.Event) -> None:
         failures = 0
@@ -98,17 +112,24 @@ class ApplierProcess:
         return code
 
     async def _relay(self, proc: Process) -> None:
-        """Add each report's progress to the server's metrics, until the child's output ends."""
+        """Until the child's output ends: add each report's progress to the server's metrics,
+        and write the acknowledgements it hands over."""
         assert proc.stdout is not None
-        last: ApplierTotals | None = None
+        last = Report(ApplierTotals())
         async for line in proc.stdout:
             try:
-                totals = _decode_totals(line)
-                self.metrics.add_applier_progress(last, totals)
+                report = _decode_report(line)
+                self.metrics.add_applier_progress(last.totals, report.totals)
             except (msgspec.DecodeError, ValueError):
                 log.warning("applier process: unreadable report %r", line[:200])
                 continue
-            last = totals
+            if report.acknowledged is not None and report.acknowledged != last.acknowledged:
+                try:
+                    await self.queue.acknowledge_upto(report.acknowledged)
+                except StorageUnavailable as exc:  # the next report carries it again
+                    log.warning("applier process: acknowledgement not written: %s", exc.detail)
+                    report = msgspec.structs.replace(report, acknowledged=last.acknowledged)
+            last = report
 
 
 # The child's priority, the lowest: a CPU the server also wants gives it ~1/70 of its time, so at
@@ -128,12 +149,13 @@ def lower_priority() -> None:
 
 
 class ParentLink:
-    """The child's side: ``stop`` is set when standard input closes; meanwhile the totals go to
-    standard output every ``REPORT_INTERVAL_S``, and once more at ``close``."""
+    """The child's side: ``stop`` is set when standard input closes; meanwhile a ``Report`` goes
+    to standard output every ``REPORT_INTERVAL_S``, at each ``acknowledged``, and at ``close``."""
 
     def __init__(self, metrics: Metrics, stop: asyncio.Event):
         self.metrics = metrics
         self.stop = stop
+        self._acknowledged: int | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     async def open(self) -> None:
@@ -145,6 +167,11 @@ class ParentLink:
             asyncio.create_task(self._stop_at_eof(reader)),
             asyncio.create_task(self._report_often()),
         ]
+
+    def acknowledged(self, position: int) -> None:
+        """Hand the server an acknowledgement to write (``Queue.hand_acknowledgements_to``)."""
+        self._acknowledged = position
+        self._report()
 
     def close(self) -> None:
         for task in self._tasks:
@@ -163,8 +190,9 @@ class ParentLink:
             self._report()
 
     def _report(self) -> None:
+        report = Report(self.metrics.applier_totals(), self._acknowledged)
         try:
-            sys.stdout.buffer.write(msgspec.json.encode(self.metrics.applier_totals()) + b"\n")
+            sys.stdout.buffer.write(msgspec.json.encode(report) + b"\n")
             sys.stdout.buffer.flush()
         except OSError:  # the server is gone: finish up as if told to stop
             self.stop.set()

@@ -216,6 +216,7 @@ def worker(ctx: click.Context, metrics_port: int | None, report_to_parent: bool)
             if report_to_parent:
                 link = ParentLink(services.metrics, stop)
                 await link.open()
+                services.queue.hand_acknowledgements_to(link.acknowledged)
             try:
                 await applier.run(stop)
             finally:

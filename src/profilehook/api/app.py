@@ -84,7 +84,7 @@ class ProfilehookApp:
             )
             task = asyncio.create_task(applier.run(stop), name="applier")
         elif self.applies_in == "process":
-            process = ApplierProcess(services.settings, services.metrics)
+            process = ApplierProcess(services.settings, services.metrics, services.queue)
             task = asyncio.create_task(process.run(stop), name="applier-process")
         try:
             yield

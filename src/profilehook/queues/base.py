@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +50,18 @@ class Queue(ABC):
         are delivered again. The default leaves that to the backend's own redelivery (a
         broker's ack wait); a log that tracks deliveries in process must rewind."""
         return None
+
+    def hand_acknowledgements_to(self, record: Callable[[int], None]) -> bool:
+        """Let this consumer's process leave writing its acknowledgements to another (the
+        applier process of ``serve`` hands them to the server): from now on ``ack`` passes
+        the position acknowledged to ``record`` instead, and the other process writes it with
+        ``acknowledge_upto``. False, and ``ack`` goes on as before, for a backend that only
+        its consumer can acknowledge to (a broker)."""
+        return False
+
+    async def acknowledge_upto(self, position: int) -> None:
+        """Write an acknowledgement handed over by ``hand_acknowledgements_to``'s ``record``."""
+        raise NotImplementedError(f"{type(self).__name__} acknowledges only in its consumer")
 
     @abstractmethod
     async def find(self, workspace: str, event_id: str) -> Event | None:

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import msgspec
@@ -42,6 +42,7 @@ class SqliteQueue(Queue):
         self._wake = asyncio.Event()  # set after each commit: a fetch in this process wakes
         self.db = SqliteDatabase(path, SCHEMA, SCHEMA_VERSION, after_commit=self._wake.set)
         self._delivered = 0
+        self._record_ack: Callable[[int], None] | None = None
 
     async def open(self) -> None:
         await self.db.open()
@@ -84,15 +85,26 @@ class SqliteQueue(Queue):
         if not deliveries:
             return
         last = max(d.token for d in deliveries)
+        if self._record_ack is not None:
+            self._record_ack(last)
+        else:
+            await self.acknowledge_upto(last)
 
+    def hand_acknowledgements_to(self, record: Callable[[int], None]) -> bool:
+        # The applier process of `serve` runs at the lowest priority: writing the log, it could
+        # be preempted while it holds the write lock that every commit of the server needs.
+        self._record_ack = record
+        return True
+
+    async def acknowledge_upto(self, position: int) -> None:
         def advance(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "UPDATE cursors SET seq = ? WHERE name = 'applier_position' AND seq < ?",
-                (last, last),
+                (position, position),
             )
             # Rows before the cursor's are done. Its own row stays: so does the top row,
             # and rowids never go back.
-            conn.execute("DELETE FROM batches WHERE seq < ?", (last >> INDEX_BITS,))
+            conn.execute("DELETE FROM batches WHERE seq < ?", (position >> INDEX_BITS,))
 
         await self.db.write(advance)
 
