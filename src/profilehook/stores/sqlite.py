@@ -594,28 +594,22 @@ _ROW_COLUMNS = "last_ts_us, last_event_id, deleted_ts_us, deleted_event_id, prop
 
 
 def _rows(conn: sqlite3.Connection, keys: list[tuple[str, str]]) -> dict[tuple[str, str], _Row]:
-    """The stored rows of these contacts. Python's sqlite3 takes the GIL back after every step
-    (one per result row); aggregated into one JSON text, the rows of a workspace take one."""
+    """The stored rows of these contacts. (Python's sqlite3 takes the GIL back after each row it
+    steps to: that costs little here, where only the applier runs, and a quarter less CPU than
+    aggregating the rows into one JSON text in SQL, which the in-server applier once needed.)"""
     by_workspace: dict[str, list[str]] = {}
     for workspace, contact_id in keys:
         by_workspace.setdefault(workspace, []).append(contact_id)
     rows: dict[tuple[str, str], _Row] = {}
     for workspace, contact_ids in by_workspace.items():
         for start in range(0, len(contact_ids), MAX_BOUND_KEYS):
-            (found,) = conn.execute(
-                "SELECT json_group_array(json_array(contact_id, last_ts_us, last_event_id,"
-                " deleted_ts_us, deleted_event_id, hex(properties))) FROM contacts"
+            for contact_id, *values in conn.execute(
+                f"SELECT contact_id, {_ROW_COLUMNS} FROM contacts"
                 " WHERE workspace = ? AND contact_id IN (SELECT value FROM json_each(?))",
                 (workspace, _json(contact_ids[start : start + MAX_BOUND_KEYS])),
-            ).fetchone()
-            for contact_id, *values, properties in _decode_rows(found):
-                rows[(workspace, contact_id)] = _row((*values, bytes.fromhex(properties)))
+            ):
+                rows[(workspace, contact_id)] = _row(values)
     return rows
-
-
-_decode_rows = msgspec.json.Decoder(
-    list[tuple[str, int | None, str | None, int | None, str | None, str]]
-).decode
 
 
 def _contact(conn: sqlite3.Connection, workspace: str, contact_id: str) -> Contact | None:
