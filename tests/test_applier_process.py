@@ -242,11 +242,11 @@ async def test_the_server_writes_each_acknowledgement_its_child_hands_over_once(
     assert metrics.applier_totals().events == {"api": {"applied": 7}}
 
 
-def test_the_child_hands_its_acknowledgements_to_the_server_and_never_writes_the_log(
+def test_the_child_hands_its_acknowledgements_to_the_server_to_write(
     server: ServerProcess,
 ) -> None:
     # At nice 19 the child could be preempted holding the log's write lock, which every commit
-    # of the server needs: it only reads the log, and the server writes what it acknowledges.
+    # of the server needs: applying, it only reads the log; the server writes its acknowledgements.
     # With the server stopped (SIGSTOP), the child applies what is pending and the log's cursor
     # stays where it was; once the server runs again, it moves past everything.
     assert server.proc is not None
@@ -285,3 +285,38 @@ def test_the_child_hands_its_acknowledgements_to_the_server_and_never_writes_the
 def _read(path: Path, sql: str) -> int:
     with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
         return int(conn.execute(sql).fetchone()[0] or 0)
+
+
+class _Child:
+    """A child process, as the supervisor sees it, that runs until it is killed."""
+
+    def __init__(self, stdout: AsyncIterator[bytes]) -> None:
+        self.stdout = stdout
+        self.stdin = SimpleNamespace(close=lambda: None)
+        self.killed = False
+        self._gone = asyncio.Event()
+
+    async def wait(self) -> int:
+        await self._gone.wait()
+        return -signal.SIGKILL
+
+    def kill(self) -> None:
+        self.killed = True
+        self._gone.set()
+
+
+async def _unreadable_after_one_report() -> AsyncIterator[bytes]:
+    yield _report(None, 1)
+    raise ValueError("Separator is not found, and chunk exceed the limit")  # a line too long
+
+
+async def test_a_child_whose_reports_cannot_be_read_is_killed_and_started_again() -> None:
+    # Unread, its reports would fill the pipe and block it: it would apply nothing, silently.
+    metrics = Metrics()
+    supervisor = applier_process.ApplierProcess(Settings(), metrics, _Log())  # type: ignore[arg-type]
+    child = _Child(_unreadable_after_one_report())
+
+    code = await asyncio.wait_for(supervisor._supervise(child, asyncio.Event()), 5)  # type: ignore[arg-type]
+
+    assert child.killed and code == -signal.SIGKILL  # run() then starts a new one
+    assert metrics.applier_totals().events == {"api": {"applied": 1}}

@@ -250,6 +250,23 @@ async def test_given_acknowledgements_handed_over_then_only_their_writer_moves_t
     assert ids(await queue.fetch(10, NO_WAIT_S)) == ["e002", "e003"]
 
 
+async def test_given_an_acknowledgement_past_the_end_then_later_events_are_still_delivered(
+    sqlite_queue_backend: QueueBackend,
+) -> None:
+    # The server writes positions another process hands it: one beyond what was logged (or too
+    # large for SQLite) must not make the log skip, forever, the events logged after it.
+    queue = sqlite_queue_backend.queue
+    await queue.acknowledge_upto(5)  # an empty log: nothing to acknowledge
+    await queue.publish(numbered(3))
+
+    await queue.acknowledge_upto(2**70)
+
+    assert await queue.depth() == 0
+    await queue.publish([event(event_id="later")])
+    queue = await sqlite_queue_backend.restart()
+    assert ids(await queue.fetch(10, NO_WAIT_S)) == ["later"]
+
+
 async def test_given_pending_events_then_find_looks_them_up_by_workspace_and_event_id(
     backend: QueueBackend,
 ) -> None:

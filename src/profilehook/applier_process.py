@@ -11,7 +11,8 @@ when its standard input closes (the server stopping, or dying: even a ``kill -9`
 pipe), after acknowledging what it applied. On its standard output it writes one JSON line, a
 ``Report``, every ``REPORT_INTERVAL_S`` and at each acknowledgement: its ``ApplierTotals``, which
 the server adds to its own ``/metrics``, and, for the SQLite log, the position it acknowledges,
-which the server writes to the log (``Queue.hand_acknowledgements_to``): the child only reads it.
+which the server writes to the log (``Queue.hand_acknowledgements_to``): applying, the child only
+reads the log (it checks the log's schema once, when it starts).
 """
 
 from __future__ import annotations
@@ -97,9 +98,13 @@ class ApplierProcess:
         relay = asyncio.create_task(self._relay(proc))
         stopping = asyncio.create_task(stop.wait())
         exited = asyncio.create_task(proc.wait())
-        await asyncio.wait({stopping, exited}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({stopping, exited, relay}, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
-        if not exited.done():
+        if relay.done() and not exited.done():
+            # Nobody reads its reports any more: it would block on a full pipe, applying nothing.
+            log.error("applier process: its reports can no longer be read; restarting it")
+            proc.kill()
+        elif not exited.done():
             assert proc.stdin is not None
             proc.stdin.close()  # the child's signal to finish, acknowledge and exit
             try:
@@ -108,7 +113,10 @@ class ApplierProcess:
                 log.error("applier process did not stop within %ss; killing it", STOP_TIMEOUT_S)
                 proc.kill()
         code = await exited
-        await relay
+        try:
+            await relay
+        except Exception:  # (a line longer than the reader's limit, say): the child is restarted
+            log.exception("applier process: reading its reports failed")
         return code
 
     async def _relay(self, proc: Process) -> None:
@@ -126,8 +134,11 @@ class ApplierProcess:
             if report.acknowledged is not None and report.acknowledged != last.acknowledged:
                 try:
                     await self.queue.acknowledge_upto(report.acknowledged)
-                except StorageUnavailable as exc:  # the next report carries it again
-                    log.warning("applier process: acknowledgement not written: %s", exc.detail)
+                except Exception as exc:  # the next report carries it again
+                    if isinstance(exc, StorageUnavailable):
+                        log.warning("applier process: acknowledgement not written: %s", exc.detail)
+                    else:
+                        log.exception("applier process: acknowledgement not written")
                     report = msgspec.structs.replace(report, acknowledged=last.acknowledged)
             last = report
 

@@ -98,13 +98,20 @@ class SqliteQueue(Queue):
 
     async def acknowledge_upto(self, position: int) -> None:
         def advance(conn: sqlite3.Connection) -> None:
+            top = conn.execute(
+                "SELECT seq, events FROM batches ORDER BY seq DESC LIMIT 1"
+            ).fetchone()
+            if top is None:
+                return  # nothing was ever logged: nothing to acknowledge
+            # Never past the last event logged: events logged later must still be delivered.
+            upto = min(position, top[0] << INDEX_BITS | top[1] - 1)
             conn.execute(
                 "UPDATE cursors SET seq = ? WHERE name = 'applier_position' AND seq < ?",
-                (position, position),
+                (upto, upto),
             )
             # Rows before the cursor's are done. Its own row stays: so does the top row,
             # and rowids never go back.
-            conn.execute("DELETE FROM batches WHERE seq < ?", (position >> INDEX_BITS,))
+            conn.execute("DELETE FROM batches WHERE seq < ?", (upto >> INDEX_BITS,))
 
         await self.db.write(advance)
 
