@@ -80,7 +80,7 @@ def new_event_ids(count: int) -> list[str]:
     their last 48 bits: a random number for the first, counting up (modulo 2**48) for the rest.
     Within the request they differ by construction; against any other id they have the same odds
     of a clash as ids made one by one, give or take the count (~2**-62 per pair of requests made
-    in one millisecond). A batch's ids then cost a fifth of the CPU."""
+    in one millisecond). A batch's ids then cost about a third of the CPU."""
     bits = _getrandbits(74)
     variant = 0x8000 | (bits >> 48) & 0x3FFF
     start = f"{_time_prefix()}{bits >> 62:03x}-{variant:04x}-"
