@@ -294,14 +294,15 @@ class _Child:
         self.stdout = stdout
         self.stdin = SimpleNamespace(close=lambda: None)
         self.killed = False
+        self.code = 1  # its own exit code, unless it is killed
         self._gone = asyncio.Event()
 
     async def wait(self) -> int:
         await self._gone.wait()
-        return -signal.SIGKILL
+        return self.code
 
     def kill(self) -> None:
-        self.killed = True
+        self.killed, self.code = True, -signal.SIGKILL
         self._gone.set()
 
 
@@ -320,3 +321,18 @@ async def test_a_child_whose_reports_cannot_be_read_is_killed_and_started_again(
 
     assert child.killed and code == -signal.SIGKILL  # run() then starts a new one
     assert metrics.applier_totals().events == {"api": {"applied": 1}}
+
+
+async def _one_report_then_the_end() -> AsyncIterator[bytes]:
+    yield _report(None, 1)
+
+
+async def test_a_child_whose_output_ends_is_waited_for_not_killed() -> None:
+    # Its output ends because it is exiting (a crash, a start-up error): its own exit code counts.
+    supervisor = applier_process.ApplierProcess(Settings(), Metrics(), _Log())  # type: ignore[arg-type]
+    child = _Child(_one_report_then_the_end())
+    child.stdin = SimpleNamespace(close=child._gone.set)  # it exits when told to, or by itself
+
+    code = await asyncio.wait_for(supervisor._supervise(child, asyncio.Event()), 5)  # type: ignore[arg-type]
+
+    assert (child.killed, code) == (False, 1)

@@ -100,8 +100,9 @@ class ApplierProcess:
         exited = asyncio.create_task(proc.wait())
         await asyncio.wait({stopping, exited, relay}, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
-        if relay.done() and not exited.done():
+        if relay.done() and relay.exception() is not None and not exited.done():
             # Nobody reads its reports any more: it would block on a full pipe, applying nothing.
+            # (A relay that ended at the end of the output saw the child exiting: it is waited for.)
             log.error("applier process: its reports can no longer be read; restarting it")
             proc.kill()
         elif not exited.done():
