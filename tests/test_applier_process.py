@@ -22,6 +22,7 @@ from profilehook import applier_process
 from profilehook.errors import StorageUnavailable
 from profilehook.metrics import Metrics
 from profilehook.queues import QUEUE_FILE
+from profilehook.queues.sqlite import INDEX_BITS
 from profilehook.settings import Settings
 from profilehook.stores import STORE_FILE
 from tests.support import ServerProcess, create_key, wait_until
@@ -269,7 +270,7 @@ def test_the_child_hands_its_acknowledgements_to_the_server_to_write(
         sent += 1_000
         server.proc.send_signal(signal.SIGSTOP)
         cursor = _read(log, "SELECT seq FROM cursors")
-        if _read(log, "SELECT max(seq) FROM batches") > cursor >> 20:
+        if _read(log, "SELECT max(seq) FROM batches") > cursor >> INDEX_BITS:
             break
         server.proc.send_signal(signal.SIGCONT)
     try:
