@@ -31,6 +31,11 @@ BUSY_TIMEOUT_MS = 5_000
 # The WAL size (pages) at which the writer's commits checkpoint. SQLite's default (1,000) made
 # the applier's store checkpoint every few commits, rewriting the same index pages each time.
 CHECKPOINT_PAGES = 10_000
+# With ``background_checkpoints``: how often the checkpointer thread copies the WAL into the
+# file (only after commits), and the WAL size at which a commit checkpoints by itself anyway,
+# should the checkpointer fall behind.
+BACKGROUND_CHECKPOINT_INTERVAL_S = 0.01
+BACKSTOP_CHECKPOINT_PAGES = 100_000
 
 
 @dataclass(slots=True)
@@ -70,12 +75,16 @@ class SqliteDatabase:
         migrations: Mapping[int, Callable[[sqlite3.Connection], None]] | None = None,
         after_commit: Callable[[], None] | None = None,
         cache_kib: int | None = None,
+        background_checkpoints: bool = False,
     ):
         """``version`` of ``schema`` is kept in the file (``PRAGMA user_version``). A file of an
         older version is brought up to date at ``open`` by ``migrations[v]`` (``v`` -> ``v + 1``,
         in the transaction that creates the schema); any other is refused with a clear error
         rather than misread. ``after_commit`` runs on the event loop after each commit;
         ``cache_kib`` sizes the writer's page cache (None: SQLite's 2 MiB).
+        ``background_checkpoints``: a thread of its own copies the WAL into the file, so that
+        no commit waits for a checkpoint (SQLite's own run inside the commit that crosses
+        ``CHECKPOINT_PAGES``, which then waits for the copy and its fsync).
         ``synchronous="NORMAL"``: commits are not fsynced (still safe against a killed
         process); ``fsync_wal`` then makes all of them durable at once."""
         self.path = path
@@ -91,22 +100,38 @@ class SqliteDatabase:
         self._reader = ThreadPoolExecutor(1, thread_name_prefix=f"sqlite-read-{path.name}")
         self._reader_conn: sqlite3.Connection | None = None
         self._local_conn: sqlite3.Connection | None = None
+        self._checkpointer: threading.Thread | None = None
+        self._committed = threading.Event() if background_checkpoints else None
+        self._closing = threading.Event()
 
     async def open(self) -> None:
         """Create the file and schema, start the writer. Raises ``StorageUnavailable``."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._loop = asyncio.get_running_loop()
         conn = connect(self.path, self._synchronous)
+        checkpointing: sqlite3.Connection | None = None
         try:
             if self._cache_kib is not None:
                 conn.execute(f"PRAGMA cache_size=-{self._cache_kib}")
-            conn.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES}")
+            pages = CHECKPOINT_PAGES if self._committed is None else BACKSTOP_CHECKPOINT_PAGES
+            conn.execute(f"PRAGMA wal_autocheckpoint={pages}")
             self._create_schema(conn)
+            if self._committed is not None:
+                checkpointing = connect(self.path, self._synchronous)
         except BaseException as exc:
             conn.close()
             if isinstance(exc, sqlite3.Error):
                 raise StorageUnavailable(f"Cannot create schema in {self.path}: {exc}") from exc
             raise
+        self._closing.clear()
+        if checkpointing is not None and self._committed is not None:
+            self._checkpointer = threading.Thread(
+                target=self._checkpoint_loop,
+                args=(checkpointing, self._committed),
+                name=f"sqlite-checkpoint-{self.path.name}",
+                daemon=True,
+            )
+            self._checkpointer.start()
         self._writer = threading.Thread(
             target=self._write_loop,
             args=(conn,),
@@ -155,6 +180,11 @@ class SqliteDatabase:
             self._jobs.put(None)
             await asyncio.to_thread(self._writer.join)
             self._writer = None
+        if self._checkpointer is not None and self._committed is not None:
+            self._closing.set()
+            self._committed.set()
+            await asyncio.to_thread(self._checkpointer.join)
+            self._checkpointer = None
         self._reader.shutdown(wait=True)
         for conn in (self._reader_conn, self._local_conn):
             if conn is not None:
@@ -235,7 +265,37 @@ class SqliteDatabase:
                 outcomes = self._commit(conn, batch)
                 assert self._loop is not None
                 self._loop.call_soon_threadsafe(_settle, outcomes, self._after_commit)
+                if self._committed is not None:
+                    self._committed.set()
                 if stop:
+                    return
+        finally:
+            conn.close()
+
+    def _checkpoint_loop(self, conn: sqlite3.Connection, committed: threading.Event) -> None:
+        """Copy the WAL into the file after commits, at most every
+        ``BACKGROUND_CHECKPOINT_INTERVAL_S``. PASSIVE: it never blocks the writer (who goes on
+        appending to the WAL meanwhile) and the next commit after a complete copy restarts the
+        WAL from its beginning. A failure is logged and retried; the writer's backstop
+        checkpoint keeps the WAL bounded meanwhile."""
+        failing = False
+        try:
+            while True:
+                committed.wait()
+                if self._closing.is_set():
+                    return
+                committed.clear()
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as exc:
+                    if not failing:  # once, not every few milliseconds
+                        log.warning("checkpoints of %s fail (retried): %s", self.path.name, exc)
+                    failing = True
+                else:
+                    if failing:
+                        log.warning("checkpoints of %s work again", self.path.name)
+                    failing = False
+                if self._closing.wait(BACKGROUND_CHECKPOINT_INTERVAL_S):
                     return
         finally:
             conn.close()
