@@ -198,6 +198,66 @@ def test_contacts_get_and_events_get_of_unknown_ids_fail_clearly(data_dir: Path)
     assert "Event not found" in event.stderr
 
 
+def test_given_profiles_when_exported_while_serving_then_each_line_is_the_contact_over_http(
+    data_dir: Path, server: ServerProcess, tmp_path: Path
+) -> None:
+    key = create_key(data_dir, "acme")["key"]
+    other = create_key(data_dir, "other")["key"]
+    sent = [update(f"user-{i}", f"evt-{i}", 1_700_000_000 + i, plan="pro", n=i) for i in range(3)]
+    sent.append(update("user-1", "evt-old", 1_600_000_000, plan="old", region="eu"))
+    for body in sent:
+        assert send(server, key, **body).status_code == 202
+    assert send(server, other, **update("theirs", "evt-x", 1_700_000_000, n=9)).status_code == 202
+    wait_applied(server, key, *(body["event_id"] for body in sent))
+    output = tmp_path / "out" / "profiles.jsonl"
+    output.parent.mkdir()
+    output.write_text("an older export\n")
+
+    to_file = run_cli(data_dir, "export", "--workspace", "acme", "-o", str(output), "--json")
+    to_stdout = run_cli(data_dir, "export", "--workspace", "acme")
+
+    assert to_file.returncode == to_stdout.returncode == 0, to_file.stderr + to_stdout.stderr
+    assert json.loads(to_file.stdout) == {"workspace": "acme", "contacts": 3, "output": str(output)}
+    over_http = [_profiles(server, key, [f"user-{i}"])[f"user-{i}"] for i in range(3)]
+    assert [json.loads(line) for line in output.read_text().splitlines()] == over_http
+    assert to_stdout.stdout == output.read_text()
+    assert over_http[1]["properties"] == {"plan": "pro", "n": 1, "region": "eu"}
+    assert sorted(p.name for p in output.parent.iterdir()) == ["profiles.jsonl"]
+
+
+def test_export_refusals_are_clear_and_leave_no_file(data_dir: Path, tmp_path: Path) -> None:
+    summary_on_stdout = run_cli(data_dir, "export", "--workspace", "acme", "--json")
+    missing_dir = run_cli(
+        data_dir, "export", "--workspace", "acme", "-o", str(tmp_path / "nowhere" / "p.jsonl")
+    )
+
+    assert summary_on_stdout.returncode == 2
+    assert "give --output FILE" in summary_on_stdout.stderr
+    assert missing_dir.returncode == 1
+    assert "Cannot write" in missing_dir.stderr and "Traceback" not in missing_dir.stderr
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_given_an_export_that_fails_midway_then_the_previous_file_is_left_as_it_was(
+    tmp_path: Path,
+) -> None:
+    from click import ClickException
+
+    from profilehook.cli import _write_whole
+
+    output = tmp_path / "profiles.jsonl"
+    output.write_text("the previous export\n")
+
+    def fail_midway(out: Any) -> None:
+        out.write(b'{"contact_id": "half"}\n')
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(ClickException, match="No space left on device"):
+        _write_whole(output, fail_midway)
+    assert output.read_text() == "the previous export\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["profiles.jsonl"]
+
+
 def test_given_applied_events_when_rebuild_runs_with_the_server_stopped_then_profiles_are_equal(
     data_dir: Path,
 ) -> None:

@@ -492,6 +492,43 @@ async def test_given_only_a_delete_for_a_contact_then_get_contact_is_none(store:
     assert await store.get_contact("acme", "c1") is None
 
 
+# -- paging through contacts (export) ------------------------------------------------------------
+
+
+async def test_given_contacts_then_pages_hold_each_existing_one_once_in_contact_id_order(
+    store: Store,
+) -> None:
+    """Pages of 4 over 20 contacts of which 7 are deleted (c00-c05: the first page holds only
+    deleted ones), beside another workspace's contacts with the same ids."""
+    ids = [f"c{i:02d}" for i in range(20)]
+    deleted = {*ids[:6], "c13"}
+    await store.apply([event(contact_id=i, event_id=f"u-{i}", ts_us=S, n=int(i[1:])) for i in ids])
+    await store.apply(
+        [event(contact_id=i, event_id=f"o-{i}", workspace="other", n=-1) for i in ids[:10]]
+    )
+    await store.apply(
+        [event(contact_id=i, event_id=f"d-{i}", ts_us=2 * S, kind="delete") for i in deleted]
+    )
+
+    pages: list[list[Contact]] = []
+    after: str | None = None
+    while True:
+        page, after = await store.contacts_page("acme", after, 4)
+        pages.append(page)
+        if after is None:
+            break
+
+    exported = [c for page in pages for c in page]
+    assert [c.contact_id for c in exported] == [i for i in ids if i not in deleted]
+    assert exported == [await store.get_contact("acme", c.contact_id) for c in exported]
+    assert [c.properties["n"] for c in exported] == [int(c.contact_id[1:]) for c in exported]
+    assert [[c.contact_id for c in page] for page in pages[:2]] == [[], ["c06", "c07"]]
+    assert len(pages) == 6  # five full pages; the sixth, empty, tells the end
+    assert await store.count_contacts("acme") == 20
+    assert await store.count_contacts("other") == 10
+    assert await store.contacts_page("nobody", None, 4) == ([], None)
+
+
 # -- idempotency ---------------------------------------------------------------------------------
 
 

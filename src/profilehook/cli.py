@@ -16,7 +16,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 import click
 
@@ -408,6 +408,84 @@ def import_cmd(ctx: click.Context, file: Path, workspace: str, as_json: bool) ->
             click.echo(f"  line {refused['line']}: {first['msg']} at {first['loc'][2:]}")
     if result.rejected:
         sys.exit(1)
+
+
+@main.command("export")
+@click.option("--workspace", required=True)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+    default="-",
+    show_default=True,
+    help="The JSONL file to write; - for standard output.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help='When done, print {"workspace", "contacts", "output"} (needs --output FILE).',
+)
+@click.pass_context
+def export_cmd(ctx: click.Context, workspace: str, output: Path, as_json: bool) -> None:
+    """Write every profile of a workspace as JSONL: one GET /v1/contacts/{id} answer a line.
+
+    The service may keep running meanwhile. A file is written whole or not at all: into a
+    temporary file beside it, renamed when complete.
+
+    \b
+    Example:
+      profilehook export --workspace acme --output profiles.jsonl
+    """
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from profilehook.export import export_jsonl
+
+    to_stdout = str(output) == "-"
+    if as_json and to_stdout:
+        raise click.UsageError("--json prints a summary on standard output: give --output FILE")
+
+    async def run(out: BinaryIO) -> int:
+        async with running(_settings(ctx)) as services:
+            console = Console(stderr=True)
+            with Progress(console=console, transient=True, disable=as_json) as bar:
+                task = bar.add_task(f"Exporting {workspace}", total=None)
+                return await export_jsonl(
+                    services.store,
+                    workspace,
+                    out,
+                    lambda done, total: bar.update(task, completed=done, total=total),
+                )
+
+    if to_stdout:
+        count = _run(run(sys.stdout.buffer))
+        sys.stdout.buffer.flush()
+    else:
+        count = _write_whole(output, lambda out: _run(run(out)))
+    if as_json:
+        click.echo(json.dumps({"workspace": workspace, "contacts": count, "output": str(output)}))
+    elif not to_stdout:
+        click.echo(f"Exported {count} contacts of {workspace!r} to {output}")
+
+
+def _write_whole(path: Path, write: Callable[[BinaryIO], T]) -> T:
+    """Run ``write`` on a temporary file beside ``path`` and rename it to ``path`` once it is
+    complete and on disk; on any failure, remove it and leave ``path`` as it was."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with temporary.open("wb") as out:
+            result = write(out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise click.ClickException(f"Cannot write {path}: {exc.strerror or exc}") from None
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return result
 
 
 @main.command()

@@ -207,6 +207,20 @@ class Store(ABC):
     async def get_contact(self, workspace: str, contact_id: str) -> Contact | None: ...
 
     @abstractmethod
+    async def contacts_page(
+        self, workspace: str, after: str | None, limit: int
+    ) -> tuple[list[Contact], str | None]:
+        """The workspace's contacts in ``contact_id`` order (the backend's), after ``after``
+        (None: from the first), looking at up to ``limit`` stored contacts; and the
+        ``contact_id`` to pass as ``after`` for the next page, None at the end. Deleted
+        contacts are skipped: a page may hold fewer than ``limit``, even none, before the end."""
+
+    @abstractmethod
+    async def count_contacts(self, workspace: str) -> int:
+        """How many contacts the workspace has stored, deleted ones included (what
+        ``contacts_page`` looks at: a progress total)."""
+
+    @abstractmethod
     async def history(
         self, workspace: str, contact_id: str, before: Version | None, limit: int
     ) -> list[EventRecord]:

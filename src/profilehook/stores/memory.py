@@ -81,16 +81,21 @@ class MemoryStore(Store):
 
     async def get_contact(self, workspace: str, contact_id: str) -> Contact | None:
         profile = self._profiles.get((workspace, contact_id))
-        if profile is None or not contact_exists(profile.state.last_update, profile.state.deleted):
-            return None
-        live = sorted(name for name, value in profile.values.items() if value is not None)
-        assert profile.state.last_update is not None
-        return Contact(
-            contact_id,
-            {name: profile.values[name] for name in live},
-            {name: profile.state.versions[name] for name in live},
-            profile.state.last_update[0],
-        )
+        return None if profile is None else _contact_of(contact_id, profile)
+
+    async def contacts_page(
+        self, workspace: str, after: str | None, limit: int
+    ) -> tuple[list[Contact], str | None]:
+        ids = sorted(
+            contact_id
+            for ws, contact_id in self._profiles
+            if ws == workspace and (after is None or contact_id > after)
+        )[:limit]
+        found = [_contact_of(i, self._profiles[(workspace, i)]) for i in ids]
+        return [c for c in found if c is not None], ids[-1] if len(ids) == limit else None
+
+    async def count_contacts(self, workspace: str) -> int:
+        return sum(1 for ws, _ in self._profiles if ws == workspace)
 
     async def history(
         self, workspace: str, contact_id: str, before: Version | None, limit: int
@@ -177,3 +182,17 @@ class MemoryStore(Store):
         parked = self._parked.get((workspace, source_id, profile_id), {})
         for event_id in event_ids:
             parked.pop(event_id, None)
+
+
+def _contact_of(contact_id: str, profile: _Profile) -> Contact | None:
+    """The contact a profile holds; None when it does not exist (deleted)."""
+    last, deleted = profile.state.last_update, profile.state.deleted
+    if last is None or not contact_exists(last, deleted):
+        return None
+    live = sorted(name for name, value in profile.values.items() if value is not None)
+    return Contact(
+        contact_id,
+        {name: profile.values[name] for name in live},
+        {name: profile.state.versions[name] for name in live},
+        last[0],
+    )

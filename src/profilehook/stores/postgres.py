@@ -273,6 +273,39 @@ class PostgresStore(Store):
     async def get_contact(self, workspace: str, contact_id: str) -> Contact | None:
         return await self._run(lambda conn: _contact(conn, workspace, contact_id))
 
+    async def contacts_page(
+        self, workspace: str, after: str | None, limit: int
+    ) -> tuple[list[Contact], str | None]:
+        async def select(conn: Conn) -> tuple[list[Contact], str | None]:
+            cur = await conn.execute(
+                f"SELECT contact_id, {_VERSION_COLUMNS} FROM contacts WHERE workspace = %s"
+                + ("" if after is None else " AND contact_id > %s")
+                + " ORDER BY contact_id LIMIT %s",
+                (workspace, limit) if after is None else (workspace, after, limit),
+            )
+            rows = await cur.fetchall()
+            live = {row[0]: last for row in rows if (last := _last_if_exists(row[1:]))}
+            cur = await conn.execute(
+                f"SELECT contact_id, {_PROPERTY_COLUMNS} FROM properties WHERE workspace = %s"
+                " AND contact_id = ANY(%s) AND value IS NOT NULL ORDER BY contact_id, name",
+                (workspace, list(live)),
+            )
+            held: dict[str, list[tuple[Any, ...]]] = {}
+            for contact_id, *prop in await cur.fetchall():
+                held.setdefault(contact_id, []).append(tuple(prop))
+            found = [_contact_of(i, last, held.get(i, [])) for i, last in live.items()]
+            return found, rows[-1][0] if len(rows) == limit else None
+
+        return await self._run(select)
+
+    async def count_contacts(self, workspace: str) -> int:
+        async def count(conn: Conn) -> int:
+            sql = "SELECT COUNT(*) FROM contacts WHERE workspace = %s"
+            cur = await conn.execute(sql, (workspace,))
+            return int((await cur.fetchone() or (0,))[0])
+
+        return await self._run(count)
+
     async def history(
         self, workspace: str, contact_id: str, before: Version | None, limit: int
     ) -> list[EventRecord]:
@@ -576,25 +609,37 @@ WHERE (p.ts_us, p.event_id) < (excluded.ts_us, excluded.event_id)
 """
 
 
+_VERSION_COLUMNS = "last_ts_us, last_event_id, deleted_ts_us, deleted_event_id"
+_PROPERTY_COLUMNS = "name, value, ts_us, event_id"
+
+
 async def _contact(conn: Conn, workspace: str, contact_id: str) -> Contact | None:
     cur = await conn.execute(
-        "SELECT last_ts_us, last_event_id, deleted_ts_us, deleted_event_id FROM contacts"
-        " WHERE workspace = %s AND contact_id = %s",
+        f"SELECT {_VERSION_COLUMNS} FROM contacts WHERE workspace = %s AND contact_id = %s",
         (workspace, contact_id),
     )
     row = await cur.fetchone()
-    if row is None:
-        return None
-    last = None if row[0] is None else (row[0], row[1])
-    deleted = None if row[2] is None else (row[2], row[3])
-    if last is None or not contact_exists(last, deleted):
+    last = None if row is None else _last_if_exists(row)
+    if last is None:
         return None
     cur = await conn.execute(
-        "SELECT name, value, ts_us, event_id FROM properties"
+        f"SELECT {_PROPERTY_COLUMNS} FROM properties"
         " WHERE workspace = %s AND contact_id = %s AND value IS NOT NULL ORDER BY name",
         (workspace, contact_id),
     )
-    props = await cur.fetchall()
+    return _contact_of(contact_id, last, await cur.fetchall())
+
+
+def _last_if_exists(versions: Sequence[Any]) -> Version | None:
+    """A contacts row's last update (its ``_VERSION_COLUMNS``), if the contact exists."""
+    last_ts, last_id, deleted_ts, deleted_id = versions
+    last = None if last_ts is None else (last_ts, last_id)
+    deleted = None if deleted_ts is None else (deleted_ts, deleted_id)
+    return last if last is not None and contact_exists(last, deleted) else None
+
+
+def _contact_of(contact_id: str, last: Version, props: Sequence[Sequence[Any]]) -> Contact:
+    """A contact from its last update and its live properties (``_PROPERTY_COLUMNS``, by name)."""
     return Contact(
         contact_id=contact_id,
         properties={name: value for name, value, _, _ in props},

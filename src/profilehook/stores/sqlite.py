@@ -172,6 +172,28 @@ class SqliteStore(Store):
     async def get_contact(self, workspace: str, contact_id: str) -> Contact | None:
         return await self.db.read(lambda conn: _contact(conn, workspace, contact_id))
 
+    async def contacts_page(
+        self, workspace: str, after: str | None, limit: int
+    ) -> tuple[list[Contact], str | None]:
+        def select(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            return conn.execute(
+                f"SELECT contact_id, {_ROW_COLUMNS} FROM contacts WHERE workspace = ?"
+                + ("" if after is None else " AND contact_id > ?")
+                + " ORDER BY contact_id LIMIT ?",
+                (workspace, limit) if after is None else (workspace, after, limit),
+            ).fetchall()
+
+        rows = await self.db.read(select)
+        found = [_contact_of(contact_id, _row(values)) for contact_id, *values in rows]
+        return [c for c in found if c is not None], rows[-1][0] if len(rows) == limit else None
+
+    async def count_contacts(self, workspace: str) -> int:
+        def count(conn: sqlite3.Connection) -> int:
+            sql = "SELECT COUNT(*) FROM contacts WHERE workspace = ?"
+            return int(conn.execute(sql, (workspace,)).fetchone()[0])
+
+        return await self.db.read(count)
+
     async def history(
         self, workspace: str, contact_id: str, before: Version | None, limit: int
     ) -> list[EventRecord]:
@@ -617,9 +639,11 @@ def _contact(conn: sqlite3.Connection, workspace: str, contact_id: str) -> Conta
         f"SELECT {_ROW_COLUMNS} FROM contacts WHERE workspace = ? AND contact_id = ?",
         (workspace, contact_id),
     ).fetchone()
-    if found is None:
-        return None
-    row = _row(found)
+    return None if found is None else _contact_of(contact_id, _row(found))
+
+
+def _contact_of(contact_id: str, row: _Row) -> Contact | None:
+    """The contact a stored row holds; None when it does not exist (deleted)."""
     if row.last is None or not contact_exists(row.last, row.deleted):
         return None
     held = row.properties()
