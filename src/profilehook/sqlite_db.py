@@ -13,6 +13,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,10 +33,14 @@ BUSY_TIMEOUT_MS = 5_000
 # the applier's store checkpoint every few commits, rewriting the same index pages each time.
 CHECKPOINT_PAGES = 10_000
 # With ``background_checkpoints``: how often the checkpointer thread copies the WAL into the
-# file (only after commits), and the WAL size at which a commit checkpoints by itself anyway,
-# should the checkpointer fall behind.
+# file while commits arrive. The writer keeps SQLite's own checkpoint at CHECKPOINT_PAGES: by
+# then the thread has copied all but the last few milliseconds, so it is short, and only a
+# checkpoint between two commits lets the next one restart the WAL from its beginning (with the
+# thread's alone, commits always outran it and the WAL grew to whatever limit there was).
 BACKGROUND_CHECKPOINT_INTERVAL_S = 0.01
-BACKSTOP_CHECKPOINT_PAGES = 100_000
+CHECKPOINT_WARNING_INTERVAL_S = 60.0
+# A WAL that grew larger (a long reader kept it from restarting) is cut back to this on restart.
+WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -113,8 +118,8 @@ class SqliteDatabase:
         try:
             if self._cache_kib is not None:
                 conn.execute(f"PRAGMA cache_size=-{self._cache_kib}")
-            pages = CHECKPOINT_PAGES if self._committed is None else BACKSTOP_CHECKPOINT_PAGES
-            conn.execute(f"PRAGMA wal_autocheckpoint={pages}")
+            conn.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES}")
+            conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
             self._create_schema(conn)
             if self._committed is not None:
                 checkpointing = connect(self.path, self._synchronous)
@@ -131,7 +136,13 @@ class SqliteDatabase:
                 name=f"sqlite-checkpoint-{self.path.name}",
                 daemon=True,
             )
-            self._checkpointer.start()
+            try:
+                self._checkpointer.start()
+            except BaseException:
+                self._checkpointer = None
+                checkpointing.close()
+                conn.close()
+                raise
         self._writer = threading.Thread(
             target=self._write_loop,
             args=(conn,),
@@ -274,11 +285,11 @@ class SqliteDatabase:
 
     def _checkpoint_loop(self, conn: sqlite3.Connection, committed: threading.Event) -> None:
         """Copy the WAL into the file after commits, at most every
-        ``BACKGROUND_CHECKPOINT_INTERVAL_S``. PASSIVE: it never blocks the writer (who goes on
-        appending to the WAL meanwhile) and the next commit after a complete copy restarts the
-        WAL from its beginning. A failure is logged and retried; the writer's backstop
-        checkpoint keeps the WAL bounded meanwhile."""
-        failing = False
+        ``BACKGROUND_CHECKPOINT_INTERVAL_S``. PASSIVE: it never blocks the writer, who goes on
+        appending to the WAL meanwhile. A failure is retried after the next commit and reported
+        at most once a minute; the writer's own checkpoint keeps the WAL bounded meanwhile."""
+        warned_at = float("-inf")  # when a failure was last reported
+        recovery_to_report = False
         try:
             while True:
                 committed.wait()
@@ -288,13 +299,14 @@ class SqliteDatabase:
                 try:
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                 except sqlite3.Error as exc:
-                    if not failing:  # once, not every few milliseconds
+                    now = time.monotonic()
+                    if now - warned_at >= CHECKPOINT_WARNING_INTERVAL_S:
                         log.warning("checkpoints of %s fail (retried): %s", self.path.name, exc)
-                    failing = True
+                        warned_at, recovery_to_report = now, True
                 else:
-                    if failing:
+                    if recovery_to_report:
                         log.warning("checkpoints of %s work again", self.path.name)
-                    failing = False
+                        recovery_to_report = False
                 if self._closing.wait(BACKGROUND_CHECKPOINT_INTERVAL_S):
                     return
         finally:
