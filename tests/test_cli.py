@@ -238,26 +238,6 @@ def test_export_refusals_are_clear_and_leave_no_file(data_dir: Path, tmp_path: P
     assert not (tmp_path / "nowhere").exists()
 
 
-def test_given_an_export_that_fails_midway_then_the_previous_file_is_left_as_it_was(
-    tmp_path: Path,
-) -> None:
-    from click import ClickException
-
-    from profilehook.cli import _write_whole
-
-    output = tmp_path / "profiles.jsonl"
-    output.write_text("the previous export\n")
-
-    def fail_midway(out: Any) -> None:
-        out.write(b'{"contact_id": "half"}\n')
-        raise OSError(28, "No space left on device")
-
-    with pytest.raises(ClickException, match="No space left on device"):
-        _write_whole(output, fail_midway)
-    assert output.read_text() == "the previous export\n"
-    assert [p.name for p in tmp_path.iterdir()] == ["profiles.jsonl"]
-
-
 def test_given_applied_events_when_rebuild_runs_with_the_server_stopped_then_profiles_are_equal(
     data_dir: Path,
 ) -> None:

@@ -6,6 +6,7 @@ Only this module configures logging.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import gc
 import json
@@ -16,7 +17,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -411,7 +412,7 @@ def import_cmd(ctx: click.Context, file: Path, workspace: str, as_json: bool) ->
 
 
 @main.command("export")
-@click.option("--workspace", required=True)
+@click.option("--workspace", required=True, help="The workspace whose profiles to write.")
 @click.option(
     "--output",
     "-o",
@@ -430,8 +431,10 @@ def import_cmd(ctx: click.Context, file: Path, workspace: str, as_json: bool) ->
 def export_cmd(ctx: click.Context, workspace: str, output: Path, as_json: bool) -> None:
     """Write every profile of a workspace as JSONL: one GET /v1/contacts/{id} answer a line.
 
-    The service may keep running meanwhile. A file is written whole or not at all: into a
-    temporary file beside it, renamed when complete.
+    Deleted contacts are left out; the order is the store's, by contact id. The service may
+    keep running: each line is a contact as it was when read, and one applied meanwhile may or
+    may not be written. A file is written whole or not at all (into a temporary file beside
+    it, renamed when complete) and keeps its permissions.
 
     \b
     Example:
@@ -440,52 +443,44 @@ def export_cmd(ctx: click.Context, workspace: str, output: Path, as_json: bool) 
     from rich.console import Console
     from rich.progress import Progress
 
-    from profilehook.export import export_jsonl
+    from profilehook.export import export_jsonl, whole_file
+    from profilehook.stores import open_store
 
+    settings = _settings(ctx)
     to_stdout = str(output) == "-"
     if as_json and to_stdout:
         raise click.UsageError("--json prints a summary on standard output: give --output FILE")
 
-    async def run(out: BinaryIO) -> int:
-        async with running(_settings(ctx)) as services:
-            console = Console(stderr=True)
-            with Progress(console=console, transient=True, disable=as_json) as bar:
+    async def run() -> int:
+        store = open_store(settings.store_url, settings.data_dir)  # the log is not needed
+        await store.open()
+        try:
+            destination = (
+                contextlib.nullcontext(sys.stdout.buffer) if to_stdout else whole_file(output)
+            )
+            with (
+                destination as out,
+                Progress(console=Console(stderr=True), transient=True, disable=as_json) as bar,
+            ):
                 task = bar.add_task(f"Exporting {workspace}", total=None)
                 return await export_jsonl(
-                    services.store,
+                    store,
                     workspace,
                     out,
                     lambda done, total: bar.update(task, completed=done, total=total),
                 )
+        finally:
+            await store.close()
 
-    if to_stdout:
-        count = _run(run(sys.stdout.buffer))
-        sys.stdout.buffer.flush()
-    else:
-        count = _write_whole(output, lambda out: _run(run(out)))
+    # SIGTERM unwinds like Ctrl-C, so that a stopped export leaves no temporary file behind.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    count = _run(run())
+    if count == 0:
+        click.echo(f"No contacts in workspace {workspace!r}", err=True)
     if as_json:
         click.echo(json.dumps({"workspace": workspace, "contacts": count, "output": str(output)}))
     elif not to_stdout:
         click.echo(f"Exported {count} contacts of {workspace!r} to {output}")
-
-
-def _write_whole(path: Path, write: Callable[[BinaryIO], T]) -> T:
-    """Run ``write`` on a temporary file beside ``path`` and rename it to ``path`` once it is
-    complete and on disk; on any failure, remove it and leave ``path`` as it was."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with temporary.open("wb") as out:
-            result = write(out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except OSError as exc:
-        temporary.unlink(missing_ok=True)
-        raise click.ClickException(f"Cannot write {path}: {exc.strerror or exc}") from None
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return result
 
 
 @main.command()

@@ -7,12 +7,18 @@ when its page was read, and a contact applied meanwhile may or may not be in the
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import os
+import stat
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import BinaryIO
 
 import msgspec
 
 from profilehook.api.routes import contact_view
+from profilehook.errors import ProfilehookError
 from profilehook.stores.base import Store
 
 Progress = Callable[[int, int], None]
@@ -20,6 +26,10 @@ Progress = Callable[[int, int], None]
 
 EXPORT_PAGE_CONTACTS = 1_000
 _encode = msgspec.json.Encoder().encode
+
+
+class OutputUnwritable(ProfilehookError):
+    """The export's output could not be written."""
 
 
 async def export_jsonl(
@@ -44,3 +54,65 @@ async def export_jsonl(
             progress(looked_at, total)
         if after is None:
             return written
+
+
+@contextlib.contextmanager
+def whole_file(path: Path) -> Iterator[BinaryIO]:
+    """A file to write the export into that replaces ``path`` only once complete and on disk.
+
+    The data goes to a temporary file beside the target (``path`` with its symlinks resolved),
+    which is renamed over it at the end; on any failure (SIGTERM too, when it raises) it is
+    removed and the target left as it was. The target keeps its permissions; a new file gets
+    the umask's. A target that is not a regular file (``/dev/null``, a FIFO) is written
+    directly. Raises ``OutputUnwritable`` on an ``OSError``.
+    """
+    target = Path(os.path.realpath(path))
+    try:
+        try:
+            mode: int | None = stat.S_IMODE(os.stat(target).st_mode)
+            regular = stat.S_ISREG(os.stat(target).st_mode)
+        except FileNotFoundError:
+            mode, regular = None, True
+        if not regular:
+            with target.open("wb") as direct:
+                yield direct
+            return
+        fd, temporary = tempfile.mkstemp(
+            prefix=f".{target.name}.", suffix=".tmp", dir=target.parent
+        )
+    except OSError as exc:
+        raise OutputUnwritable(f"Cannot write {path}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "wb") as out:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(temporary, mode if mode is not None else 0o666 & ~_umask())
+        os.replace(temporary, target)
+        _fsync_directory(target.parent)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        if isinstance(exc, OSError):
+            raise OutputUnwritable(f"Cannot write {path}: {exc.strerror or exc}") from None
+        raise
+
+
+def _umask() -> int:
+    """The process's umask, read without setting it (other threads may be creating files)."""
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        with open("/proc/self/status") as status:
+            line = next(line for line in status if line.startswith("Umask:"))
+        return int(line.split()[1], 8)
+    mask = os.umask(0o022)  # no /proc: set and restore it
+    os.umask(mask)
+    return mask
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename in ``directory`` survive a power loss."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

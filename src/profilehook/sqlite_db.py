@@ -111,7 +111,12 @@ class SqliteDatabase:
 
     async def open(self) -> None:
         """Create the file and schema, start the writer. Raises ``StorageUnavailable``."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageUnavailable(
+                f"Cannot create the directory {self.path.parent}: {exc.strerror or exc}"
+            ) from exc
         self._loop = asyncio.get_running_loop()
         conn = connect(self.path, self._synchronous)
         checkpointing: sqlite3.Connection | None = None

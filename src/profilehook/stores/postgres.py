@@ -277,6 +277,9 @@ class PostgresStore(Store):
         self, workspace: str, after: str | None, limit: int
     ) -> tuple[list[Contact], str | None]:
         async def select(conn: Conn) -> tuple[list[Contact], str | None]:
+            # One snapshot for both statements: a contact applied between them would otherwise
+            # come out with the properties of one version and the time of another.
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             cur = await conn.execute(
                 f"SELECT contact_id, {_VERSION_COLUMNS} FROM contacts WHERE workspace = %s"
                 + ("" if after is None else " AND contact_id > %s")
