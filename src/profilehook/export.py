@@ -69,8 +69,9 @@ def whole_file(path: Path) -> Iterator[BinaryIO]:
     target = Path(os.path.realpath(path))
     try:
         try:
-            mode: int | None = stat.S_IMODE(os.stat(target).st_mode)
-            regular = stat.S_ISREG(os.stat(target).st_mode)
+            found = os.stat(target).st_mode
+            mode: int | None = stat.S_IMODE(found)
+            regular = stat.S_ISREG(found)
         except FileNotFoundError:
             mode, regular = None, True
         if not regular:

@@ -87,9 +87,9 @@ class SqliteDatabase:
         in the transaction that creates the schema); any other is refused with a clear error
         rather than misread. ``after_commit`` runs on the event loop after each commit;
         ``cache_kib`` sizes the writer's page cache (None: SQLite's 2 MiB).
-        ``background_checkpoints``: a thread of its own copies the WAL into the file, so that
-        no commit waits for a checkpoint (SQLite's own run inside the commit that crosses
-        ``CHECKPOINT_PAGES``, which then waits for the copy and its fsync).
+        ``background_checkpoints``: a thread of its own copies the WAL into the file as commits
+        arrive, so that SQLite's own checkpoint, which runs inside the commit that crosses
+        ``CHECKPOINT_PAGES`` while later commits wait, has little left to copy.
         ``synchronous="NORMAL"``: commits are not fsynced (still safe against a killed
         process); ``fsync_wal`` then makes all of them durable at once."""
         self.path = path

@@ -40,10 +40,10 @@ class SqliteQueue(Queue):
 
     def __init__(self, path: Path):
         self._wake = asyncio.Event()  # set after each commit: a fetch in this process wakes
-        # Checkpoints run on a thread of their own, every 10 ms while events arrive. Run by the
-        # commit that crossed the WAL's size, one held every commit behind it for its copy and
-        # fsync: the batch endpoint's p99 at saturation was 100 ms, now 17 ms (and ~5 % fewer
-        # events/s; see benchmarks/README.md).
+        # Checkpoints run on a thread of their own, every 10 ms while events arrive. Run only by
+        # the commit that crossed the WAL's size, one held every commit behind it for its copy
+        # and fsync: the batch endpoint's p99 at saturation was 100 ms, now 15-17 ms (for 6-10 %
+        # fewer events/s; see benchmarks/README.md).
         self.db = SqliteDatabase(
             path,
             SCHEMA,
