@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from profilehook.errors import ConfigurationError, StorageUnavailable
 from profilehook.events import Event, decode_event, encode_event
 from profilehook.queues.base import Delivery, Queue
+from profilehook.queues.nats_version import require_supported_server
 
 try:
     import nats
@@ -92,6 +93,7 @@ class NatsQueue(Queue):
                 reconnect_time_wait=0.5,
                 allow_reconnect=True,
             )
+            require_supported_server(self._nc._server_info.get("version", ""), self.url)
             self._js = self._nc.jetstream(timeout=PUBLISH_TIMEOUT_S)
             await self._ensure_stream()
         except ConfigurationError:
