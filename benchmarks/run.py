@@ -502,9 +502,9 @@ def scenario_h(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     cluster: the same messages (size, subjects, Nats-Msg-Id) published pipelined, every
     PubAck awaited. Measured in this run, on the same cores."""
     sys.path.insert(0, str(ROOT))
-    from tests.nats_cluster import NatsCluster
+    from tests.nats_cluster import NatsCluster, free_ports
 
-    cluster = NatsCluster([free_port() for _ in range(9)]).start()
+    cluster = NatsCluster(free_ports(9)).start()
     try:
         # One node: the queue URL takes one server (issue 15 item 6); every node replicates.
         url = cluster.urls[0]

