@@ -589,7 +589,9 @@ def sources_create() -> None:
     metavar="KEYID=PEMFILE",
     help="Pin a public key for a keyId instead of looking it up in DNS (repeatable).",
 )
-@click.option("--token", is_flag=True, help="Also require a secret ?token= in the URL.")
+@click.option(
+    "--token", is_flag=True, help="Also require a secret ?token= in the URL (rotatable later)."
+)
 @click.option(
     "--json", "as_json", is_flag=True, help='Print {"source_id", "url", "kind", "workspace"}.'
 )
