@@ -7,6 +7,7 @@ Every field has an environment variable ``PROFILEHOOK_<NAME>``; CLI flags overri
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -87,6 +88,9 @@ class Settings:
                 _refuse(name, getattr(self, name), f"must be {minimum} or more")
         if self.port > MAX_PORT:
             _refuse("port", self.port, f"must be {MIN_PORT}-{MAX_PORT}")
+        for name in ("header_timeout_s", "body_timeout_s", "backend_timeout_s", "keep_alive_s"):
+            if math.isinf(getattr(self, name)):  # a timer that never fires is no timeout
+                _refuse(name, getattr(self, name), "must be a finite number of seconds")
         for name in ("header_timeout_s", "body_timeout_s", "backend_timeout_s"):
             if not getattr(self, name) > 0:
                 _refuse(name, getattr(self, name), "must be more than 0 seconds")
