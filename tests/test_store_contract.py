@@ -8,6 +8,7 @@ its channel backends); PostgreSQL will add ``postgres`` and skip locally when th
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 import sqlite3
 import time
@@ -214,6 +215,48 @@ async def test_given_values_of_every_json_type_then_get_contact_returns_them_exa
     found = await props(store)
     assert found == values
     assert {k: type(v) for k, v in found.items()} == {k: type(v) for k, v in values.items()}
+
+
+# Every kind of JSON value, as a client sends it. The API must give back the same JSON text:
+# -0.0 is not 0.0, 1.0 is not 1, 1e20 is a float, and nested objects keep their key order.
+EXACT_VALUES: dict[str, Any] = {
+    "a_big_float": 1e20,
+    "b_huge_float": 1.5e300,
+    "c_tiny_float": 5e-324,
+    "d_tenth": 0.1,
+    "e_negative_zero": -0.0,
+    "f_whole_float": 1.0,
+    "g_one": 1,
+    "h_max_safe_int": 2**53 - 1,
+    "i_min_safe_int": -(2**53 - 1),
+    "j_unicode": 'Zoë 中文 😀 𝄞 \u2028 \\ "q"',
+    "k_nested": {"z": [1.0, -0.0, {"y": 1e20, "b": None}], "a": "after z", "m": {"n": []}},
+    "l_empty_list": [],
+    "m_empty_object": {},
+    "n_true": True,
+    "o_false": False,
+    "p_mixed_list": [1, 1.0, "1", None, True, [], {}],
+}
+
+
+def json_texts(values: dict[str, Any]) -> dict[str, str]:
+    """Each value's JSON text: compares what ``==`` does not (-0.0 == 0.0, 1.0 == 1, key order).
+    The standard library's, which writes an integer of any size."""
+    return {name: json.dumps(value) for name, value in values.items()}
+
+
+async def test_given_every_kind_of_json_value_then_each_comes_back_as_the_same_json_text(
+    store: Store,
+) -> None:
+    await store.apply([event(event_id="e1", ts_us=1 * S, **EXACT_VALUES, unset="soon")])
+    await store.apply([event(event_id="e2", ts_us=2 * S, unset=None, never_set=None)])
+
+    found = await props(store)
+    assert json_texts(found) == json_texts(EXACT_VALUES)
+    page, _ = await store.contacts_page("acme", None, 10)
+    assert [json_texts(c.properties) for c in page] == [json_texts(EXACT_VALUES)]
+    await store.rebuild()
+    assert json_texts(await props(store)) == json_texts(EXACT_VALUES)
 
 
 async def test_given_an_empty_batch_then_apply_does_nothing(store: Store) -> None:
@@ -918,3 +961,40 @@ async def test_given_two_mappings_of_a_profile_then_the_greater_version_wins_in_
     assert await store.get_alias("acme", "src_1", "7") == "new"
     assert await store.get_alias("globex", "src_1", "7") is None
     assert await store.get_alias("acme", "src_2", "7") is None
+
+
+# -- PostgreSQL migrations -----------------------------------------------------------------------
+
+
+async def test_given_values_stored_as_jsonb_when_migrated_then_they_are_exact_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Schema 2 kept values as jsonb, which changed numbers and key order; opening the store
+    with schema 3 restores each value from the event that set it."""
+    require_server(POSTGRES_URL, 5432)
+    from profilehook.stores import postgres as postgres_module
+
+    schema = unique_schema()
+    try:
+        with monkeypatch.context() as old_code:
+            old_code.setattr(postgres_module, "MIGRATIONS", postgres_module.MIGRATIONS[:2])
+            old = postgres_module.PostgresStore(postgres_url(schema))
+            await old.open()
+            await old.apply([event(event_id="e1", ts_us=1 * S, **EXACT_VALUES)])
+            await old.apply([event(contact_id="c2", event_id="e2", ts_us=1 * S, n=1e20)])
+            await old.apply([event(contact_id="c2", event_id="e3", ts_us=2 * S, n=None)])
+            changed = await props(old)
+            await old.close()
+        assert json_texts(changed) != json_texts(EXACT_VALUES), "schema 2 changed them"
+
+        store = postgres_module.PostgresStore(postgres_url(schema))
+        await store.open()
+        try:
+            assert json_texts(await props(store)) == json_texts(EXACT_VALUES)
+            assert await props(store, "c2") == {}
+            await store.apply([event(event_id="e4", ts_us=3 * S, e_negative_zero=-0.0)])
+            assert json_texts(await props(store)) == json_texts(EXACT_VALUES)
+        finally:
+            await store.close()
+    finally:
+        drop_schema(schema)

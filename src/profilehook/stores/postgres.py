@@ -52,8 +52,41 @@ Conn = psycopg.AsyncConnection[Any]
 NOTIFY_CHANNEL = "profilehook_catalog"
 MIGRATION_LOCK_ID = 0x70686B  # any constant shared by every profilehook process
 REBUILD_CHUNK_EVENTS = 5_000
+MIGRATION_CHUNK_ROWS = 5_000
 
-MIGRATIONS = [
+
+async def _keep_values_exact(conn: Conn) -> None:
+    """Migration 3: property values as the JSON text they came as. ``jsonb`` keeps numbers as
+    ``numeric`` (1e20 came back an integer, -0.0 as 0.0) and reorders object keys; ``json``
+    keeps the text. Values stored before are restored from the event that set them."""
+    await conn.execute("ALTER TABLE properties ALTER COLUMN value TYPE json USING value::json")
+    async with conn.cursor(name="exact_values") as rows:
+        # Strings, booleans and null came through jsonb unchanged; numbers, objects and arrays
+        # may not have.
+        await rows.execute(
+            "SELECT p.workspace, p.contact_id, p.name, e.body FROM properties p"
+            " JOIN events e ON e.workspace = p.workspace AND e.event_id = p.event_id"
+            " WHERE json_typeof(p.value) IN ('number', 'object', 'array')"
+        )
+        while chunk := await rows.fetchmany(MIGRATION_CHUNK_ROWS):
+            restored = [
+                (workspace, contact_id, name, _json(properties[name]))
+                for workspace, contact_id, name, body in chunk
+                if name in (properties := decode_event(bytes(body)).properties)
+            ]
+            await conn.execute(
+                "UPDATE properties p SET value = u.v::json"
+                " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) AS u(w, c, n, v)"
+                " WHERE p.workspace = u.w AND p.contact_id = u.c AND p.name = u.n",
+                _columns(restored, 4),
+            )
+
+
+Migration = str | Callable[[Conn], Awaitable[None]]
+"""SQL to run, or a function of the connection for what SQL alone cannot do. Append only:
+a migration that has run anywhere is never edited."""
+
+MIGRATIONS: list[Migration] = [
     """
     CREATE TABLE events (
         workspace text NOT NULL,
@@ -119,6 +152,7 @@ MIGRATIONS = [
         PRIMARY KEY (workspace, source_id, profile_id, event_id)
     );
     """,
+    _keep_values_exact,
 ]
 
 
@@ -206,8 +240,11 @@ class PostgresStore(Store):
         )
         cur = await conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
         current = (await cur.fetchone() or (0,))[0]
-        for version, statement in enumerate(MIGRATIONS[current:], start=current + 1):
-            await conn.execute(statement)
+        for version, migration in enumerate(MIGRATIONS[current:], start=current + 1):
+            if isinstance(migration, str):
+                await conn.execute(migration)
+            else:
+                await migration(conn)
             await conn.execute(
                 "INSERT INTO schema_migrations (version, applied_us) VALUES (%s, %s)",
                 (version, now_us()),
@@ -601,7 +638,7 @@ WHERE p.workspace = d.w AND p.contact_id = d.c AND (p.ts_us, p.event_id) <= (d.t
 
 _UPSERT_PROPERTIES = """
 INSERT INTO properties AS p (workspace, contact_id, name, value, ts_us, event_id)
-SELECT u.w, u.c, u.n, u.v::jsonb, u.t, u.e
+SELECT u.w, u.c, u.n, u.v::json, u.t, u.e
 FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[], %s::text[])
     AS u(w, c, n, v, t, e)
 JOIN contacts k ON k.workspace = u.w AND k.contact_id = u.c
@@ -613,7 +650,7 @@ WHERE (p.ts_us, p.event_id) < (excluded.ts_us, excluded.event_id)
 
 
 _VERSION_COLUMNS = "last_ts_us, last_event_id, deleted_ts_us, deleted_event_id"
-_PROPERTY_COLUMNS = "name, value, ts_us, event_id"
+_PROPERTY_COLUMNS = "name, value::text, ts_us, event_id"  # the text, decoded by msgspec
 
 
 async def _contact(conn: Conn, workspace: str, contact_id: str) -> Contact | None:
@@ -645,7 +682,7 @@ def _contact_of(contact_id: str, last: Version, props: Sequence[Sequence[Any]]) 
     """A contact from its last update and its live properties (``_PROPERTY_COLUMNS``, by name)."""
     return Contact(
         contact_id=contact_id,
-        properties={name: value for name, value, _, _ in props},
+        properties={name: msgspec.json.decode(value) for name, value, _, _ in props},
         versions={name: (ts_us, event_id) for name, _, ts_us, event_id in props},
         updated_us=last[0],
     )
