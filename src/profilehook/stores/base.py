@@ -8,6 +8,7 @@ Backends do the I/O; ``plan_contact`` decides, so every backend decides alike.
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -173,7 +174,38 @@ def by_contact(events: Iterable[Event]) -> dict[tuple[str, str], list[Event]]:
     return groups
 
 
-class Store(ABC):
+@dataclass(frozen=True)
+class Nonce:
+    """A signed webhook call's ``(Digest, X-Nonce)`` pair, per source: seen twice, a replay."""
+
+    source_id: str
+    digest: str
+    nonce: str
+
+    def key(self) -> bytes:
+        """A fixed-size key for the pair, whatever the headers' lengths (index rows are bounded)."""
+        parts = "\x00".join((self.source_id, self.digest, self.nonce))
+        return hashlib.sha256(parts.encode(errors="surrogatepass")).digest()
+
+
+class SeenNonces(ABC):
+    """The nonces of signed calls, shared by every process on the store, each kept until its
+    call's ``Date`` would be refused anyway: a replay is refused by any process, after a
+    restart too."""
+
+    @abstractmethod
+    async def remember_nonce(self, nonce: Nonce, expires_us: int, now_us: int) -> bool:
+        """Atomically remember ``nonce`` until ``expires_us`` unless it is remembered already:
+        True when it was not (of two processes racing on one nonce, exactly one gets True).
+        Forgets the nonces that expired before ``now_us``."""
+
+    @abstractmethod
+    async def forget_nonce(self, nonce: Nonce) -> None:
+        """Forget ``nonce``: its call was refused after all, and the sender's retry of it (same
+        Digest and X-Nonce) must not be taken for a replay."""
+
+
+class Store(SeenNonces, ABC):
     """Profiles, the applied-event history, and the API keys of every workspace.
 
     Backend errors are raised as ``StorageUnavailable``.

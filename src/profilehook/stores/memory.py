@@ -14,6 +14,7 @@ from profilehook.stores.base import (
     Contact,
     ContactState,
     EventRecord,
+    Nonce,
     Progress,
     Source,
     Store,
@@ -39,6 +40,7 @@ class MemoryStore(Store):
         # (workspace, source_id, profile_id) -> the mapped contact and the version that set it
         self._aliases: dict[tuple[str, str, str], tuple[str, Version]] = {}
         self._parked: dict[tuple[str, str, str], dict[str, Event]] = {}
+        self._nonces: dict[bytes, int] = {}  # key -> expires_us
 
     async def open(self) -> None:
         return None
@@ -182,6 +184,17 @@ class MemoryStore(Store):
         parked = self._parked.get((workspace, source_id, profile_id), {})
         for event_id in event_ids:
             parked.pop(event_id, None)
+
+    async def remember_nonce(self, nonce: Nonce, expires_us: int, now_us: int) -> bool:
+        self._nonces = {k: until for k, until in self._nonces.items() if until >= now_us}
+        key = nonce.key()
+        if key in self._nonces:
+            return False
+        self._nonces[key] = expires_us
+        return True
+
+    async def forget_nonce(self, nonce: Nonce) -> None:
+        self._nonces.pop(nonce.key(), None)
 
 
 def _contact_of(contact_id: str, profile: _Profile) -> Contact | None:

@@ -27,6 +27,7 @@ from profilehook.stores.base import (
     Contact,
     ContactState,
     EventRecord,
+    Nonce,
     Progress,
     Source,
     Store,
@@ -153,6 +154,13 @@ MIGRATIONS: list[Migration] = [
     );
     """,
     _keep_values_exact,
+    """
+    CREATE TABLE seen_nonces (
+        key bytea PRIMARY KEY,
+        expires_us bigint NOT NULL
+    );
+    CREATE INDEX seen_nonces_by_expiry ON seen_nonces (expires_us);
+    """,
 ]
 
 
@@ -512,6 +520,29 @@ class PostgresStore(Store):
             )
 
         await self._run(delete)
+
+    async def remember_nonce(self, nonce: Nonce, expires_us: int, now_us: int) -> bool:
+        async def remember(conn: Conn) -> bool:
+            # SKIP LOCKED: processes purging at once never wait for (or deadlock on) each other.
+            await conn.execute(
+                "DELETE FROM seen_nonces WHERE key IN (SELECT key FROM seen_nonces"
+                " WHERE expires_us < %s FOR UPDATE SKIP LOCKED)",
+                (now_us,),
+            )
+            # A second inserter of the same key waits for the first to commit, then does nothing.
+            inserted = await conn.execute(
+                "INSERT INTO seen_nonces (key, expires_us) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                (nonce.key(), expires_us),
+            )
+            return inserted.rowcount == 1
+
+        return await self._run(remember)
+
+    async def forget_nonce(self, nonce: Nonce) -> None:
+        async def forget(conn: Conn) -> None:
+            await conn.execute("DELETE FROM seen_nonces WHERE key = %s", (nonce.key(),))
+
+        await self._run(forget)
 
 
 AliasKey = tuple[str, str, str]

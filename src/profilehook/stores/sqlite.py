@@ -26,6 +26,7 @@ from profilehook.stores.base import (
     ContactPlan,
     ContactState,
     EventRecord,
+    Nonce,
     Progress,
     Source,
     Store,
@@ -87,6 +88,13 @@ CREATE TABLE IF NOT EXISTS parked_events (
     body BLOB NOT NULL,
     PRIMARY KEY (workspace, source_id, profile_id, event_id)
 ) WITHOUT ROWID;
+-- Signed webhook calls seen (Nonce.key()), until their Date is refused anyway. A table added
+-- without a new schema version: a file without it gets it at open, and older code ignores it.
+CREATE TABLE IF NOT EXISTS seen_nonces (
+    key BLOB PRIMARY KEY,
+    expires_us INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS seen_nonces_by_expiry ON seen_nonces (expires_us);
 """
 
 # Keys and sources live in a file of their own: the hot path checks on every request whether
@@ -326,6 +334,16 @@ class SqliteStore(Store):
             )
         )
 
+    async def remember_nonce(self, nonce: Nonce, expires_us: int, now_us: int) -> bool:
+        # Not fsynced: a process killed after answering keeps it (WAL), and a replay that a
+        # power loss would let in carries the event_id of the call it repeats: a duplicate.
+        return await self.db.write(lambda conn: _remember_nonce(conn, nonce, expires_us, now_us))
+
+    async def forget_nonce(self, nonce: Nonce) -> None:
+        await self.db.write(
+            lambda conn: conn.execute("DELETE FROM seen_nonces WHERE key = ?", (nonce.key(),))
+        )
+
     def _cached(self, key: tuple[str, str], load: Callable[[sqlite3.Connection, str], Any]) -> Any:
         """A catalog answer for the hot path, read on the event loop only when not cached.
 
@@ -345,6 +363,16 @@ class SqliteStore(Store):
         except KeyError:
             value = self._cache[key] = self.catalog.read_now(lambda conn: load(conn, key[1]))
             return value
+
+
+def _remember_nonce(conn: sqlite3.Connection, nonce: Nonce, expires_us: int, now_us: int) -> bool:
+    """In the writer's transaction (BEGIN IMMEDIATE): one process at a time decides."""
+    conn.execute("DELETE FROM seen_nonces WHERE expires_us < ?", (now_us,))
+    inserted = conn.execute(
+        "INSERT INTO seen_nonces (key, expires_us) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+        (nonce.key(), expires_us),
+    )
+    return inserted.rowcount == 1
 
 
 def _data_version(conn: sqlite3.Connection) -> int:
