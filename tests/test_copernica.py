@@ -52,6 +52,7 @@ from profilehook.sources.webhooks import WebhookRequest
 from profilehook.stores.base import Source, Store
 from profilehook.stores.memory import MemoryStore
 from profilehook.stores.sqlite import SqliteStore
+from tests.conftest import new_key
 from tests.support import (
     POSTGRES_URL,
     ServerProcess,
@@ -60,6 +61,7 @@ from tests.support import (
     postgres_url,
     require_server,
     run_cli,
+    store_url_for,
     unique_schema,
     wait_until,
 )
@@ -878,3 +880,33 @@ def test_given_two_processes_on_one_postgresql_schema_then_a_replay_to_the_other
             assert two.post(target, content=body, headers=headers).status_code == 200
     finally:
         drop_schema(schema)
+
+
+# -- a deleted profile's data is not readable in its history ----------------------------------
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_given_a_profile_delete_then_its_history_up_to_the_delete_is_not_readable(
+    store, tmp_path, copernica_key
+):
+    with store_url_for(store) as url:
+        settings = Settings(data_dir=tmp_path / "data", store_url=url)
+        with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+            auth = {"Authorization": f"Bearer {new_key(settings, 'acme')}"}
+            hook = make_hook(client, settings, auth, copernica_key)
+            created = hook.accepted(profile_call({"mail": "jo@example.com"}, type_="create"))
+            hook.applied(hook.accepted(profile_call({"name": "Jo"}, at=T + 5)))
+            hook.applied(created)
+            history = client.get("/v1/contacts/123/history", headers=auth)
+            assert len(history.json()["events"]) == 2
+
+            hook.applied(hook.accepted(profile_call(type_="delete", at=T + 10)))
+
+            gone = client.get("/v1/contacts/123/history", headers=auth)
+            assert (gone.status_code, gone.json()) == (404, {"detail": "Contact not found"})
+            later = hook.accepted(profile_call({"name": "New"}, at=T + 20))
+            hook.applied(later)
+            hook.applied(hook.accepted(profile_call({"name": "Old"}, at=T + 1)))  # arrives late
+            shown = client.get("/v1/contacts/123/history", headers=auth).json()["events"]
+            assert [e["event_id"] for e in shown] == [later]
+            assert "jo@example.com" not in client.get("/v1/contacts/123/history", headers=auth).text

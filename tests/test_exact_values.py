@@ -14,29 +14,14 @@ from starlette.testclient import TestClient
 from profilehook.api.app import create_app
 from profilehook.settings import Settings
 from tests.conftest import new_key
-from tests.support import (
-    POSTGRES_URL,
-    drop_schema,
-    postgres_url,
-    require_server,
-    run_cli,
-    unique_schema,
-    wait_until,
-)
+from tests.support import run_cli, store_url_for, wait_until
 from tests.test_store_contract import EXACT_VALUES, json_texts
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def store_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield ""
-        return
-    require_server(POSTGRES_URL, 5432)
-    schema = unique_schema()
-    try:
-        yield postgres_url(schema)
-    finally:
-        drop_schema(schema)
+    with store_url_for(request.param) as url:
+        yield url
 
 
 def applied(client: TestClient, auth: dict[str, str], event_id: str) -> None:

@@ -640,7 +640,7 @@ async def test_given_every_id_hashes_alike_then_sqlite_dedupe_history_and_lookup
     assert [r.event.event_id for r in await store.history("acme", "c1", None, 10)] == ["f", "a"]
     assert [r.event.event_id for r in await store.history("acme", "c2", None, 10)] == ["b"]
     found = await store.get_event("acme", "a")
-    assert found is not None and (found.status, found.event.ts_us) == ("applied", 1 * S)
+    assert found is not None and (found.status, found.event.ts_us) == ("duplicate", 1 * S)
     failed = await store.get_event("acme", "f")
     assert failed is not None and failed.status == "failed"
     assert await store.get_event("acme", "zz") is None
@@ -790,6 +790,78 @@ async def test_given_events_then_get_event_tells_applied_failed_or_unknown(store
     assert await store.get_contact("acme", "c2") is None, "a failed event changes no profile"
 
 
+async def test_given_an_event_accepted_again_then_its_status_is_duplicate_and_the_first_stays(
+    store: Store,
+) -> None:
+    first = event(event_id="e1", ts_us=1 * S, name="first")
+    await store.apply([first])
+    applied = await store.get_event("acme", "e1")
+    assert applied is not None and applied.status == "applied"
+
+    await store.apply([first])  # the log delivering the same acceptance again (after a crash)
+    redelivered = await store.get_event("acme", "e1")
+    assert redelivered == applied, "a redelivery of one acceptance is not a duplicate"
+
+    again = msgspec.structs.replace(first, received_us=first.received_us + 1, properties={"x": 2})
+    await store.apply([again])
+
+    found = await store.get_event("acme", "e1")
+    assert found is not None
+    assert (found.status, found.event, found.applied_us) == ("duplicate", first, applied.applied_us)
+    assert [r.status for r in await store.history("acme", "c1", None, 10)] == ["duplicate"]
+    assert await props(store) == {"name": "first"}
+    await store.rebuild()
+    assert await props(store) == {"name": "first"}, "a duplicate's first copy was applied"
+
+
+async def test_given_two_copies_in_one_batch_then_the_first_is_applied_and_marked_duplicate(
+    store: Store,
+) -> None:
+    one = event(event_id="e1", ts_us=1 * S, name="one")
+    other = msgspec.structs.replace(one, received_us=one.received_us + 1, properties={"n": 2})
+    await store.apply([one, other, event(event_id="e2", ts_us=2 * S, city="Oslo")])
+
+    found, single = await store.get_event("acme", "e1"), await store.get_event("acme", "e2")
+
+    assert found is not None and (found.status, found.event) == ("duplicate", one)
+    assert single is not None and single.status == "applied"
+
+
+async def test_given_a_failed_event_accepted_again_then_it_stays_failed(store: Store) -> None:
+    poison = event(event_id="bad", name="x")
+    await store.record_failure(poison, "cannot apply")
+
+    await store.apply([msgspec.structs.replace(poison, received_us=poison.received_us + 1)])
+
+    found = await store.get_event("acme", "bad")
+    assert found is not None and (found.status, found.error) == ("failed", "cannot apply")
+
+
+async def test_given_a_deleted_contact_then_history_hides_its_events_up_to_the_delete(
+    store: Store,
+) -> None:
+    await store.apply(
+        [
+            event(event_id="e1", ts_us=1 * S, email="ann@example.com"),
+            event(event_id="e3", ts_us=3 * S, name="Ann"),
+            event(contact_id="c2", event_id="o1", ts_us=1 * S, name="Bob"),
+        ]
+    )
+    await store.apply([event(event_id="z3", ts_us=3 * S, kind="delete")])  # covers e3: e3 < z3
+    await store.apply([event(event_id="e5", ts_us=5 * S, name="Cleo")])
+    await store.apply([event(event_id="e2", ts_us=2 * S, email="late@example.com")])
+    await store.apply([event(event_id="d1", ts_us=1 * S, kind="delete")])  # older: no change
+
+    shown = [r.event.event_id for r in await store.history("acme", "c1", None, 10)]
+    assert shown == ["e5"]
+    assert [r.event.event_id for r in await store.history("acme", "c2", None, 10)] == ["o1"]
+    await store.rebuild()
+    assert [r.event.event_id for r in await store.history("acme", "c1", None, 10)] == ["e5"]
+
+    await store.apply([event(event_id="d9", ts_us=9 * S, kind="delete")])
+    assert await store.history("acme", "c1", None, 10) == []
+
+
 # -- workspaces ----------------------------------------------------------------------------------
 
 
@@ -809,7 +881,7 @@ async def test_given_the_same_contact_and_event_ids_in_two_workspaces_then_they_
     assert await store.get_contact("globex", "c1") is None
     acme_event = await store.get_event("acme", "e1")
     assert acme_event is not None and acme_event.event.properties == {"name": "Ann"}
-    assert [r.event.event_id for r in await store.history("globex", "c1", None, 10)] == ["d2", "e1"]
+    assert await store.history("globex", "c1", None, 10) == []  # deleted: its data is gone
     assert [r.event.event_id for r in await store.history("acme", "c1", None, 10)] == ["e1"]
 
 

@@ -16,7 +16,9 @@ from typing import Any, Literal
 
 from profilehook.events import Event, Version
 
-EventStatus = Literal["queued", "applied", "failed"]
+EventStatus = Literal["queued", "applied", "duplicate", "failed"]
+"""``duplicate``: applied, and since then accepted again (another delivery, not the log's
+redelivery of the same one) and dropped as a repeat; the first copy is what was applied."""
 Progress = Callable[[int, int], None]
 """Called with (done, total) during long operations."""
 
@@ -167,6 +169,16 @@ def first_of_each(events: Iterable[Event]) -> list[Event]:
     return unique
 
 
+def repeats(batch: Sequence[Event], applied: Sequence[Event]) -> list[Event]:
+    """The events of ``batch`` that ``apply`` dropped: repeats of an event_id recorded before or
+    earlier in the batch. Their stored copy becomes ``duplicate`` unless they are the same bytes
+    (the log delivering one acceptance again, after a crash)."""
+    if len(applied) == len(batch):
+        return []
+    kept = {id(event) for event in applied}
+    return [event for event in batch if id(event) not in kept]
+
+
 def by_contact(events: Iterable[Event]) -> dict[tuple[str, str], list[Event]]:
     groups: dict[tuple[str, str], list[Event]] = {}
     for event in events:
@@ -224,7 +236,8 @@ class Store(SeenNonces, ABC):
     @abstractmethod
     async def apply(self, events: Sequence[Event]) -> ApplyResult:
         """Apply a batch atomically: events already applied count as duplicates and change
-        nothing; the rest update the profiles by ``plan_contact`` and join the history."""
+        nothing but the stored copy's status (``duplicate``, see ``repeats``); the rest update
+        the profiles by ``plan_contact`` and join the history."""
 
     async def sync(self) -> None:
         """Make every ``apply`` so far survive a power loss. The applier acknowledges events to
@@ -256,14 +269,17 @@ class Store(SeenNonces, ABC):
     async def history(
         self, workspace: str, contact_id: str, before: Version | None, limit: int
     ) -> list[EventRecord]:
-        """Applied events of a contact, newest (by version) first, older than ``before``."""
+        """Applied events of a contact, newest (by version) first, older than ``before``. Once
+        the contact is deleted, its events at or below the delete's version are not shown (a
+        deleted contact's data is not readable here); later ones are."""
 
     @abstractmethod
     async def get_event(self, workspace: str, event_id: str) -> EventRecord | None: ...
 
     @abstractmethod
     async def rebuild(self, progress: Progress | None = None) -> int:
-        """Recompute every profile from the event history; returns the events replayed."""
+        """Recompute every profile from the event history (``applied`` and ``duplicate``);
+        returns the events replayed."""
 
     @abstractmethod
     async def add_key(self, key: ApiKey, key_hash: str) -> None: ...

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from profilehook.events import Event, Version, now_us
@@ -22,6 +22,7 @@ from profilehook.stores.base import (
     contact_exists,
     first_of_each,
     plan_contact,
+    repeats,
 )
 
 
@@ -55,6 +56,12 @@ class MemoryStore(Store):
             self._events[(event.workspace, event.event_id)] = EventRecord(
                 event, "applied", applied_us
             )
+        for repeat in repeats(events, new):
+            stored = self._events[(repeat.workspace, repeat.event_id)]
+            if stored.status == "applied" and stored.event != repeat:
+                self._events[(repeat.workspace, repeat.event_id)] = replace(
+                    stored, status="duplicate"
+                )
         result = self._apply_profiles(new)
         return result.count_new(events, new)
 
@@ -102,12 +109,15 @@ class MemoryStore(Store):
     async def history(
         self, workspace: str, contact_id: str, before: Version | None, limit: int
     ) -> list[EventRecord]:
+        profile = self._profiles.get((workspace, contact_id))
+        deleted = None if profile is None else profile.state.deleted
         records = [
             r
             for r in self._events.values()
             if r.event.workspace == workspace
             and r.event.contact_id == contact_id
             and (before is None or r.event.version < before)
+            and (deleted is None or r.event.version > deleted)
         ]
         records.sort(key=lambda r: r.event.version, reverse=True)
         return records[:limit]
@@ -117,7 +127,7 @@ class MemoryStore(Store):
 
     async def rebuild(self, progress: Progress | None = None) -> int:
         self._profiles.clear()
-        applied = [r.event for r in self._events.values() if r.status == "applied"]
+        applied = [r.event for r in self._events.values() if r.status in ("applied", "duplicate")]
         if progress is not None:
             progress(0, len(applied))
         self._apply_profiles(applied)

@@ -35,6 +35,7 @@ from profilehook.stores.base import (
     contact_exists,
     first_of_each,
     plan_contact,
+    repeats,
 )
 
 try:
@@ -360,10 +361,14 @@ class PostgresStore(Store):
         top = before or (2**62, "")
 
         async def select(conn: Conn) -> list[EventRecord]:
+            # One statement: the contact's delete and its events are read in one snapshot.
             cur = await conn.execute(
-                "SELECT status, applied_us, error, body FROM events"
-                " WHERE workspace = %s AND contact_id = %s AND (ts_us, event_id) < (%s, %s)"
-                " ORDER BY ts_us DESC, event_id DESC LIMIT %s",
+                "SELECT e.status, e.applied_us, e.error, e.body FROM events e"
+                " LEFT JOIN contacts k ON k.workspace = e.workspace AND k.contact_id = e.contact_id"
+                " WHERE e.workspace = %s AND e.contact_id = %s AND (e.ts_us, e.event_id) < (%s, %s)"
+                " AND (k.deleted_ts_us IS NULL"
+                " OR (e.ts_us, e.event_id) > (k.deleted_ts_us, k.deleted_event_id))"
+                " ORDER BY e.ts_us DESC, e.event_id DESC LIMIT %s",
                 (workspace, contact_id, top[0], top[1], limit),
             )
             return [_record(row) for row in await cur.fetchall()]
@@ -600,6 +605,15 @@ async def _apply(conn: Conn, events: Sequence[Event]) -> ApplyResult:
     )
     inserted = {(w, e) for w, e in await cur.fetchall()}
     new = [e for e in unique if (e.workspace, e.event_id) in inserted]
+    dropped = repeats(events, new)
+    if dropped:
+        await conn.execute(
+            "UPDATE events AS e SET status = 'duplicate'"
+            " FROM unnest(%s::text[], %s::text[], %s::bytea[]) AS u(w, i, b)"
+            " WHERE e.workspace = u.w AND e.event_id = u.i AND e.status = 'applied'"
+            " AND e.body <> u.b",
+            _columns([(d.workspace, d.event_id, encode_event(d)) for d in dropped], 3),
+        )
     result = await _apply_profiles(conn, new)
     return result.count_new(events, new)
 
@@ -719,17 +733,20 @@ def _contact_of(contact_id: str, last: Version, props: Sequence[Sequence[Any]]) 
     )
 
 
+_APPLIED = "status IN ('applied', 'duplicate')"  # the events that were applied
+
+
 async def _rebuild(conn: Conn, progress: Progress | None) -> int:
     await conn.execute("LOCK TABLE contacts, properties IN EXCLUSIVE MODE")
     await conn.execute("DELETE FROM properties")
     await conn.execute("DELETE FROM contacts")
-    cur = await conn.execute("SELECT COUNT(*) FROM events WHERE status = 'applied'")
+    cur = await conn.execute(f"SELECT COUNT(*) FROM events WHERE {_APPLIED}")
     total = int((await cur.fetchone() or (0,))[0])
     done = 0
     if progress is not None:
         progress(0, total)
     async with conn.cursor(name="rebuild") as events:
-        await events.execute("SELECT body FROM events WHERE status = 'applied'")
+        await events.execute(f"SELECT body FROM events WHERE {_APPLIED}")
         while chunk := await events.fetchmany(REBUILD_CHUNK_EVENTS):
             await _apply_profiles(conn, [decode_event(bytes(body)) for (body,) in chunk])
             done += len(chunk)
