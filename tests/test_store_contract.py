@@ -12,10 +12,12 @@ import json
 import random
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 import pytest
@@ -100,11 +102,54 @@ async def postgres_store_backend() -> AsyncIterator[StoreBackend]:
     drop_schema(schema)
 
 
+@pytest.fixture(scope="session")
+def icu_database_url() -> Iterator[str]:
+    """A database whose default collation is ICU's en-US, where ``'a-1' < 'B-1'`` (by bytes,
+    and in Python, ``'B-1' < 'a-1'``): schema objects made there get a non-C collation."""
+    require_server(POSTGRES_URL, 5432)
+    import psycopg
+
+    name = f"profilehook_icu_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(
+            f"CREATE DATABASE {name} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US'"
+        )
+    try:
+        yield urlunsplit(urlsplit(POSTGRES_URL)._replace(path=f"/{name}"))
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+async def postgres_icu_store_backend(icu_database_url: str) -> AsyncIterator[StoreBackend]:
+    """PostgreSQL in a database whose default collation is not C: the store must still
+    compare ids by bytes, as the other stores and Python do."""
+    from profilehook.stores.postgres import PostgresStore
+
+    url = f"{icu_database_url}?schema={unique_schema()}"
+    store = PostgresStore(url)
+    await store.open()
+    others: list[Store] = []
+
+    async def another() -> Store:
+        other = PostgresStore(url)
+        await other.open()
+        others.append(other)
+        return other
+
+    yield StoreBackend("postgres", store, another)
+    for other in others:
+        await other.close()
+    await store.close()
+
+
 @pytest.fixture(
     params=[
         pytest.param("memory_store_backend", id="memory"),
         pytest.param("sqlite_store_backend", id="sqlite"),
         pytest.param("postgres_store_backend", id="postgres"),
+        pytest.param("postgres_icu_store_backend", id="postgres-icu"),
     ]
 )
 def backend(request: pytest.FixtureRequest) -> StoreBackend:
@@ -294,6 +339,32 @@ async def test_given_equal_event_times_then_the_greater_event_id_wins_in_any_arr
 
     assert await props(store) == {"name": "from b"}
     assert await versions(store) == {"name": (7 * S, "e-b")}
+
+
+@pytest.mark.parametrize("batching", ["one-batch", "a-first", "B-first"], ids=str)
+async def test_given_a_tie_in_time_then_event_ids_compare_by_bytes_whatever_the_collation(
+    store: Store, batching: str
+) -> None:
+    """'B-1' < 'a-1' by bytes (and in Python, which decides within a batch); under en-US
+    collation it is the other way round. Every store, every batching, and rebuild: 'a-1'."""
+    lower = event(event_id="a-1", ts_us=7 * S, name="from a-1")
+    upper = event(event_id="B-1", ts_us=7 * S, name="from B-1")
+    if batching == "one-batch":
+        await store.apply([upper, lower])
+    else:
+        for one in [lower, upper] if batching == "a-first" else [upper, lower]:
+            await store.apply([one])
+    await store.apply([event(contact_id="a", event_id="x", a=1), event(contact_id="B", b=2)])
+
+    assert await versions(store) == {"name": (7 * S, "a-1")}
+    history = await store.history("acme", "c1", None, 10)
+    assert [r.event.event_id for r in history] == ["a-1", "B-1"]
+    page, _ = await store.contacts_page("acme", None, 10)
+    assert [c.contact_id for c in page] == ["B", "a", "c1"]
+    await store.rebuild()
+    assert await versions(store) == {"name": (7 * S, "a-1")}
+    await store.apply([event(event_id="A-1", ts_us=7 * S, name="from A-1")])
+    assert await props(store) == {"name": "from a-1"}, "a stored winner is compared by bytes"
 
 
 async def test_given_a_newer_value_when_an_older_event_arrives_late_then_it_never_overwrites(
@@ -1116,7 +1187,7 @@ async def stored_nonce_count(backend: StoreBackend) -> int:
         from profilehook.stores.postgres import PostgresStore
 
         assert isinstance(backend.store, PostgresStore)
-        with psycopg.connect(POSTGRES_URL) as conn:
+        with psycopg.connect(backend.store.conninfo) as conn:
             query = f'SELECT COUNT(*) FROM "{backend.store.schema}".seen_nonces'
             row = conn.execute(query).fetchone()
             assert row is not None
@@ -1159,3 +1230,34 @@ async def test_given_values_stored_as_jsonb_when_migrated_then_they_are_exact_ag
             await store.close()
     finally:
         drop_schema(schema)
+
+
+async def test_given_ties_decided_by_an_en_us_collation_when_migrated_then_bytes_decide(
+    icu_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before migration 5, separate batches let en-US decide a tie ('B-1' won); opening the
+    store with it makes the id columns bytewise and rebuilds the profiles: 'a-1' wins."""
+    from profilehook.stores import postgres as postgres_module
+
+    url = f"{icu_database_url}?schema={unique_schema()}"
+    with monkeypatch.context() as old_code:
+        old_code.setattr(postgres_module, "MIGRATIONS", postgres_module.MIGRATIONS[:4])
+        old = postgres_module.PostgresStore(url)
+        await old.open()
+        for event_id in ("a-1", "B-1"):
+            await old.apply([event(event_id=event_id, ts_us=7 * S, name=f"from {event_id}")])
+        await old.close()
+    # What the comparisons of schema 4 left there under en-US (today's SQL names "C" itself).
+    import psycopg
+
+    with psycopg.connect(old.conninfo) as conn:
+        conn.execute(f"UPDATE {old.schema}.properties SET event_id = 'B-1', value = '\"from B-1\"'")
+
+    store = postgres_module.PostgresStore(url)
+    await store.open()
+    try:
+        assert await versions(store) == {"name": (7 * S, "a-1")}
+        await store.apply([event(event_id="A-1", ts_us=7 * S, name="from A-1")])
+        assert await props(store) == {"name": "from a-1"}
+    finally:
+        await store.close()

@@ -84,6 +84,34 @@ async def _keep_values_exact(conn: Conn) -> None:
             )
 
 
+# The id columns, compared by bytes (as Python compares them, in a batch, and SQLite): the
+# database's collation (en-US, say) must not decide a tie in time, or an order of pages.
+_BYTEWISE_COLUMNS = {
+    "events": ("event_id", "contact_id"),
+    "properties": ("contact_id", "name", "event_id"),
+    "contacts": ("contact_id", "last_event_id", "deleted_event_id"),
+    "profile_aliases": ("profile_id", "contact_id", "event_id"),
+    "parked_events": ("profile_id", "event_id"),
+}
+BYTEWISE_COLLATIONS = ("C", "POSIX", "C.UTF-8", "C.utf8")
+
+
+async def _compare_ids_by_bytes(conn: Conn) -> None:
+    """Migration 5: ``COLLATE "C"`` on the id columns. Profiles decided under another
+    collation may hold the wrong winner of a tie: they are rebuilt from the events."""
+    for table, columns in _BYTEWISE_COLUMNS.items():
+        changes = ", ".join(f'ALTER COLUMN {c} TYPE text COLLATE "C"' for c in columns)
+        await conn.execute(f"ALTER TABLE {table} {changes}")  # names from the dict above
+    cur = await conn.execute(
+        "SELECT datlocprovider = 'c' AND datcollate = ANY(%s) FROM pg_database"
+        " WHERE datname = current_database()",
+        (list(BYTEWISE_COLLATIONS),),
+    )
+    if not (await cur.fetchone() or (False,))[0]:
+        log.warning("rebuilding profiles: this database's collation decided ties until now")
+        await _rebuild(conn, None)
+
+
 Migration = str | Callable[[Conn], Awaitable[None]]
 """SQL to run, or a function of the connection for what SQL alone cannot do. Append only:
 a migration that has run anywhere is never edited."""
@@ -162,6 +190,7 @@ MIGRATIONS: list[Migration] = [
     );
     CREATE INDEX seen_nonces_by_expiry ON seen_nonces (expires_us);
     """,
+    _compare_ids_by_bytes,
 ]
 
 
@@ -365,10 +394,11 @@ class PostgresStore(Store):
             cur = await conn.execute(
                 "SELECT e.status, e.applied_us, e.error, e.body FROM events e"
                 " LEFT JOIN contacts k ON k.workspace = e.workspace AND k.contact_id = e.contact_id"
-                " WHERE e.workspace = %s AND e.contact_id = %s AND (e.ts_us, e.event_id) < (%s, %s)"
+                " WHERE e.workspace = %s AND e.contact_id = %s"
+                ' AND (e.ts_us, e.event_id COLLATE "C") < (%s, %s)'
                 " AND (k.deleted_ts_us IS NULL"
-                " OR (e.ts_us, e.event_id) > (k.deleted_ts_us, k.deleted_event_id))"
-                " ORDER BY e.ts_us DESC, e.event_id DESC LIMIT %s",
+                ' OR (e.ts_us, e.event_id COLLATE "C") > (k.deleted_ts_us, k.deleted_event_id))'
+                ' ORDER BY e.ts_us DESC, e.event_id COLLATE "C" DESC LIMIT %s',
                 (workspace, contact_id, top[0], top[1], limit),
             )
             return [_record(row) for row in await cur.fetchall()]
@@ -486,7 +516,7 @@ class PostgresStore(Store):
                 " ON CONFLICT (workspace, source_id, profile_id) DO UPDATE SET"
                 " contact_id = excluded.contact_id, ts_us = excluded.ts_us,"
                 " event_id = excluded.event_id"
-                " WHERE (excluded.ts_us, excluded.event_id) > (a.ts_us, a.event_id)",
+                ' WHERE (excluded.ts_us, excluded.event_id COLLATE "C") > (a.ts_us, a.event_id)',
                 (*key, contact_id, *version),
             )
             cur = await conn.execute(
@@ -650,14 +680,16 @@ def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
     return [[row[i] for row in rows] for i in range(width)] if rows else [[] for _ in range(width)]
 
 
-_NEWER = "(x.{c}_ts_us IS NOT NULL AND (c.{c}_ts_us IS NULL OR (x.{c}_ts_us, x.{c}_event_id) > (c.{c}_ts_us, c.{c}_event_id)))"
+# Every comparison of versions names COLLATE "C" (the columns have it too, since migration 5):
+# event ids compare by bytes, as in Python within a batch, whatever the database's collation.
+_NEWER = '(x.{c}_ts_us IS NOT NULL AND (c.{c}_ts_us IS NULL OR (x.{c}_ts_us, x.{c}_event_id COLLATE "C") > (c.{c}_ts_us, c.{c}_event_id)))'
 _LAST_NEWER = _NEWER.format(c="last").replace("x.", "excluded.")
 _DELETED_NEWER = _NEWER.format(c="deleted").replace("x.", "excluded.")
 # A newer last update is worth a write only when no delete (stored or in the batch) hides it.
 _LAST_VISIBLE = (
-    "(c.deleted_ts_us IS NULL OR (excluded.last_ts_us, excluded.last_event_id)"
+    '(c.deleted_ts_us IS NULL OR (excluded.last_ts_us, excluded.last_event_id COLLATE "C")'
     " > (c.deleted_ts_us, c.deleted_event_id))"
-    " AND (excluded.deleted_ts_us IS NULL OR (excluded.last_ts_us, excluded.last_event_id)"
+    ' AND (excluded.deleted_ts_us IS NULL OR (excluded.last_ts_us, excluded.last_event_id COLLATE "C")'
     " > (excluded.deleted_ts_us, excluded.deleted_event_id))"
 )
 
@@ -678,7 +710,7 @@ WHERE {_DELETED_NEWER} OR ({_LAST_NEWER} AND {_LAST_VISIBLE})
 _DELETE_COVERED = """
 DELETE FROM properties p
 USING unnest(%s::text[], %s::text[], %s::bigint[], %s::text[]) AS d(w, c, t, e)
-WHERE p.workspace = d.w AND p.contact_id = d.c AND (p.ts_us, p.event_id) <= (d.t, d.e)
+WHERE p.workspace = d.w AND p.contact_id = d.c AND (p.ts_us, p.event_id COLLATE "C") <= (d.t, d.e)
 """
 
 _UPSERT_PROPERTIES = """
@@ -687,10 +719,10 @@ SELECT u.w, u.c, u.n, u.v::json, u.t, u.e
 FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[], %s::text[])
     AS u(w, c, n, v, t, e)
 JOIN contacts k ON k.workspace = u.w AND k.contact_id = u.c
-WHERE k.deleted_ts_us IS NULL OR (u.t, u.e) > (k.deleted_ts_us, k.deleted_event_id)
+WHERE k.deleted_ts_us IS NULL OR (u.t, u.e COLLATE "C") > (k.deleted_ts_us, k.deleted_event_id)
 ON CONFLICT (workspace, contact_id, name) DO UPDATE SET
     value = excluded.value, ts_us = excluded.ts_us, event_id = excluded.event_id
-WHERE (p.ts_us, p.event_id) < (excluded.ts_us, excluded.event_id)
+WHERE (p.ts_us, p.event_id COLLATE "C") < (excluded.ts_us, excluded.event_id)
 """
 
 
