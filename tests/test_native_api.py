@@ -42,10 +42,12 @@ def applied_contact(client: TestClient, auth: dict[str, str], contact_id: str) -
     return wait_until(fetch)
 
 
-def wait_applied(client: TestClient, auth: dict[str, str], event_id: str) -> dict[str, Any]:
+def wait_applied(
+    client: TestClient, auth: dict[str, str], event_id: str, status: str = "applied"
+) -> dict[str, Any]:
     def fetch() -> Any:
         r = client.get(f"/v1/events/{event_id}", headers=auth)
-        return r.json() if r.status_code == 200 and r.json()["status"] == "applied" else None
+        return r.json() if r.status_code == 200 and r.json()["status"] == status else None
 
     result: dict[str, Any] = wait_until(fetch)
     return result
@@ -81,7 +83,7 @@ class TestAccepting:
         assert first.status_code == again.status_code == 202
         assert first.json() == again.json()
         wait_until(lambda: client.get("/metrics").text.count("profilehook_queue_depth 0.0"))
-        wait_applied(client, auth, "dup-1")
+        wait_applied(client, auth, "dup-1", "duplicate")  # the second copy was dropped
         assert applied_contact(client, auth, "c1")["properties"] == {"plan": "pro"}
         history = client.get("/v1/contacts/c1/history", headers=auth).json()
         assert [e["event_id"] for e in history["events"]] == ["dup-1"]

@@ -228,7 +228,7 @@ _SCHEMAS: dict[str, Any] = {
         "required": ["event_id", "status", "contact_id", "source", "received_at", "applied_at"],
         "properties": {
             "event_id": {"type": "string"},
-            "status": {"enum": ["queued", "applied", "failed"]},
+            "status": {"enum": ["queued", "applied", "duplicate", "failed"]},
             "contact_id": {"type": "string"},
             "source": {"type": "string"},
             "kind": {"enum": ["update", "delete"]},
@@ -375,7 +375,7 @@ def _paths() -> dict[str, Any]:
         },
         "/v1/events/{event_id}": {
             "get": {
-                "summary": "An event's status: queued, applied or failed",
+                "summary": "An event's status: queued, applied, duplicate or failed",
                 "security": _SECURED,
                 "parameters": [
                     {

@@ -74,7 +74,7 @@ def webhook_handler(services: Services, deadlines: Deadlines | None = None) -> H
                     await services.queue.publish(result.events)
         except ProfilehookError as exc:
             if result is not None and result.undo is not None:
-                result.undo()
+                await result.undo()
             await refuse(services, send, exc)
             return
         counter = services.metrics.events
