@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import unquote
 
 import msgspec
+from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
@@ -28,6 +29,16 @@ from profilehook.stores.base import Contact, EventRecord
 
 READY_TIMEOUT_S = 1.0
 Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+class _AnyTail(PathConvertor):
+    """The rest of the path, line breaks included: Starlette's ``path`` (``.*``) stops at a
+    newline, so an id holding one (``nl%0Aid``, accepted at ingestion) would not be found."""
+
+    regex = "(?s:.*)"
+
+
+register_url_convertor("any_tail", _AnyTail())
 
 
 def read_routes(services: Services, deadlines: Deadlines) -> list[Route]:
@@ -99,8 +110,8 @@ def read_routes(services: Services, deadlines: Deadlines) -> list[Route]:
         return HTMLResponse(openapi.html(openapi.document(services.settings.base_url)))
 
     return [
-        Route("/v1/contacts/{rest:path}", contact, methods=["GET"]),
-        Route("/v1/events/{rest:path}", event, methods=["GET"]),
+        Route("/v1/contacts/{rest:any_tail}", contact, methods=["GET"]),
+        Route("/v1/events/{rest:any_tail}", event, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
