@@ -125,6 +125,8 @@ async def _authorized_body(
     """Check the key, its rate, the content type, then read the body up to the cap."""
     headers = dict(scope["headers"])
     authorization = headers.get(b"authorization")
+    if len(headers) != len(scope["headers"]) and _repeated(scope["headers"], b"authorization"):
+        authorization = None  # two keys: refused, rather than choosing one of them
     workspace = await keys.authenticate(services.store, authorization)
     if workspace is None:
         raise InvalidApiKey()
@@ -132,6 +134,11 @@ async def _authorized_body(
     check_json_content_type(headers.get(b"content-type"))
     watch.reading_body()
     return workspace, await read_body(receive, headers.get(b"content-length"), max_body_bytes)
+
+
+def _repeated(headers: list[tuple[bytes, bytes]], name: bytes) -> bool:
+    """True when header ``name`` appears more than once (only called when some header does)."""
+    return sum(1 for key, _ in headers if key == name) > 1
 
 
 def check_json_content_type(value: bytes | None) -> None:

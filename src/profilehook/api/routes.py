@@ -46,7 +46,8 @@ def read_routes(services: Services, deadlines: Deadlines) -> list[Route]:
     within_deadline = _deadline(services.settings.backend_timeout_s)
 
     async def workspace_of(request: Request) -> str:
-        header = request.headers.get("authorization")
+        found = request.headers.getlist("authorization")
+        header = found[0] if len(found) == 1 else None  # two keys: refused, not one chosen
         workspace = await keys.authenticate(store, header.encode("latin-1") if header else None)
         if workspace is None:
             raise InvalidApiKey()
@@ -206,7 +207,7 @@ def _page(request: Request) -> tuple[int, Version | None]:
         )
     before = None
     raw_cursor = request.query_params.get("cursor")
-    if raw_cursor is not None:
+    if raw_cursor:  # an empty cursor (``?cursor=``) is the first page, as an absent one
         before = _decode_cursor(raw_cursor)
         if before is None:
             problems.append(value_error(("query", "cursor"), raw_cursor, "not a cursor we issued"))

@@ -151,7 +151,33 @@ def _json_invalid(loc: Loc, body: bytes, exc: Exception) -> Problem:
         text = str(exc)
         found = _BYTE_POS.search(text)
         position = int(found.group(1)) if found else 0
+        if found is None or "surrogate" in text:
+            # msgspec calls a lone high surrogate "truncated", without a place.
+            lone = _lone_surrogate(body)
+            if lone is not None:
+                escape = body[lone : lone + 6].decode("ascii")
+                text, position = f"lone UTF-16 surrogate {escape} (byte {lone})", lone
     return problem("json_invalid", (*loc, position), "JSON decode error", {}, {"error": text})
+
+
+# A \uXXXX escape of a surrogate, not itself escaped (preceded by an even run of backslashes).
+_SURROGATE_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*(\\u[dD][89a-fA-F][0-9a-fA-F]{2})")
+
+
+def _lone_surrogate(body: bytes) -> int | None:
+    """The offset of the first surrogate escape that is not half of a high-low pair."""
+    pending_high: int | None = None
+    for found in _SURROGATE_ESCAPE.finditer(body):
+        start, is_low = found.start(1), found.group(1)[3] in b"cdefCDEF"
+        if pending_high is not None:
+            if is_low and start == pending_high + 6:
+                pending_high = None
+                continue
+            return pending_high
+        if is_low:
+            return start
+        pending_high = start
+    return pending_high
 
 
 def _too_deep(loc: Loc) -> Problem:
