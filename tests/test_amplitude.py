@@ -335,6 +335,84 @@ class TestSkippedUsers:
     def test_an_empty_users_list_is_accepted(self, hook):
         hook.accepted(render_default([]), accepted=0)
 
+    # Values no backend can keep (SPEC 5): an integer beyond ±(2^53 - 1), U+0000 in a string
+    # or a key. One such user is skipped and counted; it must not fail the others' delivery
+    # (Amplitude retries a refused call forever).
+    UNSTORABLE = [
+        {"big": 2**53},
+        {"small": -(2**60)},
+        {"nul": "a\u0000b"},
+        {"k\u0000": "v"},
+        {"nested": {"deep": [1, {"n": 10**30}]}},
+    ]
+
+    def test_a_user_with_a_value_no_store_can_keep_is_skipped_the_rest_are_stored(self, hook):
+        users = [
+            {"user_id": f"bad{i}", "user_properties": p} for i, p in enumerate(self.UNSTORABLE)
+        ]
+        users += [
+            {"user_id": "nul\u0000id", "user_properties": {"ok": 1}},
+            {"user_id": "good", "user_properties": {"plan": "pro", "n": 2**53 - 1}},
+        ]
+        body = json.dumps({**_cohort_fields(), "users": users}).encode()
+        hook.accepted(body, accepted=1, skipped=len(users) - 1)
+        contact = hook.contact("good")
+        assert contact["properties"] == {PROPERTY: True, "plan": "pro", "n": 2**53 - 1}
+        assert all(
+            hook.client.get(f"/v1/contacts/bad{i}", headers=hook.auth).status_code == 404
+            for i in range(len(self.UNSTORABLE))
+        )
+
+    def test_a_per_user_entry_with_a_value_no_store_can_keep_is_skipped(self, hook):
+        items = [{"user_id": f"bad{i}", **p} for i, p in enumerate(self.UNSTORABLE)]
+        items += [{"user_id": "nul\u0000id", "a": 1}, {"user_id": "good", "a": 1}]
+        hook.accepted(json.dumps(items).encode(), accepted=1, skipped=len(items) - 1)
+        assert hook.contact("good")["properties"] == {"a": 1}
+
+    def test_an_identify_call_with_a_value_no_store_can_keep_is_skipped(self, hook):
+        calls = [
+            {"type": "identify", "userId": f"bad{i}", "traits": p}
+            for i, p in enumerate(self.UNSTORABLE)
+        ]
+        calls += [
+            {"type": "identify", "userId": "nul\u0000id", "traits": {"a": 1}},
+            {"type": "identify", "userId": "good", "traits": {"a": 1}},
+        ]
+        hook.accepted(json.dumps({"batch": calls}).encode(), accepted=1, skipped=len(calls) - 1)
+        assert hook.contact("good")["properties"] == {"a": 1}
+
+    @pytest.mark.parametrize(
+        ("shared", "loc"),
+        [
+            ({"cohort_name": "a\u0000b"}, ["body", "cohort_name"]),
+            ({"message_id": 2**60}, ["body", "message_id"]),
+            ({"extra": {"k\u0000": 1}}, ["body", "extra", "k\u0000"]),
+        ],
+    )
+    def test_a_value_no_store_can_keep_in_the_shared_fields_still_refuses_the_call(
+        self, hook, shared, loc
+    ):
+        body = {**_cohort_fields(), **shared, "users": [{"user_id": "u1"}]}
+        r = hook.post(json.dumps(body).encode())
+        assert r.status_code == 422, r.text
+        assert [p["loc"] for p in r.json()["detail"]] == [loc]
+
+    def test_a_value_no_store_can_keep_beside_a_batch_still_refuses_the_call(self, hook):
+        body = {"batch": [{"type": "identify", "userId": "u1"}], "context": "a\u0000"}
+        r = hook.post(json.dumps(body).encode())
+        assert r.status_code == 422, r.text
+        assert [p["loc"] for p in r.json()["detail"]] == [["body", "context"]]
+
+
+def _cohort_fields() -> dict[str, Any]:
+    return {
+        "cohort_name": "C",
+        "cohort_id": COHORT_ID,
+        "in_cohort": True,
+        "computed_time": "1692206763",
+        "message_id": "m1",
+    }
+
 
 # -- refusals ---------------------------------------------------------------------------------
 

@@ -114,14 +114,39 @@ def decode_json(
     value nests no deeper than ``MAX_JSON_DEPTH``; when it holds, the depth walk is skipped
     (the batch endpoint's bodies have too many brackets for the byte filter to tell).
     """
+    value, problems, verdict = _decoded(body, loc, shallow)
+    if verdict is _UNSTORABLE:
+        return None, unstorable(value, loc)
+    return value, problems
+
+
+def decode_json_keeping_unstorable(
+    body: bytes, loc: Loc = ("body",)
+) -> tuple[Any, list[Problem], bool]:
+    """``decode_json``, but values no backend can keep are left in the value for the caller to
+    find, per item (``holds_unstorable``): the third item is False when the body has none."""
+    value, problems, verdict = _decoded(body, loc, None)
+    return value, problems, verdict is _UNSTORABLE
+
+
+def holds_unstorable(value: Any) -> bool:
+    """True when ``value`` (a part of what ``decode_json_keeping_unstorable`` decoded) holds an
+    integer outside ``±MAX_JSON_INT`` or a string or key with U+0000."""
+    return _walk(value, MAX_JSON_DEPTH) is _UNSTORABLE
+
+
+def _decoded(
+    body: bytes, loc: Loc, shallow: Callable[[Any], bool] | None
+) -> tuple[Any, list[Problem], object | None]:
+    """The value, its problems, and ``_UNSTORABLE`` when it may hold unstorable values."""
     if not body.strip():
-        return None, [missing(loc, None)]
+        return None, [missing(loc, None)], None
     try:
         value = msgspec.json.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
-        return None, [_json_invalid(loc, body, exc)]
+        return None, [_json_invalid(loc, body, exc)], None
     except RecursionError:  # thousands of levels: msgspec gives up before our check can run
-        return None, [_too_deep(loc)]
+        return None, [_too_deep(loc)], None
     if _shallow(body):
         verdict = None if _plain_leaves(body) else _walk(value, MAX_JSON_DEPTH)
     else:
@@ -133,10 +158,8 @@ def decode_json(
             else _depth(value)
         )
     if verdict is _TOO_DEEP:
-        return None, [_too_deep(loc)]
-    if verdict is _UNSTORABLE:
-        return None, unstorable(value, loc)
-    return value, []
+        return None, [_too_deep(loc)], None
+    return value, [], verdict
 
 
 def _json_invalid(loc: Loc, body: bytes, exc: Exception) -> Problem:
