@@ -15,6 +15,7 @@ import msgspec
 from starlette.types import Receive, Scope, Send
 
 from profilehook import keys
+from profilehook.api.content_coding import coding_of, read_decoded_body
 from profilehook.api.deadlines import AlreadyAnswered, Deadlines, Watch
 from profilehook.api.ratelimit import RateLimiter
 from profilehook.api.responses import encode, send_error, send_json
@@ -133,7 +134,21 @@ async def _authorized_body(
     limiter.admit(keys.key_hash_of(authorization) or "")
     check_json_content_type(headers.get(b"content-type"))
     watch.reading_body()
+    if b"content-encoding" in headers:
+        return workspace, await _decoded_body(receive, scope, headers, max_body_bytes)
     return workspace, await read_body(receive, headers.get(b"content-length"), max_body_bytes)
+
+
+async def _decoded_body(
+    receive: Receive, scope: Scope, headers: dict[bytes, bytes], max_body_bytes: int
+) -> bytes:
+    """The body of a request that declares a Content-Encoding, decoded. Raises 400, 413, 415."""
+    declared = b", ".join(v for k, v in scope["headers"] if k == b"content-encoding")
+    coding = coding_of(declared.decode("latin-1"))
+    length = headers.get(b"content-length")
+    if coding is None:  # identity
+        return await read_body(receive, length, max_body_bytes)
+    return await read_decoded_body(receive, coding, length, max_body_bytes)
 
 
 def _repeated(headers: list[tuple[bytes, bytes]], name: bytes) -> bool:
