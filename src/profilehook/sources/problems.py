@@ -121,11 +121,14 @@ def decode_json(
 
 
 def decode_json_keeping_unstorable(
-    body: bytes, loc: Loc = ("body",)
+    body: bytes, loc: Loc = ("body",), in_pieces: bool = False
 ) -> tuple[Any, list[Problem], bool]:
     """``decode_json``, but values no backend can keep are left in the value for the caller to
-    find, per item (``holds_unstorable``): the third item is False when the body has none."""
-    value, problems, verdict = _decoded(body, loc, None)
+    find, per item (``holds_unstorable``): the third item is False when the body has none.
+
+    ``in_pieces`` decodes the top level's values and its lists' items one call each, for a
+    large body decoded in a thread (see ``_decode_in_pieces``); the result is the same."""
+    value, problems, verdict = _decoded(body, loc, None, in_pieces)
     return value, problems, verdict is _UNSTORABLE
 
 
@@ -136,13 +139,13 @@ def holds_unstorable(value: Any) -> bool:
 
 
 def _decoded(
-    body: bytes, loc: Loc, shallow: Callable[[Any], bool] | None
+    body: bytes, loc: Loc, shallow: Callable[[Any], bool] | None, in_pieces: bool = False
 ) -> tuple[Any, list[Problem], object | None]:
     """The value, its problems, and ``_UNSTORABLE`` when it may hold unstorable values."""
     if not body.strip():
         return None, [missing(loc, None)], None
     try:
-        value = msgspec.json.decode(body)
+        value = _decode_in_pieces(body) if in_pieces else msgspec.json.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
         return None, [_json_invalid(loc, body, exc)], None
     except RecursionError:  # thousands of levels: msgspec gives up before our check can run
@@ -160,6 +163,32 @@ def _decoded(
     if verdict is _TOO_DEEP:
         return None, [_too_deep(loc)], None
     return value, [], verdict
+
+
+_TOP_PIECES = msgspec.json.Decoder(dict[str, msgspec.Raw] | list[msgspec.Raw])
+_LIST_PIECES = msgspec.json.Decoder(list[msgspec.Raw])
+_WHOLE = msgspec.json.Decoder()
+
+
+def _decode_in_pieces(body: bytes) -> Any:
+    """What ``msgspec.json.decode(body)`` gives, built from a scan of the top level and of the
+    lists in it, then each of their items decoded alone. msgspec holds the GIL for the whole
+    of a call: over 8 MB of users, one call holds it for a quarter of a second and more, and
+    a thread doing it would stall the event loop as much; each of these calls is short.
+    A body the pieces cannot decode is decoded whole, which raises its exact problem."""
+    try:
+        top = _TOP_PIECES.decode(body)
+        if type(top) is list:
+            return [_WHOLE.decode(item) for item in top]
+        return {name: _piece(raw) for name, raw in top.items()}
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return _WHOLE.decode(body)
+
+
+def _piece(raw: msgspec.Raw) -> Any:
+    if memoryview(raw)[:1].tobytes() == b"[":  # a Raw starts at its first character
+        return [_WHOLE.decode(item) for item in _LIST_PIECES.decode(raw)]
+    return _WHOLE.decode(raw)
 
 
 def _json_invalid(loc: Loc, body: bytes, exc: Exception) -> Problem:
