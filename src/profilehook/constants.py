@@ -17,6 +17,9 @@ MAX_EVENT_ID_CHARS = 256
 MAX_CONTACT_ID_BYTES = 1_024
 MAX_EVENT_ID_BYTES = 512
 MAX_JSON_DEPTH = 32
+# A webhook body over this is decoded and turned into events in a thread, a piece at a time,
+# not on the event loop every request shares (an 8 MiB Amplitude body is seconds of work).
+OFF_LOOP_BODY_BYTES = 256 * 1024
 # Integers a JSON consumer holds exactly (I-JSON, RFC 7493: JavaScript's safe integers).
 MAX_JSON_INT = 2**53 - 1
 
