@@ -36,6 +36,8 @@ SUBJECT_PREFIX = "profilehook.events"
 CONSUMER = "appliers"
 DUPLICATE_WINDOW_S = 120.0
 PUBLISH_TIMEOUT_S = 5.0
+# An import's batches may be large; a webhook's are also bounded by the request's deadline.
+PUBLISH_TIMEOUT_PER_EVENT_S = 0.001
 # The first step is also how long a worker has to apply and acknowledge a batch before
 # JetStream hands it to another worker (a 2,000-event batch takes ~0.2 s here).
 REDELIVERY_BACKOFF_S = [5.0, 15.0, 30.0, 60.0, 120.0]
@@ -71,6 +73,22 @@ def split_url(url: str) -> tuple[str, str, int | None]:
         replicas = int(raw)
     rest = urlencode([(k, v) for k, v in query if k not in ("stream", "replicas")])
     return urlunsplit(parts._replace(query=rest)), stream, replicas
+
+
+def publish_timeout_s(events: int) -> float:
+    """How long a publish of ``events`` messages may take before it is given up: the
+    single-message timeout, plus a per-message allowance for large requests."""
+    return PUBLISH_TIMEOUT_S + events * PUBLISH_TIMEOUT_PER_EVENT_S
+
+
+def _settle(futures: list[asyncio.Future[Any]]) -> None:
+    """Cancel the PubAcks still awaited and retrieve the failures of the others.
+
+    A PubAck that never comes would hold one of nats-py's in-flight slots for good; cancelling
+    its future gives the slot back (the future's done-callback releases it)."""
+    for future in futures:
+        if not future.cancel() and not future.cancelled():
+            future.exception()
 
 
 class NatsQueue(Queue):
@@ -163,23 +181,39 @@ class NatsQueue(Queue):
             self._nc = self._js = self._sub = None
 
     async def publish(self, events: Sequence[Event]) -> None:
+        """Store ``events`` in the stream; return once JetStream acknowledged every one.
+
+        All of a request's messages are written before any PubAck is awaited, so a request
+        costs about one round trip whatever its size. ``publish_async`` is called without
+        ``wait_stall``: with it, nats-py wraps its semaphore in ``asyncio.wait_for``, which on
+        Python 3.11 runs as a task of its own and so yields to the event loop once per
+        message; the client's flusher then sends each message alone (a write and a loop turn
+        each, ~0.1-0.7 ms an event one after another). Without it the semaphore is taken
+        without yielding while under nats-py's in-flight cap (4,000) and waits for acks
+        beyond it; the whole publish is bounded by ``publish_timeout_s(len(events))``.
+
+        Raises ``StorageUnavailable`` when not every event was acknowledged in time; some may
+        have been stored (a retry with the same event_ids is deduplicated).
+        """
         js = self._connected()
+        futures: list[asyncio.Future[Any]] = []
         try:
-            futures = [
-                await js.publish_async(
-                    self._subject(e.workspace, e.event_id),
-                    encode_event(e),
-                    headers={"Nats-Msg-Id": f"{e.workspace}\x1f{e.event_id}"},
-                    wait_stall=PUBLISH_TIMEOUT_S,
-                )
-                for e in events
-            ]
-            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+            async with asyncio.timeout(publish_timeout_s(len(events))):
+                for e in events:
+                    futures.append(
+                        await js.publish_async(
+                            self._subject(e.workspace, e.event_id),
+                            encode_event(e),
+                            headers={"Nats-Msg-Id": f"{e.workspace}\x1f{e.event_id}"},
+                        )
+                    )
                 await asyncio.gather(*futures)
         except NATS_ERRORS as exc:
             raise StorageUnavailable(
                 f"NATS did not store the event ({exc!r}), retry later"
             ) from exc
+        finally:
+            _settle(futures)
 
     async def fetch(self, max_events: int, wait_s: float) -> list[Delivery]:
         try:
