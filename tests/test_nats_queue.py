@@ -5,20 +5,30 @@ against a real NATS server (and PostgreSQL where events must be applied)."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from subprocess import Popen
 
 import httpx2 as httpx
 import pytest
 
 from tests.support import (
+    NATS_URL,
     POSTGRES_URL,
     ServerProcess,
+    cli_env,
     create_key,
+    delete_stream,
+    free_port,
     nats_postgres_env,
+    require_server,
     run_cli,
+    unique_stream,
     wait_until,
 )
 
@@ -126,3 +136,132 @@ def test_given_nats_when_8_batches_of_1000_events_arrive_at_once_then_each_is_a_
     wait_until(
         lambda: stored_events(schema) == 1_000 * CONCURRENT_BATCHES, timeout_s=APPLY_TIMEOUT_S
     )
+
+
+# -- an unreachable NATS at start-up: bounded retries, one line each, signals stop it -----------
+
+CONNECT_TIMEOUT_S = 2.0
+# Start-up of a Python process under the load of a shared 2-core machine, plus the last try.
+EXIT_SLACK_S = 8.0
+STOP_WITHIN_S = 2.0
+STARTS = {
+    "check": ("check",),
+    "serve": ("serve", "--port", "{port}"),
+    "worker": ("worker",),
+}
+
+
+def dead_nats_url() -> str:
+    """A NATS URL where nothing listens."""
+    return f"nats://127.0.0.1:{free_port()}"
+
+
+def start(command: str, data_dir: Path, queue_url: str, connect_timeout_s: float) -> Popen[str]:
+    argv = [a.replace("{port}", str(free_port())) for a in STARTS[command]]
+    env = cli_env(
+        data_dir,
+        PROFILEHOOK_QUEUE_URL=queue_url,
+        PROFILEHOOK_CONNECT_TIMEOUT_S=str(connect_timeout_s),
+    )
+    return Popen(
+        [sys.executable, "-m", "profilehook", *argv],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize("command", list(STARTS))
+def test_given_no_nats_when_a_process_starts_then_it_exits_non_zero_within_the_bound(
+    tmp_path: Path, command: str
+) -> None:
+    """Given a queue URL where no NATS listens, when ``check``, ``serve`` or ``worker``
+    starts, then it retries with backoff for PROFILEHOOK_CONNECT_TIMEOUT_S, logging one line a
+    try (no tracebacks), and exits non-zero with a message that names NATS."""
+    url = dead_nats_url()
+    started = time.monotonic()
+    proc = start(command, tmp_path / "data", url, CONNECT_TIMEOUT_S)
+    try:
+        _, stderr = proc.communicate(timeout=CONNECT_TIMEOUT_S + EXIT_SLACK_S)
+    finally:
+        proc.kill()
+        proc.communicate()
+    elapsed_s = time.monotonic() - started
+    assert proc.returncode != 0, stderr
+    assert elapsed_s >= CONNECT_TIMEOUT_S, f"gave up after {elapsed_s:.1f} s"
+    assert f"NATS unreachable at {url}" in stderr.splitlines()[-1], stderr
+    assert "Traceback" not in stderr, stderr
+    # Backoff: 0.5 s, 1 s, ... - not a line every 0.5 s (nor one per nats-py reconnect).
+    tries = [line for line in stderr.splitlines() if "NATS unreachable" in line]
+    assert 2 <= len(tries) <= 4, stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "sig"),
+    [
+        pytest.param(command, sig, id=f"{command}-{sig.name}")
+        for command in STARTS
+        for sig in (signal.SIGTERM, signal.SIGINT)
+    ],
+)
+def test_given_no_nats_when_a_signal_arrives_during_the_retries_then_the_process_stops_at_once(
+    tmp_path: Path, command: str, sig: signal.Signals
+) -> None:
+    """Given a process retrying an unreachable NATS for a minute, when SIGTERM or SIGINT
+    arrives, then it stops within ~2 s (not after the minute), without a 0 exit code."""
+    proc = start(command, tmp_path / "data", dead_nats_url(), 60.0)
+    try:
+        assert proc.stderr is not None
+        first = proc.stderr.readline()  # the first try failed: it is retrying now
+        assert "NATS unreachable" in first, first
+        sent = time.monotonic()
+        proc.send_signal(sig)
+        proc.wait(timeout=STOP_WITHIN_S + 3)
+        stopped_s = time.monotonic() - sent
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert stopped_s <= STOP_WITHIN_S, f"stopped {stopped_s:.1f} s after {sig.name}"
+    assert proc.returncode != 0
+
+
+@pytest.mark.parametrize("order", ["dead-first", "live-first"])
+def test_given_a_list_of_servers_with_one_dead_when_serving_then_events_are_stored(
+    tmp_path: Path, order: str
+) -> None:
+    """Given ``nats://dead,nats://live?stream=S`` (in either order), when ``check`` and
+    ``serve`` start, then they connect to the live one: check passes, an event is a 202."""
+    require_server(NATS_URL, 4222)
+    stream = unique_stream()
+    servers = [dead_nats_url(), NATS_URL]
+    if order == "live-first":
+        servers.reverse()
+    env = {
+        "PROFILEHOOK_QUEUE_URL": f"{','.join(servers)}?stream={stream}",
+        "PROFILEHOOK_CONNECT_TIMEOUT_S": str(CONNECT_TIMEOUT_S),
+    }
+    data_dir = tmp_path / "data"
+    try:
+        check = run_cli(data_dir, "check", **env)
+        assert check.returncode == 0, check.stderr
+        assert check.stdout.startswith("ok:"), check.stdout
+        key = create_key(data_dir, "acme", **env)["key"]
+        server = ServerProcess(data_dir, extra_env=env).start()
+        try:
+            response = httpx.post(
+                f"{server.base_url}/v1/properties",
+                json={
+                    "contact_id": "c1",
+                    "event_name": "e",
+                    "timestamp": 1,
+                    "user_properties": {"a": 1},
+                },
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=10,
+            )
+        finally:
+            server.stop()
+        assert response.status_code == 202, response.text
+    finally:
+        delete_stream(stream)

@@ -14,9 +14,11 @@ import logging
 import os
 import shlex
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -25,10 +27,12 @@ from profilehook import constants as c
 from profilehook import keys as keys_lib
 from profilehook.errors import ProfilehookError
 from profilehook.events import iso, now_us
-from profilehook.service import running
+from profilehook.service import Services, running
 from profilehook.settings import Settings
 
 if TYPE_CHECKING:
+    import uvicorn
+
     from profilehook.api.app import AppliesIn
 
 T = TypeVar("T")
@@ -104,6 +108,7 @@ def serve(
     from profilehook.api.protocol import http_protocol
 
     settings = _settings(ctx, host=host, port=port)
+    _run(_reach_log(settings))
     if quickstart:
         click.echo(_run(_quickstart_text(settings)))
     app = create_app(settings, _applies_in(settings, no_applier))
@@ -122,10 +127,42 @@ def serve(
         log_config=None,
     )
     _settle_heap()
-    server = uvicorn.Server(config)
-    server.run()
+    server = _stoppable_server()(config)
+    with contextlib.suppress(asyncio.CancelledError):  # stopped during start-up
+        server.run()
     if not server.started:
         sys.exit(1)
+
+
+async def _reach_log(settings: Settings) -> None:
+    """Wait for the log's server (NATS), within ``connect_timeout_s``, before uvicorn starts:
+    an unreachable one then ends `serve` with one clear message rather than a traceback from
+    the app's lifespan. (Signals keep their default meaning here: they stop it at once.)"""
+    queue = Services.from_settings(settings).queue
+    await queue.open()
+    await queue.close()
+
+
+def _stoppable_server() -> type[uvicorn.Server]:
+    import uvicorn
+
+    class StoppableServer(uvicorn.Server):
+        """uvicorn, stopped at once by SIGTERM or SIGINT also while its start-up (the app's
+        lifespan) still waits for a backend; uvicorn itself would only note the signal."""
+
+        _main: asyncio.Task[None] | None = None
+
+        async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+            self._main = asyncio.current_task()
+            await super().serve(sockets)
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            super().handle_exit(sig, frame)
+            main = self._main
+            if not self.started and main is not None:
+                main.get_loop().call_soon_threadsafe(main.cancel)
+
+    return StoppableServer
 
 
 def _settle_heap() -> None:
@@ -202,9 +239,18 @@ def worker(ctx: click.Context, metrics_port: int | None, report_to_parent: bool)
     async def work() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        main = asyncio.current_task()
+        started = False
+
+        def on_signal() -> None:
+            stop.set()
+            if not started and main is not None:
+                main.cancel()  # still connecting (maybe to a backend that is down): stop now
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
         async with running(settings) as services:
+            started = True
             if metrics_port is not None:
                 from prometheus_client import start_http_server
 
@@ -224,7 +270,10 @@ def worker(ctx: click.Context, metrics_port: int | None, report_to_parent: bool)
                 if link is not None:
                     link.close()
 
-    _run(work())
+    try:
+        _run(work())
+    except asyncio.CancelledError:
+        sys.exit(1)  # stopped before it started
 
 
 @main.group()

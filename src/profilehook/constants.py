@@ -43,6 +43,8 @@ BACKEND_TIMEOUT_S = 0.7
 # stored request must not be answered 503. (Pipelined NATS publishes cost 40-100 us an event.)
 BACKEND_TIMEOUT_PER_EVENT_S = 0.0002
 BACKEND_TIMEOUT_EXTRA_MAX_S = 5.0
+# At start-up, a networked log (NATS) that does not answer is retried, with backoff, this long.
+CONNECT_TIMEOUT_S = 30.0
 # /readyz reports a failed durable write for this long, unless a write succeeds first.
 READY_FAILURE_HOLD_S = 10.0
 

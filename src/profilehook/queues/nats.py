@@ -13,9 +13,10 @@ import asyncio
 import dataclasses
 import hashlib
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode
 
 from profilehook.errors import ConfigurationError, StorageUnavailable
 from profilehook.events import Event, decode_event, encode_event
@@ -25,6 +26,7 @@ try:
     import nats
     import nats.errors
     import nats.js.errors
+    from nats.aio.client import Client
     from nats.js import api
 except ImportError as exc:  # pragma: no cover - exercised by the missing-driver test
     raise ConfigurationError("NATS needs its driver: pip install 'profilehook[nats]'") from exc
@@ -42,7 +44,12 @@ PUBLISH_TIMEOUT_PER_EVENT_S = 0.001
 # JetStream hands it to another worker (a 2,000-event batch takes ~0.2 s here).
 REDELIVERY_BACKOFF_S = [5.0, 15.0, 30.0, 60.0, 120.0]
 MAX_DELIVER = 1_000
-CONNECT_TIMEOUT_S = 2.0
+CONNECT_TIMEOUT_S = 2  # seconds: one TCP connect and handshake with one server
+# Start-up: the waits between attempts to reach any of the servers, the last one repeated,
+# for as long as the ``connect_timeout_s`` setting allows.
+CONNECT_BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 5.0)
+RECONNECT_WAIT_S = 0.5  # once connected, between nats-py's own reconnection attempts
+ERROR_LOG_INTERVAL_S = 10.0  # a connection's repeated errors are logged at most this often
 MAX_REPLICAS = 5  # JetStream's own limit
 
 NATS_ERRORS: tuple[type[BaseException], ...] = (
@@ -54,13 +61,19 @@ NATS_ERRORS: tuple[type[BaseException], ...] = (
 
 
 def split_url(url: str) -> tuple[str, str, int | None]:
-    """``nats://…?stream=NAME&replicas=N`` -> (server URL, stream name, replicas).
+    """``nats://a:4222[,nats://b:4222…]?stream=NAME&replicas=N`` -> (server URL(s), stream
+    name, replicas).
 
     The stream defaults to PROFILEHOOK_EVENTS; replicas to None (create with 1, and leave an
-    existing stream's count as it is). Raises ``ConfigurationError`` for a bad ``replicas``.
+    existing stream's count as it is). Raises ``ConfigurationError`` for a bad ``replicas``
+    or an empty server in the list.
     """
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
+    servers, _, query_string = url.partition("?")
+    if not all(server.strip() for server in servers.split(",")):
+        raise ConfigurationError(
+            f"PROFILEHOOK_QUEUE_URL={url!r}: name servers as nats://a:4222,nats://b:4222"
+        )
+    query = parse_qsl(query_string, keep_blank_values=True)
     options = dict(query)
     stream = options.get("stream", STREAM)
     replicas = None
@@ -72,13 +85,49 @@ def split_url(url: str) -> tuple[str, str, int | None]:
             )
         replicas = int(raw)
     rest = urlencode([(k, v) for k, v in query if k not in ("stream", "replicas")])
-    return urlunsplit(parts._replace(query=rest)), stream, replicas
+    return (f"{servers}?{rest}" if rest else servers), stream, replicas
+
+
+def server_list(url: str) -> list[str]:
+    """The servers of ``split_url``'s first part, each with the options that followed."""
+    servers, _, rest = url.partition("?")
+    return [server.strip() + (f"?{rest}" if rest else "") for server in servers.split(",")]
 
 
 def publish_timeout_s(events: int) -> float:
     """How long a publish of ``events`` messages may take before it is given up: the
     single-message timeout, plus a per-message allowance for large requests."""
     return PUBLISH_TIMEOUT_S + events * PUBLISH_TIMEOUT_PER_EVENT_S
+
+
+def _describe(error: BaseException) -> str:
+    return str(error) or type(error).__name__
+
+
+class _ConnectionErrors:
+    """nats-py's callbacks: one log line per problem instead of its traceback every 0.5 s."""
+
+    def __init__(self) -> None:
+        self.last: BaseException | None = None
+        self.connected = False
+        self.client: Any = None
+        self._logged_s = -ERROR_LOG_INTERVAL_S
+
+    async def seen(self, error: Exception) -> None:
+        self.last = error
+        # While connecting, ``open`` logs each attempt; once connected, a server that stays
+        # away is logged now and then, not at every reconnection attempt.
+        now_s = time.monotonic()
+        if self.connected and now_s - self._logged_s >= ERROR_LOG_INTERVAL_S:
+            self._logged_s = now_s
+            log.warning("NATS: %s", _describe(error))
+
+    async def disconnected(self) -> None:
+        if self.connected and self.client is not None and not self.client.is_closed:
+            log.warning("NATS connection lost; reconnecting")
+
+    async def reconnected(self) -> None:
+        log.warning("NATS reconnected")
 
 
 def _settle(futures: list[asyncio.Future[Any]]) -> None:
@@ -92,8 +141,12 @@ def _settle(futures: list[asyncio.Future[Any]]) -> None:
 
 
 class NatsQueue(Queue):
-    def __init__(self, url: str, replicas: int | None = None):
+    def __init__(
+        self, url: str, replicas: int | None = None, connect_timeout_s: float = 0.0
+    ) -> None:
+        """``connect_timeout_s``: how long ``open`` keeps trying to reach a server (0: once)."""
         self.url, self.stream, url_replicas = split_url(url)
+        self.connect_timeout_s = max(connect_timeout_s, 0.0)
         # Streams may not share subjects, so each stream has its own subject space.
         self.subject_prefix = f"{SUBJECT_PREFIX}.{self.stream.lower()}"
         self.replicas = replicas if replicas is not None else url_replicas
@@ -102,14 +155,13 @@ class NatsQueue(Queue):
         self._sub: Any = None
 
     async def open(self) -> None:
+        """Connect (retrying for up to ``connect_timeout_s``) and check the stream.
+
+        Raises ``StorageUnavailable`` when no server answered in that time, and
+        ``ConfigurationError`` for a stream that cannot serve. Cancellation stops it at once.
+        """
         try:
-            self._nc = await nats.connect(
-                self.url,
-                connect_timeout=CONNECT_TIMEOUT_S,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                allow_reconnect=True,
-            )
+            self._nc = await self._connect()
             self._js = self._nc.jetstream(timeout=PUBLISH_TIMEOUT_S)
             await self._ensure_stream()
         except ConfigurationError:
@@ -118,6 +170,71 @@ class NatsQueue(Queue):
         except NATS_ERRORS as exc:
             await self.close()
             raise StorageUnavailable(f"NATS unreachable at {self.url}: {exc}") from exc
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _connect(self) -> Any:
+        """A connection to any of the servers, tried with backoff until ``connect_timeout_s``
+        has passed, with one log line per failed attempt."""
+        started_s = time.monotonic()
+        servers = server_list(self.url)
+        for attempt in range(1, 1_000_000):
+            remaining_s = started_s + self.connect_timeout_s - time.monotonic()
+            try:
+                return await self._connect_once(servers, max(remaining_s, CONNECT_TIMEOUT_S))
+            except NATS_ERRORS as exc:
+                error = exc
+            wait_s = CONNECT_BACKOFF_S[min(attempt, len(CONNECT_BACKOFF_S)) - 1]
+            remaining_s = started_s + self.connect_timeout_s - time.monotonic()
+            if remaining_s <= 0:
+                break
+            wait_s = min(wait_s, remaining_s)
+            log.warning(
+                "NATS unreachable at %s (%s); attempt %d, next in %.1f s, giving up in %.1f s",
+                self.url,
+                _describe(error),
+                attempt,
+                wait_s,
+                remaining_s,
+            )
+            await asyncio.sleep(wait_s)
+        raise StorageUnavailable(
+            f"NATS unreachable at {self.url} after {attempt} attempt(s) in "
+            f"{time.monotonic() - started_s:.0f} s ({_describe(error)}); is the server "
+            "running? (PROFILEHOOK_CONNECT_TIMEOUT_S sets how long to keep trying)"
+        ) from error
+
+    async def _connect_once(self, servers: list[str], timeout_s: float) -> Any:
+        """One pass over the servers (each tried at most twice); a connection that then
+        reconnects by itself, without end, if it is lost."""
+        client = Client()
+        errors = _ConnectionErrors()
+        errors.client = client
+        try:
+            async with asyncio.timeout(timeout_s):
+                # max_reconnect_attempts=1 bounds nats-py's own loop over the servers to this
+                # pass (with -1 it would try forever, and start-up would hang on a dead server).
+                await client.connect(
+                    servers,
+                    connect_timeout=CONNECT_TIMEOUT_S,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=1,
+                    reconnect_time_wait=0,
+                    error_cb=errors.seen,
+                    disconnected_cb=errors.disconnected,
+                    reconnected_cb=errors.reconnected,
+                )
+        except BaseException:
+            await client.close()
+            if errors.last is not None:
+                raise errors.last from None
+            raise
+        # Connected: from now on a lost connection is retried for as long as it takes.
+        client.options["max_reconnect_attempts"] = -1
+        client.options["reconnect_time_wait"] = RECONNECT_WAIT_S
+        errors.connected = True
+        return client
 
     async def _ensure_stream(self) -> None:
         """Create the stream, or verify that the existing one has the settings we rely on.
