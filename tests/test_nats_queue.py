@@ -265,3 +265,95 @@ def test_given_a_list_of_servers_with_one_dead_when_serving_then_events_are_stor
         assert response.status_code == 202, response.text
     finally:
         delete_stream(stream)
+
+
+# -- a stream's replicas change only when asked to --------------------------------------------
+
+
+def stream_replicas(stream: str) -> int:
+    import asyncio
+
+    import nats
+
+    async def read() -> int:
+        nc = await nats.connect(NATS_URL, connect_timeout=2)
+        try:
+            return int((await nc.jetstream().stream_info(stream)).config.num_replicas)
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())
+
+
+@pytest.fixture
+def r1_stream(tmp_path: Path) -> Iterator[str]:
+    """A stream that ``profilehook check`` created with 1 replica (no ``replicas=``)."""
+    require_server(NATS_URL, 4222)
+    stream = unique_stream()
+    try:
+        created = run_cli(tmp_path / "data", "check", PROFILEHOOK_QUEUE_URL=stream_url(stream))
+        assert created.returncode == 0, created.stderr
+        assert stream_replicas(stream) == 1
+        yield stream
+    finally:
+        delete_stream(stream)
+
+
+def stream_url(stream: str, replicas: int | None = None) -> str:
+    return f"{NATS_URL}?stream={stream}" + (f"&replicas={replicas}" if replicas else "")
+
+
+def test_given_an_r1_stream_when_a_process_asks_for_2_replicas_then_it_refuses_and_says_how(
+    tmp_path: Path, r1_stream: str
+) -> None:
+    """Given a stream with 1 replica, when ``check`` (or any process) starts with
+    ``replicas=2``, then it exits non-zero with a message naming both counts and the command
+    that changes them, and the stream is left as it was (no update attempted)."""
+    result = run_cli(
+        tmp_path / "data", "check", PROFILEHOOK_QUEUE_URL=stream_url(r1_stream, replicas=2)
+    )
+    assert result.returncode == 1, result.stdout
+    assert "has 1 replica(s) but the queue URL asks for 2" in result.stderr, result.stderr
+    assert "profilehook streams set-replicas 2" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert stream_replicas(r1_stream) == 1
+
+
+def test_given_an_r1_stream_when_the_url_says_replicas_1_or_nothing_then_check_passes(
+    tmp_path: Path, r1_stream: str
+) -> None:
+    for url in (stream_url(r1_stream, replicas=1), stream_url(r1_stream)):
+        result = run_cli(tmp_path / "data", "check", PROFILEHOOK_QUEUE_URL=url)
+        assert result.returncode == 0, result.stderr
+    assert stream_replicas(r1_stream) == 1
+
+
+def test_given_an_r1_stream_when_set_replicas_is_asked_then_it_changes_or_the_server_says_why(
+    tmp_path: Path, r1_stream: str
+) -> None:
+    """Given a stream with 1 replica, when ``profilehook streams set-replicas 2`` runs, then
+    the stream has 2 and ``check`` with ``replicas=2`` passes - or, on a server that cannot
+    hold 2 copies (a single node), the command exits 1 with the server's reason and the
+    stream keeps its 1. Asking for the count it has changes nothing and succeeds."""
+    data_dir = tmp_path / "data"
+    same = run_cli(
+        data_dir, "streams", "set-replicas", "1", PROFILEHOOK_QUEUE_URL=stream_url(r1_stream)
+    )
+    assert same.returncode == 0, same.stderr
+    assert same.stdout.strip() == "Stream replicas: 1 -> 1"
+
+    # The URL may still say replicas=1: the command is how a count is changed on purpose.
+    url = stream_url(r1_stream, replicas=1)
+    changed = run_cli(data_dir, "streams", "set-replicas", "2", PROFILEHOOK_QUEUE_URL=url)
+    if changed.returncode == 0:
+        assert changed.stdout.strip() == "Stream replicas: 1 -> 2"
+        assert stream_replicas(r1_stream) == 2
+        check = run_cli(data_dir, "check", PROFILEHOOK_QUEUE_URL=stream_url(r1_stream, 2))
+        assert check.returncode == 0, check.stderr
+        stale = run_cli(data_dir, "check", PROFILEHOOK_QUEUE_URL=url)
+        assert "profilehook streams set-replicas 1" in stale.stderr, stale.stderr
+    else:
+        assert changed.returncode == 1
+        assert f"NATS refused stream {r1_stream} (replicas=2)" in changed.stderr, changed.stderr
+        assert "Traceback" not in changed.stderr
+        assert stream_replicas(r1_stream) == 1

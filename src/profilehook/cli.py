@@ -553,6 +553,33 @@ def check(ctx: click.Context) -> None:
     click.echo(f"ok: log and store answer; {depth} events waiting to be applied")
 
 
+@main.group()
+def streams() -> None:
+    """Manage the NATS JetStream stream of the log (the scaled-out configuration)."""
+
+
+@streams.command("set-replicas")
+@click.argument("replicas", type=click.IntRange(1, 5))
+@click.pass_context
+def streams_set_replicas(ctx: click.Context, replicas: int) -> None:
+    """Give the stream REPLICAS copies (processes never change them by themselves).
+
+    Then name the same count in PROFILEHOOK_QUEUE_URL (replicas=N), or leave replicas= out.
+
+    \b
+    Example:
+      PROFILEHOOK_QUEUE_URL='nats://nats-1:4222?stream=PROFILEHOOK_EVENTS' \\
+          profilehook streams set-replicas 3
+    """
+    settings = _settings(ctx)
+    if not settings.queue_url.startswith(("nats://", "tls://")):
+        raise click.ClickException("PROFILEHOOK_QUEUE_URL names no NATS server (nats://...)")
+    from profilehook.queues.nats import set_stream_replicas
+
+    before = _run(set_stream_replicas(settings.queue_url, replicas, settings.connect_timeout_s))
+    click.echo(f"Stream replicas: {before} -> {replicas}")
+
+
 @main.command("settings")
 @click.pass_context
 def settings_cmd(ctx: click.Context) -> None:

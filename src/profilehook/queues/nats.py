@@ -94,6 +94,20 @@ def server_list(url: str) -> list[str]:
     return [server.strip() + (f"?{rest}" if rest else "") for server in servers.split(",")]
 
 
+async def set_stream_replicas(url: str, replicas: int, connect_timeout_s: float) -> int:
+    """``profilehook streams set-replicas``: give the stream of ``url`` ``replicas`` copies
+    (creating it if need be); returns the number it had. Raises as ``NatsQueue.set_replicas``."""
+    if not 1 <= replicas <= MAX_REPLICAS:
+        raise ConfigurationError(f"replicas must be a number from 1 to {MAX_REPLICAS}")
+    queue = NatsQueue(url, connect_timeout_s=connect_timeout_s)
+    queue.replicas = None  # the URL's count may be the one being left behind: no check
+    await queue.open()
+    try:
+        return await queue.set_replicas(replicas)
+    finally:
+        await queue.close()
+
+
 def publish_timeout_s(events: int) -> float:
     """How long a publish of ``events`` messages may take before it is given up: the
     single-message timeout, plus a per-message allowance for large requests."""
@@ -265,19 +279,41 @@ class NatsQueue(Queue):
                 f"NATS stream {self.stream} exists with retention {config.retention}; "
                 "profilehook needs a work-queue stream: delete it or choose another name"
             )
+        if self.replicas is not None and self.replicas != config.num_replicas:
+            # Changing the copies of a live stream is an operator's decision: a process started
+            # with an old URL must not quietly downgrade (or raise) it.
+            raise ConfigurationError(
+                f"NATS stream {self.stream} has {config.num_replicas} replica(s) but the queue "
+                f"URL asks for {self.replicas}; profilehook does not change them by itself. To "
+                f"change them: profilehook streams set-replicas {self.replicas}; to keep them: "
+                f"replicas={config.num_replicas} (or no replicas=) in PROFILEHOOK_QUEUE_URL"
+            )
         # Only what profilehook relies on is changed; an operator's other settings stay.
         wanted = dataclasses.replace(
-            config,
-            subjects=[f"{self.subject_prefix}.>"],
-            duplicate_window=DUPLICATE_WINDOW_S,
-            num_replicas=self.replicas or config.num_replicas,
+            config, subjects=[f"{self.subject_prefix}.>"], duplicate_window=DUPLICATE_WINDOW_S
         )
-        if (wanted.subjects, wanted.duplicate_window, wanted.num_replicas) != (
-            config.subjects,
-            config.duplicate_window,
-            config.num_replicas,
-        ):
+        if (wanted.subjects, wanted.duplicate_window) != (config.subjects, config.duplicate_window):
             await self._configure_stream(self._js.update_stream, wanted)
+
+    async def set_replicas(self, replicas: int) -> int:
+        """Change the (open) stream's number of copies; returns the number it had.
+
+        Raises ``ConfigurationError`` when the server refuses (fewer servers than copies) and
+        ``StorageUnavailable`` when it does not answer.
+        """
+        js = self._connected()
+        try:
+            config = (await js.stream_info(self.stream)).config
+        except NATS_ERRORS as exc:
+            raise StorageUnavailable(f"NATS unreachable ({exc!r})") from exc
+        before = int(config.num_replicas)
+        if before != replicas:
+            wanted = dataclasses.replace(config, num_replicas=replicas)
+            try:
+                await self._configure_stream(js.update_stream, wanted)
+            except NATS_ERRORS as exc:
+                raise StorageUnavailable(f"NATS did not answer ({exc!r})") from exc
+        return before
 
     async def _configure_stream(self, call: Any, config: Any) -> None:
         try:
