@@ -357,3 +357,57 @@ def test_given_an_r1_stream_when_set_replicas_is_asked_then_it_changes_or_the_se
         assert f"NATS refused stream {r1_stream} (replicas=2)" in changed.stderr, changed.stderr
         assert "Traceback" not in changed.stderr
         assert stream_replicas(r1_stream) == 1
+
+
+# -- the stream deleted and created again under running processes -----------------------------
+
+RECOVER_WITHIN_S = 30.0
+
+
+def test_given_a_running_worker_when_the_stream_is_deleted_and_created_again_then_it_applies(
+    tmp_path: Path,
+) -> None:
+    """Given ``serve --no-applier`` and a ``worker`` applying events, when the stream is
+    deleted under them, then the server creates it again on its next publish (a 202, not 503s
+    for ever) and the worker notices its consumer is gone, subscribes anew and applies the new
+    events (it used to wait on the deleted consumer for ever)."""
+    with nats_postgres_env() as env:
+        stream = env["PROFILEHOOK_QUEUE_URL"].rsplit("stream=", 1)[1]
+        schema = env["PROFILEHOOK_STORE_URL"].rsplit("schema=", 1)[1]
+        data_dir = tmp_path / "data"
+        server = ServerProcess(data_dir, extra_env=env, serve_args=("--no-applier",)).start()
+        log_path = tmp_path / "worker.log"
+        with log_path.open("ab") as log:
+            worker = Popen(
+                [sys.executable, "-m", "profilehook", "worker"],
+                env=cli_env(data_dir, **env),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            key = create_key(data_dir, "acme", **env)["key"]
+
+            def send(event_id: str) -> int:
+                body = {
+                    "contact_id": "c1",
+                    "event_name": "e",
+                    "timestamp": 1_700_000_000,
+                    "event_id": event_id,
+                    "user_properties": {"last": event_id},
+                }
+                auth = {"Authorization": f"Bearer {key}"}
+                url = f"{server.base_url}/v1/properties"
+                return httpx.post(url, json=body, headers=auth, timeout=10).status_code
+
+            assert send("before") == 202
+            wait_until(lambda: stored_events(schema) == 1, timeout_s=RECOVER_WITHIN_S)
+
+            delete_stream(stream)
+            assert send("after-1") == 202
+            assert send("after-2") == 202
+            wait_until(lambda: stored_events(schema) == 3, timeout_s=RECOVER_WITHIN_S)
+            assert worker.poll() is None, log_path.read_text()
+        finally:
+            server.stop()
+            worker.terminate()
+            worker.wait(timeout=30)

@@ -10,6 +10,7 @@ pending event can be looked up directly; acknowledged events leave the stream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -49,9 +50,17 @@ CONNECT_TIMEOUT_S = 2  # seconds: one TCP connect and handshake with one server
 # for as long as the ``connect_timeout_s`` setting allows.
 CONNECT_BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 5.0)
 RECONNECT_WAIT_S = 0.5  # once connected, between nats-py's own reconnection attempts
-ERROR_LOG_INTERVAL_S = 10.0  # a connection's repeated errors are logged at most this often
+ERROR_LOG_INTERVAL_S = 10.0
+# A fetch that finds nothing cannot tell an empty stream from a deleted consumer (it just
+# waits): an idle consumer asks the server this often whether its consumer still exists.
+CONSUMER_CHECK_INTERVAL_S = 5.0  # a connection's repeated errors are logged at most this often
 MAX_REPLICAS = 5  # JetStream's own limit
 
+# What publishing to a subject no stream holds gives (the stream was deleted).
+NO_STREAM_ERRORS: tuple[type[BaseException], ...] = (
+    nats.js.errors.NoStreamResponseError,
+    nats.errors.NoRespondersError,
+)
 NATS_ERRORS: tuple[type[BaseException], ...] = (
     nats.errors.Error,
     nats.js.errors.Error,
@@ -167,6 +176,7 @@ class NatsQueue(Queue):
         self._nc: Any = None
         self._js: Any = None
         self._sub: Any = None
+        self._consumer_checked_s = 0.0
 
     async def open(self) -> None:
         """Connect (retrying for up to ``connect_timeout_s``) and check the stream.
@@ -315,6 +325,14 @@ class NatsQueue(Queue):
                 raise StorageUnavailable(f"NATS did not answer ({exc!r})") from exc
         return before
 
+    async def _recreate_stream(self) -> None:
+        """``_ensure_stream`` for a running process: a stream it cannot use is an outage (503,
+        the applier retries), not a configuration error that ends it."""
+        try:
+            await self._ensure_stream()
+        except ConfigurationError as exc:
+            raise StorageUnavailable(str(exc.detail)) from exc
+
     async def _configure_stream(self, call: Any, config: Any) -> None:
         try:
             await call(config)
@@ -348,6 +366,21 @@ class NatsQueue(Queue):
         Raises ``StorageUnavailable`` when not every event was acknowledged in time; some may
         have been stored (a retry with the same event_ids is deduplicated).
         """
+        try:
+            try:
+                await self._publish(events)
+            except NO_STREAM_ERRORS:
+                # The stream was deleted under this running process: create it as start-up
+                # would, and publish again (all of it: duplicates are dropped by Nats-Msg-Id).
+                log.warning("NATS stream %s is gone; creating it again", self.stream)
+                await self._recreate_stream()
+                await self._publish(events)
+        except NATS_ERRORS as exc:
+            raise StorageUnavailable(
+                f"NATS did not store the event ({exc!r}), retry later"
+            ) from exc
+
+    async def _publish(self, events: Sequence[Event]) -> None:
         js = self._connected()
         futures: list[asyncio.Future[Any]] = []
         try:
@@ -361,10 +394,6 @@ class NatsQueue(Queue):
                         )
                     )
                 await asyncio.gather(*futures)
-        except NATS_ERRORS as exc:
-            raise StorageUnavailable(
-                f"NATS did not store the event ({exc!r}), retry later"
-            ) from exc
         finally:
             _settle(futures)
 
@@ -373,6 +402,7 @@ class NatsQueue(Queue):
             sub = await self._subscription()
             messages = await sub.fetch(batch=max_events, timeout=max(wait_s, 0.05))
         except (TimeoutError, nats.errors.TimeoutError):
+            await self._check_consumer()
             return []
         except NATS_ERRORS as exc:
             raise StorageUnavailable(f"NATS fetch failed ({exc!r})") from exc
@@ -434,4 +464,34 @@ class NatsQueue(Queue):
             self._sub = await self._connected().pull_subscribe(
                 f"{self.subject_prefix}.>", durable=CONSUMER, stream=self.stream, config=config
             )
+            self._consumer_checked_s = time.monotonic()
         return self._sub
+
+    async def _check_consumer(self) -> None:
+        """Every ``CONSUMER_CHECK_INTERVAL_S`` while idle: if the consumer is gone (its stream
+        was deleted, and maybe created again), create the stream if need be and subscribe
+        anew; otherwise this worker would wait on a consumer that no longer exists, forever.
+
+        Raises ``StorageUnavailable`` when NATS does not answer."""
+        now_s = time.monotonic()
+        if self._sub is None or now_s - self._consumer_checked_s < CONSUMER_CHECK_INTERVAL_S:
+            return
+        self._consumer_checked_s = now_s
+        try:
+            try:
+                await self._connected().consumer_info(self.stream, CONSUMER)
+                return
+            except nats.js.errors.NotFoundError:
+                log.warning(
+                    "NATS consumer %s of stream %s is gone (was the stream deleted?); "
+                    "creating it again",
+                    CONSUMER,
+                    self.stream,
+                )
+            sub, self._sub = self._sub, None
+            with contextlib.suppress(*NATS_ERRORS):
+                await sub.unsubscribe()
+            await self._recreate_stream()
+            await self._subscription()
+        except NATS_ERRORS as exc:
+            raise StorageUnavailable(f"NATS consumer check failed ({exc!r})") from exc
