@@ -27,7 +27,7 @@ from profilehook import constants as c
 from profilehook import keys as keys_lib
 from profilehook.errors import ProfilehookError
 from profilehook.events import iso, now_us
-from profilehook.service import Services, running
+from profilehook.service import running
 from profilehook.settings import Settings
 
 if TYPE_CHECKING:
@@ -138,7 +138,11 @@ async def _reach_log(settings: Settings) -> None:
     """Wait for the log's server (NATS), within ``connect_timeout_s``, before uvicorn starts:
     an unreachable one then ends `serve` with one clear message rather than a traceback from
     the app's lifespan. (Signals keep their default meaning here: they stop it at once.)"""
-    queue = Services.from_settings(settings).queue
+    if not settings.queue_url.startswith(("nats://", "tls://")):
+        return  # a local log: nothing to wait for
+    from profilehook.queues import open_queue
+
+    queue = open_queue(settings.queue_url, settings.data_dir, settings.connect_timeout_s)
     await queue.open()
     await queue.close()
 

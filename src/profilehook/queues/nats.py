@@ -249,9 +249,12 @@ class NatsQueue(Queue):
                     disconnected_cb=errors.disconnected,
                     reconnected_cb=errors.reconnected,
                 )
-        except BaseException:
+        except asyncio.CancelledError:
             await client.close()
-            if errors.last is not None:
+            raise
+        except Exception:
+            await client.close()
+            if errors.last is not None:  # more telling than the TimeoutError of the pass
                 raise errors.last from None
             raise
         # Connected: from now on a lost connection is retried for as long as it takes.
