@@ -40,7 +40,7 @@ RETRY_AFTER_S = 1
 BACKEND_TIMEOUT_S = 0.7
 # A request of many events (a batch, a webhook) has this much longer for each event past the
 # first, at most BACKEND_TIMEOUT_EXTRA_MAX_S more: storing 10,000 takes longer than one, and a
-# stored request must not be answered 503. (Pipelined NATS publishes cost 40-100 us an event.)
+# stored request must not be answered 503. (Pipelined NATS publishes cost 20-70 us an event.)
 BACKEND_TIMEOUT_PER_EVENT_S = 0.0002
 BACKEND_TIMEOUT_EXTRA_MAX_S = 5.0
 # At start-up, a networked log (NATS) that does not answer is retried, with backoff, this long.
