@@ -411,3 +411,55 @@ def test_given_a_running_worker_when_the_stream_is_deleted_and_created_again_the
             server.stop()
             worker.terminate()
             worker.wait(timeout=30)
+
+
+# -- a stream that refuses an event -------------------------------------------------------------
+
+
+def test_given_a_stream_that_refuses_more_events_when_publishing_then_storage_unavailable_at_once(
+    tmp_path: Path,
+) -> None:
+    """Given an operator's stream limited to 1 message (discard new), when a batch of 3 is
+    published, then the refusals in the PubAcks fail the publish at once with
+    StorageUnavailable (a 503), instead of waiting for acks that never come."""
+    import asyncio
+
+    import nats
+    from nats.js import api
+
+    from profilehook.errors import StorageUnavailable
+    from profilehook.queues.nats import SUBJECT_PREFIX, NatsQueue
+    from tests.support import event
+
+    require_server(NATS_URL, 4222)
+    stream = unique_stream()
+
+    async def scenario() -> tuple[float, str]:
+        nc = await nats.connect(NATS_URL, connect_timeout=2)
+        await nc.jetstream().add_stream(
+            api.StreamConfig(
+                name=stream,
+                subjects=[f"{SUBJECT_PREFIX}.{stream.lower()}.>"],
+                retention=api.RetentionPolicy.WORK_QUEUE,
+                max_msgs=1,
+                discard=api.DiscardPolicy.NEW,
+                duplicate_window=120.0,
+            )
+        )
+        await nc.close()
+        queue = NatsQueue(f"{NATS_URL}?stream={stream}")
+        await queue.open()
+        try:
+            started = time.monotonic()
+            with pytest.raises(StorageUnavailable) as refused:
+                await queue.publish([event(event_id=f"e{n}") for n in range(3)])
+            return time.monotonic() - started, str(refused.value.detail)
+        finally:
+            await queue.close()
+
+    try:
+        elapsed_s, detail = asyncio.run(scenario())
+    finally:
+        delete_stream(stream)
+    assert elapsed_s < 1.0, f"{elapsed_s:.2f} s"
+    assert "maximum messages exceeded" in detail, detail

@@ -446,7 +446,7 @@ class NatsQueue(Queue):
                 await self._publish(events)
         except NATS_ERRORS as exc:
             raise StorageUnavailable(
-                f"NATS did not store the event ({exc!r}), retry later"
+                f"NATS did not store the event ({_describe(exc)}), retry later"
             ) from exc
 
     async def _publish(self, events: Sequence[Event]) -> None:
