@@ -463,3 +463,55 @@ def test_given_a_stream_that_refuses_more_events_when_publishing_then_storage_un
         delete_stream(stream)
     assert elapsed_s < 1.0, f"{elapsed_s:.2f} s"
     assert "maximum messages exceeded" in detail, detail
+
+
+# -- NATS lost while a worker runs ----------------------------------------------------------------
+
+OUTAGE_S = 6.0
+
+
+def test_given_a_running_worker_when_nats_goes_away_then_it_logs_a_few_lines_and_resumes(
+    tmp_path: Path,
+) -> None:
+    """Given a worker connected through a proxy, when every connection to NATS is cut for 6 s,
+    then it logs a few lines with backoff (no traceback, not several lines a second), keeps
+    running, and applies an event published once NATS is back."""
+    from tests.test_outages import TcpProxy
+
+    with nats_postgres_env() as env:
+        schema = env["PROFILEHOOK_STORE_URL"].rsplit("schema=", 1)[1]
+        proxy = TcpProxy(NATS_URL, 4222).start()
+        worker_env = {**env, "PROFILEHOOK_QUEUE_URL": proxy.url(env["PROFILEHOOK_QUEUE_URL"])}
+        data_dir = tmp_path / "data"
+        log_path = tmp_path / "worker.log"
+        server = ServerProcess(data_dir, extra_env=env, serve_args=("--no-applier",)).start()
+        with log_path.open("ab") as log:
+            worker = Popen(
+                [sys.executable, "-m", "profilehook", "worker"],
+                env=cli_env(data_dir, **worker_env),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            key = create_key(data_dir, "acme", **env)["key"]
+            time.sleep(2)  # connected and idle
+            proxy.cut()
+            time.sleep(OUTAGE_S)
+            proxy.restore()
+            body = {"contact_id": "c", "event_name": "e", "timestamp": 1, "user_properties": {}}
+            auth = {"Authorization": f"Bearer {key}"}
+            answer = httpx.post(
+                f"{server.base_url}/v1/properties", json=body, headers=auth, timeout=10
+            )
+            assert answer.status_code == 202, answer.text
+            wait_until(lambda: stored_events(schema) == 1, timeout_s=RECOVER_WITHIN_S)
+            assert worker.poll() is None
+        finally:
+            server.stop()
+            worker.terminate()
+            worker.wait(timeout=30)
+            proxy.stop()
+    text = log_path.read_text()
+    assert "Traceback" not in text, text
+    warnings = [line for line in text.splitlines() if " WARNING " in line]
+    assert len(warnings) <= 12, text

@@ -468,6 +468,9 @@ class NatsQueue(Queue):
             self._acks.forget(reply)
 
     async def fetch(self, max_events: int, wait_s: float) -> list[Delivery]:
+        # Disconnected, a fetch would only time out like an empty stream: say so instead, so
+        # that the applier backs off (and logs) as for any outage.
+        self._connected()
         try:
             sub = await self._subscription()
             messages = await sub.fetch(batch=max_events, timeout=max(wait_s, 0.05))
