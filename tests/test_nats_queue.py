@@ -515,3 +515,36 @@ def test_given_a_running_worker_when_nats_goes_away_then_it_logs_a_few_lines_and
     assert "Traceback" not in text, text
     warnings = [line for line in text.splitlines() if " WARNING " in line]
     assert len(warnings) <= 12, text
+
+
+def test_given_serve_waiting_in_its_lifespan_when_sigterm_arrives_then_it_stops_at_once(
+    tmp_path: Path,
+) -> None:
+    """Given ``serve`` whose start-up (the app's lifespan) waits for a store where nothing
+    listens, when SIGTERM arrives, then it stops within ~2 s - uvicorn alone only noted the
+    signal and went on waiting for the backend."""
+    port = free_port()
+    env = cli_env(
+        tmp_path / "data", PROFILEHOOK_STORE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/x"
+    )
+    env["PROFILEHOOK_LOG_LEVEL"] = "info"
+    proc = Popen(
+        [sys.executable, "-m", "profilehook", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        while "Waiting for application startup" not in (line := proc.stderr.readline()):
+            assert line, "serve ended before its start-up"
+        time.sleep(0.5)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=STOP_WITHIN_S + 10)
+        stopped_s = time.monotonic() - sent
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert stopped_s <= STOP_WITHIN_S, f"stopped {stopped_s:.1f} s after SIGTERM"
