@@ -14,9 +14,11 @@ import logging
 import os
 import shlex
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -29,6 +31,8 @@ from profilehook.service import running
 from profilehook.settings import MAX_PORT, MIN_PORT, Settings
 
 if TYPE_CHECKING:
+    import uvicorn
+
     from profilehook.api.app import AppliesIn
 
 T = TypeVar("T")
@@ -121,6 +125,7 @@ def serve(
     from profilehook.api.protocol import http_protocol
 
     settings = _settings(ctx, host=host, port=port)
+    _run(_reach_log(settings))
     if quickstart:
         click.echo(_run(_quickstart_text(settings)))
     app = create_app(settings, _applies_in(settings, no_applier))
@@ -139,10 +144,46 @@ def serve(
         log_config=None,
     )
     _settle_heap()
-    server = uvicorn.Server(config)
-    server.run()
+    server = _stoppable_server()(config)
+    with contextlib.suppress(asyncio.CancelledError):  # stopped during start-up
+        server.run()
     if not server.started:
         sys.exit(1)
+
+
+async def _reach_log(settings: Settings) -> None:
+    """Wait for the log's server (NATS), within ``connect_timeout_s``, before uvicorn starts:
+    an unreachable one then ends `serve` with one clear message rather than a traceback from
+    the app's lifespan. (Signals keep their default meaning here: they stop it at once.)"""
+    if not settings.queue_url.startswith(("nats://", "tls://")):
+        return  # a local log: nothing to wait for
+    from profilehook.queues import open_queue
+
+    queue = open_queue(settings.queue_url, settings.data_dir, settings.connect_timeout_s)
+    await queue.open()
+    await queue.close()
+
+
+def _stoppable_server() -> type[uvicorn.Server]:
+    import uvicorn
+
+    class StoppableServer(uvicorn.Server):
+        """uvicorn, stopped at once by SIGTERM or SIGINT also while its start-up (the app's
+        lifespan) still waits for a backend; uvicorn itself would only note the signal."""
+
+        _main: asyncio.Task[None] | None = None
+
+        async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+            self._main = asyncio.current_task()
+            await super().serve(sockets)
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            super().handle_exit(sig, frame)
+            main = self._main
+            if not self.started and main is not None:
+                main.get_loop().call_soon_threadsafe(main.cancel)
+
+    return StoppableServer
 
 
 def _settle_heap() -> None:
@@ -232,9 +273,18 @@ def worker(ctx: click.Context, metrics_port: int | None, report_to_parent: bool)
     async def work() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        main = asyncio.current_task()
+        started = False
+
+        def on_signal() -> None:
+            stop.set()
+            if not started and main is not None:
+                main.cancel()  # still connecting (maybe to a backend that is down): stop now
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
         async with running(settings) as services:
+            started = True
             if metrics_port is not None:
                 from prometheus_client import start_http_server
 
@@ -254,7 +304,10 @@ def worker(ctx: click.Context, metrics_port: int | None, report_to_parent: bool)
                 if link is not None:
                     link.close()
 
-    _run(work())
+    try:
+        _run(work())
+    except asyncio.CancelledError:
+        sys.exit(1)  # stopped before it started
 
 
 @main.group()
@@ -538,6 +591,33 @@ def check(ctx: click.Context) -> None:
 
     depth = _run(probe())
     click.echo(f"ok: log and store answer; {depth} events waiting to be applied")
+
+
+@main.group()
+def streams() -> None:
+    """Manage the NATS JetStream stream of the log (the scaled-out configuration)."""
+
+
+@streams.command("set-replicas")
+@click.argument("replicas", type=click.IntRange(1, 5))
+@click.pass_context
+def streams_set_replicas(ctx: click.Context, replicas: int) -> None:
+    """Give the stream REPLICAS copies (processes never change them by themselves).
+
+    Then name the same count in PROFILEHOOK_QUEUE_URL (replicas=N), or leave replicas= out.
+
+    \b
+    Example:
+      PROFILEHOOK_QUEUE_URL='nats://nats-1:4222?stream=PROFILEHOOK_EVENTS' \\
+          profilehook streams set-replicas 3
+    """
+    settings = _settings(ctx)
+    if not settings.queue_url.startswith(("nats://", "tls://")):
+        raise click.ClickException("PROFILEHOOK_QUEUE_URL names no NATS server (nats://...)")
+    from profilehook.queues.nats import set_stream_replicas
+
+    before = _run(set_stream_replicas(settings.queue_url, replicas, settings.connect_timeout_s))
+    click.echo(f"Stream replicas: {before} -> {replicas}")
 
 
 @main.command("settings")

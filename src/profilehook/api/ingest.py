@@ -66,7 +66,7 @@ def ingest_handlers(services: Services, deadlines: Deadlines | None = None) -> d
                 )
                 items = native.parse_batch(body, workspace, now_us())
                 events = [item for item in items if isinstance(item, Event)]
-                watch.awaiting_backend()
+                watch.awaiting_backend(len(events))
                 await services.queue.publish(events)
         except ProfilehookError as exc:
             await refuse(services, send, exc)

@@ -71,7 +71,7 @@ def webhook_handler(services: Services, deadlines: Deadlines | None = None) -> H
                 # After authentication, so that nobody but the sender can spend its tokens.
                 limiter.admit(source.source_id)
                 if result.events:
-                    watch.awaiting_backend()
+                    watch.awaiting_backend(len(result.events))
                     await services.queue.publish(result.events)
         except ProfilehookError as exc:
             if result is not None and result.undo is not None:
