@@ -50,7 +50,7 @@ def test_every_cli_command_in_the_readme_exists():
 
     from profilehook.cli import main
 
-    block = re.findall(r"^profilehook ([a-z]+)(?: ([a-z]+))?", README, re.M)
+    block = re.findall(r"^profilehook ([a-z]+)(?: ([a-z][a-z-]*))?", README, re.M)
     assert block
     for group, sub in block:
         args = [group, sub, "--help"] if sub else [group, "--help"]
