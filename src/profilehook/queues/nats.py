@@ -1,9 +1,10 @@
 """NATS JetStream log, for the scale-out configuration (many `serve`, many `worker`).
 
 One work-queue stream holds the events not yet applied: a 2xx is sent only after the PubAck
-(the stream stored the event), ``Nats-Msg-Id`` = workspace + event_id lets JetStream drop a
-re-sent event within its duplicate window, and every worker pulls from one shared durable
-consumer. Each event has its own subject (a digest of workspace and event_id) so that a
+(the stream stored the event), and every worker pulls from one shared durable consumer.
+Messages carry no ``Nats-Msg-Id``: a re-sent event reaches the store, which applies an event_id
+once and marks the repeat (status ``duplicate``), as the embedded log does; JetStream's own
+dedupe would drop it unseen within its window, so its status would depend on the timing. Each event has its own subject (a digest of workspace and event_id) so that a
 pending event can be looked up directly; acknowledged events leave the stream.
 """
 
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 STREAM = "PROFILEHOOK_EVENTS"
 SUBJECT_PREFIX = "profilehook.events"
 CONSUMER = "appliers"
+# Unused by profilehook (its messages carry no Nats-Msg-Id), kept so that existing streams
+# need no update.
 DUPLICATE_WINDOW_S = 120.0
 PUBLISH_TIMEOUT_S = 5.0
 # An import's batches may be large; a webhook's are also bounded by the request's deadline.
@@ -440,7 +443,7 @@ class NatsQueue(Queue):
                 await self._publish(events)
             except NO_STREAM_ERRORS:
                 # The stream was deleted under this running process: create it as start-up
-                # would, and publish again (all of it: duplicates are dropped by Nats-Msg-Id).
+                # would, and publish again (none was stored: there was no stream to take it).
                 log.warning("NATS stream %s is gone; creating it again", self.stream)
                 await self._recreate_stream()
                 await self._publish(events)
@@ -461,7 +464,6 @@ class NatsQueue(Queue):
                         self._subject(e.workspace, e.event_id),
                         encode_event(e),
                         reply=reply,
-                        headers={"Nats-Msg-Id": f"{e.workspace}\x1f{e.event_id}"},
                     )
                 await waiting.stored
         finally:
