@@ -481,6 +481,10 @@ class NatsQueue(Queue):
         except (TimeoutError, nats.errors.TimeoutError):
             await self._check_consumer()
             return []
+        except nats.js.errors.ServiceUnavailableError as exc:
+            # On a cluster a deleted consumer does not time out: its fetch has no responders.
+            await self._check_consumer()
+            raise StorageUnavailable(f"NATS fetch failed ({exc!r})") from exc
         except NATS_ERRORS as exc:
             raise StorageUnavailable(f"NATS fetch failed ({exc!r})") from exc
         deliveries = []
