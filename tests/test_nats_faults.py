@@ -421,12 +421,17 @@ def stored_events(schema: str) -> dict[str, str]:
     return {str(event_id): str(status) for event_id, status in rows}
 
 
+# The store's statuses of an applied event: "duplicate" is one that was applied and then came
+# again (a request re-sent after a 503 may be stored twice in the stream; applied once).
+APPLIED = {"applied", "duplicate"}
+
+
 def wait_applied(schema: str, acked: set[str]) -> dict[str, str]:
     """The stored events once every acknowledged one is applied, or when the time is up."""
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     while True:
         stored = stored_events(schema)
-        if all(stored.get(e) == "applied" for e in acked) or time.monotonic() > deadline:
+        if all(stored.get(e) in APPLIED for e in acked) or time.monotonic() > deadline:
             return stored
         time.sleep(0.25)
 
@@ -475,9 +480,13 @@ def verify(deployment: Deployment, load: Load, js: JetStream) -> dict[str, Any]:
         wait_until(drained_everywhere, DRAIN_TIMEOUT_S, interval_s=0.5)
     return {
         "acked": len(acked),
-        "applied": sum(1 for e in acked if stored.get(e) == "applied"),
+        "applied": sum(1 for e in acked if stored.get(e) in APPLIED),
+        "applied_and_sent_again": sum(1 for e in acked if stored.get(e) == "duplicate"),
         "lost": len(acked - stored.keys()),
-        "not_applied": sum(1 for e in acked if stored.get(e) != "applied"),
+        "not_applied": sum(1 for e in acked if stored.get(e) not in APPLIED),
+        "not_applied_sample": sorted(
+            (e, stored.get(e, "missing")) for e in acked if stored.get(e) not in APPLIED
+        )[:5],
         "stored_not_acked": len(stored.keys() - acked),
         "history_repeats": history_repeats,
         "history_differences": len(in_history ^ acked),
