@@ -60,10 +60,32 @@ class Settings:
         c.BACKEND_TIMEOUT_S, "Seconds to wait for the log or store before answering 503"
     )
     apply_batch_max_events: int = _setting(c.APPLY_BATCH_MAX_EVENTS, "Events per apply batch")
+    auth_cache_max_stale_s: float = _setting(
+        c.AUTH_CACHE_MAX_STALE_S,
+        "PostgreSQL store: seconds a known API key or source keeps working while PostgreSQL or"
+        " its change notifications are down; a revocation is seen within this. Unknown keys get"
+        " 503 while they cannot be checked",
+    )
+    store_timeout_s: float = _setting(
+        c.STORE_TIMEOUT_S,
+        "PostgreSQL store: seconds one transaction may take (statement and idle-in-transaction"
+        " timeouts); a connection silent for longer is dropped. Rebuild and migrations are exempt",
+    )
+    applier_stall_s: float = _setting(
+        c.APPLIER_STALL_S,
+        "/readyz fails when the applier applied nothing for this many seconds while events wait",
+    )
     log_level: str = _setting("info", "Log level: debug, info, warning, error")
 
     def __post_init__(self) -> None:
-        for name in ("header_timeout_s", "body_timeout_s", "backend_timeout_s"):
+        for name in (
+            "header_timeout_s",
+            "body_timeout_s",
+            "backend_timeout_s",
+            "auth_cache_max_stale_s",
+            "store_timeout_s",
+            "applier_stall_s",
+        ):
             if not getattr(self, name) > 0:
                 raise ConfigurationError(
                     f"{ENV_PREFIX}{name.upper()} must be more than 0 seconds, not "
