@@ -9,6 +9,7 @@ through the proxy, as another process would.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import uuid
@@ -32,6 +33,7 @@ from tests.support import (
     wait_until,
 )
 from tests.tcp_proxy import TcpProxy
+from tests.test_amplitude import render_default
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -118,6 +120,25 @@ def listener_port(proxy: TcpProxy) -> int:
     return int(row[0])
 
 
+def create_amplitude_source(tmp_path: Path, env: dict[str, str]) -> dict[str, Any]:
+    created = run_cli(
+        tmp_path / "cli", "sources", "create", "amplitude", "--workspace", "acme", "--json", **env
+    )
+    assert created.returncode == 0, created.stderr
+    source: dict[str, Any] = json.loads(created.stdout)
+    return source
+
+
+def post_webhook(server: ServerProcess, source: dict[str, Any], message_id: str) -> httpx.Response:
+    users = [{"user_id": "hooked", "user_properties": {"plan": "pro"}}]
+    return httpx.post(
+        f"{server.base_url}/v1/webhooks/{source['source_id']}",
+        content=render_default(users, message_id=message_id),
+        headers={"Content-Type": "application/json", "X-Api-Key": source["secret"]},
+        timeout=5,
+    )
+
+
 def revoke(tmp_path: Path, env: dict[str, str], key_id: str) -> None:
     result = run_cli(tmp_path / "cli", "keys", "revoke", key_id, **env)
     assert result.returncode == 0, result.stderr
@@ -131,10 +152,12 @@ def test_given_postgres_refusing_then_known_keys_ingest_for_the_bound_and_all_is
 ) -> None:
     env, proxy, server_env = setup
     key = create_key(tmp_path / "cli", **env)["key"]
+    source = create_amplitude_source(tmp_path, env)
     server = start_server(tmp_path, server_env)
     try:
         assert post(server, key, "before").status_code == 202
         assert post(server, UNKNOWN_KEY, "x").status_code == 401  # PostgreSQL could say so
+        assert post_webhook(server, source, "m0").status_code == 200
         # Given a pool of several connections, all of which the outage will kill.
         with httpx.Client(base_url=server.base_url, timeout=5) as http:
             for _ in range(3):
@@ -146,6 +169,7 @@ def test_given_postgres_refusing_then_known_keys_ingest_for_the_bound_and_all_is
         started_s = time.monotonic()
         outcomes: list[tuple[float, str, int]] = []
         unknown = post(server, UNKNOWN_KEY, "x").status_code
+        webhook = post_webhook(server, source, "m1")  # a known source works as a known key
         while (elapsed_s := time.monotonic() - started_s) < MAX_STALE_S + 3.0:
             event_id = f"during-{len(outcomes)}"
             outcomes.append((elapsed_s, event_id, post(server, key, event_id).status_code))
@@ -157,6 +181,7 @@ def test_given_postgres_refusing_then_known_keys_ingest_for_the_bound_and_all_is
         assert early and set(early) == {202}, outcomes
         assert late and set(late) == {503}, outcomes
         assert unknown == 503  # cannot be checked: retry later, not "invalid"
+        assert webhook.status_code == 200, webhook.text
 
         # When PostgreSQL is back: every request is served (dead pooled connections are
         # checked out of the pool, not handed to a request), and what was accepted is applied.

@@ -84,6 +84,7 @@ PG_KEEPALIVES_COUNT = 3
 PG_TCP_USER_TIMEOUT_MS = 10_000
 PG_POOL_CHECK_TIMEOUT_S = 1.0  # a pooled connection is checked (one round trip) before use
 LISTEN_PING_INTERVAL_S = 5.0  # the LISTEN connection proves itself alive this often
+LISTEN_PING_MIN_INTERVAL_S = 0.5
 LISTEN_PING_TIMEOUT_S = 2.0
 # /readyz fails when the applier applied nothing for this long while events were pending.
 APPLIER_STALL_S = 30.0

@@ -156,8 +156,11 @@ class PostgresStore(Store):
         self._pool: AsyncConnectionPool[Conn] | None = None
         self.timeout_s = timeout_s
         self.max_stale_s = auth_cache_max_stale_s
-        # Often enough that a live listener keeps every cached answer fresh.
-        self._ping_interval_s = min(c.LISTEN_PING_INTERVAL_S, auth_cache_max_stale_s / 3)
+        # Often enough that a live listener keeps every cached answer fresh (with a tiny bound,
+        # answers are read again instead: still correct).
+        self._ping_interval_s = max(
+            c.LISTEN_PING_MIN_INTERVAL_S, min(c.LISTEN_PING_INTERVAL_S, auth_cache_max_stale_s / 3)
+        )
         self._cache: dict[tuple[str, str], _Cached] = {}
         self._generation = 0  # moves on every clear: a load that straddles one is not cached
         self._listener: asyncio.Task[None] | None = None
