@@ -10,10 +10,11 @@ through the proxy, as another process would.
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -361,3 +362,53 @@ def test_the_stall_watch_counts_only_time_with_events_pending_and_no_progress() 
     assert watch.stalled_for_s(batches=1, pending=0, now_s=130) is None
     assert watch.stalled_for_s(batches=1, pending=3, now_s=131) is None
     assert watch.stalled_for_s(batches=1, pending=3, now_s=142) == 11
+
+
+# -- the connections themselves -------------------------------------------------------------------
+
+
+async def test_every_connection_has_keepalives_and_postgres_timeouts_and_a_slow_one_is_cut() -> (
+    None
+):
+    """Keepalives and ``tcp_user_timeout`` notice a peer that vanished; the server ends a
+    statement or an idle transaction after ``timeout_s``; and the client cuts a transaction
+    that has not answered by then (a rebuild or migration is exempt)."""
+    import socket
+
+    from profilehook.errors import StorageUnavailable
+    from profilehook.stores.postgres import PostgresStore
+    from tests.support import drop_schema, postgres_url, require_server, unique_schema
+
+    require_server(POSTGRES_URL, 5432)
+    schema = unique_schema()
+    store = PostgresStore(postgres_url(schema), timeout_s=1.0)
+    await store.open()
+    try:
+
+        async def inspect(conn: psycopg.AsyncConnection[Any]) -> dict[str, Any]:
+            sock = socket.socket(fileno=os.dup(conn.pgconn.socket))
+            with sock:
+                seen = {
+                    "keepalive": sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                    "user_timeout_ms": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+                }
+            for name in ("statement_timeout", "idle_in_transaction_session_timeout"):
+                seen[name] = (await (await conn.execute(f"SHOW {name}")).fetchone() or ("",))[0]
+            return seen
+
+        seen = await store._run(inspect)
+        assert seen["keepalive"] == 1 and seen["user_timeout_ms"] > 0, seen
+        assert seen["statement_timeout"] == "1s", seen
+        assert seen["idle_in_transaction_session_timeout"] == "1s", seen
+
+        def sleep(seconds: float) -> Callable[[psycopg.AsyncConnection[Any]], Awaitable[Any]]:
+            return lambda conn: conn.execute("SELECT pg_sleep(%s)", (seconds,))
+
+        started_s = time.monotonic()
+        with pytest.raises(StorageUnavailable):
+            await store._run(sleep(3))
+        assert time.monotonic() - started_s < 2.5
+        await store._run(sleep(1.5), bounded=False)  # what rebuild and migrations use
+    finally:
+        await store.close()
+        drop_schema(schema)
