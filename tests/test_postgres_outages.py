@@ -148,6 +148,7 @@ def revoke(tmp_path: Path, env: dict[str, str], key_id: str) -> None:
 # -- item 3: keys keep working from the cache while PostgreSQL refuses ---------------------------
 
 
+@pytest.mark.slow
 def test_given_postgres_refusing_then_known_keys_ingest_for_the_bound_and_all_is_applied_after(
     tmp_path: Path, setup: tuple[dict[str, str], TcpProxy, dict[str, str]]
 ) -> None:
@@ -200,6 +201,7 @@ def test_given_postgres_refusing_then_known_keys_ingest_for_the_bound_and_all_is
         server.stop()
 
 
+@pytest.mark.slow
 def test_given_an_outage_when_postgres_returns_then_no_request_fails_on_a_dead_pooled_connection(
     tmp_path: Path, setup: tuple[dict[str, str], TcpProxy, dict[str, str]]
 ) -> None:
@@ -224,6 +226,7 @@ def test_given_an_outage_when_postgres_returns_then_no_request_fails_on_a_dead_p
         server.stop()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["refuse", "blackhole"])
 def test_given_postgres_down_when_serve_starts_then_it_answers_503_until_postgres_returns(
     tmp_path: Path, setup: tuple[dict[str, str], TcpProxy, dict[str, str]], mode: str
@@ -249,6 +252,7 @@ def test_given_postgres_down_when_serve_starts_then_it_answers_503_until_postgre
 # -- item 4: a dead LISTEN connection does not let a revoked key in ------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", ["frozen", "disconnected"])
 def test_given_a_dead_listen_connection_when_a_key_is_revoked_then_it_is_refused_within_the_bound(
     tmp_path: Path, setup: tuple[dict[str, str], TcpProxy, dict[str, str]], fault: str
@@ -318,6 +322,7 @@ def frozen_server(
         server.stop()
 
 
+@pytest.mark.slow
 def test_given_frozen_postgres_connections_then_readyz_reports_the_stalled_applier(
     frozen_server: tuple[ServerProcess, TcpProxy, str, list[str]],
 ) -> None:
@@ -332,6 +337,7 @@ def test_given_frozen_postgres_connections_then_readyz_reports_the_stalled_appli
     assert re.search(r"applied nothing for \d+ s while \d+ events wait", detail), detail
 
 
+@pytest.mark.slow
 def test_given_frozen_postgres_connections_when_it_answers_again_then_applying_recovers(
     frozen_server: tuple[ServerProcess, TcpProxy, str, list[str]],
 ) -> None:
