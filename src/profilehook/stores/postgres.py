@@ -170,7 +170,7 @@ class PostgresStore(Store):
         self._listener_alive_s = -math.inf
         self._preparing: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()  # reachable and migrated
-        self._unreachable = "not connected yet"
+        self._unreachable = "connecting"
 
     async def open(self) -> None:
         """Start connecting and migrating; wait up to ``PG_OPEN_WAIT_S`` for it. An unreachable
@@ -201,7 +201,9 @@ class PostgresStore(Store):
             raise StorageUnavailable(f"PostgreSQL refused to prepare the schema: {error}")
         if not self._ready.is_set():
             log.warning(
-                "PostgreSQL unreachable (%s); answering 503 until it answers", self._unreachable
+                "PostgreSQL not ready after %g s (%s); store calls fail (503) until it is",
+                c.PG_OPEN_WAIT_S,
+                self._unreachable,
             )
 
     async def close(self) -> None:
@@ -235,23 +237,38 @@ class PostgresStore(Store):
         }
 
     async def _prepare(self) -> None:
-        """Migrate once PostgreSQL answers; retry while it cannot be reached."""
+        """Migrate once PostgreSQL answers; retry while it cannot be reached. (On a connection
+        of its own: the pool would say only that it had none in time, not why.)"""
+        failures = 0
         while True:
             try:
-                await self._transaction(self._migrate, bounded=False)
-            except StorageUnavailable as exc:
-                if not isinstance(exc.__cause__, psycopg.OperationalError | TimeoutError):
-                    # It answered, and refused: retrying would not help.
-                    self._unreachable = f"it refused the migration: {exc.detail}"
-                    log.error("PostgreSQL schema %s: %s", self.schema, self._unreachable)
-                    raise
-                self._unreachable = str(exc.detail)
+                await self._migrate_on_own_connection()
+            except psycopg.OperationalError as exc:  # unreachable, or gone meanwhile
+                self._unreachable = _first_line(exc)
+                if not failures:
+                    log.warning("PostgreSQL unreachable (%s); retrying", self._unreachable)
+                failures += 1
                 await asyncio.sleep(c.PG_RETRY_S)
                 continue
-            if self._unreachable != "not connected yet":
-                log.warning("PostgreSQL answers again: serving")
+            except psycopg.Error as exc:  # it answered, and refused: retrying would not help
+                self._unreachable = f"it refused the migration: {_first_line(exc)}"
+                log.error("PostgreSQL schema %s: %s", self.schema, self._unreachable)
+                raise
+            if failures:
+                log.warning("PostgreSQL answers: serving")
             self._ready.set()
             return
+
+    async def _migrate_on_own_connection(self) -> None:
+        async with await psycopg.AsyncConnection.connect(
+            self.conninfo, **self._connect_options(POOL_APPLICATION_NAME)
+        ) as conn:
+            schema = sql.Identifier(self.schema)
+            async with conn.transaction():
+                for statement in _UNBOUNDED:
+                    await conn.execute(statement)
+                await conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(schema))
+                await self._migrate(conn)
 
     async def _run(self, fn: Callable[[Conn], Awaitable[T]], *, bounded: bool = True) -> T:
         """Run ``fn`` in one transaction; driver errors become ``StorageUnavailable``. A
@@ -260,9 +277,6 @@ class PostgresStore(Store):
             raise StorageUnavailable(
                 f"PostgreSQL is unreachable ({self._unreachable}), retry later"
             )
-        return await self._transaction(fn, bounded=bounded)
-
-    async def _transaction(self, fn: Callable[[Conn], Awaitable[T]], *, bounded: bool) -> T:
         if self._pool is None:
             raise StorageUnavailable("PostgreSQL store is not open")
         cut = _Cut()
@@ -670,6 +684,11 @@ class _Cut:
             socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock,
         ):
             sock.shutdown(socket.SHUT_RDWR)
+
+
+def _first_line(exc: BaseException) -> str:
+    """libpq's messages go on with hints on further lines (``Is the server running…``)."""
+    return str(exc).strip().split("\n", 1)[0]
 
 
 async def _check_connection(conn: Conn) -> None:
