@@ -418,3 +418,42 @@ async def test_every_connection_has_keepalives_and_postgres_timeouts_and_a_slow_
     finally:
         await store.close()
         drop_schema(schema)
+
+
+async def test_a_change_in_another_schema_does_not_clear_this_schemas_cache() -> None:
+    """Deployments (and test runs) sharing a database share the notification channel: a key
+    created in another schema must not send every request of this one to PostgreSQL."""
+    import asyncio
+
+    from profilehook.stores.base import ApiKey
+    from profilehook.stores.postgres import PostgresStore
+    from tests.support import drop_schema, postgres_url, require_server, unique_schema
+
+    require_server(POSTGRES_URL, 5432)
+    ours, theirs = unique_schema(), unique_schema()
+    server, cli, other = (PostgresStore(postgres_url(s)) for s in (ours, ours, theirs))
+    for store in (server, cli, other):
+        await store.open()
+    try:
+        await cli.add_key(ApiKey("k1", "acme", created_us=1), "hash-1")
+        await asyncio.sleep(0.2)  # the server's listener has seen that notification
+        assert await server.workspace_for("hash-1") == "acme"  # now cached
+        # A change no notification announces is not seen while the cache is current...
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f'UPDATE "{ours}".api_keys SET revoked_us = 5')
+        # ...and another schema's notification does not clear this schema's cache.
+        await other.add_key(ApiKey("k2", "globex", created_us=2), "hash-2")
+        await asyncio.sleep(0.5)
+        assert await server.workspace_for("hash-1") == "acme"
+        # This schema's own notification does.
+        await cli.add_key(ApiKey("k3", "acme", created_us=3), "hash-3")
+        for _ in range(200):
+            if await server.workspace_for("hash-1") is None:
+                break
+            await asyncio.sleep(0.01)
+        assert await server.workspace_for("hash-1") is None
+    finally:
+        for store in (server, cli, other):
+            await store.close()
+        drop_schema(ours)
+        drop_schema(theirs)

@@ -373,8 +373,9 @@ class PostgresStore(Store):
 
     async def _follow(self, conn: Conn) -> None:
         while True:
-            async for _ in conn.notifies(timeout=self._ping_interval_s):
-                self._clear_cache()
+            async for notice in conn.notifies(timeout=self._ping_interval_s):
+                if notice.payload in ("", self.schema):  # (none: from an older version)
+                    self._clear_cache()
             started_s = time.monotonic()
             with _Cut().after(conn, c.LISTEN_PING_TIMEOUT_S):
                 await conn.execute("SELECT 1")  # notifications sent before it came before it
@@ -717,7 +718,9 @@ _SOURCE_SELECT = "SELECT source_id, workspace, kind, config, created_us FROM sou
 
 
 async def _notify(conn: Conn) -> None:
-    await conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
+    # The channel is the database's; the payload names the schema (the first on the
+    # connection's search_path), so deployments sharing a database clear only their own caches.
+    await conn.execute("SELECT pg_notify(%s, current_schema())", (NOTIFY_CHANNEL,))
 
 
 def _json(value: Any) -> str | None:
