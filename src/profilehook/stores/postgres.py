@@ -14,6 +14,7 @@ import contextlib
 import logging
 import math
 import os
+import select
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -693,8 +694,15 @@ def _first_line(exc: BaseException) -> str:
 
 
 async def _check_connection(conn: Conn) -> None:
-    """The pool's check before lending a connection: one round trip, cut if it does not come
-    back in time (after an outage the pool may hold connections that died meanwhile)."""
+    """The check before lending a pooled connection (after an outage the pool may hold
+    connections that died meanwhile). An idle connection has nothing to read unless its server
+    closed it or reset it: only then is it checked, by a round trip cut if it does not come
+    back in time. (A round trip on every use cost 0.3 ms a transaction, two thirds more for a
+    small one; a path that went silent is the transaction's own timeout's to catch.)"""
+    poll = select.poll()
+    poll.register(conn.pgconn.socket, select.POLLIN)
+    if not poll.poll(0):
+        return
     with _Cut().after(conn, c.PG_POOL_CHECK_TIMEOUT_S):
         await AsyncConnectionPool.check_connection(conn)
 
