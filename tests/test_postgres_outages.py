@@ -40,7 +40,6 @@ pytestmark = pytest.mark.timeout(120)
 
 MAX_STALE_S = 6.0
 PING_INTERVAL_S = MAX_STALE_S / 3  # the store's: min(LISTEN_PING_INTERVAL_S, max_stale / 3)
-PING_TIMEOUT_S = 2.0  # constants.LISTEN_PING_TIMEOUT_S
 STORE_TIMEOUT_S = 3.0
 STALL_S = 3.0
 # A revocation nobody told the server about is seen within the staleness bound, counted from
@@ -67,23 +66,17 @@ def setup(tmp_path: Path) -> Iterator[tuple[dict[str, str], TcpProxy, dict[str, 
             yield env, proxy, {**env, **SETTINGS, "PROFILEHOOK_STORE_URL": urlunsplit(proxied)}
 
 
-def start_server(tmp_path: Path, env: dict[str, str], wait: bool = True) -> ServerProcess:
-    server = ServerProcess(tmp_path / "data", extra_env=env)
-    if wait:
-        return server.start()
-    server.spawn()
-    return server
+def start_server(tmp_path: Path, env: dict[str, str]) -> ServerProcess:
+    return ServerProcess(tmp_path / "data", extra_env=env).start()
 
 
-def post(
-    server: ServerProcess, key: str, event_id: str, contact: str = "c1", **props: Any
-) -> httpx.Response:
+def post(server: ServerProcess, key: str, event_id: str) -> httpx.Response:
     body = {
-        "contact_id": contact,
+        "contact_id": "c1",
         "event_name": "update",
         "event_id": event_id,
         "timestamp": 1_700_000_000,
-        "user_properties": props or {"n": event_id},
+        "user_properties": {"n": event_id},
     }
     return httpx.post(
         f"{server.base_url}/v1/properties",
@@ -109,7 +102,7 @@ def all_applied(server: ServerProcess, key: str, event_ids: list[str]) -> bool:
     return all(status_of(server, key, e) == "applied" for e in event_ids)
 
 
-def listener_port(proxy: TcpProxy) -> int:
+def listener_port(proxy: TcpProxy) -> int | None:
     """The proxy-side port of the server's LISTEN connection, as PostgreSQL sees it."""
     with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
         row = conn.execute(
@@ -117,8 +110,7 @@ def listener_port(proxy: TcpProxy) -> int:
             " AND (application_name = 'profilehook-listen' OR query LIKE 'LISTEN %%')",
             (proxy.upstream_ports(),),
         ).fetchone()
-    assert row is not None, "the server has no LISTEN connection through the proxy"
-    return int(row[0])
+    return None if row is None else int(row[0])
 
 
 def create_amplitude_source(tmp_path: Path, env: dict[str, str]) -> dict[str, Any]:

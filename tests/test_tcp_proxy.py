@@ -71,6 +71,7 @@ def test_refuse_resets_open_connections_and_refuses_new_ones_until_pass(proxy: T
 
 def test_blackhole_accepts_new_connections_and_never_answers_them(proxy: TcpProxy) -> None:
     with connect(proxy) as before:
+        assert echoes(before)  # open: the proxy has taken it on
         proxy.set_mode("blackhole")
         with connect(proxy) as sock:
             assert silent(sock)
