@@ -193,6 +193,21 @@ def drop_schema(schema: str) -> None:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
+@contextmanager
+def store_url_for(kind: str) -> Iterator[str]:
+    """``PROFILEHOOK_STORE_URL`` for the embedded store (``"sqlite"``: the default, ``""``) or
+    for PostgreSQL on a schema of its own, dropped afterwards (skipped locally when absent)."""
+    if kind == "sqlite":
+        yield ""
+        return
+    require_server(POSTGRES_URL, 5432)
+    schema = unique_schema()
+    try:
+        yield postgres_url(schema)
+    finally:
+        drop_schema(schema)
+
+
 def unique_stream() -> str:
     return f"T{uuid.uuid4().hex[:12].upper()}"
 

@@ -11,16 +11,21 @@ from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx2 as httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from profilehook.settings import Settings
 from tests.support import ServerProcess, cli_env, create_key, free_port, run_cli, wait_until
+from tests.test_copernica import Hook, profile_call
+from tests.test_copernica_signature import ACCOUNT, KEY_ID, pem
 
 pytestmark = pytest.mark.slow
 
 APPLY_TIMEOUT_S = 20.0
+APPLIED = ("applied", "duplicate")  # a duplicate's first copy was applied
 
 
 @pytest.fixture
@@ -60,7 +65,7 @@ def update(contact_id: str, event_id: str, timestamp: float, **properties: Any) 
 def wait_applied(server: ServerProcess, key: str, *event_ids: str) -> None:
     def applied(event_id: str) -> bool:
         response = httpx.get(f"{server.base_url}/v1/events/{event_id}", headers=bearer(key))
-        return response.status_code == 200 and response.json()["status"] == "applied"
+        return response.status_code == 200 and response.json()["status"] in APPLIED
 
     for event_id in event_ids:
         wait_until(lambda eid=event_id: applied(eid), timeout_s=APPLY_TIMEOUT_S)
@@ -345,3 +350,249 @@ def test_given_keys_made_before_files_had_versions_then_they_keep_working(tmp_pa
         server.stop()
 
     assert answer.status_code == 404  # the key is known: not a 401
+
+
+# -- rotating a source's secret (issue 14, item 1) -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def copernica_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def create_copernica(data_dir: Path, key: rsa.RSAPrivateKey, *options: str) -> dict[str, Any]:
+    """A Copernica source pinning ``key``, made with the CLI as the README says."""
+    pem_file = data_dir.parent / "copernica.pem"
+    pem_file.write_bytes(pem(key))
+    made = run_cli(
+        data_dir,
+        *("sources", "create", "copernica", "--workspace", "acme", "--account", ACCOUNT),
+        *("--public-key", f"{KEY_ID}={pem_file}", *options, "--json"),
+    )
+    assert made.returncode == 0, made.stderr
+    created: dict[str, Any] = json.loads(made.stdout)
+    return created
+
+
+def signed_call(server: ServerProcess, key: rsa.RSAPrivateKey, url: str) -> httpx.Response:
+    """A profile update signed as Copernica signs it, posted to ``url`` (its token included)."""
+    parts = urlsplit(url)
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    with httpx.Client(base_url=server.base_url, timeout=10) as client:
+        hook = Hook(client, f"127.0.0.1:{server.port}", parts.path.rsplit("/", 1)[1], {}, key)
+        response: httpx.Response = hook.post(profile_call({"plan": "pro"}), target=target)
+        return response
+
+
+def test_given_a_copernica_source_without_a_token_when_rotated_then_it_is_refused_and_calls_pass(
+    data_dir: Path, copernica_key: rsa.RSAPrivateKey
+) -> None:
+    """Given a Copernica source checked by its signature alone, when an operator rotates it,
+    then the rotation is refused with a reason, nothing changes, and signed calls still pass
+    (before the fix, rotating added a ?token= check that refused every call: lost updates)."""
+    source = create_copernica(data_dir, copernica_key)
+
+    rotated = run_cli(data_dir, "sources", "rotate", source["source_id"])
+    dropped = run_cli(data_dir, "sources", "rotate", source["source_id"], "--drop-previous")
+
+    server = ServerProcess(data_dir).start()
+    try:
+        accepted = signed_call(server, copernica_key, source["url"])
+    finally:
+        server.stop()
+    assert accepted.status_code == 200, accepted.text
+    for refused in (rotated, dropped):
+        assert refused.returncode == 1, refused.stdout
+        assert "has no secret to rotate" in refused.stderr and "without a token" in refused.stderr
+        assert "Nothing was changed" in refused.stderr and "Traceback" not in refused.stderr
+    shown = json.loads(run_cli(data_dir, "sources", "show", source["source_id"]).stdout)
+    assert shown["active_secrets"] == 0
+
+
+def test_given_a_copernica_source_with_a_token_when_rotated_then_its_new_url_works_beside_the_old(
+    data_dir: Path, copernica_key: rsa.RSAPrivateKey
+) -> None:
+    """Given a source with a ?token=, a rotation prints the new URL; both URLs work until
+    --drop-previous; a second rotation before that is refused rather than revoke the old."""
+    source = create_copernica(data_dir, copernica_key, "--token")
+    source_id, first_url = source["source_id"], source["url"]
+
+    rotation = run_cli(data_dir, "sources", "rotate", source_id)
+    assert rotation.returncode == 0, rotation.stderr
+    second_url = rotation.stdout.splitlines()[1].strip()  # as an operator copies it
+    assert second_url.startswith(f"{first_url.split('?')[0]}?token=phs_")
+    assert second_url != first_url
+    assert "The previous URL keeps working until --drop-previous" in rotation.stdout
+    again = run_cli(data_dir, "sources", "rotate", source_id)
+    assert again.returncode == 1
+    assert "2 active secrets already" in again.stderr
+    assert f"profilehook sources rotate {source_id} --drop-previous" in again.stderr
+    assert "--revoke-oldest" in again.stderr
+
+    server = ServerProcess(data_dir).start()
+    try:
+        assert signed_call(server, copernica_key, first_url).status_code == 200
+        assert signed_call(server, copernica_key, second_url).status_code == 200
+        dropped = run_cli(data_dir, "sources", "rotate", source_id, "--drop-previous")
+        assert dropped.returncode == 0, dropped.stderr
+        old = signed_call(server, copernica_key, first_url)
+        assert (old.status_code, old.json()) == (401, {"detail": "Wrong ?token= for this source"})
+        assert signed_call(server, copernica_key, second_url).status_code == 200
+    finally:
+        server.stop()
+
+
+def test_given_a_rotation_under_way_then_only_revoke_oldest_rotates_again(data_dir: Path) -> None:
+    made = run_cli(data_dir, "sources", "create", "amplitude", "--workspace", "acme", "--json")
+    source_id = json.loads(made.stdout)["source_id"]
+    assert run_cli(data_dir, "sources", "rotate", source_id).returncode == 0
+
+    refused = run_cli(data_dir, "sources", "rotate", source_id, "--json")
+    forced = run_cli(data_dir, "sources", "rotate", source_id, "--revoke-oldest", "--json")
+
+    assert (refused.returncode, refused.stdout) == (1, "")
+    assert forced.returncode == 0, forced.stderr
+    assert json.loads(forced.stdout)["secret"].startswith("phs_")
+    shown = json.loads(run_cli(data_dir, "sources", "show", source_id).stdout)
+    assert shown["active_secrets"] == 2
+
+
+# -- settings and arguments that cannot work (issue 14, item 10) -----------------------------
+
+
+@pytest.mark.parametrize("port", ["85538", "0", "-1"])
+def test_a_port_out_of_range_is_a_usage_error_not_another_port(data_dir: Path, port: str) -> None:
+    by_flag = run_cli(data_dir, "serve", "--port", port)
+    by_env = run_cli(data_dir, "serve", PROFILEHOOK_PORT=port)
+
+    assert by_flag.returncode == 2, by_flag.stderr
+    assert "Invalid value for '--port'" in by_flag.stderr and "1<=x<=65535" in by_flag.stderr
+    assert by_env.returncode == 1, by_env.stderr
+    assert by_env.stderr == f"Error: PROFILEHOOK_PORT must be 1-65535, not {int(port)}\n" or (
+        by_env.stderr == f"Error: PROFILEHOOK_PORT must be 1 or more, not {int(port)}\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("PROFILEHOOK_MAX_SINGLE_BODY_BYTES", "0"),
+        ("PROFILEHOOK_MAX_BATCH_BODY_BYTES", "-5"),
+        ("PROFILEHOOK_MAX_COPERNICA_BODY_BYTES", "0"),
+        ("PROFILEHOOK_MAX_AMPLITUDE_BODY_BYTES", "-1"),
+        ("PROFILEHOOK_RATE_LIMIT_PER_S", "-1"),
+        ("PROFILEHOOK_RATE_LIMIT_BURST", "0"),
+        ("PROFILEHOOK_APPLY_BATCH_MAX_EVENTS", "0"),
+        ("PROFILEHOOK_BACKEND_TIMEOUT_S", "nan"),
+        ("PROFILEHOOK_HEADER_TIMEOUT_S", "inf"),
+        ("PROFILEHOOK_LOG_LEVEL", "loud"),
+    ],
+)
+@pytest.mark.parametrize("command", [["settings"], ["serve"]])
+def test_a_setting_that_cannot_work_is_one_clear_line_and_exit_1(
+    data_dir: Path, command: list[str], variable: str, value: str
+) -> None:
+    result = run_cli(data_dir, *command, **{variable: value})
+
+    assert result.returncode == 1, result.stdout
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(f"Error: {variable} must be")
+
+
+def test_a_bad_log_level_flag_is_named_too(data_dir: Path) -> None:
+    result = run_cli(data_dir, "--log-level", "verbose", "check")
+
+    assert result.returncode == 1
+    assert result.stderr == (
+        "Error: PROFILEHOOK_LOG_LEVEL must be one of debug, info, warning, error, not 'verbose'\n"
+    )
+
+
+@pytest.mark.parametrize("blank", ["", "   ", "\t"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["keys", "create"],
+        ["sources", "create", "amplitude"],
+        ["sources", "create", "copernica", "--account", "1"],
+        ["import", "FILE"],
+        ["export"],
+        ["contacts", "get", "user123"],
+        ["events", "get", "e1"],
+        ["keys", "list"],
+        ["sources", "list"],
+    ],
+)
+def test_an_empty_workspace_name_is_a_usage_error(
+    data_dir: Path, tmp_path: Path, command: list[str], blank: str
+) -> None:
+    file = tmp_path / "events.jsonl"
+    file.write_text('{"contact_id": "c1"}\n')
+    args = [str(file) if word == "FILE" else word for word in command]
+
+    result = run_cli(data_dir, *args, "--workspace", blank)
+
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Invalid value for '--workspace'" in result.stderr
+    assert "a workspace name cannot be empty or blank" in result.stderr
+    assert run_cli(data_dir, "keys", "list", "--json").stdout.strip() in ("", "[]")
+
+
+# -- the URLs `sources` prints (issue 14, item 10) --------------------------------------------
+
+
+def test_without_a_public_url_sources_create_says_the_url_is_local_and_how_to_set_it(
+    data_dir: Path,
+) -> None:
+    result = run_cli(
+        data_dir,
+        "sources",
+        "create",
+        "amplitude",
+        "--workspace",
+        "acme",
+        "--json",
+        PROFILEHOOK_PORT="9123",
+    )
+
+    assert result.returncode == 0, result.stderr
+    created = json.loads(result.stdout)  # the note goes to standard error: JSON stays clean
+    assert created["url"] == f"http://127.0.0.1:9123/v1/webhooks/{created['source_id']}"
+    assert "cannot reach 127.0.0.1" in result.stderr
+    assert "Set PROFILEHOOK_PUBLIC_URL (or --public-url" in result.stderr
+
+
+@pytest.mark.parametrize("how", ["env", "flag"])
+def test_with_a_public_url_every_printed_url_starts_with_it(data_dir: Path, how: str) -> None:
+    public = "https://hooks.example.com/profilehook"
+    flags = ["--public-url", public] if how == "flag" else []
+    env = {"PROFILEHOOK_PUBLIC_URL": public} if how == "env" else {}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        result = run_cli(data_dir, *flags, *args, **env)
+        assert result.returncode == 0, result.stderr
+        assert result.stderr == ""  # nothing to warn about
+        return result
+
+    made = json.loads(
+        cli(
+            "sources",
+            "create",
+            "copernica",
+            "--workspace",
+            "acme",
+            "--account",
+            "1",
+            "--token",
+            "--json",
+        ).stdout
+    )
+    source_id = made["source_id"]
+    rotated = json.loads(cli("sources", "rotate", source_id, "--json").stdout)
+    listed = json.loads(cli("sources", "list", "--json").stdout)
+    shown = json.loads(cli("sources", "show", source_id).stdout)
+
+    bare = f"{public}/v1/webhooks/{source_id}"
+    assert made["url"] == f"{bare}?token={made['token']}"
+    assert rotated["url"] == f"{bare}?token={rotated['secret']}"
+    assert listed[0]["url"] == shown["url"] == bare

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
+from profilehook.api.app import create_app
 from profilehook.errors import (
     SignatureRejected,
     StorageUnavailable,
@@ -51,7 +52,19 @@ from profilehook.sources.webhooks import WebhookRequest
 from profilehook.stores.base import Source, Store
 from profilehook.stores.memory import MemoryStore
 from profilehook.stores.sqlite import SqliteStore
-from tests.support import ServerProcess, create_key, run_cli, wait_until
+from tests.conftest import new_key
+from tests.support import (
+    POSTGRES_URL,
+    ServerProcess,
+    create_key,
+    drop_schema,
+    postgres_url,
+    require_server,
+    run_cli,
+    store_url_for,
+    unique_schema,
+    wait_until,
+)
 from tests.test_copernica_signature import (
     ACCOUNT,
     KEY_ID,
@@ -793,3 +806,107 @@ def test_through_a_real_server_with_a_source_made_by_the_cli(tmp_path, copernica
             run_profile_life(Hook(client, host, created["source_id"], auth, copernica_key))
     finally:
         server.stop()
+
+
+# -- replays are refused by every process on the store, after a restart too ------------------
+
+
+def replay_refused(response: Any) -> bool:
+    return bool(
+        response.status_code == 401
+        and response.json() == {"detail": "Replayed request: Digest and X-Nonce seen"}
+    )
+
+
+@pytest.mark.slow
+def test_given_a_call_served_by_one_server_when_replayed_to_another_or_after_a_restart_then_401(
+    tmp_path, copernica_key
+):
+    """Two ``serve`` processes on one data directory, as behind a load balancer: the replay of
+    a signed call is refused by the other, and by the first once restarted."""
+    data_dir = tmp_path / "data"
+    settings = Settings(data_dir=data_dir)
+    source_id, _ = new_source(settings, copernica_key)
+    one, two = ServerProcess(data_dir).start(), ServerProcess(data_dir).start()
+    try:
+        body = profile_call({"name": "Once"})
+        target = f"/v1/webhooks/{source_id}"
+        headers = signed_headers(copernica_key, body, target, "hooks.example.com")
+        first = httpx.post(one.base_url + target, content=body, headers=headers, timeout=10)
+        assert first.status_code == 200, first.text
+
+        assert replay_refused(httpx.post(two.base_url + target, content=body, headers=headers))
+        one.stop()
+        one.start()
+        assert replay_refused(httpx.post(one.base_url + target, content=body, headers=headers))
+    finally:
+        one.stop()
+        two.stop()
+
+
+def test_given_two_processes_on_one_postgresql_schema_then_a_replay_to_the_other_is_401(
+    tmp_path, copernica_key
+):
+    """The same on PostgreSQL: two apps (each its own process's store) on one schema; a call
+    refused for an outage by one may still be retried with the same signature on the other."""
+    require_server(POSTGRES_URL, 5432)
+    schema = unique_schema()
+    try:
+        store_url = postgres_url(schema)
+        apps = [Settings(data_dir=tmp_path / name, store_url=store_url) for name in ("a", "b")]
+        source_id, _ = new_source(apps[0], copernica_key)
+        target = f"/v1/webhooks/{source_id}"
+        with (
+            TestClient(create_app(apps[0]), raise_server_exceptions=False) as one,
+            TestClient(create_app(apps[1]), raise_server_exceptions=False) as two,
+        ):
+            body = profile_call({"name": "Once"})
+            headers = signed_headers(copernica_key, body, target, "testserver")
+            assert one.post(target, content=body, headers=headers).status_code == 200
+            assert replay_refused(two.post(target, content=body, headers=headers))
+            assert replay_refused(one.post(target, content=body, headers=headers))
+
+            body = profile_call({"name": "Retried"})
+            headers = signed_headers(copernica_key, body, target, "testserver")
+            queue = one.app.services.queue  # type: ignore[attr-defined]
+            publish = queue.publish
+
+            async def down(events: Any) -> None:
+                raise StorageUnavailable("log down")
+
+            queue.publish = down
+            assert one.post(target, content=body, headers=headers).status_code == 503
+            queue.publish = publish
+            assert two.post(target, content=body, headers=headers).status_code == 200
+    finally:
+        drop_schema(schema)
+
+
+# -- a deleted profile's data is not readable in its history ----------------------------------
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_given_a_profile_delete_then_its_history_up_to_the_delete_is_not_readable(
+    store, tmp_path, copernica_key
+):
+    with store_url_for(store) as url:
+        settings = Settings(data_dir=tmp_path / "data", store_url=url)
+        with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+            auth = {"Authorization": f"Bearer {new_key(settings, 'acme')}"}
+            hook = make_hook(client, settings, auth, copernica_key)
+            created = hook.accepted(profile_call({"mail": "jo@example.com"}, type_="create"))
+            hook.applied(hook.accepted(profile_call({"name": "Jo"}, at=T + 5)))
+            hook.applied(created)
+            history = client.get("/v1/contacts/123/history", headers=auth)
+            assert len(history.json()["events"]) == 2
+
+            hook.applied(hook.accepted(profile_call(type_="delete", at=T + 10)))
+
+            gone = client.get("/v1/contacts/123/history", headers=auth)
+            assert (gone.status_code, gone.json()) == (404, {"detail": "Contact not found"})
+            later = hook.accepted(profile_call({"name": "New"}, at=T + 20))
+            hook.applied(later)
+            hook.applied(hook.accepted(profile_call({"name": "Old"}, at=T + 1)))  # arrives late
+            shown = client.get("/v1/contacts/123/history", headers=auth).json()["events"]
+            assert [e["event_id"] for e in shown] == [later]
+            assert "jo@example.com" not in client.get("/v1/contacts/123/history", headers=auth).text

@@ -25,10 +25,10 @@ from profilehook.errors import ConfigurationError, SignatureRejected
 from profilehook.sources.copernica_signature import (
     DnsKeys,
     PinnedKeys,
-    ReplayCache,
     SignedRequest,
     TxtAnswer,
     TxtLookupFailed,
+    Verified,
     dnspython_lookup,
     verify_request,
 )
@@ -113,12 +113,11 @@ def with_header(request: SignedRequest, name: str, value: str | None) -> SignedR
     return replace(request, headers=kept if value is None else [*kept, (name, value)])
 
 
-def verify(request: SignedRequest, keys: Any, replays: ReplayCache | None = None, **kw: Any):
+def verify(request: SignedRequest, keys: Any, **kw: Any) -> Verified:
     return verify_request(
         request,
         account=kw.pop("account", ACCOUNT),
         keys=keys,
-        replays=ReplayCache() if replays is None else replays,
         now_s=kw.pop("now_s", NOW_S),
         **kw,
     )
@@ -142,7 +141,7 @@ def refused(request: SignedRequest, keys: Any, **kw: Any) -> SignatureRejected:
 def test_given_a_request_signed_as_copernica_signs_when_verified_then_it_passes(
     copernica_key, pinned
 ):
-    params = verify(signed_request(copernica_key), pinned)
+    params = verify(signed_request(copernica_key), pinned).params
     assert params.key_id == KEY_ID
     assert params.algorithm == "rsa-sha256"
     assert params.headers[0] == "(request-target)"
@@ -151,7 +150,7 @@ def test_given_a_request_signed_as_copernica_signs_when_verified_then_it_passes(
 def test_headers_may_come_as_a_mapping_and_in_any_case(copernica_key, pinned):
     request = signed_request(copernica_key)
     as_mapping = {name.upper(): value for name, value in request.headers}
-    assert verify(replace(request, headers=as_mapping), pinned).key_id == KEY_ID
+    assert verify(replace(request, headers=as_mapping), pinned).params.key_id == KEY_ID
 
 
 def test_the_documented_layout_with_folded_whitespace_and_no_comma_is_read(copernica_key, pinned):
@@ -162,7 +161,7 @@ def test_the_documented_layout_with_folded_whitespace_and_no_comma_is_read(coper
         sig, sig[:40] + "\n      " + sig[40:]
     )
     folded = folded.replace(" X-Copernica-ID", "\n       X-Copernica-ID")
-    assert verify(with_header(request, "Signature", folded), pinned).key_id == KEY_ID
+    assert verify(with_header(request, "Signature", folded), pinned).params.key_id == KEY_ID
 
 
 def test_digest_algorithm_name_is_case_insensitive_and_may_be_one_of_several(copernica_key, pinned):
@@ -172,7 +171,7 @@ def test_digest_algorithm_name_is_case_insensitive_and_may_be_one_of_several(cop
     headers["Digest"] = f"MD5={md5}, sha-256={digest_of(body).split('=', 1)[1]}"
     headers["Signature"] = sign(copernica_key, headers)
     request = SignedRequest("POST", TARGET, list(headers.items()), body)
-    assert verify(request, pinned).key_id == KEY_ID
+    assert verify(request, pinned).params.key_id == KEY_ID
 
 
 @pytest.mark.parametrize("offset_s", [-300, 300])
@@ -257,33 +256,17 @@ def test_malformed_date(copernica_key, pinned):
     assert (error.reason, error.detail) == ("malformed_date", "Malformed Date header 'yesterday'")
 
 
-def test_replayed_nonce(copernica_key, pinned):
-    replays = ReplayCache()
+def test_a_verified_call_names_what_a_replay_repeats_and_until_when_it_is_fresh(
+    copernica_key, pinned
+):
+    """The replay check itself is the store's (shared by every process): test_copernica.py."""
     request = signed_request(copernica_key)
-    verify(request, pinned, replays)
-    error = refused(request, pinned, replays=replays)
-    assert error.reason == "replayed"
-    assert error.detail == "Replayed request: Digest and X-Nonce seen"
+    headers = dict(request.headers)
 
+    verified = verify(request, pinned, now_s=NOW_S + 10)
 
-def test_same_nonce_with_another_body_is_not_a_replay(copernica_key, pinned):
-    replays = ReplayCache()
-    verify(signed_request(copernica_key), pinned, replays)
-    verify(signed_request(copernica_key, body=BODY + b"&x=2"), pinned, replays)
-    assert replays.size() == 2
-
-
-def test_replay_entries_are_forgotten_once_their_date_is_refused_anyway(copernica_key, pinned):
-    replays = ReplayCache()
-    verify(signed_request(copernica_key), pinned, replays)
-    replays.remember(("other", "n"), NOW_S + 10_000, now_s=NOW_S + 301)
-    assert replays.size() == 1  # the first entry (Date + 300 s) has expired
-
-
-def test_refused_requests_are_not_remembered(other_key, pinned):
-    replays = ReplayCache()
-    refused(signed_request(other_key), pinned, replays=replays)
-    assert replays.size() == 0
+    assert (verified.digest, verified.nonce) == (headers["Digest"], headers["X-Nonce"])
+    assert verified.fresh_until_s == NOW_S + 300  # its Date + the skew allowed
 
 
 def test_wrong_account(copernica_key, pinned):

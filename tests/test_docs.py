@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
+import click
+
+from profilehook.cli import main
 from profilehook.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
+CommandPath = tuple[tuple[str, ...], click.Command]
 
 
 def _commands() -> list[str]:
@@ -44,10 +50,96 @@ def test_every_cli_command_in_the_readme_exists():
 
     from profilehook.cli import main
 
-    block = re.findall(r"^profilehook ([a-z]+)(?: ([a-z]+))?", README, re.M)
+    block = re.findall(r"^profilehook ([a-z]+)(?: ([a-z][a-z-]*))?", README, re.M)
     assert block
     for group, sub in block:
         args = [group, sub, "--help"] if sub else [group, "--help"]
         result = CliRunner().invoke(main, args)
         assert result.exit_code == 0, (args, result.output)
         assert "Example" in result.output, f"{args}: help should end with an example"
+
+
+# -- the command block of "Command line" against the click group itself ----------------------
+
+OPTION = re.compile(r"(?<![\w-])(--?[a-z][a-z-]*)")
+
+
+def _command_block() -> list[str]:
+    section = README.split("\n## Command line\n", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert block, "the Command line section has no sh block"
+    return [line.split(" #")[0].strip() for line in block.group(1).splitlines() if line.strip()]
+
+
+def _walk(command: click.Command, path: tuple[str, ...] = ()) -> Iterator[CommandPath]:
+    yield path, command
+    if isinstance(command, click.Group):
+        for name, sub in sorted(command.commands.items()):
+            if not sub.hidden:
+                yield from _walk(sub, (*path, name))
+
+
+def _resolve(line: str) -> CommandPath:
+    """The command a block line runs: the longest run of subcommand names after the program."""
+    words = line.split()
+    assert words[0] == "profilehook", line
+    path: tuple[str, ...] = ()
+    command: click.Command = main
+    for word in words[1:]:
+        if not isinstance(command, click.Group) or word not in command.commands:
+            break
+        path, command = (*path, word), command.commands[word]
+    return path, command
+
+
+def _option_names(command: click.Command) -> set[str]:
+    return {
+        name
+        for param in command.params
+        if isinstance(param, click.Option)
+        for name in (*param.opts, *param.secondary_opts)
+    }
+
+
+def test_the_command_block_lists_every_command_of_the_cli() -> None:
+    """Every command the CLI has (new ones included) has a line in the README's block."""
+    listed = {_resolve(line)[0] for line in _command_block()}
+    leaves = {path for path, command in _walk(main) if not isinstance(command, click.Group)}
+
+    assert leaves, "the walk found no commands"
+    assert sorted(" ".join(path) for path in leaves - listed) == []
+
+
+def test_every_option_in_the_command_block_exists_on_its_command() -> None:
+    for line in _command_block():
+        path, command = _resolve(line)
+        written = set(OPTION.findall(line.split(" ".join(path), 1)[1] if path else line))
+        if isinstance(command, click.Group):  # only the program's own line: its global flags
+            assert not path and line.endswith("COMMAND ..."), line
+        unknown = written - _option_names(command)
+        assert not unknown, f"{line!r}: `profilehook {' '.join(path)}` has no {sorted(unknown)}"
+        required = {p.opts[0] for p in command.params if isinstance(p, click.Option) and p.required}
+        assert required <= written, f"{line!r} leaves out required {sorted(required - written)}"
+
+
+def test_the_global_line_has_every_global_option() -> None:
+    global_line = next(line for line in _command_block() if not _resolve(line)[0])
+    written = set(OPTION.findall(global_line))
+
+    assert written == _option_names(main) - {"-h", "--help"}
+
+
+def test_the_readme_names_exactly_the_settings_that_have_a_flag() -> None:
+    """Which settings have a flag is said once, truthfully: computed from every command."""
+    sentence = re.search(r"settings with a flag:(.*?)A flag wins", README, re.S)
+    assert sentence, "the Command line section should say which settings have a flag"
+    claimed = set(re.findall(r"`(--[a-z-]+)`", sentence.group(1)))
+    settings = {f.name for f in dataclasses.fields(Settings)}
+    flags = {
+        param.opts[0]
+        for _, command in _walk(main)
+        for param in command.params
+        if isinstance(param, click.Option) and param.name in settings
+    }
+
+    assert claimed == flags

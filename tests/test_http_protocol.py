@@ -7,14 +7,16 @@ import asyncio
 import socket
 import time
 from collections.abc import Iterator
+from urllib.parse import quote
 
+import httpx2 as httpx
 import msgspec
 import pytest
 
 from profilehook.api.protocol import _EndOfPass, _OneWritePerPass
 from profilehook.errors import ConfigurationError
 from profilehook.settings import Settings
-from tests.support import ServerProcess, create_key
+from tests.support import ServerProcess, create_key, wait_until
 
 KEEP_ALIVE_S = 1.0
 EVENT = msgspec.json.encode(
@@ -229,3 +231,62 @@ def test_a_client_still_sending_a_refused_body_is_not_cut_off_by_the_keep_alive(
         sock.sendall(post(key))
         [answer] = responses(sock, 1)
     assert refused.startswith(b"HTTP/1.1 401 ") and answer.startswith(b"HTTP/1.1 202 ")
+
+
+# -- ids with control characters ------------------------------------------------------------
+
+# One of each control-character class an id may hold (NUL is refused at ingestion): C0 (tab,
+# line feed, carriage return and the others), DEL, C1 (NEL among them), and Unicode's line
+# and paragraph separators.
+CONTROL_CHARACTERS = {
+    "soh": "\x01",
+    "tab": "\t",
+    "lf": "\n",
+    "cr": "\r",
+    "crlf": "\r\n",
+    "us": "\x1f",
+    "del": "\x7f",
+    "c1-pad": "\x80",
+    "nel": "\x85",
+    "c1-apc": "\x9f",
+    "line-separator": "\u2028",
+    "paragraph-separator": "\u2029",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("char", CONTROL_CHARACTERS.values(), ids=CONTROL_CHARACTERS.keys())
+def test_an_id_with_a_control_character_is_readable_wherever_it_is_in_the_id(server, char):
+    """Given an event whose contact id and event id hold a control character at the start,
+    inside and at the end, when it is accepted, then the contact, its history and the event
+    are readable over HTTP at the percent-encoded id (anything accepted must be readable)."""
+    server, key = server
+    auth = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=server.base_url, headers=auth, timeout=10) as http:
+        for n, (contact_id, event_id) in enumerate(
+            [(f"{char}c", f"{char}e"), (f"c{char}id", f"e{char}id"), (f"c{char}", f"e{char}")]
+        ):
+            event = {
+                "contact_id": contact_id,
+                "event_name": "update",
+                "timestamp": 1,
+                "event_id": event_id,
+                "user_properties": {"n": n},
+            }
+            r = http.post("/v1/properties", json=event)
+            assert r.status_code == 202, r.text
+            event_path = f"/v1/events/{quote(event_id, safe='')}"
+            status = wait_until(
+                lambda path=event_path: (
+                    (r := http.get(path)).status_code == 200
+                    and r.json()["status"] == "applied"
+                    and r.json()
+                )
+            )
+            assert status["event_id"] == event_id and status["contact_id"] == contact_id
+            contact = http.get(f"/v1/contacts/{quote(contact_id, safe='')}")
+            assert contact.status_code == 200, contact.text
+            assert contact.json()["contact_id"] == contact_id
+            history = http.get(f"/v1/contacts/{quote(contact_id, safe='')}/history")
+            assert history.status_code == 200, history.text
+            assert [e["event_id"] for e in history.json()["events"]] == [event_id]

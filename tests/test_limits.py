@@ -344,3 +344,21 @@ def test_decoding_runs_in_a_request_without_blocking_the_loop_on_deep_input():
         return p.decode_json(b"[" * 1_000_000)
 
     assert asyncio.run(decode())[1][0]["type"] == "json_invalid"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        json_values.map(msgspec.json.encode),
+        st.binary(max_size=40),
+        json_values.map(lambda v: msgspec.json.encode(v)[:-1]),  # cut short
+        st.lists(json_values, max_size=3).map(lambda v: msgspec.json.encode({"users": v})),
+    ).map(lambda body: body.replace(b'"a', b'"\\ud800a').replace(b'"b', b'"\\u0000b'))
+)
+def test_decoding_a_large_body_in_pieces_gives_what_decoding_it_whole_gives(body):
+    """The piecewise decoding of large webhook bodies (off the event loop) finds the same
+    value, or the same problems, as one decode of the whole body."""
+    whole = p.decode_json_keeping_unstorable(body)
+    assert p.decode_json_keeping_unstorable(body, in_pieces=True) == whole
+    if not whole[1]:
+        assert p._decode_in_pieces(body) == msgspec.json.decode(body)

@@ -42,10 +42,12 @@ def applied_contact(client: TestClient, auth: dict[str, str], contact_id: str) -
     return wait_until(fetch)
 
 
-def wait_applied(client: TestClient, auth: dict[str, str], event_id: str) -> dict[str, Any]:
+def wait_applied(
+    client: TestClient, auth: dict[str, str], event_id: str, status: str = "applied"
+) -> dict[str, Any]:
     def fetch() -> Any:
         r = client.get(f"/v1/events/{event_id}", headers=auth)
-        return r.json() if r.status_code == 200 and r.json()["status"] == "applied" else None
+        return r.json() if r.status_code == 200 and r.json()["status"] == status else None
 
     result: dict[str, Any] = wait_until(fetch)
     return result
@@ -81,7 +83,7 @@ class TestAccepting:
         assert first.status_code == again.status_code == 202
         assert first.json() == again.json()
         wait_until(lambda: client.get("/metrics").text.count("profilehook_queue_depth 0.0"))
-        wait_applied(client, auth, "dup-1")
+        wait_applied(client, auth, "dup-1", "duplicate")  # the second copy was dropped
         assert applied_contact(client, auth, "c1")["properties"] == {"plan": "pro"}
         history = client.get("/v1/contacts/c1/history", headers=auth).json()
         assert [e["event_id"] for e in history["events"]] == ["dup-1"]
@@ -494,3 +496,86 @@ def test_a_batchs_ids_stay_distinct_and_well_formed_where_their_count_wraps(monk
     ]
     assert {(uuid.UUID(i).version, uuid.UUID(i).variant) for i in ids} == {(4, uuid.RFC_4122)}
     assert len({i[:24] for i in ids}) == 1 and all(len(i) == 36 for i in ids)
+
+
+# -- requests that could be read two ways ----------------------------------------------------
+
+
+class TestAmbiguousRequests:
+    @pytest.mark.parametrize("good_first", [True, False], ids=["good-first", "good-last"])
+    @pytest.mark.parametrize(
+        ("method", "path"),
+        [
+            ("POST", "/v1/properties"),
+            ("POST", "/v1/properties/batch"),
+            ("GET", "/v1/contacts/c1"),
+            ("GET", "/v1/contacts/c1/history"),
+            ("GET", "/v1/events/e1"),
+        ],
+    )
+    def test_two_authorization_headers_are_refused_whichever_comes_first(
+        self, client, key, method, path, good_first
+    ):
+        """Given a valid key and a wrong one in two Authorization headers, in either order,
+        then every endpoint answers 401: none picks one of them (POST read the last, GET the
+        first)."""
+        good, bad = ("authorization", f"Bearer {key}"), ("authorization", "Bearer phk_wrong")
+        headers = [good, bad] if good_first else [bad, good]
+        body = event(event_id="e1")
+        json_body = {"events": [body]} if path.endswith("batch") else body
+        r = client.request(
+            method, path, headers=headers, json=json_body if method == "POST" else None
+        )
+        assert (r.status_code, r.json()) == (401, {"detail": "Invalid API Key"})
+
+    def test_the_same_key_twice_is_refused_too(self, client, key):
+        headers = [("authorization", f"Bearer {key}")] * 2
+        r = client.post("/v1/properties", headers=headers, json=event())
+        assert (r.status_code, r.json()) == (401, {"detail": "Invalid API Key"})
+
+    @pytest.mark.parametrize(
+        ("fields", "loc"),
+        [
+            ({"timestamp": None}, ("body", "timestamp")),
+            ({"timestamp": None, "time": 1700000000}, ("body", "timestamp")),
+            ({"timestamp": ..., "time": None}, ("body", "time")),
+        ],
+        ids=["timestamp-null", "timestamp-null-beside-time", "time-null"],
+    )
+    def test_a_null_event_time_is_a_type_error_not_a_missing_field(self, client, auth, fields, loc):
+        """SPEC 2.1: ``time`` stands in only when ``timestamp`` is absent; a null is present."""
+        r = client.post("/v1/properties", json=event(**fields), headers=auth)
+        [found] = r.json()["detail"]
+        assert (tuple(found["loc"]), found["type"], found["msg"]) == (
+            loc,
+            "float_type",
+            "Input should be a valid number",
+        )
+
+    @pytest.mark.parametrize(
+        ("raw", "escape"),
+        [
+            (b'{"user_properties": {"a": "\\ud800"}, "contact_id": "c"}', b"\\ud800"),
+            (b'{"user_properties": {"a": "x\\uDBFFy"}, "contact_id": "c"}', b"\\uDBFF"),
+            (b'{"user_properties": {"a": "\\ud800\\n"}}', b"\\ud800"),
+            (b'{"user_properties": {"a": "\\\\\\ud800"}}', b"\\ud800"),
+            (b'{"a": "\\\\ud800", "b": ["\\ud83d"]}', b"\\ud83d"),
+            (b'{"user_properties": {"a": "\\udc00"}}', b"\\udc00"),
+            (b'{"user_properties": {"\\ud800": 1}}', b"\\ud800"),
+        ],
+        ids=[
+            "high-last",
+            "high-inside",
+            "high-before-escape",
+            "after-backslash",
+            "not-escaped-first",
+            "low-alone",
+            "in-a-key",
+        ],
+    )
+    def test_a_lone_surrogate_is_json_invalid_at_its_byte_offset(self, client, auth, raw, escape):
+        r = client.post("/v1/properties", content=raw, headers=auth)
+        [found] = r.json()["detail"]
+        assert found["type"] == "json_invalid"
+        assert found["loc"] == ["body", raw.rindex(escape)]
+        assert "surrogate" in found["ctx"]["error"]

@@ -240,3 +240,34 @@ def test_given_a_second_run_when_the_printed_commands_are_pasted_with_the_key_ex
             lambda: read_profile(second.read, PROFILEHOOK_KEY=key), APPLY_TIMEOUT_S
         )
         assert profile["properties"]["subscription_status"] == "active"
+
+
+def test_given_a_second_run_when_the_printed_keys_create_is_pasted_elsewhere_then_its_key_works(
+    used_data_dir: tuple[Path, str], tmp_path: Path
+) -> None:
+    """Given ``make run`` on a data dir that has a key, when the user pastes the printed
+    ``keys create`` command into a shell elsewhere (no venv on PATH, another directory), then
+    it creates a key of this data directory, which the running server accepts."""
+    data_dir, _ = used_data_dir
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    with make_run(free_port(), data_dir) as second:
+        printed = next(line for line in second.text.splitlines() if "keys create" in line)
+        create = printed.rpartition("create one: ")[2].strip()
+        wait_ready(second.base_url)
+
+        created = subprocess.run(
+            ["bash", "-c", create],
+            cwd=elsewhere,
+            env=_newcomer_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert created.returncode == 0, (create, created.stderr)
+        key = created.stdout.splitlines()[-1].strip()
+        assert key.startswith("phk_"), created.stdout
+
+        status, body = send_printed(second.send, PROFILEHOOK_KEY=key)
+    assert (status, body) == (202, {"status": "accepted", "event_id": SEED_EVENT_ID})
+    assert not any(elsewhere.iterdir())  # no stray data directory where it was pasted

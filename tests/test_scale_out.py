@@ -308,7 +308,7 @@ async def _wait_all_applied(
         base = urls[rounds % len(urls)]
         views = await _gather_limited([_get(client, f"{base}/v1/events/{i}", auth) for i in ids])
         for event_id, view in zip(ids, views, strict=True):
-            if view is not None and view["status"] == "applied":
+            if view is not None and view["status"] in ("applied", "duplicate"):
                 del pending[event_id]
             else:
                 pending[event_id] = "missing" if view is None else view["status"]

@@ -8,20 +8,23 @@ its channel backends); PostgreSQL will add ``postgres`` and skip locally when th
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 import pytest
 
 from profilehook.events import Event, Version, new_event_id
 from profilehook.stores import sqlite as sqlite_module
-from profilehook.stores.base import ApiKey, Contact, Store
+from profilehook.stores.base import ApiKey, Contact, Nonce, Store
 from profilehook.stores.memory import MemoryStore
 from profilehook.stores.sqlite import SqliteStore
 from tests.support import (
@@ -99,11 +102,54 @@ async def postgres_store_backend() -> AsyncIterator[StoreBackend]:
     drop_schema(schema)
 
 
+@pytest.fixture(scope="session")
+def icu_database_url() -> Iterator[str]:
+    """A database whose default collation is ICU's en-US, where ``'a-1' < 'B-1'`` (by bytes,
+    and in Python, ``'B-1' < 'a-1'``): schema objects made there get a non-C collation."""
+    require_server(POSTGRES_URL, 5432)
+    import psycopg
+
+    name = f"profilehook_icu_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(
+            f"CREATE DATABASE {name} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US'"
+        )
+    try:
+        yield urlunsplit(urlsplit(POSTGRES_URL)._replace(path=f"/{name}"))
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+async def postgres_icu_store_backend(icu_database_url: str) -> AsyncIterator[StoreBackend]:
+    """PostgreSQL in a database whose default collation is not C: the store must still
+    compare ids by bytes, as the other stores and Python do."""
+    from profilehook.stores.postgres import PostgresStore
+
+    url = f"{icu_database_url}?schema={unique_schema()}"
+    store = PostgresStore(url)
+    await store.open()
+    others: list[Store] = []
+
+    async def another() -> Store:
+        other = PostgresStore(url)
+        await other.open()
+        others.append(other)
+        return other
+
+    yield StoreBackend("postgres", store, another)
+    for other in others:
+        await other.close()
+    await store.close()
+
+
 @pytest.fixture(
     params=[
         pytest.param("memory_store_backend", id="memory"),
         pytest.param("sqlite_store_backend", id="sqlite"),
         pytest.param("postgres_store_backend", id="postgres"),
+        pytest.param("postgres_icu_store_backend", id="postgres-icu"),
     ]
 )
 def backend(request: pytest.FixtureRequest) -> StoreBackend:
@@ -216,6 +262,48 @@ async def test_given_values_of_every_json_type_then_get_contact_returns_them_exa
     assert {k: type(v) for k, v in found.items()} == {k: type(v) for k, v in values.items()}
 
 
+# Every kind of JSON value, as a client sends it. The API must give back the same JSON text:
+# -0.0 is not 0.0, 1.0 is not 1, 1e20 is a float, and nested objects keep their key order.
+EXACT_VALUES: dict[str, Any] = {
+    "a_big_float": 1e20,
+    "b_huge_float": 1.5e300,
+    "c_tiny_float": 5e-324,
+    "d_tenth": 0.1,
+    "e_negative_zero": -0.0,
+    "f_whole_float": 1.0,
+    "g_one": 1,
+    "h_max_safe_int": 2**53 - 1,
+    "i_min_safe_int": -(2**53 - 1),
+    "j_unicode": 'Zoë 中文 😀 𝄞 \u2028 \\ "q"',
+    "k_nested": {"z": [1.0, -0.0, {"y": 1e20, "b": None}], "a": "after z", "m": {"n": []}},
+    "l_empty_list": [],
+    "m_empty_object": {},
+    "n_true": True,
+    "o_false": False,
+    "p_mixed_list": [1, 1.0, "1", None, True, [], {}],
+}
+
+
+def json_texts(values: dict[str, Any]) -> dict[str, str]:
+    """Each value's JSON text: compares what ``==`` does not (-0.0 == 0.0, 1.0 == 1, key order).
+    The standard library's, which writes an integer of any size."""
+    return {name: json.dumps(value) for name, value in values.items()}
+
+
+async def test_given_every_kind_of_json_value_then_each_comes_back_as_the_same_json_text(
+    store: Store,
+) -> None:
+    await store.apply([event(event_id="e1", ts_us=1 * S, **EXACT_VALUES, unset="soon")])
+    await store.apply([event(event_id="e2", ts_us=2 * S, unset=None, never_set=None)])
+
+    found = await props(store)
+    assert json_texts(found) == json_texts(EXACT_VALUES)
+    page, _ = await store.contacts_page("acme", None, 10)
+    assert [json_texts(c.properties) for c in page] == [json_texts(EXACT_VALUES)]
+    await store.rebuild()
+    assert json_texts(await props(store)) == json_texts(EXACT_VALUES)
+
+
 async def test_given_an_empty_batch_then_apply_does_nothing(store: Store) -> None:
     result = await store.apply([])
 
@@ -251,6 +339,32 @@ async def test_given_equal_event_times_then_the_greater_event_id_wins_in_any_arr
 
     assert await props(store) == {"name": "from b"}
     assert await versions(store) == {"name": (7 * S, "e-b")}
+
+
+@pytest.mark.parametrize("batching", ["one-batch", "a-first", "B-first"], ids=str)
+async def test_given_a_tie_in_time_then_event_ids_compare_by_bytes_whatever_the_collation(
+    store: Store, batching: str
+) -> None:
+    """'B-1' < 'a-1' by bytes (and in Python, which decides within a batch); under en-US
+    collation it is the other way round. Every store, every batching, and rebuild: 'a-1'."""
+    lower = event(event_id="a-1", ts_us=7 * S, name="from a-1")
+    upper = event(event_id="B-1", ts_us=7 * S, name="from B-1")
+    if batching == "one-batch":
+        await store.apply([upper, lower])
+    else:
+        for one in [lower, upper] if batching == "a-first" else [upper, lower]:
+            await store.apply([one])
+    await store.apply([event(contact_id="a", event_id="x", a=1), event(contact_id="B", b=2)])
+
+    assert await versions(store) == {"name": (7 * S, "a-1")}
+    history = await store.history("acme", "c1", None, 10)
+    assert [r.event.event_id for r in history] == ["a-1", "B-1"]
+    page, _ = await store.contacts_page("acme", None, 10)
+    assert [c.contact_id for c in page] == ["B", "a", "c1"]
+    await store.rebuild()
+    assert await versions(store) == {"name": (7 * S, "a-1")}
+    await store.apply([event(event_id="A-1", ts_us=7 * S, name="from A-1")])
+    assert await props(store) == {"name": "from a-1"}, "a stored winner is compared by bytes"
 
 
 async def test_given_a_newer_value_when_an_older_event_arrives_late_then_it_never_overwrites(
@@ -597,7 +711,7 @@ async def test_given_every_id_hashes_alike_then_sqlite_dedupe_history_and_lookup
     assert [r.event.event_id for r in await store.history("acme", "c1", None, 10)] == ["f", "a"]
     assert [r.event.event_id for r in await store.history("acme", "c2", None, 10)] == ["b"]
     found = await store.get_event("acme", "a")
-    assert found is not None and (found.status, found.event.ts_us) == ("applied", 1 * S)
+    assert found is not None and (found.status, found.event.ts_us) == ("duplicate", 1 * S)
     failed = await store.get_event("acme", "f")
     assert failed is not None and failed.status == "failed"
     assert await store.get_event("acme", "zz") is None
@@ -747,6 +861,78 @@ async def test_given_events_then_get_event_tells_applied_failed_or_unknown(store
     assert await store.get_contact("acme", "c2") is None, "a failed event changes no profile"
 
 
+async def test_given_an_event_accepted_again_then_its_status_is_duplicate_and_the_first_stays(
+    store: Store,
+) -> None:
+    first = event(event_id="e1", ts_us=1 * S, name="first")
+    await store.apply([first])
+    applied = await store.get_event("acme", "e1")
+    assert applied is not None and applied.status == "applied"
+
+    await store.apply([first])  # the log delivering the same acceptance again (after a crash)
+    redelivered = await store.get_event("acme", "e1")
+    assert redelivered == applied, "a redelivery of one acceptance is not a duplicate"
+
+    again = msgspec.structs.replace(first, received_us=first.received_us + 1, properties={"x": 2})
+    await store.apply([again])
+
+    found = await store.get_event("acme", "e1")
+    assert found is not None
+    assert (found.status, found.event, found.applied_us) == ("duplicate", first, applied.applied_us)
+    assert [r.status for r in await store.history("acme", "c1", None, 10)] == ["duplicate"]
+    assert await props(store) == {"name": "first"}
+    await store.rebuild()
+    assert await props(store) == {"name": "first"}, "a duplicate's first copy was applied"
+
+
+async def test_given_two_copies_in_one_batch_then_the_first_is_applied_and_marked_duplicate(
+    store: Store,
+) -> None:
+    one = event(event_id="e1", ts_us=1 * S, name="one")
+    other = msgspec.structs.replace(one, received_us=one.received_us + 1, properties={"n": 2})
+    await store.apply([one, other, event(event_id="e2", ts_us=2 * S, city="Oslo")])
+
+    found, single = await store.get_event("acme", "e1"), await store.get_event("acme", "e2")
+
+    assert found is not None and (found.status, found.event) == ("duplicate", one)
+    assert single is not None and single.status == "applied"
+
+
+async def test_given_a_failed_event_accepted_again_then_it_stays_failed(store: Store) -> None:
+    poison = event(event_id="bad", name="x")
+    await store.record_failure(poison, "cannot apply")
+
+    await store.apply([msgspec.structs.replace(poison, received_us=poison.received_us + 1)])
+
+    found = await store.get_event("acme", "bad")
+    assert found is not None and (found.status, found.error) == ("failed", "cannot apply")
+
+
+async def test_given_a_deleted_contact_then_history_hides_its_events_up_to_the_delete(
+    store: Store,
+) -> None:
+    await store.apply(
+        [
+            event(event_id="e1", ts_us=1 * S, email="ann@example.com"),
+            event(event_id="e3", ts_us=3 * S, name="Ann"),
+            event(contact_id="c2", event_id="o1", ts_us=1 * S, name="Bob"),
+        ]
+    )
+    await store.apply([event(event_id="z3", ts_us=3 * S, kind="delete")])  # covers e3: e3 < z3
+    await store.apply([event(event_id="e5", ts_us=5 * S, name="Cleo")])
+    await store.apply([event(event_id="e2", ts_us=2 * S, email="late@example.com")])
+    await store.apply([event(event_id="d1", ts_us=1 * S, kind="delete")])  # older: no change
+
+    shown = [r.event.event_id for r in await store.history("acme", "c1", None, 10)]
+    assert shown == ["e5"]
+    assert [r.event.event_id for r in await store.history("acme", "c2", None, 10)] == ["o1"]
+    await store.rebuild()
+    assert [r.event.event_id for r in await store.history("acme", "c1", None, 10)] == ["e5"]
+
+    await store.apply([event(event_id="d9", ts_us=9 * S, kind="delete")])
+    assert await store.history("acme", "c1", None, 10) == []
+
+
 # -- workspaces ----------------------------------------------------------------------------------
 
 
@@ -766,7 +952,7 @@ async def test_given_the_same_contact_and_event_ids_in_two_workspaces_then_they_
     assert await store.get_contact("globex", "c1") is None
     acme_event = await store.get_event("acme", "e1")
     assert acme_event is not None and acme_event.event.properties == {"name": "Ann"}
-    assert [r.event.event_id for r in await store.history("globex", "c1", None, 10)] == ["d2", "e1"]
+    assert await store.history("globex", "c1", None, 10) == []  # deleted: its data is gone
     assert [r.event.event_id for r in await store.history("acme", "c1", None, 10)] == ["e1"]
 
 
@@ -918,3 +1104,160 @@ async def test_given_two_mappings_of_a_profile_then_the_greater_version_wins_in_
     assert await store.get_alias("acme", "src_1", "7") == "new"
     assert await store.get_alias("globex", "src_1", "7") is None
     assert await store.get_alias("acme", "src_2", "7") is None
+
+
+# -- seen nonces (Copernica's replay protection) --------------------------------------------
+
+
+async def test_given_a_nonce_then_it_is_new_once_per_source_until_it_expires(store: Store) -> None:
+    call = Nonce("src_1", "SHA-256=abc", "n-1")
+
+    assert await store.remember_nonce(call, expires_us=300 * S, now_us=1 * S) is True
+    assert await store.remember_nonce(call, expires_us=600 * S, now_us=2 * S) is False
+    assert await store.remember_nonce(call, expires_us=600 * S, now_us=300 * S) is False
+    assert await store.remember_nonce(Nonce("src_1", "SHA-256=other", "n-1"), 300 * S, 2 * S)
+    assert await store.remember_nonce(Nonce("src_2", "SHA-256=abc", "n-1"), 300 * S, 2 * S)
+    assert await store.remember_nonce(Nonce("src_1", "SHA-256=abc", "n-2"), 300 * S, 2 * S)
+    # Once its call's Date would be refused anyway, the nonce is forgotten.
+    assert await store.remember_nonce(call, expires_us=900 * S, now_us=301 * S) is True
+
+
+async def test_given_a_forgotten_nonce_then_the_same_call_is_new_again(store: Store) -> None:
+    call = Nonce("src_1", "SHA-256=abc", "n-1")
+    assert await store.remember_nonce(call, 300 * S, 1 * S)
+
+    await store.forget_nonce(call)
+    await store.forget_nonce(Nonce("src_1", "never", "seen"))
+
+    assert await store.remember_nonce(call, 300 * S, 2 * S) is True
+    assert await store.remember_nonce(call, 300 * S, 3 * S) is False
+
+
+async def test_given_a_nonce_seen_by_one_process_then_another_refuses_it(
+    backend: StoreBackend,
+) -> None:
+    call = Nonce("src_1", "SHA-256=abc", "n-1")
+    assert await backend.store.remember_nonce(call, 300 * S, 1 * S)
+
+    other = await backend.open_another()
+
+    assert await other.remember_nonce(call, 300 * S, 2 * S) is False
+    await other.forget_nonce(call)
+    assert await backend.store.remember_nonce(call, 300 * S, 3 * S) is True
+
+
+async def test_given_two_processes_racing_on_the_same_nonces_then_exactly_one_wins_each(
+    backend: StoreBackend,
+) -> None:
+    import asyncio
+
+    one, two = backend.store, await backend.open_another()
+    calls = [Nonce("src_1", f"SHA-256={i}", "n") for i in range(30)]
+
+    won = await asyncio.gather(
+        *(store.remember_nonce(call, 300 * S, 1 * S) for call in calls for store in (one, two))
+    )
+
+    assert [won[i] + won[i + 1] for i in range(0, len(won), 2)] == [1] * len(calls)
+
+
+async def test_given_expired_nonces_then_remembering_another_removes_their_rows(
+    backend: StoreBackend,
+) -> None:
+    store = backend.store
+    for i in range(5):
+        await store.remember_nonce(Nonce("src_1", f"d{i}", "n"), expires_us=(10 + i) * S, now_us=S)
+
+    await store.remember_nonce(Nonce("src_1", "late", "n"), expires_us=400 * S, now_us=13 * S)
+
+    if backend.name != "memory":
+        assert await stored_nonce_count(backend) == 3  # d3 (13 s), d4 (14 s) and late
+    assert await store.remember_nonce(Nonce("src_1", "d3", "n"), 400 * S, 13 * S) is False
+    assert await store.remember_nonce(Nonce("src_1", "d2", "n"), 400 * S, 13 * S) is True
+
+
+async def stored_nonce_count(backend: StoreBackend) -> int:
+    """The rows a durable store keeps for nonces."""
+    if isinstance(backend.store, SqliteStore):
+        with contextlib.closing(sqlite3.connect(backend.store.db.path)) as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM seen_nonces").fetchone()[0])
+    if backend.name == "postgres":
+        import psycopg
+
+        from profilehook.stores.postgres import PostgresStore
+
+        assert isinstance(backend.store, PostgresStore)
+        with psycopg.connect(backend.store.conninfo) as conn:
+            query = f'SELECT COUNT(*) FROM "{backend.store.schema}".seen_nonces'
+            row = conn.execute(query).fetchone()
+            assert row is not None
+            return int(row[0])
+    raise AssertionError(f"{backend.name} keeps no rows")
+
+
+# -- PostgreSQL migrations -----------------------------------------------------------------------
+
+
+async def test_given_values_stored_as_jsonb_when_migrated_then_they_are_exact_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Schema 2 kept values as jsonb, which changed numbers and key order; opening the store
+    with schema 3 restores each value from the event that set it."""
+    require_server(POSTGRES_URL, 5432)
+    from profilehook.stores import postgres as postgres_module
+
+    schema = unique_schema()
+    try:
+        with monkeypatch.context() as old_code:
+            old_code.setattr(postgres_module, "MIGRATIONS", postgres_module.MIGRATIONS[:2])
+            old = postgres_module.PostgresStore(postgres_url(schema))
+            await old.open()
+            await old.apply([event(event_id="e1", ts_us=1 * S, **EXACT_VALUES)])
+            await old.apply([event(contact_id="c2", event_id="e2", ts_us=1 * S, n=1e20)])
+            await old.apply([event(contact_id="c2", event_id="e3", ts_us=2 * S, n=None)])
+            changed = await props(old)
+            await old.close()
+        assert json_texts(changed) != json_texts(EXACT_VALUES), "schema 2 changed them"
+
+        store = postgres_module.PostgresStore(postgres_url(schema))
+        await store.open()
+        try:
+            assert json_texts(await props(store)) == json_texts(EXACT_VALUES)
+            assert await props(store, "c2") == {}
+            await store.apply([event(event_id="e4", ts_us=3 * S, e_negative_zero=-0.0)])
+            assert json_texts(await props(store)) == json_texts(EXACT_VALUES)
+        finally:
+            await store.close()
+    finally:
+        drop_schema(schema)
+
+
+async def test_given_ties_decided_by_an_en_us_collation_when_migrated_then_bytes_decide(
+    icu_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before migration 5, separate batches let en-US decide a tie ('B-1' won); opening the
+    store with it makes the id columns bytewise and rebuilds the profiles: 'a-1' wins."""
+    from profilehook.stores import postgres as postgres_module
+
+    url = f"{icu_database_url}?schema={unique_schema()}"
+    with monkeypatch.context() as old_code:
+        old_code.setattr(postgres_module, "MIGRATIONS", postgres_module.MIGRATIONS[:4])
+        old = postgres_module.PostgresStore(url)
+        await old.open()
+        for event_id in ("a-1", "B-1"):
+            await old.apply([event(event_id=event_id, ts_us=7 * S, name=f"from {event_id}")])
+        await old.close()
+    # What the comparisons of schema 4 left there under en-US (today's SQL names "C" itself).
+    import psycopg
+
+    with psycopg.connect(old.conninfo) as conn:
+        conn.execute(f"UPDATE {old.schema}.properties SET event_id = 'B-1', value = '\"from B-1\"'")
+
+    store = postgres_module.PostgresStore(url)
+    await store.open()
+    try:
+        assert await versions(store) == {"name": (7 * S, "a-1")}
+        await store.apply([event(event_id="A-1", ts_us=7 * S, name="from A-1")])
+        assert await props(store) == {"name": "from a-1"}
+    finally:
+        await store.close()

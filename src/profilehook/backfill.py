@@ -3,14 +3,21 @@
 Each line is one event as ``POST /v1/properties`` takes it, checked alone. Valid lines are
 appended to the log like any accepted request; the applier then applies them by event time, so
 a historical backfill can never overwrite newer values.
+
+A line without an ``event_id`` gets one derived from its content (``event_id_of_line``), so
+importing a file again, whole or after an interruption, adds nothing: every line is a duplicate
+of itself.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from profilehook.constants import MAX_BATCH_EVENTS
 from profilehook.events import Event, now_us
@@ -22,6 +29,7 @@ Progress = Callable[[int, int], None]
 """Called with (bytes read, file size)."""
 
 MAX_REPORTED_LINES = 100
+IMPORTED_ID_PREFIX = "imp-"
 
 
 @dataclass
@@ -70,6 +78,8 @@ def _read_line(
 ) -> None:
     value, problems = decode_json(line, ("line", line_no))
     if not problems:
+        if isinstance(value, dict) and value.get("event_id") is None:
+            value["event_id"] = event_id_of_line(value)
         parsed = event_from_object(value, workspace, now_us(), ("line", line_no))
         if isinstance(parsed, Event):
             batch.append(parsed)
@@ -77,3 +87,12 @@ def _read_line(
             return
         problems = parsed
     result.refuse(line_no, problems)
+
+
+def event_id_of_line(value: dict[str, Any]) -> str:
+    """The event_id of an imported line that has none: a digest of its JSON value in canonical
+    form (keys sorted at every level, no whitespace), so that the same event written with
+    other spacing or key order is the same event, and importing twice changes nothing."""
+    content = {k: v for k, v in value.items() if k != "event_id"}
+    canonical = msgspec.json.encode(content, order="sorted")
+    return IMPORTED_ID_PREFIX + hashlib.sha256(canonical).hexdigest()[:32]

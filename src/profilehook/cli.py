@@ -14,9 +14,11 @@ import logging
 import os
 import shlex
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -26,12 +28,15 @@ from profilehook import keys as keys_lib
 from profilehook.errors import ProfilehookError
 from profilehook.events import iso, now_us
 from profilehook.service import running
-from profilehook.settings import Settings
+from profilehook.settings import MAX_PORT, MIN_PORT, Settings
 
 if TYPE_CHECKING:
+    import uvicorn
+
     from profilehook.api.app import AppliesIn
 
 T = TypeVar("T")
+LOCAL_HOSTS = ("localhost", "::1", "0.0.0.0", "::")  # and 127.*: not an address others reach
 
 SEED_EVENT = {
     "contact_id": "user123",
@@ -53,7 +58,20 @@ def _run(coro: Awaitable[T]) -> T:
 
 def _settings(ctx: click.Context, **overrides: Any) -> Settings:
     base: Settings = ctx.obj
-    return base.replace(**{k: v for k, v in overrides.items() if v is not None})
+    try:
+        return base.replace(**{k: v for k, v in overrides.items() if v is not None})
+    except ProfilehookError as exc:
+        raise click.ClickException(str(exc.detail)) from None
+
+
+PORT = click.IntRange(MIN_PORT, MAX_PORT)
+
+
+def _nonblank(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A workspace name given must name one: an empty or blank name is a usage error."""
+    if value is not None and not value.strip():
+        raise click.BadParameter("a workspace name cannot be empty or blank")
+    return value
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -61,6 +79,9 @@ def _settings(ctx: click.Context, **overrides: Any) -> Settings:
 @click.option("--queue-url", help="Overrides PROFILEHOOK_QUEUE_URL.")
 @click.option("--store-url", help="Overrides PROFILEHOOK_STORE_URL.")
 @click.option("--log-level", help="Overrides PROFILEHOOK_LOG_LEVEL.")
+@click.option(
+    "--public-url", help="Overrides PROFILEHOOK_PUBLIC_URL (the base of printed webhook URLs)."
+)
 @click.pass_context
 def main(ctx: click.Context, /, **overrides: Any) -> None:
     """profilehook: real-time user-property updates into always-correct profiles.
@@ -81,7 +102,7 @@ def main(ctx: click.Context, /, **overrides: Any) -> None:
 
 @main.command()
 @click.option("--host", help="Address to listen on (PROFILEHOOK_HOST).")
-@click.option("--port", type=int, help="Port to listen on (PROFILEHOOK_PORT).")
+@click.option("--port", type=PORT, help="Port to listen on, 1-65535 (PROFILEHOOK_PORT).")
 @click.option("--no-applier", is_flag=True, help="Only ingest; run `profilehook worker` apart.")
 @click.option(
     "--quickstart",
@@ -104,6 +125,7 @@ def serve(
     from profilehook.api.protocol import http_protocol
 
     settings = _settings(ctx, host=host, port=port)
+    _run(_reach_log(settings))
     if quickstart:
         click.echo(_run(_quickstart_text(settings)))
     app = create_app(settings, _applies_in(settings, no_applier))
@@ -122,10 +144,46 @@ def serve(
         log_config=None,
     )
     _settle_heap()
-    server = uvicorn.Server(config)
-    server.run()
+    server = _stoppable_server()(config)
+    with contextlib.suppress(asyncio.CancelledError):  # stopped during start-up
+        server.run()
     if not server.started:
         sys.exit(1)
+
+
+async def _reach_log(settings: Settings) -> None:
+    """Wait for the log's server (NATS), within ``connect_timeout_s``, before uvicorn starts:
+    an unreachable one then ends `serve` with one clear message rather than a traceback from
+    the app's lifespan. (Signals keep their default meaning here: they stop it at once.)"""
+    if not settings.queue_url.startswith(("nats://", "tls://")):
+        return  # a local log: nothing to wait for
+    from profilehook.queues import open_queue
+
+    queue = open_queue(settings.queue_url, settings.data_dir, settings.connect_timeout_s)
+    await queue.open()
+    await queue.close()
+
+
+def _stoppable_server() -> type[uvicorn.Server]:
+    import uvicorn
+
+    class StoppableServer(uvicorn.Server):
+        """uvicorn, stopped at once by SIGTERM or SIGINT also while its start-up (the app's
+        lifespan) still waits for a backend; uvicorn itself would only note the signal."""
+
+        _main: asyncio.Task[None] | None = None
+
+        async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+            self._main = asyncio.current_task()
+            await super().serve(sockets)
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            super().handle_exit(sig, frame)
+            main = self._main
+            if not self.started and main is not None:
+                main.get_loop().call_soon_threadsafe(main.cancel)
+
+    return StoppableServer
 
 
 def _settle_heap() -> None:
@@ -146,15 +204,28 @@ def _applies_in(settings: Settings, no_applier: bool) -> AppliesIn:
     return "task" if in_memory else "process"
 
 
+def _this_cli(settings: Settings) -> str:
+    """This profilehook as a shell command that works as pasted, on these settings' data: by
+    absolute path (a checkout's .venv/bin is not on PATH) and with the backends spelled out."""
+    script = Path(sys.executable).parent / "profilehook"
+    words = [str(script)] if script.is_file() else [sys.executable, "-m", "profilehook"]
+    words += ["--data-dir", str(settings.data_dir.resolve())]
+    for flag, url in (("--queue-url", settings.queue_url), ("--store-url", settings.store_url)):
+        if url:
+            words += [flag, url]
+    return shlex.join(words)
+
+
 async def _quickstart_text(settings: Settings) -> str:
     async with running(settings) as services:
         existing = await services.store.list_keys()
         if existing:
             key = "$PROFILEHOOK_KEY"
             intro = (
-                "Keys exist already; a key is shown only when it is created. Use yours as\n"
-                "PROFILEHOOK_KEY, or create one: profilehook keys create --workspace "
-                f"{existing[0].workspace}"
+                "Keys exist already; a key is shown only when it is created. Export yours as\n"
+                "PROFILEHOOK_KEY, or create one (from any directory, as printed):\n"
+                f"  {_this_cli(settings)} keys create --workspace "
+                f"{shlex.quote(existing[0].workspace)}"
             )
         else:
             key, record = await keys_lib.create_key(services.store, c.DEFAULT_WORKSPACE)
@@ -179,7 +250,7 @@ async def _quickstart_text(settings: Settings) -> str:
 @main.command()
 @click.option(
     "--metrics-port",
-    type=int,
+    type=PORT,
     help="Serve this worker's Prometheus metrics (apply lag, applied, duplicates) on this port.",
 )
 @click.option("--report-to-parent", is_flag=True, hidden=True)
@@ -202,9 +273,18 @@ def worker(ctx: click.Context, metrics_port: int | None, report_to_parent: bool)
     async def work() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        main = asyncio.current_task()
+        started = False
+
+        def on_signal() -> None:
+            stop.set()
+            if not started and main is not None:
+                main.cancel()  # still connecting (maybe to a backend that is down): stop now
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
         async with running(settings) as services:
+            started = True
             if metrics_port is not None:
                 from prometheus_client import start_http_server
 
@@ -224,7 +304,10 @@ def worker(ctx: click.Context, metrics_port: int | None, report_to_parent: bool)
                 if link is not None:
                     link.close()
 
-    _run(work())
+    try:
+        _run(work())
+    except asyncio.CancelledError:
+        sys.exit(1)  # stopped before it started
 
 
 @main.group()
@@ -233,7 +316,9 @@ def keys() -> None:
 
 
 @keys.command("create")
-@click.option("--workspace", required=True, help="The workspace the key grants.")
+@click.option(
+    "--workspace", callback=_nonblank, required=True, help="The workspace the key grants."
+)
 @click.option("--json", "as_json", is_flag=True, help='Print {"key", "key_id", "workspace"}.')
 @click.pass_context
 def keys_create(ctx: click.Context, workspace: str, as_json: bool) -> None:
@@ -251,7 +336,7 @@ def keys_create(ctx: click.Context, workspace: str, as_json: bool) -> None:
 
 
 @keys.command("list")
-@click.option("--workspace", help="Only this workspace's keys.")
+@click.option("--workspace", callback=_nonblank, help="Only this workspace's keys.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @click.pass_context
 def keys_list(ctx: click.Context, workspace: str | None, as_json: bool) -> None:
@@ -301,7 +386,7 @@ def contacts() -> None:
 
 @contacts.command("get")
 @click.argument("contact_id")
-@click.option("--workspace", required=True)
+@click.option("--workspace", callback=_nonblank, required=True)
 @click.pass_context
 def contacts_get(ctx: click.Context, contact_id: str, workspace: str) -> None:
     """Print a contact's profile as JSON (exit 1 when not found).
@@ -326,7 +411,7 @@ def events() -> None:
 
 @events.command("get")
 @click.argument("event_id")
-@click.option("--workspace", required=True)
+@click.option("--workspace", callback=_nonblank, required=True)
 @click.pass_context
 def events_get(ctx: click.Context, event_id: str, workspace: str) -> None:
     """Print an event and its status as JSON (exit 1 when not found).
@@ -371,7 +456,9 @@ def rebuild(ctx: click.Context) -> None:
 
 @main.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--workspace", required=True, help="The workspace the events belong to.")
+@click.option(
+    "--workspace", callback=_nonblank, required=True, help="The workspace the events belong to."
+)
 @click.option("--json", "as_json", is_flag=True, help='Print {"accepted", "rejected", "problems"}.')
 @click.pass_context
 def import_cmd(ctx: click.Context, file: Path, workspace: str, as_json: bool) -> None:
@@ -412,7 +499,9 @@ def import_cmd(ctx: click.Context, file: Path, workspace: str, as_json: bool) ->
 
 
 @main.command("export")
-@click.option("--workspace", required=True, help="The workspace whose profiles to write.")
+@click.option(
+    "--workspace", callback=_nonblank, required=True, help="The workspace whose profiles to write."
+)
 @click.option(
     "--output",
     "-o",
@@ -504,6 +593,33 @@ def check(ctx: click.Context) -> None:
     click.echo(f"ok: log and store answer; {depth} events waiting to be applied")
 
 
+@main.group()
+def streams() -> None:
+    """Manage the NATS JetStream stream of the log (the scaled-out configuration)."""
+
+
+@streams.command("set-replicas")
+@click.argument("replicas", type=click.IntRange(1, 5))
+@click.pass_context
+def streams_set_replicas(ctx: click.Context, replicas: int) -> None:
+    """Give the stream REPLICAS copies (processes never change them by themselves).
+
+    Then name the same count in PROFILEHOOK_QUEUE_URL (replicas=N), or leave replicas= out.
+
+    \b
+    Example:
+      PROFILEHOOK_QUEUE_URL='nats://nats-1:4222?stream=PROFILEHOOK_EVENTS' \\
+          profilehook streams set-replicas 3
+    """
+    settings = _settings(ctx)
+    if not settings.queue_url.startswith(("nats://", "tls://")):
+        raise click.ClickException("PROFILEHOOK_QUEUE_URL names no NATS server (nats://...)")
+    from profilehook.queues.nats import set_stream_replicas
+
+    before = _run(set_stream_replicas(settings.queue_url, replicas, settings.connect_timeout_s))
+    click.echo(f"Stream replicas: {before} -> {replicas}")
+
+
 @main.command("settings")
 @click.pass_context
 def settings_cmd(ctx: click.Context) -> None:
@@ -541,7 +657,7 @@ def sources_create() -> None:
 
 
 @sources_create.command("copernica")
-@click.option("--workspace", required=True)
+@click.option("--workspace", callback=_nonblank, required=True)
 @click.option("--account", required=True, help="Copernica account id (X-Copernica-ID).")
 @click.option(
     "--contact-field", help="Profile field that holds the contact id (default: profile id)."
@@ -553,7 +669,9 @@ def sources_create() -> None:
     metavar="KEYID=PEMFILE",
     help="Pin a public key for a keyId instead of looking it up in DNS (repeatable).",
 )
-@click.option("--token", is_flag=True, help="Also require a secret ?token= in the URL.")
+@click.option(
+    "--token", is_flag=True, help="Also require a secret ?token= in the URL (rotatable later)."
+)
 @click.option(
     "--json", "as_json", is_flag=True, help='Print {"source_id", "url", "kind", "workspace"}.'
 )
@@ -583,7 +701,7 @@ def sources_create_copernica(
 
 
 @sources_create.command("amplitude")
-@click.option("--workspace", required=True)
+@click.option("--workspace", callback=_nonblank, required=True)
 @click.option(
     "--json",
     "as_json",
@@ -642,17 +760,18 @@ def _create_source(
         out["url"] = f"{url}?token={secret}"
     if as_json:
         click.echo(json.dumps(out))
-        return
-    click.echo(f"Created {kind} source {source.source_id} for workspace {workspace!r}.")
-    click.echo(f"Webhook URL: {out['url']}")
-    if kind == "amplitude":
-        click.echo("In Amplitude, add this custom header to the webhook (shown only now):")
-        click.echo(f"  Authorization: Bearer {secret}")
-        click.echo(f"  (or X-Api-Key: {secret})")
+    else:
+        click.echo(f"Created {kind} source {source.source_id} for workspace {workspace!r}.")
+        click.echo(f"Webhook URL: {out['url']}")
+        if kind == "amplitude":
+            click.echo("In Amplitude, add this custom header to the webhook (shown only now):")
+            click.echo(f"  Authorization: Bearer {secret}")
+            click.echo(f"  (or X-Api-Key: {secret})")
+    _public_url_note(settings)
 
 
 @sources.command("list")
-@click.option("--workspace", help="Only this workspace's sources.")
+@click.option("--workspace", callback=_nonblank, help="Only this workspace's sources.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @click.pass_context
 def sources_list(ctx: click.Context, workspace: str | None, as_json: bool) -> None:
@@ -700,10 +819,18 @@ def sources_show(ctx: click.Context, source_id: str) -> None:
     is_flag=True,
     help="Finish a rotation: only the newest secret keeps working.",
 )
-@click.option("--json", "as_json", is_flag=True, help='Print {"source_id", "secret"}.')
+@click.option(
+    "--revoke-oldest",
+    is_flag=True,
+    help="Rotate although two secrets are active: the older of them stops working now.",
+)
+@click.option("--json", "as_json", is_flag=True, help='Print {"source_id", "secret", "url"}.')
 @click.pass_context
-def sources_rotate(ctx: click.Context, source_id: str, drop_previous: bool, as_json: bool) -> None:
-    """Issue a new secret; the previous one works until --drop-previous.
+def sources_rotate(
+    ctx: click.Context, source_id: str, drop_previous: bool, revoke_oldest: bool, as_json: bool
+) -> None:
+    """Issue a new secret (Amplitude) or token (Copernica); the previous one works until
+    --drop-previous. A Copernica source without a token has nothing to rotate: refused.
 
     \b
     Example:
@@ -714,12 +841,62 @@ def sources_rotate(ctx: click.Context, source_id: str, drop_previous: bool, as_j
 
     settings = _settings(ctx)
     if drop_previous:
-        _with_services(settings, lambda s: registry.drop_previous_secret(s.store, source_id))
+        _rotation(lambda s: registry.drop_previous_secret(s.store, source_id), settings, source_id)
         click.echo(f"Only the newest secret of {source_id} works now")
         return
-    _, secret = _with_services(settings, lambda s: registry.rotate_secret(s.store, source_id))
+    source, secret = _rotation(
+        lambda s: registry.rotate_secret(s.store, source_id, revoke_oldest=revoke_oldest),
+        settings,
+        source_id,
+    )
+    url = registry.webhook_url(settings.base_url, source)
+    if source.kind == "copernica":
+        url = f"{url}?token={secret}"
     if as_json:
-        click.echo(json.dumps({"source_id": source_id, "secret": secret}))
+        click.echo(json.dumps({"source_id": source_id, "secret": secret, "url": url}))
+    elif source.kind == "copernica":
+        click.echo(f"New token of {source_id} (shown only now). Set the webhook URL to:")
+        click.echo(f"  {url}")
+        click.echo("The previous URL keeps working until --drop-previous.")
     else:
         click.echo(f"New secret of {source_id} (shown only now; the previous one still works):")
         click.echo(f"  {secret}")
+    _public_url_note(settings)
+
+
+def _rotation(call: Callable[[Any], Awaitable[T]], settings: Settings, source_id: str) -> T:
+    """Run a rotation; a refusal also says which command does what was meant."""
+    from profilehook.sources.registry import RotationRefused
+
+    hints = {
+        "rotation_under_way": f" Run `profilehook sources rotate {source_id} --drop-previous`"
+        " first, or rotate with --revoke-oldest.",
+    }
+
+    async def explained(services: Any) -> T:
+        try:
+            return await call(services)
+        except RotationRefused as exc:
+            raise RotationRefused(exc.reason, f"{exc.detail}{hints.get(exc.reason, '')}") from None
+
+    return _with_services(settings, explained)
+
+
+def _public_url_note(settings: Settings) -> None:
+    """On standard error (stdout may be --json): a URL built from host and port is a guess."""
+    if settings.public_url:
+        return
+    local = settings.host in LOCAL_HOSTS or settings.host.startswith("127.")
+    reach = (
+        f" Copernica and Amplitude cannot reach {settings.host}: it is local to this machine."
+        if local
+        else ""
+    )
+    click.echo(
+        f"Note: this URL is built from PROFILEHOOK_HOST and PROFILEHOOK_PORT ({settings.base_url}),"
+        f" not from where your server listens.{reach} Set PROFILEHOOK_PUBLIC_URL (or"
+        " --public-url before the command) to the address they reach profilehook at, e.g."
+        " PROFILEHOOK_PUBLIC_URL=https://hooks.example.com; `profilehook sources list` then"
+        " prints the right URLs.",
+        err=True,
+    )

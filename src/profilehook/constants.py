@@ -17,6 +17,9 @@ MAX_EVENT_ID_CHARS = 256
 MAX_CONTACT_ID_BYTES = 1_024
 MAX_EVENT_ID_BYTES = 512
 MAX_JSON_DEPTH = 32
+# A webhook body over this is decoded and turned into events in a thread, a piece at a time,
+# not on the event loop every request shares (an 8 MiB Amplitude body is seconds of work).
+OFF_LOOP_BODY_BYTES = 256 * 1024
 # Integers a JSON consumer holds exactly (I-JSON, RFC 7493: JavaScript's safe integers).
 MAX_JSON_INT = 2**53 - 1
 
@@ -38,6 +41,13 @@ RETRY_AFTER_S = 1
 # A backend that has not answered a request's key lookup or append by then is answered 503
 # (checked every 0.1 s, so the answer comes within 1 s).
 BACKEND_TIMEOUT_S = 0.7
+# A request of many events (a batch, a webhook) has this much longer for each event past the
+# first, at most BACKEND_TIMEOUT_EXTRA_MAX_S more: storing 10,000 takes longer than one, and a
+# stored request must not be answered 503. (Pipelined NATS publishes cost 20-70 us an event.)
+BACKEND_TIMEOUT_PER_EVENT_S = 0.0002
+BACKEND_TIMEOUT_EXTRA_MAX_S = 5.0
+# At start-up, a networked log (NATS) that does not answer is retried, with backoff, this long.
+CONNECT_TIMEOUT_S = 30.0
 # /readyz reports a failed durable write for this long, unless a write succeeds first.
 READY_FAILURE_HOLD_S = 10.0
 

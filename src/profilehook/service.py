@@ -26,7 +26,7 @@ class Services:
         """Raises ``ConfigurationError`` when a URL names no backend."""
         return cls(
             settings,
-            open_queue(settings.queue_url, settings.data_dir),
+            open_queue(settings.queue_url, settings.data_dir, settings.connect_timeout_s),
             open_store(
                 settings.store_url,
                 settings.data_dir,

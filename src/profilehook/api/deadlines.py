@@ -28,7 +28,11 @@ from typing import Any, TypeVar
 from starlette.types import Send
 
 from profilehook.api.responses import send_error
-from profilehook.constants import READY_FAILURE_HOLD_S
+from profilehook.constants import (
+    BACKEND_TIMEOUT_EXTRA_MAX_S,
+    BACKEND_TIMEOUT_PER_EVENT_S,
+    READY_FAILURE_HOLD_S,
+)
 from profilehook.errors import ProfilehookError, RequestTimeout, StorageUnavailable
 from profilehook.settings import Settings
 
@@ -66,6 +70,12 @@ class Deadlines:
     def from_settings(cls, settings: Settings) -> Deadlines:
         return cls(settings.body_timeout_s, settings.backend_timeout_s)
 
+    def backend_timeout_for(self, events: int) -> float:
+        """The backend deadline of a request that stores ``events`` events: the setting for
+        one, growing with each event past the first (up to a cap)."""
+        extra_s = min(max(events - 1, 0) * BACKEND_TIMEOUT_PER_EVENT_S, BACKEND_TIMEOUT_EXTRA_MAX_S)
+        return self.backend_timeout_s + extra_s
+
     def watch(self, send: Send) -> Watch:
         """``with deadlines.watch(send) as watch:`` around a request's work, which begins
         waiting for a backend (the key lookup); ``watch`` moves it to its next phase. Nothing
@@ -91,16 +101,16 @@ class Deadlines:
                         and watch.answer is None
                         and watch.task.get_loop() is loop
                     ):
-                        watch.expire(self._error(watch.phase))
+                        watch.expire(self._error(watch))
         finally:
             if self._watchdog is asyncio.current_task():
                 self._watchdog = None
 
-    def _error(self, phase: int) -> ProfilehookError:
-        if phase == _BODY:
+    def _error(self, watch: Watch) -> ProfilehookError:
+        if watch.phase == _BODY:
             return RequestTimeout(self.body_timeout_s)
         return StorageUnavailable(
-            f"Storage did not answer within {self.backend_timeout_s:g} s, retry later"
+            f"Storage did not answer within {watch.backend_timeout_s:g} s, retry later"
         )
 
     # -- health, for /readyz ----------------------------------------------------------------
@@ -128,13 +138,23 @@ class Deadlines:
 class Watch:
     """One request's current phase and deadline; a phase change is two attribute writes."""
 
-    __slots__ = ("answer", "deadline_s", "deadlines", "error", "phase", "send", "task")
+    __slots__ = (
+        "answer",
+        "backend_timeout_s",
+        "deadline_s",
+        "deadlines",
+        "error",
+        "phase",
+        "send",
+        "task",
+    )
 
     def __init__(self, deadlines: Deadlines, task: asyncio.Task[object], send: Send):
         self.deadlines = deadlines
         self.task = task
         self.send = send
-        self.deadline_s = time.monotonic() + deadlines.backend_timeout_s
+        self.backend_timeout_s = deadlines.backend_timeout_s
+        self.deadline_s = time.monotonic() + self.backend_timeout_s
         self.phase = _BACKEND
         self.answer: asyncio.Task[None] | None = None
         self.error: ProfilehookError | None = None
@@ -143,8 +163,13 @@ class Watch:
         self.deadline_s = time.monotonic() + self.deadlines.body_timeout_s
         self.phase = _BODY
 
-    def awaiting_backend(self) -> None:
-        self.deadline_s = time.monotonic() + self.deadlines.backend_timeout_s
+    def awaiting_backend(self, events: int = 1) -> None:
+        """Waiting for a backend to store ``events`` events (or to answer a lookup)."""
+        deadlines = self.deadlines
+        timeout_s = self.backend_timeout_s = (
+            deadlines.backend_timeout_s if events <= 1 else deadlines.backend_timeout_for(events)
+        )
+        self.deadline_s = time.monotonic() + timeout_s
         self.phase = _BACKEND
 
     def unwatched(self) -> None:

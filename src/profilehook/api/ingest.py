@@ -15,6 +15,7 @@ import msgspec
 from starlette.types import Receive, Scope, Send
 
 from profilehook import keys
+from profilehook.api.content_coding import coding_of, read_decoded_body
 from profilehook.api.deadlines import AlreadyAnswered, Deadlines, Watch
 from profilehook.api.ratelimit import RateLimiter
 from profilehook.api.responses import encode, send_error, send_json
@@ -65,7 +66,7 @@ def ingest_handlers(services: Services, deadlines: Deadlines | None = None) -> d
                 )
                 items = native.parse_batch(body, workspace, now_us())
                 events = [item for item in items if isinstance(item, Event)]
-                watch.awaiting_backend()
+                watch.awaiting_backend(len(events))
                 await services.queue.publish(events)
         except ProfilehookError as exc:
             await refuse(services, send, exc)
@@ -125,13 +126,34 @@ async def _authorized_body(
     """Check the key, its rate, the content type, then read the body up to the cap."""
     headers = dict(scope["headers"])
     authorization = headers.get(b"authorization")
+    if len(headers) != len(scope["headers"]) and _repeated(scope["headers"], b"authorization"):
+        authorization = None  # two keys: refused, rather than choosing one of them
     workspace = await keys.authenticate(services.store, authorization)
     if workspace is None:
         raise InvalidApiKey()
     limiter.admit(keys.key_hash_of(authorization) or "")
     check_json_content_type(headers.get(b"content-type"))
     watch.reading_body()
+    if b"content-encoding" in headers:
+        return workspace, await _decoded_body(receive, scope, headers, max_body_bytes)
     return workspace, await read_body(receive, headers.get(b"content-length"), max_body_bytes)
+
+
+async def _decoded_body(
+    receive: Receive, scope: Scope, headers: dict[bytes, bytes], max_body_bytes: int
+) -> bytes:
+    """The body of a request that declares a Content-Encoding, decoded. Raises 400, 413, 415."""
+    declared = b", ".join(v for k, v in scope["headers"] if k == b"content-encoding")
+    coding = coding_of(declared.decode("latin-1"))
+    length = headers.get(b"content-length")
+    if coding is None:  # identity
+        return await read_body(receive, length, max_body_bytes)
+    return await read_decoded_body(receive, coding, length, max_body_bytes)
+
+
+def _repeated(headers: list[tuple[bytes, bytes]], name: bytes) -> bool:
+    """True when header ``name`` appears more than once (only called when some header does)."""
+    return sum(1 for key, _ in headers if key == name) > 1
 
 
 def check_json_content_type(value: bytes | None) -> None:

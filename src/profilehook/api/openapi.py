@@ -30,8 +30,15 @@ def _error(description: str) -> dict[str, Any]:
 _ERRORS_INGEST = {
     "401": _error("Missing, malformed, unknown or revoked API key: `Invalid API Key`"),
     "408": _error("The body did not arrive within the body timeout; the connection is closed"),
-    "413": _error("Body larger than the limit"),
-    "415": _error("A declared Content-Type that is not JSON"),
+    "413": _error("Body larger than the limit (decoded, when it has a Content-Encoding)"),
+    "400": _error(
+        "Malformed HTTP, or a body that is not valid in its declared Content-Encoding (a plain"
+        " body labelled gzip)"
+    ),
+    "415": _error(
+        "A declared Content-Type that is not JSON, or a Content-Encoding other than gzip,"
+        " deflate or identity"
+    ),
     "422": _json(_ref("ValidationError"), "Every problem found, in FastAPI's format"),
     "429": _error("Over the rate limit of the key or source; retry after `Retry-After` seconds"),
     "503": _error(
@@ -228,7 +235,7 @@ _SCHEMAS: dict[str, Any] = {
         "required": ["event_id", "status", "contact_id", "source", "received_at", "applied_at"],
         "properties": {
             "event_id": {"type": "string"},
-            "status": {"enum": ["queued", "applied", "failed"]},
+            "status": {"enum": ["queued", "applied", "duplicate", "failed"]},
             "contact_id": {"type": "string"},
             "source": {"type": "string"},
             "kind": {"enum": ["update", "delete"]},
@@ -321,6 +328,7 @@ def _paths() -> dict[str, Any]:
                     "200": _json(_ref("WebhookAccepted"), "Stored durably"),
                     "401": _error("Signature, token or secret refused; `detail` says which check"),
                     "404": _error("`Source not found`"),
+                    "400": _ERRORS_INGEST["400"],
                     "408": _ERRORS_INGEST["408"],
                     "413": _ERRORS_INGEST["413"],
                     "415": _ERRORS_INGEST["415"],
@@ -375,7 +383,7 @@ def _paths() -> dict[str, Any]:
         },
         "/v1/events/{event_id}": {
             "get": {
-                "summary": "An event's status: queued, applied or failed",
+                "summary": "An event's status: queued, applied, duplicate or failed",
                 "security": _SECURED,
                 "parameters": [
                     {

@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import unquote
 
 import msgspec
+from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
@@ -32,6 +33,16 @@ READY_TIMEOUT_S = 1.0
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
+class _AnyTail(PathConvertor):
+    """The rest of the path, line breaks included: Starlette's ``path`` (``.*``) stops at a
+    newline, so an id holding one (``nl%0Aid``, accepted at ingestion) would not be found."""
+
+    regex = "(?s:.*)"
+
+
+register_url_convertor("any_tail", _AnyTail())
+
+
 def read_routes(
     services: Services, deadlines: Deadlines, applier: StallWatch | None = None
 ) -> list[Route]:
@@ -40,7 +51,8 @@ def read_routes(
     within_deadline = _deadline(services.settings.backend_timeout_s)
 
     async def workspace_of(request: Request) -> str:
-        header = request.headers.get("authorization")
+        found = request.headers.getlist("authorization")
+        header = found[0] if len(found) == 1 else None  # two keys: refused, not one chosen
         workspace = await keys.authenticate(store, header.encode("latin-1") if header else None)
         if workspace is None:
             raise InvalidApiKey()
@@ -113,8 +125,8 @@ def read_routes(
         return HTMLResponse(openapi.html(openapi.document(services.settings.base_url)))
 
     return [
-        Route("/v1/contacts/{rest:path}", contact, methods=["GET"]),
-        Route("/v1/events/{rest:path}", event, methods=["GET"]),
+        Route("/v1/contacts/{rest:any_tail}", contact, methods=["GET"]),
+        Route("/v1/events/{rest:any_tail}", event, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
@@ -209,7 +221,7 @@ def _page(request: Request) -> tuple[int, Version | None]:
         )
     before = None
     raw_cursor = request.query_params.get("cursor")
-    if raw_cursor is not None:
+    if raw_cursor:  # an empty cursor (``?cursor=``) is the first page, as an absent one
         before = _decode_cursor(raw_cursor)
         if before is None:
             problems.append(value_error(("query", "cursor"), raw_cursor, "not a cursor we issued"))

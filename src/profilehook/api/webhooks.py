@@ -10,6 +10,7 @@ from urllib.parse import parse_qsl
 
 from starlette.types import Receive, Scope, Send
 
+from profilehook.api.content_coding import coding_of, read_decoded_body
 from profilehook.api.deadlines import Deadlines
 from profilehook.api.ingest import Handler, read_body, refuse
 from profilehook.api.ratelimit import RateLimiter
@@ -70,11 +71,11 @@ def webhook_handler(services: Services, deadlines: Deadlines | None = None) -> H
                 # After authentication, so that nobody but the sender can spend its tokens.
                 limiter.admit(source.source_id)
                 if result.events:
-                    watch.awaiting_backend()
+                    watch.awaiting_backend(len(result.events))
                     await services.queue.publish(result.events)
         except ProfilehookError as exc:
             if result is not None and result.undo is not None:
-                result.undo()
+                await result.undo()
             await refuse(services, send, exc)
             return
         counter = services.metrics.events
@@ -92,7 +93,15 @@ async def _request(scope: Scope, receive: Receive, max_body_bytes: int) -> Webho
         key, text = name.decode("latin-1").lower(), value.decode("latin-1")
         headers[key] = f"{headers[key]}, {text}" if key in headers else text
     length = headers.get("content-length")
-    body = await read_body(receive, length.encode() if length else None, max_body_bytes)
+    declared = headers.get("content-encoding")
+    coding = coding_of(declared) if declared is not None else None
+    if coding is None:
+        body = await read_body(receive, length.encode() if length else None, max_body_bytes)
+    else:
+        # Sources see the decoded body: what a signature covers, and what event ids digest.
+        body = await read_decoded_body(
+            receive, coding, length.encode() if length else None, max_body_bytes
+        )
     raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
     query_string = scope.get("query_string", b"").decode("latin-1")
     return WebhookRequest(

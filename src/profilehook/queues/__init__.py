@@ -10,9 +10,10 @@ from profilehook.queues.base import Queue
 QUEUE_FILE = "log.sqlite3"
 
 
-def open_queue(url: str, data_dir: Path) -> Queue:
-    """``""`` or ``sqlite:///path`` -> SQLite (the default); ``nats://…?stream=S&replicas=N`` ->
-    JetStream; ``memory://`` -> in-memory.
+def open_queue(url: str, data_dir: Path, connect_timeout_s: float = 0.0) -> Queue:
+    """``""`` or ``sqlite:///path`` -> SQLite (the default);
+    ``nats://a:4222[,nats://b:4222]?stream=S&replicas=N`` -> JetStream (its ``open`` keeps
+    trying to reach a server for ``connect_timeout_s``); ``memory://`` -> in-memory.
 
     Raises ``ConfigurationError`` for a URL no backend serves, or whose driver is not installed
     (the message names the extra to install).
@@ -28,7 +29,7 @@ def open_queue(url: str, data_dir: Path) -> Queue:
     if url.startswith(("nats://", "tls://")):
         from profilehook.queues.nats import NatsQueue
 
-        return NatsQueue(url)
+        return NatsQueue(url, connect_timeout_s=connect_timeout_s)
     if url == "memory://":
         from profilehook.queues.memory import MemoryQueue
 

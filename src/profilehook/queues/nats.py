@@ -1,21 +1,26 @@
 """NATS JetStream log, for the scale-out configuration (many `serve`, many `worker`).
 
 One work-queue stream holds the events not yet applied: a 2xx is sent only after the PubAck
-(the stream stored the event), ``Nats-Msg-Id`` = workspace + event_id lets JetStream drop a
-re-sent event within its duplicate window, and every worker pulls from one shared durable
-consumer. Each event has its own subject (a digest of workspace and event_id) so that a
+(the stream stored the event), and every worker pulls from one shared durable consumer.
+Messages carry no ``Nats-Msg-Id``: a re-sent event reaches the store, which applies an event_id
+once and marks the repeat (status ``duplicate``), as the embedded log does; JetStream's own
+dedupe would drop it unseen within its window, so its status would depend on the timing. Each event has its own subject (a digest of workspace and event_id) so that a
 pending event can be looked up directly; acknowledged events leave the stream.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode
+
+import msgspec
 
 from profilehook.errors import ConfigurationError, StorageUnavailable
 from profilehook.events import Event, decode_event, encode_event
@@ -25,6 +30,7 @@ try:
     import nats
     import nats.errors
     import nats.js.errors
+    from nats.aio.client import Client
     from nats.js import api
 except ImportError as exc:  # pragma: no cover - exercised by the missing-driver test
     raise ConfigurationError("NATS needs its driver: pip install 'profilehook[nats]'") from exc
@@ -34,15 +40,34 @@ log = logging.getLogger(__name__)
 STREAM = "PROFILEHOOK_EVENTS"
 SUBJECT_PREFIX = "profilehook.events"
 CONSUMER = "appliers"
+# Unused by profilehook (its messages carry no Nats-Msg-Id), kept so that existing streams
+# need no update.
 DUPLICATE_WINDOW_S = 120.0
 PUBLISH_TIMEOUT_S = 5.0
+# An import's batches may be large; a webhook's are also bounded by the request's deadline.
+PUBLISH_TIMEOUT_PER_EVENT_S = 0.001
+# PubAcks received and not yet counted, at most (nats-py drops beyond: those publishes time out).
+PUBACKS_PENDING_MAX = 1_000_000
 # The first step is also how long a worker has to apply and acknowledge a batch before
 # JetStream hands it to another worker (a 2,000-event batch takes ~0.2 s here).
 REDELIVERY_BACKOFF_S = [5.0, 15.0, 30.0, 60.0, 120.0]
 MAX_DELIVER = 1_000
-CONNECT_TIMEOUT_S = 2.0
+CONNECT_TIMEOUT_S = 2  # seconds: one TCP connect and handshake with one server
+# Start-up: the waits between attempts to reach any of the servers, the last one repeated,
+# for as long as the ``connect_timeout_s`` setting allows.
+CONNECT_BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 5.0)
+RECONNECT_WAIT_S = 0.5  # once connected, between nats-py's own reconnection attempts
+ERROR_LOG_INTERVAL_S = 10.0
+# A fetch that finds nothing cannot tell an empty stream from a deleted consumer (it just
+# waits): an idle consumer asks the server this often whether its consumer still exists.
+CONSUMER_CHECK_INTERVAL_S = 5.0  # a connection's repeated errors are logged at most this often
 MAX_REPLICAS = 5  # JetStream's own limit
 
+# What publishing to a subject no stream holds gives (the stream was deleted).
+NO_STREAM_ERRORS: tuple[type[BaseException], ...] = (
+    nats.js.errors.NoStreamResponseError,
+    nats.errors.NoRespondersError,
+)
 NATS_ERRORS: tuple[type[BaseException], ...] = (
     nats.errors.Error,
     nats.js.errors.Error,
@@ -52,13 +77,19 @@ NATS_ERRORS: tuple[type[BaseException], ...] = (
 
 
 def split_url(url: str) -> tuple[str, str, int | None]:
-    """``nats://…?stream=NAME&replicas=N`` -> (server URL, stream name, replicas).
+    """``nats://a:4222[,nats://b:4222…]?stream=NAME&replicas=N`` -> (server URL(s), stream
+    name, replicas).
 
     The stream defaults to PROFILEHOOK_EVENTS; replicas to None (create with 1, and leave an
-    existing stream's count as it is). Raises ``ConfigurationError`` for a bad ``replicas``.
+    existing stream's count as it is). Raises ``ConfigurationError`` for a bad ``replicas``
+    or an empty server in the list.
     """
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
+    servers, _, query_string = url.partition("?")
+    if not all(server.strip() for server in servers.split(",")):
+        raise ConfigurationError(
+            f"PROFILEHOOK_QUEUE_URL={url!r}: name servers as nats://a:4222,nats://b:4222"
+        )
+    query = parse_qsl(query_string, keep_blank_values=True)
     options = dict(query)
     stream = options.get("stream", STREAM)
     replicas = None
@@ -70,36 +101,238 @@ def split_url(url: str) -> tuple[str, str, int | None]:
             )
         replicas = int(raw)
     rest = urlencode([(k, v) for k, v in query if k not in ("stream", "replicas")])
-    return urlunsplit(parts._replace(query=rest)), stream, replicas
+    return (f"{servers}?{rest}" if rest else servers), stream, replicas
+
+
+def server_list(url: str) -> list[str]:
+    """The servers of ``split_url``'s first part, each with the options that followed."""
+    servers, _, rest = url.partition("?")
+    return [server.strip() + (f"?{rest}" if rest else "") for server in servers.split(",")]
+
+
+async def set_stream_replicas(url: str, replicas: int, connect_timeout_s: float) -> int:
+    """``profilehook streams set-replicas``: give the stream of ``url`` ``replicas`` copies
+    (creating it if need be); returns the number it had. Raises as ``NatsQueue.set_replicas``."""
+    if not 1 <= replicas <= MAX_REPLICAS:
+        raise ConfigurationError(f"replicas must be a number from 1 to {MAX_REPLICAS}")
+    queue = NatsQueue(url, connect_timeout_s=connect_timeout_s)
+    queue.replicas = None  # the URL's count may be the one being left behind: no check
+    await queue.open()
+    try:
+        return await queue.set_replicas(replicas)
+    finally:
+        await queue.close()
+
+
+def publish_timeout_s(events: int) -> float:
+    """How long a publish of ``events`` messages may take before it is given up: the
+    single-message timeout, plus a per-message allowance for large requests."""
+    return PUBLISH_TIMEOUT_S + events * PUBLISH_TIMEOUT_PER_EVENT_S
+
+
+def _describe(error: BaseException) -> str:
+    return str(error) or type(error).__name__
+
+
+class _ConnectionErrors:
+    """nats-py's callbacks: one log line per problem instead of its traceback every 0.5 s."""
+
+    def __init__(self) -> None:
+        self.last: BaseException | None = None
+        self.connected = False
+        self.client: Any = None
+        self._logged_s = -ERROR_LOG_INTERVAL_S
+
+    async def seen(self, error: Exception) -> None:
+        self.last = error
+        # While connecting, ``open`` logs each attempt; once connected, a server that stays
+        # away is logged now and then, not at every reconnection attempt.
+        now_s = time.monotonic()
+        if self.connected and now_s - self._logged_s >= ERROR_LOG_INTERVAL_S:
+            self._logged_s = now_s
+            log.warning("NATS: %s", _describe(error))
+
+    async def disconnected(self) -> None:
+        if self.connected and self.client is not None and not self.client.is_closed:
+            log.warning("NATS connection lost; reconnecting")
+
+    async def reconnected(self) -> None:
+        log.warning("NATS reconnected")
+
+
+class _PubAcks:
+    """The PubAcks of the publishes in flight, counted per publish.
+
+    All of one publish's messages name the same reply subject, and one subscription receives
+    every PubAck: a publish costs one future, where ``publish_async`` costs a future, a token,
+    a semaphore slot and a parsed PubAck per message (twice the CPU per event, measured).
+    """
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self._waiting: dict[str, _Publish] = {}
+        self._count = 0
+
+    def expect(self, messages: int) -> tuple[str, _Publish]:
+        """A reply subject for ``messages`` messages, and what completes when all are stored."""
+        self._count += 1
+        reply = f"{self.prefix}.{self._count}"
+        waiting = self._waiting[reply] = _Publish(messages)
+        return reply, waiting
+
+    def forget(self, reply: str) -> None:
+        self._waiting.pop(reply, None)
+
+    async def received(self, msg: Any) -> None:
+        waiting = self._waiting.get(msg.subject)
+        if waiting is None or waiting.stored.done():
+            return  # a publish given up (its request timed out): nobody waits for it
+        if msg.headers and msg.headers.get(api.Header.STATUS) == "503":
+            # "No responders": no stream holds the subject (it was deleted).
+            waiting.stored.set_exception(nats.js.errors.NoStreamResponseError())
+            return
+        error = _pub_ack_error(msg.data)
+        if error is not None:
+            waiting.stored.set_exception(error)
+            return
+        waiting.acked += 1
+        if waiting.acked == waiting.messages:
+            waiting.stored.set_result(None)
+
+
+class _Publish:
+    __slots__ = ("acked", "messages", "stored")
+
+    def __init__(self, messages: int) -> None:
+        self.messages = messages
+        self.acked = 0
+        self.stored: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+
+def _pub_ack_error(data: bytes) -> Exception | None:
+    """The error a PubAck reports (``{"error": {"code", "description", …}}``), if any."""
+    if b'"error"' not in data:  # (the common case, without decoding)
+        return None
+    try:
+        error = msgspec.json.decode(data).get("error")
+    except (msgspec.DecodeError, AttributeError):
+        return nats.js.errors.Error(f"unreadable PubAck {data[:200]!r}")
+    if not isinstance(error, dict):
+        return None
+    return nats.js.errors.APIError(
+        code=error.get("code"),
+        description=error.get("description"),
+        err_code=error.get("err_code"),
+    )
 
 
 class NatsQueue(Queue):
-    def __init__(self, url: str, replicas: int | None = None):
+    def __init__(
+        self, url: str, replicas: int | None = None, connect_timeout_s: float = 0.0
+    ) -> None:
+        """``connect_timeout_s``: how long ``open`` keeps trying to reach a server (0: once)."""
         self.url, self.stream, url_replicas = split_url(url)
+        self.connect_timeout_s = max(connect_timeout_s, 0.0)
         # Streams may not share subjects, so each stream has its own subject space.
         self.subject_prefix = f"{SUBJECT_PREFIX}.{self.stream.lower()}"
         self.replicas = replicas if replicas is not None else url_replicas
         self._nc: Any = None
         self._js: Any = None
         self._sub: Any = None
+        self._acks = _PubAcks("")
+        self._consumer_checked_s = 0.0
 
     async def open(self) -> None:
+        """Connect (retrying for up to ``connect_timeout_s``) and check the stream.
+
+        Raises ``StorageUnavailable`` when no server answered in that time, and
+        ``ConfigurationError`` for a stream that cannot serve. Cancellation stops it at once.
+        """
         try:
-            self._nc = await nats.connect(
-                self.url,
-                connect_timeout=CONNECT_TIMEOUT_S,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                allow_reconnect=True,
-            )
+            self._nc = await self._connect()
             self._js = self._nc.jetstream(timeout=PUBLISH_TIMEOUT_S)
             await self._ensure_stream()
+            self._acks = _PubAcks(self._nc.new_inbox())
+            await self._nc.subscribe(
+                f"{self._acks.prefix}.*",
+                cb=self._acks.received,
+                pending_msgs_limit=PUBACKS_PENDING_MAX,
+                pending_bytes_limit=PUBACKS_PENDING_MAX * 1024,
+            )
         except ConfigurationError:
             await self.close()
             raise
         except NATS_ERRORS as exc:
             await self.close()
             raise StorageUnavailable(f"NATS unreachable at {self.url}: {exc}") from exc
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _connect(self) -> Any:
+        """A connection to any of the servers, tried with backoff until ``connect_timeout_s``
+        has passed, with one log line per failed attempt."""
+        started_s = time.monotonic()
+        servers = server_list(self.url)
+        for attempt in range(1, 1_000_000):
+            remaining_s = started_s + self.connect_timeout_s - time.monotonic()
+            try:
+                return await self._connect_once(servers, max(remaining_s, CONNECT_TIMEOUT_S))
+            except NATS_ERRORS as exc:
+                error = exc
+            wait_s = CONNECT_BACKOFF_S[min(attempt, len(CONNECT_BACKOFF_S)) - 1]
+            remaining_s = started_s + self.connect_timeout_s - time.monotonic()
+            if remaining_s <= 0:
+                break
+            wait_s = min(wait_s, remaining_s)
+            log.warning(
+                "NATS unreachable at %s (%s); attempt %d, next in %.1f s, giving up in %.1f s",
+                self.url,
+                _describe(error),
+                attempt,
+                wait_s,
+                remaining_s,
+            )
+            await asyncio.sleep(wait_s)
+        raise StorageUnavailable(
+            f"NATS unreachable at {self.url} after {attempt} attempt(s) in "
+            f"{time.monotonic() - started_s:.0f} s ({_describe(error)}); is the server "
+            "running? (PROFILEHOOK_CONNECT_TIMEOUT_S sets how long to keep trying)"
+        ) from error
+
+    async def _connect_once(self, servers: list[str], timeout_s: float) -> Any:
+        """One pass over the servers (each tried at most twice); a connection that then
+        reconnects by itself, without end, if it is lost."""
+        client = Client()
+        errors = _ConnectionErrors()
+        errors.client = client
+        try:
+            async with asyncio.timeout(timeout_s):
+                # max_reconnect_attempts=1 bounds nats-py's own loop over the servers to this
+                # pass (with -1 it would try forever, and start-up would hang on a dead server).
+                await client.connect(
+                    servers,
+                    connect_timeout=CONNECT_TIMEOUT_S,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=1,
+                    reconnect_time_wait=0,
+                    error_cb=errors.seen,
+                    disconnected_cb=errors.disconnected,
+                    reconnected_cb=errors.reconnected,
+                )
+        except asyncio.CancelledError:
+            await client.close()
+            raise
+        except Exception:
+            await client.close()
+            if errors.last is not None:  # more telling than the TimeoutError of the pass
+                raise errors.last from None
+            raise
+        # Connected: from now on a lost connection is retried for as long as it takes.
+        client.options["max_reconnect_attempts"] = -1
+        client.options["reconnect_time_wait"] = RECONNECT_WAIT_S
+        errors.connected = True
+        return client
 
     async def _ensure_stream(self) -> None:
         """Create the stream, or verify that the existing one has the settings we rely on.
@@ -130,19 +363,49 @@ class NatsQueue(Queue):
                 f"NATS stream {self.stream} exists with retention {config.retention}; "
                 "profilehook needs a work-queue stream: delete it or choose another name"
             )
+        if self.replicas is not None and self.replicas != config.num_replicas:
+            # Changing the copies of a live stream is an operator's decision: a process started
+            # with an old URL must not quietly downgrade (or raise) it.
+            raise ConfigurationError(
+                f"NATS stream {self.stream} has {config.num_replicas} replica(s) but the queue "
+                f"URL asks for {self.replicas}; profilehook does not change them by itself. To "
+                f"change them: profilehook streams set-replicas {self.replicas}; to keep them: "
+                f"replicas={config.num_replicas} (or no replicas=) in PROFILEHOOK_QUEUE_URL"
+            )
         # Only what profilehook relies on is changed; an operator's other settings stay.
         wanted = dataclasses.replace(
-            config,
-            subjects=[f"{self.subject_prefix}.>"],
-            duplicate_window=DUPLICATE_WINDOW_S,
-            num_replicas=self.replicas or config.num_replicas,
+            config, subjects=[f"{self.subject_prefix}.>"], duplicate_window=DUPLICATE_WINDOW_S
         )
-        if (wanted.subjects, wanted.duplicate_window, wanted.num_replicas) != (
-            config.subjects,
-            config.duplicate_window,
-            config.num_replicas,
-        ):
+        if (wanted.subjects, wanted.duplicate_window) != (config.subjects, config.duplicate_window):
             await self._configure_stream(self._js.update_stream, wanted)
+
+    async def set_replicas(self, replicas: int) -> int:
+        """Change the (open) stream's number of copies; returns the number it had.
+
+        Raises ``ConfigurationError`` when the server refuses (fewer servers than copies) and
+        ``StorageUnavailable`` when it does not answer.
+        """
+        js = self._connected()
+        try:
+            config = (await js.stream_info(self.stream)).config
+        except NATS_ERRORS as exc:
+            raise StorageUnavailable(f"NATS unreachable ({exc!r})") from exc
+        before = int(config.num_replicas)
+        if before != replicas:
+            wanted = dataclasses.replace(config, num_replicas=replicas)
+            try:
+                await self._configure_stream(js.update_stream, wanted)
+            except NATS_ERRORS as exc:
+                raise StorageUnavailable(f"NATS did not answer ({exc!r})") from exc
+        return before
+
+    async def _recreate_stream(self) -> None:
+        """``_ensure_stream`` for a running process: a stream it cannot use is an outage (503,
+        the applier retries), not a configuration error that ends it."""
+        try:
+            await self._ensure_stream()
+        except ConfigurationError as exc:
+            raise StorageUnavailable(str(exc.detail)) from exc
 
     async def _configure_stream(self, call: Any, config: Any) -> None:
         try:
@@ -163,29 +426,58 @@ class NatsQueue(Queue):
             self._nc = self._js = self._sub = None
 
     async def publish(self, events: Sequence[Event]) -> None:
-        js = self._connected()
+        """Store ``events`` in the stream; return once JetStream acknowledged every one.
+
+        All of a request's messages are written before any PubAck is awaited, so a request
+        costs about one round trip whatever its size, bounded by
+        ``publish_timeout_s(len(events))``. (``publish_async(..., wait_stall=...)``, used
+        before, waited for its semaphore with ``asyncio.wait_for``, which on Python 3.11 runs
+        as a task and yields to the event loop once per message: the client's flusher then
+        wrote each message alone, ~0.1-0.7 ms an event one after another.)
+
+        Raises ``StorageUnavailable`` when not every event was acknowledged in time; some may
+        have been stored (a retry with the same event_ids is deduplicated).
+        """
         try:
-            futures = [
-                await js.publish_async(
-                    self._subject(e.workspace, e.event_id),
-                    encode_event(e),
-                    headers={"Nats-Msg-Id": f"{e.workspace}\x1f{e.event_id}"},
-                    wait_stall=PUBLISH_TIMEOUT_S,
-                )
-                for e in events
-            ]
-            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
-                await asyncio.gather(*futures)
+            try:
+                await self._publish(events)
+            except NO_STREAM_ERRORS:
+                # The stream was deleted under this running process: create it as start-up
+                # would, and publish again (none was stored: there was no stream to take it).
+                log.warning("NATS stream %s is gone; creating it again", self.stream)
+                await self._recreate_stream()
+                await self._publish(events)
         except NATS_ERRORS as exc:
             raise StorageUnavailable(
-                f"NATS did not store the event ({exc!r}), retry later"
+                f"NATS did not store the event ({_describe(exc)}), retry later"
             ) from exc
 
+    async def _publish(self, events: Sequence[Event]) -> None:
+        nc = self._connected_client()
+        reply, waiting = self._acks.expect(len(events))
+        try:
+            async with asyncio.timeout(publish_timeout_s(len(events))):
+                for e in events:
+                    # Appends to the client's buffer (its flusher writes it out); it yields
+                    # only when over 2 MiB are waiting, to flush them.
+                    await nc.publish(
+                        self._subject(e.workspace, e.event_id),
+                        encode_event(e),
+                        reply=reply,
+                    )
+                await waiting.stored
+        finally:
+            self._acks.forget(reply)
+
     async def fetch(self, max_events: int, wait_s: float) -> list[Delivery]:
+        # Disconnected, a fetch would only time out like an empty stream: say so instead, so
+        # that the applier backs off (and logs) as for any outage.
+        self._connected()
         try:
             sub = await self._subscription()
             messages = await sub.fetch(batch=max_events, timeout=max(wait_s, 0.05))
         except (TimeoutError, nats.errors.TimeoutError):
+            await self._check_consumer()
             return []
         except NATS_ERRORS as exc:
             raise StorageUnavailable(f"NATS fetch failed ({exc!r})") from exc
@@ -230,6 +522,10 @@ class NatsQueue(Queue):
         digest = hashlib.blake2b(f"{workspace}\x00{event_id}".encode(), digest_size=16)
         return f"{self.subject_prefix}.{digest.hexdigest()}"
 
+    def _connected_client(self) -> Any:
+        self._connected()
+        return self._nc
+
     def _connected(self) -> Any:
         if self._js is None or self._nc is None or not self._nc.is_connected:
             raise StorageUnavailable("NATS is not connected, retry later")
@@ -247,4 +543,34 @@ class NatsQueue(Queue):
             self._sub = await self._connected().pull_subscribe(
                 f"{self.subject_prefix}.>", durable=CONSUMER, stream=self.stream, config=config
             )
+            self._consumer_checked_s = time.monotonic()
         return self._sub
+
+    async def _check_consumer(self) -> None:
+        """Every ``CONSUMER_CHECK_INTERVAL_S`` while idle: if the consumer is gone (its stream
+        was deleted, and maybe created again), create the stream if need be and subscribe
+        anew; otherwise this worker would wait on a consumer that no longer exists, forever.
+
+        Raises ``StorageUnavailable`` when NATS does not answer."""
+        now_s = time.monotonic()
+        if self._sub is None or now_s - self._consumer_checked_s < CONSUMER_CHECK_INTERVAL_S:
+            return
+        self._consumer_checked_s = now_s
+        try:
+            try:
+                await self._connected().consumer_info(self.stream, CONSUMER)
+                return
+            except nats.js.errors.NotFoundError:
+                log.warning(
+                    "NATS consumer %s of stream %s is gone (was the stream deleted?); "
+                    "creating it again",
+                    CONSUMER,
+                    self.stream,
+                )
+            sub, self._sub = self._sub, None
+            with contextlib.suppress(*NATS_ERRORS):
+                await sub.unsubscribe()
+            await self._recreate_stream()
+            await self._subscription()
+        except NATS_ERRORS as exc:
+            raise StorageUnavailable(f"NATS consumer check failed ({exc!r})") from exc

@@ -16,13 +16,16 @@ The shape is told from the body:
 is ``<digest>:<index>`` (digest of the source id and the raw body; the index zero-padded so that
 a later entry for the same user in one body wins the tie), so a re-delivered body is a duplicate.
 
-A user without a usable user_id (absent, empty, not a string or integer, over 512 characters), or
-whose properties break the SPEC 5 limits (over 1,000, a name empty or over 256 characters), is
-skipped and counted: it never fails the request. A body that fits no shape is a 422.
+A user without a usable user_id (absent, empty, not a string or integer, over 512 characters),
+whose properties break the SPEC 5 limits (over 1,000, a name empty or over 256 characters), or
+whose entry holds a value no backend can keep (an integer beyond ±(2^53 - 1), U+0000 in a string
+or key) is skipped and counted: it never fails the request, which Amplitude would retry forever.
+A body that fits no shape, or such a value in the fields every user shares, is a 422.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from dataclasses import dataclass
 from typing import Any
@@ -36,11 +39,13 @@ from profilehook.sources.native import timestamp_to_us
 from profilehook.sources.problems import (
     Loc,
     Problem,
-    decode_json,
+    decode_json_keeping_unstorable,
+    holds_unstorable,
     missing,
     problem,
     required_string,
     string_type,
+    unstorable,
     value_error,
 )
 from profilehook.sources.registry import secret_matches
@@ -69,7 +74,12 @@ class AmplitudeSource:
         authenticate(source, request.headers)
         content_type = request.headers.get("content-type")
         check_json_content_type(content_type.encode("latin-1") if content_type else None)
-        events, skipped = parse(source, request)
+        if len(request.body) > c.OFF_LOOP_BODY_BYTES:
+            # Seconds of work for 8 MB: in a thread, in short steps, so that every other
+            # request (every workspace's) keeps its event loop.
+            events, skipped = await asyncio.to_thread(parse, source, request)
+        else:
+            events, skipped = parse(source, request)
         body = {"status": "accepted", "accepted": len(events), "skipped": skipped}
         return WebhookResult(events=events, body=body, skipped=skipped)
 
@@ -98,6 +108,12 @@ class Received:
     source_id: str
     body: bytes
     received_us: int
+    # False when the body holds no value a backend cannot keep: then no user needs a look.
+    may_hold_unstorable: bool = False
+
+    def storable(self, entry: Any) -> bool:
+        """Whether one user's entry holds only values every backend can keep."""
+        return not self.may_hold_unstorable or not holds_unstorable(entry)
 
     def digest(self) -> str:
         hashed = hashlib.sha256(self.source_id.encode())
@@ -122,10 +138,17 @@ class Received:
 
 def parse(source: Source, request: WebhookRequest) -> tuple[list[Event], int]:
     """The body's events and how many users were skipped. Raises ``ValidationFailed`` (422)."""
-    value, problems = decode_json(request.body)
+    in_pieces = len(request.body) > c.OFF_LOOP_BODY_BYTES
+    value, problems, may_hold_unstorable = decode_json_keeping_unstorable(
+        request.body, in_pieces=in_pieces
+    )
     if problems:
         raise ValidationFailed(problems)
-    received = Received(source.workspace, source.source_id, request.body, request.received_us)
+    if may_hold_unstorable:
+        _refuse_unstorable_shared_fields(value)
+    received = Received(
+        source.workspace, source.source_id, request.body, request.received_us, may_hold_unstorable
+    )
     if isinstance(value, list):
         return per_user_events(received, value)
     if isinstance(value, dict) and "batch" in value:
@@ -160,7 +183,7 @@ def cohort_events(received: Received, body: dict[str, Any]) -> tuple[list[Event]
 
 
 def _cohort_user_event(received: Received, cohort: Cohort, user: Any) -> Event | None:
-    if not isinstance(user, dict):
+    if not isinstance(user, dict) or not received.storable(user):
         return None
     contact_id = user_id(user.get("user_id"))
     extra = user.get("user_properties")
@@ -261,7 +284,7 @@ def per_user_events(received: Received, items: list[Any]) -> tuple[list[Event], 
     digest = received.digest()
     events: list[Event] = []
     for index, item in enumerate(items):
-        if not isinstance(item, dict):
+        if not isinstance(item, dict) or not received.storable(item):
             continue
         contact_id = user_id(item.pop("user_id", None))  # what remains are the properties
         if contact_id is None or not within_limits(item):
@@ -282,6 +305,8 @@ def segment_events(received: Received, batch: Any) -> tuple[list[Event], int]:
     events: list[Event] = []
     for index, call in enumerate(batch):
         if not isinstance(call, dict) or call.get("type") != "identify":
+            continue
+        if not received.storable(call):
             continue
         contact_id = user_id(call.get("userId"))
         traits = call.get("traits")
@@ -319,6 +344,20 @@ def within_limits(properties: dict[str, Any]) -> bool:
         and "" not in properties
         and max(map(len, properties)) <= c.MAX_PROPERTY_NAME_CHARS
     )
+
+
+def _refuse_unstorable_shared_fields(value: Any) -> None:
+    """A value no backend can keep outside the users (the fields every user's event shares,
+    or a body of no known shape) refuses the call. Raises ``ValidationFailed``."""
+    if isinstance(value, list):
+        return  # the per-user template: every entry is a user's own
+    shared = value
+    if isinstance(value, dict):
+        users = "batch" if "batch" in value else "users"
+        shared = {name: item for name, item in value.items() if name != users}
+    problems = unstorable(shared, BODY)
+    if problems:
+        raise ValidationFailed(problems)
 
 
 def _list_problem(loc: Loc, value: Any, parent: Any) -> Problem:

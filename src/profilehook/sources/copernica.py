@@ -3,9 +3,11 @@
 Checks, in this order; a refusal stores nothing, and a refused token or signature is logged:
 
 1. ``?token=`` when the source has one (``sources create copernica --token``) -> 401;
-2. Copernica's HTTP signature, ``Date`` within ±300 s, ``(Digest, X-Nonce)`` not replayed,
-   ``X-Copernica-ID`` equal to the source's account -> 401 naming the check
-   (``copernica_signature``; the source's pinned keys, else the DNS key, looked up off the loop);
+2. Copernica's HTTP signature, ``Date`` within ±300 s, ``X-Copernica-ID`` equal to the source's
+   account -> 401 naming the check (``copernica_signature``; the source's pinned keys, else the
+   DNS key, looked up off the loop); then ``(Digest, X-Nonce)`` not seen by any process on the
+   store in that window (``Store.remember_nonce``; forgotten again when the call is refused
+   after all, so the sender's retry is not a replay) -> 401 ``replayed``;
 3. ``Content-Type: application/x-www-form-urlencoded`` -> else 415; the form (``forms``) ->
    413 over its limits, 422 not UTF-8;
 4. the fields the mapping needs -> 422 listing every problem, FastAPI style.
@@ -65,6 +67,7 @@ from profilehook import constants as c
 from profilehook.errors import (
     ProfilehookError,
     SignatureRejected,
+    StorageUnavailable,
     UnsupportedMediaType,
     ValidationFailed,
 )
@@ -74,7 +77,6 @@ from profilehook.sources.copernica_signature import (
     DnsKeys,
     KeyResolver,
     PinnedKeys,
-    ReplayCache,
     SignedRequest,
     verify_request,
 )
@@ -93,7 +95,7 @@ from profilehook.sources.problems import (
 )
 from profilehook.sources.registry import secret_matches
 from profilehook.sources.webhooks import WebhookRequest, WebhookResult
-from profilehook.stores.base import AliasUpdate, Source
+from profilehook.stores.base import AliasUpdate, Nonce, Source
 
 log = logging.getLogger(__name__)
 
@@ -390,20 +392,28 @@ class CopernicaSource:
         self._services = services
         self._dns_keys = dns_keys or DnsKeys()
         self._pinned: dict[str, tuple[tuple[tuple[str, str], ...], PinnedKeys]] = {}
-        self._replays: dict[str, ReplayCache] = {}
 
     async def handle(self, source: Source, request: WebhookRequest) -> WebhookResult:
         """Raises ``SignatureRejected`` (401), ``UnsupportedMediaType`` (415),
         ``FormTooComplex`` (413), ``ValidationFailed`` (422), ``StorageUnavailable`` (503)."""
-        await self._authenticate(source, request)
-        replays = self._replays[source.source_id]
-        entry = (request.headers.get("digest", ""), request.headers.get("x-nonce", ""))
+        nonce = await self._authenticate(source, request)
         try:
             result = await self._events(source, request)
         except ProfilehookError:
-            replays.forget(entry)  # refused: the sender's retry is not a replay
+            await self._forget(nonce)  # refused: the sender's retry is not a replay
             raise
-        return dataclasses.replace(result, undo=lambda: replays.forget(entry))
+        return dataclasses.replace(result, undo=lambda: self._forget(nonce))
+
+    async def _forget(self, nonce: Nonce) -> None:
+        try:
+            await self._services.store.forget_nonce(nonce)
+        except StorageUnavailable as exc:
+            log.warning(
+                "copernica source %s: could not forget a refused call's nonce (%s); its retry"
+                " with the same signature will be refused as a replay",
+                nonce.source_id,
+                exc,
+            )
 
     async def _events(self, source: Source, request: WebhookRequest) -> WebhookResult:
         check_form_content_type(request.headers.get("content-type"))
@@ -420,22 +430,29 @@ class CopernicaSource:
         events = await self._addressed(source, notice, event)
         return WebhookResult(events, {"status": "accepted", "event_ids": [event.event_id]})
 
-    async def _authenticate(self, source: Source, request: WebhookRequest) -> None:
+    async def _authenticate(self, source: Source, request: WebhookRequest) -> Nonce:
+        """The call's nonce, now remembered by the store. Raises ``SignatureRejected``, and
+        ``StorageUnavailable`` when the store cannot tell whether the call is a replay."""
         signed = SignedRequest(request.method, request.target, request.headers, request.body)
         try:
             check_token(source, request.query.get("token"))
             # The DNS key lookup blocks: keep it off the event loop.
-            await asyncio.to_thread(
+            verified = await asyncio.to_thread(
                 verify_request,
                 signed,
                 account=str(source.config.get("account", "")),
                 keys=self._keys(source),
-                replays=self._replays.setdefault(source.source_id, ReplayCache()),
                 now_s=request.received_us / 1_000_000,
             )
+            nonce = Nonce(source.source_id, verified.digest, verified.nonce)
+            fresh_until_us = int(verified.fresh_until_s * 1_000_000)
+            store = self._services.store
+            if not await store.remember_nonce(nonce, fresh_until_us, request.received_us):
+                raise SignatureRejected("replayed", "Replayed request: Digest and X-Nonce seen")
         except SignatureRejected as exc:
             log.warning("copernica source %s refused (%s): %s", source.source_id, exc.reason, exc)
             raise
+        return nonce
 
     def _keys(self, source: Source) -> KeyResolver:
         """The source's pinned keys (built once per configuration), else the DNS keys.

@@ -7,8 +7,9 @@ is published as a DKIM-style TXT record at the ``keyId`` name (``v=DKIM1; k=rsa;
 under ``copernica.com``; a source may pin PEM keys instead (tests, air-gapped installs).
 
 ``verify_request`` runs every check and raises ``SignatureRejected`` (401) naming the first that
-failed; cheap checks run before the key lookup, and the replay cache is written only once the
-signature holds, so unsigned requests cannot fill it.
+failed; cheap checks run before the key lookup. What it returns names the call's ``(Digest,
+X-Nonce)`` for the caller to refuse a replay with (``Store.remember_nonce``, shared by every
+process), only once the signature holds, so unsigned requests cannot fill it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import heapq
 import hmac
 import re
 import threading
@@ -62,6 +62,17 @@ class SignatureParams:
     signature: bytes
 
 
+@dataclass(frozen=True)
+class Verified:
+    """A call whose signature holds: its parameters, and its ``(Digest, X-Nonce)``, which a
+    replay repeats, to be remembered until ``fresh_until_s`` (after it, its Date is refused)."""
+
+    params: SignatureParams
+    digest: str
+    nonce: str
+    fresh_until_s: float
+
+
 class KeyResolver(Protocol):
     """Finds the RSA public key a ``keyId`` names; raises ``SignatureRejected`` when it cannot."""
 
@@ -73,11 +84,11 @@ def verify_request(
     *,
     account: str,
     keys: KeyResolver,
-    replays: ReplayCache,
     now_s: float,
     max_skew_s: float = COPERNICA_MAX_CLOCK_SKEW_S,
-) -> SignatureParams:
-    """Verify a Copernica webhook call; return the signature's parameters when it holds.
+) -> Verified:
+    """Verify a Copernica webhook call; what it holds when it holds. Not a replay check: the
+    caller remembers ``Verified.digest`` and ``nonce`` where every process sees them.
 
     Raises ``SignatureRejected`` (401) with the failed check in ``reason`` and ``detail``.
     """
@@ -90,8 +101,7 @@ def verify_request(
     key = keys.resolve(params.key_id, now_s)
     text = signing_string(params.headers, request.method, request.target, headers)
     _verify_rsa(key, params, text)
-    replays.remember((headers["digest"], headers["x-nonce"]), date_s + max_skew_s, now_s)
-    return params
+    return Verified(params, headers["digest"], headers["x-nonce"], date_s + max_skew_s)
 
 
 def header_values(headers: HeaderPairs) -> dict[str, str]:
@@ -231,43 +241,6 @@ def _base64(text: str, error: SignatureRejected) -> bytes:
         return base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError):
         raise error from None
-
-
-class ReplayCache:
-    """Remembers ``(Digest, X-Nonce)`` pairs until their ``Date`` would be refused anyway.
-
-    In-process; one per source is enough for a single server, since a replay must also pass the
-    ``Date`` check. Thread-safe.
-    """
-
-    def __init__(self) -> None:
-        self._expiry_s: dict[tuple[str, str], float] = {}
-        self._queue: list[tuple[float, tuple[str, str]]] = []
-        self._lock = threading.Lock()
-
-    def remember(self, entry: tuple[str, str], expires_s: float, now_s: float) -> None:
-        """Record ``entry`` until ``expires_s``; raises ``SignatureRejected`` if already seen."""
-        with self._lock:
-            self._forget_expired(now_s)
-            if entry in self._expiry_s:
-                raise SignatureRejected("replayed", "Replayed request: Digest and X-Nonce seen")
-            self._expiry_s[entry] = expires_s
-            heapq.heappush(self._queue, (expires_s, entry))
-
-    def forget(self, entry: tuple[str, str]) -> None:
-        """Drop ``entry``: its request was refused after all, so the sender's retry of it
-        (same Digest and X-Nonce) must not be taken for a replay."""
-        with self._lock:
-            self._expiry_s.pop(entry, None)
-
-    def size(self) -> int:
-        """How many entries are remembered (expired ones may linger until the next write)."""
-        return len(self._expiry_s)
-
-    def _forget_expired(self, now_s: float) -> None:
-        while self._queue and self._queue[0][0] < now_s:
-            _, entry = heapq.heappop(self._queue)
-            self._expiry_s.pop(entry, None)
 
 
 # --- keys -------------------------------------------------------------------------------------

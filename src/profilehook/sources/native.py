@@ -285,13 +285,14 @@ def _required_string(
 
 
 def _event_time(obj: dict[str, Any], loc: Loc, problems: list[Problem]) -> int | None:
-    # The seed's own example sends "time": accept it when "timestamp" is absent.
-    name = "timestamp" if obj.get("timestamp") is not None or "time" not in obj else "time"
-    value = obj.get(name)
-    where = (*loc, name)
-    if value is None:
+    # The seed's own example sends "time": accept it when "timestamp" is absent (SPEC 2.1);
+    # a null is present, and then a wrong type like any other.
+    name = "timestamp" if "timestamp" in obj or "time" not in obj else "time"
+    if name not in obj:
         problems.append(missing((*loc, "timestamp"), obj))
         return None
+    value = obj[name]
+    where = (*loc, name)
     if isinstance(value, bool) or not isinstance(value, int | float):
         problems.append(problem("float_type", where, "Input should be a valid number", value))
         return None

@@ -114,14 +114,42 @@ def decode_json(
     value nests no deeper than ``MAX_JSON_DEPTH``; when it holds, the depth walk is skipped
     (the batch endpoint's bodies have too many brackets for the byte filter to tell).
     """
+    value, problems, verdict = _decoded(body, loc, shallow)
+    if verdict is _UNSTORABLE:
+        return None, unstorable(value, loc)
+    return value, problems
+
+
+def decode_json_keeping_unstorable(
+    body: bytes, loc: Loc = ("body",), in_pieces: bool = False
+) -> tuple[Any, list[Problem], bool]:
+    """``decode_json``, but values no backend can keep are left in the value for the caller to
+    find, per item (``holds_unstorable``): the third item is False when the body has none.
+
+    ``in_pieces`` decodes the top level's values and its lists' items one call each, for a
+    large body decoded in a thread (see ``_decode_in_pieces``); the result is the same."""
+    value, problems, verdict = _decoded(body, loc, None, in_pieces)
+    return value, problems, verdict is _UNSTORABLE
+
+
+def holds_unstorable(value: Any) -> bool:
+    """True when ``value`` (a part of what ``decode_json_keeping_unstorable`` decoded) holds an
+    integer outside ``±MAX_JSON_INT`` or a string or key with U+0000."""
+    return _walk(value, MAX_JSON_DEPTH) is _UNSTORABLE
+
+
+def _decoded(
+    body: bytes, loc: Loc, shallow: Callable[[Any], bool] | None, in_pieces: bool = False
+) -> tuple[Any, list[Problem], object | None]:
+    """The value, its problems, and ``_UNSTORABLE`` when it may hold unstorable values."""
     if not body.strip():
-        return None, [missing(loc, None)]
+        return None, [missing(loc, None)], None
     try:
-        value = msgspec.json.decode(body)
+        value = _decode_in_pieces(body) if in_pieces else msgspec.json.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
-        return None, [_json_invalid(loc, body, exc)]
+        return None, [_json_invalid(loc, body, exc)], None
     except RecursionError:  # thousands of levels: msgspec gives up before our check can run
-        return None, [_too_deep(loc)]
+        return None, [_too_deep(loc)], None
     if _shallow(body):
         verdict = None if _plain_leaves(body) else _walk(value, MAX_JSON_DEPTH)
     else:
@@ -133,10 +161,34 @@ def decode_json(
             else _depth(value)
         )
     if verdict is _TOO_DEEP:
-        return None, [_too_deep(loc)]
-    if verdict is _UNSTORABLE:
-        return None, unstorable(value, loc)
-    return value, []
+        return None, [_too_deep(loc)], None
+    return value, [], verdict
+
+
+_TOP_PIECES = msgspec.json.Decoder(dict[str, msgspec.Raw] | list[msgspec.Raw])
+_LIST_PIECES = msgspec.json.Decoder(list[msgspec.Raw])
+_WHOLE = msgspec.json.Decoder()
+
+
+def _decode_in_pieces(body: bytes) -> Any:
+    """What ``msgspec.json.decode(body)`` gives, built from a scan of the top level and of the
+    lists in it, then each of their items decoded alone. msgspec holds the GIL for the whole
+    of a call: over 8 MB of users, one call holds it for a quarter of a second and more, and
+    a thread doing it would stall the event loop as much; each of these calls is short.
+    A body the pieces cannot decode is decoded whole, which raises its exact problem."""
+    try:
+        top = _TOP_PIECES.decode(body)
+        if type(top) is list:
+            return [_WHOLE.decode(item) for item in top]
+        return {name: _piece(raw) for name, raw in top.items()}
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return _WHOLE.decode(body)
+
+
+def _piece(raw: msgspec.Raw) -> Any:
+    if memoryview(raw)[:1].tobytes() == b"[":  # a Raw starts at its first character
+        return [_WHOLE.decode(item) for item in _LIST_PIECES.decode(raw)]
+    return _WHOLE.decode(raw)
 
 
 def _json_invalid(loc: Loc, body: bytes, exc: Exception) -> Problem:
@@ -151,7 +203,33 @@ def _json_invalid(loc: Loc, body: bytes, exc: Exception) -> Problem:
         text = str(exc)
         found = _BYTE_POS.search(text)
         position = int(found.group(1)) if found else 0
+        if found is None or "surrogate" in text:
+            # msgspec calls a lone high surrogate "truncated", without a place.
+            lone = _lone_surrogate(body)
+            if lone is not None:
+                escape = body[lone : lone + 6].decode("ascii")
+                text, position = f"lone UTF-16 surrogate {escape} (byte {lone})", lone
     return problem("json_invalid", (*loc, position), "JSON decode error", {}, {"error": text})
+
+
+# A \uXXXX escape of a surrogate, not itself escaped (preceded by an even run of backslashes).
+_SURROGATE_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*(\\u[dD][89a-fA-F][0-9a-fA-F]{2})")
+
+
+def _lone_surrogate(body: bytes) -> int | None:
+    """The offset of the first surrogate escape that is not half of a high-low pair."""
+    pending_high: int | None = None
+    for found in _SURROGATE_ESCAPE.finditer(body):
+        start, is_low = found.start(1), found.group(1)[3] in b"cdefCDEF"
+        if pending_high is not None:
+            if is_low and start == pending_high + 6:
+                pending_high = None
+                continue
+            return pending_high
+        if is_low:
+            return start
+        pending_high = start
+    return pending_high
 
 
 def _too_deep(loc: Loc) -> Problem:

@@ -8,13 +8,27 @@ import hmac
 import secrets
 from typing import Any
 
-from profilehook.errors import NotFound
+from profilehook.errors import NotFound, ProfilehookError
 from profilehook.events import now_us
 from profilehook.stores.base import Source, SourceKind, Store
 
 SOURCE_ID_PREFIX = "src_"
 SECRET_PREFIX = "phs_"
 MAX_ACTIVE_SECRETS = 2  # the newest and the one it replaces, during a rotation
+
+
+class RotationRefused(ProfilehookError):
+    """A rotation that would break the source's sender; nothing was changed.
+
+    ``reason`` is ``"no_secret"`` (the source checks no secret: a Copernica source made without
+    a token) or ``"rotation_under_way"`` (``MAX_ACTIVE_SECRETS`` are active already).
+    """
+
+    status_code = 409
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
 
 
 def hash_secret(secret: str) -> str:
@@ -42,23 +56,40 @@ async def create_source(
     return source, secret
 
 
-async def rotate_secret(store: Store, source_id: str) -> tuple[Source, str]:
-    """Issue a new secret; the previous one keeps working until ``drop_previous_secret``.
+async def rotate_secret(
+    store: Store, source_id: str, *, revoke_oldest: bool = False
+) -> tuple[Source, str]:
+    """Issue a new secret for the one the source checks (Amplitude's header secret, Copernica's
+    ``?token=``); the previous one keeps working until ``drop_previous_secret``.
 
-    Raises ``NotFound``.
+    Never adds a check: a source without a secret (Copernica without a token, checked by its
+    signature alone) is refused, as a new ``?token=`` check would lock its webhook out. Never
+    revokes an active secret unasked: with ``MAX_ACTIVE_SECRETS`` active (a rotation under way)
+    it is refused unless ``revoke_oldest``, which retires the oldest of them now.
+
+    Raises ``NotFound``, ``RotationRefused`` (nothing changed).
     """
     source = await _existing(store, source_id)
+    active = _secret_hashes(source)
+    if len(active) >= MAX_ACTIVE_SECRETS and not revoke_oldest:
+        raise RotationRefused(
+            "rotation_under_way",
+            f"Source {source_id} has {len(active)} active secrets already (a rotation is under"
+            " way): a new one would revoke the oldest, which may still be in use. Drop the"
+            " previous secret first (only the newest keeps working), or ask to revoke the"
+            " oldest.",
+        )
     secret = new_secret()
-    hashes = [hash_secret(secret), *source.config.get("secret_hashes", [])]
+    hashes = [hash_secret(secret), *active]
     updated = _with_config(source, secret_hashes=hashes[:MAX_ACTIVE_SECRETS])
     await store.put_source(updated)
     return updated, secret
 
 
 async def drop_previous_secret(store: Store, source_id: str) -> Source:
-    """Keep only the newest secret. Raises ``NotFound``."""
+    """Keep only the newest secret. Raises ``NotFound``, ``RotationRefused`` (no secret)."""
     source = await _existing(store, source_id)
-    updated = _with_config(source, secret_hashes=source.config.get("secret_hashes", [])[:1])
+    updated = _with_config(source, secret_hashes=_secret_hashes(source)[:1])
     await store.put_source(updated)
     return updated
 
@@ -96,6 +127,21 @@ async def _existing(store: Store, source_id: str) -> Source:
     if source is None:
         raise NotFound(f"No source with id {source_id!r}")
     return source
+
+
+def _secret_hashes(source: Source) -> list[str]:
+    """The active secrets' hashes, newest first. Raises ``RotationRefused`` when there are
+    none: the source checks no secret, and rotating (or dropping) would add a check."""
+    hashes: list[str] = source.config.get("secret_hashes", [])
+    if not hashes:
+        raise RotationRefused(
+            "no_secret",
+            f"Source {source.source_id} has no secret to rotate: it was created without a"
+            " token, and its calls are checked by their signature alone. Nothing was changed"
+            " (a ?token= check now would refuse every call of its webhook); to use a token,"
+            " create a new source with one.",
+        )
+    return hashes
 
 
 def _with_config(source: Source, **changes: Any) -> Source:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -33,7 +33,7 @@ class WebhookResult:
     skipped: int = 0
     # Called when the request is refused after all (rate limit, storage unavailable), so that
     # what the source remembered of it (Copernica's nonce) does not refuse the sender's retry.
-    undo: Callable[[], None] | None = None
+    undo: Callable[[], Awaitable[None]] | None = None
 
 
 class WebhookSource(Protocol):

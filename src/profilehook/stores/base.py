@@ -8,6 +8,7 @@ Backends do the I/O; ``plan_contact`` decides, so every backend decides alike.
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -15,7 +16,9 @@ from typing import Any, Literal
 
 from profilehook.events import Event, Version
 
-EventStatus = Literal["queued", "applied", "failed"]
+EventStatus = Literal["queued", "applied", "duplicate", "failed"]
+"""``duplicate``: applied, and since then accepted again (another delivery, not the log's
+redelivery of the same one) and dropped as a repeat; the first copy is what was applied."""
 Progress = Callable[[int, int], None]
 """Called with (done, total) during long operations."""
 
@@ -166,6 +169,16 @@ def first_of_each(events: Iterable[Event]) -> list[Event]:
     return unique
 
 
+def repeats(batch: Sequence[Event], applied: Sequence[Event]) -> list[Event]:
+    """The events of ``batch`` that ``apply`` dropped: repeats of an event_id recorded before or
+    earlier in the batch. Their stored copy becomes ``duplicate`` unless they are the same bytes
+    (the log delivering one acceptance again, after a crash)."""
+    if len(applied) == len(batch):
+        return []
+    kept = {id(event) for event in applied}
+    return [event for event in batch if id(event) not in kept]
+
+
 def by_contact(events: Iterable[Event]) -> dict[tuple[str, str], list[Event]]:
     groups: dict[tuple[str, str], list[Event]] = {}
     for event in events:
@@ -173,7 +186,38 @@ def by_contact(events: Iterable[Event]) -> dict[tuple[str, str], list[Event]]:
     return groups
 
 
-class Store(ABC):
+@dataclass(frozen=True)
+class Nonce:
+    """A signed webhook call's ``(Digest, X-Nonce)`` pair, per source: seen twice, a replay."""
+
+    source_id: str
+    digest: str
+    nonce: str
+
+    def key(self) -> bytes:
+        """A fixed-size key for the pair, whatever the headers' lengths (index rows are bounded)."""
+        parts = "\x00".join((self.source_id, self.digest, self.nonce))
+        return hashlib.sha256(parts.encode(errors="surrogatepass")).digest()
+
+
+class SeenNonces(ABC):
+    """The nonces of signed calls, shared by every process on the store, each kept until its
+    call's ``Date`` would be refused anyway: a replay is refused by any process, after a
+    restart too."""
+
+    @abstractmethod
+    async def remember_nonce(self, nonce: Nonce, expires_us: int, now_us: int) -> bool:
+        """Atomically remember ``nonce`` until ``expires_us`` unless it is remembered already:
+        True when it was not (of two processes racing on one nonce, exactly one gets True).
+        Forgets the nonces that expired before ``now_us``."""
+
+    @abstractmethod
+    async def forget_nonce(self, nonce: Nonce) -> None:
+        """Forget ``nonce``: its call was refused after all, and the sender's retry of it (same
+        Digest and X-Nonce) must not be taken for a replay."""
+
+
+class Store(SeenNonces, ABC):
     """Profiles, the applied-event history, and the API keys of every workspace.
 
     Backend errors are raised as ``StorageUnavailable``.
@@ -192,7 +236,8 @@ class Store(ABC):
     @abstractmethod
     async def apply(self, events: Sequence[Event]) -> ApplyResult:
         """Apply a batch atomically: events already applied count as duplicates and change
-        nothing; the rest update the profiles by ``plan_contact`` and join the history."""
+        nothing but the stored copy's status (``duplicate``, see ``repeats``); the rest update
+        the profiles by ``plan_contact`` and join the history."""
 
     async def sync(self) -> None:
         """Make every ``apply`` so far survive a power loss. The applier acknowledges events to
@@ -224,14 +269,17 @@ class Store(ABC):
     async def history(
         self, workspace: str, contact_id: str, before: Version | None, limit: int
     ) -> list[EventRecord]:
-        """Applied events of a contact, newest (by version) first, older than ``before``."""
+        """Applied events of a contact, newest (by version) first, older than ``before``. Once
+        the contact is deleted, its events at or below the delete's version are not shown (a
+        deleted contact's data is not readable here); later ones are."""
 
     @abstractmethod
     async def get_event(self, workspace: str, event_id: str) -> EventRecord | None: ...
 
     @abstractmethod
     async def rebuild(self, progress: Progress | None = None) -> int:
-        """Recompute every profile from the event history; returns the events replayed."""
+        """Recompute every profile from the event history (``applied`` and ``duplicate``);
+        returns the events replayed."""
 
     @abstractmethod
     async def add_key(self, key: ApiKey, key_hash: str) -> None: ...

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from profilehook.events import Event, Version, now_us
@@ -14,6 +14,7 @@ from profilehook.stores.base import (
     Contact,
     ContactState,
     EventRecord,
+    Nonce,
     Progress,
     Source,
     Store,
@@ -21,6 +22,7 @@ from profilehook.stores.base import (
     contact_exists,
     first_of_each,
     plan_contact,
+    repeats,
 )
 
 
@@ -39,6 +41,7 @@ class MemoryStore(Store):
         # (workspace, source_id, profile_id) -> the mapped contact and the version that set it
         self._aliases: dict[tuple[str, str, str], tuple[str, Version]] = {}
         self._parked: dict[tuple[str, str, str], dict[str, Event]] = {}
+        self._nonces: dict[bytes, int] = {}  # key -> expires_us
 
     async def open(self) -> None:
         return None
@@ -53,6 +56,12 @@ class MemoryStore(Store):
             self._events[(event.workspace, event.event_id)] = EventRecord(
                 event, "applied", applied_us
             )
+        for repeat in repeats(events, new):
+            stored = self._events[(repeat.workspace, repeat.event_id)]
+            if stored.status == "applied" and stored.event != repeat:
+                self._events[(repeat.workspace, repeat.event_id)] = replace(
+                    stored, status="duplicate"
+                )
         result = self._apply_profiles(new)
         return result.count_new(events, new)
 
@@ -100,12 +109,15 @@ class MemoryStore(Store):
     async def history(
         self, workspace: str, contact_id: str, before: Version | None, limit: int
     ) -> list[EventRecord]:
+        profile = self._profiles.get((workspace, contact_id))
+        deleted = None if profile is None else profile.state.deleted
         records = [
             r
             for r in self._events.values()
             if r.event.workspace == workspace
             and r.event.contact_id == contact_id
             and (before is None or r.event.version < before)
+            and (deleted is None or r.event.version > deleted)
         ]
         records.sort(key=lambda r: r.event.version, reverse=True)
         return records[:limit]
@@ -115,7 +127,7 @@ class MemoryStore(Store):
 
     async def rebuild(self, progress: Progress | None = None) -> int:
         self._profiles.clear()
-        applied = [r.event for r in self._events.values() if r.status == "applied"]
+        applied = [r.event for r in self._events.values() if r.status in ("applied", "duplicate")]
         if progress is not None:
             progress(0, len(applied))
         self._apply_profiles(applied)
@@ -182,6 +194,17 @@ class MemoryStore(Store):
         parked = self._parked.get((workspace, source_id, profile_id), {})
         for event_id in event_ids:
             parked.pop(event_id, None)
+
+    async def remember_nonce(self, nonce: Nonce, expires_us: int, now_us: int) -> bool:
+        self._nonces = {k: until for k, until in self._nonces.items() if until >= now_us}
+        key = nonce.key()
+        if key in self._nonces:
+            return False
+        self._nonces[key] = expires_us
+        return True
+
+    async def forget_nonce(self, nonce: Nonce) -> None:
+        self._nonces.pop(nonce.key(), None)
 
 
 def _contact_of(contact_id: str, profile: _Profile) -> Contact | None:

@@ -33,6 +33,7 @@ from profilehook.stores.base import (
     Contact,
     ContactState,
     EventRecord,
+    Nonce,
     Progress,
     Source,
     Store,
@@ -40,6 +41,7 @@ from profilehook.stores.base import (
     contact_exists,
     first_of_each,
     plan_contact,
+    repeats,
 )
 
 try:
@@ -59,8 +61,69 @@ Conn = psycopg.AsyncConnection[Any]
 NOTIFY_CHANNEL = "profilehook_catalog"
 MIGRATION_LOCK_ID = 0x70686B  # any constant shared by every profilehook process
 REBUILD_CHUNK_EVENTS = 5_000
+MIGRATION_CHUNK_ROWS = 5_000
 
-MIGRATIONS = [
+
+async def _keep_values_exact(conn: Conn) -> None:
+    """Migration 3: property values as the JSON text they came as. ``jsonb`` keeps numbers as
+    ``numeric`` (1e20 came back an integer, -0.0 as 0.0) and reorders object keys; ``json``
+    keeps the text. Values stored before are restored from the event that set them."""
+    await conn.execute("ALTER TABLE properties ALTER COLUMN value TYPE json USING value::json")
+    async with conn.cursor(name="exact_values") as rows:
+        # Strings, booleans and null came through jsonb unchanged; numbers, objects and arrays
+        # may not have.
+        await rows.execute(
+            "SELECT p.workspace, p.contact_id, p.name, e.body FROM properties p"
+            " JOIN events e ON e.workspace = p.workspace AND e.event_id = p.event_id"
+            " WHERE json_typeof(p.value) IN ('number', 'object', 'array')"
+        )
+        while chunk := await rows.fetchmany(MIGRATION_CHUNK_ROWS):
+            restored = [
+                (workspace, contact_id, name, _json(properties[name]))
+                for workspace, contact_id, name, body in chunk
+                if name in (properties := decode_event(bytes(body)).properties)
+            ]
+            await conn.execute(
+                "UPDATE properties p SET value = u.v::json"
+                " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) AS u(w, c, n, v)"
+                " WHERE p.workspace = u.w AND p.contact_id = u.c AND p.name = u.n",
+                _columns(restored, 4),
+            )
+
+
+# The id columns, compared by bytes (as Python compares them, in a batch, and SQLite): the
+# database's collation (en-US, say) must not decide a tie in time, or an order of pages.
+_BYTEWISE_COLUMNS = {
+    "events": ("event_id", "contact_id"),
+    "properties": ("contact_id", "name", "event_id"),
+    "contacts": ("contact_id", "last_event_id", "deleted_event_id"),
+    "profile_aliases": ("profile_id", "contact_id", "event_id"),
+    "parked_events": ("profile_id", "event_id"),
+}
+BYTEWISE_COLLATIONS = ("C", "POSIX", "C.UTF-8", "C.utf8")
+
+
+async def _compare_ids_by_bytes(conn: Conn) -> None:
+    """Migration 5: ``COLLATE "C"`` on the id columns. Profiles decided under another
+    collation may hold the wrong winner of a tie: they are rebuilt from the events."""
+    for table, columns in _BYTEWISE_COLUMNS.items():
+        changes = ", ".join(f'ALTER COLUMN {c} TYPE text COLLATE "C"' for c in columns)
+        await conn.execute(f"ALTER TABLE {table} {changes}")  # names from the dict above
+    cur = await conn.execute(
+        "SELECT datlocprovider = 'c' AND datcollate = ANY(%s) FROM pg_database"
+        " WHERE datname = current_database()",
+        (list(BYTEWISE_COLLATIONS),),
+    )
+    if not (await cur.fetchone() or (False,))[0]:
+        log.warning("rebuilding profiles: this database's collation decided ties until now")
+        await _rebuild(conn, None)
+
+
+Migration = str | Callable[[Conn], Awaitable[None]]
+"""SQL to run, or a function of the connection for what SQL alone cannot do. Append only:
+a migration that has run anywhere is never edited."""
+
+MIGRATIONS: list[Migration] = [
     """
     CREATE TABLE events (
         workspace text NOT NULL,
@@ -126,6 +189,15 @@ MIGRATIONS = [
         PRIMARY KEY (workspace, source_id, profile_id, event_id)
     );
     """,
+    _keep_values_exact,
+    """
+    CREATE TABLE seen_nonces (
+        key bytea PRIMARY KEY,
+        expires_us bigint NOT NULL
+    );
+    CREATE INDEX seen_nonces_by_expiry ON seen_nonces (expires_us);
+    """,
+    _compare_ids_by_bytes,
 ]
 
 
@@ -336,8 +408,11 @@ class PostgresStore(Store):
         )
         cur = await conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
         current = (await cur.fetchone() or (0,))[0]
-        for version, statement in enumerate(MIGRATIONS[current:], start=current + 1):
-            await conn.execute(statement)
+        for version, migration in enumerate(MIGRATIONS[current:], start=current + 1):
+            if isinstance(migration, str):
+                await conn.execute(migration)
+            else:
+                await migration(conn)
             await conn.execute(
                 "INSERT INTO schema_migrations (version, applied_us) VALUES (%s, %s)",
                 (version, now_us()),
@@ -477,10 +552,15 @@ class PostgresStore(Store):
         top = before or (2**62, "")
 
         async def select(conn: Conn) -> list[EventRecord]:
+            # One statement: the contact's delete and its events are read in one snapshot.
             cur = await conn.execute(
-                "SELECT status, applied_us, error, body FROM events"
-                " WHERE workspace = %s AND contact_id = %s AND (ts_us, event_id) < (%s, %s)"
-                " ORDER BY ts_us DESC, event_id DESC LIMIT %s",
+                "SELECT e.status, e.applied_us, e.error, e.body FROM events e"
+                " LEFT JOIN contacts k ON k.workspace = e.workspace AND k.contact_id = e.contact_id"
+                " WHERE e.workspace = %s AND e.contact_id = %s"
+                ' AND (e.ts_us, e.event_id COLLATE "C") < (%s, %s)'
+                " AND (k.deleted_ts_us IS NULL"
+                ' OR (e.ts_us, e.event_id COLLATE "C") > (k.deleted_ts_us, k.deleted_event_id))'
+                ' ORDER BY e.ts_us DESC, e.event_id COLLATE "C" DESC LIMIT %s',
                 (workspace, contact_id, top[0], top[1], limit),
             )
             return [_record(row) for row in await cur.fetchall()]
@@ -598,7 +678,7 @@ class PostgresStore(Store):
                 " ON CONFLICT (workspace, source_id, profile_id) DO UPDATE SET"
                 " contact_id = excluded.contact_id, ts_us = excluded.ts_us,"
                 " event_id = excluded.event_id"
-                " WHERE (excluded.ts_us, excluded.event_id) > (a.ts_us, a.event_id)",
+                ' WHERE (excluded.ts_us, excluded.event_id COLLATE "C") > (a.ts_us, a.event_id)',
                 (*key, contact_id, *version),
             )
             cur = await conn.execute(
@@ -637,6 +717,29 @@ class PostgresStore(Store):
             )
 
         await self._run(delete)
+
+    async def remember_nonce(self, nonce: Nonce, expires_us: int, now_us: int) -> bool:
+        async def remember(conn: Conn) -> bool:
+            # SKIP LOCKED: processes purging at once never wait for (or deadlock on) each other.
+            await conn.execute(
+                "DELETE FROM seen_nonces WHERE key IN (SELECT key FROM seen_nonces"
+                " WHERE expires_us < %s FOR UPDATE SKIP LOCKED)",
+                (now_us,),
+            )
+            # A second inserter of the same key waits for the first to commit, then does nothing.
+            inserted = await conn.execute(
+                "INSERT INTO seen_nonces (key, expires_us) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                (nonce.key(), expires_us),
+            )
+            return inserted.rowcount == 1
+
+        return await self._run(remember)
+
+    async def forget_nonce(self, nonce: Nonce) -> None:
+        async def forget(conn: Conn) -> None:
+            await conn.execute("DELETE FROM seen_nonces WHERE key = %s", (nonce.key(),))
+
+        await self._run(forget)
 
 
 POOL_TIMEOUT_S = 5.0  # to get a connection from the pool
@@ -764,6 +867,15 @@ async def _apply(conn: Conn, events: Sequence[Event]) -> ApplyResult:
     )
     inserted = {(w, e) for w, e in await cur.fetchall()}
     new = [e for e in unique if (e.workspace, e.event_id) in inserted]
+    dropped = repeats(events, new)
+    if dropped:
+        await conn.execute(
+            "UPDATE events AS e SET status = 'duplicate'"
+            " FROM unnest(%s::text[], %s::text[], %s::bytea[]) AS u(w, i, b)"
+            " WHERE e.workspace = u.w AND e.event_id = u.i AND e.status = 'applied'"
+            " AND e.body <> u.b",
+            _columns([(d.workspace, d.event_id, encode_event(d)) for d in dropped], 3),
+        )
     result = await _apply_profiles(conn, new)
     return result.count_new(events, new)
 
@@ -800,14 +912,16 @@ def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
     return [[row[i] for row in rows] for i in range(width)] if rows else [[] for _ in range(width)]
 
 
-_NEWER = "(x.{c}_ts_us IS NOT NULL AND (c.{c}_ts_us IS NULL OR (x.{c}_ts_us, x.{c}_event_id) > (c.{c}_ts_us, c.{c}_event_id)))"
+# Every comparison of versions names COLLATE "C" (the columns have it too, since migration 5):
+# event ids compare by bytes, as in Python within a batch, whatever the database's collation.
+_NEWER = '(x.{c}_ts_us IS NOT NULL AND (c.{c}_ts_us IS NULL OR (x.{c}_ts_us, x.{c}_event_id COLLATE "C") > (c.{c}_ts_us, c.{c}_event_id)))'
 _LAST_NEWER = _NEWER.format(c="last").replace("x.", "excluded.")
 _DELETED_NEWER = _NEWER.format(c="deleted").replace("x.", "excluded.")
 # A newer last update is worth a write only when no delete (stored or in the batch) hides it.
 _LAST_VISIBLE = (
-    "(c.deleted_ts_us IS NULL OR (excluded.last_ts_us, excluded.last_event_id)"
+    '(c.deleted_ts_us IS NULL OR (excluded.last_ts_us, excluded.last_event_id COLLATE "C")'
     " > (c.deleted_ts_us, c.deleted_event_id))"
-    " AND (excluded.deleted_ts_us IS NULL OR (excluded.last_ts_us, excluded.last_event_id)"
+    ' AND (excluded.deleted_ts_us IS NULL OR (excluded.last_ts_us, excluded.last_event_id COLLATE "C")'
     " > (excluded.deleted_ts_us, excluded.deleted_event_id))"
 )
 
@@ -828,24 +942,24 @@ WHERE {_DELETED_NEWER} OR ({_LAST_NEWER} AND {_LAST_VISIBLE})
 _DELETE_COVERED = """
 DELETE FROM properties p
 USING unnest(%s::text[], %s::text[], %s::bigint[], %s::text[]) AS d(w, c, t, e)
-WHERE p.workspace = d.w AND p.contact_id = d.c AND (p.ts_us, p.event_id) <= (d.t, d.e)
+WHERE p.workspace = d.w AND p.contact_id = d.c AND (p.ts_us, p.event_id COLLATE "C") <= (d.t, d.e)
 """
 
 _UPSERT_PROPERTIES = """
 INSERT INTO properties AS p (workspace, contact_id, name, value, ts_us, event_id)
-SELECT u.w, u.c, u.n, u.v::jsonb, u.t, u.e
+SELECT u.w, u.c, u.n, u.v::json, u.t, u.e
 FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[], %s::text[])
     AS u(w, c, n, v, t, e)
 JOIN contacts k ON k.workspace = u.w AND k.contact_id = u.c
-WHERE k.deleted_ts_us IS NULL OR (u.t, u.e) > (k.deleted_ts_us, k.deleted_event_id)
+WHERE k.deleted_ts_us IS NULL OR (u.t, u.e COLLATE "C") > (k.deleted_ts_us, k.deleted_event_id)
 ON CONFLICT (workspace, contact_id, name) DO UPDATE SET
     value = excluded.value, ts_us = excluded.ts_us, event_id = excluded.event_id
-WHERE (p.ts_us, p.event_id) < (excluded.ts_us, excluded.event_id)
+WHERE (p.ts_us, p.event_id COLLATE "C") < (excluded.ts_us, excluded.event_id)
 """
 
 
 _VERSION_COLUMNS = "last_ts_us, last_event_id, deleted_ts_us, deleted_event_id"
-_PROPERTY_COLUMNS = "name, value, ts_us, event_id"
+_PROPERTY_COLUMNS = "name, value::text, ts_us, event_id"  # the text, decoded by msgspec
 
 
 async def _contact(conn: Conn, workspace: str, contact_id: str) -> Contact | None:
@@ -877,23 +991,26 @@ def _contact_of(contact_id: str, last: Version, props: Sequence[Sequence[Any]]) 
     """A contact from its last update and its live properties (``_PROPERTY_COLUMNS``, by name)."""
     return Contact(
         contact_id=contact_id,
-        properties={name: value for name, value, _, _ in props},
+        properties={name: msgspec.json.decode(value) for name, value, _, _ in props},
         versions={name: (ts_us, event_id) for name, _, ts_us, event_id in props},
         updated_us=last[0],
     )
+
+
+_APPLIED = "status IN ('applied', 'duplicate')"  # the events that were applied
 
 
 async def _rebuild(conn: Conn, progress: Progress | None) -> int:
     await conn.execute("LOCK TABLE contacts, properties IN EXCLUSIVE MODE")
     await conn.execute("DELETE FROM properties")
     await conn.execute("DELETE FROM contacts")
-    cur = await conn.execute("SELECT COUNT(*) FROM events WHERE status = 'applied'")
+    cur = await conn.execute(f"SELECT COUNT(*) FROM events WHERE {_APPLIED}")
     total = int((await cur.fetchone() or (0,))[0])
     done = 0
     if progress is not None:
         progress(0, total)
     async with conn.cursor(name="rebuild") as events:
-        await events.execute("SELECT body FROM events WHERE status = 'applied'")
+        await events.execute(f"SELECT body FROM events WHERE {_APPLIED}")
         while chunk := await events.fetchmany(REBUILD_CHUNK_EVENTS):
             await _apply_profiles(conn, [decode_event(bytes(body)) for (body,) in chunk])
             done += len(chunk)

@@ -26,6 +26,7 @@ from profilehook.stores.base import (
     ContactPlan,
     ContactState,
     EventRecord,
+    Nonce,
     Progress,
     Source,
     Store,
@@ -33,6 +34,7 @@ from profilehook.stores.base import (
     contact_exists,
     first_of_each,
     plan_contact,
+    repeats,
 )
 
 SCHEMA_VERSION = 3  # 1: events keyed by their ids, one property per map entry; 2: id_key a hash
@@ -87,6 +89,13 @@ CREATE TABLE IF NOT EXISTS parked_events (
     body BLOB NOT NULL,
     PRIMARY KEY (workspace, source_id, profile_id, event_id)
 ) WITHOUT ROWID;
+-- Signed webhook calls seen (Nonce.key()), until their Date is refused anyway. A table added
+-- without a new schema version: a file without it gets it at open, and older code ignores it.
+CREATE TABLE IF NOT EXISTS seen_nonces (
+    key BLOB PRIMARY KEY,
+    expires_us INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS seen_nonces_by_expiry ON seen_nonces (expires_us);
 """
 
 # Keys and sources live in a file of their own: the hot path checks on every request whether
@@ -201,13 +210,20 @@ class SqliteStore(Store):
         contact_key = _key(workspace, contact_id)
 
         def select(conn: sqlite3.Connection) -> list[EventRecord]:
-            rows = conn.execute(
-                "SELECT status, applied_us, error, body FROM events"
-                " WHERE contact_key = ? AND ts_us <= ? AND (ts_us, event_id) < (?, ?)"
-                " AND workspace = ? AND contact_id = ?"
-                " ORDER BY ts_us DESC, event_id DESC LIMIT ?",
-                (contact_key, top[0], *top, workspace, contact_id, limit),
-            ).fetchall()
+            # One read transaction: the delete's version and the events of one snapshot.
+            conn.execute("BEGIN")
+            try:
+                bottom = _deleted(conn, workspace, contact_id) or (-1, "")
+                rows = conn.execute(
+                    "SELECT status, applied_us, error, body FROM events"
+                    " WHERE contact_key = ? AND ts_us <= ? AND (ts_us, event_id) < (?, ?)"
+                    " AND ts_us >= ? AND (ts_us, event_id) > (?, ?)"
+                    " AND workspace = ? AND contact_id = ?"
+                    " ORDER BY ts_us DESC, event_id DESC LIMIT ?",
+                    (contact_key, top[0], *top, bottom[0], *bottom, workspace, contact_id, limit),
+                ).fetchall()
+            finally:
+                conn.execute("COMMIT")
             return [_record(row) for row in rows]
 
         return await self.db.read(select)
@@ -326,6 +342,16 @@ class SqliteStore(Store):
             )
         )
 
+    async def remember_nonce(self, nonce: Nonce, expires_us: int, now_us: int) -> bool:
+        # Not fsynced: a process killed after answering keeps it (WAL), and a replay that a
+        # power loss would let in carries the event_id of the call it repeats: a duplicate.
+        return await self.db.write(lambda conn: _remember_nonce(conn, nonce, expires_us, now_us))
+
+    async def forget_nonce(self, nonce: Nonce) -> None:
+        await self.db.write(
+            lambda conn: conn.execute("DELETE FROM seen_nonces WHERE key = ?", (nonce.key(),))
+        )
+
     def _cached(self, key: tuple[str, str], load: Callable[[sqlite3.Connection, str], Any]) -> Any:
         """A catalog answer for the hot path, read on the event loop only when not cached.
 
@@ -345,6 +371,16 @@ class SqliteStore(Store):
         except KeyError:
             value = self._cache[key] = self.catalog.read_now(lambda conn: load(conn, key[1]))
             return value
+
+
+def _remember_nonce(conn: sqlite3.Connection, nonce: Nonce, expires_us: int, now_us: int) -> bool:
+    """In the writer's transaction (BEGIN IMMEDIATE): one process at a time decides."""
+    conn.execute("DELETE FROM seen_nonces WHERE expires_us < ?", (now_us,))
+    inserted = conn.execute(
+        "INSERT INTO seen_nonces (key, expires_us) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+        (nonce.key(), expires_us),
+    )
+    return inserted.rowcount == 1
 
 
 def _data_version(conn: sqlite3.Connection) -> int:
@@ -495,7 +531,19 @@ def _apply(conn: sqlite3.Connection, events: Sequence[Event]) -> ApplyResult:
     rows = [_event_row(e, k, "applied", applied_us, contact_keys) for k, e in new]
     insert_rows(conn, _INSERT_EVENT, rows)
     new_events = [e for _, e in new]
+    _mark_duplicates(conn, repeats(events, new_events))
     return _apply_profiles(conn, new_events).count_new(events, new_events)
+
+
+def _mark_duplicates(conn: sqlite3.Connection, dropped: Sequence[Event]) -> None:
+    conn.executemany(
+        "UPDATE events SET status = 'duplicate' WHERE id_key = ? AND workspace = ?"
+        " AND event_id = ? AND status = 'applied' AND body != ?",
+        [
+            (_id_key(e.workspace, e.event_id), e.workspace, e.event_id, encode_event(e))
+            for e in dropped
+        ],
+    )
 
 
 def _already_recorded(conn: sqlite3.Connection, id_keys: list[int]) -> set[tuple[str, str]]:
@@ -634,6 +682,16 @@ def _rows(conn: sqlite3.Connection, keys: list[tuple[str, str]]) -> dict[tuple[s
     return rows
 
 
+def _deleted(conn: sqlite3.Connection, workspace: str, contact_id: str) -> Version | None:
+    """The version of the contact's newest delete, if it has one."""
+    found = conn.execute(
+        "SELECT deleted_ts_us, deleted_event_id FROM contacts"
+        " WHERE workspace = ? AND contact_id = ? AND deleted_ts_us IS NOT NULL",
+        (workspace, contact_id),
+    ).fetchone()
+    return None if found is None else (found[0], found[1])
+
+
 def _contact(conn: sqlite3.Connection, workspace: str, contact_id: str) -> Contact | None:
     found = conn.execute(
         f"SELECT {_ROW_COLUMNS} FROM contacts WHERE workspace = ? AND contact_id = ?",
@@ -656,13 +714,16 @@ def _contact_of(contact_id: str, row: _Row) -> Contact | None:
     )
 
 
+_APPLIED = "status IN ('applied', 'duplicate')"  # the events that were applied
+
+
 def _rebuild(conn: sqlite3.Connection, progress: Progress | None) -> int:
     conn.execute("DELETE FROM contacts")
-    total = conn.execute("SELECT COUNT(*) FROM events WHERE status = 'applied'").fetchone()[0]
+    total = conn.execute(f"SELECT COUNT(*) FROM events WHERE {_APPLIED}").fetchone()[0]
     done = 0
     if progress is not None:
         progress(0, total)
-    cursor = conn.execute("SELECT body FROM events WHERE status = 'applied'")
+    cursor = conn.execute(f"SELECT body FROM events WHERE {_APPLIED}")
     while chunk := cursor.fetchmany(REBUILD_CHUNK_EVENTS):
         _apply_profiles(conn, [decode_event(body) for (body,) in chunk])
         done += len(chunk)
