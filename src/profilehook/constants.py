@@ -74,3 +74,27 @@ COPERNICA_DNS_TIMEOUT_S = 2.0
 
 # Objects allocated between two collections of the youngest generation (Python's default: 700).
 GC_YOUNG_THRESHOLD = 10_000
+
+# PostgreSQL connections (scale-out): what a store outage or a dead connection may cost.
+# A key or source learned from PostgreSQL keeps working this long after the store last proved
+# it current (a live LISTEN connection proves every cached answer): through an outage, and
+# bounding how late a revocation is seen while notifications do not arrive.
+AUTH_CACHE_MAX_STALE_S = 30.0
+# One store transaction may take this long (PostgreSQL's statement and idle-in-transaction
+# timeouts); a connection that has not answered by then is cut (no server may hold a worker).
+STORE_TIMEOUT_S = 15.0
+PG_CONNECT_TIMEOUT_S = 5
+PG_OPEN_WAIT_S = 5.0  # start-up waits this long for PostgreSQL, then serves 503s until it answers
+PG_RETRY_S = 1.0  # between attempts to reach PostgreSQL (migrations, the LISTEN connection)
+# TCP keepalives and the kernel's limit on unacknowledged data: a peer that vanished (host down,
+# network cut) is noticed within ~10 s even on an idle connection.
+PG_KEEPALIVES_IDLE_S = 5
+PG_KEEPALIVES_INTERVAL_S = 2
+PG_KEEPALIVES_COUNT = 3
+PG_TCP_USER_TIMEOUT_MS = 10_000
+PG_POOL_CHECK_TIMEOUT_S = 1.0  # a pooled connection is checked (one round trip) before use
+LISTEN_PING_INTERVAL_S = 5.0  # the LISTEN connection proves itself alive this often
+LISTEN_PING_MIN_INTERVAL_S = 0.5
+LISTEN_PING_TIMEOUT_S = 2.0
+# /readyz fails when the applier applied nothing for this long while events were pending.
+APPLIER_STALL_S = 30.0

@@ -27,7 +27,12 @@ class Services:
         return cls(
             settings,
             open_queue(settings.queue_url, settings.data_dir, settings.connect_timeout_s),
-            open_store(settings.store_url, settings.data_dir),
+            open_store(
+                settings.store_url,
+                settings.data_dir,
+                auth_cache_max_stale_s=settings.auth_cache_max_stale_s,
+                store_timeout_s=settings.store_timeout_s,
+            ),
         )
 
     async def open(self) -> None:

@@ -83,6 +83,21 @@ class Settings:
         " backoff, one log line a try) before they exit non-zero; 0 = try once",
     )
     apply_batch_max_events: int = _setting(c.APPLY_BATCH_MAX_EVENTS, "Events per apply batch")
+    auth_cache_max_stale_s: float = _setting(
+        c.AUTH_CACHE_MAX_STALE_S,
+        "PostgreSQL store: seconds a known API key or source keeps working while PostgreSQL or"
+        " its change notifications are down; a revocation is seen within this. Unknown keys get"
+        " 503 while they cannot be checked",
+    )
+    store_timeout_s: float = _setting(
+        c.STORE_TIMEOUT_S,
+        "PostgreSQL store: seconds one transaction may take (statement and idle-in-transaction"
+        " timeouts); a connection silent for longer is dropped. Rebuild and migrations are exempt",
+    )
+    applier_stall_s: float = _setting(
+        c.APPLIER_STALL_S,
+        "/readyz fails when the applier applied nothing for this many seconds while events wait",
+    )
     log_level: str = _setting("info", "Log level: debug, info, warning, error")
 
     def __post_init__(self) -> None:
@@ -96,10 +111,23 @@ class Settings:
                 _refuse(name, getattr(self, name), f"must be {minimum} or more")
         if self.port > MAX_PORT:
             _refuse("port", self.port, f"must be {MIN_PORT}-{MAX_PORT}")
-        for name in ("header_timeout_s", "body_timeout_s", "backend_timeout_s", "keep_alive_s"):
+        for name in (
+            "header_timeout_s",
+            "body_timeout_s",
+            "backend_timeout_s",
+            "keep_alive_s",
+            "store_timeout_s",
+        ):
             if math.isinf(getattr(self, name)):  # a timer that never fires is no timeout
                 _refuse(name, getattr(self, name), "must be a finite number of seconds")
-        for name in ("header_timeout_s", "body_timeout_s", "backend_timeout_s"):
+        for name in (
+            "header_timeout_s",
+            "body_timeout_s",
+            "backend_timeout_s",
+            "auth_cache_max_stale_s",
+            "store_timeout_s",
+            "applier_stall_s",
+        ):
             if not getattr(self, name) > 0:
                 _refuse(name, getattr(self, name), "must be more than 0 seconds")
         if not self.keep_alive_s >= 0:

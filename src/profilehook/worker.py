@@ -159,3 +159,29 @@ async def _sleep_unless(stop: asyncio.Event, delay_s: float) -> None:
         await asyncio.wait_for(stop.wait(), delay_s)
     except TimeoutError:
         return
+
+
+class StallWatch:
+    """Whether an applier is stalled: nothing applied for ``stall_s`` while events waited.
+
+    Fed by whoever looks (``/readyz``), from numbers any applier leaves behind: batches applied
+    so far (also counted for an applier process, from its reports) and events pending. Events
+    are taken to wait since the first look that saw them pending with no progress since: a
+    look after a long quiet spell does not count the quiet against the applier.
+    """
+
+    def __init__(self, stall_s: float):
+        self.stall_s = stall_s
+        self._batches = -1.0
+        self._waiting_since_s: float | None = None
+
+    def stalled_for_s(self, batches: float, pending: int, now_s: float) -> float | None:
+        """Seconds the applier has been stalled, or None when it is not."""
+        if pending <= 0 or batches != self._batches:
+            self._batches = batches
+            self._waiting_since_s = now_s if pending > 0 else None
+            return None
+        if self._waiting_since_s is None:
+            self._waiting_since_s = now_s
+        waited_s = now_s - self._waiting_since_s
+        return waited_s if waited_s >= self.stall_s else None

@@ -24,7 +24,7 @@ from profilehook.applier_process import ApplierProcess
 from profilehook.errors import ProfilehookError
 from profilehook.service import Services
 from profilehook.settings import Settings
-from profilehook.worker import Applier
+from profilehook.worker import Applier, StallWatch
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class ProfilehookApp:
             for path, handler in self._ingest.items()
         ] + [Route(PATH_PREFIX + "{source_id}", _AsgiEndpoint(self._webhooks), methods=["POST"])]
         self._starlette = Starlette(
-            routes=ingest_routes + read_routes(services, self.deadlines),
+            routes=ingest_routes + read_routes(services, self.deadlines, self._stall_watch()),
             lifespan=self._lifespan,
             exception_handlers={
                 HTTPException: _http_exception,
@@ -57,6 +57,11 @@ class ProfilehookApp:
                 Exception: _unexpected,
             },
         )
+
+    def _stall_watch(self) -> StallWatch | None:
+        if self.applies_in == "nowhere":
+            return None  # the workers apply: their progress is not this server's to judge
+        return StallWatch(self.services.settings.applier_stall_s)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":

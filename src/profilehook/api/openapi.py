@@ -411,7 +411,7 @@ def _paths() -> dict[str, Any]:
                 "summary": "The log and the store answer",
                 "responses": {
                     "200": _json(_ref("Status"), "Ready"),
-                    "503": _error("A backend is unreachable"),
+                    "503": _error("A backend is unreachable, or the applier is stalled"),
                 },
             }
         },

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import binascii
 import functools
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote
@@ -26,6 +27,7 @@ from profilehook.events import Event, Version, iso, seconds
 from profilehook.service import Services
 from profilehook.sources.problems import problem, value_error
 from profilehook.stores.base import Contact, EventRecord
+from profilehook.worker import StallWatch
 
 READY_TIMEOUT_S = 1.0
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -41,7 +43,10 @@ class _AnyTail(PathConvertor):
 register_url_convertor("any_tail", _AnyTail())
 
 
-def read_routes(services: Services, deadlines: Deadlines) -> list[Route]:
+def read_routes(
+    services: Services, deadlines: Deadlines, applier: StallWatch | None = None
+) -> list[Route]:
+    """The routes beside ingestion; ``applier`` watches this server's applier, if it has one."""
     store, queue = services.store, services.queue
     within_deadline = _deadline(services.settings.backend_timeout_s)
 
@@ -92,6 +97,15 @@ def read_routes(services: Services, deadlines: Deadlines) -> list[Route]:
 
     async def readyz(request: Request) -> Response:
         try:
+            if applier is not None:  # first: a stalled applier is the more telling answer
+                pending = await within(READY_TIMEOUT_S, queue.depth())
+                batches = services.metrics.applier_totals().batches
+                stalled_s = applier.stalled_for_s(batches, pending, time.monotonic())
+                if stalled_s is not None:
+                    raise StorageUnavailable(
+                        f"The applier has applied nothing for {stalled_s:.0f} s"
+                        f" while {pending} events wait"
+                    )
             await within(READY_TIMEOUT_S, asyncio.gather(queue.ping(), store.ping()))
         except TimeoutError:
             raise StorageUnavailable("A backend did not answer within 1 s") from None

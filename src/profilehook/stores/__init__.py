@@ -4,13 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from profilehook import constants as c
 from profilehook.errors import ConfigurationError
 from profilehook.stores.base import Store
 
 STORE_FILE = "profiles.sqlite3"
 
 
-def open_store(url: str, data_dir: Path) -> Store:
+def open_store(
+    url: str,
+    data_dir: Path,
+    *,
+    auth_cache_max_stale_s: float = c.AUTH_CACHE_MAX_STALE_S,
+    store_timeout_s: float = c.STORE_TIMEOUT_S,
+) -> Store:
     """``""`` or ``sqlite:///path`` -> SQLite (the default); ``postgresql://…?schema=S`` ->
     PostgreSQL; ``memory://`` -> in-memory.
 
@@ -28,7 +35,9 @@ def open_store(url: str, data_dir: Path) -> Store:
     if url.startswith(("postgresql://", "postgres://")):
         from profilehook.stores.postgres import PostgresStore
 
-        return PostgresStore(url)
+        return PostgresStore(
+            url, auth_cache_max_stale_s=auth_cache_max_stale_s, timeout_s=store_timeout_s
+        )
     if url == "memory://":
         from profilehook.stores.memory import MemoryStore
 

@@ -12,12 +12,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+import math
+import os
+import select
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
 
+from profilehook import constants as c
 from profilehook.errors import ConfigurationError, StorageUnavailable, StoreRefused
 from profilehook.events import Event, Version, decode_event, encode_event, now_us
 from profilehook.stores.base import (
@@ -41,6 +47,7 @@ from profilehook.stores.base import (
 try:
     import psycopg
     from psycopg import sql
+    from psycopg.conninfo import conninfo_to_dict
     from psycopg_pool import AsyncConnectionPool
 except ImportError as exc:  # pragma: no cover - exercised by the missing-driver test
     raise ConfigurationError(
@@ -204,16 +211,44 @@ def split_url(url: str) -> tuple[str, str]:
 
 
 class PostgresStore(Store):
-    def __init__(self, url: str, pool_size: int = 8):
+    """Profiles in PostgreSQL. Connection faults cost a bounded time, never a stuck process:
+    every connection has TCP keepalives, a pooled one is checked before use, a transaction
+    that does not answer within ``timeout_s`` has its connection cut; start-up does not wait
+    for PostgreSQL (calls raise ``StorageUnavailable`` until it answers and is migrated)."""
+
+    def __init__(
+        self,
+        url: str,
+        pool_size: int = 8,
+        *,
+        auth_cache_max_stale_s: float = c.AUTH_CACHE_MAX_STALE_S,
+        timeout_s: float = c.STORE_TIMEOUT_S,
+    ):
         self.conninfo, self.schema = split_url(url)
         self._pool_size = pool_size
         self._pool: AsyncConnectionPool[Conn] | None = None
-        self._cache: dict[tuple[str, str], Any] = {}
+        self.timeout_s = timeout_s
+        self.max_stale_s = auth_cache_max_stale_s
+        # Often enough that a live listener keeps every cached answer fresh (with a tiny bound,
+        # answers are read again instead: still correct).
+        self._ping_interval_s = max(
+            c.LISTEN_PING_MIN_INTERVAL_S, min(c.LISTEN_PING_INTERVAL_S, auth_cache_max_stale_s / 3)
+        )
+        self._cache: dict[tuple[str, str], _Cached] = {}
         self._generation = 0  # moves on every clear: a load that straddles one is not cached
         self._listener: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
+        # When the LISTEN connection last proved that no notification was missed (monotonic):
+        # every answer cached before then was current then.
+        self._listener_alive_s = -math.inf
+        self._preparing: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()  # reachable and migrated
+        self._unreachable = "connecting"
 
     async def open(self) -> None:
+        """Start connecting and migrating; wait up to ``PG_OPEN_WAIT_S`` for it. An unreachable
+        PostgreSQL is not fatal (a server starts and answers 503 until it answers); a
+        PostgreSQL that answers and refuses the migration raises ``StorageUnavailable``."""
         schema = sql.Identifier(self.schema)
 
         async def configure(conn: Conn) -> None:
@@ -224,35 +259,107 @@ class PostgresStore(Store):
             self.conninfo,
             min_size=1,
             max_size=self._pool_size,
+            kwargs=self._connect_options(POOL_APPLICATION_NAME),
             configure=configure,
             open=False,
-            timeout=5.0,
+            timeout=POOL_TIMEOUT_S,
         )
-        try:
-            await self._pool.open(wait=True, timeout=5.0)
-        except (psycopg.Error, Exception) as exc:
-            await self._pool.close()
-            self._pool = None
-            raise StorageUnavailable(f"PostgreSQL unreachable: {exc}") from exc
-        await self._run(self._migrate)
+        await self._pool.open(wait=False)
+        self._preparing = asyncio.create_task(self._prepare(), name="pg-prepare")
         self._listener = asyncio.create_task(self._listen(), name="pg-catalog-listener")
+        await asyncio.wait({self._preparing}, timeout=c.PG_OPEN_WAIT_S)
+        if self._preparing.done() and self._preparing.exception() is not None:
+            error = self._preparing.exception()
+            await self.close()
+            raise StorageUnavailable(f"PostgreSQL refused to prepare the schema: {error}")
+        if not self._ready.is_set():
+            log.warning(
+                "PostgreSQL not ready after %g s (%s); store calls fail (503) until it is",
+                c.PG_OPEN_WAIT_S,
+                self._unreachable,
+            )
 
     async def close(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+        for task in (self._preparing, self._listener):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._preparing = self._listener = None
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
 
-    async def _run(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
-        """Run ``fn`` in one transaction; driver errors become ``StorageUnavailable``."""
+    def _connect_options(self, application_name: str) -> dict[str, Any]:
+        """Connection parameters: keepalives and timeouts, merged into the URL's own."""
+        given = conninfo_to_dict(self.conninfo)
+        timeout_ms = int(self.timeout_s * 1000)
+        options = (
+            f"{given.get('options') or ''} -c statement_timeout={timeout_ms}"
+            f" -c idle_in_transaction_session_timeout={timeout_ms}"
+        ).strip()
+        return {
+            "application_name": given.get("application_name") or application_name,
+            "connect_timeout": given.get("connect_timeout") or c.PG_CONNECT_TIMEOUT_S,
+            "keepalives": 1,
+            "keepalives_idle": c.PG_KEEPALIVES_IDLE_S,
+            "keepalives_interval": c.PG_KEEPALIVES_INTERVAL_S,
+            "keepalives_count": c.PG_KEEPALIVES_COUNT,
+            "tcp_user_timeout": c.PG_TCP_USER_TIMEOUT_MS,
+            "options": options,
+        }
+
+    async def _prepare(self) -> None:
+        """Migrate once PostgreSQL answers; retry while it cannot be reached. (On a connection
+        of its own: the pool would say only that it had none in time, not why.)"""
+        failures = 0
+        while True:
+            try:
+                await self._migrate_on_own_connection()
+            except psycopg.OperationalError as exc:  # unreachable, or gone meanwhile
+                self._unreachable = _first_line(exc)
+                if not failures:
+                    log.warning("PostgreSQL unreachable (%s); retrying", self._unreachable)
+                failures += 1
+                await asyncio.sleep(c.PG_RETRY_S)
+                continue
+            except psycopg.Error as exc:  # it answered, and refused: retrying would not help
+                self._unreachable = f"it refused the migration: {_first_line(exc)}"
+                log.error("PostgreSQL schema %s: %s", self.schema, self._unreachable)
+                raise
+            if failures:
+                log.warning("PostgreSQL answers: serving")
+            self._ready.set()
+            return
+
+    async def _migrate_on_own_connection(self) -> None:
+        async with await psycopg.AsyncConnection.connect(
+            self.conninfo, **self._connect_options(POOL_APPLICATION_NAME)
+        ) as conn:
+            schema = sql.Identifier(self.schema)
+            async with conn.transaction():
+                for statement in _UNBOUNDED:
+                    await conn.execute(statement)
+                await conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(schema))
+                await self._migrate(conn)
+
+    async def _run(self, fn: Callable[[Conn], Awaitable[T]], *, bounded: bool = True) -> T:
+        """Run ``fn`` in one transaction; driver errors become ``StorageUnavailable``. A
+        ``bounded`` transaction that takes over ``timeout_s`` is cut (its connection too)."""
+        if not self._ready.is_set():
+            raise StorageUnavailable(
+                f"PostgreSQL is unreachable ({self._unreachable}), retry later"
+            )
         if self._pool is None:
             raise StorageUnavailable("PostgreSQL store is not open")
+        cut = _Cut()
         try:
-            async with self._pool.connection() as conn, conn.transaction():
-                return await fn(conn)
+            async with self._connection(self._pool) as conn:
+                with cut.after(conn, self.timeout_s if bounded else None):
+                    async with conn.transaction():
+                        for statement in () if bounded else _UNBOUNDED:
+                            await conn.execute(statement)
+                        return await fn(conn)
         except (
             psycopg.DataError,
             psycopg.IntegrityError,
@@ -263,10 +370,33 @@ class PostgresStore(Store):
             log.error("PostgreSQL refused the data: %s", exc)
             raise StoreRefused(f"PostgreSQL refused the data: {exc}") from exc
         except psycopg.Error as exc:
-            log.error("PostgreSQL error: %s", exc)
-            raise StorageUnavailable(f"PostgreSQL unavailable ({exc}), retry later") from exc
+            why = f"no answer within {self.timeout_s:g} s" if cut.done else str(exc)
+            log.error("PostgreSQL error: %s", why)
+            raise StorageUnavailable(f"PostgreSQL unavailable ({why}), retry later") from exc
         except TimeoutError as exc:  # the pool had no connection in time
             raise StorageUnavailable("PostgreSQL did not answer in time, retry later") from exc
+
+    @contextlib.asynccontextmanager
+    async def _connection(self, pool: AsyncConnectionPool[Conn]) -> AsyncIterator[Conn]:
+        """A pooled connection that answered a check just now. (After an outage the pool may
+        hold connections that died meanwhile; the pool's own ``check`` waits a second after
+        the second dead one, longer than a request may wait.)"""
+        deadline_s = time.monotonic() + POOL_TIMEOUT_S
+        while True:
+            conn = await pool.getconn(timeout=max(0.0, deadline_s - time.monotonic()))
+            try:
+                await _check_connection(conn)
+            except psycopg.Error:  # broken: the pool drops it and opens another
+                await pool.putconn(conn)
+                continue
+            except BaseException:
+                await pool.putconn(conn)
+                raise
+            break
+        try:
+            yield conn
+        finally:
+            await pool.putconn(conn)
 
     async def _migrate(self, conn: Conn) -> None:
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_ID,))
@@ -290,37 +420,69 @@ class PostgresStore(Store):
             log.info("applied PostgreSQL migration %d in schema %s", version, self.schema)
 
     async def _listen(self) -> None:
-        """Clear the hot-path cache whenever another process changes keys or sources."""
+        """Clear the hot-path cache whenever another process changes keys or sources, and
+        prove every ``_ping_interval_s`` that the connection is alive: a dead one (a peer
+        that vanished without a reset) would otherwise let revoked keys in forever."""
+        failures = 0
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(
-                    self.conninfo, autocommit=True
+                    self.conninfo, autocommit=True, **self._connect_options(LISTEN_APPLICATION_NAME)
                 ) as conn:
-                    await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-                    self._clear_cache()
+                    started_s = time.monotonic()
+                    with _Cut().after(conn, c.LISTEN_PING_TIMEOUT_S):
+                        await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    self._clear_cache()  # what changed while nobody listened is unknown
+                    self._listener_alive_s = started_s
                     self._listening.set()
-                    async for _ in conn.notifies():
-                        self._clear_cache()
-            except psycopg.Error as exc:
-                log.warning("catalog listener lost (%s); reconnecting", exc)
+                    if failures:
+                        log.warning("catalog listener connected again")
+                    failures = 0
+                    await self._follow(conn)
+            except (psycopg.Error, OSError) as exc:
+                # One line per outage, not one per attempt.
+                if not failures:
+                    log.warning("catalog listener lost (%s); reconnecting", exc)
+                failures += 1
             self._listening.clear()
-            self._clear_cache()
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(c.PG_RETRY_S)
+
+    async def _follow(self, conn: Conn) -> None:
+        while True:
+            async for notice in conn.notifies(timeout=self._ping_interval_s):
+                if notice.payload in ("", self.schema):  # (none: from an older version)
+                    self._clear_cache()
+            started_s = time.monotonic()
+            with _Cut().after(conn, c.LISTEN_PING_TIMEOUT_S):
+                await conn.execute("SELECT 1")  # notifications sent before it came before it
+            self._listener_alive_s = started_s
 
     def _clear_cache(self) -> None:
         self._cache.clear()
         self._generation += 1
 
     async def _cached(self, key: tuple[str, str], load: Callable[[Conn], Awaitable[T]]) -> T:
-        # Cached only while the listener is connected: otherwise a change could go unseen.
-        if self._listening.is_set() and key in self._cache:
-            result: T = self._cache[key]
-            return result
+        """``load``'s answer, or the cached one while it is known to be current.
+
+        A cached answer was current when it was loaded, and again whenever the listener proved
+        that no notification was missed since. A known key or source is served for up to
+        ``max_stale_s`` after that (through a store outage, or until a revocation that no
+        notification announced is read again); an unknown one only while the listener is
+        connected: a key created meanwhile must not be refused for so long.
+        """
+        now_s = time.monotonic()
+        hit = self._cache.get(key)
+        if hit is not None:
+            current_s = max(hit.loaded_s, self._listener_alive_s)
+            fresh = now_s - current_s < self.max_stale_s
+            if fresh and (hit.value is not None or self._listening.is_set()):
+                result: T = hit.value
+                return result
         generation = self._generation
         value = await self._run(load)
         # A change notified while this load ran may not be in its answer: do not keep it.
-        if self._listening.is_set() and generation == self._generation:
-            self._cache[key] = value
+        if generation == self._generation:
+            self._cache[key] = _Cached(value, now_s)
         return value
 
     async def apply(self, events: Sequence[Event]) -> ApplyResult:
@@ -418,7 +580,7 @@ class PostgresStore(Store):
         return await self._run(select)
 
     async def rebuild(self, progress: Progress | None = None) -> int:
-        return await self._run(lambda conn: _rebuild(conn, progress))
+        return await self._run(lambda conn: _rebuild(conn, progress), bounded=False)
 
     async def add_key(self, key: ApiKey, key_hash: str) -> None:
         async def insert(conn: Conn) -> None:
@@ -580,6 +742,74 @@ class PostgresStore(Store):
         await self._run(forget)
 
 
+POOL_TIMEOUT_S = 5.0  # to get a connection from the pool
+POOL_APPLICATION_NAME = "profilehook"
+LISTEN_APPLICATION_NAME = "profilehook-listen"  # how operators (and tests) tell it apart
+# Migrations and rebuild may take long on a large database: no statement timeout for them.
+_UNBOUNDED = (
+    "SET LOCAL statement_timeout = 0",
+    "SET LOCAL idle_in_transaction_session_timeout = 0",
+)
+
+
+class _Cached(msgspec.Struct):
+    value: Any
+    loaded_s: float  # monotonic time the load began: its answer is at least that recent
+
+
+class _Cut:
+    """Cuts a connection that has not finished its work in time.
+
+    Cancelling the work would not do: psycopg then tries to cancel the query on the server and
+    waits for the answer, and a transaction's rollback waits for the server too. Shutting the
+    socket down makes every wait on it end at once with an error, and the pool then discards
+    the connection. A connection through a path that died (no reset, the kernel still
+    acknowledging) is noticed no other way: keepalives are answered all along.
+    """
+
+    def __init__(self) -> None:
+        self.done = False
+
+    @contextlib.contextmanager
+    def after(self, conn: Conn, timeout_s: float | None) -> Iterator[None]:
+        if timeout_s is None:
+            yield
+            return
+        timer = asyncio.get_running_loop().call_later(timeout_s, self._cut, conn)
+        try:
+            yield
+        finally:
+            timer.cancel()
+
+    def _cut(self, conn: Conn) -> None:
+        self.done = True
+        log.warning("PostgreSQL connection silent for too long: cutting it")
+        with (
+            contextlib.suppress(OSError, psycopg.Error),
+            socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock,
+        ):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+def _first_line(exc: BaseException) -> str:
+    """libpq's messages go on with hints on further lines (``Is the server running…``)."""
+    return str(exc).strip().split("\n", 1)[0]
+
+
+async def _check_connection(conn: Conn) -> None:
+    """The check before lending a pooled connection (after an outage the pool may hold
+    connections that died meanwhile). An idle connection has nothing to read unless its server
+    closed it or reset it: only then is it checked, by a round trip cut if it does not come
+    back in time. (A round trip on every use cost 0.3 ms a transaction, two thirds more for a
+    small one; a path that went silent is the transaction's own timeout's to catch.)"""
+    poll = select.poll()
+    poll.register(conn.pgconn.socket, select.POLLIN)
+    if not poll.poll(0):
+        return
+    with _Cut().after(conn, c.PG_POOL_CHECK_TIMEOUT_S):
+        await AsyncConnectionPool.check_connection(conn)
+
+
 AliasKey = tuple[str, str, str]
 _ALIAS_WHERE = " WHERE workspace = %s AND source_id = %s AND profile_id = %s"
 
@@ -599,7 +829,9 @@ _SOURCE_SELECT = "SELECT source_id, workspace, kind, config, created_us FROM sou
 
 
 async def _notify(conn: Conn) -> None:
-    await conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
+    # The channel is the database's; the payload names the schema (the first on the
+    # connection's search_path), so deployments sharing a database clear only their own caches.
+    await conn.execute("SELECT pg_notify(%s, current_schema())", (NOTIFY_CHANNEL,))
 
 
 def _json(value: Any) -> str | None:
