@@ -161,8 +161,8 @@ POSTGRES_URL = os.environ.get(
 # server instead (nothing is started then).
 NATS_CLUSTER = NatsCluster(free_ports(9))
 NATS_SERVERS = NATS_CLUSTER.urls
-# One node: the queue URL does not take a list of servers yet (issue 15 item 6); with a list,
-# this becomes ",".join(NATS_SERVERS).
+# One node: tests hand NATS_URL to nats-py and to TCP proxies, which take one server; the
+# queue URL also takes ",".join(NATS_SERVERS), as the fault suite uses it.
 NATS_URL = os.environ.get("PROFILEHOOK_TEST_NATS_URL", NATS_SERVERS[0])
 _cluster_failure: list[str] = []
 
