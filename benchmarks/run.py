@@ -570,7 +570,7 @@ def _h_ingest(
     tmp.mkdir(parents=True, exist_ok=True)
     script = lua(tmp / "h.lua", body, key)
     servers = [serve(f"serve-{i}", env, "--no-applier") for i in range(2)]
-    connections = 32 if events_per_request == 1 else 8
+    connections = CONNECTIONS if events_per_request == 1 else 8  # per server
     results: list[dict[str, float]] = []
     try:
         for server in servers:
@@ -791,12 +791,16 @@ def targets(r: dict[str, dict[str, Any]]) -> list[tuple[str, str, bool | None]]:
         )
     if has("H") and "nats_ceiling_events_per_s" in r["H"]:
         h, ceiling = r["H"], r["H"]["nats_ceiling_events_per_s"]
-        for label, rate in (("single events", "events_per_s"), ("batches", "batch_events_per_s")):
+        for label, rate, refused in (
+            ("single events", "events_per_s", "non_2xx"),
+            ("batches", "batch_events_per_s", "batch_non_2xx"),
+        ):
             ratio = h[rate] / ceiling
             rows.append(
                 (
                     f"H {label} >= 0.5 x raw nats-py on the same R3 stream",
-                    f"{ratio:.2f} x ({h[rate]:,.0f} of {ceiling:,.0f} events/s)",
+                    f"{ratio:.2f} x ({h[rate]:,.0f} of {ceiling:,.0f} events/s;"
+                    f" {h[refused]:.0f} non-2xx)",
                     ratio >= 0.5,
                 )
             )
