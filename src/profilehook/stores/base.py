@@ -10,11 +10,12 @@ Per property, the update with the greatest version ``(event time, event_id)`` wi
 unsets (the tombstone keeps its version). Deleting a contact at version D removes every
 property with a version <= D, and no update with a version <= D can bring one back.
 The memory and SQLite stores read what a batch touches and let ``plan_contact`` decide what to
-write. PostgreSQL, where several workers apply at once, decides in SQL instead: ``plan_contact``
+write. PostgreSQL, where several appliers work at once, decides in SQL instead: ``plan_contact``
 only reduces each batch (knowing nothing stored), and its upserts compare versions with the
 stored rows under row locks, so that concurrent batches stay correct. These are two
 implementations of one rule: what keeps them equal is the contract suite every backend passes
-(tests/test_profile_store_contract.py) and tests/test_convergence.py.
+(tests/test_profile_store_contract.py), beside tests/test_convergence.py (SQLite and memory
+against a reference model) and tests/test_scale_out.py (PostgreSQL with concurrent appliers).
 """
 
 from __future__ import annotations

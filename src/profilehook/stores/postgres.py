@@ -1,6 +1,6 @@
-"""PostgreSQL profile store, for the scale-out configuration (any number of workers).
+"""PostgreSQL profile store, for the scale-out configuration (any number of appliers).
 
-Last-writer-wins is decided in SQL, so concurrent workers stay correct: a batch first upserts
+Last-writer-wins is decided in SQL, so concurrent appliers stay correct: a batch first upserts
 its contacts' rows in key order (which locks them, so two batches on one contact serialise),
 then deletes what a newer contact delete covers, then upserts only the property rows whose
 version is greater than the stored one and than the contact's delete version. A write that
