@@ -4,7 +4,8 @@ A store is several interfaces, one per concern (as dramatiq splits ``Broker`` fr
 ``Consumer``): ``ProfileStore`` (apply events, profiles, history, rebuild, export pages),
 ``Catalog`` (API keys and webhook sources), ``ProfileAliases`` (a source's own profile ids and
 the events that wait for them) and ``SeenNonces`` (replay protection). A backend implements
-several in one class (``Store``, all of them); a caller asks only for the ones it uses.
+several in one class (``Store``, all of them); a caller asks only for the ones it uses. A new
+concern (queries, segments, changes, erasure) gets an interface and a contract suite of its own.
 
 Per property, the update with the greatest version ``(event time, event_id)`` wins; ``None``
 unsets (the tombstone keeps its version). Deleting a contact at version D removes every
