@@ -8,12 +8,12 @@ from typing import Any
 
 import httpx2 as httpx
 
+from profilehook.applier import Applier
 from profilehook.backfill import import_jsonl
 from profilehook.metrics import Metrics
 from profilehook.queues.memory import MemoryQueue
 from profilehook.sources.native import event_from_object
 from profilehook.stores.memory import MemoryStore
-from profilehook.worker import Applier
 from tests.support import ServerProcess, create_key, run_cli, wait_until
 
 

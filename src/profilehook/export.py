@@ -19,7 +19,7 @@ import msgspec
 
 from profilehook.api.routes import contact_view
 from profilehook.errors import ProfilehookError
-from profilehook.stores.base import Store
+from profilehook.stores.base import ProfileStore
 
 Progress = Callable[[int, int], None]
 """Called with (contacts looked at, contacts stored)."""
@@ -33,7 +33,7 @@ class OutputUnwritable(ProfilehookError):
 
 
 async def export_jsonl(
-    store: Store, workspace: str, out: BinaryIO, progress: Progress | None = None
+    store: ProfileStore, workspace: str, out: BinaryIO, progress: Progress | None = None
 ) -> int:
     """Write every contact of ``workspace`` to ``out``, one JSON object a line, in the store's
     contact_id order; the number written. Deleted contacts are not written.

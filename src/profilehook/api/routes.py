@@ -22,12 +22,12 @@ from profilehook import keys
 from profilehook.api import openapi
 from profilehook.api.deadlines import Deadlines, within
 from profilehook.api.responses import json_response
+from profilehook.applier import StallWatch
 from profilehook.errors import InvalidApiKey, NotFound, StorageUnavailable, ValidationFailed
 from profilehook.events import Event, Version, iso, seconds
 from profilehook.service import Services
 from profilehook.sources.problems import problem, value_error
 from profilehook.stores.base import Contact, EventRecord
-from profilehook.worker import StallWatch
 
 READY_TIMEOUT_S = 1.0
 Endpoint = Callable[[Request], Awaitable[Response]]

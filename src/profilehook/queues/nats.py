@@ -1,7 +1,7 @@
 """NATS JetStream log, for the scale-out configuration (many `serve`, many `worker`).
 
 One work-queue stream holds the events not yet applied: a 2xx is sent only after the PubAck
-(the stream stored the event), and every worker pulls from one shared durable consumer.
+(the stream stored the event), and every applier pulls from one shared durable consumer.
 Messages carry no ``Nats-Msg-Id``: a re-sent event reaches the store, which applies an event_id
 once and marks the repeat (status ``duplicate``), as the embedded log does; JetStream's own
 dedupe would drop it unseen within its window, so its status would depend on the timing. Each event has its own subject (a digest of workspace and event_id) so that a
