@@ -77,6 +77,15 @@ async def run_applier(
         applier = Applier(
             services.queue, services.store, services.metrics, settings.apply_batch_max_events
         )
+        # One line an operator can grep for: which log and store, and where the metrics are
+        # (apply lag lives on each applier's own /metrics when it runs as `worker`).
+        log.info(
+            "applier started: %s -> %s, batches of up to %d events%s",
+            type(services.queue).__name__,
+            type(services.store).__name__,
+            settings.apply_batch_max_events,
+            f", metrics on port {metrics_port}" if metrics_port is not None else "",
+        )
         if report_to_parent:
             await _apply_reporting(applier, stop)
         else:
