@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -28,7 +30,9 @@ from profilehook.applier import StallWatch
 from tests.support import (
     POSTGRES_URL,
     ServerProcess,
+    cli_env,
     create_key,
+    free_port,
     nats_postgres_env,
     run_cli,
     wait_until,
@@ -449,3 +453,56 @@ async def test_a_change_in_another_schema_does_not_clear_this_schemas_cache() ->
             await store.close()
         drop_schema(ours)
         drop_schema(theirs)
+
+
+@pytest.mark.slow
+def test_given_a_worker_on_frozen_postgres_connections_then_its_readyz_reports_the_stall(
+    tmp_path: Path, setup: tuple[dict[str, str], TcpProxy, dict[str, str]]
+) -> None:
+    """Scaled out, the appliers are `worker` processes: each one's own /readyz (on its
+    --metrics-port) says when it is stalled, and recovers with it."""
+    env, proxy, worker_env = setup
+    key = create_key(tmp_path / "cli", **env)["key"]
+    server = ServerProcess(
+        tmp_path / "data", extra_env={**env, **SETTINGS}, serve_args=("--no-applier",)
+    ).start()
+    port = free_port()
+    log_path = tmp_path / "worker.log"
+    with log_path.open("wb") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "profilehook", "worker", "--metrics-port", str(port)],
+            env=cli_env(tmp_path / "worker", **worker_env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    ready = f"http://127.0.0.1:{port}/readyz"
+
+    def readyz() -> httpx.Response | None:
+        try:
+            return httpx.get(ready, timeout=5)
+        except httpx.HTTPError:
+            return None
+
+    try:
+        wait_until(lambda: (r := readyz()) is not None and r.status_code == 200, RECOVERY_S)
+        frozen = freeze_with_events_pending(server, proxy, key)
+
+        def stall_reported() -> str | None:
+            answer = readyz()
+            if answer is None or answer.status_code != 503:
+                return None
+            detail = str(answer.json()["detail"])
+            return detail if "applier" in detail else None
+
+        detail = wait_until(stall_reported, STALL_S + STORE_TIMEOUT_S + 10, 0.3)
+        assert re.search(r"applied nothing for \d+ s while \d+ events wait", detail), detail
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+        assert metrics.status_code == 200 and "profilehook_apply_lag" in metrics.text
+
+        proxy.set_mode("pass")
+        wait_until(lambda: all_applied(server, key, frozen), 2 * STORE_TIMEOUT_S + 15, 0.5)
+        wait_until(lambda: (r := readyz()) is not None and r.status_code == 200, RECOVERY_S)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+        server.stop()

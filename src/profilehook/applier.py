@@ -185,3 +185,10 @@ class StallWatch:
             self._waiting_since_s = now_s
         waited_s = now_s - self._waiting_since_s
         return waited_s if waited_s >= self.stall_s else None
+
+    def reason(self, batches: float, pending: int, now_s: float) -> str | None:
+        """What ``/readyz`` says of a stalled applier, or None when it is not stalled."""
+        stalled_s = self.stalled_for_s(batches, pending, now_s)
+        if stalled_s is None:
+            return None
+        return f"The applier has applied nothing for {stalled_s:.0f} s while {pending} events wait"

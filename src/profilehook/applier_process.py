@@ -30,6 +30,7 @@ from asyncio.subprocess import PIPE, Process
 import msgspec
 
 from profilehook.applier import Applier
+from profilehook.applier_endpoints import ApplierEndpoints
 from profilehook.errors import StorageUnavailable
 from profilehook.metrics import ApplierTotals, Metrics
 from profilehook.queues.base import HandsOverAcknowledgements, Queue
@@ -70,10 +71,9 @@ async def run_applier(
     _stop_on_signals(stop, started)
     async with running(settings) as services:
         started.set()
+        endpoints = None
         if metrics_port is not None:
-            from prometheus_client import start_http_server
-
-            start_http_server(metrics_port, settings.host, registry=services.metrics.registry)
+            endpoints = ApplierEndpoints(services, settings.host, metrics_port)
         applier = Applier(
             services.queue, services.store, services.metrics, settings.apply_batch_max_events
         )
@@ -86,10 +86,14 @@ async def run_applier(
             settings.apply_batch_max_events,
             f", metrics on port {metrics_port}" if metrics_port is not None else "",
         )
-        if report_to_parent:
-            await _apply_reporting(applier, stop)
-        else:
-            await applier.run(stop)
+        try:
+            if report_to_parent:
+                await _apply_reporting(applier, stop)
+            else:
+                await applier.run(stop)
+        finally:
+            if endpoints is not None:
+                endpoints.close()
 
 
 def _stop_on_signals(stop: asyncio.Event, started: asyncio.Event) -> None:

@@ -251,7 +251,8 @@ async def _quickstart_text(settings: Settings) -> str:
 @click.option(
     "--metrics-port",
     type=PORT,
-    help="Serve this applier's Prometheus metrics (apply lag, applied, duplicates) on this port.",
+    help="Serve this applier's /metrics (apply lag, applied, duplicates), /healthz and /readyz"
+    " (503 when its backends fail or it is stalled) on this port.",
 )
 @click.option("--report-to-parent", is_flag=True, hidden=True)
 @click.pass_context

@@ -100,12 +100,9 @@ def read_routes(
             if applier is not None:  # first: a stalled applier is the more telling answer
                 pending = await within(READY_TIMEOUT_S, queue.depth())
                 batches = services.metrics.applier_totals().batches
-                stalled_s = applier.stalled_for_s(batches, pending, time.monotonic())
-                if stalled_s is not None:
-                    raise StorageUnavailable(
-                        f"The applier has applied nothing for {stalled_s:.0f} s"
-                        f" while {pending} events wait"
-                    )
+                stalled = applier.reason(batches, pending, time.monotonic())
+                if stalled is not None:
+                    raise StorageUnavailable(stalled)
             await within(READY_TIMEOUT_S, asyncio.gather(queue.ping(), store.ping()))
         except TimeoutError:
             raise StorageUnavailable("A backend did not answer within 1 s") from None
