@@ -395,7 +395,7 @@ def contacts_get(ctx: click.Context, contact_id: str, workspace: str) -> None:
     Example:
       profilehook contacts get user123 --workspace default
     """
-    from profilehook.api.routes import contact_view
+    from profilehook.views import contact_view
 
     settings = _settings(ctx)
     found = _with_services(settings, lambda s: s.store.get_contact(workspace, contact_id))
@@ -420,10 +420,10 @@ def events_get(ctx: click.Context, event_id: str, workspace: str) -> None:
     Example:
       profilehook events get e3b0c442-98fc-4e4e-a83f-5f7d7edc2f38 --workspace default
     """
-    from profilehook.api.routes import event_status
+    from profilehook.views import event_status
 
     settings = _settings(ctx)
-    found = _with_services(settings, lambda s: event_status(s, workspace, event_id))
+    found = _with_services(settings, lambda s: event_status(s.queue, s.store, workspace, event_id))
     if found is None:
         raise click.ClickException("Event not found")
     click.echo(json.dumps(found, indent=2))

@@ -17,9 +17,9 @@ from typing import BinaryIO
 
 import msgspec
 
-from profilehook.api.routes import contact_view
 from profilehook.errors import ProfilehookError
 from profilehook.stores.base import Store
+from profilehook.views import contact_view
 
 Progress = Callable[[int, int], None]
 """Called with (contacts looked at, contacts stored)."""

@@ -18,12 +18,12 @@ from profilehook.api.responses import encode, send_json
 from profilehook.errors import ConfigurationError, NotFound, ProfilehookError, StorageUnavailable
 from profilehook.events import now_us
 from profilehook.service import Services
-from profilehook.sources.webhooks import WebhookRequest, WebhookResult, WebhookSource
+from profilehook.sources.webhooks import Released, WebhookRequest, WebhookResult, WebhookSource
 
 log = logging.getLogger(__name__)
 
 PATH_PREFIX = "/v1/webhooks/"
-# kind -> (module with ``make_source(services)``, the extra that installs its dependencies)
+# kind -> (module with ``make_source(settings, store)``, the extra that installs its dependencies)
 KINDS = {
     "copernica": ("profilehook.sources.copernica", "copernica"),
     "amplitude": ("profilehook.sources.amplitude", None),
@@ -41,7 +41,7 @@ def load_kinds(services: Services) -> dict[str, WebhookSource | ConfigurationErr
             log.warning("%s webhooks unavailable (%s): %s", kind, exc, hint)
             kinds[kind] = ConfigurationError(f"{kind} webhooks need: {hint}")
             continue
-        kinds[kind] = module.make_source(services)
+        kinds[kind] = module.make_source(services.settings, services.store)
     return kinds
 
 
@@ -68,6 +68,7 @@ def webhook_handler(services: Services, deadlines: Deadlines | None = None) -> H
                 # by its DNS timeout: no deadline, so a large body is not cut mid-parse.
                 watch.unwatched()
                 result = await kind.handle(source, request)
+                await release(services, source.kind, result.released)
                 # After authentication, so that nobody but the sender can spend its tokens.
                 limiter.admit(source.source_id)
                 if result.events:
@@ -85,6 +86,24 @@ def webhook_handler(services: Services, deadlines: Deadlines | None = None) -> H
         await send_json(send, result.status, encode(result.body))
 
     return handle
+
+
+async def release(services: Services, kind: str, released: list[Released]) -> None:
+    """Publish the events a source released, then forget them as parked: in this order, so
+    that a crash in between releases them again (a duplicate) rather than losing them."""
+    for batch in released:
+        await services.queue.publish(batch.events)
+        await services.store.unpark(
+            batch.workspace, batch.source_id, batch.profile_id, [e.event_id for e in batch.events]
+        )
+        services.metrics.events.labels(kind, "accepted").inc(len(batch.events))
+        log.info(
+            "%s source %s: released %d parked events of profile %s",
+            kind,
+            batch.source_id,
+            len(batch.events),
+            batch.profile_id,
+        )
 
 
 async def _request(scope: Scope, receive: Receive, max_body_bytes: int) -> WebhookRequest:

@@ -31,14 +31,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from profilehook import constants as c
-from profilehook.api.ingest import check_json_content_type
 from profilehook.errors import SignatureRejected, ValidationFailed
 from profilehook.events import Event
-from profilehook.service import Services
+from profilehook.settings import Settings
 from profilehook.sources.native import timestamp_to_us
-from profilehook.sources.problems import (
+from profilehook.sources.registry import secret_matches
+from profilehook.sources.webhooks import WebhookRequest, WebhookResult
+from profilehook.stores.base import Source, Store
+from profilehook.validation import (
     Loc,
     Problem,
+    check_json_content_type,
     decode_json_keeping_unstorable,
     holds_unstorable,
     missing,
@@ -48,9 +51,6 @@ from profilehook.sources.problems import (
     unstorable,
     value_error,
 )
-from profilehook.sources.registry import secret_matches
-from profilehook.sources.webhooks import WebhookRequest, WebhookResult
-from profilehook.stores.base import Source
 
 KIND = "amplitude"
 COHORT_PROPERTY_PREFIX = "amplitude_cohort_"
@@ -84,8 +84,9 @@ class AmplitudeSource:
         return WebhookResult(events=events, body=body, skipped=skipped)
 
 
-def make_source(services: Services) -> AmplitudeSource:
-    return AmplitudeSource(services.settings.max_amplitude_body_bytes)
+def make_source(settings: Settings, store: Store) -> AmplitudeSource:
+    """The ``amplitude`` kind of webhook source; it needs nothing of the store."""
+    return AmplitudeSource(settings.max_amplitude_body_bytes)
 
 
 def authenticate(source: Source, headers: dict[str, str]) -> None:

@@ -11,7 +11,7 @@ from msgspec import Meta
 from profilehook import constants as c
 from profilehook.errors import ValidationFailed
 from profilehook.events import Event, new_event_id, new_event_ids
-from profilehook.sources.problems import (
+from profilehook.validation import (
     Loc,
     Problem,
     decode_json,

@@ -23,6 +23,18 @@ class WebhookRequest:
 
 
 @dataclass(frozen=True)
+class Released:
+    """Events a source kept back (parked) and released by this request, with the key of the
+    store's ``unpark``. The route publishes them, then unparks them: a crash in between
+    releases them again on the next mapping, so they are never lost (at worst duplicates)."""
+
+    workspace: str
+    source_id: str
+    profile_id: str
+    events: list[Event]
+
+
+@dataclass(frozen=True)
 class WebhookResult:
     """Events to store durably, then the JSON ``body`` to answer with ``status``."""
 
@@ -31,6 +43,7 @@ class WebhookResult:
     status: int = 200
     ignored: int = 0
     skipped: int = 0
+    released: list[Released] = field(default_factory=list)
     # Called when the request is refused after all (rate limit, storage unavailable), so that
     # what the source remembered of it (Copernica's nonce) does not refuse the sender's retry.
     undo: Callable[[], Awaitable[None]] | None = None
