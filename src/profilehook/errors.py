@@ -99,6 +99,15 @@ class ConfigurationError(ProfilehookError):
     """Settings that cannot work (bad URL, missing optional driver)."""
 
 
+class ExtraMissing(ConfigurationError):
+    """A kind of webhook source whose optional dependencies are not installed."""
+
+    def __init__(self, kind: str, extra: str | None, cause: ImportError):
+        hint = f"pip install 'profilehook[{extra}]'" if extra else "reinstall profilehook"
+        super().__init__(f"{kind} webhooks need: {hint}")
+        self.kind, self.extra, self.cause = kind, extra, cause
+
+
 class ClientDisconnected(ProfilehookError):
     status_code = 499
 

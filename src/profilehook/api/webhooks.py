@@ -4,7 +4,6 @@ sender expects. Raw ASGI, like the ingest path, with the same deadlines."""
 
 from __future__ import annotations
 
-import importlib
 import logging
 from urllib.parse import parse_qsl
 
@@ -15,33 +14,32 @@ from profilehook.api.deadlines import Deadlines
 from profilehook.api.ingest import Handler, read_body, refuse
 from profilehook.api.ratelimit import RateLimiter
 from profilehook.api.responses import encode, send_json
-from profilehook.errors import ConfigurationError, NotFound, ProfilehookError, StorageUnavailable
+from profilehook.errors import (
+    ConfigurationError,
+    ExtraMissing,
+    NotFound,
+    ProfilehookError,
+    StorageUnavailable,
+)
 from profilehook.events import now_us
 from profilehook.service import Services
+from profilehook.sources.kinds import KINDS
 from profilehook.sources.webhooks import Released, WebhookRequest, WebhookResult, WebhookSource
 
 log = logging.getLogger(__name__)
 
 PATH_PREFIX = "/v1/webhooks/"
-# kind -> (module with ``make_source(settings, store)``, the extra that installs its dependencies)
-KINDS = {
-    "copernica": ("profilehook.sources.copernica", "copernica"),
-    "amplitude": ("profilehook.sources.amplitude", None),
-}
 
 
 def load_kinds(services: Services) -> dict[str, WebhookSource | ConfigurationError]:
     """Every kind's handler, or the error that says what to install for it."""
     kinds: dict[str, WebhookSource | ConfigurationError] = {}
-    for kind, (module_name, extra) in KINDS.items():
+    for name, kind in KINDS.items():
         try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            hint = f"pip install 'profilehook[{extra}]'" if extra else "reinstall profilehook"
-            log.warning("%s webhooks unavailable (%s): %s", kind, exc, hint)
-            kinds[kind] = ConfigurationError(f"{kind} webhooks need: {hint}")
-            continue
-        kinds[kind] = module.make_source(services.settings, services.store)
+            kinds[name] = kind.load(services.settings, services.store)
+        except ExtraMissing as exc:
+            log.warning("%s webhooks unavailable (%s): %s", name, exc.cause, exc.detail)
+            kinds[name] = exc
     return kinds
 
 

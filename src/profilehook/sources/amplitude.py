@@ -36,7 +36,7 @@ from profilehook.events import Event
 from profilehook.settings import Settings
 from profilehook.sources.native import timestamp_to_us
 from profilehook.sources.registry import secret_matches
-from profilehook.sources.webhooks import WebhookRequest, WebhookResult
+from profilehook.sources.webhooks import Kind, WebhookRequest, WebhookResult
 from profilehook.stores.base import Source, Store
 from profilehook.validation import (
     Loc,
@@ -379,3 +379,22 @@ def _no_known_shape(value: Any) -> Problem:
     )
     # The input is not echoed: the body may be megabytes.
     return value_error(BODY, None, message)
+
+
+SOURCE_KIND = Kind(
+    name=KIND,
+    title="Amplitude",
+    make_source=make_source,
+    secret_in="header",
+    config=lambda values: ({}, True),
+    create_help="""An Amplitude cohort webhook source, with its secret.
+
+    \b
+    Example:
+      profilehook sources create amplitude --workspace acme --json
+    """,
+    json_help='Print {"source_id", "url", "kind", "workspace", "secret"}.',
+    media_type="application/json",
+    openapi="Amplitude: cohort JSON with the source secret in `Authorization: Bearer` or"
+    " `X-Api-Key`.",
+)

@@ -58,9 +58,6 @@ from decimal import Decimal
 from typing import Any, Literal, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-# Without the extra, importing this kind fails and the route says what to install.
-import cryptography  # noqa: F401
-import dns.resolver  # noqa: F401
 import msgspec
 
 from profilehook import constants as c
@@ -82,7 +79,13 @@ from profilehook.sources.copernica_signature import (
 )
 from profilehook.sources.forms import decode_form, php_key
 from profilehook.sources.registry import secret_matches
-from profilehook.sources.webhooks import Released, WebhookRequest, WebhookResult
+from profilehook.sources.webhooks import (
+    CreateOption,
+    Kind,
+    Released,
+    WebhookRequest,
+    WebhookResult,
+)
 from profilehook.stores.base import AliasUpdate, Nonce, Source, Store
 from profilehook.validation import (
     Loc,
@@ -377,6 +380,30 @@ def check_token(source: Source, presented: str | None) -> None:
 # -- the source --------------------------------------------------------------------------------
 
 
+def read_public_key(spec: str) -> tuple[str, str]:
+    """``KEYID=PEMFILE`` -> (key id, the PEM text). Raises ``ValueError`` saying what is wrong."""
+    key_id, sep, path = spec.partition("=")
+    if not sep or not key_id or not path:
+        raise ValueError(f"{spec!r}: use KEYID=PEMFILE")
+    try:
+        with open(path) as file:
+            pem = file.read()
+    except OSError as exc:
+        raise ValueError(f"{path}: {exc.strerror}") from None
+    if "-----BEGIN PUBLIC KEY-----" not in pem and "-----BEGIN RSA PUBLIC KEY-----" not in pem:
+        raise ValueError(f"{path} holds no PEM public key")
+    return key_id, pem
+
+
+def _config(values: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    config = {
+        "account": values["account"],
+        "contact_field": values["contact_field"],
+        "public_keys": dict(values["public_keys"]),
+    }
+    return config, bool(values["token"])
+
+
 def make_source(settings: Settings, store: Store) -> CopernicaSource:
     """The ``copernica`` kind of webhook source, on ``store`` (nonces and profile aliases)."""
     return CopernicaSource(store, settings.max_copernica_body_bytes)
@@ -510,3 +537,43 @@ def _released(key: tuple[str, str, str], update: AliasUpdate) -> Released:
     workspace, source_id, profile_id = key
     events = [msgspec.structs.replace(e, contact_id=update.contact_id) for e in update.parked]
     return Released(workspace, source_id, profile_id, events)
+
+
+SOURCE_KIND = Kind(
+    name=SOURCE,
+    title="Copernica",
+    make_source=make_source,
+    secret_in="query",
+    config=_config,
+    create_help="""A Copernica profile webhook source.
+
+    \b
+    Example:
+      profilehook sources create copernica --workspace acme --account 12345 \\
+          --contact-field customer_id --json
+    """,
+    json_help='Print {"source_id", "url", "kind", "workspace"}.',
+    media_type=FORM_MEDIA_TYPE,
+    openapi="Copernica: form-encoded (sub)profile events signed with its HTTP signature.",
+    options=(
+        CreateOption("--account", required=True, help="Copernica account id (X-Copernica-ID)."),
+        CreateOption(
+            "--contact-field", help="Profile field that holds the contact id (default: profile id)."
+        ),
+        CreateOption(
+            "--public-key",
+            name="public_keys",
+            multiple=True,
+            metavar="KEYID=PEMFILE",
+            help="Pin a public key for a keyId instead of looking it up in DNS (repeatable).",
+            parse=read_public_key,
+        ),
+        CreateOption(
+            "--token",
+            is_flag=True,
+            help="Also require a secret ?token= in the URL (rotatable later).",
+        ),
+    ),
+    extra="copernica",
+    requires=("cryptography", "dns.resolver"),
+)
