@@ -25,7 +25,7 @@ import click
 
 from profilehook import constants as c
 from profilehook import keys as keys_lib
-from profilehook.errors import ProfilehookError
+from profilehook.errors import ProfilehookError, RotationRefused
 from profilehook.events import iso, now_us
 from profilehook.service import running
 from profilehook.settings import MAX_PORT, MIN_PORT, Settings
@@ -740,6 +740,9 @@ def _create_source(
             click.echo(f"In {kind.title}, add this custom header to the webhook (shown only now):")
             click.echo(f"  Authorization: Bearer {secret}")
             click.echo(f"  (or X-Api-Key: {secret})")
+    missing = kind.missing_extra()
+    if missing is not None:  # on standard error: stdout may be --json
+        click.echo(f"Note: this installation cannot take its calls yet: {missing.detail}", err=True)
     _public_url_note(settings)
 
 
@@ -844,8 +847,6 @@ def sources_rotate(
 
 def _rotation(call: Callable[[Any], Awaitable[T]], settings: Settings, source_id: str) -> T:
     """Run a rotation; a refusal also says which command does what was meant."""
-    from profilehook.sources.registry import RotationRefused
-
     hints = {
         "rotation_under_way": f" Run `profilehook sources rotate {source_id} --drop-previous`"
         " first, or rotate with --revoke-oldest.",

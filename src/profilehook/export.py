@@ -17,7 +17,7 @@ from typing import BinaryIO
 
 import msgspec
 
-from profilehook.errors import ProfilehookError
+from profilehook.errors import OutputUnwritable
 from profilehook.stores.base import Store
 from profilehook.views import contact_view
 
@@ -26,10 +26,6 @@ Progress = Callable[[int, int], None]
 
 EXPORT_PAGE_CONTACTS = 1_000
 _encode = msgspec.json.Encoder().encode
-
-
-class OutputUnwritable(ProfilehookError):
-    """The export's output could not be written."""
 
 
 async def export_jsonl(

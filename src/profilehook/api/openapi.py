@@ -342,6 +342,7 @@ def _paths() -> dict[str, Any]:
                     "415": _ERRORS_INGEST["415"],
                     "422": _ERRORS_INGEST["422"],
                     "429": _ERRORS_INGEST["429"],
+                    "501": _error("This kind of source needs an extra that is not installed"),
                     "503": _ERRORS_INGEST["503"],
                 },
             }

@@ -15,11 +15,9 @@ from profilehook.api.ingest import Handler, read_body, refuse
 from profilehook.api.ratelimit import RateLimiter
 from profilehook.api.responses import encode, send_json
 from profilehook.errors import (
-    ConfigurationError,
     ExtraMissing,
     NotFound,
     ProfilehookError,
-    StorageUnavailable,
 )
 from profilehook.events import now_us
 from profilehook.service import Services
@@ -31,13 +29,14 @@ log = logging.getLogger(__name__)
 PATH_PREFIX = "/v1/webhooks/"
 
 
-def load_kinds(services: Services) -> dict[str, WebhookSource | ConfigurationError]:
+def load_kinds(services: Services) -> dict[str, WebhookSource | ExtraMissing]:
     """Every kind's handler, or the error that says what to install for it."""
-    kinds: dict[str, WebhookSource | ConfigurationError] = {}
+    kinds: dict[str, WebhookSource | ExtraMissing] = {}
     for name, kind in KINDS.items():
         try:
             kinds[name] = kind.load(services.settings, services.store)
         except ExtraMissing as exc:
+            # Said once, at start-up; each call of such a source is answered 501 with the same.
             log.warning("%s webhooks unavailable (%s): %s", name, exc.cause, exc.detail)
             kinds[name] = exc
     return kinds
@@ -58,8 +57,8 @@ def webhook_handler(services: Services, deadlines: Deadlines | None = None) -> H
                 kind = kinds.get(source.kind) if source is not None else None
                 if source is None or kind is None:
                     raise NotFound("Source not found")
-                if isinstance(kind, ConfigurationError):
-                    raise StorageUnavailable(str(kind.detail))
+                if isinstance(kind, ExtraMissing):  # a fresh error: its traceback is this call's
+                    raise ExtraMissing(kind.kind, kind.extra, kind.cause)
                 watch.reading_body()
                 request = await _request(scope, receive, kind.max_body_bytes)
                 # Authenticating and parsing is bounded by the body cap, the signature check

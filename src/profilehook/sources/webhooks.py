@@ -99,12 +99,19 @@ class Kind:
     extra: str | None = None  # ``pip install 'profilehook[<extra>]'`` brings...
     requires: tuple[str, ...] = ()  # ...these modules, which the kind cannot work without
 
-    def load(self, settings: Settings, store: Store) -> WebhookSource:
-        """The kind's handler. Raises ``ExtraMissing`` (naming the extra) when a module it
-        requires is not installed."""
+    def missing_extra(self) -> ExtraMissing | None:
+        """None when every module the kind requires imports; else the error naming the extra."""
         for module in self.requires:
             try:
                 importlib.import_module(module)
             except ImportError as exc:
-                raise ExtraMissing(self.name, self.extra, exc) from exc
+                return ExtraMissing(self.name, self.extra, exc)
+        return None
+
+    def load(self, settings: Settings, store: Store) -> WebhookSource:
+        """The kind's handler. Raises ``ExtraMissing`` (naming the extra) when a module it
+        requires is not installed."""
+        missing = self.missing_extra()
+        if missing is not None:
+            raise missing
         return self.make_source(settings, store)
