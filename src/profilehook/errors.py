@@ -67,7 +67,7 @@ class NotFound(ClientError):
 
 
 class RequestTimeout(ClientError):
-    """The client did not send its whole body in time (SPEC 5, slow clients)."""
+    """The client did not send its whole body in time (RELIABILITY.md, Slow clients)."""
 
     status_code = 408
 
@@ -99,7 +99,7 @@ class PayloadTooLarge(ClientError):
 
 
 class FormTooComplex(ClientError):
-    """A form body over the field-count or bracket-depth limit (SPEC 5): too much to process."""
+    """A form body over the field-count or bracket-depth limit (RELIABILITY.md, Limits): too much to process."""
 
     status_code = 413
 
@@ -118,7 +118,7 @@ class ValidationFailed(ClientError):
 
 
 class RateLimited(ClientError):
-    """Over the key's or source's request rate (SPEC 5); retry after ``Retry-After`` seconds."""
+    """Over the key's or source's request rate (RELIABILITY.md, Rate limits); retry after ``Retry-After`` seconds."""
 
     status_code = 429
 

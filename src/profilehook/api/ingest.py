@@ -2,7 +2,7 @@
 append -> 202, each wait under a deadline (api/deadlines.py).
 
 Starlette's routing and request objects cost about as much CPU as everything else on this
-path together (see PERF_NOTES), so the two POST endpoints are plain ASGI callables.
+path together (benchmarks/README.md), so the two POST endpoints are plain ASGI callables.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ class _Rejected(msgspec.Struct, frozen=True):
 
 
 class _BatchAnswer(msgspec.Struct, frozen=True):
-    """The batch endpoint's answer (SPEC 2.2); Structs encode several times faster than dicts."""
+    """The batch endpoint's answer (README, Sending updates); Structs encode several times faster than dicts."""
 
     accepted: int
     rejected: int

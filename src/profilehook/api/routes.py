@@ -1,4 +1,4 @@
-"""Read and operations routes (SPEC 2.5, 2.6), on Starlette: richer, and off the hot path."""
+"""Read and operations routes (described at /docs), on Starlette: richer, and off the hot path."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Amplitude cohort webhooks (SPEC 2.4): one of three body shapes in, one event per user out.
+"""Amplitude cohort webhooks (README, Amplitude cohorts): one of three body shapes in, one event per user out.
 
 The shape is told from the body:
 
@@ -17,7 +17,7 @@ is ``<digest>:<index>`` (digest of the source id and the raw body; the index zer
 a later entry for the same user in one body wins the tie), so a re-delivered body is a duplicate.
 
 A user without a usable user_id (absent, empty, not a string or integer, over 512 characters),
-whose properties break the SPEC 5 limits (over 1,000, a name empty or over 256 characters), or
+whose properties break the limits of RELIABILITY.md (over 1,000, a name empty or over 256 characters), or
 whose entry holds a value no backend can keep (an integer beyond ±(2^53 - 1), U+0000 in a string
 or key) is skipped and counted: it never fails the request, which Amplitude would retry forever.
 A body that fits no shape, or such a value in the fields every user shares, is a 422.
@@ -337,7 +337,7 @@ def user_id(value: Any) -> str | None:
 
 
 def within_limits(properties: dict[str, Any]) -> bool:
-    """SPEC 5: at most 1,000 properties per event, each name 1 to 256 characters."""
+    """The limits (RELIABILITY.md): at most 1,000 properties per event, each name 1 to 256 characters."""
     if not properties:
         return True
     return (

@@ -1,4 +1,4 @@
-"""Copernica (sub)profile webhooks (SPEC 2.3): a signed PHP-bracket form -> property updates.
+"""Copernica (sub)profile webhooks (README, Copernica (sub)profiles): a signed PHP-bracket form -> property updates.
 
 Checks, in this order; a refusal stores nothing, and a refused token or signature is logged:
 
