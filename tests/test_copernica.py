@@ -11,11 +11,12 @@ as Copernica signs them, with the helpers of ``test_copernica_signature`` and a 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
@@ -602,6 +603,25 @@ class TestHandler:
         ]
         again = await services.store.put_alias("acme", "src_test", "123", "C-0", (0, ""))
         assert (again.contact_id, again.parked) == ("C-1", [])  # released once, then forgotten
+
+    async def test_released_events_stay_parked_until_the_route_has_published_them(
+        self, services, copernica_key
+    ):
+        config = {**_pinned_config(copernica_key), "contact_field": "customer_id"}
+        source = Source("src_test", "acme", "copernica", config, 0)
+        handler = CopernicaSource(services.store, MAX_BODY_BYTES)
+        sub = await handler.handle(source, direct_request(copernica_key, subprofile_call()))
+        body = profile_call({"customer_id": "C-1"})
+        prof = await handler.handle(source, direct_request(copernica_key, body))
+
+        class Down(MemoryQueue):
+            async def publish(self, events: Sequence[Event]) -> None:
+                raise StorageUnavailable()
+
+        with pytest.raises(StorageUnavailable):  # as a crash before unpark would
+            await release(dataclasses.replace(services, queue=Down()), "copernica", prof.released)
+        again = await services.store.put_alias("acme", "src_test", "123", "C-1", (0, ""))
+        assert [e.event_id for e in again.parked] == sub.body["event_ids"]  # released again
 
 
 def _pinned_config(key: Any) -> dict[str, Any]:
