@@ -67,7 +67,8 @@ def echo_registered(monkeypatch: pytest.MonkeyPatch) -> Iterator[Kind]:
 
 
 def test_the_cli_has_a_create_command_for_every_registered_kind_and_no_other():
-    assert set(cli.sources_create.commands) == set(KINDS) == {"copernica", "amplitude"}
+    assert set(cli.sources_create.commands) == set(KINDS)
+    assert {"copernica", "amplitude"} <= set(KINDS)
 
 
 def test_given_a_registered_kind_then_the_cli_creates_it_with_its_options_and_the_route_takes_it(
