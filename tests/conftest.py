@@ -13,7 +13,8 @@ from profilehook.api.app import create_app
 from profilehook.keys import create_key
 from profilehook.service import running
 from profilehook.settings import Settings
-from tests.support import ServerProcess
+from tests.nats_cluster import NatsCluster
+from tests.support import ServerProcess, nats_cluster, stop_nats_cluster
 
 
 @pytest.fixture
@@ -56,3 +57,16 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
         yield proc
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_nats_cluster_at_the_end() -> Iterator[None]:
+    """The NATS test cluster starts lazily (on the first NATS test) and stops here."""
+    yield
+    stop_nats_cluster()
+
+
+@pytest.fixture(scope="session")
+def jetstream_cluster() -> NatsCluster:
+    """The suite's own 3-node JetStream cluster, started on first use (see tests/support.py)."""
+    return nats_cluster()

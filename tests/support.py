@@ -19,6 +19,7 @@ from typing import Any
 import httpx2 as httpx
 
 from profilehook.events import Event
+from tests.nats_cluster import NatsCluster, free_ports
 
 READY_TIMEOUT_S = 20.0
 
@@ -154,14 +155,51 @@ def wait_until(predicate: Any, timeout_s: float = 10.0, interval_s: float = 0.02
 POSTGRES_URL = os.environ.get(
     "PROFILEHOOK_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
-NATS_URL = os.environ.get("PROFILEHOOK_TEST_NATS_URL", "nats://127.0.0.1:4222")
+# The scaled-out tests run on the suite's own 3-node JetStream cluster (tests/nats_cluster.py),
+# started on first use and stopped at the end of the session (conftest.py). Its ports are
+# chosen now because test modules import NATS_URL. PROFILEHOOK_TEST_NATS_URL names another
+# server instead (nothing is started then).
+NATS_CLUSTER = NatsCluster(free_ports(9))
+NATS_SERVERS = NATS_CLUSTER.urls
+# One node: tests hand NATS_URL to nats-py and to TCP proxies, which take one server; the
+# queue URL also takes ",".join(NATS_SERVERS), as the fault suite uses it.
+NATS_URL = os.environ.get("PROFILEHOOK_TEST_NATS_URL", NATS_SERVERS[0])
+_cluster_failure: list[str] = []
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def nats_cluster() -> NatsCluster:
+    """The test cluster, started on first call. A cluster that cannot start fails the test
+    in CI and skips it locally (once tried, the reason is remembered for the session)."""
+    import pytest
+
+    if not NATS_CLUSTER.started and not _cluster_failure:
+        try:
+            NATS_CLUSTER.start()
+        except (RuntimeError, OSError, TimeoutError) as exc:
+            _cluster_failure.append(f"the NATS test cluster did not start: {exc}")
+    if _cluster_failure:
+        if _in_ci():
+            pytest.fail(_cluster_failure[0])
+        pytest.skip(_cluster_failure[0])
+    return NATS_CLUSTER
+
+
+def stop_nats_cluster() -> None:
+    NATS_CLUSTER.stop()
 
 
 def require_server(url: str, default_port: int) -> None:
-    """Skip when a real server is absent locally; fail in CI (CI=true), where it must be up."""
+    """Skip when a real server is absent locally; fail in CI (CI=true), where it must be up.
+    The NATS test cluster is started here when ``url`` is one of its nodes."""
     from urllib.parse import urlsplit
 
     parts = urlsplit(url)
+    if f"nats://{parts.netloc}" in NATS_SERVERS:
+        nats_cluster()
     try:
         with socket.create_connection(
             (parts.hostname or "127.0.0.1", parts.port or default_port), 2
@@ -169,7 +207,7 @@ def require_server(url: str, default_port: int) -> None:
             return
     except OSError as exc:
         message = f"{url} is not reachable ({exc})"
-    if os.environ.get("CI", "").lower() == "true":
+    if _in_ci():
         import pytest
 
         pytest.fail(f"{message}; CI must run the real servers (.ci/run starts them)")

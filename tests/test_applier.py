@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from profilehook.applier import Applier
 from profilehook.errors import StoreRefused
 from profilehook.events import Event
 from profilehook.metrics import Metrics
 from profilehook.queues.memory import MemoryQueue
 from profilehook.stores.base import ApplyResult
 from profilehook.stores.sqlite import SqliteStore
-from profilehook.worker import Applier
 from tests.support import (
     POSTGRES_URL,
     drop_schema,
@@ -115,14 +115,14 @@ async def test_under_load_the_applier_waits_for_fuller_batches_and_when_quiet_it
 ) -> None:
     """After a batch of over a tenth of the maximum, the next gathers longer (fewer, larger
     commits take less CPU from ingestion); after a small one, the lag stays short."""
-    from profilehook import worker
+    from profilehook import applier as applier_module
     from profilehook.constants import APPLY_BUSY_LINGER_S, APPLY_LINGER_S
 
     queue, store = MemoryQueue(), SqliteStore(tmp_path / "p.sqlite3")
     await store.open()
     stop = asyncio.Event()
     lingered: list[float] = []
-    real_sleep = worker._sleep_unless
+    real_sleep = applier_module._sleep_unless
 
     async def sleep(stop_: asyncio.Event, delay_s: float) -> None:
         lingered.append(delay_s)
@@ -132,7 +132,7 @@ async def test_under_load_the_applier_waits_for_fuller_batches_and_when_quiet_it
             stop.set()
         await real_sleep(stop_, 0)
 
-    monkeypatch.setattr(worker, "_sleep_unless", sleep)
+    monkeypatch.setattr(applier_module, "_sleep_unless", sleep)
     await queue.publish([event(event_id=f"e{i}", a=i) for i in range(150)])
     try:
         await asyncio.wait_for(Applier(queue, store, Metrics(), 1_000).run(stop), 10)

@@ -10,7 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -204,6 +204,9 @@ class _Log:
     def __init__(self, failures: int = 0) -> None:
         self.written: list[int] = []
         self.failures = failures
+
+    def hand_acknowledgements_to(self, record: Callable[[int], None]) -> None:
+        raise AssertionError("the server's side only writes what the child hands over")
 
     async def acknowledge_upto(self, position: int) -> None:
         if self.failures:

@@ -596,3 +596,25 @@ def test_with_a_public_url_every_printed_url_starts_with_it(data_dir: Path, how:
     assert made["url"] == f"{bare}?token={made['token']}"
     assert rotated["url"] == f"{bare}?token={rotated['secret']}"
     assert listed[0]["url"] == shown["url"] == bare
+
+
+def test_a_worker_says_in_one_line_that_it_started(tmp_path: Path) -> None:
+    """Given `profilehook worker`, when it has opened its backends, then it logs one line that
+    it applies (an operator's sign of life); SIGTERM then stops it cleanly."""
+    log_path = tmp_path / "worker.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "profilehook", "worker"],
+            env=cli_env(tmp_path / "data", PROFILEHOOK_LOG_LEVEL="info"),
+            stderr=log,
+        )
+    try:
+        wait_until(lambda: "applier started" in log_path.read_text(), timeout_s=20)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    lines = [line for line in log_path.read_text().splitlines() if "applier started" in line]
+    assert len(lines) == 1, lines
+    assert "SqliteQueue -> SqliteStore" in lines[0]

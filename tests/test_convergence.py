@@ -23,13 +23,13 @@ import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from profilehook.applier import Applier
 from profilehook.events import Event, Version
 from profilehook.metrics import Metrics
 from profilehook.queues.sqlite import SqliteQueue
 from profilehook.stores.base import Contact, Store
 from profilehook.stores.memory import MemoryStore
 from profilehook.stores.sqlite import SqliteStore
-from profilehook.worker import Applier
 
 S = 1_000_000
 WORKSPACES = ("acme", "globex")

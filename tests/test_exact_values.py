@@ -15,7 +15,7 @@ from profilehook.api.app import create_app
 from profilehook.settings import Settings
 from tests.conftest import new_key
 from tests.support import run_cli, store_url_for, wait_until
-from tests.test_store_contract import EXACT_VALUES, json_texts
+from tests.test_profile_store_contract import EXACT_VALUES, json_texts
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -8,12 +8,12 @@ from typing import Any
 
 import httpx2 as httpx
 
+from profilehook.applier import Applier
 from profilehook.backfill import import_jsonl
 from profilehook.metrics import Metrics
 from profilehook.queues.memory import MemoryQueue
 from profilehook.sources.native import event_from_object
 from profilehook.stores.memory import MemoryStore
-from profilehook.worker import Applier
 from tests.support import ServerProcess, create_key, run_cli, wait_until
 
 
@@ -112,9 +112,11 @@ async def test_given_lines_without_event_ids_when_imported_twice_then_each_event
     assert len(c2) == 1
     ids = [r.event.event_id for r in (*c1, *c2)]
     assert len(set(ids)) == 3
-    for event_id in ids:  # each readable as GET /v1/events/{id} reads it
+    for event_id in ids:  # each readable as GET /v1/events/{id} reads it: applied once, and
+        # the imports after the first were dropped as repeats of it
         found = await store.get_event("acme", event_id)
-        assert found is not None and found.status == "applied"
+        assert found is not None and found.status == "duplicate"
+        assert found.applied_us is not None
 
 
 def test_given_a_file_without_event_ids_when_the_cli_imports_it_twice_then_nothing_is_doubled(
@@ -142,6 +144,8 @@ def test_given_a_file_without_event_ids_when_the_cli_imports_it_twice_then_nothi
         for i in range(5):
             events = get(f"/v1/contacts/c{i}/history")["events"]
             assert [e["properties"] for e in events] == [{"n": i}], events
-            assert get(f"/v1/events/{events[0]['event_id']}")["status"] == "applied"
+            # Imported twice: applied once, the second import dropped as its repeat.
+            view = get(f"/v1/events/{events[0]['event_id']}")
+            assert view["status"] == "duplicate" and view["applied_at"] is not None
     finally:
         server.stop()

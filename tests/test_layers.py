@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "library",
         ("profilehook.keys", "profilehook.views", "profilehook.backfill", "profilehook.export"),
     ),
-    ("running", ("profilehook.worker", "profilehook.applier_process", "profilehook.service")),
+    ("running", ("profilehook.applier", "profilehook.applier_process", "profilehook.service")),
     ("api", ("profilehook.api",)),
     ("cli", ("profilehook.cli", "profilehook.__main__")),
 ]

@@ -24,7 +24,7 @@ import httpx2 as httpx
 import psycopg
 import pytest
 
-from profilehook.worker import StallWatch
+from profilehook.applier import StallWatch
 from tests.support import (
     POSTGRES_URL,
     ServerProcess,

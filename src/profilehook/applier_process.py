@@ -1,4 +1,5 @@
-"""The embedded applier as a child process of ``serve``: started, watched, restarted, stopped.
+"""The applier as a process of its own: ``profilehook worker`` (``run_applier``), and the
+child process of ``serve``: started, watched, restarted, stopped (``ApplierProcess``).
 
 Why a process: the applier's work (decoding, planning, msgpack, SQLite calls) needs the GIL that
 the event loop needs to answer requests. In the same process it took half of the ingest
@@ -11,7 +12,7 @@ when its standard input closes (the server stopping, or dying: even a ``kill -9`
 pipe), after acknowledging what it applied. On its standard output it writes one JSON line, a
 ``Report``, every ``REPORT_INTERVAL_S`` and at each acknowledgement: its ``ApplierTotals``, which
 the server adds to its own ``/metrics``, and, for the SQLite log, the position it acknowledges,
-which the server writes to the log (``Queue.hand_acknowledgements_to``): applying, the child only
+which the server writes to the log (``HandsOverAcknowledgements``): applying, the child only
 reads the log (it checks the log's schema once, when it starts).
 """
 
@@ -21,15 +22,18 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import sys
 import time
 from asyncio.subprocess import PIPE, Process
 
 import msgspec
 
+from profilehook.applier import Applier
 from profilehook.errors import StorageUnavailable
 from profilehook.metrics import ApplierTotals, Metrics
-from profilehook.queues.base import Queue
+from profilehook.queues.base import HandsOverAcknowledgements, Queue
+from profilehook.service import running
 from profilehook.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -50,14 +54,81 @@ class Report(msgspec.Struct, frozen=True):
 _decode_report = msgspec.json.Decoder(Report).decode
 
 
+async def run_applier(
+    settings: Settings, metrics_port: int | None = None, report_to_parent: bool = False
+) -> None:
+    """Apply the log to the store until SIGINT or SIGTERM (``profilehook worker``); with
+    ``metrics_port``, serve the applier's Prometheus metrics there. ``report_to_parent``: as the
+    child of ``serve``, at the lowest priority, until the server closes standard input.
+
+    Raises ``asyncio.CancelledError`` when a signal stops it before the backends are open,
+    ``ConfigurationError`` and ``StorageUnavailable`` as ``Services`` does.
+    """
+    if report_to_parent:
+        lower_priority()  # before any thread exists: threads inherit it
+    stop, started = asyncio.Event(), asyncio.Event()
+    _stop_on_signals(stop, started)
+    async with running(settings) as services:
+        started.set()
+        if metrics_port is not None:
+            from prometheus_client import start_http_server
+
+            start_http_server(metrics_port, settings.host, registry=services.metrics.registry)
+        applier = Applier(
+            services.queue, services.store, services.metrics, settings.apply_batch_max_events
+        )
+        # One line an operator can grep for: which log and store, and where the metrics are
+        # (apply lag lives on each applier's own /metrics when it runs as `worker`).
+        log.info(
+            "applier started: %s -> %s, batches of up to %d events%s",
+            type(services.queue).__name__,
+            type(services.store).__name__,
+            settings.apply_batch_max_events,
+            f", metrics on port {metrics_port}" if metrics_port is not None else "",
+        )
+        if report_to_parent:
+            await _apply_reporting(applier, stop)
+        else:
+            await applier.run(stop)
+
+
+def _stop_on_signals(stop: asyncio.Event, started: asyncio.Event) -> None:
+    """SIGINT and SIGTERM set ``stop``; until ``started`` they also cancel the running task:
+    still connecting (maybe to a backend that is down), it stops at once."""
+    main = asyncio.current_task()
+
+    def on_signal() -> None:
+        stop.set()
+        if not started.is_set() and main is not None:
+            main.cancel()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+
+
+async def _apply_reporting(applier: Applier, stop: asyncio.Event) -> None:
+    """Apply as the applier process of ``serve``: stop when the server does, report to it, and
+    hand it the acknowledgements to write when the log lets another process write them."""
+    link = ParentLink(applier.metrics, stop)
+    await link.open()
+    if isinstance(applier.queue, HandsOverAcknowledgements):
+        applier.queue.hand_acknowledgements_to(link.acknowledged)
+    try:
+        await applier.run(stop)
+    finally:
+        link.close()
+
+
 class ApplierProcess:
     """Runs the applier in a child process until ``stop``, restarting it when it dies; writes
-    to ``queue`` the acknowledgements the child hands over."""
+    to ``queue`` the acknowledgements the child hands over (a log without the capability gets
+    none: its child acknowledges itself)."""
 
     def __init__(self, settings: Settings, metrics: Metrics, queue: Queue):
         self.settings = settings
         self.metrics = metrics
-        self.queue = queue
+        self.acknowledgements = queue if isinstance(queue, HandsOverAcknowledgements) else None
 
     async def run(self, stop: asyncio.Event) -> None:
         failures = 0
@@ -132,9 +203,13 @@ class ApplierProcess:
             except (msgspec.DecodeError, ValueError):
                 log.warning("applier process: unreadable report %r", line[:200])
                 continue
-            if report.acknowledged is not None and report.acknowledged != last.acknowledged:
+            if (
+                report.acknowledged is not None
+                and report.acknowledged != last.acknowledged
+                and self.acknowledgements is not None
+            ):
                 try:
-                    await self.queue.acknowledge_upto(report.acknowledged)
+                    await self.acknowledgements.acknowledge_upto(report.acknowledged)
                 except Exception as exc:  # the next report carries it again
                     if isinstance(exc, StorageUnavailable):
                         log.warning("applier process: acknowledgement not written: %s", exc.detail)
@@ -181,7 +256,7 @@ class ParentLink:
         ]
 
     def acknowledged(self, position: int) -> None:
-        """Hand the server an acknowledgement to write (``Queue.hand_acknowledgements_to``)."""
+        """Hand the server an acknowledgement to write (``HandsOverAcknowledgements``)."""
         self._acknowledged = position
         self._report()
 

@@ -253,7 +253,7 @@ async def _quickstart_text(settings: Settings) -> str:
 @click.option(
     "--metrics-port",
     type=PORT,
-    help="Serve this worker's Prometheus metrics (apply lag, applied, duplicates) on this port.",
+    help="Serve this applier's Prometheus metrics (apply lag, applied, duplicates) on this port.",
 )
 @click.option("--report-to-parent", is_flag=True, hidden=True)
 @click.pass_context
@@ -264,50 +264,12 @@ def worker(ctx: click.Context, metrics_port: int | None, report_to_parent: bool)
     Example:
       PROFILEHOOK_QUEUE_URL=... PROFILEHOOK_STORE_URL=... profilehook worker --metrics-port 9100
     """
-    from profilehook.applier_process import ParentLink, lower_priority
-    from profilehook.worker import Applier
+    from profilehook.applier_process import run_applier
 
     settings = _settings(ctx)
-    if report_to_parent:
-        lower_priority()  # before any thread exists: threads inherit it
     _settle_heap()
-
-    async def work() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        main = asyncio.current_task()
-        started = False
-
-        def on_signal() -> None:
-            stop.set()
-            if not started and main is not None:
-                main.cancel()  # still connecting (maybe to a backend that is down): stop now
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, on_signal)
-        async with running(settings) as services:
-            started = True
-            if metrics_port is not None:
-                from prometheus_client import start_http_server
-
-                start_http_server(metrics_port, settings.host, registry=services.metrics.registry)
-            # As the applier process of `serve` (applier_process.py): stop when the server does.
-            applier = Applier(
-                services.queue, services.store, services.metrics, settings.apply_batch_max_events
-            )
-            link = None
-            if report_to_parent:
-                link = ParentLink(services.metrics, stop)
-                await link.open()
-                services.queue.hand_acknowledgements_to(link.acknowledged)
-            try:
-                await applier.run(stop)
-            finally:
-                if link is not None:
-                    link.close()
-
     try:
-        _run(work())
+        _run(run_applier(settings, metrics_port, report_to_parent))
     except asyncio.CancelledError:
         sys.exit(1)  # stopped before it started
 

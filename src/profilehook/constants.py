@@ -81,7 +81,7 @@ GC_YOUNG_THRESHOLD = 10_000
 # bounding how late a revocation is seen while notifications do not arrive.
 AUTH_CACHE_MAX_STALE_S = 30.0
 # One store transaction may take this long (PostgreSQL's statement and idle-in-transaction
-# timeouts); a connection that has not answered by then is cut (no server may hold a worker).
+# timeouts); a connection that has not answered by then is cut (no server may hold an applier).
 STORE_TIMEOUT_S = 15.0
 PG_CONNECT_TIMEOUT_S = 5
 PG_OPEN_WAIT_S = 5.0  # start-up waits this long for PostgreSQL, then serves 503s until it answers

@@ -18,7 +18,7 @@ from typing import BinaryIO
 import msgspec
 
 from profilehook.errors import OutputUnwritable
-from profilehook.stores.base import Store
+from profilehook.stores.base import ProfileStore
 from profilehook.views import contact_view
 
 Progress = Callable[[int, int], None]
@@ -29,7 +29,7 @@ _encode = msgspec.json.Encoder().encode
 
 
 async def export_jsonl(
-    store: Store, workspace: str, out: BinaryIO, progress: Progress | None = None
+    store: ProfileStore, workspace: str, out: BinaryIO, progress: Progress | None = None
 ) -> int:
     """Write every contact of ``workspace`` to ``out``, one JSON object a line, in the store's
     contact_id order; the number written. Deleted contacts are not written.

@@ -7,7 +7,7 @@ import secrets
 
 from profilehook.constants import KEY_PREFIX
 from profilehook.events import now_us
-from profilehook.stores.base import ApiKey, Store
+from profilehook.stores.base import ApiKey, Catalog
 
 
 def hash_key(key: str) -> str:
@@ -15,7 +15,7 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-async def create_key(store: Store, workspace: str) -> tuple[str, ApiKey]:
+async def create_key(store: Catalog, workspace: str) -> tuple[str, ApiKey]:
     """Create a key for ``workspace``; returns (the key, shown only now; its record)."""
     key_id = secrets.token_hex(6)
     key = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(24)}"
@@ -56,7 +56,7 @@ def key_hash_of(authorization: bytes | None) -> str | None:
         return key_hash
 
 
-async def authenticate(store: Store, authorization: bytes | None) -> str | None:
+async def authenticate(store: Catalog, authorization: bytes | None) -> str | None:
     """The workspace an Authorization header grants, or None."""
     key_hash = key_hash_of(authorization)
     return None if key_hash is None else await store.workspace_for(key_hash)

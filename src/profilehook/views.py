@@ -7,7 +7,7 @@ from typing import Any
 
 from profilehook.events import Event, iso, seconds
 from profilehook.queues.base import Queue
-from profilehook.stores.base import Contact, EventRecord, Store
+from profilehook.stores.base import Contact, EventRecord, ProfileStore
 
 
 def contact_view(found: Contact) -> dict[str, Any]:
@@ -24,7 +24,7 @@ def contact_view(found: Contact) -> dict[str, Any]:
 
 
 async def event_status(
-    queue: Queue, store: Store, workspace: str, event_id: str
+    queue: Queue, store: ProfileStore, workspace: str, event_id: str
 ) -> dict[str, Any] | None:
     """An event with its status, wherever it is now; None when never accepted."""
     # The log first, then the store: the store commits before the log lets an event go,

@@ -20,11 +20,11 @@ from profilehook.api.ingest import Handler, ingest_handlers
 from profilehook.api.responses import error_body, error_response
 from profilehook.api.routes import read_routes
 from profilehook.api.webhooks import PATH_PREFIX, webhook_handler
+from profilehook.applier import Applier, StallWatch
 from profilehook.applier_process import ApplierProcess
 from profilehook.errors import ProfilehookError
 from profilehook.service import Services
 from profilehook.settings import Settings
-from profilehook.worker import Applier, StallWatch
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class ProfilehookApp:
 
     def _stall_watch(self) -> StallWatch | None:
         if self.applies_in == "nowhere":
-            return None  # the workers apply: their progress is not this server's to judge
+            return None  # appliers elsewhere: their progress is not this server's to judge
         return StallWatch(self.services.settings.applier_stall_s)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -21,12 +21,12 @@ from profilehook import keys
 from profilehook.api import openapi
 from profilehook.api.deadlines import Deadlines, within
 from profilehook.api.responses import json_response
+from profilehook.applier import StallWatch
 from profilehook.errors import InvalidApiKey, NotFound, StorageUnavailable, ValidationFailed
 from profilehook.events import Version
 from profilehook.service import Services
 from profilehook.validation import problem, value_error
 from profilehook.views import contact_view, event_status, event_view
-from profilehook.worker import StallWatch
 
 READY_TIMEOUT_S = 1.0
 Endpoint = Callable[[Request], Awaitable[Response]]

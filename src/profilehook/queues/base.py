@@ -1,11 +1,15 @@
-"""The durable log's contract. A backend is correct when it passes tests/test_queue_contract.py."""
+"""The durable log's contract, and its optional capability.
+
+A backend is correct when it passes tests/test_queue_contract.py. ``HandsOverAcknowledgements``
+is not part of every queue's contract: only a log that another process can write (SQLite) has it.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from profilehook.events import Event
 
@@ -51,18 +55,6 @@ class Queue(ABC):
         broker's ack wait); a log that tracks deliveries in process must rewind."""
         return None
 
-    def hand_acknowledgements_to(self, record: Callable[[int], None]) -> bool:
-        """Let this consumer's process leave writing its acknowledgements to another (the
-        applier process of ``serve`` hands them to the server): from now on ``ack`` passes
-        the position acknowledged to ``record`` instead, and the other process writes it with
-        ``acknowledge_upto``. False, and ``ack`` goes on as before, for a backend that only
-        its consumer can acknowledge to (a broker)."""
-        return False
-
-    async def acknowledge_upto(self, position: int) -> None:
-        """Write an acknowledgement handed over by ``hand_acknowledgements_to``'s ``record``."""
-        raise NotImplementedError(f"{type(self).__name__} acknowledges only in its consumer")
-
     @abstractmethod
     async def find(self, workspace: str, event_id: str) -> Event | None:
         """A still-pending event by id, or None (applied or never accepted)."""
@@ -74,3 +66,19 @@ class Queue(ABC):
     async def ping(self) -> None:
         """Raise ``StorageUnavailable`` when the backend cannot be reached."""
         await self.depth()
+
+
+@runtime_checkable
+class HandsOverAcknowledgements(Protocol):
+    """A log whose consumer may leave writing its acknowledgements to another process: the
+    applier process of ``serve`` hands them to the server (see applier_process.py). A broker
+    (NATS) has no such capability: only its consumer can acknowledge to it. Checked with
+    ``isinstance`` where it is used."""
+
+    def hand_acknowledgements_to(self, record: Callable[[int], None]) -> None:
+        """From now on ``ack`` passes the position acknowledged to ``record`` instead of writing
+        it; the other process writes it with ``acknowledge_upto``."""
+
+    async def acknowledge_upto(self, position: int) -> None:
+        """Write an acknowledgement handed over by ``hand_acknowledgements_to``'s ``record``:
+        every event up to ``position`` is done (a stale position moves nothing back)."""

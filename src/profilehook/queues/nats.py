@@ -1,7 +1,7 @@
 """NATS JetStream log, for the scale-out configuration (many `serve`, many `worker`).
 
 One work-queue stream holds the events not yet applied: a 2xx is sent only after the PubAck
-(the stream stored the event), and every worker pulls from one shared durable consumer.
+(the stream stored the event), and every applier pulls from one shared durable consumer.
 Messages carry no ``Nats-Msg-Id``: a re-sent event reaches the store, which applies an event_id
 once and marks the repeat (status ``duplicate``), as the embedded log does; JetStream's own
 dedupe would drop it unseen within its window, so its status would depend on the timing. Each event has its own subject (a digest of workspace and event_id) so that a
@@ -25,6 +25,7 @@ import msgspec
 from profilehook.errors import ConfigurationError, StorageUnavailable
 from profilehook.events import Event, decode_event, encode_event
 from profilehook.queues.base import Delivery, Queue
+from profilehook.queues.nats_version import require_supported_server
 
 try:
     import nats
@@ -60,6 +61,8 @@ RECONNECT_WAIT_S = 0.5  # once connected, between nats-py's own reconnection att
 ERROR_LOG_INTERVAL_S = 10.0
 # A fetch that finds nothing cannot tell an empty stream from a deleted consumer (it just
 # waits): an idle consumer asks the server this often whether its consumer still exists.
+FETCH_NO_RESPONDERS_RETRIES = 3
+FETCH_NO_RESPONDERS_WAIT_S = 0.1
 CONSUMER_CHECK_INTERVAL_S = 5.0  # a connection's repeated errors are logged at most this often
 MAX_REPLICAS = 5  # JetStream's own limit
 
@@ -128,6 +131,17 @@ def publish_timeout_s(events: int) -> float:
     """How long a publish of ``events`` messages may take before it is given up: the
     single-message timeout, plus a per-message allowance for large requests."""
     return PUBLISH_TIMEOUT_S + events * PUBLISH_TIMEOUT_PER_EVENT_S
+
+
+async def _fetch_answered(sub: Any, max_events: int, timeout_s: float) -> list[Any]:
+    """``sub.fetch``, tried again a few times while no server answers it (a 503): on a cluster
+    a consumer just created is known to the other nodes only a moment later (their routes
+    learn its subscription), and the first fetch of a new worker would fail."""
+    for _ in range(FETCH_NO_RESPONDERS_RETRIES):
+        with contextlib.suppress(nats.js.errors.ServiceUnavailableError):
+            return list(await sub.fetch(batch=max_events, timeout=timeout_s))
+        await asyncio.sleep(FETCH_NO_RESPONDERS_WAIT_S)
+    return list(await sub.fetch(batch=max_events, timeout=timeout_s))
 
 
 def _describe(error: BaseException) -> str:
@@ -250,6 +264,7 @@ class NatsQueue(Queue):
         """
         try:
             self._nc = await self._connect()
+            require_supported_server(self._nc._server_info.get("version", ""), self.url)
             self._js = self._nc.jetstream(timeout=PUBLISH_TIMEOUT_S)
             await self._ensure_stream()
             self._acks = _PubAcks(self._nc.new_inbox())
@@ -474,10 +489,14 @@ class NatsQueue(Queue):
         self._connected()
         try:
             sub = await self._subscription()
-            messages = await sub.fetch(batch=max_events, timeout=max(wait_s, 0.05))
+            messages = await _fetch_answered(sub, max_events, max(wait_s, 0.05))
         except (TimeoutError, nats.errors.TimeoutError):
             await self._check_consumer()
             return []
+        except nats.js.errors.ServiceUnavailableError as exc:
+            # On a cluster a deleted consumer does not time out: its fetch has no responders.
+            await self._check_consumer()
+            raise StorageUnavailable(f"NATS fetch failed ({exc!r})") from exc
         except NATS_ERRORS as exc:
             raise StorageUnavailable(f"NATS fetch failed ({exc!r})") from exc
         deliveries = []

@@ -16,7 +16,7 @@ from pathlib import Path
 import msgspec
 
 from profilehook.events import Event, encode_event
-from profilehook.queues.base import Delivery, Queue
+from profilehook.queues.base import Delivery, HandsOverAcknowledgements, Queue
 from profilehook.sqlite_db import MAX_RECORDS_PER_ROW, SqliteDatabase
 
 SCHEMA_VERSION = 2  # 1: one row per event (before group-commit rows)
@@ -34,9 +34,10 @@ INSERT OR IGNORE INTO cursors (name, seq) VALUES ('applier_position', 0);
 """
 
 
-class SqliteQueue(Queue):
+class SqliteQueue(Queue, HandsOverAcknowledgements):
     """A delivery's token is its position in the log, ``seq << INDEX_BITS | index in its row``;
-    the cursor in the file is the position of the last event acknowledged."""
+    the cursor in the file is the position of the last event acknowledged. Another process
+    (``serve``'s) may write the acknowledgements: see ``HandsOverAcknowledgements``."""
 
     def __init__(self, path: Path):
         self._wake = asyncio.Event()  # set after each commit: a fetch in this process wakes
@@ -99,11 +100,10 @@ class SqliteQueue(Queue):
         else:
             await self.acknowledge_upto(last)
 
-    def hand_acknowledgements_to(self, record: Callable[[int], None]) -> bool:
+    def hand_acknowledgements_to(self, record: Callable[[int], None]) -> None:
         # The applier process of `serve` runs at the lowest priority: writing the log, it could
         # be preempted while it holds the write lock that every commit of the server needs.
         self._record_ack = record
-        return True
 
     async def acknowledge_upto(self, position: int) -> None:
         def advance(conn: sqlite3.Connection) -> None:

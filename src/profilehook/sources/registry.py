@@ -10,7 +10,7 @@ from typing import Any
 
 from profilehook.errors import NotFound, RotationRefused
 from profilehook.events import now_us
-from profilehook.stores.base import Source, SourceKind, Store
+from profilehook.stores.base import Catalog, Source, SourceKind
 
 SOURCE_ID_PREFIX = "src_"
 SECRET_PREFIX = "phs_"
@@ -26,7 +26,7 @@ def new_secret() -> str:
 
 
 async def create_source(
-    store: Store, kind: SourceKind, workspace: str, config: dict[str, Any], with_secret: bool
+    store: Catalog, kind: SourceKind, workspace: str, config: dict[str, Any], with_secret: bool
 ) -> tuple[Source, str | None]:
     """Create a source; returns it and its secret (shown only now) when it has one."""
     secret = new_secret() if with_secret else None
@@ -43,7 +43,7 @@ async def create_source(
 
 
 async def rotate_secret(
-    store: Store, source_id: str, *, revoke_oldest: bool = False
+    store: Catalog, source_id: str, *, revoke_oldest: bool = False
 ) -> tuple[Source, str]:
     """Issue a new secret for the one the source checks (Amplitude's header secret, Copernica's
     ``?token=``); the previous one keeps working until ``drop_previous_secret``.
@@ -72,7 +72,7 @@ async def rotate_secret(
     return updated, secret
 
 
-async def drop_previous_secret(store: Store, source_id: str) -> Source:
+async def drop_previous_secret(store: Catalog, source_id: str) -> Source:
     """Keep only the newest secret. Raises ``NotFound``, ``RotationRefused`` (no secret)."""
     source = await _existing(store, source_id)
     updated = _with_config(source, secret_hashes=_secret_hashes(source)[:1])
@@ -108,7 +108,7 @@ def public_view(source: Source, base_url: str) -> dict[str, Any]:
     }
 
 
-async def _existing(store: Store, source_id: str) -> Source:
+async def _existing(store: Catalog, source_id: str) -> Source:
     source = await store.get_source(source_id)
     if source is None:
         raise NotFound(f"No source with id {source_id!r}")

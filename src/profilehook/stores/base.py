@@ -1,9 +1,22 @@
-"""The profile store's contract, and the last-writer-wins rules every backend shares.
+"""The stores' contracts, and the last-writer-wins rules every backend shares.
+
+A store is several interfaces, one per concern (as dramatiq splits ``Broker`` from
+``Consumer``): ``ProfileStore`` (apply events, profiles, history, rebuild, export pages),
+``Catalog`` (API keys and webhook sources), ``ProfileAliases`` (a source's own profile ids and
+the events that wait for them) and ``SeenNonces`` (replay protection). A backend implements
+several in one class (``Store``, all of them); a caller asks only for the ones it uses. A new
+concern (queries, segments, changes, erasure) gets an interface and a contract suite of its own.
 
 Per property, the update with the greatest version ``(event time, event_id)`` wins; ``None``
 unsets (the tombstone keeps its version). Deleting a contact at version D removes every
 property with a version <= D, and no update with a version <= D can bring one back.
-Backends do the I/O; ``plan_contact`` decides, so every backend decides alike.
+The memory and SQLite stores read what a batch touches and let ``plan_contact`` decide what to
+write. PostgreSQL, where several appliers work at once, decides in SQL instead: ``plan_contact``
+only reduces each batch (knowing nothing stored), and its upserts compare versions with the
+stored rows under row locks, so that concurrent batches stay correct. These are two
+implementations of one rule: what keeps them equal is the contract suite every backend passes
+(tests/test_profile_store_contract.py), beside tests/test_convergence.py (SQLite and memory
+against a reference model) and tests/test_scale_out.py (PostgreSQL with concurrent appliers).
 """
 
 from __future__ import annotations
@@ -203,7 +216,7 @@ class Nonce:
 class SeenNonces(ABC):
     """The nonces of signed calls, shared by every process on the store, each kept until its
     call's ``Date`` would be refused anyway: a replay is refused by any process, after a
-    restart too."""
+    restart too. Passes tests/test_nonce_contract.py."""
 
     @abstractmethod
     async def remember_nonce(self, nonce: Nonce, expires_us: int, now_us: int) -> bool:
@@ -217,17 +230,12 @@ class SeenNonces(ABC):
         Digest and X-Nonce) must not be taken for a replay."""
 
 
-class Store(SeenNonces, ABC):
-    """Profiles, the applied-event history, and the API keys of every workspace.
+class ProfileStore(ABC):
+    """Profiles and the applied-event history: what the applier writes, and the reads, the
+    export and the rebuild. Passes tests/test_profile_store_contract.py.
 
     Backend errors are raised as ``StorageUnavailable``.
     """
-
-    @abstractmethod
-    async def open(self) -> None: ...
-
-    @abstractmethod
-    async def close(self) -> None: ...
 
     async def ping(self) -> None:
         """Raise ``StorageUnavailable`` when the backend cannot be reached."""
@@ -237,7 +245,7 @@ class Store(SeenNonces, ABC):
     async def apply(self, events: Sequence[Event]) -> ApplyResult:
         """Apply a batch atomically: events already applied count as duplicates and change
         nothing but the stored copy's status (``duplicate``, see ``repeats``); the rest update
-        the profiles by ``plan_contact`` and join the history."""
+        the profiles by the rules above and join the history."""
 
     async def sync(self) -> None:
         """Make every ``apply`` so far survive a power loss. The applier acknowledges events to
@@ -281,6 +289,14 @@ class Store(SeenNonces, ABC):
         """Recompute every profile from the event history (``applied`` and ``duplicate``);
         returns the events replayed."""
 
+
+class Catalog(ABC):
+    """The API keys and the webhook sources of every workspace, read on every request.
+    Passes tests/test_catalog_contract.py.
+
+    Backend errors are raised as ``StorageUnavailable``.
+    """
+
     @abstractmethod
     async def add_key(self, key: ApiKey, key_hash: str) -> None: ...
 
@@ -290,6 +306,11 @@ class Store(SeenNonces, ABC):
     @abstractmethod
     async def revoke_key(self, key_id: str, revoked_us: int) -> bool:
         """Revoke a key; False when there is no such key."""
+
+    @abstractmethod
+    async def workspace_for(self, key_hash: str) -> str | None:
+        """The workspace of a live (unrevoked) key with this hash, checked on every request:
+        a revocation from another process takes effect on the next request."""
 
     @abstractmethod
     async def put_source(self, source: Source) -> None:
@@ -303,13 +324,14 @@ class Store(SeenNonces, ABC):
     @abstractmethod
     async def list_sources(self, workspace: str | None = None) -> list[Source]: ...
 
-    @abstractmethod
-    async def workspace_for(self, key_hash: str) -> str | None:
-        """The workspace of a live (unrevoked) key with this hash, checked on every request:
-        a revocation from another process takes effect on the next request."""
 
-    # Profile aliases: a source's own id of a profile -> the contact it maps to (Copernica's
-    # ``--contact-field``), and the events that wait for a profile's first mapping.
+class ProfileAliases(ABC):
+    """Profile aliases: a source's own id of a profile -> the contact it maps to (Copernica's
+    ``--contact-field``), and the events that wait for a profile's first mapping. Passes
+    tests/test_alias_contract.py.
+
+    Backend errors are raised as ``StorageUnavailable``.
+    """
 
     @abstractmethod
     async def get_alias(self, workspace: str, source_id: str, profile_id: str) -> str | None:
@@ -333,3 +355,14 @@ class Store(SeenNonces, ABC):
         self, workspace: str, source_id: str, profile_id: str, event_ids: Sequence[str]
     ) -> None:
         """Forget parked events once they have been published."""
+
+
+class Store(ProfileStore, Catalog, ProfileAliases, SeenNonces, ABC):
+    """Every interface above, over one backend's data (what each backend class implements, and
+    what ``open_store`` returns): opened and closed once for all of them."""
+
+    @abstractmethod
+    async def open(self) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...

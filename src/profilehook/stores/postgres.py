@@ -1,6 +1,6 @@
-"""PostgreSQL profile store, for the scale-out configuration (any number of workers).
+"""PostgreSQL profile store, for the scale-out configuration (any number of appliers).
 
-Last-writer-wins is decided in SQL, so concurrent workers stay correct: a batch first upserts
+Last-writer-wins is decided in SQL, so concurrent appliers stay correct: a batch first upserts
 its contacts' rows in key order (which locks them, so two batches on one contact serialise),
 then deletes what a newer contact delete covers, then upserts only the property rows whose
 version is greater than the stored one and than the contact's delete version. A write that
@@ -592,6 +592,7 @@ class PostgresStore(Store):
             await _notify(conn)
 
         await self._run(insert)
+        self._clear_cache()  # its own change, read at once: not when the notification is back
 
     async def list_keys(self, workspace: str | None = None) -> list[ApiKey]:
         async def select(conn: Conn) -> list[ApiKey]:
@@ -613,7 +614,9 @@ class PostgresStore(Store):
             await _notify(conn)
             return cur.rowcount > 0
 
-        return await self._run(update)
+        revoked = await self._run(update)
+        self._clear_cache()
+        return revoked
 
     async def put_source(self, source: Source) -> None:
         async def upsert(conn: Conn) -> None:
@@ -632,6 +635,7 @@ class PostgresStore(Store):
             await _notify(conn)
 
         await self._run(upsert)
+        self._clear_cache()
 
     async def get_source(self, source_id: str) -> Source | None:
         async def select(conn: Conn) -> Source | None:

@@ -24,13 +24,13 @@ from profilehook.errors import StorageUnavailable, StoreRefused
 from profilehook.events import Event, now_us
 from profilehook.metrics import Metrics
 from profilehook.queues.base import Delivery, Queue
-from profilehook.stores.base import ApplyResult, Store
+from profilehook.stores.base import ApplyResult, ProfileStore
 
 log = logging.getLogger(__name__)
 
 
 class Applier:
-    def __init__(self, queue: Queue, store: Store, metrics: Metrics, batch_max_events: int):
+    def __init__(self, queue: Queue, store: ProfileStore, metrics: Metrics, batch_max_events: int):
         self.queue = queue
         self.store = store
         self.metrics = metrics

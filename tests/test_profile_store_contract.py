@@ -1,8 +1,6 @@
-"""The profile store's contract: every backend passes this one suite.
-
-Each test runs once per backend (ids ``memory``, ``sqlite``). A new backend joins by adding one
-fixture ``<name>_store_backend`` and one ``pytest.param`` to ``store_backend`` (as litestar does for
-its channel backends); PostgreSQL will add ``postgres`` and skip locally when the server is absent.
+"""The profile store's contract (``ProfileStore``): applying events by last-writer-wins,
+profiles, history, export pages and rebuild. Every backend passes this one suite (see
+tests/store_backends.py for the backends and how a new one joins).
 """
 
 from __future__ import annotations
@@ -12,21 +10,18 @@ import json
 import random
 import sqlite3
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 import pytest
 
 from profilehook.events import Event, Version, new_event_id
 from profilehook.stores import sqlite as sqlite_module
-from profilehook.stores.base import ApiKey, Contact, Nonce, Store
-from profilehook.stores.memory import MemoryStore
+from profilehook.stores.base import Contact, ProfileStore
 from profilehook.stores.sqlite import SqliteStore
+from tests import store_backends
+from tests.store_backends import BACKENDS, S, StoreBackend, backend_of
 from tests.support import (
     POSTGRES_URL,
     drop_schema,
@@ -36,136 +31,28 @@ from tests.support import (
     unique_schema,
 )
 
-S = 1_000_000  # one second in microseconds
+# The backends' fixtures (tests/store_backends.py), found by pytest under these names.
+memory_store_backend = store_backends.memory_store_backend
+sqlite_store_backend = store_backends.sqlite_store_backend
+postgres_store_backend = store_backends.postgres_store_backend
+postgres_icu_store_backend = store_backends.postgres_icu_store_backend
+icu_database_url = store_backends.icu_database_url
 
 
-@dataclass
-class StoreBackend:
-    """An open store, and a way to open a second instance on the same data (another process)."""
-
-    name: str
-    store: Store
-    open_another: Callable[[], Awaitable[Store]]
-
-
-@pytest.fixture
-async def memory_store_backend() -> AsyncIterator[StoreBackend]:
-    store = MemoryStore()
-    await store.open()
-
-    async def same_instance() -> Store:
-        return store  # nothing to share with another process: the one instance is the data
-
-    yield StoreBackend("memory", store, same_instance)
-    await store.close()
-
-
-@pytest.fixture
-async def sqlite_store_backend(tmp_path: Path) -> AsyncIterator[StoreBackend]:
-    path = tmp_path / "profiles.sqlite3"
-    store = SqliteStore(path)
-    await store.open()
-    others: list[Store] = []
-
-    async def another() -> Store:
-        other = SqliteStore(path)
-        await other.open()
-        others.append(other)
-        return other
-
-    yield StoreBackend("sqlite", store, another)
-    for other in others:
-        await other.close()
-    await store.close()
-
-
-@pytest.fixture
-async def postgres_store_backend() -> AsyncIterator[StoreBackend]:
-    require_server(POSTGRES_URL, 5432)
-    from profilehook.stores.postgres import PostgresStore
-
-    schema = unique_schema()
-    store = PostgresStore(postgres_url(schema))
-    await store.open()
-    others: list[Store] = []
-
-    async def another() -> Store:
-        other = PostgresStore(postgres_url(schema))
-        await other.open()
-        others.append(other)
-        return other
-
-    yield StoreBackend("postgres", store, another)
-    for other in others:
-        await other.close()
-    await store.close()
-    drop_schema(schema)
-
-
-@pytest.fixture(scope="session")
-def icu_database_url() -> Iterator[str]:
-    """A database whose default collation is ICU's en-US, where ``'a-1' < 'B-1'`` (by bytes,
-    and in Python, ``'B-1' < 'a-1'``): schema objects made there get a non-C collation."""
-    require_server(POSTGRES_URL, 5432)
-    import psycopg
-
-    name = f"profilehook_icu_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-        conn.execute(
-            f"CREATE DATABASE {name} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US'"
-        )
-    try:
-        yield urlunsplit(urlsplit(POSTGRES_URL)._replace(path=f"/{name}"))
-    finally:
-        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
-@pytest.fixture
-async def postgres_icu_store_backend(icu_database_url: str) -> AsyncIterator[StoreBackend]:
-    """PostgreSQL in a database whose default collation is not C: the store must still
-    compare ids by bytes, as the other stores and Python do."""
-    from profilehook.stores.postgres import PostgresStore
-
-    url = f"{icu_database_url}?schema={unique_schema()}"
-    store = PostgresStore(url)
-    await store.open()
-    others: list[Store] = []
-
-    async def another() -> Store:
-        other = PostgresStore(url)
-        await other.open()
-        others.append(other)
-        return other
-
-    yield StoreBackend("postgres", store, another)
-    for other in others:
-        await other.close()
-    await store.close()
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("memory_store_backend", id="memory"),
-        pytest.param("sqlite_store_backend", id="sqlite"),
-        pytest.param("postgres_store_backend", id="postgres"),
-        pytest.param("postgres_icu_store_backend", id="postgres-icu"),
-    ]
-)
+@pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> StoreBackend:
-    found: StoreBackend = request.getfixturevalue(request.param)
-    return found
+    return backend_of(request)
 
 
 @pytest.fixture
-def store(backend: StoreBackend) -> Store:
+def store(backend: StoreBackend) -> ProfileStore:
     return backend.store
 
 
 # -- helpers -------------------------------------------------------------------------------------
 
 
-def sqlite_property_row(store: Store, workspace: str, contact_id: str, name: str) -> Any:
+def sqlite_property_row(store: ProfileStore, workspace: str, contact_id: str, name: str) -> Any:
     """The raw (value, ts_us, event_id) of a property as a SqliteStore's file holds it."""
     assert isinstance(store, SqliteStore)
     with contextlib.closing(sqlite3.connect(store.db.path)) as conn:
@@ -185,7 +72,7 @@ PROFILE_TABLES = ("contacts",)
 
 
 @contextlib.contextmanager
-def counting_profile_writes(store: Store) -> Any:
+def counting_profile_writes(store: ProfileStore) -> Any:
     """Count every row a SqliteStore writes to its profile table (contacts)."""
     assert isinstance(store, SqliteStore)
     counter: dict[str, int] = {}
@@ -208,13 +95,15 @@ def counting_profile_writes(store: Store) -> Any:
                     conn.execute(f"DROP TRIGGER test_count_{table}_{op}")
 
 
-async def props(store: Store, contact_id: str = "c1", workspace: str = "acme") -> dict[str, Any]:
+async def props(
+    store: ProfileStore, contact_id: str = "c1", workspace: str = "acme"
+) -> dict[str, Any]:
     found = await store.get_contact(workspace, contact_id)
     assert found is not None, f"contact {workspace}/{contact_id} should exist"
     return found.properties
 
 
-async def versions(store: Store, contact_id: str = "c1", workspace: str = "acme") -> Any:
+async def versions(store: ProfileStore, contact_id: str = "c1", workspace: str = "acme") -> Any:
     found = await store.get_contact(workspace, contact_id)
     assert found is not None
     return found.versions
@@ -224,7 +113,7 @@ async def versions(store: Store, contact_id: str = "c1", workspace: str = "acme"
 
 
 async def test_given_a_new_contact_when_an_update_is_applied_then_its_properties_carry_its_version(
-    store: Store,
+    store: ProfileStore,
 ) -> None:
     result = await store.apply([event(event_id="e1", ts_us=5 * S, name="Ann", city="Oslo")])
 
@@ -240,7 +129,7 @@ async def test_given_a_new_contact_when_an_update_is_applied_then_its_properties
 
 
 async def test_given_values_of_every_json_type_then_get_contact_returns_them_exactly(
-    store: Store,
+    store: ProfileStore,
 ) -> None:
     values = {
         "text": 'Zoë 😀 "quoted" \\ \n',
@@ -291,7 +180,7 @@ def json_texts(values: dict[str, Any]) -> dict[str, str]:
 
 
 async def test_given_every_kind_of_json_value_then_each_comes_back_as_the_same_json_text(
-    store: Store,
+    store: ProfileStore,
 ) -> None:
     await store.apply([event(event_id="e1", ts_us=1 * S, **EXACT_VALUES, unset="soon")])
     await store.apply([event(event_id="e2", ts_us=2 * S, unset=None, never_set=None)])
@@ -304,14 +193,14 @@ async def test_given_every_kind_of_json_value_then_each_comes_back_as_the_same_j
     assert json_texts(await props(store)) == json_texts(EXACT_VALUES)
 
 
-async def test_given_an_empty_batch_then_apply_does_nothing(store: Store) -> None:
+async def test_given_an_empty_batch_then_apply_does_nothing(store: ProfileStore) -> None:
     result = await store.apply([])
 
     assert (result.applied, result.duplicates, result.superseded, result.written) == (0, 0, 0, 0)
 
 
 async def test_given_a_property_when_a_newer_update_arrives_then_the_newer_value_wins(
-    store: Store,
+    store: ProfileStore,
 ) -> None:
     await store.apply([event(event_id="e1", ts_us=1 * S, name="Ann")])
     await store.apply([event(event_id="e2", ts_us=2 * S, name="Bea")])
@@ -323,7 +212,7 @@ async def test_given_a_property_when_a_newer_update_arrives_then_the_newer_value
 @pytest.mark.parametrize("order", ["ascending-ids", "descending-ids"], ids=str)
 @pytest.mark.parametrize("batching", ["one-batch", "two-batches"], ids=str)
 async def test_given_equal_event_times_then_the_greater_event_id_wins_in_any_arrival_order(
-    store: Store, order: str, batching: str
+    store: ProfileStore, order: str, batching: str
 ) -> None:
     events = [
         event(event_id="e-a", ts_us=7 * S, name="from a"),
@@ -343,7 +232,7 @@ async def test_given_equal_event_times_then_the_greater_event_id_wins_in_any_arr
 
 @pytest.mark.parametrize("batching", ["one-batch", "a-first", "B-first"], ids=str)
 async def test_given_a_tie_in_time_then_event_ids_compare_by_bytes_whatever_the_collation(
-    store: Store, batching: str
+    store: ProfileStore, batching: str
 ) -> None:
     """'B-1' < 'a-1' by bytes (and in Python, which decides within a batch); under en-US
     collation it is the other way round. Every store, every batching, and rebuild: 'a-1'."""
@@ -368,7 +257,7 @@ async def test_given_a_tie_in_time_then_event_ids_compare_by_bytes_whatever_the_
 
 
 async def test_given_a_newer_value_when_an_older_event_arrives_late_then_it_never_overwrites(
-    store: Store,
+    store: ProfileStore,
 ) -> None:
     await store.apply([event(event_id="new", ts_us=9 * S, name="new")])
 
@@ -380,7 +269,7 @@ async def test_given_a_newer_value_when_an_older_event_arrives_late_then_it_neve
 
 
 async def test_given_an_older_event_with_two_properties_then_only_the_one_not_held_newer_is_set(
-    store: Store,
+    store: ProfileStore,
 ) -> None:
     """LWW is per property, not per contact: an old event still sets what nobody set later."""
     await store.apply([event(event_id="new", ts_us=9 * S, name="new")])
@@ -395,7 +284,7 @@ async def test_given_an_older_event_with_two_properties_then_only_the_one_not_he
 
 
 async def test_given_one_batch_setting_a_property_twice_then_the_newer_wins_and_one_is_superseded(
-    store: Store,
+    store: ProfileStore,
 ) -> None:
     result = await store.apply(
         [
@@ -434,7 +323,7 @@ async def test_given_a_superseded_write_then_it_costs_no_store_write_and_the_row
 
 
 async def test_given_a_property_when_null_arrives_then_it_is_unset_and_an_older_set_loses(
-    store: Store,
+    store: ProfileStore,
 ) -> None:
     await store.apply([event(event_id="e1", ts_us=1 * S, name="Ann", city="Oslo")])
 
@@ -455,7 +344,7 @@ async def test_given_a_property_when_null_arrives_then_it_is_unset_and_an_older_
 
 
 async def test_given_null_before_any_value_then_an_older_set_arriving_later_stays_unset(
-    store: Store,
+    store: ProfileStore,
 ) -> None:
     await store.apply([event(event_id="e5", ts_us=5 * S, name=None, city="Oslo")])
     await store.apply([event(event_id="e4", ts_us=4 * S, name="too old")])
@@ -463,7 +352,9 @@ async def test_given_null_before_any_value_then_an_older_set_arriving_later_stay
     assert await props(store) == {"city": "Oslo"}
 
 
-async def test_given_only_nulls_then_the_contact_exists_with_no_properties(store: Store) -> None:
+async def test_given_only_nulls_then_the_contact_exists_with_no_properties(
+    store: ProfileStore,
+) -> None:
     await store.apply([event(event_id="e1", ts_us=1 * S, name=None)])
 
     found = await store.get_contact("acme", "c1")
@@ -475,7 +366,7 @@ async def test_given_only_nulls_then_the_contact_exists_with_no_properties(store
 
 
 async def test_given_properties_around_a_delete_then_only_those_at_or_below_its_time_are_removed(
-    store: Store,
+    store: ProfileStore,
 ) -> None:
     await store.apply(
         [
@@ -491,7 +382,7 @@ async def test_given_properties_around_a_delete_then_only_those_at_or_below_its_
 
 
 async def test_given_a_property_set_at_the_delete_time_then_the_event_id_decides_if_it_is_removed(
-    store: Store,
+    store: ProfileStore,
 ) -> None:
     await store.apply(
         [
@@ -506,7 +397,7 @@ async def test_given_a_property_set_at_the_delete_time_then_the_event_id_decides
 
 
 async def test_given_a_deleted_contact_when_an_older_update_arrives_then_it_does_not_resurrect(
-    store: Store,
+    store: ProfileStore,
 ) -> None:
     await store.apply([event(event_id="e1", ts_us=1 * S, name="Ann")])
     await store.apply([event(event_id="d5", ts_us=5 * S, kind="delete")])
@@ -537,7 +428,7 @@ async def test_given_a_deleted_contact_when_an_older_update_arrives_then_it_cost
 
 
 async def test_given_a_deleted_contact_when_a_newer_update_arrives_then_the_contact_is_new(
-    store: Store,
+    store: ProfileStore,
 ) -> None:
     await store.apply([event(event_id="e1", ts_us=1 * S, name="Ann", city="Oslo")])
     await store.apply([event(event_id="d5", ts_us=5 * S, kind="delete")])
@@ -549,7 +440,7 @@ async def test_given_a_deleted_contact_when_a_newer_update_arrives_then_the_cont
 
 
 async def test_given_a_delete_that_arrives_before_the_updates_it_covers_then_they_never_appear(
-    store: Store,
+    store: ProfileStore,
 ) -> None:
     await store.apply([event(event_id="d5", ts_us=5 * S, kind="delete")])
     assert await store.get_contact("acme", "c1") is None
@@ -561,7 +452,7 @@ async def test_given_a_delete_that_arrives_before_the_updates_it_covers_then_the
 
 
 async def test_given_two_deletes_then_the_newest_one_counts_whatever_their_order(
-    store: Store,
+    store: ProfileStore,
 ) -> None:
     await store.apply(
         [event(event_id="e1", ts_us=1 * S, a=1), event(event_id="e3", ts_us=3 * S, b=3)]
@@ -577,7 +468,7 @@ async def test_given_two_deletes_then_the_newest_one_counts_whatever_their_order
 
 
 async def test_given_one_batch_with_updates_and_a_delete_then_the_result_is_the_same_as_one_by_one(
-    store: Store,
+    store: ProfileStore,
 ) -> None:
     await store.apply(
         [
@@ -594,13 +485,15 @@ async def test_given_one_batch_with_updates_and_a_delete_then_the_result_is_the_
 # -- get_contact ---------------------------------------------------------------------------------
 
 
-async def test_given_no_events_for_a_contact_then_get_contact_is_none(store: Store) -> None:
+async def test_given_no_events_for_a_contact_then_get_contact_is_none(store: ProfileStore) -> None:
     await store.apply([event(contact_id="someone-else", name="x")])
 
     assert await store.get_contact("acme", "nobody") is None
 
 
-async def test_given_only_a_delete_for_a_contact_then_get_contact_is_none(store: Store) -> None:
+async def test_given_only_a_delete_for_a_contact_then_get_contact_is_none(
+    store: ProfileStore,
+) -> None:
     await store.apply([event(event_id="d1", kind="delete")])
 
     assert await store.get_contact("acme", "c1") is None
@@ -610,7 +503,7 @@ async def test_given_only_a_delete_for_a_contact_then_get_contact_is_none(store:
 
 
 async def test_given_contacts_then_pages_hold_each_existing_one_once_in_contact_id_order(
-    store: Store,
+    store: ProfileStore,
 ) -> None:
     """Pages of 4 over 20 contacts of which 7 are deleted (c00-c05: the first page holds only
     deleted ones), beside another workspace's contacts with the same ids."""
@@ -647,7 +540,7 @@ async def test_given_contacts_then_pages_hold_each_existing_one_once_in_contact_
 
 
 async def test_given_the_same_event_id_twice_in_one_batch_then_it_is_applied_once(
-    store: Store,
+    store: ProfileStore,
 ) -> None:
     first = event(event_id="e1", ts_us=1 * S, name="first")
     replay = event(event_id="e1", ts_us=9 * S, name="replayed payload")
@@ -660,7 +553,7 @@ async def test_given_the_same_event_id_twice_in_one_batch_then_it_is_applied_onc
 
 
 async def test_given_an_applied_event_when_it_is_applied_again_then_it_is_a_duplicate(
-    store: Store,
+    store: ProfileStore,
 ) -> None:
     await store.apply([event(event_id="e1", ts_us=1 * S, name="first")])
     contact = await store.get_contact("acme", "c1")
@@ -681,7 +574,7 @@ async def test_given_an_applied_event_when_it_is_applied_again_then_it_is_a_dupl
 
 
 async def test_given_a_delete_applied_twice_then_it_is_a_duplicate_the_second_time(
-    store: Store,
+    store: ProfileStore,
 ) -> None:
     await store.apply([event(event_id="e1", ts_us=1 * S, name="Ann")])
     delete = event(event_id="d2", ts_us=2 * S, kind="delete")
@@ -794,7 +687,7 @@ async def test_given_a_schema_2_store_file_then_opening_it_rekeys_its_events(
 
 
 async def test_given_many_event_ids_then_dedupe_and_lww_hold_beyond_one_bound_query(
-    store: Store, monkeypatch: pytest.MonkeyPatch
+    store: ProfileStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With the per-query bound made tiny, ids and names are looked up in several chunks."""
     monkeypatch.setattr(sqlite_module, "MAX_BOUND_NAMES", 2)
@@ -811,7 +704,7 @@ async def test_given_many_event_ids_then_dedupe_and_lww_hold_beyond_one_bound_qu
 
 
 async def test_given_events_in_any_order_then_history_is_newest_first_and_pages_with_before(
-    store: Store,
+    store: ProfileStore,
 ) -> None:
     times = [(3 * S, "b"), (1 * S, "y"), (3 * S, "a"), (2 * S, "z"), (5 * S, "c")]
     events = [event(event_id=i, ts_us=t, n=t) for t, i in times]
@@ -835,14 +728,18 @@ async def test_given_events_in_any_order_then_history_is_newest_first_and_pages_
     assert records[0].event == events[-1], "history keeps the event exactly as applied"
 
 
-async def test_given_a_contact_without_events_then_its_history_is_empty(store: Store) -> None:
+async def test_given_a_contact_without_events_then_its_history_is_empty(
+    store: ProfileStore,
+) -> None:
     await store.apply([event(contact_id="c1", name="x")])
 
     assert await store.history("acme", "c2", None, 10) == []
     assert await store.history("other-workspace", "c1", None, 10) == []
 
 
-async def test_given_events_then_get_event_tells_applied_failed_or_unknown(store: Store) -> None:
+async def test_given_events_then_get_event_tells_applied_failed_or_unknown(
+    store: ProfileStore,
+) -> None:
     applied = event(event_id="ok", name="x")
     poison = event(event_id="bad", contact_id="c2", name="y")
     await store.apply([applied])
@@ -862,7 +759,7 @@ async def test_given_events_then_get_event_tells_applied_failed_or_unknown(store
 
 
 async def test_given_an_event_accepted_again_then_its_status_is_duplicate_and_the_first_stays(
-    store: Store,
+    store: ProfileStore,
 ) -> None:
     first = event(event_id="e1", ts_us=1 * S, name="first")
     await store.apply([first])
@@ -886,7 +783,7 @@ async def test_given_an_event_accepted_again_then_its_status_is_duplicate_and_th
 
 
 async def test_given_two_copies_in_one_batch_then_the_first_is_applied_and_marked_duplicate(
-    store: Store,
+    store: ProfileStore,
 ) -> None:
     one = event(event_id="e1", ts_us=1 * S, name="one")
     other = msgspec.structs.replace(one, received_us=one.received_us + 1, properties={"n": 2})
@@ -898,7 +795,9 @@ async def test_given_two_copies_in_one_batch_then_the_first_is_applied_and_marke
     assert single is not None and single.status == "applied"
 
 
-async def test_given_a_failed_event_accepted_again_then_it_stays_failed(store: Store) -> None:
+async def test_given_a_failed_event_accepted_again_then_it_stays_failed(
+    store: ProfileStore,
+) -> None:
     poison = event(event_id="bad", name="x")
     await store.record_failure(poison, "cannot apply")
 
@@ -909,7 +808,7 @@ async def test_given_a_failed_event_accepted_again_then_it_stays_failed(store: S
 
 
 async def test_given_a_deleted_contact_then_history_hides_its_events_up_to_the_delete(
-    store: Store,
+    store: ProfileStore,
 ) -> None:
     await store.apply(
         [
@@ -937,7 +836,7 @@ async def test_given_a_deleted_contact_then_history_hides_its_events_up_to_the_d
 
 
 async def test_given_the_same_contact_and_event_ids_in_two_workspaces_then_they_are_separate(
-    store: Store,
+    store: ProfileStore,
 ) -> None:
     result = await store.apply(
         [
@@ -954,63 +853,6 @@ async def test_given_the_same_contact_and_event_ids_in_two_workspaces_then_they_
     assert acme_event is not None and acme_event.event.properties == {"name": "Ann"}
     assert await store.history("globex", "c1", None, 10) == []  # deleted: its data is gone
     assert [r.event.event_id for r in await store.history("acme", "c1", None, 10)] == ["e1"]
-
-
-# -- keys ----------------------------------------------------------------------------------------
-
-
-async def test_given_keys_then_they_are_listed_resolved_and_revoked(store: Store) -> None:
-    one = ApiKey("k1", "acme", created_us=1)
-    two = ApiKey("k2", "globex", created_us=2)
-    await store.add_key(one, "hash-1")
-    await store.add_key(two, "hash-2")
-
-    assert await store.list_keys() == [one, two]
-    assert await store.list_keys("globex") == [two]
-    assert await store.list_keys("nobody") == []
-    assert await store.workspace_for("hash-1") == "acme"
-    assert await store.workspace_for("hash-2") == "globex"
-    assert await store.workspace_for("no-such-hash") is None
-
-    assert await store.revoke_key("k1", revoked_us=10) is True
-    assert (
-        await store.revoke_key("k1", revoked_us=20) is True
-    )  # revoking again keeps the first time
-    assert await store.revoke_key("no-such-key", revoked_us=10) is False
-
-    assert await store.workspace_for("hash-1") is None
-    assert await store.workspace_for("hash-2") == "globex"
-    assert await store.list_keys("acme") == [ApiKey("k1", "acme", created_us=1, revoked_us=10)]
-
-
-async def test_given_a_serving_store_when_another_instance_revokes_a_key_then_it_is_refused_at_once(
-    backend: StoreBackend,
-) -> None:
-    """The CLI revokes from another process; the server's next request must see it."""
-    server = backend.store
-    await server.add_key(ApiKey("k1", "acme", created_us=1), "hash-1")
-    assert await server.workspace_for("hash-1") == "acme"  # warm whatever the server caches
-    assert await server.workspace_for("hash-later") is None
-
-    cli = await backend.open_another()
-    assert await cli.revoke_key("k1", revoked_us=5) is True
-    await cli.add_key(ApiKey("k2", "globex", created_us=2), "hash-later")
-
-    if backend.name == "postgres":
-        # Across PostgreSQL clients the change travels by LISTEN/NOTIFY: milliseconds, not zero.
-        await until(lambda: server.workspace_for("hash-1"), None)
-    assert await server.workspace_for("hash-1") is None
-    assert await server.workspace_for("hash-later") == "globex"
-
-
-async def until(probe: Callable[[], Awaitable[Any]], expected: Any, timeout_s: float = 2.0) -> None:
-    import asyncio
-
-    for _ in range(int(timeout_s / 0.01)):
-        if await probe() == expected:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"never became {expected!r}")
 
 
 # -- rebuild -------------------------------------------------------------------------------------
@@ -1033,12 +875,12 @@ def mixed_events(seed: int) -> list[Event]:
     return events
 
 
-async def snapshot(store: Store, contacts: list[str]) -> dict[str, Contact | None]:
+async def snapshot(store: ProfileStore, contacts: list[str]) -> dict[str, Contact | None]:
     return {c: await store.get_contact("acme", c) for c in contacts}
 
 
 async def test_given_applied_events_when_rebuilt_then_every_contact_is_exactly_the_same(
-    store: Store, monkeypatch: pytest.MonkeyPatch
+    store: ProfileStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Small chunks make the SQLite rebuild replay in several passes, as a big log does.
     monkeypatch.setattr(sqlite_module, "REBUILD_CHUNK_EVENTS", 7)
@@ -1065,134 +907,15 @@ async def test_given_applied_events_when_rebuilt_then_every_contact_is_exactly_t
     )
 
 
-async def test_given_a_rebuilt_store_then_later_events_still_follow_the_rules(store: Store) -> None:
+async def test_given_a_rebuilt_store_then_later_events_still_follow_the_rules(
+    store: ProfileStore,
+) -> None:
     await store.apply([event(event_id="e5", ts_us=5 * S, name="Ann")])
     await store.rebuild()
 
     await store.apply([event(event_id="e3", ts_us=3 * S, name="older")])
     assert await props(store) == {"name": "Ann"}
     assert (await store.apply([event(event_id="e5", ts_us=5 * S, name="Ann")])).duplicates == 1
-
-
-# -- profile aliases (Copernica's --contact-field) ----------------------------------------------
-
-
-async def test_given_an_unmapped_profile_when_events_park_then_the_first_mapping_releases_them(
-    store: Store,
-) -> None:
-    parked = event(contact_id="profile-7", event_id="sub-1", ts_us=2 * S, x=1)
-    assert await store.get_alias("acme", "src_1", "7") is None
-    assert await store.park_until_alias("src_1", "7", parked) is None
-    assert await store.park_until_alias("src_1", "7", parked) is None  # kept once per event_id
-
-    update = await store.put_alias("acme", "src_1", "7", "cust-42", (1 * S, "p1"))
-
-    assert update.contact_id == "cust-42"
-    assert update.parked == [parked]
-    await store.unpark("acme", "src_1", "7", ["sub-1"])
-    assert (await store.put_alias("acme", "src_1", "7", "cust-42", (1 * S, "p1"))).parked == []
-    assert await store.park_until_alias("src_1", "7", parked) == "cust-42"
-
-
-async def test_given_two_mappings_of_a_profile_then_the_greater_version_wins_in_any_order(
-    store: Store,
-) -> None:
-    newer = await store.put_alias("acme", "src_1", "7", "new", (5 * S, "p5"))
-    older = await store.put_alias("acme", "src_1", "7", "old", (3 * S, "p3"))
-
-    assert newer.contact_id == older.contact_id == "new"
-    assert await store.get_alias("acme", "src_1", "7") == "new"
-    assert await store.get_alias("globex", "src_1", "7") is None
-    assert await store.get_alias("acme", "src_2", "7") is None
-
-
-# -- seen nonces (Copernica's replay protection) --------------------------------------------
-
-
-async def test_given_a_nonce_then_it_is_new_once_per_source_until_it_expires(store: Store) -> None:
-    call = Nonce("src_1", "SHA-256=abc", "n-1")
-
-    assert await store.remember_nonce(call, expires_us=300 * S, now_us=1 * S) is True
-    assert await store.remember_nonce(call, expires_us=600 * S, now_us=2 * S) is False
-    assert await store.remember_nonce(call, expires_us=600 * S, now_us=300 * S) is False
-    assert await store.remember_nonce(Nonce("src_1", "SHA-256=other", "n-1"), 300 * S, 2 * S)
-    assert await store.remember_nonce(Nonce("src_2", "SHA-256=abc", "n-1"), 300 * S, 2 * S)
-    assert await store.remember_nonce(Nonce("src_1", "SHA-256=abc", "n-2"), 300 * S, 2 * S)
-    # Once its call's Date would be refused anyway, the nonce is forgotten.
-    assert await store.remember_nonce(call, expires_us=900 * S, now_us=301 * S) is True
-
-
-async def test_given_a_forgotten_nonce_then_the_same_call_is_new_again(store: Store) -> None:
-    call = Nonce("src_1", "SHA-256=abc", "n-1")
-    assert await store.remember_nonce(call, 300 * S, 1 * S)
-
-    await store.forget_nonce(call)
-    await store.forget_nonce(Nonce("src_1", "never", "seen"))
-
-    assert await store.remember_nonce(call, 300 * S, 2 * S) is True
-    assert await store.remember_nonce(call, 300 * S, 3 * S) is False
-
-
-async def test_given_a_nonce_seen_by_one_process_then_another_refuses_it(
-    backend: StoreBackend,
-) -> None:
-    call = Nonce("src_1", "SHA-256=abc", "n-1")
-    assert await backend.store.remember_nonce(call, 300 * S, 1 * S)
-
-    other = await backend.open_another()
-
-    assert await other.remember_nonce(call, 300 * S, 2 * S) is False
-    await other.forget_nonce(call)
-    assert await backend.store.remember_nonce(call, 300 * S, 3 * S) is True
-
-
-async def test_given_two_processes_racing_on_the_same_nonces_then_exactly_one_wins_each(
-    backend: StoreBackend,
-) -> None:
-    import asyncio
-
-    one, two = backend.store, await backend.open_another()
-    calls = [Nonce("src_1", f"SHA-256={i}", "n") for i in range(30)]
-
-    won = await asyncio.gather(
-        *(store.remember_nonce(call, 300 * S, 1 * S) for call in calls for store in (one, two))
-    )
-
-    assert [won[i] + won[i + 1] for i in range(0, len(won), 2)] == [1] * len(calls)
-
-
-async def test_given_expired_nonces_then_remembering_another_removes_their_rows(
-    backend: StoreBackend,
-) -> None:
-    store = backend.store
-    for i in range(5):
-        await store.remember_nonce(Nonce("src_1", f"d{i}", "n"), expires_us=(10 + i) * S, now_us=S)
-
-    await store.remember_nonce(Nonce("src_1", "late", "n"), expires_us=400 * S, now_us=13 * S)
-
-    if backend.name != "memory":
-        assert await stored_nonce_count(backend) == 3  # d3 (13 s), d4 (14 s) and late
-    assert await store.remember_nonce(Nonce("src_1", "d3", "n"), 400 * S, 13 * S) is False
-    assert await store.remember_nonce(Nonce("src_1", "d2", "n"), 400 * S, 13 * S) is True
-
-
-async def stored_nonce_count(backend: StoreBackend) -> int:
-    """The rows a durable store keeps for nonces."""
-    if isinstance(backend.store, SqliteStore):
-        with contextlib.closing(sqlite3.connect(backend.store.db.path)) as conn:
-            return int(conn.execute("SELECT COUNT(*) FROM seen_nonces").fetchone()[0])
-    if backend.name == "postgres":
-        import psycopg
-
-        from profilehook.stores.postgres import PostgresStore
-
-        assert isinstance(backend.store, PostgresStore)
-        with psycopg.connect(backend.store.conninfo) as conn:
-            query = f'SELECT COUNT(*) FROM "{backend.store.schema}".seen_nonces'
-            row = conn.execute(query).fetchone()
-            assert row is not None
-            return int(row[0])
-    raise AssertionError(f"{backend.name} keeps no rows")
 
 
 # -- PostgreSQL migrations -----------------------------------------------------------------------

@@ -1,0 +1,136 @@
+"""The catalog's contract (``Catalog``): API keys and webhook sources, read on every request.
+Every backend passes this one suite (see tests/store_backends.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from profilehook.stores.base import ApiKey, Catalog, Source
+from tests import store_backends
+from tests.store_backends import BACKENDS, StoreBackend, backend_of, until
+
+# The backends' fixtures (tests/store_backends.py), found by pytest under these names.
+memory_store_backend = store_backends.memory_store_backend
+sqlite_store_backend = store_backends.sqlite_store_backend
+postgres_store_backend = store_backends.postgres_store_backend
+postgres_icu_store_backend = store_backends.postgres_icu_store_backend
+icu_database_url = store_backends.icu_database_url
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> StoreBackend:
+    return backend_of(request)
+
+
+@pytest.fixture
+def store(backend: StoreBackend) -> Catalog:
+    return backend.store
+
+
+# -- keys ----------------------------------------------------------------------------------------
+
+
+async def test_given_keys_then_they_are_listed_resolved_and_revoked(store: Catalog) -> None:
+    one = ApiKey("k1", "acme", created_us=1)
+    two = ApiKey("k2", "globex", created_us=2)
+    await store.add_key(one, "hash-1")
+    await store.add_key(two, "hash-2")
+
+    assert await store.list_keys() == [one, two]
+    assert await store.list_keys("globex") == [two]
+    assert await store.list_keys("nobody") == []
+    assert await store.workspace_for("hash-1") == "acme"
+    assert await store.workspace_for("hash-2") == "globex"
+    assert await store.workspace_for("no-such-hash") is None
+
+    assert await store.revoke_key("k1", revoked_us=10) is True
+    assert (
+        await store.revoke_key("k1", revoked_us=20) is True
+    )  # revoking again keeps the first time
+    assert await store.revoke_key("no-such-key", revoked_us=10) is False
+
+    assert await store.workspace_for("hash-1") is None
+    assert await store.workspace_for("hash-2") == "globex"
+    assert await store.list_keys("acme") == [ApiKey("k1", "acme", created_us=1, revoked_us=10)]
+
+
+async def test_given_a_serving_store_when_another_instance_revokes_a_key_then_it_is_refused_at_once(
+    backend: StoreBackend,
+) -> None:
+    """The CLI revokes from another process; the server's next request must see it."""
+    server = backend.store
+    await server.add_key(ApiKey("k1", "acme", created_us=1), "hash-1")
+    assert await server.workspace_for("hash-1") == "acme"  # warm whatever the server caches
+    assert await server.workspace_for("hash-later") is None
+
+    cli = await backend.open_another()
+    assert await cli.revoke_key("k1", revoked_us=5) is True
+    await cli.add_key(ApiKey("k2", "globex", created_us=2), "hash-later")
+
+    if backend.name == "postgres":
+        # Across PostgreSQL clients the change travels by LISTEN/NOTIFY: milliseconds, not zero.
+        await until(lambda: server.workspace_for("hash-1"), None)
+    assert await server.workspace_for("hash-1") is None
+    assert await server.workspace_for("hash-later") == "globex"
+
+
+async def test_given_a_key_looked_up_before_it_existed_when_the_same_store_adds_it_then_it_works(
+    store: Catalog,
+) -> None:
+    """A store reads its own catalog writes at once (PostgreSQL's cache does not wait for its
+    own change notification to come back)."""
+    assert await store.workspace_for("hash-1") is None
+
+    await store.add_key(ApiKey("k1", "acme", created_us=1), "hash-1")
+    assert await store.workspace_for("hash-1") == "acme"
+
+    await store.revoke_key("k1", revoked_us=2)
+    assert await store.workspace_for("hash-1") is None
+
+
+# -- sources -------------------------------------------------------------------------------------
+
+
+async def test_given_sources_then_they_are_listed_found_and_replaced(store: Catalog) -> None:
+    one = Source("src_1", "acme", "copernica", {"secret_hashes": ["h1"], "n": 1.0}, created_us=1)
+    two = Source("src_2", "globex", "amplitude", {"secret_hashes": ["h2"]}, created_us=2)
+    await store.put_source(one)
+    await store.put_source(two)
+
+    assert await store.list_sources() == [one, two]
+    assert await store.list_sources("globex") == [two]
+    assert await store.list_sources("nobody") == []
+    assert await store.get_source("src_1") == one
+    assert await store.get_source("no-such-source") is None
+
+    rotated = replace(one, config={"secret_hashes": ["h3", "h1"]})
+    await store.put_source(rotated)
+
+    assert await store.get_source("src_1") == rotated
+    assert await store.list_sources("acme") == [rotated]
+
+
+async def test_given_a_serving_store_when_another_instance_rotates_a_secret_then_it_is_seen_at_once(
+    backend: StoreBackend,
+) -> None:
+    """``sources rotate-secret`` runs in another process; the next webhook call must see it."""
+    server = backend.store
+    source = Source("src_1", "acme", "copernica", {"secret_hashes": ["old"]}, created_us=1)
+    await server.put_source(source)
+    assert await server.get_source("src_1") == source  # warm whatever the server caches
+    assert await server.get_source("src_later") is None
+
+    cli = await backend.open_another()
+    rotated = replace(source, config={"secret_hashes": ["new"]})
+    await cli.put_source(rotated)
+    later = Source("src_later", "globex", "amplitude", {}, created_us=2)
+    await cli.put_source(later)
+
+    if backend.name == "postgres":
+        # Across PostgreSQL clients the change travels by LISTEN/NOTIFY: milliseconds, not zero.
+        await until(lambda: server.get_source("src_1"), rotated)
+    assert await server.get_source("src_1") == rotated
+    assert await server.get_source("src_later") == later
