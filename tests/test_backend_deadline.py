@@ -1,6 +1,6 @@
 """The backend deadline grows with the number of events a request stores: a single event is
 answered 503 at ``backend_timeout_s`` as before, a large batch gets longer, so that a batch the
-log stores in time is a 202 and not a false 503 (issue 15 item 7)."""
+log stores in time is a 202 and not a false 503."""
 
 from __future__ import annotations
 

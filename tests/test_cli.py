@@ -352,7 +352,7 @@ def test_given_keys_made_before_files_had_versions_then_they_keep_working(tmp_pa
     assert answer.status_code == 404  # the key is known: not a 401
 
 
-# -- rotating a source's secret (issue 14, item 1) -------------------------------------------
+# -- rotating a source's secret ----------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -457,7 +457,7 @@ def test_given_a_rotation_under_way_then_only_revoke_oldest_rotates_again(data_d
     assert shown["active_secrets"] == 2
 
 
-# -- settings and arguments that cannot work (issue 14, item 10) -----------------------------
+# -- settings and arguments that cannot work ---------------------------------------------------
 
 
 @pytest.mark.parametrize("port", ["85538", "0", "-1"])
@@ -538,7 +538,7 @@ def test_an_empty_workspace_name_is_a_usage_error(
     assert run_cli(data_dir, "keys", "list", "--json").stdout.strip() in ("", "[]")
 
 
-# -- the URLs `sources` prints (issue 14, item 10) --------------------------------------------
+# -- the URLs `sources` prints -----------------------------------------------------------------
 
 
 def test_without_a_public_url_sources_create_says_the_url_is_local_and_how_to_set_it(

@@ -11,11 +11,12 @@ as Copernica signs them, with the helpers of ``test_copernica_signature`` and a 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from profilehook.api.app import create_app
+from profilehook.api.webhooks import release
 from profilehook.errors import (
     SignatureRejected,
     StorageUnavailable,
@@ -76,6 +78,7 @@ from tests.test_copernica_signature import (
 )
 from tests.test_forms import COPERNICA_PROFILE
 
+MAX_BODY_BYTES = Settings().max_copernica_body_bytes
 T = 1_700_000_000  # event times of the scenarios, Unix seconds
 S = 1_000_000  # one second in microseconds
 FORM = "application/x-www-form-urlencoded"
@@ -563,7 +566,7 @@ class TestHandler:
             threads.append(threading.current_thread())
             return lookup(name)
 
-        handler = CopernicaSource(services, dns_keys=DnsKeys(lookup=spying))
+        handler = CopernicaSource(services.store, MAX_BODY_BYTES, dns_keys=DnsKeys(lookup=spying))
         result = await handler.handle(SOURCE, direct_request(copernica_key, COPERNICA_PROFILE))
         assert result.status == 200 and len(result.events) == 1
         assert threads and threads[0] is not threading.main_thread()
@@ -571,7 +574,9 @@ class TestHandler:
     async def test_a_wrong_content_type_is_refused_after_the_signature(
         self, services, copernica_key
     ):
-        handler = CopernicaSource(services, dns_keys=DnsKeys(lookup=FakeTxt({})))
+        handler = CopernicaSource(
+            services.store, MAX_BODY_BYTES, dns_keys=DnsKeys(lookup=FakeTxt({}))
+        )
         request = direct_request(copernica_key, b"{}", content_type="application/json")
         with pytest.raises(SignatureRejected):  # no key: unsigned callers learn nothing more
             await handler.handle(SOURCE, request)
@@ -585,18 +590,38 @@ class TestHandler:
     ):
         config = {**_pinned_config(copernica_key), "contact_field": "customer_id"}
         source = Source("src_test", "acme", "copernica", config, 0)
-        handler = CopernicaSource(services)
+        handler = CopernicaSource(services.store, MAX_BODY_BYTES)
         sub = await handler.handle(source, direct_request(copernica_key, subprofile_call()))
         assert sub.events == [] and len(sub.body["event_ids"]) == 1
         body = profile_call({"customer_id": "C-1"})
         prof = await handler.handle(source, direct_request(copernica_key, body))
         assert [e.contact_id for e in prof.events] == ["C-1"]
+        await release(services, "copernica", prof.released)  # what the route does next
         released = await services.queue.fetch(10, 0)
         assert [(d.event.event_id, d.event.contact_id) for d in released] == [
             (sub.body["event_ids"][0], "C-1")
         ]
         again = await services.store.put_alias("acme", "src_test", "123", "C-0", (0, ""))
         assert (again.contact_id, again.parked) == ("C-1", [])  # released once, then forgotten
+
+    async def test_released_events_stay_parked_until_the_route_has_published_them(
+        self, services, copernica_key
+    ):
+        config = {**_pinned_config(copernica_key), "contact_field": "customer_id"}
+        source = Source("src_test", "acme", "copernica", config, 0)
+        handler = CopernicaSource(services.store, MAX_BODY_BYTES)
+        sub = await handler.handle(source, direct_request(copernica_key, subprofile_call()))
+        body = profile_call({"customer_id": "C-1"})
+        prof = await handler.handle(source, direct_request(copernica_key, body))
+
+        class Down(MemoryQueue):
+            async def publish(self, events: Sequence[Event]) -> None:
+                raise StorageUnavailable()
+
+        with pytest.raises(StorageUnavailable):  # as a crash before unpark would
+            await release(dataclasses.replace(services, queue=Down()), "copernica", prof.released)
+        again = await services.store.put_alias("acme", "src_test", "123", "C-1", (0, ""))
+        assert [e.event_id for e in again.parked] == sub.body["event_ids"]  # released again
 
 
 def _pinned_config(key: Any) -> dict[str, Any]:

@@ -143,3 +143,50 @@ def test_the_readme_names_exactly_the_settings_that_have_a_flag() -> None:
     }
 
     assert claimed == flags
+
+
+# -- the module map of "How it is built" against the package itself ---------------------------
+
+
+def _module_map() -> list[str]:
+    section = README.split("\n## How it is built\n", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```\nsrc/profilehook/\n(.*?)```", section, re.S)
+    assert block, "How it is built has no src/profilehook/ block"
+    return re.findall(r"^  (\S+\.py|\S+/)(?:\s|$)", block.group(1), re.M)
+
+
+def _package_modules() -> set[str]:
+    """Every module of the package as the map names it: a subpackage by its folder."""
+    package = ROOT / "src" / "profilehook"
+    names = set()
+    for path in package.rglob("*.py"):
+        relative = path.relative_to(package).as_posix()
+        if relative.endswith("/__init__.py"):
+            relative = relative.removesuffix("__init__.py")
+        names.add(relative)
+    return names
+
+
+def test_how_it_is_built_lists_every_module_once_and_no_other() -> None:
+    listed = _module_map()
+    assert len(listed) == len(set(listed)), "a module is listed twice"
+    assert sorted(_package_modules() - set(listed)) == [], "modules missing from the map"
+    assert sorted(set(listed) - _package_modules()) == [], "the map lists modules that do not exist"
+
+
+OUTSIDE_REFERENCE = re.compile(
+    r"\bSPEC\b|PERF_NOTES|\.\./shared|\bissue \d+|\b(?:was|now) \d[\d.,]* ?(?:ms|µs)"
+)
+
+
+def test_the_code_refers_only_to_documents_in_the_repository_and_keeps_no_benchmark_history():
+    """The product spec, the team's notes and the issues are not in the repository: the code says
+    what it means where it is, or points to README.md, RELIABILITY.md or benchmarks/README.md
+    (where the measurements live, not in comments)."""
+    found = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for path in sorted((ROOT / "src").rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if OUTSIDE_REFERENCE.search(line)
+    ]
+    assert found == []

@@ -1,5 +1,5 @@
 """``GET /v1/events/{id}`` says ``duplicate`` for an event_id accepted more than once, on the
-embedded store and on PostgreSQL (SPEC 2.5; issue 14, item 10)."""
+embedded store and on PostgreSQL."""
 
 from __future__ import annotations
 

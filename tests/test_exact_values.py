@@ -1,5 +1,5 @@
 """Same API, same values: what a client sends comes back as the same JSON text over HTTP and in
-``profilehook export``, on the embedded store and on PostgreSQL (issue 14, item 6)."""
+``profilehook export``, on the embedded store and on PostgreSQL."""
 
 from __future__ import annotations
 

@@ -19,11 +19,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from profilehook import constants as c
+from profilehook import validation as p
 from profilehook.api.ingest import read_body
 from profilehook.errors import PayloadTooLarge, ValidationFailed
 from profilehook.events import Event, encode_event
 from profilehook.sources import native
-from profilehook.sources import problems as p
 from profilehook.sources.forms import decode_form
 from tests.support import ServerProcess
 from tests.test_native_api import applied_contact, event

@@ -1,4 +1,4 @@
-"""Ingestion must not depend on PostgreSQL (issue 15, items 3-5).
+"""Ingestion must not depend on PostgreSQL.
 
 A real ``profilehook serve`` (with its applier process) reaches PostgreSQL through a TCP proxy
 (tests/tcp_proxy.py) that the test switches between passing, refusing, blackholing and freezing.

@@ -1,4 +1,4 @@
-"""Credentials and tenants (issue 7): keys and secrets carry an identifiable prefix, are stored
+"""Credentials and tenants: keys and secrets carry an identifiable prefix, are stored
 only as hashes, compared without leaking timing, never logged; nothing crosses workspaces.
 """
 

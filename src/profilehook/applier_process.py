@@ -224,8 +224,8 @@ class ApplierProcess:
 
 
 # The child's priority, the lowest: a CPU the server also wants gives it ~1/70 of its time, so at
-# saturation applying waits (and catches up after) rather than slow answering. Measured: the
-# batch endpoint took 160k events/s with the applier at 19, 130k at 10 (benchmarks/README.md).
+# saturation applying waits (and catches up after) rather than slow answering (19 against 10:
+# benchmarks/README.md).
 NICENESS = 19
 
 

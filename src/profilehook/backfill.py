@@ -23,7 +23,7 @@ from profilehook.constants import MAX_BATCH_EVENTS
 from profilehook.events import Event, now_us
 from profilehook.queues.base import Queue
 from profilehook.sources.native import event_from_object
-from profilehook.sources.problems import Problem, decode_json
+from profilehook.validation import Problem, decode_json
 
 Progress = Callable[[int, int], None]
 """Called with (bytes read, file size)."""

@@ -25,10 +25,12 @@ import click
 
 from profilehook import constants as c
 from profilehook import keys as keys_lib
-from profilehook.errors import ProfilehookError
+from profilehook.errors import ProfilehookError, RotationRefused
 from profilehook.events import iso, now_us
 from profilehook.service import running
 from profilehook.settings import MAX_PORT, MIN_PORT, Settings
+from profilehook.sources.kinds import KINDS, titles
+from profilehook.sources.webhooks import CreateOption, Kind
 
 if TYPE_CHECKING:
     import uvicorn
@@ -358,7 +360,7 @@ def contacts_get(ctx: click.Context, contact_id: str, workspace: str) -> None:
     Example:
       profilehook contacts get user123 --workspace default
     """
-    from profilehook.api.routes import contact_view
+    from profilehook.views import contact_view
 
     settings = _settings(ctx)
     found = _with_services(settings, lambda s: s.store.get_contact(workspace, contact_id))
@@ -383,10 +385,10 @@ def events_get(ctx: click.Context, event_id: str, workspace: str) -> None:
     Example:
       profilehook events get e3b0c442-98fc-4e4e-a83f-5f7d7edc2f38 --workspace default
     """
-    from profilehook.api.routes import event_status
+    from profilehook.views import event_status
 
     settings = _settings(ctx)
-    found = _with_services(settings, lambda s: event_status(s, workspace, event_id))
+    found = _with_services(settings, lambda s: event_status(s.queue, s.store, workspace, event_id))
     if found is None:
         raise click.ClickException("Event not found")
     click.echo(json.dumps(found, indent=2))
@@ -604,9 +606,9 @@ def _with_services(settings: Settings, call: Callable[[Any], Awaitable[T]]) -> T
     return _run(run())
 
 
-@main.group()
+@main.group(help=f"Create and manage webhook sources ({titles()}).")
 def sources() -> None:
-    """Create and manage webhook sources (Copernica, Amplitude)."""
+    pass
 
 
 @sources.group("create")
@@ -619,85 +621,55 @@ def sources_create() -> None:
     """
 
 
-@sources_create.command("copernica")
-@click.option("--workspace", callback=_nonblank, required=True)
-@click.option("--account", required=True, help="Copernica account id (X-Copernica-ID).")
-@click.option(
-    "--contact-field", help="Profile field that holds the contact id (default: profile id)."
-)
-@click.option(
-    "--public-key",
-    "public_keys",
-    multiple=True,
-    metavar="KEYID=PEMFILE",
-    help="Pin a public key for a keyId instead of looking it up in DNS (repeatable).",
-)
-@click.option(
-    "--token", is_flag=True, help="Also require a secret ?token= in the URL (rotatable later)."
-)
-@click.option(
-    "--json", "as_json", is_flag=True, help='Print {"source_id", "url", "kind", "workspace"}.'
-)
-@click.pass_context
-def sources_create_copernica(
-    ctx: click.Context,
-    workspace: str,
-    account: str,
-    contact_field: str | None,
-    public_keys: tuple[str, ...],
-    token: bool,
-    as_json: bool,
-) -> None:
-    """A Copernica profile webhook source.
+def _create_command(kind: Kind) -> click.Command:
+    """``sources create <kind>``, with the options the kind declares."""
 
-    \b
-    Example:
-      profilehook sources create copernica --workspace acme --account 12345 \\
-          --contact-field customer_id --json
-    """
-    config: dict[str, Any] = {
-        "account": account,
-        "contact_field": contact_field,
-        "public_keys": dict(_read_public_key(spec) for spec in public_keys),
-    }
-    _create_source(ctx, "copernica", workspace, config, token, as_json)
+    @click.pass_context
+    def create(ctx: click.Context, /, workspace: str, as_json: bool, **values: Any) -> None:
+        for option in kind.options:
+            if option.parse is not None:
+                name = _option_name(option)
+                values[name] = _parsed(option, values[name])
+        config, with_secret = kind.config(values)
+        _create_source(ctx, kind, workspace, config, with_secret, as_json)
+
+    params: list[click.Parameter] = [
+        click.Option(["--workspace"], callback=_nonblank, required=True),
+        *(_click_option(option) for option in kind.options),
+        click.Option(["--json", "as_json"], is_flag=True, help=kind.json_help),
+    ]
+    return click.Command(kind.name, callback=create, params=params, help=kind.create_help)
 
 
-@sources_create.command("amplitude")
-@click.option("--workspace", callback=_nonblank, required=True)
-@click.option(
-    "--json",
-    "as_json",
-    is_flag=True,
-    help='Print {"source_id", "url", "kind", "workspace", "secret"}.',
-)
-@click.pass_context
-def sources_create_amplitude(ctx: click.Context, workspace: str, as_json: bool) -> None:
-    """An Amplitude cohort webhook source, with its secret.
-
-    \b
-    Example:
-      profilehook sources create amplitude --workspace acme --json
-    """
-    _create_source(ctx, "amplitude", workspace, {}, True, as_json)
+def _option_name(option: CreateOption) -> str:
+    return option.name or option.flag.lstrip("-").replace("-", "_")
 
 
-def _read_public_key(spec: str) -> tuple[str, str]:
-    key_id, sep, path = spec.partition("=")
-    if not sep or not key_id or not path:
-        raise click.BadParameter(f"{spec!r}: use KEYID=PEMFILE", param_hint="--public-key")
+def _click_option(option: CreateOption) -> click.Option:
+    return click.Option(
+        [option.flag, _option_name(option)],
+        required=option.required,
+        is_flag=option.is_flag,
+        multiple=option.multiple,
+        metavar=option.metavar,
+        help=option.help,
+    )
+
+
+def _parsed(option: CreateOption, value: Any) -> Any:
+    """The option's value(s) through its ``parse``; a ``ValueError`` is a bad parameter."""
+    assert option.parse is not None
     try:
-        pem = Path(path).read_text()
-    except OSError as exc:
-        raise click.BadParameter(f"{path}: {exc.strerror}", param_hint="--public-key") from None
-    if "-----BEGIN PUBLIC KEY-----" not in pem and "-----BEGIN RSA PUBLIC KEY-----" not in pem:
-        raise click.BadParameter(f"{path} holds no PEM public key", param_hint="--public-key")
-    return key_id, pem
+        if option.multiple:
+            return tuple(option.parse(item) for item in value)
+        return None if value is None else option.parse(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=option.flag) from None
 
 
 def _create_source(
     ctx: click.Context,
-    kind: Any,
+    kind: Kind,
     workspace: str,
     config: dict[str, Any],
     with_secret: bool,
@@ -707,16 +679,17 @@ def _create_source(
 
     settings = _settings(ctx)
     source, secret = _with_services(
-        settings, lambda s: registry.create_source(s.store, kind, workspace, config, with_secret)
+        settings,
+        lambda s: registry.create_source(s.store, kind.name, workspace, config, with_secret),
     )
     url = registry.webhook_url(settings.base_url, source)
     out: dict[str, Any] = {
         "source_id": source.source_id,
         "url": url,
-        "kind": kind,
+        "kind": kind.name,
         "workspace": workspace,
     }
-    if kind == "amplitude":
+    if kind.secret_in == "header":
         out["secret"] = secret
     elif secret is not None:
         out["token"] = secret
@@ -724,13 +697,20 @@ def _create_source(
     if as_json:
         click.echo(json.dumps(out))
     else:
-        click.echo(f"Created {kind} source {source.source_id} for workspace {workspace!r}.")
+        click.echo(f"Created {kind.name} source {source.source_id} for workspace {workspace!r}.")
         click.echo(f"Webhook URL: {out['url']}")
-        if kind == "amplitude":
-            click.echo("In Amplitude, add this custom header to the webhook (shown only now):")
+        if kind.secret_in == "header":
+            click.echo(f"In {kind.title}, add this custom header to the webhook (shown only now):")
             click.echo(f"  Authorization: Bearer {secret}")
             click.echo(f"  (or X-Api-Key: {secret})")
+    missing = kind.missing_extra()
+    if missing is not None:  # on standard error: stdout may be --json
+        click.echo(f"Note: this installation cannot take its calls yet: {missing.detail}", err=True)
     _public_url_note(settings)
+
+
+for _kind in KINDS.values():
+    sources_create.add_command(_create_command(_kind))
 
 
 @sources.command("list")
@@ -813,11 +793,12 @@ def sources_rotate(
         source_id,
     )
     url = registry.webhook_url(settings.base_url, source)
-    if source.kind == "copernica":
+    in_query = KINDS[source.kind].secret_in == "query"
+    if in_query:
         url = f"{url}?token={secret}"
     if as_json:
         click.echo(json.dumps({"source_id": source_id, "secret": secret, "url": url}))
-    elif source.kind == "copernica":
+    elif in_query:
         click.echo(f"New token of {source_id} (shown only now). Set the webhook URL to:")
         click.echo(f"  {url}")
         click.echo("The previous URL keeps working until --drop-previous.")
@@ -829,8 +810,6 @@ def sources_rotate(
 
 def _rotation(call: Callable[[Any], Awaitable[T]], settings: Settings, source_id: str) -> T:
     """Run a rotation; a refusal also says which command does what was meant."""
-    from profilehook.sources.registry import RotationRefused
-
     hints = {
         "rotation_under_way": f" Run `profilehook sources rotate {source_id} --drop-previous`"
         " first, or rotate with --revoke-oldest.",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-# Native API limits (SPEC 5).
+# Native API limits (RELIABILITY.md, Limits).
 MAX_SINGLE_BODY_BYTES = 256 * 1024
 MAX_BATCH_BODY_BYTES = 1024 * 1024
 MAX_BATCH_EVENTS = 1_000
@@ -23,7 +23,7 @@ OFF_LOOP_BODY_BYTES = 256 * 1024
 # Integers a JSON consumer holds exactly (I-JSON, RFC 7493: JavaScript's safe integers).
 MAX_JSON_INT = 2**53 - 1
 
-# A timestamp at or above this is read as milliseconds (SPEC 2.1).
+# A timestamp at or above this is read as milliseconds (README, Sending updates).
 MILLISECONDS_THRESHOLD = 1e11
 # Event times must fall between the epoch and the end of year 9999.
 MAX_EVENT_TIME_S = 253_402_300_799
@@ -51,11 +51,11 @@ CONNECT_TIMEOUT_S = 30.0
 # /readyz reports a failed durable write for this long, unless a write succeeds first.
 READY_FAILURE_HOLD_S = 10.0
 
-# Rate limit per API key and per webhook source (SPEC 5): a token bucket.
+# Rate limit per API key and per webhook source (RELIABILITY.md, Rate limits): a token bucket.
 RATE_LIMIT_PER_S = 1_000
 RATE_LIMIT_BURST = 2_000
 
-# Slow clients (SPEC 5): the request line and headers, then the body, must arrive in time.
+# Slow clients (RELIABILITY.md, Slow clients): the request line and headers, then the body, must arrive in time.
 HEADER_TIMEOUT_S = 10.0
 BODY_TIMEOUT_S = 10.0
 KEEP_ALIVE_S = 5.0  # an idle keep-alive connection is closed after this
@@ -66,7 +66,7 @@ HISTORY_PAGE_MAX = 500
 KEY_PREFIX = "phk_"
 DEFAULT_WORKSPACE = "default"
 
-# Copernica webhooks (SPEC 2.3, 5).
+# Copernica webhooks (README, Copernica (sub)profiles; RELIABILITY.md, Limits).
 FORM_MAX_FIELDS = 1_000
 FORM_MAX_DEPTH = 4
 COPERNICA_MAX_CLOCK_SKEW_S = 300

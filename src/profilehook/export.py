@@ -17,19 +17,15 @@ from typing import BinaryIO
 
 import msgspec
 
-from profilehook.api.routes import contact_view
-from profilehook.errors import ProfilehookError
+from profilehook.errors import OutputUnwritable
 from profilehook.stores.base import ProfileStore
+from profilehook.views import contact_view
 
 Progress = Callable[[int, int], None]
 """Called with (contacts looked at, contacts stored)."""
 
 EXPORT_PAGE_CONTACTS = 1_000
 _encode = msgspec.json.Encoder().encode
-
-
-class OutputUnwritable(ProfilehookError):
-    """The export's output could not be written."""
 
 
 async def export_jsonl(

@@ -2,7 +2,7 @@
 append -> 202, each wait under a deadline (api/deadlines.py).
 
 Starlette's routing and request objects cost about as much CPU as everything else on this
-path together (see PERF_NOTES), so the two POST endpoints are plain ASGI callables.
+path together (benchmarks/README.md), so the two POST endpoints are plain ASGI callables.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from profilehook.errors import (
     InvalidApiKey,
     PayloadTooLarge,
     ProfilehookError,
-    UnsupportedMediaType,
 )
 from profilehook.events import Event, now_us
 from profilehook.service import Services
 from profilehook.sources import native
+from profilehook.validation import check_json_content_type
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class _Rejected(msgspec.Struct, frozen=True):
 
 
 class _BatchAnswer(msgspec.Struct, frozen=True):
-    """The batch endpoint's answer (SPEC 2.2); Structs encode several times faster than dicts."""
+    """The batch endpoint's answer (README, Sending updates); Structs encode several times faster than dicts."""
 
     accepted: int
     rejected: int
@@ -154,20 +154,6 @@ async def _decoded_body(
 def _repeated(headers: list[tuple[bytes, bytes]], name: bytes) -> bool:
     """True when header ``name`` appears more than once (only called when some header does)."""
     return sum(1 for key, _ in headers if key == name) > 1
-
-
-def check_json_content_type(value: bytes | None) -> None:
-    """Absent, ``application/json`` or ``application/*+json`` pass; anything else is a 415."""
-    if value is None:
-        return
-    media_type = value.split(b";", 1)[0].strip().lower()
-    if media_type == b"application/json" or (
-        media_type.startswith(b"application/") and media_type.endswith(b"+json")
-    ):
-        return
-    raise UnsupportedMediaType(
-        f"Content-Type {media_type.decode('latin-1')!r} is not supported; send application/json"
-    )
 
 
 async def read_body(receive: Receive, content_length: bytes | None, limit_bytes: int) -> bytes:

@@ -13,6 +13,14 @@ import msgspec
 
 from profilehook import __version__
 from profilehook import constants as c
+from profilehook.sources.kinds import KINDS
+
+# The webhook route's request body, by the media type a kind's sender posts.
+_ANY_BODY: dict[str, Any] = {"schema": {}}
+_BODY_SCHEMAS: dict[str, dict[str, Any]] = {
+    "application/x-www-form-urlencoded": {"schema": {"type": "object"}},
+    "application/json": _ANY_BODY,
+}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -305,10 +313,10 @@ def _paths() -> dict[str, Any]:
         },
         "/v1/webhooks/{source_id}": {
             "post": {
-                "summary": "A Copernica or Amplitude webhook, authenticated as its source requires",
-                "description": "Copernica: form-encoded (sub)profile events signed with its HTTP"
-                " signature. Amplitude: cohort JSON with the source secret in `Authorization:"
-                " Bearer` or `X-Api-Key`. Answers 200 after durable storage.",
+                "summary": f"A {' or '.join(k.title for k in KINDS.values())} webhook,"
+                " authenticated as its source requires",
+                "description": " ".join(k.openapi for k in KINDS.values())
+                + " Answers 200 after durable storage.",
                 "parameters": [
                     {
                         "name": "source_id",
@@ -320,8 +328,8 @@ def _paths() -> dict[str, Any]:
                 "requestBody": {
                     "required": True,
                     "content": {
-                        "application/x-www-form-urlencoded": {"schema": {"type": "object"}},
-                        "application/json": {"schema": {}},
+                        k.media_type: _BODY_SCHEMAS.get(k.media_type, _ANY_BODY)
+                        for k in KINDS.values()
                     },
                 },
                 "responses": {
@@ -334,6 +342,7 @@ def _paths() -> dict[str, Any]:
                     "415": _ERRORS_INGEST["415"],
                     "422": _ERRORS_INGEST["422"],
                     "429": _ERRORS_INGEST["429"],
+                    "501": _error("This kind of source needs an extra that is not installed"),
                     "503": _ERRORS_INGEST["503"],
                 },
             }

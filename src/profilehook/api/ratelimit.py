@@ -1,4 +1,4 @@
-"""Token buckets per API key and per webhook source (SPEC 5): ``429`` with ``Retry-After``.
+"""Token buckets per API key and per webhook source (RELIABILITY.md, Rate limits): ``429`` with ``Retry-After``.
 
 Each key (or source) has its own bucket, so one noisy client can only exhaust its own
 allowance, never another's. A bucket holds up to ``burst`` tokens, refills at ``rate_per_s``

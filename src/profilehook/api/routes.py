@@ -1,4 +1,4 @@
-"""Read and operations routes (SPEC 2.5, 2.6), on Starlette: richer, and off the hot path."""
+"""Read and operations routes (described at /docs), on Starlette: richer, and off the hot path."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import binascii
 import functools
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 from urllib.parse import unquote
 
 import msgspec
@@ -24,10 +23,10 @@ from profilehook.api.deadlines import Deadlines, within
 from profilehook.api.responses import json_response
 from profilehook.applier import StallWatch
 from profilehook.errors import InvalidApiKey, NotFound, StorageUnavailable, ValidationFailed
-from profilehook.events import Event, Version, iso, seconds
+from profilehook.events import Version
 from profilehook.service import Services
-from profilehook.sources.problems import problem, value_error
-from profilehook.stores.base import Contact, EventRecord
+from profilehook.validation import problem, value_error
+from profilehook.views import contact_view, event_status, event_view
 
 READY_TIMEOUT_S = 1.0
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -79,7 +78,7 @@ def read_routes(
         return json_response(
             {
                 "contact_id": contact_id,
-                "events": [_event_view(r) for r in page],
+                "events": [event_view(r) for r in page],
                 "next_cursor": _cursor(page[-1].event.version) if more else None,
             }
         )
@@ -87,7 +86,9 @@ def read_routes(
     @within_deadline
     async def event(request: Request) -> Response:
         workspace = await workspace_of(request)
-        view = await event_status(services, workspace, _raw_tail(request, "/v1/events/"))
+        view = await event_status(
+            services.queue, services.store, workspace, _raw_tail(request, "/v1/events/")
+        )
         if view is None:
             raise NotFound("Event not found")
         return json_response(view)
@@ -148,29 +149,6 @@ def _deadline(timeout_s: float) -> Callable[[Endpoint], Endpoint]:
         return bounded
 
     return wrap
-
-
-def contact_view(found: Contact) -> dict[str, Any]:
-    return {
-        "contact_id": found.contact_id,
-        "properties": found.properties,
-        "updated_at": iso(found.updated_us),
-        "versions": {
-            name: {"timestamp": seconds(ts_us), "event_id": event_id}
-            for name, (ts_us, event_id) in found.versions.items()
-        },
-    }
-
-
-async def event_status(services: Services, workspace: str, event_id: str) -> dict[str, Any] | None:
-    """An event with its status, wherever it is now; None when never accepted."""
-    # The log first, then the store: the store commits before the log lets an event go,
-    # so an event is never missed while it moves from one to the other.
-    pending = await services.queue.find(workspace, event_id)
-    record = await services.store.get_event(workspace, event_id)
-    if record is None and pending is not None:
-        record = EventRecord(pending, "queued")
-    return None if record is None else _event_view(record)
 
 
 def _raw_tail(request: Request, prefix: str) -> str:
@@ -239,21 +217,3 @@ def _decode_cursor(raw: str) -> Version | None:
     if type(ts_us) is not int or not 0 <= ts_us < 2**62 or not isinstance(event_id, str):
         return None
     return (ts_us, event_id)
-
-
-def _event_view(record: EventRecord) -> dict[str, Any]:
-    event: Event = record.event
-    return {
-        "event_id": event.event_id,
-        "status": record.status,
-        "contact_id": event.contact_id,
-        "source": event.source,
-        "kind": event.kind,
-        "event_name": event.event_name,
-        "timestamp": seconds(event.ts_us),
-        "properties": event.properties,
-        "metadata": event.metadata,
-        "received_at": iso(event.received_us),
-        "applied_at": iso(record.applied_us),
-        "error": record.error,
-    }

@@ -4,7 +4,6 @@ sender expects. Raw ASGI, like the ingest path, with the same deadlines."""
 
 from __future__ import annotations
 
-import importlib
 import logging
 from urllib.parse import parse_qsl
 
@@ -15,33 +14,31 @@ from profilehook.api.deadlines import Deadlines
 from profilehook.api.ingest import Handler, read_body, refuse
 from profilehook.api.ratelimit import RateLimiter
 from profilehook.api.responses import encode, send_json
-from profilehook.errors import ConfigurationError, NotFound, ProfilehookError, StorageUnavailable
+from profilehook.errors import (
+    ExtraMissing,
+    NotFound,
+    ProfilehookError,
+)
 from profilehook.events import now_us
 from profilehook.service import Services
-from profilehook.sources.webhooks import WebhookRequest, WebhookResult, WebhookSource
+from profilehook.sources.kinds import KINDS
+from profilehook.sources.webhooks import Released, WebhookRequest, WebhookResult, WebhookSource
 
 log = logging.getLogger(__name__)
 
 PATH_PREFIX = "/v1/webhooks/"
-# kind -> (module with ``make_source(services)``, the extra that installs its dependencies)
-KINDS = {
-    "copernica": ("profilehook.sources.copernica", "copernica"),
-    "amplitude": ("profilehook.sources.amplitude", None),
-}
 
 
-def load_kinds(services: Services) -> dict[str, WebhookSource | ConfigurationError]:
+def load_kinds(services: Services) -> dict[str, WebhookSource | ExtraMissing]:
     """Every kind's handler, or the error that says what to install for it."""
-    kinds: dict[str, WebhookSource | ConfigurationError] = {}
-    for kind, (module_name, extra) in KINDS.items():
+    kinds: dict[str, WebhookSource | ExtraMissing] = {}
+    for name, kind in KINDS.items():
         try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            hint = f"pip install 'profilehook[{extra}]'" if extra else "reinstall profilehook"
-            log.warning("%s webhooks unavailable (%s): %s", kind, exc, hint)
-            kinds[kind] = ConfigurationError(f"{kind} webhooks need: {hint}")
-            continue
-        kinds[kind] = module.make_source(services)
+            kinds[name] = kind.load(services.settings, services.store)
+        except ExtraMissing as exc:
+            # Said once, at start-up; each call of such a source is answered 501 with the same.
+            log.warning("%s webhooks unavailable (%s): %s", name, exc.cause, exc.detail)
+            kinds[name] = exc
     return kinds
 
 
@@ -60,14 +57,15 @@ def webhook_handler(services: Services, deadlines: Deadlines | None = None) -> H
                 kind = kinds.get(source.kind) if source is not None else None
                 if source is None or kind is None:
                     raise NotFound("Source not found")
-                if isinstance(kind, ConfigurationError):
-                    raise StorageUnavailable(str(kind.detail))
+                if isinstance(kind, ExtraMissing):  # a fresh error: its traceback is this call's
+                    raise ExtraMissing(kind.kind, kind.extra, kind.cause)
                 watch.reading_body()
                 request = await _request(scope, receive, kind.max_body_bytes)
                 # Authenticating and parsing is bounded by the body cap, the signature check
                 # by its DNS timeout: no deadline, so a large body is not cut mid-parse.
                 watch.unwatched()
                 result = await kind.handle(source, request)
+                await release(services, source.kind, result.released)
                 # After authentication, so that nobody but the sender can spend its tokens.
                 limiter.admit(source.source_id)
                 if result.events:
@@ -85,6 +83,24 @@ def webhook_handler(services: Services, deadlines: Deadlines | None = None) -> H
         await send_json(send, result.status, encode(result.body))
 
     return handle
+
+
+async def release(services: Services, kind: str, released: list[Released]) -> None:
+    """Publish the events a source released, then forget them as parked: in this order, so
+    that a crash in between releases them again (a duplicate) rather than losing them."""
+    for batch in released:
+        await services.queue.publish(batch.events)
+        await services.store.unpark(
+            batch.workspace, batch.source_id, batch.profile_id, [e.event_id for e in batch.events]
+        )
+        services.metrics.events.labels(kind, "accepted").inc(len(batch.events))
+        log.info(
+            "%s source %s: released %d parked events of profile %s",
+            kind,
+            batch.source_id,
+            len(batch.events),
+            batch.profile_id,
+        )
 
 
 async def _request(scope: Scope, receive: Receive, max_body_bytes: int) -> WebhookRequest:

@@ -445,10 +445,9 @@ class NatsQueue(Queue):
 
         All of a request's messages are written before any PubAck is awaited, so a request
         costs about one round trip whatever its size, bounded by
-        ``publish_timeout_s(len(events))``. (``publish_async(..., wait_stall=...)``, used
-        before, waited for its semaphore with ``asyncio.wait_for``, which on Python 3.11 runs
-        as a task and yields to the event loop once per message: the client's flusher then
-        wrote each message alone, ~0.1-0.7 ms an event one after another.)
+        ``publish_timeout_s(len(events))``. (Not ``publish_async(..., wait_stall=...)``: it
+        yields to the event loop once per message, and the client then writes each message
+        alone; benchmarks/README.md.)
 
         Raises ``StorageUnavailable`` when not every event was acknowledged in time; some may
         have been stored (a retry with the same event_ids is deduplicated).

@@ -2,7 +2,7 @@
 
 JetStream replication bugs in older servers lose acknowledged events: with nats-server 2.9.10
 (Debian's package), a replica of an R3 stream kept messages the others had removed after a node
-was killed under load, and later 226 of 7,995 acknowledged events were lost (issue 15). The
+was killed under load, and later 226 of 7,995 acknowledged events were lost. The
 fault suite (tests/test_nats_faults.py) catches that divergence on 2.9.10 and passes on the
 releases below; RELIABILITY.md has the figures. A version is accepted when it is at least the
 tested release of its own line (a fix in 2.10.26 is not in 2.11.0, so "2.10.26 or newer" would

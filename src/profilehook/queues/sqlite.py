@@ -43,8 +43,7 @@ class SqliteQueue(Queue, HandsOverAcknowledgements):
         self._wake = asyncio.Event()  # set after each commit: a fetch in this process wakes
         # Checkpoints run on a thread of their own, every 10 ms while events arrive. Run only by
         # the commit that crossed the WAL's size, one held every commit behind it for its copy
-        # and fsync: the batch endpoint's p99 at saturation was 100 ms, now 15-17 ms (for 6-10 %
-        # fewer events/s; see benchmarks/README.md).
+        # and fsync (what that cost the batch endpoint's p99: benchmarks/README.md).
         self.db = SqliteDatabase(
             path,
             SCHEMA,

@@ -1,4 +1,4 @@
-"""Amplitude cohort webhooks (SPEC 2.4): one of three body shapes in, one event per user out.
+"""Amplitude cohort webhooks (README, Amplitude cohorts): one of three body shapes in, one event per user out.
 
 The shape is told from the body:
 
@@ -17,7 +17,7 @@ is ``<digest>:<index>`` (digest of the source id and the raw body; the index zer
 a later entry for the same user in one body wins the tie), so a re-delivered body is a duplicate.
 
 A user without a usable user_id (absent, empty, not a string or integer, over 512 characters),
-whose properties break the SPEC 5 limits (over 1,000, a name empty or over 256 characters), or
+whose properties break the limits of RELIABILITY.md (over 1,000, a name empty or over 256 characters), or
 whose entry holds a value no backend can keep (an integer beyond ±(2^53 - 1), U+0000 in a string
 or key) is skipped and counted: it never fails the request, which Amplitude would retry forever.
 A body that fits no shape, or such a value in the fields every user shares, is a 422.
@@ -31,14 +31,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from profilehook import constants as c
-from profilehook.api.ingest import check_json_content_type
 from profilehook.errors import SignatureRejected, ValidationFailed
 from profilehook.events import Event
-from profilehook.service import Services
+from profilehook.settings import Settings
 from profilehook.sources.native import timestamp_to_us
-from profilehook.sources.problems import (
+from profilehook.sources.registry import secret_matches
+from profilehook.sources.webhooks import Kind, WebhookRequest, WebhookResult
+from profilehook.stores.base import Source, Store
+from profilehook.validation import (
     Loc,
     Problem,
+    check_json_content_type,
     decode_json_keeping_unstorable,
     holds_unstorable,
     missing,
@@ -48,9 +51,6 @@ from profilehook.sources.problems import (
     unstorable,
     value_error,
 )
-from profilehook.sources.registry import secret_matches
-from profilehook.sources.webhooks import WebhookRequest, WebhookResult
-from profilehook.stores.base import Source
 
 KIND = "amplitude"
 COHORT_PROPERTY_PREFIX = "amplitude_cohort_"
@@ -84,8 +84,9 @@ class AmplitudeSource:
         return WebhookResult(events=events, body=body, skipped=skipped)
 
 
-def make_source(services: Services) -> AmplitudeSource:
-    return AmplitudeSource(services.settings.max_amplitude_body_bytes)
+def make_source(settings: Settings, store: Store) -> AmplitudeSource:
+    """The ``amplitude`` kind of webhook source; it needs nothing of the store."""
+    return AmplitudeSource(settings.max_amplitude_body_bytes)
 
 
 def authenticate(source: Source, headers: dict[str, str]) -> None:
@@ -336,7 +337,7 @@ def user_id(value: Any) -> str | None:
 
 
 def within_limits(properties: dict[str, Any]) -> bool:
-    """SPEC 5: at most 1,000 properties per event, each name 1 to 256 characters."""
+    """The limits (RELIABILITY.md): at most 1,000 properties per event, each name 1 to 256 characters."""
     if not properties:
         return True
     return (
@@ -378,3 +379,22 @@ def _no_known_shape(value: Any) -> Problem:
     )
     # The input is not echoed: the body may be megabytes.
     return value_error(BODY, None, message)
+
+
+SOURCE_KIND = Kind(
+    name=KIND,
+    title="Amplitude",
+    make_source=make_source,
+    secret_in="header",
+    config=lambda values: ({}, True),
+    create_help="""An Amplitude cohort webhook source, with its secret.
+
+    \b
+    Example:
+      profilehook sources create amplitude --workspace acme --json
+    """,
+    json_help='Print {"source_id", "url", "kind", "workspace", "secret"}.',
+    media_type="application/json",
+    openapi="Amplitude: cohort JSON with the source secret in `Authorization: Bearer` or"
+    " `X-Api-Key`.",
+)

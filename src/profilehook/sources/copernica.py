@@ -1,4 +1,4 @@
-"""Copernica (sub)profile webhooks (SPEC 2.3): a signed PHP-bracket form -> property updates.
+"""Copernica (sub)profile webhooks (README, Copernica (sub)profiles): a signed PHP-bracket form -> property updates.
 
 Checks, in this order; a refusal stores nothing, and a refused token or signature is logged:
 
@@ -58,9 +58,6 @@ from decimal import Decimal
 from typing import Any, Literal, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-# Without the extra, importing this kind fails and the route says what to install.
-import cryptography  # noqa: F401
-import dns.resolver  # noqa: F401
 import msgspec
 
 from profilehook import constants as c
@@ -72,7 +69,7 @@ from profilehook.errors import (
     ValidationFailed,
 )
 from profilehook.events import Event
-from profilehook.service import Services
+from profilehook.settings import Settings
 from profilehook.sources.copernica_signature import (
     DnsKeys,
     KeyResolver,
@@ -81,7 +78,16 @@ from profilehook.sources.copernica_signature import (
     verify_request,
 )
 from profilehook.sources.forms import decode_form, php_key
-from profilehook.sources.problems import (
+from profilehook.sources.registry import secret_matches
+from profilehook.sources.webhooks import (
+    CreateOption,
+    Kind,
+    Released,
+    WebhookRequest,
+    WebhookResult,
+)
+from profilehook.stores.base import AliasUpdate, Nonce, Source, Store
+from profilehook.validation import (
     Loc,
     Problem,
     dict_type,
@@ -93,9 +99,6 @@ from profilehook.sources.problems import (
     unstorable,
     value_error,
 )
-from profilehook.sources.registry import secret_matches
-from profilehook.sources.webhooks import WebhookRequest, WebhookResult
-from profilehook.stores.base import AliasUpdate, Nonce, Source
 
 log = logging.getLogger(__name__)
 
@@ -377,9 +380,33 @@ def check_token(source: Source, presented: str | None) -> None:
 # -- the source --------------------------------------------------------------------------------
 
 
-def make_source(services: Services) -> CopernicaSource:
-    """The ``copernica`` kind of webhook source, on the store and queue of ``services``."""
-    return CopernicaSource(services)
+def read_public_key(spec: str) -> tuple[str, str]:
+    """``KEYID=PEMFILE`` -> (key id, the PEM text). Raises ``ValueError`` saying what is wrong."""
+    key_id, sep, path = spec.partition("=")
+    if not sep or not key_id or not path:
+        raise ValueError(f"{spec!r}: use KEYID=PEMFILE")
+    try:
+        with open(path) as file:
+            pem = file.read()
+    except OSError as exc:
+        raise ValueError(f"{path}: {exc.strerror}") from None
+    if "-----BEGIN PUBLIC KEY-----" not in pem and "-----BEGIN RSA PUBLIC KEY-----" not in pem:
+        raise ValueError(f"{path} holds no PEM public key")
+    return key_id, pem
+
+
+def _config(values: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    config = {
+        "account": values["account"],
+        "contact_field": values["contact_field"],
+        "public_keys": dict(values["public_keys"]),
+    }
+    return config, bool(values["token"])
+
+
+def make_source(settings: Settings, store: Store) -> CopernicaSource:
+    """The ``copernica`` kind of webhook source, on ``store`` (nonces and profile aliases)."""
+    return CopernicaSource(store, settings.max_copernica_body_bytes)
 
 
 class CopernicaSource:
@@ -387,9 +414,9 @@ class CopernicaSource:
 
     kind = SOURCE
 
-    def __init__(self, services: Services, dns_keys: KeyResolver | None = None):
-        self.max_body_bytes = services.settings.max_copernica_body_bytes
-        self._services = services
+    def __init__(self, store: Store, max_body_bytes: int, dns_keys: KeyResolver | None = None):
+        self.max_body_bytes = max_body_bytes
+        self._store = store
         self._dns_keys = dns_keys or DnsKeys()
         self._pinned: dict[str, tuple[tuple[tuple[str, str], ...], PinnedKeys]] = {}
 
@@ -406,7 +433,7 @@ class CopernicaSource:
 
     async def _forget(self, nonce: Nonce) -> None:
         try:
-            await self._services.store.forget_nonce(nonce)
+            await self._store.forget_nonce(nonce)
         except StorageUnavailable as exc:
             log.warning(
                 "copernica source %s: could not forget a refused call's nonce (%s); its retry"
@@ -427,8 +454,10 @@ class CopernicaSource:
             body = {"status": "accepted", "event_ids": [], "ignored": 1}
             return WebhookResult([], body, ignored=1)
         event = to_event(notice, source, request)
-        events = await self._addressed(source, notice, event)
-        return WebhookResult(events, {"status": "accepted", "event_ids": [event.event_id]})
+        released: list[Released] = []
+        events = await self._addressed(source, notice, event, released)
+        body = {"status": "accepted", "event_ids": [event.event_id]}
+        return WebhookResult(events, body, released=released)
 
     async def _authenticate(self, source: Source, request: WebhookRequest) -> Nonce:
         """The call's nonce, now remembered by the store. Raises ``SignatureRejected``, and
@@ -446,7 +475,7 @@ class CopernicaSource:
             )
             nonce = Nonce(source.source_id, verified.digest, verified.nonce)
             fresh_until_us = int(verified.fresh_until_s * 1_000_000)
-            store = self._services.store
+            store = self._store
             if not await store.remember_nonce(nonce, fresh_until_us, request.received_us):
                 raise SignatureRejected("replayed", "Replayed request: Digest and X-Nonce seen")
         except SignatureRejected as exc:
@@ -468,11 +497,14 @@ class CopernicaSource:
             self._pinned[source.source_id] = cached = (pems, keys)
         return cached[1]
 
-    async def _addressed(self, source: Source, notice: Notice, event: Event) -> list[Event]:
-        """The event on its contact: [] when it is parked until its profile is mapped."""
+    async def _addressed(
+        self, source: Source, notice: Notice, event: Event, released: list[Released]
+    ) -> list[Event]:
+        """The event on its contact: [] when it is parked until its profile is mapped. The
+        parked events its mapping releases are added to ``released``."""
         if not source.config.get("contact_field"):
             return [event]
-        contact = await self._contact_of(source, notice, event)
+        contact = await self._contact_of(source, notice, event, released)
         if contact is None:
             log.info(
                 "copernica source %s: %s parked until profile %s brings its contact field",
@@ -483,30 +515,65 @@ class CopernicaSource:
             return []
         return [msgspec.structs.replace(event, contact_id=contact)]
 
-    async def _contact_of(self, source: Source, notice: Notice, event: Event) -> str | None:
-        store = self._services.store
+    async def _contact_of(
+        self, source: Source, notice: Notice, event: Event, released: list[Released]
+    ) -> str | None:
+        store = self._store
         key = (source.workspace, source.source_id, notice.profile_id)
         if notice.contact is not None:
             update = await store.put_alias(*key, notice.contact, event.version)
-            await self._release(key, update)
+            if update.parked:
+                released.append(_released(key, update))
             return notice.contact
         contact = await store.get_alias(*key)
         if contact is None:
             contact = await store.park_until_alias(source.source_id, notice.profile_id, event)
         return contact
 
-    async def _release(self, key: tuple[str, str, str], update: AliasUpdate) -> None:
-        """Publish the events that waited for this profile's contact, then forget them."""
-        if not update.parked:
-            return
-        events = [msgspec.structs.replace(e, contact_id=update.contact_id) for e in update.parked]
-        await self._services.queue.publish(events)
-        await self._services.store.unpark(*key, [e.event_id for e in events])
-        self._services.metrics.events.labels(SOURCE, "accepted").inc(len(events))
-        _, source_id, profile_id = key
-        log.info(
-            "copernica source %s: released %d parked events of profile %s",
-            source_id,
-            len(events),
-            profile_id,
-        )
+
+def _released(key: tuple[str, str, str], update: AliasUpdate) -> Released:
+    """The events that waited for this profile's contact, now on it: the route publishes them,
+    then unparks them (they stay parked until then, so a crash in between loses nothing)."""
+    workspace, source_id, profile_id = key
+    events = [msgspec.structs.replace(e, contact_id=update.contact_id) for e in update.parked]
+    return Released(workspace, source_id, profile_id, events)
+
+
+SOURCE_KIND = Kind(
+    name=SOURCE,
+    title="Copernica",
+    make_source=make_source,
+    secret_in="query",
+    config=_config,
+    create_help="""A Copernica profile webhook source.
+
+    \b
+    Example:
+      profilehook sources create copernica --workspace acme --account 12345 \\
+          --contact-field customer_id --json
+    """,
+    json_help='Print {"source_id", "url", "kind", "workspace"}.',
+    media_type=FORM_MEDIA_TYPE,
+    openapi="Copernica: form-encoded (sub)profile events signed with its HTTP signature.",
+    options=(
+        CreateOption("--account", required=True, help="Copernica account id (X-Copernica-ID)."),
+        CreateOption(
+            "--contact-field", help="Profile field that holds the contact id (default: profile id)."
+        ),
+        CreateOption(
+            "--public-key",
+            name="public_keys",
+            multiple=True,
+            metavar="KEYID=PEMFILE",
+            help="Pin a public key for a keyId instead of looking it up in DNS (repeatable).",
+            parse=read_public_key,
+        ),
+        CreateOption(
+            "--token",
+            is_flag=True,
+            help="Also require a secret ?token= in the URL (rotatable later).",
+        ),
+    ),
+    extra="copernica",
+    requires=("cryptography", "dns.resolver"),
+)

@@ -36,7 +36,7 @@ from urllib.parse import unquote_to_bytes
 
 from profilehook.constants import FORM_MAX_DEPTH, FORM_MAX_FIELDS
 from profilehook.errors import FormTooComplex, ValidationFailed
-from profilehook.sources.problems import problem
+from profilehook.validation import problem
 
 Key = int | str
 # A parsed name: the top-level key and one entry per bracket (``None`` appends).

@@ -1,4 +1,4 @@
-"""The native JSON API (SPEC 2.1, 2.2): request body -> events, or every problem found."""
+"""The native JSON API (README, Sending updates): request body -> events, or every problem found."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from msgspec import Meta
 from profilehook import constants as c
 from profilehook.errors import ValidationFailed
 from profilehook.events import Event, new_event_id, new_event_ids
-from profilehook.sources.problems import (
+from profilehook.validation import (
     Loc,
     Problem,
     decode_json,
@@ -285,7 +285,7 @@ def _required_string(
 
 
 def _event_time(obj: dict[str, Any], loc: Loc, problems: list[Problem]) -> int | None:
-    # The seed's own example sends "time": accept it when "timestamp" is absent (SPEC 2.1);
+    # "time" is accepted when "timestamp" is absent (README, Sending updates);
     # a null is present, and then a wrong type like any other.
     name = "timestamp" if "timestamp" in obj or "time" not in obj else "time"
     if name not in obj:

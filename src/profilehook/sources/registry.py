@@ -8,27 +8,13 @@ import hmac
 import secrets
 from typing import Any
 
-from profilehook.errors import NotFound, ProfilehookError
+from profilehook.errors import NotFound, RotationRefused
 from profilehook.events import now_us
 from profilehook.stores.base import Catalog, Source, SourceKind
 
 SOURCE_ID_PREFIX = "src_"
 SECRET_PREFIX = "phs_"
 MAX_ACTIVE_SECRETS = 2  # the newest and the one it replaces, during a rotation
-
-
-class RotationRefused(ProfilehookError):
-    """A rotation that would break the source's sender; nothing was changed.
-
-    ``reason`` is ``"no_secret"`` (the source checks no secret: a Copernica source made without
-    a token) or ``"rotation_under_way"`` (``MAX_ACTIVE_SECRETS`` are active already).
-    """
-
-    status_code = 409
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(detail)
-        self.reason = reason
 
 
 def hash_secret(secret: str) -> str:

@@ -1,13 +1,17 @@
-"""What every webhook source implements: a request in, events and an answer out."""
+"""What every webhook source implements: a request in, events and an answer out; and what a kind
+of source declares to be registered (``sources/kinds.py``)."""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
+from profilehook.errors import ExtraMissing
 from profilehook.events import Event
-from profilehook.stores.base import Source
+from profilehook.settings import Settings
+from profilehook.stores.base import Source, Store
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,18 @@ class WebhookRequest:
 
 
 @dataclass(frozen=True)
+class Released:
+    """Events a source kept back (parked) and released by this request, with the key of the
+    store's ``unpark``. The route publishes them, then unparks them: a crash in between
+    releases them again on the next mapping, so they are never lost (at worst duplicates)."""
+
+    workspace: str
+    source_id: str
+    profile_id: str
+    events: list[Event]
+
+
+@dataclass(frozen=True)
 class WebhookResult:
     """Events to store durably, then the JSON ``body`` to answer with ``status``."""
 
@@ -31,6 +47,7 @@ class WebhookResult:
     status: int = 200
     ignored: int = 0
     skipped: int = 0
+    released: list[Released] = field(default_factory=list)
     # Called when the request is refused after all (rate limit, storage unavailable), so that
     # what the source remembered of it (Copernica's nonce) does not refuse the sender's retry.
     undo: Callable[[], Awaitable[None]] | None = None
@@ -43,3 +60,58 @@ class WebhookSource(Protocol):
     max_body_bytes: int
 
     async def handle(self, source: Source, request: WebhookRequest) -> WebhookResult: ...
+
+
+@dataclass(frozen=True)
+class CreateOption:
+    """One option of ``profilehook sources create <kind>``, as data: the CLI builds it.
+
+    ``parse`` turns the given text into the value the kind's ``config`` gets; it raises
+    ``ValueError`` with the message to show for a bad value."""
+
+    flag: str
+    name: str | None = None  # the key of its value in ``Kind.config``'s argument (else from flag)
+    help: str | None = None
+    required: bool = False
+    is_flag: bool = False
+    multiple: bool = False
+    metavar: str | None = None
+    parse: Callable[[str], Any] | None = None
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of webhook source."""
+
+    name: str
+    title: str  # as people write it: "Copernica"
+    make_source: Callable[[Settings, Store], WebhookSource]
+    # How its sender presents the source's secret: a header (always issued, the answer says
+    # "secret") or a ``?token=`` in the URL (issued when asked, the answer says "token").
+    secret_in: Literal["header", "query"]
+    # Option values (by parameter name) -> the source's config and whether it gets a secret.
+    config: Callable[[dict[str, Any]], tuple[dict[str, Any], bool]]
+    create_help: str  # the help of ``sources create <kind>``, ending with an example
+    json_help: str  # what ``--json`` prints
+    media_type: str  # what its sender posts
+    openapi: str  # one sentence for the webhook route's description
+    options: tuple[CreateOption, ...] = ()
+    extra: str | None = None  # ``pip install 'profilehook[<extra>]'`` brings...
+    requires: tuple[str, ...] = ()  # ...these modules, which the kind cannot work without
+
+    def missing_extra(self) -> ExtraMissing | None:
+        """None when every module the kind requires imports; else the error naming the extra."""
+        for module in self.requires:
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                return ExtraMissing(self.name, self.extra, exc)
+        return None
+
+    def load(self, settings: Settings, store: Store) -> WebhookSource:
+        """The kind's handler. Raises ``ExtraMissing`` (naming the extra) when a module it
+        requires is not installed."""
+        missing = self.missing_extra()
+        if missing is not None:
+            raise missing
+        return self.make_source(settings, store)

@@ -433,7 +433,7 @@ def _put_alias(
 
 def _source(row: tuple[str, str, str, str, int]) -> Source:
     source_id, workspace, kind, config, created_us = row
-    return Source(source_id, workspace, kind, msgspec.json.decode(config), created_us)  # type: ignore[arg-type]
+    return Source(source_id, workspace, kind, msgspec.json.decode(config), created_us)
 
 
 def _key(workspace: str, name: str) -> int:

@@ -1,4 +1,6 @@
-"""FastAPI-style validation problems (``{"loc", "msg", "type", ...}``), built in one place."""
+"""What clients send, judged: FastAPI-style validation problems (``{"loc", "msg", "type",
+...}``), built in one place, and the JSON content-type check. Below both ``sources/`` and ``api/``,
+which both use them."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from typing import Any
 import msgspec
 
 from profilehook.constants import MAX_JSON_DEPTH, MAX_JSON_INT
+from profilehook.errors import UnsupportedMediaType
 
 Loc = tuple[str | int, ...]
 Problem = dict[str, Any]
@@ -352,3 +355,17 @@ def _int_range(loc: Loc, number: int) -> Problem:
 
 def _nul(text: str, loc: Loc) -> Problem:
     return value_error(loc, text, "strings may not contain U+0000 (NUL)")
+
+
+def check_json_content_type(value: bytes | None) -> None:
+    """Absent, ``application/json`` or ``application/*+json`` pass; anything else is a 415."""
+    if value is None:
+        return
+    media_type = value.split(b";", 1)[0].strip().lower()
+    if media_type == b"application/json" or (
+        media_type.startswith(b"application/") and media_type.endswith(b"+json")
+    ):
+        return
+    raise UnsupportedMediaType(
+        f"Content-Type {media_type.decode('latin-1')!r} is not supported; send application/json"
+    )
