@@ -32,7 +32,15 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "library",
         ("profilehook.keys", "profilehook.views", "profilehook.backfill", "profilehook.export"),
     ),
-    ("running", ("profilehook.applier", "profilehook.applier_process", "profilehook.service")),
+    (
+        "running",
+        (
+            "profilehook.applier",
+            "profilehook.applier_endpoints",
+            "profilehook.applier_process",
+            "profilehook.service",
+        ),
+    ),
     ("api", ("profilehook.api",)),
     ("cli", ("profilehook.cli", "profilehook.__main__")),
 ]
