@@ -618,3 +618,25 @@ def test_a_worker_says_in_one_line_that_it_started(tmp_path: Path) -> None:
     lines = [line for line in log_path.read_text().splitlines() if "applier started" in line]
     assert len(lines) == 1, lines
     assert "SqliteQueue -> SqliteStore" in lines[0]
+
+
+def test_a_pinned_key_that_is_not_rsa_is_refused_when_the_source_is_made(tmp_path: Path) -> None:
+    """Given a PEM public key of another kind (EC), when a Copernica source would pin it, then
+    `sources create` refuses it at once (exit 2, saying why) rather than every call failing."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    pem_file = tmp_path / "ec.pem"
+    pem_file.write_bytes(
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    made = run_cli(
+        tmp_path / "data",
+        *("sources", "create", "copernica", "--workspace", "acme", "--account", ACCOUNT),
+        *("--public-key", f"{KEY_ID}={pem_file}", "--json"),
+    )
+    assert made.returncode == 2, made.stdout
+    assert "not an RSA public key" in made.stderr
+    assert json.loads(run_cli(tmp_path / "data", "sources", "list", "--json").stdout) == []

@@ -62,6 +62,7 @@ import msgspec
 
 from profilehook import constants as c
 from profilehook.errors import (
+    ConfigurationError,
     ProfilehookError,
     SignatureRejected,
     StorageUnavailable,
@@ -75,6 +76,7 @@ from profilehook.sources.copernica_signature import (
     KeyResolver,
     PinnedKeys,
     SignedRequest,
+    load_public_key,
     verify_request,
 )
 from profilehook.sources.forms import decode_form, php_key
@@ -392,6 +394,10 @@ def read_public_key(spec: str) -> tuple[str, str]:
         raise ValueError(f"{path}: {exc.strerror}") from None
     if "-----BEGIN PUBLIC KEY-----" not in pem and "-----BEGIN RSA PUBLIC KEY-----" not in pem:
         raise ValueError(f"{path} holds no PEM public key")
+    try:  # checked now: a key Copernica cannot have signed with would fail every call later
+        load_public_key(pem.encode(), pem=True, name=key_id)
+    except ConfigurationError as exc:
+        raise ValueError(f"{path}: {exc.detail}") from None
     return key_id, pem
 
 
