@@ -269,16 +269,23 @@ def delete_stream(stream: str) -> None:
     asyncio.run(delete())
 
 
+# A killed applier's unacknowledged batches come back after this (the default is 5 s), for
+# the tests that kill one and wait for everything to be applied.
+SHORT_ACK_WAIT_S = 1.0
+
+
 @contextmanager
-def nats_postgres_env() -> Iterator[dict[str, str]]:
+def nats_postgres_env(ack_wait_s: float | None = None) -> Iterator[dict[str, str]]:
     """Settings for the scale-out configuration on a stream and a schema of their own,
-    both removed afterwards. Skips when a server is absent locally; fails in CI."""
+    both removed afterwards. Skips when a server is absent locally; fails in CI.
+    ``ack_wait_s``: the queue URL's option of that name (None: the default backoff)."""
     require_server(NATS_URL, 4222)
     require_server(POSTGRES_URL, 5432)
     stream, schema = unique_stream(), unique_schema()
+    ack_wait = "" if ack_wait_s is None else f"&ack_wait_s={ack_wait_s}"
     try:
         yield {
-            "PROFILEHOOK_QUEUE_URL": f"{NATS_URL}?stream={stream}",
+            "PROFILEHOOK_QUEUE_URL": f"{NATS_URL}?stream={stream}{ack_wait}",
             "PROFILEHOOK_STORE_URL": postgres_url(schema),
         }
     finally:

@@ -30,7 +30,7 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
-from tests.support import ServerProcess, create_key, nats_postgres_env
+from tests.support import SHORT_ACK_WAIT_S, ServerProcess, create_key, nats_postgres_env
 
 pytestmark = pytest.mark.slow
 
@@ -220,7 +220,7 @@ def _backends(config: str) -> Iterator[dict[str, str]]:
     if config == "embedded":
         yield {}
     else:
-        with nats_postgres_env() as env:
+        with nats_postgres_env(SHORT_ACK_WAIT_S) as env:
             yield env
 
 
