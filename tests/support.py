@@ -171,6 +171,24 @@ def _in_ci() -> bool:
     return os.environ.get("CI", "").lower() == "true"
 
 
+# Locally, hypothesis properties run this share of their CI examples (the inner loop);
+# CI=true runs them all (conftest.py loads the matching hypothesis profile).
+LOCAL_EXAMPLES_SHARE = 0.2
+LOCAL_EXAMPLES_MIN = 20
+
+
+def hypothesis_profile() -> str:
+    """The hypothesis profile conftest.py loads: ``ci`` under CI=true, else ``dev``."""
+    return "ci" if _in_ci() else "dev"
+
+
+def examples(ci_count: int) -> int:
+    """``max_examples`` for a property whose CI run has ``ci_count`` examples."""
+    if _in_ci():
+        return ci_count
+    return min(ci_count, max(LOCAL_EXAMPLES_MIN, int(ci_count * LOCAL_EXAMPLES_SHARE)))
+
+
 def nats_cluster() -> NatsCluster:
     """The test cluster, started on first call. A cluster that cannot start fails the test
     in CI and skips it locally (once tried, the reason is remembered for the session)."""
