@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PORT ?= 8000
 DATA_DIR ?= ./profilehook-data
 
-.PHONY: run test lint typecheck format bench clean
+.PHONY: run test test-fast lint typecheck format bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,15 @@ test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/pytest
+
+# The inner loop: the same checks and every test not marked `slow` (those start real server
+# processes or take many seconds); `make test` still runs them all.
+test-fast: $(STAMP)
+	bash .ci/services
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/pytest -m 'not slow'
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

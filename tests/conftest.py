@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 from starlette.testclient import TestClient
 
 from profilehook.api.app import create_app
@@ -14,7 +15,19 @@ from profilehook.keys import create_key
 from profilehook.service import running
 from profilehook.settings import Settings
 from tests.nats_cluster import NatsCluster
-from tests.support import ServerProcess, nats_cluster, stop_nats_cluster
+from tests.support import (
+    LOCAL_EXAMPLES_MIN,
+    ServerProcess,
+    hypothesis_profile,
+    nats_cluster,
+    stop_nats_cluster,
+)
+
+# Properties without their own max_examples: hypothesis's default count in CI, fewer locally.
+# Those that set one take it from tests.support.examples, which follows the same rule.
+hypothesis_settings.register_profile("ci", max_examples=100)
+hypothesis_settings.register_profile("dev", max_examples=LOCAL_EXAMPLES_MIN)
+hypothesis_settings.load_profile(hypothesis_profile())
 
 
 @pytest.fixture

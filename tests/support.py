@@ -171,6 +171,24 @@ def _in_ci() -> bool:
     return os.environ.get("CI", "").lower() == "true"
 
 
+# Locally, hypothesis properties run this share of their CI examples (the inner loop);
+# CI=true runs them all (conftest.py loads the matching hypothesis profile).
+LOCAL_EXAMPLES_SHARE = 0.2
+LOCAL_EXAMPLES_MIN = 20
+
+
+def hypothesis_profile() -> str:
+    """The hypothesis profile conftest.py loads: ``ci`` under CI=true, else ``dev``."""
+    return "ci" if _in_ci() else "dev"
+
+
+def examples(ci_count: int) -> int:
+    """``max_examples`` for a property whose CI run has ``ci_count`` examples."""
+    if _in_ci():
+        return ci_count
+    return min(ci_count, max(LOCAL_EXAMPLES_MIN, int(ci_count * LOCAL_EXAMPLES_SHARE)))
+
+
 def nats_cluster() -> NatsCluster:
     """The test cluster, started on first call. A cluster that cannot start fails the test
     in CI and skips it locally (once tried, the reason is remembered for the session)."""
@@ -269,16 +287,23 @@ def delete_stream(stream: str) -> None:
     asyncio.run(delete())
 
 
+# A killed applier's unacknowledged batches come back after this (the default is 5 s), for
+# the tests that kill one and wait for everything to be applied.
+SHORT_ACK_WAIT_S = 1.0
+
+
 @contextmanager
-def nats_postgres_env() -> Iterator[dict[str, str]]:
+def nats_postgres_env(ack_wait_s: float | None = None) -> Iterator[dict[str, str]]:
     """Settings for the scale-out configuration on a stream and a schema of their own,
-    both removed afterwards. Skips when a server is absent locally; fails in CI."""
+    both removed afterwards. Skips when a server is absent locally; fails in CI.
+    ``ack_wait_s``: the queue URL's option of that name (None: the default backoff)."""
     require_server(NATS_URL, 4222)
     require_server(POSTGRES_URL, 5432)
     stream, schema = unique_stream(), unique_schema()
+    ack_wait = "" if ack_wait_s is None else f"&ack_wait_s={ack_wait_s}"
     try:
         yield {
-            "PROFILEHOOK_QUEUE_URL": f"{NATS_URL}?stream={stream}",
+            "PROFILEHOOK_QUEUE_URL": f"{NATS_URL}?stream={stream}{ack_wait}",
             "PROFILEHOOK_STORE_URL": postgres_url(schema),
         }
     finally:

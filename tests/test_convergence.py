@@ -30,6 +30,7 @@ from profilehook.queues.sqlite import SqliteQueue
 from profilehook.stores.base import Contact, Store
 from profilehook.stores.memory import MemoryStore
 from profilehook.stores.sqlite import SqliteStore
+from tests.support import examples
 
 S = 1_000_000
 WORKSPACES = ("acme", "globex")
@@ -154,7 +155,7 @@ def fresh_dir() -> tempfile.TemporaryDirectory[str]:
 # -- straight into the store ---------------------------------------------------------------------
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(200), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenario=scenarios())
 def test_given_any_delivery_order_duplication_and_batching_then_the_store_matches_the_definition(
     scenario: Scenario,
@@ -210,7 +211,7 @@ async def open_pair(data_dir: Path) -> tuple[SqliteQueue, SqliteStore]:
     return queue, store
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenario=scenarios(), crash=crashes)
 def test_given_a_crash_between_apply_and_ack_then_resuming_converges_to_the_definition(
     scenario: Scenario, crash: Crash

@@ -140,6 +140,7 @@ def test_a_connection_in_use_is_kept_past_the_keep_alive(server):
     assert sent >= 6
 
 
+@pytest.mark.slow
 def test_pipelined_requests_are_answered_in_order_on_one_connection(server):
     server, key = server
     bodies = [

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
+import pytest
 
 from profilehook.applier import Applier
 from profilehook.backfill import import_jsonl
@@ -119,6 +120,7 @@ async def test_given_lines_without_event_ids_when_imported_twice_then_each_event
         assert found.applied_us is not None
 
 
+@pytest.mark.slow
 def test_given_a_file_without_event_ids_when_the_cli_imports_it_twice_then_nothing_is_doubled(
     tmp_path: Path,
 ) -> None:

@@ -25,7 +25,7 @@ from profilehook.errors import PayloadTooLarge, ValidationFailed
 from profilehook.events import Event, encode_event
 from profilehook.sources import native
 from profilehook.sources.forms import decode_form
-from tests.support import ServerProcess
+from tests.support import ServerProcess, examples
 from tests.test_native_api import applied_contact, event
 
 JSON = {"Content-Type": "application/json"}
@@ -263,7 +263,7 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(json_values)
 def test_whatever_json_arrives_it_is_refused_with_problems_or_accepted_and_storable(value):
     body = msgspec.json.encode(value)
@@ -277,7 +277,7 @@ def test_whatever_json_arrives_it_is_refused_with_problems_or_accepted_and_stora
     assert "\\u0000" not in body.decode()
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(json_values)
 def test_the_cheap_byte_filters_never_hide_a_refusal(value):
     body = msgspec.json.encode(value)
@@ -290,7 +290,7 @@ def test_the_cheap_byte_filters_never_hide_a_refusal(value):
             assert verdict is None
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.lists(json_values, max_size=5), json_values)
 def test_a_batch_the_shape_check_calls_flat_nests_no_deeper_than_the_limit(events, other):
     for value in ({"events": events}, {"events": events, "other": other}, {"events": other}, other):
@@ -322,7 +322,7 @@ def test_a_batch_whose_events_is_a_deep_object_is_refused_as_too_deep():
     assert [q["type"] for q in refusal.value.detail] == ["json_invalid"]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.binary(max_size=200))
 def test_any_bytes_at_all_are_answered_with_problems_never_an_exception(raw):
     p.decode_json(raw)
@@ -346,7 +346,7 @@ def test_decoding_runs_in_a_request_without_blocking_the_loop_on_deep_input():
     assert asyncio.run(decode())[1][0]["type"] == "json_invalid"
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(
     st.one_of(
         json_values.map(msgspec.json.encode),

@@ -17,7 +17,7 @@ from profilehook.cli import SEED_EVENT
 from profilehook.errors import ValidationFailed
 from profilehook.events import Event
 from profilehook.sources import native
-from tests.support import wait_until
+from tests.support import examples, wait_until
 
 # The seed document's example event, as the quick start prints it.
 SEED = SEED_EVENT
@@ -344,7 +344,7 @@ _changes = st.dictionaries(
 )
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=examples(1000), deadline=None)
 @given(_valid, _changes, st.sets(st.sampled_from(["timestamp", "event_id", "metadata"])))
 def test_the_fast_path_accepts_only_what_the_full_checks_accept_and_makes_the_same_event(
     value: dict[str, Any], changes: dict[str, Any], dropped: set[str]
@@ -444,7 +444,7 @@ def _same_ids(fast: Any, general: Any) -> Any:
 _EVERYDAY = {"contact_id": "c", "event_name": "e", "timestamp": 1, "user_properties": {"a": 1}}
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=examples(1500), deadline=None)
 @given(_everyday, _change, st.sampled_from(["single", "batch"]), st.integers(1, 3))
 @example(_EVERYDAY, {"user_properties": {"n": 2**53}}, "batch", 2)
 @example(_EVERYDAY, {"metadata": {"n": -(2**53)}}, "single", 1)

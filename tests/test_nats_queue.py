@@ -172,6 +172,7 @@ def start(command: str, data_dir: Path, queue_url: str, connect_timeout_s: float
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", list(STARTS))
 def test_given_no_nats_when_a_process_starts_then_it_exits_non_zero_within_the_bound(
     tmp_path: Path, command: str
@@ -197,6 +198,7 @@ def test_given_no_nats_when_a_process_starts_then_it_exits_non_zero_within_the_b
     assert 2 <= len(tries) <= 4, stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("command", "sig"),
     [
@@ -226,6 +228,7 @@ def test_given_no_nats_when_a_signal_arrives_during_the_retries_then_the_process
     assert proc.returncode != 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("order", ["dead-first", "live-first"])
 def test_given_a_list_of_servers_with_one_dead_when_serving_then_events_are_stored(
     tmp_path: Path, order: str
@@ -364,6 +367,7 @@ def test_given_an_r1_stream_when_set_replicas_is_asked_then_it_changes_or_the_se
 RECOVER_WITHIN_S = 30.0
 
 
+@pytest.mark.slow
 def test_given_a_running_worker_when_the_stream_is_deleted_and_created_again_then_it_applies(
     tmp_path: Path,
 ) -> None:
@@ -470,6 +474,7 @@ def test_given_a_stream_that_refuses_more_events_when_publishing_then_storage_un
 OUTAGE_S = 6.0
 
 
+@pytest.mark.slow
 def test_given_a_running_worker_when_nats_goes_away_then_it_logs_a_few_lines_and_resumes(
     tmp_path: Path,
 ) -> None:
@@ -517,6 +522,7 @@ def test_given_a_running_worker_when_nats_goes_away_then_it_logs_a_few_lines_and
     assert len(warnings) <= 12, text
 
 
+@pytest.mark.slow
 def test_given_serve_waiting_in_its_lifespan_when_sigterm_arrives_then_it_stops_at_once(
     tmp_path: Path,
 ) -> None:

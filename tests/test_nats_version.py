@@ -98,6 +98,7 @@ def _answers(url: str) -> bool:
         return sock.connect_ex(("127.0.0.1", int(url.rsplit(":", 1)[1]))) == 0
 
 
+@pytest.mark.slow
 def test_given_nats_server_2_9_10_then_check_fails_and_says_what_to_run(
     debian_nats: str, tmp_path: Path
 ) -> None:
@@ -108,6 +109,7 @@ def test_given_nats_server_2_9_10_then_check_fails_and_says_what_to_run(
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [["worker"], ["serve", "--port"]])
 def test_given_nats_server_2_9_10_then_serve_and_worker_refuse_to_start(
     debian_nats: str, tmp_path: Path, command: list[str]

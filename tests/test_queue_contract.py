@@ -21,7 +21,7 @@ from profilehook.events import Event
 from profilehook.queues.base import HandsOverAcknowledgements, Queue
 from profilehook.queues.memory import MemoryQueue
 from profilehook.queues.sqlite import SqliteQueue
-from tests.support import NATS_URL, event, require_server
+from tests.support import NATS_URL, SHORT_ACK_WAIT_S, event, require_server
 
 NO_WAIT_S = 0.0
 
@@ -77,7 +77,7 @@ async def nats_queue_backend() -> AsyncIterator[QueueBackend]:
     require_server(NATS_URL, 4222)
     from profilehook.queues.nats import NatsQueue
 
-    url = f"{NATS_URL}?stream=T{uuid.uuid4().hex[:12].upper()}"
+    url = f"{NATS_URL}?stream=T{uuid.uuid4().hex[:12].upper()}&ack_wait_s={SHORT_ACK_WAIT_S}"
 
     async def restart(queue: Queue) -> Queue:
         await queue.close()  # no ack: JetStream redelivers after the consumer's first backoff

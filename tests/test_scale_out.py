@@ -22,17 +22,20 @@ import sys
 import textwrap
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
 import pytest
 
+from profilehook.queues.nats import split_url
 from tests.support import (
     NATS_URL,
     POSTGRES_URL,
+    SHORT_ACK_WAIT_S,
     ServerProcess,
     cli_env,
     create_key,
@@ -131,7 +134,7 @@ class Cluster:
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     """2 ``serve --no-applier`` + 2 ``worker`` on one NATS stream and one PostgreSQL schema,
     all started at once (so they race on the migrations and the consumer's creation)."""
-    with nats_postgres_env() as env:
+    with nats_postgres_env(SHORT_ACK_WAIT_S) as env:
         data_dir = tmp_path / "data"
         servers = [
             ServerProcess(data_dir, extra_env=env, serve_args=("--no-applier",)) for _ in range(2)
@@ -142,7 +145,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
                 process.spawn()
             for server in servers:
                 server.wait_ready()
-            stream = env["PROFILEHOOK_QUEUE_URL"].rsplit("stream=", 1)[1]
+            stream = split_url(env["PROFILEHOOK_QUEUE_URL"])[1]
             schema = env["PROFILEHOOK_STORE_URL"].rsplit("schema=", 1)[1]
             yield Cluster(servers, workers, stream, schema)
         finally:
@@ -285,57 +288,73 @@ async def _get(client: httpx.AsyncClient, url: str, auth: dict[str, str]) -> Any
     return response.json() if response.status_code == 200 else None
 
 
-async def _gather_limited(calls: list[Any]) -> list[Any]:
+async def _gather_limited(calls: list[Callable[[], Awaitable[Any]]]) -> list[Any]:
+    """Run ``calls`` (each makes its coroutine when its turn comes, so none is left
+    un-awaited when another fails) at most READ_CONCURRENCY at a time."""
     gate = asyncio.Semaphore(READ_CONCURRENCY)
 
-    async def one(call: Any) -> Any:
+    async def one(call: Callable[[], Awaitable[Any]]) -> Any:
         async with gate:
-            return await call
+            return await call()
 
     return await asyncio.gather(*(one(c) for c in calls))
 
 
-async def _wait_all_applied(
-    client: httpx.AsyncClient, urls: list[str], load: Load, auth: dict[str, str]
-) -> dict[str, str]:
-    """Poll the events not yet seen applied, each time through the other server, until none
-    is left or the time is up. Returns the last status of every event never seen applied."""
-    pending = {event_id: "unknown" for event_id in load.acked}
+async def _wait_all_applied(cluster: Cluster, load: Load) -> None:
+    """Wait until the store holds as many events as were acknowledged (one count a poll),
+    or the time is up; the histories then say which events they are."""
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
-    rounds = 0
-    while pending and time.monotonic() < deadline:
-        ids = sorted(pending)
-        base = urls[rounds % len(urls)]
-        views = await _gather_limited([_get(client, f"{base}/v1/events/{i}", auth) for i in ids])
-        for event_id, view in zip(ids, views, strict=True):
-            if view is not None and view["status"] in ("applied", "duplicate"):
-                del pending[event_id]
-            else:
-                pending[event_id] = "missing" if view is None else view["status"]
-        rounds += 1
-        if pending:
-            await asyncio.sleep(0.2)
-    return pending
+    while time.monotonic() < deadline:
+        if await asyncio.to_thread(cluster.applied_count) >= len(load.acked):
+            return
+        await asyncio.sleep(0.1)
+
+
+async def _not_applied(
+    client: httpx.AsyncClient, urls: list[str], ids: list[str], auth: dict[str, str]
+) -> dict[str, str]:
+    """The status each server gives the events missing from the histories, for the report."""
+    views = await _gather_limited(
+        [
+            partial(_get, client, f"{urls[i % len(urls)]}/v1/events/{event_id}", auth)
+            for i, event_id in enumerate(ids)
+        ]
+    )
+    return {
+        event_id: "missing" if view is None else view["status"]
+        for event_id, view in zip(ids, views, strict=True)
+    }
 
 
 async def _verify(cluster: Cluster, load: Load, auth: dict[str, str]) -> dict[str, Any]:
     urls = [s.base_url for s in cluster.servers]
     model = reference_profiles(load.acked.values())
     contacts = sorted(model)
+    await _wait_all_applied(cluster, load)
     async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S) as client:
-        not_applied = await _wait_all_applied(client, urls, load, auth)
         profiles = await _gather_limited(
             [
-                _get(client, f"{urls[i % len(urls)]}/v1/contacts/{c}", auth)
+                partial(_get, client, f"{urls[i % len(urls)]}/v1/contacts/{c}", auth)
                 for i, c in enumerate(contacts)
             ]
         )
         histories = await _gather_limited(
             [
-                _get(client, f"{urls[i % len(urls)]}/v1/contacts/{c}/history?limit=500", auth)
+                partial(
+                    _get, client, f"{urls[i % len(urls)]}/v1/contacts/{c}/history?limit=500", auth
+                )
                 for i, c in enumerate(contacts)
             ]
         )
+        # The history holds the stored events with their status (the view of
+        # GET /v1/events/{id}): an acked event is applied when its entry there says so.
+        applied = {
+            e["event_id"]
+            for history in histories
+            for e in (history or {"events": []})["events"]
+            if e["status"] in ("applied", "duplicate")
+        }
+        not_applied = await _not_applied(client, urls, sorted(set(load.acked) - applied), auth)
     mismatches = []
     for contact_id, profile in zip(contacts, profiles, strict=True):
         expected = model[contact_id]
@@ -515,6 +534,61 @@ def test_stream_and_replicas_are_read_from_the_queue_url_and_the_rest_goes_to_na
     )
     # Without replicas, a new stream gets 1 and an existing one keeps its own.
     assert split_url("nats://mq:4222") == ("nats://mq:4222", STREAM, None)
+
+
+def test_ack_wait_s_in_the_queue_url_scales_the_redelivery_backoff_and_is_not_passed_to_nats() -> (
+    None
+):
+    from profilehook.queues.nats import REDELIVERY_BACKOFF_S, NatsQueue
+
+    assert NatsQueue("nats://mq:4222").redelivery_backoff_s == REDELIVERY_BACKOFF_S
+    queue = NatsQueue("nats://mq:4222?stream=S&ack_wait_s=0.5&x=1")
+    assert queue.redelivery_backoff_s == [0.5, 1.5, 3.0, 6.0, 12.0]
+    assert (queue.url, queue.stream) == ("nats://mq:4222?x=1", "S")
+
+
+@pytest.mark.parametrize("ack_wait_s", ["0", "-1", "soon", "", "nan", "inf"])
+def test_given_an_ack_wait_that_is_not_a_positive_number_then_a_configuration_error(
+    ack_wait_s: str,
+) -> None:
+    from profilehook.errors import ConfigurationError
+    from profilehook.queues import open_queue
+
+    with pytest.raises(ConfigurationError, match="ack_wait_s"):
+        open_queue(f"nats://mq:4222?ack_wait_s={ack_wait_s}", Path("."))
+
+
+def test_given_ack_wait_s_then_an_unacked_delivery_comes_back_after_that_wait() -> None:
+    """Given ``?ack_wait_s=0.5``, when a consumer takes an event and closes without
+    acknowledging it, then JetStream hands it out again after about 0.5 s, not the 5 s default."""
+    require_server(NATS_URL, 4222)
+    from profilehook.queues.nats import NatsQueue
+    from tests.support import event
+
+    stream = unique_stream()
+    url = f"{NATS_URL}?stream={stream}&ack_wait_s=0.5"
+
+    async def redelivered_after_s() -> float:
+        queue = NatsQueue(url)
+        await queue.open()
+        await queue.publish([event(event_id="unacked")])
+        assert [d.event.event_id for d in await queue.fetch(10, 1.0)] == ["unacked"]
+        await queue.close()
+        taken_s = time.monotonic()
+        reopened = NatsQueue(url)
+        await reopened.open()
+        try:
+            again = await reopened.fetch(10, 4.0)
+        finally:
+            await reopened.close()
+        assert [d.event.event_id for d in again] == ["unacked"]
+        return time.monotonic() - taken_s
+
+    try:
+        waited_s = asyncio.run(redelivered_after_s())
+    finally:
+        delete_stream(stream)
+    assert waited_s < 3.0, f"redelivered after {waited_s:.1f} s"
 
 
 @pytest.mark.parametrize("replicas", ["0", "6", "three", ""])

@@ -52,6 +52,9 @@ PUBACKS_PENDING_MAX = 1_000_000
 # The first step is also how long a worker has to apply and acknowledge a batch before
 # JetStream hands it to another worker (a 2,000-event batch takes ~0.2 s here).
 REDELIVERY_BACKOFF_S = [5.0, 15.0, 30.0, 60.0, 120.0]
+# ``?ack_wait_s=N`` in the queue URL sets that first step (the later ones keep their ratios to
+# it); the tests use a short one so that a killed worker's batches come back sooner.
+ACK_WAIT_OPTION = "ack_wait_s"
 MAX_DELIVER = 1_000
 CONNECT_TIMEOUT_S = 2  # seconds: one TCP connect and handshake with one server
 # Start-up: the waits between attempts to reach any of the servers, the last one repeated,
@@ -103,8 +106,27 @@ def split_url(url: str) -> tuple[str, str, int | None]:
                 f"PROFILEHOOK_QUEUE_URL: replicas={raw!r} must be a number from 1 to {MAX_REPLICAS}"
             )
         replicas = int(raw)
-    rest = urlencode([(k, v) for k, v in query if k not in ("stream", "replicas")])
+    rest = urlencode([(k, v) for k, v in query if k not in ("stream", "replicas", ACK_WAIT_OPTION)])
     return (f"{servers}?{rest}" if rest else servers), stream, replicas
+
+
+def redelivery_backoff_s(url: str) -> list[float]:
+    """``REDELIVERY_BACKOFF_S``, or its steps scaled so that the first is the URL's
+    ``ack_wait_s``. Raises ``ConfigurationError`` for an ``ack_wait_s`` that is not a
+    positive number."""
+    raw = dict(parse_qsl(url.partition("?")[2], keep_blank_values=True)).get(ACK_WAIT_OPTION)
+    if raw is None:
+        return list(REDELIVERY_BACKOFF_S)
+    try:
+        ack_wait_s = float(raw)
+    except ValueError:
+        ack_wait_s = 0.0
+    if not 0 < ack_wait_s < float("inf"):
+        raise ConfigurationError(
+            f"PROFILEHOOK_QUEUE_URL: {ACK_WAIT_OPTION}={raw!r} must be a positive number of seconds"
+        )
+    scale = ack_wait_s / REDELIVERY_BACKOFF_S[0]
+    return [step_s * scale for step_s in REDELIVERY_BACKOFF_S]
 
 
 def server_list(url: str) -> list[str]:
@@ -246,6 +268,7 @@ class NatsQueue(Queue):
     ) -> None:
         """``connect_timeout_s``: how long ``open`` keeps trying to reach a server (0: once)."""
         self.url, self.stream, url_replicas = split_url(url)
+        self.redelivery_backoff_s = redelivery_backoff_s(url)
         self.connect_timeout_s = max(connect_timeout_s, 0.0)
         # Streams may not share subjects, so each stream has its own subject space.
         self.subject_prefix = f"{SUBJECT_PREFIX}.{self.stream.lower()}"
@@ -555,7 +578,7 @@ class NatsQueue(Queue):
                 durable_name=CONSUMER,
                 ack_policy=api.AckPolicy.EXPLICIT,
                 max_deliver=MAX_DELIVER,
-                backoff=REDELIVERY_BACKOFF_S,
+                backoff=self.redelivery_backoff_s,
                 max_ack_pending=20_000,
             )
             self._sub = await self._connected().pull_subscribe(
