@@ -374,8 +374,11 @@ def deployment(cluster: NatsCluster, data_dir: Path) -> Iterator[Deployment]:
     """``serve --no-applier`` + ``worker`` on an R3 stream and a schema of their own."""
     require_server(POSTGRES_URL, 5432)
     stream, schema = unique_stream(), unique_schema()
+    # A 1 s ack wait: an acknowledgement lost with a killed leader is redelivered (and
+    # dropped as a duplicate) within the drain's wait, not after the 5-15-30 s default backoff.
+    queue_url = f"{','.join(cluster.urls)}?stream={stream}&replicas=3&ack_wait_s=1"
     env = {
-        "PROFILEHOOK_QUEUE_URL": f"{','.join(cluster.urls)}?stream={stream}&replicas=3",
+        "PROFILEHOOK_QUEUE_URL": queue_url,
         "PROFILEHOOK_STORE_URL": postgres_url(schema),
     }
     server = ServerProcess(data_dir, extra_env=env, serve_args=("--no-applier",))
