@@ -23,6 +23,9 @@ from tests.support import (
     stop_nats_cluster,
 )
 
+# The store backends of the contract suites (tests/store_backends.py), as fixtures for all.
+pytest_plugins = ["tests.store_backends"]
+
 # Properties without their own max_examples: hypothesis's default count in CI, fewer locally.
 # Those that set one take it from tests.support.examples, which follows the same rule.
 hypothesis_settings.register_profile("ci", max_examples=100)

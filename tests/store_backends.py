@@ -12,6 +12,7 @@ channel backends.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -59,20 +60,8 @@ async def memory_store_backend() -> AsyncIterator[StoreBackend]:
 @pytest.fixture
 async def sqlite_store_backend(tmp_path: Path) -> AsyncIterator[StoreBackend]:
     path = tmp_path / "profiles.sqlite3"
-    store = SqliteStore(path)
-    await store.open()
-    others: list[Store] = []
-
-    async def another() -> Store:
-        other = SqliteStore(path)
-        await other.open()
-        others.append(other)
-        return other
-
-    yield StoreBackend("sqlite", store, another)
-    for other in others:
-        await other.close()
-    await store.close()
+    async with opened("sqlite", lambda: SqliteStore(path)) as backend:
+        yield backend
 
 
 @pytest.fixture
@@ -81,20 +70,8 @@ async def postgres_store_backend() -> AsyncIterator[StoreBackend]:
     from profilehook.stores.postgres import PostgresStore
 
     schema = unique_schema()
-    store = PostgresStore(postgres_url(schema))
-    await store.open()
-    others: list[Store] = []
-
-    async def another() -> Store:
-        other = PostgresStore(postgres_url(schema))
-        await other.open()
-        others.append(other)
-        return other
-
-    yield StoreBackend("postgres", store, another)
-    for other in others:
-        await other.close()
-    await store.close()
+    async with opened("postgres", lambda: PostgresStore(postgres_url(schema))) as backend:
+        yield backend
     drop_schema(schema)
 
 
@@ -124,20 +101,8 @@ async def postgres_icu_store_backend(icu_database_url: str) -> AsyncIterator[Sto
     from profilehook.stores.postgres import PostgresStore
 
     url = f"{icu_database_url}?schema={unique_schema()}"
-    store = PostgresStore(url)
-    await store.open()
-    others: list[Store] = []
-
-    async def another() -> Store:
-        other = PostgresStore(url)
-        await other.open()
-        others.append(other)
-        return other
-
-    yield StoreBackend("postgres", store, another)
-    for other in others:
-        await other.close()
-    await store.close()
+    async with opened("postgres", lambda: PostgresStore(url)) as backend:
+        yield backend
 
 
 BACKENDS = [
@@ -153,6 +118,34 @@ def backend_of(request: pytest.FixtureRequest) -> StoreBackend:
     """The open backend that ``request.param`` (one of ``BACKENDS``) names."""
     found: StoreBackend = request.getfixturevalue(request.param)
     return found
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> StoreBackend:
+    """Each backend in turn: the contract suites' ``store`` fixtures take theirs from it."""
+    return backend_of(request)
+
+
+@contextlib.asynccontextmanager
+async def opened(name: str, make: Callable[[], Store]) -> AsyncIterator[StoreBackend]:
+    """A backend on a store ``make`` builds, whose ``another`` opens more on the same data;
+    all of them closed at the end."""
+    store = make()
+    await store.open()
+    others: list[Store] = []
+
+    async def another() -> Store:
+        other = make()
+        await other.open()
+        others.append(other)
+        return other
+
+    try:
+        yield StoreBackend(name, store, another)
+    finally:
+        for other in others:
+            await other.close()
+        await store.close()
 
 
 async def until(probe: Callable[[], Awaitable[Any]], expected: Any, timeout_s: float = 2.0) -> None:

@@ -9,20 +9,7 @@ from dataclasses import replace
 import pytest
 
 from profilehook.stores.base import ApiKey, Catalog, Source
-from tests import store_backends
-from tests.store_backends import BACKENDS, StoreBackend, backend_of, until
-
-# The backends' fixtures (tests/store_backends.py), found by pytest under these names.
-memory_store_backend = store_backends.memory_store_backend
-sqlite_store_backend = store_backends.sqlite_store_backend
-postgres_store_backend = store_backends.postgres_store_backend
-postgres_icu_store_backend = store_backends.postgres_icu_store_backend
-icu_database_url = store_backends.icu_database_url
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> StoreBackend:
-    return backend_of(request)
+from tests.store_backends import StoreBackend, until
 
 
 @pytest.fixture

@@ -11,20 +11,7 @@ import pytest
 
 from profilehook.stores.base import Nonce, SeenNonces
 from profilehook.stores.sqlite import SqliteStore
-from tests import store_backends
-from tests.store_backends import BACKENDS, S, StoreBackend, backend_of
-
-# The backends' fixtures (tests/store_backends.py), found by pytest under these names.
-memory_store_backend = store_backends.memory_store_backend
-sqlite_store_backend = store_backends.sqlite_store_backend
-postgres_store_backend = store_backends.postgres_store_backend
-postgres_icu_store_backend = store_backends.postgres_icu_store_backend
-icu_database_url = store_backends.icu_database_url
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> StoreBackend:
-    return backend_of(request)
+from tests.store_backends import S, StoreBackend
 
 
 @pytest.fixture

@@ -20,8 +20,7 @@ from profilehook.events import Event, Version, new_event_id
 from profilehook.stores import sqlite as sqlite_module
 from profilehook.stores.base import Contact, ProfileStore
 from profilehook.stores.sqlite import SqliteStore
-from tests import store_backends
-from tests.store_backends import BACKENDS, S, StoreBackend, backend_of
+from tests.store_backends import S, StoreBackend
 from tests.support import (
     POSTGRES_URL,
     drop_schema,
@@ -30,18 +29,6 @@ from tests.support import (
     require_server,
     unique_schema,
 )
-
-# The backends' fixtures (tests/store_backends.py), found by pytest under these names.
-memory_store_backend = store_backends.memory_store_backend
-sqlite_store_backend = store_backends.sqlite_store_backend
-postgres_store_backend = store_backends.postgres_store_backend
-postgres_icu_store_backend = store_backends.postgres_icu_store_backend
-icu_database_url = store_backends.icu_database_url
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> StoreBackend:
-    return backend_of(request)
 
 
 @pytest.fixture
