@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from profilehook.stores.base import ApiKey, Catalog, Source
+from profilehook.stores.base import ApiKey, Catalog, KeyGrant, Source
 from tests.store_backends import StoreBackend, until
 
 
@@ -42,6 +42,21 @@ async def test_given_keys_then_they_are_listed_resolved_and_revoked(store: Catal
     assert await store.workspace_for("hash-1") is None
     assert await store.workspace_for("hash-2") == "globex"
     assert await store.list_keys("acme") == [ApiKey("k1", "acme", created_us=1, revoked_us=10)]
+
+
+async def test_given_keys_with_scopes_then_the_lookup_and_the_list_return_them(
+    store: Catalog,
+) -> None:
+    writer = ApiKey("k1", "acme", created_us=1, scopes=("ingest",))
+    admin = ApiKey("k2", "acme", created_us=2, scopes=("ingest", "read", "admin"))
+    await store.add_key(writer, "hash-1")
+    await store.add_key(admin, "hash-2")
+
+    assert await store.key_grant("hash-1") == KeyGrant("k1", "acme", ("ingest",))
+    assert await store.key_grant("hash-2") == KeyGrant("k2", "acme", ("ingest", "read", "admin"))
+    assert await store.list_keys("acme") == [writer, admin]
+    await store.revoke_key("k2", revoked_us=3)
+    assert await store.key_grant("hash-2") is None
 
 
 async def test_given_a_serving_store_when_another_instance_revokes_a_key_then_it_is_refused_at_once(

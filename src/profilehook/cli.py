@@ -26,7 +26,7 @@ import click
 from profilehook import constants as c
 from profilehook import keys as keys_lib
 from profilehook.errors import ProfilehookError, RotationRefused
-from profilehook.events import iso, now_us
+from profilehook.events import now_us
 from profilehook.service import running
 from profilehook.settings import MAX_PORT, MIN_PORT, Settings
 from profilehook.sources.kinds import KINDS, titles
@@ -230,7 +230,7 @@ async def _quickstart_text(settings: Settings) -> str:
                 f"{shlex.quote(existing[0].workspace)}"
             )
         else:
-            key, record = await keys_lib.create_key(services.store, c.DEFAULT_WORKSPACE)
+            key, record = await keys_lib.create_key(services.store, c.DEFAULT_WORKSPACE, c.SCOPES)
             intro = (
                 f"Created workspace {record.workspace!r} and its first API key "
                 f"(shown only now, keep it):\n  {key}"
@@ -284,20 +284,36 @@ def keys() -> None:
 @click.option(
     "--workspace", callback=_nonblank, required=True, help="The workspace the key grants."
 )
-@click.option("--json", "as_json", is_flag=True, help='Print {"key", "key_id", "workspace"}.')
+@click.option(
+    "--scope",
+    "scopes",
+    type=click.Choice(c.SCOPES),
+    multiple=True,
+    help="What the key may do (repeatable): ingest (send events), read (profiles, events),"
+    " admin (everything, management included). Default: ingest and read.",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help='Print {"key", "key_id", "workspace", "scopes"}.'
+)
 @click.pass_context
-def keys_create(ctx: click.Context, workspace: str, as_json: bool) -> None:
+def keys_create(ctx: click.Context, workspace: str, scopes: tuple[str, ...], as_json: bool) -> None:
     """Create a key; it is printed once and stored only as a hash.
 
     \b
     Example:
-      profilehook keys create --workspace acme --json
+      profilehook keys create --workspace acme --scope ingest --json
     """
-    key, record = _with_services(_settings(ctx), lambda s: keys_lib.create_key(s.store, workspace))
+    key, record = _with_services(
+        _settings(ctx),
+        lambda s: keys_lib.create_key(s.store, workspace, scopes or c.DEFAULT_KEY_SCOPES),
+    )
     if as_json:
-        click.echo(json.dumps({"key": key, "key_id": record.key_id, "workspace": workspace}))
+        click.echo(json.dumps(keys_lib.created_view(key, record)))
     else:
-        click.echo(f"Key {record.key_id} for workspace {workspace!r} (shown only now):\n{key}")
+        click.echo(
+            f"Key {record.key_id} for workspace {workspace!r}, scopes"
+            f" {', '.join(record.scopes)} (shown only now):\n{key}"
+        )
 
 
 @keys.command("list")
@@ -312,21 +328,16 @@ def keys_list(ctx: click.Context, workspace: str | None, as_json: bool) -> None:
       profilehook keys list --workspace acme
     """
     found = _with_services(_settings(ctx), lambda s: s.store.list_keys(workspace))
-    rows = [
-        {
-            "key_id": k.key_id,
-            "workspace": k.workspace,
-            "created_at": iso(k.created_us),
-            "revoked_at": iso(k.revoked_us),
-        }
-        for k in found
-    ]
+    rows = [keys_lib.key_view(k) for k in found]
     if as_json:
         click.echo(json.dumps(rows))
         return
     for row in rows:
         state = f"revoked {row['revoked_at']}" if row["revoked_at"] else "active"
-        click.echo(f"{row['key_id']}  {row['workspace']}  created {row['created_at']}  {state}")
+        click.echo(
+            f"{row['key_id']}  {row['workspace']}  {','.join(row['scopes'])}"
+            f"  created {row['created_at']}  {state}"
+        )
 
 
 @keys.command("revoke")

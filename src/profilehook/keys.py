@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Iterable
+from typing import Any
 
-from profilehook.constants import KEY_PREFIX
-from profilehook.events import now_us
-from profilehook.stores.base import ApiKey, Catalog
+from profilehook.constants import DEFAULT_KEY_SCOPES, KEY_PREFIX
+from profilehook.errors import InvalidApiKey, MissingScope
+from profilehook.events import iso, now_us
+from profilehook.stores.base import ApiKey, Catalog, KeyGrant, ordered_scopes
 
 
 def hash_key(key: str) -> str:
@@ -15,13 +18,39 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-async def create_key(store: Catalog, workspace: str) -> tuple[str, ApiKey]:
-    """Create a key for ``workspace``; returns (the key, shown only now; its record)."""
+async def create_key(
+    store: Catalog, workspace: str, scopes: Iterable[str] = DEFAULT_KEY_SCOPES
+) -> tuple[str, ApiKey]:
+    """Create a key for ``workspace`` with ``scopes`` (known ones: callers check what they
+    were given); returns (the key, shown only now; its record)."""
     key_id = secrets.token_hex(6)
     key = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(24)}"
-    record = ApiKey(key_id=key_id, workspace=workspace, created_us=now_us())
+    record = ApiKey(
+        key_id=key_id, workspace=workspace, created_us=now_us(), scopes=ordered_scopes(scopes)
+    )
     await store.add_key(record, hash_key(key))
     return key, record
+
+
+def created_view(key: str, record: ApiKey) -> dict[str, Any]:
+    """What `keys create --json` prints (and POST /v1/keys answers): the key, shown only now."""
+    return {
+        "key": key,
+        "key_id": record.key_id,
+        "workspace": record.workspace,
+        "scopes": list(record.scopes),
+    }
+
+
+def key_view(record: ApiKey) -> dict[str, Any]:
+    """A key as `keys list --json` prints it (never the key itself)."""
+    return {
+        "key_id": record.key_id,
+        "workspace": record.workspace,
+        "scopes": list(record.scopes),
+        "created_at": iso(record.created_us),
+        "revoked_at": iso(record.revoked_us),
+    }
 
 
 def bearer_token(authorization: bytes | None) -> str | None:
@@ -56,7 +85,18 @@ def key_hash_of(authorization: bytes | None) -> str | None:
         return key_hash
 
 
-async def authenticate(store: Catalog, authorization: bytes | None) -> str | None:
-    """The workspace an Authorization header grants, or None."""
+async def authenticate(store: Catalog, authorization: bytes | None) -> KeyGrant | None:
+    """What an Authorization header's key grants (workspace, scopes), or None."""
     key_hash = key_hash_of(authorization)
-    return None if key_hash is None else await store.workspace_for(key_hash)
+    return None if key_hash is None else await store.key_grant(key_hash)
+
+
+async def authorize(store: Catalog, authorization: bytes | None, scope: str) -> KeyGrant:
+    """What the header's key grants, when it has ``scope``. Raises ``InvalidApiKey`` (401)
+    and ``MissingScope`` (403)."""
+    grant = await authenticate(store, authorization)
+    if grant is None:
+        raise InvalidApiKey()
+    if not grant.allows(scope):
+        raise MissingScope(scope)
+    return grant

@@ -268,7 +268,9 @@ _SCHEMAS: dict[str, Any] = {
     "Status": {"type": "object", "properties": {"status": {"type": "string"}}},
 }
 
-_SECURED: list[dict[str, list[str]]] = [{"apiKey": []}]
+SCOPE = "x-scope"
+"""An operation's key scope (api/access.py): ``_paths`` adds its security, its 403 and a line
+saying which scope it needs. tests/test_access.py checks it against the routes' own."""
 _CONTACT_ID = {
     "name": "contact_id",
     "in": "path",
@@ -286,7 +288,7 @@ def _paths() -> dict[str, Any]:
         "/v1/properties": {
             "post": {
                 "summary": "Send one property update",
-                "security": _SECURED,
+                SCOPE: "ingest",
                 "requestBody": {
                     "required": True,
                     "content": {"application/json": {"schema": _ref("PropertyUpdate")}},
@@ -300,7 +302,7 @@ def _paths() -> dict[str, Any]:
         "/v1/properties/batch": {
             "post": {
                 "summary": f"Send up to {c.MAX_BATCH_EVENTS} property updates",
-                "security": _SECURED,
+                SCOPE: "ingest",
                 "requestBody": {
                     "required": True,
                     "content": {"application/json": {"schema": _ref("Batch")}},
@@ -350,7 +352,7 @@ def _paths() -> dict[str, Any]:
         "/v1/contacts/{contact_id}": {
             "get": {
                 "summary": "A contact's current properties, each with its version",
-                "security": _SECURED,
+                SCOPE: "read",
                 "parameters": [_CONTACT_ID],
                 "responses": {
                     "200": _json(_ref("Contact"), "The profile"),
@@ -362,7 +364,7 @@ def _paths() -> dict[str, Any]:
         "/v1/contacts/{contact_id}/history": {
             "get": {
                 "summary": "A contact's applied events, newest first, paged",
-                "security": _SECURED,
+                SCOPE: "read",
                 "parameters": [
                     _CONTACT_ID,
                     {
@@ -393,7 +395,7 @@ def _paths() -> dict[str, Any]:
         "/v1/events/{event_id}": {
             "get": {
                 "summary": "An event's status: queued, applied, duplicate or failed",
-                "security": _SECURED,
+                SCOPE: "read",
                 "parameters": [
                     {
                         "name": "event_id",
@@ -445,7 +447,24 @@ def _paths() -> dict[str, Any]:
     for operations in paths.values():
         for operation in operations.values():
             operation["responses"] = {**_MALFORMED, **operation["responses"]}
+            scope = operation.get(SCOPE)
+            if scope is not None:
+                _needs(operation, scope)
     return paths
+
+
+def _needs(operation: dict[str, Any], scope: str) -> None:
+    """Document that ``operation`` needs a key with ``scope`` (``admin`` implies every scope)."""
+    operation["security"] = [{"apiKey": []}]
+    needs = f"Needs a key with the `{scope}` scope" + (
+        "." if scope == c.SCOPE_ADMIN else f" (or `{c.SCOPE_ADMIN}`)."
+    )
+    described = operation.get("description")
+    operation["description"] = f"{needs} {described}" if described else needs
+    operation["responses"]["403"] = _error(
+        f"The key lacks the scope: `This key lacks the '{scope}' scope`"
+    )
+    operation["responses"] = dict(sorted(operation["responses"].items()))
 
 
 def document(base_url: str) -> dict[str, Any]:
@@ -455,7 +474,9 @@ def document(base_url: str) -> dict[str, Any]:
             "title": "profilehook",
             "version": __version__,
             "description": "Real-time user-property updates, stored durably before the answer"
-            " and applied by event time into one profile per contact.",
+            " and applied by event time into one profile per contact. Keys carry scopes:"
+            " `ingest` (send updates), `read` (profiles and events), `admin` (everything,"
+            " management included); a key without the scope a route needs gets a 403.",
         },
         "servers": [{"url": base_url}],
         "paths": _paths(),
@@ -477,12 +498,17 @@ def html(doc: dict[str, Any]) -> str:
         f"<h1>{esc(doc['info']['title'])} {esc(doc['info']['version'])}</h1>",
         f"<p>{esc(doc['info']['description'])}</p>",
         "<p>Machine-readable: <a href='/openapi.json'>/openapi.json</a>."
-        " Authenticate with <code>Authorization: Bearer &lt;key&gt;</code>.</p>",
+        " Authenticate with <code>Authorization: Bearer &lt;key&gt;</code>; each route says"
+        " which scope its key needs (<code>ingest</code>, <code>read</code> or"
+        " <code>admin</code>, which implies the others).</p>",
     ]
     for path, operations in doc["paths"].items():
         for method, op in operations.items():
             parts.append(f"<h2><code>{method.upper()} {esc(path)}</code></h2>")
-            parts.append(f"<p>{esc(op['summary'])}</p><ul>")
+            parts.append(f"<p>{esc(op['summary'])}</p>")
+            if op.get("description"):
+                parts.append(f"<p>{esc(op['description'])}</p>")
+            parts.append("<ul>")
             for status, response in op["responses"].items():
                 parts.append(f"<li><b>{status}</b> {esc(response['description'])}</li>")
             parts.append("</ul>")
