@@ -136,3 +136,27 @@ async def test_given_a_serving_store_when_another_instance_rotates_a_secret_then
         await until(lambda: server.get_source("src_1"), rotated)
     assert await server.get_source("src_1") == rotated
     assert await server.get_source("src_later") == later
+
+
+async def test_given_a_deleted_source_then_it_is_gone_here_and_for_another_instance(
+    backend: StoreBackend,
+) -> None:
+    """``sources delete`` (or ``DELETE /v1/sources/{id}``) from another process: the serving
+    store refuses the source's next webhook call."""
+    server = backend.store
+    kept = Source("src_2", "acme", "amplitude", {}, created_us=2)
+    gone = Source("src_1", "acme", "amplitude", {"secret_hashes": ["h"]}, created_us=1)
+    await server.put_source(gone)
+    await server.put_source(kept)
+    assert await server.get_source("src_1") == gone  # warm whatever the server caches
+
+    cli = await backend.open_another()
+    assert await cli.delete_source("src_1") is True
+    assert await cli.delete_source("src_1") is False
+    assert await cli.delete_source("no-such-source") is False
+
+    if backend.name == "postgres":
+        await until(lambda: server.get_source("src_1"), None)
+    assert await server.get_source("src_1") is None
+    assert await server.list_sources("acme") == [kept]
+    assert await cli.get_source("src_1") is None

@@ -7,10 +7,11 @@ import secrets
 from collections.abc import Iterable
 from typing import Any
 
-from profilehook.constants import DEFAULT_KEY_SCOPES, KEY_PREFIX
-from profilehook.errors import InvalidApiKey, MissingScope
+from profilehook.constants import DEFAULT_KEY_SCOPES, KEY_PREFIX, SCOPE_ADMIN, SCOPES
+from profilehook.errors import InvalidApiKey, MissingScope, NotFound
 from profilehook.events import iso, now_us
 from profilehook.stores.base import ApiKey, Catalog, KeyGrant, ordered_scopes
+from profilehook.validation import Loc, Problem, problem
 
 
 def hash_key(key: str) -> str:
@@ -30,6 +31,69 @@ async def create_key(
     )
     await store.add_key(record, hash_key(key))
     return key, record
+
+
+_EXPECTED_SCOPES = ", ".join(repr(s) for s in SCOPES[:-1]) + f" or {SCOPES[-1]!r}"
+
+
+def scopes_from_json(value: Any, loc: Loc, problems: list[Problem]) -> tuple[str, ...]:
+    """A JSON list of scope names (absent: the default), in ``SCOPES``' order; each problem
+    (not a list, not a string, an unknown scope) is appended to ``problems``."""
+    if value is None:
+        return DEFAULT_KEY_SCOPES
+    if not isinstance(value, list):
+        problems.append(problem("list_type", loc, "Input should be a valid list", value))
+        return ()
+    for index, item in enumerate(value):
+        if item not in SCOPES:  # also a non-string: no string equals it
+            problems.append(
+                problem(
+                    "enum",
+                    (*loc, index),
+                    f"Input should be {_EXPECTED_SCOPES}",
+                    item,
+                    {"expected": _EXPECTED_SCOPES},
+                )
+            )
+    if not value:
+        problems.append(
+            problem(
+                "too_short",
+                loc,
+                "List should have at least 1 item after validation, not 0",
+                value,
+                {"field_type": "List", "min_length": 1, "actual_length": 0},
+            )
+        )
+    return ordered_scopes(item for item in value if item in SCOPES)
+
+
+async def revoke_key(store: Catalog, key_id: str, workspace: str | None = None) -> dict[str, Any]:
+    """Revoke a key (of ``workspace``, when given: another workspace's is not found), and say
+    what happened as `keys revoke` and ``DELETE /v1/keys/{key_id}`` answer: the key's view,
+    ``already_revoked``, and a ``warning`` when the workspace has no live admin key left.
+    Revoking twice changes nothing (the first time is kept). Raises ``NotFound``."""
+    found = {k.key_id: k for k in await store.list_keys(workspace)}
+    key = found.get(key_id)
+    if key is None:
+        raise NotFound(f"No key with id {key_id!r}")
+    already = key.revoked_us is not None
+    if not already:
+        await store.revoke_key(key_id, now_us())
+    revoked = next(k for k in await store.list_keys(key.workspace) if k.key_id == key_id)
+    answer = {**key_view(revoked), "already_revoked": already}
+    admins = [
+        k
+        for k in await store.list_keys(key.workspace)
+        if k.revoked_us is None and SCOPE_ADMIN in k.scopes
+    ]
+    if SCOPE_ADMIN in key.scopes and not already and not admins:
+        answer["warning"] = (
+            f"Workspace {key.workspace!r} has no admin key left: its keys and sources can be"
+            " managed from the command line only (profilehook keys create --workspace"
+            f" {key.workspace} --scope admin)."
+        )
+    return answer
 
 
 def created_view(key: str, record: ApiKey) -> dict[str, Any]:

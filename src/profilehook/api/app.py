@@ -18,6 +18,7 @@ from profilehook.api.access import ScopedRoute
 from profilehook.api.deadlines import Deadlines
 from profilehook.api.ingest import ACCESS as INGEST_ACCESS
 from profilehook.api.ingest import Handler, ingest_handlers
+from profilehook.api.management import management_routes
 from profilehook.api.responses import error_body, error_response
 from profilehook.api.routes import read_routes
 from profilehook.api.webhooks import PATH_PREFIX, webhook_handler
@@ -61,7 +62,9 @@ class ProfilehookApp:
             )
         ]
         self._starlette = Starlette(
-            routes=ingest_routes + read_routes(services, self.deadlines, self._stall_watch()),
+            routes=ingest_routes
+            + read_routes(services, self.deadlines, self._stall_watch())
+            + management_routes(services),
             lifespan=self._lifespan,
             exception_handlers={
                 HTTPException: _http_exception,

@@ -14,6 +14,7 @@ import msgspec
 from profilehook import __version__
 from profilehook import constants as c
 from profilehook.sources.kinds import KINDS
+from profilehook.sources.webhooks import CreateOption, Kind
 
 # The webhook route's request body, by the media type a kind's sender posts.
 _ANY_BODY: dict[str, Any] = {"schema": {}}
@@ -268,6 +269,293 @@ _SCHEMAS: dict[str, Any] = {
     "Status": {"type": "object", "properties": {"status": {"type": "string"}}},
 }
 
+# -- the management API (api/management.py) -----------------------------------------------------
+
+_DATE_TIME = {"type": "string", "format": "date-time"}
+_SCOPE_NAMES = {"enum": list(c.SCOPES)}
+_KEY_PROPERTIES: dict[str, Any] = {
+    "key_id": {"type": "string"},
+    "workspace": {"type": "string"},
+    "scopes": {"type": "array", "items": _SCOPE_NAMES},
+    "created_at": _DATE_TIME,
+    "revoked_at": {"type": ["string", "null"], "format": "date-time"},
+}
+_SOURCE_PROPERTIES: dict[str, Any] = {
+    "source_id": {"type": "string"},
+    "url": {"type": "string", "description": "The webhook URL to give the sender"},
+    "kind": {"enum": list(KINDS)},
+    "workspace": {"type": "string"},
+    "config": {"type": "object", "description": "The source's options (never its secrets)"},
+    "active_secrets": {"type": "integer", "minimum": 0},
+}
+
+
+def _option_schema(option: CreateOption) -> dict[str, Any]:
+    if option.is_flag:
+        schema: dict[str, Any] = {"type": "boolean", "default": False}
+    elif option.json_schema is not None:
+        schema = dict(option.json_schema)
+    elif option.multiple:
+        schema = {"type": "array", "items": {"type": "string", "minLength": 1}}
+    else:
+        schema = {"type": "string", "minLength": 1}
+    if option.help:
+        schema.setdefault("description", f"`{option.flag}`: {option.help}")
+    return schema
+
+
+def _source_create(kind: Kind) -> dict[str, Any]:
+    """``POST /v1/sources``'s body for one kind: its ``sources create <kind>`` options."""
+    settable = [o for o in kind.options if o.parse is None or o.from_json is not None]
+    return {
+        "type": "object",
+        "title": kind.title,
+        "required": ["kind", *(o.key for o in settable if o.required)],
+        "additionalProperties": False,
+        "properties": {
+            "kind": {"const": kind.name},
+            **{option.key: _option_schema(option) for option in settable},
+        },
+    }
+
+
+_SCHEMAS.update(
+    {
+        "Key": {
+            "type": "object",
+            "required": list(_KEY_PROPERTIES),
+            "properties": _KEY_PROPERTIES,
+        },
+        "KeyCreate": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "scopes": {
+                    "type": "array",
+                    "items": _SCOPE_NAMES,
+                    "minItems": 1,
+                    "default": list(c.DEFAULT_KEY_SCOPES),
+                    "description": "`admin` implies the others",
+                },
+            },
+        },
+        "KeyCreated": {
+            "type": "object",
+            "required": ["key", "key_id", "workspace", "scopes"],
+            "properties": {
+                "key": {"type": "string", "description": "The key: shown only now"},
+                "key_id": {"type": "string"},
+                "workspace": {"type": "string"},
+                "scopes": {"type": "array", "items": _SCOPE_NAMES},
+            },
+        },
+        "KeyRevoked": {
+            "type": "object",
+            "required": [*_KEY_PROPERTIES, "already_revoked"],
+            "properties": {
+                **_KEY_PROPERTIES,
+                "already_revoked": {
+                    "type": "boolean",
+                    "description": "Revoked before this call (nothing changed)",
+                },
+                "warning": {
+                    "type": "string",
+                    "description": "The workspace has no live admin key left",
+                },
+            },
+        },
+        "Source": {
+            "type": "object",
+            "required": list(_SOURCE_PROPERTIES),
+            "properties": _SOURCE_PROPERTIES,
+        },
+        "SourceDeleted": {
+            "type": "object",
+            "required": [*_SOURCE_PROPERTIES, "deleted"],
+            "properties": {**_SOURCE_PROPERTIES, "deleted": {"const": True}},
+        },
+        "SourceCreate": {"oneOf": [_source_create(kind) for kind in KINDS.values()]},
+        "SourceCreated": {
+            "type": "object",
+            "required": ["source_id", "url", "kind", "workspace"],
+            "properties": {
+                "source_id": {"type": "string"},
+                "url": {
+                    "type": "string",
+                    "description": "The webhook URL to give the sender (with its `?token=`)",
+                },
+                "kind": {"enum": list(KINDS)},
+                "workspace": {"type": "string"},
+                "secret": {"type": "string", "description": "Header secret: shown only now"},
+                "token": {"type": "string", "description": "`?token=` secret: shown only now"},
+            },
+        },
+        "SourceRotate": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "revoke_oldest": {
+                    "type": "boolean",
+                    "default": False,
+                    "description": "Rotate although two secrets are active: the older stops now",
+                },
+                "drop_previous": {
+                    "type": "boolean",
+                    "default": False,
+                    "description": "Finish a rotation: only the newest secret keeps working",
+                },
+            },
+        },
+        "SourceRotated": {
+            "type": "object",
+            "required": ["source_id", "secret", "url"],
+            "properties": {
+                "source_id": {"type": "string"},
+                "secret": {"type": "string", "description": "The new secret: shown only now"},
+                "url": {"type": "string"},
+            },
+        },
+    }
+)
+_KEY_ID = {"name": "key_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_SOURCE_ID = {"name": "source_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_ERRORS_ADMIN = {
+    "401": _error("Missing, malformed, unknown or revoked API key: `Invalid API Key`"),
+    "503": _error("Storage unavailable or too slow: retry after `Retry-After` seconds"),
+}
+_ERRORS_BODY = {
+    "413": _error("Body larger than 64 KiB"),
+    "415": _error("A declared Content-Type that is not JSON"),
+    "422": _json(_ref("ValidationError"), "Every problem found, in FastAPI's format"),
+}
+
+
+def _management_paths() -> dict[str, Any]:
+    own = "The key's own workspace only: another workspace's is a 404."
+    return {
+        "/v1/keys": {
+            "get": {
+                "summary": "The workspace's keys (never the keys themselves)",
+                "description": "As `profilehook keys list --json` prints them.",
+                SCOPE: c.SCOPE_ADMIN,
+                "responses": {
+                    "200": _json({"type": "array", "items": _ref("Key")}, "The keys"),
+                    **_ERRORS_ADMIN,
+                },
+            },
+            "post": {
+                "summary": "Create a key of the workspace; the key is in this answer only",
+                "description": "As `profilehook keys create --scope S... --json`. A body that"
+                " names a `workspace` must name the key's own. Unknown fields are refused.",
+                SCOPE: c.SCOPE_ADMIN,
+                "requestBody": {
+                    "required": False,
+                    "content": {"application/json": {"schema": _ref("KeyCreate")}},
+                },
+                "responses": {
+                    "201": _json(_ref("KeyCreated"), "Created"),
+                    **_ERRORS_BODY,
+                    **_ERRORS_ADMIN,
+                },
+            },
+        },
+        "/v1/keys/{key_id}": {
+            "delete": {
+                "summary": "Revoke a key: refused from the next request on",
+                "description": "As `profilehook keys revoke`. Revoking again changes nothing"
+                " (`already_revoked`); revoking the workspace's last admin key is allowed,"
+                f" with a `warning`. {own}",
+                SCOPE: c.SCOPE_ADMIN,
+                "parameters": [_KEY_ID],
+                "responses": {
+                    "200": _json(_ref("KeyRevoked"), "Revoked"),
+                    "404": _error("`No key with id '…'`"),
+                    **_ERRORS_ADMIN,
+                },
+            }
+        },
+        "/v1/sources": {
+            "get": {
+                "summary": "The workspace's webhook sources (never their secrets)",
+                "description": "As `profilehook sources list --json` prints them.",
+                SCOPE: c.SCOPE_ADMIN,
+                "responses": {
+                    "200": _json({"type": "array", "items": _ref("Source")}, "The sources"),
+                    **_ERRORS_ADMIN,
+                },
+            },
+            "post": {
+                "summary": "Create a webhook source; its secret is in this answer only",
+                "description": "As `profilehook sources create <kind> --json`: `kind` and that"
+                " kind's options by name (`--contact-field` is `contact_field`; a pinned"
+                " `--public-key` is `public_keys`, key id to PEM text). A body that names a"
+                " `workspace` must name the key's own. Unknown fields are refused.",
+                SCOPE: c.SCOPE_ADMIN,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("SourceCreate")}},
+                },
+                "responses": {
+                    "201": _json(_ref("SourceCreated"), "Created"),
+                    **_ERRORS_BODY,
+                    **_ERRORS_ADMIN,
+                },
+            },
+        },
+        "/v1/sources/{source_id}": {
+            "get": {
+                "summary": "A source: its URL, options, how many secrets are active",
+                "description": f"As `profilehook sources show`. {own}",
+                SCOPE: c.SCOPE_ADMIN,
+                "parameters": [_SOURCE_ID],
+                "responses": {
+                    "200": _json(_ref("Source"), "The source"),
+                    "404": _error("`No source with id '…'`"),
+                    **_ERRORS_ADMIN,
+                },
+            },
+            "delete": {
+                "summary": "Delete a source: its webhook calls are answered 404 from now on",
+                "description": f"As `profilehook sources delete --json`. {own}",
+                SCOPE: c.SCOPE_ADMIN,
+                "parameters": [_SOURCE_ID],
+                "responses": {
+                    "200": _json(_ref("SourceDeleted"), "Deleted"),
+                    "404": _error("`No source with id '…'` (also when deleted already)"),
+                    **_ERRORS_ADMIN,
+                },
+            },
+        },
+        "/v1/sources/{source_id}/rotate": {
+            "post": {
+                "summary": "Issue a new secret; the previous one works until `drop_previous`",
+                "description": "As `profilehook sources rotate [--revoke-oldest | --drop-previous]"
+                " --json`: a new secret (`SourceRotated`), or with `drop_previous` the source"
+                f" as it is then (`Source`). {own}",
+                SCOPE: c.SCOPE_ADMIN,
+                "parameters": [_SOURCE_ID],
+                "requestBody": {
+                    "required": False,
+                    "content": {"application/json": {"schema": _ref("SourceRotate")}},
+                },
+                "responses": {
+                    "200": _json(
+                        {"oneOf": [_ref("SourceRotated"), _ref("Source")]},
+                        "Rotated, or the previous secret dropped",
+                    ),
+                    "404": _error("`No source with id '…'`"),
+                    "409": _error(
+                        "Refused, nothing changed: the source has no secret (a Copernica source"
+                        " without a token), or a rotation is under way (two secrets active)"
+                    ),
+                    **_ERRORS_BODY,
+                    **_ERRORS_ADMIN,
+                },
+            }
+        },
+    }
+
+
 SCOPE = "x-scope"
 """An operation's key scope (api/access.py): ``_paths`` adds its security, its 403 and a line
 saying which scope it needs. tests/test_access.py checks it against the routes' own."""
@@ -444,6 +732,7 @@ def _paths() -> dict[str, Any]:
             }
         },
     }
+    paths.update(_management_paths())
     for operations in paths.values():
         for operation in operations.values():
             operation["responses"] = {**_MALFORMED, **operation["responses"]}

@@ -47,7 +47,7 @@ def read_routes(
 ) -> list[ScopedRoute]:
     """The routes beside ingestion; ``applier`` watches this server's applier, if it has one."""
     store, queue = services.store, services.queue
-    bounded = _deadline(services.settings.backend_timeout_s)
+    bounded = deadline(services.settings.backend_timeout_s)
 
     async def contact(request: Request, grant: KeyGrant) -> Response:
         workspace = grant.workspace
@@ -124,7 +124,7 @@ def read_routes(
     ]
 
 
-def _deadline(timeout_s: float) -> Callable[[Endpoint], Endpoint]:
+def deadline(timeout_s: float) -> Callable[[Endpoint], Endpoint]:
     """A read that waits longer than ``timeout_s`` for a backend is answered 503."""
 
     def wrap(endpoint: Endpoint) -> Endpoint:

@@ -361,6 +361,11 @@ class Catalog(ABC):
     @abstractmethod
     async def list_sources(self, workspace: str | None = None) -> list[Source]: ...
 
+    @abstractmethod
+    async def delete_source(self, source_id: str) -> bool:
+        """Delete a source: its webhook calls are refused (404) from the next one on, also in
+        other processes. False when there is no such source."""
+
 
 class ProfileAliases(ABC):
     """Profile aliases: a source's own id of a profile -> the contact it maps to (Copernica's

@@ -159,6 +159,9 @@ class MemoryStore(Store):
     async def list_sources(self, workspace: str | None = None) -> list[Source]:
         return [s for s in self._sources.values() if workspace in (None, s.workspace)]
 
+    async def delete_source(self, source_id: str) -> bool:
+        return self._sources.pop(source_id, None) is not None
+
     async def key_grant(self, key_hash: str) -> KeyGrant | None:
         for key, stored_hash in self._keys.values():
             if stored_hash == key_hash and key.revoked_us is None:

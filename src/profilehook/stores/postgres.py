@@ -667,6 +667,16 @@ class PostgresStore(Store):
 
         return await self._run(select)
 
+    async def delete_source(self, source_id: str) -> bool:
+        async def delete(conn: Conn) -> bool:
+            cur = await conn.execute("DELETE FROM sources WHERE source_id = %s", (source_id,))
+            await _notify(conn)
+            return cur.rowcount > 0
+
+        deleted = await self._run(delete)
+        self._clear_cache()
+        return deleted
+
     async def key_grant(self, key_hash: str) -> KeyGrant | None:
         async def select(conn: Conn) -> KeyGrant | None:
             cur = await conn.execute(

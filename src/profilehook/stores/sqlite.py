@@ -306,6 +306,14 @@ class SqliteStore(Store):
 
         return await self.catalog.read(select)
 
+    async def delete_source(self, source_id: str) -> bool:
+        self._cache.clear()
+        return await self.catalog.write(
+            lambda conn: (
+                conn.execute("DELETE FROM sources WHERE source_id = ?", (source_id,)).rowcount > 0
+            )
+        )
+
     async def key_grant(self, key_hash: str) -> KeyGrant | None:
         found: KeyGrant | None = self._cached(("key", key_hash), _load_grant)
         return found
