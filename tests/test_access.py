@@ -54,8 +54,14 @@ def test_every_route_of_the_app_declares_its_access(tmp_path: Path) -> None:
     app = create_app(Settings(data_dir=tmp_path))
 
     assert undeclared(app) == []
-    accesses = {r.path: r.access for r in routes_of(app) if isinstance(r, ScopedRoute)}
-    print(f"routes checked: {len(accesses)} ({len(app._ingest) + 1} of them raw ASGI)")
+    routes = routes_of(app)
+    operations = {(m, r.path) for r in routes for m in r.methods or [] if m != "HEAD"}
+    print(
+        f"routes checked: {len(routes)} ({len(app._ingest) + 1} of them raw ASGI),"
+        f" {len(operations)} method-and-path operations"
+    )
+    assert len(routes) >= 18
+    accesses = {r.path: r.access for r in routes if isinstance(r, ScopedRoute)}
     assert accesses["/v1/properties"] == accesses["/v1/properties/batch"] == "ingest"
     assert accesses["/v1/contacts/{rest:any_tail}"] == "read"
     assert accesses["/v1/webhooks/{source_id}"] == "source"

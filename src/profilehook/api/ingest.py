@@ -22,6 +22,8 @@ from profilehook.api.ratelimit import RateLimiter
 from profilehook.api.responses import encode, send_error, send_json
 from profilehook.errors import (
     ClientDisconnected,
+    InvalidApiKey,
+    MissingScope,
     PayloadTooLarge,
     ProfilehookError,
 )
@@ -131,7 +133,12 @@ async def _authorized_body(
     authorization = headers.get(b"authorization")
     if len(headers) != len(scope["headers"]) and _repeated(scope["headers"], b"authorization"):
         authorization = None  # two keys: refused, rather than choosing one of them
-    workspace = (await keys.authorize(services.store, authorization, ACCESS)).workspace
+    grant = await keys.authenticate(services.store, authorization)  # keys.authorize, inlined
+    if grant is None:
+        raise InvalidApiKey()
+    if not grant.allows(ACCESS):
+        raise MissingScope(ACCESS)
+    workspace = grant.workspace
     limiter.admit(keys.key_hash_of(authorization) or "")
     check_json_content_type(headers.get(b"content-type"))
     watch.reading_body()
