@@ -326,8 +326,7 @@ def keys_list(ctx: click.Context, workspace: str | None, as_json: bool) -> None:
     Example:
       profilehook keys list --workspace acme
     """
-    found = _with_services(_settings(ctx), lambda s: s.store.list_keys(workspace))
-    rows = [keys_lib.key_view(k) for k in found]
+    rows = _with_services(_settings(ctx), lambda s: keys_lib.list_keys(s.store, workspace))
     if as_json:
         click.echo(json.dumps(rows))
         return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import shlex
 from collections.abc import Iterable
 from typing import Any
 
@@ -80,18 +81,14 @@ async def revoke_key(store: Catalog, key_id: str, workspace: str | None = None) 
     already = key.revoked_us is not None
     if not already:
         await store.revoke_key(key_id, now_us())
-    revoked = next(k for k in await store.list_keys(key.workspace) if k.key_id == key_id)
-    answer = {**key_view(revoked), "already_revoked": already}
-    admins = [
-        k
-        for k in await store.list_keys(key.workspace)
-        if k.revoked_us is None and SCOPE_ADMIN in k.scopes
-    ]
-    if SCOPE_ADMIN in key.scopes and not already and not admins:
+    after = await store.list_keys(key.workspace)
+    answer = {**key_view(next(k for k in after if k.key_id == key_id)), "already_revoked": already}
+    admin_left = any(k.revoked_us is None and SCOPE_ADMIN in k.scopes for k in after)
+    if SCOPE_ADMIN in key.scopes and not already and not admin_left:
         answer["warning"] = (
             f"Workspace {key.workspace!r} has no admin key left: its keys and sources can be"
             " managed from the command line only (profilehook keys create --workspace"
-            f" {key.workspace} --scope admin)."
+            f" {shlex.quote(key.workspace)} --scope admin)."
         )
     return answer
 
@@ -104,6 +101,11 @@ def created_view(key: str, record: ApiKey) -> dict[str, Any]:
         "workspace": record.workspace,
         "scopes": list(record.scopes),
     }
+
+
+async def list_keys(store: Catalog, workspace: str | None) -> list[dict[str, Any]]:
+    """The keys (of ``workspace``, or all) as `keys list --json` prints them."""
+    return [key_view(k) for k in await store.list_keys(workspace)]
 
 
 def key_view(record: ApiKey) -> dict[str, Any]:

@@ -35,7 +35,7 @@ def management_routes(services: Services) -> list[ScopedRoute]:
     bounded = deadline(services.settings.backend_timeout_s)
 
     async def list_keys(request: Request, grant: KeyGrant) -> Response:
-        return json_response([keys.key_view(k) for k in await store.list_keys(grant.workspace)])
+        return json_response(await keys.list_keys(store, grant.workspace))
 
     async def create_key(request: Request, grant: KeyGrant) -> Response:
         body = await _json_object(request, empty_is={})
