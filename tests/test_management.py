@@ -8,11 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric import rsa
 from starlette.testclient import TestClient
 
+from profilehook import keys
 from profilehook.api import openapi
+from profilehook.cli import main
 from profilehook.settings import Settings
+from profilehook.sources import management
 from tests.support import run_cli
 from tests.test_access import key_with, scoped_client  # noqa: F401 (a fixture)
 from tests.test_amplitude import render_default
@@ -359,3 +363,74 @@ def test_keys_revoke_on_the_command_line_says_revoked_twice_and_warns_on_the_las
     assert first.stdout.strip() == f"Revoked {plain['key_id']}" and not first.stderr.strip()
     assert "was revoked already" in twice.stdout
     assert "Warning: Workspace 'acme' has no admin key left" in last.stderr
+
+
+# (module, function): the command and the request that must both go through it
+ACTIONS: list[tuple[Any, str, list[str], tuple[str, str, Any]]] = [
+    (keys, "create_key", ["keys", "create", "--workspace", "acme"], ("POST", "/v1/keys", {})),
+    (keys, "list_keys", ["keys", "list"], ("GET", "/v1/keys", None)),
+    (keys, "revoke_key", ["keys", "revoke", "{key}"], ("DELETE", "/v1/keys/{key}", None)),
+    (
+        management,
+        "create",
+        ["sources", "create", "amplitude", "--workspace", "acme"],
+        ("POST", "/v1/sources", {"kind": "amplitude"}),
+    ),
+    (management, "list_views", ["sources", "list"], ("GET", "/v1/sources", None)),
+    (management, "show", ["sources", "show", "{src}"], ("GET", "/v1/sources/{src}", None)),
+    (
+        management,
+        "rotate",
+        ["sources", "rotate", "{src}", "--revoke-oldest"],
+        ("POST", "/v1/sources/{src}/rotate", {"revoke_oldest": True}),
+    ),
+    (
+        management,
+        "drop_previous",
+        ["sources", "rotate", "{src}", "--drop-previous"],
+        ("POST", "/v1/sources/{src}/rotate", {"drop_previous": True}),
+    ),
+    (management, "delete", ["sources", "delete", "{src}"], ("DELETE", "/v1/sources/{src}", None)),
+]
+
+
+@pytest.mark.parametrize(
+    ("module", "name", "command", "request_"), ACTIONS, ids=[a[1] for a in ACTIONS]
+)
+def test_each_action_is_one_library_function_called_by_the_command_and_the_route(
+    shared: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    module: Any,
+    name: str,
+    command: list[str],
+    request_: tuple[str, str, Any],
+) -> None:
+    client, data_dir = shared
+    admin = admin_headers(client)
+
+    def fresh() -> dict[str, str]:
+        """A key and a source to act on (one of each per caller: a deletion is final)."""
+        key_id = client.post("/v1/keys", headers=admin).json()["key_id"]
+        src = client.post("/v1/sources", json={"kind": "amplitude"}, headers=admin).json()
+        return {"key": key_id, "src": src["source_id"]}
+
+    calls: list[str] = []
+    original = getattr(module, name)
+
+    async def spy(*args: Any, **kwargs: Any) -> Any:
+        calls.append(name)
+        return await original(*args, **kwargs)
+
+    by_cli, by_api = fresh(), fresh()
+    monkeypatch.setattr(module, name, spy)
+
+    ran = CliRunner().invoke(
+        main, ["--data-dir", str(data_dir), *(word.format(**by_cli) for word in command)]
+    )
+    assert ran.exit_code == 0, ran.output
+    assert calls == [name]
+
+    method, path, body = request_
+    answer = client.request(method, path.format(**by_api), json=body, headers=admin)
+    assert answer.status_code in (200, 201), answer.text
+    assert calls == [name, name]
