@@ -14,17 +14,17 @@ import msgspec
 from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
-from starlette.routing import Route
 
 from profilehook import constants as c
-from profilehook import keys
 from profilehook.api import openapi
+from profilehook.api.access import ScopedRoute
 from profilehook.api.deadlines import Deadlines, within
 from profilehook.api.responses import json_response
 from profilehook.applier import StallWatch
-from profilehook.errors import InvalidApiKey, NotFound, StorageUnavailable, ValidationFailed
+from profilehook.errors import NotFound, StorageUnavailable, ValidationFailed
 from profilehook.events import Version
 from profilehook.service import Services
+from profilehook.stores.base import KeyGrant
 from profilehook.validation import problem, value_error
 from profilehook.views import contact_view, event_status, event_view
 
@@ -44,22 +44,13 @@ register_url_convertor("any_tail", _AnyTail())
 
 def read_routes(
     services: Services, deadlines: Deadlines, applier: StallWatch | None = None
-) -> list[Route]:
+) -> list[ScopedRoute]:
     """The routes beside ingestion; ``applier`` watches this server's applier, if it has one."""
     store, queue = services.store, services.queue
-    within_deadline = _deadline(services.settings.backend_timeout_s)
+    bounded = deadline(services.settings.backend_timeout_s)
 
-    async def workspace_of(request: Request) -> str:
-        found = request.headers.getlist("authorization")
-        header = found[0] if len(found) == 1 else None  # two keys: refused, not one chosen
-        workspace = await keys.authenticate(store, header.encode("latin-1") if header else None)
-        if workspace is None:
-            raise InvalidApiKey()
-        return workspace
-
-    @within_deadline
-    async def contact(request: Request) -> Response:
-        workspace = await workspace_of(request)
+    async def contact(request: Request, grant: KeyGrant) -> Response:
+        workspace = grant.workspace
         contact_id, is_history = _contact_path(request)
         if is_history:
             return await _history(request, workspace, contact_id)
@@ -83,11 +74,9 @@ def read_routes(
             }
         )
 
-    @within_deadline
-    async def event(request: Request) -> Response:
-        workspace = await workspace_of(request)
+    async def event(request: Request, grant: KeyGrant) -> Response:
         view = await event_status(
-            services.queue, services.store, workspace, _raw_tail(request, "/v1/events/")
+            services.queue, services.store, grant.workspace, _raw_tail(request, "/v1/events/")
         )
         if view is None:
             raise NotFound("Event not found")
@@ -123,17 +112,19 @@ def read_routes(
         return HTMLResponse(openapi.html(openapi.document(services.settings.base_url)))
 
     return [
-        Route("/v1/contacts/{rest:any_tail}", contact, methods=["GET"]),
-        Route("/v1/events/{rest:any_tail}", event, methods=["GET"]),
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", readyz, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
-        Route("/openapi.json", openapi_json, methods=["GET"]),
-        Route("/docs", docs, methods=["GET"]),
+        ScopedRoute(
+            "/v1/contacts/{rest:any_tail}", contact, access="read", store=store, bound=bounded
+        ),
+        ScopedRoute("/v1/events/{rest:any_tail}", event, access="read", store=store, bound=bounded),
+        ScopedRoute("/healthz", healthz, access="public"),
+        ScopedRoute("/readyz", readyz, access="public"),
+        ScopedRoute("/metrics", metrics, access="public"),
+        ScopedRoute("/openapi.json", openapi_json, access="public"),
+        ScopedRoute("/docs", docs, access="public"),
     ]
 
 
-def _deadline(timeout_s: float) -> Callable[[Endpoint], Endpoint]:
+def deadline(timeout_s: float) -> Callable[[Endpoint], Endpoint]:
     """A read that waits longer than ``timeout_s`` for a backend is answered 503."""
 
     def wrap(endpoint: Endpoint) -> Endpoint:
