@@ -449,6 +449,7 @@ def import_cmd(ctx: click.Context, file: Path, workspace: str, as_json: bool) ->
                     file,
                     workspace,
                     lambda done, total: bar.update(task, completed=done, total=total),
+                    oldest_accepted_us=services.settings.oldest_accepted_us,
                 )
 
     result = _run(run())

@@ -97,6 +97,17 @@ def value_error(loc: Loc, value: Any, message: str) -> Problem:
     return problem("value_error", loc, f"Value error, {message}", value, {"error": message})
 
 
+TOO_OLD = "timestamp is older than the retention window"
+
+
+def too_old(loc: Loc, value: Any, oldest_us: int) -> Problem:
+    """An event time before the retention window (``PROFILEHOOK_HISTORY_RETENTION_DAYS``):
+    ``ctx.oldest_accepted`` is the oldest time accepted when it was judged, in Unix seconds."""
+    return problem(
+        "timestamp_too_old", loc, TOO_OLD, value, {"oldest_accepted": oldest_us / 1_000_000}
+    )
+
+
 _BYTE_POS = re.compile(r"\(byte (\d+)\)")
 
 
