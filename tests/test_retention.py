@@ -9,6 +9,9 @@ The purge itself, on every backend, is tests/test_retention_contract.py.
 from __future__ import annotations
 
 import json
+import random
+import re
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -263,3 +266,101 @@ class TestSkippedByWebhooks:
         event_id = hook.accepted(profile_call({"name": "new"}, at=int(ago(1)), profile="p1"))
         hook.applied(event_id)
         assert hook.contact("p1")["properties"]["name"] == "new"
+
+
+# -- scaled out: several workers purge at once ----------------------------------------------------
+
+
+@pytest.mark.slow
+def test_given_two_workers_with_retention_on_nats_and_postgres_then_they_purge_each_old_event_once_and_profiles_stay(
+    tmp_path: Path,
+) -> None:
+    """Given 3,000 events older than the window and 200 newer ones, applied while retention was
+    off, when two ``profilehook worker`` processes start with a 30-day window, then between them
+    they purge exactly the old events (their log lines add up to 3,000: none twice), every profile
+    reads the same, and ``profilehook rebuild`` afterwards gives the same profiles again."""
+    from tests.support import nats_postgres_env
+    from tests.test_scale_out import WorkerProcess
+
+    rng = random.Random(17)
+    contacts = [f"w{i}" for i in range(50)]
+    old = [
+        update(
+            rng.choice(contacts),
+            f"old-{i}",
+            ago(40 + rng.random()),
+            **{rng.choice("abcde"): rng.choice([None, i, f"v{i}"])},
+        )
+        for i in range(3_000)
+    ]
+    new = [
+        update(rng.choice(contacts), f"new-{i}", ago(1 + rng.random()), **{rng.choice("abcde"): i})
+        for i in range(200)
+    ]
+    data_dir = tmp_path / "data"
+    with nats_postgres_env() as env:
+        key = create_key(data_dir, "acme", **env)["key"]
+        server = ServerProcess(data_dir, extra_env=env, serve_args=("--no-applier",)).start()
+        workers: list[WorkerProcess] = []
+        try:
+            http = Http(server, key)
+            first = WorkerProcess(data_dir, "worker-0", env)
+            first.spawn()
+            workers.append(first)
+            events = old + new
+            for start in range(0, len(events), 1_000):
+                r = httpx.post(
+                    f"{server.base_url}/v1/properties/batch",
+                    json={"events": events[start : start + 1_000]},
+                    headers=http.auth,
+                    timeout=30,
+                )
+                assert r.status_code == 202 and r.json()["rejected"] == 0, r.text
+            wait_until(lambda: _stored_events(env) == len(events), timeout_s=60)
+            before = _all_profiles(http, contacts)
+            first.kill(signal.SIGTERM)
+
+            with_retention = {**env, **RETENTION, "PROFILEHOOK_LOG_LEVEL": "info"}
+            purgers = [WorkerProcess(data_dir, f"purger-{i}", with_retention) for i in range(2)]
+            for worker in purgers:
+                worker.spawn()
+                workers.append(worker)
+            wait_until(lambda: _stored_events(env) == len(new), timeout_s=60)
+            assert _all_profiles(http, contacts) == before
+            for worker in purgers:
+                worker.kill(signal.SIGTERM)  # its last log line sums what it purged since
+            said = [
+                int(n)
+                for worker in purgers
+                for n in re.findall(r"retention: purged (\d+) history", worker.log_path.read_text())
+            ]
+            print(f"retention log lines of the two workers: {said}")
+            assert sum(said) == len(old), said
+
+            rebuilt = run_cli(data_dir, "rebuild", **env)
+            assert rebuilt.returncode == 0, rebuilt.stderr
+            assert f"from {len(new)} events" in rebuilt.stdout
+            assert _all_profiles(http, contacts) == before
+        finally:
+            for worker in workers:
+                worker.kill()
+            server.stop()
+
+
+def _stored_events(env: dict[str, str]) -> int:
+    import psycopg
+
+    from profilehook.stores.postgres import split_url
+
+    conninfo, schema = split_url(env["PROFILEHOOK_STORE_URL"])
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        row = conn.execute(f'SELECT count(*) FROM "{schema}".events').fetchone()
+    return int(row[0]) if row else 0
+
+
+def _all_profiles(http: Http, contact_ids: list[str]) -> dict[str, Any]:
+    found = {}
+    for contact_id in contact_ids:
+        r = http.get(f"/v1/contacts/{contact_id}")
+        found[contact_id] = r.json() if r.status_code == 200 else r.status_code
+    return found
