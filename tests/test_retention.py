@@ -8,6 +8,7 @@ The purge itself, on every backend, is tests/test_retention_contract.py.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import re
@@ -21,7 +22,11 @@ import httpx2 as httpx
 import pytest
 from starlette.testclient import TestClient
 
+from profilehook.events import Event
+from profilehook.metrics import Metrics
+from profilehook.retention import HistoryPurger
 from profilehook.settings import Settings
+from profilehook.stores.memory import MemoryStore
 from tests.support import ServerProcess, create_key, run_cli, store_url_for, wait_until
 from tests.test_amplitude import Hook as AmplitudeHook
 from tests.test_amplitude import render_default
@@ -72,17 +77,18 @@ class Http:
         return {c: self.get(f"/v1/contacts/{c}").json() for c in contact_ids}
 
 
+# Purged: older than the window and the 7 days of deduplication after it (37 days).
 HISTORY = [
     update("u1", "u1-a", ago(40), plan="free", seats=1, region="eu"),
-    update("u1", "u1-b", ago(35), plan="pro", region=None),
-    update("u1", "u1-c", ago(1), seats=2),
+    update("u1", "u1-b", ago(39), plan="pro", region=None),
+    update("u1", "u1-c", ago(33), seats=2),  # past the window, within the dedupe days: kept
     update("u2", "u2-a", ago(50), colour="red"),  # all of u2's history is older
     update("u2", "u2-b", ago(45), colour="blue", size="L"),
     update("u3", "u3-a", ago(60), score=1),
-    update("u3", "u3-b", ago(31), score=None),  # an unset, then purged: the tombstone stays
+    update("u3", "u3-b", ago(38), score=None),  # an unset, then purged: the tombstone stays
     update("u3", "u3-c", ago(2), name="x"),
 ]
-PURGED = [e["event_id"] for e in HISTORY if e["timestamp"] < ago(WINDOW_DAYS)]
+PURGED = [e["event_id"] for e in HISTORY if e["timestamp"] < ago(WINDOW_DAYS + 7)]
 CONTACTS = ("u1", "u2", "u3")
 
 
@@ -115,7 +121,7 @@ def test_given_history_older_than_the_window_when_serve_runs_with_retention_then
 
         server.extra_env = {**store_env, **RETENTION, "PROFILEHOOK_LOG_LEVEL": "info"}
         server.start()
-        wait_until(lambda: http.history_ids("u1") == ["u1-c"])
+        wait_until(lambda: http.history_ids("u1") == ["u1-c"])  # (u1-c: in the dedupe days)
         wait_until(lambda: http.history_ids("u3") == ["u3-c"])
         assert http.history_ids("u2") == []  # found, with nothing left to show
         assert http.profiles(*CONTACTS) == before
@@ -138,6 +144,42 @@ def test_given_history_older_than_the_window_when_serve_runs_with_retention_then
     assert before["u1"]["properties"] == {"plan": "pro", "seats": 2}
     assert before["u2"]["properties"] == {"colour": "blue", "size": "L"}
     assert before["u3"]["properties"] == {"name": "x"}
+
+
+class TestPurger:
+    """``HistoryPurger``, the loop beside every applier, on a store and a clock of its own."""
+
+    NOW_US = 1_800_000_000 * 1_000_000
+    DAY_US = DAY_S * 1_000_000
+
+    def purger(self, store: MemoryStore, days: int) -> HistoryPurger:
+        settings = Settings(data_dir=Path("unused"), history_retention_days=days)
+        return HistoryPurger(store, Metrics(), settings, clock_us=lambda: self.NOW_US)
+
+    async def test_given_a_30_day_window_then_it_purges_what_is_older_than_37_days_only(
+        self,
+    ) -> None:
+        """The window, then the 7 days an event_id is kept for deduplication: an event accepted
+        at the window's edge stays known that long, and its repeat is a duplicate."""
+        edge_us = self.NOW_US - 37 * self.DAY_US
+        store = MemoryStore()
+        edge = Event("acme", "edge", "u1", edge_us + 1, {"plan": "kept"})
+        await store.apply([Event("acme", "old", "u1", edge_us - 1, {"plan": "gone"}), edge])
+        purger = self.purger(store, WINDOW_DAYS)
+
+        assert await purger.step() == 1
+        assert await purger.step() == 0
+        assert await store.get_event("acme", "old") is None
+        assert (await store.apply([edge])).duplicates == 1
+        assert b"profilehook_history_purged_total 1.0" in purger.metrics.render()
+
+    async def test_given_retention_off_then_run_returns_at_once_and_purges_nothing(self) -> None:
+        store = MemoryStore()
+        await store.apply([Event("acme", "ancient", "u1", 1, {"plan": "kept"})])
+
+        await asyncio.wait_for(self.purger(store, 0).run(asyncio.Event()), 1)
+
+        assert await store.get_event("acme", "ancient") is not None
 
 
 # -- refused at ingest ---------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """History retention (``PROFILEHOOK_HISTORY_RETENTION_DAYS``): the purge that runs beside every
 applier (``serve``'s applier process or task, each ``worker``).
 
-It asks the store to forget the event records older than the window, ``PURGE_BATCH_EVENTS`` at a
-time, each batch its own short transaction (``ProfileStore.purge_history``, which folds what it
+It asks the store to forget the event records older than the window and the dedupe window
+after it (``DEDUPE_WINDOW_US``, 7 days: ingest refuses what is older than the window, so every
+event stays in the history at least that long after it was accepted, its event_id recognised as
+a repeat), ``PURGE_BATCH_EVENTS`` at a time, each batch its own short transaction (``ProfileStore.purge_history``, which folds what it
 forgets into the contacts' snapshots), with a pause between batches so that the applier's writes
 come in between; once nothing older is left it looks again every ``PURGE_INTERVAL_S``. Several
 purgers at once (several workers on PostgreSQL) take different events. What it purged is counted
@@ -76,13 +78,18 @@ class HistoryPurger:
 
     async def step(self) -> int:
         """Purge one batch of what is older than the window now; the records purged."""
-        cutoff_us = self.settings.oldest_accepted_us(self.clock_us())
+        cutoff_us = self.cutoff_us()
         purged = await self.store.purge_history(cutoff_us, self.batch_events)
         if purged:
             self.metrics.history_purged.inc(purged)
             self._unreported += purged
             self._cutoff_us = cutoff_us
         return purged
+
+    def cutoff_us(self) -> int:
+        """Event times before this are purged now (none when it is 0 or less)."""
+        oldest_us = self.settings.oldest_accepted_us(self.clock_us())
+        return oldest_us - c.DEDUPE_WINDOW_US if oldest_us > 0 else 0
 
     def _report(self, final: bool = False) -> None:
         """One log line for what was purged since the last, at most once a minute."""
@@ -92,10 +99,12 @@ class HistoryPurger:
         if not final and now_s - self._reported_at_s < c.PURGE_LOG_INTERVAL_S:
             return
         log.info(
-            "retention: purged %d history records with an event time before %s (%d days)",
+            "retention: purged %d history records with an event time before %s"
+            " (%d days, and the %d days of deduplication)",
             self._unreported,
             iso(self._cutoff_us),
             self.settings.history_retention_days,
+            c.DEDUPE_WINDOW_US // c.DAY_US,
         )
         self._unreported = 0
         self._reported_at_s = now_s

@@ -101,8 +101,9 @@ class Settings:
     )
     history_retention_days: int = _setting(
         0,
-        "Days of history (applied events) kept; older ones are purged continuously, profiles"
-        " unchanged, and an event older than this is refused at ingest. 0 = keep forever",
+        "Days of history kept: an event older than this is refused at ingest, and history"
+        " older than this plus the 7-day dedupe window is purged continuously (profiles"
+        " unchanged). 0 = keep forever",
     )
     log_level: str = _setting("info", "Log level: debug, info, warning, error")
 
