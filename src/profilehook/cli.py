@@ -397,7 +397,8 @@ def events_get(ctx: click.Context, event_id: str, workspace: str) -> None:
 @main.command()
 @click.pass_context
 def rebuild(ctx: click.Context) -> None:
-    """Recompute every profile from the event history, with a progress bar.
+    """Recompute every profile from the event history, with a progress bar (history that
+    retention purged is replayed from its snapshots).
 
     \b
     Example:

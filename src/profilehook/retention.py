@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 
 class HistoryPurger:
+    """Purges the history older than the retention window beside an applier (module doc)."""
+
     def __init__(
         self,
         store: ProfileStore,
