@@ -13,6 +13,7 @@ import pytest
 
 from profilehook.events import Event
 from profilehook.stores.base import Contact, ProfileStore
+from profilehook.stores.memory import MemoryStore
 from tests.store_backends import S, StoreBackend
 from tests.support import event
 
@@ -202,3 +203,32 @@ async def test_given_two_processes_purging_at_once_when_done_then_each_event_is_
     assert sum(totals) == sum(1 for e in events if e.ts_us < 25 * S)
     await store.rebuild()
     assert await profiles(store) == before
+
+
+async def test_given_applying_and_purging_at_once_when_both_are_done_then_rebuild_gives_the_profiles(
+    backend: StoreBackend,
+) -> None:
+    """An applier (another process) applies new events and re-delivers old ones while a purger
+    takes the old history: nothing waits forever, and the profiles are what rebuild gives."""
+    store = backend.store
+    applier = await backend.open_another()
+    events = random_history(11, count=900)
+    old = [e for e in events if e.ts_us < 20 * S]
+    await store.apply(old)
+
+    async def apply_the_rest() -> None:
+        rest = [e for e in events if e.ts_us >= 20 * S]
+        for start in range(0, len(rest), 30):
+            await applier.apply(rest[start : start + 30] + old[start : start + 5])  # + repeats
+
+    await asyncio.wait_for(
+        asyncio.gather(apply_the_rest(), purge_all(store, 20 * S, limit=25)), timeout=60
+    )
+    await purge_all(store, 20 * S, limit=1000)  # what came again after the purge passed
+    before = await profiles(store)
+    await store.rebuild()
+    reference = MemoryStore()
+    await reference.apply(events)  # the same events, applied once in one batch
+
+    assert await profiles(store) == before == await profiles(reference)
+    assert await store.history("acme", "c0", (20 * S, ""), 10) == []
