@@ -38,6 +38,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "profilehook.applier",
             "profilehook.applier_endpoints",
             "profilehook.applier_process",
+            "profilehook.retention",
             "profilehook.service",
         ),
     ),

@@ -34,6 +34,7 @@ from profilehook.applier_endpoints import ApplierEndpoints
 from profilehook.errors import StorageUnavailable
 from profilehook.metrics import ApplierTotals, Metrics
 from profilehook.queues.base import HandsOverAcknowledgements, Queue
+from profilehook.retention import HistoryPurger
 from profilehook.service import running
 from profilehook.settings import Settings
 
@@ -86,12 +87,17 @@ async def run_applier(
             settings.apply_batch_max_events,
             f", metrics on port {metrics_port}" if metrics_port is not None else "",
         )
+        # Retention's purge runs beside the applier, in short transactions of its own.
+        purger = HistoryPurger(services.store, services.metrics, settings)
+        purging = asyncio.create_task(purger.run(stop), name="history-purge")
         try:
             if report_to_parent:
                 await _apply_reporting(applier, stop)
             else:
                 await applier.run(stop)
         finally:
+            stop.set()
+            await purging
             if endpoints is not None:
                 endpoints.close()
 

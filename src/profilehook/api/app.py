@@ -25,6 +25,7 @@ from profilehook.api.webhooks import PATH_PREFIX, webhook_handler
 from profilehook.applier import Applier, StallWatch
 from profilehook.applier_process import ApplierProcess
 from profilehook.errors import ProfilehookError
+from profilehook.retention import HistoryPurger
 from profilehook.service import Services
 from profilehook.settings import Settings
 
@@ -93,7 +94,7 @@ class ProfilehookApp:
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         await self.services.open()
         stop = asyncio.Event()
-        task = None
+        task = purging = None
         services = self.services
         if self.applies_in == "task":
             applier = Applier(
@@ -103,6 +104,8 @@ class ProfilehookApp:
                 services.settings.apply_batch_max_events,
             )
             task = asyncio.create_task(applier.run(stop), name="applier")
+            purger = HistoryPurger(services.store, services.metrics, services.settings)
+            purging = asyncio.create_task(purger.run(stop), name="history-purge")
         elif self.applies_in == "process":
             process = ApplierProcess(services.settings, services.metrics, services.queue)
             task = asyncio.create_task(process.run(stop), name="applier-process")
@@ -110,9 +113,10 @@ class ProfilehookApp:
             yield
         finally:
             stop.set()
-            if task is not None:
-                with suppress(asyncio.CancelledError):
-                    await task
+            for running_task in (task, purging):
+                if running_task is not None:
+                    with suppress(asyncio.CancelledError):
+                        await running_task
             await self.services.close()
 
 
