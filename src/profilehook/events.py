@@ -11,6 +11,10 @@ from typing import Any, Literal
 import msgspec
 
 Kind = Literal["update", "delete"]
+Op = Literal["set_once", "add", "append", "remove"]
+"""What an event does to one property besides setting it (SPEC 3.1); a property an event's
+``ops`` does not name is set (``None``: unset). The argument is its entry in ``properties``."""
+OPS: tuple[Op, ...] = ("set_once", "add", "append", "remove")
 Version = tuple[int, str]
 """(event time in microseconds, event_id): the order in which updates win."""
 
@@ -18,8 +22,11 @@ Version = tuple[int, str]
 class Event(msgspec.Struct, frozen=True, array_like=True, omit_defaults=True):
     """One update of one contact's properties, as every source produces it.
 
-    ``kind="update"`` sets ``properties`` (``None`` unsets a property); ``kind="delete"``
-    deletes the contact as of ``ts_us``: every property with a version at or below it.
+    ``kind="update"`` sets ``properties`` (``None`` unsets a property), except those that
+    ``ops`` names: for them the value is the argument of that operation (``set_once``: the
+    value, ``add``: a number, ``append``/``remove``: a list). ``ops`` is None on an event of
+    sets only (most of them: they encode as before, and records from before decode as such).
+    ``kind="delete"`` deletes the contact as of ``ts_us``: every property absent as of it.
     """
 
     workspace: str
@@ -32,6 +39,7 @@ class Event(msgspec.Struct, frozen=True, array_like=True, omit_defaults=True):
     metadata: dict[str, Any] | None = None
     received_us: int = 0
     kind: Kind = "update"
+    ops: dict[str, Op] | None = None  # appended last: older records decode without it
 
     @property
     def version(self) -> Version:

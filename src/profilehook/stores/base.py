@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import msgspec
+
 from profilehook.constants import DEFAULT_KEY_SCOPES, SCOPE_ADMIN, SCOPES
 from profilehook.events import Event, Version
 
@@ -123,12 +125,16 @@ class ApplyResult:
     superseded: int = 0
     written: int = 0
     applied_by_source: dict[str, int] = field(default_factory=dict)
+    # (workspace, event_id) -> why an operation of the event changed nothing (SPEC 3.1: ``add``
+    # on a value that is not a number): the store keeps it as the event record's ``error``.
+    warnings: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def add(self, other: ApplyResult) -> None:
         self.applied += other.applied
         self.duplicates += other.duplicates
         self.superseded += other.superseded
         self.written += other.written
+        self.warnings.update(other.warnings)
         for source, count in other.applied_by_source.items():
             self.applied_by_source[source] = self.applied_by_source.get(source, 0) + count
 
@@ -143,11 +149,18 @@ class ApplyResult:
 
 @dataclass
 class ContactState:
-    """What a backend knows of one contact before a batch, as much as the batch touches."""
+    """What a backend knows of one contact before a batch, as much as the batch touches:
+    per property its version and its value (None: a tombstone)."""
 
     last_update: Version | None = None
     deleted: Version | None = None
     versions: dict[str, Version] = field(default_factory=dict)
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+Base = Callable[[], tuple[ContactState, list[Event]]]
+"""What a late event's property is recomputed from (SPEC 3.1): the contact's retention snapshot
+(the folded state of its purged events) and its applied events other than the batch's."""
 
 
 @dataclass
@@ -159,14 +172,45 @@ class ContactPlan:
     last_update: Version | None
     deleted: Version | None
     superseded: int
+    warnings: dict[str, str] = field(default_factory=dict)  # event_id -> what was ignored
+    removes: set[str] = field(default_factory=set)  # rows to drop (a recomputed property)
 
     @property
     def touches_contact_row(self) -> bool:
-        return bool(self.upserts) or self.delete_upto is not None
+        return bool(self.upserts) or self.delete_upto is not None or bool(self.removes)
 
 
-def plan_contact(state: ContactState, events: Iterable[Event]) -> ContactPlan:
-    """Decide, for one contact, which property rows a batch of new events writes."""
+def plan_contact(
+    state: ContactState, events: Iterable[Event], base: Base | None = None
+) -> ContactPlan:
+    """Decide, for one contact, which property rows a batch of new events writes: the fold rule
+    of SPEC 3.1. A batch of sets (the everyday one) is decided by versions alone, as before
+    operations existed. One with operations folds them in version order onto the stored values;
+    only a late event (older than what the contact holds) on a property that an operation
+    touches after it has that property recomputed from ``base()`` (not given: from ``state``,
+    as if the batch came after it: what the rebuild and the retention snapshots use, whose
+    events all come in one batch or in order)."""
+    events = events if isinstance(events, list) else list(events)
+    newest = _newest(state)
+    late = newest is not None and any(e.version < newest for e in events)
+    if not late:
+        for event in events:
+            if event.ops:
+                break
+        else:
+            return _plan_sets(state, events)
+    return _plan_ops(state, events, base if late else None)
+
+
+def _newest(state: ContactState) -> Version | None:
+    last, deleted = state.last_update, state.deleted
+    if last is None or deleted is None:
+        return last or deleted
+    return max(last, deleted)
+
+
+def _plan_sets(state: ContactState, events: Iterable[Event]) -> ContactPlan:
+    """``plan_contact`` for events that only set (or unset) properties."""
     best: dict[str, tuple[Any, Version]] = {}
     batch_delete: Version | None = None
     last_update = state.last_update
@@ -194,6 +238,197 @@ def plan_contact(state: ContactState, events: Iterable[Event]) -> ContactPlan:
         and (name not in state.versions or version > state.versions[name])
     }
     return ContactPlan(upserts, delete_upto, last_update, deleted, writes - len(upserts))
+
+
+_ABSENT: Any = object()  # a property with no row (never set, or deleted)
+
+
+def _plan_ops(state: ContactState, events: list[Event], base: Base | None) -> ContactPlan:
+    events = sorted(events, key=_version_of)
+    newest = _newest(state)
+    last_update, deleted = state.last_update, state.deleted
+    batch_delete: Version | None = None
+    for event in events:
+        if event.kind == "delete":
+            if batch_delete is None or event.version > batch_delete:
+                batch_delete = event.version
+        elif last_update is None or event.version > last_update:
+            last_update = event.version
+    delete_upto = None
+    if batch_delete is not None and (deleted is None or batch_delete > deleted):
+        deleted = delete_upto = batch_delete
+    warnings: dict[str, str] = {}
+    upserts: dict[str, tuple[Any, Version]] = {}
+    removes: set[str] = set()
+    recompute: set[str] = set()
+    if base is not None and newest is not None:
+        snapshot, history = base()
+        everything = sorted([*history, *events], key=_version_of)
+        last_op: dict[str, Version] = {}  # per property, the newest operation on it
+        for event in everything:
+            if event.ops:
+                for name in event.ops:
+                    last_op[name] = event.version
+        for event in events:
+            if event.version > newest:
+                break
+            if event.kind == "delete":
+                recompute.update(n for n, v in last_op.items() if v > event.version)
+            else:
+                recompute.update(
+                    n for n in event.properties if n in last_op and last_op[n] >= event.version
+                )
+        for name in recompute:
+            found = _fold_property(snapshot, everything, name, warnings)
+            stored = _stored(state, name, delete_upto)
+            if found is None:
+                if stored is not None:
+                    removes.add(name)
+            elif stored is None or stored[1] != found[1] or not same_value(stored[0], found[0]):
+                upserts[name] = found
+    # Every other property: a late set or unset needs only the version check; anything in
+    # order folds onto the value held (a delete in the batch empties what it covers).
+    held: dict[str, tuple[Any, Version] | None] = {}
+    writes = 0
+    for event in events:
+        version = event.version
+        if event.kind == "delete":
+            for name, now in held.items():
+                if now is not None and now[1] <= version:
+                    held[name] = None
+            continue
+        writes += len(event.properties)
+        if deleted is not None and version <= deleted:
+            continue
+        ops = event.ops
+        for name, arg in event.properties.items():
+            if name in recompute:
+                continue
+            now = held[name] if name in held else _stored(state, name, delete_upto)
+            op = None if ops is None else ops.get(name)
+            if op is None:
+                if now is None or version > now[1]:
+                    held[name] = (arg, version)
+                continue
+            if now is not None and version < now[1]:  # (late operations are recomputed)
+                continue
+            value = _ABSENT if now is None or now[0] is None else now[0]
+            changed, value, warning = apply_op(op, value, arg)
+            if warning:
+                warnings[event.event_id] = f"{name}: {warning}"
+            if changed:
+                held[name] = (None if value is _ABSENT else value, version)
+    for name, now in held.items():
+        if now is None:
+            continue
+        stored = _stored(state, name, delete_upto)
+        if stored is None or stored[1] != now[1] or not same_value(stored[0], now[0]):
+            upserts[name] = now
+    return ContactPlan(
+        upserts,
+        delete_upto,
+        last_update,
+        deleted,
+        max(0, writes - len(upserts)),
+        warnings,
+        removes,
+    )
+
+
+def _version_of(event: Event) -> Version:
+    return (event.ts_us, event.event_id)
+
+
+def _stored(state: ContactState, name: str, upto: Version | None) -> tuple[Any, Version] | None:
+    """A property as stored (value None: a tombstone), unless the batch's delete covers it."""
+    version = state.versions.get(name)
+    if version is None or (upto is not None and version <= upto):
+        return None
+    return state.values.get(name), version
+
+
+def _fold_property(
+    start: ContactState, events: list[Event], name: str, warnings: dict[str, str]
+) -> tuple[Any, Version] | None:
+    """One property folded from ``start`` through ``events`` (in version order): its value
+    (None: a tombstone) and the version of the last event that changed it; None: no row."""
+    now = _stored(start, name, None)
+    for event in events:
+        version = event.version
+        if start.deleted is not None and version <= start.deleted:
+            continue
+        if event.kind == "delete":
+            now = None
+            continue
+        if name not in event.properties:
+            continue
+        arg = event.properties[name]
+        op = None if event.ops is None else event.ops.get(name)
+        if op is None:
+            now = (arg, version)
+            continue
+        value = _ABSENT if now is None or now[0] is None else now[0]
+        changed, value, warning = apply_op(op, value, arg)
+        if warning:
+            warnings[event.event_id] = f"{name}: {warning}"
+        if changed:
+            now = (None if value is _ABSENT else value, version)
+    return now
+
+
+_MAX_INT = 2**63  # what msgpack (the stored rows) holds; a sum beyond becomes a float
+
+
+def apply_op(op: str, value: Any, arg: Any) -> tuple[bool, Any, str | None]:
+    """One operation on a property's value (``_ABSENT`` when it has none): whether it changed
+    it, the new value (``_ABSENT``: none), and a warning when the operation did not apply."""
+    if op == "set_once":
+        return (True, arg, None) if value is _ABSENT else (False, value, None)
+    if op == "add":
+        if value is _ABSENT:
+            return True, arg, None
+        kind = type(value)
+        if kind is bool or not (kind is int or kind is float):
+            return False, value, "add on a value that is not a number: unchanged"
+        total = value + arg
+        if type(total) is int and not -_MAX_INT <= total < _MAX_INT:
+            total = float(total)
+        return not same_value(total, value), total, None
+    if op == "append":
+        was_list = type(value) is list
+        items = [] if value is _ABSENT else list(value) if was_list else [value]
+        for item in arg:
+            if not contains(items, item):
+                items.append(item)
+        changed = not was_list or len(items) != len(value)
+        return changed, items if changed else value, None
+    if op == "remove":
+        if value is _ABSENT:
+            return False, value, None
+        if type(value) is list:
+            kept = [item for item in value if not contains(arg, item)]
+            return (True, kept, None) if len(kept) != len(value) else (False, value, None)
+        return (True, _ABSENT, None) if contains(arg, value) else (False, value, None)
+    raise ValueError(f"unknown operation {op!r}")
+
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Equal as JSON values: ``1``, ``1.0`` and ``true`` are three different values."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, _SCALARS):
+        return bool(a == b)
+    return bool(_encode_json(a) == _encode_json(b))
+
+
+def contains(items: list[Any], item: Any) -> bool:
+    return any(same_value(item, other) for other in items)
+
+
+_encode_json = msgspec.json.Encoder().encode
 
 
 def contact_exists(last_update: Version | None, deleted: Version | None) -> bool:

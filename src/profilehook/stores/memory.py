@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -12,6 +12,7 @@ from profilehook.stores.base import (
     AliasUpdate,
     ApiKey,
     ApplyResult,
+    Base,
     Contact,
     ContactState,
     EventRecord,
@@ -66,8 +67,29 @@ class MemoryStore(Store):
                 self._events[(repeat.workspace, repeat.event_id)] = replace(
                     stored, status="duplicate"
                 )
-        result = _fold(self._profiles, new)
+        result = _fold(self._profiles, new, self._base)
+        for key, warning in result.warnings.items():
+            if key in self._events:
+                self._events[key] = replace(self._events[key], error=warning)
         return result.count_new(events, new)
+
+    def _base(self, key: tuple[str, str], new: Sequence[Event]) -> Base:
+        """What a late event of contact ``key`` is recomputed from: its snapshot, and its
+        applied events but ``new``."""
+
+        def base() -> tuple[ContactState, list[Event]]:
+            snapshot = self._snapshots.get(key) or _Profile()
+            skip = {e.event_id for e in new}
+            history = [
+                r.event
+                for r in self._events.values()
+                if (r.event.workspace, r.event.contact_id) == key
+                and r.status in _APPLIED
+                and r.event.event_id not in skip
+            ]
+            return _state_of(snapshot), history
+
+        return base
 
     async def record_failure(self, event: Event, error: str) -> None:
         key = (event.workspace, event.event_id)
@@ -115,7 +137,14 @@ class MemoryStore(Store):
         applied = [r.event for r in self._events.values() if r.status in _APPLIED]
         if progress is not None:
             progress(0, len(applied))
-        _fold(self._profiles, applied)
+        snapshots = self._snapshots
+
+        def base(key: tuple[str, str], _: Sequence[Event]) -> Base:
+            # Every event of a contact is in this one batch: a late one's property is
+            # recomputed from the snapshot through all of them.
+            return lambda: (_state_of(snapshots.get(key) or _Profile()), [])
+
+        _fold(self._profiles, applied, base)
         if progress is not None:
             progress(len(applied), len(applied))
         return len(applied)
@@ -205,13 +234,22 @@ class MemoryStore(Store):
 _APPLIED = ("applied", "duplicate")  # the statuses of events that were applied
 
 
-def _fold(profiles: dict[tuple[str, str], _Profile], events: Sequence[Event]) -> ApplyResult:
-    """Apply ``events`` to ``profiles`` (the profiles, or the snapshots) by the shared rules."""
+def _fold(
+    profiles: dict[tuple[str, str], _Profile],
+    events: Sequence[Event],
+    base: Callable[[tuple[str, str], Sequence[Event]], Base] | None = None,
+) -> ApplyResult:
+    """Apply ``events`` to ``profiles`` (the profiles, or the snapshots) by the shared rules;
+    ``base``: what a late event's properties are recomputed from (``plan_contact``)."""
     result = ApplyResult()
     for key, group in by_contact(events).items():
         profile = profiles.setdefault(key, _Profile())
-        plan = plan_contact(profile.state, group)
+        plan = plan_contact(_state_of(profile), group, None if base is None else base(key, group))
         result.superseded += plan.superseded
+        result.warnings.update(((key[0], i), w) for i, w in plan.warnings.items())
+        for name in plan.removes:
+            profile.state.versions.pop(name, None)
+            profile.values.pop(name, None)
         if plan.delete_upto is not None:
             for name, version in list(profile.state.versions.items()):
                 if version <= plan.delete_upto:
@@ -224,6 +262,11 @@ def _fold(profiles: dict[tuple[str, str], _Profile], events: Sequence[Event]) ->
         profile.state.deleted = plan.deleted
         result.written += len(plan.upserts)
     return result
+
+
+def _state_of(profile: _Profile) -> ContactState:
+    state = profile.state
+    return ContactState(state.last_update, state.deleted, state.versions, profile.values)
 
 
 def _contact_of(contact_id: str, profile: _Profile) -> Contact | None:

@@ -23,6 +23,7 @@ from profilehook.stores.base import (
     AliasUpdate,
     ApiKey,
     ApplyResult,
+    Base,
     Contact,
     ContactPlan,
     ContactState,
@@ -576,7 +577,31 @@ def _apply(conn: sqlite3.Connection, events: Sequence[Event]) -> ApplyResult:
     insert_rows(conn, _INSERT_EVENT, rows)
     new_events = [e for _, e in new]
     _mark_duplicates(conn, repeats(events, new_events))
-    return _apply_profiles(conn, new_events).count_new(events, new_events)
+    result = _apply_profiles(conn, new_events, base=_history_base)
+    if result.warnings:
+        conn.executemany(
+            "UPDATE events SET error = ? WHERE id_key = ? AND workspace = ? AND event_id = ?",
+            [(w, _id_key(ws, i), ws, i) for (ws, i), w in result.warnings.items()],
+        )
+    return result.count_new(events, new_events)
+
+
+def _history_base(conn: sqlite3.Connection, key: tuple[str, str], new: Sequence[Event]) -> Base:
+    """What a late event of contact ``key`` is recomputed from: its snapshot, and its applied
+    events but ``new`` (recorded already, in this transaction)."""
+
+    def base() -> tuple[ContactState, list[Event]]:
+        snapshot = _rows(conn, [key], _SNAPSHOTS).get(key) or _Row()
+        skip = {e.event_id for e in new}
+        rows = conn.execute(
+            f"SELECT event_id, body FROM events WHERE contact_key = ? AND {_APPLIED}"
+            " AND workspace = ? AND contact_id = ?",
+            (_key(*key), *key),
+        )
+        history = [decode_event(body) for event_id, body in rows if event_id not in skip]
+        return snapshot.state(), history
+
+    return base
 
 
 def _mark_duplicates(conn: sqlite3.Connection, dropped: Sequence[Event]) -> None:
@@ -608,19 +633,28 @@ def _already_recorded(conn: sqlite3.Connection, id_keys: list[int]) -> set[tuple
 _CONTACTS, _SNAPSHOTS = "contacts", "snapshots"
 
 
+BaseOf = Callable[[sqlite3.Connection, tuple[str, str], Sequence[Event]], Base]
+
+
 def _apply_profiles(
-    conn: sqlite3.Connection, events: Sequence[Event], table: str = _CONTACTS
+    conn: sqlite3.Connection,
+    events: Sequence[Event],
+    table: str = _CONTACTS,
+    base: BaseOf | None = None,
 ) -> ApplyResult:
     """Plan every contact of the batch with the shared rules; rewrite only contacts that change
-    (in ``table``: the profiles, or the snapshots that ``purge_history`` folds into)."""
+    (in ``table``: the profiles, or the snapshots that ``purge_history`` folds into). ``base``:
+    what a late event's properties are recomputed from (``plan_contact``)."""
     groups = by_contact(events)
     rows = _rows(conn, list(groups), table)
     result = ApplyResult()
     changed: list[tuple[Any, ...]] = []
     for key, group in groups.items():
         row = rows.get(key) or _Row()
-        plan = plan_contact(row.state(), group)
+        plan = plan_contact(row.state(), group, None if base is None else base(conn, key, group))
         result.superseded += plan.superseded
+        if plan.warnings:
+            result.warnings.update(((key[0], i), w) for i, w in plan.warnings.items())
         # A newer last update matters only if it is visible (newer than the contact's delete).
         if not plan.touches_contact_row and (
             plan.last_update == row.last or not contact_exists(plan.last_update, plan.deleted)
@@ -661,15 +695,19 @@ class _Row:
 
     def state(self) -> ContactState:
         versions: dict[str, Version] = {}
+        held: dict[str, Any] = {}
         for ts_us, event_id, values in self.groups:
             versions.update(dict.fromkeys(values, (ts_us, event_id)))
-        return ContactState(self.last, self.deleted, versions)
+            held.update(values)
+        return ContactState(self.last, self.deleted, versions, held)
 
     def merged(self, plan: ContactPlan) -> bytes:
         """The stored groups with the plan's writes."""
-        upserts, upto = plan.upserts, plan.delete_upto
-        if not upserts and upto is None:
+        upserts, upto, removes = plan.upserts, plan.delete_upto, plan.removes
+        if not upserts and upto is None and not removes:
             return self.encoded
+        for name in removes:
+            upserts = {**upserts, name: (None, (0, ""))}  # dropped below, never added
         groups: PropertyGroups = []
         for ts_us, event_id, values in self.groups:
             if upto is not None and (ts_us, event_id) <= upto:
@@ -681,6 +719,8 @@ class _Row:
             groups.append((ts_us, event_id, values))
         added: dict[Version, dict[str, Any]] = {}
         for name, (value, version) in upserts.items():
+            if name in removes:
+                continue
             added.setdefault(version, {})[name] = value
         groups.extend((ts_us, event_id, values) for (ts_us, event_id), values in added.items())
         return _encode_groups(groups)
@@ -780,19 +820,44 @@ def _rebuild(conn: sqlite3.Connection, progress: Progress | None) -> int:
     done = 0
     if progress is not None:
         progress(0, total)
-    cursor = conn.execute(f"SELECT body FROM events WHERE {_APPLIED}")
+    # Contact by contact (a contact's events all in one batch, in version order): a late
+    # event's property is then recomputed from the snapshot through all of them.
+    cursor = conn.execute(
+        f"SELECT contact_key, body FROM events WHERE {_APPLIED}"
+        " ORDER BY contact_key, ts_us, event_id"
+    )
+    pending: list[Event] = []
+    last_key = None
     while chunk := cursor.fetchmany(REBUILD_CHUNK_EVENTS):
-        _apply_profiles(conn, [decode_event(body) for (body,) in chunk])
-        done += len(chunk)
-        if progress is not None:
-            progress(done, total)
+        for contact_key, body in chunk:
+            if contact_key != last_key and len(pending) >= REBUILD_CHUNK_EVENTS:
+                _rebuild_contacts(conn, pending)
+                done += len(pending)
+                pending = []
+                if progress is not None:
+                    progress(done, total)
+            last_key = contact_key
+            pending.append(decode_event(body))
+    _rebuild_contacts(conn, pending)
+    done += len(pending)
+    if progress is not None:
+        progress(done, total)
     return int(done)
+
+
+def _rebuild_contacts(conn: sqlite3.Connection, events: list[Event]) -> None:
+    """Fold every event of some contacts onto their snapshots (what their rows hold now)."""
+
+    def snapshot(conn: sqlite3.Connection, key: tuple[str, str], _: Sequence[Event]) -> Base:
+        return lambda: ((_rows(conn, [key]).get(key) or _Row()).state(), [])
+
+    _apply_profiles(conn, events, base=snapshot)
 
 
 def _purge(conn: sqlite3.Connection, before_us: int, limit: int) -> int:
     """Forget the oldest events before ``before_us``, the applied ones folded into snapshots."""
     rows = conn.execute(
-        "SELECT rowid, status, body FROM events WHERE ts_us < ? ORDER BY ts_us LIMIT ?",
+        "SELECT rowid, status, body FROM events WHERE ts_us < ? ORDER BY ts_us, event_id LIMIT ?",
         (before_us, limit),
     ).fetchall()
     applied = [decode_event(body) for _, status, body in rows if status in _APPLIED_STATUSES]
