@@ -13,12 +13,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import tempfile
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -26,7 +28,14 @@ from profilehook.events import Event, Version
 from profilehook.stores.base import Contact, Store
 from profilehook.stores.memory import MemoryStore
 from profilehook.stores.sqlite import SqliteStore
-from tests.support import examples
+from tests.support import (
+    POSTGRES_URL,
+    drop_schema,
+    examples,
+    postgres_url,
+    require_server,
+    unique_schema,
+)
 
 S = 1_000_000
 WORKSPACE = "acme"
@@ -46,9 +55,9 @@ def _key(value: Any) -> bytes:
     return msgspec.json.encode(value) + type(value).__name__.encode()
 
 
-def reference(events: Sequence[Event]) -> dict[tuple[str, str], Contact | None]:
+def reference(events: Sequence[Event]) -> dict[str, Contact | None]:
     unique = sorted({e.event_id: e for e in events}.values(), key=lambda e: e.version)
-    found: dict[tuple[str, str], Contact | None] = {}
+    found: dict[str, Contact | None] = {}
     for contact_id in CONTACTS:
         profile: dict[str, tuple[Any, Version]] = {}
         last: Version | None = None
@@ -69,9 +78,9 @@ def reference(events: Sequence[Event]) -> dict[tuple[str, str], Contact | None]:
                 elif operation == "set" or before is None or _key(after) != _key(before[0]):
                     profile[name] = (after, event.version)
         if last is None or (deleted is not None and last < deleted):
-            found[(WORKSPACE, contact_id)] = None
+            found[contact_id] = None
             continue
-        found[(WORKSPACE, contact_id)] = Contact(
+        found[contact_id] = Contact(
             contact_id,
             {n: v for n, (v, _) in sorted(profile.items())},
             {n: at for n, (_, at) in sorted(profile.items())},
@@ -109,7 +118,7 @@ def reference_operation(operation: str, value: Any, arg: Any) -> Any:
     raise AssertionError(operation)
 
 
-def assert_same(found: dict[tuple[str, str], Contact | None], expected: Any, how: str) -> None:
+def assert_same(found: dict[str, Contact | None], expected: Any, how: str) -> None:
     assert found == expected, how
     for key, contact in found.items():
         if contact is not None:
@@ -117,8 +126,8 @@ def assert_same(found: dict[tuple[str, str], Contact | None], expected: Any, how
             assert exact == msgspec.json.encode(expected[key].properties, order="sorted"), how
 
 
-async def actual(store: Store) -> dict[tuple[str, str], Contact | None]:
-    return {(WORKSPACE, c): await store.get_contact(WORKSPACE, c) for c in CONTACTS}
+async def actual(store: Store, workspace: str = WORKSPACE) -> dict[str, Contact | None]:
+    return {c: await store.get_contact(workspace, c) for c in CONTACTS}
 
 
 # -- scenarios -----------------------------------------------------------------------------------
@@ -198,13 +207,16 @@ def scenarios(draw: st.DrawFn) -> Scenario:
     return Scenario(events, split(deliveries, cuts))
 
 
-async def deliver(store: Store, scenario: Scenario, how: str) -> None:
+async def deliver(
+    store: Store, scenario: Scenario, how: str, workspace: str = WORKSPACE, rebuild: bool = True
+) -> None:
     for batch in scenario.batches:
-        await store.apply(batch)
+        await store.apply([msgspec.structs.replace(e, workspace=workspace) for e in batch])
     expected = reference(scenario.events)
-    assert_same(await actual(store), expected, f"{how} after apply")
-    await store.rebuild()
-    assert_same(await actual(store), expected, f"{how} after rebuild")
+    assert_same(await actual(store, workspace), expected, f"{how} after apply")
+    if rebuild:
+        await store.rebuild()
+        assert_same(await actual(store, workspace), expected, f"{how} after rebuild")
 
 
 @settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -230,3 +242,32 @@ def test_given_random_operations_in_any_order_when_applied_to_sqlite_then_the_fo
 
     with tempfile.TemporaryDirectory(prefix="operations-") as data_dir:
         asyncio.run(run(Path(data_dir)))
+
+
+@pytest.fixture(scope="module")
+def postgres_schema() -> Iterator[str]:
+    require_server(POSTGRES_URL, 5432)
+    schema = unique_schema()
+    yield schema
+    drop_schema(schema)
+
+
+@settings(max_examples=examples(100), deadline=None, suppress_health_check=list(HealthCheck))
+@given(scenario=scenarios(), rebuild=st.integers(0, 9))
+def test_given_random_operations_in_any_order_when_applied_to_postgres_then_the_fold_of_spec_3_1(
+    postgres_schema: str, scenario: Scenario, rebuild: int
+) -> None:
+    from profilehook.stores.postgres import PostgresStore
+
+    async def run() -> None:
+        store = PostgresStore(postgres_url(postgres_schema))
+        await store.open()
+        try:
+            # A workspace per example: the schema is shared; rebuild (every contact of every
+            # example) now and then.
+            workspace = f"w{uuid.uuid4().hex}"
+            await deliver(store, scenario, "postgres", workspace, rebuild=rebuild == 0)
+        finally:
+            await store.close()
+
+    asyncio.run(run())

@@ -191,7 +191,7 @@ def plan_contact(
     as if the batch came after it: what the rebuild and the retention snapshots use, whose
     events all come in one batch or in order)."""
     events = events if isinstance(events, list) else list(events)
-    newest = _newest(state)
+    newest = newest_version(state)
     late = newest is not None and any(e.version < newest for e in events)
     if not late:
         for event in events:
@@ -202,7 +202,8 @@ def plan_contact(
     return _plan_ops(state, events, base if late else None)
 
 
-def _newest(state: ContactState) -> Version | None:
+def newest_version(state: ContactState) -> Version | None:
+    """The newest version applied to the contact: its last update or its delete."""
     last, deleted = state.last_update, state.deleted
     if last is None or deleted is None:
         return last or deleted
@@ -245,7 +246,7 @@ _ABSENT: Any = object()  # a property with no row (never set, or deleted)
 
 def _plan_ops(state: ContactState, events: list[Event], base: Base | None) -> ContactPlan:
     events = sorted(events, key=_version_of)
-    newest = _newest(state)
+    newest = newest_version(state)
     last_update, deleted = state.last_update, state.deleted
     batch_delete: Version | None = None
     for event in events:

@@ -18,7 +18,7 @@ import select
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
@@ -41,6 +41,7 @@ from profilehook.stores.base import (
     by_contact,
     contact_exists,
     first_of_each,
+    newest_version,
     plan_contact,
     repeats,
     scopes_of,
@@ -63,6 +64,7 @@ Conn = psycopg.AsyncConnection[Any]
 
 NOTIFY_CHANNEL = "profilehook_catalog"
 MIGRATION_LOCK_ID = 0x70686B  # any constant shared by every profilehook process
+PURGE_LOCK_ID = 0x706870  # another: purge_history's
 REBUILD_CHUNK_EVENTS = 5_000
 MIGRATION_CHUNK_ROWS = 5_000
 
@@ -930,88 +932,215 @@ async def _apply(conn: Conn, events: Sequence[Event]) -> ApplyResult:
             _columns([(d.workspace, d.event_id, encode_event(d)) for d in dropped], 3),
         )
     result = await _apply_profiles(conn, new)
+    if result.warnings:
+        await conn.execute(
+            "UPDATE events AS e SET error = u.m FROM unnest(%s::text[], %s::text[], %s::text[])"
+            " AS u(w, i, m) WHERE e.workspace = u.w AND e.event_id = u.i",
+            _columns([(*key, w) for key, w in result.warnings.items()], 3),
+        )
     return result.count_new(events, new)
 
 
 async def _apply_profiles(
-    conn: Conn, events: Sequence[Event], tables: _FoldSql | None = None
+    conn: Conn,
+    events: Sequence[Event],
+    tables: _FoldSql | None = None,
+    *,
+    base: Literal["history", "snapshot"] | None = "history",
 ) -> ApplyResult:
-    """Reduce the batch per contact with the shared rules, then let SQL guard every write (to
-    ``tables``: the profiles, or the snapshots that ``purge_history`` folds into)."""
+    """Plan every contact of the batch with the shared rules and write what the plan says (to
+    ``tables``: the profiles, or the snapshots that ``purge_history`` folds into).
+
+    Concurrent batches on one contact serialise on a transaction lock per contact (taken in one
+    order: no deadlock), held while its rows are read, planned in Python and written; the table
+    lock in ROW EXCLUSIVE mode first makes a batch wait for a ``rebuild`` (EXCLUSIVE) to end.
+    ``base``: what a late event's properties are recomputed from (``plan_contact``): the
+    contact's snapshot and applied events (``history``), or what its row holds (``snapshot``:
+    the rebuild, whose rows start as the snapshots and get each contact's events in one batch).
+    """
     tables = tables or _PROFILES
-    contacts: list[tuple[str, str, Any, Any, Any, Any]] = []
+    groups = sorted(by_contact(events).items())
+    if not groups:
+        return ApplyResult()
+    keys = _columns([key for key, _ in groups], 2)
+    await conn.execute(tables.lock)
+    await conn.execute(tables.lock_contacts, keys)
+    cur = await conn.execute(tables.select_contacts, keys)
+    states: dict[tuple[str, str], ContactState] = {}
+    for workspace, contact_id, last_ts, last_id, deleted_ts, deleted_id in await cur.fetchall():
+        states[(workspace, contact_id)] = ContactState(
+            None if last_ts is None else (last_ts, last_id),
+            None if deleted_ts is None else (deleted_ts, deleted_id),
+        )
+    # Which properties to read: those the batch names, or all of a contact with late events.
+    late: list[tuple[str, str]] = []
+    wanted: list[tuple[str, str, str | None]] = []
+    for key, group in groups:
+        state = states.get(key)
+        newest = None if state is None else newest_version(state)
+        if newest is not None and any(e.version < newest for e in group):
+            late.append(key)
+            wanted.append((*key, None))
+        else:
+            names = {n for e in group for n in e.properties}
+            wanted += [(*key, name) for name in names]
+    if wanted:
+        cur = await conn.execute(tables.select_properties, _columns(wanted, 3))
+        for workspace, contact_id, name, value, ts_us, event_id in await cur.fetchall():
+            state = states[(workspace, contact_id)]
+            state.versions[name] = (ts_us, event_id)
+            state.values[name] = None if value is None else msgspec.json.decode(value)
+    bases: dict[tuple[str, str], tuple[ContactState, list[Event]]] = {}
+    if late and base == "history":
+        bases = await _histories(conn, late, events)
+    result = ApplyResult()
+    contacts: list[tuple[Any, ...]] = []
     deletes: list[tuple[str, str, int, str]] = []
+    removes: list[tuple[str, str, str]] = []
     rows: list[tuple[str, str, str, str | None, int, str]] = []
-    writes = 0
-    for (workspace, contact_id), group in sorted(by_contact(events).items()):
-        plan = plan_contact(ContactState(), group)
-        writes += sum(len(e.properties) for e in group if e.kind == "update")
-        last, deleted = plan.last_update or (None, None), plan.deleted or (None, None)
-        contacts.append((workspace, contact_id, *last, *deleted))
-        if plan.deleted is not None:
-            deletes.append((workspace, contact_id, *plan.deleted))
+    for key, group in groups:
+        state = states.get(key) or ContactState()
+        if key in bases:
+            found = bases[key]
+            plan = plan_contact(state, group, lambda found=found: found)  # type: ignore[misc]
+        elif key in late and base == "snapshot":
+            plan = plan_contact(state, group, lambda state=state: (state, []))  # type: ignore[misc]
+        else:
+            plan = plan_contact(state, group)
+        result.superseded += plan.superseded
+        result.warnings.update(((key[0], i), w) for i, w in plan.warnings.items())
+        if key not in states or (plan.last_update, plan.deleted) != (
+            state.last_update,
+            state.deleted,
+        ):
+            contacts.append((*key, *_nullable(plan.last_update), *_nullable(plan.deleted)))
+        if plan.delete_upto is not None:
+            deletes.append((*key, *plan.delete_upto))
+        removes += [(*key, name) for name in plan.removes]
         rows += [
-            (workspace, contact_id, name, _json(value), *version)
-            for name, (value, version) in plan.upserts.items()
+            (*key, name, _json(value), *version) for name, (value, version) in plan.upserts.items()
         ]
+        result.written += len(plan.upserts)
     if contacts:
         await conn.execute(tables.upsert_contacts, _columns(contacts, 6))
     if deletes:
         await conn.execute(tables.delete_covered, _columns(deletes, 4))
-    written = 0
+    if removes:
+        await conn.execute(tables.delete_properties, _columns(removes, 3))
     if rows:
-        cur = await conn.execute(tables.upsert_properties, _columns(rows, 6))
-        written = cur.rowcount
-    return ApplyResult(superseded=writes - written, written=written)
+        await conn.execute(tables.upsert_properties, _columns(rows, 6))
+    return result
+
+
+def _nullable(version: Version | None) -> tuple[int | None, str | None]:
+    return (None, None) if version is None else version
+
+
+async def _histories(
+    conn: Conn, keys: list[tuple[str, str]], batch: Sequence[Event]
+) -> dict[tuple[str, str], tuple[ContactState, list[Event]]]:
+    """Per contact, its snapshot and its applied events but the batch's (recorded already in
+    this transaction): what its late events' properties are recomputed from. (A contact none
+    of whose events has an operation recomputes nothing: its snapshot is not read.)"""
+    new = {(e.workspace, e.event_id) for e in batch}
+    found: dict[tuple[str, str], tuple[ContactState, list[Event]]] = {
+        key: (ContactState(), []) for key in keys
+    }
+    cur = await conn.execute(
+        "SELECT e.workspace, e.contact_id, e.event_id, e.body FROM events e"
+        " JOIN unnest(%s::text[], %s::text[]) AS u(w, c)"
+        f" ON e.workspace = u.w AND e.contact_id = u.c WHERE e.{_APPLIED}",
+        _columns(keys, 2),
+    )
+    for workspace, contact_id, event_id, body in await cur.fetchall():
+        if (workspace, event_id) not in new:
+            found[(workspace, contact_id)][1].append(decode_event(bytes(body)))
+    operating = {(e.workspace, e.contact_id) for e in batch if e.ops}
+    operating.update(key for key, (_, history) in found.items() if any(e.ops for e in history))
+    wanted = [key for key in keys if key in operating]
+    if not wanted:
+        return found
+    cur = await conn.execute(_SNAPSHOTS.select_contacts, _columns(wanted, 2))
+    for workspace, contact_id, last_ts, last_id, deleted_ts, deleted_id in await cur.fetchall():
+        state = found[(workspace, contact_id)][0]
+        state.last_update = None if last_ts is None else (last_ts, last_id)
+        state.deleted = None if deleted_ts is None else (deleted_ts, deleted_id)
+    cur = await conn.execute(
+        _SNAPSHOTS.select_properties, _columns([(*key, None) for key in wanted], 3)
+    )
+    for workspace, contact_id, name, value, ts_us, event_id in await cur.fetchall():
+        state = found[(workspace, contact_id)][0]
+        state.versions[name] = (ts_us, event_id)
+        state.values[name] = None if value is None else msgspec.json.decode(value)
+    return found
 
 
 def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
     return [[row[i] for row in rows] for i in range(width)] if rows else [[] for _ in range(width)]
 
 
-# Every comparison of versions names COLLATE "C" (the columns have it too, since migration 5):
-# event ids compare by bytes, as in Python within a batch, whatever the database's collation.
-_NEWER = '(x.{c}_ts_us IS NOT NULL AND (c.{c}_ts_us IS NULL OR (x.{c}_ts_us, x.{c}_event_id COLLATE "C") > (c.{c}_ts_us, c.{c}_event_id)))'
-_LAST_NEWER = _NEWER.format(c="last").replace("x.", "excluded.")
-_DELETED_NEWER = _NEWER.format(c="deleted").replace("x.", "excluded.")
-# A newer last update is worth a write only when no delete (stored or in the batch) hides it.
-_LAST_VISIBLE = (
-    '(c.deleted_ts_us IS NULL OR (excluded.last_ts_us, excluded.last_event_id COLLATE "C")'
-    " > (c.deleted_ts_us, c.deleted_event_id))"
-    ' AND (excluded.deleted_ts_us IS NULL OR (excluded.last_ts_us, excluded.last_event_id COLLATE "C")'
-    " > (excluded.deleted_ts_us, excluded.deleted_event_id))"
-)
-
-
 class _FoldSql(msgspec.Struct, frozen=True):
-    """The statements that apply a reduced batch to a pair of tables of contacts and their
-    properties: the profiles, or the snapshots of what retention purged."""
+    """The statements that read and write a pair of tables of contacts and their properties:
+    the profiles, or the snapshots of what retention purged."""
 
+    lock: str
+    lock_contacts: str
+    select_contacts: str
+    select_properties: str
     upsert_contacts: str
     delete_covered: str
+    delete_properties: str
     upsert_properties: str
 
     @classmethod
     def on(cls, contacts: str, properties: str) -> _FoldSql:
+        def named(statement: str) -> str:
+            return statement.replace("{contacts}", contacts).replace("{properties}", properties)
+
         return cls(
-            _UPSERT_CONTACTS.replace("{contacts}", contacts),
-            _DELETE_COVERED.replace("{properties}", properties),
-            _UPSERT_PROPERTIES.replace("{contacts}", contacts).replace("{properties}", properties),
+            *(
+                named(statement)
+                for statement in (
+                    _LOCK,
+                    _LOCK_CONTACTS,
+                    _SELECT_CONTACTS,
+                    _SELECT_PROPERTIES,
+                    _UPSERT_CONTACTS,
+                    _DELETE_COVERED,
+                    _DELETE_PROPERTIES,
+                    _UPSERT_PROPERTIES,
+                )
+            )
         )
 
 
-# Rows arrive sorted by (workspace, contact_id): batches lock contacts in one order, no deadlock.
-_UPSERT_CONTACTS = f"""
-INSERT INTO {{contacts}} AS c (workspace, contact_id, last_ts_us, last_event_id, deleted_ts_us,
+_LOCK = "LOCK TABLE {contacts}, {properties} IN ROW EXCLUSIVE MODE"
+# One transaction lock per contact (and table), taken in the order of their keys.
+_LOCK_CONTACTS = """
+SELECT pg_advisory_xact_lock(k) FROM (
+    SELECT DISTINCT hashtextextended('{contacts}' || chr(31) || w || chr(31) || c, 0) AS k
+    FROM unnest(%s::text[], %s::text[]) AS u(w, c) ORDER BY k
+) AS l
+"""
+_SELECT_CONTACTS = """
+SELECT k.workspace, k.contact_id, k.last_ts_us, k.last_event_id, k.deleted_ts_us,
+    k.deleted_event_id
+FROM {contacts} k JOIN unnest(%s::text[], %s::text[]) AS u(w, c)
+    ON k.workspace = u.w AND k.contact_id = u.c
+"""
+# Per (workspace, contact_id, name): that property, or with name NULL every property.
+_SELECT_PROPERTIES = """
+SELECT p.workspace, p.contact_id, p.name, p.value::text, p.ts_us, p.event_id
+FROM {properties} p JOIN unnest(%s::text[], %s::text[], %s::text[]) AS u(w, c, n)
+    ON p.workspace = u.w AND p.contact_id = u.c AND (u.n IS NULL OR p.name = u.n)
+"""
+_UPSERT_CONTACTS = """
+INSERT INTO {contacts} AS c (workspace, contact_id, last_ts_us, last_event_id, deleted_ts_us,
     deleted_event_id)
 SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::bigint[], %s::text[])
 ON CONFLICT (workspace, contact_id) DO UPDATE SET
-    last_ts_us = CASE WHEN {_LAST_NEWER} THEN excluded.last_ts_us ELSE c.last_ts_us END,
-    last_event_id = CASE WHEN {_LAST_NEWER} THEN excluded.last_event_id ELSE c.last_event_id END,
-    deleted_ts_us = CASE WHEN {_DELETED_NEWER} THEN excluded.deleted_ts_us ELSE c.deleted_ts_us END,
-    deleted_event_id = CASE WHEN {_DELETED_NEWER}
-        THEN excluded.deleted_event_id ELSE c.deleted_event_id END
-WHERE {_DELETED_NEWER} OR ({_LAST_NEWER} AND {_LAST_VISIBLE})
+    last_ts_us = excluded.last_ts_us, last_event_id = excluded.last_event_id,
+    deleted_ts_us = excluded.deleted_ts_us, deleted_event_id = excluded.deleted_event_id
 """
 
 _DELETE_COVERED = """
@@ -1019,17 +1148,15 @@ DELETE FROM {properties} p
 USING unnest(%s::text[], %s::text[], %s::bigint[], %s::text[]) AS d(w, c, t, e)
 WHERE p.workspace = d.w AND p.contact_id = d.c AND (p.ts_us, p.event_id COLLATE "C") <= (d.t, d.e)
 """
-
+_DELETE_PROPERTIES = """
+DELETE FROM {properties} p USING unnest(%s::text[], %s::text[], %s::text[]) AS d(w, c, n)
+WHERE p.workspace = d.w AND p.contact_id = d.c AND p.name = d.n
+"""
 _UPSERT_PROPERTIES = """
 INSERT INTO {properties} AS p (workspace, contact_id, name, value, ts_us, event_id)
-SELECT u.w, u.c, u.n, u.v::json, u.t, u.e
-FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[], %s::text[])
-    AS u(w, c, n, v, t, e)
-JOIN {contacts} k ON k.workspace = u.w AND k.contact_id = u.c
-WHERE k.deleted_ts_us IS NULL OR (u.t, u.e COLLATE "C") > (k.deleted_ts_us, k.deleted_event_id)
+SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::json[], %s::bigint[], %s::text[])
 ON CONFLICT (workspace, contact_id, name) DO UPDATE SET
     value = excluded.value, ts_us = excluded.ts_us, event_id = excluded.event_id
-WHERE (p.ts_us, p.event_id COLLATE "C") < (excluded.ts_us, excluded.event_id)
 """
 
 
@@ -1102,13 +1229,33 @@ async def _rebuild(conn: Conn, progress: Progress | None, *, from_snapshots: boo
     done = 0
     if progress is not None:
         progress(0, total)
+    # Contact by contact (a contact's events all in one batch, in version order): a late
+    # event's property is then recomputed from the snapshot through all of them.
+    pending: list[Event] = []
     async with conn.cursor(name="rebuild") as events:
-        await events.execute(f"SELECT body FROM events WHERE {_APPLIED}")
+        await events.execute(
+            f"SELECT body FROM events WHERE {_APPLIED}"
+            ' ORDER BY workspace, contact_id COLLATE "C", ts_us, event_id COLLATE "C"'
+        )
         while chunk := await events.fetchmany(REBUILD_CHUNK_EVENTS):
-            await _apply_profiles(conn, [decode_event(bytes(body)) for (body,) in chunk])
-            done += len(chunk)
-            if progress is not None:
-                progress(done, total)
+            for (body,) in chunk:
+                event = decode_event(bytes(body))
+                last = pending[-1] if pending else None
+                if (
+                    last is not None
+                    and (last.workspace, last.contact_id) != (event.workspace, event.contact_id)
+                    and len(pending) >= REBUILD_CHUNK_EVENTS
+                ):
+                    await _apply_profiles(conn, pending, base="snapshot")
+                    done += len(pending)
+                    pending = []
+                    if progress is not None:
+                        progress(done, total)
+                pending.append(event)
+    await _apply_profiles(conn, pending, base="snapshot")
+    done += len(pending)
+    if progress is not None:
+        progress(done, total)
     return done
 
 
@@ -1116,16 +1263,19 @@ async def _purge(conn: Conn, before_us: int, limit: int) -> int:
     """Forget the oldest events before ``before_us``, the applied ones folded into snapshots.
     SKIP LOCKED: processes purging at once take different events, and never wait for one
     another's (an applier's insert of an event being purged waits for the purge's commit)."""
+    # One purge at a time folds into the snapshots: each folds the oldest events left, so a
+    # contact's snapshot gets its events in version order (as the operations need).
+    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (PURGE_LOCK_ID,))
     cur = await conn.execute(
         "SELECT workspace, event_id, status, body FROM events WHERE ts_us < %s"
-        " ORDER BY ts_us LIMIT %s FOR UPDATE SKIP LOCKED",
+        ' ORDER BY ts_us, event_id COLLATE "C" LIMIT %s FOR UPDATE SKIP LOCKED',
         (before_us, limit),
     )
     rows = await cur.fetchall()
     if not rows:
         return 0
     applied = [decode_event(bytes(body)) for _, _, status, body in rows if status in _APPLIED_SET]
-    await _apply_profiles(conn, applied, _SNAPSHOTS)
+    await _apply_profiles(conn, applied, _SNAPSHOTS, base=None)
     await conn.execute(
         "DELETE FROM events e USING unnest(%s::text[], %s::text[]) AS d(w, i)"
         " WHERE e.workspace = d.w AND e.event_id = d.i",
