@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
@@ -24,7 +25,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from profilehook import constants as c
+from profilehook.applier import Applier
+from profilehook.backfill import import_jsonl
 from profilehook.events import Event, Version
+from profilehook.metrics import Metrics
+from profilehook.queues.memory import MemoryQueue
 from profilehook.stores.base import Contact, Store
 from profilehook.stores.memory import MemoryStore
 from profilehook.stores.sqlite import SqliteStore
@@ -35,6 +41,7 @@ from tests.support import (
     postgres_url,
     require_server,
     unique_schema,
+    wait_until,
 )
 
 S = 1_000_000
@@ -271,3 +278,182 @@ def test_given_random_operations_in_any_order_when_applied_to_postgres_then_the_
             await store.close()
 
     asyncio.run(run())
+
+
+# -- through the API and the importer (SPEC 2.7) -------------------------------------------------
+
+
+def body(event_id: str, ts: int, contact_id: str = "u1", **fields: Any) -> dict[str, Any]:
+    return {
+        "contact_id": contact_id,
+        "event_name": "e",
+        "timestamp": ts,
+        "event_id": event_id,
+        **fields,
+    }
+
+
+def refusals(response: Any) -> list[tuple[tuple[Any, ...], str]]:
+    assert response.status_code == 422, response.text
+    return sorted((tuple(p["loc"]), p["type"]) for p in response.json()["detail"])
+
+
+def wait_event(client: Any, auth: dict[str, str], event_id: str) -> dict[str, Any]:
+    def fetch() -> Any:
+        r = client.get(f"/v1/events/{event_id}", headers=auth)
+        return r.json() if r.status_code == 200 and r.json()["status"] == "applied" else None
+
+    found: dict[str, Any] = wait_until(fetch)
+    return found
+
+
+class TestIngesting:
+    def test_given_the_spec_example_when_sent_then_each_operation_applies_and_history_shows_them(
+        self, client, auth
+    ):
+        r = client.post(
+            "/v1/properties",
+            json=body(
+                "ev1",
+                1672531200,
+                user_properties={"plan": "pro", "legacy_score": 3},
+                set_once={"first_seen": "2023-01-01"},
+                add={"logins": 1, "credits": -2.5},
+                append={"tags": ["beta", "mobile"]},
+                remove={"old": ["trial"]},
+            ),
+            headers=auth,
+        )
+        assert r.status_code == 202, r.text
+        r = client.post(
+            "/v1/properties",
+            json=body("ev2", 1672531201, unset=["legacy_score"], remove={"tags": ["beta"]}),
+            headers=auth,
+        )
+        assert r.status_code == 202, r.text
+        seen = wait_event(client, auth, "ev2")
+        assert seen["operations"] == {"legacy_score": "unset", "tags": "remove"}
+        contact = client.get("/v1/contacts/u1", headers=auth).json()
+        assert contact["properties"] == {
+            "plan": "pro",
+            "first_seen": "2023-01-01",
+            "logins": 1,
+            "credits": -2.5,
+            "tags": ["mobile"],
+        }
+        assert contact["versions"]["tags"]["event_id"] == "ev2"
+        assert contact["versions"]["logins"]["event_id"] == "ev1"
+        history = client.get("/v1/contacts/u1/history", headers=auth).json()
+        assert [e["operations"] for e in history["events"]][-1]["logins"] == "add"
+
+    def test_given_every_kind_of_mistake_when_sent_then_all_are_listed_in_one_422(
+        self, client, auth
+    ):
+        r = client.post(
+            "/v1/properties",
+            json=body(
+                "bad",
+                1672531200,
+                user_properties={"plan": "pro"},
+                set_once={"plan": "free"},
+                add={"n": "1", "flag": True},
+                append={"tags": "beta"},
+                remove={"tags2": {"a": 1}},
+                unset=["ok", 3],
+            ),
+            headers=auth,
+        )
+        assert refusals(r) == sorted(
+            [
+                (("body", "set_once", "plan"), "value_error"),
+                (("body", "add", "n"), "float_type"),
+                (("body", "add", "flag"), "float_type"),
+                (("body", "append", "tags"), "list_type"),
+                (("body", "remove", "tags2"), "list_type"),
+                (("body", "unset", 1), "string_type"),
+            ]
+        )
+        r = client.post("/v1/properties", json=body("bad2", 1, unset="x"), headers=auth)
+        assert refusals(r) == [(("body", "unset"), "list_type")]
+
+    def test_given_more_properties_than_the_limit_across_operations_then_422(self, client, auth):
+        half = c.MAX_PROPERTIES_PER_EVENT // 2 + 1
+        r = client.post(
+            "/v1/properties",
+            json=body(
+                "big",
+                1,
+                user_properties={f"p{i}": i for i in range(half)},
+                add={f"q{i}": i for i in range(half)},
+            ),
+            headers=auth,
+        )
+        assert refusals(r) == [(("body",), "too_long")]
+
+    def test_given_a_batch_with_operations_then_valid_ones_are_accepted_and_bad_ones_listed(
+        self, client, auth
+    ):
+        r = client.post(
+            "/v1/properties/batch",
+            json={
+                "events": [
+                    body("b1", 10, add={"n": 2}),
+                    body("b2", 11, add={"n": "x"}),
+                    body("b3", 12, add={"n": 3}, user_properties={}),
+                ]
+            },
+            headers=auth,
+        )
+        assert r.status_code == 202, r.text
+        assert [x["status"] for x in r.json()["results"]] == ["accepted", "rejected", "accepted"]
+        wait_event(client, auth, "b3")
+        assert client.get("/v1/contacts/u1", headers=auth).json()["properties"] == {"n": 5}
+
+    def test_given_a_late_set_once_and_a_late_add_then_the_profile_is_as_if_in_order(
+        self, client, auth
+    ):
+        """The worked example of the README: newer events first, then two late ones."""
+        sent = [
+            body("new1", 200, user_properties={"logins": 10}),
+            body("new2", 300, set_once={"first_seen": "day 3"}, add={"logins": 1}),
+            body("old1", 100, set_once={"first_seen": "day 1"}, add={"logins": 5}),
+            body("old2", 250, add={"logins": 100}),
+        ]
+        for item in sent:
+            assert client.post("/v1/properties", json=item, headers=auth).status_code == 202
+            wait_event(client, auth, item["event_id"])
+        contact = client.get("/v1/contacts/u1", headers=auth).json()
+        # In time order: add 5 (5), set 10, add 100 (110), set_once day 3 (kept: day 1), add 1
+        assert contact["properties"] == {"first_seen": "day 1", "logins": 111}
+        assert contact["versions"]["first_seen"]["event_id"] == "old1"
+        assert contact["versions"]["logins"]["event_id"] == "new2"
+
+    def test_given_add_on_a_string_then_it_is_unchanged_and_the_event_warns(self, client, auth):
+        client.post("/v1/properties", json=body("s1", 1, user_properties={"n": "x"}), headers=auth)
+        client.post("/v1/properties", json=body("s2", 2, add={"n": 1}), headers=auth)
+        seen = wait_event(client, auth, "s2")
+        assert "not a number" in seen["error"]
+        assert client.get("/v1/contacts/u1", headers=auth).json()["properties"] == {"n": "x"}
+
+
+async def test_given_operations_in_a_jsonl_file_when_imported_then_they_fold_in_time_order(
+    tmp_path: Path,
+) -> None:
+    queue, store = MemoryQueue(), MemoryStore()
+    file = tmp_path / "history.jsonl"
+    file.write_text(
+        "\n".join(
+            json.dumps(line)
+            for line in [
+                body("i2", 20, append={"tags": ["b"]}),
+                body("i1", 10, append={"tags": ["a"]}, set_once={"first": 10}),
+                body("i3", 30, remove={"tags": ["a"]}, set_once={"first": 30}),
+                body("i4", 40, add={"n": "x"}),
+            ]
+        )
+    )
+    result = await import_jsonl(queue, file, "acme", None)
+    assert (result.accepted, result.rejected) == (3, 1)
+    await Applier(queue, store, Metrics(), 1).drain()
+    found = await store.get_contact("acme", "u1")
+    assert found is not None and found.properties == {"tags": ["b"], "first": 10}

@@ -12,7 +12,7 @@ import msgspec
 
 Kind = Literal["update", "delete"]
 Op = Literal["set_once", "add", "append", "remove"]
-"""What an event does to one property besides setting it (SPEC 3.1); a property an event's
+"""What an event does to one property besides setting it (README, Property operations); a property an event's
 ``ops`` does not name is set (``None``: unset). The argument is its entry in ``properties``."""
 OPS: tuple[Op, ...] = ("set_once", "add", "append", "remove")
 Version = tuple[int, str]

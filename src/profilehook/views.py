@@ -48,8 +48,19 @@ def event_view(record: EventRecord) -> dict[str, Any]:
         "event_name": event.event_name,
         "timestamp": seconds(event.ts_us),
         "properties": event.properties,
+        "operations": operations(event),
         "metadata": event.metadata,
         "received_at": iso(event.received_us),
         "applied_at": iso(record.applied_us),
         "error": record.error,
+    }
+
+
+def operations(event: Event) -> dict[str, str]:
+    """What the event does to each of its properties (README, Property operations): ``set``, ``unset``,
+    ``set_once``, ``add``, ``append`` or ``remove``; ``properties`` holds the arguments."""
+    ops = event.ops or {}
+    return {
+        name: ops.get(name) or ("unset" if value is None else "set")
+        for name, value in event.properties.items()
     }

@@ -69,14 +69,26 @@ _EVENT_TIME = {
     " `PROFILEHOOK_HISTORY_RETENTION_DAYS` set, a time older than the window is refused"
     " (422, type `timestamp_too_old`)",
 }
+_OPERATIONS = ("set_once", "add", "append", "remove", "unset")
+_PROPERTY_MAP: dict[str, Any] = {
+    "type": "object",
+    "maxProperties": c.MAX_PROPERTIES_PER_EVENT,
+    "propertyNames": {"minLength": 1, "maxLength": c.MAX_PROPERTY_NAME_CHARS, "pattern": _NO_NUL},
+    "additionalProperties": _ref("Value"),
+}
 _EVENT_IN: dict[str, Any] = {
     "type": "object",
-    "required": ["contact_id", "event_name", "user_properties"],
+    "required": ["contact_id", "event_name"],
     "propertyNames": {"pattern": _NO_NUL},
     "additionalProperties": _ref("Value"),
-    "anyOf": [
-        {"required": ["timestamp"]},
-        {"required": ["time"], "properties": {"time": _EVENT_TIME}},
+    "allOf": [
+        {
+            "anyOf": [
+                {"required": ["timestamp"]},
+                {"required": ["time"], "properties": {"time": _EVENT_TIME}},
+            ]
+        },
+        {"anyOf": [{"required": [field]} for field in ("user_properties", *_OPERATIONS)]},
     ],
     "description": "`timestamp` is required; `time` is accepted in its place when it is absent."
     " Unknown fields are ignored; a repeated key keeps its last value. Integers must lie within"
@@ -116,7 +128,44 @@ _EVENT_IN: dict[str, Any] = {
                 "pattern": _NO_NUL,
             },
             "additionalProperties": _ref("Value"),
-            "description": "Properties to set; `null` unsets one",
+            "description": "Properties to set; `null` unsets one. May be absent when the"
+            " event has an operation (`set_once`, `add`, `append`, `remove`, `unset`); a"
+            " property may be in only one of them (else 422). They fold in event-time order"
+            " whatever order events arrive in (README, Property operations)",
+        },
+        "set_once": {
+            **_PROPERTY_MAP,
+            "description": "Properties to set only when absent",
+        },
+        "add": {
+            **_PROPERTY_MAP,
+            "additionalProperties": {
+                "anyOf": [
+                    {"type": "integer", "minimum": -c.MAX_JSON_INT, "maximum": c.MAX_JSON_INT},
+                    {"type": "number", "not": {"type": "integer"}},
+                ]
+            },
+            "description": "Numbers to add (to a number; an absent property starts at 0)",
+        },
+        "append": {
+            **_PROPERTY_MAP,
+            "additionalProperties": {"type": "array", "items": _ref("Value")},
+            "description": "Items to add to a list, those not in it already",
+        },
+        "remove": {
+            **_PROPERTY_MAP,
+            "additionalProperties": {"type": "array", "items": _ref("Value")},
+            "description": "Items to take out of a list",
+        },
+        "unset": {
+            "type": "array",
+            "items": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": c.MAX_PROPERTY_NAME_CHARS,
+                "pattern": _NO_NUL,
+            },
+            "description": "Properties to unset",
         },
         "metadata": {
             "anyOf": [
@@ -253,10 +302,22 @@ _SCHEMAS: dict[str, Any] = {
             "event_name": {"type": "string"},
             "timestamp": {"type": "number"},
             "properties": {"type": "object"},
+            "operations": {
+                "type": "object",
+                "additionalProperties": {
+                    "enum": ["set", "unset", "set_once", "add", "append", "remove"]
+                },
+                "description": "What the event does to each of its properties; `properties`"
+                " holds the values (the arguments)",
+            },
             "metadata": {"type": ["object", "null"]},
             "received_at": {"type": "string", "format": "date-time"},
             "applied_at": {"type": ["string", "null"], "format": "date-time"},
-            "error": {"type": ["string", "null"]},
+            "error": {
+                "type": ["string", "null"],
+                "description": "Why it failed; on an applied event, an operation that changed"
+                " nothing (`add` on a value that is not a number)",
+            },
         },
     },
     "History": {

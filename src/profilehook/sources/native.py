@@ -10,7 +10,7 @@ from msgspec import Meta
 
 from profilehook import constants as c
 from profilehook.errors import ValidationFailed
-from profilehook.events import Event, new_event_id, new_event_ids
+from profilehook.events import Event, Op, new_event_id, new_event_ids
 from profilehook.validation import (
     Loc,
     Problem,
@@ -221,7 +221,8 @@ def _plainly_valid(value: dict[str, Any], workspace: str, received_us: int) -> E
     metadata = value.get("metadata")
     event_id = value.get("event_id")
     if not (
-        type(contact_id) is str
+        value.keys().isdisjoint(OPERATION_FIELDS)
+        and type(contact_id) is str
         and 0 < len(contact_id) <= _PLAIN_ID_CHARS
         and type(event_name) is str
         and 0 < len(event_name) <= c.MAX_PROPERTY_NAME_CHARS
@@ -264,7 +265,12 @@ def _checked(
     event_name = _required_string(value, "event_name", loc, problems, c.MAX_PROPERTY_NAME_CHARS)
     ts_us = _event_time(value, loc, problems, oldest_us)
     event_id = _event_id(value.get("event_id"), (*loc, "event_id"), problems)
-    properties = _properties(value, loc, problems)
+    operating = not value.keys().isdisjoint(OPERATION_FIELDS)
+    properties = _properties(value, loc, problems, optional=operating)
+    ops: dict[str, Op] | None = None
+    if operating:  # (checked when user_properties is wrong too: every problem is listed)
+        every, ops = _operations(value, properties or {}, loc, problems)
+        properties = None if properties is None else every
     metadata = value.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         problems.append(dict_type((*loc, "metadata"), metadata))
@@ -280,7 +286,95 @@ def _checked(
         event_name=event_name,  # type: ignore[arg-type]
         metadata=metadata,
         received_us=received_us,
+        ops=ops or None,
     )
+
+
+OPERATION_FIELDS = frozenset(("set_once", "add", "append", "remove", "unset"))
+"""The fields beside ``user_properties`` that operate on properties (README, Property operations)."""
+
+
+def _operations(
+    obj: dict[str, Any], sets: dict[str, Any], loc: Loc, problems: list[Problem]
+) -> tuple[dict[str, Any], dict[str, Op]]:
+    """The event's properties (the sets, and each operation's argument) and the operation of
+    each property that is not set; every problem appended."""
+    properties = dict(sets)
+    ops: dict[str, Op] = {}
+    where_of: dict[str, str] = dict.fromkeys(sets, "user_properties")
+    for field in ("set_once", "add", "append", "remove"):
+        given = obj.get(field)
+        if field not in obj:
+            continue
+        where = (*loc, field)
+        if not isinstance(given, dict):
+            problems.append(dict_type(where, given))
+            continue
+        for name, arg in given.items():
+            if not _property_name(name, (*where, name), problems):
+                continue
+            if field == "add" and (isinstance(arg, bool) or not isinstance(arg, int | float)):
+                problems.append(
+                    problem("float_type", (*where, name), "Input should be a valid number", arg)
+                )
+                continue
+            if field in ("append", "remove") and not isinstance(arg, list):
+                problems.append(
+                    problem("list_type", (*where, name), "Input should be a valid list", arg)
+                )
+                continue
+            if _twice(name, field, where_of, (*where, name), problems):
+                continue
+            properties[name] = arg
+            ops[name] = field
+    if "unset" in obj:
+        given = obj["unset"]
+        where = (*loc, "unset")
+        if not isinstance(given, list):
+            problems.append(problem("list_type", where, "Input should be a valid list", given))
+        else:
+            for index, name in enumerate(given):
+                if not isinstance(name, str):
+                    problems.append(string_type((*where, index), name))
+                elif _property_name(name, (*where, index), problems) and not _twice(
+                    name, "unset", where_of, (*where, index), problems
+                ):
+                    properties[name] = None
+    if len(properties) > c.MAX_PROPERTIES_PER_EVENT:
+        problems.append(
+            problem(
+                "too_long",
+                loc,
+                f"An event should name at most {c.MAX_PROPERTIES_PER_EVENT} properties in all"
+                f" its operations, not {len(properties)}",
+                None,
+                {"max_length": c.MAX_PROPERTIES_PER_EVENT},
+            )
+        )
+    return properties, ops
+
+
+def _property_name(name: str, where: Loc, problems: list[Problem]) -> bool:
+    if not name:
+        problems.append(too_short(where, name))
+    elif len(name) > c.MAX_PROPERTY_NAME_CHARS:
+        problems.append(too_long(where, name, c.MAX_PROPERTY_NAME_CHARS))
+    else:
+        return True
+    return False
+
+
+def _twice(
+    name: str, field: str, where_of: dict[str, str], where: Loc, problems: list[Problem]
+) -> bool:
+    """Whether ``name`` is in another operation of the event already (a problem, appended)."""
+    first = where_of.setdefault(name, field)
+    if first == field:
+        return False
+    problems.append(
+        value_error(where, name, f"property {name!r} is in both {first} and {field}: one each")
+    )
+    return True
 
 
 def timestamp_to_us(value: float) -> int | None:
@@ -344,10 +438,15 @@ def _event_id(value: Any, loc: Loc, problems: list[Problem]) -> str | None:
     return None
 
 
-def _properties(obj: dict[str, Any], loc: Loc, problems: list[Problem]) -> dict[str, Any] | None:
+def _properties(
+    obj: dict[str, Any], loc: Loc, problems: list[Problem], optional: bool = False
+) -> dict[str, Any] | None:
+    """``user_properties``, checked (absent is ``{}`` when the event has operations)."""
     where = (*loc, "user_properties")
     value = obj.get("user_properties")
     if value is None:
+        if optional and "user_properties" not in obj:
+            return {}
         problems.append(missing(where, obj))
         return None
     if not isinstance(value, dict):

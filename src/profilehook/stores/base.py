@@ -125,7 +125,7 @@ class ApplyResult:
     superseded: int = 0
     written: int = 0
     applied_by_source: dict[str, int] = field(default_factory=dict)
-    # (workspace, event_id) -> why an operation of the event changed nothing (SPEC 3.1: ``add``
+    # (workspace, event_id) -> why an operation of the event changed nothing (README, Property operations: ``add``
     # on a value that is not a number): the store keeps it as the event record's ``error``.
     warnings: dict[tuple[str, str], str] = field(default_factory=dict)
 
@@ -159,7 +159,7 @@ class ContactState:
 
 
 Base = Callable[[], tuple[ContactState, list[Event]]]
-"""What a late event's property is recomputed from (SPEC 3.1): the contact's retention snapshot
+"""What a late event's property is recomputed from (README, Property operations): the contact's retention snapshot
 (the folded state of its purged events) and its applied events other than the batch's."""
 
 
@@ -184,7 +184,7 @@ def plan_contact(
     state: ContactState, events: Iterable[Event], base: Base | None = None
 ) -> ContactPlan:
     """Decide, for one contact, which property rows a batch of new events writes: the fold rule
-    of SPEC 3.1. A batch of sets (the everyday one) is decided by versions alone, as before
+    of README "Property operations". A batch of sets (the everyday one) is decided by versions alone, as before
     operations existed. One with operations folds them in version order onto the stored values;
     only a late event (older than what the contact holds) on a property that an operation
     touches after it has that property recomputed from ``base()`` (not given: from ``state``,
