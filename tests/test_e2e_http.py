@@ -323,3 +323,28 @@ def test_given_events_in_files_when_the_server_restarts_then_profiles_are_kept(
     server.stop()
     server.start()
     assert api_a.contact(contact_id)["properties"] == {"kept": True}
+
+
+def test_given_a_late_set_once_and_a_late_add_after_newer_events_then_the_profile_is_in_time_order(
+    api_a: Api,
+) -> None:
+    """SPEC 3.1 through a real server (SQLite; NATS + PostgreSQL): the README's worked example."""
+    contact_id = unique("ops")
+
+    def send(event_id: str, timestamp: int, **operations: Any) -> str:
+        body = {"contact_id": contact_id, "event_name": "ops", "timestamp": timestamp}
+        sent = api_a.accepted(**body, event_id=unique(event_id), **operations)
+        api_a.wait_applied(sent)
+        return sent
+
+    send("new1", 1_700_000_200, user_properties={"logins": 10})
+    newest = send("new2", 1_700_000_300, set_once={"first_seen": "day 3"}, add={"logins": 1})
+    oldest = send("old1", 1_700_000_100, set_once={"first_seen": "day 1"}, add={"logins": 5})
+    send("old2", 1_700_000_250, add={"logins": 100})
+
+    profile = api_a.contact(contact_id)
+    assert profile["properties"] == {"first_seen": "day 1", "logins": 111}
+    assert profile["versions"]["first_seen"]["event_id"] == oldest
+    assert profile["versions"]["logins"]["event_id"] == newest
+    history = api_a.get(f"/v1/contacts/{contact_id}/history").json()["events"]
+    assert history[0]["operations"] == {"first_seen": "set_once", "logins": "add"}
