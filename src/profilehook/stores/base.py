@@ -156,6 +156,9 @@ class ContactState:
     deleted: Version | None = None
     versions: dict[str, Version] = field(default_factory=dict)
     values: dict[str, Any] = field(default_factory=dict)
+    # The newest event with an operation (not a set) applied to it: a late event older than
+    # it may need its properties recomputed; one newer needs only the versions.
+    ops_upto: Version | None = None
 
 
 Base = Callable[[], tuple[ContactState, list[Event]]]
@@ -174,6 +177,7 @@ class ContactPlan:
     superseded: int
     warnings: dict[str, str] = field(default_factory=dict)  # event_id -> what was ignored
     removes: set[str] = field(default_factory=set)  # rows to drop (a recomputed property)
+    ops_upto: Version | None = None  # the contact's ``ContactState.ops_upto`` after the batch
 
     @property
     def touches_contact_row(self) -> bool:
@@ -192,14 +196,21 @@ def plan_contact(
     events all come in one batch or in order)."""
     events = events if isinstance(events, list) else list(events)
     newest = newest_version(state)
-    late = newest is not None and any(e.version < newest for e in events)
-    if not late:
-        for event in events:
-            if event.ops:
-                break
-        else:
+    oldest = min(e.version for e in events) if events else None
+    late = newest is not None and oldest is not None and oldest < newest
+    for event in events:
+        if event.ops:
+            break
+    else:
+        if not late or state.ops_upto is None or state.ops_upto < oldest:  # type: ignore[operator]
             return _plan_sets(state, events)
-    return _plan_ops(state, events, base if late else None)
+    # Recomputing needs the history only when an operation applied before is newer than a
+    # late event; otherwise folding the batch in version order onto the stored values is
+    # the fold (what came after a late event on its properties were sets, which versions
+    # decide).
+    if not late or state.ops_upto is None or state.ops_upto < oldest:  # type: ignore[operator]
+        base = None
+    return _plan_ops(state, events, base)
 
 
 def newest_version(state: ContactState) -> Version | None:
@@ -238,7 +249,9 @@ def _plan_sets(state: ContactState, events: Iterable[Event]) -> ContactPlan:
         if (deleted is None or version > deleted)
         and (name not in state.versions or version > state.versions[name])
     }
-    return ContactPlan(upserts, delete_upto, last_update, deleted, writes - len(upserts))
+    return ContactPlan(
+        upserts, delete_upto, last_update, deleted, writes - len(upserts), ops_upto=state.ops_upto
+    )
 
 
 _ABSENT: Any = object()  # a property with no row (never set, or deleted)
@@ -247,9 +260,11 @@ _ABSENT: Any = object()  # a property with no row (never set, or deleted)
 def _plan_ops(state: ContactState, events: list[Event], base: Base | None) -> ContactPlan:
     events = sorted(events, key=_version_of)
     newest = newest_version(state)
-    last_update, deleted = state.last_update, state.deleted
+    last_update, deleted, ops_upto = state.last_update, state.deleted, state.ops_upto
     batch_delete: Version | None = None
     for event in events:
+        if event.ops and (ops_upto is None or event.version > ops_upto):
+            ops_upto = event.version
         if event.kind == "delete":
             if batch_delete is None or event.version > batch_delete:
                 batch_delete = event.version
@@ -333,6 +348,7 @@ def _plan_ops(state: ContactState, events: list[Event], base: Base | None) -> Co
         max(0, writes - len(upserts)),
         warnings,
         removes,
+        ops_upto,
     )
 
 

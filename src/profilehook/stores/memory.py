@@ -260,13 +260,16 @@ def _fold(
             profile.values[name] = value
         profile.state.last_update = plan.last_update
         profile.state.deleted = plan.deleted
+        profile.state.ops_upto = plan.ops_upto
         result.written += len(plan.upserts)
     return result
 
 
 def _state_of(profile: _Profile) -> ContactState:
     state = profile.state
-    return ContactState(state.last_update, state.deleted, state.versions, profile.values)
+    return ContactState(
+        state.last_update, state.deleted, state.versions, profile.values, state.ops_upto
+    )
 
 
 def _contact_of(contact_id: str, profile: _Profile) -> Contact | None:

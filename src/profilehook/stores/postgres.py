@@ -121,7 +121,11 @@ async def _compare_ids_by_bytes(conn: Conn) -> None:
     )
     if not (await cur.fetchone() or (False,))[0]:
         log.warning("rebuilding profiles: this database's collation decided ties until now")
-        await _rebuild(conn, None, from_snapshots=False)  # (their tables come in migration 6)
+        # Once every migration has run (the rebuild is today's code, for today's tables).
+        await conn.execute(f"CREATE TEMP TABLE {_REBUILD_AFTER_MIGRATING} () ON COMMIT DROP")
+
+
+_REBUILD_AFTER_MIGRATING = "profilehook_rebuild_after_migrating"
 
 
 Migration = str | Callable[[Conn], Awaitable[None]]
@@ -231,6 +235,14 @@ MIGRATIONS: list[Migration] = [
         PRIMARY KEY (workspace, contact_id, name)
     );
     CREATE INDEX events_by_time ON events (ts_us);
+    """,
+    """
+    -- Property operations: per contact, the version of its newest event with an operation
+    -- (a late event older than it may need its properties recomputed from the history).
+    ALTER TABLE contacts ADD COLUMN IF NOT EXISTS ops_ts_us bigint,
+        ADD COLUMN IF NOT EXISTS ops_event_id text COLLATE "C";
+    ALTER TABLE snapshot_contacts ADD COLUMN IF NOT EXISTS ops_ts_us bigint,
+        ADD COLUMN IF NOT EXISTS ops_event_id text COLLATE "C";
     """,
 ]
 
@@ -452,6 +464,10 @@ class PostgresStore(Store):
                 (version, now_us()),
             )
             log.info("applied PostgreSQL migration %d in schema %s", version, self.schema)
+        cur = await conn.execute("SELECT to_regclass(%s)", (f"pg_temp.{_REBUILD_AFTER_MIGRATING}",))
+        if (await cur.fetchone() or (None,))[0] is not None:
+            await _rebuild(conn, None, from_snapshots=False)
+            await conn.execute(f"DROP TABLE pg_temp.{_REBUILD_AFTER_MIGRATING}")
 
     async def _listen(self) -> None:
         """Clear the hot-path cache whenever another process changes keys or sources, and
@@ -967,11 +983,8 @@ async def _apply_profiles(
     await conn.execute(tables.lock_contacts, keys)
     cur = await conn.execute(tables.select_contacts, keys)
     states: dict[tuple[str, str], ContactState] = {}
-    for workspace, contact_id, last_ts, last_id, deleted_ts, deleted_id in await cur.fetchall():
-        states[(workspace, contact_id)] = ContactState(
-            None if last_ts is None else (last_ts, last_id),
-            None if deleted_ts is None else (deleted_ts, deleted_id),
-        )
+    for row in await cur.fetchall():
+        states[(row[0], row[1])] = _state(row[2:])
     # Which properties to read: those the batch names, or all of a contact with late events.
     late: list[tuple[str, str]] = []
     wanted: list[tuple[str, str, str | None]] = []
@@ -1009,11 +1022,19 @@ async def _apply_profiles(
             plan = plan_contact(state, group)
         result.superseded += plan.superseded
         result.warnings.update(((key[0], i), w) for i, w in plan.warnings.items())
-        if key not in states or (plan.last_update, plan.deleted) != (
+        if key not in states or (plan.last_update, plan.deleted, plan.ops_upto) != (
             state.last_update,
             state.deleted,
+            state.ops_upto,
         ):
-            contacts.append((*key, *_nullable(plan.last_update), *_nullable(plan.deleted)))
+            contacts.append(
+                (
+                    *key,
+                    *_nullable(plan.last_update),
+                    *_nullable(plan.deleted),
+                    *_nullable(plan.ops_upto),
+                )
+            )
         if plan.delete_upto is not None:
             deletes.append((*key, *plan.delete_upto))
         removes += [(*key, name) for name in plan.removes]
@@ -1022,7 +1043,7 @@ async def _apply_profiles(
         ]
         result.written += len(plan.upserts)
     if contacts:
-        await conn.execute(tables.upsert_contacts, _columns(contacts, 6))
+        await conn.execute(tables.upsert_contacts, _columns(contacts, 8))
     if deletes:
         await conn.execute(tables.delete_covered, _columns(deletes, 4))
     if removes:
@@ -1030,6 +1051,16 @@ async def _apply_profiles(
     if rows:
         await conn.execute(tables.upsert_properties, _columns(rows, 6))
     return result
+
+
+def _state(row: Sequence[Any]) -> ContactState:
+    """A contact's versions as ``select_contacts`` reads them (its properties come apart)."""
+    last_ts, last_id, deleted_ts, deleted_id, ops_ts, ops_id = row
+    return ContactState(
+        None if last_ts is None else (last_ts, last_id),
+        None if deleted_ts is None else (deleted_ts, deleted_id),
+        ops_upto=None if ops_ts is None else (ops_ts, ops_id),
+    )
 
 
 def _nullable(version: Version | None) -> tuple[int | None, str | None]:
@@ -1061,10 +1092,8 @@ async def _histories(
     if not wanted:
         return found
     cur = await conn.execute(_SNAPSHOTS.select_contacts, _columns(wanted, 2))
-    for workspace, contact_id, last_ts, last_id, deleted_ts, deleted_id in await cur.fetchall():
-        state = found[(workspace, contact_id)][0]
-        state.last_update = None if last_ts is None else (last_ts, last_id)
-        state.deleted = None if deleted_ts is None else (deleted_ts, deleted_id)
+    for row in await cur.fetchall():
+        found[(row[0], row[1])] = (_state(row[2:]), found[(row[0], row[1])][1])
     cur = await conn.execute(
         _SNAPSHOTS.select_properties, _columns([(*key, None) for key in wanted], 3)
     )
@@ -1124,7 +1153,7 @@ SELECT pg_advisory_xact_lock(k) FROM (
 """
 _SELECT_CONTACTS = """
 SELECT k.workspace, k.contact_id, k.last_ts_us, k.last_event_id, k.deleted_ts_us,
-    k.deleted_event_id
+    k.deleted_event_id, k.ops_ts_us, k.ops_event_id
 FROM {contacts} k JOIN unnest(%s::text[], %s::text[]) AS u(w, c)
     ON k.workspace = u.w AND k.contact_id = u.c
 """
@@ -1136,11 +1165,13 @@ FROM {properties} p JOIN unnest(%s::text[], %s::text[], %s::text[]) AS u(w, c, n
 """
 _UPSERT_CONTACTS = """
 INSERT INTO {contacts} AS c (workspace, contact_id, last_ts_us, last_event_id, deleted_ts_us,
-    deleted_event_id)
-SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::bigint[], %s::text[])
+    deleted_event_id, ops_ts_us, ops_event_id)
+SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::bigint[], %s::text[],
+    %s::bigint[], %s::text[])
 ON CONFLICT (workspace, contact_id) DO UPDATE SET
     last_ts_us = excluded.last_ts_us, last_event_id = excluded.last_event_id,
-    deleted_ts_us = excluded.deleted_ts_us, deleted_event_id = excluded.deleted_event_id
+    deleted_ts_us = excluded.deleted_ts_us, deleted_event_id = excluded.deleted_event_id,
+    ops_ts_us = excluded.ops_ts_us, ops_event_id = excluded.ops_event_id
 """
 
 _DELETE_COVERED = """
@@ -1216,9 +1247,10 @@ async def _rebuild(conn: Conn, progress: Progress | None, *, from_snapshots: boo
     await conn.execute("DELETE FROM properties")
     await conn.execute("DELETE FROM contacts")
     if from_snapshots:
+        columns = f"{_VERSION_COLUMNS}, ops_ts_us, ops_event_id"
         await conn.execute(
-            f"INSERT INTO contacts (workspace, contact_id, {_VERSION_COLUMNS})"
-            f" SELECT workspace, contact_id, {_VERSION_COLUMNS} FROM snapshot_contacts"
+            f"INSERT INTO contacts (workspace, contact_id, {columns})"
+            f" SELECT workspace, contact_id, {columns} FROM snapshot_contacts"
         )
         await conn.execute(
             "INSERT INTO properties (workspace, contact_id, name, value, ts_us, event_id)"

@@ -42,7 +42,8 @@ from profilehook.stores.base import (
     scopes_text,
 )
 
-SCHEMA_VERSION = 3  # 1: events keyed by their ids, one property per map entry; 2: id_key a hash
+SCHEMA_VERSION = 4  # 1: events keyed by their ids, one property per map entry; 2: id_key a hash;
+# 3: id_key time-ordered; 4: contacts (and snapshots) keep their newest operation's version
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     workspace TEXT NOT NULL,
@@ -75,6 +76,8 @@ CREATE TABLE IF NOT EXISTS contacts (
     deleted_ts_us INTEGER,
     deleted_event_id TEXT,
     properties BLOB NOT NULL,
+    ops_ts_us INTEGER,  -- the newest event with an operation (ContactState.ops_upto)
+    ops_event_id TEXT,
     PRIMARY KEY (workspace, contact_id)
 ) WITHOUT ROWID;
 -- Retention (purge_history): per contact, the folded state of its purged events, in the
@@ -88,6 +91,8 @@ CREATE TABLE IF NOT EXISTS snapshots (
     deleted_ts_us INTEGER,
     deleted_event_id TEXT,
     properties BLOB NOT NULL,
+    ops_ts_us INTEGER,  -- the newest event with an operation (ContactState.ops_upto)
+    ops_event_id TEXT,
     PRIMARY KEY (workspace, contact_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS events_by_time ON events (ts_us);
@@ -157,7 +162,7 @@ class SqliteStore(Store):
             SCHEMA,
             SCHEMA_VERSION,
             synchronous="NORMAL",
-            migrations={2: _rekey_2_to_3},
+            migrations={2: _rekey_2_to_3, 3: _operations_3_to_4},
             cache_kib=STORE_CACHE_KIB,
         )
         self.catalog = SqliteDatabase(
@@ -520,6 +525,18 @@ def _rekey_2_to_3(conn: sqlite3.Connection) -> None:
     conn.execute("UPDATE events SET id_key = profilehook_id_key(workspace, event_id)")
 
 
+def _operations_3_to_4(conn: sqlite3.Connection) -> None:
+    """Schema 3 -> 4: the version of a contact's newest operation (none before operations)."""
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    for table in ("contacts", "snapshots"):
+        columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        # (snapshots came without a version: a file may not have it; a file whose stamp was
+        # lost may have the columns already)
+        if table in tables and "ops_ts_us" not in columns:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN ops_ts_us INTEGER")
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN ops_event_id TEXT")
+
+
 _INSERT_EVENT = (
     "INSERT INTO events (workspace, contact_id, event_id, ts_us, status, applied_us, error,"
     " body, id_key, contact_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -656,21 +673,30 @@ def _apply_profiles(
         if plan.warnings:
             result.warnings.update(((key[0], i), w) for i, w in plan.warnings.items())
         # A newer last update matters only if it is visible (newer than the contact's delete).
-        if not plan.touches_contact_row and (
-            plan.last_update == row.last or not contact_exists(plan.last_update, plan.deleted)
+        if (
+            not plan.touches_contact_row
+            and plan.ops_upto == row.ops
+            and (plan.last_update == row.last or not contact_exists(plan.last_update, plan.deleted))
         ):
             continue
         changed.append(
-            (*key, *_nullable(plan.last_update), *_nullable(plan.deleted), row.merged(plan))
+            (
+                *key,
+                *_nullable(plan.last_update),
+                *_nullable(plan.deleted),
+                row.merged(plan),
+                *_nullable(plan.ops_upto),
+            )
         )
         result.written += len(plan.upserts)
     # One step per row, which measured faster here than multi-row upserts of these large rows.
     conn.executemany(
         f"INSERT INTO {table} (workspace, contact_id, last_ts_us, last_event_id, deleted_ts_us,"
-        " deleted_event_id, properties) VALUES (?, ?, ?, ?, ?, ?, ?)"
+        " deleted_event_id, properties, ops_ts_us, ops_event_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (workspace, contact_id) DO UPDATE SET last_ts_us = excluded.last_ts_us,"
         " last_event_id = excluded.last_event_id, deleted_ts_us = excluded.deleted_ts_us,"
-        " deleted_event_id = excluded.deleted_event_id, properties = excluded.properties",
+        " deleted_event_id = excluded.deleted_event_id, properties = excluded.properties,"
+        " ops_ts_us = excluded.ops_ts_us, ops_event_id = excluded.ops_event_id",
         changed,
     )
     return result
@@ -692,6 +718,7 @@ class _Row:
     deleted: Version | None = None
     groups: PropertyGroups = field(default_factory=list)
     encoded: bytes = _encode_groups([])
+    ops: Version | None = None  # ContactState.ops_upto
 
     def state(self) -> ContactState:
         versions: dict[str, Version] = {}
@@ -699,7 +726,7 @@ class _Row:
         for ts_us, event_id, values in self.groups:
             versions.update(dict.fromkeys(values, (ts_us, event_id)))
             held.update(values)
-        return ContactState(self.last, self.deleted, versions, held)
+        return ContactState(self.last, self.deleted, versions, held, self.ops)
 
     def merged(self, plan: ContactPlan) -> bytes:
         """The stored groups with the plan's writes."""
@@ -742,16 +769,20 @@ def _nullable(version: Version | None) -> tuple[int | None, str | None]:
 
 
 def _row(values: Sequence[Any]) -> _Row:
-    last_ts, last_id, deleted_ts, deleted_id, encoded = values
+    last_ts, last_id, deleted_ts, deleted_id, encoded, ops_ts, ops_id = values
     return _Row(
         None if last_ts is None else (last_ts, last_id),
         None if deleted_ts is None else (deleted_ts, deleted_id),
         _decode_groups(encoded),
         encoded,
+        None if ops_ts is None else (ops_ts, ops_id),
     )
 
 
-_ROW_COLUMNS = "last_ts_us, last_event_id, deleted_ts_us, deleted_event_id, properties"
+_ROW_COLUMNS = (
+    "last_ts_us, last_event_id, deleted_ts_us, deleted_event_id, properties, ops_ts_us,"
+    " ops_event_id"
+)
 
 
 def _rows(
