@@ -357,7 +357,44 @@ def scenario_d(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     result["ingest_only_events_per_s"] = only["rps"] * args.batch
     result["events_per_s"] = result["rps"] * args.batch
     result["batch_size"] = args.batch
+    # Property operations (issue 18): the same load with a mix of operations, and with 5 % of
+    # the events late (a minute older), each on a fresh data directory; applied events/s
+    # (what the applier kept up with) against the all-set run's.
+    for workload in ("mixed", "mixed_late"):
+        env, key = embedded(tmp, f"d-{workload}")
+        mixed = {"events": [_mixed_event(i, workload) for i in range(args.batch)]}
+        with running(serve("profilehook", env)) as server:
+            found = measured(
+                server,
+                lua(tmp / f"d-{workload}.lua", mixed, key),
+                args.duration,
+                path="/v1/properties/batch",
+                connections=16,
+            )
+            result[f"{workload}_events_per_s"] = found["rps"] * args.batch
+            result[f"{workload}_ratio"] = found["rps"] / result["rps"] if result["rps"] else None
     return result
+
+
+def _mixed_event(i: int, workload: str) -> dict[str, Any]:
+    """The i-th event of a batch of D's mixed workloads: 70 % sets (EVENT's), 10 % add,
+    10 % append, 5 % set_once, 5 % remove; with ``mixed_late``, every 20th is instead a minute
+    older, an add to a contact that others add to (so it is recomputed from the history)."""
+    event: dict[str, Any] = {**EVENT, "contact_id": f"user{i}"}
+    slot = i % 20
+    if slot < 2:
+        event["add"] = {"logins": 1}
+    elif slot < 4:
+        event["append"] = {"tags": [f"t{i % 7}"]}
+    elif slot == 4:
+        event["set_once"] = {"first_seen": EVENT["timestamp"]}
+    elif slot == 5:
+        event["remove"] = {"tags": [f"t{i % 5}"]}
+    if workload == "mixed_late" and slot == 19:  # late for a contact that others add to
+        event.update(
+            contact_id=f"user{i - 19}", timestamp=EVENT["timestamp"] - 60, add={"logins": 1}
+        )
+    return event
 
 
 def scenario_e(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -483,6 +520,7 @@ async def _apply_throughput(tmp: Path, args: argparse.Namespace) -> dict[str, An
     import random
 
     from profilehook.events import Event
+    from profilehook.stores.postgres import PostgresStore
     from profilehook.stores.sqlite import SqliteStore
 
     rng = random.Random(7)
@@ -526,12 +564,92 @@ async def _apply_throughput(tmp: Path, args: argparse.Namespace) -> dict[str, An
         await store.close()
         result[f"{name}_property_updates_per_s"] = updates / elapsed
         result[f"{name}_events_per_s"] = len(batches) * 2_000 / elapsed
+    # Property operations (issue 18): events in time order, all sets; the same with a mix of
+    # operations (70 % set, 10 % add, 10 % append, 5 % set_once, 5 % remove); and that mix
+    # with 5 % of the events late. Each workload on a fresh store of each kind, in one run:
+    # the ratios to the all-set figure are what to compare.
+    for workload in ("set", "mixed", "mixed_late"):
+        events = _operation_events(args.apply_batches * 2_000, workload)
+        chunks = [events[i : i + 2_000] for i in range(0, len(events), 2_000)]
+        for name in list(stores):
+            store = (
+                SqliteStore(tmp / f"g-{workload}.sqlite3")
+                if name == "sqlite"
+                else PostgresStore(f"{POSTGRES_URL}?schema={schema}_{workload}")
+            )
+            try:
+                await store.open()
+            except Exception as exc:
+                print(f"G: {name} unavailable ({exc})", file=sys.stderr)
+                continue
+            t0 = time.perf_counter()
+            for i, chunk in enumerate(chunks, start=1):
+                await store.apply(chunk)
+                if i % 5 == 0:
+                    await store.sync()
+            await store.sync()
+            elapsed = time.perf_counter() - t0
+            await store.close()
+            result[f"{name}_{workload}_events_per_s"] = len(events) / elapsed
+        for name in stores:
+            base = result.get(f"{name}_set_events_per_s")
+            for workload in ("mixed", "mixed_late"):
+                found = result.get(f"{name}_{workload}_events_per_s")
+                if base and found:
+                    result[f"{name}_{workload}_ratio"] = found / base
     if "postgres" in stores:
         import psycopg
 
         with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            for workload in ("set", "mixed", "mixed_late"):
+                conn.execute(f'DROP SCHEMA IF EXISTS "{schema}_{workload}" CASCADE')
     return result
+
+
+def _operation_events(count: int, workload: str) -> list[Any]:
+    """``count`` events over 20,000 contacts in time order, 5 properties each: all sets, or
+    a mix of operations, or the mix with 5 % of them late (an event time up to a minute
+    before the others')."""
+    import random
+
+    from profilehook.events import Event
+
+    rng = random.Random(18)
+    start_us = 1_700_000_000 * 1_000_000
+    ops_weights = [("set", 70), ("add", 10), ("append", 10), ("set_once", 5), ("remove", 5)]
+    names, weights = zip(*ops_weights, strict=True)
+    events = []
+    for i in range(count):
+        ts_us = start_us + i * 1_000
+        if workload == "mixed_late" and rng.random() < 0.05:
+            ts_us -= rng.randrange(1, 60_000_000)
+        properties: dict[str, Any] = {}
+        ops: dict[str, Any] = {}
+        for _ in range(5):
+            name = f"p{rng.randrange(20)}"
+            op = "set" if workload == "set" else rng.choices(names, weights)[0]
+            if op == "add":
+                properties[name] = 1
+            elif op in ("append", "remove"):
+                properties[name] = [f"t{rng.randrange(8)}"]
+            else:
+                properties[name] = rng.random()
+            if op != "set":
+                ops[name] = op
+            else:
+                ops.pop(name, None)
+        events.append(
+            Event(
+                workspace="bench",
+                event_id=f"{ts_us:016d}-{i:08d}",
+                contact_id=f"c{rng.randrange(20_000)}",
+                ts_us=ts_us,
+                properties=properties,
+                ops=ops or None,
+            )
+        )
+    return events
 
 
 def scenario_h(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
