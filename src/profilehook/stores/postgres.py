@@ -1074,6 +1074,8 @@ async def _histories(
     this transaction): what its late events' properties are recomputed from. (A contact none
     of whose events has an operation recomputes nothing: its snapshot is not read.)"""
     new = {(e.workspace, e.event_id) for e in batch}
+    # A purge moves events from the history into the snapshots: not while they are read.
+    await conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (PURGE_LOCK_ID,))
     found: dict[tuple[str, str], tuple[ContactState, list[Event]]] = {
         key: (ContactState(), []) for key in keys
     }

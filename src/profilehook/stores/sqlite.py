@@ -668,7 +668,8 @@ def _apply_profiles(
     changed: list[tuple[Any, ...]] = []
     for key, group in groups.items():
         row = rows.get(key) or _Row()
-        plan = plan_contact(row.state(), group, None if base is None else base(conn, key, group))
+        state = row.state(row.ops is not None or any(e.ops for e in group))
+        plan = plan_contact(state, group, None if base is None else base(conn, key, group))
         result.superseded += plan.superseded
         if plan.warnings:
             result.warnings.update(((key[0], i), w) for i, w in plan.warnings.items())
@@ -720,12 +721,15 @@ class _Row:
     encoded: bytes = _encode_groups([])
     ops: Version | None = None  # ContactState.ops_upto
 
-    def state(self) -> ContactState:
+    def state(self, with_values: bool = True) -> ContactState:
+        """What the planner needs; the values only ``with_values`` (a batch of sets on a
+        contact that never had an operation is decided by versions alone)."""
         versions: dict[str, Version] = {}
         held: dict[str, Any] = {}
         for ts_us, event_id, values in self.groups:
             versions.update(dict.fromkeys(values, (ts_us, event_id)))
-            held.update(values)
+            if with_values:
+                held.update(values)
         return ContactState(self.last, self.deleted, versions, held, self.ops)
 
     def merged(self, plan: ContactPlan) -> bytes:
