@@ -456,10 +456,20 @@ _EVERYDAY = {"contact_id": "c", "event_name": "e", "timestamp": 1, "user_propert
 @example(_EVERYDAY, {"timestamp": 1e15}, "single", 1)
 @example(_EVERYDAY, {"timestamp": 10**400}, "single", 1)
 @example(_EVERYDAY, {"timestamp": -(10**400)}, "batch", 1)
+@example(
+    _EVERYDAY, {"add": {"n": 1, "m": 2.5}, "unset": ["u"], "set_once": {"f": "x"}}, "single", 1
+)
+@example(_EVERYDAY, {"append": {"t": ["a", 1]}, "remove": {"r": [True]}}, "batch", 2)
+@example(_EVERYDAY, {"add": {"a": 1}}, "single", 1)  # a name in two operations
+@example(_EVERYDAY, {"add": {"n": True}}, "batch", 1)
+@example(_EVERYDAY, {"unset": ["u", "u"], "user_properties": None}, "single", 1)
+@example(_EVERYDAY, {"append": {"t": "a"}, "user_properties": {}}, "single", 1)
+@example(_EVERYDAY, {"add": {"n": 1}, "user_properties": None}, "batch", 1)
+@example(_EVERYDAY, {"add": {"n": 1}, "user_properties": ...}, "single", 1)
 def test_a_body_gets_the_same_answer_on_the_everyday_path_as_on_the_general_one(
     value: dict[str, Any], change: dict[str, Any], endpoint: str, copies: int
 ) -> None:
-    value = {**value, **change}
+    value = {k: v for k, v in {**value, **change}.items() if v is not ...}
     if endpoint == "single":
         body = msgspec.json.encode(value)
         fast, general = (

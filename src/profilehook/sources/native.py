@@ -118,15 +118,26 @@ _Int = Annotated[int, Meta(ge=-c.MAX_JSON_INT, le=c.MAX_JSON_INT)]
 _Scalar = str | _Int | float | bool | None
 
 
+_Properties = Annotated[dict[_PropertyName, _Scalar], Meta(max_length=c.MAX_PROPERTIES_PER_EVENT)]
+_Lists = dict[_PropertyName, list[_Scalar]]
+
+
 class _Flat(msgspec.Struct, forbid_unknown_fields=True):
     contact_id: Annotated[str, Meta(min_length=1, max_length=_PLAIN_ID_CHARS)]
     event_name: _PropertyName
     timestamp: _Int | float  # (an integer past a double would overflow timestamp_to_us)
-    user_properties: Annotated[
-        dict[_PropertyName, _Scalar], Meta(max_length=c.MAX_PROPERTIES_PER_EVENT)
-    ]
+    # Absent only with an operation below (null is the general path's to refuse).
+    user_properties: _Properties | msgspec.UnsetType = msgspec.UNSET
     metadata: dict[str, _Scalar] | None = None
     event_id: Annotated[str, Meta(min_length=1, max_length=_PLAIN_EVENT_ID_CHARS)] | None = None
+    # The operations (README, Property operations), in their everyday shapes (msgspec takes
+    # no boolean for a number); a name in two of them, or too many names, is the general
+    # path's to explain.
+    set_once: _Properties | None = None
+    add: dict[_PropertyName, _Int | float] | None = None
+    append: _Lists | None = None
+    remove: _Lists | None = None
+    unset: list[_PropertyName] | None = None
 
 
 class _FlatBatch(msgspec.Struct, forbid_unknown_fields=True):
@@ -156,18 +167,58 @@ def _flat_event(flat: _Flat, workspace: str, received_us: int, event_id: str) ->
         ts_us = timestamp_to_us(ts)
         if ts_us is None:
             return None
+    properties = None if flat.user_properties is msgspec.UNSET else flat.user_properties
+    ops: dict[str, Op] | None = None
+    if (
+        flat.set_once is not None
+        or flat.add is not None
+        or flat.append is not None
+        or flat.remove is not None
+        or flat.unset is not None
+    ):
+        properties, ops = _flat_operations(flat)
+    if properties is None:
+        return None
     # Positional: a third cheaper than by keyword, in the order of Event's fields.
     return Event(
         workspace,
         event_id,
         flat.contact_id,
         ts_us,
-        flat.user_properties,
+        properties,
         SOURCE,
         flat.event_name,
         flat.metadata,
         received_us,
+        "update",
+        ops,
     )
+
+
+def _flat_operations(flat: _Flat) -> tuple[dict[str, Any] | None, dict[str, Op] | None]:
+    """A flat event's properties and operations; (None, None) when a name is in two of them
+    or there are too many (the general path explains)."""
+    properties: dict[str, Any] = (
+        {} if flat.user_properties is msgspec.UNSET else dict(flat.user_properties)
+    )
+    ops: dict[str, Op] = {}
+    count = len(properties)
+    for op, given in (
+        ("set_once", flat.set_once),
+        ("add", flat.add),
+        ("append", flat.append),
+        ("remove", flat.remove),
+    ):
+        if given:
+            properties.update(given)
+            ops.update(dict.fromkeys(given, op))  # type: ignore[arg-type]
+            count += len(given)
+    if flat.unset:
+        properties.update(dict.fromkeys(flat.unset))
+        count += len(flat.unset)
+    if len(properties) != count or count > c.MAX_PROPERTIES_PER_EVENT:
+        return None, None
+    return properties, ops or None
 
 
 def _flat_batch(value: Any) -> bool:
