@@ -80,6 +80,26 @@ def api_schema(fuzzed: tuple[ServerProcess, str]) -> Any:
     return schema
 
 
+_OPERATION_FIELDS = ("user_properties", "set_once", "add", "append", "remove")
+
+
+def _names_in_two_operations(body: Any) -> bool:
+    """Whether an event of ``body`` (one, or a batch's) names a property in two operations."""
+    events = body.get("events") if isinstance(body, dict) else None
+    for event in events if isinstance(events, list) else [body]:
+        if not isinstance(event, dict):
+            continue
+        names: list[Any] = []
+        for field in _OPERATION_FIELDS:
+            if isinstance(event.get(field), dict):
+                names += list(event[field])
+        if isinstance(event.get("unset"), list):
+            names += list(dict.fromkeys(n for n in event["unset"] if isinstance(n, str)))
+        if len(names) != len(set(names)):
+            return True
+    return False
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=str)
 @pytest.mark.parametrize(("method", "path"), OPERATIONS, ids=[f"{m} {p}" for m, p in OPERATIONS])
@@ -108,7 +128,10 @@ def test_no_request_gets_a_5xx_or_an_answer_the_document_does_not_describe(
         response = case.call(headers=auth)
         tally["requests"] += 1
         tally[f"{response.status_code // 100}xx"] += 1
-        case.validate_response(response, headers=auth, excluded_checks=excluded)
+        # A property in two operations of one event is refused (README, Property operations),
+        # which a JSON Schema cannot say: such a body is not positive data.
+        twice = [] if not _names_in_two_operations(case.body) else [positive_data_acceptance]
+        case.validate_response(response, headers=auth, excluded_checks=excluded + twice)
 
     try:
         fuzz()

@@ -11,8 +11,10 @@ reference fold written from the table of SPEC 3.1 alone (sort by version, apply)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
+import sqlite3
 import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
@@ -664,3 +666,31 @@ async def test_given_two_store_instances_adding_to_one_contact_at_once_then_no_a
     )
     found = await backend.store.get_contact(WORKSPACE, "c1")
     assert found is not None and found.properties == {"n": 60}
+
+
+async def test_given_a_schema_3_sqlite_file_when_opened_then_it_applies_operations(
+    tmp_path: Path,
+) -> None:
+    """Schema 4 adds the version of a contact's newest operation; an older file gets the
+    columns at open, keeps its profiles, and folds operations from then on."""
+    path = tmp_path / "profiles.sqlite3"
+    store = SqliteStore(path)
+    await store.open()
+    await store.apply([event("e1", 1, set={"x": 1})])
+    await store.close()
+    with contextlib.closing(sqlite3.connect(path)) as conn:  # what schema 3 wrote
+        for table in ("contacts", "snapshots"):
+            conn.execute(f"ALTER TABLE {table} DROP COLUMN ops_ts_us")
+            conn.execute(f"ALTER TABLE {table} DROP COLUMN ops_event_id")
+        conn.execute("PRAGMA user_version = 3")
+        conn.commit()
+
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        await store.apply([event("e2", 2, add={"x": 1})])
+        await store.apply([event("e0", 0, set={"x": 5}), event("e3", 3, set_once={"x": 9})])
+        found = await store.get_contact(WORKSPACE, "c1")
+        assert found is not None and found.properties == {"x": 2}
+    finally:
+        await store.close()
