@@ -343,6 +343,7 @@ def scenario_d(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     env, key = embedded(tmp, "d")
     body = {"events": [{**EVENT, "contact_id": f"user{i}"} for i in range(args.batch)]}
     with running(serve("profilehook", env)) as server:
+        before = _applied(server)
         result = measured(
             server,
             lua(tmp / "d.lua", body, key),
@@ -350,6 +351,7 @@ def scenario_d(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
             path="/v1/properties/batch",
             connections=16,
         )
+        result["applied_events_per_s"] = (_applied(server) - before) / args.duration
     with running(serve("profilehook", env, "--no-applier")) as server:
         only = measured(
             server, tmp / "d.lua", args.duration, path="/v1/properties/batch", connections=16
@@ -364,6 +366,7 @@ def scenario_d(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
         env, key = embedded(tmp, f"d-{workload}")
         mixed = {"events": [_mixed_event(i, workload) for i in range(args.batch)]}
         with running(serve("profilehook", env)) as server:
+            before = _applied(server)
             found = measured(
                 server,
                 lua(tmp / f"d-{workload}.lua", mixed, key),
@@ -371,9 +374,19 @@ def scenario_d(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
                 path="/v1/properties/batch",
                 connections=16,
             )
+            applied = (_applied(server) - before) / args.duration
             result[f"{workload}_events_per_s"] = found["rps"] * args.batch
             result[f"{workload}_ratio"] = found["rps"] / result["rps"] if result["rps"] else None
+            result[f"{workload}_applied_events_per_s"] = applied
+            if result["applied_events_per_s"]:
+                result[f"{workload}_applied_ratio"] = applied / result["applied_events_per_s"]
     return result
+
+
+def _applied(server: Server) -> float:
+    """How many events the server's applier has applied so far (its metrics)."""
+    found = metric(server.url, "profilehook_events_total")
+    return found.get('profilehook_events_total{outcome="applied",source="api"}', 0.0)
 
 
 def _mixed_event(i: int, workload: str) -> dict[str, Any]:
