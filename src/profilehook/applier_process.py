@@ -31,6 +31,7 @@ import msgspec
 
 from profilehook.applier import Applier
 from profilehook.applier_endpoints import ApplierEndpoints
+from profilehook.erasure import Eraser
 from profilehook.errors import StorageUnavailable
 from profilehook.metrics import ApplierTotals, Metrics
 from profilehook.queues.base import HandsOverAcknowledgements, Queue
@@ -86,12 +87,22 @@ async def run_applier(
             settings.apply_batch_max_events,
             f", metrics on port {metrics_port}" if metrics_port is not None else "",
         )
+        # A worker executes erasures too (any number may: each step is idempotent); serve's
+        # applier process does not: the server does, it writes the embedded log.
+        erasing = None
+        if not report_to_parent:
+            eraser = Eraser(services.queue, services.store)
+            erasing = asyncio.create_task(eraser.run(stop), name="eraser")
         try:
             if report_to_parent:
                 await _apply_reporting(applier, stop)
             else:
                 await applier.run(stop)
         finally:
+            if erasing is not None:
+                stop.set()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await erasing
             if endpoints is not None:
                 endpoints.close()
 

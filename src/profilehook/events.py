@@ -38,6 +38,12 @@ class Event(msgspec.Struct, frozen=True, array_like=True, omit_defaults=True):
         return (self.ts_us, self.event_id)
 
 
+def erased_stub(event: Event) -> Event:
+    """What is kept of an event dropped or erased for its contact's erasure: which event it
+    was (id, contact, time, source, kind), none of what it said."""
+    return msgspec.structs.replace(event, properties={}, metadata=None, event_name="")
+
+
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Event)
 

@@ -22,6 +22,7 @@ from profilehook.api.routes import read_routes
 from profilehook.api.webhooks import PATH_PREFIX, webhook_handler
 from profilehook.applier import Applier, StallWatch
 from profilehook.applier_process import ApplierProcess
+from profilehook.erasure import Eraser
 from profilehook.errors import ProfilehookError
 from profilehook.service import Services
 from profilehook.settings import Settings
@@ -41,6 +42,7 @@ class ProfilehookApp:
         self.services = services
         self.applies_in = applies_in
         self.deadlines = Deadlines.from_settings(services.settings)
+        self.eraser = Eraser(services.queue, services.store)
         self._ingest = ingest_handlers(services, self.deadlines)
         self._webhooks = webhook_handler(services, self.deadlines)
         # The ingest paths are also known to Starlette, so that other methods get a 405.
@@ -49,7 +51,8 @@ class ProfilehookApp:
             for path, handler in self._ingest.items()
         ] + [Route(PATH_PREFIX + "{source_id}", _AsgiEndpoint(self._webhooks), methods=["POST"])]
         self._starlette = Starlette(
-            routes=ingest_routes + read_routes(services, self.deadlines, self._stall_watch()),
+            routes=ingest_routes
+            + read_routes(services, self.deadlines, self._stall_watch(), self.eraser),
             lifespan=self._lifespan,
             exception_handlers={
                 HTTPException: _http_exception,
@@ -80,6 +83,8 @@ class ProfilehookApp:
         stop = asyncio.Event()
         task = None
         services = self.services
+        # Erasures are executed here (whatever applies): this process writes the embedded log.
+        erasing = asyncio.create_task(self.eraser.run(stop), name="eraser")
         if self.applies_in == "task":
             applier = Applier(
                 services.queue,
@@ -95,9 +100,10 @@ class ProfilehookApp:
             yield
         finally:
             stop.set()
-            if task is not None:
-                with suppress(asyncio.CancelledError):
-                    await task
+            for running in (task, erasing):
+                if running is not None:
+                    with suppress(asyncio.CancelledError):
+                        await running
             await self.services.close()
 
 

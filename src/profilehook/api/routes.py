@@ -17,16 +17,18 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from profilehook import constants as c
+from profilehook import erasure as erasure_lib
 from profilehook import keys
 from profilehook.api import openapi
 from profilehook.api.deadlines import Deadlines, within
 from profilehook.api.responses import json_response
 from profilehook.applier import StallWatch
+from profilehook.erasure import Eraser
 from profilehook.errors import InvalidApiKey, NotFound, StorageUnavailable, ValidationFailed
 from profilehook.events import Version
 from profilehook.service import Services
 from profilehook.validation import problem, value_error
-from profilehook.views import contact_view, event_status, event_view
+from profilehook.views import contact_view, erasure_view, event_status, event_view
 
 READY_TIMEOUT_S = 1.0
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -43,9 +45,13 @@ register_url_convertor("any_tail", _AnyTail())
 
 
 def read_routes(
-    services: Services, deadlines: Deadlines, applier: StallWatch | None = None
+    services: Services,
+    deadlines: Deadlines,
+    applier: StallWatch | None = None,
+    eraser: Eraser | None = None,
 ) -> list[Route]:
-    """The routes beside ingestion; ``applier`` watches this server's applier, if it has one."""
+    """The routes beside ingestion; ``applier`` watches this server's applier, if it has one;
+    ``eraser`` executes this server's erasures (woken when one is requested here)."""
     store, queue = services.store, services.queue
     within_deadline = _deadline(services.settings.backend_timeout_s)
 
@@ -93,6 +99,35 @@ def read_routes(
             raise NotFound("Event not found")
         return json_response(view)
 
+    # scope: admin
+    @within_deadline
+    async def erase_contact(request: Request) -> Response:
+        workspace = await workspace_of(request)
+        contact_id, is_history = _contact_path(request)
+        if is_history:
+            raise NotFound("Not Found")
+        suppress = _flag(request, "suppress")
+        erasure = await erasure_lib.request_erasure(store, workspace, contact_id, suppress)
+        if eraser is not None:
+            eraser.wake()
+        return json_response(erasure_view(erasure), status_code=202)
+
+    # scope: admin
+    @within_deadline
+    async def erasure(request: Request) -> Response:
+        workspace = await workspace_of(request)
+        erasure_id = _raw_tail(request, "/v1/erasures/")
+        found = await erasure_lib.get_erasure(store, workspace, erasure_id)
+        return json_response(erasure_view(found))
+
+    # scope: admin
+    @within_deadline
+    async def unsuppress(request: Request) -> Response:
+        workspace = await workspace_of(request)
+        contact_id = _raw_tail(request, "/v1/suppressions/")
+        await erasure_lib.unsuppress(store, workspace, contact_id)
+        return json_response({"contact_id": contact_id, "suppressed": False})
+
     async def healthz(request: Request) -> Response:
         return json_response({"status": "ok"})
 
@@ -124,6 +159,9 @@ def read_routes(
 
     return [
         Route("/v1/contacts/{rest:any_tail}", contact, methods=["GET"]),
+        Route("/v1/contacts/{rest:any_tail}", erase_contact, methods=["DELETE"]),  # scope: admin
+        Route("/v1/erasures/{rest:any_tail}", erasure, methods=["GET"]),  # scope: admin
+        Route("/v1/suppressions/{rest:any_tail}", unsuppress, methods=["DELETE"]),  # scope: admin
         Route("/v1/events/{rest:any_tail}", event, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
@@ -179,6 +217,16 @@ def _contact_path(request: Request) -> tuple[str, bool]:
     if "\x00" in contact_id:  # no id holds NUL (refused at ingestion)
         raise NotFound("Contact not found")
     return contact_id, is_history
+
+
+def _flag(request: Request, name: str) -> bool:
+    """A boolean query parameter: ``true`` or ``false`` (absent: false)."""
+    raw = request.query_params.get(name, "false")
+    if raw.lower() not in ("true", "false", "1", "0"):
+        raise ValidationFailed(
+            [problem("bool_parsing", ("query", name), "Input should be true or false", raw)]
+        )
+    return raw.lower() in ("true", "1")
 
 
 def _page(request: Request) -> tuple[int, Version | None]:

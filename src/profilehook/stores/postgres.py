@@ -25,13 +25,15 @@ import msgspec
 
 from profilehook import constants as c
 from profilehook.errors import ConfigurationError, StorageUnavailable, StoreRefused
-from profilehook.events import Event, Version, decode_event, encode_event, now_us
+from profilehook.events import Event, Version, decode_event, encode_event, erased_stub, now_us
 from profilehook.stores.base import (
     AliasUpdate,
     ApiKey,
     ApplyResult,
     Contact,
     ContactState,
+    ErasedContact,
+    Erasure,
     EventRecord,
     Nonce,
     Progress,
@@ -42,6 +44,7 @@ from profilehook.stores.base import (
     first_of_each,
     plan_contact,
     repeats,
+    split_erased,
 )
 
 try:
@@ -60,6 +63,7 @@ Conn = psycopg.AsyncConnection[Any]
 
 NOTIFY_CHANNEL = "profilehook_catalog"
 MIGRATION_LOCK_ID = 0x70686B  # any constant shared by every profilehook process
+ERASURE_LOCK_ID = 0x70686B_02  # applies hold it shared, an erasure request exclusively
 REBUILD_CHUNK_EVENTS = 5_000
 MIGRATION_CHUNK_ROWS = 5_000
 
@@ -198,6 +202,25 @@ MIGRATIONS: list[Migration] = [
     CREATE INDEX seen_nonces_by_expiry ON seen_nonces (expires_us);
     """,
     _compare_ids_by_bytes,
+    """
+    CREATE TABLE erasures (
+        erasure_id text PRIMARY KEY,
+        workspace text NOT NULL,
+        contact_id text COLLATE "C" NOT NULL,
+        requested_us bigint NOT NULL,
+        suppress boolean NOT NULL,
+        completed_us bigint
+    );
+    CREATE INDEX erasures_pending ON erasures (requested_us) WHERE completed_us IS NULL;
+    CREATE TABLE erased_contacts (
+        workspace text NOT NULL,
+        contact_id text COLLATE "C" NOT NULL,
+        upto_us bigint NOT NULL,
+        suppressed boolean NOT NULL,
+        PRIMARY KEY (workspace, contact_id)
+    );
+    CREATE INDEX profile_aliases_by_contact ON profile_aliases (workspace, contact_id);
+    """,
 ]
 
 
@@ -556,7 +579,7 @@ class PostgresStore(Store):
             cur = await conn.execute(
                 "SELECT e.status, e.applied_us, e.error, e.body FROM events e"
                 " LEFT JOIN contacts k ON k.workspace = e.workspace AND k.contact_id = e.contact_id"
-                " WHERE e.workspace = %s AND e.contact_id = %s"
+                " WHERE e.workspace = %s AND e.contact_id = %s AND e.status <> 'erased'"
                 ' AND (e.ts_us, e.event_id COLLATE "C") < (%s, %s)'
                 " AND (k.deleted_ts_us IS NULL"
                 ' OR (e.ts_us, e.event_id COLLATE "C") > (k.deleted_ts_us, k.deleted_event_id))'
@@ -745,6 +768,88 @@ class PostgresStore(Store):
 
         await self._run(forget)
 
+    async def request_erasure(self, erasure: Erasure) -> None:
+        async def insert(conn: Conn) -> None:
+            # Exclusive: waits for the apply transactions under way (each holds the lock
+            # shared from before it checks erasures); every later one sees this erasure.
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (ERASURE_LOCK_ID,))
+            await conn.execute(
+                "INSERT INTO erasures (erasure_id, workspace, contact_id, requested_us, suppress)"
+                " VALUES (%s, %s, %s, %s, %s)",
+                (
+                    erasure.erasure_id,
+                    erasure.workspace,
+                    erasure.contact_id,
+                    erasure.requested_us,
+                    erasure.suppress,
+                ),
+            )
+            await conn.execute(
+                "INSERT INTO erased_contacts AS x (workspace, contact_id, upto_us, suppressed)"
+                " VALUES (%s, %s, %s, %s) ON CONFLICT (workspace, contact_id) DO UPDATE SET"
+                " upto_us = greatest(x.upto_us, excluded.upto_us),"
+                " suppressed = x.suppressed OR excluded.suppressed",
+                (erasure.workspace, erasure.contact_id, erasure.requested_us, erasure.suppress),
+            )
+
+        await self._run(insert)
+
+    async def get_erasure(self, workspace: str, erasure_id: str) -> Erasure | None:
+        async def select(conn: Conn) -> Erasure | None:
+            cur = await conn.execute(
+                _ERASURE_SELECT + " WHERE erasure_id = %s AND workspace = %s",
+                (erasure_id, workspace),
+            )
+            row = await cur.fetchone()
+            return None if row is None else Erasure(*row)
+
+        return await self._run(select)
+
+    async def pending_erasures(self, limit: int) -> list[Erasure]:
+        async def select(conn: Conn) -> list[Erasure]:
+            cur = await conn.execute(
+                _ERASURE_SELECT + " WHERE completed_us IS NULL ORDER BY requested_us LIMIT %s",
+                (limit,),
+            )
+            return [Erasure(*row) for row in await cur.fetchall()]
+
+        return await self._run(select)
+
+    async def erase_contact(self, erasure: Erasure) -> None:
+        await self._run(lambda conn: _erase_contact(conn, erasure))
+
+    async def complete_erasure(self, erasure_id: str, completed_us: int) -> None:
+        async def update(conn: Conn) -> None:
+            await conn.execute(
+                "UPDATE erasures SET completed_us = %s"
+                " WHERE erasure_id = %s AND completed_us IS NULL",
+                (completed_us, erasure_id),
+            )
+
+        await self._run(update)
+
+    async def unsuppress(self, workspace: str, contact_id: str) -> bool:
+        async def update(conn: Conn) -> bool:
+            cur = await conn.execute(
+                "UPDATE erased_contacts SET suppressed = false"
+                " WHERE workspace = %s AND contact_id = %s AND suppressed",
+                (workspace, contact_id),
+            )
+            return cur.rowcount > 0
+
+        return await self._run(update)
+
+    async def is_suppressed(self, workspace: str, contact_id: str) -> bool:
+        async def select(conn: Conn) -> bool:
+            cur = await conn.execute(
+                "SELECT suppressed FROM erased_contacts WHERE workspace = %s AND contact_id = %s",
+                (workspace, contact_id),
+            )
+            row = await cur.fetchone()
+            return row is not None and bool(row[0])
+
+        return await self._run(select)
+
 
 POOL_TIMEOUT_S = 5.0  # to get a connection from the pool
 POOL_APPLICATION_NAME = "profilehook"
@@ -854,24 +959,33 @@ def _record(row: Any) -> EventRecord:
 
 async def _apply(conn: Conn, events: Sequence[Event]) -> ApplyResult:
     unique = first_of_each(events)
+    # Shared with every other apply; an erasure request takes it exclusively: an apply either
+    # committed before the request (and the erasure removes what it wrote) or sees it below.
+    await conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (ERASURE_LOCK_ID,))
+    kept, erased = split_erased(unique, await _erased_contacts(conn, unique))
+    erased_ids = {(e.workspace, e.event_id) for e in erased}
     applied_us = now_us()
+    rows = [*kept, *erased]
     cur = await conn.execute(
         "INSERT INTO events (workspace, event_id, contact_id, ts_us, status, applied_us, body)"
-        " SELECT w, e, c, t, 'applied', %s, b FROM unnest(%s::text[], %s::text[], %s::text[],"
-        " %s::bigint[], %s::bytea[]) AS u(w, e, c, t, b)"
+        " SELECT w, e, c, t, s, %s, b FROM unnest(%s::text[], %s::text[], %s::text[],"
+        " %s::bigint[], %s::text[], %s::bytea[]) AS u(w, e, c, t, s, b)"
         " ON CONFLICT DO NOTHING RETURNING workspace, event_id",
         (
             applied_us,
-            [e.workspace for e in unique],
-            [e.event_id for e in unique],
-            [e.contact_id for e in unique],
-            [e.ts_us for e in unique],
-            [encode_event(e) for e in unique],
+            [e.workspace for e in rows],
+            [e.event_id for e in rows],
+            [e.contact_id for e in rows],
+            [e.ts_us for e in rows],
+            ["erased" if (e.workspace, e.event_id) in erased_ids else "applied" for e in rows],
+            [encode_event(e) for e in rows],
         ),
     )
     inserted = {(w, e) for w, e in await cur.fetchall()}
-    new = [e for e in unique if (e.workspace, e.event_id) in inserted]
-    dropped = repeats(events, new)
+    new = [e for e in kept if (e.workspace, e.event_id) in inserted]
+    erased = [e for e in erased if (e.workspace, e.event_id) in inserted]
+    fresh_ids = {(e.workspace, e.event_id) for e in (*new, *erased)}
+    dropped = repeats(events, [e for e in unique if (e.workspace, e.event_id) in fresh_ids])
     if dropped:
         await conn.execute(
             "UPDATE events AS e SET status = 'duplicate'"
@@ -881,7 +995,73 @@ async def _apply(conn: Conn, events: Sequence[Event]) -> ApplyResult:
             _columns([(d.workspace, d.event_id, encode_event(d)) for d in dropped], 3),
         )
     result = await _apply_profiles(conn, new)
-    return result.count_new(events, new)
+    return result.count_new(events, new, erased)
+
+
+async def _erased_contacts(
+    conn: Conn, events: Sequence[Event]
+) -> dict[tuple[str, str], ErasedContact]:
+    keys = sorted({(e.workspace, e.contact_id) for e in events})
+    cur = await conn.execute(
+        "SELECT x.workspace, x.contact_id, x.upto_us, x.suppressed FROM erased_contacts x"
+        " JOIN unnest(%s::text[], %s::text[]) AS u(w, c)"
+        " ON x.workspace = u.w AND x.contact_id = u.c",
+        _columns(keys, 2),
+    )
+    return {(w, c): ErasedContact(upto, bool(s)) for w, c, upto, s in await cur.fetchall()}
+
+
+_ERASURE_SELECT = (
+    "SELECT erasure_id, workspace, contact_id, requested_us, suppress, completed_us FROM erasures"
+)
+
+
+async def _erase_contact(conn: Conn, erasure: Erasure) -> None:
+    """One transaction: the history up to T becomes stubs, properties up to T go (the contact's
+    row too when nothing later is left), and so do its aliases and their parked events. The
+    contact's row is locked first, so that an apply of it under way finishes before."""
+    workspace, contact_id, upto = erasure.workspace, erasure.contact_id, erasure.requested_us
+    contact = (workspace, contact_id)
+    await conn.execute(
+        "SELECT 1 FROM contacts WHERE workspace = %s AND contact_id = %s FOR UPDATE", contact
+    )
+    cur = await conn.execute(
+        "SELECT event_id, body FROM events WHERE workspace = %s AND contact_id = %s"
+        " AND ts_us <= %s AND status <> 'erased'",
+        (*contact, upto),
+    )
+    stubs = [
+        (event_id, encode_event(erased_stub(decode_event(bytes(body)))))
+        for event_id, body in await cur.fetchall()
+    ]
+    if stubs:
+        await conn.execute(
+            "UPDATE events e SET status = 'erased', error = NULL, body = u.b"
+            " FROM unnest(%s::text[], %s::bytea[]) AS u(i, b)"
+            " WHERE e.workspace = %s AND e.event_id = u.i",
+            (*_columns(stubs, 2), workspace),
+        )
+    await conn.execute(
+        "DELETE FROM properties WHERE workspace = %s AND contact_id = %s AND ts_us <= %s",
+        (*contact, upto),
+    )
+    await conn.execute(
+        "DELETE FROM contacts WHERE workspace = %s AND contact_id = %s"
+        " AND (last_ts_us IS NULL OR last_ts_us <= %s)",
+        (*contact, upto),
+    )
+    await conn.execute(
+        "UPDATE contacts SET deleted_ts_us = NULL, deleted_event_id = NULL"
+        " WHERE workspace = %s AND contact_id = %s AND deleted_ts_us <= %s",
+        (*contact, upto),
+    )
+    await conn.execute(
+        "WITH gone AS (DELETE FROM profile_aliases WHERE workspace = %s AND contact_id = %s"
+        " AND ts_us <= %s RETURNING workspace, source_id, profile_id)"
+        " DELETE FROM parked_events p USING gone g WHERE p.workspace = g.workspace"
+        " AND p.source_id = g.source_id AND p.profile_id = g.profile_id",
+        (*contact, upto),
+    )
 
 
 async def _apply_profiles(conn: Conn, events: Sequence[Event]) -> ApplyResult:
