@@ -61,8 +61,10 @@ class MemoryQueue(Queue):
         erased = 0
         for index in range(self._acked, len(self._log)):
             event = self._log[index]
-            if (event.workspace, event.contact_id) == (workspace, contact_id) and (
-                everything or event.ts_us <= upto_us
+            if (
+                (event.workspace, event.contact_id) == (workspace, contact_id)
+                and (everything or event.ts_us <= upto_us)
+                and event != erased_stub(event)
             ):
                 self._log[index] = erased_stub(event)
                 erased += 1
