@@ -454,3 +454,47 @@ def test_given_the_scaled_out_configuration_when_a_contact_is_erased_then_no_row
         finally:
             worker.kill(signal.SIGTERM)
             server.stop()
+
+
+def test_given_the_scaled_out_server_killed_midway_through_an_erasure_then_a_worker_completes_it(
+    tmp_path: Path,
+) -> None:
+    """The server executing the erasure is killed with ``kill -9`` between its steps; a worker
+    (every worker executes pending erasures too) finishes it: done, and no row or message left."""
+    with nats_postgres_env() as env:
+        data_dir = tmp_path / "data"
+        key = create_key(data_dir, **env)["key"]
+        stream = env["PROFILEHOOK_QUEUE_URL"].split("stream=")[1].split("&")[0]
+        schema = env["PROFILEHOOK_STORE_URL"].split("schema=")[1]
+        paused_env = {**env, STEP_PAUSE_ENV: "1.5"}
+        server = ServerProcess(data_dir, extra_env=paused_env, serve_args=("--no-applier",))
+        server.start()
+        worker = WorkerProcess(data_dir, "worker", env)
+        worker.spawn()
+        marker = new_marker()
+        try:
+            api = Api(server.base_url, key)
+            api.status_becomes(api.send(CONTACT, time.time() - 10, s=f"{marker}-1"), "applied")
+            worker.kill(signal.SIGTERM)
+            api.send(CONTACT, time.time() - 5, s=f"{marker}-in-the-stream")
+            erasure_id = api.erase(CONTACT)["erasure_id"]
+            time.sleep(2.2)  # past its first step (the stream), paused before the store's
+            assert api.erasure(erasure_id).json()["status"] == "pending"
+        finally:
+            server.kill(signal.SIGKILL)
+        assert scan_postgres(schema, marker)[2] > 0  # the profile is still there
+
+        worker = WorkerProcess(data_dir, "worker-2", env)
+        worker.spawn()
+        reader = ServerProcess(data_dir, extra_env=env, serve_args=("--no-applier",)).start()
+        try:
+            Api(reader.base_url, key).done(erasure_id)
+            after_pg, after_stream = scan_postgres(schema, marker), scan_stream(stream, marker)
+            report("PostgreSQL, server killed mid-erasure, done by a worker", after_pg, "tables")
+            report(
+                "JetStream, server killed mid-erasure, done by a worker", after_stream, "messages"
+            )
+            assert after_pg[2] == 0 and after_stream[2] == 0
+        finally:
+            reader.stop()
+            worker.kill(signal.SIGTERM)
