@@ -5,6 +5,7 @@ one suite (see tests/store_backends.py).
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from profilehook.stores.base import Erasure, Store
@@ -139,3 +140,31 @@ async def test_given_an_erasure_of_another_workspace_then_this_workspace_is_unto
     assert (await store.apply([event("c1", "e2", 2 * S, workspace="globex", b=2)])).applied == 1
     contact = await store.get_contact("globex", "c1")
     assert contact is not None and contact.properties == {"a": 1, "b": 2}
+
+
+async def test_given_a_future_dated_event_received_before_the_erasure_then_it_is_erased_too(
+    store: Store,
+) -> None:
+    """A client clock ahead of the server's: an event dated after T but sent before the request
+    is the contact's data all the same. What it had superseded, received after T, comes back
+    (the profile is the fold of the events left)."""
+    ahead = msgspec.structs.replace(event("c1", "ahead", T + 60 * S, p="MARKER"), received_us=T - 1)
+    after = event("c1", "after", T + 30 * S, p="after the erasure")  # received now, after T
+    await store.apply([ahead])
+    await store.put_alias("acme", "src_1", "p7", "c1", (T + 60 * S, "ahead"))
+    await store.request_erasure(erasure())
+    await store.apply([after])
+    contact = await store.get_contact("acme", "c1")
+    assert contact is not None and contact.properties == {"p": "MARKER"}  # it won, until now
+
+    await store.erase_contact(erasure())
+
+    contact = await store.get_contact("acme", "c1")
+    assert contact is not None and contact.properties == {"p": "after the erasure"}
+    record = await store.get_event("acme", "ahead")
+    assert record is not None and record.status == "erased" and record.event.properties == {}
+    assert await store.get_alias("acme", "src_1", "p7") is None
+    redelivered = await store.apply([ahead])  # the log delivering it again: dropped
+    assert redelivered.applied == 0
+    contact = await store.get_contact("acme", "c1")
+    assert contact is not None and contact.properties == {"p": "after the erasure"}

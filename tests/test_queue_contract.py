@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from profilehook.events import Event
@@ -423,17 +424,19 @@ async def test_given_a_contacts_pending_events_when_erased_then_none_says_anythi
             event("gone", "g2", 3, secret="MARKER"),
             event("gone", "g3", 50, fresh="after"),  # after the erasure's time
             event("gone", "g4", 4, workspace="globex", other="workspace"),
+            # Future-dated, but received before the erasure: the contact's data all the same.
+            msgspec.structs.replace(event("gone", "g5", 60, secret="MARKER"), received_us=5),
         ]
     )
 
-    assert await queue.erase_pending("acme", "gone", upto_us=10) == 2
+    assert await queue.erase_pending("acme", "gone", upto_us=10) == 3
     assert await queue.erase_pending("acme", "gone", upto_us=10) == 0  # nothing left to say
 
-    for event_id in ("g1", "g2"):
+    for event_id in ("g1", "g2", "g5"):
         found = await queue.find("acme", event_id)
         assert found is None or found.properties == {}
     delivered = {d.event.event_id: d.event for d in await queue.fetch(10, 1.0)}
-    assert all(delivered[i].properties == {} for i in ("g1", "g2") if i in delivered)
+    assert all(delivered[i].properties == {} for i in ("g1", "g2", "g5") if i in delivered)
     assert delivered["k1"].properties == {"plan": "free"}
     assert delivered["g3"].properties == {"fresh": "after"}
     assert delivered["g4"].properties == {"other": "workspace"}

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 ERASER_POLL_S = 1.0  # how often an eraser looks for erasures requested through other processes
 ERASURES_PER_PASS = 100
+ERASER_LOG_INTERVAL_S = 30.0  # a failing eraser logs at most this often
 # Test hook: seconds to pause between an erasure's steps, so that a test can kill the process
 # that executes it midway (tests/test_erasure_bytes.py). Never set in production.
 STEP_PAUSE_ENV = "PROFILEHOOK_TEST_ERASURE_STEP_PAUSE_S"
@@ -132,14 +133,19 @@ class Eraser:
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
+        logged_s = -ERASER_LOG_INTERVAL_S
         while not stop.is_set():
             self._wake.clear()
             try:
                 await execute_pending(self.queue, self.store)
-            except StorageUnavailable as exc:
-                log.warning("eraser: %s; retrying", exc.detail)
-            except Exception:  # the eraser must outlive any one failure
-                log.exception("eraser: unexpected failure; retrying")
+            except Exception as exc:  # the eraser must outlive any one failure
+                # A backend down: one line now and then, not one a pass.
+                if time.monotonic() - logged_s >= ERASER_LOG_INTERVAL_S:
+                    logged_s = time.monotonic()
+                    if isinstance(exc, StorageUnavailable):
+                        log.warning("eraser: %s; retrying", exc.detail)
+                    else:
+                        log.exception("eraser: unexpected failure; retrying")
             stopping = asyncio.ensure_future(stop.wait())
             woken = asyncio.ensure_future(self._wake.wait())
             await asyncio.wait(

@@ -67,8 +67,9 @@ class Queue(ABC):
     async def erase_pending(
         self, workspace: str, contact_id: str, upto_us: int, everything: bool = False
     ) -> int:
-        """For an erasure: the contact's events still in the log with an event time at or
-        before ``upto_us`` (all of them with ``everything``: a suppression) keep nothing of what
+        """For an erasure: the contact's events still in the log that ``predates`` ``upto_us``
+        (event time or receipt at or before it; all of them with ``everything``: a
+        suppression) keep nothing of what
         they said: removed, or replaced by their ``erased_stub`` (which the store drops). Those
         a consumer holds already are dropped by the store. Returns how many. Idempotent."""
 

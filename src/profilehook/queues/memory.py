@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from profilehook.events import Event, erased_stub
+from profilehook.events import Event, erased_stub, predates
 from profilehook.queues.base import Delivery, Queue
 
 
@@ -63,7 +63,7 @@ class MemoryQueue(Queue):
             event = self._log[index]
             if (
                 (event.workspace, event.contact_id) == (workspace, contact_id)
-                and (everything or event.ts_us <= upto_us)
+                and (everything or predates(event, upto_us))
                 and event != erased_stub(event)
             ):
                 self._log[index] = erased_stub(event)

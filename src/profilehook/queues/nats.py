@@ -26,7 +26,7 @@ from urllib.parse import parse_qsl, urlencode
 import msgspec
 
 from profilehook.errors import ConfigurationError, StorageUnavailable
-from profilehook.events import Event, decode_event, encode_event
+from profilehook.events import Event, decode_event, encode_event, predates
 from profilehook.queues.base import Delivery, Queue
 from profilehook.queues.nats_version import require_supported_server
 
@@ -582,7 +582,7 @@ class NatsQueue(Queue):
                 seq = raw.seq + 1
                 event = decode_event(raw.data)
                 if (event.workspace, event.contact_id) == (workspace, contact_id) and (
-                    everything or event.ts_us <= upto_us
+                    everything or predates(event, upto_us)
                 ):
                     with contextlib.suppress(nats.js.errors.NotFoundError):
                         await js.delete_msg(self.stream, raw.seq)  # (acknowledged meanwhile)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import msgspec
 
-from profilehook.events import Event, encode_event, erased_stub
+from profilehook.events import Event, encode_event, erased_stub, predates
 from profilehook.queues.base import Delivery, HandsOverAcknowledgements, Queue
 from profilehook.sqlite_db import MAX_RECORDS_PER_ROW, SqliteDatabase
 
@@ -160,7 +160,7 @@ class SqliteQueue(Queue, HandsOverAcknowledgements):
                 for index, event in enumerate(events):
                     if (
                         (event.workspace, event.contact_id) == (workspace, contact_id)
-                        and (everything or event.ts_us <= upto_us)
+                        and (everything or predates(event, upto_us))
                         and (event.properties or event.metadata or event.event_name)
                     ):
                         events[index] = erased_stub(event)

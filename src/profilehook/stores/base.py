@@ -26,9 +26,9 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
-from profilehook.events import Event, Version, erased_stub
+from profilehook.events import Event, Version, erased_stub, predates
 
 EventStatus = Literal["queued", "applied", "duplicate", "failed", "erased"]
 """``duplicate``: applied, and since then accepted again (another delivery, not the log's
@@ -394,14 +394,14 @@ class Erasure:
 
 @dataclass(frozen=True)
 class ErasedContact:
-    """What ``apply`` checks for a contact that was erased: its events up to ``upto_us`` (the
-    newest erasure's T) are dropped, and all of them while ``suppressed``."""
+    """What ``apply`` checks for a contact that was erased: its events that ``predates`` the
+    newest erasure's T (``upto_us``) are dropped, and all of them while ``suppressed``."""
 
     upto_us: int
     suppressed: bool
 
     def drops(self, event: Event) -> bool:
-        return self.suppressed or event.ts_us <= self.upto_us
+        return self.suppressed or predates(event, self.upto_us)
 
 
 def split_erased(
@@ -419,6 +419,36 @@ def split_erased(
         else:
             kept.append(event)
     return kept, dropped
+
+
+H = TypeVar("H")
+
+
+@dataclass
+class ContactErasure(Generic[H]):
+    """What ``erase_contact`` does to a contact's stored events (each with a backend's handle):
+    the ones the erasure covers become stubs; the contact's profile is then the fold of the
+    applied ones left (``remaining``), recomputed from nothing."""
+
+    stubs: list[tuple[H, Event]]
+    remaining: list[Event]
+    erased_ids: set[str]
+
+    @classmethod
+    def of(cls, records: Iterable[tuple[H, str, Event]], upto_us: int) -> ContactErasure[H]:
+        """``records``: (handle, status, event) of the contact's events not erased yet."""
+        plan: ContactErasure[H] = cls([], [], set())
+        for handle, status, event in records:
+            if predates(event, upto_us):
+                plan.stubs.append((handle, erased_stub(event)))
+                plan.erased_ids.add(event.event_id)
+            elif status in ("applied", "duplicate"):
+                plan.remaining.append(event)
+        return plan
+
+    def covers_alias(self, version: Version, upto_us: int) -> bool:
+        """Whether a profile alias set at ``version`` goes with the erasure."""
+        return version[0] <= upto_us or version[1] in self.erased_ids
 
 
 class Erasures(ABC):
@@ -446,11 +476,11 @@ class Erasures(ABC):
 
     @abstractmethod
     async def erase_contact(self, erasure: Erasure) -> None:
-        """Remove what the store holds of the contact up to the erasure's time: properties,
-        the profile row when nothing newer is left, history (the records become
-        ``erased_stub``s), its profile aliases and the events parked for them. Idempotent.
-        On SQLite, deleted bytes are overwritten and no page image of them stays in the WAL
-        once this returns."""
+        """Remove what the store holds of the contact from before the erasure: its events that
+        ``predates`` T become ``erased_stub`` records, its profile is recomputed from the events
+        left (none: no profile), and its profile aliases set by those events go with the events
+        parked for them. Idempotent. On SQLite, deleted bytes are overwritten and no page image
+        of them stays in the WAL once this returns."""
 
     @abstractmethod
     async def complete_erasure(self, erasure_id: str, completed_us: int) -> None:

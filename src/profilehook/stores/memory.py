@@ -6,12 +6,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from profilehook.events import Event, Version, erased_stub, now_us
+from profilehook.events import Event, Version, now_us
 from profilehook.stores.base import (
     AliasUpdate,
     ApiKey,
     ApplyResult,
     Contact,
+    ContactErasure,
     ContactState,
     ErasedContact,
     Erasure,
@@ -234,26 +235,21 @@ class MemoryStore(Store):
 
     async def erase_contact(self, erasure: Erasure) -> None:
         workspace, contact_id, upto = erasure.workspace, erasure.contact_id, erasure.requested_us
-        for key, record in list(self._events.items()):
-            event = record.event
-            if (event.workspace, event.contact_id) == (
-                workspace,
-                contact_id,
-            ) and event.ts_us <= upto:
-                self._events[key] = EventRecord(erased_stub(event), "erased", record.applied_us)
-        profile = self._profiles.get((workspace, contact_id))
-        if profile is not None:
-            for name, version in list(profile.state.versions.items()):
-                if version[0] <= upto:
-                    del profile.state.versions[name]
-                    del profile.values[name]
-            state = profile.state
-            if state.deleted is not None and state.deleted[0] <= upto:
-                state.deleted = None
-            if state.last_update is None or state.last_update[0] <= upto:
-                del self._profiles[(workspace, contact_id)]
+        plan = ContactErasure.of(
+            (
+                (key, record.status, record.event)
+                for key, record in self._events.items()
+                if (record.event.workspace, record.event.contact_id) == (workspace, contact_id)
+                and record.status != "erased"
+            ),
+            upto,
+        )
+        for key, stub in plan.stubs:
+            self._events[key] = EventRecord(stub, "erased", self._events[key].applied_us)
+        self._profiles.pop((workspace, contact_id), None)
+        self._apply_profiles(plan.remaining)
         for alias, (mapped, version) in list(self._aliases.items()):
-            if alias[0] == workspace and mapped == contact_id and version[0] <= upto:
+            if (alias[0], mapped) == (workspace, contact_id) and plan.covers_alias(version, upto):
                 del self._aliases[alias]
                 self._parked.pop(alias, None)
 

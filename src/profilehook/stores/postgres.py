@@ -25,12 +25,13 @@ import msgspec
 
 from profilehook import constants as c
 from profilehook.errors import ConfigurationError, StorageUnavailable, StoreRefused
-from profilehook.events import Event, Version, decode_event, encode_event, erased_stub, now_us
+from profilehook.events import Event, Version, decode_event, encode_event, now_us
 from profilehook.stores.base import (
     AliasUpdate,
     ApiKey,
     ApplyResult,
     Contact,
+    ContactErasure,
     ContactState,
     ErasedContact,
     Erasure,
@@ -1017,51 +1018,47 @@ _ERASURE_SELECT = (
 
 
 async def _erase_contact(conn: Conn, erasure: Erasure) -> None:
-    """One transaction: the history up to T becomes stubs, properties up to T go (the contact's
-    row too when nothing later is left), and so do its aliases and their parked events. The
-    contact's row is locked first, so that an apply of it under way finishes before."""
+    """One transaction: the events the erasure covers become stubs, the contact's profile is
+    recomputed from the events left, its aliases set by covered events go, and the events
+    parked for them. The contact's row is locked first: an apply of it under way ends before."""
     workspace, contact_id, upto = erasure.workspace, erasure.contact_id, erasure.requested_us
     contact = (workspace, contact_id)
     await conn.execute(
         "SELECT 1 FROM contacts WHERE workspace = %s AND contact_id = %s FOR UPDATE", contact
     )
     cur = await conn.execute(
-        "SELECT event_id, body FROM events WHERE workspace = %s AND contact_id = %s"
-        " AND ts_us <= %s AND status <> 'erased'",
-        (*contact, upto),
+        "SELECT event_id, status, body FROM events WHERE workspace = %s AND contact_id = %s"
+        " AND status <> 'erased'",
+        contact,
     )
-    stubs = [
-        (event_id, encode_event(erased_stub(decode_event(bytes(body)))))
-        for event_id, body in await cur.fetchall()
-    ]
-    if stubs:
+    plan = ContactErasure.of(
+        ((i, status, decode_event(bytes(body))) for i, status, body in await cur.fetchall()), upto
+    )
+    if plan.stubs:
         await conn.execute(
             "UPDATE events e SET status = 'erased', error = NULL, body = u.b"
             " FROM unnest(%s::text[], %s::bytea[]) AS u(i, b)"
             " WHERE e.workspace = %s AND e.event_id = u.i",
-            (*_columns(stubs, 2), workspace),
+            (*_columns([(i, encode_event(stub)) for i, stub in plan.stubs], 2), workspace),
         )
-    await conn.execute(
-        "DELETE FROM properties WHERE workspace = %s AND contact_id = %s AND ts_us <= %s",
-        (*contact, upto),
+    await conn.execute("DELETE FROM properties WHERE workspace = %s AND contact_id = %s", contact)
+    await conn.execute("DELETE FROM contacts WHERE workspace = %s AND contact_id = %s", contact)
+    if plan.remaining:
+        await _apply_profiles(conn, plan.remaining)
+    cur = await conn.execute(
+        "SELECT source_id, profile_id, ts_us, event_id FROM profile_aliases"
+        " WHERE workspace = %s AND contact_id = %s",
+        contact,
     )
-    await conn.execute(
-        "DELETE FROM contacts WHERE workspace = %s AND contact_id = %s"
-        " AND (last_ts_us IS NULL OR last_ts_us <= %s)",
-        (*contact, upto),
-    )
-    await conn.execute(
-        "UPDATE contacts SET deleted_ts_us = NULL, deleted_event_id = NULL"
-        " WHERE workspace = %s AND contact_id = %s AND deleted_ts_us <= %s",
-        (*contact, upto),
-    )
-    await conn.execute(
-        "WITH gone AS (DELETE FROM profile_aliases WHERE workspace = %s AND contact_id = %s"
-        " AND ts_us <= %s RETURNING workspace, source_id, profile_id)"
-        " DELETE FROM parked_events p USING gone g WHERE p.workspace = g.workspace"
-        " AND p.source_id = g.source_id AND p.profile_id = g.profile_id",
-        (*contact, upto),
-    )
+    covered = [
+        (source_id, profile_id)
+        for source_id, profile_id, ts_us, event_id in await cur.fetchall()
+        if plan.covers_alias((ts_us, event_id), upto)
+    ]
+    for source_id, profile_id in covered:
+        key = (workspace, source_id, profile_id)
+        await conn.execute("DELETE FROM profile_aliases" + _ALIAS_WHERE, key)
+        await conn.execute("DELETE FROM parked_events" + _ALIAS_WHERE, key)
 
 
 async def _apply_profiles(conn: Conn, events: Sequence[Event]) -> ApplyResult:

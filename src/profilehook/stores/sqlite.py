@@ -16,13 +16,14 @@ from typing import Any
 
 import msgspec
 
-from profilehook.events import Event, Version, decode_event, encode_event, erased_stub, now_us
+from profilehook.events import Event, Version, decode_event, encode_event, now_us
 from profilehook.sqlite_db import SqliteDatabase, insert_rows
 from profilehook.stores.base import (
     AliasUpdate,
     ApiKey,
     ApplyResult,
     Contact,
+    ContactErasure,
     ContactPlan,
     ContactState,
     ErasedContact,
@@ -692,48 +693,36 @@ def _erasure(row: tuple[Any, ...]) -> Erasure:
 
 
 def _erase_contact(conn: sqlite3.Connection, erasure: Erasure) -> None:
-    """In one transaction: the contact's history up to T becomes stubs, its properties up to T
-    go (the row too when nothing later is left), and so do its aliases and their parked events.
-    With ``secure_delete=ON`` every replaced byte is overwritten in the file."""
+    """In one transaction: the events the erasure covers become stubs, the contact's row is
+    recomputed from the events left, its aliases set by covered events go, and the events
+    parked for them. With ``secure_delete=ON`` every replaced byte is overwritten in the file."""
     workspace, contact_id, upto = erasure.workspace, erasure.contact_id, erasure.requested_us
     rows = conn.execute(
-        "SELECT rowid, body FROM events WHERE contact_key = ? AND ts_us <= ?"
+        "SELECT rowid, status, body FROM events WHERE contact_key = ?"
         " AND workspace = ? AND contact_id = ? AND status != 'erased'",
-        (_key(workspace, contact_id), upto, workspace, contact_id),
+        (_key(workspace, contact_id), workspace, contact_id),
     ).fetchall()
+    plan = ContactErasure.of(
+        ((rowid, status, decode_event(body)) for rowid, status, body in rows), upto
+    )
     conn.executemany(
         "UPDATE events SET status = 'erased', error = NULL, body = ? WHERE rowid = ?",
-        [(encode_event(erased_stub(decode_event(body))), rowid) for rowid, body in rows],
+        [(encode_event(stub), rowid) for rowid, stub in plan.stubs],
     )
-    found = conn.execute(
-        f"SELECT {_ROW_COLUMNS} FROM contacts WHERE workspace = ? AND contact_id = ?",
-        (workspace, contact_id),
-    ).fetchone()
-    if found is not None:
-        row = _row(found)
-        last = row.last if row.last is not None and row.last[0] > upto else None
-        if last is None:
-            conn.execute(
-                "DELETE FROM contacts WHERE workspace = ? AND contact_id = ?",
-                (workspace, contact_id),
-            )
-        else:
-            deleted = row.deleted if row.deleted is not None and row.deleted[0] > upto else None
-            kept = [group for group in row.groups if group[0] > upto]
-            conn.execute(
-                "UPDATE contacts SET last_ts_us = ?, last_event_id = ?, deleted_ts_us = ?,"
-                " deleted_event_id = ?, properties = ? WHERE workspace = ? AND contact_id = ?",
-                (*last, *_nullable(deleted), _encode_groups(kept), workspace, contact_id),
-            )
+    conn.execute(
+        "DELETE FROM contacts WHERE workspace = ? AND contact_id = ?", (workspace, contact_id)
+    )
+    _apply_profiles(conn, plan.remaining)
     aliases = conn.execute(
-        "SELECT source_id, profile_id FROM profile_aliases"
-        " WHERE workspace = ? AND contact_id = ? AND ts_us <= ?",
-        (workspace, contact_id, upto),
+        "SELECT source_id, profile_id, ts_us, event_id FROM profile_aliases"
+        " WHERE workspace = ? AND contact_id = ?",
+        (workspace, contact_id),
     ).fetchall()
-    for source_id, profile_id in aliases:
-        key = (workspace, source_id, profile_id)
-        conn.execute("DELETE FROM profile_aliases" + _ALIAS_WHERE, key)
-        conn.execute("DELETE FROM parked_events" + _ALIAS_WHERE, key)
+    for source_id, profile_id, ts_us, event_id in aliases:
+        if plan.covers_alias((ts_us, event_id), upto):
+            key = (workspace, source_id, profile_id)
+            conn.execute("DELETE FROM profile_aliases" + _ALIAS_WHERE, key)
+            conn.execute("DELETE FROM parked_events" + _ALIAS_WHERE, key)
 
 
 def _add_erasures_3_to_4(conn: sqlite3.Connection) -> None:
