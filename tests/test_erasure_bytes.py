@@ -37,6 +37,8 @@ from tests.test_copernica import Hook, profile_call
 from tests.test_copernica_signature import ACCOUNT, KEY_ID, pem
 from tests.test_scale_out import WorkerProcess
 
+pytestmark = pytest.mark.slow  # real server processes
+
 CONTACT = "erase-me"
 
 

@@ -6,7 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.support import run_cli
+
+pytestmark = pytest.mark.slow  # CLI subprocesses
 
 
 def test_given_no_server_when_erase_waits_then_it_carries_the_erasure_out_and_prints_it(
