@@ -168,3 +168,15 @@ async def test_given_a_future_dated_event_received_before_the_erasure_then_it_is
     assert redelivered.applied == 0
     contact = await store.get_contact("acme", "c1")
     assert contact is not None and contact.properties == {"p": "after the erasure"}
+
+
+async def test_given_an_erased_contact_when_its_late_event_fails_then_only_its_stub_is_kept(
+    store: Store,
+) -> None:
+    await store.request_erasure(erasure())
+
+    await store.record_failure(event("c1", "poison", 1 * S, secret="MARKER"), "it broke: MARKER")
+
+    record = await store.get_event("acme", "poison")
+    assert record is not None and record.status == "erased"
+    assert record.event.properties == {} and record.error is None

@@ -95,7 +95,9 @@ class MemoryStore(Store):
 
     async def record_failure(self, event: Event, error: str) -> None:
         key = (event.workspace, event.event_id)
-        self._events.setdefault(key, EventRecord(event, "failed", now_us(), error))
+        _, erased = split_erased([event], self._erased)  # an erased contact's: its stub
+        record = EventRecord(erased[0], "erased", now_us()) if erased else None
+        self._events.setdefault(key, record or EventRecord(event, "failed", now_us(), error))
 
     async def get_contact(self, workspace: str, contact_id: str) -> Contact | None:
         profile = self._profiles.get((workspace, contact_id))

@@ -514,18 +514,23 @@ class PostgresStore(Store):
 
     async def record_failure(self, event: Event, error: str) -> None:
         async def insert(conn: Conn) -> None:
+            # An erased contact's event is kept as its stub, whatever failed.
+            await conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (ERASURE_LOCK_ID,))
+            _, erased = split_erased([event], await _erased_contacts(conn, [event]))
+            status, kept, why = ("erased", erased[0], None) if erased else ("failed", event, error)
             await conn.execute(
                 "INSERT INTO events (workspace, event_id, contact_id, ts_us, status, applied_us,"
-                " error, body) VALUES (%s, %s, %s, %s, 'failed', %s, %s, %s)"
+                " error, body) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
                 " ON CONFLICT DO NOTHING",
                 (
                     event.workspace,
                     event.event_id,
                     event.contact_id,
                     event.ts_us,
+                    status,
                     now_us(),
-                    error,
-                    encode_event(event),
+                    why,
+                    encode_event(kept),
                 ),
             )
 

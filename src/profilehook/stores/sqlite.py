@@ -199,7 +199,13 @@ class SqliteStore(Store):
 
         def insert(conn: sqlite3.Connection) -> None:
             if _find_event(conn, event.workspace, event.event_id, id_key) is None:
-                row = _event_row(event, id_key, "failed", now_us(), {}, error)
+                # An erased contact's event is kept as its stub, whatever failed.
+                found = _erased_contacts(conn, [event]) if _any_erased(conn) else {}
+                _, erased = split_erased([event], found)
+                if erased:
+                    row = _event_row(erased[0], id_key, "erased", now_us(), {})
+                else:
+                    row = _event_row(event, id_key, "failed", now_us(), {}, error)
                 conn.execute(_INSERT_EVENT, row)
 
         await self.db.write(insert)
