@@ -49,8 +49,14 @@ def run_cli(data_dir: Path, *args: str, **env: str) -> subprocess.CompletedProce
     )
 
 
-def create_key(data_dir: Path, workspace: str = "acme", **env: str) -> dict[str, Any]:
-    result = run_cli(data_dir, "keys", "create", "--workspace", workspace, "--json", **env)
+def create_key(
+    data_dir: Path, workspace: str = "acme", scopes: tuple[str, ...] = (), **env: str
+) -> dict[str, Any]:
+    """A key made with ``keys create`` (``scopes``: its ``--scope``s; none: the default)."""
+    options = [word for scope in scopes for word in ("--scope", scope)]
+    result = run_cli(
+        data_dir, "keys", "create", "--workspace", workspace, *options, "--json", **env
+    )
     assert result.returncode == 0, result.stderr
     created: dict[str, Any] = json.loads(result.stdout)
     return created

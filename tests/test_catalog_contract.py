@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from profilehook.stores.base import ApiKey, Catalog, Source
+from profilehook.stores.base import ApiKey, Catalog, KeyGrant, Source
 from tests.store_backends import StoreBackend, until
 
 
@@ -42,6 +42,21 @@ async def test_given_keys_then_they_are_listed_resolved_and_revoked(store: Catal
     assert await store.workspace_for("hash-1") is None
     assert await store.workspace_for("hash-2") == "globex"
     assert await store.list_keys("acme") == [ApiKey("k1", "acme", created_us=1, revoked_us=10)]
+
+
+async def test_given_keys_with_scopes_then_the_lookup_and_the_list_return_them(
+    store: Catalog,
+) -> None:
+    writer = ApiKey("k1", "acme", created_us=1, scopes=("ingest",))
+    admin = ApiKey("k2", "acme", created_us=2, scopes=("ingest", "read", "admin"))
+    await store.add_key(writer, "hash-1")
+    await store.add_key(admin, "hash-2")
+
+    assert await store.key_grant("hash-1") == KeyGrant("k1", "acme", ("ingest",))
+    assert await store.key_grant("hash-2") == KeyGrant("k2", "acme", ("ingest", "read", "admin"))
+    assert await store.list_keys("acme") == [writer, admin]
+    await store.revoke_key("k2", revoked_us=3)
+    assert await store.key_grant("hash-2") is None
 
 
 async def test_given_a_serving_store_when_another_instance_revokes_a_key_then_it_is_refused_at_once(
@@ -121,3 +136,27 @@ async def test_given_a_serving_store_when_another_instance_rotates_a_secret_then
         await until(lambda: server.get_source("src_1"), rotated)
     assert await server.get_source("src_1") == rotated
     assert await server.get_source("src_later") == later
+
+
+async def test_given_a_deleted_source_then_it_is_gone_here_and_for_another_instance(
+    backend: StoreBackend,
+) -> None:
+    """``sources delete`` (or ``DELETE /v1/sources/{id}``) from another process: the serving
+    store refuses the source's next webhook call."""
+    server = backend.store
+    kept = Source("src_2", "acme", "amplitude", {}, created_us=2)
+    gone = Source("src_1", "acme", "amplitude", {"secret_hashes": ["h"]}, created_us=1)
+    await server.put_source(gone)
+    await server.put_source(kept)
+    assert await server.get_source("src_1") == gone  # warm whatever the server caches
+
+    cli = await backend.open_another()
+    assert await cli.delete_source("src_1") is True
+    assert await cli.delete_source("src_1") is False
+    assert await cli.delete_source("no-such-source") is False
+
+    if backend.name == "postgres":
+        await until(lambda: server.get_source("src_1"), None)
+    assert await server.get_source("src_1") is None
+    assert await server.list_sources("acme") == [kept]
+    assert await cli.get_source("src_1") is None

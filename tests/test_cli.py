@@ -71,13 +71,14 @@ def wait_applied(server: ServerProcess, key: str, *event_ids: str) -> None:
         wait_until(lambda eid=event_id: applied(eid), timeout_s=APPLY_TIMEOUT_S)
 
 
-def test_keys_create_json_prints_exactly_key_key_id_and_workspace(data_dir: Path) -> None:
+def test_keys_create_json_prints_exactly_key_key_id_workspace_and_scopes(data_dir: Path) -> None:
     result = run_cli(data_dir, "keys", "create", "--workspace", "acme", "--json")
 
     assert result.returncode == 0, result.stderr
     created = json.loads(result.stdout)
-    assert set(created) == {"key", "key_id", "workspace"}
+    assert set(created) == {"key", "key_id", "workspace", "scopes"}
     assert created["workspace"] == "acme"
+    assert created["scopes"] == ["ingest", "read"]  # the default
     assert created["key"].startswith("phk_") and created["key_id"] in created["key"]
 
 
@@ -96,10 +97,11 @@ def test_keys_list_shows_ids_and_workspaces_but_never_the_keys(data_dir: Path) -
             assert created["key"] not in output
             assert created["key"].split("_", 2)[2] not in output  # not even the secret part
     rows = json.loads(as_json.stdout)
-    assert [(r["key_id"], r["workspace"], r["revoked_at"]) for r in rows] == [
-        (first["key_id"], "acme", None),
-        (second["key_id"], "globex", None),
+    assert [(r["key_id"], r["workspace"], r["scopes"], r["revoked_at"]) for r in rows] == [
+        (first["key_id"], "acme", ["ingest", "read"], None),
+        (second["key_id"], "globex", ["ingest", "read"], None),
     ]
+    assert "ingest,read" in plain.stdout
     assert not any(secret in json.dumps(rows) for secret in secrets)
     only_acme = json.loads(
         run_cli(data_dir, "keys", "list", "--workspace", "acme", "--json").stdout
@@ -335,7 +337,7 @@ def test_given_a_data_dir_in_an_older_format_then_commands_and_serve_refuse_it_c
 
 
 def test_given_keys_made_before_files_had_versions_then_they_keep_working(tmp_path: Path) -> None:
-    # The catalog's format has not changed since: a file without a version stamp is version 1.
+    # A file without a version stamp is read as version 1 (and migrated; here it had scopes).
     data_dir = tmp_path / "data"
     key = create_key(data_dir)["key"]
     with sqlite3.connect(data_dir / "profiles.catalog.sqlite3") as catalog:

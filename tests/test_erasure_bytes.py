@@ -40,6 +40,7 @@ from tests.test_scale_out import WorkerProcess
 pytestmark = pytest.mark.slow  # real server processes
 
 CONTACT = "erase-me"
+ADMIN = ("ingest", "read", "admin")  # erasure needs the admin scope; these tests also send
 
 
 def new_marker() -> str:
@@ -169,7 +170,7 @@ def report(what: str, figures: tuple[int, int, int], unit: str = "files") -> Non
 @pytest.fixture
 def embedded(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     data_dir = tmp_path / "data"
-    yield data_dir, create_key(data_dir)["key"]
+    yield data_dir, create_key(data_dir, scopes=ADMIN)["key"]
 
 
 def test_given_a_contact_written_through_the_api_when_erased_then_no_file_holds_its_bytes(
@@ -272,7 +273,16 @@ def test_given_bad_erasure_requests_then_each_gets_a_clear_answer(
         assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["query", "suppress"]
         no_key = api.http.delete(f"/v1/contacts/{CONTACT}")
         assert no_key.status_code == 401
-        other = create_key(data_dir, "globex")["key"]
+        writer = {"Authorization": f"Bearer {create_key(data_dir)['key']}"}  # ingest + read
+        for method, path in [
+            ("DELETE", f"/v1/contacts/{CONTACT}"),
+            ("GET", f"/v1/erasures/{never_seen['erasure_id']}"),
+            ("DELETE", f"/v1/suppressions/{CONTACT}"),
+        ]:
+            refused = api.http.request(method, path, headers=writer)
+            assert refused.status_code == 403, (method, path)
+            assert refused.json() == {"detail": "This key lacks the 'admin' scope"}
+        other = create_key(data_dir, "globex", scopes=ADMIN)["key"]
         foreign = api.http.get(
             f"/v1/erasures/{never_seen['erasure_id']}",
             headers={"Authorization": f"Bearer {other}"},
@@ -412,7 +422,7 @@ def test_given_the_scaled_out_configuration_when_a_contact_is_erased_then_no_row
     the worker stopped, more of it waits in the stream; the server executes the erasure."""
     with nats_postgres_env() as env:
         data_dir = tmp_path / "data"
-        key = create_key(data_dir, **env)["key"]
+        key = create_key(data_dir, scopes=ADMIN, **env)["key"]
         source_id = copernica_source(data_dir, copernica_key, **env)
         server = ServerProcess(data_dir, extra_env=env, serve_args=("--no-applier",)).start()
         worker = WorkerProcess(data_dir, "worker", env)
@@ -465,7 +475,7 @@ def test_given_the_scaled_out_server_killed_midway_through_an_erasure_then_a_wor
     (every worker executes pending erasures too) finishes it: done, and no row or message left."""
     with nats_postgres_env() as env:
         data_dir = tmp_path / "data"
-        key = create_key(data_dir, **env)["key"]
+        key = create_key(data_dir, scopes=ADMIN, **env)["key"]
         stream = env["PROFILEHOOK_QUEUE_URL"].split("stream=")[1].split("&")[0]
         schema = env["PROFILEHOOK_STORE_URL"].split("schema=")[1]
         paused_env = {**env, STEP_PAUSE_ENV: "1.5"}

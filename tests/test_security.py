@@ -14,6 +14,7 @@ import pytest
 
 from profilehook import keys
 from profilehook.sources import registry
+from profilehook.stores.base import KeyGrant
 from tests.conftest import new_key
 from tests.test_amplitude import new_source
 from tests.test_native_api import applied_contact, event
@@ -56,13 +57,13 @@ def test_keys_and_secrets_have_their_prefix_and_only_their_hash_is_stored(client
 def test_the_store_is_asked_for_a_keys_hash_never_for_the_key(client, auth, monkeypatch):
     store = client.app.services.store
     asked: list[str] = []
-    lookup = store.workspace_for
+    lookup = store.key_grant
 
-    async def spy(key_hash: str) -> str | None:
+    async def spy(key_hash: str) -> KeyGrant | None:
         asked.append(key_hash)
         return await lookup(key_hash)
 
-    monkeypatch.setattr(store, "workspace_for", spy)
+    monkeypatch.setattr(store, "key_grant", spy)
     keys._hashes.clear()
     assert client.post("/v1/properties", json=event(), headers=auth).status_code == 202
     assert asked == [sha256(auth["Authorization"].removeprefix("Bearer "))]

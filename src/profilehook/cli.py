@@ -26,7 +26,6 @@ import click
 from profilehook import constants as c
 from profilehook import keys as keys_lib
 from profilehook.errors import ProfilehookError, RotationRefused
-from profilehook.events import iso, now_us
 from profilehook.service import running
 from profilehook.settings import MAX_PORT, MIN_PORT, Settings
 from profilehook.sources.kinds import KINDS, titles
@@ -230,7 +229,7 @@ async def _quickstart_text(settings: Settings) -> str:
                 f"{shlex.quote(existing[0].workspace)}"
             )
         else:
-            key, record = await keys_lib.create_key(services.store, c.DEFAULT_WORKSPACE)
+            key, record = await keys_lib.create_key(services.store, c.DEFAULT_WORKSPACE, c.SCOPES)
             intro = (
                 f"Created workspace {record.workspace!r} and its first API key "
                 f"(shown only now, keep it):\n  {key}"
@@ -284,20 +283,36 @@ def keys() -> None:
 @click.option(
     "--workspace", callback=_nonblank, required=True, help="The workspace the key grants."
 )
-@click.option("--json", "as_json", is_flag=True, help='Print {"key", "key_id", "workspace"}.')
+@click.option(
+    "--scope",
+    "scopes",
+    type=click.Choice(c.SCOPES),
+    multiple=True,
+    help="What the key may do (repeatable): ingest (send events), read (profiles, events),"
+    " admin (everything, management included). Default: ingest and read.",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help='Print {"key", "key_id", "workspace", "scopes"}.'
+)
 @click.pass_context
-def keys_create(ctx: click.Context, workspace: str, as_json: bool) -> None:
+def keys_create(ctx: click.Context, workspace: str, scopes: tuple[str, ...], as_json: bool) -> None:
     """Create a key; it is printed once and stored only as a hash.
 
     \b
     Example:
-      profilehook keys create --workspace acme --json
+      profilehook keys create --workspace acme --scope ingest --json
     """
-    key, record = _with_services(_settings(ctx), lambda s: keys_lib.create_key(s.store, workspace))
+    key, record = _with_services(
+        _settings(ctx),
+        lambda s: keys_lib.create_key(s.store, workspace, scopes or c.DEFAULT_KEY_SCOPES),
+    )
     if as_json:
-        click.echo(json.dumps({"key": key, "key_id": record.key_id, "workspace": workspace}))
+        click.echo(json.dumps(keys_lib.created_view(key, record)))
     else:
-        click.echo(f"Key {record.key_id} for workspace {workspace!r} (shown only now):\n{key}")
+        click.echo(
+            f"Key {record.key_id} for workspace {workspace!r}, scopes"
+            f" {', '.join(record.scopes)} (shown only now):\n{key}"
+        )
 
 
 @keys.command("list")
@@ -311,22 +326,16 @@ def keys_list(ctx: click.Context, workspace: str | None, as_json: bool) -> None:
     Example:
       profilehook keys list --workspace acme
     """
-    found = _with_services(_settings(ctx), lambda s: s.store.list_keys(workspace))
-    rows = [
-        {
-            "key_id": k.key_id,
-            "workspace": k.workspace,
-            "created_at": iso(k.created_us),
-            "revoked_at": iso(k.revoked_us),
-        }
-        for k in found
-    ]
+    rows = _with_services(_settings(ctx), lambda s: keys_lib.list_keys(s.store, workspace))
     if as_json:
         click.echo(json.dumps(rows))
         return
     for row in rows:
         state = f"revoked {row['revoked_at']}" if row["revoked_at"] else "active"
-        click.echo(f"{row['key_id']}  {row['workspace']}  created {row['created_at']}  {state}")
+        click.echo(
+            f"{row['key_id']}  {row['workspace']}  {','.join(row['scopes'])}"
+            f"  created {row['created_at']}  {state}"
+        )
 
 
 @keys.command("revoke")
@@ -339,9 +348,13 @@ def keys_revoke(ctx: click.Context, key_id: str) -> None:
     Example:
       profilehook keys revoke 3f9a0c1d2e4b
     """
-    if not _with_services(_settings(ctx), lambda s: s.store.revoke_key(key_id, now_us())):
-        raise click.ClickException(f"No key with id {key_id!r}")
-    click.echo(f"Revoked {key_id}")
+    answer = _with_services(_settings(ctx), lambda s: keys_lib.revoke_key(s.store, key_id))
+    if answer["already_revoked"]:
+        click.echo(f"{key_id} was revoked already, at {answer['revoked_at']}")
+    else:
+        click.echo(f"Revoked {key_id}")
+    if "warning" in answer:
+        click.echo(f"Warning: {answer['warning']}", err=True)
 
 
 @main.group()
@@ -717,10 +730,8 @@ def _create_command(kind: Kind) -> click.Command:
     def create(ctx: click.Context, /, workspace: str, as_json: bool, **values: Any) -> None:
         for option in kind.options:
             if option.parse is not None:
-                name = _option_name(option)
-                values[name] = _parsed(option, values[name])
-        config, with_secret = kind.config(values)
-        _create_source(ctx, kind, workspace, config, with_secret, as_json)
+                values[option.key] = _parsed(option, values[option.key])
+        _create_source(ctx, kind, workspace, values, as_json)
 
     params: list[click.Parameter] = [
         click.Option(["--workspace"], callback=_nonblank, required=True),
@@ -730,13 +741,9 @@ def _create_command(kind: Kind) -> click.Command:
     return click.Command(kind.name, callback=create, params=params, help=kind.create_help)
 
 
-def _option_name(option: CreateOption) -> str:
-    return option.name or option.flag.lstrip("-").replace("-", "_")
-
-
 def _click_option(option: CreateOption) -> click.Option:
     return click.Option(
-        [option.flag, _option_name(option)],
+        [option.flag, option.key],
         required=option.required,
         is_flag=option.is_flag,
         multiple=option.multiple,
@@ -757,38 +764,22 @@ def _parsed(option: CreateOption, value: Any) -> Any:
 
 
 def _create_source(
-    ctx: click.Context,
-    kind: Kind,
-    workspace: str,
-    config: dict[str, Any],
-    with_secret: bool,
-    as_json: bool,
+    ctx: click.Context, kind: Kind, workspace: str, values: dict[str, Any], as_json: bool
 ) -> None:
-    from profilehook.sources import registry
+    from profilehook.sources import management
 
     settings = _settings(ctx)
-    source, secret = _with_services(
+    out = _with_services(
         settings,
-        lambda s: registry.create_source(s.store, kind.name, workspace, config, with_secret),
+        lambda s: management.create(s.store, settings.base_url, kind, workspace, values),
     )
-    url = registry.webhook_url(settings.base_url, source)
-    out: dict[str, Any] = {
-        "source_id": source.source_id,
-        "url": url,
-        "kind": kind.name,
-        "workspace": workspace,
-    }
-    if kind.secret_in == "header":
-        out["secret"] = secret
-    elif secret is not None:
-        out["token"] = secret
-        out["url"] = f"{url}?token={secret}"
     if as_json:
         click.echo(json.dumps(out))
     else:
-        click.echo(f"Created {kind.name} source {source.source_id} for workspace {workspace!r}.")
+        click.echo(f"Created {kind.name} source {out['source_id']} for workspace {workspace!r}.")
         click.echo(f"Webhook URL: {out['url']}")
         if kind.secret_in == "header":
+            secret = out["secret"]
             click.echo(f"In {kind.title}, add this custom header to the webhook (shown only now):")
             click.echo(f"  Authorization: Bearer {secret}")
             click.echo(f"  (or X-Api-Key: {secret})")
@@ -813,11 +804,12 @@ def sources_list(ctx: click.Context, workspace: str | None, as_json: bool) -> No
     Example:
       profilehook sources list --workspace acme
     """
-    from profilehook.sources.registry import public_view
+    from profilehook.sources import management
 
     settings = _settings(ctx)
-    found = _with_services(settings, lambda s: s.store.list_sources(workspace))
-    views = [public_view(source, settings.base_url) for source in found]
+    views = _with_services(
+        settings, lambda s: management.list_views(s.store, settings.base_url, workspace)
+    )
     if as_json:
         click.echo(json.dumps(views))
         return
@@ -835,13 +827,37 @@ def sources_show(ctx: click.Context, source_id: str) -> None:
     Example:
       profilehook sources show src_0123456789abcdef
     """
-    from profilehook.sources.registry import public_view
+    from profilehook.sources import management
 
     settings = _settings(ctx)
-    source = _with_services(settings, lambda s: s.store.get_source(source_id))
-    if source is None:
-        raise click.ClickException(f"No source with id {source_id!r}")
-    click.echo(json.dumps(public_view(source, settings.base_url), indent=2))
+    view = _with_services(
+        settings, lambda s: management.show(s.store, settings.base_url, source_id)
+    )
+    click.echo(json.dumps(view, indent=2))
+
+
+@sources.command("delete")
+@click.argument("source_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the deleted source as JSON.")
+@click.pass_context
+def sources_delete(ctx: click.Context, source_id: str, as_json: bool) -> None:
+    """Delete a source: its webhook calls are refused (404) from the next one on. Switch the
+    sender's webhook off first.
+
+    \b
+    Example:
+      profilehook sources delete src_0123456789abcdef
+    """
+    from profilehook.sources import management
+
+    settings = _settings(ctx)
+    view = _with_services(
+        settings, lambda s: management.delete(s.store, settings.base_url, source_id)
+    )
+    if as_json:
+        click.echo(json.dumps(view))
+    else:
+        click.echo(f"Deleted {view['kind']} source {source_id} of workspace {view['workspace']!r}")
 
 
 @sources.command("rotate")
@@ -869,31 +885,31 @@ def sources_rotate(
       profilehook sources rotate src_0123456789abcdef
       profilehook sources rotate src_0123456789abcdef --drop-previous
     """
-    from profilehook.sources import registry
+    from profilehook.sources import management
 
     settings = _settings(ctx)
+    base_url = settings.base_url
     if drop_previous:
-        _rotation(lambda s: registry.drop_previous_secret(s.store, source_id), settings, source_id)
+        _rotation(
+            lambda s: management.drop_previous(s.store, base_url, source_id), settings, source_id
+        )
         click.echo(f"Only the newest secret of {source_id} works now")
         return
-    source, secret = _rotation(
-        lambda s: registry.rotate_secret(s.store, source_id, revoke_oldest=revoke_oldest),
+    out = _rotation(
+        lambda s: management.rotate(s.store, base_url, source_id, revoke_oldest=revoke_oldest),
         settings,
         source_id,
     )
-    url = registry.webhook_url(settings.base_url, source)
-    in_query = KINDS[source.kind].secret_in == "query"
-    if in_query:
-        url = f"{url}?token={secret}"
+    in_query = "?token=" in out["url"]
     if as_json:
-        click.echo(json.dumps({"source_id": source_id, "secret": secret, "url": url}))
+        click.echo(json.dumps(out))
     elif in_query:
         click.echo(f"New token of {source_id} (shown only now). Set the webhook URL to:")
-        click.echo(f"  {url}")
+        click.echo(f"  {out['url']}")
         click.echo("The previous URL keeps working until --drop-previous.")
     else:
         click.echo(f"New secret of {source_id} (shown only now; the previous one still works):")
-        click.echo(f"  {secret}")
+        click.echo(f"  {out['secret']}")
     _public_url_note(settings)
 
 

@@ -65,6 +65,10 @@ HISTORY_PAGE_MAX = 500
 
 KEY_PREFIX = "phk_"
 DEFAULT_WORKSPACE = "default"
+# Key scopes (README, Access and privacy): what each key may do; ``admin`` implies the others.
+SCOPE_INGEST, SCOPE_READ, SCOPE_ADMIN = "ingest", "read", "admin"
+SCOPES = (SCOPE_INGEST, SCOPE_READ, SCOPE_ADMIN)
+DEFAULT_KEY_SCOPES = (SCOPE_INGEST, SCOPE_READ)  # `keys create` without --scope
 
 # Copernica webhooks (README, Copernica (sub)profiles; RELIABILITY.md, Limits).
 FORM_MAX_FIELDS = 1_000

@@ -62,6 +62,16 @@ class SignatureRejected(ClientError):
         self.reason = reason
 
 
+class MissingScope(ClientError):
+    """A valid key without the scope the route needs (README, Access and privacy)."""
+
+    status_code = 403
+
+    def __init__(self, scope: str):
+        super().__init__(f"This key lacks the {scope!r} scope")
+        self.scope = scope
+
+
 class NotFound(ClientError):
     status_code = 404
 

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import shlex
+from collections.abc import Iterable
+from typing import Any
 
-from profilehook.constants import KEY_PREFIX
-from profilehook.events import now_us
-from profilehook.stores.base import ApiKey, Catalog
+from profilehook.constants import DEFAULT_KEY_SCOPES, KEY_PREFIX, SCOPE_ADMIN, SCOPES
+from profilehook.errors import InvalidApiKey, MissingScope, NotFound
+from profilehook.events import iso, now_us
+from profilehook.stores.base import ApiKey, Catalog, KeyGrant, ordered_scopes
+from profilehook.validation import Loc, Problem, problem
 
 
 def hash_key(key: str) -> str:
@@ -15,13 +20,103 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-async def create_key(store: Catalog, workspace: str) -> tuple[str, ApiKey]:
-    """Create a key for ``workspace``; returns (the key, shown only now; its record)."""
+async def create_key(
+    store: Catalog, workspace: str, scopes: Iterable[str] = DEFAULT_KEY_SCOPES
+) -> tuple[str, ApiKey]:
+    """Create a key for ``workspace`` with ``scopes`` (known ones: callers check what they
+    were given); returns (the key, shown only now; its record)."""
     key_id = secrets.token_hex(6)
     key = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(24)}"
-    record = ApiKey(key_id=key_id, workspace=workspace, created_us=now_us())
+    record = ApiKey(
+        key_id=key_id, workspace=workspace, created_us=now_us(), scopes=ordered_scopes(scopes)
+    )
     await store.add_key(record, hash_key(key))
     return key, record
+
+
+_EXPECTED_SCOPES = ", ".join(repr(s) for s in SCOPES[:-1]) + f" or {SCOPES[-1]!r}"
+
+
+def scopes_from_json(value: Any, loc: Loc, problems: list[Problem]) -> tuple[str, ...]:
+    """A JSON list of scope names (absent: the default), in ``SCOPES``' order; each problem
+    (not a list, not a string, an unknown scope) is appended to ``problems``."""
+    if value is None:
+        return DEFAULT_KEY_SCOPES
+    if not isinstance(value, list):
+        problems.append(problem("list_type", loc, "Input should be a valid list", value))
+        return ()
+    for index, item in enumerate(value):
+        if item not in SCOPES:  # also a non-string: no string equals it
+            problems.append(
+                problem(
+                    "enum",
+                    (*loc, index),
+                    f"Input should be {_EXPECTED_SCOPES}",
+                    item,
+                    {"expected": _EXPECTED_SCOPES},
+                )
+            )
+    if not value:
+        problems.append(
+            problem(
+                "too_short",
+                loc,
+                "List should have at least 1 item after validation, not 0",
+                value,
+                {"field_type": "List", "min_length": 1, "actual_length": 0},
+            )
+        )
+    return ordered_scopes(item for item in value if item in SCOPES)
+
+
+async def revoke_key(store: Catalog, key_id: str, workspace: str | None = None) -> dict[str, Any]:
+    """Revoke a key (of ``workspace``, when given: another workspace's is not found), and say
+    what happened as `keys revoke` and ``DELETE /v1/keys/{key_id}`` answer: the key's view,
+    ``already_revoked``, and a ``warning`` when the workspace has no live admin key left.
+    Revoking twice changes nothing (the first time is kept). Raises ``NotFound``."""
+    found = {k.key_id: k for k in await store.list_keys(workspace)}
+    key = found.get(key_id)
+    if key is None:
+        raise NotFound(f"No key with id {key_id!r}")
+    already = key.revoked_us is not None
+    if not already:
+        await store.revoke_key(key_id, now_us())
+    after = await store.list_keys(key.workspace)
+    answer = {**key_view(next(k for k in after if k.key_id == key_id)), "already_revoked": already}
+    admin_left = any(k.revoked_us is None and SCOPE_ADMIN in k.scopes for k in after)
+    if SCOPE_ADMIN in key.scopes and not already and not admin_left:
+        answer["warning"] = (
+            f"Workspace {key.workspace!r} has no admin key left: its keys and sources can be"
+            " managed from the command line only (profilehook keys create --workspace"
+            f" {shlex.quote(key.workspace)} --scope admin)."
+        )
+    return answer
+
+
+def created_view(key: str, record: ApiKey) -> dict[str, Any]:
+    """What `keys create --json` prints (and POST /v1/keys answers): the key, shown only now."""
+    return {
+        "key": key,
+        "key_id": record.key_id,
+        "workspace": record.workspace,
+        "scopes": list(record.scopes),
+    }
+
+
+async def list_keys(store: Catalog, workspace: str | None) -> list[dict[str, Any]]:
+    """The keys (of ``workspace``, or all) as `keys list --json` prints them."""
+    return [key_view(k) for k in await store.list_keys(workspace)]
+
+
+def key_view(record: ApiKey) -> dict[str, Any]:
+    """A key as `keys list --json` prints it (never the key itself)."""
+    return {
+        "key_id": record.key_id,
+        "workspace": record.workspace,
+        "scopes": list(record.scopes),
+        "created_at": iso(record.created_us),
+        "revoked_at": iso(record.revoked_us),
+    }
 
 
 def bearer_token(authorization: bytes | None) -> str | None:
@@ -56,7 +151,18 @@ def key_hash_of(authorization: bytes | None) -> str | None:
         return key_hash
 
 
-async def authenticate(store: Catalog, authorization: bytes | None) -> str | None:
-    """The workspace an Authorization header grants, or None."""
+async def authenticate(store: Catalog, authorization: bytes | None) -> KeyGrant | None:
+    """What an Authorization header's key grants (workspace, scopes), or None."""
     key_hash = key_hash_of(authorization)
-    return None if key_hash is None else await store.workspace_for(key_hash)
+    return None if key_hash is None else await store.key_grant(key_hash)
+
+
+async def authorize(store: Catalog, authorization: bytes | None, scope: str) -> KeyGrant:
+    """What the header's key grants, when it has ``scope``. Raises ``InvalidApiKey`` (401)
+    and ``MissingScope`` (403)."""
+    grant = await authenticate(store, authorization)
+    if grant is None:
+        raise InvalidApiKey()
+    if not grant.allows(scope):
+        raise MissingScope(scope)
+    return grant

@@ -97,6 +97,19 @@ def value_error(loc: Loc, value: Any, message: str) -> Problem:
     return problem("value_error", loc, f"Value error, {message}", value, {"error": message})
 
 
+def same_workspace(body: dict[str, Any], workspace: str, problems: list[Problem]) -> None:
+    """A management request may name its key's ``workspace`` (as the CLI's forms do), no other."""
+    given = body.get("workspace", workspace)
+    if given != workspace:
+        problems.append(
+            value_error(
+                ("body", "workspace"),
+                given,
+                f"a key manages its own workspace only ({workspace!r}); leave it out",
+            )
+        )
+
+
 _BYTE_POS = re.compile(r"\(byte (\d+)\)")
 
 

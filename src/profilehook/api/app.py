@@ -12,11 +12,13 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from profilehook.api.access import ScopedRoute
 from profilehook.api.deadlines import Deadlines
+from profilehook.api.ingest import ACCESS as INGEST_ACCESS
 from profilehook.api.ingest import Handler, ingest_handlers
+from profilehook.api.management import management_routes
 from profilehook.api.responses import error_body, error_response
 from profilehook.api.routes import read_routes
 from profilehook.api.webhooks import PATH_PREFIX, webhook_handler
@@ -46,13 +48,25 @@ class ProfilehookApp:
         self._ingest = ingest_handlers(services, self.deadlines)
         self._webhooks = webhook_handler(services, self.deadlines)
         # The ingest paths are also known to Starlette, so that other methods get a 405.
+        # Their handlers check what these routes declare (api/access.py).
         ingest_routes = [
-            Route(path, _AsgiEndpoint(handler), methods=["POST"])
+            ScopedRoute(
+                path, _AsgiEndpoint(handler), access=INGEST_ACCESS, methods=["POST"], raw=True
+            )
             for path, handler in self._ingest.items()
-        ] + [Route(PATH_PREFIX + "{source_id}", _AsgiEndpoint(self._webhooks), methods=["POST"])]
+        ] + [
+            ScopedRoute(
+                PATH_PREFIX + "{source_id}",
+                _AsgiEndpoint(self._webhooks),
+                access="source",
+                methods=["POST"],
+                raw=True,
+            )
+        ]
         self._starlette = Starlette(
             routes=ingest_routes
-            + read_routes(services, self.deadlines, self._stall_watch(), self.eraser),
+            + read_routes(services, self.deadlines, self._stall_watch(), self.eraser)
+            + management_routes(services),
             lifespan=self._lifespan,
             exception_handlers={
                 HTTPException: _http_exception,

@@ -15,6 +15,7 @@ import msgspec
 from starlette.types import Receive, Scope, Send
 
 from profilehook import keys
+from profilehook.api.access import Access
 from profilehook.api.content_coding import coding_of, read_decoded_body
 from profilehook.api.deadlines import AlreadyAnswered, Deadlines, Watch
 from profilehook.api.ratelimit import RateLimiter
@@ -22,6 +23,7 @@ from profilehook.api.responses import encode, send_error, send_json
 from profilehook.errors import (
     ClientDisconnected,
     InvalidApiKey,
+    MissingScope,
     PayloadTooLarge,
     ProfilehookError,
 )
@@ -33,6 +35,9 @@ from profilehook.validation import check_json_content_type
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
+ACCESS: Access = "ingest"
+"""What every handler here needs: the app declares it for their routes (api/access.py), and
+``_authorized_body`` checks it on the lookup that finds the key."""
 
 
 def ingest_handlers(services: Services, deadlines: Deadlines | None = None) -> dict[str, Handler]:
@@ -123,14 +128,17 @@ async def _authorized_body(
     limiter: RateLimiter,
     watch: Watch,
 ) -> tuple[str, bytes]:
-    """Check the key, its rate, the content type, then read the body up to the cap."""
+    """Check the key (and its scope), its rate, the content type, then read the body up to the cap."""
     headers = dict(scope["headers"])
     authorization = headers.get(b"authorization")
     if len(headers) != len(scope["headers"]) and _repeated(scope["headers"], b"authorization"):
         authorization = None  # two keys: refused, rather than choosing one of them
-    workspace = await keys.authenticate(services.store, authorization)
-    if workspace is None:
+    grant = await keys.authenticate(services.store, authorization)  # keys.authorize, inlined
+    if grant is None:
         raise InvalidApiKey()
+    if not grant.allows(ACCESS):
+        raise MissingScope(ACCESS)
+    workspace = grant.workspace
     limiter.admit(keys.key_hash_of(authorization) or "")
     check_json_content_type(headers.get(b"content-type"))
     watch.reading_body()

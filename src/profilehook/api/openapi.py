@@ -14,6 +14,7 @@ import msgspec
 from profilehook import __version__
 from profilehook import constants as c
 from profilehook.sources.kinds import KINDS
+from profilehook.sources.webhooks import CreateOption, Kind
 
 # The webhook route's request body, by the media type a kind's sender posts.
 _ANY_BODY: dict[str, Any] = {"schema": {}}
@@ -285,7 +286,296 @@ _SCHEMAS: dict[str, Any] = {
     },
 }
 
-_SECURED: list[dict[str, list[str]]] = [{"apiKey": []}]
+# -- the management API (api/management.py) -----------------------------------------------------
+
+_DATE_TIME = {"type": "string", "format": "date-time"}
+_SCOPE_NAMES = {"enum": list(c.SCOPES)}
+_KEY_PROPERTIES: dict[str, Any] = {
+    "key_id": {"type": "string"},
+    "workspace": {"type": "string"},
+    "scopes": {"type": "array", "items": _SCOPE_NAMES},
+    "created_at": _DATE_TIME,
+    "revoked_at": {"type": ["string", "null"], "format": "date-time"},
+}
+_SOURCE_PROPERTIES: dict[str, Any] = {
+    "source_id": {"type": "string"},
+    "url": {"type": "string", "description": "The webhook URL to give the sender"},
+    "kind": {"enum": list(KINDS)},
+    "workspace": {"type": "string"},
+    "config": {"type": "object", "description": "The source's options (never its secrets)"},
+    "active_secrets": {"type": "integer", "minimum": 0},
+}
+
+
+def _option_schema(option: CreateOption) -> dict[str, Any]:
+    if option.is_flag:
+        schema: dict[str, Any] = {"type": "boolean", "default": False}
+    elif option.json_schema is not None:
+        schema = dict(option.json_schema)
+    elif option.multiple:
+        schema = {"type": "array", "items": {"type": "string", "minLength": 1}}
+    else:
+        schema = {"type": "string", "minLength": 1}
+    if option.help:
+        schema.setdefault("description", f"`{option.flag}`: {option.help}")
+    return schema
+
+
+def _source_create(kind: Kind) -> dict[str, Any]:
+    """``POST /v1/sources``'s body for one kind: its ``sources create <kind>`` options."""
+    settable = [o for o in kind.options if o.parse is None or o.from_json is not None]
+    return {
+        "type": "object",
+        "title": kind.title,
+        "required": ["kind", *(o.key for o in settable if o.required)],
+        "additionalProperties": False,
+        "properties": {
+            "kind": {"const": kind.name},
+            **{option.key: _option_schema(option) for option in settable},
+        },
+    }
+
+
+_SCHEMAS.update(
+    {
+        "Key": {
+            "type": "object",
+            "required": list(_KEY_PROPERTIES),
+            "properties": _KEY_PROPERTIES,
+        },
+        "KeyCreate": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "scopes": {
+                    "type": "array",
+                    "items": _SCOPE_NAMES,
+                    "minItems": 1,
+                    "default": list(c.DEFAULT_KEY_SCOPES),
+                    "description": "`admin` implies the others",
+                },
+            },
+        },
+        "KeyCreated": {
+            "type": "object",
+            "required": ["key", "key_id", "workspace", "scopes"],
+            "properties": {
+                "key": {"type": "string", "description": "The key: shown only now"},
+                "key_id": {"type": "string"},
+                "workspace": {"type": "string"},
+                "scopes": {"type": "array", "items": _SCOPE_NAMES},
+            },
+        },
+        "KeyRevoked": {
+            "type": "object",
+            "required": [*_KEY_PROPERTIES, "already_revoked"],
+            "properties": {
+                **_KEY_PROPERTIES,
+                "already_revoked": {
+                    "type": "boolean",
+                    "description": "Revoked before this call (nothing changed)",
+                },
+                "warning": {
+                    "type": "string",
+                    "description": "The workspace has no live admin key left",
+                },
+            },
+        },
+        "Source": {
+            "type": "object",
+            "required": list(_SOURCE_PROPERTIES),
+            "properties": _SOURCE_PROPERTIES,
+        },
+        "SourceDeleted": {
+            "type": "object",
+            "required": [*_SOURCE_PROPERTIES, "deleted"],
+            "properties": {**_SOURCE_PROPERTIES, "deleted": {"const": True}},
+        },
+        "SourceCreate": {"oneOf": [_source_create(kind) for kind in KINDS.values()]},
+        "SourceCreated": {
+            "type": "object",
+            "required": ["source_id", "url", "kind", "workspace"],
+            "properties": {
+                "source_id": {"type": "string"},
+                "url": {
+                    "type": "string",
+                    "description": "The webhook URL to give the sender (with its `?token=`)",
+                },
+                "kind": {"enum": list(KINDS)},
+                "workspace": {"type": "string"},
+                "secret": {"type": "string", "description": "Header secret: shown only now"},
+                "token": {"type": "string", "description": "`?token=` secret: shown only now"},
+            },
+        },
+        "SourceRotate": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "revoke_oldest": {
+                    "type": "boolean",
+                    "default": False,
+                    "description": "Rotate although two secrets are active: the older stops now",
+                },
+                "drop_previous": {
+                    "type": "boolean",
+                    "default": False,
+                    "description": "Finish a rotation: only the newest secret keeps working",
+                },
+            },
+        },
+        "SourceRotated": {
+            "type": "object",
+            "required": ["source_id", "secret", "url"],
+            "properties": {
+                "source_id": {"type": "string"},
+                "secret": {"type": "string", "description": "The new secret: shown only now"},
+                "url": {"type": "string"},
+            },
+        },
+    }
+)
+_KEY_ID = {"name": "key_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_SOURCE_ID = {"name": "source_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_ERRORS_ADMIN = {
+    "401": _error("Missing, malformed, unknown or revoked API key: `Invalid API Key`"),
+    "503": _error("Storage unavailable or too slow: retry after `Retry-After` seconds"),
+}
+_ERRORS_BODY = {
+    "413": _error("Body larger than 64 KiB"),
+    "415": _error("A declared Content-Type that is not JSON"),
+    "422": _json(_ref("ValidationError"), "Every problem found, in FastAPI's format"),
+}
+
+
+def _management_paths() -> dict[str, Any]:
+    own = "The key's own workspace only: another workspace's is a 404."
+    return {
+        "/v1/keys": {
+            "get": {
+                "summary": "The workspace's keys (never the keys themselves)",
+                "description": "As `profilehook keys list --json` prints them.",
+                SCOPE: c.SCOPE_ADMIN,
+                "responses": {
+                    "200": _json({"type": "array", "items": _ref("Key")}, "The keys"),
+                    **_ERRORS_ADMIN,
+                },
+            },
+            "post": {
+                "summary": "Create a key of the workspace; the key is in this answer only",
+                "description": "As `profilehook keys create --scope S... --json`. A body that"
+                " names a `workspace` must name the key's own. Unknown fields are refused.",
+                SCOPE: c.SCOPE_ADMIN,
+                "requestBody": {
+                    "required": False,
+                    "content": {"application/json": {"schema": _ref("KeyCreate")}},
+                },
+                "responses": {
+                    "201": _json(_ref("KeyCreated"), "Created"),
+                    **_ERRORS_BODY,
+                    **_ERRORS_ADMIN,
+                },
+            },
+        },
+        "/v1/keys/{key_id}": {
+            "delete": {
+                "summary": "Revoke a key: refused from the next request on",
+                "description": "As `profilehook keys revoke`. Revoking again changes nothing"
+                " (`already_revoked`); revoking the workspace's last admin key is allowed,"
+                f" with a `warning`. {own}",
+                SCOPE: c.SCOPE_ADMIN,
+                "parameters": [_KEY_ID],
+                "responses": {
+                    "200": _json(_ref("KeyRevoked"), "Revoked"),
+                    "404": _error("`No key with id '…'`"),
+                    **_ERRORS_ADMIN,
+                },
+            }
+        },
+        "/v1/sources": {
+            "get": {
+                "summary": "The workspace's webhook sources (never their secrets)",
+                "description": "As `profilehook sources list --json` prints them.",
+                SCOPE: c.SCOPE_ADMIN,
+                "responses": {
+                    "200": _json({"type": "array", "items": _ref("Source")}, "The sources"),
+                    **_ERRORS_ADMIN,
+                },
+            },
+            "post": {
+                "summary": "Create a webhook source; its secret is in this answer only",
+                "description": "As `profilehook sources create <kind> --json`: `kind` and that"
+                " kind's options by name (`--contact-field` is `contact_field`; a pinned"
+                " `--public-key` is `public_keys`, key id to PEM text). A body that names a"
+                " `workspace` must name the key's own. Unknown fields are refused.",
+                SCOPE: c.SCOPE_ADMIN,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("SourceCreate")}},
+                },
+                "responses": {
+                    "201": _json(_ref("SourceCreated"), "Created"),
+                    **_ERRORS_BODY,
+                    **_ERRORS_ADMIN,
+                },
+            },
+        },
+        "/v1/sources/{source_id}": {
+            "get": {
+                "summary": "A source: its URL, options, how many secrets are active",
+                "description": f"As `profilehook sources show`. {own}",
+                SCOPE: c.SCOPE_ADMIN,
+                "parameters": [_SOURCE_ID],
+                "responses": {
+                    "200": _json(_ref("Source"), "The source"),
+                    "404": _error("`No source with id '…'`"),
+                    **_ERRORS_ADMIN,
+                },
+            },
+            "delete": {
+                "summary": "Delete a source: its webhook calls are answered 404 from now on",
+                "description": f"As `profilehook sources delete --json`. {own}",
+                SCOPE: c.SCOPE_ADMIN,
+                "parameters": [_SOURCE_ID],
+                "responses": {
+                    "200": _json(_ref("SourceDeleted"), "Deleted"),
+                    "404": _error("`No source with id '…'` (also when deleted already)"),
+                    **_ERRORS_ADMIN,
+                },
+            },
+        },
+        "/v1/sources/{source_id}/rotate": {
+            "post": {
+                "summary": "Issue a new secret; the previous one works until `drop_previous`",
+                "description": "As `profilehook sources rotate [--revoke-oldest | --drop-previous]"
+                " --json`: a new secret (`SourceRotated`), or with `drop_previous` the source"
+                f" as it is then (`Source`). {own}",
+                SCOPE: c.SCOPE_ADMIN,
+                "parameters": [_SOURCE_ID],
+                "requestBody": {
+                    "required": False,
+                    "content": {"application/json": {"schema": _ref("SourceRotate")}},
+                },
+                "responses": {
+                    "200": _json(
+                        {"oneOf": [_ref("SourceRotated"), _ref("Source")]},
+                        "Rotated, or the previous secret dropped",
+                    ),
+                    "404": _error("`No source with id '…'`"),
+                    "409": _error(
+                        "Refused, nothing changed: the source has no secret (a Copernica source"
+                        " without a token), or a rotation is under way (two secrets active)"
+                    ),
+                    **_ERRORS_BODY,
+                    **_ERRORS_ADMIN,
+                },
+            }
+        },
+    }
+
+
+SCOPE = "x-scope"
+"""An operation's key scope (api/access.py): ``_paths`` adds its security, its 403 and a line
+saying which scope it needs. tests/test_access.py checks it against the routes' own."""
 _CONTACT_ID = {
     "name": "contact_id",
     "in": "path",
@@ -303,7 +593,7 @@ def _paths() -> dict[str, Any]:
         "/v1/properties": {
             "post": {
                 "summary": "Send one property update",
-                "security": _SECURED,
+                SCOPE: "ingest",
                 "requestBody": {
                     "required": True,
                     "content": {"application/json": {"schema": _ref("PropertyUpdate")}},
@@ -317,7 +607,7 @@ def _paths() -> dict[str, Any]:
         "/v1/properties/batch": {
             "post": {
                 "summary": f"Send up to {c.MAX_BATCH_EVENTS} property updates",
-                "security": _SECURED,
+                SCOPE: "ingest",
                 "requestBody": {
                     "required": True,
                     "content": {"application/json": {"schema": _ref("Batch")}},
@@ -367,7 +657,7 @@ def _paths() -> dict[str, Any]:
         "/v1/contacts/{contact_id}": {
             "get": {
                 "summary": "A contact's current properties, each with its version",
-                "security": _SECURED,
+                SCOPE: "read",
                 "parameters": [_CONTACT_ID],
                 "responses": {
                     "200": _json(_ref("Contact"), "The profile"),
@@ -383,7 +673,7 @@ def _paths() -> dict[str, Any]:
                 " drops every later event too, until `DELETE /v1/suppressions/{contact_id}`. A"
                 " contact never seen is answered the same (202): the answer does not tell"
                 " whether it exists.",
-                "security": _SECURED,
+                SCOPE: c.SCOPE_ADMIN,
                 "parameters": [
                     _CONTACT_ID,
                     {
@@ -402,7 +692,7 @@ def _paths() -> dict[str, Any]:
         "/v1/erasures/{erasure_id}": {
             "get": {
                 "summary": "An erasure's status: pending, or done with completed_at",
-                "security": _SECURED,
+                SCOPE: c.SCOPE_ADMIN,
                 "parameters": [
                     {
                         "name": "erasure_id",
@@ -421,7 +711,7 @@ def _paths() -> dict[str, Any]:
         "/v1/suppressions/{contact_id}": {
             "delete": {
                 "summary": "Let a suppressed contact's later events in again",
-                "security": _SECURED,
+                SCOPE: c.SCOPE_ADMIN,
                 "parameters": [_CONTACT_ID],
                 "responses": {
                     "200": _json(_ref("Suppression"), "No longer suppressed"),
@@ -434,7 +724,7 @@ def _paths() -> dict[str, Any]:
         "/v1/contacts/{contact_id}/history": {
             "get": {
                 "summary": "A contact's applied events, newest first, paged",
-                "security": _SECURED,
+                SCOPE: "read",
                 "parameters": [
                     _CONTACT_ID,
                     {
@@ -465,7 +755,7 @@ def _paths() -> dict[str, Any]:
         "/v1/events/{event_id}": {
             "get": {
                 "summary": "An event's status: queued, applied, duplicate, failed or erased",
-                "security": _SECURED,
+                SCOPE: "read",
                 "parameters": [
                     {
                         "name": "event_id",
@@ -514,10 +804,28 @@ def _paths() -> dict[str, Any]:
             }
         },
     }
+    paths.update(_management_paths())
     for operations in paths.values():
         for operation in operations.values():
             operation["responses"] = {**_MALFORMED, **operation["responses"]}
+            scope = operation.get(SCOPE)
+            if scope is not None:
+                _needs(operation, scope)
     return paths
+
+
+def _needs(operation: dict[str, Any], scope: str) -> None:
+    """Document that ``operation`` needs a key with ``scope`` (``admin`` implies every scope)."""
+    operation["security"] = [{"apiKey": []}]
+    needs = f"Needs a key with the `{scope}` scope" + (
+        "." if scope == c.SCOPE_ADMIN else f" (or `{c.SCOPE_ADMIN}`)."
+    )
+    described = operation.get("description")
+    operation["description"] = f"{needs} {described}" if described else needs
+    operation["responses"]["403"] = _error(
+        f"The key lacks the scope: `This key lacks the '{scope}' scope`"
+    )
+    operation["responses"] = dict(sorted(operation["responses"].items()))
 
 
 def document(base_url: str) -> dict[str, Any]:
@@ -527,7 +835,9 @@ def document(base_url: str) -> dict[str, Any]:
             "title": "profilehook",
             "version": __version__,
             "description": "Real-time user-property updates, stored durably before the answer"
-            " and applied by event time into one profile per contact.",
+            " and applied by event time into one profile per contact. Keys carry scopes:"
+            " `ingest` (send updates), `read` (profiles and events), `admin` (everything,"
+            " management included); a key without the scope a route needs gets a 403.",
         },
         "servers": [{"url": base_url}],
         "paths": _paths(),
@@ -549,12 +859,17 @@ def html(doc: dict[str, Any]) -> str:
         f"<h1>{esc(doc['info']['title'])} {esc(doc['info']['version'])}</h1>",
         f"<p>{esc(doc['info']['description'])}</p>",
         "<p>Machine-readable: <a href='/openapi.json'>/openapi.json</a>."
-        " Authenticate with <code>Authorization: Bearer &lt;key&gt;</code>.</p>",
+        " Authenticate with <code>Authorization: Bearer &lt;key&gt;</code>; each route says"
+        " which scope its key needs (<code>ingest</code>, <code>read</code> or"
+        " <code>admin</code>, which implies the others).</p>",
     ]
     for path, operations in doc["paths"].items():
         for method, op in operations.items():
             parts.append(f"<h2><code>{method.upper()} {esc(path)}</code></h2>")
-            parts.append(f"<p>{esc(op['summary'])}</p><ul>")
+            parts.append(f"<p>{esc(op['summary'])}</p>")
+            if op.get("description"):
+                parts.append(f"<p>{esc(op['description'])}</p>")
+            parts.append("<ul>")
             for status, response in op["responses"].items():
                 parts.append(f"<li><b>{status}</b> {esc(response['description'])}</li>")
             parts.append("</ul>")

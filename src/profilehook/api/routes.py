@@ -14,19 +14,19 @@ import msgspec
 from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
-from starlette.routing import Route
 
 from profilehook import constants as c
 from profilehook import erasure as erasure_lib
-from profilehook import keys
 from profilehook.api import openapi
+from profilehook.api.access import ScopedRoute
 from profilehook.api.deadlines import Deadlines, within
 from profilehook.api.responses import json_response
 from profilehook.applier import StallWatch
 from profilehook.erasure import Eraser
-from profilehook.errors import InvalidApiKey, NotFound, StorageUnavailable, ValidationFailed
+from profilehook.errors import NotFound, StorageUnavailable, ValidationFailed
 from profilehook.events import Version
 from profilehook.service import Services
+from profilehook.stores.base import KeyGrant
 from profilehook.validation import problem, value_error
 from profilehook.views import contact_view, erasure_view, event_status, event_view
 
@@ -49,23 +49,14 @@ def read_routes(
     deadlines: Deadlines,
     applier: StallWatch | None = None,
     eraser: Eraser | None = None,
-) -> list[Route]:
+) -> list[ScopedRoute]:
     """The routes beside ingestion; ``applier`` watches this server's applier, if it has one;
     ``eraser`` executes this server's erasures (woken when one is requested here)."""
     store, queue = services.store, services.queue
-    within_deadline = _deadline(services.settings.backend_timeout_s)
+    bounded = deadline(services.settings.backend_timeout_s)
 
-    async def workspace_of(request: Request) -> str:
-        found = request.headers.getlist("authorization")
-        header = found[0] if len(found) == 1 else None  # two keys: refused, not one chosen
-        workspace = await keys.authenticate(store, header.encode("latin-1") if header else None)
-        if workspace is None:
-            raise InvalidApiKey()
-        return workspace
-
-    @within_deadline
-    async def contact(request: Request) -> Response:
-        workspace = await workspace_of(request)
+    async def contact(request: Request, grant: KeyGrant) -> Response:
+        workspace = grant.workspace
         contact_id, is_history = _contact_path(request)
         if is_history:
             return await _history(request, workspace, contact_id)
@@ -89,20 +80,16 @@ def read_routes(
             }
         )
 
-    @within_deadline
-    async def event(request: Request) -> Response:
-        workspace = await workspace_of(request)
+    async def event(request: Request, grant: KeyGrant) -> Response:
         view = await event_status(
-            services.queue, services.store, workspace, _raw_tail(request, "/v1/events/")
+            services.queue, services.store, grant.workspace, _raw_tail(request, "/v1/events/")
         )
         if view is None:
             raise NotFound("Event not found")
         return json_response(view)
 
-    # scope: admin
-    @within_deadline
-    async def erase_contact(request: Request) -> Response:
-        workspace = await workspace_of(request)
+    async def erase_contact(request: Request, grant: KeyGrant) -> Response:
+        workspace = grant.workspace
         contact_id, is_history = _contact_path(request)
         if is_history:
             raise NotFound("Not Found")
@@ -112,20 +99,14 @@ def read_routes(
             eraser.wake()
         return json_response(erasure_view(erasure), status_code=202)
 
-    # scope: admin
-    @within_deadline
-    async def erasure(request: Request) -> Response:
-        workspace = await workspace_of(request)
+    async def erasure(request: Request, grant: KeyGrant) -> Response:
         erasure_id = _raw_tail(request, "/v1/erasures/")
-        found = await erasure_lib.get_erasure(store, workspace, erasure_id)
+        found = await erasure_lib.get_erasure(store, grant.workspace, erasure_id)
         return json_response(erasure_view(found))
 
-    # scope: admin
-    @within_deadline
-    async def unsuppress(request: Request) -> Response:
-        workspace = await workspace_of(request)
+    async def unsuppress(request: Request, grant: KeyGrant) -> Response:
         contact_id = _raw_tail(request, "/v1/suppressions/")
-        await erasure_lib.unsuppress(store, workspace, contact_id)
+        await erasure_lib.unsuppress(store, grant.workspace, contact_id)
         return json_response({"contact_id": contact_id, "suppressed": False})
 
     async def healthz(request: Request) -> Response:
@@ -158,20 +139,38 @@ def read_routes(
         return HTMLResponse(openapi.html(openapi.document(services.settings.base_url)))
 
     return [
-        Route("/v1/contacts/{rest:any_tail}", contact, methods=["GET"]),
-        Route("/v1/contacts/{rest:any_tail}", erase_contact, methods=["DELETE"]),  # scope: admin
-        Route("/v1/erasures/{rest:any_tail}", erasure, methods=["GET"]),  # scope: admin
-        Route("/v1/suppressions/{rest:any_tail}", unsuppress, methods=["DELETE"]),  # scope: admin
-        Route("/v1/events/{rest:any_tail}", event, methods=["GET"]),
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", readyz, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
-        Route("/openapi.json", openapi_json, methods=["GET"]),
-        Route("/docs", docs, methods=["GET"]),
+        ScopedRoute(
+            "/v1/contacts/{rest:any_tail}", contact, access="read", store=store, bound=bounded
+        ),
+        ScopedRoute(
+            "/v1/contacts/{rest:any_tail}",
+            erase_contact,
+            access="admin",
+            methods=["DELETE"],
+            store=store,
+            bound=bounded,
+        ),
+        ScopedRoute(
+            "/v1/erasures/{rest:any_tail}", erasure, access="admin", store=store, bound=bounded
+        ),
+        ScopedRoute(
+            "/v1/suppressions/{rest:any_tail}",
+            unsuppress,
+            access="admin",
+            methods=["DELETE"],
+            store=store,
+            bound=bounded,
+        ),
+        ScopedRoute("/v1/events/{rest:any_tail}", event, access="read", store=store, bound=bounded),
+        ScopedRoute("/healthz", healthz, access="public"),
+        ScopedRoute("/readyz", readyz, access="public"),
+        ScopedRoute("/metrics", metrics, access="public"),
+        ScopedRoute("/openapi.json", openapi_json, access="public"),
+        ScopedRoute("/docs", docs, access="public"),
     ]
 
 
-def _deadline(timeout_s: float) -> Callable[[Endpoint], Endpoint]:
+def deadline(timeout_s: float) -> Callable[[Endpoint], Endpoint]:
     """A read that waits longer than ``timeout_s`` for a backend is answered 503."""
 
     def wrap(endpoint: Endpoint) -> Endpoint:

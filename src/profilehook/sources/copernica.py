@@ -392,13 +392,31 @@ def read_public_key(spec: str) -> tuple[str, str]:
             pem = file.read()
     except OSError as exc:
         raise ValueError(f"{path}: {exc.strerror}") from None
+    return key_id, check_public_key(key_id, pem, path)
+
+
+def check_public_key(key_id: str, pem: str, where: str) -> str:
+    """``pem`` when it is an RSA public key in PEM form; else ``ValueError`` naming ``where``."""
     if "-----BEGIN PUBLIC KEY-----" not in pem and "-----BEGIN RSA PUBLIC KEY-----" not in pem:
-        raise ValueError(f"{path} holds no PEM public key")
+        raise ValueError(f"{where} holds no PEM public key")
     try:  # checked now: a key Copernica cannot have signed with would fail every call later
         load_public_key(pem.encode(), pem=True, name=key_id)
     except ConfigurationError as exc:
-        raise ValueError(f"{path}: {exc.detail}") from None
-    return key_id, pem
+        raise ValueError(f"{where}: {exc.detail}") from None
+    return pem
+
+
+def public_keys_from_json(value: Any) -> tuple[tuple[str, str], ...]:
+    """``{"KEYID": "<PEM text>", ...}`` (the JSON form of ``--public-key``) -> what the
+    option's ``parse`` gives. Raises ``ValueError`` saying what is wrong."""
+    if not isinstance(value, dict):
+        raise ValueError('expected an object of key ids to PEM texts: {"KEYID": "-----BEGIN..."}')
+    pairs = []
+    for key_id, pem in value.items():
+        if not key_id or not isinstance(pem, str):
+            raise ValueError(f"{key_id!r}: expected a non-empty key id and its PEM text")
+        pairs.append((key_id, check_public_key(key_id, pem, f"the key {key_id!r}")))
+    return tuple(pairs)
 
 
 def _config(values: dict[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -573,6 +591,12 @@ SOURCE_KIND = Kind(
             metavar="KEYID=PEMFILE",
             help="Pin a public key for a keyId instead of looking it up in DNS (repeatable).",
             parse=read_public_key,
+            from_json=public_keys_from_json,
+            json_schema={
+                "type": "object",
+                "additionalProperties": {"type": "string"},
+                "description": "Pinned public keys: key id -> PEM text",
+            },
         ),
         CreateOption(
             "--token",

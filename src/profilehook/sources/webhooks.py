@@ -67,7 +67,11 @@ class CreateOption:
     """One option of ``profilehook sources create <kind>``, as data: the CLI builds it.
 
     ``parse`` turns the given text into the value the kind's ``config`` gets; it raises
-    ``ValueError`` with the message to show for a bad value."""
+    ``ValueError`` with the message to show for a bad value. Over HTTP (``POST /v1/sources``,
+    sources/management.py) the option is the JSON field ``name``: a boolean for a flag, else a
+    string (a list of them when ``multiple``), or what ``from_json`` takes (described by
+    ``json_schema``) and turns into the same value ``parse`` gives, raising ``ValueError``. An
+    option with a ``parse`` but no ``from_json`` is set from the command line only."""
 
     flag: str
     name: str | None = None  # the key of its value in ``Kind.config``'s argument (else from flag)
@@ -77,6 +81,13 @@ class CreateOption:
     multiple: bool = False
     metavar: str | None = None
     parse: Callable[[str], Any] | None = None
+    from_json: Callable[[Any], Any] | None = None
+    json_schema: dict[str, Any] | None = None
+
+    @property
+    def key(self) -> str:
+        """The option's name in ``Kind.config``'s argument and in the JSON form."""
+        return self.name or self.flag.lstrip("-").replace("-", "_")
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
+from profilehook.constants import DEFAULT_KEY_SCOPES, SCOPE_ADMIN, SCOPES
 from profilehook.events import Event, Version, erased_stub, predates
 
 EventStatus = Literal["queued", "applied", "duplicate", "failed", "erased"]
@@ -61,6 +62,35 @@ class ApiKey:
     workspace: str
     created_us: int
     revoked_us: int | None = None
+    scopes: tuple[str, ...] = DEFAULT_KEY_SCOPES  # in SCOPES' order (``ordered_scopes``)
+
+
+@dataclass(frozen=True)
+class KeyGrant:
+    """What a live key grants, looked up by its hash on every request."""
+
+    key_id: str
+    workspace: str
+    scopes: tuple[str, ...]
+
+    def allows(self, scope: str) -> bool:
+        """Whether the key may do what ``scope`` names: ``admin`` implies every scope."""
+        return scope in self.scopes or SCOPE_ADMIN in self.scopes
+
+
+def ordered_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
+    """Known scopes once each, in ``SCOPES``' order (how they are stored and shown)."""
+    given = set(scopes)
+    return tuple(scope for scope in SCOPES if scope in given)
+
+
+def scopes_text(scopes: Iterable[str]) -> str:
+    """How the stores keep scopes: space-separated, in ``SCOPES``' order."""
+    return " ".join(ordered_scopes(scopes))
+
+
+def scopes_of(text: str) -> tuple[str, ...]:
+    return ordered_scopes(text.split())
 
 
 SourceKind = str  # a name in the registry of kinds, sources/kinds.py
@@ -322,9 +352,16 @@ class Catalog(ABC):
         """Revoke a key; False when there is no such key."""
 
     @abstractmethod
+    async def key_grant(self, key_hash: str) -> KeyGrant | None:
+        """What a live (unrevoked) key with this hash grants (its workspace and scopes),
+        checked on every request: a revocation from another process takes effect on the next
+        request."""
+
     async def workspace_for(self, key_hash: str) -> str | None:
-        """The workspace of a live (unrevoked) key with this hash, checked on every request:
-        a revocation from another process takes effect on the next request."""
+        """The workspace of a live key with this hash (``key_grant``'s, for callers that need
+        no scopes)."""
+        grant = await self.key_grant(key_hash)
+        return None if grant is None else grant.workspace
 
     @abstractmethod
     async def put_source(self, source: Source) -> None:
@@ -337,6 +374,11 @@ class Catalog(ABC):
 
     @abstractmethod
     async def list_sources(self, workspace: str | None = None) -> list[Source]: ...
+
+    @abstractmethod
+    async def delete_source(self, source_id: str) -> bool:
+        """Delete a source: its webhook calls are refused (404) from the next one on, also in
+        other processes. False when there is no such source."""
 
 
 class ProfileAliases(ABC):

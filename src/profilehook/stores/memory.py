@@ -17,6 +17,7 @@ from profilehook.stores.base import (
     ErasedContact,
     Erasure,
     EventRecord,
+    KeyGrant,
     Nonce,
     Progress,
     Source,
@@ -158,10 +159,7 @@ class MemoryStore(Store):
             return False
         key, key_hash = self._keys[key_id]
         if key.revoked_us is None:
-            self._keys[key_id] = (
-                ApiKey(key.key_id, key.workspace, key.created_us, revoked_us),
-                key_hash,
-            )
+            self._keys[key_id] = (replace(key, revoked_us=revoked_us), key_hash)
         return True
 
     async def put_source(self, source: Source) -> None:
@@ -173,10 +171,13 @@ class MemoryStore(Store):
     async def list_sources(self, workspace: str | None = None) -> list[Source]:
         return [s for s in self._sources.values() if workspace in (None, s.workspace)]
 
-    async def workspace_for(self, key_hash: str) -> str | None:
+    async def delete_source(self, source_id: str) -> bool:
+        return self._sources.pop(source_id, None) is not None
+
+    async def key_grant(self, key_hash: str) -> KeyGrant | None:
         for key, stored_hash in self._keys.values():
             if stored_hash == key_hash and key.revoked_us is None:
-                return key.workspace
+                return KeyGrant(key.key_id, key.workspace, key.scopes)
         return None
 
     async def get_alias(self, workspace: str, source_id: str, profile_id: str) -> str | None:

@@ -36,6 +36,7 @@ from profilehook.stores.base import (
     ErasedContact,
     Erasure,
     EventRecord,
+    KeyGrant,
     Nonce,
     Progress,
     Source,
@@ -45,6 +46,8 @@ from profilehook.stores.base import (
     first_of_each,
     plan_contact,
     repeats,
+    scopes_of,
+    scopes_text,
     split_erased,
 )
 
@@ -203,6 +206,12 @@ MIGRATIONS: list[Migration] = [
     CREATE INDEX seen_nonces_by_expiry ON seen_nonces (expires_us);
     """,
     _compare_ids_by_bytes,
+    # Keys get scopes: those made before scopes existed keep doing everything; a key inserted
+    # without any (by a process not yet upgraded) gets `keys create`'s default.
+    """
+    ALTER TABLE api_keys ADD COLUMN scopes text NOT NULL DEFAULT 'ingest read admin';
+    ALTER TABLE api_keys ALTER COLUMN scopes SET DEFAULT 'ingest read';
+    """,
     """
     CREATE TABLE erasures (
         erasure_id text PRIMARY KEY,
@@ -614,9 +623,9 @@ class PostgresStore(Store):
     async def add_key(self, key: ApiKey, key_hash: str) -> None:
         async def insert(conn: Conn) -> None:
             await conn.execute(
-                "INSERT INTO api_keys (key_id, workspace, key_hash, created_us)"
-                " VALUES (%s, %s, %s, %s)",
-                (key.key_id, key.workspace, key_hash, key.created_us),
+                "INSERT INTO api_keys (key_id, workspace, key_hash, created_us, scopes)"
+                " VALUES (%s, %s, %s, %s, %s)",
+                (key.key_id, key.workspace, key_hash, key.created_us, scopes_text(key.scopes)),
             )
             await _notify(conn)
 
@@ -626,11 +635,14 @@ class PostgresStore(Store):
     async def list_keys(self, workspace: str | None = None) -> list[ApiKey]:
         async def select(conn: Conn) -> list[ApiKey]:
             cur = await conn.execute(
-                "SELECT key_id, workspace, created_us, revoked_us FROM api_keys"
+                "SELECT key_id, workspace, created_us, revoked_us, scopes FROM api_keys"
                 " WHERE %s::text IS NULL OR workspace = %s ORDER BY created_us",
                 (workspace, workspace),
             )
-            return [ApiKey(*row) for row in await cur.fetchall()]
+            return [
+                ApiKey(row[0], row[1], row[2], row[3], scopes_of(row[4]))
+                for row in await cur.fetchall()
+            ]
 
         return await self._run(select)
 
@@ -684,14 +696,25 @@ class PostgresStore(Store):
 
         return await self._run(select)
 
-    async def workspace_for(self, key_hash: str) -> str | None:
-        async def select(conn: Conn) -> str | None:
+    async def delete_source(self, source_id: str) -> bool:
+        async def delete(conn: Conn) -> bool:
+            cur = await conn.execute("DELETE FROM sources WHERE source_id = %s", (source_id,))
+            await _notify(conn)
+            return cur.rowcount > 0
+
+        deleted = await self._run(delete)
+        self._clear_cache()
+        return deleted
+
+    async def key_grant(self, key_hash: str) -> KeyGrant | None:
+        async def select(conn: Conn) -> KeyGrant | None:
             cur = await conn.execute(
-                "SELECT workspace FROM api_keys WHERE key_hash = %s AND revoked_us IS NULL",
+                "SELECT key_id, workspace, scopes FROM api_keys"
+                " WHERE key_hash = %s AND revoked_us IS NULL",
                 (key_hash,),
             )
             row = await cur.fetchone()
-            return None if row is None else str(row[0])
+            return None if row is None else KeyGrant(row[0], row[1], scopes_of(row[2]))
 
         return await self._cached(("key", key_hash), select)
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 
+from profilehook.constants import SCOPES
 from profilehook.events import Event, Version, decode_event, encode_event, now_us
 from profilehook.sqlite_db import SqliteDatabase, insert_rows
 from profilehook.stores.base import (
@@ -29,6 +30,7 @@ from profilehook.stores.base import (
     ErasedContact,
     Erasure,
     EventRecord,
+    KeyGrant,
     Nonce,
     Progress,
     Source,
@@ -38,6 +40,8 @@ from profilehook.stores.base import (
     first_of_each,
     plan_contact,
     repeats,
+    scopes_of,
+    scopes_text,
     split_erased,
 )
 
@@ -123,7 +127,7 @@ CREATE TABLE IF NOT EXISTS erased_contacts (
 
 # Keys and sources live in a file of their own: the hot path checks on every request whether
 # anything changed (PRAGMA data_version), and the applier's commits must not make it look so.
-CATALOG_VERSION = 1
+CATALOG_VERSION = 2  # 2: keys have scopes (those from before get every scope)
 CATALOG_SCHEMA = """
 CREATE TABLE IF NOT EXISTS sources (
     source_id TEXT PRIMARY KEY,
@@ -137,7 +141,8 @@ CREATE TABLE IF NOT EXISTS api_keys (
     workspace TEXT NOT NULL,
     key_hash TEXT NOT NULL UNIQUE,
     created_us INTEGER NOT NULL,
-    revoked_us INTEGER
+    revoked_us INTEGER,
+    scopes TEXT NOT NULL  -- space-separated, in SCOPES' order
 );
 """
 
@@ -167,7 +172,10 @@ class SqliteStore(Store):
             secure_delete="ON",
         )
         self.catalog = SqliteDatabase(
-            path.with_name(f"{path.stem}.catalog{path.suffix}"), CATALOG_SCHEMA, CATALOG_VERSION
+            path.with_name(f"{path.stem}.catalog{path.suffix}"),
+            CATALOG_SCHEMA,
+            CATALOG_VERSION,
+            migrations={1: _scopes_1_to_2},
         )
         # Answers for the hot path, valid until any connection commits to the catalog.
         self._cache: dict[tuple[str, str], Any] = {}
@@ -271,19 +279,20 @@ class SqliteStore(Store):
         self._cache.clear()
         await self.catalog.write(
             lambda conn: conn.execute(
-                "INSERT INTO api_keys (key_id, workspace, key_hash, created_us) VALUES (?,?,?,?)",
-                (key.key_id, key.workspace, key_hash, key.created_us),
+                "INSERT INTO api_keys (key_id, workspace, key_hash, created_us, scopes)"
+                " VALUES (?,?,?,?,?)",
+                (key.key_id, key.workspace, key_hash, key.created_us, scopes_text(key.scopes)),
             )
         )
 
     async def list_keys(self, workspace: str | None = None) -> list[ApiKey]:
         def select(conn: sqlite3.Connection) -> list[ApiKey]:
             rows = conn.execute(
-                "SELECT key_id, workspace, created_us, revoked_us FROM api_keys"
+                "SELECT key_id, workspace, created_us, revoked_us, scopes FROM api_keys"
                 " WHERE ? IS NULL OR workspace = ? ORDER BY created_us",
                 (workspace, workspace),
             ).fetchall()
-            return [ApiKey(*row) for row in rows]
+            return [ApiKey(row[0], row[1], row[2], row[3], scopes_of(row[4])) for row in rows]
 
         return await self.catalog.read(select)
 
@@ -329,8 +338,16 @@ class SqliteStore(Store):
 
         return await self.catalog.read(select)
 
-    async def workspace_for(self, key_hash: str) -> str | None:
-        found: str | None = self._cached(("key", key_hash), _load_workspace)
+    async def delete_source(self, source_id: str) -> bool:
+        self._cache.clear()
+        return await self.catalog.write(
+            lambda conn: (
+                conn.execute("DELETE FROM sources WHERE source_id = ?", (source_id,)).rowcount > 0
+            )
+        )
+
+    async def key_grant(self, key_hash: str) -> KeyGrant | None:
+        found: KeyGrant | None = self._cached(("key", key_hash), _load_grant)
         return found
 
     async def get_alias(self, workspace: str, source_id: str, profile_id: str) -> str | None:
@@ -510,11 +527,21 @@ def _load_source(conn: sqlite3.Connection, source_id: str) -> Source | None:
     return None if row is None else _source(row)
 
 
-def _load_workspace(conn: sqlite3.Connection, key_hash: str) -> str | None:
+def _load_grant(conn: sqlite3.Connection, key_hash: str) -> KeyGrant | None:
     row = conn.execute(
-        "SELECT workspace FROM api_keys WHERE key_hash = ? AND revoked_us IS NULL", (key_hash,)
+        "SELECT key_id, workspace, scopes FROM api_keys WHERE key_hash = ? AND revoked_us IS NULL",
+        (key_hash,),
     ).fetchone()
-    return None if row is None else str(row[0])
+    return None if row is None else KeyGrant(row[0], row[1], scopes_of(row[2]))
+
+
+def _scopes_1_to_2(conn: sqlite3.Connection) -> None:
+    """Catalog 1 -> 2: keys get scopes; those made before scopes existed keep doing everything."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(api_keys)")}
+    if "scopes" in columns:  # a file of version 2 whose stamp was lost (read as version 1)
+        return
+    every = scopes_text(SCOPES)  # words from constants, not input
+    conn.execute(f"ALTER TABLE api_keys ADD COLUMN scopes TEXT NOT NULL DEFAULT '{every}'")
 
 
 _SOURCE_SELECT = "SELECT source_id, workspace, kind, config, created_us FROM sources"
