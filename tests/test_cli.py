@@ -485,6 +485,7 @@ def test_a_port_out_of_range_is_a_usage_error_not_another_port(data_dir: Path, p
         ("PROFILEHOOK_RATE_LIMIT_PER_S", "-1"),
         ("PROFILEHOOK_RATE_LIMIT_BURST", "0"),
         ("PROFILEHOOK_APPLY_BATCH_MAX_EVENTS", "0"),
+        ("PROFILEHOOK_HISTORY_RETENTION_DAYS", "-1"),
         ("PROFILEHOOK_BACKEND_TIMEOUT_S", "nan"),
         ("PROFILEHOOK_HEADER_TIMEOUT_S", "inf"),
         ("PROFILEHOOK_LOG_LEVEL", "loud"),

@@ -180,3 +180,19 @@ async def test_given_an_erased_contact_when_its_late_event_fails_then_only_its_s
     record = await store.get_event("acme", "poison")
     assert record is not None and record.status == "erased"
     assert record.event.properties == {} and record.error is None
+
+
+async def test_given_a_contact_whose_old_history_retention_purged_when_erased_then_rebuild_brings_nothing_back(
+    store: Store,
+) -> None:
+    """Retention folds purged events into a per-contact snapshot: the erasure removes it too."""
+    await store.apply([event("c1", "old", 1 * S, a="MARKER"), event("c1", "mid", 2 * S, b="x")])
+    assert await store.purge_history(before_us=int(1.5 * S), limit=100) == 1  # "old" -> snapshot
+    await store.request_erasure(erasure())
+    await store.apply([event("c1", "later", T + 1, c="kept")])
+
+    await store.erase_contact(erasure())
+    await store.rebuild()
+
+    contact = await store.get_contact("acme", "c1")
+    assert contact is not None and contact.properties == {"c": "kept"}

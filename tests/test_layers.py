@@ -44,6 +44,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "profilehook.applier",
             "profilehook.applier_endpoints",
             "profilehook.applier_process",
+            "profilehook.retention",
             "profilehook.service",
         ),
     ),

@@ -35,6 +35,7 @@ from profilehook.erasure import Eraser
 from profilehook.errors import StorageUnavailable
 from profilehook.metrics import ApplierTotals, Metrics
 from profilehook.queues.base import HandsOverAcknowledgements, Queue
+from profilehook.retention import HistoryPurger
 from profilehook.service import running
 from profilehook.settings import Settings
 
@@ -87,6 +88,9 @@ async def run_applier(
             settings.apply_batch_max_events,
             f", metrics on port {metrics_port}" if metrics_port is not None else "",
         )
+        # Retention's purge runs beside the applier, in short transactions of its own.
+        purger = HistoryPurger(services.store, services.metrics, settings)
+        purging = asyncio.create_task(purger.run(stop), name="history-purge")
         # A worker executes erasures too (any number may: each step is idempotent); serve's
         # applier process does not: the server does, it writes the embedded log.
         erasing = None
@@ -99,8 +103,9 @@ async def run_applier(
             else:
                 await applier.run(stop)
         finally:
+            stop.set()
+            await purging
             if erasing is not None:
-                stop.set()
                 with contextlib.suppress(asyncio.CancelledError):
                     await erasing
             if endpoints is not None:

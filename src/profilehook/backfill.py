@@ -45,9 +45,14 @@ class ImportResult:
 
 
 async def import_jsonl(
-    queue: Queue, path: Path, workspace: str, progress: Progress | None = None
+    queue: Queue,
+    path: Path,
+    workspace: str,
+    progress: Progress | None = None,
+    oldest_accepted_us: Callable[[int], int] | None = None,
 ) -> ImportResult:
-    """Append every valid line of ``path`` to ``queue`` for ``workspace``.
+    """Append every valid line of ``path`` to ``queue`` for ``workspace``. A line whose event
+    time is before ``oldest_accepted_us(now)`` (the retention window's start) is refused.
 
     Raises ``OSError`` when the file cannot be read, ``StorageUnavailable`` when the log
     cannot take a batch (the batches before it are stored: importing again is harmless).
@@ -60,7 +65,7 @@ async def import_jsonl(
         for line_no, line in enumerate(lines, start=1):
             done += len(line)
             if line.strip():
-                _read_line(line, line_no, workspace, batch, result)
+                _read_line(line, line_no, workspace, batch, result, oldest_accepted_us)
             if len(batch) >= MAX_BATCH_EVENTS:
                 await queue.publish(batch)
                 batch = []
@@ -74,13 +79,20 @@ async def import_jsonl(
 
 
 def _read_line(
-    line: bytes, line_no: int, workspace: str, batch: list[Event], result: ImportResult
+    line: bytes,
+    line_no: int,
+    workspace: str,
+    batch: list[Event],
+    result: ImportResult,
+    oldest_accepted_us: Callable[[int], int] | None,
 ) -> None:
     value, problems = decode_json(line, ("line", line_no))
     if not problems:
         if isinstance(value, dict) and value.get("event_id") is None:
             value["event_id"] = event_id_of_line(value)
-        parsed = event_from_object(value, workspace, now_us(), ("line", line_no))
+        now = now_us()
+        oldest_us = 0 if oldest_accepted_us is None else oldest_accepted_us(now)
+        parsed = event_from_object(value, workspace, now, ("line", line_no), oldest_us)
         if isinstance(parsed, Event):
             batch.append(parsed)
             result.accepted += 1

@@ -499,7 +499,8 @@ def events_get(ctx: click.Context, event_id: str, workspace: str) -> None:
 @main.command()
 @click.pass_context
 def rebuild(ctx: click.Context) -> None:
-    """Recompute every profile from the event history, with a progress bar.
+    """Recompute every profile from the event history, with a progress bar (history that
+    retention purged is replayed from its snapshots).
 
     \b
     Example:
@@ -551,6 +552,7 @@ def import_cmd(ctx: click.Context, file: Path, workspace: str, as_json: bool) ->
                     file,
                     workspace,
                     lambda done, total: bar.update(task, completed=done, total=total),
+                    oldest_accepted_us=services.settings.oldest_accepted_us,
                 )
 
     result = _run(run())

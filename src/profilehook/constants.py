@@ -60,6 +60,20 @@ HEADER_TIMEOUT_S = 10.0
 BODY_TIMEOUT_S = 10.0
 KEEP_ALIVE_S = 5.0  # an idle keep-alive connection is closed after this
 
+# History retention (PROFILEHOOK_HISTORY_RETENTION_DAYS; README, Retention): the applier purges
+# what is older than the window in batches of this many events, each its own short transaction,
+# so applying never waits long behind one; caught up, it looks again after the interval. One log
+# line sums what was purged, at most once per PURGE_LOG_INTERVAL_S.
+DAY_US = 86_400 * 1_000_000
+# An event_id is recognised as a repeat for at least this long after it was accepted (README,
+# Retention): the purge keeps this much more history than the window, so that an event
+# accepted at the window's edge, then re-delivered or applied late, is still known.
+DEDUPE_WINDOW_US = 7 * DAY_US
+PURGE_BATCH_EVENTS = 1_000
+PURGE_INTERVAL_S = 10.0
+PURGE_PAUSE_S = 0.05  # between two full batches, for the applier's writes
+PURGE_LOG_INTERVAL_S = 60.0
+
 HISTORY_PAGE_DEFAULT = 50
 HISTORY_PAGE_MAX = 500
 

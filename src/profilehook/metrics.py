@@ -50,6 +50,11 @@ class Metrics:
         self.apply_batches = Counter(
             "profilehook_apply_batches", "Batches applied to the store", registry=self.registry
         )
+        self.history_purged = Counter(
+            "profilehook_history_purged",
+            "Event records purged from the history as older than the retention window",
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -66,6 +71,7 @@ class Metrics:
             events=events,
             superseded=_value(self.superseded, "_total"),
             batches=_value(self.apply_batches, "_total"),
+            purged=_value(self.history_purged, "_total"),
             lag_counts=counts,
             lag_sum=total,
         )
@@ -82,6 +88,8 @@ class Metrics:
             self.superseded.inc(after.superseded - before.superseded)
         if after.batches > before.batches:
             self.apply_batches.inc(after.batches - before.batches)
+        if after.purged > before.purged:
+            self.history_purged.inc(after.purged - before.purged)
         old = before.lag_counts or [0] * len(after.lag_counts)
         self.apply_lag.add(
             [a - b for a, b in zip(after.lag_counts, old, strict=True)],
@@ -99,6 +107,7 @@ class ApplierTotals(msgspec.Struct, frozen=True):
     events: dict[str, dict[str, float]] = {}  # source -> outcome -> count
     superseded: float = 0.0
     batches: float = 0.0
+    purged: float = 0.0  # history records purged (retention)
     lag_counts: list[int] = []  # per bucket of LAG_BUCKETS_S, then +Inf
     lag_sum: float = 0.0
 

@@ -30,6 +30,7 @@ _MINIMUMS: dict[str, int] = {
     "rate_limit_per_s": 0,
     "rate_limit_burst": 1,
     "apply_batch_max_events": 1,
+    "history_retention_days": 0,
 }
 
 
@@ -98,6 +99,12 @@ class Settings:
         c.APPLIER_STALL_S,
         "/readyz fails when the applier applied nothing for this many seconds while events wait",
     )
+    history_retention_days: int = _setting(
+        0,
+        "Days of history kept: an event older than this is refused at ingest, and history"
+        " older than this plus the 7-day dedupe window is purged continuously (profiles"
+        " unchanged). 0 = keep forever",
+    )
     log_level: str = _setting("info", "Log level: debug, info, warning, error")
 
     def __post_init__(self) -> None:
@@ -148,6 +155,13 @@ class Settings:
                 values[f.name] = _parse(f, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    def oldest_accepted_us(self, now_us: int) -> int:
+        """The oldest event time (microseconds) accepted at ``now_us``: the retention window's
+        start, or 0 (everything) when history is kept forever."""
+        if self.history_retention_days <= 0:
+            return 0
+        return max(0, now_us - self.history_retention_days * c.DAY_US)
 
     @property
     def base_url(self) -> str:

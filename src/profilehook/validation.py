@@ -110,6 +110,17 @@ def same_workspace(body: dict[str, Any], workspace: str, problems: list[Problem]
         )
 
 
+TOO_OLD = "timestamp is older than the retention window"
+
+
+def too_old(loc: Loc, value: Any, oldest_us: int) -> Problem:
+    """An event time before the retention window (``PROFILEHOOK_HISTORY_RETENTION_DAYS``):
+    ``ctx.oldest_accepted`` is the oldest time accepted when it was judged, in Unix seconds."""
+    return problem(
+        "timestamp_too_old", loc, TOO_OLD, value, {"oldest_accepted": oldest_us / 1_000_000}
+    )
+
+
 _BYTE_POS = re.compile(r"\(byte (\d+)\)")
 
 

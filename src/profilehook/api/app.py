@@ -26,6 +26,7 @@ from profilehook.applier import Applier, StallWatch
 from profilehook.applier_process import ApplierProcess
 from profilehook.erasure import Eraser
 from profilehook.errors import ProfilehookError
+from profilehook.retention import HistoryPurger
 from profilehook.service import Services
 from profilehook.settings import Settings
 
@@ -95,7 +96,7 @@ class ProfilehookApp:
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         await self.services.open()
         stop = asyncio.Event()
-        task = None
+        task = purging = None
         services = self.services
         # Erasures are executed here (whatever applies): this process writes the embedded log.
         erasing = asyncio.create_task(self.eraser.run(stop), name="eraser")
@@ -107,6 +108,8 @@ class ProfilehookApp:
                 services.settings.apply_batch_max_events,
             )
             task = asyncio.create_task(applier.run(stop), name="applier")
+            purger = HistoryPurger(services.store, services.metrics, services.settings)
+            purging = asyncio.create_task(purger.run(stop), name="history-purge")
         elif self.applies_in == "process":
             process = ApplierProcess(services.settings, services.metrics, services.queue)
             task = asyncio.create_task(process.run(stop), name="applier-process")
@@ -114,10 +117,10 @@ class ProfilehookApp:
             yield
         finally:
             stop.set()
-            for running in (task, erasing):
-                if running is not None:
+            for running_task in (task, purging, erasing):
+                if running_task is not None:
                     with suppress(asyncio.CancelledError):
-                        await running
+                        await running_task
             await self.services.close()
 
 

@@ -54,7 +54,8 @@ def ingest_handlers(services: Services, deadlines: Deadlines | None = None) -> d
                 workspace, body = await _authorized_body(
                     services, scope, receive, settings.max_single_body_bytes, limiter, watch
                 )
-                event = native.parse_single(body, workspace, now_us())
+                now = now_us()
+                event = native.parse_single(body, workspace, now, settings.oldest_accepted_us(now))
                 watch.awaiting_backend()
                 await services.queue.publish([event])
         except ProfilehookError as exc:
@@ -69,7 +70,8 @@ def ingest_handlers(services: Services, deadlines: Deadlines | None = None) -> d
                 workspace, body = await _authorized_body(
                     services, scope, receive, settings.max_batch_body_bytes, limiter, watch
                 )
-                items = native.parse_batch(body, workspace, now_us())
+                now = now_us()
+                items = native.parse_batch(body, workspace, now, settings.oldest_accepted_us(now))
                 events = [item for item in items if isinstance(item, Event)]
                 watch.awaiting_backend(len(events))
                 await services.queue.publish(events)

@@ -65,7 +65,9 @@ _EVENT_TIME = {
     "type": "number",
     "minimum": 0,
     "maximum": c.MAX_EVENT_TIME_S * 1_000,
-    "description": "Unix seconds (decimals allowed); a value >= 1e11 is milliseconds",
+    "description": "Unix seconds (decimals allowed); a value >= 1e11 is milliseconds. With"
+    " `PROFILEHOOK_HISTORY_RETENTION_DAYS` set, a time older than the window is refused"
+    " (422, type `timestamp_too_old`)",
 }
 _EVENT_IN: dict[str, Any] = {
     "type": "object",
@@ -745,7 +747,10 @@ def _paths() -> dict[str, Any]:
                     },
                 ],
                 "responses": {
-                    "200": _json(_ref("History"), "One page of events"),
+                    "200": _json(
+                        _ref("History"),
+                        "One page of events (what history retention has not purged)",
+                    ),
                     "404": _error("`Contact not found`"),
                     "422": _ERRORS_INGEST["422"],
                     **_ERRORS_READ,
@@ -766,7 +771,9 @@ def _paths() -> dict[str, Any]:
                 ],
                 "responses": {
                     "200": _json(_ref("Event"), "The event"),
-                    "404": _error("`Event not found`"),
+                    "404": _error(
+                        "`Event not found` (also an event that history retention purged)"
+                    ),
                     **_ERRORS_READ,
                 },
             }

@@ -68,7 +68,12 @@ def read_routes(
     async def _history(request: Request, workspace: str, contact_id: str) -> Response:
         limit, before = _page(request)
         records = await store.history(workspace, contact_id, before, limit + 1)
-        if not records and before is None:
+        # (A contact whose history retention purged whole has no events left, and is found.)
+        if (
+            not records
+            and before is None
+            and await store.get_contact(workspace, contact_id) is None
+        ):
             raise NotFound("Contact not found")
         page = records[:limit]
         more = len(records) > limit

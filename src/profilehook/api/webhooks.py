@@ -80,6 +80,8 @@ def webhook_handler(services: Services, deadlines: Deadlines | None = None) -> H
         counter.labels(source.kind, "accepted").inc(len(result.events))
         counter.labels(source.kind, "ignored").inc(result.ignored)
         counter.labels(source.kind, "skipped").inc(result.skipped)
+        if result.too_old:
+            counter.labels(source.kind, "too_old").inc(result.too_old)
         await send_json(send, result.status, encode(result.body))
 
     return handle

@@ -36,7 +36,13 @@ from profilehook.events import Event
 from profilehook.settings import Settings
 from profilehook.sources.native import timestamp_to_us
 from profilehook.sources.registry import secret_matches
-from profilehook.sources.webhooks import Kind, WebhookRequest, WebhookResult
+from profilehook.sources.webhooks import (
+    Kind,
+    OldestAccepted,
+    WebhookRequest,
+    WebhookResult,
+    within_retention,
+)
 from profilehook.stores.base import Source, Store
 from profilehook.validation import (
     Loc,
@@ -66,8 +72,9 @@ class AmplitudeSource:
 
     kind = KIND
 
-    def __init__(self, max_body_bytes: int):
+    def __init__(self, max_body_bytes: int, oldest_accepted_us: OldestAccepted | None = None):
         self.max_body_bytes = max_body_bytes
+        self.oldest_accepted_us = oldest_accepted_us
 
     async def handle(self, source: Source, request: WebhookRequest) -> WebhookResult:
         """Raises ``SignatureRejected`` (401), ``UnsupportedMediaType`` (415), ``ValidationFailed``."""
@@ -80,13 +87,15 @@ class AmplitudeSource:
             events, skipped = await asyncio.to_thread(parse, source, request)
         else:
             events, skipped = parse(source, request)
-        body = {"status": "accepted", "accepted": len(events), "skipped": skipped}
-        return WebhookResult(events=events, body=body, skipped=skipped)
+        # A cohort computed before the retention window: its users are skipped, and counted.
+        events, too_old = within_retention(events, request.received_us, self.oldest_accepted_us)
+        body = {"status": "accepted", "accepted": len(events), "skipped": skipped + too_old}
+        return WebhookResult(events=events, body=body, skipped=skipped, too_old=too_old)
 
 
 def make_source(settings: Settings, store: Store) -> AmplitudeSource:
     """The ``amplitude`` kind of webhook source; it needs nothing of the store."""
-    return AmplitudeSource(settings.max_amplitude_body_bytes)
+    return AmplitudeSource(settings.max_amplitude_body_bytes, settings.oldest_accepted_us)
 
 
 def authenticate(source: Source, headers: dict[str, str]) -> None:

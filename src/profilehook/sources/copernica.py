@@ -84,9 +84,11 @@ from profilehook.sources.registry import secret_matches
 from profilehook.sources.webhooks import (
     CreateOption,
     Kind,
+    OldestAccepted,
     Released,
     WebhookRequest,
     WebhookResult,
+    within_retention,
 )
 from profilehook.stores.base import AliasUpdate, Nonce, Source, Store
 from profilehook.validation import (
@@ -430,7 +432,9 @@ def _config(values: dict[str, Any]) -> tuple[dict[str, Any], bool]:
 
 def make_source(settings: Settings, store: Store) -> CopernicaSource:
     """The ``copernica`` kind of webhook source, on ``store`` (nonces and profile aliases)."""
-    return CopernicaSource(store, settings.max_copernica_body_bytes)
+    return CopernicaSource(
+        store, settings.max_copernica_body_bytes, oldest_accepted_us=settings.oldest_accepted_us
+    )
 
 
 class CopernicaSource:
@@ -438,8 +442,15 @@ class CopernicaSource:
 
     kind = SOURCE
 
-    def __init__(self, store: Store, max_body_bytes: int, dns_keys: KeyResolver | None = None):
+    def __init__(
+        self,
+        store: Store,
+        max_body_bytes: int,
+        dns_keys: KeyResolver | None = None,
+        oldest_accepted_us: OldestAccepted | None = None,
+    ):
         self.max_body_bytes = max_body_bytes
+        self.oldest_accepted_us = oldest_accepted_us
         self._store = store
         self._dns_keys = dns_keys or DnsKeys()
         self._pinned: dict[str, tuple[tuple[tuple[str, str], ...], PinnedKeys]] = {}
@@ -478,6 +489,15 @@ class CopernicaSource:
             body = {"status": "accepted", "event_ids": [], "ignored": 1}
             return WebhookResult([], body, ignored=1)
         event = to_event(notice, source, request)
+        if not within_retention([event], request.received_us, self.oldest_accepted_us)[0]:
+            # Older than the retention window: skipped (and counted) before it can map or park.
+            log.info(
+                "copernica source %s: skipped %s, older than the retention window",
+                source.source_id,
+                event.event_id,
+            )
+            body = {"status": "accepted", "event_ids": [], "skipped": 1}
+            return WebhookResult([], body, too_old=1)
         released: list[Released] = []
         events = await self._addressed(source, notice, event, released)
         body = {"status": "accepted", "event_ids": [event.event_id]}

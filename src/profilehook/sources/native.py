@@ -22,6 +22,7 @@ from profilehook.validation import (
     required_string,
     string_type,
     too_long,
+    too_old,
     too_short,
     value_error,
 )
@@ -29,21 +30,23 @@ from profilehook.validation import (
 SOURCE = "api"
 
 
-def parse_single(body: bytes, workspace: str, received_us: int) -> Event:
-    """Body of ``POST /v1/properties`` -> one event. Raises ``ValidationFailed`` (422)."""
+def parse_single(body: bytes, workspace: str, received_us: int, oldest_us: int = 0) -> Event:
+    """Body of ``POST /v1/properties`` -> one event. Raises ``ValidationFailed`` (422).
+
+    ``oldest_us``: the oldest event time accepted (the retention window's start; 0: any)."""
     flat = _decoded_flat(_decode_flat_event, body)
     if flat is not None:
         event = _flat_event(flat, workspace, received_us, flat.event_id or new_event_id())
-        if event is not None:
+        if event is not None and event.ts_us >= oldest_us:
             return event
-    return _single_in_general(body, workspace, received_us)
+    return _single_in_general(body, workspace, received_us, oldest_us)
 
 
-def _single_in_general(body: bytes, workspace: str, received_us: int) -> Event:
+def _single_in_general(body: bytes, workspace: str, received_us: int, oldest_us: int = 0) -> Event:
     value, problems = decode_json(body)
     if problems:
         raise ValidationFailed(problems)
-    result = event_from_object(value, workspace, received_us, ("body",))
+    result = event_from_object(value, workspace, received_us, ("body",), oldest_us)
     if isinstance(result, Event):
         return result
     raise ValidationFailed(result)
@@ -52,10 +55,13 @@ def _single_in_general(body: bytes, workspace: str, received_us: int) -> Event:
 BatchItem = Event | list[Problem]
 
 
-def parse_batch(body: bytes, workspace: str, received_us: int) -> list[BatchItem]:
+def parse_batch(
+    body: bytes, workspace: str, received_us: int, oldest_us: int = 0
+) -> list[BatchItem]:
     """Body of ``POST /v1/properties/batch`` -> per item an event or its problems.
 
-    Raises ``ValidationFailed`` when the envelope is wrong or no item is valid.
+    Raises ``ValidationFailed`` when the envelope is wrong or no item is valid. ``oldest_us``
+    as for ``parse_single``.
     """
     flat = _decoded_flat(_decode_flat_batch, body)
     if flat is not None:
@@ -64,12 +70,16 @@ def parse_batch(body: bytes, workspace: str, received_us: int) -> list[BatchItem
             _flat_event(item, workspace, received_us, item.event_id or made)
             for item, made in zip(flat.events, ids, strict=True)
         ]
-        if None not in events:
+        if None not in events and (
+            not oldest_us or all(e.ts_us >= oldest_us for e in events)  # type: ignore[union-attr]
+        ):
             return events  # type: ignore[return-value]
-    return _batch_in_general(body, workspace, received_us)
+    return _batch_in_general(body, workspace, received_us, oldest_us)
 
 
-def _batch_in_general(body: bytes, workspace: str, received_us: int) -> list[BatchItem]:
+def _batch_in_general(
+    body: bytes, workspace: str, received_us: int, oldest_us: int = 0
+) -> list[BatchItem]:
     value, problems = decode_json(body, shallow=_flat_batch)
     if problems:
         raise ValidationFailed(problems)
@@ -84,7 +94,7 @@ def _batch_in_general(body: bytes, workspace: str, received_us: int) -> list[Bat
     if not 1 <= len(items) <= c.MAX_BATCH_EVENTS:
         raise ValidationFailed([_list_length(loc, items)])
     results = [
-        event_from_object(item, workspace, received_us, (*loc, index))
+        event_from_object(item, workspace, received_us, (*loc, index), oldest_us)
         for index, item in enumerate(items)
     ]
     if not any(isinstance(r, Event) for r in results):
@@ -188,11 +198,15 @@ def _flat_batch(value: Any) -> bool:
     return True
 
 
-def event_from_object(value: Any, workspace: str, received_us: int, loc: Loc) -> BatchItem:
-    """Validate one decoded event object; return the event or every problem found in it."""
-    if type(value) is dict and (event := _plainly_valid(value, workspace, received_us)):
+def event_from_object(
+    value: Any, workspace: str, received_us: int, loc: Loc, oldest_us: int = 0
+) -> BatchItem:
+    """Validate one decoded event object; return the event or every problem found in it (an
+    event time before ``oldest_us``, the retention window's start, is one)."""
+    event = _plainly_valid(value, workspace, received_us) if type(value) is dict else None
+    if event is not None and event.ts_us >= oldest_us:
         return event
-    return _checked(value, workspace, received_us, loc)
+    return _checked(value, workspace, received_us, loc, oldest_us)
 
 
 def _plainly_valid(value: dict[str, Any], workspace: str, received_us: int) -> Event | None:
@@ -238,7 +252,9 @@ def _plainly_valid(value: dict[str, Any], workspace: str, received_us: int) -> E
     )
 
 
-def _checked(value: Any, workspace: str, received_us: int, loc: Loc) -> BatchItem:
+def _checked(
+    value: Any, workspace: str, received_us: int, loc: Loc, oldest_us: int = 0
+) -> BatchItem:
     """Every check, with a problem for each failure: the event, or all that is wrong with it."""
     if not isinstance(value, dict):
         return [_not_an_object(loc, value)]
@@ -246,7 +262,7 @@ def _checked(value: Any, workspace: str, received_us: int, loc: Loc) -> BatchIte
     contact_id = _required_string(value, "contact_id", loc, problems, c.MAX_CONTACT_ID_CHARS)
     contact_id = fits_bytes(contact_id, (*loc, "contact_id"), problems, c.MAX_CONTACT_ID_BYTES)
     event_name = _required_string(value, "event_name", loc, problems, c.MAX_PROPERTY_NAME_CHARS)
-    ts_us = _event_time(value, loc, problems)
+    ts_us = _event_time(value, loc, problems, oldest_us)
     event_id = _event_id(value.get("event_id"), (*loc, "event_id"), problems)
     properties = _properties(value, loc, problems)
     metadata = value.get("metadata")
@@ -284,7 +300,9 @@ def _required_string(
     return required_string(obj.get(name), (*loc, name), problems, max_chars, obj)
 
 
-def _event_time(obj: dict[str, Any], loc: Loc, problems: list[Problem]) -> int | None:
+def _event_time(
+    obj: dict[str, Any], loc: Loc, problems: list[Problem], oldest_us: int = 0
+) -> int | None:
     # "time" is accepted when "timestamp" is absent (README, Sending updates);
     # a null is present, and then a wrong type like any other.
     name = "timestamp" if "timestamp" in obj or "time" not in obj else "time"
@@ -306,6 +324,9 @@ def _event_time(obj: dict[str, Any], loc: Loc, problems: list[Problem]) -> int |
                 "between 1970 and 9999",
             )
         )
+    elif ts_us < oldest_us:
+        problems.append(too_old(where, value, oldest_us))
+        return None
     return ts_us
 
 

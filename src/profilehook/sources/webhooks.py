@@ -47,10 +47,27 @@ class WebhookResult:
     status: int = 200
     ignored: int = 0
     skipped: int = 0
+    too_old: int = 0  # events skipped as older than the retention window (counted apart)
     released: list[Released] = field(default_factory=list)
     # Called when the request is refused after all (rate limit, storage unavailable), so that
     # what the source remembered of it (Copernica's nonce) does not refuse the sender's retry.
     undo: Callable[[], Awaitable[None]] | None = None
+
+
+OldestAccepted = Callable[[int], int]
+"""The oldest event time (us) accepted at a time (us): ``Settings.oldest_accepted_us``."""
+
+
+def within_retention(
+    events: list[Event], received_us: int, oldest_accepted_us: OldestAccepted | None
+) -> tuple[list[Event], int]:
+    """The events not older than the retention window, and how many were (to skip and count:
+    a webhook's sender cannot fix an old event, and refusing the call would refuse the rest)."""
+    oldest_us = 0 if oldest_accepted_us is None else oldest_accepted_us(received_us)
+    if not oldest_us:
+        return events, 0
+    kept = [event for event in events if event.ts_us >= oldest_us]
+    return kept, len(events) - len(kept)
 
 
 class WebhookSource(Protocol):

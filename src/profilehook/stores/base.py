@@ -330,8 +330,23 @@ class ProfileStore(ABC):
 
     @abstractmethod
     async def rebuild(self, progress: Progress | None = None) -> int:
-        """Recompute every profile from the event history (``applied`` and ``duplicate``);
-        returns the events replayed."""
+        """Recompute every profile from the contacts' snapshots (what ``purge_history`` folded)
+        and the event history (``applied`` and ``duplicate``); returns the events replayed."""
+
+    @abstractmethod
+    async def purge_history(self, before_us: int, limit: int) -> int:
+        """Retention: forget up to ``limit`` event records (any status) whose event time is
+        before ``before_us``, oldest first, in one short transaction; returns how many.
+
+        The applied ones (``applied``, ``duplicate``) are first folded into their contact's
+        snapshot, by the same rules as the profile: per property the value and version it had
+        as of the purged events (tombstones too), the contact's last update and its delete.
+        A snapshot is the folded state of the purged prefix of the history, so ``rebuild``
+        (snapshot, then the remaining events) gives every profile exactly as before, and an
+        event applied later still loses to a newer version the snapshot holds. Profiles are
+        not touched. Safe with any number of processes purging at once; an event purged and
+        applied again (a late re-delivery) is recorded anew and folded again by a later
+        purge: for last-writer-wins that changes nothing."""
 
 
 class Catalog(ABC):

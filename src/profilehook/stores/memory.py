@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -41,6 +42,8 @@ class MemoryStore(Store):
     def __init__(self) -> None:
         self._events: dict[tuple[str, str], EventRecord] = {}
         self._profiles: dict[tuple[str, str], _Profile] = {}
+        # What purge_history folded: the contact's state as of its purged events.
+        self._snapshots: dict[tuple[str, str], _Profile] = {}
         self._keys: dict[str, tuple[ApiKey, str]] = {}
         self._sources: dict[str, Source] = {}
         # (workspace, source_id, profile_id) -> the mapped contact and the version that set it
@@ -72,27 +75,8 @@ class MemoryStore(Store):
                 self._events[(repeat.workspace, repeat.event_id)] = replace(
                     stored, status="duplicate"
                 )
-        result = self._apply_profiles(new)
+        result = _fold(self._profiles, new)
         return result.count_new(events, new, erased)
-
-    def _apply_profiles(self, events: Sequence[Event]) -> ApplyResult:
-        result = ApplyResult()
-        for key, group in by_contact(events).items():
-            profile = self._profiles.setdefault(key, _Profile())
-            plan = plan_contact(profile.state, group)
-            result.superseded += plan.superseded
-            if plan.delete_upto is not None:
-                for name, version in list(profile.state.versions.items()):
-                    if version <= plan.delete_upto:
-                        del profile.state.versions[name]
-                        del profile.values[name]
-            for name, (value, version) in plan.upserts.items():
-                profile.state.versions[name] = version
-                profile.values[name] = value
-            profile.state.last_update = plan.last_update
-            profile.state.deleted = plan.deleted
-            result.written += len(plan.upserts)
-        return result
 
     async def record_failure(self, event: Event, error: str) -> None:
         key = (event.workspace, event.event_id)
@@ -139,14 +123,24 @@ class MemoryStore(Store):
         return self._events.get((workspace, event_id))
 
     async def rebuild(self, progress: Progress | None = None) -> int:
-        self._profiles.clear()
-        applied = [r.event for r in self._events.values() if r.status in ("applied", "duplicate")]
+        self._profiles = copy.deepcopy(self._snapshots)
+        applied = [r.event for r in self._events.values() if r.status in _APPLIED]
         if progress is not None:
             progress(0, len(applied))
-        self._apply_profiles(applied)
+        _fold(self._profiles, applied)
         if progress is not None:
             progress(len(applied), len(applied))
         return len(applied)
+
+    async def purge_history(self, before_us: int, limit: int) -> int:
+        old = sorted(
+            (r for r in self._events.values() if r.event.ts_us < before_us),
+            key=lambda r: r.event.version,
+        )[:limit]
+        for record in old:
+            del self._events[(record.event.workspace, record.event.event_id)]
+        _fold(self._snapshots, [r.event for r in old if r.status in _APPLIED])
+        return len(old)
 
     async def add_key(self, key: ApiKey, key_hash: str) -> None:
         self._keys[key.key_id] = (key, key_hash)
@@ -249,8 +243,10 @@ class MemoryStore(Store):
         )
         for key, stub in plan.stubs:
             self._events[key] = EventRecord(stub, "erased", self._events[key].applied_us)
+        # Retention's snapshot of the contact holds only what predates the erasure.
+        self._snapshots.pop((workspace, contact_id), None)
         self._profiles.pop((workspace, contact_id), None)
-        self._apply_profiles(plan.remaining)
+        _fold(self._profiles, plan.remaining)
         for alias, (mapped, version) in list(self._aliases.items()):
             if (alias[0], mapped) == (workspace, contact_id) and plan.covers_alias(version, upto):
                 del self._aliases[alias]
@@ -271,6 +267,30 @@ class MemoryStore(Store):
     async def is_suppressed(self, workspace: str, contact_id: str) -> bool:
         held = self._erased.get((workspace, contact_id))
         return held is not None and held.suppressed
+
+
+_APPLIED = ("applied", "duplicate")  # the statuses of events that were applied
+
+
+def _fold(profiles: dict[tuple[str, str], _Profile], events: Sequence[Event]) -> ApplyResult:
+    """Apply ``events`` to ``profiles`` (the profiles, or the snapshots) by the shared rules."""
+    result = ApplyResult()
+    for key, group in by_contact(events).items():
+        profile = profiles.setdefault(key, _Profile())
+        plan = plan_contact(profile.state, group)
+        result.superseded += plan.superseded
+        if plan.delete_upto is not None:
+            for name, version in list(profile.state.versions.items()):
+                if version <= plan.delete_upto:
+                    del profile.state.versions[name]
+                    del profile.values[name]
+        for name, (value, version) in plan.upserts.items():
+            profile.state.versions[name] = version
+            profile.values[name] = value
+        profile.state.last_update = plan.last_update
+        profile.state.deleted = plan.deleted
+        result.written += len(plan.upserts)
+    return result
 
 
 def _contact_of(contact_id: str, profile: _Profile) -> Contact | None:

@@ -124,7 +124,7 @@ async def _compare_ids_by_bytes(conn: Conn) -> None:
     )
     if not (await cur.fetchone() or (False,))[0]:
         log.warning("rebuilding profiles: this database's collation decided ties until now")
-        await _rebuild(conn, None)
+        await _rebuild(conn, None, from_snapshots=False)  # (their tables come in migration 6)
 
 
 Migration = str | Callable[[Conn], Awaitable[None]]
@@ -211,6 +211,29 @@ MIGRATIONS: list[Migration] = [
     """
     ALTER TABLE api_keys ADD COLUMN scopes text NOT NULL DEFAULT 'ingest read admin';
     ALTER TABLE api_keys ALTER COLUMN scopes SET DEFAULT 'ingest read';
+    """,
+    """
+    -- Retention (purge_history): per contact, the folded state of its purged events, in the
+    -- shape of contacts and properties (rebuild starts from it); the purge walks event times.
+    CREATE TABLE snapshot_contacts (
+        workspace text NOT NULL,
+        contact_id text COLLATE "C" NOT NULL,
+        last_ts_us bigint,
+        last_event_id text COLLATE "C",
+        deleted_ts_us bigint,
+        deleted_event_id text COLLATE "C",
+        PRIMARY KEY (workspace, contact_id)
+    );
+    CREATE TABLE snapshot_properties (
+        workspace text NOT NULL,
+        contact_id text COLLATE "C" NOT NULL,
+        name text COLLATE "C" NOT NULL,
+        value json,
+        ts_us bigint NOT NULL,
+        event_id text COLLATE "C" NOT NULL,
+        PRIMARY KEY (workspace, contact_id, name)
+    );
+    CREATE INDEX events_by_time ON events (ts_us);
     """,
     """
     CREATE TABLE erasures (
@@ -619,6 +642,9 @@ class PostgresStore(Store):
 
     async def rebuild(self, progress: Progress | None = None) -> int:
         return await self._run(lambda conn: _rebuild(conn, progress), bounded=False)
+
+    async def purge_history(self, before_us: int, limit: int) -> int:
+        return await self._run(lambda conn: _purge(conn, before_us, limit))
 
     async def add_key(self, key: ApiKey, key_hash: str) -> None:
         async def insert(conn: Conn) -> None:
@@ -1069,8 +1095,12 @@ async def _erase_contact(conn: Conn, erasure: Erasure) -> None:
             " WHERE e.workspace = %s AND e.event_id = u.i",
             (*_columns([(i, encode_event(stub)) for i, stub in plan.stubs], 2), workspace),
         )
-    await conn.execute("DELETE FROM properties WHERE workspace = %s AND contact_id = %s", contact)
-    await conn.execute("DELETE FROM contacts WHERE workspace = %s AND contact_id = %s", contact)
+    # Retention's snapshot of the contact holds only what predates the erasure.
+    for table in ("properties", "contacts", "snapshot_properties", "snapshot_contacts"):
+        await conn.execute(
+            f"DELETE FROM {table} WHERE workspace = %s AND contact_id = %s",  # names from above
+            contact,
+        )
     if plan.remaining:
         await _apply_profiles(conn, plan.remaining)
     cur = await conn.execute(
@@ -1089,8 +1119,12 @@ async def _erase_contact(conn: Conn, erasure: Erasure) -> None:
         await conn.execute("DELETE FROM parked_events" + _ALIAS_WHERE, key)
 
 
-async def _apply_profiles(conn: Conn, events: Sequence[Event]) -> ApplyResult:
-    """Reduce the batch per contact with the shared rules, then let SQL guard every write."""
+async def _apply_profiles(
+    conn: Conn, events: Sequence[Event], tables: _FoldSql | None = None
+) -> ApplyResult:
+    """Reduce the batch per contact with the shared rules, then let SQL guard every write (to
+    ``tables``: the profiles, or the snapshots that ``purge_history`` folds into)."""
+    tables = tables or _PROFILES
     contacts: list[tuple[str, str, Any, Any, Any, Any]] = []
     deletes: list[tuple[str, str, int, str]] = []
     rows: list[tuple[str, str, str, str | None, int, str]] = []
@@ -1107,12 +1141,12 @@ async def _apply_profiles(conn: Conn, events: Sequence[Event]) -> ApplyResult:
             for name, (value, version) in plan.upserts.items()
         ]
     if contacts:
-        await conn.execute(_UPSERT_CONTACTS, _columns(contacts, 6))
+        await conn.execute(tables.upsert_contacts, _columns(contacts, 6))
     if deletes:
-        await conn.execute(_DELETE_COVERED, _columns(deletes, 4))
+        await conn.execute(tables.delete_covered, _columns(deletes, 4))
     written = 0
     if rows:
-        cur = await conn.execute(_UPSERT_PROPERTIES, _columns(rows, 6))
+        cur = await conn.execute(tables.upsert_properties, _columns(rows, 6))
         written = cur.rowcount
     return ApplyResult(superseded=writes - written, written=written)
 
@@ -1134,9 +1168,27 @@ _LAST_VISIBLE = (
     " > (excluded.deleted_ts_us, excluded.deleted_event_id))"
 )
 
+
+class _FoldSql(msgspec.Struct, frozen=True):
+    """The statements that apply a reduced batch to a pair of tables of contacts and their
+    properties: the profiles, or the snapshots of what retention purged."""
+
+    upsert_contacts: str
+    delete_covered: str
+    upsert_properties: str
+
+    @classmethod
+    def on(cls, contacts: str, properties: str) -> _FoldSql:
+        return cls(
+            _UPSERT_CONTACTS.replace("{contacts}", contacts),
+            _DELETE_COVERED.replace("{properties}", properties),
+            _UPSERT_PROPERTIES.replace("{contacts}", contacts).replace("{properties}", properties),
+        )
+
+
 # Rows arrive sorted by (workspace, contact_id): batches lock contacts in one order, no deadlock.
 _UPSERT_CONTACTS = f"""
-INSERT INTO contacts AS c (workspace, contact_id, last_ts_us, last_event_id, deleted_ts_us,
+INSERT INTO {{contacts}} AS c (workspace, contact_id, last_ts_us, last_event_id, deleted_ts_us,
     deleted_event_id)
 SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::bigint[], %s::text[])
 ON CONFLICT (workspace, contact_id) DO UPDATE SET
@@ -1149,23 +1201,26 @@ WHERE {_DELETED_NEWER} OR ({_LAST_NEWER} AND {_LAST_VISIBLE})
 """
 
 _DELETE_COVERED = """
-DELETE FROM properties p
+DELETE FROM {properties} p
 USING unnest(%s::text[], %s::text[], %s::bigint[], %s::text[]) AS d(w, c, t, e)
 WHERE p.workspace = d.w AND p.contact_id = d.c AND (p.ts_us, p.event_id COLLATE "C") <= (d.t, d.e)
 """
 
 _UPSERT_PROPERTIES = """
-INSERT INTO properties AS p (workspace, contact_id, name, value, ts_us, event_id)
+INSERT INTO {properties} AS p (workspace, contact_id, name, value, ts_us, event_id)
 SELECT u.w, u.c, u.n, u.v::json, u.t, u.e
 FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[], %s::text[])
     AS u(w, c, n, v, t, e)
-JOIN contacts k ON k.workspace = u.w AND k.contact_id = u.c
+JOIN {contacts} k ON k.workspace = u.w AND k.contact_id = u.c
 WHERE k.deleted_ts_us IS NULL OR (u.t, u.e COLLATE "C") > (k.deleted_ts_us, k.deleted_event_id)
 ON CONFLICT (workspace, contact_id, name) DO UPDATE SET
     value = excluded.value, ts_us = excluded.ts_us, event_id = excluded.event_id
 WHERE (p.ts_us, p.event_id COLLATE "C") < (excluded.ts_us, excluded.event_id)
 """
 
+
+_PROFILES = _FoldSql.on("contacts", "properties")
+_SNAPSHOTS = _FoldSql.on("snapshot_contacts", "snapshot_properties")
 
 _VERSION_COLUMNS = "last_ts_us, last_event_id, deleted_ts_us, deleted_event_id"
 _PROPERTY_COLUMNS = "name, value::text, ts_us, event_id"  # the text, decoded by msgspec
@@ -1209,10 +1264,25 @@ def _contact_of(contact_id: str, last: Version, props: Sequence[Sequence[Any]]) 
 _APPLIED = "status IN ('applied', 'duplicate')"  # the events that were applied
 
 
-async def _rebuild(conn: Conn, progress: Progress | None) -> int:
-    await conn.execute("LOCK TABLE contacts, properties IN EXCLUSIVE MODE")
+async def _rebuild(conn: Conn, progress: Progress | None, *, from_snapshots: bool = True) -> int:
+    """The profiles again: the snapshots, then every applied event. (Locking the snapshots
+    too: a purge that moved events into them between two of these statements would make them
+    count twice or not at all.)"""
+    tables = "contacts, properties"
+    if from_snapshots:
+        tables += ", snapshot_contacts, snapshot_properties"
+    await conn.execute(f"LOCK TABLE {tables} IN EXCLUSIVE MODE")
     await conn.execute("DELETE FROM properties")
     await conn.execute("DELETE FROM contacts")
+    if from_snapshots:
+        await conn.execute(
+            f"INSERT INTO contacts (workspace, contact_id, {_VERSION_COLUMNS})"
+            f" SELECT workspace, contact_id, {_VERSION_COLUMNS} FROM snapshot_contacts"
+        )
+        await conn.execute(
+            "INSERT INTO properties (workspace, contact_id, name, value, ts_us, event_id)"
+            " SELECT workspace, contact_id, name, value, ts_us, event_id FROM snapshot_properties"
+        )
     cur = await conn.execute(f"SELECT COUNT(*) FROM events WHERE {_APPLIED}")
     total = int((await cur.fetchone() or (0,))[0])
     done = 0
@@ -1226,3 +1296,28 @@ async def _rebuild(conn: Conn, progress: Progress | None) -> int:
             if progress is not None:
                 progress(done, total)
     return done
+
+
+async def _purge(conn: Conn, before_us: int, limit: int) -> int:
+    """Forget the oldest events before ``before_us``, the applied ones folded into snapshots.
+    SKIP LOCKED: processes purging at once take different events, and never wait for one
+    another's (an applier's insert of an event being purged waits for the purge's commit)."""
+    cur = await conn.execute(
+        "SELECT workspace, event_id, status, body FROM events WHERE ts_us < %s"
+        " ORDER BY ts_us LIMIT %s FOR UPDATE SKIP LOCKED",
+        (before_us, limit),
+    )
+    rows = await cur.fetchall()
+    if not rows:
+        return 0
+    applied = [decode_event(bytes(body)) for _, _, status, body in rows if status in _APPLIED_SET]
+    await _apply_profiles(conn, applied, _SNAPSHOTS)
+    await conn.execute(
+        "DELETE FROM events e USING unnest(%s::text[], %s::text[]) AS d(w, i)"
+        " WHERE e.workspace = d.w AND e.event_id = d.i",
+        ([w for w, _, _, _ in rows], [i for _, i, _, _ in rows]),
+    )
+    return len(rows)
+
+
+_APPLIED_SET = ("applied", "duplicate")
