@@ -7,7 +7,7 @@ from typing import Any
 
 from profilehook.events import Event, iso, seconds
 from profilehook.queues.base import Queue
-from profilehook.stores.base import Contact, EventRecord, ProfileStore
+from profilehook.stores.base import Contact, Erasure, EventRecord, ProfileStore
 
 
 def contact_view(found: Contact) -> dict[str, Any]:
@@ -52,4 +52,17 @@ def event_view(record: EventRecord) -> dict[str, Any]:
         "received_at": iso(event.received_us),
         "applied_at": iso(record.applied_us),
         "error": record.error,
+    }
+
+
+def erasure_view(erasure: Erasure) -> dict[str, Any]:
+    """An erasure as ``DELETE /v1/contacts/{id}`` and ``GET /v1/erasures/{id}`` answer it, and
+    as ``contacts erase --json`` prints it."""
+    return {
+        "erasure_id": erasure.erasure_id,
+        "status": erasure.status,
+        "contact_id": erasure.contact_id,
+        "suppress": erasure.suppress,
+        "requested_at": iso(erasure.requested_us),
+        "completed_at": iso(erasure.completed_us),
     }

@@ -4,8 +4,11 @@ One work-queue stream holds the events not yet applied: a 2xx is sent only after
 (the stream stored the event), and every applier pulls from one shared durable consumer.
 Messages carry no ``Nats-Msg-Id``: a re-sent event reaches the store, which applies an event_id
 once and marks the repeat (status ``duplicate``), as the embedded log does; JetStream's own
-dedupe would drop it unseen within its window, so its status would depend on the timing. Each event has its own subject (a digest of workspace and event_id) so that a
-pending event can be looked up directly; acknowledged events leave the stream.
+dedupe would drop it unseen within its window, so its status would depend on the timing. Each event has its own subject,
+``<prefix>.<digest of workspace and event_id>.<digest of workspace and contact_id>``, so that a
+pending event can be looked up directly (``find``) and a contact's pending events found for an
+erasure (``erase_pending``); acknowledged events leave the stream. Events published by earlier
+versions have the subject ``<prefix>.<event digest>``: still found, and consumed alike.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from urllib.parse import parse_qsl, urlencode
 import msgspec
 
 from profilehook.errors import ConfigurationError, StorageUnavailable
-from profilehook.events import Event, decode_event, encode_event
+from profilehook.events import Event, decode_event, encode_event, predates
 from profilehook.queues.base import Delivery, Queue
 from profilehook.queues.nats_version import require_supported_server
 
@@ -164,6 +167,11 @@ async def _fetch_answered(sub: Any, max_events: int, timeout_s: float) -> list[A
             return list(await sub.fetch(batch=max_events, timeout=timeout_s))
         await asyncio.sleep(FETCH_NO_RESPONDERS_WAIT_S)
     return list(await sub.fetch(batch=max_events, timeout=timeout_s))
+
+
+def _digest(workspace: str, name: str) -> str:
+    data = f"{workspace}\x00{name}".encode(errors="surrogatepass")
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 def _describe(error: BaseException) -> str:
@@ -498,7 +506,7 @@ class NatsQueue(Queue):
                     # Appends to the client's buffer (its flusher writes it out); it yields
                     # only when over 2 MiB are waiting, to flush them.
                     await nc.publish(
-                        self._subject(e.workspace, e.event_id),
+                        self._subject(e.workspace, e.event_id, e.contact_id),
                         encode_event(e),
                         reply=reply,
                     )
@@ -542,14 +550,45 @@ class NatsQueue(Queue):
 
     async def find(self, workspace: str, event_id: str) -> Event | None:
         js = self._connected()
+        subject = self._subject(workspace, event_id)
+        for layout in (f"{subject}.*", subject):  # this version's subjects, then older ones
+            try:
+                raw = await js.get_last_msg(self.stream, layout)
+            except nats.js.errors.NotFoundError:
+                continue
+            except NATS_ERRORS as exc:
+                raise StorageUnavailable(f"NATS lookup failed ({exc!r})") from exc
+            event = decode_event(raw.data)
+            if (event.workspace, event.event_id) == (workspace, event_id):
+                return event
+        return None
+
+    async def erase_pending(
+        self, workspace: str, contact_id: str, upto_us: int, everything: bool = False
+    ) -> int:
+        """Deletes them from the stream with JetStream's secure delete (the message's bytes
+        are overwritten in the stream's files). Events published by a version before subjects
+        named the contact cannot be found this way: the store drops them when they are
+        applied."""
+        js = self._connected()
+        subject = f"{self.subject_prefix}.*.{_digest(workspace, contact_id)}"
+        erased, seq = 0, 1
         try:
-            raw = await js.get_last_msg(self.stream, self._subject(workspace, event_id))
-        except nats.js.errors.NotFoundError:
-            return None
+            while True:
+                try:
+                    raw = await js.get_msg(self.stream, seq=seq, subject=subject, next=True)
+                except nats.js.errors.NotFoundError:
+                    return erased
+                seq = raw.seq + 1
+                event = decode_event(raw.data)
+                if (event.workspace, event.contact_id) == (workspace, contact_id) and (
+                    everything or predates(event, upto_us)
+                ):
+                    with contextlib.suppress(nats.js.errors.NotFoundError):
+                        await js.delete_msg(self.stream, raw.seq)  # (acknowledged meanwhile)
+                    erased += 1
         except NATS_ERRORS as exc:
-            raise StorageUnavailable(f"NATS lookup failed ({exc!r})") from exc
-        event = decode_event(raw.data)
-        return event if (event.workspace, event.event_id) == (workspace, event_id) else None
+            raise StorageUnavailable(f"NATS erasure failed ({exc!r})") from exc
 
     async def depth(self) -> int:
         js = self._connected()
@@ -559,9 +598,11 @@ class NatsQueue(Queue):
             raise StorageUnavailable(f"NATS unreachable ({exc!r})") from exc
         return int(info.state.messages)
 
-    def _subject(self, workspace: str, event_id: str) -> str:
-        digest = hashlib.blake2b(f"{workspace}\x00{event_id}".encode(), digest_size=16)
-        return f"{self.subject_prefix}.{digest.hexdigest()}"
+    def _subject(self, workspace: str, event_id: str, contact_id: str | None = None) -> str:
+        """An event's subject; without ``contact_id``, its first part (the subject of events
+        published before subjects named the contact)."""
+        subject = f"{self.subject_prefix}.{_digest(workspace, event_id)}"
+        return subject if contact_id is None else f"{subject}.{_digest(workspace, contact_id)}"
 
     def _connected_client(self) -> Any:
         self._connected()
