@@ -424,6 +424,14 @@ _SCHEMAS.update(
                     "description": "Finish a rotation: only the newest secret keeps working",
                 },
             },
+            # Two different rotations: asking for both at once is refused (422).
+            "not": {
+                "required": ["revoke_oldest", "drop_previous"],
+                "properties": {
+                    "revoke_oldest": {"const": True},
+                    "drop_previous": {"const": True},
+                },
+            },
         },
         "SourceRotated": {
             "type": "object",
