@@ -47,8 +47,10 @@ DUPLICATE_WINDOW_S = 120.0
 PUBLISH_TIMEOUT_S = 5.0
 # An import's batches may be large; a webhook's are also bounded by the request's deadline.
 PUBLISH_TIMEOUT_PER_EVENT_S = 0.001
-# PubAcks received and not yet counted, at most (nats-py drops beyond: those publishes time out).
-PUBACKS_PENDING_MAX = 1_000_000
+# The messages of requests published within this long of each other are written to the server
+# together, one write after the first of them: the stream leader then replicates them in fewer,
+# larger batches (benchmarks/README.md, scenario H). An idle request waits this much longer.
+PUBLISH_LINGER_S = 0.001
 # The first step is also how long a worker has to apply and acknowledge a batch before
 # JetStream hands it to another worker (a 2,000-event batch takes ~0.2 s here).
 REDELIVERY_BACKOFF_S = [5.0, 15.0, 30.0, 60.0, 120.0]
@@ -206,34 +208,57 @@ class _PubAcks:
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
-        self._waiting: dict[str, _Publish] = {}
+        self._waiting: dict[bytes, _Publish] = {}
         self._count = 0
 
-    def expect(self, messages: int) -> tuple[str, _Publish]:
+    def expect(self, messages: int) -> tuple[bytes, _Publish]:
         """A reply subject for ``messages`` messages, and what completes when all are stored."""
         self._count += 1
-        reply = f"{self.prefix}.{self._count}"
+        reply = b"%s.%d" % (self.prefix.encode(), self._count)
         waiting = self._waiting[reply] = _Publish(messages)
         return reply, waiting
 
-    def forget(self, reply: str) -> None:
+    def forget(self, reply: bytes) -> None:
         self._waiting.pop(reply, None)
 
-    async def received(self, msg: Any) -> None:
-        waiting = self._waiting.get(msg.subject)
+    def received(self, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        """One PubAck, as the client parsed it (``_Client``): ``headers`` are the raw header
+        block, present only on a status message."""
+        waiting = self._waiting.get(reply)
         if waiting is None or waiting.stored.done():
             return  # a publish given up (its request timed out): nobody waits for it
-        if msg.headers and msg.headers.get(api.Header.STATUS) == "503":
-            # "No responders": no stream holds the subject (it was deleted).
-            waiting.stored.set_exception(nats.js.errors.NoStreamResponseError())
+        if headers:
+            # "NATS/1.0 503": no responders, no stream holds the subject (it was deleted).
+            waiting.stored.set_exception(
+                nats.js.errors.NoStreamResponseError()
+                if headers[9:12] == b"503"
+                else nats.js.errors.Error(f"PubAck status {headers[:40]!r}")
+            )
             return
-        error = _pub_ack_error(msg.data)
+        error = _pub_ack_error(data)
         if error is not None:
             waiting.stored.set_exception(error)
             return
         waiting.acked += 1
         if waiting.acked == waiting.messages:
             waiting.stored.set_result(None)
+
+
+class _Client(Client):
+    """nats-py's client, except that the PubAcks of profilehook's publishes are counted as the
+    parser hands them over: for a subscription, nats-py would build a ``Msg`` (decoding its
+    subjects and headers) and pass it through a queue to a task of its own, per message."""
+
+    pubacks: _PubAcks | None = None
+    pubacks_sid = -1
+
+    async def _process_msg(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes
+    ) -> None:
+        if sid == self.pubacks_sid and self.pubacks is not None:
+            self.pubacks.received(subject, data, headers)
+            return
+        await super()._process_msg(sid, subject, reply, data, headers)
 
 
 class _Publish:
@@ -278,6 +303,7 @@ class NatsQueue(Queue):
         self._sub: Any = None
         self._acks = _PubAcks("")
         self._consumer_checked_s = 0.0
+        self._flush_scheduled = False
 
     async def open(self) -> None:
         """Connect (retrying for up to ``connect_timeout_s``) and check the stream.
@@ -291,12 +317,9 @@ class NatsQueue(Queue):
             self._js = self._nc.jetstream(timeout=PUBLISH_TIMEOUT_S)
             await self._ensure_stream()
             self._acks = _PubAcks(self._nc.new_inbox())
-            await self._nc.subscribe(
-                f"{self._acks.prefix}.*",
-                cb=self._acks.received,
-                pending_msgs_limit=PUBACKS_PENDING_MAX,
-                pending_bytes_limit=PUBACKS_PENDING_MAX * 1024,
-            )
+            # Its messages never reach the subscription's queue: _Client hands them over.
+            sub = await self._nc.subscribe(f"{self._acks.prefix}.*")
+            self._nc.pubacks, self._nc.pubacks_sid = self._acks, sub._id
         except ConfigurationError:
             await self.close()
             raise
@@ -341,7 +364,7 @@ class NatsQueue(Queue):
     async def _connect_once(self, servers: list[str], timeout_s: float) -> Any:
         """One pass over the servers (each tried at most twice); a connection that then
         reconnects by itself, without end, if it is lost."""
-        client = Client()
+        client = _Client()
         errors = _ConnectionErrors()
         errors.client = client
         try:
@@ -468,9 +491,10 @@ class NatsQueue(Queue):
 
         All of a request's messages are written before any PubAck is awaited, so a request
         costs about one round trip whatever its size, bounded by
-        ``publish_timeout_s(len(events))``. (Not ``publish_async(..., wait_stall=...)``: it
-        yields to the event loop once per message, and the client then writes each message
-        alone; benchmarks/README.md.)
+        ``publish_timeout_s(len(events))``; the messages of requests published within
+        ``PUBLISH_LINGER_S`` of each other go out in one write. (Not
+        ``publish_async(..., wait_stall=...)``: it yields to the event loop once per message,
+        and the client then writes each message alone; benchmarks/README.md.)
 
         Raises ``StorageUnavailable`` when not every event was acknowledged in time; some may
         have been stored (a retry with the same event_ids is deduplicated).
@@ -494,17 +518,35 @@ class NatsQueue(Queue):
         reply, waiting = self._acks.expect(len(events))
         try:
             async with asyncio.timeout(publish_timeout_s(len(events))):
+                # The PUB commands go straight into the client's write buffer, as its
+                # ``publish`` puts them, but without waking its flusher for each request.
+                size = 0
                 for e in events:
-                    # Appends to the client's buffer (its flusher writes it out); it yields
-                    # only when over 2 MiB are waiting, to flush them.
-                    await nc.publish(
-                        self._subject(e.workspace, e.event_id),
-                        encode_event(e),
-                        reply=reply,
+                    data = encode_event(e)
+                    command = b"PUB %s %s %d\r\n%s\r\n" % (
+                        self._subject(e.workspace, e.event_id).encode(),
+                        reply,
+                        len(data),
+                        data,
                     )
+                    nc._pending.append(command)
+                    size += len(command)
+                nc._pending_data_size += size
+                if nc._pending_data_size > nc._max_pending_size:
+                    await nc._flush_pending(force_flush=True)  # as ``publish`` would
+                elif not self._flush_scheduled:
+                    self._flush_scheduled = True
+                    asyncio.get_running_loop().call_later(PUBLISH_LINGER_S, self._flush_later)
                 await waiting.stored
         finally:
             self._acks.forget(reply)
+
+    def _flush_later(self) -> None:
+        """Wake the client's flusher (it writes out the whole buffer), unless it is awake."""
+        self._flush_scheduled = False
+        queue = None if self._nc is None else self._nc._flush_queue
+        if queue is not None and queue.empty():
+            queue.put_nowait(asyncio.get_running_loop().create_future())
 
     async def fetch(self, max_events: int, wait_s: float) -> list[Delivery]:
         # Disconnected, a fetch would only time out like an empty stream: say so instead, so
