@@ -574,10 +574,21 @@ class NatsQueue(Queue):
         return deliveries
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """Acknowledge ``deliveries``; raises ``StorageUnavailable`` when that is not known to
+        have reached the server, and the same deliveries may be acknowledged again.
+
+        Each ack is published to its message's reply subject, not with ``Msg.ack()``: nats-py
+        marks a message acknowledged once the ack is in its buffer, and refuses to send it
+        again. After a flush that failed (the connection to the worker's node was lost), every
+        later attempt failed on the first such message, and the worker acknowledged nothing
+        again while the consumer redelivered the applied events for ever (issue 15). A
+        repeated ack is harmless: the consumer ignores an ack for a message it no longer holds.
+        """
+        nc = self._connected_client()
         try:
             for delivery in deliveries:
-                await delivery.token.ack()
-            await self._nc.flush(timeout=PUBLISH_TIMEOUT_S)
+                await nc.publish(delivery.token.reply)
+            await nc.flush(timeout=PUBLISH_TIMEOUT_S)
         except NATS_ERRORS as exc:
             # Unacknowledged events come again; the store's dedupe makes that harmless.
             raise StorageUnavailable(f"NATS ack failed ({exc!r})") from exc
