@@ -469,6 +469,43 @@ def test_given_a_stream_that_refuses_more_events_when_publishing_then_storage_un
     assert "maximum messages exceeded" in detail, detail
 
 
+def test_given_pubacks_that_never_come_when_publishing_then_storage_unavailable_at_the_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Given a publish whose PubAcks never reach it, when it waits, then it fails with
+    StorageUnavailable (a 503) at its deadline, give or take a sweep, and not before."""
+    import asyncio
+
+    import profilehook.queues.nats as nats_queue
+    from profilehook.errors import StorageUnavailable
+    from profilehook.queues.nats import PUBLISH_SWEEP_S, NatsQueue
+    from tests.support import event
+
+    require_server(NATS_URL, 4222)
+    monkeypatch.setattr(nats_queue, "PUBLISH_TIMEOUT_S", 0.5)
+    stream = unique_stream()
+
+    async def scenario() -> tuple[float, str]:
+        queue = NatsQueue(stream_url(stream))
+        await queue.open()
+        try:
+            await queue.publish([event(event_id="first")])  # PubAcks arrive: no wait
+            queue._nc.pubacks_sid = -1  # from now on they go astray
+            started = time.monotonic()
+            with pytest.raises(StorageUnavailable) as failed:
+                await queue.publish([event(event_id="lost")])
+            return time.monotonic() - started, str(failed.value.detail)
+        finally:
+            await queue.close()
+
+    try:
+        elapsed_s, detail = asyncio.run(scenario())
+    finally:
+        delete_stream(stream)
+    assert 0.5 <= elapsed_s < 0.5 + 2 * PUBLISH_SWEEP_S + 0.3, f"{elapsed_s:.2f} s"
+    assert "TimeoutError" in detail, detail
+
+
 def test_given_an_acknowledgement_that_failed_midway_when_the_applier_flushes_again_then_the_stream_drains(
     tmp_path: Path,
 ) -> None:

@@ -51,6 +51,9 @@ PUBLISH_TIMEOUT_PER_EVENT_S = 0.001
 # together, one write after the first of them: the stream leader then replicates them in fewer,
 # larger batches (benchmarks/README.md, scenario H). An idle request waits this much longer.
 PUBLISH_LINGER_S = 0.001
+# How often the publishes waiting for their PubAcks are checked against their deadlines: one
+# sweep for all of them, where a timer per request cost ~5 % of serve's CPU (py-spy, scenario H).
+PUBLISH_SWEEP_S = 0.1
 # The first step is also how long a worker has to apply and acknowledge a batch before
 # JetStream hands it to another worker (a 2,000-event batch takes ~0.2 s here).
 REDELIVERY_BACKOFF_S = [5.0, 15.0, 30.0, 60.0, 120.0]
@@ -210,13 +213,34 @@ class _PubAcks:
         self.prefix = prefix
         self._waiting: dict[bytes, _Publish] = {}
         self._count = 0
+        self._sweeper: asyncio.Task[None] | None = None
 
-    def expect(self, messages: int) -> tuple[bytes, _Publish]:
-        """A reply subject for ``messages`` messages, and what completes when all are stored."""
+    def expect(self, messages: int, timeout_s: float) -> tuple[bytes, _Publish]:
+        """A reply subject for ``messages`` messages, and what completes when all are stored
+        or fails with ``TimeoutError`` when they are not within ``timeout_s``."""
         self._count += 1
         reply = b"%s.%d" % (self.prefix.encode(), self._count)
-        waiting = self._waiting[reply] = _Publish(messages)
+        loop = asyncio.get_running_loop()
+        waiting = self._waiting[reply] = _Publish(messages, loop.time() + timeout_s)
+        if self._sweeper is None:
+            self._sweeper = loop.create_task(self._sweep())
         return reply, waiting
+
+    async def _sweep(self) -> None:
+        """While publishes wait: fail those past their deadline."""
+        try:
+            while self._waiting:
+                await asyncio.sleep(PUBLISH_SWEEP_S)
+                now_s = asyncio.get_running_loop().time()
+                for waiting in list(self._waiting.values()):
+                    if waiting.deadline_s <= now_s and not waiting.stored.done():
+                        waiting.stored.set_exception(TimeoutError())
+        finally:
+            self._sweeper = None
+
+    def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
 
     def forget(self, reply: bytes) -> None:
         self._waiting.pop(reply, None)
@@ -262,10 +286,11 @@ class _Client(Client):
 
 
 class _Publish:
-    __slots__ = ("acked", "messages", "stored")
+    __slots__ = ("acked", "deadline_s", "messages", "stored")
 
-    def __init__(self, messages: int) -> None:
+    def __init__(self, messages: int, deadline_s: float) -> None:
         self.messages = messages
+        self.deadline_s = deadline_s  # on the event loop's clock
         self.acked = 0
         self.stored: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -481,6 +506,7 @@ class NatsQueue(Queue):
             ) from exc
 
     async def close(self) -> None:
+        self._acks.close()
         if self._nc is not None:
             # Publishes were awaited to their PubAck and acks flushed: nothing is in flight.
             await self._nc.close()
@@ -515,29 +541,30 @@ class NatsQueue(Queue):
 
     async def _publish(self, events: Sequence[Event]) -> None:
         nc = self._connected_client()
-        reply, waiting = self._acks.expect(len(events))
+        timeout_s = publish_timeout_s(len(events))
+        reply, waiting = self._acks.expect(len(events), timeout_s)
         try:
-            async with asyncio.timeout(publish_timeout_s(len(events))):
-                # The PUB commands go straight into the client's write buffer, as its
-                # ``publish`` puts them, but without waking its flusher for each request.
-                size = 0
-                for e in events:
-                    data = encode_event(e)
-                    command = b"PUB %s %s %d\r\n%s\r\n" % (
-                        self._subject(e.workspace, e.event_id).encode(),
-                        reply,
-                        len(data),
-                        data,
-                    )
-                    nc._pending.append(command)
-                    size += len(command)
-                nc._pending_data_size += size
-                if nc._pending_data_size > nc._max_pending_size:
+            # The PUB commands go straight into the client's write buffer, as its ``publish``
+            # puts them, but without waking its flusher for each request.
+            size = 0
+            for e in events:
+                data = encode_event(e)
+                command = b"PUB %s %s %d\r\n%s\r\n" % (
+                    self._subject(e.workspace, e.event_id).encode(),
+                    reply,
+                    len(data),
+                    data,
+                )
+                nc._pending.append(command)
+                size += len(command)
+            nc._pending_data_size += size
+            if nc._pending_data_size > nc._max_pending_size:
+                async with asyncio.timeout(timeout_s):  # (rare: over 2 MiB waiting)
                     await nc._flush_pending(force_flush=True)  # as ``publish`` would
-                elif not self._flush_scheduled:
-                    self._flush_scheduled = True
-                    asyncio.get_running_loop().call_later(PUBLISH_LINGER_S, self._flush_later)
-                await waiting.stored
+            elif not self._flush_scheduled:
+                self._flush_scheduled = True
+                asyncio.get_running_loop().call_later(PUBLISH_LINGER_S, self._flush_later)
+            await waiting.stored  # or TimeoutError at its deadline (``_PubAcks``)
         finally:
             self._acks.forget(reply)
 
