@@ -52,7 +52,7 @@ PUBLISH_TIMEOUT_PER_EVENT_S = 0.001
 # larger batches (benchmarks/README.md, scenario H). An idle request waits this much longer.
 PUBLISH_LINGER_S = 0.001
 # How often the publishes waiting for their PubAcks are checked against their deadlines: one
-# sweep for all of them, where a timer per request cost ~5 % of serve's CPU (py-spy, scenario H).
+# sweep for all of them, cheaper than a timer per request (benchmarks/README.md, scenario H).
 PUBLISH_SWEEP_S = 0.1
 # The first step is also how long a worker has to apply and acknowledge a batch before
 # JetStream hands it to another worker (a 2,000-event batch takes ~0.2 s here).
@@ -608,7 +608,7 @@ class NatsQueue(Queue):
         marks a message acknowledged once the ack is in its buffer, and refuses to send it
         again. After a flush that failed (the connection to the worker's node was lost), every
         later attempt failed on the first such message, and the worker acknowledged nothing
-        again while the consumer redelivered the applied events for ever (issue 15). A
+        again while the consumer redelivered the applied events for ever (RELIABILITY.md). A
         repeated ack is harmless: the consumer ignores an ack for a message it no longer holds.
         """
         nc = self._connected_client()
