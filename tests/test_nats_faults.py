@@ -192,9 +192,9 @@ class JetStream:
         return view
 
     def consumer_subscriptions(self, node: NatsNode) -> list[str] | str:
-        """The node's subscriptions to the consumer's acks and pull requests (its own, when it
-        leads, or a route's to the leader), each with the messages it has taken: do the
-        worker's acks reach the leader?"""
+        """The consumer's subscriptions to its acks and pull requests on this node (only its
+        leader has them), each with the messages it has taken: do the worker's acks reach the
+        leader?"""
         try:
             report = httpx.get(
                 f"http://127.0.0.1:{node.http_port}/subsz?subs=true&limit=100000",
