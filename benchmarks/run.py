@@ -681,6 +681,7 @@ def scenario_h(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
         "batch_events_per_s": batch["rps"] * args.batch,
         "batch_p99_ms": batch["p99_ms"],
         "batch_non_2xx": batch["non_2xx"],
+        "batch_non_2xx_503": batch["non_2xx_503"],
         "batch_size": args.batch,
         "nats_ceiling_events_per_s": ceiling,
         "replicas": 3,
@@ -718,6 +719,8 @@ def _h_ingest(
             thread.start()
         for thread in threads:
             thread.join()
+        # What the non-2xx were: the servers count their refusals by status.
+        refused = [metric(s.url, "profilehook_requests_rejected_total") for s in servers]
     finally:
         for server in servers:
             server.stop()
@@ -727,6 +730,7 @@ def _h_ingest(
         "p50_ms": max(r["p50_ms"] for r in results),
         "p99_ms": max(r["p99_ms"] for r in results),
         "non_2xx": sum(r["non_2xx"] for r in results),
+        "non_2xx_503": sum(v for r in refused for k, v in r.items() if 'status="503"' in k),
     }
 
 

@@ -30,7 +30,13 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("sources", ("profilehook.sources",)),
     (
         "library",
-        ("profilehook.keys", "profilehook.views", "profilehook.backfill", "profilehook.export"),
+        (
+            "profilehook.keys",
+            "profilehook.views",
+            "profilehook.backfill",
+            "profilehook.export",
+            "profilehook.erasure",
+        ),
     ),
     (
         "running",

@@ -469,6 +469,103 @@ def test_given_a_stream_that_refuses_more_events_when_publishing_then_storage_un
     assert "maximum messages exceeded" in detail, detail
 
 
+def test_given_pubacks_that_never_come_when_publishing_then_storage_unavailable_at_the_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Given a publish whose PubAcks never reach it, when it waits, then it fails with
+    StorageUnavailable (a 503) at its deadline, give or take a sweep, and not before."""
+    import asyncio
+
+    import profilehook.queues.nats as nats_queue
+    from profilehook.errors import StorageUnavailable
+    from profilehook.queues.nats import PUBLISH_SWEEP_S, NatsQueue
+    from tests.support import event
+
+    require_server(NATS_URL, 4222)
+    monkeypatch.setattr(nats_queue, "PUBLISH_TIMEOUT_S", 0.5)
+    stream = unique_stream()
+
+    async def scenario() -> tuple[float, str]:
+        queue = NatsQueue(stream_url(stream))
+        await queue.open()
+        try:
+            await queue.publish([event(event_id="first")])  # PubAcks arrive: no wait
+            queue._nc.pubacks_sid = -1  # from now on they go astray
+            started = time.monotonic()
+            with pytest.raises(StorageUnavailable) as failed:
+                await queue.publish([event(event_id="lost")])
+            return time.monotonic() - started, str(failed.value.detail)
+        finally:
+            await queue.close()
+
+    try:
+        elapsed_s, detail = asyncio.run(scenario())
+    finally:
+        delete_stream(stream)
+    assert 0.5 <= elapsed_s < 0.5 + 2 * PUBLISH_SWEEP_S + 0.3, f"{elapsed_s:.2f} s"
+    assert "TimeoutError" in detail, detail
+
+
+def test_given_an_acknowledgement_that_failed_midway_when_the_applier_flushes_again_then_the_stream_drains(
+    tmp_path: Path,
+) -> None:
+    """Given a worker whose acknowledgement of applied events failed after the acks were
+    written (the connection to its NATS node was lost before the flush's PONG), when the
+    applier flushes again, then the events are acknowledged and leave the work queue.
+
+    (The acks were marked sent by nats-py; sending them again raised "already acknowledged"
+    at every later flush, so the worker never acknowledged anything again while the consumer
+    redelivered the applied events for ever: 1,830 of 2,400 left in the stream, issue 15.)"""
+    import asyncio
+
+    import nats.errors
+
+    from profilehook.applier import Applier
+    from profilehook.errors import StorageUnavailable
+    from profilehook.metrics import Metrics
+    from profilehook.queues.nats import NatsQueue
+    from profilehook.stores.memory import MemoryStore
+    from tests.support import event
+
+    require_server(NATS_URL, 4222)
+    stream = unique_stream()
+
+    async def scenario() -> tuple[int, int, str]:
+        queue = NatsQueue(stream_url(stream))
+        await queue.open()
+        store = MemoryStore()
+        await store.open()
+        try:
+            await queue.publish([event(event_id=f"e{n}", plan=str(n)) for n in range(5)])
+            applier = Applier(queue, store, Metrics(), 100)
+            applied = await applier.step(wait_s=1.0)
+            flush = queue._nc.flush
+
+            async def lost_pong(timeout: float = 0) -> None:
+                queue._nc.flush = flush  # only this once
+                raise nats.errors.TimeoutError
+
+            queue._nc.flush = lost_pong
+            with pytest.raises(StorageUnavailable) as failed:
+                await applier.flush()
+            await applier.flush()  # the applier's next flush, as after its retry backoff
+            deadline = time.monotonic() + 5
+            while await queue.depth() and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            return await queue.depth(), applied, str(failed.value.detail)
+        finally:
+            await store.close()
+            await queue.close()
+
+    try:
+        left, applied, detail = asyncio.run(scenario())
+    finally:
+        delete_stream(stream)
+    assert "ack failed" in detail, detail
+    assert applied == 5
+    assert left == 0, f"{left} applied events still in the stream"
+
+
 # -- NATS lost while a worker runs ----------------------------------------------------------------
 
 OUTAGE_S = 6.0

@@ -16,6 +16,10 @@ def _template(path: str) -> str:
         )
     if path.startswith("/v1/events/"):
         return "/v1/events/{event_id}"
+    if path.startswith("/v1/erasures/"):
+        return "/v1/erasures/{erasure_id}"
+    if path.startswith("/v1/suppressions/"):
+        return "/v1/suppressions/{contact_id}"
     return path.split("?")[0]
 
 

@@ -909,14 +909,19 @@ async def test_given_a_rebuilt_store_then_later_events_still_follow_the_rules(
 
 
 async def with_operation_columns(old: Any) -> None:
-    """The columns today's ``apply`` reads (migration 8), on a schema of before them: the
-    tests of older migrations apply events with today's code (migration 8 keeps them)."""
+    """The columns today's ``apply`` reads (migration 9), on a schema of before them: the
+    tests of older migrations apply events with today's code (migration 9 keeps them)."""
     await old._run(
         lambda conn: conn.execute(
             "ALTER TABLE contacts ADD COLUMN IF NOT EXISTS ops_ts_us bigint,"
             " ADD COLUMN IF NOT EXISTS ops_event_id text"
         )
     )
+
+
+async def _before_erasures(conn: Any, events: Any) -> dict[Any, Any]:
+    """The code of a schema before erasures (migration 6) checked none."""
+    return {}
 
 
 async def test_given_values_stored_as_jsonb_when_migrated_then_they_are_exact_again(
@@ -931,6 +936,7 @@ async def test_given_values_stored_as_jsonb_when_migrated_then_they_are_exact_ag
     try:
         with monkeypatch.context() as old_code:
             old_code.setattr(postgres_module, "MIGRATIONS", postgres_module.MIGRATIONS[:2])
+            old_code.setattr(postgres_module, "_erased_contacts", _before_erasures)
             old = postgres_module.PostgresStore(postgres_url(schema))
             await old.open()
             await with_operation_columns(old)
@@ -964,6 +970,7 @@ async def test_given_ties_decided_by_an_en_us_collation_when_migrated_then_bytes
     url = f"{icu_database_url}?schema={unique_schema()}"
     with monkeypatch.context() as old_code:
         old_code.setattr(postgres_module, "MIGRATIONS", postgres_module.MIGRATIONS[:4])
+        old_code.setattr(postgres_module, "_erased_contacts", _before_erasures)
         old = postgres_module.PostgresStore(url)
         await old.open()
         await with_operation_columns(old)

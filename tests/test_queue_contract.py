@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from profilehook.events import Event
@@ -405,3 +406,57 @@ async def test_given_an_event_with_every_field_then_it_round_trips_exactly(
     assert redelivered == ROUND_TRIP
     assert redelivered[1].kind == "delete"
     assert redelivered[0].properties["nested"]["list"][4] == {"deep": ["x", {"y": "z"}]}
+
+
+# -- erasure ---------------------------------------------------------------------------------------
+
+
+async def test_given_a_contacts_pending_events_when_erased_then_none_says_anything_any_more(
+    backend: QueueBackend,
+) -> None:
+    """Up to the erasure's time (all of them with ``everything``): removed, or delivered as
+    stubs without properties; other contacts' events and later ones are untouched."""
+    queue = backend.queue
+    await queue.publish(
+        [
+            event("gone", "g1", 1, secret="MARKER"),
+            event("kept", "k1", 2, plan="free"),
+            event("gone", "g2", 3, secret="MARKER"),
+            event("gone", "g3", 50, fresh="after"),  # after the erasure's time
+            event("gone", "g4", 4, workspace="globex", other="workspace"),
+            # Future-dated, but received before the erasure: the contact's data all the same.
+            msgspec.structs.replace(event("gone", "g5", 60, secret="MARKER"), received_us=5),
+        ]
+    )
+
+    assert await queue.erase_pending("acme", "gone", upto_us=10) == 3
+    assert await queue.erase_pending("acme", "gone", upto_us=10) == 0  # nothing left to say
+
+    for event_id in ("g1", "g2", "g5"):
+        found = await queue.find("acme", event_id)
+        assert found is None or found.properties == {}
+    delivered = {d.event.event_id: d.event for d in await queue.fetch(10, 1.0)}
+    assert all(delivered[i].properties == {} for i in ("g1", "g2", "g5") if i in delivered)
+    assert delivered["k1"].properties == {"plan": "free"}
+    assert delivered["g3"].properties == {"fresh": "after"}
+    assert delivered["g4"].properties == {"other": "workspace"}
+    assert await queue.erase_pending("acme", "gone", upto_us=10, everything=True) == 1
+
+
+async def test_given_nats_events_published_under_the_old_subjects_then_they_are_found_and_fetched(
+    nats_queue_backend: QueueBackend,
+) -> None:
+    """Before subjects named the contact, an event's subject was ``<prefix>.<event digest>``:
+    such events, still in a stream when profilehook is upgraded, are found and applied."""
+    from profilehook.events import encode_event
+    from profilehook.queues.nats import NatsQueue
+
+    queue = nats_queue_backend.queue
+    assert isinstance(queue, NatsQueue)
+    old = event("c1", "old-1", 1, x=1)
+    await queue._js.publish(queue._subject("acme", "old-1"), encode_event(old))  # type: ignore[attr-defined]
+    await queue.publish([event("c1", "new-1", 2, x=2)])
+
+    assert await queue.find("acme", "old-1") == old
+    assert (found := await queue.find("acme", "new-1")) is not None and found.properties == {"x": 2}
+    assert ids(await queue.fetch(10, 1.0)) == ["old-1", "new-1"]

@@ -148,8 +148,11 @@ class Applier:
         received = Counter(e.source for e in events)
         for source, count in received.items():
             applied = result.applied_by_source.get(source, 0)
+            erased = result.erased_by_source.get(source, 0)
             self.metrics.events.labels(source, "applied").inc(applied)
-            self.metrics.events.labels(source, "duplicate").inc(count - applied)
+            self.metrics.events.labels(source, "duplicate").inc(count - applied - erased)
+            if erased:
+                self.metrics.events.labels(source, "erased").inc(erased)
         self.metrics.superseded.inc(result.superseded)
         self.metrics.apply_batches.inc()
 

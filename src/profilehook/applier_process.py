@@ -31,6 +31,7 @@ import msgspec
 
 from profilehook.applier import Applier
 from profilehook.applier_endpoints import ApplierEndpoints
+from profilehook.erasure import Eraser
 from profilehook.errors import StorageUnavailable
 from profilehook.metrics import ApplierTotals, Metrics
 from profilehook.queues.base import HandsOverAcknowledgements, Queue
@@ -90,6 +91,12 @@ async def run_applier(
         # Retention's purge runs beside the applier, in short transactions of its own.
         purger = HistoryPurger(services.store, services.metrics, settings)
         purging = asyncio.create_task(purger.run(stop), name="history-purge")
+        # A worker executes erasures too (any number may: each step is idempotent); serve's
+        # applier process does not: the server does, it writes the embedded log.
+        erasing = None
+        if not report_to_parent:
+            eraser = Eraser(services.queue, services.store)
+            erasing = asyncio.create_task(eraser.run(stop), name="eraser")
         try:
             if report_to_parent:
                 await _apply_reporting(applier, stop)
@@ -98,6 +105,9 @@ async def run_applier(
         finally:
             stop.set()
             await purging
+            if erasing is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await erasing
             if endpoints is not None:
                 endpoints.close()
 

@@ -359,7 +359,7 @@ def keys_revoke(ctx: click.Context, key_id: str) -> None:
 
 @main.group()
 def contacts() -> None:
-    """Read profiles."""
+    """Read profiles; erase a contact."""
 
 
 @contacts.command("get")
@@ -380,6 +380,95 @@ def contacts_get(ctx: click.Context, contact_id: str, workspace: str) -> None:
     if found is None:
         raise click.ClickException("Contact not found")
     click.echo(json.dumps(contact_view(found), indent=2))
+
+
+@contacts.command("erase")
+@click.argument("contact_id")
+@click.option("--workspace", callback=_nonblank, required=True)
+@click.option("--suppress", is_flag=True, help="Also drop every later event of this contact id.")
+@click.option("--wait", is_flag=True, help="Carry the erasure out now, and return once it is done.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help='Print {"erasure_id", "status", "contact_id", "suppress", "requested_at", "completed_at"}.',
+)
+@click.pass_context
+def contacts_erase(
+    ctx: click.Context, contact_id: str, workspace: str, suppress: bool, wait: bool, as_json: bool
+) -> None:
+    """Erase a contact: its profile, history, aliases and events still in the log; its late
+    events (event time at or before now) are dropped. A running server or worker carries it out;
+    --wait carries it out here. A contact never seen is erased all the same.
+
+    \b
+    Example:
+      profilehook contacts erase user123 --workspace default --suppress --wait
+    """
+    from profilehook import erasure as erasure_lib
+    from profilehook.views import erasure_view
+
+    async def call(services: Any) -> Any:
+        erasure = await erasure_lib.request_erasure(services.store, workspace, contact_id, suppress)
+        if wait:
+            await erasure_lib.execute(services.queue, services.store, erasure)
+            erasure = await erasure_lib.get_erasure(services.store, workspace, erasure.erasure_id)
+        return erasure
+
+    erasure = _with_services(_settings(ctx), call)
+    view = erasure_view(erasure)
+    if as_json:
+        click.echo(json.dumps(view))
+    elif erasure.status == "done":
+        click.echo(f"Erasure {erasure.erasure_id} of {contact_id!r}: done {view['completed_at']}")
+    else:
+        click.echo(
+            f"Erasure {erasure.erasure_id} of {contact_id!r}: pending (a running server or"
+            f" worker carries it out; see profilehook erasures get {erasure.erasure_id}"
+            f" --workspace {workspace})"
+        )
+
+
+@contacts.command("unsuppress")
+@click.argument("contact_id")
+@click.option("--workspace", callback=_nonblank, required=True)
+@click.pass_context
+def contacts_unsuppress(ctx: click.Context, contact_id: str, workspace: str) -> None:
+    """Let a suppressed contact's events in again (exit 1 when it is not suppressed).
+
+    \b
+    Example:
+      profilehook contacts unsuppress user123 --workspace default
+    """
+    from profilehook import erasure as erasure_lib
+
+    _with_services(_settings(ctx), lambda s: erasure_lib.unsuppress(s.store, workspace, contact_id))
+    click.echo(f"{contact_id!r} is no longer suppressed")
+
+
+@main.group()
+def erasures() -> None:
+    """Follow erasures."""
+
+
+@erasures.command("get")
+@click.argument("erasure_id")
+@click.option("--workspace", callback=_nonblank, required=True)
+@click.pass_context
+def erasures_get(ctx: click.Context, erasure_id: str, workspace: str) -> None:
+    """Print an erasure and its status (pending or done) as JSON (exit 1 when not found).
+
+    \b
+    Example:
+      profilehook erasures get era_0123456789abcdef0123456789abcdef --workspace default
+    """
+    from profilehook import erasure as erasure_lib
+    from profilehook.views import erasure_view
+
+    found = _with_services(
+        _settings(ctx), lambda s: erasure_lib.get_erasure(s.store, workspace, erasure_id)
+    )
+    click.echo(json.dumps(erasure_view(found), indent=2))
 
 
 @main.group()

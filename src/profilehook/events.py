@@ -46,6 +46,19 @@ class Event(msgspec.Struct, frozen=True, array_like=True, omit_defaults=True):
         return (self.ts_us, self.event_id)
 
 
+def predates(event: Event, upto_us: int) -> bool:
+    """Whether an erasure at ``upto_us`` covers the event: its event time is at or before it, or
+    it was received at or before it (a future-dated event sent before the erasure is the
+    contact's data all the same)."""
+    return event.ts_us <= upto_us or 0 < event.received_us <= upto_us
+
+
+def erased_stub(event: Event) -> Event:
+    """What is kept of an event dropped or erased for its contact's erasure: which event it
+    was (id, contact, time, source, kind), none of what it said."""
+    return msgspec.structs.replace(event, properties={}, metadata=None, event_name="", ops=None)
+
+
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Event)
 

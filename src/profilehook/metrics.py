@@ -21,7 +21,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.events = Counter(
             "profilehook_events",
-            "Events by source and outcome (accepted, rejected, applied, duplicate, failed)",
+            "Events by source and outcome (accepted, rejected, applied, duplicate, failed, erased)",
             ["source", "outcome"],
             registry=self.registry,
         )
@@ -97,7 +97,7 @@ class Metrics:
         )
 
 
-APPLIER_OUTCOMES = ("applied", "duplicate", "failed")
+APPLIER_OUTCOMES = ("applied", "duplicate", "failed", "erased")
 
 
 class ApplierTotals(msgspec.Struct, frozen=True):

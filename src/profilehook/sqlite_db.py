@@ -41,6 +41,7 @@ BACKGROUND_CHECKPOINT_INTERVAL_S = 0.01
 CHECKPOINT_WARNING_INTERVAL_S = 60.0
 # A WAL that grew larger (a long reader kept it from restarting) is cut back to this on restart.
 WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
+SCRUB_TIMEOUT_S = 10.0  # ``scrub`` waits this long at most for readers to let the WAL go
 
 
 @dataclass(slots=True)
@@ -49,10 +50,14 @@ class _Job:
     future: asyncio.Future[Any]
     sql: str = ""  # with ``records``: an append that joins its neighbours' in one row
     records: list[bytes] | None = None
+    alone: bool = False  # run outside any transaction (a checkpoint, VACUUM), by itself
 
 
-def connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
-    """A connection with the pragmas every profilehook database uses."""
+def connect(
+    path: Path, synchronous: str = "FULL", secure_delete: str | None = None
+) -> sqlite3.Connection:
+    """A connection with the pragmas every profilehook database uses; ``secure_delete``
+    (``ON`` or ``FAST``): deleted content is overwritten (see ``SqliteDatabase``)."""
     try:
         conn = sqlite3.connect(
             path,
@@ -63,6 +68,8 @@ def connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={synchronous}")
+        if secure_delete is not None:
+            conn.execute(f"PRAGMA secure_delete={secure_delete}")
     except sqlite3.Error as exc:
         raise StorageUnavailable(f"Cannot open {path}: {exc}") from exc
     return conn
@@ -81,6 +88,7 @@ class SqliteDatabase:
         after_commit: Callable[[], None] | None = None,
         cache_kib: int | None = None,
         background_checkpoints: bool = False,
+        secure_delete: str | None = None,
     ):
         """``version`` of ``schema`` is kept in the file (``PRAGMA user_version``). A file of an
         older version is brought up to date at ``open`` by ``migrations[v]`` (``v`` -> ``v + 1``,
@@ -91,12 +99,15 @@ class SqliteDatabase:
         arrive, so that SQLite's own checkpoint, which runs inside the commit that crosses
         ``CHECKPOINT_PAGES`` while later commits wait, has little left to copy.
         ``synchronous="NORMAL"``: commits are not fsynced (still safe against a killed
-        process); ``fsync_wal`` then makes all of them durable at once."""
+        process); ``fsync_wal`` then makes all of them durable at once. ``secure_delete``: the
+        writer overwrites what it deletes with zeros (``ON``; ``FAST``: only within the b-tree
+        pages it writes anyway, not in pages it frees), so an erasure leaves no bytes behind."""
         self.path = path
         self._schema = schema
         self._version = version
         self._synchronous = synchronous
         self._migrations = dict(migrations or {})
+        self._secure_delete = secure_delete
         self._after_commit = after_commit
         self._cache_kib = cache_kib
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
@@ -118,7 +129,7 @@ class SqliteDatabase:
                 f"Cannot create the directory {self.path.parent}: {exc.strerror or exc}"
             ) from exc
         self._loop = asyncio.get_running_loop()
-        conn = connect(self.path, self._synchronous)
+        conn = connect(self.path, self._synchronous, self._secure_delete)
         checkpointing: sqlite3.Connection | None = None
         try:
             if self._cache_kib is not None:
@@ -127,7 +138,7 @@ class SqliteDatabase:
             conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
             self._create_schema(conn)
             if self._committed is not None:
-                checkpointing = connect(self.path, self._synchronous)
+                checkpointing = connect(self.path, self._synchronous, self._secure_delete)
         except BaseException as exc:
             conn.close()
             if isinstance(exc, sqlite3.Error):
@@ -226,6 +237,38 @@ class SqliteDatabase:
         self._jobs.put(_Job(None, future, sql, records))
         return future
 
+    async def write_alone(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(conn)`` on the writer's connection outside any transaction, between two
+        commits: for what a transaction cannot hold (``wal_checkpoint``, ``VACUUM``)."""
+        if self._writer is None or self._loop is None:
+            raise StorageUnavailable(f"{self.path.name} is not open")
+        future: asyncio.Future[T] = self._loop.create_future()
+        self._jobs.put(_Job(fn, future, alone=True))
+        return await future
+
+    async def scrub(self, vacuum: bool = False) -> None:
+        """Leave no page image of deleted content in the files: with ``vacuum``, rewrite the
+        database (free pages hold what was deleted without ``secure_delete=ON``); then copy the
+        WAL into the file and truncate it to zero bytes (``wal_checkpoint(TRUNCATE)``, retried
+        while other connections read). Raises ``StorageUnavailable`` when readers kept the WAL
+        from being emptied for ``SCRUB_TIMEOUT_S``."""
+
+        def run(conn: sqlite3.Connection) -> None:
+            if vacuum:
+                conn.execute("VACUUM")
+            deadline = time.monotonic() + SCRUB_TIMEOUT_S
+            while True:
+                busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                if not busy:
+                    return
+                if time.monotonic() > deadline:
+                    raise StorageUnavailable(
+                        f"{self.path.name}: readers kept the WAL from being emptied, retry later"
+                    )
+                time.sleep(0.01)
+
+        await self.write_alone(run)
+
     async def fsync_wal(self) -> None:
         """Make every commit so far survive a power loss (WAL mode: one fsync of the log file)."""
 
@@ -269,7 +312,8 @@ class SqliteDatabase:
                     return
                 batch = [job]
                 stop = False
-                while len(batch) < MAX_JOBS_PER_COMMIT:
+                alone: _Job | None = None
+                while len(batch) < MAX_JOBS_PER_COMMIT and not job.alone:
                     try:
                         more = self._jobs.get_nowait()
                     except queue.Empty:
@@ -277,12 +321,20 @@ class SqliteDatabase:
                     if more is None:
                         stop = True
                         break
+                    if more.alone:
+                        alone = more  # after this batch's commit
+                        break
                     batch.append(more)
-                outcomes = self._commit(conn, batch)
-                assert self._loop is not None
-                self._loop.call_soon_threadsafe(_settle, outcomes, self._after_commit)
-                if self._committed is not None:
-                    self._committed.set()
+                for jobs in (batch, [alone] if alone is not None else []):
+                    if not jobs:
+                        continue
+                    outcomes = self._run_alone(conn, jobs[0]) if jobs[0].alone else None
+                    if outcomes is None:
+                        outcomes = self._commit(conn, jobs)
+                    assert self._loop is not None
+                    self._loop.call_soon_threadsafe(_settle, outcomes, self._after_commit)
+                    if self._committed is not None:
+                        self._committed.set()
                 if stop:
                     return
         finally:
@@ -316,6 +368,16 @@ class SqliteDatabase:
                     return
         finally:
             conn.close()
+
+    def _run_alone(
+        self, conn: sqlite3.Connection, job: _Job
+    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+        assert job.fn is not None
+        try:
+            return [(job.future, job.fn(conn), None)]
+        except BaseException as exc:
+            _rollback(conn)
+            return [(job.future, None, _translate(exc, self.path))]
 
     def _commit(
         self, conn: sqlite3.Connection, batch: list[_Job]

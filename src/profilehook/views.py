@@ -7,7 +7,7 @@ from typing import Any
 
 from profilehook.events import Event, iso, seconds
 from profilehook.queues.base import Queue
-from profilehook.stores.base import Contact, EventRecord, ProfileStore
+from profilehook.stores.base import Contact, Erasure, EventRecord, ProfileStore
 
 
 def contact_view(found: Contact) -> dict[str, Any]:
@@ -63,4 +63,17 @@ def operations(event: Event) -> dict[str, str]:
     return {
         name: ops.get(name) or ("unset" if value is None else "set")
         for name, value in event.properties.items()
+    }
+
+
+def erasure_view(erasure: Erasure) -> dict[str, Any]:
+    """An erasure as ``DELETE /v1/contacts/{id}`` and ``GET /v1/erasures/{id}`` answer it, and
+    as ``contacts erase --json`` prints it."""
+    return {
+        "erasure_id": erasure.erasure_id,
+        "status": erasure.status,
+        "contact_id": erasure.contact_id,
+        "suppress": erasure.suppress,
+        "requested_at": iso(erasure.requested_us),
+        "completed_at": iso(erasure.completed_us),
     }

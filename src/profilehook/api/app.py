@@ -24,6 +24,7 @@ from profilehook.api.routes import read_routes
 from profilehook.api.webhooks import PATH_PREFIX, webhook_handler
 from profilehook.applier import Applier, StallWatch
 from profilehook.applier_process import ApplierProcess
+from profilehook.erasure import Eraser
 from profilehook.errors import ProfilehookError
 from profilehook.retention import HistoryPurger
 from profilehook.service import Services
@@ -44,6 +45,7 @@ class ProfilehookApp:
         self.services = services
         self.applies_in = applies_in
         self.deadlines = Deadlines.from_settings(services.settings)
+        self.eraser = Eraser(services.queue, services.store)
         self._ingest = ingest_handlers(services, self.deadlines)
         self._webhooks = webhook_handler(services, self.deadlines)
         # The ingest paths are also known to Starlette, so that other methods get a 405.
@@ -64,7 +66,7 @@ class ProfilehookApp:
         ]
         self._starlette = Starlette(
             routes=ingest_routes
-            + read_routes(services, self.deadlines, self._stall_watch())
+            + read_routes(services, self.deadlines, self._stall_watch(), self.eraser)
             + management_routes(services),
             lifespan=self._lifespan,
             exception_handlers={
@@ -96,6 +98,8 @@ class ProfilehookApp:
         stop = asyncio.Event()
         task = purging = None
         services = self.services
+        # Erasures are executed here (whatever applies): this process writes the embedded log.
+        erasing = asyncio.create_task(self.eraser.run(stop), name="eraser")
         if self.applies_in == "task":
             applier = Applier(
                 services.queue,
@@ -113,7 +117,7 @@ class ProfilehookApp:
             yield
         finally:
             stop.set()
-            for running_task in (task, purging):
+            for running_task in (task, purging, erasing):
                 if running_task is not None:
                     with suppress(asyncio.CancelledError):
                         await running_task

@@ -295,7 +295,7 @@ _SCHEMAS: dict[str, Any] = {
         "required": ["event_id", "status", "contact_id", "source", "received_at", "applied_at"],
         "properties": {
             "event_id": {"type": "string"},
-            "status": {"enum": ["queued", "applied", "duplicate", "failed"]},
+            "status": {"enum": ["queued", "applied", "duplicate", "failed", "erased"]},
             "contact_id": {"type": "string"},
             "source": {"type": "string"},
             "kind": {"enum": ["update", "delete"]},
@@ -330,6 +330,23 @@ _SCHEMAS: dict[str, Any] = {
         },
     },
     "Status": {"type": "object", "properties": {"status": {"type": "string"}}},
+    "Erasure": {
+        "type": "object",
+        "required": ["erasure_id", "status", "contact_id", "suppress", "requested_at"],
+        "properties": {
+            "erasure_id": {"type": "string"},
+            "status": {"enum": ["pending", "done"]},
+            "contact_id": {"type": "string"},
+            "suppress": {"type": "boolean"},
+            "requested_at": {"type": "string", "format": "date-time"},
+            "completed_at": {"type": ["string", "null"], "format": "date-time"},
+        },
+    },
+    "Suppression": {
+        "type": "object",
+        "required": ["contact_id", "suppressed"],
+        "properties": {"contact_id": {"type": "string"}, "suppressed": {"const": False}},
+    },
 }
 
 # -- the management API (api/management.py) -----------------------------------------------------
@@ -466,6 +483,14 @@ _SCHEMAS.update(
                     "type": "boolean",
                     "default": False,
                     "description": "Finish a rotation: only the newest secret keeps working",
+                },
+            },
+            # Two different rotations: asking for both at once is refused (422).
+            "not": {
+                "required": ["revoke_oldest", "drop_previous"],
+                "properties": {
+                    "revoke_oldest": {"const": True},
+                    "drop_previous": {"const": True},
                 },
             },
         },
@@ -710,6 +735,61 @@ def _paths() -> dict[str, Any]:
                     "404": _error("`Contact not found` (also for another workspace's contact)"),
                     **_ERRORS_READ,
                 },
+            },
+            "delete": {
+                "summary": "Erase a contact: nothing of it remains once the erasure is done",
+                "description": "Its profile, history, aliases and events still in the log, up to"
+                " now (T). Its events with an event time at or before T that arrive later are"
+                " dropped (status `erased`); later ones start a new profile. `suppress=true`"
+                " drops every later event too, until `DELETE /v1/suppressions/{contact_id}`. A"
+                " contact never seen is answered the same (202): the answer does not tell"
+                " whether it exists.",
+                SCOPE: c.SCOPE_ADMIN,
+                "parameters": [
+                    _CONTACT_ID,
+                    {
+                        "name": "suppress",
+                        "in": "query",
+                        "schema": {"type": "boolean", "default": False},
+                    },
+                ],
+                "responses": {
+                    "202": _json(_ref("Erasure"), "Recorded; follow it at /v1/erasures/{id}"),
+                    "422": _ERRORS_INGEST["422"],
+                    **_ERRORS_READ,
+                },
+            },
+        },
+        "/v1/erasures/{erasure_id}": {
+            "get": {
+                "summary": "An erasure's status: pending, or done with completed_at",
+                SCOPE: c.SCOPE_ADMIN,
+                "parameters": [
+                    {
+                        "name": "erasure_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {
+                    "200": _json(_ref("Erasure"), "The erasure"),
+                    "404": _error("`Erasure not found` (also another workspace's)"),
+                    **_ERRORS_READ,
+                },
+            }
+        },
+        "/v1/suppressions/{contact_id}": {
+            "delete": {
+                "summary": "Let a suppressed contact's later events in again",
+                SCOPE: c.SCOPE_ADMIN,
+                "parameters": [_CONTACT_ID],
+                "responses": {
+                    "200": _json(_ref("Suppression"), "No longer suppressed"),
+                    "404": _error("`Contact is not suppressed`"),
+                    "422": _ERRORS_INGEST["422"],
+                    **_ERRORS_READ,
+                },
             }
         },
         "/v1/contacts/{contact_id}/history": {
@@ -748,7 +828,7 @@ def _paths() -> dict[str, Any]:
         },
         "/v1/events/{event_id}": {
             "get": {
-                "summary": "An event's status: queued, applied, duplicate or failed",
+                "summary": "An event's status: queued, applied, duplicate, failed or erased",
                 SCOPE: "read",
                 "parameters": [
                     {

@@ -16,17 +16,19 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from profilehook import constants as c
+from profilehook import erasure as erasure_lib
 from profilehook.api import openapi
 from profilehook.api.access import ScopedRoute
 from profilehook.api.deadlines import Deadlines, within
 from profilehook.api.responses import json_response
 from profilehook.applier import StallWatch
+from profilehook.erasure import Eraser
 from profilehook.errors import NotFound, StorageUnavailable, ValidationFailed
 from profilehook.events import Version
 from profilehook.service import Services
 from profilehook.stores.base import KeyGrant
 from profilehook.validation import problem, value_error
-from profilehook.views import contact_view, event_status, event_view
+from profilehook.views import contact_view, erasure_view, event_status, event_view
 
 READY_TIMEOUT_S = 1.0
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -43,9 +45,13 @@ register_url_convertor("any_tail", _AnyTail())
 
 
 def read_routes(
-    services: Services, deadlines: Deadlines, applier: StallWatch | None = None
+    services: Services,
+    deadlines: Deadlines,
+    applier: StallWatch | None = None,
+    eraser: Eraser | None = None,
 ) -> list[ScopedRoute]:
-    """The routes beside ingestion; ``applier`` watches this server's applier, if it has one."""
+    """The routes beside ingestion; ``applier`` watches this server's applier, if it has one;
+    ``eraser`` executes this server's erasures (woken when one is requested here)."""
     store, queue = services.store, services.queue
     bounded = deadline(services.settings.backend_timeout_s)
 
@@ -87,6 +93,27 @@ def read_routes(
             raise NotFound("Event not found")
         return json_response(view)
 
+    async def erase_contact(request: Request, grant: KeyGrant) -> Response:
+        workspace = grant.workspace
+        contact_id, is_history = _contact_path(request)
+        if is_history:
+            raise NotFound("Not Found")
+        suppress = _flag(request, "suppress")
+        erasure = await erasure_lib.request_erasure(store, workspace, contact_id, suppress)
+        if eraser is not None:
+            eraser.wake()
+        return json_response(erasure_view(erasure), status_code=202)
+
+    async def erasure(request: Request, grant: KeyGrant) -> Response:
+        erasure_id = _raw_tail(request, "/v1/erasures/")
+        found = await erasure_lib.get_erasure(store, grant.workspace, erasure_id)
+        return json_response(erasure_view(found))
+
+    async def unsuppress(request: Request, grant: KeyGrant) -> Response:
+        contact_id = _raw_tail(request, "/v1/suppressions/")
+        await erasure_lib.unsuppress(store, grant.workspace, contact_id)
+        return json_response({"contact_id": contact_id, "suppressed": False})
+
     async def healthz(request: Request) -> Response:
         return json_response({"status": "ok"})
 
@@ -119,6 +146,25 @@ def read_routes(
     return [
         ScopedRoute(
             "/v1/contacts/{rest:any_tail}", contact, access="read", store=store, bound=bounded
+        ),
+        ScopedRoute(
+            "/v1/contacts/{rest:any_tail}",
+            erase_contact,
+            access="admin",
+            methods=["DELETE"],
+            store=store,
+            bound=bounded,
+        ),
+        ScopedRoute(
+            "/v1/erasures/{rest:any_tail}", erasure, access="admin", store=store, bound=bounded
+        ),
+        ScopedRoute(
+            "/v1/suppressions/{rest:any_tail}",
+            unsuppress,
+            access="admin",
+            methods=["DELETE"],
+            store=store,
+            bound=bounded,
         ),
         ScopedRoute("/v1/events/{rest:any_tail}", event, access="read", store=store, bound=bounded),
         ScopedRoute("/healthz", healthz, access="public"),
@@ -175,6 +221,16 @@ def _contact_path(request: Request) -> tuple[str, bool]:
     if "\x00" in contact_id:  # no id holds NUL (refused at ingestion)
         raise NotFound("Contact not found")
     return contact_id, is_history
+
+
+def _flag(request: Request, name: str) -> bool:
+    """A boolean query parameter: ``true`` or ``false`` (absent: false)."""
+    raw = request.query_params.get(name, "false")
+    if raw.lower() not in ("true", "false", "1", "0"):
+        raise ValidationFailed(
+            [problem("bool_parsing", ("query", name), "Input should be true or false", raw)]
+        )
+    return raw.lower() in ("true", "1")
 
 
 def _page(request: Request) -> tuple[int, Version | None]:

@@ -63,6 +63,21 @@ class Queue(ABC):
     async def depth(self) -> int:
         """Events accepted and not yet acknowledged."""
 
+    @abstractmethod
+    async def erase_pending(
+        self, workspace: str, contact_id: str, upto_us: int, everything: bool = False
+    ) -> int:
+        """For an erasure: the contact's events still in the log that ``predates`` ``upto_us``
+        (event time or receipt at or before it; all of them with ``everything``: a
+        suppression) keep nothing of what
+        they said: removed, or replaced by their ``erased_stub`` (which the store drops). Those
+        a consumer holds already are dropped by the store. Returns how many. Idempotent."""
+
+    async def scrub(self) -> None:
+        """After ``erase_pending``: leave no bytes of what was removed in the log's files (the
+        SQLite log rewrites its file and empties its WAL). Nothing to do elsewhere."""
+        return None
+
     async def ping(self) -> None:
         """Raise ``StorageUnavailable`` when the backend cannot be reached."""
         await self.depth()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from profilehook.events import Event
+from profilehook.events import Event, erased_stub, predates
 from profilehook.queues.base import Delivery, Queue
 
 
@@ -54,6 +54,21 @@ class MemoryQueue(Queue):
 
     async def depth(self) -> int:
         return len(self._log) - self._acked
+
+    async def erase_pending(
+        self, workspace: str, contact_id: str, upto_us: int, everything: bool = False
+    ) -> int:
+        erased = 0
+        for index in range(self._acked, len(self._log)):
+            event = self._log[index]
+            if (
+                (event.workspace, event.contact_id) == (workspace, contact_id)
+                and (everything or predates(event, upto_us))
+                and event != erased_stub(event)
+            ):
+                self._log[index] = erased_stub(event)
+                erased += 1
+        return erased
 
     def redeliver_unacked(self) -> None:
         """Simulate a consumer crash: everything unacknowledged is delivered again."""

@@ -4,8 +4,11 @@ One work-queue stream holds the events not yet applied: a 2xx is sent only after
 (the stream stored the event), and every applier pulls from one shared durable consumer.
 Messages carry no ``Nats-Msg-Id``: a re-sent event reaches the store, which applies an event_id
 once and marks the repeat (status ``duplicate``), as the embedded log does; JetStream's own
-dedupe would drop it unseen within its window, so its status would depend on the timing. Each event has its own subject (a digest of workspace and event_id) so that a
-pending event can be looked up directly; acknowledged events leave the stream.
+dedupe would drop it unseen within its window, so its status would depend on the timing. Each event has its own subject,
+``<prefix>.<digest of workspace and event_id>.<digest of workspace and contact_id>``, so that a
+pending event can be looked up directly (``find``) and a contact's pending events found for an
+erasure (``erase_pending``); acknowledged events leave the stream. Events published by earlier
+versions have the subject ``<prefix>.<event digest>``: still found, and consumed alike.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from urllib.parse import parse_qsl, urlencode
 import msgspec
 
 from profilehook.errors import ConfigurationError, StorageUnavailable
-from profilehook.events import Event, decode_event, encode_event
+from profilehook.events import Event, decode_event, encode_event, predates
 from profilehook.queues.base import Delivery, Queue
 from profilehook.queues.nats_version import require_supported_server
 
@@ -47,8 +50,13 @@ DUPLICATE_WINDOW_S = 120.0
 PUBLISH_TIMEOUT_S = 5.0
 # An import's batches may be large; a webhook's are also bounded by the request's deadline.
 PUBLISH_TIMEOUT_PER_EVENT_S = 0.001
-# PubAcks received and not yet counted, at most (nats-py drops beyond: those publishes time out).
-PUBACKS_PENDING_MAX = 1_000_000
+# The messages of requests published within this long of each other are written to the server
+# together, one write after the first of them: the stream leader then replicates them in fewer,
+# larger batches (benchmarks/README.md, scenario H). An idle request waits this much longer.
+PUBLISH_LINGER_S = 0.001
+# How often the publishes waiting for their PubAcks are checked against their deadlines: one
+# sweep for all of them, cheaper than a timer per request (benchmarks/README.md, scenario H).
+PUBLISH_SWEEP_S = 0.1
 # The first step is also how long a worker has to apply and acknowledge a batch before
 # JetStream hands it to another worker (a 2,000-event batch takes ~0.2 s here).
 REDELIVERY_BACKOFF_S = [5.0, 15.0, 30.0, 60.0, 120.0]
@@ -166,6 +174,11 @@ async def _fetch_answered(sub: Any, max_events: int, timeout_s: float) -> list[A
     return list(await sub.fetch(batch=max_events, timeout=timeout_s))
 
 
+def _digest(workspace: str, name: str) -> str:
+    data = f"{workspace}\x00{name}".encode(errors="surrogatepass")
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
 def _describe(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
@@ -206,28 +219,55 @@ class _PubAcks:
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
-        self._waiting: dict[str, _Publish] = {}
+        self._waiting: dict[bytes, _Publish] = {}
         self._count = 0
+        self._sweeper: asyncio.Task[None] | None = None
 
-    def expect(self, messages: int) -> tuple[str, _Publish]:
-        """A reply subject for ``messages`` messages, and what completes when all are stored."""
+    def expect(self, messages: int, timeout_s: float) -> tuple[bytes, _Publish]:
+        """A reply subject for ``messages`` messages, and what completes when all are stored
+        or fails with ``TimeoutError`` when they are not within ``timeout_s``."""
         self._count += 1
-        reply = f"{self.prefix}.{self._count}"
-        waiting = self._waiting[reply] = _Publish(messages)
+        reply = b"%s.%d" % (self.prefix.encode(), self._count)
+        loop = asyncio.get_running_loop()
+        waiting = self._waiting[reply] = _Publish(messages, loop.time() + timeout_s)
+        if self._sweeper is None:
+            self._sweeper = loop.create_task(self._sweep())
         return reply, waiting
 
-    def forget(self, reply: str) -> None:
+    async def _sweep(self) -> None:
+        """While publishes wait: fail those past their deadline."""
+        try:
+            while self._waiting:
+                await asyncio.sleep(PUBLISH_SWEEP_S)
+                now_s = asyncio.get_running_loop().time()
+                for waiting in list(self._waiting.values()):
+                    if waiting.deadline_s <= now_s and not waiting.stored.done():
+                        waiting.stored.set_exception(TimeoutError())
+        finally:
+            self._sweeper = None
+
+    def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+
+    def forget(self, reply: bytes) -> None:
         self._waiting.pop(reply, None)
 
-    async def received(self, msg: Any) -> None:
-        waiting = self._waiting.get(msg.subject)
+    def received(self, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        """One PubAck, as the client parsed it (``_Client``): ``headers`` are the raw header
+        block, present only on a status message."""
+        waiting = self._waiting.get(reply)
         if waiting is None or waiting.stored.done():
             return  # a publish given up (its request timed out): nobody waits for it
-        if msg.headers and msg.headers.get(api.Header.STATUS) == "503":
-            # "No responders": no stream holds the subject (it was deleted).
-            waiting.stored.set_exception(nats.js.errors.NoStreamResponseError())
+        if headers:
+            # "NATS/1.0 503": no responders, no stream holds the subject (it was deleted).
+            waiting.stored.set_exception(
+                nats.js.errors.NoStreamResponseError()
+                if headers[9:12] == b"503"
+                else nats.js.errors.Error(f"PubAck status {headers[:40]!r}")
+            )
             return
-        error = _pub_ack_error(msg.data)
+        error = _pub_ack_error(data)
         if error is not None:
             waiting.stored.set_exception(error)
             return
@@ -236,11 +276,29 @@ class _PubAcks:
             waiting.stored.set_result(None)
 
 
-class _Publish:
-    __slots__ = ("acked", "messages", "stored")
+class _Client(Client):
+    """nats-py's client, except that the PubAcks of profilehook's publishes are counted as the
+    parser hands them over: for a subscription, nats-py would build a ``Msg`` (decoding its
+    subjects and headers) and pass it through a queue to a task of its own, per message."""
 
-    def __init__(self, messages: int) -> None:
+    pubacks: _PubAcks | None = None
+    pubacks_sid = -1
+
+    async def _process_msg(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes
+    ) -> None:
+        if sid == self.pubacks_sid and self.pubacks is not None:
+            self.pubacks.received(subject, data, headers)
+            return
+        await super()._process_msg(sid, subject, reply, data, headers)
+
+
+class _Publish:
+    __slots__ = ("acked", "deadline_s", "messages", "stored")
+
+    def __init__(self, messages: int, deadline_s: float) -> None:
         self.messages = messages
+        self.deadline_s = deadline_s  # on the event loop's clock
         self.acked = 0
         self.stored: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -278,6 +336,7 @@ class NatsQueue(Queue):
         self._sub: Any = None
         self._acks = _PubAcks("")
         self._consumer_checked_s = 0.0
+        self._flush_scheduled = False
 
     async def open(self) -> None:
         """Connect (retrying for up to ``connect_timeout_s``) and check the stream.
@@ -291,12 +350,9 @@ class NatsQueue(Queue):
             self._js = self._nc.jetstream(timeout=PUBLISH_TIMEOUT_S)
             await self._ensure_stream()
             self._acks = _PubAcks(self._nc.new_inbox())
-            await self._nc.subscribe(
-                f"{self._acks.prefix}.*",
-                cb=self._acks.received,
-                pending_msgs_limit=PUBACKS_PENDING_MAX,
-                pending_bytes_limit=PUBACKS_PENDING_MAX * 1024,
-            )
+            # Its messages never reach the subscription's queue: _Client hands them over.
+            sub = await self._nc.subscribe(f"{self._acks.prefix}.*")
+            self._nc.pubacks, self._nc.pubacks_sid = self._acks, sub._id
         except ConfigurationError:
             await self.close()
             raise
@@ -341,7 +397,7 @@ class NatsQueue(Queue):
     async def _connect_once(self, servers: list[str], timeout_s: float) -> Any:
         """One pass over the servers (each tried at most twice); a connection that then
         reconnects by itself, without end, if it is lost."""
-        client = Client()
+        client = _Client()
         errors = _ConnectionErrors()
         errors.client = client
         try:
@@ -458,6 +514,7 @@ class NatsQueue(Queue):
             ) from exc
 
     async def close(self) -> None:
+        self._acks.close()
         if self._nc is not None:
             # Publishes were awaited to their PubAck and acks flushed: nothing is in flight.
             await self._nc.close()
@@ -468,9 +525,10 @@ class NatsQueue(Queue):
 
         All of a request's messages are written before any PubAck is awaited, so a request
         costs about one round trip whatever its size, bounded by
-        ``publish_timeout_s(len(events))``. (Not ``publish_async(..., wait_stall=...)``: it
-        yields to the event loop once per message, and the client then writes each message
-        alone; benchmarks/README.md.)
+        ``publish_timeout_s(len(events))``; the messages of requests published within
+        ``PUBLISH_LINGER_S`` of each other go out in one write. (Not
+        ``publish_async(..., wait_stall=...)``: it yields to the event loop once per message,
+        and the client then writes each message alone; benchmarks/README.md.)
 
         Raises ``StorageUnavailable`` when not every event was acknowledged in time; some may
         have been stored (a retry with the same event_ids is deduplicated).
@@ -491,20 +549,39 @@ class NatsQueue(Queue):
 
     async def _publish(self, events: Sequence[Event]) -> None:
         nc = self._connected_client()
-        reply, waiting = self._acks.expect(len(events))
+        timeout_s = publish_timeout_s(len(events))
+        reply, waiting = self._acks.expect(len(events), timeout_s)
         try:
-            async with asyncio.timeout(publish_timeout_s(len(events))):
-                for e in events:
-                    # Appends to the client's buffer (its flusher writes it out); it yields
-                    # only when over 2 MiB are waiting, to flush them.
-                    await nc.publish(
-                        self._subject(e.workspace, e.event_id),
-                        encode_event(e),
-                        reply=reply,
-                    )
-                await waiting.stored
+            # The PUB commands go straight into the client's write buffer, as its ``publish``
+            # puts them, but without waking its flusher for each request.
+            size = 0
+            for e in events:
+                data = encode_event(e)
+                command = b"PUB %s %s %d\r\n%s\r\n" % (
+                    self._subject(e.workspace, e.event_id, e.contact_id).encode(),
+                    reply,
+                    len(data),
+                    data,
+                )
+                nc._pending.append(command)
+                size += len(command)
+            nc._pending_data_size += size
+            if nc._pending_data_size > nc._max_pending_size:
+                async with asyncio.timeout(timeout_s):  # (rare: over 2 MiB waiting)
+                    await nc._flush_pending(force_flush=True)  # as ``publish`` would
+            elif not self._flush_scheduled:
+                self._flush_scheduled = True
+                asyncio.get_running_loop().call_later(PUBLISH_LINGER_S, self._flush_later)
+            await waiting.stored  # or TimeoutError at its deadline (``_PubAcks``)
         finally:
             self._acks.forget(reply)
+
+    def _flush_later(self) -> None:
+        """Wake the client's flusher (it writes out the whole buffer), unless it is awake."""
+        self._flush_scheduled = False
+        queue = None if self._nc is None else self._nc._flush_queue
+        if queue is not None and queue.empty():
+            queue.put_nowait(asyncio.get_running_loop().create_future())
 
     async def fetch(self, max_events: int, wait_s: float) -> list[Delivery]:
         # Disconnected, a fetch would only time out like an empty stream: say so instead, so
@@ -532,24 +609,66 @@ class NatsQueue(Queue):
         return deliveries
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """Acknowledge ``deliveries``; raises ``StorageUnavailable`` when that is not known to
+        have reached the server, and the same deliveries may be acknowledged again.
+
+        Each ack is published to its message's reply subject, not with ``Msg.ack()``: nats-py
+        marks a message acknowledged once the ack is in its buffer, and refuses to send it
+        again. After a flush that failed (the connection to the worker's node was lost), every
+        later attempt failed on the first such message, and the worker acknowledged nothing
+        again while the consumer redelivered the applied events for ever (RELIABILITY.md). A
+        repeated ack is harmless: the consumer ignores an ack for a message it no longer holds.
+        """
+        nc = self._connected_client()
         try:
             for delivery in deliveries:
-                await delivery.token.ack()
-            await self._nc.flush(timeout=PUBLISH_TIMEOUT_S)
+                await nc.publish(delivery.token.reply)
+            await nc.flush(timeout=PUBLISH_TIMEOUT_S)
         except NATS_ERRORS as exc:
             # Unacknowledged events come again; the store's dedupe makes that harmless.
             raise StorageUnavailable(f"NATS ack failed ({exc!r})") from exc
 
     async def find(self, workspace: str, event_id: str) -> Event | None:
         js = self._connected()
+        subject = self._subject(workspace, event_id)
+        for layout in (f"{subject}.*", subject):  # this version's subjects, then older ones
+            try:
+                raw = await js.get_last_msg(self.stream, layout)
+            except nats.js.errors.NotFoundError:
+                continue
+            except NATS_ERRORS as exc:
+                raise StorageUnavailable(f"NATS lookup failed ({exc!r})") from exc
+            event = decode_event(raw.data)
+            if (event.workspace, event.event_id) == (workspace, event_id):
+                return event
+        return None
+
+    async def erase_pending(
+        self, workspace: str, contact_id: str, upto_us: int, everything: bool = False
+    ) -> int:
+        """Deletes them from the stream with JetStream's secure delete (the message's bytes
+        are overwritten in the stream's files). Events published by a version before subjects
+        named the contact cannot be found this way: the store drops them when they are
+        applied."""
+        js = self._connected()
+        subject = f"{self.subject_prefix}.*.{_digest(workspace, contact_id)}"
+        erased, seq = 0, 1
         try:
-            raw = await js.get_last_msg(self.stream, self._subject(workspace, event_id))
-        except nats.js.errors.NotFoundError:
-            return None
+            while True:
+                try:
+                    raw = await js.get_msg(self.stream, seq=seq, subject=subject, next=True)
+                except nats.js.errors.NotFoundError:
+                    return erased
+                seq = raw.seq + 1
+                event = decode_event(raw.data)
+                if (event.workspace, event.contact_id) == (workspace, contact_id) and (
+                    everything or predates(event, upto_us)
+                ):
+                    with contextlib.suppress(nats.js.errors.NotFoundError):
+                        await js.delete_msg(self.stream, raw.seq)  # (acknowledged meanwhile)
+                    erased += 1
         except NATS_ERRORS as exc:
-            raise StorageUnavailable(f"NATS lookup failed ({exc!r})") from exc
-        event = decode_event(raw.data)
-        return event if (event.workspace, event.event_id) == (workspace, event_id) else None
+            raise StorageUnavailable(f"NATS erasure failed ({exc!r})") from exc
 
     async def depth(self) -> int:
         js = self._connected()
@@ -559,9 +678,11 @@ class NatsQueue(Queue):
             raise StorageUnavailable(f"NATS unreachable ({exc!r})") from exc
         return int(info.state.messages)
 
-    def _subject(self, workspace: str, event_id: str) -> str:
-        digest = hashlib.blake2b(f"{workspace}\x00{event_id}".encode(), digest_size=16)
-        return f"{self.subject_prefix}.{digest.hexdigest()}"
+    def _subject(self, workspace: str, event_id: str, contact_id: str | None = None) -> str:
+        """An event's subject; without ``contact_id``, its first part (the subject of events
+        published before subjects named the contact)."""
+        subject = f"{self.subject_prefix}.{_digest(workspace, event_id)}"
+        return subject if contact_id is None else f"{subject}.{_digest(workspace, contact_id)}"
 
     def _connected_client(self) -> Any:
         self._connected()

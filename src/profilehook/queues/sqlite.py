@@ -15,7 +15,7 @@ from pathlib import Path
 
 import msgspec
 
-from profilehook.events import Event, encode_event
+from profilehook.events import Event, encode_event, erased_stub, predates
 from profilehook.queues.base import Delivery, HandsOverAcknowledgements, Queue
 from profilehook.sqlite_db import MAX_RECORDS_PER_ROW, SqliteDatabase
 
@@ -140,6 +140,45 @@ class SqliteQueue(Queue, HandsOverAcknowledgements):
                 if found and seq << INDEX_BITS | index > cursor:
                     return event
         return None
+
+    async def erase_pending(
+        self, workspace: str, contact_id: str, upto_us: int, everything: bool = False
+    ) -> int:
+        # Each matching event is replaced by its stub in its row, in place: every position
+        # stays what it was (a consumer may have read part of the row). Written by whichever
+        # process erases (the server, normally): an erasure is rare and short.
+        def rewrite(conn: sqlite3.Connection) -> int:
+            cursor = _cursor(conn)
+            rows = conn.execute(
+                "SELECT seq, events, body FROM batches WHERE seq >= ? AND instr(body, ?) > 0",
+                (cursor >> INDEX_BITS, contact_id.encode(errors="surrogatepass")),
+            ).fetchall()
+            erased = 0
+            for seq, count, body in rows:
+                events = _decode(count, body)
+                changed = False
+                for index, event in enumerate(events):
+                    if (
+                        (event.workspace, event.contact_id) == (workspace, contact_id)
+                        and (everything or predates(event, upto_us))
+                        and (event.properties or event.metadata or event.event_name)
+                    ):
+                        events[index] = erased_stub(event)
+                        changed = True
+                        erased += 1
+                if changed:
+                    conn.execute(
+                        "UPDATE batches SET body = ? WHERE seq = ?",
+                        (b"".join(encode_event(e) for e in events), seq),
+                    )
+            return erased
+
+        return await self.db.write(rewrite)
+
+    async def scrub(self) -> None:
+        # Acknowledged rows were deleted without overwriting (that would double the log's
+        # writes): their bytes may be in free pages, which VACUUM leaves out of the new file.
+        await self.db.scrub(vacuum=True)
 
     async def depth(self) -> int:
         def count(conn: sqlite3.Connection) -> int:

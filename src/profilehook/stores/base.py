@@ -3,9 +3,10 @@
 A store is several interfaces, one per concern (as dramatiq splits ``Broker`` from
 ``Consumer``): ``ProfileStore`` (apply events, profiles, history, rebuild, export pages),
 ``Catalog`` (API keys and webhook sources), ``ProfileAliases`` (a source's own profile ids and
-the events that wait for them) and ``SeenNonces`` (replay protection). A backend implements
+the events that wait for them), ``SeenNonces`` (replay protection) and ``Erasures`` (erasure
+requests, suppressions). A backend implements
 several in one class (``Store``, all of them); a caller asks only for the ones it uses. A new
-concern (queries, segments, changes, erasure) gets an interface and a contract suite of its own.
+concern (queries, segments, changes) gets an interface and a contract suite of its own.
 
 Per property, the update with the greatest version ``(event time, event_id)`` wins; ``None``
 unsets (the tombstone keeps its version). Deleting a contact at version D removes every
@@ -25,16 +26,18 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import msgspec
 
 from profilehook.constants import DEFAULT_KEY_SCOPES, SCOPE_ADMIN, SCOPES
-from profilehook.events import Event, Version
+from profilehook.events import Event, Version, erased_stub, predates
 
-EventStatus = Literal["queued", "applied", "duplicate", "failed"]
+EventStatus = Literal["queued", "applied", "duplicate", "failed", "erased"]
 """``duplicate``: applied, and since then accepted again (another delivery, not the log's
-redelivery of the same one) and dropped as a repeat; the first copy is what was applied."""
+redelivery of the same one) and dropped as a repeat; the first copy is what was applied.
+``erased``: its contact was erased (or is suppressed): only the event's id, contact, time and
+source are kept (``erased_stub``), none of its properties or metadata."""
 Progress = Callable[[int, int], None]
 """Called with (done, total) during long operations."""
 
@@ -124,10 +127,12 @@ class ApplyResult:
     duplicates: int = 0
     superseded: int = 0
     written: int = 0
+    erased: int = 0
     applied_by_source: dict[str, int] = field(default_factory=dict)
     # (workspace, event_id) -> why an operation of the event changed nothing (README, Property operations: ``add``
     # on a value that is not a number): the store keeps it as the event record's ``error``.
     warnings: dict[tuple[str, str], str] = field(default_factory=dict)
+    erased_by_source: dict[str, int] = field(default_factory=dict)
 
     def add(self, other: ApplyResult) -> None:
         self.applied += other.applied
@@ -135,15 +140,24 @@ class ApplyResult:
         self.superseded += other.superseded
         self.written += other.written
         self.warnings.update(other.warnings)
+        self.erased += other.erased
         for source, count in other.applied_by_source.items():
             self.applied_by_source[source] = self.applied_by_source.get(source, 0) + count
+        for source, count in other.erased_by_source.items():
+            self.erased_by_source[source] = self.erased_by_source.get(source, 0) + count
 
-    def count_new(self, batch: Sequence[Event], new: Sequence[Event]) -> ApplyResult:
-        """Record which events of ``batch`` were new (applied) and which were repeats."""
+    def count_new(
+        self, batch: Sequence[Event], new: Sequence[Event], erased: Sequence[Event] = ()
+    ) -> ApplyResult:
+        """Record which events of ``batch`` were new (applied), which were new and dropped for
+        an erasure (``erased``), and which were repeats."""
         self.applied = len(new)
-        self.duplicates = len(batch) - len(new)
+        self.erased = len(erased)
+        self.duplicates = len(batch) - len(new) - len(erased)
         for event in new:
             self.applied_by_source[event.source] = self.applied_by_source.get(event.source, 0) + 1
+        for event in erased:
+            self.erased_by_source[event.source] = self.erased_by_source.get(event.source, 0) + 1
         return self
 
 
@@ -666,7 +680,130 @@ class ProfileAliases(ABC):
         """Forget parked events once they have been published."""
 
 
-class Store(ProfileStore, Catalog, ProfileAliases, SeenNonces, ABC):
+ErasureStatus = Literal["pending", "done"]
+
+
+@dataclass(frozen=True)
+class Erasure:
+    """A request to forget one contact: everything of it with an event time at or before
+    ``requested_us`` (T) goes; with ``suppress``, every later event of it is dropped too until
+    the suppression is removed. ``completed_us`` is set once nothing of it is left."""
+
+    erasure_id: str
+    workspace: str
+    contact_id: str
+    requested_us: int
+    suppress: bool
+    completed_us: int | None = None
+
+    @property
+    def status(self) -> ErasureStatus:
+        return "pending" if self.completed_us is None else "done"
+
+
+@dataclass(frozen=True)
+class ErasedContact:
+    """What ``apply`` checks for a contact that was erased: its events that ``predates`` the
+    newest erasure's T (``upto_us``) are dropped, and all of them while ``suppressed``."""
+
+    upto_us: int
+    suppressed: bool
+
+    def drops(self, event: Event) -> bool:
+        return self.suppressed or predates(event, self.upto_us)
+
+
+def split_erased(
+    events: Sequence[Event], erased: dict[tuple[str, str], ErasedContact]
+) -> tuple[list[Event], list[Event]]:
+    """``events`` split into those to apply and those an erasure drops (as stubs)."""
+    if not erased:
+        return list(events), []
+    kept: list[Event] = []
+    dropped: list[Event] = []
+    for event in events:
+        found = erased.get((event.workspace, event.contact_id))
+        if found is not None and found.drops(event):
+            dropped.append(erased_stub(event))
+        else:
+            kept.append(event)
+    return kept, dropped
+
+
+H = TypeVar("H")
+
+
+@dataclass
+class ContactErasure(Generic[H]):
+    """What ``erase_contact`` does to a contact's stored events (each with a backend's handle):
+    the ones the erasure covers become stubs; the contact's profile is then the fold of the
+    applied ones left (``remaining``), recomputed from nothing."""
+
+    stubs: list[tuple[H, Event]]
+    remaining: list[Event]
+    erased_ids: set[str]
+
+    @classmethod
+    def of(cls, records: Iterable[tuple[H, str, Event]], upto_us: int) -> ContactErasure[H]:
+        """``records``: (handle, status, event) of the contact's events not erased yet."""
+        plan: ContactErasure[H] = cls([], [], set())
+        for handle, status, event in records:
+            if predates(event, upto_us):
+                plan.stubs.append((handle, erased_stub(event)))
+                plan.erased_ids.add(event.event_id)
+            elif status in ("applied", "duplicate"):
+                plan.remaining.append(event)
+        return plan
+
+    def covers_alias(self, version: Version, upto_us: int) -> bool:
+        """Whether a profile alias set at ``version`` goes with the erasure."""
+        return version[0] <= upto_us or version[1] in self.erased_ids
+
+
+class Erasures(ABC):
+    """Erasure requests and suppressions. Passes tests/test_erasure_contract.py.
+
+    A request is recorded durably first (``request_erasure``): from then on ``apply`` drops the
+    contact's events up to its time (in the apply transaction, so that concurrent appliers
+    agree). Whoever executes it (erasure.py) then removes the contact's data up to that time
+    (``erase_contact``, idempotent), and marks it done (``complete_erasure``).
+
+    Backend errors are raised as ``StorageUnavailable``.
+    """
+
+    @abstractmethod
+    async def request_erasure(self, erasure: Erasure) -> None:
+        """Record a pending erasure durably, and the contact as erased up to its time (and
+        suppressed, if it asks). Committed before this returns."""
+
+    @abstractmethod
+    async def get_erasure(self, workspace: str, erasure_id: str) -> Erasure | None: ...
+
+    @abstractmethod
+    async def pending_erasures(self, limit: int) -> list[Erasure]:
+        """Erasures not done yet, oldest first."""
+
+    @abstractmethod
+    async def erase_contact(self, erasure: Erasure) -> None:
+        """Remove what the store holds of the contact from before the erasure: its events that
+        ``predates`` T become ``erased_stub`` records, its profile is recomputed from the events
+        left (none: no profile), and its profile aliases set by those events go with the events
+        parked for them. Idempotent. On SQLite, deleted bytes are overwritten and no page image
+        of them stays in the WAL once this returns."""
+
+    @abstractmethod
+    async def complete_erasure(self, erasure_id: str, completed_us: int) -> None:
+        """Mark an erasure done (a second call changes nothing)."""
+
+    @abstractmethod
+    async def unsuppress(self, workspace: str, contact_id: str) -> bool:
+        """Stop dropping the contact's later events; False when it was not suppressed."""
+
+    @abstractmethod
+    async def is_suppressed(self, workspace: str, contact_id: str) -> bool: ...
+
+
+class Store(ProfileStore, Catalog, ProfileAliases, SeenNonces, Erasures, ABC):
     """Every interface above, over one backend's data (what each backend class implements, and
     what ``open_store`` returns): opened and closed once for all of them."""
 

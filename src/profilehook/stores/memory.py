@@ -14,7 +14,10 @@ from profilehook.stores.base import (
     ApplyResult,
     Base,
     Contact,
+    ContactErasure,
     ContactState,
+    ErasedContact,
+    Erasure,
     EventRecord,
     KeyGrant,
     Nonce,
@@ -26,6 +29,7 @@ from profilehook.stores.base import (
     first_of_each,
     plan_contact,
     repeats,
+    split_erased,
 )
 
 
@@ -47,6 +51,8 @@ class MemoryStore(Store):
         self._aliases: dict[tuple[str, str, str], tuple[str, Version]] = {}
         self._parked: dict[tuple[str, str, str], dict[str, Event]] = {}
         self._nonces: dict[bytes, int] = {}  # key -> expires_us
+        self._erasures: dict[str, Erasure] = {}
+        self._erased: dict[tuple[str, str], ErasedContact] = {}
 
     async def open(self) -> None:
         return None
@@ -55,13 +61,16 @@ class MemoryStore(Store):
         return None
 
     async def apply(self, events: Sequence[Event]) -> ApplyResult:
-        new = [e for e in first_of_each(events) if (e.workspace, e.event_id) not in self._events]
+        fresh = [e for e in first_of_each(events) if (e.workspace, e.event_id) not in self._events]
+        new, erased = split_erased(fresh, self._erased)
         applied_us = now_us()
         for event in new:
             self._events[(event.workspace, event.event_id)] = EventRecord(
                 event, "applied", applied_us
             )
-        for repeat in repeats(events, new):
+        for stub in erased:
+            self._events[(stub.workspace, stub.event_id)] = EventRecord(stub, "erased", applied_us)
+        for repeat in repeats(events, fresh):
             stored = self._events[(repeat.workspace, repeat.event_id)]
             if stored.status == "applied" and stored.event != repeat:
                 self._events[(repeat.workspace, repeat.event_id)] = replace(
@@ -71,7 +80,7 @@ class MemoryStore(Store):
         for key, warning in result.warnings.items():
             if key in self._events:
                 self._events[key] = replace(self._events[key], error=warning)
-        return result.count_new(events, new)
+        return result.count_new(events, new, erased)
 
     def _base(self, key: tuple[str, str], new: Sequence[Event]) -> Base:
         """What a late event of contact ``key`` is recomputed from: its snapshot, and its
@@ -93,7 +102,9 @@ class MemoryStore(Store):
 
     async def record_failure(self, event: Event, error: str) -> None:
         key = (event.workspace, event.event_id)
-        self._events.setdefault(key, EventRecord(event, "failed", now_us(), error))
+        _, erased = split_erased([event], self._erased)  # an erased contact's: its stub
+        record = EventRecord(erased[0], "erased", now_us()) if erased else None
+        self._events.setdefault(key, record or EventRecord(event, "failed", now_us(), error))
 
     async def get_contact(self, workspace: str, contact_id: str) -> Contact | None:
         profile = self._profiles.get((workspace, contact_id))
@@ -125,6 +136,7 @@ class MemoryStore(Store):
             and r.event.contact_id == contact_id
             and (before is None or r.event.version < before)
             and (deleted is None or r.event.version > deleted)
+            and r.status != "erased"
         ]
         records.sort(key=lambda r: r.event.version, reverse=True)
         return records[:limit]
@@ -229,6 +241,61 @@ class MemoryStore(Store):
 
     async def forget_nonce(self, nonce: Nonce) -> None:
         self._nonces.pop(nonce.key(), None)
+
+    async def request_erasure(self, erasure: Erasure) -> None:
+        self._erasures[erasure.erasure_id] = erasure
+        key = (erasure.workspace, erasure.contact_id)
+        held = self._erased.get(key)
+        self._erased[key] = ErasedContact(
+            max(erasure.requested_us, held.upto_us if held else 0),
+            erasure.suppress or (held is not None and held.suppressed),
+        )
+
+    async def get_erasure(self, workspace: str, erasure_id: str) -> Erasure | None:
+        found = self._erasures.get(erasure_id)
+        return found if found is not None and found.workspace == workspace else None
+
+    async def pending_erasures(self, limit: int) -> list[Erasure]:
+        pending = [e for e in self._erasures.values() if e.completed_us is None]
+        return sorted(pending, key=lambda e: e.requested_us)[:limit]
+
+    async def erase_contact(self, erasure: Erasure) -> None:
+        workspace, contact_id, upto = erasure.workspace, erasure.contact_id, erasure.requested_us
+        plan = ContactErasure.of(
+            (
+                (key, record.status, record.event)
+                for key, record in self._events.items()
+                if (record.event.workspace, record.event.contact_id) == (workspace, contact_id)
+                and record.status != "erased"
+            ),
+            upto,
+        )
+        for key, stub in plan.stubs:
+            self._events[key] = EventRecord(stub, "erased", self._events[key].applied_us)
+        # Retention's snapshot of the contact holds only what predates the erasure.
+        self._snapshots.pop((workspace, contact_id), None)
+        self._profiles.pop((workspace, contact_id), None)
+        _fold(self._profiles, plan.remaining)
+        for alias, (mapped, version) in list(self._aliases.items()):
+            if (alias[0], mapped) == (workspace, contact_id) and plan.covers_alias(version, upto):
+                del self._aliases[alias]
+                self._parked.pop(alias, None)
+
+    async def complete_erasure(self, erasure_id: str, completed_us: int) -> None:
+        found = self._erasures.get(erasure_id)
+        if found is not None and found.completed_us is None:
+            self._erasures[erasure_id] = replace(found, completed_us=completed_us)
+
+    async def unsuppress(self, workspace: str, contact_id: str) -> bool:
+        held = self._erased.get((workspace, contact_id))
+        if held is None or not held.suppressed:
+            return False
+        self._erased[(workspace, contact_id)] = replace(held, suppressed=False)
+        return True
+
+    async def is_suppressed(self, workspace: str, contact_id: str) -> bool:
+        held = self._erased.get((workspace, contact_id))
+        return held is not None and held.suppressed
 
 
 _APPLIED = ("applied", "duplicate")  # the statuses of events that were applied

@@ -31,7 +31,10 @@ from profilehook.stores.base import (
     ApiKey,
     ApplyResult,
     Contact,
+    ContactErasure,
     ContactState,
+    ErasedContact,
+    Erasure,
     EventRecord,
     KeyGrant,
     Nonce,
@@ -46,6 +49,7 @@ from profilehook.stores.base import (
     repeats,
     scopes_of,
     scopes_text,
+    split_erased,
 )
 
 try:
@@ -65,6 +69,7 @@ Conn = psycopg.AsyncConnection[Any]
 NOTIFY_CHANNEL = "profilehook_catalog"
 MIGRATION_LOCK_ID = 0x70686B  # any constant shared by every profilehook process
 PURGE_LOCK_ID = 0x706870  # another: purge_history's
+ERASURE_LOCK_ID = 0x70686B_02  # applies hold it shared, an erasure request exclusively
 REBUILD_CHUNK_EVENTS = 5_000
 MIGRATION_CHUNK_ROWS = 5_000
 
@@ -235,6 +240,25 @@ MIGRATIONS: list[Migration] = [
         PRIMARY KEY (workspace, contact_id, name)
     );
     CREATE INDEX events_by_time ON events (ts_us);
+    """,
+    """
+    CREATE TABLE erasures (
+        erasure_id text PRIMARY KEY,
+        workspace text NOT NULL,
+        contact_id text COLLATE "C" NOT NULL,
+        requested_us bigint NOT NULL,
+        suppress boolean NOT NULL,
+        completed_us bigint
+    );
+    CREATE INDEX erasures_pending ON erasures (requested_us) WHERE completed_us IS NULL;
+    CREATE TABLE erased_contacts (
+        workspace text NOT NULL,
+        contact_id text COLLATE "C" NOT NULL,
+        upto_us bigint NOT NULL,
+        suppressed boolean NOT NULL,
+        PRIMARY KEY (workspace, contact_id)
+    );
+    CREATE INDEX profile_aliases_by_contact ON profile_aliases (workspace, contact_id);
     """,
     """
     -- Property operations: per contact, the version of its newest event with an operation
@@ -540,18 +564,23 @@ class PostgresStore(Store):
 
     async def record_failure(self, event: Event, error: str) -> None:
         async def insert(conn: Conn) -> None:
+            # An erased contact's event is kept as its stub, whatever failed.
+            await conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (ERASURE_LOCK_ID,))
+            _, erased = split_erased([event], await _erased_contacts(conn, [event]))
+            status, kept, why = ("erased", erased[0], None) if erased else ("failed", event, error)
             await conn.execute(
                 "INSERT INTO events (workspace, event_id, contact_id, ts_us, status, applied_us,"
-                " error, body) VALUES (%s, %s, %s, %s, 'failed', %s, %s, %s)"
+                " error, body) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
                 " ON CONFLICT DO NOTHING",
                 (
                     event.workspace,
                     event.event_id,
                     event.contact_id,
                     event.ts_us,
+                    status,
                     now_us(),
-                    error,
-                    encode_event(event),
+                    why,
+                    encode_event(kept),
                 ),
             )
 
@@ -606,7 +635,7 @@ class PostgresStore(Store):
             cur = await conn.execute(
                 "SELECT e.status, e.applied_us, e.error, e.body FROM events e"
                 " LEFT JOIN contacts k ON k.workspace = e.workspace AND k.contact_id = e.contact_id"
-                " WHERE e.workspace = %s AND e.contact_id = %s"
+                " WHERE e.workspace = %s AND e.contact_id = %s AND e.status <> 'erased'"
                 ' AND (e.ts_us, e.event_id COLLATE "C") < (%s, %s)'
                 " AND (k.deleted_ts_us IS NULL"
                 ' OR (e.ts_us, e.event_id COLLATE "C") > (k.deleted_ts_us, k.deleted_event_id))'
@@ -812,6 +841,88 @@ class PostgresStore(Store):
 
         await self._run(forget)
 
+    async def request_erasure(self, erasure: Erasure) -> None:
+        async def insert(conn: Conn) -> None:
+            # Exclusive: waits for the apply transactions under way (each holds the lock
+            # shared from before it checks erasures); every later one sees this erasure.
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (ERASURE_LOCK_ID,))
+            await conn.execute(
+                "INSERT INTO erasures (erasure_id, workspace, contact_id, requested_us, suppress)"
+                " VALUES (%s, %s, %s, %s, %s)",
+                (
+                    erasure.erasure_id,
+                    erasure.workspace,
+                    erasure.contact_id,
+                    erasure.requested_us,
+                    erasure.suppress,
+                ),
+            )
+            await conn.execute(
+                "INSERT INTO erased_contacts AS x (workspace, contact_id, upto_us, suppressed)"
+                " VALUES (%s, %s, %s, %s) ON CONFLICT (workspace, contact_id) DO UPDATE SET"
+                " upto_us = greatest(x.upto_us, excluded.upto_us),"
+                " suppressed = x.suppressed OR excluded.suppressed",
+                (erasure.workspace, erasure.contact_id, erasure.requested_us, erasure.suppress),
+            )
+
+        await self._run(insert)
+
+    async def get_erasure(self, workspace: str, erasure_id: str) -> Erasure | None:
+        async def select(conn: Conn) -> Erasure | None:
+            cur = await conn.execute(
+                _ERASURE_SELECT + " WHERE erasure_id = %s AND workspace = %s",
+                (erasure_id, workspace),
+            )
+            row = await cur.fetchone()
+            return None if row is None else Erasure(*row)
+
+        return await self._run(select)
+
+    async def pending_erasures(self, limit: int) -> list[Erasure]:
+        async def select(conn: Conn) -> list[Erasure]:
+            cur = await conn.execute(
+                _ERASURE_SELECT + " WHERE completed_us IS NULL ORDER BY requested_us LIMIT %s",
+                (limit,),
+            )
+            return [Erasure(*row) for row in await cur.fetchall()]
+
+        return await self._run(select)
+
+    async def erase_contact(self, erasure: Erasure) -> None:
+        await self._run(lambda conn: _erase_contact(conn, erasure))
+
+    async def complete_erasure(self, erasure_id: str, completed_us: int) -> None:
+        async def update(conn: Conn) -> None:
+            await conn.execute(
+                "UPDATE erasures SET completed_us = %s"
+                " WHERE erasure_id = %s AND completed_us IS NULL",
+                (completed_us, erasure_id),
+            )
+
+        await self._run(update)
+
+    async def unsuppress(self, workspace: str, contact_id: str) -> bool:
+        async def update(conn: Conn) -> bool:
+            cur = await conn.execute(
+                "UPDATE erased_contacts SET suppressed = false"
+                " WHERE workspace = %s AND contact_id = %s AND suppressed",
+                (workspace, contact_id),
+            )
+            return cur.rowcount > 0
+
+        return await self._run(update)
+
+    async def is_suppressed(self, workspace: str, contact_id: str) -> bool:
+        async def select(conn: Conn) -> bool:
+            cur = await conn.execute(
+                "SELECT suppressed FROM erased_contacts WHERE workspace = %s AND contact_id = %s",
+                (workspace, contact_id),
+            )
+            row = await cur.fetchone()
+            return row is not None and bool(row[0])
+
+        return await self._run(select)
+
 
 POOL_TIMEOUT_S = 5.0  # to get a connection from the pool
 POOL_APPLICATION_NAME = "profilehook"
@@ -921,24 +1032,33 @@ def _record(row: Any) -> EventRecord:
 
 async def _apply(conn: Conn, events: Sequence[Event]) -> ApplyResult:
     unique = first_of_each(events)
+    # Shared with every other apply; an erasure request takes it exclusively: an apply either
+    # committed before the request (and the erasure removes what it wrote) or sees it below.
+    await conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (ERASURE_LOCK_ID,))
+    kept, erased = split_erased(unique, await _erased_contacts(conn, unique))
+    erased_ids = {(e.workspace, e.event_id) for e in erased}
     applied_us = now_us()
+    rows = [*kept, *erased]
     cur = await conn.execute(
         "INSERT INTO events (workspace, event_id, contact_id, ts_us, status, applied_us, body)"
-        " SELECT w, e, c, t, 'applied', %s, b FROM unnest(%s::text[], %s::text[], %s::text[],"
-        " %s::bigint[], %s::bytea[]) AS u(w, e, c, t, b)"
+        " SELECT w, e, c, t, s, %s, b FROM unnest(%s::text[], %s::text[], %s::text[],"
+        " %s::bigint[], %s::text[], %s::bytea[]) AS u(w, e, c, t, s, b)"
         " ON CONFLICT DO NOTHING RETURNING workspace, event_id",
         (
             applied_us,
-            [e.workspace for e in unique],
-            [e.event_id for e in unique],
-            [e.contact_id for e in unique],
-            [e.ts_us for e in unique],
-            [encode_event(e) for e in unique],
+            [e.workspace for e in rows],
+            [e.event_id for e in rows],
+            [e.contact_id for e in rows],
+            [e.ts_us for e in rows],
+            ["erased" if (e.workspace, e.event_id) in erased_ids else "applied" for e in rows],
+            [encode_event(e) for e in rows],
         ),
     )
     inserted = {(w, e) for w, e in await cur.fetchall()}
-    new = [e for e in unique if (e.workspace, e.event_id) in inserted]
-    dropped = repeats(events, new)
+    new = [e for e in kept if (e.workspace, e.event_id) in inserted]
+    erased = [e for e in erased if (e.workspace, e.event_id) in inserted]
+    fresh_ids = {(e.workspace, e.event_id) for e in (*new, *erased)}
+    dropped = repeats(events, [e for e in unique if (e.workspace, e.event_id) in fresh_ids])
     if dropped:
         await conn.execute(
             "UPDATE events AS e SET status = 'duplicate'"
@@ -954,7 +1074,73 @@ async def _apply(conn: Conn, events: Sequence[Event]) -> ApplyResult:
             " AS u(w, i, m) WHERE e.workspace = u.w AND e.event_id = u.i",
             _columns([(*key, w) for key, w in result.warnings.items()], 3),
         )
-    return result.count_new(events, new)
+    return result.count_new(events, new, erased)
+
+
+async def _erased_contacts(
+    conn: Conn, events: Sequence[Event]
+) -> dict[tuple[str, str], ErasedContact]:
+    keys = sorted({(e.workspace, e.contact_id) for e in events})
+    cur = await conn.execute(
+        "SELECT x.workspace, x.contact_id, x.upto_us, x.suppressed FROM erased_contacts x"
+        " JOIN unnest(%s::text[], %s::text[]) AS u(w, c)"
+        " ON x.workspace = u.w AND x.contact_id = u.c",
+        _columns(keys, 2),
+    )
+    return {(w, c): ErasedContact(upto, bool(s)) for w, c, upto, s in await cur.fetchall()}
+
+
+_ERASURE_SELECT = (
+    "SELECT erasure_id, workspace, contact_id, requested_us, suppress, completed_us FROM erasures"
+)
+
+
+async def _erase_contact(conn: Conn, erasure: Erasure) -> None:
+    """One transaction: the events the erasure covers become stubs, the contact's profile is
+    recomputed from the events left, its aliases set by covered events go, and the events
+    parked for them. The contact is locked first, as an apply locks it: one under way ends before."""
+    workspace, contact_id, upto = erasure.workspace, erasure.contact_id, erasure.requested_us
+    contact = (workspace, contact_id)
+    # The locks an apply of the contact takes, in its order: one under way ends before.
+    await conn.execute(_PROFILES.lock)
+    await conn.execute(_PROFILES.lock_contacts, _columns([contact], 2))
+    cur = await conn.execute(
+        "SELECT event_id, status, body FROM events WHERE workspace = %s AND contact_id = %s"
+        " AND status <> 'erased'",
+        contact,
+    )
+    plan = ContactErasure.of(
+        ((i, status, decode_event(bytes(body))) for i, status, body in await cur.fetchall()), upto
+    )
+    if plan.stubs:
+        await conn.execute(
+            "UPDATE events e SET status = 'erased', error = NULL, body = u.b"
+            " FROM unnest(%s::text[], %s::bytea[]) AS u(i, b)"
+            " WHERE e.workspace = %s AND e.event_id = u.i",
+            (*_columns([(i, encode_event(stub)) for i, stub in plan.stubs], 2), workspace),
+        )
+    # Retention's snapshot of the contact holds only what predates the erasure.
+    for table in ("properties", "contacts", "snapshot_properties", "snapshot_contacts"):
+        await conn.execute(
+            f"DELETE FROM {table} WHERE workspace = %s AND contact_id = %s",  # names from above
+            contact,
+        )
+    if plan.remaining:
+        await _apply_profiles(conn, plan.remaining)
+    cur = await conn.execute(
+        "SELECT source_id, profile_id, ts_us, event_id FROM profile_aliases"
+        " WHERE workspace = %s AND contact_id = %s",
+        contact,
+    )
+    covered = [
+        (source_id, profile_id)
+        for source_id, profile_id, ts_us, event_id in await cur.fetchall()
+        if plan.covers_alias((ts_us, event_id), upto)
+    ]
+    for source_id, profile_id in covered:
+        key = (workspace, source_id, profile_id)
+        await conn.execute("DELETE FROM profile_aliases" + _ALIAS_WHERE, key)
+        await conn.execute("DELETE FROM parked_events" + _ALIAS_WHERE, key)
 
 
 async def _apply_profiles(

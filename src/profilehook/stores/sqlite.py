@@ -25,8 +25,11 @@ from profilehook.stores.base import (
     ApplyResult,
     Base,
     Contact,
+    ContactErasure,
     ContactPlan,
     ContactState,
+    ErasedContact,
+    Erasure,
     EventRecord,
     KeyGrant,
     Nonce,
@@ -40,10 +43,13 @@ from profilehook.stores.base import (
     repeats,
     scopes_of,
     scopes_text,
+    split_erased,
 )
 
-SCHEMA_VERSION = 4  # 1: events keyed by their ids, one property per map entry; 2: id_key a hash;
-# 3: id_key time-ordered; 4: contacts (and snapshots) keep their newest operation's version
+# 1: events keyed by their ids, one property per map entry; 2: id_key a hash; 3: id_key
+# time-ordered; 4: erasures (older versions would apply an erased contact's events: they must not
+# open a file that has them); 5: contacts (and snapshots) keep their newest operation's version
+SCHEMA_VERSION = 5
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     workspace TEXT NOT NULL,
@@ -120,6 +126,23 @@ CREATE TABLE IF NOT EXISTS seen_nonces (
     expires_us INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS seen_nonces_by_expiry ON seen_nonces (expires_us);
+CREATE TABLE IF NOT EXISTS erasures (
+    erasure_id TEXT PRIMARY KEY,
+    workspace TEXT NOT NULL,
+    contact_id TEXT NOT NULL,
+    requested_us INTEGER NOT NULL,
+    suppress INTEGER NOT NULL,
+    completed_us INTEGER
+);
+CREATE INDEX IF NOT EXISTS erasures_pending ON erasures (requested_us) WHERE completed_us IS NULL;
+-- What ``apply`` checks: one row per erased contact (empty table: one page read per batch).
+CREATE TABLE IF NOT EXISTS erased_contacts (
+    workspace TEXT NOT NULL,
+    contact_id TEXT NOT NULL,
+    upto_us INTEGER NOT NULL,
+    suppressed INTEGER NOT NULL,
+    PRIMARY KEY (workspace, contact_id)
+) WITHOUT ROWID;
 """
 
 # Keys and sources live in a file of their own: the hot path checks on every request whether
@@ -162,8 +185,11 @@ class SqliteStore(Store):
             SCHEMA,
             SCHEMA_VERSION,
             synchronous="NORMAL",
-            migrations={2: _rekey_2_to_3, 3: _operations_3_to_4},
+            migrations={2: _rekey_2_to_3, 3: _add_erasures_3_to_4, 4: _operations_4_to_5},
             cache_kib=STORE_CACHE_KIB,
+            # Every deleted or rewritten row is overwritten with zeros, in pages and in freed
+            # pages: an erased contact's old profile rows leave no bytes in the file.
+            secure_delete="ON",
         )
         self.catalog = SqliteDatabase(
             path.with_name(f"{path.stem}.catalog{path.suffix}"),
@@ -201,7 +227,13 @@ class SqliteStore(Store):
 
         def insert(conn: sqlite3.Connection) -> None:
             if _find_event(conn, event.workspace, event.event_id, id_key) is None:
-                row = _event_row(event, id_key, "failed", now_us(), {}, error)
+                # An erased contact's event is kept as its stub, whatever failed.
+                found = _erased_contacts(conn, [event]) if _any_erased(conn) else {}
+                _, erased = split_erased([event], found)
+                if erased:
+                    row = _event_row(erased[0], id_key, "erased", now_us(), {})
+                else:
+                    row = _event_row(event, id_key, "failed", now_us(), {}, error)
                 conn.execute(_INSERT_EVENT, row)
 
         await self.db.write(insert)
@@ -246,7 +278,7 @@ class SqliteStore(Store):
                     "SELECT status, applied_us, error, body FROM events"
                     " WHERE contact_key = ? AND ts_us <= ? AND (ts_us, event_id) < (?, ?)"
                     " AND ts_us >= ? AND (ts_us, event_id) > (?, ?)"
-                    " AND workspace = ? AND contact_id = ?"
+                    " AND workspace = ? AND contact_id = ? AND status != 'erased'"
                     " ORDER BY ts_us DESC, event_id DESC LIMIT ?",
                     (contact_key, top[0], *top, bottom[0], *bottom, workspace, contact_id, limit),
                 ).fetchall()
@@ -392,6 +424,92 @@ class SqliteStore(Store):
             lambda conn: conn.execute("DELETE FROM seen_nonces WHERE key = ?", (nonce.key(),))
         )
 
+    async def request_erasure(self, erasure: Erasure) -> None:
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO erasures (erasure_id, workspace, contact_id, requested_us, suppress)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (
+                    erasure.erasure_id,
+                    erasure.workspace,
+                    erasure.contact_id,
+                    erasure.requested_us,
+                    int(erasure.suppress),
+                ),
+            )
+            conn.execute(
+                "INSERT INTO erased_contacts (workspace, contact_id, upto_us, suppressed)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (workspace, contact_id) DO UPDATE SET"
+                " upto_us = max(upto_us, excluded.upto_us),"
+                " suppressed = max(suppressed, excluded.suppressed)",
+                (
+                    erasure.workspace,
+                    erasure.contact_id,
+                    erasure.requested_us,
+                    int(erasure.suppress),
+                ),
+            )
+
+        await self.db.write(insert)
+        await self.db.fsync_wal()  # answered 202 before the applier's next sync: durable now
+
+    async def get_erasure(self, workspace: str, erasure_id: str) -> Erasure | None:
+        def select(conn: sqlite3.Connection) -> Erasure | None:
+            row = conn.execute(
+                _ERASURE_SELECT + " WHERE erasure_id = ? AND workspace = ?",
+                (erasure_id, workspace),
+            ).fetchone()
+            return None if row is None else _erasure(row)
+
+        return await self.db.read(select)
+
+    async def pending_erasures(self, limit: int) -> list[Erasure]:
+        def select(conn: sqlite3.Connection) -> list[Erasure]:
+            rows = conn.execute(
+                _ERASURE_SELECT + " WHERE completed_us IS NULL ORDER BY requested_us LIMIT ?",
+                (limit,),
+            ).fetchall()
+            return [_erasure(row) for row in rows]
+
+        return await self.db.read(select)
+
+    async def erase_contact(self, erasure: Erasure) -> None:
+        await self.db.write(lambda conn: _erase_contact(conn, erasure))
+        await self.db.scrub()
+
+    async def complete_erasure(self, erasure_id: str, completed_us: int) -> None:
+        await self.db.write(
+            lambda conn: conn.execute(
+                "UPDATE erasures SET completed_us = ? WHERE erasure_id = ?"
+                " AND completed_us IS NULL",
+                (completed_us, erasure_id),
+            )
+        )
+        await self.db.fsync_wal()
+
+    async def unsuppress(self, workspace: str, contact_id: str) -> bool:
+        def update(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "UPDATE erased_contacts SET suppressed = 0"
+                " WHERE workspace = ? AND contact_id = ? AND suppressed = 1",
+                (workspace, contact_id),
+            )
+            return cursor.rowcount > 0
+
+        done = await self.db.write(update)
+        await self.db.fsync_wal()
+        return done
+
+    async def is_suppressed(self, workspace: str, contact_id: str) -> bool:
+        def select(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                "SELECT suppressed FROM erased_contacts WHERE workspace = ? AND contact_id = ?",
+                (workspace, contact_id),
+            ).fetchone()
+            return row is not None and bool(row[0])
+
+        return await self.db.read(select)
+
     def _cached(self, key: tuple[str, str], load: Callable[[sqlite3.Connection, str], Any]) -> Any:
         """A catalog answer for the hot path, read on the event loop only when not cached.
 
@@ -525,8 +643,8 @@ def _rekey_2_to_3(conn: sqlite3.Connection) -> None:
     conn.execute("UPDATE events SET id_key = profilehook_id_key(workspace, event_id)")
 
 
-def _operations_3_to_4(conn: sqlite3.Connection) -> None:
-    """Schema 3 -> 4: the version of a contact's newest operation (none before operations)."""
+def _operations_4_to_5(conn: sqlite3.Connection) -> None:
+    """Schema 4 -> 5: the version of a contact's newest operation (none before operations)."""
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
     for table in ("contacts", "snapshots"):
         columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
@@ -588,19 +706,30 @@ def _apply(conn: sqlite3.Connection, events: Sequence[Event]) -> ApplyResult:
     unique = [(_id_key(e.workspace, e.event_id), e) for e in first_of_each(events)]
     seen = _already_recorded(conn, [id_key for id_key, _ in unique])
     new = [(k, e) for k, e in unique if (e.workspace, e.event_id) not in seen]
+    fresh = [e for _, e in new]
+    erased: list[Event] = []
     applied_us = now_us()
     contact_keys: dict[tuple[str, str], int] = {}  # many events of a batch share a contact
+    if _any_erased(conn):  # the common case, no erasure ever: one page read per batch
+        kept, erased = split_erased(fresh, _erased_contacts(conn, fresh))
+        if erased:
+            kept_ids = {id(e) for e in kept}
+            new = [(k, e) for k, e in new if id(e) in kept_ids]
     rows = [_event_row(e, k, "applied", applied_us, contact_keys) for k, e in new]
+    rows += [
+        _event_row(e, _id_key(e.workspace, e.event_id), "erased", applied_us, contact_keys)
+        for e in erased
+    ]
     insert_rows(conn, _INSERT_EVENT, rows)
     new_events = [e for _, e in new]
-    _mark_duplicates(conn, repeats(events, new_events))
+    _mark_duplicates(conn, repeats(events, fresh))
     result = _apply_profiles(conn, new_events, base=_history_base)
     if result.warnings:
         conn.executemany(
             "UPDATE events SET error = ? WHERE id_key = ? AND workspace = ? AND event_id = ?",
             [(w, _id_key(ws, i), ws, i) for (ws, i), w in result.warnings.items()],
         )
-    return result.count_new(events, new_events)
+    return result.count_new(events, new_events, erased)
 
 
 def _history_base(conn: sqlite3.Connection, key: tuple[str, str], new: Sequence[Event]) -> Base:
@@ -619,6 +748,79 @@ def _history_base(conn: sqlite3.Connection, key: tuple[str, str], new: Sequence[
         return snapshot.state(), history
 
     return base
+
+
+def _any_erased(conn: sqlite3.Connection) -> bool:
+    return conn.execute("SELECT 1 FROM erased_contacts LIMIT 1").fetchone() is not None
+
+
+def _erased_contacts(
+    conn: sqlite3.Connection, events: Sequence[Event]
+) -> dict[tuple[str, str], ErasedContact]:
+    """The erased contacts among the events' contacts."""
+    by_workspace: dict[str, set[str]] = {}
+    for event in events:
+        by_workspace.setdefault(event.workspace, set()).add(event.contact_id)
+    found: dict[tuple[str, str], ErasedContact] = {}
+    for workspace, contact_ids in by_workspace.items():
+        ids = sorted(contact_ids)
+        for start in range(0, len(ids), MAX_BOUND_KEYS):
+            for contact_id, upto_us, suppressed in conn.execute(
+                "SELECT contact_id, upto_us, suppressed FROM erased_contacts"
+                " WHERE workspace = ? AND contact_id IN (SELECT value FROM json_each(?))",
+                (workspace, _json(ids[start : start + MAX_BOUND_KEYS])),
+            ):
+                found[(workspace, contact_id)] = ErasedContact(upto_us, bool(suppressed))
+    return found
+
+
+_ERASURE_SELECT = (
+    "SELECT erasure_id, workspace, contact_id, requested_us, suppress, completed_us FROM erasures"
+)
+
+
+def _erasure(row: tuple[Any, ...]) -> Erasure:
+    erasure_id, workspace, contact_id, requested_us, suppress, completed_us = row
+    return Erasure(erasure_id, workspace, contact_id, requested_us, bool(suppress), completed_us)
+
+
+def _erase_contact(conn: sqlite3.Connection, erasure: Erasure) -> None:
+    """In one transaction: the events the erasure covers become stubs, the contact's row is
+    recomputed from the events left, its aliases set by covered events go, and the events
+    parked for them. With ``secure_delete=ON`` every replaced byte is overwritten in the file."""
+    workspace, contact_id, upto = erasure.workspace, erasure.contact_id, erasure.requested_us
+    rows = conn.execute(
+        "SELECT rowid, status, body FROM events WHERE contact_key = ?"
+        " AND workspace = ? AND contact_id = ? AND status != 'erased'",
+        (_key(workspace, contact_id), workspace, contact_id),
+    ).fetchall()
+    plan = ContactErasure.of(
+        ((rowid, status, decode_event(body)) for rowid, status, body in rows), upto
+    )
+    conn.executemany(
+        "UPDATE events SET status = 'erased', error = NULL, body = ? WHERE rowid = ?",
+        [(encode_event(stub), rowid) for rowid, stub in plan.stubs],
+    )
+    # Retention's snapshot of the contact holds only what predates the erasure.
+    for table in (_CONTACTS, _SNAPSHOTS):
+        conn.execute(
+            f"DELETE FROM {table} WHERE workspace = ? AND contact_id = ?", (workspace, contact_id)
+        )
+    _apply_profiles(conn, plan.remaining)
+    aliases = conn.execute(
+        "SELECT source_id, profile_id, ts_us, event_id FROM profile_aliases"
+        " WHERE workspace = ? AND contact_id = ?",
+        (workspace, contact_id),
+    ).fetchall()
+    for source_id, profile_id, ts_us, event_id in aliases:
+        if plan.covers_alias((ts_us, event_id), upto):
+            key = (workspace, source_id, profile_id)
+            conn.execute("DELETE FROM profile_aliases" + _ALIAS_WHERE, key)
+            conn.execute("DELETE FROM parked_events" + _ALIAS_WHERE, key)
+
+
+def _add_erasures_3_to_4(conn: sqlite3.Connection) -> None:
+    """Schema 3 -> 4: the erasure tables (the schema script creates them)."""
 
 
 def _mark_duplicates(conn: sqlite3.Connection, dropped: Sequence[Event]) -> None:
