@@ -10,13 +10,15 @@ concern (queries, segments, changes, erasure) gets an interface and a contract s
 Per property, the update with the greatest version ``(event time, event_id)`` wins; ``None``
 unsets (the tombstone keeps its version). Deleting a contact at version D removes every
 property with a version <= D, and no update with a version <= D can bring one back.
-The memory and SQLite stores read what a batch touches and let ``plan_contact`` decide what to
-write. PostgreSQL, where several appliers work at once, decides in SQL instead: ``plan_contact``
-only reduces each batch (knowing nothing stored), and its upserts compare versions with the
-stored rows under row locks, so that concurrent batches stay correct. These are two
-implementations of one rule: what keeps them equal is the contract suite every backend passes
-(tests/test_profile_store_contract.py), beside tests/test_convergence.py (SQLite and memory
-against a reference model) and tests/test_scale_out.py (PostgreSQL with concurrent appliers).
+Besides setting, an event may operate on a property (``set_once``, ``add``, ``append``,
+``remove``): the profile is the fold of all of a contact's events in version order (README,
+Property operations). Every store reads what a batch touches and lets ``plan_contact`` decide
+what to write (PostgreSQL, where several appliers work at once, under a lock per contact); a
+late event on a property that an operation touched after it has that property recomputed from
+the contact's snapshot and history. What keeps the stores equal is the contract suites every
+backend passes (tests/test_profile_store_contract.py, tests/test_operations.py), beside
+tests/test_convergence.py and tests/test_operations.py (against reference models) and
+tests/test_scale_out.py (PostgreSQL with concurrent appliers).
 """
 
 from __future__ import annotations
