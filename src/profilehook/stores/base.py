@@ -189,30 +189,29 @@ class ContactPlan:
 def plan_contact(
     state: ContactState, events: Iterable[Event], base: Base | None = None
 ) -> ContactPlan:
-    """Decide, for one contact, which property rows a batch of new events writes: the fold rule
-    of README "Property operations". A batch of sets (the everyday one) is decided by versions alone, as before
-    operations existed. One with operations folds them in version order onto the stored values;
-    only a late event (older than what the contact holds) on a property that an operation
-    touches after it has that property recomputed from ``base()`` (not given: from ``state``,
-    as if the batch came after it: what the rebuild and the retention snapshots use, whose
-    events all come in one batch or in order)."""
+    """Decide, for one contact, which property rows a batch of new events writes: the fold
+    rule of README "Property operations". A batch of sets (the everyday one) is decided by
+    versions alone, as before operations existed. One with operations folds them in version
+    order onto the stored values. Only a late event (older than what the contact holds) older
+    than an operation the contact had before needs more: its properties that an operation
+    touches after it are recomputed from ``base()`` (not given: folded onto ``state`` as if
+    the batch came after it, which is what the rebuild and the retention snapshots use, whose
+    events come in version order)."""
     events = events if isinstance(events, list) else list(events)
     newest = newest_version(state)
-    oldest = min(e.version for e in events) if events else None
-    late = newest is not None and oldest is not None and oldest < newest
-    for event in events:
-        if event.ops:
-            break
-    else:
-        if not late or state.ops_upto is None or state.ops_upto < oldest:  # type: ignore[operator]
-            return _plan_sets(state, events)
-    # Recomputing needs the history only when an operation applied before is newer than a
-    # late event; otherwise folding the batch in version order onto the stored values is
-    # the fold (what came after a late event on its properties were sets, which versions
-    # decide).
-    if not late or state.ops_upto is None or state.ops_upto < oldest:  # type: ignore[operator]
-        base = None
-    return _plan_ops(state, events, base)
+    oldest = min(e.version for e in events) if events and newest is not None else None
+    # Otherwise what came after each late event on its properties were sets, which versions
+    # decide: folding the batch in version order onto the stored values is the fold.
+    needs_history = (
+        oldest is not None
+        and newest is not None
+        and oldest < newest
+        and state.ops_upto is not None
+        and state.ops_upto > oldest
+    )
+    if not needs_history and not any(event.ops for event in events):
+        return _plan_sets(state, events)
+    return _plan_ops(state, events, base if needs_history else None)
 
 
 def newest_version(state: ContactState) -> Version | None:
