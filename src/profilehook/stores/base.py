@@ -11,13 +11,15 @@ concern (queries, segments, changes) gets an interface and a contract suite of i
 Per property, the update with the greatest version ``(event time, event_id)`` wins; ``None``
 unsets (the tombstone keeps its version). Deleting a contact at version D removes every
 property with a version <= D, and no update with a version <= D can bring one back.
-The memory and SQLite stores read what a batch touches and let ``plan_contact`` decide what to
-write. PostgreSQL, where several appliers work at once, decides in SQL instead: ``plan_contact``
-only reduces each batch (knowing nothing stored), and its upserts compare versions with the
-stored rows under row locks, so that concurrent batches stay correct. These are two
-implementations of one rule: what keeps them equal is the contract suite every backend passes
-(tests/test_profile_store_contract.py), beside tests/test_convergence.py (SQLite and memory
-against a reference model) and tests/test_scale_out.py (PostgreSQL with concurrent appliers).
+Besides setting, an event may operate on a property (``set_once``, ``add``, ``append``,
+``remove``): the profile is the fold of all of a contact's events in version order (README,
+Property operations). Every store reads what a batch touches and lets ``plan_contact`` decide
+what to write (PostgreSQL, where several appliers work at once, under a lock per contact); a
+late event on a property that an operation touched after it has that property recomputed from
+the contact's snapshot and history. What keeps the stores equal is the contract suites every
+backend passes (tests/test_profile_store_contract.py, tests/test_operations.py), beside
+tests/test_convergence.py and tests/test_operations.py (against reference models) and
+tests/test_scale_out.py (PostgreSQL with concurrent appliers).
 """
 
 from __future__ import annotations
@@ -201,30 +203,29 @@ class ContactPlan:
 def plan_contact(
     state: ContactState, events: Iterable[Event], base: Base | None = None
 ) -> ContactPlan:
-    """Decide, for one contact, which property rows a batch of new events writes: the fold rule
-    of README "Property operations". A batch of sets (the everyday one) is decided by versions alone, as before
-    operations existed. One with operations folds them in version order onto the stored values;
-    only a late event (older than what the contact holds) on a property that an operation
-    touches after it has that property recomputed from ``base()`` (not given: from ``state``,
-    as if the batch came after it: what the rebuild and the retention snapshots use, whose
-    events all come in one batch or in order)."""
+    """Decide, for one contact, which property rows a batch of new events writes: the fold
+    rule of README "Property operations". A batch of sets (the everyday one) is decided by
+    versions alone, as before operations existed. One with operations folds them in version
+    order onto the stored values. Only a late event (older than what the contact holds) older
+    than an operation the contact had before needs more: its properties that an operation
+    touches after it are recomputed from ``base()`` (not given: folded onto ``state`` as if
+    the batch came after it, which is what the rebuild and the retention snapshots use, whose
+    events come in version order)."""
     events = events if isinstance(events, list) else list(events)
     newest = newest_version(state)
-    oldest = min(e.version for e in events) if events else None
-    late = newest is not None and oldest is not None and oldest < newest
-    for event in events:
-        if event.ops:
-            break
-    else:
-        if not late or state.ops_upto is None or state.ops_upto < oldest:  # type: ignore[operator]
-            return _plan_sets(state, events)
-    # Recomputing needs the history only when an operation applied before is newer than a
-    # late event; otherwise folding the batch in version order onto the stored values is
-    # the fold (what came after a late event on its properties were sets, which versions
-    # decide).
-    if not late or state.ops_upto is None or state.ops_upto < oldest:  # type: ignore[operator]
-        base = None
-    return _plan_ops(state, events, base)
+    oldest = min(e.version for e in events) if events and newest is not None else None
+    # Otherwise what came after each late event on its properties were sets, which versions
+    # decide: folding the batch in version order onto the stored values is the fold.
+    needs_history = (
+        oldest is not None
+        and newest is not None
+        and oldest < newest
+        and state.ops_upto is not None
+        and state.ops_upto > oldest
+    )
+    if not needs_history and not any(event.ops for event in events):
+        return _plan_sets(state, events)
+    return _plan_ops(state, events, base if needs_history else None)
 
 
 def newest_version(state: ContactState) -> Version | None:

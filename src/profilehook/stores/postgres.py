@@ -1,10 +1,10 @@
 """PostgreSQL profile store, for the scale-out configuration (any number of appliers).
 
-Last-writer-wins is decided in SQL, so concurrent appliers stay correct: a batch first upserts
-its contacts' rows in key order (which locks them, so two batches on one contact serialise),
-then deletes what a newer contact delete covers, then upserts only the property rows whose
-version is greater than the stored one and than the contact's delete version. A write that
-loses changes no row.
+Concurrent appliers stay correct by serialising on each contact: a batch takes a transaction
+lock per contact (in key order: no deadlock), reads the contacts' rows and the properties it
+needs, lets the shared planner (``plan_contact``: last-writer-wins, and the fold rule of the
+operations) decide, and writes only what changes. A late event's property is recomputed from
+the contact's snapshot and history, read while no purge can move one into the other.
 """
 
 from __future__ import annotations
