@@ -19,7 +19,8 @@ from profilehook.events import Event, encode_event, erased_stub, predates
 from profilehook.queues.base import Delivery, HandsOverAcknowledgements, Queue
 from profilehook.sqlite_db import MAX_RECORDS_PER_ROW, SqliteDatabase
 
-SCHEMA_VERSION = 2  # 1: one row per event (before group-commit rows)
+# 1: one row per event (before group-commit rows); 2: written without secure_delete
+SCHEMA_VERSION = 3
 SCHEMA = """
 -- One row per group commit: the events of every publish that shared it, each encoded
 -- (msgpack), one after the other. A row is written in one SQLite step, and read whole.
@@ -31,7 +32,17 @@ CREATE TABLE IF NOT EXISTS batches (
 -- seq: the position (see SqliteQueue) of the last event acknowledged.
 CREATE TABLE IF NOT EXISTS cursors (name TEXT PRIMARY KEY, seq INTEGER NOT NULL);
 INSERT OR IGNORE INTO cursors (name, seq) VALUES ('applier_position', 0);
+-- A scrub writes zeros over every free page through a row here, and deletes it at once.
+CREATE TABLE IF NOT EXISTS zeros (fill BLOB NOT NULL);
+-- A row: the file was written by a version that deleted without secure_delete (schema 2), so
+-- its pages may hold deleted content outside its free pages; the next scrub runs VACUUM.
+CREATE TABLE IF NOT EXISTS vacuum_due (since_schema INTEGER NOT NULL);
 """
+
+
+def _written_without_secure_delete_2_to_3(conn: sqlite3.Connection) -> None:
+    conn.execute("CREATE TABLE vacuum_due (since_schema INTEGER NOT NULL)")
+    conn.execute("INSERT INTO vacuum_due (since_schema) VALUES (2)")
 
 
 class SqliteQueue(Queue, HandsOverAcknowledgements):
@@ -50,6 +61,11 @@ class SqliteQueue(Queue, HandsOverAcknowledgements):
             SCHEMA_VERSION,
             after_commit=self._wake.set,
             background_checkpoints=True,
+            migrations={2: _written_without_secure_delete_2_to_3},
+            # What a commit deletes is overwritten with zeros inside the b-tree pages it writes
+            # anyway (no more I/O); the pages it frees are left as they are, and ``scrub``
+            # overwrites them.
+            secure_delete="FAST",
         )
         self._delivered = 0
         self._record_ack: Callable[[int], None] | None = None
@@ -176,9 +192,9 @@ class SqliteQueue(Queue, HandsOverAcknowledgements):
         return await self.db.write(rewrite)
 
     async def scrub(self) -> None:
-        # Acknowledged rows were deleted without overwriting (that would double the log's
-        # writes): their bytes may be in free pages, which VACUUM leaves out of the new file.
-        await self.db.scrub(vacuum=True)
+        # Rows are deleted with secure_delete=FAST: their bytes may be left in free pages only,
+        # which _overwrite_free_pages fills with zeros.
+        await self.db.scrub(_overwrite_free_pages)
 
     async def depth(self) -> int:
         def count(conn: sqlite3.Connection) -> int:
@@ -212,6 +228,36 @@ def _decode(count: int, body: bytes) -> list[Event]:
     else:
         header = b"\xdd" + count.to_bytes(4, "big")
     return _decode_events(header + body)
+
+
+ZEROS_PER_ROW = 64 * 1024 * 1024  # bytes; SQLite's limit for a value is 1 GB
+
+
+def _overwrite_free_pages(conn: sqlite3.Connection) -> None:
+    """Leave no deleted content in the file, at the cost of whichever is smaller, its free pages
+    or the rest. Free pages: a row of zeros takes every one of them (SQLite fills free pages
+    before it grows the file), written whole, then is deleted; VACUUM instead copies every page
+    in use into a new file: cheaper when most pages are free, and needed once for a file written
+    before secure_delete."""
+    page_size, pages, free = (
+        int(conn.execute(f"PRAGMA {name}").fetchone()[0])
+        for name in ("page_size", "page_count", "freelist_count")
+    )
+    vacuum_due = conn.execute("SELECT 1 FROM vacuum_due").fetchone() is not None
+    if not vacuum_due and free <= pages - free:
+        conn.execute("BEGIN IMMEDIATE")
+        while free > 0:
+            conn.execute(
+                "INSERT INTO zeros (fill) VALUES (zeroblob(?))",
+                (min(free * page_size, ZEROS_PER_ROW),),
+            )
+            free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+        conn.execute("DELETE FROM zeros")
+        conn.execute("COMMIT")
+        return
+    conn.execute("VACUUM")
+    if vacuum_due:
+        conn.execute("DELETE FROM vacuum_due")
 
 
 def _cursor(conn: sqlite3.Connection) -> int:
