@@ -32,10 +32,8 @@ CREATE TABLE IF NOT EXISTS batches (
 -- seq: the position (see SqliteQueue) of the last event acknowledged.
 CREATE TABLE IF NOT EXISTS cursors (name TEXT PRIMARY KEY, seq INTEGER NOT NULL);
 INSERT OR IGNORE INTO cursors (name, seq) VALUES ('applier_position', 0);
--- A scrub writes zeros over every free page through a row here, and deletes it at once.
-CREATE TABLE IF NOT EXISTS zeros (fill BLOB NOT NULL);
 -- A row: the file was written by a version that deleted without secure_delete (schema 2), so
--- its pages may hold deleted content outside its free pages; the next scrub runs VACUUM.
+-- its pages may hold deleted content; the next scrub runs VACUUM.
 CREATE TABLE IF NOT EXISTS vacuum_due (since_schema INTEGER NOT NULL);
 """
 
@@ -62,10 +60,10 @@ class SqliteQueue(Queue, HandsOverAcknowledgements):
             after_commit=self._wake.set,
             background_checkpoints=True,
             migrations={2: _written_without_secure_delete_2_to_3},
-            # What a commit deletes is overwritten with zeros inside the b-tree pages it writes
-            # anyway (no more I/O); the pages it frees are left as they are, and ``scrub``
-            # overwrites them.
-            secure_delete="FAST",
+            # What a commit deletes is overwritten with zeros, in the pages it frees too: FAST
+            # leaves those as they were, and a later row that takes one as its last overflow page
+            # keeps the old bytes after its own (tests/test_log_scrub.py).
+            secure_delete="ON",
         )
         self._delivered = 0
         self._record_ack: Callable[[int], None] | None = None
@@ -192,9 +190,10 @@ class SqliteQueue(Queue, HandsOverAcknowledgements):
         return await self.db.write(rewrite)
 
     async def scrub(self) -> None:
-        # Rows are deleted with secure_delete=FAST: their bytes may be left in free pages only,
-        # which _overwrite_free_pages fills with zeros.
-        await self.db.scrub(_overwrite_free_pages)
+        # Rows are deleted with secure_delete=ON: no deleted byte is left in the file, only in
+        # the WAL's older page images, which the scrub's checkpoint truncates. Not a VACUUM
+        # (before schema 3): its time grew with every event waiting, and held every append.
+        await self.db.scrub(_vacuum_if_due)
 
     async def depth(self) -> int:
         def count(conn: sqlite3.Connection) -> int:
@@ -230,33 +229,10 @@ def _decode(count: int, body: bytes) -> list[Event]:
     return _decode_events(header + body)
 
 
-ZEROS_PER_ROW = 64 * 1024 * 1024  # bytes; SQLite's limit for a value is 1 GB
-
-
-def _overwrite_free_pages(conn: sqlite3.Connection) -> None:
-    """Leave no deleted content in the file, at the cost of whichever is smaller, its free pages
-    or the rest. Free pages: a row of zeros takes every one of them (SQLite fills free pages
-    before it grows the file), written whole, then is deleted; VACUUM instead copies every page
-    in use into a new file: cheaper when most pages are free, and needed once for a file written
-    before secure_delete."""
-    page_size, pages, free = (
-        int(conn.execute(f"PRAGMA {name}").fetchone()[0])
-        for name in ("page_size", "page_count", "freelist_count")
-    )
-    vacuum_due = conn.execute("SELECT 1 FROM vacuum_due").fetchone() is not None
-    if not vacuum_due and free <= pages - free:
-        conn.execute("BEGIN IMMEDIATE")
-        while free > 0:
-            conn.execute(
-                "INSERT INTO zeros (fill) VALUES (zeroblob(?))",
-                (min(free * page_size, ZEROS_PER_ROW),),
-            )
-            free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
-        conn.execute("DELETE FROM zeros")
-        conn.execute("COMMIT")
-        return
-    conn.execute("VACUUM")
-    if vacuum_due:
+def _vacuum_if_due(conn: sqlite3.Connection) -> None:
+    """Copy a file written before schema 3 into a new one, once: it may hold deleted content."""
+    if conn.execute("SELECT 1 FROM vacuum_due").fetchone() is not None:
+        conn.execute("VACUUM")
         conn.execute("DELETE FROM vacuum_due")
 
 
