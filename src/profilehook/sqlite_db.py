@@ -246,16 +246,17 @@ class SqliteDatabase:
         self._jobs.put(_Job(fn, future, alone=True))
         return await future
 
-    async def scrub(self, vacuum: bool = False) -> None:
-        """Leave no page image of deleted content in the files: with ``vacuum``, rewrite the
-        database (free pages hold what was deleted without ``secure_delete=ON``); then copy the
-        WAL into the file and truncate it to zero bytes (``wal_checkpoint(TRUNCATE)``, retried
-        while other connections read). Raises ``StorageUnavailable`` when readers kept the WAL
-        from being emptied for ``SCRUB_TIMEOUT_S``."""
+    async def scrub(self, clean: Callable[[sqlite3.Connection], None] | None = None) -> None:
+        """Leave no page image of deleted content in the files: ``clean(conn)`` first, outside
+        any transaction, for a database whose deleted content may still be in it (free pages
+        hold what was deleted without ``secure_delete=ON``); then copy the WAL into the file and
+        truncate it to zero bytes (``wal_checkpoint(TRUNCATE)``, retried while other connections
+        read). Raises ``StorageUnavailable`` when readers kept the WAL from being emptied for
+        ``SCRUB_TIMEOUT_S``."""
 
         def run(conn: sqlite3.Connection) -> None:
-            if vacuum:
-                conn.execute("VACUUM")
+            if clean is not None:
+                clean(conn)
             deadline = time.monotonic() + SCRUB_TIMEOUT_S
             while True:
                 busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()

@@ -19,7 +19,8 @@ from profilehook.events import Event, encode_event, erased_stub, predates
 from profilehook.queues.base import Delivery, HandsOverAcknowledgements, Queue
 from profilehook.sqlite_db import MAX_RECORDS_PER_ROW, SqliteDatabase
 
-SCHEMA_VERSION = 2  # 1: one row per event (before group-commit rows)
+# 1: one row per event (before group-commit rows); 2: written without secure_delete
+SCHEMA_VERSION = 3
 SCHEMA = """
 -- One row per group commit: the events of every publish that shared it, each encoded
 -- (msgpack), one after the other. A row is written in one SQLite step, and read whole.
@@ -31,7 +32,15 @@ CREATE TABLE IF NOT EXISTS batches (
 -- seq: the position (see SqliteQueue) of the last event acknowledged.
 CREATE TABLE IF NOT EXISTS cursors (name TEXT PRIMARY KEY, seq INTEGER NOT NULL);
 INSERT OR IGNORE INTO cursors (name, seq) VALUES ('applier_position', 0);
+-- A row: the file was written by a version that deleted without secure_delete (schema 2), so
+-- its pages may hold deleted content; the next scrub runs VACUUM.
+CREATE TABLE IF NOT EXISTS vacuum_due (since_schema INTEGER NOT NULL);
 """
+
+
+def _written_without_secure_delete_2_to_3(conn: sqlite3.Connection) -> None:
+    conn.execute("CREATE TABLE vacuum_due (since_schema INTEGER NOT NULL)")
+    conn.execute("INSERT INTO vacuum_due (since_schema) VALUES (2)")
 
 
 class SqliteQueue(Queue, HandsOverAcknowledgements):
@@ -50,6 +59,11 @@ class SqliteQueue(Queue, HandsOverAcknowledgements):
             SCHEMA_VERSION,
             after_commit=self._wake.set,
             background_checkpoints=True,
+            migrations={2: _written_without_secure_delete_2_to_3},
+            # What a commit deletes is overwritten with zeros, in the pages it frees too: FAST
+            # leaves those as they were, and a later row that takes one as its last overflow page
+            # keeps the old bytes after its own (tests/test_log_scrub.py).
+            secure_delete="ON",
         )
         self._delivered = 0
         self._record_ack: Callable[[int], None] | None = None
@@ -176,9 +190,10 @@ class SqliteQueue(Queue, HandsOverAcknowledgements):
         return await self.db.write(rewrite)
 
     async def scrub(self) -> None:
-        # Acknowledged rows were deleted without overwriting (that would double the log's
-        # writes): their bytes may be in free pages, which VACUUM leaves out of the new file.
-        await self.db.scrub(vacuum=True)
+        # Rows are deleted with secure_delete=ON: no deleted byte is left in the file, only in
+        # the WAL's older page images, which the scrub's checkpoint truncates. Not a VACUUM
+        # (before schema 3): its time grew with every event waiting, and held every append.
+        await self.db.scrub(_vacuum_if_due)
 
     async def depth(self) -> int:
         def count(conn: sqlite3.Connection) -> int:
@@ -212,6 +227,13 @@ def _decode(count: int, body: bytes) -> list[Event]:
     else:
         header = b"\xdd" + count.to_bytes(4, "big")
     return _decode_events(header + body)
+
+
+def _vacuum_if_due(conn: sqlite3.Connection) -> None:
+    """Copy a file written before schema 3 into a new one, once: it may hold deleted content."""
+    if conn.execute("SELECT 1 FROM vacuum_due").fetchone() is not None:
+        conn.execute("VACUUM")
+        conn.execute("DELETE FROM vacuum_due")
 
 
 def _cursor(conn: sqlite3.Connection) -> int:
