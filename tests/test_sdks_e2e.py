@@ -1,0 +1,333 @@
+"""The real SDKs against a real ``profilehook serve`` (SPEC 2.8): segment-analytics-python,
+rudder-sdk-python, posthog and amplitude-analytics, as pinned in the dev extra, pointed at the
+server by their host setting and nothing else.
+
+Each sends identifies for 1,000 users, its operations, and an older update after a newer one;
+the profiles are checked through the read API, and the SDK must have seen success: no error
+callback, no error logged, and the server counted each event once (a retried request would
+count its events again). With a wrong key, each SDK must see the failure it would see from its
+real service: Segment's and RudderStack's 401 (not retried), PostHog's 401 with its detail,
+Amplitude's ``Invalid API key:`` (which stops its client).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx2 as httpx
+import pytest
+
+from tests.support import ServerProcess, create_key, wait_until
+
+pytestmark = pytest.mark.slow
+
+USERS = 1_000
+NEW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
+OLD = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+APPLY_TIMEOUT_S = 60.0
+
+
+@dataclass
+class Live:
+    server: ServerProcess
+    key: str
+    http: httpx.Client
+
+    @property
+    def url(self) -> str:
+        return self.server.base_url
+
+    def profile(self, contact: str) -> dict[str, Any] | None:
+        r = self.http.get(
+            f"/v1/contacts/{contact}", headers={"Authorization": f"Bearer {self.key}"}
+        )
+        return r.json()["properties"] if r.status_code == 200 else None
+
+    def settled(self, expected: dict[str, dict[str, Any]]) -> None:
+        """Wait until each contact's profile is as expected (the last one first: the applier
+        goes in order, so it is the one to wait for)."""
+        last = list(expected)[-1]
+        wait_until(lambda: self.profile(last) == expected[last], APPLY_TIMEOUT_S)
+        for contact, properties in expected.items():
+            assert self.profile(contact) == properties, contact
+
+    def counted(self, source: str, outcome: str) -> float:
+        line = f'profilehook_events_total{{outcome="{outcome}",source="{source}"}} '
+        for text in self.http.get("/metrics").text.splitlines():
+            if text.startswith(line):
+                return float(text[len(line) :])
+        return 0.0
+
+    def refused(self) -> float:
+        text = self.http.get("/metrics").text
+        return sum(
+            float(v)
+            for v in re.findall(r"^profilehook_requests_rejected_total\{.*\} (\S+)$", text, re.M)
+        )
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    data_dir = tmp_path_factory.mktemp("sdks") / "data"
+    server = ServerProcess(data_dir).start()
+    try:
+        key = create_key(data_dir, "acme", ("ingest", "read"))["key"]
+        with httpx.Client(base_url=server.base_url, timeout=10) as http:
+            yield Live(server, key, http)
+    finally:
+        server.stop()
+
+
+@dataclass
+class SdkLog(logging.Handler):
+    """Every record an SDK logs at ``level`` or above."""
+
+    records: list[logging.LogRecord] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def __hash__(self) -> int:
+        return id(self)
+
+
+@pytest.fixture
+def sdk_log() -> Iterator[SdkLog]:
+    handler = SdkLog()
+    handler.setLevel(logging.WARNING)
+    names = ("segment", "rudderstack", "posthog", "amplitude")
+    for name in names:
+        logging.getLogger(name).addHandler(handler)
+    try:
+        yield handler
+    finally:
+        for name in names:
+            logging.getLogger(name).removeHandler(handler)
+
+
+def errors_of(handler: SdkLog) -> list[str]:
+    return [r.getMessage() for r in handler.records]
+
+
+# -- Segment ------------------------------------------------------------------------------------
+
+
+def test_segment_sdk_identifies_a_thousand_users_and_an_old_update_loses(
+    live: Live, sdk_log: SdkLog
+) -> None:
+    from segment.analytics import Client
+
+    failures: list[Any] = []
+    before = live.counted("segment", "accepted")
+    refused = live.refused()
+    client = Client(live.key, host=live.url, on_error=lambda e, batch: failures.append(e))
+    for i in range(USERS):
+        client.identify(f"seg-{i}", {"plan": "pro", "n": i, "gone": None}, timestamp=NEW)
+    client.track("seg-0", "Signed Up", {"ignored": True})
+    client.flush()
+    client.identify("seg-0", {"plan": "OLD"}, timestamp=OLD)  # older, after the newer
+    client.flush()
+    client.shutdown()
+    assert failures == [] and errors_of(sdk_log) == []
+    live.settled({f"seg-{i}": {"plan": "pro", "n": i} for i in (1, 500, 0, USERS - 1)})
+    assert live.counted("segment", "accepted") - before == USERS + 1  # each sent once
+    assert live.refused() == refused  # no request of this SDK was refused
+
+
+def test_segment_sdk_sees_a_wrong_key_as_segment_refuses_it_and_does_not_retry(
+    live: Live, sdk_log: SdkLog
+) -> None:
+    from segment.analytics import Client
+    from segment.analytics.request import APIError
+
+    failures: list[Any] = []
+    client = Client("phk_wrong", host=live.url, on_error=lambda e, batch: failures.append(e))
+    client.identify("seg-wrong", {"a": 1}, timestamp=NEW)
+    client.flush()
+    client.shutdown()
+    assert len(failures) == 1 and isinstance(failures[0], APIError)
+    assert (failures[0].status, failures[0].code) == (401, "unauthorized")
+    assert any("Non-retryable error 401 after 1 attempts" in m for m in errors_of(sdk_log))
+    assert live.profile("seg-wrong") is None
+
+
+# -- RudderStack --------------------------------------------------------------------------------
+
+
+def test_rudder_sdk_identifies_gzipped_with_traits_in_context(live: Live, sdk_log: SdkLog) -> None:
+    from rudderstack.analytics import Client
+
+    failures: list[Any] = []
+    before = live.counted("segment", "accepted")
+    refused = live.refused()
+    client = Client(live.key, host=live.url, on_error=lambda e, batch: failures.append(e))
+    assert client.gzip  # the default: every batch below arrives gzipped
+    for i in range(USERS):
+        client.identify(f"rud-{i}", {"tier": "gold", "n": i}, timestamp=NEW)
+    client.page("rud-0", "Docs", "Home")
+    client.flush()
+    client.identify("rud-0", {"tier": "OLD"}, timestamp=OLD)
+    client.identify(anonymous_id="rud-anon", traits={"seen": True}, timestamp=NEW)
+    client.flush()
+    client.shutdown()
+    assert failures == [] and errors_of(sdk_log) == []
+    expected = {f"rud-{i}": {"tier": "gold", "n": i} for i in (0, 1, 500, USERS - 1)}
+    live.settled({**expected, "rud-anon": {"seen": True}})
+    assert live.counted("segment", "accepted") - before == USERS + 2
+    assert live.refused() == refused  # no request of this SDK was refused
+
+
+def test_rudder_sdk_sees_a_wrong_key_as_a_401_and_gives_up(live: Live, sdk_log: SdkLog) -> None:
+    from rudderstack.analytics import Client
+    from rudderstack.analytics.request import APIError
+
+    failures: list[Any] = []
+    client = Client("phk_wrong", host=live.url, on_error=lambda e, batch: failures.append(e))
+    client.identify("rud-wrong", {"a": 1}, timestamp=NEW)
+    client.flush()
+    client.shutdown()
+    assert len(failures) == 1 and isinstance(failures[0], APIError)
+    assert (failures[0].status, failures[0].code) == (401, "unauthorized")
+    assert live.profile("rud-wrong") is None
+
+
+# -- PostHog ------------------------------------------------------------------------------------
+
+
+def test_posthog_sdk_sets_sets_once_and_unsets_a_thousand_people(
+    live: Live, sdk_log: SdkLog
+) -> None:
+    from posthog import Posthog
+
+    failures: list[Any] = []
+    before = live.counted("posthog", "accepted")
+    refused = live.refused()
+    client = Posthog(live.key, host=live.url, on_error=lambda e, batch: failures.append(e))
+    for i in range(USERS):
+        person = f"ph-{i}"
+        client.set(
+            distinct_id=person,
+            properties={"plan": "pro", "legacy": 1},
+            timestamp=OLD.replace(day=2),
+        )
+        client.set_once(distinct_id=person, properties={"first": "a"}, timestamp=OLD)
+        client.capture(
+            "upgraded",
+            distinct_id=person,
+            properties={"$set": {"n": i}, "$set_once": {"first": "b"}, "$unset": ["legacy"]},
+            timestamp=NEW,
+        )
+    client.capture("pageview", distinct_id="ph-0", properties={"path": "/"})
+    client.flush()
+    client.set(distinct_id="ph-0", properties={"plan": "OLD"}, timestamp=OLD)  # older, after
+    client.flush()
+    client.shutdown()
+    assert failures == [] and errors_of(sdk_log) == []
+    expected = {"plan": "pro", "first": "a"}
+    live.settled({f"ph-{i}": {**expected, "n": i} for i in (0, 1, 500, USERS - 1)})
+    assert live.counted("posthog", "accepted") - before == 3 * USERS + 1
+    assert live.refused() == refused  # no request of this SDK was refused
+
+
+def test_posthog_sdk_sees_a_wrong_key_as_posthogs_401(live: Live, sdk_log: SdkLog) -> None:
+    from posthog import Posthog
+    from posthog.request import APIError
+
+    failures: list[Any] = []
+    client = Posthog("phc_wrong", host=live.url, on_error=lambda e, batch: failures.append(e))
+    client.set(distinct_id="ph-wrong", properties={"a": 1})
+    client.flush()
+    client.shutdown()
+    assert len(failures) == 1 and isinstance(failures[0], APIError)
+    assert failures[0].status == 401 and "API key invalid" in failures[0].message
+    assert live.profile("ph-wrong") is None
+
+
+# -- Amplitude ----------------------------------------------------------------------------------
+
+
+class Outcomes:
+    """Every callback of the Amplitude SDK: (code, message, retries of the event)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.seen: list[tuple[int, str, int]] = []
+
+    def __call__(self, event: Any, code: int, message: str | None = None) -> None:
+        with self.lock:
+            self.seen.append((code, message or "", event.retry))
+
+
+def flushed(client: Any) -> None:
+    """Send what the Amplitude client holds, and wait for the answers."""
+    for future in client.flush():
+        if future is not None:
+            future.result()
+
+
+def amplitude_client(live: Live, key: str, outcomes: Outcomes) -> Any:
+    from amplitude import Amplitude, Config
+
+    return Amplitude(key, Config(server_url=f"{live.url}/amplitude/2/httpapi", callback=outcomes))
+
+
+def test_amplitude_sdk_applies_every_identify_operation_for_a_thousand_users(
+    live: Live, sdk_log: SdkLog
+) -> None:
+    from amplitude import BaseEvent, EventOptions, Identify
+
+    outcomes = Outcomes()
+    before = live.counted("amplitude_http", "accepted")
+    refused = live.refused()
+    client = amplitude_client(live, live.key, outcomes)
+    new_ms, old_ms = int(NEW.timestamp() * 1000), int(OLD.timestamp() * 1000)
+    for i in range(USERS):
+        first = Identify().set("plan", "pro").set_once("first", "a").add("logins", 2)
+        first.append("tags", "x").unset("legacy")
+        client.identify(first, EventOptions(user_id=f"amp-{i}", time=new_ms))
+        later = Identify().add("logins", 3).append("tags", ["y", "z"]).set_once("first", "b")
+        client.identify(later, EventOptions(user_id=f"amp-{i}", time=new_ms + 1))
+        client.identify(
+            Identify().remove("tags", "x"), EventOptions(user_id=f"amp-{i}", time=new_ms + 2)
+        )
+    client.track(BaseEvent("clicked", user_id="amp-0"))
+    flushed(client)
+    older = Identify().set("plan", "OLD").set("legacy", 1)
+    client.identify(older, EventOptions(user_id="amp-0", time=old_ms))  # older, after
+    cleared = Identify().clear_all()
+    client.identify(cleared, EventOptions(user_id="amp-clear", time=old_ms))
+    client.identify(Identify().set("kept", 1), EventOptions(user_id="amp-clear", time=new_ms))
+    flushed(client)
+    client.shutdown()
+    assert errors_of(sdk_log) == []
+    assert {code for code, _, _ in outcomes.seen} == {200}
+    assert len(outcomes.seen) == 3 * USERS + 4 and {r for _, _, r in outcomes.seen} == {0}
+    profile = {"plan": "pro", "first": "a", "logins": 5, "tags": ["y", "z"]}
+    expected = {f"amp-{i}": profile for i in (0, 1, 500, USERS - 1)}
+    live.settled({**expected, "amp-clear": {"kept": 1}})
+    assert live.counted("amplitude_http", "accepted") - before == 3 * USERS + 3
+    assert live.refused() == refused  # no request of this SDK was refused
+
+
+def test_amplitude_sdk_sees_a_wrong_key_as_amplitudes_invalid_api_key(
+    live: Live, sdk_log: SdkLog
+) -> None:
+    from amplitude import EventOptions, Identify
+
+    outcomes = Outcomes()
+    client = amplitude_client(live, "wrong-key", outcomes)
+    client.identify(Identify().set("a", 1), EventOptions(user_id="amp-wrong"))
+    flushed(client)
+    client.shutdown()
+    assert "Invalid API Key" in errors_of(sdk_log)  # the SDK's own line for Amplitude's answer
+    assert outcomes.seen == []  # not retried, not reported as sent
+    assert live.profile("amp-wrong") is None
