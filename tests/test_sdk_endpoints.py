@@ -48,8 +48,14 @@ def metric(client: TestClient, source: str, outcome: str) -> float:
 
 
 def identify(user: str, traits: dict[str, Any], ts: str, mid: str, **extra: Any) -> dict[str, Any]:
-    return {"type": "identify", "userId": user, "traits": traits, "timestamp": ts,
-            "messageId": mid, **extra}  # fmt: skip
+    return {
+        "type": "identify",
+        "userId": user,
+        "traits": traits,
+        "timestamp": ts,
+        "messageId": mid,
+        **extra,
+    }
 
 
 # -- Segment / RudderStack ----------------------------------------------------------------------
@@ -71,7 +77,7 @@ def test_given_a_segment_batch_then_identifies_set_traits_by_event_time_and_the_
             "messageId": "m5",
             "context": {"traits": {"seen": True}},
             "timestamp": "2026-12-03T10:00:00+00:00",
-        },  # fmt: skip
+        },
         {"type": "identify", "traits": {"x": 1}, "messageId": "m6"},  # no user id at all
     ]
     body = gzip.compress(json.dumps({"batch": batch, "sentAt": "x"}).encode())
@@ -88,11 +94,20 @@ def test_given_a_segment_batch_then_identifies_set_traits_by_event_time_and_the_
 def test_segment_takes_the_key_as_write_key_in_the_body_and_single_calls_on_their_paths(
     client: TestClient, key: str, auth: dict[str, str]
 ) -> None:
-    r = client.post("/v1/import", json={"writeKey": key, "batch": [
-        identify("u2", {"a": 1}, "2026-01-01T00:00:00Z", "i1")]})  # fmt: skip
+    r = client.post(
+        "/v1/import",
+        json={"writeKey": key, "batch": [identify("u2", {"a": 1}, "2026-01-01T00:00:00Z", "i1")]},
+    )
     assert r.status_code == 200
-    r = client.post("/v1/identify", json={"writeKey": key, "userId": "u2", "traits": {"b": 2},
-                                          "timestamp": "2026-01-02T00:00:00Z"})  # fmt: skip
+    r = client.post(
+        "/v1/identify",
+        json={
+            "writeKey": key,
+            "userId": "u2",
+            "traits": {"b": 2},
+            "timestamp": "2026-01-02T00:00:00Z",
+        },
+    )
     assert r.status_code == 200
     for kind in ("track", "page", "screen", "group", "alias"):
         assert client.post(f"/v1/{kind}", json={"userId": "u2"}, headers=basic(key)).json() == {
@@ -115,13 +130,13 @@ def test_segment_takes_the_key_as_write_key_in_the_body_and_single_calls_on_thei
             "basic",
             400,
             "invalid_request",
-        ),  # fmt: skip
+        ),
         (
             json.dumps({"batch": [{"type": "track", "p": "x" * 20_000}] * 30}).encode(),
             "basic",
             400,
             "invalid_request",
-        ),  # fmt: skip
+        ),
         (b'{"batch": []}', {"Authorization": "Basic bm90LWEta2V5Og=="}, 401, "unauthorized"),
         (b'{"batch": []}', {"Authorization": "Basic %%%"}, 401, "unauthorized"),
         (b'{"batch": []}', {}, 401, "unauthorized"),
@@ -194,7 +209,7 @@ def test_given_posthog_events_then_set_set_once_and_unset_become_operations(
             "timestamp": "2026-12-03T10:00:00+00:00",
             "uuid": UUID1,
             "properties": {},
-        },  # fmt: skip
+        },
         # capture() with $set_once and $unset in properties, later
         {
             "event": "signup",
@@ -202,7 +217,7 @@ def test_given_posthog_events_then_set_set_once_and_unset_become_operations(
             "timestamp": "2026-12-03T11:00:00+00:00",
             "uuid": UUID2,
             "properties": {"$set_once": {"first": "a", "plan": "never"}, "$unset": ["old"]},
-        },  # fmt: skip
+        },
         {"event": "pageview", "distinct_id": "p1", "uuid": UUID3, "properties": {"a": 1}},
         {"event": "$set", "$set": {"x": 1}},  # no distinct_id
     ]
@@ -229,8 +244,11 @@ def test_posthog_takes_one_event_a_list_or_a_gzip_js_body_on_its_capture_paths(
     zipped = gzip.compress(
         json.dumps([{**one, "properties": {"$set": {"c": 3}, "token": key}}]).encode()
     )
-    r = client.post(path + "?compression=gzip-js&ver=1.0", content=zipped,
-                    headers={"Content-Type": "text/plain"})  # fmt: skip
+    r = client.post(
+        path + "?compression=gzip-js&ver=1.0",
+        content=zipped,
+        headers={"Content-Type": "text/plain"},
+    )
     assert r.status_code == 200, r.text
     settle(client, auth, "p2", {"a": 1, "b": 2, "c": 3})
 
@@ -277,7 +295,7 @@ def test_given_amplitude_events_then_every_user_property_operation_applies_by_ti
                 "$unset": {"gone": "-"},
                 "plain": True,
             },
-        },  # fmt: skip
+        },
         {
             "event_type": "$identify",
             "user_id": "a1",
@@ -288,7 +306,7 @@ def test_given_amplitude_events_then_every_user_property_operation_applies_by_ti
                 "$append": {"tags": ["b", "c"]},
                 "$setOnce": {"first": "y"},
             },
-        },  # fmt: skip
+        },
         {
             "user_id": "a1",
             "time": 1_700_000_002_000,
@@ -302,7 +320,7 @@ def test_given_amplitude_events_then_every_user_property_operation_applies_by_ti
             "time": 1_600_000_000_000,
             "insert_id": "i0",
             "user_properties": {"$set": {"gone": 1, "plan": "old"}},
-        },  # fmt: skip
+        },
         {"event_type": "click", "user_id": "a1", "insert_id": "i3"},
         {"event_type": "$identify", "device_id": "d1", "user_properties": {"$set": {"z": 1}}},
     ]
@@ -310,8 +328,12 @@ def test_given_amplitude_events_then_every_user_property_operation_applies_by_ti
     assert r.status_code == 200
     answer = r.json()
     assert answer["code"] == 200 and answer["events_ingested"] == 6
-    settle(client, auth, "a1", {"plan": "pro", "first": "x", "logins": 5, "tags": ["b", "c"],
-                                "plain": True})  # fmt: skip
+    settle(
+        client,
+        auth,
+        "a1",
+        {"plan": "pro", "first": "x", "logins": 5, "tags": ["b", "c"], "plain": True},
+    )
     assert metric(client, "amplitude_http", "ignored") == 1
     assert metric(client, "amplitude_http", "skipped") == 1
 
@@ -355,7 +377,7 @@ def test_amplitude_identify_api_takes_a_form(
                     {"user_id": "u", "user_properties": {"$add": {"n": "many"}}},
                     {"user_id": "u", "user_properties": {"$set": {"a": 1}, "$unset": {"a": "-"}}},
                 ],
-            },  # fmt: skip
+            },
             {"events_with_invalid_fields": {"time": [0], "user_properties": [2, 3]}},
         ),
     ],

@@ -268,9 +268,16 @@ def _handler(services: Services, deadlines: Deadlines, limiter: RateLimiter, pee
             if count:
                 counter.labels(peer.source, outcome).inc(count)
         content_type, body = peer.ok(mapped, call)
-        await send({"type": "http.response.start", "status": 200, "headers": [
-            (b"content-type", content_type), (b"content-length", str(len(body)).encode())
-        ]})  # fmt: skip
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", content_type),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     return handle
