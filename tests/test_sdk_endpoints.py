@@ -187,7 +187,8 @@ def test_a_key_without_the_ingest_scope_is_refused_by_every_peer(
     r = client.post("/batch/", json={"api_key": read_only, "batch": [{"event": "x"}]})
     assert r.status_code == 403
     r = client.post("/amplitude/2/httpapi", json={"api_key": read_only, "events": [{}]})
-    assert r.status_code == 400 and r.json()["error"].startswith("Invalid API key:")
+    assert r.status_code == 403 and r.json()["code"] == 400  # the code the SDK reads
+    assert r.json()["error"] == "Invalid API key: This key lacks the 'ingest' scope"
 
 
 # -- PostHog ------------------------------------------------------------------------------------

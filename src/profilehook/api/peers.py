@@ -186,10 +186,13 @@ def _amplitude_error(exc: ProfilehookError) -> tuple[int, bytes]:
     # key:" stops the client), 413 splits the batch, 429 and 5xx are retried.
     status = exc.status_code
     body: dict[str, Any] = {"code": status, "error": _message(exc)}
-    if isinstance(exc, InvalidApiKey | MissingScope):
-        status = 400
-        reason = "not a profilehook key" if isinstance(exc, InvalidApiKey) else exc.detail
-        body = {"code": 400, "error": f"Invalid API key: {reason}"}
+    if isinstance(exc, InvalidApiKey):
+        status = 400  # as Amplitude answers a wrong key
+        body = {"code": 400, "error": "Invalid API key: not a profilehook key"}
+    elif isinstance(exc, MissingScope):
+        # Amplitude has no scopes: the HTTP status is profilehook's, the JSON code (which the
+        # SDK reads) Amplitude's answer to a key that cannot send, which stops the client.
+        body = {"code": 400, "error": f"Invalid API key: {exc.detail}"}
     elif isinstance(exc, PayloadTooLarge):
         body = {"code": 413, "error": "Payload too large"}
     elif status not in (408, 413, 429, 503):
