@@ -43,13 +43,46 @@ def _errors(schema: dict[str, Any], statuses: dict[str, str]) -> dict[str, Any]:
     return {status: _json(schema, text) for status, text in {**statuses, **_RETRY}.items()}
 
 
-def _operation(summary: str, description: str, answers: dict[str, Any]) -> dict[str, Any]:
+_MESSAGE = {"type": "object", "properties": {"type": {"type": "string"}}}
+_SEGMENT_BATCH = _object(
+    "batch", batch={"type": "array", "items": _MESSAGE}, writeKey={"type": "string"}
+)
+_POSTHOG_EVENT = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string"},
+        "distinct_id": {"type": "string"},
+        "uuid": {"type": "string", "format": "uuid"},
+        "properties": {"type": "object"},
+    },
+}
+_POSTHOG_BODY = {
+    "anyOf": [
+        _object("batch", batch={"type": "array", "items": _POSTHOG_EVENT, "minItems": 1},
+                api_key={"type": "string"}),
+        {**_POSTHOG_EVENT, "required": ["event"]},
+        {"type": "array", "items": _POSTHOG_EVENT, "minItems": 1},
+    ]
+}  # fmt: skip
+_AMPLITUDE_BODY = _object(
+    "api_key",
+    "events",
+    api_key={"type": "string", "minLength": 1},
+    events={"type": "array", "minItems": 1, "items": _object(
+        user_id={"type": "string"}, time={"type": "integer", "minimum": 0},
+        insert_id={"type": "string"}, user_properties={"type": "object"})},
+)  # fmt: skip
+
+
+def _operation(
+    summary: str, description: str, answers: dict[str, Any], body: dict[str, Any]
+) -> dict[str, Any]:
     return {
         "summary": summary,
         "description": description,
         SCOPE: c.SCOPE_INGEST,
         KEY_IN_BODY: True,
-        "requestBody": {"required": True, "content": {"application/json": {"schema": {}}}},
+        "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
         "responses": answers,
     }
 
@@ -75,6 +108,7 @@ def _segment(path: str) -> dict[str, Any]:
                 },
             ),
         },
+        _MESSAGE if single else _SEGMENT_BATCH,
     )
 
 
@@ -97,6 +131,7 @@ def _posthog(path: str) -> dict[str, Any]:
                 },
             ),
         },
+        _POSTHOG_BODY,
     )
 
 
@@ -133,6 +168,7 @@ def _amplitude(path: str) -> dict[str, Any]:
                 },
             ),
         },
+        _AMPLITUDE_BODY,
     )  # fmt: skip
     if identify:
         form = {"schema": _object("api_key", "identification")}
