@@ -8,6 +8,7 @@ import asyncio
 import base64
 import gzip
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -412,3 +413,34 @@ def test_new_key_fixture_is_per_workspace(settings: Settings, client: TestClient
     r = client.post("/v1/identify", json={"userId": "w", "traits": {"a": 1}}, headers=basic(other))
     assert r.status_code == 200
     settle(client, {"Authorization": f"Bearer {other}"}, "w", {"a": 1})
+
+
+def test_segment_batches_in_the_everyday_shape_make_the_events_the_general_path_makes() -> None:
+    from profilehook.sources import segment
+
+    batch = [
+        identify("u1", {"a": 1, "b": None}, "2026-12-03T10:00:00.123456+00:00", "m1"),
+        identify("u2", {"a": "x"}, "2026-12-03T10:00:00", "m2"),  # no zone: UTC
+        identify("u3", {"a": 1.5}, "2026-12-03T12:00:00+02:00", "m3"),
+        {
+            "type": "identify",
+            "anonymousId": "an",
+            "context": {"traits": {"t": True}},
+            "messageId": "m4",
+        },
+        {"type": "identify", "userId": "u4", "traits": {}, "messageId": "m5"},
+        {"type": "track", "userId": "u1", "event": "e", "properties": {"deep": {"x": [1]}}},
+        {"type": "identify", "traits": {"a": 1}, "messageId": "m6"},
+        identify("u5", {"a": 1}, "1969-12-31T23:59:59+00:00", "m7"),
+    ]
+    body = json.dumps({"batch": batch}).encode()
+    fast = segment.parse_batch(body)
+    assert type(fast.messages[0]).__name__ == "_Message"  # it took the everyday path
+    general = segment.Request(json.loads(body)["batch"], None, False)
+    made = [segment.map_messages(r, "w", 5_000_000, 0) for r in (fast, general)]
+    assert made[0].events == made[1].events and len(made[0].events) == 4
+    ten_utc = int(datetime(2026, 12, 3, 10, tzinfo=UTC).timestamp()) * 1_000_000
+    assert made[0].events[0].ts_us == ten_utc + 123_456
+    assert made[0].events[2].ts_us == made[0].events[0].ts_us - 123_456
+    counts = [(m.ignored, m.skipped, m.rejected) for m in made]
+    assert counts[0] == counts[1] == (2, 1, 1)
