@@ -331,3 +331,44 @@ def test_amplitude_sdk_sees_a_wrong_key_as_amplitudes_invalid_api_key(
     assert "Invalid API Key" in errors_of(sdk_log)  # the SDK's own line for Amplitude's answer
     assert outcomes.seen == []  # not retried, not reported as sent
     assert live.profile("amp-wrong") is None
+
+
+# -- the README's two lines, as an app changes them ---------------------------------------------
+
+
+def test_the_readmes_two_lines_point_each_sdk_at_profilehook(live: Live, sdk_log: SdkLog) -> None:
+    import posthog
+    import rudderstack.analytics as rudder_analytics
+    import segment.analytics as analytics
+    from amplitude import Amplitude, Config, EventOptions, Identify
+
+    try:
+        analytics.write_key = live.key
+        analytics.host = live.url
+        analytics.identify("readme-seg", {"via": "segment"}, timestamp=NEW)
+        analytics.flush()
+        rudder_analytics.write_key = live.key
+        rudder_analytics.dataPlaneUrl = live.url
+        rudder_analytics.identify("readme-rud", {"via": "rudder"}, timestamp=NEW)
+        rudder_analytics.flush()
+        posthog.api_key = live.key
+        posthog.host = live.url
+        posthog.set(distinct_id="readme-ph", properties={"via": "posthog"})
+        posthog.flush()
+        client = Amplitude(live.key, Config(server_url=f"{live.url}/amplitude/2/httpapi"))
+        client.identify(Identify().set("via", "amplitude"), EventOptions(user_id="readme-amp"))
+        flushed(client)
+        client.shutdown()
+    finally:
+        for module in (analytics, rudder_analytics, posthog):
+            module.shutdown()
+            module.default_client = None
+    assert errors_of(sdk_log) == []
+    live.settled(
+        {
+            "readme-seg": {"via": "segment"},
+            "readme-rud": {"via": "rudder"},
+            "readme-ph": {"via": "posthog"},
+            "readme-amp": {"via": "amplitude"},
+        }
+    )
