@@ -9,11 +9,13 @@ import base64
 import gzip
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
 
+from profilehook.api.app import create_app
 from profilehook.keys import create_key
 from profilehook.service import running
 from profilehook.settings import Settings
@@ -444,3 +446,27 @@ def test_segment_batches_in_the_everyday_shape_make_the_events_the_general_path_
     assert made[0].events[2].ts_us == made[0].events[0].ts_us - 123_456
     counts = [(m.ignored, m.skipped, m.rejected) for m in made]
     assert counts[0] == counts[1] == (2, 1, 1)
+
+
+def test_a_keys_rate_limit_is_shared_by_the_native_and_the_sdk_endpoints(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", rate_limit_per_s=0.01, rate_limit_burst=2)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        key = new_key(settings, "acme")
+        body = {"contact_id": "c", "event_name": "e", "timestamp": 1, "user_properties": {"a": 1}}
+        assert (
+            client.post(
+                "/v1/properties", json=body, headers={"Authorization": f"Bearer {key}"}
+            ).status_code
+            == 202
+        )
+        assert (
+            client.post(
+                "/v1/identify", json={"userId": "c", "traits": {"b": 2}}, headers=basic(key)
+            ).status_code
+            == 200
+        )
+        r = client.post("/batch/", json={"api_key": key, "batch": [{"event": "x"}]})
+        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+        assert r.json()["type"] == "throttled" and r.json()["detail"]
+        r = client.post("/v1/batch", json={"batch": []}, headers=basic(key))
+        assert (r.status_code, r.json()["code"]) == (429, "rate_limited")

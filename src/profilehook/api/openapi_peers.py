@@ -40,7 +40,10 @@ _RETRY = {
 
 
 def _errors(schema: dict[str, Any], statuses: dict[str, str]) -> dict[str, Any]:
-    return {status: _json(schema, text) for status, text in {**statuses, **_RETRY}.items()}
+    answers = {status: _json(schema, text) for status, text in statuses.items()}
+    # A deadline's 408 or 503 is sent by the watchdog, in the one error shape of the API.
+    either = {"anyOf": [schema, {"$ref": "#/components/schemas/Error"}]}
+    return answers | {status: _json(either, text) for status, text in _RETRY.items()}
 
 
 _MESSAGE = {"type": "object", "properties": {"type": {"type": "string"}}}

@@ -141,7 +141,9 @@ def _posthog_error(exc: ProfilehookError) -> tuple[int, bytes]:
             "attr": None,
         }
     else:
-        kind = "validation_error" if status < 500 and status != 429 else "server_error"
+        kind = (
+            "throttled" if status == 429 else "validation_error" if status < 500 else "server_error"
+        )
         body = {"type": kind, "code": f"http_{status}", "detail": _message(exc), "attr": None}
     return status, encode(body)
 
@@ -227,10 +229,14 @@ PEERS: tuple[tuple[Peer, tuple[str, ...]], ...] = (
 )
 
 
-def peer_handlers(services: Services, deadlines: Deadlines | None = None) -> dict[str, Handler]:
-    """The raw-ASGI POST handlers of every peer protocol, by path."""
-    deadlines = deadlines or Deadlines.from_settings(services.settings)
-    limiter = RateLimiter(services.settings.rate_limit_per_s, services.settings.rate_limit_burst)
+def peer_handlers(
+    services: Services, deadlines: Deadlines | None = None, limiter: RateLimiter | None = None
+) -> dict[str, Handler]:
+    """The raw-ASGI POST handlers of every peer protocol, by path (``limiter``: the keys'
+    token buckets, shared with the native endpoints)."""
+    settings = services.settings
+    deadlines = deadlines or Deadlines.from_settings(settings)
+    limiter = limiter or RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
     handlers: dict[str, Handler] = {}
     for peer, paths in PEERS:
         handler = _handler(services, deadlines, limiter, peer)
