@@ -8,19 +8,27 @@ import asyncio
 import base64
 import gzip
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from profilehook.api.app import create_app
+from profilehook.api.deadlines import Deadlines
+from profilehook.api.peers import peer_handlers
+from profilehook.events import Event
 from profilehook.keys import create_key
-from profilehook.service import running
+from profilehook.queues.memory import MemoryQueue
+from profilehook.service import Services, running
 from profilehook.settings import Settings
 from tests.conftest import new_key
-from tests.support import wait_until
+from tests.support import examples, wait_until
 
 
 def basic(key: str) -> dict[str, str]:
@@ -470,3 +478,86 @@ def test_a_keys_rate_limit_is_shared_by_the_native_and_the_sdk_endpoints(tmp_pat
         assert r.json()["type"] == "throttled" and r.json()["detail"]
         r = client.post("/v1/batch", json={"batch": []}, headers=basic(key))
         assert (r.status_code, r.json()["code"]) == (429, "rate_limited")
+
+
+# -- a slow log, and whatever a client sends ------------------------------------------------------
+
+
+class _SlowLog(MemoryQueue):
+    async def publish(self, events: Sequence[Event]) -> None:
+        await asyncio.sleep(0.3)
+        await super().publish(events)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/v1/batch", {"batch": [{"type": "identify", "userId": "u", "traits": {"a": 1}}]}, "code"),
+        ("/batch/", {"batch": [{"event": "$set", "distinct_id": "u", "$set": {"a": 1}}]}, "detail"),
+        ("/amplitude/batch", {"events": [{"user_id": "u", "user_properties": {"a": 1}}]}, None),
+    ],
+)
+async def test_given_a_log_that_does_not_answer_in_time_then_each_peer_gets_a_retryable_503(
+    tmp_path: Path, path: str, body: dict[str, Any], field: str | None
+) -> None:
+    settings = Settings(data_dir=tmp_path, queue_url="memory://", store_url="memory://")
+    services = Services.from_settings(settings)
+    services.queue = _SlowLog()
+    await services.open()
+    try:
+        key, _ = await create_key(services.store, "acme")
+        handler = peer_handlers(services, Deadlines(10.0, 0.05))[path]
+        payload = json.dumps({**body, "api_key": key, "writeKey": key}).encode()
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": payload, "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": path, "headers": [], "query_string": b""}
+        async with asyncio.timeout(5):
+            await handler(scope, receive, send)
+        assert sent[0]["status"] == 503  # every SDK retries a 503
+        assert (b"retry-after", b"1") in sent[0]["headers"]
+        assert await services.queue.depth() == 0
+    finally:
+        await services.close()
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+_keys = st.sampled_from(["type", "userId", "anonymousId", "traits", "context", "timestamp",
+                         "messageId", "event", "distinct_id", "$set", "$set_once", "$unset",
+                         "properties", "uuid", "offset", "user_id", "user_properties", "time",
+                         "insert_id", "$setOnce", "$add", "$append", "$remove", "$clearAll"])  # fmt: skip
+_calls = st.lists(st.dictionaries(_keys, _json, max_size=6) | _json, min_size=1, max_size=4)
+
+
+@settings(max_examples=examples(300), deadline=None, database=None)
+@given(calls=_calls, wrapper=st.sampled_from(["batch", "events", "list"]))
+def test_whatever_a_peer_is_sent_its_mapping_gives_events_or_a_client_error(
+    calls: list[Any], wrapper: str
+) -> None:
+    from profilehook.errors import ClientError
+    from profilehook.sources import amplitude_http, posthog, segment
+
+    body = json.dumps(calls if wrapper == "list" else {wrapper: calls, "api_key": "k"}).encode()
+    for parse, mapping in (
+        (segment.parse_batch, segment.map_messages),
+        (posthog.parse, posthog.map_events),
+        (amplitude_http.parse_json, amplitude_http.map_events),
+    ):
+        try:
+            mapped = mapping(parse(body), "w", 1_700_000_000_000_000, 0)
+        except ClientError:
+            continue
+        for event in mapped.events:
+            assert event.contact_id and event.event_id and event.ts_us >= 0
+            assert msgspec.json.decode(msgspec.json.encode(event.properties)) == event.properties
