@@ -561,3 +561,51 @@ def test_whatever_a_peer_is_sent_its_mapping_gives_events_or_a_client_error(
         for event in mapped.events:
             assert event.contact_id and event.event_id and event.ts_us >= 0
             assert msgspec.json.decode(msgspec.json.encode(event.properties)) == event.properties
+
+
+def _message_of(size: int) -> bytes:
+    """A track message whose JSON, as sent, is exactly ``size`` bytes."""
+    empty = json.dumps({"type": "track", "userId": "u", "p": ""}).encode()
+    return json.dumps({"type": "track", "userId": "u", "p": "x" * (size - len(empty))}).encode()
+
+
+def test_segment_takes_a_message_of_32_kb_and_refuses_one_byte_more(
+    client: TestClient, key: str
+) -> None:
+    from profilehook import constants as c
+
+    for size, status in (
+        (c.SEGMENT_MAX_MESSAGE_BYTES, 200),
+        (c.SEGMENT_MAX_MESSAGE_BYTES + 1, 400),
+    ):
+        message = _message_of(size)
+        assert len(message) == size
+        body = b'{"batch": [' + message + b"]}"
+        r = client.post("/v1/batch", content=body, headers=basic(key))
+        assert r.status_code == status, (size, r.text)
+        r = client.post("/v1/track", content=message, headers=basic(key))
+        assert r.status_code == status, (size, r.text)
+
+
+def test_segment_takes_a_batch_of_500_kb_and_refuses_one_byte_more(
+    client: TestClient, key: str
+) -> None:
+    from profilehook import constants as c
+
+    messages = b", ".join([_message_of(30_000)] * 17)
+    head, tail = b'{"batch": [' + messages + b'], "sentAt": "', b'"}'
+    for size, status in ((c.SEGMENT_MAX_BATCH_BYTES, 200), (c.SEGMENT_MAX_BATCH_BYTES + 1, 400)):
+        body = head + b"x" * (size - len(head) - len(tail)) + tail
+        assert len(body) == size
+        r = client.post("/v1/batch", content=body, headers=basic(key))
+        assert r.status_code == status, (size, r.text)
+        zipped = gzip.compress(body)  # the limit is the decoded size's
+        r = client.post(
+            "/v1/batch", content=zipped, headers={**basic(key), "Content-Encoding": "gzip"}
+        )
+        assert r.status_code == status, (size, r.text)
+        if status == 400:
+            assert r.json() == {
+                "code": "invalid_request",
+                "message": f"Request body is larger than the limit of {size - 1} bytes",
+            }
