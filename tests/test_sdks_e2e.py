@@ -372,3 +372,38 @@ def test_the_readmes_two_lines_point_each_sdk_at_profilehook(live: Live, sdk_log
             "readme-amp": {"via": "amplitude"},
         }
     )
+
+
+# -- a large body beside other requests -----------------------------------------------------------
+
+
+def test_an_8_mb_posthog_batch_does_not_hold_up_the_other_requests(live: Live) -> None:
+    """A PostHog batch of 60,000 person updates (about 8 MB) is decoded, a piece at a time, and
+    mapped in a thread: /healthz and single events sent beside it keep answering."""
+    import statistics
+    import time
+
+    from tests.test_amplitude import _Probes
+
+    batch = [
+        {"event": "$set", "distinct_id": f"big-{i}", "$set": {"plan": "pro", "n": i},
+         "properties": {"$lib": "posthog-python", "$lib_version": "7.91.1"},
+         "timestamp": "2026-12-03T12:00:00+00:00", "uuid": f"0190b6a4-4e0c-7bd4-9d8a-{i:012d}"}
+        for i in range(60_000)
+    ]  # fmt: skip
+    body = httpx.Request("POST", "/", json={"api_key": live.key, "batch": batch}).read()
+    assert 7_000_000 < len(body) <= 20 * 2**20
+    probes = _Probes(live.url, {"Authorization": f"Bearer {live.key}"})
+    with probes.running():
+        time.sleep(0.5)
+        started = time.perf_counter()
+        r = live.http.post("/batch/", content=body, timeout=60)
+        took_s = time.perf_counter() - started
+        time.sleep(0.2)
+    assert (r.status_code, r.json()) == (200, {"status": 1})
+    beside = probes.latencies_s(started, started + took_s)
+    assert probes.statuses <= {200, 202} and len(beside) >= 5, (probes.statuses, beside)
+    print(f"8 MB PostHog batch {took_s:.2f}s; beside it max {max(beside) * 1000:.0f} ms,"
+          f" p50 {statistics.median(beside) * 1000:.0f} ms")  # fmt: skip
+    assert max(beside) < min(1.0, took_s / 2)
+    live.settled({"big-0": {"plan": "pro", "n": 0}, "big-59999": {"plan": "pro", "n": 59_999}})

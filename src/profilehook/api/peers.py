@@ -11,6 +11,7 @@ status its SDK reads correctly (one it does not retry unless a retry can help).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import time
@@ -255,7 +256,12 @@ def _handler(services: Services, deadlines: Deadlines, limiter: RateLimiter, pee
                 watch.reading_body()
                 call = await _call(scope, receive, peer)
                 watch.unwatched()  # parsing is bounded by the body cap
-                request, key = peer.parse(call)
+                # A large body is decoded (a piece at a time) and mapped in a thread, so that
+                # the event loop every other request needs keeps answering meanwhile.
+                large = len(call.body) > c.OFF_LOOP_BODY_BYTES
+                request, key = (
+                    await asyncio.to_thread(peer.parse, call) if large else peer.parse(call)
+                )
                 watch.awaiting_backend()
                 grant = await keys.grant_of_key(services.store, key)
                 if grant is None:
@@ -264,7 +270,14 @@ def _handler(services: Services, deadlines: Deadlines, limiter: RateLimiter, pee
                     raise MissingScope(ACCESS)
                 limiter.admit(keys.hash_key(key or ""))
                 now = now_us()
-                mapped = peer.map(request, grant.workspace, now, settings.oldest_accepted_us(now))
+                oldest_us = settings.oldest_accepted_us(now)
+                if large:
+                    watch.unwatched()
+                    mapped = await asyncio.to_thread(
+                        peer.map, request, grant.workspace, now, oldest_us
+                    )
+                else:
+                    mapped = peer.map(request, grant.workspace, now, oldest_us)
                 if mapped.events:
                     watch.awaiting_backend(len(mapped.events))
                     await services.queue.publish(mapped.events)

@@ -21,6 +21,7 @@ from urllib.parse import parse_qs
 
 import msgspec
 
+from profilehook import constants as c
 from profilehook.constants import MAX_JSON_INT
 from profilehook.events import Event, Kind, Op, new_event_ids
 from profilehook.sources.peer_events import (
@@ -83,7 +84,9 @@ def parse_identify_form(body: bytes) -> Request:
 
 
 def _decoded(body: bytes) -> tuple[Any, bool]:
-    value, problems, unstorable = decode_json_keeping_unstorable(body)
+    value, problems, unstorable = decode_json_keeping_unstorable(
+        body, in_pieces=len(body) > c.OFF_LOOP_BODY_BYTES
+    )
     if problems:
         raise PeerRefused("Invalid JSON request body")
     return value, unstorable

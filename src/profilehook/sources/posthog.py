@@ -18,6 +18,7 @@ from typing import Any
 
 import msgspec
 
+from profilehook import constants as c
 from profilehook.events import Event, Op, new_event_ids
 from profilehook.sources.peer_events import (
     Mapped,
@@ -40,7 +41,9 @@ class Request(msgspec.Struct, frozen=True):
 
 def parse(body: bytes) -> Request:
     """Any capture body (object, list, or ``{"batch": [...]}``). Raises ``PeerRefused`` (400)."""
-    value, problems, unstorable = decode_json_keeping_unstorable(body)
+    value, problems, unstorable = decode_json_keeping_unstorable(
+        body, in_pieces=len(body) > c.OFF_LOOP_BODY_BYTES
+    )
     if problems:
         error = problems[0].get("ctx", {}).get("error") or problems[0]["msg"]
         raise PeerRefused(f"Invalid JSON in the request body: {error}")
