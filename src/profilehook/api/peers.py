@@ -35,12 +35,13 @@ from profilehook.errors import (
     InvalidApiKey,
     MissingScope,
     PayloadTooLarge,
+    PeerRefused,
     ProfilehookError,
 )
 from profilehook.events import now_us
 from profilehook.service import Services
 from profilehook.sources import amplitude_http, posthog, segment
-from profilehook.sources.peer_events import Mapped, PeerRefused
+from profilehook.sources.peer_events import Mapped
 
 ACCESS: Access = "ingest"
 AMPLITUDE_PREFIX = "/amplitude"

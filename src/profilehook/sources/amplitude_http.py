@@ -23,10 +23,10 @@ import msgspec
 
 from profilehook import constants as c
 from profilehook.constants import MAX_JSON_INT
+from profilehook.errors import PeerRefused
 from profilehook.events import Event, Kind, Op, new_event_ids
 from profilehook.sources.peer_events import (
     Mapped,
-    PeerRefused,
     storable_properties,
     usable_event_id,
     usable_id,

@@ -1,5 +1,5 @@
 """What the SDK-compatible sources (segment.py, posthog.py, amplitude_http.py) share: the result
-of mapping one request, the peer's refusal, ISO 8601 times, and the checks every event passes
+of mapping one request, ISO 8601 times, and the checks every event passes
 (the native API's limits) before it may cross into the pipeline."""
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from profilehook import constants as c
-from profilehook.errors import BadRequest
 from profilehook.events import Event
 from profilehook.validation import holds_unstorable
 
@@ -29,16 +28,6 @@ class Mapped:
     rejected: int = 0
     too_old: int = 0
     calls: int = 0
-
-
-class PeerRefused(BadRequest):
-    """A request the peer's real service refuses as a whole, with what its SDK reads from the
-    answer (``fields``: e.g. Amplitude's ``events_with_invalid_fields``)."""
-
-    def __init__(self, detail: str, fields: dict[str, Any] | None = None, status: int = 400):
-        super().__init__(detail)
-        self.fields = fields or {}
-        self.status_code = status
 
 
 def iso_to_us(value: Any) -> int | None:

@@ -19,10 +19,10 @@ from typing import Any
 import msgspec
 
 from profilehook import constants as c
+from profilehook.errors import PeerRefused
 from profilehook.events import Event, Op, new_event_ids
 from profilehook.sources.peer_events import (
     Mapped,
-    PeerRefused,
     iso_to_us,
     storable_properties,
     usable_event_id,
