@@ -287,6 +287,36 @@ def test_posthog_refuses_what_posthog_refuses_with_a_detail(
         assert r.json()["code"] == "invalid_api_key"
 
 
+def test_posthog_capture_v1_takes_a_bearer_key_and_answers_a_result_per_event(
+    client: TestClient, key: str, auth: dict[str, str]
+) -> None:
+    batch = [
+        {"event": "$set", "uuid": UUID1, "distinct_id": "v1a", "properties": {"$set": {"a": 1}},
+         "timestamp": "2026-12-03T10:00:00Z", "options": {}},
+        {"event": "$set", "uuid": UUID2, "properties": {"$set": {"a": 2}}},  # no distinct_id
+        {"event": "$set", "uuid": UUID3, "distinct_id": "v1a", "timestamp": "yesterday",
+         "properties": {"$set": {"a": 3}}},
+        {"event": "pageview", "uuid": UUID1[:-1] + "4", "distinct_id": "v1a", "properties": {}},
+    ]  # fmt: skip
+    body = {"created_at": "2026-12-03T10:00:01Z", "batch": batch}
+    r = client.post("/i/v1/analytics/events", json=body, headers=auth)
+    assert r.status_code == 200
+    assert r.json() == {
+        "results": {
+            UUID1: {"result": "ok"},
+            UUID2: {"result": "drop", "details": "no usable distinct_id"},
+            UUID3: {
+                "result": "drop",
+                "details": "an invalid timestamp, or properties no store can keep",
+            },
+            UUID1[:-1] + "4": {"result": "ok"},
+        }
+    }
+    settle(client, auth, "v1a", {"a": 1})
+    r = client.post("/i/v1/analytics/events", json={**body, "api_key": key})  # not in the body
+    assert (r.status_code, r.json()["code"]) == (401, "invalid_api_key")
+
+
 # -- Amplitude ----------------------------------------------------------------------------------
 
 

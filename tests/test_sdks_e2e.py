@@ -257,6 +257,51 @@ def test_posthog_sdk_sees_a_wrong_key_as_posthogs_401(live: Live, sdk_log: SdkLo
     assert live.profile("ph-wrong") is None
 
 
+def test_posthog_sdk_in_capture_v1_mode_gets_a_result_per_event(
+    live: Live, sdk_log: SdkLog
+) -> None:
+    """posthog 7.91.1 sends the newer protocol when asked (``capture_mode="v1"``): Bearer
+    key, gzip, a result per event uuid."""
+    from posthog import Posthog
+
+    failures: list[Any] = []
+    before = live.counted("posthog", "accepted")
+    refused = live.refused()
+    client = Posthog(
+        live.key, host=live.url, on_error=lambda e, batch: failures.append(e),
+        capture_mode="v1", capture_compression="gzip",
+    )  # fmt: skip
+    for i in range(USERS):
+        client.set(distinct_id=f"v1-{i}", properties={"plan": "pro", "n": i}, timestamp=NEW)
+        client.capture("seen", distinct_id=f"v1-{i}", properties={"$set_once": {"first": "a"}})
+    client.set(distinct_id="v1-0", properties={"plan": "OLD"}, timestamp=OLD)  # older, after
+    client.flush()
+    client.shutdown()
+    assert failures == [] and errors_of(sdk_log) == []
+    live.settled({f"v1-{i}": {"plan": "pro", "n": i, "first": "a"} for i in (0, 1, USERS - 1)})
+    assert live.counted("posthog", "accepted") - before == 2 * USERS + 1
+    assert live.refused() == refused
+
+
+def test_posthog_sdk_in_capture_v1_mode_sees_a_wrong_key_as_a_terminal_401(
+    live: Live, sdk_log: SdkLog
+) -> None:
+    from posthog import Posthog
+    from posthog.capture_v1 import CaptureV1Error
+
+    failures: list[Any] = []
+    client = Posthog(
+        "phc_wrong", host=live.url, on_error=lambda e, batch: failures.append(e),
+        capture_mode="v1",
+    )  # fmt: skip
+    client.set(distinct_id="v1-wrong", properties={"a": 1})
+    client.flush()
+    client.shutdown()
+    assert len(failures) == 1 and isinstance(failures[0], CaptureV1Error)
+    assert failures[0].status == 401 and failures[0].attempts == 1
+    assert live.profile("v1-wrong") is None
+
+
 # -- Amplitude ----------------------------------------------------------------------------------
 
 

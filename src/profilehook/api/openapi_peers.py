@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from profilehook import constants as c
-from profilehook.api.peers import AMPLITUDE_PATHS, POSTHOG_PATHS, SEGMENT_PATHS
+from profilehook.api.peers import AMPLITUDE_PATHS, POSTHOG_PATHS, POSTHOG_V1_PATHS, SEGMENT_PATHS
 
 SCOPE = "x-scope"  # (openapi.SCOPE: the key scope an operation needs)
 KEY_IN_BODY = "x-key-in-body"
@@ -138,6 +138,36 @@ def _posthog(path: str) -> dict[str, Any]:
     )
 
 
+def _posthog_v1(path: str) -> dict[str, Any]:
+    result = _object("result", result={"enum": ["ok", "drop"]}, details={"type": "string"})
+    operation = _operation(
+        f"PostHog capture v1: {path}",
+        "`{\"created_at\", \"batch\": [...]}` as posthog-python sends it with"
+        " `capture_mode=\"v1\"`: the key as a Bearer token; gzip or deflate as"
+        " `Content-Encoding`. Events map as on the v0 paths; the answer has a result per event"
+        " uuid: `ok` (stored, or nothing to store) or `drop` with the reason (no usable"
+        " `distinct_id`, an invalid timestamp or update), which the SDK does not retry.",
+        {
+            "200": _json(
+                _object("results", results={"type": "object", "additionalProperties": result}),
+                "Durably stored; a result per event",
+            ),
+            **_errors(
+                _POSTHOG_ERROR,
+                {
+                    "400": "Not JSON, no events, or an event's `uuid` is not a UUID",
+                    "401": "No Bearer key, or not a live profilehook key",
+                    "413": f"Body over {c.POSTHOG_MAX_BODY_BYTES // 2**20} MiB (decoded)",
+                },
+            ),
+        },
+        _object("batch", batch={"type": "array", "items": _POSTHOG_EVENT, "minItems": 1},
+                created_at={"type": "string"}),
+    )  # fmt: skip
+    del operation[KEY_IN_BODY]  # a Bearer token, as every native route
+    return operation
+
+
 def _amplitude(path: str) -> dict[str, Any]:
     identify = path.endswith("/identify")
     operation = _operation(
@@ -185,11 +215,12 @@ def peer_paths() -> dict[str, Any]:
     for build, found in (
         (_segment, SEGMENT_PATHS),
         (_posthog, POSTHOG_PATHS),
+        (_posthog_v1, POSTHOG_V1_PATHS),
         (_amplitude, AMPLITUDE_PATHS),
     ):
         for path in found:
             paths[path] = {"post": build(path)}
-    return paths  # fmt: skip
+    return paths
 
 
 def key_security(operation: dict[str, Any]) -> None:

@@ -65,7 +65,7 @@ class Peer:
     max_body_bytes: int
     parse: Callable[[Call], tuple[Any, str | None]]  # -> (request, key)
     map: Callable[[Any, str, int, int], Mapped]
-    ok: Callable[[Mapped, Call], tuple[bytes, bytes]]  # -> (content type, body)
+    ok: Callable[[Mapped, Call, Any], tuple[bytes, bytes]]  # (.., request) -> (type, body)
     error: Callable[[ProfilehookError], tuple[int, bytes]]
     implied_coding: Callable[[Call], str | None] = lambda call: None
 
@@ -112,7 +112,7 @@ SEGMENT = Peer(
     max_body_bytes=c.SEGMENT_MAX_BATCH_BYTES,
     parse=_segment_parse,
     map=segment.map_messages,
-    ok=lambda mapped, call: (b"application/json", b'{"success":true}'),
+    ok=lambda mapped, call, request: (b"application/json", b'{"success":true}'),
     error=_segment_error,
 )
 SEGMENT_PATHS = ("/v1/batch", "/v1/import", *(f"/v1/{t}" for t in segment.CALL_TYPES))
@@ -155,11 +155,38 @@ POSTHOG = Peer(
     max_body_bytes=c.POSTHOG_MAX_BODY_BYTES,
     parse=_posthog_parse,
     map=posthog.map_events,
-    ok=lambda mapped, call: (b"application/json", b'{"status":1}'),
+    ok=lambda mapped, call, request: (b"application/json", b'{"status":1}'),
     error=_posthog_error,
     implied_coding=_posthog_coding,
 )
 POSTHOG_PATHS = ("/batch/", "/capture/", "/e/", "/i/v0/e/")
+
+
+def _posthog_v1_parse(call: Call) -> tuple[Any, str | None]:
+    """Capture v1 (``capture_mode="v1"``): the key is a Bearer token, never in the body."""
+    return posthog.parse(call.body), keys.bearer_token(call.headers.get(b"authorization"))
+
+
+def _posthog_v1_ok(mapped: Mapped, call: Call, request: Any) -> tuple[bytes, bytes]:
+    """Capture v1's per-event results, by uuid: ``ok`` (stored, or nothing to store) or
+    ``drop`` with why (a call skipped or rejected: sending it again would not help)."""
+    results: dict[str, dict[str, str]] = {}
+    for index, event in enumerate(request.events):
+        uid = str(event.get("uuid")) if type(event) is dict else str(index)
+        reason = mapped.failures.get(index)
+        results[uid] = {"result": "ok"} if reason is None else {"result": "drop", "details": reason}
+    return b"application/json", encode({"results": results})
+
+
+POSTHOG_V1 = Peer(
+    source=posthog.SOURCE,
+    max_body_bytes=c.POSTHOG_MAX_BODY_BYTES,
+    parse=_posthog_v1_parse,
+    map=posthog.map_events,
+    ok=_posthog_v1_ok,
+    error=_posthog_error,
+)
+POSTHOG_V1_PATHS = ("/i/v1/analytics/events",)
 
 
 # -- Amplitude --------------------------------------------------------------------------------
@@ -173,7 +200,7 @@ def _amplitude_parse(call: Call) -> tuple[Any, str | None]:
     return request, request.api_key
 
 
-def _amplitude_ok(mapped: Mapped, call: Call) -> tuple[bytes, bytes]:
+def _amplitude_ok(mapped: Mapped, call: Call, request: Any) -> tuple[bytes, bytes]:
     if call.path == f"{AMPLITUDE_PREFIX}/identify":
         return b"text/plain; charset=utf-8", b"success"
     answer = {
@@ -227,6 +254,7 @@ def _message(exc: ProfilehookError) -> str:
 PEERS: tuple[tuple[Peer, tuple[str, ...]], ...] = (
     (SEGMENT, SEGMENT_PATHS),
     (POSTHOG, POSTHOG_PATHS),
+    (POSTHOG_V1, POSTHOG_V1_PATHS),
     (AMPLITUDE, AMPLITUDE_PATHS),
 )
 
@@ -290,7 +318,7 @@ def _handler(services: Services, deadlines: Deadlines, limiter: RateLimiter, pee
             count = getattr(mapped, outcome)
             if count:
                 counter.labels(peer.source, outcome).inc(count)
-        content_type, body = peer.ok(mapped, call)
+        content_type, body = peer.ok(mapped, call, request)
         await send(
             {
                 "type": "http.response.start",

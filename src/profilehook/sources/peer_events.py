@@ -28,6 +28,9 @@ class Mapped:
     rejected: int = 0
     too_old: int = 0
     calls: int = 0
+    failures: dict[int, str] = field(default_factory=dict)
+    """Why each call left out as skipped or rejected was, by its index (for the peers that
+    answer per call: PostHog's capture v1)."""
 
 
 def iso_to_us(value: Any) -> int | None:

@@ -78,13 +78,17 @@ def map_events(request: Request, workspace: str, received_us: int, oldest_us: in
     for an event whose ``uuid`` is not a UUID (PostHog refuses the request)."""
     mapped = Mapped(calls=len(request.events))
     ids = new_event_ids(len(request.events))
-    for event, made_id in zip(request.events, ids, strict=True):
+    for index, (event, made_id) in enumerate(zip(request.events, ids, strict=True)):
         if type(event) is not dict:
             raise PeerRefused("Every event must be an object")
         given = event.get("uuid")
         if given is not None and not _is_uuid(given):
             raise PeerRefused(f"Invalid uuid {given!r}: must be a UUID")
-        _person_update(event, made_id, workspace, received_us, oldest_us, request, mapped)
+        left_out = _person_update(
+            event, made_id, workspace, received_us, oldest_us, request, mapped
+        )
+        if left_out is not None:
+            mapped.failures[index] = left_out
     return mapped
 
 
@@ -106,25 +110,26 @@ def _person_update(
     oldest_us: int,
     request: Request,
     mapped: Mapped,
-) -> None:
+) -> str | None:
+    """Map one event into ``mapped``; why it is left out when it is skipped or rejected."""
     properties = event.get("properties")
     if properties is None:
         properties = {}
     if type(properties) is not dict:
         mapped.rejected += 1
-        return
+        return "properties is not an object"
     updates = _updates(event, properties)
     if updates is None:
         mapped.rejected += 1
-        return
+        return "$set and $set_once must be objects, $unset a list of names"
     values, ops = updates
     if not values:
         mapped.ignored += 1
-        return
+        return None
     contact_id = usable_id(event.get("distinct_id", properties.get("distinct_id")))
     if contact_id is None:
         mapped.skipped += 1
-        return
+        return "no usable distinct_id"
     ts_us = _event_time(event, received_us)
     event_id = made_id if event.get("uuid") is None else usable_event_id(event["uuid"])
     if (
@@ -134,10 +139,10 @@ def _person_update(
         or not storable_properties(dict.fromkeys(values))
     ):
         mapped.rejected += 1
-        return
+        return "an invalid timestamp, or properties no store can keep"
     if ts_us < oldest_us:
         mapped.too_old += 1
-        return
+        return "older than the retention window"
     name = event.get("event")
     mapped.events.append(
         Event(
@@ -154,6 +159,7 @@ def _person_update(
             ops or None,
         )
     )
+    return None
 
 
 def _updates(
