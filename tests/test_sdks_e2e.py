@@ -433,8 +433,11 @@ def test_an_8_mb_posthog_batch_does_not_hold_up_the_other_requests(server: Serve
     the Amplitude webhook's test: scaled out, a single event published behind 60,000 others in
     the JetStream pipeline may take past its deadline, a retryable 503, whatever sent them.)"""
     key = create_key(server.data_dir, "acme")["key"]
-    http = httpx.Client(base_url=server.base_url, timeout=10)
-    live = Live(server, key, http)
+    with httpx.Client(base_url=server.base_url, timeout=10) as http:
+        _send_8_mb_beside_probes(Live(server, key, http))
+
+
+def _send_8_mb_beside_probes(live: Live) -> None:
     import statistics
     import time
 
@@ -462,4 +465,3 @@ def test_an_8_mb_posthog_batch_does_not_hold_up_the_other_requests(server: Serve
           f" p50 {statistics.median(beside) * 1000:.0f} ms")  # fmt: skip
     assert max(beside) < min(1.0, took_s / 2)
     live.settled({"big-0": {"plan": "pro", "n": 0}, "big-59999": {"plan": "pro", "n": 59_999}})
-    http.close()
