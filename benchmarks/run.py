@@ -383,6 +383,59 @@ def scenario_d(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def _segment_identify(i: int) -> dict[str, Any]:
+    """EVENT's update of ``user<i>`` as segment-analytics-python sends an identify."""
+    return {
+        "integrations": {},
+        "anonymousId": None,
+        "timestamp": "2023-01-01T00:00:00+00:00",
+        "context": {"library": {"name": "analytics-python", "version": "2.4.0"}},
+        "type": "identify",
+        "userId": f"user{i}",
+        "traits": EVENT["user_properties"],
+        "messageId": f"0190b6a4-4e0c-7bd4-9d8a-{i:012d}",
+    }
+
+
+def scenario_i(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Segment-shaped batches on POST /v1/batch against the native batch endpoint, on the same
+    server, alternated (native, Segment, native, Segment): the same updates of the same
+    contacts, each with its id (``event_id``; ``messageId``), 100 a request."""
+    env, key = embedded(tmp, "i")
+    native = {
+        "events": [
+            {**EVENT, "contact_id": f"user{i}", "event_id": f"0190b6a4-4e0c-7bd4-9d8a-{i:012d}"}
+            for i in range(args.batch)
+        ]
+    }
+    segment = {
+        "batch": [_segment_identify(i) for i in range(args.batch)],
+        "sentAt": "2023-01-01T00:00:01+00:00",
+        "writeKey": key,
+    }
+    runs: dict[str, list[float]] = {"native": [], "segment": []}
+    result: dict[str, Any] = {}
+    with running(serve("profilehook", env)) as server:
+        for _ in range(2):
+            for name, path, body in (
+                ("native", "/v1/properties/batch", native),
+                ("segment", "/v1/batch", segment),
+            ):
+                found = measured(
+                    server, lua(tmp / f"i-{name}.lua", body, key), args.duration,
+                    path=path, connections=16,
+                )  # fmt: skip
+                runs[name].append(found["rps"] * args.batch)
+                result[f"{name}_non_2xx"] = result.get(f"{name}_non_2xx", 0) + found["non_2xx"]
+                if name == "segment":
+                    result.update(p50_ms=found["p50_ms"], p99_ms=found["p99_ms"])
+    result["native_events_per_s"] = statistics.mean(runs["native"])
+    result["events_per_s"] = statistics.mean(runs["segment"])
+    result["rps"] = result["events_per_s"] / args.batch
+    result["ratio"] = result["events_per_s"] / result["native_events_per_s"]
+    return result
+
+
 def _applied(server: Server) -> float:
     """How many events the server's applier has applied so far (its metrics)."""
     found = metric(server.url, "profilehook_events_total")
@@ -808,7 +861,7 @@ def _drop_scale_out(url: str, stream: str, schema: str) -> None:
         print(f"H: cleanup failed ({exc})", file=sys.stderr)
 
 
-ROUNDED = "ABCD"
+ROUNDED = "ABCDI"
 
 
 def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -829,6 +882,7 @@ SCENARIOS = {
     "F": scenario_f,
     "G": scenario_g,
     "H": scenario_h,
+    "I": scenario_i,
 }
 TITLES = {
     "A": "ceiling: raw ASGI, reads body, answers 202",
@@ -839,6 +893,7 @@ TITLES = {
     "F": "sustained ingest + apply",
     "G": "store apply throughput (in process)",
     "H": "scale-out ingest, 3-node NATS (R3) + PostgreSQL, 2 serve",
+    "I": "Segment batches of 100 on /v1/batch, beside the native batch endpoint",
 }
 
 
@@ -933,6 +988,16 @@ def targets(r: dict[str, dict[str, Any]]) -> list[tuple[str, str, bool | None]]:
                     ratio >= 0.5,
                 )
             )
+    if has("I"):
+        i = r["I"]
+        rows.append(
+            (
+                "I >= 0.8 x the native batch endpoint, same run",
+                f"{i['ratio']:.2f} x ({i['events_per_s']:,.0f} of {i['native_events_per_s']:,.0f}"
+                f" events/s; {i['segment_non_2xx']:.0f} non-2xx)",
+                i["ratio"] >= 0.8,
+            )
+        )
     if has("G") and "sqlite_property_updates_per_s" in r["G"]:
         rows.append(
             (
@@ -987,7 +1052,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=100, help="events per request in D")
     parser.add_argument("--amplitude-requests", type=int, default=10)
     parser.add_argument("--apply-batches", type=int, default=25, help="2,000-event batches in G")
-    parser.add_argument("--only", default="ABCDEFGH", help="scenarios to run, e.g. ACF")
+    parser.add_argument("--only", default="ABCDEFGHI", help="scenarios to run, e.g. ACF")
     parser.add_argument(
         "--rounds", type=int, default=5, help="interleaved rounds of A-D (medians reported)"
     )

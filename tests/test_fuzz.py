@@ -116,6 +116,10 @@ def test_no_request_gets_a_5xx_or_an_answer_the_document_does_not_describe(
     excluded = [negative_data_rejection]
     if path.endswith("/history") or (method, path) == ("POST", "/v1/sources"):
         excluded.append(positive_data_acceptance)
+    # Amplitude's key is its body's api_key, and Amplitude answers a wrong one 400 (what its SDK
+    # reads as a bad key): a well-formed body with any other key is refused, as it should be.
+    if path.startswith("/amplitude/"):
+        excluded.append(positive_data_acceptance)
 
     @given(case=api_schema[path][method].as_strategy(mode))
     @settings(

@@ -116,3 +116,11 @@ LISTEN_PING_MIN_INTERVAL_S = 0.5
 LISTEN_PING_TIMEOUT_S = 2.0
 # /readyz fails when the applier applied nothing for this long while events were pending.
 APPLIER_STALL_S = 30.0
+
+# SDK-compatible endpoints (README, Speaking the SDKs you already use): each peer's own limits.
+SEGMENT_MAX_MESSAGE_BYTES = 32 * 1024
+SEGMENT_MAX_BATCH_BYTES = 500 * 1024
+# posthog-python keeps a batch under 5 MiB plus one event of up to 8 MiB, under PostHog's 20 MiB.
+POSTHOG_MAX_BODY_BYTES = 20 * 1024 * 1024
+# Amplitude's Batch API takes 20 MB a request (HTTP V2: 1 MB; the SDK splits on a 413).
+AMPLITUDE_HTTP_MAX_BODY_BYTES = 20 * 1024 * 1024

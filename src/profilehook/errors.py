@@ -42,6 +42,16 @@ class BadRequest(ClientError):
     status_code = 400
 
 
+class PeerRefused(BadRequest):
+    """A request to an SDK-compatible endpoint that the peer's real service refuses as a whole
+    (README, Speaking the SDKs you already use), with what its SDK reads from the answer
+    (``fields``: e.g. Amplitude's ``events_with_invalid_fields``)."""
+
+    def __init__(self, detail: str, fields: dict[str, Any] | None = None):
+        super().__init__(detail)
+        self.fields = fields or {}
+
+
 class InvalidApiKey(ClientError):
     status_code = 401
 

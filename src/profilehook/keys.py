@@ -157,6 +157,14 @@ async def authenticate(store: Catalog, authorization: bytes | None) -> KeyGrant 
     return None if key_hash is None else await store.key_grant(key_hash)
 
 
+async def grant_of_key(store: Catalog, key: str | None) -> KeyGrant | None:
+    """What a key given as such grants (the SDK protocols carry it in a body or as a Basic
+    user name rather than as a Bearer token), or None."""
+    if not key or not key.startswith(KEY_PREFIX):
+        return None
+    return await store.key_grant(hash_key(key))
+
+
 async def authorize(store: Catalog, authorization: bytes | None, scope: str) -> KeyGrant:
     """What the header's key grants, when it has ``scope``. Raises ``InvalidApiKey`` (401)
     and ``MissingScope`` (403)."""

@@ -21,7 +21,8 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.events = Counter(
             "profilehook_events",
-            "Events by source and outcome (accepted, rejected, applied, duplicate, failed, erased)",
+            "Events by source and outcome (accepted, rejected, ignored, skipped, too_old, applied,"
+            " duplicate, failed, erased)",
             ["source", "outcome"],
             registry=self.registry,
         )

@@ -19,6 +19,8 @@ from profilehook.api.deadlines import Deadlines
 from profilehook.api.ingest import ACCESS as INGEST_ACCESS
 from profilehook.api.ingest import Handler, ingest_handlers
 from profilehook.api.management import management_routes
+from profilehook.api.peers import peer_handlers
+from profilehook.api.ratelimit import RateLimiter
 from profilehook.api.responses import error_body, error_response
 from profilehook.api.routes import read_routes
 from profilehook.api.webhooks import PATH_PREFIX, webhook_handler
@@ -46,7 +48,14 @@ class ProfilehookApp:
         self.applies_in = applies_in
         self.deadlines = Deadlines.from_settings(services.settings)
         self.eraser = Eraser(services.queue, services.store)
-        self._ingest = ingest_handlers(services, self.deadlines)
+        # The SDK-compatible endpoints (api/peers.py) take the same raw path as the native ones,
+        # and a key has one rate limit across both.
+        keys_limit = RateLimiter(
+            services.settings.rate_limit_per_s, services.settings.rate_limit_burst
+        )
+        self._ingest = ingest_handlers(services, self.deadlines, keys_limit) | peer_handlers(
+            services, self.deadlines, keys_limit
+        )
         self._webhooks = webhook_handler(services, self.deadlines)
         # The ingest paths are also known to Starlette, so that other methods get a 405.
         # Their handlers check what these routes declare (api/access.py).

@@ -40,13 +40,16 @@ ACCESS: Access = "ingest"
 ``_authorized_body`` checks it on the lookup that finds the key."""
 
 
-def ingest_handlers(services: Services, deadlines: Deadlines | None = None) -> dict[str, Handler]:
-    """The raw-ASGI POST handlers by path."""
+def ingest_handlers(
+    services: Services, deadlines: Deadlines | None = None, limiter: RateLimiter | None = None
+) -> dict[str, Handler]:
+    """The raw-ASGI POST handlers by path (``limiter``: the keys' token buckets, when shared
+    with other endpoints)."""
     accepted = services.metrics.events.labels(native.SOURCE, "accepted")
     rejected = services.metrics.events.labels(native.SOURCE, "rejected")
     settings = services.settings
     deadlines = deadlines or Deadlines.from_settings(settings)
-    limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
+    limiter = limiter or RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
 
     async def single(scope: Scope, receive: Receive, send: Send) -> None:
         try:

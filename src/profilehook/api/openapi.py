@@ -13,6 +13,7 @@ import msgspec
 
 from profilehook import __version__
 from profilehook import constants as c
+from profilehook.api.openapi_peers import key_security, peer_paths
 from profilehook.sources.kinds import KINDS
 from profilehook.sources.webhooks import CreateOption, Kind
 
@@ -881,12 +882,14 @@ def _paths() -> dict[str, Any]:
         },
     }
     paths.update(_management_paths())
+    paths.update(peer_paths())
     for operations in paths.values():
         for operation in operations.values():
             operation["responses"] = {**_MALFORMED, **operation["responses"]}
             scope = operation.get(SCOPE)
             if scope is not None:
                 _needs(operation, scope)
+            key_security(operation)
     return paths
 
 
@@ -919,7 +922,10 @@ def document(base_url: str) -> dict[str, Any]:
         "paths": _paths(),
         "components": {
             "schemas": _SCHEMAS,
-            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "apiKey": {"type": "http", "scheme": "bearer"},
+                "basicAuth": {"type": "http", "scheme": "basic"},
+            },
         },
     }
 
