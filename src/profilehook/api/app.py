@@ -24,6 +24,9 @@ from profilehook.api.routes import read_routes
 from profilehook.api.webhooks import PATH_PREFIX, webhook_handler
 from profilehook.applier import Applier, StallWatch
 from profilehook.applier_process import ApplierProcess
+from profilehook.console.overview import Series
+from profilehook.console.routes import console_routes
+from profilehook.console.web import Console
 from profilehook.erasure import Eraser
 from profilehook.errors import ProfilehookError
 from profilehook.retention import HistoryPurger
@@ -64,10 +67,13 @@ class ProfilehookApp:
                 raw=True,
             )
         ]
+        self.console = Console(services)
+        self.series = Series(services.metrics, services.queue)
         self._starlette = Starlette(
             routes=ingest_routes
             + read_routes(services, self.deadlines, self._stall_watch(), self.eraser)
-            + management_routes(services),
+            + management_routes(services)
+            + console_routes(self.console, self.series, self.eraser),
             lifespan=self._lifespan,
             exception_handlers={
                 HTTPException: _http_exception,
@@ -100,6 +106,7 @@ class ProfilehookApp:
         services = self.services
         # Erasures are executed here (whatever applies): this process writes the embedded log.
         erasing = asyncio.create_task(self.eraser.run(stop), name="eraser")
+        sampling = asyncio.create_task(self.series.run(stop), name="console-overview")
         if self.applies_in == "task":
             applier = Applier(
                 services.queue,
@@ -117,7 +124,7 @@ class ProfilehookApp:
             yield
         finally:
             stop.set()
-            for running_task in (task, purging, erasing):
+            for running_task in (task, purging, erasing, sampling):
                 if running_task is not None:
                     with suppress(asyncio.CancelledError):
                         await running_task
