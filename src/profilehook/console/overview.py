@@ -24,6 +24,8 @@ from profilehook.errors import ProfilehookError
 from profilehook.metrics import Metrics
 from profilehook.queues.base import Queue
 
+FIRST_POINT_S = 1.0
+
 
 @dataclass(frozen=True)
 class _Totals:
@@ -61,10 +63,14 @@ class Series:
         self._last: _Totals | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
+        # The baseline, then a first point soon (a fresh console shows something), then one
+        # every interval.
+        wait_s = min(FIRST_POINT_S, self.interval_s)
         while not stop.is_set():
             await self.sample()
             with suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.interval_s)
+                await asyncio.wait_for(stop.wait(), wait_s)
+            wait_s = self.interval_s
 
     async def sample(self) -> Point | None:
         """Take one point (the first call only sets the baseline)."""

@@ -19,8 +19,7 @@
   }
 
   function draw(data) {
-    var enough = data.t.length >= 1;
-    note.textContent = enough ? "" : "Collecting: the first points appear within " + Math.round(interval / 500) + " s.";
+    note.textContent = data.t.length ? "" : "Collecting: the first point appears within seconds.";
     root.querySelectorAll(".chart").forEach(function (box, i) {
       var cols = columns(data, box);
       var key = cols.labels.join("|");
