@@ -5,11 +5,13 @@ every form, read-only keys, security headers, escaping, and the live bus's cost 
 from __future__ import annotations
 
 import re
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx2 as httpx
 import pytest
 from starlette.testclient import TestClient
 
@@ -20,6 +22,7 @@ from profilehook.console.web import CSP
 from profilehook.constants import CONSOLE_SESSION_S
 from profilehook.live import Call, LiveCalls
 from profilehook.settings import Settings
+from tests.support import ServerProcess, create_key
 
 HOSTILE = '<script>alert("x")</script>\'"'
 
@@ -359,3 +362,32 @@ def test_the_tail_shows_a_refused_call_of_a_known_key_and_not_one_without_a_vali
     assert {p["loc"][-1] for p in calls[0].detail} >= {"contact_id", "event_name"}
     assert ("authorization", "Bearer $KEY") in calls[0].headers
     assert key.encode() not in repr(calls[0]).encode()
+
+
+@pytest.mark.slow
+def test_given_an_open_live_tail_when_the_server_is_stopped_then_it_exits_at_once(
+    tmp_path: Path,
+) -> None:
+    """uvicorn waits for open responses before it stops: an open tail must end with it."""
+    server = ServerProcess(tmp_path / "data").start()
+    try:
+        key = create_key(server.data_dir, "acme", ("read",))["key"]
+        with httpx.Client(base_url=server.base_url, timeout=10) as client:
+            form = client.get("/console/login").text
+            token = re.search(r'name="csrf_token" value="([^"]+)"', form)
+            assert token
+            signed_in = client.post(
+                "/console/login", data={"key": key, "csrf_token": token.group(1), "next": "/"}
+            )
+            assert signed_in.status_code == 303  # to the overview
+            with client.stream("GET", "/console/live/stream") as stream:
+                assert stream.status_code == 200
+                chunks = stream.iter_bytes()  # held: a dropped iterator closes the stream
+                assert next(chunks).startswith(b"retry:")
+                stopped = time.monotonic()
+                assert server.proc is not None
+                server.proc.send_signal(signal.SIGTERM)
+                server.proc.wait(timeout=10)
+        assert time.monotonic() - stopped < 5
+    finally:
+        server.kill()

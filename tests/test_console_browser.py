@@ -279,6 +279,50 @@ def test_the_api_reference_is_interactive_from_the_servers_own_document(
     watched.shot("reference")
 
 
+def test_every_control_is_reachable_by_keyboard_and_a_key_is_created_with_tab_and_enter(
+    server: ServerProcess, admin_key: str, watched: Watched
+) -> None:
+    page = watched.page
+    sign_in(page, server.base_url, admin_key)
+    for path in ("/", "/console/live", "/console/contacts", "/console/sources", "/console/keys"):
+        page.goto(f"{server.base_url}{path}")
+        unreachable = page.evaluate(
+            """() => [...document.querySelectorAll('a[href], button, input, summary')]
+              .filter(el => el.type !== 'hidden' && el.offsetParent !== null)
+              .filter(el => el.tabIndex < 0 || el.disabled).map(el => el.outerHTML)"""
+        )
+        assert unreachable == [], path
+        assert unlabelled_fields(page) == [], path
+        no_horizontal_scroll(page)
+    before = page.locator("table.keys tbody tr").count()
+    for _ in range(80):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.textContent.trim()") == "Create key":
+            break
+    page.keyboard.press("Enter")
+    page.get_by_role("heading", name="Key created").wait_for()
+    page.goto(f"{server.base_url}/console/keys")
+    assert page.locator("table.keys tbody tr").count() == before + 1
+
+
+def test_the_overview_draws_the_last_hours_points(
+    server: ServerProcess, admin_key: str, watched: Watched
+) -> None:
+    page = watched.page
+    sign_in(page, server.base_url, admin_key)
+    wait_until(
+        lambda: len(page.request.get(f"{server.base_url}/console/overview.json").json()["t"]) >= 2,
+        timeout_s=25,
+        interval_s=0.5,
+    )
+    page.reload()
+    page.locator(".chart .uplot canvas").nth(3).wait_for()
+    assert page.locator("#charts-note").inner_text() == ""
+    figures = page.request.get(f"{server.base_url}/console/overview.json").json()
+    assert max(figures["ingest_per_s"]) > 0 and "422" in figures["refused"]
+    watched.shot("overview-later")
+
+
 def _event(contact: str, ts: int, props: dict[str, Any]) -> dict[str, Any]:
     return {"contact_id": contact, "event_name": "e", "timestamp": ts, "user_properties": props}
 

@@ -87,6 +87,11 @@ class ProfilehookApp:
             return None  # appliers elsewhere: their progress is not this server's to judge
         return StallWatch(self.services.settings.applier_stall_s)
 
+    def stopping(self) -> None:
+        """The server stops taking requests: end the responses that would never end by
+        themselves (the console's live tails), so that it is not kept waiting for them."""
+        self.console.close_streams()
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             handler = self._ingest.get(scope["path"])

@@ -20,6 +20,7 @@ from profilehook.live import Call
 from profilehook.views import event_status
 
 PING_S = 15.0  # a comment this often keeps proxies from closing an idle stream
+POLL_S = 0.5  # how soon an open stream ends when the server stops
 MAX_STATUS_IDS = 50
 
 
@@ -79,10 +80,16 @@ def live_routes(console: Console) -> list[ScopedRoute]:
         async def events() -> AsyncIterator[bytes]:
             try:
                 yield b"retry: 2000\n: connected\n\n"
-                while True:
+                idle_s = 0.0
+                # Until the server stops (uvicorn would wait for an open stream forever).
+                while not console.closing.is_set():
                     try:
-                        call = await asyncio.wait_for(watcher.queue.get(), PING_S)
+                        call = await asyncio.wait_for(watcher.queue.get(), POLL_S)
                     except TimeoutError:
+                        idle_s += POLL_S
+                        if idle_s < PING_S:
+                            continue
+                        idle_s = 0.0
                         # The session ends with its key: checked here too, not only per page.
                         if await console.viewer(request) is None:
                             yield b"event: ended\ndata: {}\n\n"

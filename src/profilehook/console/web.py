@@ -4,6 +4,7 @@ security headers of every answer."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -85,6 +86,12 @@ class Console:
             undefined=StrictUndefined,
         )
         self.templates.filters["q"] = lambda value: quote(str(value), safe="")
+        # Set when the server stops: open event streams end (see ``close_streams``).
+        self.closing = asyncio.Event()
+
+    def close_streams(self) -> None:
+        """End every open live tail: the server is stopping, and waits for open responses."""
+        self.closing.set()
 
     # -- routes ------------------------------------------------------------------------------
 
