@@ -20,7 +20,7 @@ from profilehook.api.app import create_app
 from profilehook.console.session import COOKIE, Sessions
 from profilehook.console.web import CSP
 from profilehook.constants import CONSOLE_SESSION_S
-from profilehook.live import Call, LiveCalls
+from profilehook.live import Call, LiveCalls, first_ids
 from profilehook.settings import Settings
 from tests.support import ServerProcess, create_key
 
@@ -391,3 +391,8 @@ def test_given_an_open_live_tail_when_the_server_is_stopped_then_it_exits_at_onc
         assert time.monotonic() - stopped < 5
     finally:
         server.kill()
+
+
+def test_a_call_keeps_the_first_100_distinct_ids_and_the_whole_count() -> None:
+    ids = [f"u{i % 150}" for i in range(10_000)]
+    assert first_ids(ids) == tuple(f"u{i}" for i in range(100))

@@ -120,6 +120,7 @@ APPLIER_STALL_S = 30.0
 # The console (console/) and its live tail (live.py)
 LIVE_BODY_MAX_BYTES = 16 * 1024  # of each call's body kept for the tail and copy-as-curl
 LIVE_RECENT_PER_SOURCE = 20  # webhook calls a source's page shows
+LIVE_IDS_MAX = 100  # event and contact ids a call keeps (a cohort call may make 10,000 events)
 LIVE_WATCHER_BACKLOG = 1_000  # calls a slow tail may fall behind before it loses the oldest
 CONSOLE_SESSION_S = 12 * 3600  # a console sign-in lasts this long (or until its key is revoked)
 CONSOLE_SAMPLE_INTERVAL_S = 10.0  # the overview's charts: one point per interval...

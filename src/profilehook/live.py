@@ -20,6 +20,7 @@ from typing import Any
 
 from profilehook.constants import (
     LIVE_BODY_MAX_BYTES,
+    LIVE_IDS_MAX,
     LIVE_RECENT_PER_SOURCE,
     LIVE_WATCHER_BACKLOG,
 )
@@ -57,8 +58,9 @@ class Call:
     truncated: bool
     status: int
     detail: Any  # the refusal's {"detail"} value; None when accepted
-    event_ids: tuple[str, ...] = ()
-    contact_ids: tuple[str, ...] = ()
+    event_ids: tuple[str, ...] = ()  # the first LIVE_IDS_MAX
+    contact_ids: tuple[str, ...] = ()  # the first LIVE_IDS_MAX
+    event_count: int = 0
     seq: int = 0
 
     @property
@@ -135,6 +137,16 @@ class LiveCalls:
 
 def _numbered(call: Call, seq: int) -> Call:
     return Call(**{**call.__dict__, "seq": seq})
+
+
+def first_ids(ids: Iterable[str]) -> tuple[str, ...]:
+    """The first ``LIVE_IDS_MAX`` distinct ids, in order."""
+    kept: dict[str, None] = {}
+    for value in ids:
+        if len(kept) >= LIVE_IDS_MAX:
+            break
+        kept.setdefault(value, None)
+    return tuple(kept)
 
 
 def body_excerpt(body: bytes) -> tuple[bytes, bool]:

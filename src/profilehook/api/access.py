@@ -7,9 +7,10 @@ needs a key scope runs its endpoint only for a key with that scope, handing it t
   without a valid key ``401``, with a key that lacks it ``403`` (errors.MissingScope).
 * ``source``: the webhook route; the source named in its path authenticates the call.
 * ``public``: health, metrics and the API description.
-* ``session``: a console page (console/): a signed-in browser session whose key is still live
-  and has ``read`` (pages) or ``admin`` (every form that changes something); the console checks
-  it on each request (console/session.py) and leaves these routes out of /openapi.json.
+* ``session``: the console's routes (console/), left out of /openapi.json: its pages need a
+  signed-in browser session whose key is still live and has ``read`` (``admin`` for every form
+  that changes something), checked on each request by console/web.py; its sign-in form, files
+  and API reference page need none.
 
 The raw-ASGI ingest handlers (api/ingest.py) check their scope on the same cached lookup that
 finds the key; their routes here (``raw=True``) declare it and answer other methods 405.

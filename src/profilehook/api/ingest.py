@@ -28,7 +28,7 @@ from profilehook.errors import (
     ProfilehookError,
 )
 from profilehook.events import Event, now_us
-from profilehook.live import Call, LiveCalls, body_excerpt, kept_headers
+from profilehook.live import Call, LiveCalls, body_excerpt, first_ids, kept_headers
 from profilehook.service import Services
 from profilehook.sources import native
 from profilehook.validation import check_json_content_type
@@ -150,8 +150,9 @@ def tell_accepted(
             truncated=truncated,
             status=status,
             detail=None,
-            event_ids=tuple(e.event_id for e in events),
-            contact_ids=tuple(dict.fromkeys(e.contact_id for e in events)),
+            event_ids=first_ids(e.event_id for e in events),
+            contact_ids=first_ids(e.contact_id for e in events),
+            event_count=len(events),
         )
     )
 

@@ -37,6 +37,7 @@ def call_view(call: Call, base_url: str) -> dict[str, Any]:
         "accepted": call.accepted,
         "detail": call.detail,
         "event_ids": list(call.event_ids),
+        "event_count": call.event_count,
         "contact_ids": list(call.contact_ids),
         "body": call.body.decode("utf-8", "replace"),
         "truncated": call.truncated,

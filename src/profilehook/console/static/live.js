@@ -56,8 +56,8 @@
       events.appendChild(status);
       events.appendChild(document.createTextNode(" "));
     });
-    if (call.event_ids.length > 10) {
-      events.appendChild(document.createTextNode("… and " + (call.event_ids.length - 10) + " more"));
+    if (call.event_count > 10) {
+      events.appendChild(document.createTextNode("… " + call.event_count + " events in all"));
     }
     text(row.querySelector(".body"), call.body + (call.truncated ? "\n… (cut)" : ""));
     text(row.querySelector(".curl"), call.curl);
