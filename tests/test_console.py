@@ -22,6 +22,7 @@ from profilehook.console.web import CSP
 from profilehook.constants import CONSOLE_SESSION_S
 from profilehook.live import Call, LiveCalls, first_ids
 from profilehook.settings import Settings
+from profilehook.sources import management
 from tests.support import ServerProcess, create_key
 
 HOSTILE = '<script>alert("x")</script>\'"'
@@ -396,3 +397,41 @@ def test_given_an_open_live_tail_when_the_server_is_stopped_then_it_exits_at_onc
 def test_a_call_keeps_the_first_100_distinct_ids_and_the_whole_count() -> None:
     ids = [f"u{i % 150}" for i in range(10_000)]
     assert first_ids(ids) == tuple(f"u{i}" for i in range(100))
+
+
+def test_a_webhook_call_that_fails_its_check_is_in_the_tail_and_the_sources_recent_calls(
+    app_client: TestClient,
+) -> None:
+    services = app_client.app.services  # type: ignore[attr-defined]
+    kind, values = management.values_from_json({"kind": "amplitude"}, "acme")
+    created = app_client.portal.call(  # type: ignore[union-attr]
+        management.create, services.store, "http://testserver", kind, "acme", values
+    )
+    watcher = services.live.watch("acme")
+    cohort = {
+        "cohort_id": "c",
+        "in_cohort": True,
+        "computed_time": "1",
+        "message_id": "m",
+        "users": [{"user_id": "u1"}, {"user_id": "u2"}],
+    }
+    path = f"/v1/webhooks/{created['source_id']}"
+
+    wrong = app_client.post(path, json=cohort, headers={"Authorization": "Bearer nope"})
+    right = app_client.post(
+        path, json=cohort, headers={"Authorization": f"Bearer {created['secret']}"}
+    )
+
+    assert (wrong.status_code, right.status_code) == (401, 200)
+    tail = [watcher.queue.get_nowait() for _ in range(watcher.queue.qsize())]
+    assert [(c.status, c.source, c.source_id) for c in tail] == [
+        (401, "amplitude", created["source_id"]),
+        (200, "amplitude", created["source_id"]),
+    ]
+    assert tail[0].detail == wrong.json()["detail"]
+    assert tail[1].contact_ids == ("u1", "u2") and tail[1].event_count == 2
+    assert ("authorization", "Bearer $KEY") in tail[0].headers
+    assert [c.status for c in services.live.recent(created["source_id"])] == [200, 401]
+    sign_in(app_client, make_key(app_client, ("admin",)))
+    page = app_client.get(f"/console/source?id={created['source_id']}")
+    assert wrong.json()["detail"] in page.text and "2 event(s)" in page.text
