@@ -435,3 +435,45 @@ def test_a_webhook_call_that_fails_its_check_is_in_the_tail_and_the_sources_rece
     sign_in(app_client, make_key(app_client, ("admin",)))
     page = app_client.get(f"/console/source?id={created['source_id']}")
     assert wrong.json()["detail"] in page.text and "2 event(s)" in page.text
+
+
+def test_a_contacts_history_is_paged_newest_first(app_client: TestClient) -> None:
+    key = make_key(app_client, ("admin",))
+    events = [
+        {
+            "contact_id": "many",
+            "event_id": f"e{t:03}",
+            "event_name": "e",
+            "timestamp": t,
+            "user_properties": {"n": t},
+        }
+        for t in range(1, 56)
+    ]
+    sent = app_client.post(
+        "/v1/properties/batch", json={"events": events}, headers={"Authorization": f"Bearer {key}"}
+    )
+    assert sent.json()["accepted"] == 55
+    sign_in(app_client, key)
+
+    def page(url: str) -> str:
+        for _ in range(100):  # the applier runs beside: wait until every event is applied
+            text = app_client.get(url).text
+            if "e055" in text or "before=" in url:
+                return text
+            time.sleep(0.05)
+        raise AssertionError("never applied")
+
+    first = page("/console/contact?id=many")
+    listed = re.findall(r"<li><div><a href=\"/console/event\?id=(e\d+)\"", first)
+    assert listed == [f"e{t:03}" for t in range(55, 5, -1)]
+    older = re.search(r'href="(/console/contact\?id=many&amp;before=[^"]+)">Older events', first)
+    assert older
+    second = app_client.get(older.group(1).replace("&amp;", "&")).text
+    assert re.findall(r"<li><div><a href=\"/console/event\?id=(e\d+)\"", second) == [
+        "e005",
+        "e004",
+        "e003",
+        "e002",
+        "e001",
+    ]
+    assert "Older events" not in second and "Newest events" in second

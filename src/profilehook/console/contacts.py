@@ -16,6 +16,7 @@ from starlette.responses import Response
 
 from profilehook import erasure as erasure_lib
 from profilehook.api.access import ScopedRoute
+from profilehook.api.routes import decode_history_cursor, history_cursor
 from profilehook.console.web import Console, Viewer, form_of, redirect
 from profilehook.constants import HISTORY_PAGE_DEFAULT
 from profilehook.erasure import Eraser
@@ -41,7 +42,16 @@ def contact_routes(console: Console, eraser: Eraser | None) -> list[ScopedRoute]
     async def contact(request: Request, viewer: Viewer) -> Response:
         contact_id = _id(request)
         found = await store.get_contact(viewer.workspace, contact_id)
-        records = await store.history(viewer.workspace, contact_id, None, HISTORY_PAGE_DEFAULT)
+        cursor = request.query_params.get("before", "")
+        before = decode_history_cursor(cursor) if cursor else None
+        page_size = HISTORY_PAGE_DEFAULT
+        records = await store.history(viewer.workspace, contact_id, before, page_size + 1)
+        older = (
+            history_cursor(records[page_size - 1].event.version)
+            if len(records) > page_size
+            else None
+        )
+        records = records[:page_size]
         if found is None and not records:
             raise NotFound(f"No contact {contact_id!r} in workspace {viewer.workspace!r}")
         view = contact_view(found) if found is not None else None
@@ -66,6 +76,8 @@ def contact_routes(console: Console, eraser: Eraser | None) -> list[ScopedRoute]
             found=view,
             properties=properties,
             history=history,
+            older=older,
+            paged=before is not None,
         )
 
     async def event(request: Request, viewer: Viewer) -> Response:
