@@ -23,7 +23,7 @@ from profilehook.constants import CONSOLE_SESSION_S
 from profilehook.live import Call, LiveCalls, first_ids
 from profilehook.settings import Settings
 from profilehook.sources import management
-from tests.support import ServerProcess, create_key
+from tests.support import ServerProcess, create_key, store_url_for
 
 HOSTILE = '<script>alert("x")</script>\'"'
 
@@ -32,6 +32,23 @@ HOSTILE = '<script>alert("x")</script>\'"'
 def app_client(tmp_path: Path) -> Iterator[TestClient]:
     settings = Settings(data_dir=tmp_path, queue_url="memory://", store_url="memory://")
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield client
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def each_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TestClient]:
+    """The app on each store (sessions look the key up in it on every request)."""
+    if request.param == "memory":
+        settings = Settings(data_dir=tmp_path, queue_url="memory://", store_url="memory://")
+        with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+            yield client
+        return
+    with (
+        store_url_for(request.param) as url,
+        TestClient(
+            create_app(Settings(data_dir=tmp_path, store_url=url)), raise_server_exceptions=False
+        ) as client,
+    ):
         yield client
 
 
@@ -115,8 +132,9 @@ def test_a_key_that_is_unknown_or_cannot_read_cannot_sign_in(
 
 
 def test_given_a_signed_in_key_when_it_is_revoked_then_the_next_request_is_signed_out(
-    app_client: TestClient,
+    each_store: TestClient,
 ) -> None:
+    app_client = each_store
     key = make_key(app_client, ("admin",))
     sign_in(app_client, key)
     assert app_client.get("/console/contacts").status_code == 200
@@ -212,7 +230,8 @@ def test_the_login_form_needs_its_token_and_this_site_too(app_client: TestClient
     assert COOKIE not in bare.headers.get("set-cookie", "") + cross.headers.get("set-cookie", "")
 
 
-def test_a_read_key_gets_a_read_only_console(app_client: TestClient) -> None:
+def test_a_read_key_gets_a_read_only_console(each_store: TestClient) -> None:
+    app_client = each_store
     sign_in(app_client, make_key(app_client, ("read",)))
     token = csrf_of(app_client, "/console/contacts")
     before = key_count(app_client)

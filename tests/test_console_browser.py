@@ -267,6 +267,11 @@ def test_erase_a_contact_after_confirming_then_it_is_gone(
     assert page.get_by_role("heading", name="Not found").count() == 1
     watched.expect_failed_status(404)
 
+    page.get_by_role("button", name="Sign out").click()
+    page.get_by_role("heading", name="Sign in").wait_for()
+    page.goto(f"{server.base_url}/console/contacts")
+    assert "/console/login" in page.url
+
 
 def test_the_api_reference_is_interactive_from_the_servers_own_document(
     server: ServerProcess, admin_key: str, watched: Watched
