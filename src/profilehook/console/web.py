@@ -69,10 +69,6 @@ class Viewer:
 PageEndpoint = Callable[[Request, Viewer], Awaitable[Response]]
 
 
-class Forbidden(ProfilehookError):
-    status_code = 403
-
-
 class Console:
     """The console's shared parts, built once per app."""
 
