@@ -5,6 +5,7 @@ every form, read-only keys, security headers, escaping, and the live bus's cost 
 from __future__ import annotations
 
 import re
+import shlex
 import signal
 import time
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from starlette.testclient import TestClient
 
 from profilehook import keys
 from profilehook.api.app import create_app
+from profilehook.console.live_events import as_curl
 from profilehook.console.session import COOKIE, Sessions
 from profilehook.console.web import CSP
 from profilehook.constants import CONSOLE_SESSION_S
@@ -449,7 +451,7 @@ def test_a_webhook_call_that_fails_its_check_is_in_the_tail_and_the_sources_rece
     ]
     assert tail[0].detail == wrong.json()["detail"]
     assert tail[1].contact_ids == ("u1", "u2") and tail[1].event_count == 2
-    assert ("authorization", "Bearer $KEY") in tail[0].headers
+    assert ("authorization", "Bearer $SECRET") in tail[0].headers
     assert [c.status for c in services.live.recent(created["source_id"])] == [200, 401]
     sign_in(app_client, make_key(app_client, ("admin",)))
     page = app_client.get(f"/console/source?id={created['source_id']}")
@@ -496,3 +498,19 @@ def test_a_contacts_history_is_paged_newest_first(app_client: TestClient) -> Non
         "e001",
     ]
     assert "Older events" not in second and "Newest events" in second
+
+
+def test_copy_as_curl_sends_the_same_body_and_leaves_the_credential_to_the_shell() -> None:
+    body = b'{"contact_id": "it\'s", "user_properties": {"a": "$HOME `x`"}}'
+    call = Call(
+        "acme", 0, "api", None, "POST", "/v1/properties?x=1",
+        (("authorization", "Bearer $KEY"), ("content-type", "application/json")),
+        body, False, 202, None,
+    )  # fmt: skip
+
+    command = as_curl(call, "http://127.0.0.1:8000/")
+
+    words = shlex.split(command.replace('"authorization: Bearer $KEY"', "AUTH"))
+    assert words[:4] == ["curl", "-X", "POST", "http://127.0.0.1:8000/v1/properties?x=1"]
+    assert words[words.index("--data-binary") + 1].encode() == body
+    assert '-H "authorization: Bearer $KEY"' in command

@@ -68,15 +68,17 @@ class Call:
         return self.status < 400
 
 
-def kept_headers(raw: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
-    """The headers a copy-as-curl needs, credentials replaced by ``$KEY``/``$SECRET``."""
+def kept_headers(
+    raw: Iterable[tuple[bytes, bytes]], placeholder: str = "$KEY"
+) -> tuple[tuple[str, str], ...]:
+    """The headers a copy-as-curl needs, a credential replaced by ``placeholder`` (an API key's
+    ``$KEY``, a webhook source's ``$SECRET``)."""
     kept = []
     for name_b, value_b in raw:
         name = name_b.decode("latin-1").lower()
         if name in _REDACTED_HEADERS:
             value = value_b.decode("latin-1")
             scheme = value.split(" ", 1)[0] if " " in value else ""
-            placeholder = "$KEY" if name == "authorization" else "$SECRET"
             kept.append((name, f"{scheme} {placeholder}".strip()))
         elif name in _KEPT_HEADERS:
             kept.append((name, value_b.decode("latin-1")))

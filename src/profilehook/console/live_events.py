@@ -51,7 +51,7 @@ def as_curl(call: Call, base_url: str) -> str:
     for name, value in call.headers:
         if name == "content-encoding":
             continue  # the tail keeps the decoded body
-        if "$" in value and name in ("authorization", "x-api-key"):
+        if name in ("authorization", "x-api-key") and value.endswith(("$KEY", "$SECRET")):
             parts += ["-H", f'"{name}: {value}"']  # the shell fills in the credential
         else:
             parts += ["-H", shlex.quote(f"{name}: {value}")]
