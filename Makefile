@@ -6,6 +6,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 8000
 DATA_DIR ?= ./profilehook-data
+# The console's browser tests use Debian's chromium (.ci/services installs it): Playwright must
+# never fetch a browser of its own.
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
 .PHONY: run test test-fast lint typecheck format bench clean
 

@@ -318,6 +318,9 @@ def embedded(tmp: Path, name: str) -> tuple[dict[str, str], str]:
 
 
 def scenario_c(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    # --compare-with: the other code runs before C in odd rounds and after it in even ones.
+    even_round = tmp.name.startswith("r") and tmp.name[1:].isdigit() and int(tmp.name[1:]) % 2 == 0
+    before = _c_before(tmp, args) if args.compare_with and not even_round else None
     env, key = embedded(tmp, "c")
     with running(serve("profilehook", env)) as server:
         full = measured(server, lua(tmp / "c.lua", EVENT, key), args.duration)
@@ -331,12 +334,26 @@ def scenario_c(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
             args.duration,
             connections=connections,
         )
+    if args.compare_with and even_round:
+        before = _c_before(tmp, args)
+    if before is not None:
+        full["before_rps"] = before["rps"]
+        full["before_p99_ms"] = before["p99_ms"]
     with running(serve("profilehook", env, "--no-applier")) as server:
         full["ingest_only_rps"] = measured(server, tmp / "c.lua", args.duration)["rps"]
     full["half_rate_rps"] = half["rps"]
     full["half_rate_p99_ms"] = half["p99_ms"]
     full["half_rate_p50_ms"] = half["p50_ms"]
     return full
+
+
+def _c_before(tmp: Path, args: argparse.Namespace) -> dict[str, float]:
+    """C's full-rate run on another checkout's code (``--compare-with``: its ``src`` first on
+    the path), on a data directory of its own, in the same round as C."""
+    env, key = embedded(tmp, "c-before")
+    env["PYTHONPATH"] = str(Path(args.compare_with).resolve() / "src")
+    with running(serve("profilehook (before)", env)) as server:
+        return measured(server, lua(tmp / "c-before.lua", EVENT, key), args.duration)
 
 
 def scenario_d(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -932,6 +949,18 @@ def targets(r: dict[str, dict[str, Any]]) -> list[tuple[str, str, bool | None]]:
                     None,
                 )
             )
+    if has("C") and "before_rps" in r["C"]:
+        rounds = r["C"].get("rounds") or [r["C"]]
+        per_round = [c["rps"] / c["before_rps"] for c in rounds]
+        rows.append(
+            (
+                "(C / C on --compare-with's code, each round)",
+                ", ".join(f"{x:.2f}" for x in per_round)
+                + f"; medians {r['C']['rps']:,.0f} / {r['C']['before_rps']:,.0f} req/s,"
+                f" p99 {r['C']['p99_ms']:.1f} / {r['C']['before_p99_ms']:.1f} ms",
+                None,
+            )
+        )
     if has("B", "C"):
         ratio = r["C"]["rps"] / r["B"]["rps"]
         rows.append(("C >= 8 x B", f"{ratio:.1f} x B", ratio >= 8))
@@ -1053,6 +1082,12 @@ def main() -> None:
     parser.add_argument("--amplitude-requests", type=int, default=10)
     parser.add_argument("--apply-batches", type=int, default=25, help="2,000-event batches in G")
     parser.add_argument("--only", default="ABCDEFGHI", help="scenarios to run, e.g. ACF")
+    parser.add_argument(
+        "--compare-with",
+        default="",
+        help="another checkout (e.g. `git archive main | tar -x -C DIR`): C also runs on its"
+        " code in each round, just before C, and the table gives after / before",
+    )
     parser.add_argument(
         "--rounds", type=int, default=5, help="interleaved rounds of A-D (medians reported)"
     )

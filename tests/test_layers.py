@@ -46,9 +46,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "profilehook.applier_process",
             "profilehook.retention",
             "profilehook.service",
+            "profilehook.live",
         ),
     ),
-    ("api", ("profilehook.api",)),
+    ("api", ("profilehook.api", "profilehook.console")),
     ("cli", ("profilehook.cli", "profilehook.__main__")),
 ]
 

@@ -181,6 +181,9 @@ def _stoppable_server() -> type[uvicorn.Server]:
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             super().handle_exit(sig, frame)
             main = self._main
+            stopping = getattr(self.config.app, "stopping", None)
+            if main is not None and stopping is not None:
+                main.get_loop().call_soon_threadsafe(stopping)  # open live tails end
             if not self.started and main is not None:
                 main.get_loop().call_soon_threadsafe(main.cancel)
 

@@ -124,3 +124,12 @@ SEGMENT_MAX_BATCH_BYTES = 500 * 1024
 POSTHOG_MAX_BODY_BYTES = 20 * 1024 * 1024
 # Amplitude's Batch API takes 20 MB a request (HTTP V2: 1 MB; the SDK splits on a 413).
 AMPLITUDE_HTTP_MAX_BODY_BYTES = 20 * 1024 * 1024
+
+# The console (console/) and its live tail (live.py)
+LIVE_BODY_MAX_BYTES = 16 * 1024  # of each call's body kept for the tail and copy-as-curl
+LIVE_RECENT_PER_SOURCE = 20  # webhook calls a source's page shows
+LIVE_IDS_MAX = 100  # event and contact ids a call keeps (a cohort call may make 10,000 events)
+LIVE_WATCHER_BACKLOG = 1_000  # calls a slow tail may fall behind before it loses the oldest
+CONSOLE_SESSION_S = 12 * 3600  # a console sign-in lasts this long (or until its key is revoked)
+CONSOLE_SAMPLE_INTERVAL_S = 10.0  # the overview's charts: one point per interval...
+CONSOLE_SAMPLES_KEPT = 360  # ...over the last hour

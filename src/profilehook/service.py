@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+from profilehook.live import LiveCalls
 from profilehook.metrics import Metrics
 from profilehook.queues import open_queue
 from profilehook.queues.base import Queue
@@ -20,6 +21,7 @@ class Services:
     queue: Queue
     store: Store
     metrics: Metrics = field(default_factory=Metrics)
+    live: LiveCalls = field(default_factory=LiveCalls)  # what arrives, for the console
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:

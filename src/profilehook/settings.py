@@ -19,6 +19,7 @@ from profilehook.errors import ConfigurationError
 ENV_PREFIX = "PROFILEHOOK_"
 MIN_PORT, MAX_PORT = 1, 65535  # TCP's; 0 ("any free port") would make every printed URL wrong
 LOG_LEVELS = ("debug", "info", "warning", "error")
+SECRET_SETTINGS = frozenset({"console_secret"})  # `profilehook settings` does not print them
 
 # The least value each numeric setting can work with (timeouts have their own rule below).
 _MINIMUMS: dict[str, int] = {
@@ -105,6 +106,11 @@ class Settings:
         " older than this plus the 7-day dedupe window is purged continuously (profiles"
         " unchanged). 0 = keep forever",
     )
+    console_secret: str = _setting(
+        "",
+        "Secret that signs console sessions; empty = a random one kept in"
+        " data_dir/console-secret. Scaled out, give every serve process the same one",
+    )
     log_level: str = _setting("info", "Log level: debug, info, warning, error")
 
     def __post_init__(self) -> None:
@@ -170,7 +176,13 @@ class Settings:
     def describe(self) -> list[tuple[str, str, str]]:
         """(environment variable, current value, help) for every setting."""
         return [
-            (ENV_PREFIX + f.name.upper(), str(getattr(self, f.name)), f.metadata["help"])
+            (
+                ENV_PREFIX + f.name.upper(),
+                "(set)"
+                if f.name in SECRET_SETTINGS and getattr(self, f.name)
+                else str(getattr(self, f.name)),
+                f.metadata["help"],
+            )
             for f in fields(self)
         ]
 

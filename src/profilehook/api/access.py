@@ -7,6 +7,10 @@ needs a key scope runs its endpoint only for a key with that scope, handing it t
   without a valid key ``401``, with a key that lacks it ``403`` (errors.MissingScope).
 * ``source``: the webhook route; the source named in its path authenticates the call.
 * ``public``: health, metrics and the API description.
+* ``session``: the console's routes (console/), left out of /openapi.json: its pages need a
+  signed-in browser session whose key is still live and has ``read`` (``admin`` for every form
+  that changes something), checked on each request by console/web.py; its sign-in form, files
+  and API reference page need none.
 
 The raw-ASGI ingest handlers (api/ingest.py) check their scope on the same cached lookup that
 finds the key; their routes here (``raw=True``) declare it and answer other methods 405.
@@ -26,7 +30,7 @@ from profilehook import keys
 from profilehook.constants import SCOPES
 from profilehook.stores.base import Catalog, KeyGrant
 
-Access = Literal["ingest", "read", "admin", "source", "public"]
+Access = Literal["ingest", "read", "admin", "source", "public", "session"]
 ACCESSES: tuple[str, ...] = get_args(Access)
 assert set(SCOPES) <= set(ACCESSES)
 
@@ -57,6 +61,7 @@ class ScopedRoute(Route):
         store: Catalog | None = None,
         bound: Callable[[Endpoint], Endpoint] | None = None,
         raw: bool = False,
+        include_in_schema: bool = True,
     ):
         if access not in ACCESSES:
             raise ValueError(f"{path}: unknown access {access!r}")
@@ -66,7 +71,7 @@ class ScopedRoute(Route):
             endpoint = _checked(store, access, endpoint)
         if bound is not None:
             endpoint = bound(endpoint)
-        super().__init__(path, endpoint, methods=list(methods))
+        super().__init__(path, endpoint, methods=list(methods), include_in_schema=include_in_schema)
         self.access: Access = access
         self.raw = raw
 

@@ -26,6 +26,9 @@ from profilehook.api.routes import read_routes
 from profilehook.api.webhooks import PATH_PREFIX, webhook_handler
 from profilehook.applier import Applier, StallWatch
 from profilehook.applier_process import ApplierProcess
+from profilehook.console.overview import Series
+from profilehook.console.routes import console_routes
+from profilehook.console.web import Console
 from profilehook.erasure import Eraser
 from profilehook.errors import ProfilehookError
 from profilehook.retention import HistoryPurger
@@ -73,10 +76,13 @@ class ProfilehookApp:
                 raw=True,
             )
         ]
+        self.console = Console(services)
+        self.series = Series(services.metrics, services.queue)
         self._starlette = Starlette(
             routes=ingest_routes
             + read_routes(services, self.deadlines, self._stall_watch(), self.eraser)
-            + management_routes(services),
+            + management_routes(services)
+            + console_routes(self.console, self.series, self.eraser),
             lifespan=self._lifespan,
             exception_handlers={
                 HTTPException: _http_exception,
@@ -89,6 +95,11 @@ class ProfilehookApp:
         if self.applies_in == "nowhere":
             return None  # appliers elsewhere: their progress is not this server's to judge
         return StallWatch(self.services.settings.applier_stall_s)
+
+    def stopping(self) -> None:
+        """The server stops taking requests: end the responses that would never end by
+        themselves (the console's live tails), so that it is not kept waiting for them."""
+        self.console.close_streams()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -109,6 +120,7 @@ class ProfilehookApp:
         services = self.services
         # Erasures are executed here (whatever applies): this process writes the embedded log.
         erasing = asyncio.create_task(self.eraser.run(stop), name="eraser")
+        sampling = asyncio.create_task(self.series.run(stop), name="console-overview")
         if self.applies_in == "task":
             applier = Applier(
                 services.queue,
@@ -126,7 +138,7 @@ class ProfilehookApp:
             yield
         finally:
             stop.set()
-            for running_task in (task, purging, erasing):
+            for running_task in (task, purging, erasing, sampling):
                 if running_task is not None:
                     with suppress(asyncio.CancelledError):
                         await running_task

@@ -28,6 +28,7 @@ from profilehook.errors import (
     ProfilehookError,
 )
 from profilehook.events import Event, now_us
+from profilehook.live import Call, LiveCalls, body_excerpt, first_ids, kept_headers
 from profilehook.service import Services
 from profilehook.sources import native
 from profilehook.validation import check_json_content_type
@@ -51,7 +52,10 @@ def ingest_handlers(
     deadlines = deadlines or Deadlines.from_settings(settings)
     limiter = limiter or RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
 
+    live = services.live
+
     async def single(scope: Scope, receive: Receive, send: Send) -> None:
+        body = b""
         try:
             with deadlines.watch(send) as watch:
                 workspace, body = await _authorized_body(
@@ -62,12 +66,17 @@ def ingest_handlers(
                 watch.awaiting_backend()
                 await services.queue.publish([event])
         except ProfilehookError as exc:
+            if live.watched:
+                await tell_refused(services, scope, body, exc)
             await refuse(services, send, exc)
             return
         accepted.inc()
+        if live.watched:
+            tell_accepted(live, workspace, scope, body, 202, [event])
         await send_json(send, 202, b'{"status":"accepted","event_id":%s}' % encode(event.event_id))
 
     async def batch(scope: Scope, receive: Receive, send: Send) -> None:
+        body = b""
         try:
             with deadlines.watch(send) as watch:
                 workspace, body = await _authorized_body(
@@ -79,10 +88,14 @@ def ingest_handlers(
                 watch.awaiting_backend(len(events))
                 await services.queue.publish(events)
         except ProfilehookError as exc:
+            if live.watched:
+                await tell_refused(services, scope, body, exc)
             await refuse(services, send, exc)
             return
         accepted.inc(len(events))
         rejected.inc(len(items) - len(events))
+        if live.watched:
+            tell_accepted(live, workspace, scope, body, 202, events)
         results = [
             _Accepted(i, "accepted", item.event_id)
             if isinstance(item, Event)
@@ -113,6 +126,84 @@ class _BatchAnswer(msgspec.Struct, frozen=True):
     accepted: int
     rejected: int
     results: list[_Accepted | _Rejected]
+
+
+def tell_accepted(
+    live: LiveCalls,
+    workspace: str,
+    scope: Scope,
+    body: bytes,
+    status: int,
+    events: list[Event],
+    source: str = native.SOURCE,
+    source_id: str | None = None,
+) -> None:
+    """Post an accepted call to the console's live tail (live.py)."""
+    excerpt, truncated = body_excerpt(body)
+    live.publish(
+        Call(
+            workspace=workspace,
+            at_us=now_us(),
+            source=source,
+            source_id=source_id,
+            method=scope["method"],
+            target=_target(scope),
+            headers=kept_headers(scope["headers"], "$KEY" if source_id is None else "$SECRET"),
+            body=excerpt,
+            truncated=truncated,
+            status=status,
+            detail=None,
+            event_ids=first_ids(e.event_id for e in events),
+            contact_ids=first_ids(e.contact_id for e in events),
+            event_count=len(events),
+        )
+    )
+
+
+async def tell_refused(
+    services: Services,
+    scope: Scope,
+    body: bytes,
+    exc: ProfilehookError,
+    source: str = native.SOURCE,
+    source_id: str | None = None,
+    workspace: str | None = None,
+) -> None:
+    """Post a refused call to the live tail of the workspace it belongs to: the key's (a call
+    without a valid key belongs to nobody and is not shown) or the webhook source's."""
+    if isinstance(exc, ClientDisconnected):
+        return
+    if workspace is None:
+        authorization = [v for k, v in scope["headers"] if k == b"authorization"]
+        if len(authorization) != 1:
+            return
+        grant = await keys.authenticate(services.store, authorization[0])
+        if grant is None:
+            return
+        workspace = grant.workspace
+    excerpt, truncated = body_excerpt(body)
+    status = exc.status_code
+    services.live.publish(
+        Call(
+            workspace=workspace,
+            at_us=now_us(),
+            source=source,
+            source_id=source_id,
+            method=scope["method"],
+            target=_target(scope),
+            headers=kept_headers(scope["headers"], "$KEY" if source_id is None else "$SECRET"),
+            body=excerpt,
+            truncated=truncated,
+            status=status,
+            detail=exc.detail,
+        )
+    )
+
+
+def _target(scope: Scope) -> str:
+    raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+    query = scope.get("query_string", b"").decode("latin-1")
+    return f"{raw_path}?{query}" if query else raw_path
 
 
 async def refuse(services: Services, send: Send, exc: ProfilehookError) -> None:

@@ -81,7 +81,7 @@ def read_routes(
             {
                 "contact_id": contact_id,
                 "events": [event_view(r) for r in page],
-                "next_cursor": _cursor(page[-1].event.version) if more else None,
+                "next_cursor": history_cursor(page[-1].event.version) if more else None,
             }
         )
 
@@ -249,7 +249,7 @@ def _page(request: Request) -> tuple[int, Version | None]:
     before = None
     raw_cursor = request.query_params.get("cursor")
     if raw_cursor:  # an empty cursor (``?cursor=``) is the first page, as an absent one
-        before = _decode_cursor(raw_cursor)
+        before = decode_history_cursor(raw_cursor)
         if before is None:
             problems.append(value_error(("query", "cursor"), raw_cursor, "not a cursor we issued"))
     if problems:
@@ -257,11 +257,13 @@ def _page(request: Request) -> tuple[int, Version | None]:
     return limit, before
 
 
-def _cursor(version: Version) -> str:
+def history_cursor(version: Version) -> str:
+    """The cursor of the history page after the event of ``version`` (``next_cursor``)."""
     return base64.urlsafe_b64encode(msgspec.json.encode(version)).decode().rstrip("=")
 
 
-def _decode_cursor(raw: str) -> Version | None:
+def decode_history_cursor(raw: str) -> Version | None:
+    """The version a ``history_cursor`` holds; None for anything else."""
     try:
         ts_us, event_id = msgspec.json.decode(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
     except (binascii.Error, ValueError, TypeError, msgspec.DecodeError):

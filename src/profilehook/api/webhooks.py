@@ -11,7 +11,7 @@ from starlette.types import Receive, Scope, Send
 
 from profilehook.api.content_coding import coding_of, read_decoded_body
 from profilehook.api.deadlines import Deadlines
-from profilehook.api.ingest import Handler, read_body, refuse
+from profilehook.api.ingest import Handler, read_body, refuse, tell_accepted, tell_refused
 from profilehook.api.ratelimit import RateLimiter
 from profilehook.api.responses import encode, send_json
 from profilehook.errors import (
@@ -23,6 +23,7 @@ from profilehook.events import now_us
 from profilehook.service import Services
 from profilehook.sources.kinds import KINDS
 from profilehook.sources.webhooks import Released, WebhookRequest, WebhookResult, WebhookSource
+from profilehook.stores.base import Source
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ def webhook_handler(services: Services, deadlines: Deadlines | None = None) -> H
 
     async def handle(scope: Scope, receive: Receive, send: Send) -> None:
         result: WebhookResult | None = None
+        source: Source | None = None
+        request: WebhookRequest | None = None
         try:
             with deadlines.watch(send) as watch:
                 source_id = scope["path"][len(PATH_PREFIX) :]
@@ -74,6 +77,16 @@ def webhook_handler(services: Services, deadlines: Deadlines | None = None) -> H
         except ProfilehookError as exc:
             if result is not None and result.undo is not None:
                 await result.undo()
+            if source is not None:  # a call to no source belongs to no workspace
+                await tell_refused(
+                    services,
+                    scope,
+                    request.body if request is not None else b"",
+                    exc,
+                    source.kind,
+                    source.source_id,
+                    source.workspace,
+                )
             await refuse(services, send, exc)
             return
         counter = services.metrics.events
@@ -83,6 +96,17 @@ def webhook_handler(services: Services, deadlines: Deadlines | None = None) -> H
         if result.too_old:
             counter.labels(source.kind, "too_old").inc(result.too_old)
         await send_json(send, result.status, encode(result.body))
+        # Always (not only when watched): a source's page shows its recent calls.
+        tell_accepted(
+            services.live,
+            source.workspace,
+            scope,
+            request.body,
+            result.status,
+            result.events,
+            source.kind,
+            source.source_id,
+        )
 
     return handle
 
