@@ -116,3 +116,10 @@ LISTEN_PING_MIN_INTERVAL_S = 0.5
 LISTEN_PING_TIMEOUT_S = 2.0
 # /readyz fails when the applier applied nothing for this long while events were pending.
 APPLIER_STALL_S = 30.0
+
+# Querying profiles (README, Querying profiles)
+QUERY_PAGE_DEFAULT = 100
+QUERY_PAGE_MAX = 1_000
+MAX_FILTER_CONDITIONS = 100
+MAX_FILTER_DEPTH = 8  # levels of all/any/not
+MAX_FILTER_LIST_ITEMS = 1_000  # the values of one in/not_in

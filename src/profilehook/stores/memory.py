@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from profilehook.events import Event, Version, now_us
+from profilehook.filters import Query, matches
 from profilehook.stores.base import (
     AliasUpdate,
     ApiKey,
@@ -31,6 +32,7 @@ from profilehook.stores.base import (
     repeats,
     split_erased,
 )
+from profilehook.stores.query import ContactQueries, QueryPage
 
 
 @dataclass
@@ -39,7 +41,7 @@ class _Profile:
     values: dict[str, Any] = field(default_factory=dict)  # None = tombstone
 
 
-class MemoryStore(Store):
+class MemoryStore(Store, ContactQueries):
     def __init__(self) -> None:
         self._events: dict[tuple[str, str], EventRecord] = {}
         self._profiles: dict[tuple[str, str], _Profile] = {}
@@ -120,6 +122,31 @@ class MemoryStore(Store):
         )[:limit]
         found = [_contact_of(i, self._profiles[(workspace, i)]) for i in ids]
         return [c for c in found if c is not None], ids[-1] if len(ids) == limit else None
+
+    async def query_contacts(self, workspace: str, query: Query) -> QueryPage:
+        """The reference evaluator over every profile (a store for tests)."""
+        found = []
+        for (ws, contact_id), profile in self._profiles.items():
+            if ws != workspace or (query.after is not None and contact_id <= query.after):
+                continue
+            contact = _contact_of(contact_id, profile)
+            if contact is not None and matches(
+                query.filter, contact_id, contact.properties, contact.updated_us
+            ):
+                found.append(contact)
+        found.sort(key=lambda c: c.contact_id)
+        count = None
+        if query.count:
+            count = sum(
+                1
+                for (ws, contact_id), profile in self._profiles.items()
+                if ws == workspace
+                and (contact := _contact_of(contact_id, profile)) is not None
+                and matches(query.filter, contact_id, contact.properties, contact.updated_us)
+            )
+        page = found[: query.limit]
+        more = len(found) > query.limit
+        return QueryPage(page, page[-1].contact_id if more else None, count)
 
     async def count_contacts(self, workspace: str) -> int:
         return sum(1 for ws, _ in self._profiles if ws == workspace)

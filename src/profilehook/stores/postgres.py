@@ -26,6 +26,8 @@ import msgspec
 from profilehook import constants as c
 from profilehook.errors import ConfigurationError, StorageUnavailable, StoreRefused
 from profilehook.events import Event, Version, decode_event, encode_event, now_us
+from profilehook.filters import Query
+from profilehook.stores import postgres_query
 from profilehook.stores.base import (
     AliasUpdate,
     ApiKey,
@@ -51,6 +53,7 @@ from profilehook.stores.base import (
     scopes_text,
     split_erased,
 )
+from profilehook.stores.query import ContactQueries, QueryPage
 
 try:
     import psycopg
@@ -268,6 +271,8 @@ MIGRATIONS: list[Migration] = [
     ALTER TABLE snapshot_contacts ADD COLUMN IF NOT EXISTS ops_ts_us bigint,
         ADD COLUMN IF NOT EXISTS ops_event_id text COLLATE "C";
     """,
+    # Querying profiles: an index per kind of value (stores/postgres_query.py).
+    postgres_query.INDEXES,
 ]
 
 
@@ -280,7 +285,7 @@ def split_url(url: str) -> tuple[str, str]:
     return urlunsplit(parts._replace(query=rest)), schema
 
 
-class PostgresStore(Store):
+class PostgresStore(Store, ContactQueries):
     """Profiles in PostgreSQL. Connection faults cost a bounded time, never a stuck process:
     every connection has TCP keepalives, a pooled one is checked before use, a transaction
     that does not answer within ``timeout_s`` has its connection cut; start-up does not wait
@@ -614,6 +619,32 @@ class PostgresStore(Store):
                 held.setdefault(contact_id, []).append(tuple(prop))
             found = [_contact_of(i, last, held.get(i, [])) for i, last in live.items()]
             return found, rows[-1][0] if len(rows) == limit else None
+
+        return await self._run(select)
+
+    async def query_contacts(self, workspace: str, query: Query) -> QueryPage:
+        async def select(conn: Conn) -> QueryPage:
+            # One snapshot for the page, its properties and its count.
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            cur = await conn.execute(*postgres_query.select_sql(workspace, query, _VERSION_COLUMNS))
+            rows = await cur.fetchall()
+            more = len(rows) > query.limit
+            rows = rows[: query.limit]
+            live = {row[0]: last for row in rows if (last := _last_if_exists(row[1:]))}
+            cur = await conn.execute(
+                f"SELECT contact_id, {_PROPERTY_COLUMNS} FROM properties WHERE workspace = %s"
+                " AND contact_id = ANY(%s) AND value IS NOT NULL ORDER BY contact_id, name",
+                (workspace, list(live)),
+            )
+            held: dict[str, list[tuple[Any, ...]]] = {}
+            for contact_id, *prop in await cur.fetchall():
+                held.setdefault(contact_id, []).append(tuple(prop))
+            found = [_contact_of(i, last, held.get(i, [])) for i, last in live.items()]
+            count = None
+            if query.count:
+                cur = await conn.execute(*postgres_query.count_sql(workspace, query))
+                count = int((await cur.fetchone() or (0,))[0])
+            return QueryPage(found, rows[-1][0] if more else None, count)
 
         return await self._run(select)
 
