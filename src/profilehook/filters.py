@@ -428,3 +428,87 @@ def decode_cursor(raw: str) -> str | None:
     except (binascii.Error, ValueError, TypeError, msgspec.DecodeError):
         return None
     return after if tag == "c" and isinstance(after, str) and "\x00" not in after else None
+
+
+# -- the JSON Schema (for the OpenAPI document) ----------------------------------------------
+
+_SCALAR = {"oneOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]}
+
+
+def json_schemas(ref: str = "#/components/schemas/") -> dict[str, Any]:
+    """The filter and the query body as JSON Schema components: ``Filter`` (recursive),
+    ``Condition``, ``ContactQuery``."""
+    filter_ref = {"$ref": f"{ref}Filter"}
+    group = {"type": "array", "items": filter_ref}
+    return {
+        "Filter": {
+            "description": f"At most {MAX_FILTER_CONDITIONS} conditions, nested at most"
+            f" {MAX_FILTER_DEPTH} levels of all/any/not. An empty `all` matches every contact.",
+            "oneOf": [
+                {
+                    "type": "object",
+                    "properties": {"all": group},
+                    "required": ["all"],
+                    "additionalProperties": False,
+                },
+                {
+                    "type": "object",
+                    "properties": {"any": group},
+                    "required": ["any"],
+                    "additionalProperties": False,
+                },
+                {
+                    "type": "object",
+                    "properties": {"not": filter_ref},
+                    "required": ["not"],
+                    "additionalProperties": False,
+                },
+                {"$ref": f"{ref}Condition"},
+            ],
+        },
+        "Condition": {
+            "type": "object",
+            "description": "No coercion: a number never equals a string. An absent property"
+            " matches only `ne`, `not_in` and `not_exists`. `contains`: a list member or a"
+            " substring. `$contact_id` and `$updated_at` (Unix seconds) are pseudo-properties.",
+            "properties": {
+                "property": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": MAX_PROPERTY_NAME_CHARS,
+                    "pattern": "^[^\\u0000]*$",
+                },
+                "op": {"enum": list(OPS)},
+                "value": {
+                    "description": "A string, number or boolean; a list of them for `in` and"
+                    " `not_in`; none for `exists` and `not_exists`.",
+                    "oneOf": [
+                        _SCALAR,
+                        {
+                            "type": "array",
+                            "items": _SCALAR,
+                            "minItems": 1,
+                            "maxItems": MAX_FILTER_LIST_ITEMS,
+                        },
+                    ],
+                },
+            },
+            "required": ["property", "op"],
+            "additionalProperties": False,
+        },
+        "ContactQuery": {
+            "type": "object",
+            "properties": {
+                "filter": filter_ref,
+                "limit": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": QUERY_PAGE_MAX,
+                    "default": QUERY_PAGE_DEFAULT,
+                },
+                "cursor": {"type": ["string", "null"], "description": "`next_cursor` of a page"},
+                "count": {"type": "boolean", "default": False},
+            },
+            "additionalProperties": False,
+        },
+    }

@@ -19,6 +19,7 @@ from profilehook.api.deadlines import Deadlines
 from profilehook.api.ingest import ACCESS as INGEST_ACCESS
 from profilehook.api.ingest import Handler, ingest_handlers
 from profilehook.api.management import management_routes
+from profilehook.api.queries import query_routes
 from profilehook.api.responses import error_body, error_response
 from profilehook.api.routes import read_routes
 from profilehook.api.webhooks import PATH_PREFIX, webhook_handler
@@ -66,6 +67,7 @@ class ProfilehookApp:
         ]
         self._starlette = Starlette(
             routes=ingest_routes
+            + query_routes(services)
             + read_routes(services, self.deadlines, self._stall_watch(), self.eraser)
             + management_routes(services),
             lifespan=self._lifespan,

@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from profilehook import __version__
+from profilehook import __version__, filters
 from profilehook import constants as c
 from profilehook.sources.kinds import KINDS
 from profilehook.sources.webhooks import CreateOption, Kind
@@ -644,6 +644,41 @@ def _management_paths() -> dict[str, Any]:
     }
 
 
+def _query_paths() -> dict[str, Any]:
+    return {
+        "/v1/contacts/query": {
+            "post": {
+                "summary": "The contacts that match a filter, paged by contact id",
+                "description": "Each contact as `GET /v1/contacts/{contact_id}` shows it."
+                " `next_cursor` continues the listing (null: the last page); with `count`, the"
+                " number of matches of the whole listing.",
+                SCOPE: c.SCOPE_READ,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("ContactQuery")}},
+                },
+                "responses": {
+                    "200": _json(_ref("ContactPage"), "A page of matching contacts"),
+                    **_ERRORS_BODY,
+                    **_ERRORS_READ,
+                },
+            }
+        },
+    }
+
+
+_SCHEMAS.update(filters.json_schemas())
+_SCHEMAS["ContactPage"] = {
+    "type": "object",
+    "properties": {
+        "contacts": {"type": "array", "items": _ref("Contact")},
+        "next_cursor": {"type": ["string", "null"]},
+        "count": {"type": ["integer", "null"]},
+    },
+    "required": ["contacts", "next_cursor", "count"],
+}
+
+
 SCOPE = "x-scope"
 """An operation's key scope (api/access.py): ``_paths`` adds its security, its 403 and a line
 saying which scope it needs. tests/test_access.py checks it against the routes' own."""
@@ -881,6 +916,7 @@ def _paths() -> dict[str, Any]:
         },
     }
     paths.update(_management_paths())
+    paths.update(_query_paths())
     for operations in paths.values():
         for operation in operations.values():
             operation["responses"] = {**_MALFORMED, **operation["responses"]}
