@@ -20,7 +20,7 @@ from profilehook.constants import SCOPES
 from profilehook.events import Event, Version, decode_event, encode_event, now_us
 from profilehook.filters import Query
 from profilehook.sqlite_db import SqliteDatabase, insert_rows
-from profilehook.stores import sqlite_values
+from profilehook.stores import sqlite_segments, sqlite_values
 from profilehook.stores.base import (
     AliasUpdate,
     ApiKey,
@@ -48,6 +48,14 @@ from profilehook.stores.base import (
     split_erased,
 )
 from profilehook.stores.query import ContactQueries, QueryPage
+from profilehook.stores.segments import (
+    BACKFILL_CHUNK_CONTACTS,
+    Segment,
+    Segments,
+    Touched,
+    everything,
+    touched_by,
+)
 
 # 1: events keyed by their ids, one property per map entry; 2: id_key a hash; 3: id_key
 # time-ordered; 4: erasures (older versions would apply an erased contact's events: they must not
@@ -151,6 +159,7 @@ CREATE TABLE IF NOT EXISTS erased_contacts (
 """
     + sqlite_values.TABLE.strip()
     + ";\n"
+    + sqlite_segments.TABLES
 )
 
 # Keys and sources live in a file of their own: the hot path checks on every request whether
@@ -184,7 +193,7 @@ CATALOG_CHECK_INTERVAL_S = 0.001
 STORE_CACHE_KIB = 65_536
 
 
-class SqliteStore(Store, ContactQueries):
+class SqliteStore(Store, ContactQueries, Segments):
     def __init__(self, path: Path):
         # Commits are not fsynced one by one: the applier calls ``sync`` before it lets the log
         # forget what was applied, so a power loss only means re-applying (deduplicated).
@@ -287,6 +296,39 @@ class SqliteStore(Store, ContactQueries):
             return QueryPage(page, page[-1].contact_id if more else None, count)
 
         return await self.db.read(select)
+
+    async def create_segment(self, segment: Segment) -> None:
+        await self.db.write(lambda conn: sqlite_segments.create(conn, segment))
+
+    async def list_segments(self, workspace: str) -> list[Segment]:
+        return await self.db.read(lambda conn: sqlite_segments.listed(conn, workspace))
+
+    async def get_segment(self, workspace: str, segment_id: str) -> Segment | None:
+        return await self.db.read(lambda conn: sqlite_segments.get(conn, workspace, segment_id))
+
+    async def delete_segment(self, workspace: str, segment_id: str) -> bool:
+        return await self.db.write(lambda conn: sqlite_segments.delete(conn, workspace, segment_id))
+
+    async def segment_members(
+        self, workspace: str, segment_id: str, after: str | None, limit: int
+    ) -> tuple[list[Contact], str | None]:
+        def select(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            sql = sqlite_segments.members_sql(_ROW_COLUMNS)
+            return conn.execute(sql, (workspace, segment_id, after or "", limit + 1)).fetchall()
+
+        rows = await self.db.read(select)
+        found = [c for i, *v in rows[:limit] if (c := _contact_of(i, _row(v))) is not None]
+        return found, rows[limit - 1][0] if len(rows) > limit else None
+
+    async def backfill_segment(
+        self, workspace: str, segment_id: str, limit: int = BACKFILL_CHUNK_CONTACTS
+    ) -> bool:
+        return await self.db.write(
+            lambda conn: sqlite_segments.backfill(conn, workspace, segment_id, limit, _pager(conn))
+        )
+
+    async def building_segments(self) -> list[tuple[str, str]]:
+        return await self.db.read(sqlite_segments.building)
 
     async def count_contacts(self, workspace: str) -> int:
         def count(conn: sqlite3.Connection) -> int:
@@ -842,6 +884,7 @@ def _erase_contact(conn: sqlite3.Connection, erasure: Erasure) -> None:
             f"DELETE FROM {table} WHERE workspace = ? AND contact_id = ?", (workspace, contact_id)
         )
     _apply_profiles(conn, plan.remaining)
+    sqlite_segments.keep(conn, [everything(workspace, contact_id)], _loader(conn))
     aliases = conn.execute(
         "SELECT source_id, profile_id, ts_us, event_id FROM profile_aliases"
         " WHERE workspace = ? AND contact_id = ?",
@@ -917,6 +960,7 @@ def _apply_profiles(
     result = ApplyResult()
     changed: list[tuple[Any, ...]] = []
     values: list[sqlite_values.Change] = []  # the searchable copy's changes (profiles only)
+    touched: list[Touched] = []  # what segments may need to decide again (profiles only)
     for key, group in groups.items():
         row = rows.get(key) or _Row()
         state = row.state(row.ops is not None or any(e.ops for e in group))
@@ -941,8 +985,11 @@ def _apply_profiles(
             )
         )
         result.written += len(plan.upserts)
-        if table == _CONTACTS and plan.touches_contact_row:
-            values += sqlite_values.value_changes(*key, row.properties(), plan)
+        if table == _CONTACTS:
+            if plan.touches_contact_row:
+                values += sqlite_values.value_changes(*key, row.properties(), plan)
+            if (change := touched_by(key, row.last, row.deleted, plan)) is not None:
+                touched.append(change)
     # One step per row, which measured faster here than multi-row upserts of these large rows.
     conn.executemany(
         f"INSERT INTO {table} (workspace, contact_id, last_ts_us, last_event_id, deleted_ts_us,"
@@ -954,7 +1001,27 @@ def _apply_profiles(
         changed,
     )
     sqlite_values.write_changes(conn, values)
+    result.segment_moves = sqlite_segments.keep(conn, touched, _loader(conn))
     return result
+
+
+def _loader(conn: sqlite3.Connection) -> sqlite_segments.Load:
+    def load(keys: list[tuple[str, str]]) -> dict[tuple[str, str], Contact | None]:
+        return {key: _contact_of(key[1], row) for key, row in _rows(conn, keys).items()}
+
+    return load
+
+
+def _pager(conn: sqlite3.Connection) -> sqlite_segments.Page:
+    def page(workspace: str, after: str | None, limit: int) -> list[tuple[str, Contact | None]]:
+        rows = conn.execute(
+            f"SELECT contact_id, {_ROW_COLUMNS} FROM contacts WHERE workspace = ?"
+            " AND contact_id > ? ORDER BY contact_id LIMIT ?",
+            (workspace, after or "", limit),
+        ).fetchall()
+        return [(i, _contact_of(i, _row(values))) for i, *values in rows]
+
+    return page
 
 
 PropertyGroups = list[tuple[int, str, dict[str, Any]]]
@@ -1130,6 +1197,7 @@ def _rebuild(conn: sqlite3.Connection, progress: Progress | None) -> int:
             pending.append(decode_event(body))
     _rebuild_contacts(conn, pending)
     done += len(pending)
+    sqlite_segments.restart_all(conn)  # filled again by the backfill, from the new profiles
     if progress is not None:
         progress(done, total)
     return int(done)

@@ -1,0 +1,215 @@
+"""Segments: saved filters whose membership each store keeps as events apply, in the
+transaction that writes the profiles (README, Segments). The interface (``Segments``, passed by
+every backend: tests/test_segment_contract.py) and what the backends share: which segments a
+contact's change can move (``Touched``, ``Rule.needs``) and the moves themselves
+(``SegmentMoves``), decided by the reference evaluator ``filters.matches`` on the contact's new
+profile.
+
+A new segment is ``building``: ``backfill_segment`` walks the existing contacts in id order, a
+chunk per transaction, while the applier already keeps every contact it touches; once the walk
+ends the segment is ``ready``. Each chunk and each apply decide a contact under the same lock
+(SQLite: the one writer; PostgreSQL: the applier's lock per contact), so neither can write a
+membership from a profile the other has changed.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from profilehook.events import Version
+from profilehook.filters import (
+    UPDATED_AT,
+    All,
+    AnyOf,
+    Condition,
+    Filter,
+    Not,
+    matches,
+)
+from profilehook.stores.base import Contact, ContactPlan, contact_exists
+
+SegmentStatus = Literal["building", "ready"]
+BACKFILL_CHUNK_CONTACTS = 500
+
+
+@dataclass(frozen=True)
+class Segment:
+    segment_id: str
+    workspace: str
+    name: str
+    filter: Filter
+    created_us: int
+    status: SegmentStatus = "building"
+    size: int = 0  # its members now
+    scanned: int = 0  # contacts the backfill has looked at so far
+
+
+@dataclass(frozen=True)
+class SegmentMoves:
+    """What one apply did to one contact's memberships: the segments it entered and left (what a
+    change record carries as ``segments: {"entered": [...], "exited": [...]}``)."""
+
+    entered: tuple[str, ...] = ()
+    exited: tuple[str, ...] = ()
+
+    def view(self) -> dict[str, list[str]]:
+        return {"entered": list(self.entered), "exited": list(self.exited)}
+
+
+Moves = dict[tuple[str, str], SegmentMoves]
+"""(workspace, contact_id) -> its moves, for the contacts an apply moved."""
+
+
+@dataclass(frozen=True)
+class Touched:
+    """What a batch changed of one contact: the names of the properties whose value changed
+    (None: any of them, a delete or a recomputation), and whether its existence or its last
+    update changed."""
+
+    workspace: str
+    contact_id: str
+    names: frozenset[str] | None
+    exists_changed: bool
+    updated_changed: bool
+
+
+def touched_by(
+    key: tuple[str, str],
+    last: Version | None,
+    deleted: Version | None,
+    plan: ContactPlan,
+) -> Touched | None:
+    """What ``plan`` changes of a contact whose row held ``last`` and ``deleted``; None when
+    nothing a filter can see."""
+    names = None if plan.delete_upto is not None else frozenset(plan.upserts) | plan.removes
+    existed = last is not None and contact_exists(last, deleted)
+    exists = plan.last_update is not None and contact_exists(plan.last_update, plan.deleted)
+    updated = exists and (last is None or plan.last_update != last)
+    if names is not None and not names and existed == exists and not updated:
+        return None
+    return Touched(key[0], key[1], names, existed != exists, updated)
+
+
+def everything(workspace: str, contact_id: str) -> Touched:
+    """A contact to decide anew in every segment (an erasure recomputed it)."""
+    return Touched(workspace, contact_id, None, True, True)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A segment as the applier checks it."""
+
+    segment_id: str
+    filter: Filter
+    names: frozenset[str] = field(default_factory=frozenset)
+    uses_updated: bool = False
+
+    @classmethod
+    def of(cls, segment_id: str, node: Filter) -> Rule:
+        names = set(_names(node))
+        return cls(segment_id, node, frozenset(names - {UPDATED_AT}), UPDATED_AT in names)
+
+    def needs(self, touched: Touched) -> bool:
+        """Whether the change can move the contact in or out of this segment."""
+        if touched.exists_changed or touched.names is None:
+            return True
+        if self.uses_updated and touched.updated_changed:
+            return True
+        return not self.names.isdisjoint(touched.names)
+
+
+def _names(node: Filter) -> Iterable[str]:
+    if isinstance(node, All | AnyOf):
+        for item in node.items:
+            yield from _names(item)
+    elif isinstance(node, Not):
+        yield from _names(node.item)
+    elif isinstance(node, Condition):
+        yield node.property
+
+
+def decide(
+    by_workspace: Mapping[str, list[Rule]],
+    touched: Iterable[Touched],
+    contacts: Mapping[tuple[str, str], Contact | None],
+    members: set[tuple[str, str, str]],
+) -> Moves:
+    """The moves of the touched contacts: ``by_workspace`` holds every segment of each
+    workspace, ``contacts`` the contacts' profiles now (None: absent), ``members`` the
+    (workspace, segment_id, contact_id) memberships stored for them before."""
+    moves: Moves = {}
+    for change in touched:
+        key = (change.workspace, change.contact_id)
+        contact = contacts.get(key)
+        entered, exited = [], []
+        for rule in by_workspace.get(change.workspace, ()):
+            if not rule.needs(change):
+                continue
+            now = contact is not None and matches(
+                rule.filter, contact.contact_id, contact.properties, contact.updated_us
+            )
+            was = (change.workspace, rule.segment_id, change.contact_id) in members
+            if now and not was:
+                entered.append(rule.segment_id)
+            elif was and not now:
+                exited.append(rule.segment_id)
+        if entered or exited:
+            moves[key] = SegmentMoves(tuple(entered), tuple(exited))
+    return moves
+
+
+def rules_needed(
+    by_workspace: Mapping[str, list[Rule]], touched: Iterable[Touched]
+) -> list[Touched]:
+    """The touched contacts that some segment of their workspace needs to decide."""
+    return [t for t in touched if any(rule.needs(t) for rule in by_workspace.get(t.workspace, ()))]
+
+
+def member_rows(moves: Moves) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]]:
+    """(workspace, segment_id, contact_id) rows to add and to remove."""
+    added, removed = [], []
+    for (workspace, contact_id), move in moves.items():
+        added += [(workspace, s, contact_id) for s in move.entered]
+        removed += [(workspace, s, contact_id) for s in move.exited]
+    return added, removed
+
+
+class Segments(ABC):
+    """Segments and their members. Backend errors are raised as ``StorageUnavailable``."""
+
+    @abstractmethod
+    async def create_segment(self, segment: Segment) -> None:
+        """Record a new segment (``building``, no members yet); the applier keeps it from
+        then on, ``backfill_segment`` fills it from the contacts that exist already."""
+
+    @abstractmethod
+    async def list_segments(self, workspace: str) -> list[Segment]:
+        """The workspace's segments by creation time, each with its size."""
+
+    @abstractmethod
+    async def get_segment(self, workspace: str, segment_id: str) -> Segment | None: ...
+
+    @abstractmethod
+    async def delete_segment(self, workspace: str, segment_id: str) -> bool:
+        """Forget the segment and its members; False when there is no such segment."""
+
+    @abstractmethod
+    async def segment_members(
+        self, workspace: str, segment_id: str, after: str | None, limit: int
+    ) -> tuple[list[Contact], str | None]:
+        """Up to ``limit`` members in contact_id order after ``after``, and the contact to
+        continue after (None: the last page)."""
+
+    @abstractmethod
+    async def backfill_segment(
+        self, workspace: str, segment_id: str, limit: int = BACKFILL_CHUNK_CONTACTS
+    ) -> bool:
+        """Decide the next ``limit`` contacts of a ``building`` segment in one transaction;
+        True once it is ``ready`` (or gone)."""
+
+    @abstractmethod
+    async def building_segments(self) -> list[tuple[str, str]]:
+        """(workspace, segment_id) of every segment still ``building``."""
