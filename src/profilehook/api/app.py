@@ -22,12 +22,14 @@ from profilehook.api.management import management_routes
 from profilehook.api.queries import query_routes
 from profilehook.api.responses import error_body, error_response
 from profilehook.api.routes import read_routes
+from profilehook.api.segments import segment_routes
 from profilehook.api.webhooks import PATH_PREFIX, webhook_handler
 from profilehook.applier import Applier, StallWatch
 from profilehook.applier_process import ApplierProcess
 from profilehook.erasure import Eraser
 from profilehook.errors import ProfilehookError
 from profilehook.retention import HistoryPurger
+from profilehook.segments import Backfiller
 from profilehook.service import Services
 from profilehook.settings import Settings
 
@@ -47,6 +49,7 @@ class ProfilehookApp:
         self.applies_in = applies_in
         self.deadlines = Deadlines.from_settings(services.settings)
         self.eraser = Eraser(services.queue, services.store)
+        self.backfiller = Backfiller(services.store)
         self._ingest = ingest_handlers(services, self.deadlines)
         self._webhooks = webhook_handler(services, self.deadlines)
         # The ingest paths are also known to Starlette, so that other methods get a 405.
@@ -68,6 +71,7 @@ class ProfilehookApp:
         self._starlette = Starlette(
             routes=ingest_routes
             + query_routes(services)
+            + segment_routes(services, self.backfiller)
             + read_routes(services, self.deadlines, self._stall_watch(), self.eraser)
             + management_routes(services),
             lifespan=self._lifespan,
@@ -102,6 +106,9 @@ class ProfilehookApp:
         services = self.services
         # Erasures are executed here (whatever applies): this process writes the embedded log.
         erasing = asyncio.create_task(self.eraser.run(stop), name="eraser")
+        # New segments are filled from the profiles here (any number of servers may: a
+        # segment's chunks take its row's lock, or the one SQLite writer).
+        backfilling = asyncio.create_task(self.backfiller.run(stop), name="segment-backfill")
         if self.applies_in == "task":
             applier = Applier(
                 services.queue,
@@ -119,7 +126,7 @@ class ProfilehookApp:
             yield
         finally:
             stop.set()
-            for running_task in (task, purging, erasing):
+            for running_task in (task, purging, erasing, backfilling):
                 if running_task is not None:
                     with suppress(asyncio.CancelledError):
                         await running_task
