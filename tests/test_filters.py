@@ -5,9 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from profilehook.filters import (
     All,
     Condition,
+    compile_filter,
     decode_cursor,
     encode_cursor,
     matches,
@@ -15,6 +19,8 @@ from profilehook.filters import (
     parse_query,
     to_json,
 )
+from tests.support import examples
+from tests.test_query_contract import FILTERS, PROFILES
 
 
 def locs(raw: Any) -> list[tuple[Any, ...]]:
@@ -109,3 +115,18 @@ def test_reference_evaluator_meaning() -> None:
     assert matches(Condition("missing", "not_in", (1,)), "c", props, 0)
     assert matches(Condition("$updated_at", "eq", 1.5), "c", props, 1_500_000)
     assert matches(Condition("$contact_id", "starts_with", "c"), "c", props, 0)
+
+
+@settings(max_examples=examples(500), deadline=None)
+@given(profiles=PROFILES, raw=FILTERS, updated_s=st.integers(0, 10))
+def test_given_random_filters_then_the_compiled_form_answers_as_the_reference(
+    profiles: dict[str, dict[str, Any]], raw: dict[str, Any], updated_s: int
+) -> None:
+    node, _ = parse_filter(raw)
+    assert node is not None
+    compiled = compile_filter(node)
+    for contact_id, props in profiles.items():
+        updated_us = updated_s * 1_000_000
+        assert compiled(contact_id, props, updated_us) == matches(
+            node, contact_id, props, updated_us
+        )

@@ -14,11 +14,12 @@ from profilehook.stores.base import Contact
 from profilehook.stores.segments import (
     Moves,
     Rule,
+    RuleSet,
     Segment,
     Touched,
     decide,
     member_rows,
-    rules_needed,
+    work,
 )
 
 TABLES = """
@@ -73,13 +74,13 @@ async def keep(conn: Conn, touched: Sequence[Touched], load: Load) -> Moves:
         "SELECT workspace, segment_id, filter FROM segments WHERE workspace = ANY(%s)",
         (sorted({t.workspace for t in touched}),),
     )
-    by_workspace: dict[str, list[Rule]] = {}
+    by_workspace: dict[str, RuleSet] = {}
     for workspace, segment_id, text in await cur.fetchall():
-        by_workspace.setdefault(workspace, []).append(_rule(segment_id, text))
-    needed = rules_needed(by_workspace, touched) if by_workspace else []
-    if not needed:
+        by_workspace.setdefault(workspace, RuleSet()).add(_rule(segment_id, text))
+    todo = work(by_workspace, touched) if by_workspace else []
+    if not todo:
         return {}
-    keys = [(t.workspace, t.contact_id) for t in needed]
+    keys = [(t.workspace, t.contact_id) for t, _ in todo]
     cur = await conn.execute(
         "SELECT m.workspace, m.segment_id, m.contact_id FROM segment_members m"
         " JOIN unnest(%s::text[], %s::text[]) AS u(w, c)"
@@ -87,7 +88,7 @@ async def keep(conn: Conn, touched: Sequence[Touched], load: Load) -> Moves:
         _columns(keys, 2),
     )
     members = {(w, s, c) for w, s, c in await cur.fetchall()}
-    moves = decide(by_workspace, needed, await load(conn, keys), members)
+    moves = decide(todo, await load(conn, keys), members)
     await _write(conn, *member_rows(moves))
     return moves
 

@@ -27,7 +27,8 @@ from profilehook.filters import (
     Condition,
     Filter,
     Not,
-    matches,
+    Predicate,
+    compile_filter,
 )
 from profilehook.stores.base import Contact, ContactPlan, contact_exists
 
@@ -106,11 +107,18 @@ class Rule:
     filter: Filter
     names: frozenset[str] = field(default_factory=frozenset)
     uses_updated: bool = False
+    test: Predicate | None = None  # filters.compile_filter(filter)
 
     @classmethod
     def of(cls, segment_id: str, node: Filter) -> Rule:
         names = set(_names(node))
-        return cls(segment_id, node, frozenset(names - {UPDATED_AT}), UPDATED_AT in names)
+        return cls(
+            segment_id,
+            node,
+            frozenset(names - {UPDATED_AT}),
+            UPDATED_AT in names,
+            compile_filter(node),
+        )
 
     def needs(self, touched: Touched) -> bool:
         """Whether the change can move the contact in or out of this segment."""
@@ -131,25 +139,66 @@ def _names(node: Filter) -> Iterable[str]:
         yield node.property
 
 
+@dataclass
+class RuleSet:
+    """A workspace's segments, indexed by the properties their filters name."""
+
+    rules: list[Rule] = field(default_factory=list)
+    by_name: dict[str, list[Rule]] = field(default_factory=dict)
+    on_updated: list[Rule] = field(default_factory=list)
+
+    def add(self, rule: Rule) -> None:
+        self.rules.append(rule)
+        for name in rule.names:
+            self.by_name.setdefault(name, []).append(rule)
+        if rule.uses_updated:
+            self.on_updated.append(rule)
+
+    def needed(self, touched: Touched) -> list[Rule]:
+        """The segments ``touched`` can move the contact in or out of (``Rule.needs``)."""
+        if touched.exists_changed or touched.names is None:
+            return self.rules
+        found: dict[str, Rule] = {}
+        for name in touched.names:
+            for rule in self.by_name.get(name, ()):
+                found[rule.segment_id] = rule
+        if touched.updated_changed:
+            for rule in self.on_updated:
+                found[rule.segment_id] = rule
+        return list(found.values())
+
+
+Work = list[tuple[Touched, list[Rule]]]
+
+
+def work(by_workspace: Mapping[str, RuleSet], touched: Iterable[Touched]) -> Work:
+    """The touched contacts that some segment needs to decide, with those segments."""
+    out: Work = []
+    for change in touched:
+        rules = by_workspace.get(change.workspace)
+        needed = rules.needed(change) if rules is not None else []
+        if needed:
+            out.append((change, needed))
+    return out
+
+
 def decide(
-    by_workspace: Mapping[str, list[Rule]],
-    touched: Iterable[Touched],
+    todo: Work,
     contacts: Mapping[tuple[str, str], Contact | None],
     members: set[tuple[str, str, str]],
 ) -> Moves:
-    """The moves of the touched contacts: ``by_workspace`` holds every segment of each
-    workspace, ``contacts`` the contacts' profiles now (None: absent), ``members`` the
-    (workspace, segment_id, contact_id) memberships stored for them before."""
+    """The moves of the contacts of ``todo`` (from ``work``): ``contacts`` their profiles now
+    (None or left out: absent), ``members`` the (workspace, segment_id, contact_id)
+    memberships stored for them before."""
     moves: Moves = {}
-    for change in touched:
+    for change, rules in todo:
         key = (change.workspace, change.contact_id)
         contact = contacts.get(key)
         entered, exited = [], []
-        for rule in by_workspace.get(change.workspace, ()):
-            if not rule.needs(change):
-                continue
-            now = contact is not None and matches(
-                rule.filter, contact.contact_id, contact.properties, contact.updated_us
+        for rule in rules:
+            test = rule.test or compile_filter(rule.filter)
+            now = contact is not None and test(
+                contact.contact_id, contact.properties, contact.updated_us
             )
             was = (change.workspace, rule.segment_id, change.contact_id) in members
             if now and not was:
@@ -159,13 +208,6 @@ def decide(
         if entered or exited:
             moves[key] = SegmentMoves(tuple(entered), tuple(exited))
     return moves
-
-
-def rules_needed(
-    by_workspace: Mapping[str, list[Rule]], touched: Iterable[Touched]
-) -> list[Touched]:
-    """The touched contacts that some segment of their workspace needs to decide."""
-    return [t for t in touched if any(rule.needs(t) for rule in by_workspace.get(t.workspace, ()))]
 
 
 def member_rows(moves: Moves) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]]:

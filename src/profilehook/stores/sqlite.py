@@ -961,6 +961,7 @@ def _apply_profiles(
     changed: list[tuple[Any, ...]] = []
     values: list[sqlite_values.Change] = []  # the searchable copy's changes (profiles only)
     touched: list[Touched] = []  # what segments may need to decide again (profiles only)
+    after: dict[tuple[str, str], tuple[dict[str, tuple[Any, Version]], ContactPlan]] = {}
     for key, group in groups.items():
         row = rows.get(key) or _Row()
         state = row.state(row.ops is not None or any(e.ops for e in group))
@@ -986,10 +987,12 @@ def _apply_profiles(
         )
         result.written += len(plan.upserts)
         if table == _CONTACTS:
-            if plan.touches_contact_row:
-                values += sqlite_values.value_changes(*key, row.properties(), plan)
+            held = row.properties() if plan.touches_contact_row else None
+            if held is not None:
+                values += sqlite_values.value_changes(*key, held, plan)
             if (change := touched_by(key, row.last, row.deleted, plan)) is not None:
                 touched.append(change)
+                after[key] = (held if held is not None else row.properties(), plan)
     # One step per row, which measured faster here than multi-row upserts of these large rows.
     conn.executemany(
         f"INSERT INTO {table} (workspace, contact_id, last_ts_us, last_event_id, deleted_ts_us,"
@@ -1001,8 +1004,32 @@ def _apply_profiles(
         changed,
     )
     sqlite_values.write_changes(conn, values)
-    result.segment_moves = sqlite_segments.keep(conn, touched, _loader(conn))
+    result.segment_moves = sqlite_segments.keep(
+        conn, touched, lambda keys: {k: _contact_after(k[1], *after[k]) for k in keys}
+    )
     return result
+
+
+def _contact_after(
+    contact_id: str, held: dict[str, tuple[Any, Version]], plan: ContactPlan
+) -> Contact | None:
+    """The contact as ``plan`` leaves it (what ``_Row.merged`` writes), from the properties
+    held before; its versions left out (segments look at the values and the last update)."""
+    if plan.last_update is None or not contact_exists(plan.last_update, plan.deleted):
+        return None
+    upto, upserts, removes = plan.delete_upto, plan.upserts, plan.removes
+    live = {
+        name: value
+        for name, (value, version) in held.items()
+        if value is not None
+        and (upto is None or version > upto)
+        and name not in upserts
+        and name not in removes
+    }
+    for name, (value, _) in upserts.items():
+        if value is not None and name not in removes:
+            live[name] = value
+    return Contact(contact_id, live, {}, plan.last_update[0])
 
 
 def _loader(conn: sqlite3.Connection) -> sqlite_segments.Load:

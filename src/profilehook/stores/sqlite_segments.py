@@ -15,11 +15,12 @@ from profilehook.stores.base import Contact
 from profilehook.stores.segments import (
     Moves,
     Rule,
+    RuleSet,
     Segment,
     Touched,
     decide,
     member_rows,
-    rules_needed,
+    work,
 )
 
 TABLES = """
@@ -63,15 +64,15 @@ def _rule(segment_id: str, text: str) -> Rule:
     return found
 
 
-def rules(conn: sqlite3.Connection, workspaces: set[str]) -> dict[str, list[Rule]]:
-    by_workspace: dict[str, list[Rule]] = {}
+def rules(conn: sqlite3.Connection, workspaces: set[str]) -> dict[str, RuleSet]:
+    by_workspace: dict[str, RuleSet] = {}
     rows = conn.execute(
         "SELECT workspace, segment_id, filter FROM segments"
         " WHERE workspace IN (SELECT value FROM json_each(?))",
         (_json(sorted(workspaces)).decode(),),
     )
     for workspace, segment_id, text in rows:
-        by_workspace.setdefault(workspace, []).append(_rule(segment_id, text))
+        by_workspace.setdefault(workspace, RuleSet()).add(_rule(segment_id, text))
     return by_workspace
 
 
@@ -81,10 +82,10 @@ def keep(conn: sqlite3.Connection, touched: Sequence[Touched], load: Load) -> Mo
     if not touched:
         return {}
     by_workspace = rules(conn, {t.workspace for t in touched})
-    needed = rules_needed(by_workspace, touched) if by_workspace else []
-    if not needed:
+    todo = work(by_workspace, touched) if by_workspace else []
+    if not todo:
         return {}
-    keys = [(t.workspace, t.contact_id) for t in needed]
+    keys = [(t.workspace, t.contact_id) for t, _ in todo]
     members = {
         (w, s, c)
         for w, s, c in conn.execute(
@@ -94,7 +95,7 @@ def keep(conn: sqlite3.Connection, touched: Sequence[Touched], load: Load) -> Mo
             (_json(keys).decode(),),
         )
     }
-    moves = decide(by_workspace, needed, load(keys), members)
+    moves = decide(todo, load(keys), members)
     added, removed = member_rows(moves)
     conn.executemany(
         "DELETE FROM segment_members WHERE workspace = ? AND segment_id = ? AND contact_id = ?",
