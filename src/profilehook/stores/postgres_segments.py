@@ -81,11 +81,13 @@ async def keep(conn: Conn, touched: Sequence[Touched], load: Load) -> Moves:
     if not todo:
         return {}
     keys = [(t.workspace, t.contact_id) for t, _ in todo]
+    # Only the memberships of the segments each contact's change can move.
+    pairs = [(t.workspace, r.segment_id, t.contact_id) for t, rules in todo for r in rules]
     cur = await conn.execute(
         "SELECT m.workspace, m.segment_id, m.contact_id FROM segment_members m"
-        " JOIN unnest(%s::text[], %s::text[]) AS u(w, c)"
-        " ON m.workspace = u.w AND m.contact_id = u.c",
-        _columns(keys, 2),
+        " JOIN unnest(%s::text[], %s::text[], %s::text[]) AS u(w, s, c)"
+        " ON m.workspace = u.w AND m.segment_id = u.s AND m.contact_id = u.c",
+        _columns(pairs, 3),
     )
     members = {(w, s, c) for w, s, c in await cur.fetchall()}
     moves = decide(todo, await load(conn, keys), members)

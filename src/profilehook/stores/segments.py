@@ -182,25 +182,37 @@ def work(by_workspace: Mapping[str, RuleSet], touched: Iterable[Touched]) -> Wor
     return out
 
 
+Profiles = Mapping[tuple[str, str], Contact | None]
+
+
 def decide(
     todo: Work,
-    contacts: Mapping[tuple[str, str], Contact | None],
+    contacts: Profiles,
     members: set[tuple[str, str, str]],
+    before: Profiles | None = None,
+    ready: frozenset[str] = frozenset(),
 ) -> Moves:
     """The moves of the contacts of ``todo`` (from ``work``): ``contacts`` their profiles now
     (None or left out: absent), ``members`` the (workspace, segment_id, contact_id)
-    memberships stored for them before."""
+    memberships stored for them before. A backend that knows a contact's profile before the
+    batch (``before``) may leave out its memberships of the ``ready`` segments: those are
+    exactly what the filter says of that profile."""
     moves: Moves = {}
     for change, rules in todo:
         key = (change.workspace, change.contact_id)
         contact = contacts.get(key)
+        known = before is not None and key in before
+        old = before.get(key) if before is not None else None
         entered, exited = [], []
         for rule in rules:
             test = rule.test or compile_filter(rule.filter)
             now = contact is not None and test(
                 contact.contact_id, contact.properties, contact.updated_us
             )
-            was = (change.workspace, rule.segment_id, change.contact_id) in members
+            if known and rule.segment_id in ready:
+                was = old is not None and test(old.contact_id, old.properties, old.updated_us)
+            else:
+                was = (change.workspace, rule.segment_id, change.contact_id) in members
             if now and not was:
                 entered.append(rule.segment_id)
             elif was and not now:

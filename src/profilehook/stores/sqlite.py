@@ -1005,9 +1005,22 @@ def _apply_profiles(
     )
     sqlite_values.write_changes(conn, values)
     result.segment_moves = sqlite_segments.keep(
-        conn, touched, lambda keys: {k: _contact_after(k[1], *after[k]) for k in keys}
+        conn,
+        touched,
+        lambda keys: {k: _contact_after(k[1], *after[k]) for k in keys},
+        lambda keys: {k: _contact_before(k[1], after[k][0], rows.get(k)) for k in keys},
     )
     return result
+
+
+def _contact_before(
+    contact_id: str, held: dict[str, tuple[Any, Version]], row: _Row | None
+) -> Contact | None:
+    """The contact as its row held it before the batch (versions left out)."""
+    if row is None or row.last is None or not contact_exists(row.last, row.deleted):
+        return None
+    live = {name: value for name, (value, _) in held.items() if value is not None}
+    return Contact(contact_id, live, {}, row.last[0])
 
 
 def _contact_after(

@@ -64,38 +64,58 @@ def _rule(segment_id: str, text: str) -> Rule:
     return found
 
 
-def rules(conn: sqlite3.Connection, workspaces: set[str]) -> dict[str, RuleSet]:
+def rules(
+    conn: sqlite3.Connection, workspaces: set[str]
+) -> tuple[dict[str, RuleSet], frozenset[str]]:
+    """The workspaces' segments, and the ids of those that are ready."""
     by_workspace: dict[str, RuleSet] = {}
+    ready = set()
     rows = conn.execute(
-        "SELECT workspace, segment_id, filter FROM segments"
+        "SELECT workspace, segment_id, filter, status FROM segments"
         " WHERE workspace IN (SELECT value FROM json_each(?))",
         (_json(sorted(workspaces)).decode(),),
     )
-    for workspace, segment_id, text in rows:
+    for workspace, segment_id, text, status in rows:
         by_workspace.setdefault(workspace, RuleSet()).add(_rule(segment_id, text))
-    return by_workspace
+        if status == "ready":
+            ready.add(segment_id)
+    return by_workspace, frozenset(ready)
 
 
-def keep(conn: sqlite3.Connection, touched: Sequence[Touched], load: Load) -> Moves:
+def keep(
+    conn: sqlite3.Connection, touched: Sequence[Touched], load: Load, before: Load | None = None
+) -> Moves:
     """Move the touched contacts in and out of their workspaces' segments (the applier's
-    call, after it wrote the profiles, in its transaction); the moves."""
+    call, after it wrote the profiles, in its transaction); the moves. ``before``: the
+    contacts' profiles before the batch, when the caller knows them (``decide``)."""
     if not touched:
         return {}
-    by_workspace = rules(conn, {t.workspace for t in touched})
+    by_workspace, ready = rules(conn, {t.workspace for t in touched})
     todo = work(by_workspace, touched) if by_workspace else []
     if not todo:
         return {}
     keys = [(t.workspace, t.contact_id) for t, _ in todo]
-    members = {
-        (w, s, c)
-        for w, s, c in conn.execute(
-            "SELECT m.workspace, m.segment_id, m.contact_id FROM segment_members m"
-            " JOIN json_each(?) k ON m.workspace = json_extract(k.value, '$[0]')"
-            " AND m.contact_id = json_extract(k.value, '$[1]')",
-            (_json(keys).decode(),),
-        )
-    }
-    moves = decide(todo, load(keys), members)
+    old = before(keys) if before is not None else None
+    # Stored memberships are read only where the profile before is no answer.
+    unknown = [
+        (t.workspace, t.contact_id)
+        for t, needed in todo
+        if old is None or any(r.segment_id not in ready for r in needed)
+    ]
+    members = (
+        {
+            (w, s, c)
+            for w, s, c in conn.execute(
+                "SELECT m.workspace, m.segment_id, m.contact_id FROM segment_members m"
+                " JOIN json_each(?) k ON m.workspace = json_extract(k.value, '$[0]')"
+                " AND m.contact_id = json_extract(k.value, '$[1]')",
+                (_json(unknown).decode(),),
+            )
+        }
+        if unknown
+        else set()
+    )
+    moves = decide(todo, load(keys), members, old, ready)
     added, removed = member_rows(moves)
     conn.executemany(
         "DELETE FROM segment_members WHERE workspace = ? AND segment_id = ? AND contact_id = ?",
