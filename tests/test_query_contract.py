@@ -395,3 +395,24 @@ async def test_given_an_erasure_and_a_rebuild_then_queries_follow_the_profiles(
     await store.rebuild()
     assert await answer(store, node) == []
     assert await answer(store, f({"property": "plan", "op": "eq", "value": "free"})) == ["a"]
+
+
+async def test_given_a_schema_5_sqlite_file_when_opened_then_its_profiles_are_queryable(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    path = tmp_path / "profiles.sqlite3"
+    store = SqliteStore(path)
+    await store.open()
+    await seed(store, {"a": {"plan": "pro"}, "b": {"plan": "free"}})
+    await store.close()
+    with sqlite3.connect(path) as conn:  # as a version before queries left it
+        conn.execute("DROP TABLE contact_values")
+        conn.execute("PRAGMA user_version = 5")
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        assert await answer(store, f({"property": "plan", "op": "eq", "value": "pro"})) == ["a"]
+    finally:
+        await store.close()
