@@ -628,6 +628,59 @@ J_PROPERTIES = 20
 J_BATCH = 2_000
 
 
+async def _j_values_copy_cost(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """What SQLite's searchable copy of the values (and the segments' per-batch check, with no
+    segment) costs the apply: G's workload on two fresh stores, with both and, for reference,
+    with both switched off in this process, alternated three times."""
+    import random
+    from unittest import mock
+
+    from profilehook.events import Event
+    from profilehook.stores import sqlite_segments, sqlite_values
+    from profilehook.stores.sqlite import SqliteStore
+
+    rng = random.Random(5)
+    batches = [
+        [
+            Event(
+                "bench",
+                uuid.uuid4().hex,
+                f"c{rng.randrange(20_000)}",
+                rng.randrange(1, 10**15),
+                {f"p{rng.randrange(20)}": rng.random() for _ in range(5)},
+            )
+            for _ in range(J_BATCH)
+        ]
+        for _ in range(args.apply_batches)
+    ]
+
+    async def rate(path: Path) -> float:
+        store = SqliteStore(path)
+        await store.open()
+        t0 = time.perf_counter()
+        for i, batch in enumerate(batches, start=1):
+            await store.apply(batch)
+            if i % 5 == 0:
+                await store.sync()
+        await store.sync()
+        elapsed = time.perf_counter() - t0
+        await store.close()
+        return len(batches) * J_BATCH / elapsed
+
+    with_copy, without = [], []
+    for run in range(3):
+        with_copy.append(await rate(tmp / f"j-copy-{run}.sqlite3"))
+        with (
+            mock.patch.object(sqlite_values, "write_changes", lambda *_: None),
+            mock.patch.object(sqlite_segments, "keep", lambda *_: {}),
+        ):
+            without.append(await rate(tmp / f"j-nocopy-{run}.sqlite3"))
+    return {
+        "sqlite_apply_with_values_copy_events_per_s": sorted(with_copy)[1],
+        "sqlite_apply_without_values_copy_events_per_s": sorted(without)[1],
+    }
+
+
 def _j_profile(rng: Any, i: int) -> dict[str, Any]:
     """~20 properties: a plan (1 % "enterprise"), a score 0-999, a country, 17 others."""
     props: dict[str, Any] = {
@@ -673,6 +726,7 @@ async def _queries_and_segments(tmp: Path, args: argparse.Namespace) -> dict[str
     }
     everyone = node({"all": []})
     result: dict[str, Any] = {"contacts": count, "properties_per_contact": J_PROPERTIES}
+    result.update(await _j_values_copy_cost(tmp, args))
     for name, store in stores.items():
         try:
             await store.open()
@@ -726,7 +780,7 @@ async def _queries_and_segments(tmp: Path, args: argparse.Namespace) -> dict[str
                 )
                 segment_id = f"seg_bench_{k}"
                 await store.create_segment(Segment(segment_id, "bench", f"s{k}", node(raw), k))
-                while not await store.backfill_segment("bench", segment_id, 5_000):
+                while not await store.backfill_segment("bench", segment_id, 2_000):
                     pass
                 defined += 1
             batches = [
@@ -1088,6 +1142,16 @@ def targets(r: dict[str, dict[str, Any]]) -> list[tuple[str, str, bool | None]]:
         )
     if has("J"):
         j = r["J"]
+        if "sqlite_apply_with_values_copy_events_per_s" in j:
+            on = j["sqlite_apply_with_values_copy_events_per_s"]
+            off = j["sqlite_apply_without_values_copy_events_per_s"]
+            rows.append(
+                (
+                    "(J, SQLite: the apply with the values copy / without it)",
+                    f"{on / off:.2f} ({on:,.0f} vs {off:,.0f} events/s, medians of 3)",
+                    None,
+                )
+            )
         for store in ("sqlite", "postgres"):
             if f"{store}_equality_p99_ms" not in j:
                 continue

@@ -687,7 +687,7 @@ class PostgresStore(Store, ContactQueries, Segments):
     ) -> bool:
         return await self._run(
             lambda conn: postgres_segments.backfill(
-                conn, workspace, segment_id, limit, _contacts_after, _lock_profiles, _contacts_now
+                conn, workspace, segment_id, limit, _lock_profiles
             )
         )
 
@@ -1345,17 +1345,6 @@ async def _contacts_now(
     for workspace, contact_id, *prop in await cur.fetchall():
         held.setdefault((workspace, contact_id), []).append(tuple(prop))
     return {k: _contact_of(k[1], last, sorted(held.get(k, []))) for k, last in live.items()}
-
-
-async def _contacts_after(
-    conn: Conn, workspace: str, after: str | None, limit: int
-) -> list[tuple[str, Contact | None]]:
-    cur = await conn.execute(
-        "SELECT contact_id FROM contacts WHERE workspace = %s AND contact_id > %s"
-        " ORDER BY contact_id LIMIT %s",
-        (workspace, after or "", limit),
-    )
-    return [(row[0], None) for row in await cur.fetchall()]
 
 
 async def _lock_profiles(conn: Conn, keys: list[tuple[str, str]]) -> None:

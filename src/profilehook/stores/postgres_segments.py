@@ -9,8 +9,9 @@ from typing import Any
 
 import msgspec
 
-from profilehook.filters import matches, parse_filter, to_json
+from profilehook.filters import parse_filter, to_json
 from profilehook.stores.base import Contact
+from profilehook.stores.postgres_query import EXISTS, PostgresCompiler
 from profilehook.stores.segments import (
     Moves,
     Rule,
@@ -45,7 +46,6 @@ CREATE INDEX segment_members_by_contact ON segment_members (workspace, contact_i
 
 Conn = Any  # psycopg.AsyncConnection (loaded by the store)
 Load = Callable[[Conn, list[tuple[str, str]]], Awaitable[dict[tuple[str, str], Contact | None]]]
-Page = Callable[[Conn, str, str | None, int], Awaitable[list[tuple[str, Contact | None]]]]
 
 _rules_cache: dict[tuple[str, str], Rule] = {}
 
@@ -184,13 +184,12 @@ async def backfill(
     workspace: str,
     segment_id: str,
     limit: int,
-    page: Page,
     lock_contacts: Callable[[Conn, list[tuple[str, str]]], Awaitable[None]],
-    load: Load,
 ) -> bool:
     """Decide the next ``limit`` contacts of a building segment; True once it is ready. The
     segment's row is locked (one backfill of it at a time), then the chunk's contacts as an
-    apply locks them, so an apply under way on one of them ends first."""
+    apply locks them (an apply under way on one of them ends first); the filter, compiled to
+    SQL as for a query, then decides them all in one statement."""
     cur = await conn.execute(
         "SELECT filter, status, backfill_after FROM segments"
         " WHERE workspace = %s AND segment_id = %s FOR UPDATE",
@@ -199,22 +198,28 @@ async def backfill(
     row = await cur.fetchone()
     if row is None or row[1] == "ready":
         return True
-    rule = _rule(segment_id, row[0])
-    ids = [contact_id for contact_id, _ in await page(conn, workspace, row[2], limit)]
-    keys = [(workspace, i) for i in ids]
-    await lock_contacts(conn, keys)
-    now = await load(conn, keys)  # read again under the locks
-    added, removed = [], []
-    for contact_id in ids:
-        contact = now.get((workspace, contact_id))
-        member = (workspace, segment_id, contact_id)
-        if contact is not None and matches(
-            rule.filter, contact_id, contact.properties, contact.updated_us
-        ):
-            added.append(member)
-        else:
-            removed.append(member)
-    await _write(conn, added, removed)
+    rule, after = _rule(segment_id, row[0]), row[2] or ""
+    cur = await conn.execute(
+        "SELECT contact_id FROM contacts WHERE workspace = %s AND contact_id > %s"
+        " ORDER BY contact_id LIMIT %s",
+        (workspace, after, limit),
+    )
+    ids = [i for (i,) in await cur.fetchall()]
+    if ids:
+        await lock_contacts(conn, [(workspace, i) for i in ids])
+        span = (workspace, segment_id, after, ids[-1])
+        await conn.execute(
+            "DELETE FROM segment_members WHERE workspace = %s AND segment_id = %s"
+            " AND contact_id > %s AND contact_id <= %s",
+            span,
+        )
+        where, params = PostgresCompiler(workspace).compile(rule.filter)
+        await conn.execute(
+            "INSERT INTO segment_members (workspace, segment_id, contact_id)"
+            f" SELECT %s, %s, c.contact_id FROM contacts c WHERE c.workspace = %s AND {EXISTS}"
+            f" AND c.contact_id > %s AND c.contact_id <= %s AND {where} ON CONFLICT DO NOTHING",
+            (workspace, segment_id, workspace, after, ids[-1], *params),
+        )
     done = len(ids) < limit
     await conn.execute(
         "UPDATE segments SET backfill_after = %s, scanned = scanned + %s, status = %s"

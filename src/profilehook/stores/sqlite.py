@@ -324,7 +324,7 @@ class SqliteStore(Store, ContactQueries, Segments):
         self, workspace: str, segment_id: str, limit: int = BACKFILL_CHUNK_CONTACTS
     ) -> bool:
         return await self.db.write(
-            lambda conn: sqlite_segments.backfill(conn, workspace, segment_id, limit, _pager(conn))
+            lambda conn: sqlite_segments.backfill(conn, workspace, segment_id, limit)
         )
 
     async def building_segments(self) -> list[tuple[str, str]]:
@@ -1050,18 +1050,6 @@ def _loader(conn: sqlite3.Connection) -> sqlite_segments.Load:
         return {key: _contact_of(key[1], row) for key, row in _rows(conn, keys).items()}
 
     return load
-
-
-def _pager(conn: sqlite3.Connection) -> sqlite_segments.Page:
-    def page(workspace: str, after: str | None, limit: int) -> list[tuple[str, Contact | None]]:
-        rows = conn.execute(
-            f"SELECT contact_id, {_ROW_COLUMNS} FROM contacts WHERE workspace = ?"
-            " AND contact_id > ? ORDER BY contact_id LIMIT ?",
-            (workspace, after or "", limit),
-        ).fetchall()
-        return [(i, _contact_of(i, _row(values))) for i, *values in rows]
-
-    return page
 
 
 PropertyGroups = list[tuple[int, str, dict[str, Any]]]

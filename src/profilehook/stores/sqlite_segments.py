@@ -22,6 +22,7 @@ from profilehook.stores.segments import (
     member_rows,
     work,
 )
+from profilehook.stores.sqlite_values import EXISTS, SqliteCompiler
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS segments (
@@ -46,8 +47,6 @@ CREATE INDEX IF NOT EXISTS segment_members_by_contact ON segment_members (worksp
 
 Load = Callable[[list[tuple[str, str]]], dict[tuple[str, str], Contact | None]]
 """The profiles of these contacts now (absent ones may be left out)."""
-Page = Callable[[str, str | None, int], list[tuple[str, Contact | None]]]
-"""Up to ``limit`` contacts of a workspace after a contact id, in id order."""
 
 _rules_cache: dict[tuple[str, str], Rule] = {}
 _json = msgspec.json.encode
@@ -196,49 +195,52 @@ def members_sql(columns: str) -> str:
     )
 
 
-def backfill(
-    conn: sqlite3.Connection, workspace: str, segment_id: str, limit: int, page: Page
-) -> bool:
-    """Decide the next ``limit`` contacts of a building segment; True once it is ready."""
+def backfill(conn: sqlite3.Connection, workspace: str, segment_id: str, limit: int) -> bool:
+    """Decide the next ``limit`` contacts of a building segment with its filter compiled to
+    SQL (the query's compiler: the same answers as the reference evaluator); True once it is
+    ready."""
     row = conn.execute(
         "SELECT filter, status, backfill_after FROM segments WHERE workspace = ? AND segment_id = ?",
         (workspace, segment_id),
     ).fetchone()
     if row is None or row[1] == "ready":
         return True
-    rule = _rule(segment_id, row[0])
-    contacts = page(workspace, row[2], limit)
-    decided = [
-        (workspace, segment_id, contact_id, contact is not None and _matches(rule, contact))
-        for contact_id, contact in contacts
+    rule, after = _rule(segment_id, row[0]), row[2] or ""
+    ids = [
+        i
+        for (i,) in conn.execute(
+            "SELECT contact_id FROM contacts WHERE workspace = ? AND contact_id > ?"
+            " ORDER BY contact_id LIMIT ?",
+            (workspace, after, limit),
+        )
     ]
-    conn.executemany(
-        "INSERT OR IGNORE INTO segment_members (workspace, segment_id, contact_id) VALUES (?, ?, ?)",
-        [(w, s, c) for w, s, c, now in decided if now],
-    )
-    conn.executemany(
-        "DELETE FROM segment_members WHERE workspace = ? AND segment_id = ? AND contact_id = ?",
-        [(w, s, c) for w, s, c, now in decided if not now],
-    )
-    done = len(contacts) < limit
+    if ids:
+        span = (workspace, segment_id, after, ids[-1])
+        conn.execute(
+            "DELETE FROM segment_members WHERE workspace = ? AND segment_id = ?"
+            " AND contact_id > ? AND contact_id <= ?",
+            span,
+        )
+        where, params = SqliteCompiler(workspace).compile(rule.filter)
+        conn.execute(
+            "INSERT OR IGNORE INTO segment_members (workspace, segment_id, contact_id)"
+            f" SELECT ?, ?, c.contact_id FROM contacts c WHERE c.workspace = ? AND {EXISTS}"
+            f" AND c.contact_id > ? AND c.contact_id <= ? AND {where}",
+            (workspace, segment_id, workspace, after, ids[-1], *params),
+        )
+    done = len(ids) < limit
     conn.execute(
         "UPDATE segments SET backfill_after = ?, scanned = scanned + ?, status = ?"
         " WHERE workspace = ? AND segment_id = ?",
         (
-            contacts[-1][0] if contacts else row[2],
-            len(contacts),
+            ids[-1] if ids else row[2],
+            len(ids),
             "ready" if done else "building",
             workspace,
             segment_id,
         ),
     )
     return done
-
-
-def _matches(rule: Rule, contact: Contact) -> bool:
-    from profilehook.filters import matches
-
-    return matches(rule.filter, contact.contact_id, contact.properties, contact.updated_us)
 
 
 def building(conn: sqlite3.Connection) -> list[tuple[str, str]]:
