@@ -696,7 +696,8 @@ async def _queries_and_segments(tmp: Path, args: argparse.Namespace) -> dict[str
     """Scenario J (issue 19): on ``--query-contacts`` contacts of ~20 properties, per store: a
     selective equality (1 % match) and a range (1 %), first page of 100, p50/p99 over
     ``--query-runs``; a full paged listing (pages of 1,000) in contacts/s; and the apply rate
-    of updates to existing contacts with 0, 10 and 100 segments defined, side by side."""
+    of updates to existing contacts with 0, 10 and 100 segments defined: the same contacts and
+    the same updates in three workspaces, the batches going to each in turn (side by side)."""
     import random
 
     from profilehook.events import Event
@@ -733,16 +734,26 @@ async def _queries_and_segments(tmp: Path, args: argparse.Namespace) -> dict[str
         except Exception as exc:
             print(f"J: {name} unavailable ({exc})", file=sys.stderr)
             continue
+        # The same contacts in three workspaces: "bench" (queried, no segment), and two
+        # with 10 and 100 segments; the apply batches then go to the three in turn.
         t0 = time.perf_counter()
-        for start in range(0, count, J_BATCH):
-            await store.apply(
-                [
-                    Event("bench", f"load-{i}", f"c{i:08d}", 1_000_000 + i, _j_profile(rng, i))
-                    for i in range(start, min(count, start + J_BATCH))
-                ]
-            )
+        for workspace in ("bench", "seg10", "seg100"):
+            load_rng = random.Random(19)
+            for start in range(0, count, J_BATCH):
+                await store.apply(
+                    [
+                        Event(
+                            workspace,
+                            f"load-{i}",
+                            f"c{i:08d}",
+                            1_000_000 + i,
+                            _j_profile(load_rng, i),
+                        )
+                        for i in range(start, min(count, start + J_BATCH))
+                    ]
+                )
         await store.sync()
-        result[f"{name}_load_contacts_per_s"] = count / (time.perf_counter() - t0)
+        result[f"{name}_load_contacts_per_s"] = 3 * count / (time.perf_counter() - t0)
         if name == "postgres":
             await store._run(lambda conn: conn.execute("ANALYZE"))
         for label, flt in queries.items():
@@ -764,10 +775,8 @@ async def _queries_and_segments(tmp: Path, args: argparse.Namespace) -> dict[str
                 break
             after = page.next_after
         result[f"{name}_listing_contacts_per_s"] = listed / (time.perf_counter() - q0)
-        defined = 0
-        for segments in (0, 10, 100):
-            while defined < segments:
-                k = defined
+        for workspace, segments in (("seg10", 10), ("seg100", 100)):
+            for k in range(segments):
                 raw = (
                     {"property": f"p{k % 17}", "op": "gt", "value": 0.5 + (k % 7) / 20}
                     if k % 3
@@ -779,30 +788,31 @@ async def _queries_and_segments(tmp: Path, args: argparse.Namespace) -> dict[str
                     }
                 )
                 segment_id = f"seg_bench_{k}"
-                await store.create_segment(Segment(segment_id, "bench", f"s{k}", node(raw), k))
-                while not await store.backfill_segment("bench", segment_id, 2_000):
+                await store.create_segment(Segment(segment_id, workspace, f"s{k}", node(raw), k))
+                while not await store.backfill_segment(workspace, segment_id, 2_000):
                     pass
-                defined += 1
-            batches = [
-                [
-                    Event(
-                        "bench",
-                        f"upd-{segments}-{b}-{j}",
-                        f"c{rng.randrange(count):08d}",
-                        10**12 + segments * 10**9 + b * J_BATCH + j,
-                        {f"p{rng.randrange(17)}": rng.random() for _ in range(5)},
-                    )
-                    for j in range(J_BATCH)
-                ]
-                for b in range(args.apply_batches)
+        spent = {"bench": 0.0, "seg10": 0.0, "seg100": 0.0}
+        for b in range(args.apply_batches):
+            updates = [
+                (
+                    f"c{rng.randrange(count):08d}",
+                    {f"p{rng.randrange(17)}": rng.random() for _ in range(5)},
+                )
+                for _ in range(J_BATCH)
             ]
-            a0 = time.perf_counter()
-            for i, batch in enumerate(batches, start=1):
+            for workspace in spent:
+                batch = [
+                    Event(workspace, f"upd-{b}-{j}", contact, 10**12 + b * J_BATCH + j, props)
+                    for j, (contact, props) in enumerate(updates)
+                ]
+                a0 = time.perf_counter()
                 await store.apply(batch)
-                if i % 5 == 0:
+                if b % 5 == 4:
                     await store.sync()
-            await store.sync()
-            rate = len(batches) * J_BATCH / (time.perf_counter() - a0)
+                spent[workspace] += time.perf_counter() - a0
+        await store.sync()
+        for workspace, segments in (("bench", 0), ("seg10", 10), ("seg100", 100)):
+            rate = args.apply_batches * J_BATCH / spent[workspace]
             result[f"{name}_apply_{segments}_segments_events_per_s"] = rate
         base = result[f"{name}_apply_0_segments_events_per_s"]
         for segments in (10, 100):
