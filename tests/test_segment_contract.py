@@ -195,3 +195,44 @@ async def test_given_random_event_sequences_then_members_equal_the_filters_answe
         await store.apply(batch)
         for raw, segment_id in zip(FILTERS, ids, strict=True):
             assert await members(store, segment_id) == await matching(store, raw), raw
+
+
+async def test_given_a_backfill_and_appliers_at_once_then_members_equal_the_filters_answer(
+    backend: StoreBackend,
+) -> None:
+    """The backfill's chunks and the applies decide the same contacts at the same time (on
+    PostgreSQL from two store instances, as two processes would): none of them leaves a
+    membership that an other one's change made wrong."""
+    import asyncio
+
+    store = backend.store
+    other = await backend.open_another()
+    rng = random.Random(11)
+    await store.apply(
+        [event(f"c{i:03d}", f"s{i}", S, W, plan=rng.choice(["pro", "free"])) for i in range(120)]
+    )
+    assert isinstance(store, Segments)
+    segment_id = f"seg_{uuid.uuid4().hex[:8]}"
+    await store.create_segment(Segment(segment_id, W, "pro", f(PRO), 1))
+
+    async def backfill() -> None:
+        while not await store.backfill_segment(W, segment_id, 7):
+            await asyncio.sleep(0)
+
+    async def apply() -> None:
+        for b in range(15):
+            batch = [
+                event(
+                    f"c{rng.randrange(120):03d}",
+                    f"u{b}-{k}",
+                    (2 + b) * S + k,
+                    W,
+                    plan=rng.choice(["pro", "free", None]),
+                )
+                for k in range(10)
+            ]
+            await other.apply(batch)
+            await asyncio.sleep(0)
+
+    await asyncio.gather(backfill(), apply())
+    assert await members(store, segment_id) == await matching(store, PRO)
