@@ -690,6 +690,213 @@ async def _apply_throughput(tmp: Path, args: argparse.Namespace) -> dict[str, An
     return result
 
 
+def scenario_j(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    return asyncio.run(_queries_and_segments(tmp, args))
+
+
+J_PROPERTIES = 20
+J_BATCH = 2_000
+
+
+async def _j_values_copy_cost(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """What SQLite's searchable copy of the values (and the segments' per-batch check, with no
+    segment) costs the apply: G's workload on two fresh stores, with both and, for reference,
+    with both switched off in this process, alternated three times."""
+    import random
+    from unittest import mock
+
+    from profilehook.events import Event
+    from profilehook.stores import sqlite_segments, sqlite_values
+    from profilehook.stores.sqlite import SqliteStore
+
+    rng = random.Random(5)
+    batches = [
+        [
+            Event(
+                "bench",
+                uuid.uuid4().hex,
+                f"c{rng.randrange(20_000)}",
+                rng.randrange(1, 10**15),
+                {f"p{rng.randrange(20)}": rng.random() for _ in range(5)},
+            )
+            for _ in range(J_BATCH)
+        ]
+        for _ in range(args.apply_batches)
+    ]
+
+    async def rate(path: Path) -> float:
+        store = SqliteStore(path)
+        await store.open()
+        t0 = time.perf_counter()
+        for i, batch in enumerate(batches, start=1):
+            await store.apply(batch)
+            if i % 5 == 0:
+                await store.sync()
+        await store.sync()
+        elapsed = time.perf_counter() - t0
+        await store.close()
+        return len(batches) * J_BATCH / elapsed
+
+    with_copy, without = [], []
+    for run in range(3):
+        with_copy.append(await rate(tmp / f"j-copy-{run}.sqlite3"))
+        with (
+            mock.patch.object(sqlite_values, "write_changes", lambda *_: None),
+            mock.patch.object(sqlite_segments, "keep", lambda *_: {}),
+        ):
+            without.append(await rate(tmp / f"j-nocopy-{run}.sqlite3"))
+    return {
+        "sqlite_apply_with_values_copy_events_per_s": sorted(with_copy)[1],
+        "sqlite_apply_without_values_copy_events_per_s": sorted(without)[1],
+    }
+
+
+def _j_profile(rng: Any, i: int) -> dict[str, Any]:
+    """~20 properties: a plan (1 % "enterprise"), a score 0-999, a country, 17 others."""
+    props: dict[str, Any] = {
+        "plan": "enterprise" if i % 100 == 7 else rng.choice(["free", "pro", "team"]),
+        "score": rng.randrange(1_000),
+        "country": f"C{rng.randrange(50):02d}",
+    }
+    props.update({f"p{k}": rng.random() for k in range(J_PROPERTIES - 3)})
+    return props
+
+
+async def _queries_and_segments(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Scenario J (issue 19): on ``--query-contacts`` contacts of ~20 properties, per store: a
+    selective equality (1 % match) and a range (1 %), first page of 100, p50/p99 over
+    ``--query-runs``; a full paged listing (pages of 1,000) in contacts/s; and the apply rate
+    of updates to existing contacts with 0, 10 and 100 segments defined: the same contacts and
+    the same updates in three workspaces, the batches going to each in turn (side by side)."""
+    import random
+
+    from profilehook.events import Event
+    from profilehook.filters import Query, parse_filter
+    from profilehook.stores.segments import Segment
+    from profilehook.stores.sqlite import SqliteStore
+
+    rng = random.Random(19)
+    count = args.query_contacts
+    stores: dict[str, Any] = {"sqlite": SqliteStore(tmp / "j.sqlite3")}
+    schema = f"bench_j_{uuid.uuid4().hex[:8]}"
+    try:
+        from profilehook.stores.postgres import PostgresStore
+
+        stores["postgres"] = PostgresStore(f"{POSTGRES_URL}?schema={schema}")
+    except Exception as exc:
+        print(f"J: PostgreSQL skipped ({exc})", file=sys.stderr)
+
+    def node(raw: dict[str, Any]) -> Any:
+        found, problems = parse_filter(raw)
+        assert found is not None, problems
+        return found
+
+    queries = {
+        "equality": node({"property": "plan", "op": "eq", "value": "enterprise"}),
+        "range": node({"property": "score", "op": "gte", "value": 990}),
+    }
+    everyone = node({"all": []})
+    result: dict[str, Any] = {"contacts": count, "properties_per_contact": J_PROPERTIES}
+    result.update(await _j_values_copy_cost(tmp, args))
+    for name, store in stores.items():
+        try:
+            await store.open()
+        except Exception as exc:
+            print(f"J: {name} unavailable ({exc})", file=sys.stderr)
+            continue
+        # The same contacts in three workspaces: "bench" (queried, no segment), and two
+        # with 10 and 100 segments; the apply batches then go to the three in turn.
+        t0 = time.perf_counter()
+        for workspace in ("bench", "seg10", "seg100"):
+            load_rng = random.Random(19)
+            for start in range(0, count, J_BATCH):
+                await store.apply(
+                    [
+                        Event(
+                            workspace,
+                            f"load-{i}",
+                            f"c{i:08d}",
+                            1_000_000 + i,
+                            _j_profile(load_rng, i),
+                        )
+                        for i in range(start, min(count, start + J_BATCH))
+                    ]
+                )
+        await store.sync()
+        result[f"{name}_load_contacts_per_s"] = 3 * count / (time.perf_counter() - t0)
+        if name == "postgres":
+            await store._run(lambda conn: conn.execute("ANALYZE"))
+        for label, flt in queries.items():
+            timings = []
+            for _ in range(args.query_runs):
+                q0 = time.perf_counter()
+                page = await store.query_contacts("bench", Query(flt, 100))
+                timings.append((time.perf_counter() - q0) * 1000)
+            assert page.contacts, label
+            timings.sort()
+            result[f"{name}_{label}_p50_ms"] = timings[len(timings) // 2]
+            result[f"{name}_{label}_p99_ms"] = timings[int(len(timings) * 0.99) - 1]
+        q0 = time.perf_counter()
+        listed, after = 0, None
+        while True:
+            page = await store.query_contacts("bench", Query(everyone, 1_000, after))
+            listed += len(page.contacts)
+            if page.next_after is None:
+                break
+            after = page.next_after
+        result[f"{name}_listing_contacts_per_s"] = listed / (time.perf_counter() - q0)
+        for workspace, segments in (("seg10", 10), ("seg100", 100)):
+            for k in range(segments):
+                raw = (
+                    {"property": f"p{k % 17}", "op": "gt", "value": 0.5 + (k % 7) / 20}
+                    if k % 3
+                    else {
+                        "all": [
+                            {"property": "plan", "op": "eq", "value": "pro"},
+                            {"property": f"p{k % 17}", "op": "lt", "value": 0.3},
+                        ]
+                    }
+                )
+                segment_id = f"seg_bench_{k}"
+                await store.create_segment(Segment(segment_id, workspace, f"s{k}", node(raw), k))
+                while not await store.backfill_segment(workspace, segment_id, 2_000):
+                    pass
+        spent = {"bench": 0.0, "seg10": 0.0, "seg100": 0.0}
+        for b in range(args.apply_batches):
+            updates = [
+                (
+                    f"c{rng.randrange(count):08d}",
+                    {f"p{rng.randrange(17)}": rng.random() for _ in range(5)},
+                )
+                for _ in range(J_BATCH)
+            ]
+            for workspace in spent:
+                batch = [
+                    Event(workspace, f"upd-{b}-{j}", contact, 10**12 + b * J_BATCH + j, props)
+                    for j, (contact, props) in enumerate(updates)
+                ]
+                a0 = time.perf_counter()
+                await store.apply(batch)
+                if b % 5 == 4:
+                    await store.sync()
+                spent[workspace] += time.perf_counter() - a0
+        await store.sync()
+        for workspace, segments in (("bench", 0), ("seg10", 10), ("seg100", 100)):
+            rate = args.apply_batches * J_BATCH / spent[workspace]
+            result[f"{name}_apply_{segments}_segments_events_per_s"] = rate
+        base = result[f"{name}_apply_0_segments_events_per_s"]
+        for segments in (10, 100):
+            cost = 1 - result[f"{name}_apply_{segments}_segments_events_per_s"] / base
+            result[f"{name}_apply_cost_{segments}_segments"] = cost
+        await store.close()
+    if "postgres" in stores:
+        import psycopg
+
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    return result
+
+
 def _operation_events(count: int, workload: str) -> list[Any]:
     """``count`` events over 20,000 contacts in time order, 5 properties each: all sets, or
     a mix of operations, or the mix with 5 % of them late (an event time up to a minute
@@ -900,6 +1107,7 @@ SCENARIOS = {
     "G": scenario_g,
     "H": scenario_h,
     "I": scenario_i,
+    "J": scenario_j,
 }
 TITLES = {
     "A": "ceiling: raw ASGI, reads body, answers 202",
@@ -911,6 +1119,7 @@ TITLES = {
     "G": "store apply throughput (in process)",
     "H": "scale-out ingest, 3-node NATS (R3) + PostgreSQL, 2 serve",
     "I": "Segment batches of 100 on /v1/batch, beside the native batch endpoint",
+    "J": "queries and segments (in process)",
 }
 
 
@@ -1035,6 +1244,40 @@ def targets(r: dict[str, dict[str, Any]]) -> list[tuple[str, str, bool | None]]:
                 r["G"]["sqlite_property_updates_per_s"] >= 100_000,
             )
         )
+    if has("J"):
+        j = r["J"]
+        if "sqlite_apply_with_values_copy_events_per_s" in j:
+            on = j["sqlite_apply_with_values_copy_events_per_s"]
+            off = j["sqlite_apply_without_values_copy_events_per_s"]
+            rows.append(
+                (
+                    "(J, SQLite: the apply with the values copy / without it)",
+                    f"{on / off:.2f} ({on:,.0f} vs {off:,.0f} events/s, medians of 3)",
+                    None,
+                )
+            )
+        for store in ("sqlite", "postgres"):
+            if f"{store}_equality_p99_ms" not in j:
+                continue
+            p99 = j[f"{store}_equality_p99_ms"]
+            rows.append(
+                (
+                    f"J ({store}) selective equality p99 <= 50 ms",
+                    f"{p99:.1f} ms on {j['contacts']:,} contacts (range: {j[f'{store}_range_p99_ms']:.1f} ms;"
+                    f" listing {j[f'{store}_listing_contacts_per_s']:,.0f} contacts/s)",
+                    p99 <= 50,
+                )
+            )
+            for segments, limit in ((10, 0.15), (100, 0.40)):
+                cost = j[f"{store}_apply_cost_{segments}_segments"]
+                rows.append(
+                    (
+                        f"J ({store}) {segments} segments cost <= {limit:.0%} of the apply rate",
+                        f"{cost:.0%} ({j[f'{store}_apply_{segments}_segments_events_per_s']:,.0f}"
+                        f" vs {j[f'{store}_apply_0_segments_events_per_s']:,.0f} events/s)",
+                        cost <= limit,
+                    )
+                )
     return rows
 
 
@@ -1081,7 +1324,6 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=100, help="events per request in D")
     parser.add_argument("--amplitude-requests", type=int, default=10)
     parser.add_argument("--apply-batches", type=int, default=25, help="2,000-event batches in G")
-    parser.add_argument("--only", default="ABCDEFGHI", help="scenarios to run, e.g. ACF")
     parser.add_argument(
         "--compare-with",
         default="",
@@ -1089,12 +1331,17 @@ def main() -> None:
         " code in each round, just before C, and the table gives after / before",
     )
     parser.add_argument(
+        "--query-contacts", type=int, default=100_000, help="contacts (~20 properties) in J"
+    )
+    parser.add_argument("--query-runs", type=int, default=200, help="runs of each query in J")
+    parser.add_argument("--only", default="ABCDEFGHIJ", help="scenarios to run, e.g. ACF")
+    parser.add_argument(
         "--rounds", type=int, default=5, help="interleaved rounds of A-D (medians reported)"
     )
     args = parser.parse_args()
     results: dict[str, dict[str, Any]] = {}
     chosen = [n for n in SCENARIOS if n in args.only.upper()]
-    if set(chosen) - {"E", "G"}:  # the others send their load with wrk
+    if set(chosen) - {"E", "G", "J"}:  # the others send their load with wrk
         ensure_wrk()
     # The throughput scenarios run in interleaved rounds (A C D, A C D, ...) and report the
     # median of each figure: a slow minute of a shared machine then moves one round, not a ratio.

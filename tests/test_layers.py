@@ -23,6 +23,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "profilehook.events",
             "profilehook.settings",
             "profilehook.validation",
+            "profilehook.filters",
             "profilehook.metrics",
         ),
     ),
@@ -36,6 +37,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "profilehook.backfill",
             "profilehook.export",
             "profilehook.erasure",
+            "profilehook.segments",
         ),
     ),
     (

@@ -919,6 +919,11 @@ async def with_operation_columns(old: Any) -> None:
     )
 
 
+async def _before_segments(*_: Any) -> dict[Any, Any]:
+    """What a version from before segments did (there was no segments table to keep)."""
+    return {}
+
+
 async def _before_erasures(conn: Any, events: Any) -> dict[Any, Any]:
     """The code of a schema before erasures (migration 6) checked none."""
     return {}
@@ -931,12 +936,14 @@ async def test_given_values_stored_as_jsonb_when_migrated_then_they_are_exact_ag
     with schema 3 restores each value from the event that set it."""
     require_server(POSTGRES_URL, 5432)
     from profilehook.stores import postgres as postgres_module
+    from profilehook.stores import postgres_segments
 
     schema = unique_schema()
     try:
         with monkeypatch.context() as old_code:
             old_code.setattr(postgres_module, "MIGRATIONS", postgres_module.MIGRATIONS[:2])
             old_code.setattr(postgres_module, "_erased_contacts", _before_erasures)
+            old_code.setattr(postgres_segments, "keep", _before_segments)
             old = postgres_module.PostgresStore(postgres_url(schema))
             await old.open()
             await with_operation_columns(old)
@@ -966,11 +973,13 @@ async def test_given_ties_decided_by_an_en_us_collation_when_migrated_then_bytes
     """Before migration 5, separate batches let en-US decide a tie ('B-1' won); opening the
     store with it makes the id columns bytewise and rebuilds the profiles: 'a-1' wins."""
     from profilehook.stores import postgres as postgres_module
+    from profilehook.stores import postgres_segments
 
     url = f"{icu_database_url}?schema={unique_schema()}"
     with monkeypatch.context() as old_code:
         old_code.setattr(postgres_module, "MIGRATIONS", postgres_module.MIGRATIONS[:4])
         old_code.setattr(postgres_module, "_erased_contacts", _before_erasures)
+        old_code.setattr(postgres_segments, "keep", _before_segments)
         old = postgres_module.PostgresStore(url)
         await old.open()
         await with_operation_columns(old)

@@ -475,6 +475,118 @@ def erasures_get(ctx: click.Context, erasure_id: str, workspace: str) -> None:
 
 
 @main.group()
+def segments() -> None:
+    """Create and manage segments: saved filters kept current as events apply."""
+
+
+@segments.command("create")
+@click.option("--workspace", callback=_nonblank, required=True)
+@click.option("--name", required=True, help="What to call it.")
+@click.option("--filter", "filter_json", required=True, help="The filter, as JSON.")
+@click.option("--wait", is_flag=True, help="Fill it from the profiles here, and return once ready.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help='Print {"segment_id", "name", "filter", "size", "status", "scanned", "created_at"}.',
+)
+@click.pass_context
+def segments_create(
+    ctx: click.Context, workspace: str, name: str, filter_json: str, wait: bool, as_json: bool
+) -> None:
+    """Create a segment. A running server fills it from the profiles there are (--wait: this
+    command does), then every apply keeps it current.
+
+    \b
+    Example:
+      profilehook segments create --workspace default --name Pro \\
+        --filter '{"property": "plan", "op": "eq", "value": "pro"}' --json
+    """
+    from profilehook import segments as segments_lib
+    from profilehook.validation import decode_json
+
+    raw, problems = decode_json(filter_json.encode(), ("filter",))
+    if problems:
+        raise click.ClickException(json.dumps(problems))
+
+    async def call(services: Any) -> Any:
+        body = {"name": name, "filter": raw}
+        segment = await segments_lib.create(services.store, workspace, body)
+        if wait:
+            await segments_lib.fill(services.store)
+        return await segments_lib.get(services.store, workspace, segment.segment_id)
+
+    segment = _with_services(_settings(ctx), call)
+    view = segments_lib.view(segment)
+    if as_json:
+        click.echo(json.dumps(view))
+    else:
+        click.echo(
+            f"Segment {segment.segment_id} ({name!r}): {segment.status}, {segment.size} members"
+        )
+
+
+@segments.command("list")
+@click.option("--workspace", callback=_nonblank, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.pass_context
+def segments_list(ctx: click.Context, workspace: str, as_json: bool) -> None:
+    """List a workspace's segments with their sizes.
+
+    \b
+    Example:
+      profilehook segments list --workspace default
+    """
+    from profilehook import segments as segments_lib
+
+    found = _with_services(
+        _settings(ctx), lambda s: segments_lib.of(s.store).list_segments(workspace)
+    )
+    views = [segments_lib.view(s) for s in found]
+    if as_json:
+        click.echo(json.dumps(views))
+        return
+    for v in views:
+        click.echo(f"{v['segment_id']}  {v['status']:8}  {v['size']:>8}  {v['name']}")
+
+
+@segments.command("show")
+@click.argument("segment_id")
+@click.option("--workspace", callback=_nonblank, required=True)
+@click.pass_context
+def segments_show(ctx: click.Context, segment_id: str, workspace: str) -> None:
+    """Print a segment (size, status, the backfill's progress) as JSON (exit 1 when not found).
+
+    \b
+    Example:
+      profilehook segments show seg_0123456789abcdef0123456789abcdef --workspace default
+    """
+    from profilehook import segments as segments_lib
+
+    found = _with_services(
+        _settings(ctx), lambda s: segments_lib.get(s.store, workspace, segment_id)
+    )
+    click.echo(json.dumps(segments_lib.view(found), indent=2))
+
+
+@segments.command("delete")
+@click.argument("segment_id")
+@click.option("--workspace", callback=_nonblank, required=True)
+@click.pass_context
+def segments_delete(ctx: click.Context, segment_id: str, workspace: str) -> None:
+    """Delete a segment and its members (exit 1 when not found).
+
+    \b
+    Example:
+      profilehook segments delete seg_0123456789abcdef0123456789abcdef --workspace default
+    """
+    from profilehook import segments as segments_lib
+
+    _with_services(_settings(ctx), lambda s: segments_lib.delete(s.store, workspace, segment_id))
+    click.echo(f"Segment {segment_id} deleted")
+
+
+@main.group()
 def events() -> None:
     """Read events."""
 

@@ -133,3 +133,12 @@ LIVE_WATCHER_BACKLOG = 1_000  # calls a slow tail may fall behind before it lose
 CONSOLE_SESSION_S = 12 * 3600  # a console sign-in lasts this long (or until its key is revoked)
 CONSOLE_SAMPLE_INTERVAL_S = 10.0  # the overview's charts: one point per interval...
 CONSOLE_SAMPLES_KEPT = 360  # ...over the last hour
+
+# Querying profiles (README, Querying profiles)
+QUERY_PAGE_DEFAULT = 100
+QUERY_PAGE_MAX = 1_000
+MAX_FILTER_CONDITIONS = 100
+MAX_FILTER_DEPTH = 8  # levels of all/any/not
+MAX_FILTER_LIST_ITEMS = 1_000  # the values of one in/not_in
+MAX_SEGMENTS_PER_WORKSPACE = 1_000
+MAX_SEGMENT_NAME_CHARS = 256

@@ -20,9 +20,11 @@ from profilehook.api.ingest import ACCESS as INGEST_ACCESS
 from profilehook.api.ingest import Handler, ingest_handlers
 from profilehook.api.management import management_routes
 from profilehook.api.peers import peer_handlers
+from profilehook.api.queries import query_routes
 from profilehook.api.ratelimit import RateLimiter
 from profilehook.api.responses import error_body, error_response
 from profilehook.api.routes import read_routes
+from profilehook.api.segments import segment_routes
 from profilehook.api.webhooks import PATH_PREFIX, webhook_handler
 from profilehook.applier import Applier, StallWatch
 from profilehook.applier_process import ApplierProcess
@@ -32,6 +34,7 @@ from profilehook.console.web import Console
 from profilehook.erasure import Eraser
 from profilehook.errors import ProfilehookError
 from profilehook.retention import HistoryPurger
+from profilehook.segments import Backfiller
 from profilehook.service import Services
 from profilehook.settings import Settings
 
@@ -59,6 +62,7 @@ class ProfilehookApp:
         self._ingest = ingest_handlers(services, self.deadlines, keys_limit) | peer_handlers(
             services, self.deadlines, keys_limit
         )
+        self.backfiller = Backfiller(services.store)
         self._webhooks = webhook_handler(services, self.deadlines)
         # The ingest paths are also known to Starlette, so that other methods get a 405.
         # Their handlers check what these routes declare (api/access.py).
@@ -80,6 +84,8 @@ class ProfilehookApp:
         self.series = Series(services.metrics, services.queue)
         self._starlette = Starlette(
             routes=ingest_routes
+            + query_routes(services)
+            + segment_routes(services, self.backfiller)
             + read_routes(services, self.deadlines, self._stall_watch(), self.eraser)
             + management_routes(services)
             + console_routes(self.console, self.series, self.eraser),
@@ -121,6 +127,9 @@ class ProfilehookApp:
         # Erasures are executed here (whatever applies): this process writes the embedded log.
         erasing = asyncio.create_task(self.eraser.run(stop), name="eraser")
         sampling = asyncio.create_task(self.series.run(stop), name="console-overview")
+        # New segments are filled from the profiles here (any number of servers may: a
+        # segment's chunks take its row's lock, or the one SQLite writer).
+        backfilling = asyncio.create_task(self.backfiller.run(stop), name="segment-backfill")
         if self.applies_in == "task":
             applier = Applier(
                 services.queue,
@@ -138,7 +147,7 @@ class ProfilehookApp:
             yield
         finally:
             stop.set()
-            for running_task in (task, purging, erasing, sampling):
+            for running_task in (task, purging, erasing, sampling, backfilling):
                 if running_task is not None:
                     with suppress(asyncio.CancelledError):
                         await running_task

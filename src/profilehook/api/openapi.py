@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from profilehook import __version__
+from profilehook import __version__, filters
 from profilehook import constants as c
 from profilehook.api.openapi_peers import key_security, peer_paths
 from profilehook.sources.kinds import KINDS
@@ -645,6 +645,164 @@ def _management_paths() -> dict[str, Any]:
     }
 
 
+def _query_paths() -> dict[str, Any]:
+    return {
+        "/v1/contacts/query": {
+            "post": {
+                "summary": "The contacts that match a filter, paged by contact id",
+                "description": "Each contact as `GET /v1/contacts/{contact_id}` shows it."
+                " `next_cursor` continues the listing (null: the last page); with `count`, the"
+                " number of matches of the whole listing.",
+                SCOPE: c.SCOPE_READ,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("ContactQuery")}},
+                },
+                "responses": {
+                    "200": _json(_ref("ContactPage"), "A page of matching contacts"),
+                    **_ERRORS_BODY,
+                    **_ERRORS_READ,
+                },
+            }
+        },
+    }
+
+
+_SEGMENT_ID = {"name": "segment_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_NO_SEGMENT = {"404": _error("`Segment not found` (also for another workspace's segment)")}
+
+
+def _segment_paths() -> dict[str, Any]:
+    page = [
+        {
+            "name": "limit",
+            "in": "query",
+            "schema": {"type": "integer", "minimum": 1, "maximum": c.QUERY_PAGE_MAX},
+        },
+        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+    ]
+    return {
+        "/v1/segments": {
+            "post": {
+                "summary": "Create a segment: filled from the profiles in the background, then"
+                " kept current as events apply",
+                SCOPE: c.SCOPE_ADMIN,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("SegmentCreate")}},
+                },
+                "responses": {
+                    "201": _json(_ref("Segment"), "Created, `building` until filled"),
+                    **_ERRORS_BODY,
+                    **_ERRORS_READ,
+                },
+            },
+            "get": {
+                "summary": "The workspace's segments",
+                SCOPE: c.SCOPE_READ,
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {"segments": {"type": "array", "items": _ref("Segment")}},
+                        },
+                        "Oldest first",
+                    ),
+                    **_ERRORS_READ,
+                },
+            },
+        },
+        "/v1/segments/{segment_id}": {
+            "get": {
+                "summary": "A segment: its size, its status and its backfill's progress",
+                SCOPE: c.SCOPE_READ,
+                "parameters": [_SEGMENT_ID],
+                "responses": {
+                    "200": _json(_ref("Segment"), "The segment"),
+                    **_NO_SEGMENT,
+                    **_ERRORS_READ,
+                },
+            },
+            "delete": {
+                "summary": "Delete a segment and its members",
+                SCOPE: c.SCOPE_ADMIN,
+                "parameters": [_SEGMENT_ID],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "segment_id": {"type": "string"},
+                                "deleted": {"type": "boolean"},
+                            },
+                        },
+                        "Deleted",
+                    ),
+                    **_NO_SEGMENT,
+                    **_ERRORS_READ,
+                },
+            },
+        },
+        "/v1/segments/{segment_id}/contacts": {
+            "get": {
+                "summary": "A segment's members, paged by contact id",
+                SCOPE: c.SCOPE_READ,
+                "parameters": [_SEGMENT_ID, *page],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "segment_id": {"type": "string"},
+                                "contacts": {"type": "array", "items": _ref("Contact")},
+                                "next_cursor": {"type": ["string", "null"]},
+                            },
+                        },
+                        "A page of members",
+                    ),
+                    "422": _ERRORS_BODY["422"],
+                    **_NO_SEGMENT,
+                    **_ERRORS_READ,
+                },
+            }
+        },
+    }
+
+
+_SCHEMAS.update(filters.json_schemas())
+_SCHEMAS["SegmentCreate"] = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": c.MAX_SEGMENT_NAME_CHARS},
+        "filter": _ref("Filter"),
+    },
+    "required": ["name", "filter"],
+    "additionalProperties": False,
+}
+_SCHEMAS["Segment"] = {
+    "type": "object",
+    "properties": {
+        "segment_id": {"type": "string"},
+        "name": {"type": "string"},
+        "filter": _ref("Filter"),
+        "size": {"type": "integer", "description": "Its members now"},
+        "status": {"enum": ["building", "ready"]},
+        "scanned": {"type": "integer", "description": "Contacts the backfill has looked at"},
+        "created_at": {"type": "number", "description": "Unix seconds"},
+    },
+    "required": ["segment_id", "name", "filter", "size", "status", "scanned", "created_at"],
+}
+_SCHEMAS["ContactPage"] = {
+    "type": "object",
+    "properties": {
+        "contacts": {"type": "array", "items": _ref("Contact")},
+        "next_cursor": {"type": ["string", "null"]},
+        "count": {"type": ["integer", "null"]},
+    },
+    "required": ["contacts", "next_cursor", "count"],
+}
+
+
 SCOPE = "x-scope"
 """An operation's key scope (api/access.py): ``_paths`` adds its security, its 403 and a line
 saying which scope it needs. tests/test_access.py checks it against the routes' own."""
@@ -883,6 +1041,8 @@ def _paths() -> dict[str, Any]:
     }
     paths.update(_management_paths())
     paths.update(peer_paths())
+    paths.update(_query_paths())
+    paths.update(_segment_paths())
     for operations in paths.values():
         for operation in operations.values():
             operation["responses"] = {**_MALFORMED, **operation["responses"]}

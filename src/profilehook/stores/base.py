@@ -135,6 +135,9 @@ class ApplyResult:
     # on a value that is not a number): the store keeps it as the event record's ``error``.
     warnings: dict[tuple[str, str], str] = field(default_factory=dict)
     erased_by_source: dict[str, int] = field(default_factory=dict)
+    # (workspace, contact_id) -> the segments the contact entered and left (stores/segments.py
+    # ``SegmentMoves``), decided in the apply transaction.
+    segment_moves: dict[tuple[str, str], Any] = field(default_factory=dict)
 
     def add(self, other: ApplyResult) -> None:
         self.applied += other.applied
@@ -142,6 +145,7 @@ class ApplyResult:
         self.superseded += other.superseded
         self.written += other.written
         self.warnings.update(other.warnings)
+        self.segment_moves.update(other.segment_moves)
         self.erased += other.erased
         for source, count in other.applied_by_source.items():
             self.applied_by_source[source] = self.applied_by_source.get(source, 0) + count

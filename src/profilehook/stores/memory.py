@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from profilehook.events import Event, Version, now_us
+from profilehook.filters import Query, matches
 from profilehook.stores.base import (
     AliasUpdate,
     ApiKey,
@@ -31,6 +32,14 @@ from profilehook.stores.base import (
     repeats,
     split_erased,
 )
+from profilehook.stores.query import ContactQueries, QueryPage
+from profilehook.stores.segments import (
+    BACKFILL_CHUNK_CONTACTS,
+    Moves,
+    Segment,
+    SegmentMoves,
+    Segments,
+)
 
 
 @dataclass
@@ -39,7 +48,7 @@ class _Profile:
     values: dict[str, Any] = field(default_factory=dict)  # None = tombstone
 
 
-class MemoryStore(Store):
+class MemoryStore(Store, ContactQueries, Segments):
     def __init__(self) -> None:
         self._events: dict[tuple[str, str], EventRecord] = {}
         self._profiles: dict[tuple[str, str], _Profile] = {}
@@ -53,6 +62,9 @@ class MemoryStore(Store):
         self._nonces: dict[bytes, int] = {}  # key -> expires_us
         self._erasures: dict[str, Erasure] = {}
         self._erased: dict[tuple[str, str], ErasedContact] = {}
+        self._segments: dict[tuple[str, str], Segment] = {}
+        self._members: dict[tuple[str, str], set[str]] = {}  # (workspace, segment_id) -> ids
+        self._backfilled: dict[tuple[str, str], str] = {}  # the backfill's last contact
 
     async def open(self) -> None:
         return None
@@ -77,6 +89,7 @@ class MemoryStore(Store):
                     stored, status="duplicate"
                 )
         result = _fold(self._profiles, new, self._base)
+        result.segment_moves = self._move({(e.workspace, e.contact_id) for e in new})
         for key, warning in result.warnings.items():
             if key in self._events:
                 self._events[key] = replace(self._events[key], error=warning)
@@ -121,6 +134,113 @@ class MemoryStore(Store):
         found = [_contact_of(i, self._profiles[(workspace, i)]) for i in ids]
         return [c for c in found if c is not None], ids[-1] if len(ids) == limit else None
 
+    async def query_contacts(self, workspace: str, query: Query) -> QueryPage:
+        """The reference evaluator over every profile (a store for tests)."""
+        found = []
+        for (ws, contact_id), profile in self._profiles.items():
+            if ws != workspace or (query.after is not None and contact_id <= query.after):
+                continue
+            contact = _contact_of(contact_id, profile)
+            if contact is not None and matches(
+                query.filter, contact_id, contact.properties, contact.updated_us
+            ):
+                found.append(contact)
+        found.sort(key=lambda c: c.contact_id)
+        count = None
+        if query.count:
+            count = sum(
+                1
+                for (ws, contact_id), profile in self._profiles.items()
+                if ws == workspace
+                and (contact := _contact_of(contact_id, profile)) is not None
+                and matches(query.filter, contact_id, contact.properties, contact.updated_us)
+            )
+        page = found[: query.limit]
+        more = len(found) > query.limit
+        return QueryPage(page, page[-1].contact_id if more else None, count)
+
+    def _move(self, keys: Iterable[tuple[str, str]]) -> Moves:
+        """Decide these contacts anew in every segment of their workspace."""
+        moves: Moves = {}
+        for workspace, contact_id in keys:
+            found = self._profiles.get((workspace, contact_id))
+            contact = None if found is None else _contact_of(contact_id, found)
+            entered, exited = [], []
+            for (ws, segment_id), segment in self._segments.items():
+                if ws != workspace:
+                    continue
+                members = self._members[(ws, segment_id)]
+                now = contact is not None and matches(
+                    segment.filter, contact_id, contact.properties, contact.updated_us
+                )
+                if now and contact_id not in members:
+                    members.add(contact_id)
+                    entered.append(segment_id)
+                elif not now and contact_id in members:
+                    members.discard(contact_id)
+                    exited.append(segment_id)
+            if entered or exited:
+                moves[(workspace, contact_id)] = SegmentMoves(tuple(entered), tuple(exited))
+        return moves
+
+    async def create_segment(self, segment: Segment) -> None:
+        self._segments[(segment.workspace, segment.segment_id)] = segment
+        self._members[(segment.workspace, segment.segment_id)] = set()
+
+    def _sized(self, segment: Segment) -> Segment:
+        members = self._members[(segment.workspace, segment.segment_id)]
+        return replace(segment, size=len(members))
+
+    async def list_segments(self, workspace: str) -> list[Segment]:
+        found = [s for (w, _), s in self._segments.items() if w == workspace]
+        return [self._sized(s) for s in sorted(found, key=lambda s: (s.created_us, s.segment_id))]
+
+    async def get_segment(self, workspace: str, segment_id: str) -> Segment | None:
+        found = self._segments.get((workspace, segment_id))
+        return None if found is None else self._sized(found)
+
+    async def delete_segment(self, workspace: str, segment_id: str) -> bool:
+        self._members.pop((workspace, segment_id), None)
+        return self._segments.pop((workspace, segment_id), None) is not None
+
+    async def segment_members(
+        self, workspace: str, segment_id: str, after: str | None, limit: int
+    ) -> tuple[list[Contact], str | None]:
+        ids = sorted(
+            i for i in self._members.get((workspace, segment_id), ()) if after is None or i > after
+        )
+        page = [c for i in ids[:limit] if (c := await self.get_contact(workspace, i))]
+        return page, ids[limit - 1] if len(ids) > limit else None
+
+    async def backfill_segment(
+        self, workspace: str, segment_id: str, limit: int = BACKFILL_CHUNK_CONTACTS
+    ) -> bool:
+        key = (workspace, segment_id)
+        segment = self._segments.get(key)
+        if segment is None or segment.status == "ready":
+            return True
+        after = self._backfilled.get(key, "")
+        ids = sorted(c for w, c in self._profiles if w == workspace and c > after)[:limit]
+        members = self._members[key]
+        for contact_id in ids:
+            contact = _contact_of(contact_id, self._profiles[(workspace, contact_id)])
+            if contact is not None and matches(
+                segment.filter, contact_id, contact.properties, contact.updated_us
+            ):
+                members.add(contact_id)
+            else:
+                members.discard(contact_id)
+        if ids:
+            self._backfilled[key] = ids[-1]
+        done = len(ids) < limit
+        self._segments[key] = replace(
+            segment, status="ready" if done else "building", scanned=segment.scanned + len(ids)
+        )
+        return done
+
+    async def building_segments(self) -> list[tuple[str, str]]:
+        return [key for key, s in self._segments.items() if s.status == "building"]
+
     async def count_contacts(self, workspace: str) -> int:
         return sum(1 for ws, _ in self._profiles if ws == workspace)
 
@@ -157,6 +277,7 @@ class MemoryStore(Store):
             return lambda: (_state_of(snapshots.get(key) or _Profile()), [])
 
         _fold(self._profiles, applied, base)
+        self._move({*self._profiles, *((w, c) for (w, _), m in self._members.items() for c in m)})
         if progress is not None:
             progress(len(applied), len(applied))
         return len(applied)
@@ -276,6 +397,7 @@ class MemoryStore(Store):
         self._snapshots.pop((workspace, contact_id), None)
         self._profiles.pop((workspace, contact_id), None)
         _fold(self._profiles, plan.remaining)
+        self._move({(workspace, contact_id)})
         for alias, (mapped, version) in list(self._aliases.items()):
             if (alias[0], mapped) == (workspace, contact_id) and plan.covers_alias(version, upto):
                 del self._aliases[alias]

@@ -26,6 +26,8 @@ import msgspec
 from profilehook import constants as c
 from profilehook.errors import ConfigurationError, StorageUnavailable, StoreRefused
 from profilehook.events import Event, Version, decode_event, encode_event, now_us
+from profilehook.filters import Query
+from profilehook.stores import postgres_query, postgres_segments
 from profilehook.stores.base import (
     AliasUpdate,
     ApiKey,
@@ -50,6 +52,15 @@ from profilehook.stores.base import (
     scopes_of,
     scopes_text,
     split_erased,
+)
+from profilehook.stores.query import ContactQueries, QueryPage
+from profilehook.stores.segments import (
+    BACKFILL_CHUNK_CONTACTS,
+    Segment,
+    Segments,
+    Touched,
+    everything,
+    touched_by,
 )
 
 try:
@@ -268,6 +279,10 @@ MIGRATIONS: list[Migration] = [
     ALTER TABLE snapshot_contacts ADD COLUMN IF NOT EXISTS ops_ts_us bigint,
         ADD COLUMN IF NOT EXISTS ops_event_id text COLLATE "C";
     """,
+    # Querying profiles: an index per kind of value (stores/postgres_query.py).
+    postgres_query.INDEXES,
+    # Segments and their members (stores/postgres_segments.py).
+    postgres_segments.TABLES,
 ]
 
 
@@ -280,7 +295,7 @@ def split_url(url: str) -> tuple[str, str]:
     return urlunsplit(parts._replace(query=rest)), schema
 
 
-class PostgresStore(Store):
+class PostgresStore(Store, ContactQueries, Segments):
     """Profiles in PostgreSQL. Connection faults cost a bounded time, never a stuck process:
     every connection has TCP keepalives, a pooled one is checked before use, a transaction
     that does not answer within ``timeout_s`` has its connection cut; start-up does not wait
@@ -616,6 +631,68 @@ class PostgresStore(Store):
             return found, rows[-1][0] if len(rows) == limit else None
 
         return await self._run(select)
+
+    async def query_contacts(self, workspace: str, query: Query) -> QueryPage:
+        async def select(conn: Conn) -> QueryPage:
+            # One snapshot for the page, its properties and its count.
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            cur = await conn.execute(*postgres_query.select_sql(workspace, query, _VERSION_COLUMNS))
+            rows = await cur.fetchall()
+            more = len(rows) > query.limit
+            rows = rows[: query.limit]
+            live = {row[0]: last for row in rows if (last := _last_if_exists(row[1:]))}
+            cur = await conn.execute(
+                f"SELECT contact_id, {_PROPERTY_COLUMNS} FROM properties WHERE workspace = %s"
+                " AND contact_id = ANY(%s) AND value IS NOT NULL ORDER BY contact_id, name",
+                (workspace, list(live)),
+            )
+            held: dict[str, list[tuple[Any, ...]]] = {}
+            for contact_id, *prop in await cur.fetchall():
+                held.setdefault(contact_id, []).append(tuple(prop))
+            found = [_contact_of(i, last, held.get(i, [])) for i, last in live.items()]
+            count = None
+            if query.count:
+                cur = await conn.execute(*postgres_query.count_sql(workspace, query))
+                count = int((await cur.fetchone() or (0,))[0])
+            return QueryPage(found, rows[-1][0] if more else None, count)
+
+        return await self._run(select)
+
+    async def create_segment(self, segment: Segment) -> None:
+        await self._run(lambda conn: postgres_segments.create(conn, segment))
+
+    async def list_segments(self, workspace: str) -> list[Segment]:
+        return await self._run(lambda conn: postgres_segments.listed(conn, workspace))
+
+    async def get_segment(self, workspace: str, segment_id: str) -> Segment | None:
+        return await self._run(lambda conn: postgres_segments.get(conn, workspace, segment_id))
+
+    async def delete_segment(self, workspace: str, segment_id: str) -> bool:
+        return await self._run(lambda conn: postgres_segments.delete(conn, workspace, segment_id))
+
+    async def segment_members(
+        self, workspace: str, segment_id: str, after: str | None, limit: int
+    ) -> tuple[list[Contact], str | None]:
+        async def select(conn: Conn) -> tuple[list[Contact], str | None]:
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            ids = await postgres_segments.member_ids(conn, workspace, segment_id, after, limit + 1)
+            found = await _contacts_now(conn, [(workspace, i) for i in ids[:limit]])
+            page = [c for i in ids[:limit] if (c := found.get((workspace, i))) is not None]
+            return page, ids[limit - 1] if len(ids) > limit else None
+
+        return await self._run(select)
+
+    async def backfill_segment(
+        self, workspace: str, segment_id: str, limit: int = BACKFILL_CHUNK_CONTACTS
+    ) -> bool:
+        return await self._run(
+            lambda conn: postgres_segments.backfill(
+                conn, workspace, segment_id, limit, _lock_profiles
+            )
+        )
+
+    async def building_segments(self) -> list[tuple[str, str]]:
+        return await self._run(postgres_segments.building)
 
     async def count_contacts(self, workspace: str) -> int:
         async def count(conn: Conn) -> int:
@@ -1127,6 +1204,7 @@ async def _erase_contact(conn: Conn, erasure: Erasure) -> None:
         )
     if plan.remaining:
         await _apply_profiles(conn, plan.remaining)
+    await postgres_segments.keep(conn, [everything(*contact)], _contacts_now)
     cur = await conn.execute(
         "SELECT source_id, profile_id, ts_us, event_id FROM profile_aliases"
         " WHERE workspace = %s AND contact_id = %s",
@@ -1193,6 +1271,9 @@ async def _apply_profiles(
     if late and base == "history":
         bases = await _histories(conn, late, events)
     result = ApplyResult()
+    # Segments follow the profiles (not the snapshots, nor a rebuild: it fills them anew).
+    segments = tables is _PROFILES and base == "history"
+    touched: list[Touched] = []
     contacts: list[tuple[Any, ...]] = []
     deletes: list[tuple[str, str, int, str]] = []
     removes: list[tuple[str, str, str]] = []
@@ -1208,6 +1289,8 @@ async def _apply_profiles(
             plan = plan_contact(state, group)
         result.superseded += plan.superseded
         result.warnings.update(((key[0], i), w) for i, w in plan.warnings.items())
+        if segments and (change := touched_by(key, state.last_update, state.deleted, plan)):
+            touched.append(change)
         if key not in states or (plan.last_update, plan.deleted, plan.ops_upto) != (
             state.last_update,
             state.deleted,
@@ -1236,7 +1319,37 @@ async def _apply_profiles(
         await conn.execute(tables.delete_properties, _columns(removes, 3))
     if rows:
         await conn.execute(tables.upsert_properties, _columns(rows, 6))
+    if segments:
+        result.segment_moves = await postgres_segments.keep(conn, touched, _contacts_now)
     return result
+
+
+async def _contacts_now(
+    conn: Conn, keys: list[tuple[str, str]]
+) -> dict[tuple[str, str], Contact | None]:
+    """These contacts' profiles as the transaction sees them (absent ones left out)."""
+    cur = await conn.execute(
+        f"SELECT k.workspace, k.contact_id, {_VERSION_COLUMNS} FROM contacts k"
+        " JOIN unnest(%s::text[], %s::text[]) AS u(w, c)"
+        " ON k.workspace = u.w AND k.contact_id = u.c",
+        _columns(keys, 2),
+    )
+    live = {(w, c): last for w, c, *v in await cur.fetchall() if (last := _last_if_exists(v))}
+    cur = await conn.execute(
+        f"SELECT p.workspace, p.contact_id, {_PROPERTY_COLUMNS} FROM properties p"
+        " JOIN unnest(%s::text[], %s::text[]) AS u(w, c)"
+        " ON p.workspace = u.w AND p.contact_id = u.c WHERE p.value IS NOT NULL",
+        _columns(list(live), 2),
+    )
+    held: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
+    for workspace, contact_id, *prop in await cur.fetchall():
+        held.setdefault((workspace, contact_id), []).append(tuple(prop))
+    return {k: _contact_of(k[1], last, sorted(held.get(k, []))) for k, last in live.items()}
+
+
+async def _lock_profiles(conn: Conn, keys: list[tuple[str, str]]) -> None:
+    """The locks an apply takes on these contacts, in its order."""
+    await conn.execute(_PROFILES.lock_contacts, _columns(keys, 2))
 
 
 def _state(row: Sequence[Any]) -> ContactState:
@@ -1474,6 +1587,7 @@ async def _rebuild(conn: Conn, progress: Progress | None, *, from_snapshots: boo
                 pending.append(event)
     await _apply_profiles(conn, pending, base="snapshot")
     done += len(pending)
+    await postgres_segments.restart_all(conn)  # filled again by the backfill
     if progress is not None:
         progress(done, total)
     return done

@@ -18,7 +18,9 @@ import msgspec
 
 from profilehook.constants import SCOPES
 from profilehook.events import Event, Version, decode_event, encode_event, now_us
+from profilehook.filters import Query
 from profilehook.sqlite_db import SqliteDatabase, insert_rows
+from profilehook.stores import sqlite_segments, sqlite_values
 from profilehook.stores.base import (
     AliasUpdate,
     ApiKey,
@@ -45,12 +47,23 @@ from profilehook.stores.base import (
     scopes_text,
     split_erased,
 )
+from profilehook.stores.query import ContactQueries, QueryPage
+from profilehook.stores.segments import (
+    BACKFILL_CHUNK_CONTACTS,
+    Segment,
+    Segments,
+    Touched,
+    everything,
+    touched_by,
+)
 
 # 1: events keyed by their ids, one property per map entry; 2: id_key a hash; 3: id_key
 # time-ordered; 4: erasures (older versions would apply an erased contact's events: they must not
-# open a file that has them); 5: contacts (and snapshots) keep their newest operation's version
-SCHEMA_VERSION = 5
-SCHEMA = """
+# open a file that has them); 5: contacts (and snapshots) keep their newest operation's version;
+# 6: contact_values, the searchable copy of the live values (stores/sqlite_values.py)
+SCHEMA_VERSION = 6
+SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS events (
     workspace TEXT NOT NULL,
     event_id TEXT NOT NULL,
@@ -144,6 +157,10 @@ CREATE TABLE IF NOT EXISTS erased_contacts (
     PRIMARY KEY (workspace, contact_id)
 ) WITHOUT ROWID;
 """
+    + sqlite_values.TABLE.strip()
+    + ";\n"
+    + sqlite_segments.TABLES
+)
 
 # Keys and sources live in a file of their own: the hot path checks on every request whether
 # anything changed (PRAGMA data_version), and the applier's commits must not make it look so.
@@ -176,7 +193,7 @@ CATALOG_CHECK_INTERVAL_S = 0.001
 STORE_CACHE_KIB = 65_536
 
 
-class SqliteStore(Store):
+class SqliteStore(Store, ContactQueries, Segments):
     def __init__(self, path: Path):
         # Commits are not fsynced one by one: the applier calls ``sync`` before it lets the log
         # forget what was applied, so a power loss only means re-applying (deduplicated).
@@ -185,7 +202,12 @@ class SqliteStore(Store):
             SCHEMA,
             SCHEMA_VERSION,
             synchronous="NORMAL",
-            migrations={2: _rekey_2_to_3, 3: _add_erasures_3_to_4, 4: _operations_4_to_5},
+            migrations={
+                2: _rekey_2_to_3,
+                3: _add_erasures_3_to_4,
+                4: _operations_4_to_5,
+                5: _values_5_to_6,
+            },
             cache_kib=STORE_CACHE_KIB,
             # Every deleted or rewritten row is overwritten with zeros, in pages and in freed
             # pages: an erased contact's old profile rows leave no bytes in the file.
@@ -255,6 +277,58 @@ class SqliteStore(Store):
         rows = await self.db.read(select)
         found = [_contact_of(contact_id, _row(values)) for contact_id, *values in rows]
         return [c for c in found if c is not None], rows[-1][0] if len(rows) == limit else None
+
+    async def query_contacts(self, workspace: str, query: Query) -> QueryPage:
+        def select(conn: sqlite3.Connection) -> QueryPage:
+            conn.execute("BEGIN")  # one snapshot for the page and its count
+            try:
+                rows = conn.execute(*sqlite_values.select_sql(workspace, query, _ROW_COLUMNS))
+                found = [_contact_of(i, _row(values)) for i, *values in rows]
+                count = None
+                if query.count:
+                    sql, params = sqlite_values.count_sql(workspace, query)
+                    count = int(conn.execute(sql, params).fetchone()[0])
+            finally:
+                conn.execute("COMMIT")
+            contacts = [c for c in found if c is not None]
+            page = contacts[: query.limit]
+            more = len(contacts) > query.limit
+            return QueryPage(page, page[-1].contact_id if more else None, count)
+
+        return await self.db.read(select)
+
+    async def create_segment(self, segment: Segment) -> None:
+        await self.db.write(lambda conn: sqlite_segments.create(conn, segment))
+
+    async def list_segments(self, workspace: str) -> list[Segment]:
+        return await self.db.read(lambda conn: sqlite_segments.listed(conn, workspace))
+
+    async def get_segment(self, workspace: str, segment_id: str) -> Segment | None:
+        return await self.db.read(lambda conn: sqlite_segments.get(conn, workspace, segment_id))
+
+    async def delete_segment(self, workspace: str, segment_id: str) -> bool:
+        return await self.db.write(lambda conn: sqlite_segments.delete(conn, workspace, segment_id))
+
+    async def segment_members(
+        self, workspace: str, segment_id: str, after: str | None, limit: int
+    ) -> tuple[list[Contact], str | None]:
+        def select(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            sql = sqlite_segments.members_sql(_ROW_COLUMNS)
+            return conn.execute(sql, (workspace, segment_id, after or "", limit + 1)).fetchall()
+
+        rows = await self.db.read(select)
+        found = [c for i, *v in rows[:limit] if (c := _contact_of(i, _row(v))) is not None]
+        return found, rows[limit - 1][0] if len(rows) > limit else None
+
+    async def backfill_segment(
+        self, workspace: str, segment_id: str, limit: int = BACKFILL_CHUNK_CONTACTS
+    ) -> bool:
+        return await self.db.write(
+            lambda conn: sqlite_segments.backfill(conn, workspace, segment_id, limit)
+        )
+
+    async def building_segments(self) -> list[tuple[str, str]]:
+        return await self.db.read(sqlite_segments.building)
 
     async def count_contacts(self, workspace: str) -> int:
         def count(conn: sqlite3.Connection) -> int:
@@ -801,12 +875,16 @@ def _erase_contact(conn: sqlite3.Connection, erasure: Erasure) -> None:
         "UPDATE events SET status = 'erased', error = NULL, body = ? WHERE rowid = ?",
         [(encode_event(stub), rowid) for rowid, stub in plan.stubs],
     )
+    held = _contact(conn, workspace, contact_id)
+    if held is not None:
+        sqlite_values.forget(conn, workspace, contact_id, held.properties)
     # Retention's snapshot of the contact holds only what predates the erasure.
     for table in (_CONTACTS, _SNAPSHOTS):
         conn.execute(
             f"DELETE FROM {table} WHERE workspace = ? AND contact_id = ?", (workspace, contact_id)
         )
     _apply_profiles(conn, plan.remaining)
+    sqlite_segments.keep(conn, [everything(workspace, contact_id)], _loader(conn))
     aliases = conn.execute(
         "SELECT source_id, profile_id, ts_us, event_id FROM profile_aliases"
         " WHERE workspace = ? AND contact_id = ?",
@@ -817,6 +895,19 @@ def _erase_contact(conn: sqlite3.Connection, erasure: Erasure) -> None:
             key = (workspace, source_id, profile_id)
             conn.execute("DELETE FROM profile_aliases" + _ALIAS_WHERE, key)
             conn.execute("DELETE FROM parked_events" + _ALIAS_WHERE, key)
+
+
+def _index_all_values(conn: sqlite3.Connection) -> None:
+    """The searchable copy of the contacts' values, made anew from the contacts table."""
+    rows = conn.execute(f"SELECT workspace, contact_id, {_ROW_COLUMNS} FROM contacts")
+    contacts = ((w, i, _contact_of(i, _row(values))) for w, i, *values in rows)
+    sqlite_values.index_all(conn, ((w, i, c.properties) for w, i, c in contacts if c is not None))
+
+
+def _values_5_to_6(conn: sqlite3.Connection) -> None:
+    """Schema 5 -> 6: the searchable copy of the contacts' values (sqlite_values.py)."""
+    conn.execute(sqlite_values.TABLE)
+    _index_all_values(conn)
 
 
 def _add_erasures_3_to_4(conn: sqlite3.Connection) -> None:
@@ -868,6 +959,9 @@ def _apply_profiles(
     rows = _rows(conn, list(groups), table)
     result = ApplyResult()
     changed: list[tuple[Any, ...]] = []
+    values: list[sqlite_values.Change] = []  # the searchable copy's changes (profiles only)
+    touched: list[Touched] = []  # what segments may need to decide again (profiles only)
+    after: dict[tuple[str, str], tuple[dict[str, tuple[Any, Version]], ContactPlan]] = {}
     for key, group in groups.items():
         row = rows.get(key) or _Row()
         state = row.state(row.ops is not None or any(e.ops for e in group))
@@ -892,6 +986,13 @@ def _apply_profiles(
             )
         )
         result.written += len(plan.upserts)
+        if table == _CONTACTS:
+            held = row.properties() if plan.touches_contact_row else None
+            if held is not None:
+                values += sqlite_values.value_changes(*key, held, plan)
+            if (change := touched_by(key, row.last, row.deleted, plan)) is not None:
+                touched.append(change)
+                after[key] = (held if held is not None else row.properties(), plan)
     # One step per row, which measured faster here than multi-row upserts of these large rows.
     conn.executemany(
         f"INSERT INTO {table} (workspace, contact_id, last_ts_us, last_event_id, deleted_ts_us,"
@@ -902,7 +1003,53 @@ def _apply_profiles(
         " ops_ts_us = excluded.ops_ts_us, ops_event_id = excluded.ops_event_id",
         changed,
     )
+    sqlite_values.write_changes(conn, values)
+    result.segment_moves = sqlite_segments.keep(
+        conn,
+        touched,
+        lambda keys: {k: _contact_after(k[1], *after[k]) for k in keys},
+        lambda keys: {k: _contact_before(k[1], after[k][0], rows.get(k)) for k in keys},
+    )
     return result
+
+
+def _contact_before(
+    contact_id: str, held: dict[str, tuple[Any, Version]], row: _Row | None
+) -> Contact | None:
+    """The contact as its row held it before the batch (versions left out)."""
+    if row is None or row.last is None or not contact_exists(row.last, row.deleted):
+        return None
+    live = {name: value for name, (value, _) in held.items() if value is not None}
+    return Contact(contact_id, live, {}, row.last[0])
+
+
+def _contact_after(
+    contact_id: str, held: dict[str, tuple[Any, Version]], plan: ContactPlan
+) -> Contact | None:
+    """The contact as ``plan`` leaves it (what ``_Row.merged`` writes), from the properties
+    held before; its versions left out (segments look at the values and the last update)."""
+    if plan.last_update is None or not contact_exists(plan.last_update, plan.deleted):
+        return None
+    upto, upserts, removes = plan.delete_upto, plan.upserts, plan.removes
+    live = {
+        name: value
+        for name, (value, version) in held.items()
+        if value is not None
+        and (upto is None or version > upto)
+        and name not in upserts
+        and name not in removes
+    }
+    for name, (value, _) in upserts.items():
+        if value is not None and name not in removes:
+            live[name] = value
+    return Contact(contact_id, live, {}, plan.last_update[0])
+
+
+def _loader(conn: sqlite3.Connection) -> sqlite_segments.Load:
+    def load(keys: list[tuple[str, str]]) -> dict[tuple[str, str], Contact | None]:
+        return {key: _contact_of(key[1], row) for key, row in _rows(conn, keys).items()}
+
+    return load
 
 
 PropertyGroups = list[tuple[int, str, dict[str, Any]]]
@@ -1053,6 +1200,7 @@ def _rebuild(conn: sqlite3.Connection, progress: Progress | None) -> int:
         f"INSERT INTO contacts (workspace, contact_id, {_ROW_COLUMNS})"
         f" SELECT workspace, contact_id, {_ROW_COLUMNS} FROM snapshots"
     )
+    _index_all_values(conn)
     total = conn.execute(f"SELECT COUNT(*) FROM events WHERE {_APPLIED}").fetchone()[0]
     done = 0
     if progress is not None:
@@ -1077,6 +1225,7 @@ def _rebuild(conn: sqlite3.Connection, progress: Progress | None) -> int:
             pending.append(decode_event(body))
     _rebuild_contacts(conn, pending)
     done += len(pending)
+    sqlite_segments.restart_all(conn)  # filled again by the backfill, from the new profiles
     if progress is not None:
         progress(done, total)
     return int(done)

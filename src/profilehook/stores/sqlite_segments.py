@@ -1,0 +1,258 @@
+"""Segments on the SQLite store: their tables, the applier's one call (``keep``) that moves the
+contacts a batch touched, and the backfill's chunks. Everything runs on the store's writer,
+in the caller's transaction (stores/segments.py says why that keeps memberships exact)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgspec
+
+from profilehook.filters import parse_filter, to_json
+from profilehook.stores.base import Contact
+from profilehook.stores.segments import (
+    Moves,
+    Rule,
+    RuleSet,
+    Segment,
+    Touched,
+    decide,
+    member_rows,
+    work,
+)
+from profilehook.stores.sqlite_values import EXISTS, SqliteCompiler
+
+TABLES = """
+CREATE TABLE IF NOT EXISTS segments (
+    workspace TEXT NOT NULL,
+    segment_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    filter TEXT NOT NULL,
+    created_us INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    scanned INTEGER NOT NULL,
+    backfill_after TEXT,
+    PRIMARY KEY (workspace, segment_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS segment_members (
+    workspace TEXT NOT NULL,
+    segment_id TEXT NOT NULL,
+    contact_id TEXT NOT NULL,
+    PRIMARY KEY (workspace, segment_id, contact_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS segment_members_by_contact ON segment_members (workspace, contact_id);
+"""
+
+Load = Callable[[list[tuple[str, str]]], dict[tuple[str, str], Contact | None]]
+"""The profiles of these contacts now (absent ones may be left out)."""
+
+_rules_cache: dict[tuple[str, str], Rule] = {}
+_json = msgspec.json.encode
+
+
+def _rule(segment_id: str, text: str) -> Rule:
+    found = _rules_cache.get((segment_id, text))
+    if found is None:
+        node, _ = parse_filter(msgspec.json.decode(text))
+        assert node is not None  # stored only after it parsed
+        if len(_rules_cache) > 10_000:
+            _rules_cache.clear()
+        found = _rules_cache[(segment_id, text)] = Rule.of(segment_id, node)
+    return found
+
+
+def rules(
+    conn: sqlite3.Connection, workspaces: set[str]
+) -> tuple[dict[str, RuleSet], frozenset[str]]:
+    """The workspaces' segments, and the ids of those that are ready."""
+    by_workspace: dict[str, RuleSet] = {}
+    ready = set()
+    rows = conn.execute(
+        "SELECT workspace, segment_id, filter, status FROM segments"
+        " WHERE workspace IN (SELECT value FROM json_each(?))",
+        (_json(sorted(workspaces)).decode(),),
+    )
+    for workspace, segment_id, text, status in rows:
+        by_workspace.setdefault(workspace, RuleSet()).add(_rule(segment_id, text))
+        if status == "ready":
+            ready.add(segment_id)
+    return by_workspace, frozenset(ready)
+
+
+def keep(
+    conn: sqlite3.Connection, touched: Sequence[Touched], load: Load, before: Load | None = None
+) -> Moves:
+    """Move the touched contacts in and out of their workspaces' segments (the applier's
+    call, after it wrote the profiles, in its transaction); the moves. ``before``: the
+    contacts' profiles before the batch, when the caller knows them (``decide``)."""
+    if not touched:
+        return {}
+    by_workspace, ready = rules(conn, {t.workspace for t in touched})
+    todo = work(by_workspace, touched) if by_workspace else []
+    if not todo:
+        return {}
+    keys = [(t.workspace, t.contact_id) for t, _ in todo]
+    old = before(keys) if before is not None else None
+    # Stored memberships are read only where the profile before is no answer.
+    unknown = [
+        (t.workspace, t.contact_id)
+        for t, needed in todo
+        if old is None or any(r.segment_id not in ready for r in needed)
+    ]
+    members = (
+        {
+            (w, s, c)
+            for w, s, c in conn.execute(
+                "SELECT m.workspace, m.segment_id, m.contact_id FROM segment_members m"
+                " JOIN json_each(?) k ON m.workspace = json_extract(k.value, '$[0]')"
+                " AND m.contact_id = json_extract(k.value, '$[1]')",
+                (_json(unknown).decode(),),
+            )
+        }
+        if unknown
+        else set()
+    )
+    moves = decide(todo, load(keys), members, old, ready)
+    added, removed = member_rows(moves)
+    conn.executemany(
+        "DELETE FROM segment_members WHERE workspace = ? AND segment_id = ? AND contact_id = ?",
+        removed,
+    )
+    conn.executemany(
+        "INSERT OR IGNORE INTO segment_members (workspace, segment_id, contact_id)"
+        " VALUES (?, ?, ?)",
+        added,
+    )
+    return moves
+
+
+# -- the segments themselves -----------------------------------------------------------------
+
+_COLUMNS = "workspace, segment_id, name, filter, created_us, status, scanned"
+
+
+def create(conn: sqlite3.Connection, segment: Segment) -> None:
+    conn.execute(
+        f"INSERT INTO segments ({_COLUMNS}, backfill_after) VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
+        (
+            segment.workspace,
+            segment.segment_id,
+            segment.name,
+            _json(to_json(segment.filter)).decode(),
+            segment.created_us,
+            segment.status,
+            0,
+        ),
+    )
+
+
+def _segment(conn: sqlite3.Connection, row: Sequence[Any]) -> Segment:
+    workspace, segment_id, name, text, created_us, status, scanned = row
+    size = conn.execute(
+        "SELECT COUNT(*) FROM segment_members WHERE workspace = ? AND segment_id = ?",
+        (workspace, segment_id),
+    ).fetchone()[0]
+    rule = _rule(segment_id, text)
+    return Segment(segment_id, workspace, name, rule.filter, created_us, status, size, scanned)
+
+
+def listed(conn: sqlite3.Connection, workspace: str) -> list[Segment]:
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM segments WHERE workspace = ? ORDER BY created_us, segment_id",
+        (workspace,),
+    ).fetchall()
+    return [_segment(conn, row) for row in rows]
+
+
+def get(conn: sqlite3.Connection, workspace: str, segment_id: str) -> Segment | None:
+    row = conn.execute(
+        f"SELECT {_COLUMNS} FROM segments WHERE workspace = ? AND segment_id = ?",
+        (workspace, segment_id),
+    ).fetchone()
+    return None if row is None else _segment(conn, row)
+
+
+def delete(conn: sqlite3.Connection, workspace: str, segment_id: str) -> bool:
+    gone = conn.execute(
+        "DELETE FROM segments WHERE workspace = ? AND segment_id = ?", (workspace, segment_id)
+    ).rowcount
+    conn.execute(
+        "DELETE FROM segment_members WHERE workspace = ? AND segment_id = ?",
+        (workspace, segment_id),
+    )
+    return bool(gone)
+
+
+def members_sql(columns: str) -> str:
+    """The rows of a page of members: contact_id and ``columns`` of the contacts table."""
+    return (
+        f"SELECT c.contact_id, {columns} FROM segment_members m JOIN contacts c"
+        " ON c.workspace = m.workspace AND c.contact_id = m.contact_id"
+        " WHERE m.workspace = ? AND m.segment_id = ? AND m.contact_id > ?"
+        " ORDER BY m.contact_id LIMIT ?"
+    )
+
+
+def backfill(conn: sqlite3.Connection, workspace: str, segment_id: str, limit: int) -> bool:
+    """Decide the next ``limit`` contacts of a building segment with its filter compiled to
+    SQL (the query's compiler: the same answers as the reference evaluator); True once it is
+    ready."""
+    row = conn.execute(
+        "SELECT filter, status, backfill_after FROM segments WHERE workspace = ? AND segment_id = ?",
+        (workspace, segment_id),
+    ).fetchone()
+    if row is None or row[1] == "ready":
+        return True
+    rule, after = _rule(segment_id, row[0]), row[2] or ""
+    ids = [
+        i
+        for (i,) in conn.execute(
+            "SELECT contact_id FROM contacts WHERE workspace = ? AND contact_id > ?"
+            " ORDER BY contact_id LIMIT ?",
+            (workspace, after, limit),
+        )
+    ]
+    if ids:
+        span = (workspace, segment_id, after, ids[-1])
+        conn.execute(
+            "DELETE FROM segment_members WHERE workspace = ? AND segment_id = ?"
+            " AND contact_id > ? AND contact_id <= ?",
+            span,
+        )
+        where, params = SqliteCompiler(workspace).compile(rule.filter)
+        conn.execute(
+            "INSERT OR IGNORE INTO segment_members (workspace, segment_id, contact_id)"
+            f" SELECT ?, ?, c.contact_id FROM contacts c WHERE c.workspace = ? AND {EXISTS}"
+            f" AND c.contact_id > ? AND c.contact_id <= ? AND {where}",
+            (workspace, segment_id, workspace, after, ids[-1], *params),
+        )
+    done = len(ids) < limit
+    conn.execute(
+        "UPDATE segments SET backfill_after = ?, scanned = scanned + ?, status = ?"
+        " WHERE workspace = ? AND segment_id = ?",
+        (
+            ids[-1] if ids else row[2],
+            len(ids),
+            "ready" if done else "building",
+            workspace,
+            segment_id,
+        ),
+    )
+    return done
+
+
+def building(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+    return [
+        (w, s)
+        for w, s in conn.execute(
+            "SELECT workspace, segment_id FROM segments WHERE status = 'building'"
+        )
+    ]
+
+
+def restart_all(conn: sqlite3.Connection) -> None:
+    """Every segment to be filled again from the start (after a rebuild of the profiles)."""
+    conn.execute("DELETE FROM segment_members")
+    conn.execute("UPDATE segments SET status = 'building', scanned = 0, backfill_after = NULL")

@@ -1,0 +1,211 @@
+"""The SQLite store's searchable copy of every contact's live values, and filters compiled to
+SQL over it.
+
+The contacts table keeps a contact's properties as one msgpack value (read and written whole
+by the applier: the fastest layout for applying), which SQL cannot look into. Beside it,
+``contact_values`` holds one row per live property, ``(workspace, name, kind, value,
+contact_id)``, and is its primary key: a WITHOUT ROWID table, so the rows are the index. An
+equality, a range or a prefix on any property is then a range of that key, read without
+scanning other properties or contacts. The kind keeps values of different kinds apart (no
+coercion: a number never equals a string, ``true`` is not ``1``): 0 a number (INTEGER or
+REAL, which SQLite compares exactly), 1 a string (TEXT, compared bytewise: code point order),
+2 a boolean (0 or 1), 3 a list and 4 an object (their JSON text; ``contains`` looks into a
+list with ``json_each``).
+
+The applier keeps the copy in the transaction that writes the contact, from the plan of what
+changes (``value_changes``): only the properties a batch changes are written.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import msgspec
+
+from profilehook.events import Version
+from profilehook.filters import Condition, Query
+from profilehook.stores.base import ContactPlan
+from profilehook.stores.query import SQL_OPS, FilterCompiler, Sql, by_kind, kind_of
+
+TABLE = """
+CREATE TABLE IF NOT EXISTS contact_values (
+    workspace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    kind INTEGER NOT NULL,  -- 0 number, 1 string, 2 boolean, 3 list, 4 object
+    value NOT NULL,  -- no type: numbers stay numbers, strings text
+    contact_id TEXT NOT NULL,
+    PRIMARY KEY (workspace, name, kind, value, contact_id)
+) WITHOUT ROWID
+"""
+NUMBER, STRING, BOOLEAN, LIST, OBJECT = 0, 1, 2, 3, 4
+_KINDS = {"number": NUMBER, "string": STRING, "boolean": BOOLEAN}
+_json = msgspec.json.encode
+
+
+def stored(value: Any) -> tuple[int, Any]:
+    """A live value as ``contact_values`` keeps it: (kind, value)."""
+    if isinstance(value, bool):
+        return BOOLEAN, int(value)
+    if isinstance(value, (int, float)):
+        return NUMBER, value
+    if isinstance(value, str):
+        return STRING, value
+    return (LIST if isinstance(value, list) else OBJECT), _json(value).decode()
+
+
+# -- keeping the copy ------------------------------------------------------------------------
+
+Change = tuple[str, str, str, Any, Any]
+"""(workspace, contact_id, name, the value before, the value after); None: absent."""
+
+
+def value_changes(
+    workspace: str,
+    contact_id: str,
+    held: Mapping[str, tuple[Any, Version]],
+    plan: ContactPlan,
+) -> list[Change]:
+    """What ``plan`` changes of the contact's live values (``held``: the stored properties
+    before it, tombstones included), as ``ContactRow.merged`` writes them."""
+    upto = plan.delete_upto
+    touched = set(plan.upserts) | plan.removes
+    if upto is not None:
+        touched.update(n for n, (_, version) in held.items() if version <= upto)
+    changes: list[Change] = []
+    for name in touched:
+        before = held.get(name)
+        old = None if before is None else before[0]
+        if name in plan.removes:
+            new = None
+        elif name in plan.upserts:
+            new = plan.upserts[name][0]
+        else:
+            new = None  # covered by the delete
+        if not (type(old) is type(new) and old == new):
+            changes.append((workspace, contact_id, name, old, new))
+    return changes
+
+
+def write_changes(conn: sqlite3.Connection, changes: Iterable[Change]) -> None:
+    """Apply ``value_changes`` to the copy (in the caller's transaction)."""
+    gone: list[tuple[Any, ...]] = []
+    added: list[tuple[Any, ...]] = []
+    for workspace, contact_id, name, old, new in changes:
+        if old is not None:
+            gone.append((workspace, name, *stored(old), contact_id))
+        if new is not None:
+            added.append((workspace, name, *stored(new), contact_id))
+    if gone:
+        conn.executemany(
+            "DELETE FROM contact_values WHERE workspace = ? AND name = ? AND kind = ?"
+            " AND value = ? AND contact_id = ?",
+            gone,
+        )
+    if added:
+        conn.executemany(
+            "INSERT OR REPLACE INTO contact_values (workspace, name, kind, value, contact_id)"
+            " VALUES (?, ?, ?, ?, ?)",
+            added,
+        )
+
+
+def forget(
+    conn: sqlite3.Connection, workspace: str, contact_id: str, live: Mapping[str, Any]
+) -> None:
+    """Drop a contact's values (``live``: what it holds now) from the copy."""
+    write_changes(conn, ((workspace, contact_id, n, v, None) for n, v in live.items()))
+
+
+def index_all(
+    conn: sqlite3.Connection, contacts: Iterable[tuple[str, str, Mapping[str, Any]]]
+) -> None:
+    """Fill the copy anew from every contact's live values (a rebuild, a migration)."""
+    conn.execute("DELETE FROM contact_values")
+    for workspace, contact_id, live in contacts:
+        write_changes(conn, ((workspace, contact_id, n, None, v) for n, v in live.items()))
+
+
+# -- queries ---------------------------------------------------------------------------------
+
+EXISTS = (
+    "c.last_ts_us IS NOT NULL AND (c.deleted_ts_us IS NULL"
+    " OR (c.last_ts_us, c.last_event_id) > (c.deleted_ts_us, c.deleted_event_id))"
+)
+
+
+class SqliteCompiler(FilterCompiler):
+    mark = "?"
+
+    def __init__(self, workspace: str):
+        self.workspace = workspace
+
+    def substring(self, column: str, value: str) -> Sql:
+        # Strings hold no NUL (refused at ingestion and in filters), where instr would stop.
+        return f"instr({column}, ?) > 0", [value]
+
+    def property(self, node: Condition) -> Sql:
+        test, params = self._test(node)
+        return (
+            "c.contact_id IN (SELECT v.contact_id FROM contact_values v"
+            f" WHERE v.workspace = ? AND v.name = ? AND {test})",
+            [self.workspace, node.property, *params],
+        )
+
+    def _test(self, node: Condition) -> Sql:
+        op, value = node.op, node.value
+        if op == "exists":
+            return "1 = 1", []
+        if op == "eq":
+            return "v.kind = ? AND v.value = ?", list(stored(value))
+        if op == "in":
+            parts = []
+            params: list[Any] = []
+            for kind, values in by_kind(list(value)).items():
+                marks = ", ".join("?" for _ in values)
+                parts.append(f"(v.kind = ? AND v.value IN ({marks}))")
+                params += [_KINDS[kind], *(stored(v)[1] for v in values)]
+            return "(" + " OR ".join(parts) + ")", params
+        if op in SQL_OPS:
+            return f"v.kind = ? AND v.value {SQL_OPS[op]} ?", [_KINDS[kind_of(value)], value]
+        if op == "starts_with":
+            test, params = self.prefix("v.value", value)
+            return f"v.kind = {STRING} AND {test}", params
+        if op == "contains":
+            return self._contains(value)
+        raise AssertionError(op)
+
+    def _contains(self, value: Any) -> Sql:
+        kind = kind_of(value)
+        if kind == "boolean":
+            member = f"j.type = '{'true' if value else 'false'}'"
+            params: list[Any] = []
+        else:
+            types = "'text'" if kind == "string" else "'integer', 'real'"
+            member, params = f"j.type IN ({types}) AND j.atom = ?", [value]
+        in_list = (
+            f"(v.kind = {LIST} AND EXISTS (SELECT 1 FROM json_each(v.value) j WHERE {member}))"
+        )
+        if kind != "string":
+            return in_list, params
+        return f"((v.kind = {STRING} AND instr(v.value, ?) > 0) OR {in_list})", [value, *params]
+
+
+def select_sql(workspace: str, query: Query, columns: str) -> Sql:
+    """The page's rows: ``contact_id`` and ``columns`` of the contacts table, one more than
+    the page holds (telling whether another follows)."""
+    where, params = SqliteCompiler(workspace).compile(query.filter)
+    after = "" if query.after is None else " AND c.contact_id > ?"
+    sql = (
+        f"SELECT c.contact_id, {columns} FROM contacts c WHERE c.workspace = ? AND {EXISTS}"
+        f"{after} AND {where} ORDER BY c.contact_id LIMIT ?"
+    )
+    head = [workspace] if query.after is None else [workspace, query.after]
+    return sql, [*head, *params, query.limit + 1]
+
+
+def count_sql(workspace: str, query: Query) -> Sql:
+    where, params = SqliteCompiler(workspace).compile(query.filter)
+    sql = f"SELECT COUNT(*) FROM contacts c WHERE c.workspace = ? AND {EXISTS} AND {where}"
+    return sql, [workspace, *params]

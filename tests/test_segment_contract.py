@@ -1,0 +1,238 @@
+"""The segments contract (``Segments``, README "Segments"): a segment's members are exactly the
+contacts its filter matches, after the backfill and after any sequence of events (late ones,
+deletes, property operations, erasures), each entry and exit reported by the apply that made
+it. Runs on every backend (tests/store_backends.py).
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from typing import Any
+
+import pytest
+
+from profilehook.events import Event
+from profilehook.filters import Filter, Query, parse_filter
+from profilehook.stores.base import Erasure, Store
+from profilehook.stores.query import ContactQueries
+from profilehook.stores.segments import Segment, Segments
+from tests.store_backends import S, StoreBackend
+from tests.support import event
+
+W = "acme"
+
+
+@pytest.fixture
+def store(backend: StoreBackend) -> Store:
+    return backend.store
+
+
+def f(raw: dict[str, Any]) -> Filter:
+    node, problems = parse_filter(raw)
+    assert node is not None, problems
+    return node
+
+
+async def new_segment(store: Store, raw: dict[str, Any], chunk: int = 1000) -> str:
+    assert isinstance(store, Segments)
+    segment_id = f"seg_{uuid.uuid4().hex[:8]}"
+    await store.create_segment(Segment(segment_id, W, "s", f(raw), 1))
+    while not await store.backfill_segment(W, segment_id, chunk):
+        pass
+    return segment_id
+
+
+async def members(store: Store, segment_id: str, limit: int = 3) -> list[str]:
+    assert isinstance(store, Segments)
+    found: list[str] = []
+    after = None
+    while True:
+        page, after = await store.segment_members(W, segment_id, after, limit)
+        found += [c.contact_id for c in page]
+        if after is None:
+            return found
+
+
+async def matching(store: Store, raw: dict[str, Any]) -> list[str]:
+    assert isinstance(store, ContactQueries)
+    page = await store.query_contacts(W, Query(f(raw), 1000))
+    return [c.contact_id for c in page.contacts]
+
+
+PRO = {"property": "plan", "op": "eq", "value": "pro"}
+
+
+async def test_given_profiles_when_a_segment_is_created_then_backfilled_and_ready(
+    store: Store,
+) -> None:
+    await store.apply(
+        [event(f"c{i}", f"e{i}", S * (i + 1), plan="pro" if i % 3 else "free") for i in range(10)]
+    )
+    assert isinstance(store, Segments)
+    segment_id = f"seg_{uuid.uuid4().hex[:8]}"
+    await store.create_segment(Segment(segment_id, W, "pro", f(PRO), 1))
+    building = await store.get_segment(W, segment_id)
+    assert building is not None and building.status == "building" and building.size == 0
+    assert not await store.backfill_segment(W, segment_id, 4)
+    progress = await store.get_segment(W, segment_id)
+    assert progress is not None and progress.scanned == 4 and progress.status == "building"
+    while not await store.backfill_segment(W, segment_id, 4):
+        pass
+    ready = await store.get_segment(W, segment_id)
+    assert ready is not None and ready.status == "ready" and ready.size == 6
+    assert await members(store, segment_id) == await matching(store, PRO)
+    assert [s.segment_id for s in await store.list_segments(W)] == [segment_id]
+    assert await store.list_segments("other") == []
+
+
+async def test_given_a_segment_when_events_apply_then_entries_and_exits_are_reported(
+    store: Store,
+) -> None:
+    segment_id = await new_segment(store, PRO)
+    result = await store.apply([event("u1", "e1", 10 * S, plan="pro"), event("u2", "e2", 10 * S)])
+    assert {k: v.view() for k, v in result.segment_moves.items()} == {
+        (W, "u1"): {"entered": [segment_id], "exited": []}
+    }
+    result = await store.apply([event("u1", "e3", 20 * S, plan="free")])
+    assert result.segment_moves[(W, "u1")].exited == (segment_id,)
+    result = await store.apply([event("u1", "late", 15 * S, plan="pro")])  # loses: no move
+    assert result.segment_moves == {}
+    assert await members(store, segment_id) == []
+
+
+async def test_given_a_member_when_deleted_or_erased_then_it_leaves(store: Store) -> None:
+    segment_id = await new_segment(store, PRO)
+    await store.apply([event("a", "e1", 10 * S, plan="pro"), event("b", "e2", 10 * S, plan="pro")])
+    await store.apply([event("a", "d1", 20 * S, kind="delete")])
+    erasure = Erasure("er1", W, "b", 30 * S, suppress=False)
+    await store.request_erasure(erasure)
+    await store.erase_contact(erasure)
+    assert await members(store, segment_id) == []
+
+
+async def test_given_a_deleted_segment_then_gone_with_its_members(store: Store) -> None:
+    segment_id = await new_segment(store, PRO)
+    await store.apply([event("a", "e1", 10 * S, plan="pro")])
+    assert isinstance(store, Segments)
+    assert await store.delete_segment(W, segment_id)
+    assert await store.get_segment(W, segment_id) is None
+    assert await store.segment_members(W, segment_id, None, 10) == ([], None)
+    assert not await store.delete_segment(W, segment_id)
+    assert (await store.apply([event("b", "e2", 20 * S, plan="pro")])).segment_moves == {}
+
+
+FILTERS = [
+    PRO,
+    {
+        "any": [
+            {"property": "n", "op": "gte", "value": 3},
+            {"property": "tags", "op": "contains", "value": "x"},
+        ]
+    },
+    {"not": {"property": "plan", "op": "exists"}},
+    {
+        "all": [
+            {"property": "$updated_at", "op": "gt", "value": 50},
+            {"property": "plan", "op": "ne", "value": "free"},
+        ]
+    },
+    {"all": []},
+]
+
+
+def random_event(rng: random.Random, i: int) -> Event:
+    contact = f"c{rng.randrange(8)}"
+    ts = rng.randrange(1, 100) * S
+    roll = rng.random()
+    if roll < 0.1:
+        return event(contact, f"e{i}", ts, W, kind="delete")
+    props: dict[str, Any] = {}
+    ops: dict[str, Any] = {}
+    if rng.random() < 0.6:
+        props["plan"] = rng.choice(["pro", "free", None])
+    if rng.random() < 0.4:
+        props["n"] = rng.choice([1, 5, 2.5])
+        if rng.random() < 0.5:
+            ops["n"] = "add"
+    if rng.random() < 0.3:
+        props["tags"] = [rng.choice(["x", "y"])]
+        ops["tags"] = rng.choice(["append", "remove"])
+    built = event(contact, f"e{i}", ts, W, **props)
+    return built if not ops else Event(**{**_fields(built), "ops": ops})
+
+
+def _fields(e: Event) -> dict[str, Any]:
+    return {name: getattr(e, name) for name in e.__struct_fields__}
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_given_random_event_sequences_then_members_equal_the_filters_answer(
+    store: Store, seed: int
+) -> None:
+    rng = random.Random(seed)
+    await store.apply([random_event(rng, i) for i in range(10)])
+    # Some segments created before the rest of the events, backfilled between batches.
+    assert isinstance(store, Segments)
+    ids = []
+    for raw in FILTERS:
+        segment_id = f"seg_{uuid.uuid4().hex[:8]}"
+        await store.create_segment(Segment(segment_id, W, "s", f(raw), 1))
+        ids.append(segment_id)
+    i = 10
+    for _ in range(12):
+        batch = [random_event(rng, i + k) for k in range(rng.randrange(1, 6))]
+        i += len(batch)
+        await store.apply(batch)
+        for segment_id in ids:
+            await store.backfill_segment(W, segment_id, 3)
+    for segment_id in ids:
+        while not await store.backfill_segment(W, segment_id, 3):
+            pass
+    for _ in range(10):
+        batch = [random_event(rng, i + k) for k in range(rng.randrange(1, 6))]
+        i += len(batch)
+        await store.apply(batch)
+        for raw, segment_id in zip(FILTERS, ids, strict=True):
+            assert await members(store, segment_id) == await matching(store, raw), raw
+
+
+async def test_given_a_backfill_and_appliers_at_once_then_members_equal_the_filters_answer(
+    backend: StoreBackend,
+) -> None:
+    """The backfill's chunks and the applies decide the same contacts at the same time (on
+    PostgreSQL from two store instances, as two processes would): none of them leaves a
+    membership that an other one's change made wrong."""
+    import asyncio
+
+    store = backend.store
+    other = await backend.open_another()
+    rng = random.Random(11)
+    await store.apply(
+        [event(f"c{i:03d}", f"s{i}", S, W, plan=rng.choice(["pro", "free"])) for i in range(120)]
+    )
+    assert isinstance(store, Segments)
+    segment_id = f"seg_{uuid.uuid4().hex[:8]}"
+    await store.create_segment(Segment(segment_id, W, "pro", f(PRO), 1))
+
+    async def backfill() -> None:
+        while not await store.backfill_segment(W, segment_id, 7):
+            await asyncio.sleep(0)
+
+    async def apply() -> None:
+        for b in range(15):
+            batch = [
+                event(
+                    f"c{rng.randrange(120):03d}",
+                    f"u{b}-{k}",
+                    (2 + b) * S + k,
+                    W,
+                    plan=rng.choice(["pro", "free", None]),
+                )
+                for k in range(10)
+            ]
+            await other.apply(batch)
+            await asyncio.sleep(0)
+
+    await asyncio.gather(backfill(), apply())
+    assert await members(store, segment_id) == await matching(store, PRO)
