@@ -21,6 +21,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "values",
         (
             "profilehook.events",
+            "profilehook.changes",
             "profilehook.settings",
             "profilehook.validation",
             "profilehook.metrics",

@@ -73,6 +73,7 @@ PURGE_BATCH_EVENTS = 1_000
 PURGE_INTERVAL_S = 10.0
 PURGE_PAUSE_S = 0.05  # between two full batches, for the applier's writes
 PURGE_LOG_INTERVAL_S = 60.0
+CHANGES_RETENTION_DAYS = 7  # how long the change feed keeps a change
 
 HISTORY_PAGE_DEFAULT = 50
 HISTORY_PAGE_MAX = 500

@@ -31,6 +31,7 @@ _MINIMUMS: dict[str, int] = {
     "rate_limit_burst": 1,
     "apply_batch_max_events": 1,
     "history_retention_days": 0,
+    "changes_retention_days": 1,
 }
 
 
@@ -104,6 +105,11 @@ class Settings:
         "Days of history kept: an event older than this is refused at ingest, and history"
         " older than this plus the 7-day dedupe window is purged continuously (profiles"
         " unchanged). 0 = keep forever",
+    )
+    changes_retention_days: int = _setting(
+        c.CHANGES_RETENTION_DAYS,
+        "Days the change feed keeps each change (GET /v1/changes); older ones are purged"
+        " continuously, and a cursor before them is answered 410",
     )
     log_level: str = _setting("info", "Log level: debug, info, warning, error")
 

@@ -26,7 +26,7 @@ from profilehook.applier import Applier, StallWatch
 from profilehook.applier_process import ApplierProcess
 from profilehook.erasure import Eraser
 from profilehook.errors import ProfilehookError
-from profilehook.retention import HistoryPurger
+from profilehook.retention import ChangePurger, HistoryPurger
 from profilehook.service import Services
 from profilehook.settings import Settings
 
@@ -96,7 +96,7 @@ class ProfilehookApp:
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         await self.services.open()
         stop = asyncio.Event()
-        task = purging = None
+        task = purging = purging_changes = None
         services = self.services
         # Erasures are executed here (whatever applies): this process writes the embedded log.
         erasing = asyncio.create_task(self.eraser.run(stop), name="eraser")
@@ -110,6 +110,9 @@ class ProfilehookApp:
             task = asyncio.create_task(applier.run(stop), name="applier")
             purger = HistoryPurger(services.store, services.metrics, services.settings)
             purging = asyncio.create_task(purger.run(stop), name="history-purge")
+            purging_changes = asyncio.create_task(
+                ChangePurger(services.store, services.settings).run(stop), name="change-purge"
+            )
         elif self.applies_in == "process":
             process = ApplierProcess(services.settings, services.metrics, services.queue)
             task = asyncio.create_task(process.run(stop), name="applier-process")
@@ -117,7 +120,7 @@ class ProfilehookApp:
             yield
         finally:
             stop.set()
-            for running_task in (task, purging, erasing):
+            for running_task in (task, purging, purging_changes, erasing):
                 if running_task is not None:
                     with suppress(asyncio.CancelledError):
                         await running_task

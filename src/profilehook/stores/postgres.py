@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -24,12 +25,20 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import msgspec
 
 from profilehook import constants as c
-from profilehook.errors import ConfigurationError, StorageUnavailable, StoreRefused
+from profilehook.changes import Change, change_id, decode_body, encode_body
+from profilehook.errors import (
+    ConfigurationError,
+    CursorExpired,
+    InvalidCursor,
+    StorageUnavailable,
+    StoreRefused,
+)
 from profilehook.events import Event, Version, decode_event, encode_event, now_us
 from profilehook.stores.base import (
     AliasUpdate,
     ApiKey,
     ApplyResult,
+    Base,
     Contact,
     ContactErasure,
     ContactState,
@@ -51,6 +60,7 @@ from profilehook.stores.base import (
     scopes_text,
     split_erased,
 )
+from profilehook.stores.changes import ChangeLog
 
 try:
     import psycopg
@@ -267,6 +277,30 @@ MIGRATIONS: list[Migration] = [
         ADD COLUMN IF NOT EXISTS ops_event_id text COLLATE "C";
     ALTER TABLE snapshot_contacts ADD COLUMN IF NOT EXISTS ops_ts_us bigint,
         ADD COLUMN IF NOT EXISTS ops_event_id text COLLATE "C";
+    """,
+    """
+    -- The change feed (stores/changes.py), written by apply in its transaction. A change's
+    -- position is (txid, seq): its transaction's id, and its order within it. Readers serve
+    -- only transactions older than every one still running (pg_snapshot_xmin): whatever
+    -- commits later has a greater position (README, Getting changes out).
+    CREATE TABLE changes (
+        seq bigserial PRIMARY KEY,
+        txid xid8 NOT NULL DEFAULT pg_current_xact_id(),
+        workspace text COLLATE "C" NOT NULL,
+        contact_id text COLLATE "C" NOT NULL,
+        event_id text COLLATE "C" NOT NULL,
+        applied_us bigint NOT NULL,
+        body bytea NOT NULL
+    );
+    CREATE INDEX changes_by_position ON changes (workspace, txid, seq);
+    CREATE INDEX changes_by_contact ON changes (workspace, contact_id);
+    CREATE INDEX changes_by_time ON changes (applied_us);
+    -- Per workspace, the newest position retention purged: a cursor before it has expired.
+    CREATE TABLE changes_purged (
+        workspace text COLLATE "C" PRIMARY KEY,
+        txid xid8 NOT NULL,
+        seq bigint NOT NULL
+    );
     """,
 ]
 
@@ -663,6 +697,13 @@ class PostgresStore(Store):
 
     async def purge_history(self, before_us: int, limit: int) -> int:
         return await self._run(lambda conn: _purge(conn, before_us, limit))
+
+    async def read_changes(self, workspace: str, after: str | None, limit: int) -> list[Change]:
+        _position(after)  # refused before a connection is taken
+        return await self._run(lambda conn: _read_changes(conn, workspace, after, limit))
+
+    async def purge_changes(self, before_us: int, limit: int) -> int:
+        return await self._run(lambda conn: _purge_changes(conn, before_us, limit))
 
     async def add_key(self, key: ApiKey, key_hash: str) -> None:
         async def insert(conn: Conn) -> None:
@@ -1067,7 +1108,9 @@ async def _apply(conn: Conn, events: Sequence[Event]) -> ApplyResult:
             " AND e.body <> u.b",
             _columns([(d.workspace, d.event_id, encode_event(d)) for d in dropped], 3),
         )
-    result = await _apply_profiles(conn, new)
+    changes = ChangeLog(new)
+    result = await _apply_profiles(conn, new, changes=changes)
+    await _insert_changes(conn, changes, applied_us)
     if result.warnings:
         await conn.execute(
             "UPDATE events AS e SET error = u.m FROM unnest(%s::text[], %s::text[], %s::text[])"
@@ -1120,7 +1163,13 @@ async def _erase_contact(conn: Conn, erasure: Erasure) -> None:
             (*_columns([(i, encode_event(stub)) for i, stub in plan.stubs], 2), workspace),
         )
     # Retention's snapshot of the contact holds only what predates the erasure.
-    for table in ("properties", "contacts", "snapshot_properties", "snapshot_contacts"):
+    for table in (
+        "properties",
+        "contacts",
+        "snapshot_properties",
+        "snapshot_contacts",
+        "changes",
+    ):
         await conn.execute(
             f"DELETE FROM {table} WHERE workspace = %s AND contact_id = %s",  # names from above
             contact,
@@ -1149,6 +1198,7 @@ async def _apply_profiles(
     tables: _FoldSql | None = None,
     *,
     base: Literal["history", "snapshot"] | None = "history",
+    changes: ChangeLog | None = None,
 ) -> ApplyResult:
     """Plan every contact of the batch with the shared rules and write what the plan says (to
     ``tables``: the profiles, or the snapshots that ``purge_history`` folds into).
@@ -1180,6 +1230,8 @@ async def _apply_profiles(
         if newest is not None and any(e.version < newest for e in group):
             late.append(key)
             wanted.append((*key, None))
+        elif changes is not None and any(e.kind == "delete" for e in group):
+            wanted.append((*key, None))  # a change says what a delete took
         else:
             names = {n for e in group for n in e.properties}
             wanted += [(*key, name) for name in names]
@@ -1199,13 +1251,14 @@ async def _apply_profiles(
     rows: list[tuple[str, str, str, str | None, int, str]] = []
     for key, group in groups:
         state = states.get(key) or ContactState()
+        contact_base: Base | None = None
         if key in bases:
-            found = bases[key]
-            plan = plan_contact(state, group, lambda found=found: found)  # type: ignore[misc]
+            contact_base = functools.partial(_given, bases[key])
         elif key in late and base == "snapshot":
-            plan = plan_contact(state, group, lambda state=state: (state, []))  # type: ignore[misc]
-        else:
-            plan = plan_contact(state, group)
+            contact_base = functools.partial(_given, (state, []))
+        plan = plan_contact(state, group, contact_base)
+        if changes is not None:
+            changes.add(state, group, plan, contact_base)
         result.superseded += plan.superseded
         result.warnings.update(((key[0], i), w) for i, w in plan.warnings.items())
         if key not in states or (plan.last_update, plan.deleted, plan.ops_upto) != (
@@ -1237,6 +1290,106 @@ async def _apply_profiles(
     if rows:
         await conn.execute(tables.upsert_properties, _columns(rows, 6))
     return result
+
+
+def _given(
+    found: tuple[ContactState, list[Event]],
+) -> tuple[ContactState, list[Event]]:
+    return found
+
+
+async def _insert_changes(conn: Conn, changes: ChangeLog, applied_us: int) -> None:
+    """The batch's changes, in its order (``seq``), under the transaction's id (``txid``)."""
+    if not changes:
+        return
+    records = changes.records()
+    await conn.execute(
+        "INSERT INTO changes (workspace, contact_id, event_id, applied_us, body)"
+        " SELECT w, c, e, %s, b FROM unnest(%s::text[], %s::text[], %s::text[], %s::bytea[])"
+        " WITH ORDINALITY AS u(w, c, e, b, n) ORDER BY n",
+        (
+            applied_us,
+            [r.workspace for r in records],
+            [r.contact_id for r in records],
+            [r.event_id for r in records],
+            [encode_body(r.body) for r in records],
+        ),
+    )
+
+
+def _position(cursor: str | None) -> tuple[int, int]:
+    """A cursor of this store, ``txid.seq``, as numbers; None: before every change. Raises
+    ``InvalidCursor``."""
+    if cursor is None:
+        return (0, 0)
+    txid, dot, seq = cursor.partition(".")
+    if not dot or not all(p.isascii() and p.isdigit() and len(p) <= 18 for p in (txid, seq)):
+        raise InvalidCursor("not a cursor of this feed")
+    return int(txid), int(seq)
+
+
+def _cursor_of(txid: Any, seq: int) -> str:
+    return f"{txid}.{seq}"
+
+
+async def _read_changes(conn: Conn, workspace: str, after: str | None, limit: int) -> list[Change]:
+    txid, seq = _position(after)
+    if after is not None:
+        cur = await conn.execute(
+            "SELECT txid::text::bigint, seq FROM changes_purged WHERE workspace = %s", (workspace,)
+        )
+        purged = await cur.fetchone()
+        if purged is not None and (txid, seq) < (purged[0], purged[1]):
+            raise CursorExpired()
+    # Only transactions older than every one still running: none of those can commit a change
+    # behind a cursor handed out here.
+    cur = await conn.execute(
+        "SELECT txid::text, seq, contact_id, event_id, applied_us, body FROM changes"
+        " WHERE workspace = %s AND (txid, seq) > (%s::text::xid8, %s)"
+        " AND txid < pg_snapshot_xmin(pg_current_snapshot())"
+        " ORDER BY txid, seq LIMIT %s",
+        (workspace, str(txid), seq, limit),
+    )
+    found = []
+    for row_txid, row_seq, contact_id, event_id, applied_us, body in await cur.fetchall():
+        cursor = _cursor_of(row_txid, row_seq)
+        found.append(
+            Change(
+                change_id(cursor),
+                cursor,
+                workspace,
+                contact_id,
+                event_id,
+                applied_us,
+                decode_body(bytes(body)),
+            )
+        )
+    return found
+
+
+async def _purge_changes(conn: Conn, before_us: int, limit: int) -> int:
+    """The oldest changes applied before ``before_us`` go, and each workspace's purge mark
+    moves past them (several purgers at once take different rows)."""
+    cur = await conn.execute(
+        "DELETE FROM changes WHERE seq IN (SELECT seq FROM changes WHERE applied_us < %s"
+        " ORDER BY applied_us LIMIT %s FOR UPDATE SKIP LOCKED)"
+        " RETURNING workspace, txid::text::bigint, seq",
+        (before_us, limit),
+    )
+    rows = await cur.fetchall()
+    newest: dict[str, tuple[int, int]] = {}
+    for workspace, txid, seq in rows:
+        newest[workspace] = max(newest.get(workspace, (0, 0)), (txid, seq))
+    if newest:
+        await conn.execute(
+            "INSERT INTO changes_purged (workspace, txid, seq)"
+            " SELECT w, t::text::xid8, s FROM unnest(%s::text[], %s::bigint[], %s::bigint[])"
+            " AS u(w, t, s) ORDER BY w"
+            " ON CONFLICT (workspace) DO UPDATE SET txid = excluded.txid, seq = excluded.seq"
+            " WHERE (changes_purged.txid, changes_purged.seq) < (excluded.txid, excluded.seq)",
+            _columns([(w, t, s) for w, (t, s) in sorted(newest.items())], 3),
+        )
+    return len(rows)
 
 
 def _state(row: Sequence[Any]) -> ContactState:
