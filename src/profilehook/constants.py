@@ -117,3 +117,10 @@ LISTEN_PING_MIN_INTERVAL_S = 0.5
 LISTEN_PING_TIMEOUT_S = 2.0
 # /readyz fails when the applier applied nothing for this long while events were pending.
 APPLIER_STALL_S = 30.0
+
+# The change feed's pull (README, Getting changes out)
+CHANGES_PAGE_DEFAULT = 500
+CHANGES_PAGE_MAX = 1_000
+CHANGES_WAIT_MAX_S = 60  # the longest long-poll a GET /v1/changes may ask for (wait_s)
+CHANGES_POLL_S = 0.05  # how often a waiting reader looks for new changes
+CHANGES_STREAM_KEEPALIVE_S = 15.0  # an SSE comment line this often while nothing happens

@@ -15,6 +15,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from profilehook.api.access import ScopedRoute
+from profilehook.api.changes import change_routes
 from profilehook.api.deadlines import Deadlines
 from profilehook.api.ingest import ACCESS as INGEST_ACCESS
 from profilehook.api.ingest import Handler, ingest_handlers
@@ -67,7 +68,8 @@ class ProfilehookApp:
         self._starlette = Starlette(
             routes=ingest_routes
             + read_routes(services, self.deadlines, self._stall_watch(), self.eraser)
-            + management_routes(services),
+            + management_routes(services)
+            + change_routes(services),
             lifespan=self._lifespan,
             exception_handlers={
                 HTTPException: _http_exception,

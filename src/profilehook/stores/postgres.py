@@ -280,26 +280,28 @@ MIGRATIONS: list[Migration] = [
     """,
     """
     -- The change feed (stores/changes.py), written by apply in its transaction. A change's
-    -- position is (txid, seq): its transaction's id, and its order within it. Readers serve
-    -- only transactions older than every one still running (pg_snapshot_xmin): whatever
-    -- commits later has a greater position (README, Getting changes out).
+    -- position counts up per workspace from change_positions, whose row apply updates last,
+    -- just before it commits: the row lock orders the commits, so a position is given only
+    -- once every smaller one has committed (README, Getting changes out).
+    CREATE TABLE change_positions (
+        workspace text COLLATE "C" PRIMARY KEY,
+        last bigint NOT NULL
+    );
     CREATE TABLE changes (
-        seq bigserial PRIMARY KEY,
-        txid xid8 NOT NULL DEFAULT pg_current_xact_id(),
         workspace text COLLATE "C" NOT NULL,
+        position bigint NOT NULL,
         contact_id text COLLATE "C" NOT NULL,
         event_id text COLLATE "C" NOT NULL,
         applied_us bigint NOT NULL,
-        body bytea NOT NULL
+        body bytea NOT NULL,
+        PRIMARY KEY (workspace, position)
     );
-    CREATE INDEX changes_by_position ON changes (workspace, txid, seq);
     CREATE INDEX changes_by_contact ON changes (workspace, contact_id);
     CREATE INDEX changes_by_time ON changes (applied_us);
     -- Per workspace, the newest position retention purged: a cursor before it has expired.
     CREATE TABLE changes_purged (
         workspace text COLLATE "C" PRIMARY KEY,
-        txid xid8 NOT NULL,
-        seq bigint NOT NULL
+        upto bigint NOT NULL
     );
     """,
 ]
@@ -1110,13 +1112,13 @@ async def _apply(conn: Conn, events: Sequence[Event]) -> ApplyResult:
         )
     changes = ChangeLog(new)
     result = await _apply_profiles(conn, new, changes=changes)
-    await _insert_changes(conn, changes, applied_us)
     if result.warnings:
         await conn.execute(
             "UPDATE events AS e SET error = u.m FROM unnest(%s::text[], %s::text[], %s::text[])"
             " AS u(w, i, m) WHERE e.workspace = u.w AND e.event_id = u.i",
             _columns([(*key, w) for key, w in result.warnings.items()], 3),
         )
+    await _insert_changes(conn, changes, applied_us)  # last: it holds its workspaces' counters
     return result.count_new(events, new, erased)
 
 
@@ -1299,17 +1301,36 @@ def _given(
 
 
 async def _insert_changes(conn: Conn, changes: ChangeLog, applied_us: int) -> None:
-    """The batch's changes, in its order (``seq``), under the transaction's id (``txid``)."""
+    """The batch's changes at the next positions of their workspaces, in the batch's order. The
+    counters' rows stay locked until the transaction ends (called last: only its commit is left):
+    another apply takes its positions after this one has committed, so a reader never finds a
+    position given while a smaller one may still come."""
     if not changes:
         return
     records = changes.records()
+    counts: dict[str, int] = {}
+    for record in records:
+        counts[record.workspace] = counts.get(record.workspace, 0) + 1
+    cur = await conn.execute(
+        "INSERT INTO change_positions AS p (workspace, last)"
+        " SELECT w, n FROM unnest(%s::text[], %s::bigint[]) AS u(w, n) ORDER BY w"
+        " ON CONFLICT (workspace) DO UPDATE SET last = p.last + excluded.last"
+        " RETURNING workspace, last",
+        _columns(sorted(counts.items()), 2),
+    )
+    following = {w: last - counts[w] for w, last in await cur.fetchall()}
+    positions = []
+    for record in records:
+        following[record.workspace] += 1
+        positions.append(following[record.workspace])
     await conn.execute(
-        "INSERT INTO changes (workspace, contact_id, event_id, applied_us, body)"
-        " SELECT w, c, e, %s, b FROM unnest(%s::text[], %s::text[], %s::text[], %s::bytea[])"
-        " WITH ORDINALITY AS u(w, c, e, b, n) ORDER BY n",
+        "INSERT INTO changes (workspace, position, contact_id, event_id, applied_us, body)"
+        " SELECT w, p, c, e, %s, b FROM unnest(%s::text[], %s::bigint[], %s::text[],"
+        " %s::text[], %s::bytea[]) AS u(w, p, c, e, b)",
         (
             applied_us,
             [r.workspace for r in records],
+            positions,
             [r.contact_id for r in records],
             [r.event_id for r in records],
             [encode_body(r.body) for r in records],
@@ -1317,42 +1338,33 @@ async def _insert_changes(conn: Conn, changes: ChangeLog, applied_us: int) -> No
     )
 
 
-def _position(cursor: str | None) -> tuple[int, int]:
-    """A cursor of this store, ``txid.seq``, as numbers; None: before every change. Raises
+def _position(cursor: str | None) -> int:
+    """A cursor of this store (a change's decimal position) as a number; None: 0. Raises
     ``InvalidCursor``."""
     if cursor is None:
-        return (0, 0)
-    txid, dot, seq = cursor.partition(".")
-    if not dot or not all(p.isascii() and p.isdigit() and len(p) <= 18 for p in (txid, seq)):
+        return 0
+    if not cursor.isascii() or not cursor.isdigit() or len(cursor) > 18:
         raise InvalidCursor("not a cursor of this feed")
-    return int(txid), int(seq)
-
-
-def _cursor_of(txid: Any, seq: int) -> str:
-    return f"{txid}.{seq}"
+    return int(cursor)
 
 
 async def _read_changes(conn: Conn, workspace: str, after: str | None, limit: int) -> list[Change]:
-    txid, seq = _position(after)
+    start = _position(after)
     if after is not None:
         cur = await conn.execute(
-            "SELECT txid::text::bigint, seq FROM changes_purged WHERE workspace = %s", (workspace,)
+            "SELECT upto FROM changes_purged WHERE workspace = %s", (workspace,)
         )
         purged = await cur.fetchone()
-        if purged is not None and (txid, seq) < (purged[0], purged[1]):
+        if purged is not None and start < purged[0]:
             raise CursorExpired()
-    # Only transactions older than every one still running: none of those can commit a change
-    # behind a cursor handed out here.
     cur = await conn.execute(
-        "SELECT txid::text, seq, contact_id, event_id, applied_us, body FROM changes"
-        " WHERE workspace = %s AND (txid, seq) > (%s::text::xid8, %s)"
-        " AND txid < pg_snapshot_xmin(pg_current_snapshot())"
-        " ORDER BY txid, seq LIMIT %s",
-        (workspace, str(txid), seq, limit),
+        "SELECT position, contact_id, event_id, applied_us, body FROM changes"
+        " WHERE workspace = %s AND position > %s ORDER BY position LIMIT %s",
+        (workspace, start, limit),
     )
     found = []
-    for row_txid, row_seq, contact_id, event_id, applied_us, body in await cur.fetchall():
-        cursor = _cursor_of(row_txid, row_seq)
+    for position, contact_id, event_id, applied_us, body in await cur.fetchall():
+        cursor = str(position)
         found.append(
             Change(
                 change_id(cursor),
@@ -1371,23 +1383,21 @@ async def _purge_changes(conn: Conn, before_us: int, limit: int) -> int:
     """The oldest changes applied before ``before_us`` go, and each workspace's purge mark
     moves past them (several purgers at once take different rows)."""
     cur = await conn.execute(
-        "DELETE FROM changes WHERE seq IN (SELECT seq FROM changes WHERE applied_us < %s"
-        " ORDER BY applied_us LIMIT %s FOR UPDATE SKIP LOCKED)"
-        " RETURNING workspace, txid::text::bigint, seq",
+        "DELETE FROM changes WHERE (workspace, position) IN (SELECT workspace, position"
+        " FROM changes WHERE applied_us < %s ORDER BY applied_us LIMIT %s"
+        " FOR UPDATE SKIP LOCKED) RETURNING workspace, position",
         (before_us, limit),
     )
     rows = await cur.fetchall()
-    newest: dict[str, tuple[int, int]] = {}
-    for workspace, txid, seq in rows:
-        newest[workspace] = max(newest.get(workspace, (0, 0)), (txid, seq))
+    newest: dict[str, int] = {}
+    for workspace, position in rows:
+        newest[workspace] = max(newest.get(workspace, 0), position)
     if newest:
         await conn.execute(
-            "INSERT INTO changes_purged (workspace, txid, seq)"
-            " SELECT w, t::text::xid8, s FROM unnest(%s::text[], %s::bigint[], %s::bigint[])"
-            " AS u(w, t, s) ORDER BY w"
-            " ON CONFLICT (workspace) DO UPDATE SET txid = excluded.txid, seq = excluded.seq"
-            " WHERE (changes_purged.txid, changes_purged.seq) < (excluded.txid, excluded.seq)",
-            _columns([(w, t, s) for w, (t, s) in sorted(newest.items())], 3),
+            "INSERT INTO changes_purged AS p (workspace, upto)"
+            " SELECT w, n FROM unnest(%s::text[], %s::bigint[]) AS u(w, n) ORDER BY w"
+            " ON CONFLICT (workspace) DO UPDATE SET upto = GREATEST(p.upto, excluded.upto)",
+            _columns(sorted(newest.items()), 2),
         )
     return len(rows)
 
