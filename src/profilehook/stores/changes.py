@@ -16,7 +16,7 @@ is computed, beside the profile write.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from profilehook.changes import ChangeBody, ChangeRecord, PropertyChange
@@ -108,11 +108,12 @@ def _step_base(
 def _change(before: ContactState, event: Event, plan: ContactPlan) -> ChangeRecord | None:
     """What ``plan`` (of ``event`` alone) changes in the contact held as ``before``."""
     upserts = plan.upserts
-    names: set[str] = set(upserts)
-    names.update(plan.removes)
     upto = plan.delete_upto
-    if upto is not None:
-        names.update(n for n, version in before.versions.items() if version <= upto)
+    names: Iterable[str] = upserts
+    if upto is not None or plan.removes:  # (the everyday event writes only)
+        names = {*upserts, *plan.removes}
+        if upto is not None:
+            names.update(n for n, version in before.versions.items() if version <= upto)
     properties: dict[str, PropertyChange] = {}
     for name in names:
         old = _visible(before, name)
@@ -127,7 +128,9 @@ def _change(before: ContactState, event: Event, plan: ContactPlan) -> ChangeReco
     )
     if not properties and not deleted:
         return None
-    body = ChangeBody(event.source, deleted, dict(sorted(properties.items())))
+    if len(properties) > 1:
+        properties = dict(sorted(properties.items()))
+    body = ChangeBody(event.source, deleted, properties)
     return ChangeRecord(event.workspace, event.contact_id, event.event_id, body)
 
 

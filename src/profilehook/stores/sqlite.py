@@ -755,7 +755,7 @@ def _apply(conn: sqlite3.Connection, events: Sequence[Event]) -> ApplyResult:
     _mark_duplicates(conn, repeats(events, fresh))
     changes = ChangeLog(new_events)
     result = _apply_profiles(conn, new_events, base=_history_base, changes=changes)
-    _insert_changes(conn, changes, applied_us)
+    _insert_changes(conn, changes, applied_us, contact_keys)
     if result.warnings:
         conn.executemany(
             "UPDATE events SET error = ? WHERE id_key = ? AND workspace = ? AND event_id = ?",
@@ -1150,23 +1150,26 @@ def _purge(conn: sqlite3.Connection, before_us: int, limit: int) -> int:
 _APPLIED_STATUSES = ("applied", "duplicate")
 
 
-def _insert_changes(conn: sqlite3.Connection, changes: ChangeLog, applied_us: int) -> None:
+def _insert_changes(
+    conn: sqlite3.Connection,
+    changes: ChangeLog,
+    applied_us: int,
+    contact_keys: dict[tuple[str, str], int],
+) -> None:
     if not changes:
         return
+    rows = []
+    for r in changes.records():
+        contact_key = contact_keys.get((r.workspace, r.contact_id))
+        if contact_key is None:  # (every changed contact has an event row: not expected)
+            contact_key = _key(r.workspace, r.contact_id)
+        rows.append(
+            (r.workspace, r.contact_id, r.event_id, applied_us, encode_body(r.body), contact_key)
+        )
     conn.executemany(
         "INSERT INTO changes (workspace, contact_id, event_id, applied_us, body, contact_key)"
         " VALUES (?, ?, ?, ?, ?, ?)",
-        [
-            (
-                r.workspace,
-                r.contact_id,
-                r.event_id,
-                applied_us,
-                encode_body(r.body),
-                _key(r.workspace, r.contact_id),
-            )
-            for r in changes.records()
-        ],
+        rows,
     )
 
 
