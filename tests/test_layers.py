@@ -37,6 +37,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "profilehook.backfill",
             "profilehook.export",
             "profilehook.erasure",
+            "profilehook.destinations",
         ),
     ),
     (
