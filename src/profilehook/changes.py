@@ -16,14 +16,14 @@ import msgspec
 from profilehook.events import iso
 
 
-class PropertyChange(msgspec.Struct, frozen=True):
+class PropertyChange(msgspec.Struct, frozen=True, array_like=True):
     """A property's value before and after (None: it had none, or has none now)."""
 
     old: Any = None
     new: Any = None
 
 
-class SegmentChanges(msgspec.Struct, frozen=True):
+class SegmentChanges(msgspec.Struct, frozen=True, array_like=True):
     """The segments (by id) the contact entered and left with the change. Filled by the
     segments' membership where it is computed; empty until then."""
 
@@ -31,7 +31,7 @@ class SegmentChanges(msgspec.Struct, frozen=True):
     exited: list[str] = msgspec.field(default_factory=list)
 
 
-class ChangeBody(msgspec.Struct, frozen=True):
+class ChangeBody(msgspec.Struct, frozen=True, array_like=True):
     """What a change says, stored once per change beside its position."""
 
     source: str

@@ -17,7 +17,6 @@ is computed, beside the profile write.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 from profilehook.changes import ChangeBody, ChangeRecord, PropertyChange
 from profilehook.events import Event
@@ -115,10 +114,18 @@ def _change(before: ContactState, event: Event, plan: ContactPlan) -> ChangeReco
         if upto is not None:
             names.update(n for n, version in before.versions.items() if version <= upto)
     properties: dict[str, PropertyChange] = {}
-    for name in names:
-        old = _visible(before, name)
+    versions, values, hidden_upto = before.versions, before.values, before.deleted
+    for name in names:  # (each property's value as the profile shows it)
+        version = versions.get(name)
+        if version is None or (hidden_upto is not None and version <= hidden_upto):
+            old = None
+        else:
+            old = values.get(name)
         held = upserts.get(name)
         new = None if held is None else held[0]
+        kind = type(old)
+        if kind is type(new) and (old is None or (kind in _SCALARS and old == new)):
+            continue
         if not same_value(old, new):
             properties[name] = PropertyChange(old, new)
     deleted = (
@@ -134,12 +141,7 @@ def _change(before: ContactState, event: Event, plan: ContactPlan) -> ChangeReco
     return ChangeRecord(event.workspace, event.contact_id, event.event_id, body)
 
 
-def _visible(state: ContactState, name: str) -> Any:
-    """A property's value as the profile shows it (None: none)."""
-    version = state.versions.get(name)
-    if version is None or (state.deleted is not None and version <= state.deleted):
-        return None
-    return state.values.get(name)
+_SCALARS = (str, int, float, bool)
 
 
 def _after(state: ContactState, plan: ContactPlan) -> ContactState:
