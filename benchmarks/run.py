@@ -894,11 +894,52 @@ async def _outbox_cost(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     changes_module.ChangeLog.add = recording  # type: ignore[method-assign]
     with_changes = statistics.median(rates["with"])
     without = statistics.median(rates["without"])
-    return {
+    result = {
         "apply_with_changes_events_per_s": with_changes,
         "apply_without_changes_events_per_s": without,
         "apply_ratio_with_to_without": with_changes / without,
     }
+    # PostgreSQL, two appliers at once on one workspace (their commits take turns on the
+    # workspace's change counter): the same comparison.
+    try:
+        from profilehook.stores.postgres import PostgresStore
+    except Exception as exc:
+        print(f"K: PostgreSQL skipped ({exc})", file=sys.stderr)
+        return result
+    pg_rates: dict[str, list[float]] = {"with": [], "without": []}
+    for _ in range(2):
+        for mode in ("with", "without"):
+            changes_module.ChangeLog.add = recording if mode == "with" else _record_nothing  # type: ignore[method-assign]
+            url = f"{POSTGRES_URL}?schema=bench_k_{uuid.uuid4().hex[:8]}"
+            appliers = [PostgresStore(url), PostgresStore(url)]
+            try:
+                for store in appliers:
+                    await store.open()
+            except Exception as exc:
+                print(f"K: PostgreSQL unavailable ({exc})", file=sys.stderr)
+                changes_module.ChangeLog.add = recording  # type: ignore[method-assign]
+                return result
+            t0 = time.perf_counter()
+            await asyncio.gather(
+                *(_apply_all(store, batches[i::2]) for i, store in enumerate(appliers))
+            )
+            pg_rates[mode].append(len(batches) * 2_000 / (time.perf_counter() - t0))
+            for store in appliers:
+                await store.close()
+    changes_module.ChangeLog.add = recording  # type: ignore[method-assign]
+    pg_with, pg_without = (
+        statistics.median(pg_rates["with"]),
+        statistics.median(pg_rates["without"]),
+    )
+    result["postgres_2_appliers_with_changes_events_per_s"] = pg_with
+    result["postgres_2_appliers_without_changes_events_per_s"] = pg_without
+    result["postgres_ratio_with_to_without"] = pg_with / pg_without
+    return result
+
+
+async def _apply_all(store: Any, batches: list[Any]) -> None:
+    for batch in batches:
+        await store.apply(batch)
 
 
 def _record_nothing(self: Any, *args: Any) -> None:

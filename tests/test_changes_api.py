@@ -19,9 +19,20 @@ from profilehook.service import running
 from profilehook.settings import Settings
 
 
-def post(client: TestClient, auth: dict[str, str], contact: str, ts: int, **props: Any) -> None:
+def post(client: TestClient, auth: dict[str, str], contact: str, ts: int, **props: Any) -> str:
     body = {"contact_id": contact, "event_name": "e", "timestamp": ts, "user_properties": props}
-    assert client.post("/v1/properties", json=body, headers=auth).status_code == 202
+    r = client.post("/v1/properties", json=body, headers=auth)
+    assert r.status_code == 202
+    event_id: str = r.json()["event_id"]
+    return event_id
+
+
+def applied(client: TestClient, auth: dict[str, str], event_id: str) -> None:
+    for _ in range(500):
+        if client.get(f"/v1/events/{event_id}", headers=auth).json().get("status") == "applied":
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"{event_id} was not applied")
 
 
 def changes(client: TestClient, auth: dict[str, str], **params: Any) -> dict[str, Any]:
@@ -45,7 +56,7 @@ def test_given_applied_events_then_the_feed_says_what_changed_in_order(
 ) -> None:
     post(client, auth, "c1", 1, plan="free")
     post(client, auth, "c1", 2, plan="pro")
-    post(client, auth, "c1", 3, plan="pro")  # changes nothing
+    unchanged = post(client, auth, "c1", 3, plan="pro")  # changes nothing
 
     first = changes(client, auth, wait_s=5)
     while len(first["changes"]) < 2:  # the applier may have applied one so far
@@ -61,7 +72,7 @@ def test_given_applied_events_then_the_feed_says_what_changed_in_order(
     assert change["segments"] == {"entered": [], "exited": []}
     assert set(change) >= {"change_id", "cursor", "event_id", "source", "applied_at"}
     assert first["next_cursor"] == first["changes"][-1]["cursor"]
-    time.sleep(0.3)  # the third event is applied by now: it made no change
+    applied(client, auth, unchanged)  # applied, and it made no change
     assert changes(client, auth, after=first["next_cursor"])["changes"] == []
 
 
