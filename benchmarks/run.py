@@ -1114,6 +1114,14 @@ def targets(r: dict[str, dict[str, Any]]) -> list[tuple[str, str, bool | None]]:
                 None,
             )
         )
+        if "postgres_ratio_with_to_without" in k:
+            rows.append(
+                (
+                    "K: the same on PostgreSQL, 2 appliers on one workspace (wall clock)",
+                    f"{k['postgres_ratio_with_to_without']:.2f} x",
+                    None,
+                )
+            )
         rows.append(
             ("K: GET /v1/changes reads", f"{k['feed_read_changes_per_s']:,.0f} changes/s", None)
         )

@@ -10,9 +10,10 @@ import time
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from profilehook.destinations.addresses import DestinationRefused, parse_url, resolve
+from profilehook.destinations.addresses import parse_url, resolve
 from profilehook.destinations.sender import post
 from profilehook.destinations.signing import new_secret, secret_key, signed_headers
+from profilehook.errors import DestinationRefused
 from tests.webhook_receiver import receiving
 
 

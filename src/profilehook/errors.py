@@ -119,6 +119,13 @@ class InvalidCursor(ClientError):
     status_code = 422
 
 
+class DestinationRefused(ClientError):
+    """A destination URL that may not be called (README, Getting changes out); ``detail`` says
+    why: not https, credentials in it, or an address that is not public."""
+
+    status_code = 422
+
+
 class PayloadTooLarge(ClientError):
     status_code = 413
 

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from profilehook.errors import ClientError
+from profilehook.errors import DestinationRefused
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -27,12 +27,6 @@ MAX_URL_CHARS = 2_000
 
 # Metadata services outside the ranges above (Alibaba's is in 100.64/10, refused anyway).
 _METADATA = {ipaddress.ip_address("100.100.100.200"), ipaddress.ip_address("fd00:ec2::254")}
-
-
-class DestinationRefused(ClientError):
-    """A destination URL that may not be called; ``detail`` says why."""
-
-    status_code = 422
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,8 @@ from dataclasses import dataclass
 
 import h11
 
-from profilehook.destinations.addresses import (
-    DestinationRefused,
-    Resolver,
-    Target,
-    resolve,
-)
+from profilehook.destinations.addresses import Resolver, Target, resolve
+from profilehook.errors import DestinationRefused
 
 USER_AGENT = "profilehook-webhooks/1"
 READ_CHUNK_BYTES = 16_384
