@@ -4,7 +4,8 @@
 
 A ceiling (raw ASGI), B naive baseline (FastAPI + Pydantic, one fsync per request), C native
 ingest, D batch ingest, E Amplitude 10,000-user request (embedded and scaled out), F sustained ingest + apply with apply
-lag and RSS, G store apply throughput, H scale-out ingest on NATS + PostgreSQL (2 serve).
+lag and RSS, G store apply throughput, H scale-out ingest on NATS + PostgreSQL (2 serve),
+K the change feed (the outbox's cost on apply, GET /v1/changes reads, ingest -> feed latency).
 Load comes from wrk on loopback, on the same 2 cores as the server: figures are only
 comparable within one run, which is why the table reports ratios. Bounded in time.
 """
@@ -1097,6 +1098,175 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def scenario_k(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The change feed: what recording changes costs the applier (the same batches applied with
+    and without the outbox, alternating, in process), GET /v1/changes read throughput from a
+    served SQLite store, and ingest -> change seen by a long-polling reader, one event at a time."""
+    result = asyncio.run(_outbox_cost(tmp, args))
+    env, key = embedded(tmp, "k")
+    changes = asyncio.run(_fill_feed(Path(env["PROFILEHOOK_DATA_DIR"]), args.feed_events))
+    import httpx2
+
+    auth = {"Authorization": f"Bearer {key}"}
+    with (
+        running(serve("profilehook", env)) as server,
+        httpx2.Client(base_url=server.url, headers=auth, timeout=30) as client,
+    ):
+        read, after, t0 = 0, None, time.perf_counter()
+        while True:
+            page = client.get(
+                "/v1/changes", params={"limit": 1000, **({"after": after} if after else {})}
+            ).json()
+            if not page["changes"]:
+                break
+            read += len(page["changes"])
+            after = page["next_cursor"]
+        elapsed = time.perf_counter() - t0
+        assert read == changes, (read, changes)
+        result["feed_changes"] = read
+        result["feed_read_changes_per_s"] = read / elapsed
+        latencies = _feed_latencies(client, after, args.feed_latency_events)
+    result["ingest_to_feed_p50_ms"] = statistics.median(latencies)
+    result["ingest_to_feed_p99_ms"] = sorted(latencies)[int(len(latencies) * 0.99) - 1]
+    result["events_per_s"] = result["feed_read_changes_per_s"]
+    return result
+
+
+async def _outbox_cost(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    import random
+
+    from profilehook.events import Event
+    from profilehook.stores import changes as changes_module
+    from profilehook.stores.sqlite import SqliteStore
+
+    rng = random.Random(11)
+    batches = [
+        [
+            Event(
+                workspace="bench",
+                event_id=uuid.uuid4().hex,
+                contact_id=f"c{rng.randrange(20_000)}",
+                ts_us=1_000_000 + i * 2_000 + j,
+                properties={f"p{rng.randrange(20)}": rng.randrange(5) for _ in range(5)},
+            )
+            for j in range(2_000)
+        ]
+        for i in range(args.apply_batches)
+    ]
+    recording = changes_module.ChangeLog.add
+    # Per CPU-second of this process (its store writer thread does the work): on a machine shared
+    # with other load, wall-clock rates of two in-process runs are not comparable; CPU time is.
+    rates: dict[str, list[float]] = {"with": [], "without": []}
+    for round_no in range(3):
+        for mode in ("with", "without"):
+            changes_module.ChangeLog.add = recording if mode == "with" else _record_nothing  # type: ignore[method-assign]
+            store = SqliteStore(tmp / f"k-{mode}-{round_no}.sqlite3")
+            await store.open()
+            t0 = time.process_time()
+            for i, batch in enumerate(batches, start=1):
+                await store.apply(batch)
+                if i % 5 == 0:
+                    await store.sync()
+            await store.sync()
+            rates[mode].append(len(batches) * 2_000 / (time.process_time() - t0))
+            await store.close()
+    changes_module.ChangeLog.add = recording  # type: ignore[method-assign]
+    with_changes = statistics.median(rates["with"])
+    without = statistics.median(rates["without"])
+    result = {
+        "apply_with_changes_events_per_cpu_s": with_changes,
+        "apply_without_changes_events_per_cpu_s": without,
+        "apply_ratio_with_to_without": with_changes / without,
+    }
+    # PostgreSQL, two appliers at once on one workspace (their commits take turns on the
+    # workspace's change counter): the same comparison.
+    try:
+        from profilehook.stores.postgres import PostgresStore
+    except Exception as exc:
+        print(f"K: PostgreSQL skipped ({exc})", file=sys.stderr)
+        return result
+    pg_rates: dict[str, list[float]] = {"with": [], "without": []}
+    for _ in range(2):
+        for mode in ("with", "without"):
+            changes_module.ChangeLog.add = recording if mode == "with" else _record_nothing  # type: ignore[method-assign]
+            url = f"{POSTGRES_URL}?schema=bench_k_{uuid.uuid4().hex[:8]}"
+            appliers = [PostgresStore(url), PostgresStore(url)]
+            try:
+                for store in appliers:
+                    await store.open()
+            except Exception as exc:
+                print(f"K: PostgreSQL unavailable ({exc})", file=sys.stderr)
+                changes_module.ChangeLog.add = recording  # type: ignore[method-assign]
+                return result
+            t0 = time.perf_counter()
+            await asyncio.gather(
+                *(_apply_all(store, batches[i::2]) for i, store in enumerate(appliers))
+            )
+            pg_rates[mode].append(len(batches) * 2_000 / (time.perf_counter() - t0))
+            for store in appliers:
+                await store.close()
+    changes_module.ChangeLog.add = recording  # type: ignore[method-assign]
+    pg_with, pg_without = (
+        statistics.median(pg_rates["with"]),
+        statistics.median(pg_rates["without"]),
+    )
+    result["postgres_2_appliers_with_changes_events_per_s"] = pg_with
+    result["postgres_2_appliers_without_changes_events_per_s"] = pg_without
+    result["postgres_ratio_with_to_without"] = pg_with / pg_without
+    return result
+
+
+async def _apply_all(store: Any, batches: list[Any]) -> None:
+    for batch in batches:
+        await store.apply(batch)
+
+
+def _record_nothing(self: Any, *args: Any) -> None:
+    return None
+
+
+async def _fill_feed(data_dir: Path, count: int) -> int:
+    """``count`` events, each a change, applied to the data directory's store; the changes."""
+    from profilehook.events import Event
+    from profilehook.stores.sqlite import SqliteStore
+
+    store = SqliteStore(data_dir / "profiles.sqlite3")
+    await store.open()
+    for start in range(0, count, 2_000):
+        await store.apply(
+            [
+                Event(
+                    workspace="bench",
+                    event_id=uuid.uuid4().hex,
+                    contact_id=f"c{i % 5_000}",
+                    ts_us=1_000_000 + i,
+                    properties={"n": i, "plan": ("free", "pro")[i % 2]},
+                )
+                for i in range(start, min(count, start + 2_000))
+            ]
+        )
+    await store.sync()
+    await store.close()
+    return count
+
+
+def _feed_latencies(client: Any, after: str | None, count: int) -> list[float]:
+    """Per event: ms from sending it (one POST, answered 202) to its change in a long-poll."""
+    latencies = []
+    for i in range(count):
+        body = {**EVENT, "contact_id": f"lat{i}", "timestamp": 1672531200 + i}
+        sent = time.perf_counter()
+        assert client.post("/v1/properties", json=body).status_code == 202
+        while True:
+            params = {"wait_s": 10, **({"after": after} if after else {})}
+            page = client.get("/v1/changes", params=params).json()
+            after = page["next_cursor"]
+            if any(c["contact_id"] == f"lat{i}" for c in page["changes"]):
+                break
+        latencies.append((time.perf_counter() - sent) * 1000)
+    return latencies
+
+
 SCENARIOS = {
     "A": scenario_a,
     "B": scenario_b,
@@ -1108,6 +1278,7 @@ SCENARIOS = {
     "H": scenario_h,
     "I": scenario_i,
     "J": scenario_j,
+    "K": scenario_k,
 }
 TITLES = {
     "A": "ceiling: raw ASGI, reads body, answers 202",
@@ -1120,6 +1291,7 @@ TITLES = {
     "H": "scale-out ingest, 3-node NATS (R3) + PostgreSQL, 2 serve",
     "I": "Segment batches of 100 on /v1/batch, beside the native batch endpoint",
     "J": "queries and segments (in process)",
+    "K": "change feed: outbox cost on apply, GET /v1/changes reads, ingest -> feed",
 }
 
 
@@ -1236,6 +1408,33 @@ def targets(r: dict[str, dict[str, Any]]) -> list[tuple[str, str, bool | None]]:
                 i["ratio"] >= 0.8,
             )
         )
+    if has("K"):
+        k = r["K"]
+        rows.append(
+            (
+                "K: apply with the change feed vs without (SQLite, in process, per CPU-second)",
+                f"{k['apply_ratio_with_to_without']:.2f} x",
+                None,
+            )
+        )
+        if "postgres_ratio_with_to_without" in k:
+            rows.append(
+                (
+                    "K: the same on PostgreSQL, 2 appliers on one workspace (wall clock)",
+                    f"{k['postgres_ratio_with_to_without']:.2f} x",
+                    None,
+                )
+            )
+        rows.append(
+            ("K: GET /v1/changes reads", f"{k['feed_read_changes_per_s']:,.0f} changes/s", None)
+        )
+        rows.append(
+            (
+                "K: ingest -> change seen by a long-poll, one event at a time",
+                f"p50 {k['ingest_to_feed_p50_ms']:.0f} ms, p99 {k['ingest_to_feed_p99_ms']:.0f} ms",
+                k["ingest_to_feed_p99_ms"] <= 1000,
+            )
+        )
     if has("G") and "sqlite_property_updates_per_s" in r["G"]:
         rows.append(
             (
@@ -1334,14 +1533,16 @@ def main() -> None:
         "--query-contacts", type=int, default=100_000, help="contacts (~20 properties) in J"
     )
     parser.add_argument("--query-runs", type=int, default=200, help="runs of each query in J")
-    parser.add_argument("--only", default="ABCDEFGHIJ", help="scenarios to run, e.g. ACF")
+    parser.add_argument("--feed-events", type=int, default=50_000, help="changes read in K")
+    parser.add_argument("--feed-latency-events", type=int, default=200, help="events timed in K")
+    parser.add_argument("--only", default="ABCDEFGHIJK", help="scenarios to run, e.g. ACF")
     parser.add_argument(
         "--rounds", type=int, default=5, help="interleaved rounds of A-D (medians reported)"
     )
     args = parser.parse_args()
     results: dict[str, dict[str, Any]] = {}
     chosen = [n for n in SCENARIOS if n in args.only.upper()]
-    if set(chosen) - {"E", "G", "J"}:  # the others send their load with wrk
+    if set(chosen) - {"E", "G", "J", "K"}:  # the others send their load with wrk
         ensure_wrk()
     # The throughput scenarios run in interleaved rounds (A C D, A C D, ...) and report the
     # median of each figure: a slow minute of a shared machine then moves one round, not a ratio.

@@ -21,6 +21,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "values",
         (
             "profilehook.events",
+            "profilehook.changes",
             "profilehook.settings",
             "profilehook.validation",
             "profilehook.filters",
@@ -38,6 +39,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "profilehook.export",
             "profilehook.erasure",
             "profilehook.segments",
+            "profilehook.destinations",
         ),
     ),
     (

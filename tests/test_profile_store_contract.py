@@ -929,6 +929,10 @@ async def _before_erasures(conn: Any, events: Any) -> dict[Any, Any]:
     return {}
 
 
+async def _before_changes(conn: Any, changes: Any, applied_us: int) -> None:
+    """The code of a schema before the change feed recorded no changes."""
+
+
 async def test_given_values_stored_as_jsonb_when_migrated_then_they_are_exact_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -944,6 +948,7 @@ async def test_given_values_stored_as_jsonb_when_migrated_then_they_are_exact_ag
             old_code.setattr(postgres_module, "MIGRATIONS", postgres_module.MIGRATIONS[:2])
             old_code.setattr(postgres_module, "_erased_contacts", _before_erasures)
             old_code.setattr(postgres_segments, "keep", _before_segments)
+            old_code.setattr(postgres_module, "_insert_changes", _before_changes)
             old = postgres_module.PostgresStore(postgres_url(schema))
             await old.open()
             await with_operation_columns(old)
@@ -980,6 +985,7 @@ async def test_given_ties_decided_by_an_en_us_collation_when_migrated_then_bytes
         old_code.setattr(postgres_module, "MIGRATIONS", postgres_module.MIGRATIONS[:4])
         old_code.setattr(postgres_module, "_erased_contacts", _before_erasures)
         old_code.setattr(postgres_segments, "keep", _before_segments)
+        old_code.setattr(postgres_module, "_insert_changes", _before_changes)
         old = postgres_module.PostgresStore(url)
         await old.open()
         await with_operation_columns(old)

@@ -326,6 +326,21 @@ async def _not_applied(
     }
 
 
+async def _feed(client: httpx.AsyncClient, url: str, auth: dict[str, str]) -> list[Any]:
+    """Every change of the workspace, following cursors from the start."""
+    found: list[Any] = []
+    after = None
+    while True:
+        params = {"limit": 1000, **({"after": after} if after else {})}
+        r = await client.get(f"{url}/v1/changes", params=params, headers=auth)
+        r.raise_for_status()
+        page = r.json()
+        if not page["changes"]:
+            return found
+        found += page["changes"]
+        after = page["next_cursor"]
+
+
 async def _verify(cluster: Cluster, load: Load, auth: dict[str, str]) -> dict[str, Any]:
     urls = [s.base_url for s in cluster.servers]
     model = reference_profiles(load.acked.values())
@@ -355,6 +370,7 @@ async def _verify(cluster: Cluster, load: Load, auth: dict[str, str]) -> dict[st
             if e["status"] in ("applied", "duplicate")
         }
         not_applied = await _not_applied(client, urls, sorted(set(load.acked) - applied), auth)
+        feed = await _feed(client, urls[0], auth)
     mismatches = []
     for contact_id, profile in zip(contacts, profiles, strict=True):
         expected = model[contact_id]
@@ -376,7 +392,27 @@ async def _verify(cluster: Cluster, load: Load, auth: dict[str, str]) -> dict[st
         ids = [e["event_id"] for e in (history or {"events": []})["events"]]
         history_repeats += len(ids) - len(set(ids))
         history_differences += len(set(ids) ^ acked_of[contact_id])
+    # The change feed, read once from the start: one change per event at most, each of an
+    # acknowledged event; per contact, each change's old values are what the ones before it
+    # left, and together they give the profile (apply order kept across both workers).
+    feed_breaks = 0
+    folded: dict[str, dict[str, Any]] = defaultdict(dict)
+    for change in feed:
+        held = folded[change["contact_id"]]
+        for name, values in change["properties"].items():
+            feed_breaks += held.get(name) != values["old"]
+            if values["new"] is None:
+                held.pop(name, None)
+            else:
+                held[name] = values["new"]
+    for contact_id, profile in zip(contacts, profiles, strict=True):
+        feed_breaks += folded.get(contact_id, {}) != (profile or {"properties": {}})["properties"]
+    feed_ids = [change["event_id"] for change in feed]
     return {
+        "changes": len(feed),
+        "change_repeats": len(feed_ids) - len(set(feed_ids)),
+        "changes_not_acked": len(set(feed_ids) - set(load.acked)),
+        "change_order_breaks": feed_breaks,
         "not_applied": len(not_applied),
         "not_applied_statuses": dict(Counter(not_applied.values())),
         "not_applied_sample": sorted(not_applied)[:5],
@@ -431,6 +467,10 @@ def test_given_two_servers_and_two_workers_when_one_worker_is_killed_then_profil
     assert figures["history_repeats"] == 0, f"events applied more than once: {figures}"
     assert figures["history_differences"] == 0, f"history is not the acked events: {figures}"
     assert figures["profile_mismatches"] == 0, f"profiles differ from the model: {figures}"
+    assert figures["changes"] > 0
+    assert figures["change_repeats"] == 0, f"a change recorded twice: {figures}"
+    assert figures["changes_not_acked"] == 0, f"a change of no acknowledged event: {figures}"
+    assert figures["change_order_breaks"] == 0, f"the feed is out of apply order: {figures}"
 
 
 # --- configuration ---------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from profilehook.erasure import Eraser
 from profilehook.errors import StorageUnavailable
 from profilehook.metrics import ApplierTotals, Metrics
 from profilehook.queues.base import HandsOverAcknowledgements, Queue
-from profilehook.retention import HistoryPurger
+from profilehook.retention import ChangePurger, HistoryPurger
 from profilehook.service import running
 from profilehook.settings import Settings
 
@@ -91,6 +91,9 @@ async def run_applier(
         # Retention's purge runs beside the applier, in short transactions of its own.
         purger = HistoryPurger(services.store, services.metrics, settings)
         purging = asyncio.create_task(purger.run(stop), name="history-purge")
+        purging_changes = asyncio.create_task(
+            ChangePurger(services.store, settings).run(stop), name="change-purge"
+        )
         # A worker executes erasures too (any number may: each step is idempotent); serve's
         # applier process does not: the server does, it writes the embedded log.
         erasing = None
@@ -105,6 +108,7 @@ async def run_applier(
         finally:
             stop.set()
             await purging
+            await purging_changes
             if erasing is not None:
                 with contextlib.suppress(asyncio.CancelledError):
                     await erasing

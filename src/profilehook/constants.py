@@ -73,6 +73,7 @@ PURGE_BATCH_EVENTS = 1_000
 PURGE_INTERVAL_S = 10.0
 PURGE_PAUSE_S = 0.05  # between two full batches, for the applier's writes
 PURGE_LOG_INTERVAL_S = 60.0
+CHANGES_RETENTION_DAYS = 7  # how long the change feed keeps a change
 
 HISTORY_PAGE_DEFAULT = 50
 HISTORY_PAGE_MAX = 500
@@ -142,3 +143,10 @@ MAX_FILTER_DEPTH = 8  # levels of all/any/not
 MAX_FILTER_LIST_ITEMS = 1_000  # the values of one in/not_in
 MAX_SEGMENTS_PER_WORKSPACE = 1_000
 MAX_SEGMENT_NAME_CHARS = 256
+
+# The change feed's pull (README, Getting changes out)
+CHANGES_PAGE_DEFAULT = 500
+CHANGES_PAGE_MAX = 1_000
+CHANGES_WAIT_MAX_S = 60  # the longest long-poll a GET /v1/changes may ask for (wait_s)
+CHANGES_POLL_S = 0.05  # how often a waiting reader looks for new changes
+CHANGES_STREAM_KEEPALIVE_S = 15.0  # an SSE comment line this often while nothing happens

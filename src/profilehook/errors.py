@@ -111,6 +111,31 @@ class RotationRefused(ClientError):
         self.reason = reason
 
 
+class CursorExpired(ClientError):
+    """A change-feed cursor older than what is kept: changes after it were purged."""
+
+    status_code = 410
+
+    def __init__(self, retention_days: int | None = None):
+        kept = f" (changes are kept {retention_days} days)" if retention_days else ""
+        super().__init__(
+            f"This cursor has expired: changes after it were purged{kept}; read from the start"
+        )
+
+
+class InvalidCursor(ClientError):
+    """A change-feed cursor this store never issued; the API answers 422 for it."""
+
+    status_code = 422
+
+
+class DestinationRefused(ClientError):
+    """A destination URL that may not be called (README, Getting changes out); ``detail`` says
+    why: not https, credentials in it, or an address that is not public."""
+
+    status_code = 422
+
+
 class PayloadTooLarge(ClientError):
     status_code = 413
 

@@ -25,7 +25,7 @@ from profilehook.errors import StorageUnavailable
 from profilehook.events import iso, now_us
 from profilehook.metrics import Metrics
 from profilehook.settings import Settings
-from profilehook.stores.base import ProfileStore
+from profilehook.stores.base import ChangeFeed, ProfileStore
 
 log = logging.getLogger(__name__)
 
@@ -110,3 +110,47 @@ class HistoryPurger:
         )
         self._unreported = 0
         self._reported_at_s = now_s
+
+
+class ChangePurger:
+    """Purges the change feed's changes older than ``PROFILEHOOK_CHANGES_RETENTION_DAYS`` beside
+    an applier, as ``HistoryPurger`` purges the history: a batch at a time, each its own short
+    transaction, paused in between; several at once take different changes."""
+
+    def __init__(
+        self,
+        store: ChangeFeed,
+        settings: Settings,
+        *,
+        batch_changes: int = c.PURGE_BATCH_EVENTS,
+        clock_us: Callable[[], int] = now_us,
+    ):
+        self.store = store
+        self.retention_us = settings.changes_retention_days * c.DAY_US
+        self.batch_changes = batch_changes
+        self.clock_us = clock_us
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Purge until ``stop`` is set."""
+        failing = False
+        while not stop.is_set():
+            try:
+                purged = await self.step()
+                failing = False
+            except StorageUnavailable as exc:  # retried at the next interval
+                if not failing:
+                    log.warning("retention: change purge failed (%s); retrying", exc.detail)
+                failing = True
+                purged = 0
+            except Exception:  # never take the applier down with it
+                log.exception("retention: change purge failed; retrying")
+                purged = 0
+            pause = c.PURGE_PAUSE_S if purged >= self.batch_changes else c.PURGE_INTERVAL_S
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), pause)
+
+    async def step(self) -> int:
+        """Purge one batch of the changes applied before the window; how many."""
+        return await self.store.purge_changes(
+            self.clock_us() - self.retention_us, self.batch_changes
+        )

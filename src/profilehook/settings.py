@@ -32,6 +32,7 @@ _MINIMUMS: dict[str, int] = {
     "rate_limit_burst": 1,
     "apply_batch_max_events": 1,
     "history_retention_days": 0,
+    "changes_retention_days": 1,
 }
 
 
@@ -110,6 +111,11 @@ class Settings:
         "",
         "Secret that signs console sessions; empty = a random one kept in"
         " data_dir/console-secret. Scaled out, give every serve process the same one",
+    )
+    changes_retention_days: int = _setting(
+        c.CHANGES_RETENTION_DAYS,
+        "Days the change feed keeps each change (GET /v1/changes); older ones are purged"
+        " continuously, and a cursor before them is answered 410",
     )
     log_level: str = _setting("info", "Log level: debug, info, warning, error")
 

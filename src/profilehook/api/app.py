@@ -15,6 +15,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from profilehook.api.access import ScopedRoute
+from profilehook.api.changes import change_routes
 from profilehook.api.deadlines import Deadlines
 from profilehook.api.ingest import ACCESS as INGEST_ACCESS
 from profilehook.api.ingest import Handler, ingest_handlers
@@ -33,7 +34,7 @@ from profilehook.console.routes import console_routes
 from profilehook.console.web import Console
 from profilehook.erasure import Eraser
 from profilehook.errors import ProfilehookError
-from profilehook.retention import HistoryPurger
+from profilehook.retention import ChangePurger, HistoryPurger
 from profilehook.segments import Backfiller
 from profilehook.service import Services
 from profilehook.settings import Settings
@@ -88,6 +89,7 @@ class ProfilehookApp:
             + segment_routes(services, self.backfiller)
             + read_routes(services, self.deadlines, self._stall_watch(), self.eraser)
             + management_routes(services)
+            + change_routes(services)
             + console_routes(self.console, self.series, self.eraser),
             lifespan=self._lifespan,
             exception_handlers={
@@ -122,7 +124,7 @@ class ProfilehookApp:
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         await self.services.open()
         stop = asyncio.Event()
-        task = purging = None
+        task = purging = purging_changes = None
         services = self.services
         # Erasures are executed here (whatever applies): this process writes the embedded log.
         erasing = asyncio.create_task(self.eraser.run(stop), name="eraser")
@@ -140,6 +142,9 @@ class ProfilehookApp:
             task = asyncio.create_task(applier.run(stop), name="applier")
             purger = HistoryPurger(services.store, services.metrics, services.settings)
             purging = asyncio.create_task(purger.run(stop), name="history-purge")
+            purging_changes = asyncio.create_task(
+                ChangePurger(services.store, services.settings).run(stop), name="change-purge"
+            )
         elif self.applies_in == "process":
             process = ApplierProcess(services.settings, services.metrics, services.queue)
             task = asyncio.create_task(process.run(stop), name="applier-process")
@@ -147,7 +152,7 @@ class ProfilehookApp:
             yield
         finally:
             stop.set()
-            for running_task in (task, purging, erasing, sampling, backfilling):
+            for running_task in (task, purging, purging_changes, erasing, sampling, backfilling):
                 if running_task is not None:
                     with suppress(asyncio.CancelledError):
                         await running_task

@@ -1043,6 +1043,7 @@ def _paths() -> dict[str, Any]:
     paths.update(peer_paths())
     paths.update(_query_paths())
     paths.update(_segment_paths())
+    paths.update(_change_paths())
     for operations in paths.values():
         for operation in operations.values():
             operation["responses"] = {**_MALFORMED, **operation["responses"]}
@@ -1051,6 +1052,134 @@ def _paths() -> dict[str, Any]:
                 _needs(operation, scope)
             key_security(operation)
     return paths
+
+
+_SCHEMAS.update(
+    {
+        "Change": {
+            "type": "object",
+            "description": "One applied event's effect on one profile",
+            "required": [
+                "change_id",
+                "cursor",
+                "contact_id",
+                "event_id",
+                "source",
+                "applied_at",
+                "deleted",
+                "properties",
+                "segments",
+            ],
+            "properties": {
+                "change_id": {"type": "string", "description": "Stable: a webhook's webhook-id"},
+                "cursor": {"type": "string", "description": "Its place in the feed (`after`)"},
+                "contact_id": {"type": "string"},
+                "event_id": {"type": "string"},
+                "source": {"type": "string"},
+                "applied_at": {"type": "string", "format": "date-time"},
+                "deleted": {"type": "boolean", "description": "The event deleted the contact"},
+                "properties": {
+                    "type": "object",
+                    "description": "Per property that changed: `{old, new}` (null: none)",
+                    "additionalProperties": {
+                        "type": "object",
+                        "required": ["old", "new"],
+                        "properties": {"old": {}, "new": {}},
+                    },
+                },
+                "segments": {
+                    "type": "object",
+                    "required": ["entered", "exited"],
+                    "properties": {
+                        "entered": {"type": "array", "items": {"type": "string"}},
+                        "exited": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+            },
+        },
+        "ChangePage": {
+            "type": "object",
+            "required": ["changes", "next_cursor"],
+            "properties": {
+                "changes": {"type": "array", "items": _ref("Change")},
+                "next_cursor": {
+                    "type": ["string", "null"],
+                    "description": "Pass as `after` for what comes next (null: none yet)",
+                },
+            },
+        },
+    }
+)
+_CHANGES_PARAMETERS = [
+    {
+        "name": "after",
+        "in": "query",
+        "schema": {"type": "string"},
+        "description": "A cursor from this feed; absent: from the oldest change kept",
+    },
+    {
+        "name": "limit",
+        "in": "query",
+        "schema": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": c.CHANGES_PAGE_MAX,
+            "default": c.CHANGES_PAGE_DEFAULT,
+        },
+    },
+]
+_CHANGES_ERRORS = {
+    "410": _error("The cursor has expired: changes after it were purged; read from the start"),
+    "422": _ERRORS_INGEST["422"],
+    **_ERRORS_READ,
+}
+
+
+def _change_paths() -> dict[str, Any]:
+    return {
+        "/v1/changes": {
+            "get": {
+                "summary": "Changes after a cursor, in apply order; long-polls up to wait_s",
+                "description": "Answered at once when changes exist past `after`; otherwise"
+                " when one comes or `wait_s` has passed (then with none). Follow"
+                " `next_cursor`: every change once, in the order it was applied.",
+                SCOPE: "read",
+                "parameters": [
+                    *_CHANGES_PARAMETERS,
+                    {
+                        "name": "wait_s",
+                        "in": "query",
+                        "schema": {
+                            "type": "number",
+                            "minimum": 0,
+                            "maximum": c.CHANGES_WAIT_MAX_S,
+                            "default": 0,
+                        },
+                    },
+                ],
+                "responses": {
+                    "200": _json(_ref("ChangePage"), "The changes (maybe none)"),
+                    **_CHANGES_ERRORS,
+                },
+            }
+        },
+        "/v1/changes/stream": {
+            "get": {
+                "summary": "The changes as Server-Sent Events; Last-Event-ID resumes",
+                "description": "Each event's `id` is the change's cursor and its `data` the"
+                " change; a reconnecting client's `Last-Event-ID` takes the place of `after`.",
+                SCOPE: "read",
+                "parameters": _CHANGES_PARAMETERS,
+                "responses": {
+                    "200": {
+                        "description": "A stream of `text/event-stream` events",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    },
+                    **_CHANGES_ERRORS,
+                },
+            }
+        },
+    }
 
 
 def _needs(operation: dict[str, Any], scope: str) -> None:

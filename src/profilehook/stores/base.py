@@ -32,6 +32,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 import msgspec
 
+from profilehook.changes import Change
 from profilehook.constants import DEFAULT_KEY_SCOPES, SCOPE_ADMIN, SCOPES
 from profilehook.events import Event, Version, erased_stub, predates
 
@@ -808,7 +809,32 @@ class Erasures(ABC):
     async def is_suppressed(self, workspace: str, contact_id: str) -> bool: ...
 
 
-class Store(ProfileStore, Catalog, ProfileAliases, SeenNonces, Erasures, ABC):
+class ChangeFeed(ABC):
+    """The change feed (README, Getting changes out): ``apply`` records one change
+    per applied event that changed a profile (``stores/changes.py`` says which and how), in the
+    transaction that writes the profile, and the feed serves them per workspace in the order
+    they were applied, each at a position (its cursor) that no later reader can find a change
+    behind. ``erase_contact`` removes the contact's changes. Passes
+    tests/test_change_feed_contract.py.
+
+    Backend errors are raised as ``StorageUnavailable``.
+    """
+
+    @abstractmethod
+    async def read_changes(self, workspace: str, after: str | None, limit: int) -> list[Change]:
+        """Up to ``limit`` changes of ``workspace`` after the cursor ``after`` (None: from the
+        oldest kept), in apply order. Read again from the last one's cursor, a reader sees every
+        change once, also while others are applied (one that commits later never lands behind
+        a cursor handed out). Raises ``InvalidCursor`` for a cursor this store did not issue,
+        ``CursorExpired`` when changes after ``after`` were purged."""
+
+    @abstractmethod
+    async def purge_changes(self, before_us: int, limit: int) -> int:
+        """Retention: forget up to ``limit`` changes applied before ``before_us``, oldest first;
+        how many. A cursor behind a purged change is expired from then on."""
+
+
+class Store(ProfileStore, Catalog, ProfileAliases, SeenNonces, Erasures, ChangeFeed, ABC):
     """Every interface above, over one backend's data (what each backend class implements, and
     what ``open_store`` returns): opened and closed once for all of them."""
 

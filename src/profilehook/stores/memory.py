@@ -7,6 +7,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from profilehook.changes import Change, change_id
+from profilehook.errors import CursorExpired, InvalidCursor
 from profilehook.events import Event, Version, now_us
 from profilehook.filters import Query, matches
 from profilehook.stores.base import (
@@ -32,6 +34,7 @@ from profilehook.stores.base import (
     repeats,
     split_erased,
 )
+from profilehook.stores.changes import ChangeLog
 from profilehook.stores.query import ContactQueries, QueryPage
 from profilehook.stores.segments import (
     BACKFILL_CHUNK_CONTACTS,
@@ -65,6 +68,9 @@ class MemoryStore(Store, ContactQueries, Segments):
         self._segments: dict[tuple[str, str], Segment] = {}
         self._members: dict[tuple[str, str], set[str]] = {}  # (workspace, segment_id) -> ids
         self._backfilled: dict[tuple[str, str], str] = {}  # the backfill's last contact
+        self._changes: list[tuple[int, Change]] = []  # (position, change), in apply order
+        self._change_seq = 0
+        self._changes_purged: dict[str, int] = {}  # workspace -> the last position purged
 
     async def open(self) -> None:
         return None
@@ -88,8 +94,27 @@ class MemoryStore(Store, ContactQueries, Segments):
                 self._events[(repeat.workspace, repeat.event_id)] = replace(
                     stored, status="duplicate"
                 )
-        result = _fold(self._profiles, new, self._base)
+        changes = ChangeLog(new)
+        result = _fold(self._profiles, new, self._base, changes)
         result.segment_moves = self._move({(e.workspace, e.contact_id) for e in new})
+        changes.note_segments(result.segment_moves)
+        for record in changes.records():
+            self._change_seq += 1
+            cursor = str(self._change_seq)
+            self._changes.append(
+                (
+                    self._change_seq,
+                    Change(
+                        change_id(cursor),
+                        cursor,
+                        record.workspace,
+                        record.contact_id,
+                        record.event_id,
+                        applied_us,
+                        record.body,
+                    ),
+                )
+            )
         for key, warning in result.warnings.items():
             if key in self._events:
                 self._events[key] = replace(self._events[key], error=warning)
@@ -292,6 +317,27 @@ class MemoryStore(Store, ContactQueries, Segments):
         _fold(self._snapshots, [r.event for r in old if r.status in _APPLIED])
         return len(old)
 
+    async def read_changes(self, workspace: str, after: str | None, limit: int) -> list[Change]:
+        start = _position(after)
+        if after is not None and start < self._changes_purged.get(workspace, 0):
+            raise CursorExpired()
+        found = []
+        for position, change in self._changes:
+            if position > start and change.workspace == workspace:
+                found.append(change)
+                if len(found) >= limit:
+                    break
+        return found
+
+    async def purge_changes(self, before_us: int, limit: int) -> int:
+        old = [(p, c) for p, c in self._changes if c.applied_us < before_us][:limit]
+        for position, change in old:
+            purged = self._changes_purged.get(change.workspace, 0)
+            self._changes_purged[change.workspace] = max(purged, position)
+        gone = {p for p, _ in old}
+        self._changes = [(p, c) for p, c in self._changes if p not in gone]
+        return len(old)
+
     async def add_key(self, key: ApiKey, key_hash: str) -> None:
         self._keys[key.key_id] = (key, key_hash)
 
@@ -398,6 +444,11 @@ class MemoryStore(Store, ContactQueries, Segments):
         self._profiles.pop((workspace, contact_id), None)
         _fold(self._profiles, plan.remaining)
         self._move({(workspace, contact_id)})
+        self._changes = [
+            (p, c)
+            for p, c in self._changes
+            if (c.workspace, c.contact_id) != (workspace, contact_id)
+        ]
         for alias, (mapped, version) in list(self._aliases.items()):
             if (alias[0], mapped) == (workspace, contact_id) and plan.covers_alias(version, upto):
                 del self._aliases[alias]
@@ -427,13 +478,18 @@ def _fold(
     profiles: dict[tuple[str, str], _Profile],
     events: Sequence[Event],
     base: Callable[[tuple[str, str], Sequence[Event]], Base] | None = None,
+    changes: ChangeLog | None = None,
 ) -> ApplyResult:
     """Apply ``events`` to ``profiles`` (the profiles, or the snapshots) by the shared rules;
     ``base``: what a late event's properties are recomputed from (``plan_contact``)."""
     result = ApplyResult()
     for key, group in by_contact(events).items():
         profile = profiles.setdefault(key, _Profile())
-        plan = plan_contact(_state_of(profile), group, None if base is None else base(key, group))
+        state = _state_of(profile)
+        contact_base = None if base is None else base(key, group)
+        plan = plan_contact(state, group, contact_base)
+        if changes is not None:  # before the profile below changes under ``state``
+            changes.add(state, group, plan, contact_base)
         result.superseded += plan.superseded
         result.warnings.update(((key[0], i), w) for i, w in plan.warnings.items())
         for name in plan.removes:
@@ -473,3 +529,12 @@ def _contact_of(contact_id: str, profile: _Profile) -> Contact | None:
         {name: profile.state.versions[name] for name in live},
         last[0],
     )
+
+
+def _position(cursor: str | None) -> int:
+    """A cursor of this store (the decimal position of a change) as a number; None: 0."""
+    if cursor is None:
+        return 0
+    if not cursor.isascii() or not cursor.isdigit() or len(cursor) > 18:
+        raise InvalidCursor("not a cursor of this feed")
+    return int(cursor)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -24,7 +25,14 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import msgspec
 
 from profilehook import constants as c
-from profilehook.errors import ConfigurationError, StorageUnavailable, StoreRefused
+from profilehook.changes import Change, change_id, decode_body, encode_body
+from profilehook.errors import (
+    ConfigurationError,
+    CursorExpired,
+    InvalidCursor,
+    StorageUnavailable,
+    StoreRefused,
+)
 from profilehook.events import Event, Version, decode_event, encode_event, now_us
 from profilehook.filters import Query
 from profilehook.stores import postgres_query, postgres_segments
@@ -32,6 +40,7 @@ from profilehook.stores.base import (
     AliasUpdate,
     ApiKey,
     ApplyResult,
+    Base,
     Contact,
     ContactErasure,
     ContactState,
@@ -53,6 +62,7 @@ from profilehook.stores.base import (
     scopes_text,
     split_erased,
 )
+from profilehook.stores.changes import ChangeLog
 from profilehook.stores.query import ContactQueries, QueryPage
 from profilehook.stores.segments import (
     BACKFILL_CHUNK_CONTACTS,
@@ -283,6 +293,32 @@ MIGRATIONS: list[Migration] = [
     postgres_query.INDEXES,
     # Segments and their members (stores/postgres_segments.py).
     postgres_segments.TABLES,
+    """
+    -- The change feed (stores/changes.py), written by apply in its transaction. A change's
+    -- position counts up per workspace from change_positions, whose row apply updates last,
+    -- just before it commits: the row lock orders the commits, so a position is given only
+    -- once every smaller one has committed (README, Getting changes out).
+    CREATE TABLE change_positions (
+        workspace text COLLATE "C" PRIMARY KEY,
+        last bigint NOT NULL
+    );
+    CREATE TABLE changes (
+        workspace text COLLATE "C" NOT NULL,
+        position bigint NOT NULL,
+        contact_id text COLLATE "C" NOT NULL,
+        event_id text COLLATE "C" NOT NULL,
+        applied_us bigint NOT NULL,
+        body bytea NOT NULL,
+        PRIMARY KEY (workspace, position)
+    );
+    CREATE INDEX changes_by_contact ON changes (workspace, contact_id);
+    CREATE INDEX changes_by_time ON changes (applied_us);
+    -- Per workspace, the newest position retention purged: a cursor before it has expired.
+    CREATE TABLE changes_purged (
+        workspace text COLLATE "C" PRIMARY KEY,
+        upto bigint NOT NULL
+    );
+    """,
 ]
 
 
@@ -741,6 +777,13 @@ class PostgresStore(Store, ContactQueries, Segments):
     async def purge_history(self, before_us: int, limit: int) -> int:
         return await self._run(lambda conn: _purge(conn, before_us, limit))
 
+    async def read_changes(self, workspace: str, after: str | None, limit: int) -> list[Change]:
+        _position(after)  # refused before a connection is taken
+        return await self._run(lambda conn: _read_changes(conn, workspace, after, limit))
+
+    async def purge_changes(self, before_us: int, limit: int) -> int:
+        return await self._run(lambda conn: _purge_changes(conn, before_us, limit))
+
     async def add_key(self, key: ApiKey, key_hash: str) -> None:
         async def insert(conn: Conn) -> None:
             await conn.execute(
@@ -1144,13 +1187,16 @@ async def _apply(conn: Conn, events: Sequence[Event]) -> ApplyResult:
             " AND e.body <> u.b",
             _columns([(d.workspace, d.event_id, encode_event(d)) for d in dropped], 3),
         )
-    result = await _apply_profiles(conn, new)
+    changes = ChangeLog(new)
+    result = await _apply_profiles(conn, new, changes=changes)
+    changes.note_segments(result.segment_moves)
     if result.warnings:
         await conn.execute(
             "UPDATE events AS e SET error = u.m FROM unnest(%s::text[], %s::text[], %s::text[])"
             " AS u(w, i, m) WHERE e.workspace = u.w AND e.event_id = u.i",
             _columns([(*key, w) for key, w in result.warnings.items()], 3),
         )
+    await _insert_changes(conn, changes, applied_us)  # last: it holds its workspaces' counters
     return result.count_new(events, new, erased)
 
 
@@ -1197,7 +1243,13 @@ async def _erase_contact(conn: Conn, erasure: Erasure) -> None:
             (*_columns([(i, encode_event(stub)) for i, stub in plan.stubs], 2), workspace),
         )
     # Retention's snapshot of the contact holds only what predates the erasure.
-    for table in ("properties", "contacts", "snapshot_properties", "snapshot_contacts"):
+    for table in (
+        "properties",
+        "contacts",
+        "snapshot_properties",
+        "snapshot_contacts",
+        "changes",
+    ):
         await conn.execute(
             f"DELETE FROM {table} WHERE workspace = %s AND contact_id = %s",  # names from above
             contact,
@@ -1227,6 +1279,7 @@ async def _apply_profiles(
     tables: _FoldSql | None = None,
     *,
     base: Literal["history", "snapshot"] | None = "history",
+    changes: ChangeLog | None = None,
 ) -> ApplyResult:
     """Plan every contact of the batch with the shared rules and write what the plan says (to
     ``tables``: the profiles, or the snapshots that ``purge_history`` folds into).
@@ -1258,6 +1311,8 @@ async def _apply_profiles(
         if newest is not None and any(e.version < newest for e in group):
             late.append(key)
             wanted.append((*key, None))
+        elif changes is not None and any(e.kind == "delete" for e in group):
+            wanted.append((*key, None))  # a change says what a delete took
         else:
             names = {n for e in group for n in e.properties}
             wanted += [(*key, name) for name in names]
@@ -1280,13 +1335,14 @@ async def _apply_profiles(
     rows: list[tuple[str, str, str, str | None, int, str]] = []
     for key, group in groups:
         state = states.get(key) or ContactState()
+        contact_base: Base | None = None
         if key in bases:
-            found = bases[key]
-            plan = plan_contact(state, group, lambda found=found: found)  # type: ignore[misc]
+            contact_base = functools.partial(_given, bases[key])
         elif key in late and base == "snapshot":
-            plan = plan_contact(state, group, lambda state=state: (state, []))  # type: ignore[misc]
-        else:
-            plan = plan_contact(state, group)
+            contact_base = functools.partial(_given, (state, []))
+        plan = plan_contact(state, group, contact_base)
+        if changes is not None:
+            changes.add(state, group, plan, contact_base)
         result.superseded += plan.superseded
         result.warnings.update(((key[0], i), w) for i, w in plan.warnings.items())
         if segments and (change := touched_by(key, state.last_update, state.deleted, plan)):
@@ -1350,6 +1406,114 @@ async def _contacts_now(
 async def _lock_profiles(conn: Conn, keys: list[tuple[str, str]]) -> None:
     """The locks an apply takes on these contacts, in its order."""
     await conn.execute(_PROFILES.lock_contacts, _columns(keys, 2))
+
+
+def _given(
+    found: tuple[ContactState, list[Event]],
+) -> tuple[ContactState, list[Event]]:
+    return found
+
+
+async def _insert_changes(conn: Conn, changes: ChangeLog, applied_us: int) -> None:
+    """The batch's changes at the next positions of their workspaces, in the batch's order. The
+    counters' rows stay locked until the transaction ends (called last: only its commit is left):
+    another apply takes its positions after this one has committed, so a reader never finds a
+    position given while a smaller one may still come."""
+    if not changes:
+        return
+    records = changes.records()
+    counts: dict[str, int] = {}
+    for record in records:
+        counts[record.workspace] = counts.get(record.workspace, 0) + 1
+    cur = await conn.execute(
+        "INSERT INTO change_positions AS p (workspace, last)"
+        " SELECT w, n FROM unnest(%s::text[], %s::bigint[]) AS u(w, n) ORDER BY w"
+        " ON CONFLICT (workspace) DO UPDATE SET last = p.last + excluded.last"
+        " RETURNING workspace, last",
+        _columns(sorted(counts.items()), 2),
+    )
+    following = {w: last - counts[w] for w, last in await cur.fetchall()}
+    positions = []
+    for record in records:
+        following[record.workspace] += 1
+        positions.append(following[record.workspace])
+    await conn.execute(
+        "INSERT INTO changes (workspace, position, contact_id, event_id, applied_us, body)"
+        " SELECT w, p, c, e, %s, b FROM unnest(%s::text[], %s::bigint[], %s::text[],"
+        " %s::text[], %s::bytea[]) AS u(w, p, c, e, b)",
+        (
+            applied_us,
+            [r.workspace for r in records],
+            positions,
+            [r.contact_id for r in records],
+            [r.event_id for r in records],
+            [encode_body(r.body) for r in records],
+        ),
+    )
+
+
+def _position(cursor: str | None) -> int:
+    """A cursor of this store (a change's decimal position) as a number; None: 0. Raises
+    ``InvalidCursor``."""
+    if cursor is None:
+        return 0
+    if not cursor.isascii() or not cursor.isdigit() or len(cursor) > 18:
+        raise InvalidCursor("not a cursor of this feed")
+    return int(cursor)
+
+
+async def _read_changes(conn: Conn, workspace: str, after: str | None, limit: int) -> list[Change]:
+    start = _position(after)
+    if after is not None:
+        cur = await conn.execute(
+            "SELECT upto FROM changes_purged WHERE workspace = %s", (workspace,)
+        )
+        purged = await cur.fetchone()
+        if purged is not None and start < purged[0]:
+            raise CursorExpired()
+    cur = await conn.execute(
+        "SELECT position, contact_id, event_id, applied_us, body FROM changes"
+        " WHERE workspace = %s AND position > %s ORDER BY position LIMIT %s",
+        (workspace, start, limit),
+    )
+    found = []
+    for position, contact_id, event_id, applied_us, body in await cur.fetchall():
+        cursor = str(position)
+        found.append(
+            Change(
+                change_id(cursor),
+                cursor,
+                workspace,
+                contact_id,
+                event_id,
+                applied_us,
+                decode_body(bytes(body)),
+            )
+        )
+    return found
+
+
+async def _purge_changes(conn: Conn, before_us: int, limit: int) -> int:
+    """The oldest changes applied before ``before_us`` go, and each workspace's purge mark
+    moves past them (several purgers at once take different rows)."""
+    cur = await conn.execute(
+        "DELETE FROM changes WHERE (workspace, position) IN (SELECT workspace, position"
+        " FROM changes WHERE applied_us < %s ORDER BY applied_us LIMIT %s"
+        " FOR UPDATE SKIP LOCKED) RETURNING workspace, position",
+        (before_us, limit),
+    )
+    rows = await cur.fetchall()
+    newest: dict[str, int] = {}
+    for workspace, position in rows:
+        newest[workspace] = max(newest.get(workspace, 0), position)
+    if newest:
+        await conn.execute(
+            "INSERT INTO changes_purged AS p (workspace, upto)"
+            " SELECT w, n FROM unnest(%s::text[], %s::bigint[]) AS u(w, n) ORDER BY w"
+            " ON CONFLICT (workspace) DO UPDATE SET upto = GREATEST(p.upto, excluded.upto)",
+            _columns(sorted(newest.items()), 2),
+        )
+    return len(rows)
 
 
 def _state(row: Sequence[Any]) -> ContactState:

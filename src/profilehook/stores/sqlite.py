@@ -6,6 +6,7 @@ contact with the shared rules, write only what wins.
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -16,7 +17,9 @@ from typing import Any
 
 import msgspec
 
+from profilehook.changes import Change, change_id, decode_body, encode_body
 from profilehook.constants import SCOPES
+from profilehook.errors import CursorExpired, InvalidCursor
 from profilehook.events import Event, Version, decode_event, encode_event, now_us
 from profilehook.filters import Query
 from profilehook.sqlite_db import SqliteDatabase, insert_rows
@@ -47,6 +50,7 @@ from profilehook.stores.base import (
     scopes_text,
     split_erased,
 )
+from profilehook.stores.changes import ChangeLog
 from profilehook.stores.query import ContactQueries, QueryPage
 from profilehook.stores.segments import (
     BACKFILL_CHUNK_CONTACTS,
@@ -155,6 +159,25 @@ CREATE TABLE IF NOT EXISTS erased_contacts (
     upto_us INTEGER NOT NULL,
     suppressed INTEGER NOT NULL,
     PRIMARY KEY (workspace, contact_id)
+) WITHOUT ROWID;
+-- The change feed (stores/changes.py), written by ``apply`` in its transaction. One writer
+-- commits in turn, so ``seq`` (never reused: AUTOINCREMENT) is the apply order; a change's cursor
+-- is its seq. Tables added without a new schema version: a file without them gets them at open.
+CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    workspace TEXT NOT NULL,
+    contact_id TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    applied_us INTEGER NOT NULL,
+    body BLOB NOT NULL,  -- msgpack ChangeBody
+    contact_key INTEGER NOT NULL  -- _key(workspace, contact_id), for erasures
+);
+CREATE INDEX IF NOT EXISTS changes_by_workspace ON changes (workspace, seq);
+CREATE INDEX IF NOT EXISTS changes_by_contact ON changes (contact_key);
+-- Per workspace, the newest change retention purged: a cursor before it has expired.
+CREATE TABLE IF NOT EXISTS changes_purged (
+    workspace TEXT PRIMARY KEY,
+    upto INTEGER NOT NULL
 ) WITHOUT ROWID;
 """
     + sqlite_values.TABLE.strip()
@@ -371,6 +394,13 @@ class SqliteStore(Store, ContactQueries, Segments):
 
     async def purge_history(self, before_us: int, limit: int) -> int:
         return await self.db.write(lambda conn: _purge(conn, before_us, limit))
+
+    async def read_changes(self, workspace: str, after: str | None, limit: int) -> list[Change]:
+        start = _position(after)
+        return await self.db.read(lambda conn: _read_changes(conn, workspace, after, start, limit))
+
+    async def purge_changes(self, before_us: int, limit: int) -> int:
+        return await self.db.write(lambda conn: _purge_changes(conn, before_us, limit))
 
     async def add_key(self, key: ApiKey, key_hash: str) -> None:
         self._cache.clear()
@@ -797,7 +827,10 @@ def _apply(conn: sqlite3.Connection, events: Sequence[Event]) -> ApplyResult:
     insert_rows(conn, _INSERT_EVENT, rows)
     new_events = [e for _, e in new]
     _mark_duplicates(conn, repeats(events, fresh))
-    result = _apply_profiles(conn, new_events, base=_history_base)
+    changes = ChangeLog(new_events)
+    result = _apply_profiles(conn, new_events, base=_history_base, changes=changes)
+    changes.note_segments(result.segment_moves)
+    _insert_changes(conn, changes, applied_us, contact_keys)
     if result.warnings:
         conn.executemany(
             "UPDATE events SET error = ? WHERE id_key = ? AND workspace = ? AND event_id = ?",
@@ -878,6 +911,10 @@ def _erase_contact(conn: sqlite3.Connection, erasure: Erasure) -> None:
     held = _contact(conn, workspace, contact_id)
     if held is not None:
         sqlite_values.forget(conn, workspace, contact_id, held.properties)
+    conn.execute(
+        "DELETE FROM changes WHERE contact_key = ? AND workspace = ? AND contact_id = ?",
+        (_key(workspace, contact_id), workspace, contact_id),
+    )
     # Retention's snapshot of the contact holds only what predates the erasure.
     for table in (_CONTACTS, _SNAPSHOTS):
         conn.execute(
@@ -951,6 +988,7 @@ def _apply_profiles(
     events: Sequence[Event],
     table: str = _CONTACTS,
     base: BaseOf | None = None,
+    changes: ChangeLog | None = None,
 ) -> ApplyResult:
     """Plan every contact of the batch with the shared rules; rewrite only contacts that change
     (in ``table``: the profiles, or the snapshots that ``purge_history`` folds into). ``base``:
@@ -964,8 +1002,12 @@ def _apply_profiles(
     after: dict[tuple[str, str], tuple[dict[str, tuple[Any, Version]], ContactPlan]] = {}
     for key, group in groups.items():
         row = rows.get(key) or _Row()
-        state = row.state(row.ops is not None or any(e.ops for e in group))
-        plan = plan_contact(state, group, None if base is None else base(conn, key, group))
+        with_values = changes is not None or row.ops is not None or any(e.ops for e in group)
+        state = row.state(with_values)
+        contact_base = None if base is None else base(conn, key, group)
+        plan = plan_contact(state, group, contact_base)
+        if changes is not None:
+            changes.add(state, group, plan, contact_base)
         result.superseded += plan.superseded
         if plan.warnings:
             result.warnings.update(((key[0], i), w) for i, w in plan.warnings.items())
@@ -1256,3 +1298,87 @@ def _purge(conn: sqlite3.Connection, before_us: int, limit: int) -> int:
 
 
 _APPLIED_STATUSES = ("applied", "duplicate")
+
+
+def _insert_changes(
+    conn: sqlite3.Connection,
+    changes: ChangeLog,
+    applied_us: int,
+    contact_keys: dict[tuple[str, str], int],
+) -> None:
+    if not changes:
+        return
+    rows = []
+    for r in changes.records():
+        contact_key = contact_keys.get((r.workspace, r.contact_id))
+        if contact_key is None:  # (every changed contact has an event row: not expected)
+            contact_key = _key(r.workspace, r.contact_id)
+        rows.append(
+            (r.workspace, r.contact_id, r.event_id, applied_us, encode_body(r.body), contact_key)
+        )
+    conn.executemany(
+        "INSERT INTO changes (workspace, contact_id, event_id, applied_us, body, contact_key)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        rows,
+    )
+
+
+def _position(cursor: str | None) -> int:
+    """A cursor of this store (a change's decimal seq) as a number; None: 0. Raises
+    ``InvalidCursor``."""
+    if cursor is None:
+        return 0
+    if not cursor.isascii() or not cursor.isdigit() or len(cursor) > 18:
+        raise InvalidCursor("not a cursor of this feed")
+    return int(cursor)
+
+
+def _read_changes(
+    conn: sqlite3.Connection, workspace: str, after: str | None, start: int, limit: int
+) -> list[Change]:
+    conn.execute("BEGIN")  # the purge mark and the changes of one snapshot
+    try:
+        if after is not None:
+            purged = conn.execute(
+                "SELECT upto FROM changes_purged WHERE workspace = ?", (workspace,)
+            ).fetchone()
+            if purged is not None and start < purged[0]:
+                raise CursorExpired()
+        rows = conn.execute(
+            "SELECT seq, contact_id, event_id, applied_us, body FROM changes"
+            " WHERE workspace = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (workspace, start, limit),
+        ).fetchall()
+    finally:
+        conn.execute("COMMIT")
+    return [
+        Change(
+            change_id(str(seq)), str(seq), workspace, contact_id, event_id, at, decode_body(body)
+        )
+        for seq, contact_id, event_id, at, body in rows
+    ]
+
+
+def _purge_changes(conn: sqlite3.Connection, before_us: int, limit: int) -> int:
+    """The oldest changes applied before ``before_us`` go (in seq order: the apply order, so
+    the applied times too, give or take a clock step), and each workspace's purge mark moves."""
+    # The oldest by seq, up to the first applied at or after the cutoff: no scan of the rest.
+    oldest = conn.execute(
+        "SELECT seq, workspace, applied_us FROM changes ORDER BY seq LIMIT ?", (limit,)
+    ).fetchall()
+    rows = list(itertools.takewhile(lambda row: row[2] < before_us, oldest))
+    if not rows:
+        return 0
+    newest: dict[str, int] = {}
+    for seq, workspace, _ in rows:
+        newest[workspace] = max(newest.get(workspace, 0), seq)
+    conn.executemany(
+        "INSERT INTO changes_purged (workspace, upto) VALUES (?, ?) ON CONFLICT (workspace)"
+        " DO UPDATE SET upto = max(upto, excluded.upto)",
+        list(newest.items()),
+    )
+    conn.execute(
+        "DELETE FROM changes WHERE seq IN (SELECT value FROM json_each(?))",
+        (_json([row[0] for row in rows]),),
+    )
+    return len(rows)

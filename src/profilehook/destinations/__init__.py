@@ -1,0 +1,1 @@
+"""Webhook destinations: where changes are pushed (README, Getting changes out)."""

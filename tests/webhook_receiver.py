@@ -1,0 +1,82 @@
+"""A webhook receiver for the tests: a local HTTP server that verifies every call's signature with
+the reference Standard Webhooks library (``standardwebhooks``, not our code), keeps what it got,
+and answers what a test tells it to (a status, a redirect, or nothing at all for a while)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import h11
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    verified: Any | None  # the payload when the signature verified, else None
+
+
+@dataclass
+class Receiver:
+    secret: str | None = None
+    answers: list[int | str] = field(default_factory=list)  # next answers: a status, or "hang"
+    received: list[Received] = field(default_factory=list)
+    port: int = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = h11.Connection(h11.SERVER)
+        request: h11.Request | None = None
+        body = b""
+        try:
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    data = await reader.read(65536)
+                    if not data:
+                        return
+                    conn.receive_data(data)
+                elif isinstance(event, h11.Request):
+                    request = event
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+            assert request is not None
+            headers = {k.decode().lower(): v.decode() for k, v in request.headers}
+            verified = None
+            if self.secret is not None:
+                with contextlib.suppress(WebhookVerificationError):
+                    verified = Webhook(self.secret).verify(body, headers)
+            self.received.append(Received(request.target.decode(), headers, body, verified))
+            answer = self.answers.pop(0) if self.answers else 200
+            if answer == "hang":
+                await asyncio.sleep(3600)
+                return
+            status = int(answer)
+            extra = [("location", "http://127.0.0.1:1/elsewhere")] if 300 <= status < 400 else []
+            writer.write(
+                conn.send(
+                    h11.Response(status_code=status, headers=[("content-length", "0"), *extra])
+                )
+                + conn.send(h11.EndOfMessage())
+            )
+            await writer.drain()
+        finally:
+            writer.close()
+
+
+@contextlib.asynccontextmanager
+async def receiving(secret: str | None = None) -> AsyncIterator[Receiver]:
+    receiver = Receiver(secret)
+    server = await asyncio.start_server(receiver.handle, "127.0.0.1", 0)
+    receiver.port = server.sockets[0].getsockname()[1]
+    try:
+        yield receiver
+    finally:
+        server.close()
