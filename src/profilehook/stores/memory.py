@@ -328,6 +328,7 @@ def _fold(
         profile.state.last_update = plan.last_update
         profile.state.deleted = plan.deleted
         profile.state.ops_upto = plan.ops_upto
+        profile.state.marks = plan.marks
         result.written += len(plan.upserts)
     return result
 
@@ -335,7 +336,12 @@ def _fold(
 def _state_of(profile: _Profile) -> ContactState:
     state = profile.state
     return ContactState(
-        state.last_update, state.deleted, state.versions, profile.values, state.ops_upto
+        state.last_update,
+        state.deleted,
+        state.versions,
+        profile.values,
+        state.ops_upto,
+        state.marks,
     )
 
 

@@ -32,12 +32,15 @@ from profilehook.stores.base import (
     Erasure,
     EventRecord,
     KeyGrant,
+    Marks,
     Nonce,
     Progress,
     Source,
     Store,
     by_contact,
     contact_exists,
+    decode_marks,
+    encode_marks,
     first_of_each,
     plan_contact,
     repeats,
@@ -48,8 +51,9 @@ from profilehook.stores.base import (
 
 # 1: events keyed by their ids, one property per map entry; 2: id_key a hash; 3: id_key
 # time-ordered; 4: erasures (older versions would apply an erased contact's events: they must not
-# open a file that has them); 5: contacts (and snapshots) keep their newest operation's version
-SCHEMA_VERSION = 5
+# open a file that has them); 5: contacts (and snapshots) keep their newest operation's version;
+# 6: and their properties' marks (ContactState.marks)
+SCHEMA_VERSION = 6
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     workspace TEXT NOT NULL,
@@ -84,6 +88,7 @@ CREATE TABLE IF NOT EXISTS contacts (
     properties BLOB NOT NULL,
     ops_ts_us INTEGER,  -- the newest event with an operation (ContactState.ops_upto)
     ops_event_id TEXT,
+    marks BLOB,  -- msgpack {name: [ts_us, event_id, ts_us, event_id]} (ContactState.marks)
     PRIMARY KEY (workspace, contact_id)
 ) WITHOUT ROWID;
 -- Retention (purge_history): per contact, the folded state of its purged events, in the
@@ -99,6 +104,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
     properties BLOB NOT NULL,
     ops_ts_us INTEGER,  -- the newest event with an operation (ContactState.ops_upto)
     ops_event_id TEXT,
+    marks BLOB,  -- msgpack {name: [ts_us, event_id, ts_us, event_id]} (ContactState.marks)
     PRIMARY KEY (workspace, contact_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS events_by_time ON events (ts_us);
@@ -185,7 +191,12 @@ class SqliteStore(Store):
             SCHEMA,
             SCHEMA_VERSION,
             synchronous="NORMAL",
-            migrations={2: _rekey_2_to_3, 3: _add_erasures_3_to_4, 4: _operations_4_to_5},
+            migrations={
+                2: _rekey_2_to_3,
+                3: _add_erasures_3_to_4,
+                4: _operations_4_to_5,
+                5: _marks_5_to_6,
+            },
             cache_kib=STORE_CACHE_KIB,
             # Every deleted or rewritten row is overwritten with zeros, in pages and in freed
             # pages: an erased contact's old profile rows leave no bytes in the file.
@@ -655,6 +666,16 @@ def _operations_4_to_5(conn: sqlite3.Connection) -> None:
             conn.execute(f"ALTER TABLE {table} ADD COLUMN ops_event_id TEXT")
 
 
+def _marks_5_to_6(conn: sqlite3.Connection) -> None:
+    """Schema 5 -> 6: the marks of the properties an operation touched; a contact with
+    operations from before has none (NULL: not known, ``ContactState.marks`` None)."""
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    for table in ("contacts", "snapshots"):
+        columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if table in tables and "marks" not in columns:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN marks BLOB")
+
+
 _INSERT_EVENT = (
     "INSERT INTO events (workspace, contact_id, event_id, ts_us, status, applied_us, error,"
     " body, id_key, contact_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -879,6 +900,7 @@ def _apply_profiles(
         if (
             not plan.touches_contact_row
             and plan.ops_upto == row.ops
+            and not plan.marks_changed
             and (plan.last_update == row.last or not contact_exists(plan.last_update, plan.deleted))
         ):
             continue
@@ -889,17 +911,20 @@ def _apply_profiles(
                 *_nullable(plan.deleted),
                 row.merged(plan),
                 *_nullable(plan.ops_upto),
+                encode_marks(plan.marks, plan.ops_upto),
             )
         )
         result.written += len(plan.upserts)
     # One step per row, which measured faster here than multi-row upserts of these large rows.
     conn.executemany(
         f"INSERT INTO {table} (workspace, contact_id, last_ts_us, last_event_id, deleted_ts_us,"
-        " deleted_event_id, properties, ops_ts_us, ops_event_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " deleted_event_id, properties, ops_ts_us, ops_event_id, marks)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (workspace, contact_id) DO UPDATE SET last_ts_us = excluded.last_ts_us,"
         " last_event_id = excluded.last_event_id, deleted_ts_us = excluded.deleted_ts_us,"
         " deleted_event_id = excluded.deleted_event_id, properties = excluded.properties,"
-        " ops_ts_us = excluded.ops_ts_us, ops_event_id = excluded.ops_event_id",
+        " ops_ts_us = excluded.ops_ts_us, ops_event_id = excluded.ops_event_id,"
+        " marks = excluded.marks",
         changed,
     )
     return result
@@ -922,6 +947,7 @@ class _Row:
     groups: PropertyGroups = field(default_factory=list)
     encoded: bytes = _encode_groups([])
     ops: Version | None = None  # ContactState.ops_upto
+    marks: dict[str, Marks] | None = field(default_factory=dict)  # ContactState.marks
 
     def state(self, with_values: bool = True) -> ContactState:
         """What the planner needs; the values only ``with_values`` (a batch of sets on a
@@ -932,7 +958,7 @@ class _Row:
             versions.update(dict.fromkeys(values, (ts_us, event_id)))
             if with_values:
                 held.update(values)
-        return ContactState(self.last, self.deleted, versions, held, self.ops)
+        return ContactState(self.last, self.deleted, versions, held, self.ops, self.marks)
 
     def merged(self, plan: ContactPlan) -> bytes:
         """The stored groups with the plan's writes."""
@@ -975,19 +1001,21 @@ def _nullable(version: Version | None) -> tuple[int | None, str | None]:
 
 
 def _row(values: Sequence[Any]) -> _Row:
-    last_ts, last_id, deleted_ts, deleted_id, encoded, ops_ts, ops_id = values
+    last_ts, last_id, deleted_ts, deleted_id, encoded, ops_ts, ops_id, marks = values
+    ops = None if ops_ts is None else (ops_ts, ops_id)
     return _Row(
         None if last_ts is None else (last_ts, last_id),
         None if deleted_ts is None else (deleted_ts, deleted_id),
         _decode_groups(encoded),
         encoded,
-        None if ops_ts is None else (ops_ts, ops_id),
+        ops,
+        decode_marks(marks, ops),
     )
 
 
 _ROW_COLUMNS = (
     "last_ts_us, last_event_id, deleted_ts_us, deleted_event_id, properties, ops_ts_us,"
-    " ops_event_id"
+    " ops_event_id, marks"
 )
 
 
