@@ -30,8 +30,10 @@ from profilehook.stores.base import (
     AliasUpdate,
     ApiKey,
     ApplyResult,
+    Base,
     Contact,
     ContactErasure,
+    ContactPlan,
     ContactState,
     ErasedContact,
     Erasure,
@@ -43,8 +45,9 @@ from profilehook.stores.base import (
     Store,
     by_contact,
     contact_exists,
+    decode_marks,
+    encode_marks,
     first_of_each,
-    newest_version,
     plan_contact,
     repeats,
     scopes_of,
@@ -267,6 +270,13 @@ MIGRATIONS: list[Migration] = [
         ADD COLUMN IF NOT EXISTS ops_event_id text COLLATE "C";
     ALTER TABLE snapshot_contacts ADD COLUMN IF NOT EXISTS ops_ts_us bigint,
         ADD COLUMN IF NOT EXISTS ops_event_id text COLLATE "C";
+    """,
+    """
+    -- Per contact, the marks of the properties an operation touched (ContactState.marks, as
+    -- msgpack): a late event on them is decided without the history. NULL on a contact with
+    -- operations from before: not known.
+    ALTER TABLE contacts ADD COLUMN IF NOT EXISTS marks bytea;
+    ALTER TABLE snapshot_contacts ADD COLUMN IF NOT EXISTS marks bytea;
     """,
 ]
 
@@ -1156,9 +1166,10 @@ async def _apply_profiles(
     Concurrent batches on one contact serialise on a transaction lock per contact (taken in one
     order: no deadlock), held while its rows are read, planned in Python and written; the table
     lock in ROW EXCLUSIVE mode first makes a batch wait for a ``rebuild`` (EXCLUSIVE) to end.
-    ``base``: what a late event's properties are recomputed from (``plan_contact``): the
-    contact's snapshot and applied events (``history``), or what its row holds (``snapshot``:
-    the rebuild, whose rows start as the snapshots and get each contact's events in one batch).
+    ``base``: what a late event's properties are recomputed from (``plan_contact``), when the
+    marks do not decide it: the contact's snapshot and applied events (``history``), or what
+    its row holds (``snapshot``: the rebuild, whose rows start as the snapshots and get each
+    contact's events in one batch). Those contacts are planned again with every property read.
     """
     tables = tables or _PROFILES
     groups = sorted(by_contact(events).items())
@@ -1167,51 +1178,107 @@ async def _apply_profiles(
     keys = _columns([key for key, _ in groups], 2)
     await conn.execute(tables.lock)
     await conn.execute(tables.lock_contacts, keys)
+    states = await _states(conn, tables, groups)
+    plans: dict[tuple[str, str], ContactPlan] = {}
+    again: list[tuple[tuple[str, str], list[Event]]] = []
+    for key, group in groups:
+        state = states.get(key) or ContactState()
+        plan = plan_contact(state, group, None if base is None else _HISTORY_LATER)
+        if plan.read_history:
+            again.append((key, group))
+        else:
+            plans[key] = plan
+    if again:
+        plans.update(await _plan_with_history(conn, tables, again, events, base, states))
+    return await _write_plans(conn, tables, plans, states)
+
+
+def _history_later() -> tuple[ContactState, list[Event]]:
+    """A ``Base`` to find out which contacts need theirs: empty (the plan is discarded)."""
+    return ContactState(), []
+
+
+_HISTORY_LATER: Base = _history_later
+
+
+async def _states(
+    conn: Conn, tables: _FoldSql, groups: Sequence[tuple[tuple[str, str], list[Event]]]
+) -> dict[tuple[str, str], ContactState]:
+    """The contacts' rows, with the properties their events name (all: ``everything``)."""
+    keys = _columns([key for key, _ in groups], 2)
     cur = await conn.execute(tables.select_contacts, keys)
     states: dict[tuple[str, str], ContactState] = {}
     for row in await cur.fetchall():
         states[(row[0], row[1])] = _state(row[2:])
-    # Which properties to read: those the batch names, or all of a contact with late events.
-    late: list[tuple[str, str]] = []
-    wanted: list[tuple[str, str, str | None]] = []
-    for key, group in groups:
-        state = states.get(key)
-        newest = None if state is None else newest_version(state)
-        if newest is not None and any(e.version < newest for e in group):
-            late.append(key)
-            wanted.append((*key, None))
-        else:
-            names = {n for e in group for n in e.properties}
-            wanted += [(*key, name) for name in names]
+    wanted = [
+        (*key, name) for key, group in groups for name in {n for e in group for n in e.properties}
+    ]
     if wanted:
-        cur = await conn.execute(tables.select_properties, _columns(wanted, 3))
-        for workspace, contact_id, name, value, ts_us, event_id in await cur.fetchall():
-            state = states[(workspace, contact_id)]
-            state.versions[name] = (ts_us, event_id)
-            state.values[name] = None if value is None else msgspec.json.decode(value)
+        await _read_properties(conn, tables, states, wanted)
+    return states
+
+
+async def _read_properties(
+    conn: Conn,
+    tables: _FoldSql,
+    states: dict[tuple[str, str], ContactState],
+    wanted: Sequence[tuple[str, str, str | None]],
+) -> None:
+    cur = await conn.execute(tables.select_properties, _columns(wanted, 3))
+    for workspace, contact_id, name, value, ts_us, event_id in await cur.fetchall():
+        state = states[(workspace, contact_id)]
+        state.versions[name] = (ts_us, event_id)
+        state.values[name] = None if value is None else msgspec.json.decode(value)
+
+
+async def _plan_with_history(
+    conn: Conn,
+    tables: _FoldSql,
+    groups: list[tuple[tuple[str, str], list[Event]]],
+    batch: Sequence[Event],
+    base: Literal["history", "snapshot"] | None,
+    states: dict[tuple[str, str], ContactState],
+) -> dict[tuple[str, str], ContactPlan]:
+    """Plans for contacts with a late event that the marks do not decide: every property of
+    the contact read, and its history (or, rebuilding, its row) to recompute from."""
+    keys = [key for key, _ in groups]
+    for key in keys:
+        if key in states:
+            states[key].versions.clear()
+            states[key].values.clear()
+    await _read_properties(conn, tables, states, [(*key, None) for key in keys if key in states])
     bases: dict[tuple[str, str], tuple[ContactState, list[Event]]] = {}
-    if late and base == "history":
-        bases = await _histories(conn, late, events)
+    if base == "history":
+        bases = await _histories(conn, keys, batch)
+    plans = {}
+    for key, group in groups:
+        state = states.get(key) or ContactState()
+        found = bases.get(key, (state, []))
+        plans[key] = plan_contact(state, group, lambda found=found: found)  # type: ignore[misc]
+    return plans
+
+
+async def _write_plans(
+    conn: Conn,
+    tables: _FoldSql,
+    plans: dict[tuple[str, str], ContactPlan],
+    states: dict[tuple[str, str], ContactState],
+) -> ApplyResult:
+    """Write what the plans say, a statement per kind of write for the whole batch."""
     result = ApplyResult()
     contacts: list[tuple[Any, ...]] = []
     deletes: list[tuple[str, str, int, str]] = []
     removes: list[tuple[str, str, str]] = []
     rows: list[tuple[str, str, str, str | None, int, str]] = []
-    for key, group in groups:
-        state = states.get(key) or ContactState()
-        if key in bases:
-            found = bases[key]
-            plan = plan_contact(state, group, lambda found=found: found)  # type: ignore[misc]
-        elif key in late and base == "snapshot":
-            plan = plan_contact(state, group, lambda state=state: (state, []))  # type: ignore[misc]
-        else:
-            plan = plan_contact(state, group)
+    for key, plan in plans.items():
+        state = states.get(key)
         result.superseded += plan.superseded
         result.warnings.update(((key[0], i), w) for i, w in plan.warnings.items())
-        if key not in states or (plan.last_update, plan.deleted, plan.ops_upto) != (
-            state.last_update,
-            state.deleted,
-            state.ops_upto,
+        if (
+            state is None
+            or plan.marks_changed
+            or (plan.last_update, plan.deleted, plan.ops_upto)
+            != (state.last_update, state.deleted, state.ops_upto)
         ):
             contacts.append(
                 (
@@ -1219,6 +1286,7 @@ async def _apply_profiles(
                     *_nullable(plan.last_update),
                     *_nullable(plan.deleted),
                     *_nullable(plan.ops_upto),
+                    encode_marks(plan.marks, plan.ops_upto),
                 )
             )
         if plan.delete_upto is not None:
@@ -1229,7 +1297,7 @@ async def _apply_profiles(
         ]
         result.written += len(plan.upserts)
     if contacts:
-        await conn.execute(tables.upsert_contacts, _columns(contacts, 8))
+        await conn.execute(tables.upsert_contacts, _columns(contacts, 9))
     if deletes:
         await conn.execute(tables.delete_covered, _columns(deletes, 4))
     if removes:
@@ -1241,11 +1309,13 @@ async def _apply_profiles(
 
 def _state(row: Sequence[Any]) -> ContactState:
     """A contact's versions as ``select_contacts`` reads them (its properties come apart)."""
-    last_ts, last_id, deleted_ts, deleted_id, ops_ts, ops_id = row
+    last_ts, last_id, deleted_ts, deleted_id, ops_ts, ops_id, marks = row
+    ops_upto = None if ops_ts is None else (ops_ts, ops_id)
     return ContactState(
         None if last_ts is None else (last_ts, last_id),
         None if deleted_ts is None else (deleted_ts, deleted_id),
-        ops_upto=None if ops_ts is None else (ops_ts, ops_id),
+        ops_upto=ops_upto,
+        marks=decode_marks(None if marks is None else bytes(marks), ops_upto),
     )
 
 
@@ -1341,7 +1411,7 @@ SELECT pg_advisory_xact_lock(k) FROM (
 """
 _SELECT_CONTACTS = """
 SELECT k.workspace, k.contact_id, k.last_ts_us, k.last_event_id, k.deleted_ts_us,
-    k.deleted_event_id, k.ops_ts_us, k.ops_event_id
+    k.deleted_event_id, k.ops_ts_us, k.ops_event_id, k.marks
 FROM {contacts} k JOIN unnest(%s::text[], %s::text[]) AS u(w, c)
     ON k.workspace = u.w AND k.contact_id = u.c
 """
@@ -1353,13 +1423,13 @@ FROM {properties} p JOIN unnest(%s::text[], %s::text[], %s::text[]) AS u(w, c, n
 """
 _UPSERT_CONTACTS = """
 INSERT INTO {contacts} AS c (workspace, contact_id, last_ts_us, last_event_id, deleted_ts_us,
-    deleted_event_id, ops_ts_us, ops_event_id)
+    deleted_event_id, ops_ts_us, ops_event_id, marks)
 SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::bigint[], %s::text[],
-    %s::bigint[], %s::text[])
+    %s::bigint[], %s::text[], %s::bytea[])
 ON CONFLICT (workspace, contact_id) DO UPDATE SET
     last_ts_us = excluded.last_ts_us, last_event_id = excluded.last_event_id,
     deleted_ts_us = excluded.deleted_ts_us, deleted_event_id = excluded.deleted_event_id,
-    ops_ts_us = excluded.ops_ts_us, ops_event_id = excluded.ops_event_id
+    ops_ts_us = excluded.ops_ts_us, ops_event_id = excluded.ops_event_id, marks = excluded.marks
 """
 
 _DELETE_COVERED = """
@@ -1435,7 +1505,7 @@ async def _rebuild(conn: Conn, progress: Progress | None, *, from_snapshots: boo
     await conn.execute("DELETE FROM properties")
     await conn.execute("DELETE FROM contacts")
     if from_snapshots:
-        columns = f"{_VERSION_COLUMNS}, ops_ts_us, ops_event_id"
+        columns = f"{_VERSION_COLUMNS}, ops_ts_us, ops_event_id, marks"
         await conn.execute(
             f"INSERT INTO contacts (workspace, contact_id, {columns})"
             f" SELECT workspace, contact_id, {columns} FROM snapshot_contacts"
