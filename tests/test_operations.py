@@ -33,16 +33,18 @@ from profilehook.backfill import import_jsonl
 from profilehook.events import Event, Version, decode_event, encode_event
 from profilehook.metrics import Metrics
 from profilehook.queues.memory import MemoryQueue
-from profilehook.queues.sqlite import SqliteQueue
 from profilehook.stores.base import Contact, Store
 from profilehook.stores.memory import MemoryStore
 from profilehook.stores.sqlite import SqliteStore
 from tests.support import (
     POSTGRES_URL,
+    Crash,
+    crashes,
     drop_schema,
     examples,
     postgres_url,
     require_server,
+    resumed_after_a_crash,
     unique_schema,
     wait_until,
 )
@@ -465,62 +467,17 @@ async def test_given_operations_in_a_jsonl_file_when_imported_then_they_fold_in_
 # -- through the log, with a crash and a restart -------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Crash:
-    publish_before: int  # batches published before the crash; the rest after the restart
-    batch_max_events: int
-    steps_before: int  # applier steps completed before the crash
-    applied_unacked: bool  # the crashed batch reached the store (True) or was only fetched
-
-
-crashes = st.builds(
-    Crash,
-    publish_before=st.integers(0, 7),
-    batch_max_events=st.integers(1, 6),
-    steps_before=st.integers(0, 4),
-    applied_unacked=st.booleans(),
-)
-
-
 @settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(scenario=scenarios(), crash=crashes)
+@given(scenario=scenarios(), crash=crashes())
 def test_given_operations_and_a_crash_between_apply_and_ack_then_resuming_gives_the_fold(
     scenario: Scenario, crash: Crash
 ) -> None:
-    async def open_pair(data_dir: Path) -> tuple[SqliteQueue, SqliteStore]:
-        queue = SqliteQueue(data_dir / "queue.sqlite3")
-        store = SqliteStore(data_dir / "profiles.sqlite3")
-        await queue.open()
-        await store.open()
-        return queue, store
-
     async def run(data_dir: Path) -> None:
-        queue, store = await open_pair(data_dir)
-        try:
-            for batch in scenario.batches[: crash.publish_before]:
-                await queue.publish(batch)
-            applier = Applier(queue, store, Metrics(), crash.batch_max_events)
-            for _ in range(crash.steps_before):
-                await applier.step()
-            in_flight = await queue.fetch(crash.batch_max_events, 0.0)
-            if crash.applied_unacked and in_flight:
-                await store.apply([d.event for d in in_flight])
-        finally:
-            await queue.close()
-            await store.close()
-
-        queue, store = await open_pair(data_dir)
-        try:
-            for batch in scenario.batches[crash.publish_before :]:
-                await queue.publish(batch)
-            await Applier(queue, store, Metrics(), crash.batch_max_events).drain()
+        async with resumed_after_a_crash(data_dir, scenario.batches, crash) as (_, store):
             expected = reference(scenario.events)
             assert_same(await actual(store), expected, "after crash and resume")
             await store.rebuild()
             assert_same(await actual(store), expected, "after rebuild")
-        finally:
-            await queue.close()
-            await store.close()
 
     with tempfile.TemporaryDirectory(prefix="operations-") as data_dir:
         asyncio.run(run(Path(data_dir)))
