@@ -584,9 +584,6 @@ def _fold_property(
     return now
 
 
-_MAX_INT = 2**63  # what msgpack (the stored rows) holds; a sum beyond becomes a float
-
-
 def apply_op(op: str, value: Any, arg: Any) -> tuple[bool, Any, str | None]:
     """One operation on a property's value (``_ABSENT`` when it has none): whether it changed
     it, the new value (``_ABSENT``: none), and a warning when the operation did not apply."""
@@ -598,9 +595,7 @@ def apply_op(op: str, value: Any, arg: Any) -> tuple[bool, Any, str | None]:
         kind = type(value)
         if kind is bool or not (kind is int or kind is float):
             return False, value, "add on a value that is not a number: unchanged"
-        total = value + arg
-        if type(total) is int and not -_MAX_INT <= total < _MAX_INT:
-            total = float(total)
+        total = value + arg  # integers stay exact integers, however large (README)
         return not same_value(total, value), total, None
     if op == "append":
         was_list = type(value) is list

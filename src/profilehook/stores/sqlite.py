@@ -934,8 +934,38 @@ PropertyGroups = list[tuple[int, str, dict[str, Any]]]
 """A contact's properties as stored: (ts_us, event_id, {name: value}) per version that set any
 (value None: unset, the tombstone keeps its version). An event sets several properties at once,
 so its version is stored once rather than beside each property: rows half the size."""
-_encode_groups = msgspec.msgpack.Encoder().encode
-_decode_groups = msgspec.msgpack.Decoder(PropertyGroups).decode
+_BIG_INT = 1  # msgpack ext code: an integer msgpack cannot hold (a sum of adds), as its digits
+_MSGPACK_INTS = range(-(2**63), 2**64)
+
+
+class _BigInt:
+    __slots__ = ("value",)  # (a plain class: msgspec hands it to the hook)
+
+    def __init__(self, value: int):
+        self.value = value
+
+
+def _encode_big(obj: Any) -> Any:
+    if isinstance(obj, _BigInt):
+        return msgspec.msgpack.Ext(_BIG_INT, str(obj.value).encode())
+    raise NotImplementedError(type(obj))
+
+
+def _decode_big(code: int, data: memoryview) -> Any:
+    if code != _BIG_INT:
+        raise ValueError(f"unknown msgpack ext {code}")
+    return int(bytes(data))
+
+
+def _storable(value: Any) -> Any:
+    """A property's value as the row keeps it: an integer beyond msgpack's as an ext."""
+    if type(value) is int and value not in _MSGPACK_INTS:
+        return _BigInt(value)
+    return value
+
+
+_encode_groups = msgspec.msgpack.Encoder(enc_hook=_encode_big).encode
+_decode_groups = msgspec.msgpack.Decoder(PropertyGroups, ext_hook=_decode_big).decode
 
 
 @dataclass
@@ -982,7 +1012,12 @@ class _Row:
                 continue
             added.setdefault(version, {})[name] = value
         groups.extend((ts_us, event_id, values) for (ts_us, event_id), values in added.items())
-        return _encode_groups(groups)
+        try:
+            return _encode_groups(groups)
+        except OverflowError:  # an integer beyond msgpack's (a sum of adds): as an ext
+            return _encode_groups(
+                [(t, i, {n: _storable(v) for n, v in values.items()}) for t, i, values in groups]
+            )
 
     def properties(self) -> dict[str, tuple[Any, Version]]:
         return {
