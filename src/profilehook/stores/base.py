@@ -281,8 +281,6 @@ def _plan_sets(state: ContactState, events: Iterable[Event]) -> ContactPlan:
     batch_delete: Version | None = None
     last_update = state.last_update
     writes = 0
-    marks = state.marks
-    marked: dict[str, Marks] | None = None  # a copy, once a set moves a property's marks
     for event in events:
         version = event.version
         if event.kind == "delete":
@@ -295,11 +293,8 @@ def _plan_sets(state: ContactState, events: Iterable[Event]) -> ContactPlan:
             held = best.get(name)
             if held is None or version > held[1]:
                 best[name] = (value, version)
-            if marks and name in marks:  # a set is an event on it that is not an add
-                mark = (marked or marks)[name]
-                if mark[1] is None or version > mark[1]:
-                    marked = marked or dict(marks)
-                    marked[name] = (mark[0], version)
+    marks = state.marks
+    marked = _marked_by_sets(marks, events) if marks else None
     deleted = state.deleted
     delete_upto = None
     if batch_delete is not None and (deleted is None or batch_delete > deleted):
@@ -320,6 +315,22 @@ def _plan_sets(state: ContactState, events: Iterable[Event]) -> ContactPlan:
         marks=marks if marked is None else marked,
         marks_changed=marked is not None,
     )
+
+
+def _marked_by_sets(marks: dict[str, Marks], events: Iterable[Event]) -> dict[str, Marks] | None:
+    """``marks`` after these sets (each an event on its property that is not an ``add``);
+    None when they move none."""
+    marked: dict[str, Marks] | None = None
+    for event in events:
+        if event.kind == "delete" or marks.keys().isdisjoint(event.properties):
+            continue
+        version = event.version
+        for name in event.properties:
+            mark = (marked or marks).get(name)
+            if mark is not None and (mark[1] is None or version > mark[1]):
+                marked = marked or dict(marks)
+                marked[name] = (mark[0], version)
+    return marked
 
 
 _ABSENT: Any = object()  # a property with no row (never set, or deleted)

@@ -98,7 +98,7 @@ async def _keep_values_exact(conn: Conn) -> None:
             ]
             await conn.execute(
                 "UPDATE properties p SET value = u.v::json"
-                " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) AS u(w, c, n, v)"
+                " FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[]) AS u(w, c, n, v)"
                 " WHERE p.workspace = u.w AND p.contact_id = u.c AND p.name = u.n",
                 _columns(restored, 4),
             )
@@ -1051,8 +1051,8 @@ async def _apply(conn: Conn, events: Sequence[Event]) -> ApplyResult:
     rows = [*kept, *erased]
     cur = await conn.execute(
         "INSERT INTO events (workspace, event_id, contact_id, ts_us, status, applied_us, body)"
-        " SELECT w, e, c, t, s, %s, b FROM unnest(%s::text[], %s::text[], %s::text[],"
-        " %s::bigint[], %s::text[], %s::bytea[]) AS u(w, e, c, t, s, b)"
+        " SELECT w, e, c, t, s, %s, b FROM unnest(%b::text[], %b::text[], %b::text[],"
+        " %b::bigint[], %b::text[], %b::bytea[]) AS u(w, e, c, t, s, b)"
         " ON CONFLICT DO NOTHING RETURNING workspace, event_id",
         (
             applied_us,
@@ -1072,7 +1072,7 @@ async def _apply(conn: Conn, events: Sequence[Event]) -> ApplyResult:
     if dropped:
         await conn.execute(
             "UPDATE events AS e SET status = 'duplicate'"
-            " FROM unnest(%s::text[], %s::text[], %s::bytea[]) AS u(w, i, b)"
+            " FROM unnest(%b::text[], %b::text[], %b::bytea[]) AS u(w, i, b)"
             " WHERE e.workspace = u.w AND e.event_id = u.i AND e.status = 'applied'"
             " AND e.body <> u.b",
             _columns([(d.workspace, d.event_id, encode_event(d)) for d in dropped], 3),
@@ -1080,7 +1080,7 @@ async def _apply(conn: Conn, events: Sequence[Event]) -> ApplyResult:
     result = await _apply_profiles(conn, new)
     if result.warnings:
         await conn.execute(
-            "UPDATE events AS e SET error = u.m FROM unnest(%s::text[], %s::text[], %s::text[])"
+            "UPDATE events AS e SET error = u.m FROM unnest(%b::text[], %b::text[], %b::text[])"
             " AS u(w, i, m) WHERE e.workspace = u.w AND e.event_id = u.i",
             _columns([(*key, w) for key, w in result.warnings.items()], 3),
         )
@@ -1093,7 +1093,7 @@ async def _erased_contacts(
     keys = sorted({(e.workspace, e.contact_id) for e in events})
     cur = await conn.execute(
         "SELECT x.workspace, x.contact_id, x.upto_us, x.suppressed FROM erased_contacts x"
-        " JOIN unnest(%s::text[], %s::text[]) AS u(w, c)"
+        " JOIN unnest(%b::text[], %b::text[]) AS u(w, c)"
         " ON x.workspace = u.w AND x.contact_id = u.c",
         _columns(keys, 2),
     )
@@ -1125,7 +1125,7 @@ async def _erase_contact(conn: Conn, erasure: Erasure) -> None:
     if plan.stubs:
         await conn.execute(
             "UPDATE events e SET status = 'erased', error = NULL, body = u.b"
-            " FROM unnest(%s::text[], %s::bytea[]) AS u(i, b)"
+            " FROM unnest(%b::text[], %b::bytea[]) AS u(i, b)"
             " WHERE e.workspace = %s AND e.event_id = u.i",
             (*_columns([(i, encode_event(stub)) for i, stub in plan.stubs], 2), workspace),
         )
@@ -1222,9 +1222,13 @@ async def _read_properties(
     conn: Conn,
     tables: _FoldSql,
     states: dict[tuple[str, str], ContactState],
-    wanted: Sequence[tuple[str, str, str | None]],
+    wanted: Sequence[tuple[str, str, str]] | Sequence[tuple[str, str]],
 ) -> None:
-    cur = await conn.execute(tables.select_properties, _columns(wanted, 3))
+    """Into ``states``: the properties (workspace, contact_id, name) or, given (workspace,
+    contact_id), every property of the contact."""
+    width = len(wanted[0])
+    select = tables.select_properties if width == 3 else tables.select_all_properties
+    cur = await conn.execute(select, _columns(wanted, width))
     for workspace, contact_id, name, value, ts_us, event_id in await cur.fetchall():
         state = states[(workspace, contact_id)]
         state.versions[name] = (ts_us, event_id)
@@ -1246,7 +1250,9 @@ async def _plan_with_history(
         if key in states:
             states[key].versions.clear()
             states[key].values.clear()
-    await _read_properties(conn, tables, states, [(*key, None) for key in keys if key in states])
+    whole = [key for key in keys if key in states]
+    if whole:
+        await _read_properties(conn, tables, states, whole)
     bases: dict[tuple[str, str], tuple[ContactState, list[Event]]] = {}
     if base == "history":
         bases = await _histories(conn, keys, batch)
@@ -1337,7 +1343,7 @@ async def _histories(
     }
     cur = await conn.execute(
         "SELECT e.workspace, e.contact_id, e.event_id, e.body FROM events e"
-        " JOIN unnest(%s::text[], %s::text[]) AS u(w, c)"
+        " JOIN unnest(%b::text[], %b::text[]) AS u(w, c)"
         f" ON e.workspace = u.w AND e.contact_id = u.c WHERE e.{_APPLIED}",
         _columns(keys, 2),
     )
@@ -1352,9 +1358,7 @@ async def _histories(
     cur = await conn.execute(_SNAPSHOTS.select_contacts, _columns(wanted, 2))
     for row in await cur.fetchall():
         found[(row[0], row[1])] = (_state(row[2:]), found[(row[0], row[1])][1])
-    cur = await conn.execute(
-        _SNAPSHOTS.select_properties, _columns([(*key, None) for key in wanted], 3)
-    )
+    cur = await conn.execute(_SNAPSHOTS.select_all_properties, _columns(wanted, 2))
     for workspace, contact_id, name, value, ts_us, event_id in await cur.fetchall():
         state = found[(workspace, contact_id)][0]
         state.versions[name] = (ts_us, event_id)
@@ -1374,6 +1378,7 @@ class _FoldSql(msgspec.Struct, frozen=True):
     lock_contacts: str
     select_contacts: str
     select_properties: str
+    select_all_properties: str
     upsert_contacts: str
     delete_covered: str
     delete_properties: str
@@ -1392,6 +1397,7 @@ class _FoldSql(msgspec.Struct, frozen=True):
                     _LOCK_CONTACTS,
                     _SELECT_CONTACTS,
                     _SELECT_PROPERTIES,
+                    _SELECT_ALL_PROPERTIES,
                     _UPSERT_CONTACTS,
                     _DELETE_COVERED,
                     _DELETE_PROPERTIES,
@@ -1406,26 +1412,33 @@ _LOCK = "LOCK TABLE {contacts}, {properties} IN ROW EXCLUSIVE MODE"
 _LOCK_CONTACTS = """
 SELECT pg_advisory_xact_lock(k) FROM (
     SELECT DISTINCT hashtextextended('{contacts}' || chr(31) || w || chr(31) || c, 0) AS k
-    FROM unnest(%s::text[], %s::text[]) AS u(w, c) ORDER BY k
+    FROM unnest(%b::text[], %b::text[]) AS u(w, c) ORDER BY k
 ) AS l
 """
 _SELECT_CONTACTS = """
 SELECT k.workspace, k.contact_id, k.last_ts_us, k.last_event_id, k.deleted_ts_us,
     k.deleted_event_id, k.ops_ts_us, k.ops_event_id, k.marks
-FROM {contacts} k JOIN unnest(%s::text[], %s::text[]) AS u(w, c)
+FROM {contacts} k JOIN unnest(%b::text[], %b::text[]) AS u(w, c)
     ON k.workspace = u.w AND k.contact_id = u.c
 """
-# Per (workspace, contact_id, name): that property, or with name NULL every property.
+# Per (workspace, contact_id, name): that property (an equality on the whole primary key:
+# an OR here made PostgreSQL read every property of the contacts and filter them).
 _SELECT_PROPERTIES = """
 SELECT p.workspace, p.contact_id, p.name, p.value::text, p.ts_us, p.event_id
-FROM {properties} p JOIN unnest(%s::text[], %s::text[], %s::text[]) AS u(w, c, n)
-    ON p.workspace = u.w AND p.contact_id = u.c AND (u.n IS NULL OR p.name = u.n)
+FROM {properties} p JOIN unnest(%b::text[], %b::text[], %b::text[]) AS u(w, c, n)
+    ON p.workspace = u.w AND p.contact_id = u.c AND p.name = u.n
+"""
+# Per (workspace, contact_id): every property.
+_SELECT_ALL_PROPERTIES = """
+SELECT p.workspace, p.contact_id, p.name, p.value::text, p.ts_us, p.event_id
+FROM {properties} p JOIN unnest(%b::text[], %b::text[]) AS u(w, c)
+    ON p.workspace = u.w AND p.contact_id = u.c
 """
 _UPSERT_CONTACTS = """
 INSERT INTO {contacts} AS c (workspace, contact_id, last_ts_us, last_event_id, deleted_ts_us,
     deleted_event_id, ops_ts_us, ops_event_id, marks)
-SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::bigint[], %s::text[],
-    %s::bigint[], %s::text[], %s::bytea[])
+SELECT * FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::text[], %b::bigint[], %b::text[],
+    %b::bigint[], %b::text[], %b::bytea[])
 ON CONFLICT (workspace, contact_id) DO UPDATE SET
     last_ts_us = excluded.last_ts_us, last_event_id = excluded.last_event_id,
     deleted_ts_us = excluded.deleted_ts_us, deleted_event_id = excluded.deleted_event_id,
@@ -1434,16 +1447,16 @@ ON CONFLICT (workspace, contact_id) DO UPDATE SET
 
 _DELETE_COVERED = """
 DELETE FROM {properties} p
-USING unnest(%s::text[], %s::text[], %s::bigint[], %s::text[]) AS d(w, c, t, e)
+USING unnest(%b::text[], %b::text[], %b::bigint[], %b::text[]) AS d(w, c, t, e)
 WHERE p.workspace = d.w AND p.contact_id = d.c AND (p.ts_us, p.event_id COLLATE "C") <= (d.t, d.e)
 """
 _DELETE_PROPERTIES = """
-DELETE FROM {properties} p USING unnest(%s::text[], %s::text[], %s::text[]) AS d(w, c, n)
+DELETE FROM {properties} p USING unnest(%b::text[], %b::text[], %b::text[]) AS d(w, c, n)
 WHERE p.workspace = d.w AND p.contact_id = d.c AND p.name = d.n
 """
 _UPSERT_PROPERTIES = """
 INSERT INTO {properties} AS p (workspace, contact_id, name, value, ts_us, event_id)
-SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::json[], %s::bigint[], %s::text[])
+SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::json[], %b::bigint[], %b::text[])
 ON CONFLICT (workspace, contact_id, name) DO UPDATE SET
     value = excluded.value, ts_us = excluded.ts_us, event_id = excluded.event_id
 """
@@ -1567,7 +1580,7 @@ async def _purge(conn: Conn, before_us: int, limit: int) -> int:
     applied = [decode_event(bytes(body)) for _, _, status, body in rows if status in _APPLIED_SET]
     await _apply_profiles(conn, applied, _SNAPSHOTS, base=None)
     await conn.execute(
-        "DELETE FROM events e USING unnest(%s::text[], %s::text[]) AS d(w, i)"
+        "DELETE FROM events e USING unnest(%b::text[], %b::text[]) AS d(w, i)"
         " WHERE e.workspace = d.w AND e.event_id = d.i",
         ([w for w, _, _, _ in rows], [i for _, i, _, _ in rows]),
     )

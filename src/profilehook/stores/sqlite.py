@@ -911,7 +911,7 @@ def _apply_profiles(
                 *_nullable(plan.deleted),
                 row.merged(plan),
                 *_nullable(plan.ops_upto),
-                encode_marks(plan.marks, plan.ops_upto),
+                None if plan.ops_upto is None else encode_marks(plan.marks, plan.ops_upto),
             )
         )
         result.written += len(plan.upserts)
@@ -1044,7 +1044,7 @@ def _row(values: Sequence[Any]) -> _Row:
         _decode_groups(encoded),
         encoded,
         ops,
-        decode_marks(marks, ops),
+        {} if marks is None and ops is None else decode_marks(marks, ops),
     )
 
 
