@@ -858,3 +858,24 @@ def _after(state: ContactState, plan: Any) -> ContactState:
     for name, (value, version) in plan.upserts.items():
         versions[name], values[name] = version, value
     return ContactState(plan.last_update, plan.deleted, versions, values, plan.ops_upto, plan.marks)
+
+
+async def test_given_an_add_warned_on_a_string_when_a_late_set_makes_it_a_number_then_the_warning_goes(
+    backend: Any,
+) -> None:
+    """SPEC 3.1: an add on a value that is not a number marks the event with a warning, in
+    the fold of all events in version order. Once a late set makes the value an add met a
+    number, the add applied, and its record says so: no warning left (it stayed before)."""
+    store = backend.store
+    await store.apply([event("e1", 1, set={"p": "x", "q": "y"})])
+    await store.apply([event("e3", 3, add={"p": 1}), event("e4", 4, add={"q": 1})])
+    for event_id, name in (("e3", "p"), ("e4", "q")):
+        record = await store.get_event(WORKSPACE, event_id)
+        assert record is not None and (record.error or "").startswith(f"{name}: "), event_id
+    await store.apply([event("e2", 2, set={"p": 5})])  # late: before the add on p
+    found = await store.get_contact(WORKSPACE, "c1")
+    assert found is not None and found.properties == {"p": 6, "q": "y"}
+    record = await store.get_event(WORKSPACE, "e3")
+    assert record is not None and record.error is None
+    record = await store.get_event(WORKSPACE, "e4")  # its add still met a string
+    assert record is not None and "not a number" in (record.error or "")

@@ -134,6 +134,9 @@ class ApplyResult:
     # (workspace, event_id) -> why an operation of the event changed nothing (README, Property operations: ``add``
     # on a value that is not a number): the store keeps it as the event record's ``error``.
     warnings: dict[tuple[str, str], str] = field(default_factory=dict)
+    # (workspace, event_id) -> a property whose recompute found that the event's ``add`` on it
+    # applied after all: a warning the event's record holds about that property goes.
+    cleared: dict[tuple[str, str], str] = field(default_factory=dict)
     erased_by_source: dict[str, int] = field(default_factory=dict)
 
     def add(self, other: ApplyResult) -> None:
@@ -142,6 +145,7 @@ class ApplyResult:
         self.superseded += other.superseded
         self.written += other.written
         self.warnings.update(other.warnings)
+        self.cleared.update(other.cleared)
         self.erased += other.erased
         for source, count in other.applied_by_source.items():
             self.applied_by_source[source] = self.applied_by_source.get(source, 0) + count
@@ -232,6 +236,7 @@ class ContactPlan:
     marks: dict[str, Marks] | None = None  # the contact's ``ContactState.marks`` after it
     marks_changed: bool = False
     read_history: bool = False  # whether ``base`` was called
+    cleared: dict[str, str] = field(default_factory=dict)  # event_id -> property (ApplyResult)
 
     @property
     def touches_contact_row(self) -> bool:
@@ -385,6 +390,7 @@ def _plan_ops(state: ContactState, events: list[Event], base: Base | None) -> Co
         fold.marks,
         fold.marks_changed,
         read_history=base is not None and (bool(fold.recompute) or fold.recompute_all),
+        cleared=fold.cleared,
     )
 
 
@@ -405,7 +411,7 @@ def _recompute(
         names.update(n for e in everything for n in e.properties)
     for name in names:
         fold.held.pop(name, None)
-        found_now = _fold_property(snapshot, everything, name, fold.warnings)
+        found_now = _fold_property(snapshot, everything, name, fold.warnings, fold.cleared)
         stored = _stored(fold.state, name, fold.delete_upto)
         if found_now is None:
             if stored is not None:
@@ -438,6 +444,7 @@ class _Folding:
         self.recompute: set[str] = set()
         self.recompute_all = False
         self.warnings: dict[str, str] = {}
+        self.cleared: dict[str, str] = {}
         self.marks = None if state.marks is None else state.marks
         self.marks_changed = False
 
@@ -567,10 +574,16 @@ def _stored(state: ContactState, name: str, upto: Version | None) -> tuple[Any, 
 
 
 def _fold_property(
-    start: ContactState, events: list[Event], name: str, warnings: dict[str, str]
+    start: ContactState,
+    events: list[Event],
+    name: str,
+    warnings: dict[str, str],
+    cleared: dict[str, str],
 ) -> tuple[Any, Version] | None:
     """One property folded from ``start`` through ``events`` (in version order): its value
-    (None: a tombstone) and the version of the last event that changed it; None: no row."""
+    (None: a tombstone) and the version of the last event that changed it; None: no row.
+    Each event whose operation on it warns is in ``warnings``; each ``add`` that applied is
+    in ``cleared`` (a warning it got when it came before events older than it is wrong now)."""
     now = _stored(start, name, None)
     for event in events:
         version = event.version
@@ -590,6 +603,8 @@ def _fold_property(
         changed, value, warning = apply_op(op, value, arg)
         if warning:
             warnings[event.event_id] = f"{name}: {warning}"
+        elif op == "add":
+            cleared[event.event_id] = name
         if changed:
             now = (None if value is _ABSENT else value, version)
     return now

@@ -77,6 +77,10 @@ class MemoryStore(Store):
                     stored, status="duplicate"
                 )
         result = _fold(self._profiles, new, self._base)
+        for key, name in result.cleared.items():
+            record = self._events.get(key)
+            if record is not None and (record.error or "").startswith(f"{name}: "):
+                self._events[key] = replace(record, error=None)
         for key, warning in result.warnings.items():
             if key in self._events:
                 self._events[key] = replace(self._events[key], error=warning)
@@ -314,6 +318,7 @@ def _fold(
         plan = plan_contact(_state_of(profile), group, None if base is None else base(key, group))
         result.superseded += plan.superseded
         result.warnings.update(((key[0], i), w) for i, w in plan.warnings.items())
+        result.cleared.update(((key[0], i), n) for i, n in plan.cleared.items())
         for name in plan.removes:
             profile.state.versions.pop(name, None)
             profile.values.pop(name, None)

@@ -1078,6 +1078,13 @@ async def _apply(conn: Conn, events: Sequence[Event]) -> ApplyResult:
             _columns([(d.workspace, d.event_id, encode_event(d)) for d in dropped], 3),
         )
     result = await _apply_profiles(conn, new)
+    if result.cleared:
+        await conn.execute(
+            "UPDATE events AS e SET error = NULL FROM unnest(%b::text[], %b::text[], %b::text[])"
+            " AS u(w, i, p) WHERE e.workspace = u.w AND e.event_id = u.i"
+            " AND left(e.error, length(u.p)) = u.p",
+            _columns([(*key, f"{n}: ") for key, n in result.cleared.items()], 3),
+        )
     if result.warnings:
         await conn.execute(
             "UPDATE events AS e SET error = u.m FROM unnest(%b::text[], %b::text[], %b::text[])"
@@ -1280,6 +1287,7 @@ async def _write_plans(
         state = states.get(key)
         result.superseded += plan.superseded
         result.warnings.update(((key[0], i), w) for i, w in plan.warnings.items())
+        result.cleared.update(((key[0], i), n) for i, n in plan.cleared.items())
         if (
             state is None
             or plan.marks_changed

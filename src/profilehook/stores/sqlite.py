@@ -745,6 +745,12 @@ def _apply(conn: sqlite3.Connection, events: Sequence[Event]) -> ApplyResult:
     new_events = [e for _, e in new]
     _mark_duplicates(conn, repeats(events, fresh))
     result = _apply_profiles(conn, new_events, base=_history_base)
+    if result.cleared:
+        conn.executemany(
+            "UPDATE events SET error = NULL WHERE id_key = ? AND workspace = ? AND event_id = ?"
+            " AND substr(error, 1, length(?)) = ?",
+            [(_id_key(ws, i), ws, i, f"{n}: ", f"{n}: ") for (ws, i), n in result.cleared.items()],
+        )
     if result.warnings:
         conn.executemany(
             "UPDATE events SET error = ? WHERE id_key = ? AND workspace = ? AND event_id = ?",
@@ -896,6 +902,8 @@ def _apply_profiles(
         result.superseded += plan.superseded
         if plan.warnings:
             result.warnings.update(((key[0], i), w) for i, w in plan.warnings.items())
+        if plan.cleared:
+            result.cleared.update(((key[0], i), n) for i, n in plan.cleared.items())
         # A newer last update matters only if it is visible (newer than the contact's delete).
         if (
             not plan.touches_contact_row
