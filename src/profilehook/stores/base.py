@@ -15,8 +15,9 @@ Besides setting, an event may operate on a property (``set_once``, ``add``, ``ap
 ``remove``): the profile is the fold of all of a contact's events in version order (README,
 Property operations). Every store reads what a batch touches and lets ``plan_contact`` decide
 what to write (PostgreSQL, where several appliers work at once, under a lock per contact); a
-late event on a property that an operation touched after it has that property recomputed from
-the contact's snapshot and history. What keeps the stores equal is the contract suites every
+late event on a property that an operation touched after it is decided by the property's
+``Marks`` when they tell the answer, and otherwise has that property recomputed from the
+contact's snapshot and history. What keeps the stores equal is the contract suites every
 backend passes (tests/test_profile_store_contract.py, tests/test_operations.py), beside
 tests/test_convergence.py and tests/test_operations.py (against reference models) and
 tests/test_scale_out.py (PostgreSQL with concurrent appliers).

@@ -1285,6 +1285,8 @@ async def _write_plans(
     rows: list[tuple[str, str, str, str | None, int, str]] = []
     for key, plan in plans.items():
         state = states.get(key)
+        # Here the contact's state before the batch and its plan are both known, in the apply
+        # transaction: where what follows a change (segments, changes) hooks in.
         result.superseded += plan.superseded
         result.warnings.update(((key[0], i), w) for i, w in plan.warnings.items())
         result.cleared.update(((key[0], i), n) for i, n in plan.cleared.items())

@@ -899,6 +899,8 @@ def _apply_profiles(
         row = rows.get(key) or _Row()
         state = row.state(row.ops is not None or any(e.ops for e in group))
         plan = plan_contact(state, group, None if base is None else base(conn, key, group))
+        # Here the contact's state before the batch (``row``, ``state``) and its plan are both
+        # known, in the apply transaction: where what follows a change (segments, changes) hooks in.
         result.superseded += plan.superseded
         if plan.warnings:
             result.warnings.update(((key[0], i), w) for i, w in plan.warnings.items())
