@@ -174,9 +174,10 @@ is decided without the history: the newest version of an operation on it, and th
 version of an event on it that is not an ``add`` (None: none since the first operation)."""
 
 
-_MarksWire = dict[str, tuple[int, str, int | None, str | None]]
 _encode_marks = msgspec.msgpack.Encoder().encode
-_decode_marks = msgspec.msgpack.Decoder(_MarksWire).decode
+_decode_marks = msgspec.msgpack.Decoder(
+    dict[str, tuple[tuple[int, str], tuple[int, str] | None]]
+).decode
 
 
 def encode_marks(marks: dict[str, Marks] | None, ops_upto: Version | None) -> bytes | None:
@@ -184,9 +185,7 @@ def encode_marks(marks: dict[str, Marks] | None, ops_upto: Version | None) -> by
     known, and for a contact that no operation touched (as every contact before marks)."""
     if marks is None or (not marks and ops_upto is None):
         return None
-    return _encode_marks(
-        {n: (*o, *(b if b is not None else (None, None))) for n, (o, b) in marks.items()}
-    )
+    return _encode_marks(marks)
 
 
 def decode_marks(data: bytes | None, ops_upto: Version | None) -> dict[str, Marks] | None:
@@ -194,10 +193,7 @@ def decode_marks(data: bytes | None, ops_upto: Version | None) -> dict[str, Mark
     contact with operations means they are not known (None)."""
     if data is None:
         return None if ops_upto is not None else {}
-    return {
-        name: ((o_ts, o_id), None if b_ts is None or b_id is None else (b_ts, b_id))
-        for name, (o_ts, o_id, b_ts, b_id) in _decode_marks(data).items()
-    }
+    return _decode_marks(data)
 
 
 @dataclass
@@ -469,24 +465,51 @@ class _Folding:
 
     def step(self, event: Event, name: str, arg: Any, op: str | None) -> None:
         version = event.version
-        now = self.now(name)
+        held = self.held
+        now = held[name] if name in held else _stored(self.state, name, self.delete_upto)
         s = None if now is None else now[1]
-        o, b = self._marks(name, s)
+        marks = self.marks
+        if marks is None:
+            o, b = self._unknown_marks(s)
+        else:
+            mark = marks.get(name)
+            o, b = (None, None) if mark is None else mark
+        in_order = (s is None or s < version) and (o is None or o < version)
+        if in_order and name not in self.recompute:
+            if op is None:
+                held[name] = (arg, version)
+                if o is not None and marks is not None:
+                    self._set_mark(name, (o, version))
+                return
+            if marks is not None:  # (b: the sets before a first operation are at most s)
+                self._set_mark(
+                    name,
+                    (version, b if o is not None else s) if op == "add" else (version, version),
+                )
+            value = _ABSENT if now is None or now[0] is None else now[0]
+            changed, value, warning = apply_op(op, value, arg)
+            if warning:
+                self.warnings[event.event_id] = f"{name}: {warning}"
+            if changed:
+                held[name] = (None if value is _ABSENT else value, version)
+            return
         if version in (s, o, b):  # this very event, folded before (a purge folding it again)
             return
-        self._mark(name, op, version, o, b, s)
-        if name in self.recompute:
+        if marks is not None and (op is not None or o is not None):
+            new_o = version if op is not None and (o is None or version > o) else o
+            if o is None:
+                b = s
+            new_b = version if op != "add" and (b is None or version > b) else b
+            if new_o is not None:
+                self._set_mark(name, (new_o, new_b))
+        if name in self.recompute or self.late(event, name, op, now, arg, o, b):
             return
-        if (s is None or s < version) and (o is None or o < version):  # in order
-            self._fold(event, name, op, now, arg)
-        elif self.late(event, name, op, now, arg, o, b):
-            pass
-        elif not self.can_recompute:  # (as if it came before what the state holds)
+        if not self.can_recompute:  # (as if it came before what the state holds)
             if op is None and (s is None or version > s):
-                self.held[name] = (arg, version)
+                held[name] = (arg, version)
         else:
             self.recompute.add(name)
-            self.held.pop(name, None)
+            held.pop(name, None)
 
     def late(
         self,
@@ -518,48 +541,20 @@ class _Folding:
         self.held[name] = (value + arg, now[1])
         return True
 
-    def _fold(
-        self, event: Event, name: str, op: str | None, now: tuple[Any, Version] | None, arg: Any
-    ) -> None:
-        if op is None:
-            self.held[name] = (arg, event.version)
-            return
-        value = _ABSENT if now is None or now[0] is None else now[0]
-        changed, value, warning = apply_op(op, value, arg)
-        if warning:
-            self.warnings[event.event_id] = f"{name}: {warning}"
-        if changed:
-            self.held[name] = (None if value is _ABSENT else value, event.version)
+    def _unknown_marks(self, s: Version | None) -> tuple[Version | None, Version | None]:
+        """Marks not kept: bounded by the contact's newest operation and the value's version."""
+        o = self.state.ops_upto
+        return o, o if s is None or (o is not None and o > s) else s
 
-    def _marks(self, name: str, s: Version | None) -> tuple[Version | None, Version | None]:
-        if self.marks is None:  # bounded by the contact's newest operation and the value's
-            o = self.state.ops_upto
-            return o, o if s is None or (o is not None and o > s) else s
-        mark = self.marks.get(name)
-        return (None, None) if mark is None else mark
-
-    def _mark(
-        self,
-        name: str,
-        op: str | None,
-        version: Version,
-        o: Version | None,
-        b: Version | None,
-        s: Version | None,
-    ) -> None:
-        """Keep the property's marks: an operation's version, and any event's but an add's."""
-        if self.marks is None or (op is None and o is None):
-            return
-        if o is None:  # its first operation: every set before it is at or below the value's
-            b = s
-        new_o = version if op is not None and (o is None or version > o) else o
-        new_b = version if op != "add" and (b is None or version > b) else b
-        if new_o is None or (new_o, new_b) == (o, b):
+    def _set_mark(self, name: str, mark: Marks) -> None:
+        marks = self.marks
+        assert marks is not None
+        if marks.get(name) == mark:
             return
         if not self.marks_changed:
-            self.marks = dict(self.marks)
+            marks = self.marks = dict(marks)
             self.marks_changed = True
-        self.marks[name] = (new_o, new_b)
+        marks[name] = mark
 
 
 def _version_of(event: Event) -> Version:
