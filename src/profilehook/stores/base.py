@@ -476,16 +476,23 @@ class _Folding:
             o, b = (None, None) if mark is None else mark
         in_order = (s is None or s < version) and (o is None or o < version)
         if in_order and name not in self.recompute:
+            # (in order, every mark it moves is older than it: the mark changes)
             if op is None:
                 held[name] = (arg, version)
-                if o is not None and marks is not None:
-                    self._set_mark(name, (o, version))
+                if o is None or marks is None:
+                    return
+                mark = (o, version)
+            elif marks is None:
+                mark = None
+            else:  # (b: the sets before a first operation are at most s)
+                mark = (version, b if o is not None else s) if op == "add" else (version, version)
+            if mark is not None and marks is not None:
+                if not self.marks_changed:
+                    marks = self.marks = dict(marks)
+                    self.marks_changed = True
+                marks[name] = mark
+            if op is None:
                 return
-            if marks is not None:  # (b: the sets before a first operation are at most s)
-                self._set_mark(
-                    name,
-                    (version, b if o is not None else s) if op == "add" else (version, version),
-                )
             value = _ABSENT if now is None or now[0] is None else now[0]
             changed, value, warning = apply_op(op, value, arg)
             if warning:
