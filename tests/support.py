@@ -10,8 +10,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -317,3 +317,75 @@ def nats_postgres_env(ack_wait_s: float | None = None) -> Iterator[dict[str, str
             delete_stream(stream)
         finally:
             drop_schema(schema)
+
+
+# -- a crash between apply and acknowledgement, then a restart (the convergence tests) -----------
+
+
+@dataclass(frozen=True)
+class Crash:
+    publish_before: int  # batches published before the crash; the rest after the restart
+    batch_max_events: int
+    steps_before: int  # applier steps (fetch, apply, ack) completed before the crash
+    applied_unacked: bool  # the crashed batch reached the store (True) or only was fetched
+
+
+def crashes() -> Any:
+    """A hypothesis strategy of ``Crash``es."""
+    from hypothesis import strategies as st
+
+    return st.builds(
+        Crash,
+        publish_before=st.integers(0, 7),
+        batch_max_events=st.integers(1, 6),
+        steps_before=st.integers(0, 4),
+        applied_unacked=st.booleans(),
+    )
+
+
+async def _open_log_and_store(data_dir: Path) -> tuple[Any, Any]:
+    from profilehook.queues.sqlite import SqliteQueue
+    from profilehook.stores.sqlite import SqliteStore
+
+    queue = SqliteQueue(data_dir / "queue.sqlite3")
+    store = SqliteStore(data_dir / "profiles.sqlite3")
+    await queue.open()
+    await store.open()
+    return queue, store
+
+
+@asynccontextmanager
+async def resumed_after_a_crash(
+    data_dir: Path, batches: list[list[Event]], crash: Crash
+) -> AsyncIterator[tuple[Any, Any]]:
+    """The SQLite log and store of ``data_dir`` after a crash and a restart: the first
+    ``crash.publish_before`` batches published, ``crash.steps_before`` applier steps, then a
+    batch fetched (and, with ``applied_unacked``, committed to the store) but never
+    acknowledged; both reopened, the other batches published and the log drained. Yields
+    (queue, store), open until the block ends."""
+    from profilehook.applier import Applier
+    from profilehook.metrics import Metrics
+
+    queue, store = await _open_log_and_store(data_dir)
+    try:
+        for batch in batches[: crash.publish_before]:
+            await queue.publish(batch)
+        applier = Applier(queue, store, Metrics(), crash.batch_max_events)
+        for _ in range(crash.steps_before):
+            await applier.step()
+        in_flight = await queue.fetch(crash.batch_max_events, 0.0)
+        if crash.applied_unacked and in_flight:
+            await store.apply([d.event for d in in_flight])
+    finally:
+        await queue.close()
+        await store.close()
+
+    queue, store = await _open_log_and_store(data_dir)
+    try:
+        for batch in batches[crash.publish_before :]:
+            await queue.publish(batch)
+        await Applier(queue, store, Metrics(), crash.batch_max_events).drain()
+        yield queue, store
+    finally:
+        await queue.close()
+        await store.close()

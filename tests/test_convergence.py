@@ -23,14 +23,11 @@ import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from profilehook.applier import Applier
 from profilehook.events import Event, Version
-from profilehook.metrics import Metrics
-from profilehook.queues.sqlite import SqliteQueue
 from profilehook.stores.base import Contact, Store
 from profilehook.stores.memory import MemoryStore
 from profilehook.stores.sqlite import SqliteStore
-from tests.support import examples
+from tests.support import Crash, crashes, examples, resumed_after_a_crash
 
 S = 1_000_000
 WORKSPACES = ("acme", "globex")
@@ -186,58 +183,13 @@ def test_given_any_delivery_order_duplication_and_batching_then_the_store_matche
 # -- through the log, with a crash ---------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Crash:
-    publish_before: int  # batches published before the crash; the rest after the restart
-    batch_max_events: int
-    steps_before: int  # applier steps (fetch, apply, ack) completed before the crash
-    applied_unacked: bool  # the crashed batch reached the store (True) or only was fetched
-
-
-crashes = st.builds(
-    Crash,
-    publish_before=st.integers(0, 7),
-    batch_max_events=st.integers(1, 6),
-    steps_before=st.integers(0, 4),
-    applied_unacked=st.booleans(),
-)
-
-
-async def open_pair(data_dir: Path) -> tuple[SqliteQueue, SqliteStore]:
-    queue = SqliteQueue(data_dir / "queue.sqlite3")
-    store = SqliteStore(data_dir / "profiles.sqlite3")
-    await queue.open()
-    await store.open()
-    return queue, store
-
-
 @settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(scenario=scenarios(), crash=crashes)
+@given(scenario=scenarios(), crash=crashes())
 def test_given_a_crash_between_apply_and_ack_then_resuming_converges_to_the_definition(
     scenario: Scenario, crash: Crash
 ) -> None:
     async def run(data_dir: Path) -> None:
-        queue, store = await open_pair(data_dir)
-        try:
-            for batch in scenario.batches[: crash.publish_before]:
-                await queue.publish(batch)
-            applier = Applier(queue, store, Metrics(), crash.batch_max_events)
-            for _ in range(crash.steps_before):
-                await applier.step()
-            # The crash: a batch is fetched (and perhaps committed to the store), never acked.
-            in_flight = await queue.fetch(crash.batch_max_events, 0.0)
-            if crash.applied_unacked and in_flight:
-                await store.apply([d.event for d in in_flight])
-        finally:
-            await queue.close()
-            await store.close()
-
-        queue, store = await open_pair(data_dir)
-        try:
-            for batch in scenario.batches[crash.publish_before :]:
-                await queue.publish(batch)
-            await Applier(queue, store, Metrics(), crash.batch_max_events).drain()
-
+        async with resumed_after_a_crash(data_dir, scenario.batches, crash) as (queue, store):
             assert await queue.depth() == 0
             expected = reference(scenario.events)
             assert_same(await actual(store), expected, "after crash and resume")
@@ -246,9 +198,6 @@ def test_given_a_crash_between_apply_and_ack_then_resuming_converges_to_the_defi
                 assert record is not None and record.status == "applied"
             await store.rebuild()
             assert_same(await actual(store), expected, "after rebuild")
-        finally:
-            await queue.close()
-            await store.close()
 
     with fresh_dir() as data_dir:
         asyncio.run(run(Path(data_dir)))

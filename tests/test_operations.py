@@ -33,16 +33,18 @@ from profilehook.backfill import import_jsonl
 from profilehook.events import Event, Version, decode_event, encode_event
 from profilehook.metrics import Metrics
 from profilehook.queues.memory import MemoryQueue
-from profilehook.queues.sqlite import SqliteQueue
-from profilehook.stores.base import Contact, Store
+from profilehook.stores.base import Contact, ContactState, Store, plan_contact
 from profilehook.stores.memory import MemoryStore
 from profilehook.stores.sqlite import SqliteStore
 from tests.support import (
     POSTGRES_URL,
+    Crash,
+    crashes,
     drop_schema,
     examples,
     postgres_url,
     require_server,
+    resumed_after_a_crash,
     unique_schema,
     wait_until,
 )
@@ -465,62 +467,17 @@ async def test_given_operations_in_a_jsonl_file_when_imported_then_they_fold_in_
 # -- through the log, with a crash and a restart -------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Crash:
-    publish_before: int  # batches published before the crash; the rest after the restart
-    batch_max_events: int
-    steps_before: int  # applier steps completed before the crash
-    applied_unacked: bool  # the crashed batch reached the store (True) or was only fetched
-
-
-crashes = st.builds(
-    Crash,
-    publish_before=st.integers(0, 7),
-    batch_max_events=st.integers(1, 6),
-    steps_before=st.integers(0, 4),
-    applied_unacked=st.booleans(),
-)
-
-
 @settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(scenario=scenarios(), crash=crashes)
+@given(scenario=scenarios(), crash=crashes())
 def test_given_operations_and_a_crash_between_apply_and_ack_then_resuming_gives_the_fold(
     scenario: Scenario, crash: Crash
 ) -> None:
-    async def open_pair(data_dir: Path) -> tuple[SqliteQueue, SqliteStore]:
-        queue = SqliteQueue(data_dir / "queue.sqlite3")
-        store = SqliteStore(data_dir / "profiles.sqlite3")
-        await queue.open()
-        await store.open()
-        return queue, store
-
     async def run(data_dir: Path) -> None:
-        queue, store = await open_pair(data_dir)
-        try:
-            for batch in scenario.batches[: crash.publish_before]:
-                await queue.publish(batch)
-            applier = Applier(queue, store, Metrics(), crash.batch_max_events)
-            for _ in range(crash.steps_before):
-                await applier.step()
-            in_flight = await queue.fetch(crash.batch_max_events, 0.0)
-            if crash.applied_unacked and in_flight:
-                await store.apply([d.event for d in in_flight])
-        finally:
-            await queue.close()
-            await store.close()
-
-        queue, store = await open_pair(data_dir)
-        try:
-            for batch in scenario.batches[crash.publish_before :]:
-                await queue.publish(batch)
-            await Applier(queue, store, Metrics(), crash.batch_max_events).drain()
+        async with resumed_after_a_crash(data_dir, scenario.batches, crash) as (_, store):
             expected = reference(scenario.events)
             assert_same(await actual(store), expected, "after crash and resume")
             await store.rebuild()
             assert_same(await actual(store), expected, "after rebuild")
-        finally:
-            await queue.close()
-            await store.close()
 
     with tempfile.TemporaryDirectory(prefix="operations-") as data_dir:
         asyncio.run(run(Path(data_dir)))
@@ -694,3 +651,231 @@ async def test_given_a_schema_3_sqlite_file_when_opened_then_it_applies_operatio
         assert found is not None and found.properties == {"x": 2}
     finally:
         await store.close()
+
+
+async def test_given_adds_summing_beyond_64_bits_then_the_sum_stays_an_exact_integer(
+    backend: Any,
+) -> None:
+    """SPEC 3.1: ``add`` on integers stays an integer. 2,100 adds of the largest integer
+    the API takes (2**53 - 1) pass 2**63 and 2**64; the profile holds the exact sum (it
+    became a float past 2**63 before), through a rebuild too, and a late add still sums."""
+    big = c.MAX_JSON_INT
+    events = [event(f"b{i:04d}", i + 10, add={"n": big}) for i in range(2_100)]
+    for start in range(0, len(events), 700):
+        await backend.store.apply(events[start : start + 700])
+    await backend.store.apply([event("a0000", 1, add={"n": 1})])  # late: older than all
+    for how in ("applied", "rebuilt"):
+        found = await backend.store.get_contact(WORKSPACE, "c1")
+        assert found is not None, how
+        assert type(found.properties["n"]) is int, how
+        assert found.properties["n"] == 2_100 * big + 1, how
+        assert found.versions["n"] == (2_109 * S, "b2099"), how
+        await backend.store.rebuild()
+
+
+# -- late events decided by the marks (no history read) ------------------------------------------
+
+# (name, events in the order they arrive, properties, versions): each row's last event is late,
+# most of them tied in time with what came before it and ordered by event_id ("e10" < "e9").
+LATE_ROWS: list[tuple[str, list[Event], dict[str, Any], dict[str, str]]] = [
+    (
+        "a late add onto a run of integer adds sums",
+        [event("e2", 5, set={"n": 10}), event("e4", 5, add={"n": 1}), event("e3", 5, add={"n": 2})],
+        {"n": 13},
+        {"n": "e4"},
+    ),
+    (
+        "a late add before every add, on a property absent before it",
+        [event("e8", 5, add={"n": 1}), event("e9", 5, add={"n": 4}), event("e10", 5, add={"n": 2})],
+        {"n": 7},
+        {"n": "e9"},
+    ),
+    (
+        "a late add before a set: nothing",
+        [event("e2", 5, add={"n": 1}), event("e4", 5, set={"n": 10}), event("e3", 5, add={"n": 2})],
+        {"n": 10},
+        {"n": "e4"},
+    ),
+    (
+        "a late add before a set and adds after it: recomputed, nothing",
+        [
+            event("e2", 3, set={"n": 10}),
+            event("e4", 5, set={"n": 20}),
+            event("e5", 6, add={"n": 1}),
+            event("e3", 4, add={"n": 100}),
+        ],
+        {"n": 21},
+        {"n": "e5"},
+    ),
+    (
+        "a late add onto a float sum: recomputed in order",
+        [
+            event("e2", 5, add={"n": 0.1}),
+            event("e4", 5, add={"n": 0.2}),
+            event("e3", 5, add={"n": 0.7}),
+        ],
+        {"n": 0.1 + 0.7 + 0.2},
+        {"n": "e4"},
+    ),
+    (
+        "a late add of zero onto an absent value: recomputed",
+        [event("e2", 5, add={"n": 0}), event("e1", 5, add={"n": 0})],
+        {"n": 0},
+        {"n": "e1"},
+    ),
+    (
+        "a late add onto a sum of zero: recomputed",
+        [event("e2", 5, set={"n": 1}), event("e4", 5, add={"n": -1}), event("e3", 5, add={"n": 5})],
+        {"n": 5},
+        {"n": "e4"},
+    ),
+    (
+        "a late add onto a string, before adds: a warning, nothing else",
+        [
+            event("e2", 5, set={"n": "x"}),
+            event("e4", 5, add={"n": 1}),
+            event("e3", 5, add={"n": 2}),
+        ],
+        {"n": "x"},
+        {"n": "e2"},
+    ),
+    (
+        "a late append of an item the list holds since before it: nothing",
+        [
+            event("e2", 5, append={"tags": ["a"]}),
+            event("e4", 5, append={"tags": ["a"]}),
+            event("e3", 5, append={"tags": ["a"]}),
+        ],
+        {"tags": ["a"]},
+        {"tags": "e2"},
+    ),
+    (
+        "a late append of a new item, before an append that changed nothing: recomputed",
+        [
+            event("e2", 5, append={"tags": ["a"]}),
+            event("e4", 5, append={"tags": ["a", "b"]}),
+            event("e3", 5, append={"tags": ["b"]}),
+        ],
+        {"tags": ["a", "b"]},
+        {"tags": "e3"},
+    ),
+    (
+        "a late set_once on a present value: nothing",
+        [
+            event("e2", 5, set_once={"f": 1}),
+            event("e4", 5, set_once={"f": 3}),
+            event("e3", 5, set_once={"f": 2}),
+        ],
+        {"f": 1},
+        {"f": "e2"},
+    ),
+    (
+        "a late set before an add: recomputed",
+        [event("e2", 5, set={"n": 1}), event("e4", 5, add={"n": 1}), event("e3", 5, set={"n": 10})],
+        {"n": 11},
+        {"n": "e4"},
+    ),
+    (
+        "a late set on a property no operation touched, beside an add that is not late",
+        [
+            event("e2", 5, set={"s": "b"}, add={"n": 1}),
+            event("e1", 5, set={"s": "a"}, add={"n": 1}),
+        ],
+        {"s": "b", "n": 2},
+        {"s": "e2", "n": "e2"},
+    ),
+    (
+        "a late delete before adds: recomputed",
+        [event("e2", 5, add={"n": 1}), event("e4", 5, add={"n": 2}), event("e3", 5, kind="delete")],
+        {"n": 2},
+        {"n": "e4"},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("row", "events", "properties", "versions"), LATE_ROWS, ids=[r[0] for r in LATE_ROWS]
+)
+async def test_given_a_late_event_that_the_marks_decide_then_every_backend_gives_the_fold(
+    backend: Any,
+    row: str,
+    events: list[Event],
+    properties: dict[str, Any],
+    versions: dict[str, str],
+) -> None:
+    expected = reference(events)["c1"]
+    assert expected is not None and expected.properties == properties, "the reference agrees"
+    assert {n: v[1] for n, v in expected.versions.items()} == versions, "the reference agrees"
+    for item in events:
+        await backend.store.apply([item])
+    for how in ("applied", "rebuilt"):
+        found = await backend.store.get_contact(WORKSPACE, "c1")
+        assert found is not None, how
+        assert msgspec.json.encode(found.properties, order="sorted") == msgspec.json.encode(
+            properties, order="sorted"
+        ), how
+        assert {n: v[1] for n, v in found.versions.items()} == versions, how
+        await backend.store.rebuild()
+    if "string" in row:
+        record = await backend.store.get_event(WORKSPACE, "e3")
+        assert record is not None and "not a number" in (record.error or "")
+
+
+DECIDED_BY_MARKS = [r for r in LATE_ROWS if "recomputed" not in r[0]]
+
+
+@pytest.mark.parametrize(
+    ("row", "events", "properties", "versions"),
+    DECIDED_BY_MARKS,
+    ids=[r[0] for r in DECIDED_BY_MARKS],
+)
+def test_given_a_late_event_that_the_marks_decide_then_no_history_is_read(
+    row: str, events: list[Event], properties: dict[str, Any], versions: dict[str, str]
+) -> None:
+    """The planner decides these late events from the contact's state alone: what keeps a
+    contact with a long history and frequent late events (or ties) as cheap as sets."""
+    state = ContactState()
+
+    def no_history() -> tuple[ContactState, list[Event]]:
+        raise AssertionError(f"{row}: the history was read")
+
+    for item in events:
+        plan = plan_contact(state, [item], no_history)
+        state = _after(state, plan)
+    assert {n: v for n, v in state.values.items() if v is not None} == properties
+    assert {n: state.versions[n][1] for n in properties} == versions
+
+
+def _after(state: ContactState, plan: Any) -> ContactState:
+    """What a store holds after ``plan`` (as the memory store applies it)."""
+    versions, values = dict(state.versions), dict(state.values)
+    if plan.delete_upto is not None:
+        for name in [n for n, v in versions.items() if v <= plan.delete_upto]:
+            del versions[name], values[name]
+    for name in plan.removes:
+        versions.pop(name, None)
+        values.pop(name, None)
+    for name, (value, version) in plan.upserts.items():
+        versions[name], values[name] = version, value
+    return ContactState(plan.last_update, plan.deleted, versions, values, plan.ops_upto, plan.marks)
+
+
+async def test_given_an_add_warned_on_a_string_when_a_late_set_makes_it_a_number_then_the_warning_goes(
+    backend: Any,
+) -> None:
+    """SPEC 3.1: an add on a value that is not a number marks the event with a warning, in
+    the fold of all events in version order. Once a late set makes the value an add met a
+    number, the add applied, and its record says so: no warning left (it stayed before)."""
+    store = backend.store
+    await store.apply([event("e1", 1, set={"p": "x", "q": "y"})])
+    await store.apply([event("e3", 3, add={"p": 1}), event("e4", 4, add={"q": 1})])
+    for event_id, name in (("e3", "p"), ("e4", "q")):
+        record = await store.get_event(WORKSPACE, event_id)
+        assert record is not None and (record.error or "").startswith(f"{name}: "), event_id
+    await store.apply([event("e2", 2, set={"p": 5})])  # late: before the add on p
+    found = await store.get_contact(WORKSPACE, "c1")
+    assert found is not None and found.properties == {"p": 6, "q": "y"}
+    record = await store.get_event(WORKSPACE, "e3")
+    assert record is not None and record.error is None
+    record = await store.get_event(WORKSPACE, "e4")  # its add still met a string
+    assert record is not None and "not a number" in (record.error or "")

@@ -909,12 +909,12 @@ async def test_given_a_rebuilt_store_then_later_events_still_follow_the_rules(
 
 
 async def with_operation_columns(old: Any) -> None:
-    """The columns today's ``apply`` reads (migration 9), on a schema of before them: the
-    tests of older migrations apply events with today's code (migration 9 keeps them)."""
+    """The columns today's ``apply`` reads (migrations 9 and 10), on a schema of before them:
+    the tests of older migrations apply events with today's code (those migrations keep them)."""
     await old._run(
         lambda conn: conn.execute(
             "ALTER TABLE contacts ADD COLUMN IF NOT EXISTS ops_ts_us bigint,"
-            " ADD COLUMN IF NOT EXISTS ops_event_id text"
+            " ADD COLUMN IF NOT EXISTS ops_event_id text, ADD COLUMN IF NOT EXISTS marks bytea"
         )
     )
 

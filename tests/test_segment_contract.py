@@ -101,6 +101,29 @@ async def test_given_a_segment_when_events_apply_then_entries_and_exits_are_repo
     assert await members(store, segment_id) == []
 
 
+async def test_given_a_segment_then_the_change_feed_says_which_segments_each_change_entered(
+    store: Store,
+) -> None:
+    """A change carries its contact's entries and exits (SPEC 2.10), on the contact's last change
+    of the batch: the one that left the profile as the segment judged it."""
+    segment_id = await new_segment(store, PRO)
+    await store.apply(
+        [
+            event("u1", "e1", 10 * S, plan="free"),
+            event("u1", "e2", 11 * S, plan="pro"),
+            event("u2", "e3", 10 * S, plan="free"),
+        ]
+    )
+    await store.apply([event("u1", "e4", 20 * S, plan="free", tier="x")])
+    changes = {c.event_id: c.view()["segments"] for c in await store.read_changes(W, None, 100)}
+    assert changes == {
+        "e1": {"entered": [], "exited": []},
+        "e2": {"entered": [segment_id], "exited": []},
+        "e3": {"entered": [], "exited": []},
+        "e4": {"entered": [], "exited": [segment_id]},
+    }
+
+
 async def test_given_a_member_when_deleted_or_erased_then_it_leaves(store: Store) -> None:
     segment_id = await new_segment(store, PRO)
     await store.apply([event("a", "e1", 10 * S, plan="pro"), event("b", "e2", 10 * S, plan="pro")])

@@ -15,8 +15,9 @@ Besides setting, an event may operate on a property (``set_once``, ``add``, ``ap
 ``remove``): the profile is the fold of all of a contact's events in version order (README,
 Property operations). Every store reads what a batch touches and lets ``plan_contact`` decide
 what to write (PostgreSQL, where several appliers work at once, under a lock per contact); a
-late event on a property that an operation touched after it has that property recomputed from
-the contact's snapshot and history. What keeps the stores equal is the contract suites every
+late event on a property that an operation touched after it is decided by the property's
+``Marks`` when they tell the answer, and otherwise has that property recomputed from the
+contact's snapshot and history. What keeps the stores equal is the contract suites every
 backend passes (tests/test_profile_store_contract.py, tests/test_operations.py), beside
 tests/test_convergence.py and tests/test_operations.py (against reference models) and
 tests/test_scale_out.py (PostgreSQL with concurrent appliers).
@@ -135,6 +136,9 @@ class ApplyResult:
     # (workspace, event_id) -> why an operation of the event changed nothing (README, Property operations: ``add``
     # on a value that is not a number): the store keeps it as the event record's ``error``.
     warnings: dict[tuple[str, str], str] = field(default_factory=dict)
+    # (workspace, event_id) -> a property whose recompute found that the event's ``add`` on it
+    # applied after all: a warning the event's record holds about that property goes.
+    cleared: dict[tuple[str, str], str] = field(default_factory=dict)
     erased_by_source: dict[str, int] = field(default_factory=dict)
     # (workspace, contact_id) -> the segments the contact entered and left (stores/segments.py
     # ``SegmentMoves``), decided in the apply transaction.
@@ -147,6 +151,7 @@ class ApplyResult:
         self.written += other.written
         self.warnings.update(other.warnings)
         self.segment_moves.update(other.segment_moves)
+        self.cleared.update(other.cleared)
         self.erased += other.erased
         for source, count in other.applied_by_source.items():
             self.applied_by_source[source] = self.applied_by_source.get(source, 0) + count
@@ -168,6 +173,34 @@ class ApplyResult:
         return self
 
 
+Marks = tuple[Version, Version | None]
+"""What a contact keeps of one property that an operation touched, so that a late event on it
+is decided without the history: the newest version of an operation on it, and the newest
+version of an event on it that is not an ``add`` (None: none since the first operation)."""
+
+
+_encode_marks = msgspec.msgpack.Encoder().encode
+_decode_marks = msgspec.msgpack.Decoder(
+    dict[str, tuple[tuple[int, str], tuple[int, str] | None]]
+).decode
+
+
+def encode_marks(marks: dict[str, Marks] | None, ops_upto: Version | None) -> bytes | None:
+    """How the stores keep ``ContactState.marks`` (msgpack): None (NULL) when they are not
+    known, and for a contact that no operation touched (as every contact before marks)."""
+    if marks is None or (not marks and ops_upto is None):
+        return None
+    return _encode_marks(marks)
+
+
+def decode_marks(data: bytes | None, ops_upto: Version | None) -> dict[str, Marks] | None:
+    """``encode_marks``' inverse, given the contact's ``ops_upto``: no marks kept for a
+    contact with operations means they are not known (None)."""
+    if data is None:
+        return None if ops_upto is not None else {}
+    return _decode_marks(data)
+
+
 @dataclass
 class ContactState:
     """What a backend knows of one contact before a batch, as much as the batch touches:
@@ -180,6 +213,9 @@ class ContactState:
     # The newest event with an operation (not a set) applied to it: a late event older than
     # it may need its properties recomputed; one newer needs only the versions.
     ops_upto: Version | None = None
+    # Per property an operation touched, its ``Marks``; None: not known (a contact whose
+    # operations were applied before marks were kept: ``ops_upto`` bounds them).
+    marks: dict[str, Marks] | None = field(default_factory=dict)
 
 
 Base = Callable[[], tuple[ContactState, list[Event]]]
@@ -199,6 +235,10 @@ class ContactPlan:
     warnings: dict[str, str] = field(default_factory=dict)  # event_id -> what was ignored
     removes: set[str] = field(default_factory=set)  # rows to drop (a recomputed property)
     ops_upto: Version | None = None  # the contact's ``ContactState.ops_upto`` after the batch
+    marks: dict[str, Marks] | None = None  # the contact's ``ContactState.marks`` after it
+    marks_changed: bool = False
+    read_history: bool = False  # whether ``base`` was called
+    cleared: dict[str, str] = field(default_factory=dict)  # event_id -> property (ApplyResult)
 
     @property
     def touches_contact_row(self) -> bool:
@@ -211,26 +251,27 @@ def plan_contact(
     """Decide, for one contact, which property rows a batch of new events writes: the fold
     rule of README "Property operations". A batch of sets (the everyday one) is decided by
     versions alone, as before operations existed. One with operations folds them in version
-    order onto the stored values. Only a late event (older than what the contact holds) older
-    than an operation the contact had before needs more: its properties that an operation
-    touches after it are recomputed from ``base()`` (not given: folded onto ``state`` as if
-    the batch came after it, which is what the rebuild and the retention snapshots use, whose
-    events come in version order)."""
+    order onto the stored values. A late event (older than what the contact holds) on a
+    property that an operation touched after it is decided by the property's ``Marks`` when
+    they tell the answer (``_Folding.late``); only otherwise is the property recomputed from
+    ``base()`` (not given: the late event is dropped, as if the batch came after what the
+    state holds, which is what the rebuild and the retention snapshots use, whose events come
+    in version order)."""
     events = events if isinstance(events, list) else list(events)
     newest = newest_version(state)
     oldest = min(e.version for e in events) if events and newest is not None else None
     # Otherwise what came after each late event on its properties were sets, which versions
     # decide: folding the batch in version order onto the stored values is the fold.
-    needs_history = (
+    late_after_ops = (
         oldest is not None
         and newest is not None
         and oldest < newest
         and state.ops_upto is not None
         and state.ops_upto > oldest
     )
-    if not needs_history and not any(event.ops for event in events):
+    if not late_after_ops and not any(event.ops for event in events):
         return _plan_sets(state, events)
-    return _plan_ops(state, events, base if needs_history else None)
+    return _plan_ops(state, events, base)
 
 
 def newest_version(state: ContactState) -> Version | None:
@@ -259,6 +300,8 @@ def _plan_sets(state: ContactState, events: Iterable[Event]) -> ContactPlan:
             held = best.get(name)
             if held is None or version > held[1]:
                 best[name] = (value, version)
+    marks = state.marks
+    marked = _marked_by_sets(marks, events) if marks else None
     deleted = state.deleted
     delete_upto = None
     if batch_delete is not None and (deleted is None or batch_delete > deleted):
@@ -270,8 +313,31 @@ def _plan_sets(state: ContactState, events: Iterable[Event]) -> ContactPlan:
         and (name not in state.versions or version > state.versions[name])
     }
     return ContactPlan(
-        upserts, delete_upto, last_update, deleted, writes - len(upserts), ops_upto=state.ops_upto
+        upserts,
+        delete_upto,
+        last_update,
+        deleted,
+        writes - len(upserts),
+        ops_upto=state.ops_upto,
+        marks=marks if marked is None else marked,
+        marks_changed=marked is not None,
     )
+
+
+def _marked_by_sets(marks: dict[str, Marks], events: Iterable[Event]) -> dict[str, Marks] | None:
+    """``marks`` after these sets (each an event on its property that is not an ``add``);
+    None when they move none."""
+    marked: dict[str, Marks] | None = None
+    for event in events:
+        if event.kind == "delete" or marks.keys().isdisjoint(event.properties):
+            continue
+        version = event.version
+        for name in event.properties:
+            mark = (marked or marks).get(name)
+            if mark is not None and (mark[1] is None or version > mark[1]):
+                marked = marked or dict(marks)
+                marked[name] = (mark[0], version)
+    return marked
 
 
 _ABSENT: Any = object()  # a property with no row (never set, or deleted)
@@ -279,7 +345,6 @@ _ABSENT: Any = object()  # a property with no row (never set, or deleted)
 
 def _plan_ops(state: ContactState, events: list[Event], base: Base | None) -> ContactPlan:
     events = sorted(events, key=_version_of)
-    newest = newest_version(state)
     last_update, deleted, ops_upto = state.last_update, state.deleted, state.ops_upto
     batch_delete: Version | None = None
     for event in events:
@@ -293,68 +358,23 @@ def _plan_ops(state: ContactState, events: list[Event], base: Base | None) -> Co
     delete_upto = None
     if batch_delete is not None and (deleted is None or batch_delete > deleted):
         deleted = delete_upto = batch_delete
-    warnings: dict[str, str] = {}
-    upserts: dict[str, tuple[Any, Version]] = {}
-    removes: set[str] = set()
-    recompute: set[str] = set()
-    if base is not None and newest is not None:
-        snapshot, history = base()
-        everything = sorted([*history, *events], key=_version_of)
-        last_op: dict[str, Version] = {}  # per property, the newest operation on it
-        for event in everything:
-            if event.ops:
-                for name in event.ops:
-                    last_op[name] = event.version
-        for event in events:
-            if event.version > newest:
-                break
-            if event.kind == "delete":
-                recompute.update(n for n, v in last_op.items() if v > event.version)
-            else:
-                recompute.update(
-                    n for n in event.properties if n in last_op and last_op[n] >= event.version
-                )
-        for name in recompute:
-            found = _fold_property(snapshot, everything, name, warnings)
-            stored = _stored(state, name, delete_upto)
-            if found is None:
-                if stored is not None:
-                    removes.add(name)
-            elif stored is None or stored[1] != found[1] or not same_value(stored[0], found[0]):
-                upserts[name] = found
-    # Every other property: a late set or unset needs only the version check; anything in
-    # order folds onto the value held (a delete in the batch empties what it covers).
-    held: dict[str, tuple[Any, Version] | None] = {}
+    fold = _Folding(state, delete_upto, base is not None)
     writes = 0
     for event in events:
-        version = event.version
         if event.kind == "delete":
-            for name, now in held.items():
-                if now is not None and now[1] <= version:
-                    held[name] = None
+            fold.delete(event.version)
             continue
         writes += len(event.properties)
-        if deleted is not None and version <= deleted:
+        if deleted is not None and event.version <= deleted:
             continue
         ops = event.ops
         for name, arg in event.properties.items():
-            if name in recompute:
-                continue
-            now = held[name] if name in held else _stored(state, name, delete_upto)
-            op = None if ops is None else ops.get(name)
-            if op is None:
-                if now is None or version > now[1]:
-                    held[name] = (arg, version)
-                continue
-            if now is not None and version < now[1]:  # (late operations are recomputed)
-                continue
-            value = _ABSENT if now is None or now[0] is None else now[0]
-            changed, value, warning = apply_op(op, value, arg)
-            if warning:
-                warnings[event.event_id] = f"{name}: {warning}"
-            if changed:
-                held[name] = (None if value is _ABSENT else value, version)
-    for name, now in held.items():
+            fold.step(event, name, arg, None if ops is None else ops.get(name))
+    upserts: dict[str, tuple[Any, Version]] = {}
+    removes: set[str] = set()
+    if base is not None and (fold.recompute or fold.recompute_all):
+        _recompute(fold, events, base(), upserts, removes)
+    for name, now in fold.held.items():
         if now is None:
             continue
         stored = _stored(state, name, delete_upto)
@@ -366,10 +386,187 @@ def _plan_ops(state: ContactState, events: list[Event], base: Base | None) -> Co
         last_update,
         deleted,
         max(0, writes - len(upserts)),
-        warnings,
+        fold.warnings,
         removes,
         ops_upto,
+        fold.marks,
+        fold.marks_changed,
+        read_history=base is not None and (bool(fold.recompute) or fold.recompute_all),
+        cleared=fold.cleared,
     )
+
+
+def _recompute(
+    fold: _Folding,
+    events: list[Event],
+    found: tuple[ContactState, list[Event]],
+    upserts: dict[str, tuple[Any, Version]],
+    removes: set[str],
+) -> None:
+    """The properties ``fold`` could not decide, folded from the snapshot through the history
+    and the batch."""
+    snapshot, history = found
+    everything = sorted([*history, *events], key=_version_of)
+    names = fold.recompute
+    if fold.recompute_all:  # (marks not known: every property the contact ever had)
+        names = {*names, *fold.state.versions, *snapshot.versions}
+        names.update(n for e in everything for n in e.properties)
+    for name in names:
+        fold.held.pop(name, None)
+        found_now = _fold_property(snapshot, everything, name, fold.warnings, fold.cleared)
+        stored = _stored(fold.state, name, fold.delete_upto)
+        if found_now is None:
+            if stored is not None:
+                removes.add(name)
+        elif stored is None or stored[1] != found_now[1] or not same_value(stored[0], found_now[0]):
+            upserts[name] = found_now
+
+
+class _Folding:
+    """A batch's events folded, in version order, onto what a contact holds: per property its
+    value now (``held``), the properties left to recompute from the history, and the marks.
+
+    Every event folded before one being folded is older than it, so "a later event on this
+    property" means one the contact held before the batch; by the fold rule (README, Property
+    operations) a late event ``L`` at version v on property p changes nothing when the
+    property's last change s (its version) is newer and no operation touched it after v (the
+    change after v was a set); when nothing changed it after v (s < v), what it holds is what
+    it held at v, so an ``L`` that changes nothing on it changes nothing at all; and when all
+    that came after v were ``add``s of integers (no other event after v: marks), an ``add``
+    of a non-zero integer onto a non-zero integer sums, the version staying s (every non-zero
+    add changes, and a zero one changes only an absent value, which a non-zero sum rules out).
+    Any other late event on a property with an operation after it has the property recomputed.
+    """
+
+    def __init__(self, state: ContactState, delete_upto: Version | None, recompute: bool):
+        self.state = state
+        self.delete_upto = delete_upto
+        self.can_recompute = recompute
+        self.held: dict[str, tuple[Any, Version] | None] = {}
+        self.recompute: set[str] = set()
+        self.recompute_all = False
+        self.warnings: dict[str, str] = {}
+        self.cleared: dict[str, str] = {}
+        self.marks = None if state.marks is None else state.marks
+        self.marks_changed = False
+
+    def now(self, name: str) -> tuple[Any, Version] | None:
+        held = self.held
+        return held[name] if name in held else _stored(self.state, name, self.delete_upto)
+
+    def delete(self, version: Version) -> None:
+        """A delete in the batch: what it covers is absent; a late one has the properties an
+        operation touched after it recomputed (their values were folded onto what it removes)."""
+        for name, now in self.held.items():
+            if now is not None and now[1] <= version:
+                self.held[name] = None
+        ops_upto = self.state.ops_upto
+        if ops_upto is None or ops_upto < version:
+            return
+        if self.marks is None:
+            self.recompute_all = True
+        else:
+            self.recompute.update(n for n, (o, _) in self.marks.items() if o > version)
+
+    def step(self, event: Event, name: str, arg: Any, op: str | None) -> None:
+        version = event.version
+        held = self.held
+        now = held[name] if name in held else _stored(self.state, name, self.delete_upto)
+        s = None if now is None else now[1]
+        marks = self.marks
+        if marks is None:
+            o, b = self._unknown_marks(s)
+        else:
+            mark = marks.get(name)
+            o, b = (None, None) if mark is None else mark
+        in_order = (s is None or s < version) and (o is None or o < version)
+        if in_order and name not in self.recompute:
+            # (in order, every mark it moves is older than it: the mark changes)
+            if op is None:
+                held[name] = (arg, version)
+                if o is None or marks is None:
+                    return
+                mark = (o, version)
+            elif marks is None:
+                mark = None
+            else:  # (b: the sets before a first operation are at most s)
+                mark = (version, b if o is not None else s) if op == "add" else (version, version)
+            if mark is not None and marks is not None:
+                if not self.marks_changed:
+                    marks = self.marks = dict(marks)
+                    self.marks_changed = True
+                marks[name] = mark
+            if op is None:
+                return
+            value = _ABSENT if now is None or now[0] is None else now[0]
+            changed, value, warning = apply_op(op, value, arg)
+            if warning:
+                self.warnings[event.event_id] = f"{name}: {warning}"
+            if changed:
+                held[name] = (None if value is _ABSENT else value, version)
+            return
+        if version in (s, o, b):  # this very event, folded before (a purge folding it again)
+            return
+        if marks is not None and (op is not None or o is not None):
+            new_o = version if op is not None and (o is None or version > o) else o
+            if o is None:
+                b = s
+            new_b = version if op != "add" and (b is None or version > b) else b
+            if new_o is not None:
+                self._set_mark(name, (new_o, new_b))
+        if name in self.recompute or self.late(event, name, op, now, arg, o, b):
+            return
+        if not self.can_recompute:  # (as if it came before what the state holds)
+            if op is None and (s is None or version > s):
+                held[name] = (arg, version)
+        else:
+            self.recompute.add(name)
+            held.pop(name, None)
+
+    def late(
+        self,
+        event: Event,
+        name: str,
+        op: str | None,
+        now: tuple[Any, Version] | None,
+        arg: Any,
+        o: Version | None,
+        b: Version | None,
+    ) -> bool:
+        """Fold a late event by the shortcuts of the class docstring; False: none applies."""
+        version = event.version
+        if o is None or o < version:  # (then s > v): a set after it decides
+            return True
+        if op is None:
+            return False
+        if now is None or now[1] < version:
+            value = _ABSENT if now is None or now[0] is None else now[0]
+            changed, _, warning = apply_op(op, value, arg)
+            if warning:
+                self.warnings[event.event_id] = f"{name}: {warning}"
+            return not changed
+        if op != "add" or (b is not None and b > version) or type(arg) is not int or not arg:
+            return False
+        value = now[0]
+        if type(value) is not int or not value:
+            return False
+        self.held[name] = (value + arg, now[1])
+        return True
+
+    def _unknown_marks(self, s: Version | None) -> tuple[Version | None, Version | None]:
+        """Marks not kept: bounded by the contact's newest operation and the value's version."""
+        o = self.state.ops_upto
+        return o, o if s is None or (o is not None and o > s) else s
+
+    def _set_mark(self, name: str, mark: Marks) -> None:
+        marks = self.marks
+        assert marks is not None
+        if marks.get(name) == mark:
+            return
+        if not self.marks_changed:
+            marks = self.marks = dict(marks)
+            self.marks_changed = True
+        marks[name] = mark
 
 
 def _version_of(event: Event) -> Version:
@@ -385,10 +582,16 @@ def _stored(state: ContactState, name: str, upto: Version | None) -> tuple[Any, 
 
 
 def _fold_property(
-    start: ContactState, events: list[Event], name: str, warnings: dict[str, str]
+    start: ContactState,
+    events: list[Event],
+    name: str,
+    warnings: dict[str, str],
+    cleared: dict[str, str],
 ) -> tuple[Any, Version] | None:
     """One property folded from ``start`` through ``events`` (in version order): its value
-    (None: a tombstone) and the version of the last event that changed it; None: no row."""
+    (None: a tombstone) and the version of the last event that changed it; None: no row.
+    Each event whose operation on it warns is in ``warnings``; each ``add`` that applied is
+    in ``cleared`` (a warning it got when it came before events older than it is wrong now)."""
     now = _stored(start, name, None)
     for event in events:
         version = event.version
@@ -408,12 +611,11 @@ def _fold_property(
         changed, value, warning = apply_op(op, value, arg)
         if warning:
             warnings[event.event_id] = f"{name}: {warning}"
+        elif op == "add":
+            cleared[event.event_id] = name
         if changed:
             now = (None if value is _ABSENT else value, version)
     return now
-
-
-_MAX_INT = 2**63  # what msgpack (the stored rows) holds; a sum beyond becomes a float
 
 
 def apply_op(op: str, value: Any, arg: Any) -> tuple[bool, Any, str | None]:
@@ -427,9 +629,7 @@ def apply_op(op: str, value: Any, arg: Any) -> tuple[bool, Any, str | None]:
         kind = type(value)
         if kind is bool or not (kind is int or kind is float):
             return False, value, "add on a value that is not a number: unchanged"
-        total = value + arg
-        if type(total) is int and not -_MAX_INT <= total < _MAX_INT:
-            total = float(total)
+        total = value + arg  # integers stay exact integers, however large (README)
         return not same_value(total, value), total, None
     if op == "append":
         was_list = type(value) is list

@@ -180,4 +180,4 @@ def _after(state: ContactState, plan: ContactPlan) -> ContactState:
     for name, (value, version) in plan.upserts.items():
         versions[name] = version
         values[name] = value
-    return ContactState(plan.last_update, plan.deleted, versions, values, plan.ops_upto)
+    return ContactState(plan.last_update, plan.deleted, versions, values, plan.ops_upto, plan.marks)

@@ -115,6 +115,10 @@ class MemoryStore(Store, ContactQueries, Segments):
                     ),
                 )
             )
+        for key, name in result.cleared.items():
+            warned = self._events.get(key)
+            if warned is not None and (warned.error or "").startswith(f"{name}: "):
+                self._events[key] = replace(warned, error=None)
         for key, warning in result.warnings.items():
             if key in self._events:
                 self._events[key] = replace(self._events[key], error=warning)
@@ -492,6 +496,7 @@ def _fold(
             changes.add(state, group, plan, contact_base)
         result.superseded += plan.superseded
         result.warnings.update(((key[0], i), w) for i, w in plan.warnings.items())
+        result.cleared.update(((key[0], i), n) for i, n in plan.cleared.items())
         for name in plan.removes:
             profile.state.versions.pop(name, None)
             profile.values.pop(name, None)
@@ -506,6 +511,7 @@ def _fold(
         profile.state.last_update = plan.last_update
         profile.state.deleted = plan.deleted
         profile.state.ops_upto = plan.ops_upto
+        profile.state.marks = plan.marks
         result.written += len(plan.upserts)
     return result
 
@@ -513,7 +519,12 @@ def _fold(
 def _state_of(profile: _Profile) -> ContactState:
     state = profile.state
     return ContactState(
-        state.last_update, state.deleted, state.versions, profile.values, state.ops_upto
+        state.last_update,
+        state.deleted,
+        state.versions,
+        profile.values,
+        state.ops_upto,
+        state.marks,
     )
 
 

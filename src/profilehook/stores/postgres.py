@@ -19,6 +19,7 @@ import select
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -43,6 +44,7 @@ from profilehook.stores.base import (
     Base,
     Contact,
     ContactErasure,
+    ContactPlan,
     ContactState,
     ErasedContact,
     Erasure,
@@ -54,8 +56,9 @@ from profilehook.stores.base import (
     Store,
     by_contact,
     contact_exists,
+    decode_marks,
+    encode_marks,
     first_of_each,
-    newest_version,
     plan_contact,
     repeats,
     scopes_of,
@@ -116,7 +119,7 @@ async def _keep_values_exact(conn: Conn) -> None:
             ]
             await conn.execute(
                 "UPDATE properties p SET value = u.v::json"
-                " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) AS u(w, c, n, v)"
+                " FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[]) AS u(w, c, n, v)"
                 " WHERE p.workspace = u.w AND p.contact_id = u.c AND p.name = u.n",
                 _columns(restored, 4),
             )
@@ -318,6 +321,13 @@ MIGRATIONS: list[Migration] = [
         workspace text COLLATE "C" PRIMARY KEY,
         upto bigint NOT NULL
     );
+    """,
+    """
+    -- Per contact, the marks of the properties an operation touched (ContactState.marks, as
+    -- msgpack): a late event on them is decided without the history. NULL on a contact with
+    -- operations from before: not known.
+    ALTER TABLE contacts ADD COLUMN IF NOT EXISTS marks bytea;
+    ALTER TABLE snapshot_contacts ADD COLUMN IF NOT EXISTS marks bytea;
     """,
 ]
 
@@ -1161,8 +1171,8 @@ async def _apply(conn: Conn, events: Sequence[Event]) -> ApplyResult:
     rows = [*kept, *erased]
     cur = await conn.execute(
         "INSERT INTO events (workspace, event_id, contact_id, ts_us, status, applied_us, body)"
-        " SELECT w, e, c, t, s, %s, b FROM unnest(%s::text[], %s::text[], %s::text[],"
-        " %s::bigint[], %s::text[], %s::bytea[]) AS u(w, e, c, t, s, b)"
+        " SELECT w, e, c, t, s, %s, b FROM unnest(%b::text[], %b::text[], %b::text[],"
+        " %b::bigint[], %b::text[], %b::bytea[]) AS u(w, e, c, t, s, b)"
         " ON CONFLICT DO NOTHING RETURNING workspace, event_id",
         (
             applied_us,
@@ -1182,7 +1192,7 @@ async def _apply(conn: Conn, events: Sequence[Event]) -> ApplyResult:
     if dropped:
         await conn.execute(
             "UPDATE events AS e SET status = 'duplicate'"
-            " FROM unnest(%s::text[], %s::text[], %s::bytea[]) AS u(w, i, b)"
+            " FROM unnest(%b::text[], %b::text[], %b::bytea[]) AS u(w, i, b)"
             " WHERE e.workspace = u.w AND e.event_id = u.i AND e.status = 'applied'"
             " AND e.body <> u.b",
             _columns([(d.workspace, d.event_id, encode_event(d)) for d in dropped], 3),
@@ -1190,9 +1200,16 @@ async def _apply(conn: Conn, events: Sequence[Event]) -> ApplyResult:
     changes = ChangeLog(new)
     result = await _apply_profiles(conn, new, changes=changes)
     changes.note_segments(result.segment_moves)
+    if result.cleared:
+        await conn.execute(
+            "UPDATE events AS e SET error = NULL FROM unnest(%b::text[], %b::text[], %b::text[])"
+            " AS u(w, i, p) WHERE e.workspace = u.w AND e.event_id = u.i"
+            " AND left(e.error, length(u.p)) = u.p",
+            _columns([(*key, f"{n}: ") for key, n in result.cleared.items()], 3),
+        )
     if result.warnings:
         await conn.execute(
-            "UPDATE events AS e SET error = u.m FROM unnest(%s::text[], %s::text[], %s::text[])"
+            "UPDATE events AS e SET error = u.m FROM unnest(%b::text[], %b::text[], %b::text[])"
             " AS u(w, i, m) WHERE e.workspace = u.w AND e.event_id = u.i",
             _columns([(*key, w) for key, w in result.warnings.items()], 3),
         )
@@ -1206,7 +1223,7 @@ async def _erased_contacts(
     keys = sorted({(e.workspace, e.contact_id) for e in events})
     cur = await conn.execute(
         "SELECT x.workspace, x.contact_id, x.upto_us, x.suppressed FROM erased_contacts x"
-        " JOIN unnest(%s::text[], %s::text[]) AS u(w, c)"
+        " JOIN unnest(%b::text[], %b::text[]) AS u(w, c)"
         " ON x.workspace = u.w AND x.contact_id = u.c",
         _columns(keys, 2),
     )
@@ -1238,7 +1255,7 @@ async def _erase_contact(conn: Conn, erasure: Erasure) -> None:
     if plan.stubs:
         await conn.execute(
             "UPDATE events e SET status = 'erased', error = NULL, body = u.b"
-            " FROM unnest(%s::text[], %s::bytea[]) AS u(i, b)"
+            " FROM unnest(%b::text[], %b::bytea[]) AS u(i, b)"
             " WHERE e.workspace = %s AND e.event_id = u.i",
             (*_columns([(i, encode_event(stub)) for i, stub in plan.stubs], 2), workspace),
         )
@@ -1287,9 +1304,12 @@ async def _apply_profiles(
     Concurrent batches on one contact serialise on a transaction lock per contact (taken in one
     order: no deadlock), held while its rows are read, planned in Python and written; the table
     lock in ROW EXCLUSIVE mode first makes a batch wait for a ``rebuild`` (EXCLUSIVE) to end.
-    ``base``: what a late event's properties are recomputed from (``plan_contact``): the
-    contact's snapshot and applied events (``history``), or what its row holds (``snapshot``:
-    the rebuild, whose rows start as the snapshots and get each contact's events in one batch).
+    ``base``: what a late event's properties are recomputed from (``plan_contact``), when the
+    marks do not decide it: the contact's snapshot and applied events (``history``), or what
+    its row holds (``snapshot``: the rebuild, whose rows start as the snapshots and get each
+    contact's events in one batch). Those contacts are planned again with every property read.
+    ``changes``: where each event's change is recorded (stores/changes.py), from the state
+    before the batch and the plan.
     """
     tables = tables or _PROFILES
     groups = sorted(by_contact(events).items())
@@ -1298,59 +1318,166 @@ async def _apply_profiles(
     keys = _columns([key for key, _ in groups], 2)
     await conn.execute(tables.lock)
     await conn.execute(tables.lock_contacts, keys)
+    states = await _states(conn, tables, groups, whole_on_delete=changes is not None)
+    plans: dict[tuple[str, str], ContactPlan] = {}
+    again: list[tuple[tuple[str, str], list[Event]]] = []
+    later = None if base is None else _HISTORY_LATER
+    for key, group in groups:
+        state = states.get(key) or ContactState()
+        plan = plan_contact(state, group, later)
+        if plan.read_history or (
+            changes is not None and not _changes_without_history(changes, state, group, plan)
+        ):
+            again.append((key, group))
+        else:
+            plans[key] = plan
+    if again:
+        plans.update(await _plan_with_history(conn, tables, again, events, base, states, changes))
+    # Segments follow the profiles (not the snapshots, nor a rebuild: it fills them anew).
+    segments = tables is _PROFILES and base == "history"
+    result = await _write_plans(conn, tables, plans, states, segments)
+    if segments:
+        result.segment_moves = await postgres_segments.keep(conn, result.touched, _contacts_now)
+    return result
+
+
+class _NeedsHistory(Exception):
+    """A contact's changes need its history, which was not read (``_changes_without_history``)."""
+
+
+def _history_later() -> tuple[ContactState, list[Event]]:
+    """A ``Base`` to find out which contacts need theirs: empty (the plan is discarded)."""
+    return ContactState(), []
+
+
+def _history_not_read() -> tuple[ContactState, list[Event]]:
+    raise _NeedsHistory()
+
+
+_HISTORY_LATER: Base = _history_later
+
+
+def _changes_without_history(
+    changes: ChangeLog, state: ContactState, group: list[Event], plan: ContactPlan
+) -> bool:
+    """Record the contact's changes if its events, one by one, need no history (the marks or
+    the versions decide each); False when one does (then nothing is recorded)."""
+    try:
+        changes.add(state, group, plan, _history_not_read)
+    except _NeedsHistory:
+        return False
+    return True
+
+
+async def _states(
+    conn: Conn,
+    tables: _FoldSql,
+    groups: Sequence[tuple[tuple[str, str], list[Event]]],
+    *,
+    whole_on_delete: bool = False,
+) -> dict[tuple[str, str], ContactState]:
+    """The contacts' rows, with the properties their events name (every property of one with
+    a delete when ``whole_on_delete``: a change says what a delete took)."""
+    keys = _columns([key for key, _ in groups], 2)
     cur = await conn.execute(tables.select_contacts, keys)
     states: dict[tuple[str, str], ContactState] = {}
     for row in await cur.fetchall():
         states[(row[0], row[1])] = _state(row[2:])
-    # Which properties to read: those the batch names, or all of a contact with late events.
-    late: list[tuple[str, str]] = []
-    wanted: list[tuple[str, str, str | None]] = []
+    wanted: list[tuple[str, str, str]] = []
+    whole: list[tuple[str, str]] = []
     for key, group in groups:
-        state = states.get(key)
-        newest = None if state is None else newest_version(state)
-        if newest is not None and any(e.version < newest for e in group):
-            late.append(key)
-            wanted.append((*key, None))
-        elif changes is not None and any(e.kind == "delete" for e in group):
-            wanted.append((*key, None))  # a change says what a delete took
+        if key not in states:
+            continue
+        if whole_on_delete and any(e.kind == "delete" for e in group):
+            whole.append(key)
         else:
-            names = {n for e in group for n in e.properties}
-            wanted += [(*key, name) for name in names]
+            wanted += [(*key, name) for name in {n for e in group for n in e.properties}]
     if wanted:
-        cur = await conn.execute(tables.select_properties, _columns(wanted, 3))
-        for workspace, contact_id, name, value, ts_us, event_id in await cur.fetchall():
-            state = states[(workspace, contact_id)]
-            state.versions[name] = (ts_us, event_id)
-            state.values[name] = None if value is None else msgspec.json.decode(value)
+        await _read_properties(conn, tables, states, wanted)
+    if whole:
+        await _read_properties(conn, tables, states, whole)
+    return states
+
+
+async def _read_properties(
+    conn: Conn,
+    tables: _FoldSql,
+    states: dict[tuple[str, str], ContactState],
+    wanted: Sequence[tuple[str, str, str]] | Sequence[tuple[str, str]],
+) -> None:
+    """Into ``states``: the properties (workspace, contact_id, name) or, given (workspace,
+    contact_id), every property of the contact."""
+    width = len(wanted[0])
+    select = tables.select_properties if width == 3 else tables.select_all_properties
+    cur = await conn.execute(select, _columns(wanted, width))
+    for workspace, contact_id, name, value, ts_us, event_id in await cur.fetchall():
+        state = states[(workspace, contact_id)]
+        state.versions[name] = (ts_us, event_id)
+        state.values[name] = None if value is None else msgspec.json.decode(value)
+
+
+async def _plan_with_history(
+    conn: Conn,
+    tables: _FoldSql,
+    groups: list[tuple[tuple[str, str], list[Event]]],
+    batch: Sequence[Event],
+    base: Literal["history", "snapshot"] | None,
+    states: dict[tuple[str, str], ContactState],
+    changes: ChangeLog | None,
+) -> dict[tuple[str, str], ContactPlan]:
+    """Plans for contacts with a late event that the marks do not decide: every property of
+    the contact read, and its history (or, rebuilding, its row) to recompute from."""
+    keys = [key for key, _ in groups]
+    for key in keys:
+        if key in states:
+            states[key].versions.clear()
+            states[key].values.clear()
+    whole = [key for key in keys if key in states]
+    if whole:
+        await _read_properties(conn, tables, states, whole)
     bases: dict[tuple[str, str], tuple[ContactState, list[Event]]] = {}
-    if late and base == "history":
-        bases = await _histories(conn, late, events)
-    result = ApplyResult()
-    # Segments follow the profiles (not the snapshots, nor a rebuild: it fills them anew).
-    segments = tables is _PROFILES and base == "history"
-    touched: list[Touched] = []
+    if base == "history":
+        bases = await _histories(conn, keys, batch)
+    plans = {}
+    for key, group in groups:
+        state = states.get(key) or ContactState()
+        contact_base = functools.partial(_given, bases.get(key, (state, [])))
+        plans[key] = plan_contact(state, group, contact_base)
+        if changes is not None:
+            changes.add(state, group, plans[key], contact_base)
+    return plans
+
+
+async def _write_plans(
+    conn: Conn,
+    tables: _FoldSql,
+    plans: dict[tuple[str, str], ContactPlan],
+    states: dict[tuple[str, str], ContactState],
+    segments: bool,
+) -> _Written:
+    """Write what the plans say, a statement per kind of write for the whole batch; with
+    ``segments``, note what each contact's memberships may need to decide again."""
+    result = _Written()
     contacts: list[tuple[Any, ...]] = []
     deletes: list[tuple[str, str, int, str]] = []
     removes: list[tuple[str, str, str]] = []
     rows: list[tuple[str, str, str, str | None, int, str]] = []
-    for key, group in groups:
-        state = states.get(key) or ContactState()
-        contact_base: Base | None = None
-        if key in bases:
-            contact_base = functools.partial(_given, bases[key])
-        elif key in late and base == "snapshot":
-            contact_base = functools.partial(_given, (state, []))
-        plan = plan_contact(state, group, contact_base)
-        if changes is not None:
-            changes.add(state, group, plan, contact_base)
+    for key, plan in plans.items():
+        state = states.get(key)
+        # Here the contact's state before the batch and its plan are both known, in the apply
+        # transaction: where what follows a change (segments, changes) hooks in.
         result.superseded += plan.superseded
         result.warnings.update(((key[0], i), w) for i, w in plan.warnings.items())
-        if segments and (change := touched_by(key, state.last_update, state.deleted, plan)):
-            touched.append(change)
-        if key not in states or (plan.last_update, plan.deleted, plan.ops_upto) != (
-            state.last_update,
-            state.deleted,
-            state.ops_upto,
+        result.cleared.update(((key[0], i), n) for i, n in plan.cleared.items())
+        if segments:
+            before = state or ContactState()
+            if change := touched_by(key, before.last_update, before.deleted, plan):
+                result.touched.append(change)
+        if (
+            state is None
+            or plan.marks_changed
+            or (plan.last_update, plan.deleted, plan.ops_upto)
+            != (state.last_update, state.deleted, state.ops_upto)
         ):
             contacts.append(
                 (
@@ -1358,6 +1485,7 @@ async def _apply_profiles(
                     *_nullable(plan.last_update),
                     *_nullable(plan.deleted),
                     *_nullable(plan.ops_upto),
+                    encode_marks(plan.marks, plan.ops_upto),
                 )
             )
         if plan.delete_upto is not None:
@@ -1368,16 +1496,21 @@ async def _apply_profiles(
         ]
         result.written += len(plan.upserts)
     if contacts:
-        await conn.execute(tables.upsert_contacts, _columns(contacts, 8))
+        await conn.execute(tables.upsert_contacts, _columns(contacts, 9))
     if deletes:
         await conn.execute(tables.delete_covered, _columns(deletes, 4))
     if removes:
         await conn.execute(tables.delete_properties, _columns(removes, 3))
     if rows:
         await conn.execute(tables.upsert_properties, _columns(rows, 6))
-    if segments:
-        result.segment_moves = await postgres_segments.keep(conn, touched, _contacts_now)
     return result
+
+
+@dataclass
+class _Written(ApplyResult):
+    """An ``ApplyResult`` and the contacts whose segments an apply decides again."""
+
+    touched: list[Touched] = field(default_factory=list)
 
 
 async def _contacts_now(
@@ -1518,11 +1651,13 @@ async def _purge_changes(conn: Conn, before_us: int, limit: int) -> int:
 
 def _state(row: Sequence[Any]) -> ContactState:
     """A contact's versions as ``select_contacts`` reads them (its properties come apart)."""
-    last_ts, last_id, deleted_ts, deleted_id, ops_ts, ops_id = row
+    last_ts, last_id, deleted_ts, deleted_id, ops_ts, ops_id, marks = row
+    ops_upto = None if ops_ts is None else (ops_ts, ops_id)
     return ContactState(
         None if last_ts is None else (last_ts, last_id),
         None if deleted_ts is None else (deleted_ts, deleted_id),
-        ops_upto=None if ops_ts is None else (ops_ts, ops_id),
+        ops_upto=ops_upto,
+        marks=decode_marks(None if marks is None else bytes(marks), ops_upto),
     )
 
 
@@ -1544,7 +1679,7 @@ async def _histories(
     }
     cur = await conn.execute(
         "SELECT e.workspace, e.contact_id, e.event_id, e.body FROM events e"
-        " JOIN unnest(%s::text[], %s::text[]) AS u(w, c)"
+        " JOIN unnest(%b::text[], %b::text[]) AS u(w, c)"
         f" ON e.workspace = u.w AND e.contact_id = u.c WHERE e.{_APPLIED}",
         _columns(keys, 2),
     )
@@ -1559,9 +1694,7 @@ async def _histories(
     cur = await conn.execute(_SNAPSHOTS.select_contacts, _columns(wanted, 2))
     for row in await cur.fetchall():
         found[(row[0], row[1])] = (_state(row[2:]), found[(row[0], row[1])][1])
-    cur = await conn.execute(
-        _SNAPSHOTS.select_properties, _columns([(*key, None) for key in wanted], 3)
-    )
+    cur = await conn.execute(_SNAPSHOTS.select_all_properties, _columns(wanted, 2))
     for workspace, contact_id, name, value, ts_us, event_id in await cur.fetchall():
         state = found[(workspace, contact_id)][0]
         state.versions[name] = (ts_us, event_id)
@@ -1581,6 +1714,7 @@ class _FoldSql(msgspec.Struct, frozen=True):
     lock_contacts: str
     select_contacts: str
     select_properties: str
+    select_all_properties: str
     upsert_contacts: str
     delete_covered: str
     delete_properties: str
@@ -1599,6 +1733,7 @@ class _FoldSql(msgspec.Struct, frozen=True):
                     _LOCK_CONTACTS,
                     _SELECT_CONTACTS,
                     _SELECT_PROPERTIES,
+                    _SELECT_ALL_PROPERTIES,
                     _UPSERT_CONTACTS,
                     _DELETE_COVERED,
                     _DELETE_PROPERTIES,
@@ -1613,44 +1748,51 @@ _LOCK = "LOCK TABLE {contacts}, {properties} IN ROW EXCLUSIVE MODE"
 _LOCK_CONTACTS = """
 SELECT pg_advisory_xact_lock(k) FROM (
     SELECT DISTINCT hashtextextended('{contacts}' || chr(31) || w || chr(31) || c, 0) AS k
-    FROM unnest(%s::text[], %s::text[]) AS u(w, c) ORDER BY k
+    FROM unnest(%b::text[], %b::text[]) AS u(w, c) ORDER BY k
 ) AS l
 """
 _SELECT_CONTACTS = """
 SELECT k.workspace, k.contact_id, k.last_ts_us, k.last_event_id, k.deleted_ts_us,
-    k.deleted_event_id, k.ops_ts_us, k.ops_event_id
-FROM {contacts} k JOIN unnest(%s::text[], %s::text[]) AS u(w, c)
+    k.deleted_event_id, k.ops_ts_us, k.ops_event_id, k.marks
+FROM {contacts} k JOIN unnest(%b::text[], %b::text[]) AS u(w, c)
     ON k.workspace = u.w AND k.contact_id = u.c
 """
-# Per (workspace, contact_id, name): that property, or with name NULL every property.
+# Per (workspace, contact_id, name): that property (an equality on the whole primary key:
+# an OR here made PostgreSQL read every property of the contacts and filter them).
 _SELECT_PROPERTIES = """
 SELECT p.workspace, p.contact_id, p.name, p.value::text, p.ts_us, p.event_id
-FROM {properties} p JOIN unnest(%s::text[], %s::text[], %s::text[]) AS u(w, c, n)
-    ON p.workspace = u.w AND p.contact_id = u.c AND (u.n IS NULL OR p.name = u.n)
+FROM {properties} p JOIN unnest(%b::text[], %b::text[], %b::text[]) AS u(w, c, n)
+    ON p.workspace = u.w AND p.contact_id = u.c AND p.name = u.n
+"""
+# Per (workspace, contact_id): every property.
+_SELECT_ALL_PROPERTIES = """
+SELECT p.workspace, p.contact_id, p.name, p.value::text, p.ts_us, p.event_id
+FROM {properties} p JOIN unnest(%b::text[], %b::text[]) AS u(w, c)
+    ON p.workspace = u.w AND p.contact_id = u.c
 """
 _UPSERT_CONTACTS = """
 INSERT INTO {contacts} AS c (workspace, contact_id, last_ts_us, last_event_id, deleted_ts_us,
-    deleted_event_id, ops_ts_us, ops_event_id)
-SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::bigint[], %s::text[],
-    %s::bigint[], %s::text[])
+    deleted_event_id, ops_ts_us, ops_event_id, marks)
+SELECT * FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::text[], %b::bigint[], %b::text[],
+    %b::bigint[], %b::text[], %b::bytea[])
 ON CONFLICT (workspace, contact_id) DO UPDATE SET
     last_ts_us = excluded.last_ts_us, last_event_id = excluded.last_event_id,
     deleted_ts_us = excluded.deleted_ts_us, deleted_event_id = excluded.deleted_event_id,
-    ops_ts_us = excluded.ops_ts_us, ops_event_id = excluded.ops_event_id
+    ops_ts_us = excluded.ops_ts_us, ops_event_id = excluded.ops_event_id, marks = excluded.marks
 """
 
 _DELETE_COVERED = """
 DELETE FROM {properties} p
-USING unnest(%s::text[], %s::text[], %s::bigint[], %s::text[]) AS d(w, c, t, e)
+USING unnest(%b::text[], %b::text[], %b::bigint[], %b::text[]) AS d(w, c, t, e)
 WHERE p.workspace = d.w AND p.contact_id = d.c AND (p.ts_us, p.event_id COLLATE "C") <= (d.t, d.e)
 """
 _DELETE_PROPERTIES = """
-DELETE FROM {properties} p USING unnest(%s::text[], %s::text[], %s::text[]) AS d(w, c, n)
+DELETE FROM {properties} p USING unnest(%b::text[], %b::text[], %b::text[]) AS d(w, c, n)
 WHERE p.workspace = d.w AND p.contact_id = d.c AND p.name = d.n
 """
 _UPSERT_PROPERTIES = """
 INSERT INTO {properties} AS p (workspace, contact_id, name, value, ts_us, event_id)
-SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::json[], %s::bigint[], %s::text[])
+SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::json[], %b::bigint[], %b::text[])
 ON CONFLICT (workspace, contact_id, name) DO UPDATE SET
     value = excluded.value, ts_us = excluded.ts_us, event_id = excluded.event_id
 """
@@ -1712,7 +1854,7 @@ async def _rebuild(conn: Conn, progress: Progress | None, *, from_snapshots: boo
     await conn.execute("DELETE FROM properties")
     await conn.execute("DELETE FROM contacts")
     if from_snapshots:
-        columns = f"{_VERSION_COLUMNS}, ops_ts_us, ops_event_id"
+        columns = f"{_VERSION_COLUMNS}, ops_ts_us, ops_event_id, marks"
         await conn.execute(
             f"INSERT INTO contacts (workspace, contact_id, {columns})"
             f" SELECT workspace, contact_id, {columns} FROM snapshot_contacts"
@@ -1775,7 +1917,7 @@ async def _purge(conn: Conn, before_us: int, limit: int) -> int:
     applied = [decode_event(bytes(body)) for _, _, status, body in rows if status in _APPLIED_SET]
     await _apply_profiles(conn, applied, _SNAPSHOTS, base=None)
     await conn.execute(
-        "DELETE FROM events e USING unnest(%s::text[], %s::text[]) AS d(w, i)"
+        "DELETE FROM events e USING unnest(%b::text[], %b::text[]) AS d(w, i)"
         " WHERE e.workspace = d.w AND e.event_id = d.i",
         ([w for w, _, _, _ in rows], [i for _, i, _, _ in rows]),
     )

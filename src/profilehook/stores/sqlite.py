@@ -37,12 +37,15 @@ from profilehook.stores.base import (
     Erasure,
     EventRecord,
     KeyGrant,
+    Marks,
     Nonce,
     Progress,
     Source,
     Store,
     by_contact,
     contact_exists,
+    decode_marks,
+    encode_marks,
     first_of_each,
     plan_contact,
     repeats,
@@ -64,8 +67,9 @@ from profilehook.stores.segments import (
 # 1: events keyed by their ids, one property per map entry; 2: id_key a hash; 3: id_key
 # time-ordered; 4: erasures (older versions would apply an erased contact's events: they must not
 # open a file that has them); 5: contacts (and snapshots) keep their newest operation's version;
-# 6: contact_values, the searchable copy of the live values (stores/sqlite_values.py)
-SCHEMA_VERSION = 6
+# 6: and their properties' marks (ContactState.marks); 7: contact_values, the searchable copy of
+# the live values (stores/sqlite_values.py)
+SCHEMA_VERSION = 7
 SCHEMA = (
     """
 CREATE TABLE IF NOT EXISTS events (
@@ -101,6 +105,7 @@ CREATE TABLE IF NOT EXISTS contacts (
     properties BLOB NOT NULL,
     ops_ts_us INTEGER,  -- the newest event with an operation (ContactState.ops_upto)
     ops_event_id TEXT,
+    marks BLOB,  -- msgpack {name: [ts_us, event_id, ts_us, event_id]} (ContactState.marks)
     PRIMARY KEY (workspace, contact_id)
 ) WITHOUT ROWID;
 -- Retention (purge_history): per contact, the folded state of its purged events, in the
@@ -116,6 +121,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
     properties BLOB NOT NULL,
     ops_ts_us INTEGER,  -- the newest event with an operation (ContactState.ops_upto)
     ops_event_id TEXT,
+    marks BLOB,  -- msgpack {name: [ts_us, event_id, ts_us, event_id]} (ContactState.marks)
     PRIMARY KEY (workspace, contact_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS events_by_time ON events (ts_us);
@@ -229,7 +235,8 @@ class SqliteStore(Store, ContactQueries, Segments):
                 2: _rekey_2_to_3,
                 3: _add_erasures_3_to_4,
                 4: _operations_4_to_5,
-                5: _values_5_to_6,
+                5: _marks_5_to_6,
+                6: _values_6_to_7,
             },
             cache_kib=STORE_CACHE_KIB,
             # Every deleted or rewritten row is overwritten with zeros, in pages and in freed
@@ -759,6 +766,16 @@ def _operations_4_to_5(conn: sqlite3.Connection) -> None:
             conn.execute(f"ALTER TABLE {table} ADD COLUMN ops_event_id TEXT")
 
 
+def _marks_5_to_6(conn: sqlite3.Connection) -> None:
+    """Schema 5 -> 6: the marks of the properties an operation touched; a contact with
+    operations from before has none (NULL: not known, ``ContactState.marks`` None)."""
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    for table in ("contacts", "snapshots"):
+        columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if table in tables and "marks" not in columns:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN marks BLOB")
+
+
 _INSERT_EVENT = (
     "INSERT INTO events (workspace, contact_id, event_id, ts_us, status, applied_us, error,"
     " body, id_key, contact_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -831,6 +848,12 @@ def _apply(conn: sqlite3.Connection, events: Sequence[Event]) -> ApplyResult:
     result = _apply_profiles(conn, new_events, base=_history_base, changes=changes)
     changes.note_segments(result.segment_moves)
     _insert_changes(conn, changes, applied_us, contact_keys)
+    if result.cleared:
+        conn.executemany(
+            "UPDATE events SET error = NULL WHERE id_key = ? AND workspace = ? AND event_id = ?"
+            " AND substr(error, 1, length(?)) = ?",
+            [(_id_key(ws, i), ws, i, f"{n}: ", f"{n}: ") for (ws, i), n in result.cleared.items()],
+        )
     if result.warnings:
         conn.executemany(
             "UPDATE events SET error = ? WHERE id_key = ? AND workspace = ? AND event_id = ?",
@@ -941,8 +964,8 @@ def _index_all_values(conn: sqlite3.Connection) -> None:
     sqlite_values.index_all(conn, ((w, i, c.properties) for w, i, c in contacts if c is not None))
 
 
-def _values_5_to_6(conn: sqlite3.Connection) -> None:
-    """Schema 5 -> 6: the searchable copy of the contacts' values (sqlite_values.py)."""
+def _values_6_to_7(conn: sqlite3.Connection) -> None:
+    """Schema 6 -> 7: the searchable copy of the contacts' values (sqlite_values.py)."""
     conn.execute(sqlite_values.TABLE)
     _index_all_values(conn)
 
@@ -1008,13 +1031,18 @@ def _apply_profiles(
         plan = plan_contact(state, group, contact_base)
         if changes is not None:
             changes.add(state, group, plan, contact_base)
+        # Here the contact's state before the batch (``row``, ``state``) and its plan are both
+        # known, in the apply transaction: where what follows a change (segments, changes) hooks in.
         result.superseded += plan.superseded
         if plan.warnings:
             result.warnings.update(((key[0], i), w) for i, w in plan.warnings.items())
+        if plan.cleared:
+            result.cleared.update(((key[0], i), n) for i, n in plan.cleared.items())
         # A newer last update matters only if it is visible (newer than the contact's delete).
         if (
             not plan.touches_contact_row
             and plan.ops_upto == row.ops
+            and not plan.marks_changed
             and (plan.last_update == row.last or not contact_exists(plan.last_update, plan.deleted))
         ):
             continue
@@ -1025,6 +1053,7 @@ def _apply_profiles(
                 *_nullable(plan.deleted),
                 row.merged(plan),
                 *_nullable(plan.ops_upto),
+                None if plan.ops_upto is None else encode_marks(plan.marks, plan.ops_upto),
             )
         )
         result.written += len(plan.upserts)
@@ -1038,11 +1067,13 @@ def _apply_profiles(
     # One step per row, which measured faster here than multi-row upserts of these large rows.
     conn.executemany(
         f"INSERT INTO {table} (workspace, contact_id, last_ts_us, last_event_id, deleted_ts_us,"
-        " deleted_event_id, properties, ops_ts_us, ops_event_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " deleted_event_id, properties, ops_ts_us, ops_event_id, marks)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (workspace, contact_id) DO UPDATE SET last_ts_us = excluded.last_ts_us,"
         " last_event_id = excluded.last_event_id, deleted_ts_us = excluded.deleted_ts_us,"
         " deleted_event_id = excluded.deleted_event_id, properties = excluded.properties,"
-        " ops_ts_us = excluded.ops_ts_us, ops_event_id = excluded.ops_event_id",
+        " ops_ts_us = excluded.ops_ts_us, ops_event_id = excluded.ops_event_id,"
+        " marks = excluded.marks",
         changed,
     )
     sqlite_values.write_changes(conn, values)
@@ -1098,8 +1129,38 @@ PropertyGroups = list[tuple[int, str, dict[str, Any]]]
 """A contact's properties as stored: (ts_us, event_id, {name: value}) per version that set any
 (value None: unset, the tombstone keeps its version). An event sets several properties at once,
 so its version is stored once rather than beside each property: rows half the size."""
-_encode_groups = msgspec.msgpack.Encoder().encode
-_decode_groups = msgspec.msgpack.Decoder(PropertyGroups).decode
+_BIG_INT = 1  # msgpack ext code: an integer msgpack cannot hold (a sum of adds), as its digits
+_MSGPACK_INTS = range(-(2**63), 2**64)
+
+
+class _BigInt:
+    __slots__ = ("value",)  # (a plain class: msgspec hands it to the hook)
+
+    def __init__(self, value: int):
+        self.value = value
+
+
+def _encode_big(obj: Any) -> Any:
+    if isinstance(obj, _BigInt):
+        return msgspec.msgpack.Ext(_BIG_INT, str(obj.value).encode())
+    raise NotImplementedError(type(obj))
+
+
+def _decode_big(code: int, data: memoryview) -> Any:
+    if code != _BIG_INT:
+        raise ValueError(f"unknown msgpack ext {code}")
+    return int(bytes(data))
+
+
+def _storable(value: Any) -> Any:
+    """A property's value as the row keeps it: an integer beyond msgpack's as an ext."""
+    if type(value) is int and value not in _MSGPACK_INTS:
+        return _BigInt(value)
+    return value
+
+
+_encode_groups = msgspec.msgpack.Encoder(enc_hook=_encode_big).encode
+_decode_groups = msgspec.msgpack.Decoder(PropertyGroups, ext_hook=_decode_big).decode
 
 
 @dataclass
@@ -1111,6 +1172,7 @@ class _Row:
     groups: PropertyGroups = field(default_factory=list)
     encoded: bytes = _encode_groups([])
     ops: Version | None = None  # ContactState.ops_upto
+    marks: dict[str, Marks] | None = field(default_factory=dict)  # ContactState.marks
 
     def state(self, with_values: bool = True) -> ContactState:
         """What the planner needs; the values only ``with_values`` (a batch of sets on a
@@ -1121,7 +1183,7 @@ class _Row:
             versions.update(dict.fromkeys(values, (ts_us, event_id)))
             if with_values:
                 held.update(values)
-        return ContactState(self.last, self.deleted, versions, held, self.ops)
+        return ContactState(self.last, self.deleted, versions, held, self.ops, self.marks)
 
     def merged(self, plan: ContactPlan) -> bytes:
         """The stored groups with the plan's writes."""
@@ -1145,7 +1207,12 @@ class _Row:
                 continue
             added.setdefault(version, {})[name] = value
         groups.extend((ts_us, event_id, values) for (ts_us, event_id), values in added.items())
-        return _encode_groups(groups)
+        try:
+            return _encode_groups(groups)
+        except OverflowError:  # an integer beyond msgpack's (a sum of adds): as an ext
+            return _encode_groups(
+                [(t, i, {n: _storable(v) for n, v in values.items()}) for t, i, values in groups]
+            )
 
     def properties(self) -> dict[str, tuple[Any, Version]]:
         return {
@@ -1164,19 +1231,21 @@ def _nullable(version: Version | None) -> tuple[int | None, str | None]:
 
 
 def _row(values: Sequence[Any]) -> _Row:
-    last_ts, last_id, deleted_ts, deleted_id, encoded, ops_ts, ops_id = values
+    last_ts, last_id, deleted_ts, deleted_id, encoded, ops_ts, ops_id, marks = values
+    ops = None if ops_ts is None else (ops_ts, ops_id)
     return _Row(
         None if last_ts is None else (last_ts, last_id),
         None if deleted_ts is None else (deleted_ts, deleted_id),
         _decode_groups(encoded),
         encoded,
-        None if ops_ts is None else (ops_ts, ops_id),
+        ops,
+        {} if marks is None and ops is None else decode_marks(marks, ops),
     )
 
 
 _ROW_COLUMNS = (
     "last_ts_us, last_event_id, deleted_ts_us, deleted_event_id, properties, ops_ts_us,"
-    " ops_event_id"
+    " ops_event_id, marks"
 )
 
 
