@@ -16,6 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from profilehook import constants as c
+from profilehook.events import Event
 from profilehook.filters import Filter, Query, matches, parse_filter
 from profilehook.stores.base import Store
 from profilehook.stores.memory import MemoryStore
@@ -201,6 +203,34 @@ async def test_given_hostile_names_and_values_when_queried_then_as_the_reference
                 )
             node = f({"property": name, "op": "in", "value": [value, "x", 3]})
             assert await answer(store, node) == await reference(store, ids, node)
+
+
+async def test_given_integers_beyond_64_bits_when_queried_then_found_and_never_a_crash(
+    store: Store,
+) -> None:
+    """A sum of adds may pass 2**63 (integers stay exact, README Property operations): such
+    profiles are found by equality and range, and a filter value that large is no error."""
+    big = c.MAX_JSON_INT
+    adds = [
+        Event(W, f"{cid}-{i:04d}", cid, (i + 1) * S, {"n": sign * big}, ops={"n": "add"})
+        for i in range(1_100)
+        for cid, sign in (("big", 1), ("neg", -1))
+    ]
+    await store.apply(adds)
+    await seed(store, {"small": {"n": 5}})
+    ids = ["big", "neg", "small"]
+    total = 1_100 * big
+    for op, value in [
+        ("eq", total),
+        ("gt", 2**63),
+        ("lt", -(2**63)),
+        ("gte", 5),
+        ("in", [total, 5]),
+        ("contains", total),
+    ]:
+        node = f({"property": "n", "op": op, "value": value})
+        assert await answer(store, node) == await reference(store, ids, node), (op, value)
+    assert await answer(store, f({"property": "n", "op": "gt", "value": 2**63})) == ["big"]
 
 
 async def test_given_pages_when_events_apply_between_them_then_no_contact_skipped_or_repeated(

@@ -3,8 +3,9 @@ and destinations receive it.
 
 A store keeps each change as its position in the feed (the cursor, the store's own) beside the
 ``ChangeBody``: the properties that changed from what to what, whether the event deleted the
-contact, and the segments the contact entered or left. Values are kept exactly (msgpack): ``1``,
-``1.0`` and ``true`` stay three different values, as in the profile.
+contact, and the segments the contact entered or left. Values are kept exactly (compact JSON,
+integers of any size): ``1``, ``1.0`` and ``true`` stay three different values, as in the
+profile.
 """
 
 from __future__ import annotations
@@ -79,8 +80,9 @@ class Change(msgspec.Struct, frozen=True):
         }
 
 
-encode_body = msgspec.msgpack.Encoder().encode
-_decode_body = msgspec.msgpack.Decoder(ChangeBody).decode
+# JSON rather than msgpack: a sum of adds may be an integer beyond msgpack's 64 bits.
+encode_body = msgspec.json.Encoder().encode
+_decode_body = msgspec.json.Decoder(ChangeBody).decode
 
 
 def decode_body(data: bytes) -> ChangeBody:

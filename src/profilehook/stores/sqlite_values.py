@@ -42,13 +42,18 @@ CREATE TABLE IF NOT EXISTS contact_values (
 NUMBER, STRING, BOOLEAN, LIST, OBJECT = 0, 1, 2, 3, 4
 _KINDS = {"number": NUMBER, "string": STRING, "boolean": BOOLEAN}
 _json = msgspec.json.encode
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 def stored(value: Any) -> tuple[int, Any]:
     """A live value as ``contact_values`` keeps it: (kind, value)."""
     if isinstance(value, bool):
         return BOOLEAN, int(value)
-    if isinstance(value, (int, float)):
+    if isinstance(value, int):
+        # SQLite's INTEGER is 64 bits; a sum of adds may be beyond (README, Property operations):
+        # such a value is searched as the nearest REAL (its profile keeps it exact).
+        return NUMBER, value if _INT64_MIN <= value <= _INT64_MAX else float(value)
+    if isinstance(value, float):
         return NUMBER, value
     if isinstance(value, str):
         return STRING, value
@@ -168,7 +173,7 @@ class SqliteCompiler(FilterCompiler):
                 params += [_KINDS[kind], *(stored(v)[1] for v in values)]
             return "(" + " OR ".join(parts) + ")", params
         if op in SQL_OPS:
-            return f"v.kind = ? AND v.value {SQL_OPS[op]} ?", [_KINDS[kind_of(value)], value]
+            return f"v.kind = ? AND v.value {SQL_OPS[op]} ?", list(stored(value))
         if op == "starts_with":
             test, params = self.prefix("v.value", value)
             return f"v.kind = {STRING} AND {test}", params
@@ -183,7 +188,7 @@ class SqliteCompiler(FilterCompiler):
             params: list[Any] = []
         else:
             types = "'text'" if kind == "string" else "'integer', 'real'"
-            member, params = f"j.type IN ({types}) AND j.atom = ?", [value]
+            member, params = f"j.type IN ({types}) AND j.atom = ?", [stored(value)[1]]
         in_list = (
             f"(v.kind = {LIST} AND EXISTS (SELECT 1 FROM json_each(v.value) j WHERE {member}))"
         )
