@@ -289,7 +289,15 @@ def test_every_control_is_reachable_by_keyboard_and_a_key_is_created_with_tab_an
 ) -> None:
     page = watched.page
     sign_in(page, server.base_url, admin_key)
-    for path in ("/", "/console/live", "/console/contacts", "/console/sources", "/console/keys"):
+    for path in (
+        "/",
+        "/console/live",
+        "/console/contacts",
+        "/console/segments",
+        "/console/segments/new",
+        "/console/sources",
+        "/console/keys",
+    ):
         page.goto(f"{server.base_url}{path}")
         unreachable = page.evaluate(
             """() => [...document.querySelectorAll('a[href], button, input, summary')]
