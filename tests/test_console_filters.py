@@ -443,3 +443,30 @@ def test_the_new_pages_carry_the_security_headers_and_no_inline_script(
         if answer.headers["content-type"].startswith("text/html"):
             assert not re.search(r"<script(?![^>]*\bsrc=)", answer.text), path
             assert not re.search(r"<[^>]+\son[a-z]+=", answer.text), path
+
+
+def test_a_building_segment_shows_its_progress_then_ready_with_its_size(
+    console: TestClient, people: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def held(store: Any, stop: Any = None) -> int:  # the backfill waits for this test
+        return 0
+
+    monkeypatch.setattr("profilehook.segments.fill", held)
+    made = console.post(
+        "/console/segments/new",
+        data=create_form(console, "Later", ("plan", "eq", "string", "free")),
+        follow_redirects=False,
+    )
+    url = made.headers["location"]
+    segment_id = url.split("id=")[1]
+
+    building = console.get("/console/segments").text
+    assert "building</span>" in building and "0 contacts checked so far" in building
+    assert "No members yet: reload in a moment" in console.get(url).text
+
+    store = console.app.services.store  # type: ignore[attr-defined]
+    done = console.portal.call(store.backfill_segment, "acme", segment_id)  # type: ignore[union-attr]
+    assert done
+    page = console.get(url).text
+    assert "ready</span>" in page and listed(page) == ["big", "none"]
+    assert '<td data-label="Size">2</td>' in console.get("/console/segments").text
