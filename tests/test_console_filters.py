@@ -470,3 +470,24 @@ def test_a_building_segment_shows_its_progress_then_ready_with_its_size(
     page = console.get(url).text
     assert "ready</span>" in page and listed(page) == ["big", "none"]
     assert '<td data-label="Size">2</td>' in console.get("/console/segments").text
+
+
+def test_a_segments_members_are_paged_with_a_cursor(console: TestClient) -> None:
+    key = make_key(console, ("admin",))
+    send(console, key, {f"m{i:02}": {"i": i} for i in range(30)})
+    sign_in(console, key)
+    made = console.post(
+        "/console/segments/new",
+        data=create_form(console, "All", ("i", "gte", "number", "0")),
+        follow_redirects=False,
+    )
+
+    first = wait_ready(console, made.headers["location"])
+    assert listed(first) == [f"m{i:02}" for i in range(25)]
+    following = re.search(r'<a href="([^"]+)" rel="next">Next page</a>', first)
+    assert following
+    second = console.get(following.group(1).replace("&amp;", "&")).text
+    assert listed(second) == [f"m{i:02}" for i in range(25, 30)]
+    assert "Next page" not in second and "First page" in second
+    bad = console.get(made.headers["location"] + "&cursor=nope")
+    assert bad.status_code == 404
