@@ -289,7 +289,15 @@ def test_every_control_is_reachable_by_keyboard_and_a_key_is_created_with_tab_an
 ) -> None:
     page = watched.page
     sign_in(page, server.base_url, admin_key)
-    for path in ("/", "/console/live", "/console/contacts", "/console/sources", "/console/keys"):
+    for path in (
+        "/",
+        "/console/live",
+        "/console/contacts",
+        "/console/segments",
+        "/console/segments/new",
+        "/console/sources",
+        "/console/keys",
+    ):
         page.goto(f"{server.base_url}{path}")
         unreachable = page.evaluate(
             """() => [...document.querySelectorAll('a[href], button, input, summary')]
@@ -344,3 +352,150 @@ def test_screenshots_go_to_an_ignored_directory() -> None:
     assert f"{ARTIFACTS.relative_to(ARTIFACTS.parents[1]).as_posix()}/" in ignored or (
         "test-artifacts/" in ignored
     )
+
+
+# -- the filter builder and segments -----------------------------------------------------------
+
+
+def _listed(page: Any) -> list[str]:
+    ids: list[str] = page.locator("table.results tbody th a").all_inner_texts()
+    return ids
+
+
+def test_build_a_filter_with_the_keyboard_and_open_a_matching_contact(
+    server: ServerProcess, admin_key: str, watched: Watched
+) -> None:
+    page = watched.page
+    team = f"fb-{watched.name}"
+    people = {f"{team}-a": 3, f"{team}-b": "3", f"{team}-c": 5}  # the number 3 and the string "3"
+    for contact, tier in people.items():
+        assert send(
+            server, admin_key, _event(contact, 100, {"team": team, "tier": tier})
+        ).is_success
+    sign_in(page, server.base_url, admin_key)
+    page.goto(f"{server.base_url}/console/contacts")
+    wait_until(
+        lambda: (
+            page.request.get(
+                f"{server.base_url}/console/contacts/count?match=all&property=team&op=eq&type=string&value={team}"
+            ).json()["count"]
+            == 3
+        ),
+        timeout_s=10,
+    )
+
+    # Keyboard only: from the id lookup, Tab to the builder; the first row, then "Add condition".
+    page.get_by_label("Contact id").focus()
+    for keys in ("Tab", "Tab", "Tab"):  # Open, "Contacts must match", the first property
+        page.keyboard.press(keys)
+    assert page.evaluate("document.activeElement.id") == "property-0"
+    page.keyboard.type("team")
+    page.keyboard.press("Tab")  # operator: equals
+    page.keyboard.press("Tab")  # type: string
+    page.keyboard.press("Tab")
+    page.keyboard.type(team)
+    page.keyboard.press("Tab")  # Remove
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent.trim()") == "Add condition"
+    page.keyboard.press("Enter")
+    page.locator("#property-1").wait_for()
+    assert page.evaluate("document.activeElement.id") == "property-1"  # the new row has focus
+    page.keyboard.type("tier")
+    page.keyboard.press("Tab")
+    page.keyboard.press("Tab")
+    page.keyboard.type("n")  # type: number
+    assert page.locator("#type-1").input_value() == "number"
+    page.keyboard.press("Tab")
+    page.keyboard.type("3")
+    page.keyboard.press("Enter")
+    page.get_by_role("heading", name="1 matching contact").wait_for()
+
+    assert _listed(page) == [f"{team}-a"]  # not the string "3"
+    shown = json.loads(page.locator("#filter-json").inner_text())
+    assert shown == {
+        "all": [
+            {"property": "team", "op": "eq", "value": team},
+            {"property": "tier", "op": "eq", "value": 3},
+        ]
+    }
+    watched.shot("contacts-filter")
+    no_horizontal_scroll(page)
+    assert unlabelled_fields(page) == []
+
+    # A value that is not of its row's type: a 422, the problem next to that row.
+    page.locator("#value-1").fill("three")
+    page.locator("#value-1").press("Enter")
+    problem = page.locator("#problems-1")
+    problem.wait_for()
+    watched.expect_failed_status(422)
+    assert "not a number" in problem.inner_text()
+    assert page.locator("#condition-1").evaluate(
+        "(el, p) => el.contains(p)", problem.element_handle()
+    )
+    watched.shot("contacts-filter-problem")
+    no_horizontal_scroll(page)
+
+    page.locator("#type-1").select_option("string")
+    page.locator("#value-1").fill("3")
+    page.locator("#value-1").press("Enter")
+    page.get_by_role("heading", name="1 matching contact").wait_for()
+    assert _listed(page) == [f"{team}-b"]
+    page.get_by_role("link", name=f"{team}-b").focus()
+    page.keyboard.press("Enter")
+    page.get_by_role("heading", name=f"Contact {team}-b").wait_for()
+
+
+def test_create_a_segment_with_its_live_count_see_its_members_then_delete_it(
+    server: ServerProcess, admin_key: str, watched: Watched
+) -> None:
+    page = watched.page
+    team = f"seg-{watched.name}"
+    for n, contact in enumerate((f"{team}-1", f"{team}-2", f"{team}-3")):
+        props = {"team": team, "paid": n < 2, HOSTILE_NAME: HOSTILE_VALUE}
+        assert send(server, admin_key, _event(contact, 100, props)).is_success
+    sign_in(page, server.base_url, admin_key)
+    page.get_by_role("link", name="Segments").click()
+    page.get_by_role("link", name="New segment").focus()
+    page.keyboard.press("Enter")
+    page.get_by_role("heading", name="New segment").wait_for()
+    count = page.locator("#live-count")
+
+    page.get_by_label("Name").fill(f"Paid {team}")
+    page.locator("#property-0").fill("team")
+    page.locator("#value-0").fill(team)
+    count.filter(has_text="3 matching contacts now").wait_for(timeout=10_000)
+    page.get_by_role("button", name="Add condition").click()
+    page.locator("#property-1").fill("paid")
+    page.locator("#type-1").select_option("boolean")
+    page.locator("#value-1").fill("tru")
+    count.filter(has_text="not a boolean").wait_for()  # the count says why it cannot count
+    page.locator("#value-1").fill("true")
+    count.filter(has_text="2 matching contacts now").wait_for()
+    watched.shot("segment-new")
+    no_horizontal_scroll(page)
+    assert unlabelled_fields(page) == []
+    page.get_by_role("button", name="Create segment").click()
+
+    page.locator("#segment-size").wait_for()
+    assert f"Paid {team}" in page.locator("h1").inner_text()
+    wait_until(lambda: _reload_until(page, "ready</span>"), timeout_s=10)
+    assert page.locator("#segment-size").inner_text() == "2"
+    assert _listed(page) == [f"{team}-1", f"{team}-2"]
+    assert page.evaluate("window.__pwned") is None
+    watched.shot("segment")
+    no_horizontal_scroll(page)
+
+    page.get_by_role("link", name="Back to segments").click()
+    row = page.locator("table tbody tr", has_text=f"Paid {team}")
+    assert row.locator("td[data-label=Size]").inner_text() == "2"
+    assert "ready" in row.inner_text()
+    watched.shot("segments")
+    no_horizontal_scroll(page)
+
+    row.get_by_role("link", name=f"Paid {team}").click()
+    page.get_by_role("link", name="Delete segment").click()
+    page.get_by_text("This cannot be undone").wait_for()
+    page.get_by_role("button", name="Delete segment").focus()
+    page.keyboard.press("Enter")
+    page.wait_for_url(f"{server.base_url}/console/segments")
+    assert page.locator("table tbody tr", has_text=f"Paid {team}").count() == 0

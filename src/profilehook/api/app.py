@@ -90,7 +90,7 @@ class ProfilehookApp:
             + read_routes(services, self.deadlines, self._stall_watch(), self.eraser)
             + management_routes(services)
             + change_routes(services)
-            + console_routes(self.console, self.series, self.eraser),
+            + console_routes(self.console, self.series, self.eraser, self.backfiller),
             lifespan=self._lifespan,
             exception_handlers={
                 HTTPException: _http_exception,

@@ -1,27 +1,36 @@
 """Contacts: find one by id, see each property with its version and the event that set it
 ("why does this property have this value?"), its history with superseded writes marked, and
-erase it. Each page calls the library function the API route calls (views.py, erasure.py).
-
-(The filter builder over the contacts query plugs in here: a form on ``contacts.html`` whose handler
-calls the query library and renders the matching contacts.)"""
+erase it; find contacts with the filter builder (filter_form.py), a page at a time, and count
+them as a filter is edited. Each page calls the library function the API route calls (views.py,
+erasure.py, the store's ``query_contacts``)."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from profilehook import erasure as erasure_lib
 from profilehook.api.access import ScopedRoute
 from profilehook.api.routes import decode_history_cursor, history_cursor
-from profilehook.console.web import Console, Viewer, form_of, redirect
+from profilehook.console.filter_form import (
+    OP_LABELS,
+    TYPES,
+    Builder,
+    builder_query,
+    read_builder,
+)
+from profilehook.console.web import Console, Viewer, form_of, redirect, secured
 from profilehook.constants import HISTORY_PAGE_DEFAULT
 from profilehook.erasure import Eraser
 from profilehook.errors import NotFound
 from profilehook.events import iso
+from profilehook.filters import Query, decode_cursor, encode_cursor
+from profilehook.stores.base import Contact
+from profilehook.stores.query import ContactQueries
 from profilehook.views import contact_view, erasure_view, event_status, event_view
 
 
@@ -30,14 +39,84 @@ def shown(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+RESULTS_PAGE = 25
+SHOWN_PROPERTIES = 4  # of each contact in a list of results
+
+
+def result_rows(contacts: list[Contact]) -> list[dict[str, Any]]:
+    """Contacts as a list of results shows them: the id, when last updated, a few properties."""
+    rows = []
+    for contact in contacts:
+        names = sorted(contact.properties)
+        rows.append(
+            {
+                "contact_id": contact.contact_id,
+                "updated_at": iso(contact.updated_us),
+                "properties": [(n, shown(contact.properties[n])) for n in names[:SHOWN_PROPERTIES]],
+                "more": max(0, len(names) - SHOWN_PROPERTIES),
+            }
+        )
+    return rows
+
+
+def query_fields(request: Request) -> dict[str, list[str]]:
+    params = request.query_params
+    return {name: params.getlist(name) for name in params}
+
+
 def contact_routes(console: Console, eraser: Eraser | None) -> list[ScopedRoute]:
     store, queue = console.store, console.services.queue
+    queries = cast(ContactQueries, store)  # every backend implements it (test_query_contract)
 
     async def lookup(request: Request, viewer: Viewer) -> Response:
         wanted = request.query_params.get("id", "")
         if wanted:
             return redirect(f"/console/contact?id={quote(wanted, safe='')}")
-        return console.render(request, viewer, "contacts.html")
+        fields = query_fields(request)
+        builder = read_builder(fields)
+        results: list[dict[str, Any]] | None = None
+        count = None
+        next_link = None
+        raw_cursor = request.query_params.get("cursor", "")
+        after = decode_cursor(raw_cursor) if raw_cursor else None
+        if raw_cursor and after is None:
+            builder.problems.append("This page link is not one the console made: search again.")
+        if builder.valid and builder.node is not None:
+            page = await queries.query_contacts(
+                viewer.workspace, Query(builder.node, RESULTS_PAGE, after, count=True)
+            )
+            results, count = result_rows(page.contacts), page.count
+            if page.next_after is not None:
+                next_link = "/console/contacts?" + builder_query(
+                    fields, cursor=encode_cursor(page.next_after)
+                )
+        failed = builder.submitted and not builder.edited and not builder.valid
+        return console.render(
+            request,
+            viewer,
+            "contacts.html",
+            status=422 if failed else 200,
+            builder=builder,
+            results=results,
+            count=count,
+            next_link=next_link,
+            paged=after is not None,
+            first_query=builder_query({k: v for k, v in fields.items() if k != "cursor"}),
+            op_labels=OP_LABELS,
+            types=TYPES,
+        )
+
+    async def count(request: Request, viewer: Viewer) -> Response:
+        """How many contacts the builder's filter matches (the segment form's live count):
+        always a 200, so a filter still being typed is no failed request in the browser."""
+        builder = read_builder(query_fields(request))
+        answer: dict[str, Any] = {"count": None, "problems": _builder_problems(builder)}
+        if builder.valid and builder.node is not None:
+            page = await queries.query_contacts(
+                viewer.workspace, Query(builder.node, 1, None, count=True)
+            )
+            answer["count"] = page.count
+        return secured(JSONResponse(answer))
 
     async def contact(request: Request, viewer: Viewer) -> Response:
         contact_id = _id(request)
@@ -136,6 +215,7 @@ def contact_routes(console: Console, eraser: Eraser | None) -> list[ScopedRoute]
 
     return [
         console.page("/console/contacts", lookup),
+        console.page("/console/contacts/count", count),
         console.page("/console/contact", contact),
         console.page("/console/event", event),
         console.page("/console/erase", erase_form, admin=True),
@@ -159,6 +239,13 @@ def _history_row(view: dict[str, Any], versions: dict[str, Any]) -> dict[str, An
             state = "superseded"
         writes.append({"name": name, "operation": operation, "value": shown(value), "state": state})
     return {**view, "writes": writes}
+
+
+def _builder_problems(builder: Builder) -> list[str]:
+    rows = [
+        f"Condition {i + 1}: {text}" for i, row in enumerate(builder.rows) for text in row.problems
+    ]
+    return [*rows, *builder.problems]
 
 
 def _id(request: Request) -> str:

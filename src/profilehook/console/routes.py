@@ -1,4 +1,4 @@
-"""Every console route, one line per page module. A new page (Segments, Destinations) is a
+"""Every console route, one line per page module. A new page (Destinations) is a
 module beside these with its ``*_routes(console)``, one line below and one entry in ``NAV``."""
 
 from __future__ import annotations
@@ -9,18 +9,23 @@ from profilehook.console.contacts import contact_routes
 from profilehook.console.keys import key_routes
 from profilehook.console.live_events import live_routes
 from profilehook.console.overview import Series, overview_routes
+from profilehook.console.segments import segment_routes
 from profilehook.console.signin import signin_routes
 from profilehook.console.sources import source_routes
 from profilehook.console.web import Console
 from profilehook.erasure import Eraser
+from profilehook.segments import Backfiller
 
 
-def console_routes(console: Console, series: Series, eraser: Eraser | None) -> list[ScopedRoute]:
+def console_routes(
+    console: Console, series: Series, eraser: Eraser | None, backfiller: Backfiller | None = None
+) -> list[ScopedRoute]:
     return [
         *signin_routes(console),
         *overview_routes(console, series),
         *live_routes(console),
         *contact_routes(console, eraser),
+        *segment_routes(console, backfiller),
         *source_routes(console),
         *key_routes(console),
         *asset_routes(console),

@@ -23,11 +23,12 @@ from profilehook.service import Services
 from profilehook.stores.base import KeyGrant
 
 MAX_FORM_BYTES = 64 * 1024
-# The navigation: (path, title, admin only). Segments and Destinations join here.
+# The navigation: (path, title, admin only). Destinations joins here.
 NAV: tuple[tuple[str, str, bool], ...] = (
     ("/", "Overview", False),
     ("/console/live", "Live events", False),
     ("/console/contacts", "Contacts", False),
+    ("/console/segments", "Segments", False),
     ("/console/sources", "Sources", True),
     ("/console/keys", "Keys", True),
     ("/console/reference", "API reference", False),
