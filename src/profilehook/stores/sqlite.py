@@ -1051,10 +1051,16 @@ def _apply_profiles(
     changed: list[tuple[Any, ...]] = []
     values: list[sqlite_values.Change] = []  # the searchable copy's changes (profiles only)
     touched: list[Touched] = []  # what segments may need to decide again (profiles only)
-    after: dict[tuple[str, str], tuple[dict[str, tuple[Any, Version]], ContactPlan]] = {}
+    after: dict[tuple[str, str], tuple[_Row, ContactPlan]] = {}
     for key, group in groups.items():
         row = rows.get(key) or _Row()
-        with_values = changes is not None or row.ops is not None or any(e.ops for e in group)
+        # The values copy (profiles) reads the values before the plan from ``state``.
+        with_values = (
+            table == _CONTACTS
+            or changes is not None
+            or row.ops is not None
+            or any(e.ops for e in group)
+        )
         state = row.state(with_values)
         contact_base = None if base is None else base(conn, key, group)
         plan = plan_contact(state, group, contact_base)
@@ -1087,12 +1093,11 @@ def _apply_profiles(
         )
         result.written += len(plan.upserts)
         if table == _CONTACTS:
-            held = row.properties() if plan.touches_contact_row else None
-            if held is not None:
-                values += sqlite_values.value_changes(*key, held, plan)
+            if plan.touches_contact_row:
+                values += sqlite_values.value_changes(*key, state.values, state.versions, plan)
             if (change := touched_by(key, row.last, row.deleted, plan)) is not None:
                 touched.append(change)
-                after[key] = (held if held is not None else row.properties(), plan)
+                after[key] = (row, plan)  # the row's properties: only if a segment looks
     # One step per row, which measured faster here than multi-row upserts of these large rows.
     conn.executemany(
         f"INSERT INTO {table} (workspace, contact_id, last_ts_us, last_event_id, deleted_ts_us,"
@@ -1109,8 +1114,10 @@ def _apply_profiles(
     result.segment_moves = sqlite_segments.keep(
         conn,
         touched,
-        lambda keys: {k: _contact_after(k[1], *after[k]) for k in keys},
-        lambda keys: {k: _contact_before(k[1], after[k][0], rows.get(k)) for k in keys},
+        lambda keys: {k: _contact_after(k[1], after[k][0].properties(), after[k][1]) for k in keys},
+        lambda keys: {
+            k: _contact_before(k[1], after[k][0].properties(), rows.get(k)) for k in keys
+        },
     )
     return result
 
@@ -1202,6 +1209,7 @@ class _Row:
     encoded: bytes = _encode_groups([])
     ops: Version | None = None  # ContactState.ops_upto
     marks: dict[str, Marks] | None = field(default_factory=dict)  # ContactState.marks
+    _flat: dict[str, tuple[Any, Version]] | None = field(default=None, repr=False, compare=False)
 
     def state(self, with_values: bool = True) -> ContactState:
         """What the planner needs; the values only ``with_values`` (a batch of sets on a
@@ -1244,11 +1252,14 @@ class _Row:
             )
 
     def properties(self) -> dict[str, tuple[Any, Version]]:
-        return {
-            name: (value, (ts_us, event_id))
-            for ts_us, event_id, values in self.groups
-            for name, value in values.items()
-        }
+        """name -> (value, version) of the stored groups (tombstones too); made once."""
+        if self._flat is None:
+            self._flat = {
+                name: (value, (ts_us, event_id))
+                for ts_us, event_id, values in self.groups
+                for name, value in values.items()
+            }
+        return self._flat
 
 
 def _json(value: Any) -> str:
