@@ -139,3 +139,26 @@ async def test_under_load_the_applier_waits_for_fuller_batches_and_when_quiet_it
     finally:
         await store.close()
     assert lingered[:2] == [APPLY_BUSY_LINGER_S, APPLY_LINGER_S]
+
+
+async def test_given_a_purged_event_redelivered_then_it_counts_failed_not_duplicate(
+    tmp_path: Path,
+) -> None:
+    """Retention purged its record: the store refuses it (too old); /metrics says ``failed``."""
+    store = SqliteStore(tmp_path / "p.sqlite3")
+    await store.open()
+    try:
+        old = event("u1", "old", 1_000_000, plan="a")
+        await store.apply([old, event("u1", "new", 30_000_000, plan="b")])
+        assert await store.purge_history(10_000_000, 100) == 1
+        queue = MemoryQueue()
+        await queue.publish([old])
+        metrics = Metrics()
+
+        assert await Applier(queue, store, metrics, 100).drain() == 1
+
+        text = metrics.render().decode()
+        assert 'profilehook_events_total{outcome="failed",source="api"} 1.0' in text
+        assert 'outcome="duplicate",source="api"} 1.0' not in text
+    finally:
+        await store.close()

@@ -933,6 +933,10 @@ async def _before_changes(conn: Any, changes: Any, applied_us: int) -> None:
     """The code of a schema before the change feed recorded no changes."""
 
 
+async def _before_purge_mark(conn: Any) -> None:
+    """The code of a schema before the purge mark (history_purged) read none."""
+
+
 async def test_given_values_stored_as_jsonb_when_migrated_then_they_are_exact_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -949,6 +953,7 @@ async def test_given_values_stored_as_jsonb_when_migrated_then_they_are_exact_ag
             old_code.setattr(postgres_module, "_erased_contacts", _before_erasures)
             old_code.setattr(postgres_segments, "keep", _before_segments)
             old_code.setattr(postgres_module, "_insert_changes", _before_changes)
+            old_code.setattr(postgres_module, "_purged_upto", _before_purge_mark)
             old = postgres_module.PostgresStore(postgres_url(schema))
             await old.open()
             await with_operation_columns(old)
@@ -986,6 +991,7 @@ async def test_given_ties_decided_by_an_en_us_collation_when_migrated_then_bytes
         old_code.setattr(postgres_module, "_erased_contacts", _before_erasures)
         old_code.setattr(postgres_segments, "keep", _before_segments)
         old_code.setattr(postgres_module, "_insert_changes", _before_changes)
+        old_code.setattr(postgres_module, "_purged_upto", _before_purge_mark)
         old = postgres_module.PostgresStore(url)
         await old.open()
         await with_operation_columns(old)

@@ -162,6 +162,47 @@ async def test_given_a_purged_event_when_it_is_applied_again_then_nothing_change
     assert await profiles(store) == before
 
 
+async def test_given_a_purged_add_when_the_log_delivers_it_again_then_it_is_refused_not_counted_twice(
+    store: ProfileStore,
+) -> None:
+    """A log redelivered after a long outage: the ``add`` whose record retention purged would
+    otherwise count twice (its event_id is no longer known). It is kept ``failed``, saying why."""
+    logins = Event("acme", "a", "u1", 10 * S, {"logins": 1}, ops={"logins": "add"})
+    later = Event("acme", "a2", "u1", 12 * S, {"logins": 1}, ops={"logins": "add"})
+    await store.apply([logins, later, event("u1", "b", 30 * S, plan="pro")])
+    assert await purge_all(store, 20 * S, limit=1000) == 2
+
+    again = await store.apply([logins, event("u1", "c", 40 * S, seats=3)])
+
+    contact = await store.get_contact("acme", "u1")
+    assert contact is not None and contact.properties == {"logins": 2, "plan": "pro", "seats": 3}
+    await store.rebuild()
+    assert await store.get_contact("acme", "u1") == contact
+    assert (again.applied, again.refused, again.duplicates) == (1, 1, 0)
+    record = await store.get_event("acme", "a")
+    assert record is not None and record.status == "failed"
+    assert record.error is not None and record.error.startswith("too_old: ")
+    assert "PROFILEHOOK_HISTORY_RETENTION_DAYS" in record.error
+    # Delivered once more, the failed record is recognised: a repeat, still not applied.
+    thrice = await store.apply([logins])
+    assert (thrice.applied, thrice.refused, thrice.duplicates) == (0, 0, 1)
+    contact = await store.get_contact("acme", "u1")
+    assert contact is not None and contact.properties["logins"] == 2
+
+
+async def test_given_a_purge_when_a_never_seen_event_newer_than_the_purged_arrives_then_it_applies(
+    store: ProfileStore,
+) -> None:
+    await store.apply([event("u1", "a", 10 * S, plan="pro"), event("u1", "b", 30 * S, seats=1)])
+    await purge_all(store, 20 * S, limit=1000)
+
+    late = await store.apply([event("u2", "x", 11 * S, plan="free")])  # after 10 s: not purged
+
+    assert (late.applied, late.refused) == (1, 0)
+    contact = await store.get_contact("acme", "u2")
+    assert contact is not None and contact.properties == {"plan": "free"}
+
+
 async def test_given_failed_events_when_purged_then_they_are_forgotten_and_never_applied(
     store: ProfileStore,
 ) -> None:

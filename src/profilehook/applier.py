@@ -149,8 +149,11 @@ class Applier:
         for source, count in received.items():
             applied = result.applied_by_source.get(source, 0)
             erased = result.erased_by_source.get(source, 0)
+            refused = result.refused_by_source.get(source, 0)  # too old (retention purged)
             self.metrics.events.labels(source, "applied").inc(applied)
-            self.metrics.events.labels(source, "duplicate").inc(count - applied - erased)
+            self.metrics.events.labels(source, "duplicate").inc(count - applied - erased - refused)
+            if refused:
+                self.metrics.events.labels(source, "failed").inc(refused)
             if erased:
                 self.metrics.events.labels(source, "erased").inc(erased)
         self.metrics.superseded.inc(result.superseded)

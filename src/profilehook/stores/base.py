@@ -35,7 +35,7 @@ import msgspec
 
 from profilehook.changes import Change
 from profilehook.constants import DEFAULT_KEY_SCOPES, SCOPE_ADMIN, SCOPES
-from profilehook.events import Event, Version, erased_stub, predates
+from profilehook.events import Event, Version, erased_stub, iso, predates
 
 EventStatus = Literal["queued", "applied", "duplicate", "failed", "erased"]
 """``duplicate``: applied, and since then accepted again (another delivery, not the log's
@@ -143,9 +143,15 @@ class ApplyResult:
     # (workspace, contact_id) -> the segments the contact entered and left (stores/segments.py
     # ``SegmentMoves``), decided in the apply transaction.
     segment_moves: dict[tuple[str, str], Any] = field(default_factory=dict)
+    # New events refused as older than what retention purged (``split_purged``): kept ``failed``.
+    refused: int = 0
+    refused_by_source: dict[str, int] = field(default_factory=dict)
 
     def add(self, other: ApplyResult) -> None:
         self.applied += other.applied
+        self.refused += other.refused
+        for source, count in other.refused_by_source.items():
+            self.refused_by_source[source] = self.refused_by_source.get(source, 0) + count
         self.duplicates += other.duplicates
         self.superseded += other.superseded
         self.written += other.written
@@ -159,13 +165,21 @@ class ApplyResult:
             self.erased_by_source[source] = self.erased_by_source.get(source, 0) + count
 
     def count_new(
-        self, batch: Sequence[Event], new: Sequence[Event], erased: Sequence[Event] = ()
+        self,
+        batch: Sequence[Event],
+        new: Sequence[Event],
+        erased: Sequence[Event] = (),
+        refused: Sequence[Event] = (),
     ) -> ApplyResult:
         """Record which events of ``batch`` were new (applied), which were new and dropped for
-        an erasure (``erased``), and which were repeats."""
+        an erasure (``erased``), which were new and refused as too old (``refused``), and which
+        were repeats."""
         self.applied = len(new)
         self.erased = len(erased)
-        self.duplicates = len(batch) - len(new) - len(erased)
+        self.refused = len(refused)
+        self.duplicates = len(batch) - len(new) - len(erased) - len(refused)
+        for event in refused:
+            self.refused_by_source[event.source] = self.refused_by_source.get(event.source, 0) + 1
         for event in new:
             self.applied_by_source[event.source] = self.applied_by_source.get(event.source, 0) + 1
         for event in erased:
@@ -802,9 +816,9 @@ class ProfileStore(ABC):
         A snapshot is the folded state of the purged prefix of the history, so ``rebuild``
         (snapshot, then the remaining events) gives every profile exactly as before, and an
         event applied later still loses to a newer version the snapshot holds. Profiles are
-        not touched. Safe with any number of processes purging at once; an event purged and
-        applied again (a late re-delivery) is recorded anew and folded again by a later
-        purge: for last-writer-wins that changes nothing."""
+        not touched. Safe with any number of processes purging at once. The store keeps the
+        newest event time it purged: ``apply`` refuses a new event no newer than it
+        (``split_purged``; a redelivery of a purged event would otherwise be applied twice)."""
 
 
 class Catalog(ABC):
@@ -934,6 +948,32 @@ def split_erased(
         else:
             kept.append(event)
     return kept, dropped
+
+
+def split_purged(
+    events: Sequence[Event], purged_upto_us: int | None
+) -> tuple[list[Event], list[Event]]:
+    """``events`` (new: no record of them is held) split into those to apply and those to
+    refuse: no newer than the newest event time retention purged (``purged_upto_us``; None:
+    nothing purged yet). Such an event may have been applied before and its record purged (a
+    log redelivered after a long outage): applied again, an ``add`` would count twice. It is
+    kept ``failed`` with ``too_old_error`` instead."""
+    if purged_upto_us is None:
+        return list(events), []
+    kept: list[Event] = []
+    refused: list[Event] = []
+    for event in events:
+        (refused if event.ts_us <= purged_upto_us else kept).append(event)
+    return kept, refused
+
+
+def too_old_error(purged_upto_us: int) -> str:
+    """The error a refused event's record holds (``split_purged``)."""
+    return (
+        f"too_old: the event time is not after {iso(purged_upto_us)}, the newest event time"
+        " whose history records retention (PROFILEHOOK_HISTORY_RETENTION_DAYS) purged; whether"
+        " this event was applied before cannot be known, so it is not applied"
+    )
 
 
 H = TypeVar("H")

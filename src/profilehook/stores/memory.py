@@ -33,6 +33,8 @@ from profilehook.stores.base import (
     plan_contact,
     repeats,
     split_erased,
+    split_purged,
+    too_old_error,
 )
 from profilehook.stores.changes import ChangeLog
 from profilehook.stores.query import ContactQueries, QueryPage
@@ -65,6 +67,7 @@ class MemoryStore(Store, ContactQueries, Segments):
         self._nonces: dict[bytes, int] = {}  # key -> expires_us
         self._erasures: dict[str, Erasure] = {}
         self._erased: dict[tuple[str, str], ErasedContact] = {}
+        self._purged_upto_us: int | None = None  # the newest event time purge_history forgot
         self._segments: dict[tuple[str, str], Segment] = {}
         self._members: dict[tuple[str, str], set[str]] = {}  # (workspace, segment_id) -> ids
         self._backfilled: dict[tuple[str, str], str] = {}  # the backfill's last contact
@@ -80,8 +83,14 @@ class MemoryStore(Store, ContactQueries, Segments):
 
     async def apply(self, events: Sequence[Event]) -> ApplyResult:
         fresh = [e for e in first_of_each(events) if (e.workspace, e.event_id) not in self._events]
-        new, erased = split_erased(fresh, self._erased)
+        new, erased = split_erased(fresh, self._erased)  # an erased contact's: a stub, first
+        new, refused = split_purged(new, self._purged_upto_us)
         applied_us = now_us()
+        for event in refused:
+            error = too_old_error(self._purged_upto_us or 0)
+            self._events[(event.workspace, event.event_id)] = EventRecord(
+                event, "failed", applied_us, error
+            )
         for event in new:
             self._events[(event.workspace, event.event_id)] = EventRecord(
                 event, "applied", applied_us
@@ -122,7 +131,7 @@ class MemoryStore(Store, ContactQueries, Segments):
         for key, warning in result.warnings.items():
             if key in self._events:
                 self._events[key] = replace(self._events[key], error=warning)
-        return result.count_new(events, new, erased)
+        return result.count_new(events, new, erased, refused)
 
     def _base(self, key: tuple[str, str], new: Sequence[Event]) -> Base:
         """What a late event of contact ``key`` is recomputed from: its snapshot, and its
@@ -318,6 +327,9 @@ class MemoryStore(Store, ContactQueries, Segments):
         )[:limit]
         for record in old:
             del self._events[(record.event.workspace, record.event.event_id)]
+        if old:
+            newest = max(self._purged_upto_us or 0, old[-1].event.ts_us)
+            self._purged_upto_us = newest
         _fold(self._snapshots, [r.event for r in old if r.status in _APPLIED])
         return len(old)
 

@@ -64,6 +64,8 @@ from profilehook.stores.base import (
     scopes_of,
     scopes_text,
     split_erased,
+    split_purged,
+    too_old_error,
 )
 from profilehook.stores.changes import ChangeLog
 from profilehook.stores.query import ContactQueries, QueryPage
@@ -328,6 +330,14 @@ MIGRATIONS: list[Migration] = [
     -- operations from before: not known.
     ALTER TABLE contacts ADD COLUMN IF NOT EXISTS marks bytea;
     ALTER TABLE snapshot_contacts ADD COLUMN IF NOT EXISTS marks bytea;
+    """,
+    """
+    -- The newest event time retention purged (purge_history): apply refuses a new event no
+    -- newer (stores/base.py split_purged).
+    CREATE TABLE IF NOT EXISTS history_purged (
+        id integer PRIMARY KEY CHECK (id = 1),
+        upto_us bigint NOT NULL
+    );
     """,
 ]
 
@@ -1186,6 +1196,20 @@ async def _apply(conn: Conn, events: Sequence[Event]) -> ApplyResult:
     )
     inserted = {(w, e) for w, e in await cur.fetchall()}
     new = [e for e in kept if (e.workspace, e.event_id) in inserted]
+    # Read after the insert: a purge of these events' earlier records that the insert waited
+    # for has committed its mark by now (READ COMMITTED: each statement sees the latest).
+    purged_upto_us = await _purged_upto(conn)
+    new, refused = split_purged(new, purged_upto_us)
+    if refused:
+        await conn.execute(
+            "UPDATE events AS e SET status = 'failed', error = %s"
+            " FROM unnest(%b::text[], %b::text[]) AS u(w, i)"
+            " WHERE e.workspace = u.w AND e.event_id = u.i",
+            (
+                too_old_error(purged_upto_us or 0),
+                *_columns([(r.workspace, r.event_id) for r in refused], 2),
+            ),
+        )
     erased = [e for e in erased if (e.workspace, e.event_id) in inserted]
     fresh_ids = {(e.workspace, e.event_id) for e in (*new, *erased)}
     dropped = repeats(events, [e for e in unique if (e.workspace, e.event_id) in fresh_ids])
@@ -1214,7 +1238,13 @@ async def _apply(conn: Conn, events: Sequence[Event]) -> ApplyResult:
             _columns([(*key, w) for key, w in result.warnings.items()], 3),
         )
     await _insert_changes(conn, changes, applied_us)  # last: it holds its workspaces' counters
-    return result.count_new(events, new, erased)
+    return result.count_new(events, new, erased, refused)
+
+
+async def _purged_upto(conn: Conn) -> int | None:
+    """The newest event time retention purged (None: nothing yet)."""
+    mark = await (await conn.execute("SELECT upto_us FROM history_purged WHERE id = 1")).fetchone()
+    return None if mark is None else int(mark[0])
 
 
 async def _erased_contacts(
@@ -1907,19 +1937,24 @@ async def _purge(conn: Conn, before_us: int, limit: int) -> int:
     # contact's snapshot gets its events in version order (as the operations need).
     await conn.execute("SELECT pg_advisory_xact_lock(%s)", (PURGE_LOCK_ID,))
     cur = await conn.execute(
-        "SELECT workspace, event_id, status, body FROM events WHERE ts_us < %s"
+        "SELECT workspace, event_id, status, body, ts_us FROM events WHERE ts_us < %s"
         ' ORDER BY ts_us, event_id COLLATE "C" LIMIT %s FOR UPDATE SKIP LOCKED',
         (before_us, limit),
     )
     rows = await cur.fetchall()
     if not rows:
         return 0
-    applied = [decode_event(bytes(body)) for _, _, status, body in rows if status in _APPLIED_SET]
+    await conn.execute(
+        "INSERT INTO history_purged (id, upto_us) VALUES (1, %s) ON CONFLICT (id)"
+        " DO UPDATE SET upto_us = greatest(history_purged.upto_us, excluded.upto_us)",
+        (max(row[4] for row in rows),),
+    )
+    applied = [decode_event(bytes(row[3])) for row in rows if row[2] in _APPLIED_SET]
     await _apply_profiles(conn, applied, _SNAPSHOTS, base=None)
     await conn.execute(
         "DELETE FROM events e USING unnest(%b::text[], %b::text[]) AS d(w, i)"
         " WHERE e.workspace = d.w AND e.event_id = d.i",
-        ([w for w, _, _, _ in rows], [i for _, i, _, _ in rows]),
+        ([row[0] for row in rows], [row[1] for row in rows]),
     )
     return len(rows)
 

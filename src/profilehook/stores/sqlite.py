@@ -52,6 +52,8 @@ from profilehook.stores.base import (
     scopes_of,
     scopes_text,
     split_erased,
+    split_purged,
+    too_old_error,
 )
 from profilehook.stores.changes import ChangeLog
 from profilehook.stores.query import ContactQueries, QueryPage
@@ -180,6 +182,12 @@ CREATE TABLE IF NOT EXISTS changes (
 );
 CREATE INDEX IF NOT EXISTS changes_by_workspace ON changes (workspace, seq);
 CREATE INDEX IF NOT EXISTS changes_by_contact ON changes (contact_key);
+-- The newest event time retention purged (purge_history): apply refuses a new event no newer
+-- (stores/base.py split_purged). Added without a new schema version, like snapshots.
+CREATE TABLE IF NOT EXISTS history_purged (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    upto_us INTEGER NOT NULL
+);
 -- Per workspace, the newest change retention purged: a cursor before it has expired.
 CREATE TABLE IF NOT EXISTS changes_purged (
     workspace TEXT PRIMARY KEY,
@@ -836,6 +844,22 @@ def _apply(conn: sqlite3.Connection, events: Sequence[Event]) -> ApplyResult:
         if erased:
             kept_ids = {id(e) for e in kept}
             new = [(k, e) for k, e in new if id(e) in kept_ids]
+    refused: list[Event] = []
+    purged_upto_us = _purged_upto(conn)
+    if purged_upto_us is not None:
+        kept, refused = split_purged([e for _, e in new], purged_upto_us)
+        if refused:
+            kept_ids = {id(e) for e in kept}
+            new = [(k, e) for k, e in new if id(e) in kept_ids]
+            error = too_old_error(purged_upto_us)
+            insert_rows(
+                conn,
+                _INSERT_EVENT,
+                [
+                    _event_row(e, _id_key(e.workspace, e.event_id), "failed", applied_us, {}, error)
+                    for e in refused
+                ],
+            )
     rows = [_event_row(e, k, "applied", applied_us, contact_keys) for k, e in new]
     rows += [
         _event_row(e, _id_key(e.workspace, e.event_id), "erased", applied_us, contact_keys)
@@ -859,7 +883,12 @@ def _apply(conn: sqlite3.Connection, events: Sequence[Event]) -> ApplyResult:
             "UPDATE events SET error = ? WHERE id_key = ? AND workspace = ? AND event_id = ?",
             [(w, _id_key(ws, i), ws, i) for (ws, i), w in result.warnings.items()],
         )
-    return result.count_new(events, new_events, erased)
+    return result.count_new(events, new_events, erased, refused)
+
+
+def _purged_upto(conn: sqlite3.Connection) -> int | None:
+    row = conn.execute("SELECT upto_us FROM history_purged WHERE id = 1").fetchone()
+    return None if row is None else int(row[0])
 
 
 def _history_base(conn: sqlite3.Connection, key: tuple[str, str], new: Sequence[Event]) -> Base:
@@ -1022,10 +1051,16 @@ def _apply_profiles(
     changed: list[tuple[Any, ...]] = []
     values: list[sqlite_values.Change] = []  # the searchable copy's changes (profiles only)
     touched: list[Touched] = []  # what segments may need to decide again (profiles only)
-    after: dict[tuple[str, str], tuple[dict[str, tuple[Any, Version]], ContactPlan]] = {}
+    after: dict[tuple[str, str], tuple[_Row, ContactPlan]] = {}
     for key, group in groups.items():
         row = rows.get(key) or _Row()
-        with_values = changes is not None or row.ops is not None or any(e.ops for e in group)
+        # The values copy (profiles) reads the values before the plan from ``state``.
+        with_values = (
+            table == _CONTACTS
+            or changes is not None
+            or row.ops is not None
+            or any(e.ops for e in group)
+        )
         state = row.state(with_values)
         contact_base = None if base is None else base(conn, key, group)
         plan = plan_contact(state, group, contact_base)
@@ -1058,12 +1093,11 @@ def _apply_profiles(
         )
         result.written += len(plan.upserts)
         if table == _CONTACTS:
-            held = row.properties() if plan.touches_contact_row else None
-            if held is not None:
-                values += sqlite_values.value_changes(*key, held, plan)
+            if plan.touches_contact_row:
+                values += sqlite_values.value_changes(*key, state.values, state.versions, plan)
             if (change := touched_by(key, row.last, row.deleted, plan)) is not None:
                 touched.append(change)
-                after[key] = (held if held is not None else row.properties(), plan)
+                after[key] = (row, plan)  # the row's properties: only if a segment looks
     # One step per row, which measured faster here than multi-row upserts of these large rows.
     conn.executemany(
         f"INSERT INTO {table} (workspace, contact_id, last_ts_us, last_event_id, deleted_ts_us,"
@@ -1080,8 +1114,10 @@ def _apply_profiles(
     result.segment_moves = sqlite_segments.keep(
         conn,
         touched,
-        lambda keys: {k: _contact_after(k[1], *after[k]) for k in keys},
-        lambda keys: {k: _contact_before(k[1], after[k][0], rows.get(k)) for k in keys},
+        lambda keys: {k: _contact_after(k[1], after[k][0].properties(), after[k][1]) for k in keys},
+        lambda keys: {
+            k: _contact_before(k[1], after[k][0].properties(), rows.get(k)) for k in keys
+        },
     )
     return result
 
@@ -1173,6 +1209,7 @@ class _Row:
     encoded: bytes = _encode_groups([])
     ops: Version | None = None  # ContactState.ops_upto
     marks: dict[str, Marks] | None = field(default_factory=dict)  # ContactState.marks
+    _flat: dict[str, tuple[Any, Version]] | None = field(default=None, repr=False, compare=False)
 
     def state(self, with_values: bool = True) -> ContactState:
         """What the planner needs; the values only ``with_values`` (a batch of sets on a
@@ -1215,11 +1252,14 @@ class _Row:
             )
 
     def properties(self) -> dict[str, tuple[Any, Version]]:
-        return {
-            name: (value, (ts_us, event_id))
-            for ts_us, event_id, values in self.groups
-            for name, value in values.items()
-        }
+        """name -> (value, version) of the stored groups (tombstones too); made once."""
+        if self._flat is None:
+            self._flat = {
+                name: (value, (ts_us, event_id))
+                for ts_us, event_id, values in self.groups
+                for name, value in values.items()
+            }
+        return self._flat
 
 
 def _json(value: Any) -> str:
@@ -1354,14 +1394,21 @@ def _rebuild_contacts(conn: sqlite3.Connection, events: list[Event]) -> None:
 def _purge(conn: sqlite3.Connection, before_us: int, limit: int) -> int:
     """Forget the oldest events before ``before_us``, the applied ones folded into snapshots."""
     rows = conn.execute(
-        "SELECT rowid, status, body FROM events WHERE ts_us < ? ORDER BY ts_us, event_id LIMIT ?",
+        "SELECT rowid, status, body, ts_us FROM events WHERE ts_us < ?"
+        " ORDER BY ts_us, event_id LIMIT ?",
         (before_us, limit),
     ).fetchall()
-    applied = [decode_event(body) for _, status, body in rows if status in _APPLIED_STATUSES]
+    if rows:
+        conn.execute(
+            "INSERT INTO history_purged (id, upto_us) VALUES (1, ?) ON CONFLICT (id)"
+            " DO UPDATE SET upto_us = max(upto_us, excluded.upto_us)",
+            (rows[-1][3],),
+        )
+    applied = [decode_event(body) for _, status, body, _ in rows if status in _APPLIED_STATUSES]
     _apply_profiles(conn, applied, _SNAPSHOTS)
     conn.execute(
         "DELETE FROM events WHERE rowid IN (SELECT value FROM json_each(?))",
-        (_json([rowid for rowid, _, _ in rows]),),
+        (_json([row[0] for row in rows]),),
     )
     return len(rows)
 

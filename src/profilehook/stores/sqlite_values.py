@@ -69,19 +69,20 @@ Change = tuple[str, str, str, Any, Any]
 def value_changes(
     workspace: str,
     contact_id: str,
-    held: Mapping[str, tuple[Any, Version]],
+    values: Mapping[str, Any],
+    versions: Mapping[str, Version],
     plan: ContactPlan,
 ) -> list[Change]:
-    """What ``plan`` changes of the contact's live values (``held``: the stored properties
-    before it, tombstones included), as ``ContactRow.merged`` writes them."""
+    """What ``plan`` changes of the contact's live values (``values`` and their ``versions``:
+    the stored properties before it, tombstones included, as ``ContactState`` holds them), as
+    ``ContactRow.merged`` writes them."""
     upto = plan.delete_upto
-    touched = set(plan.upserts) | plan.removes
+    touched = set(plan.upserts) | plan.removes if plan.removes else plan.upserts.keys()
     if upto is not None:
-        touched.update(n for n, (_, version) in held.items() if version <= upto)
+        touched = {*touched, *(n for n, version in versions.items() if version <= upto)}
     changes: list[Change] = []
     for name in touched:
-        before = held.get(name)
-        old = None if before is None else before[0]
+        old = values.get(name)
         if name in plan.removes:
             new = None
         elif name in plan.upserts:
