@@ -55,10 +55,11 @@ EXISTS = (
 )
 
 
-def _number(value: Any) -> Decimal | int:
+def _number(value: Any) -> Decimal:
     """A filter's number as ``numeric``: a float by its shortest repr, the decimal that JSON
-    text of it (as stored) holds."""
-    return Decimal(repr(value)) if isinstance(value, float) else int(value)
+    text of it (as stored) holds; always a Decimal, so that an ``in`` list of integers and
+    floats is one type (psycopg refuses a list of mixed types)."""
+    return Decimal(repr(value)) if isinstance(value, float) else Decimal(int(value))
 
 
 class PostgresCompiler(FilterCompiler):
