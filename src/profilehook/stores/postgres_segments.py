@@ -45,7 +45,12 @@ CREATE INDEX segment_members_by_contact ON segment_members (workspace, contact_i
 """
 
 Conn = Any  # psycopg.AsyncConnection (loaded by the store)
-Load = Callable[[Conn, list[tuple[str, str]]], Awaitable[dict[tuple[str, str], Contact | None]]]
+Load = Callable[
+    [Conn, list[tuple[str, str]], list[tuple[str, str, str]] | None],
+    Awaitable[dict[tuple[str, str], Contact | None]],
+]
+"""The profiles of these contacts now (absent ones left out), with only the (workspace,
+contact_id, name) properties given (None: all of them)."""
 
 _rules_cache: dict[tuple[str, str], Rule] = {}
 
@@ -90,9 +95,16 @@ async def keep(conn: Conn, touched: Sequence[Touched], load: Load) -> Moves:
         _columns(pairs, 3),
     )
     members = {(w, s, c) for w, s, c in await cur.fetchall()}
-    moves = decide(todo, await load(conn, keys), members)
+    # Of each contact, only the properties its segments look at: a rule's answer is a
+    # function of those (and of the contact's id and last update), so the rest are not read.
+    names = [(t.workspace, t.contact_id, n) for t, rules in todo for n in _named(rules)]
+    moves = decide(todo, await load(conn, keys, names), members)
     await _write(conn, *member_rows(moves))
     return moves
+
+
+def _named(rules: Sequence[Rule]) -> set[str]:
+    return {name for rule in rules for name in rule.names}
 
 
 async def _write(
