@@ -1471,7 +1471,7 @@ async def _write_plans(
         result.cleared.update(((key[0], i), n) for i, n in plan.cleared.items())
         if segments:
             before = state or ContactState()
-            if change := touched_by(key, before.last_update, before.deleted, plan):
+            if change := touched_by(key, before.last_update, before.deleted, plan, before.values):
                 result.touched.append(change)
         if (
             state is None

@@ -75,6 +75,12 @@ class Touched:
     names: frozenset[str] | None
     exists_changed: bool
     updated_changed: bool
+    # The values of ``names`` before (absent: none), when the caller knew them, and whether
+    # the contact existed then and its last update: what the profile before the batch was,
+    # given the profile after (``before_of``). None: not known.
+    before: Mapping[str, Any] | None = None
+    existed: bool = False
+    updated_before_us: int = 0
 
 
 def touched_by(
@@ -82,16 +88,44 @@ def touched_by(
     last: Version | None,
     deleted: Version | None,
     plan: ContactPlan,
+    values: Mapping[str, Any] | None = None,
 ) -> Touched | None:
     """What ``plan`` changes of a contact whose row held ``last`` and ``deleted``; None when
-    nothing a filter can see."""
+    nothing a filter can see. ``values``: the row's values of (at least) the properties the
+    plan writes, when the caller read them."""
     names = None if plan.delete_upto is not None else frozenset(plan.upserts) | plan.removes
     existed = last is not None and contact_exists(last, deleted)
     exists = plan.last_update is not None and contact_exists(plan.last_update, plan.deleted)
     updated = exists and (last is None or plan.last_update != last)
     if names is not None and not names and existed == exists and not updated:
         return None
-    return Touched(key[0], key[1], names, existed != exists, updated)
+    before = None
+    if values is not None and names is not None:
+        before = {n: v for n in names if (v := values.get(n)) is not None} if existed else {}
+    return Touched(
+        key[0],
+        key[1],
+        names,
+        existed != exists,
+        updated,
+        before,
+        existed,
+        last[0] if last is not None else 0,
+    )
+
+
+def before_of(change: Touched, now: Contact | None) -> Contact | None:
+    """The contact before the batch, from its profile now (with at least the properties the
+    segments look at) and what ``change`` knew of the values it changed; only when
+    ``change.before`` is known."""
+    assert change.before is not None and change.names is not None
+    if not change.existed:
+        return None
+    held = dict(now.properties) if now is not None else {}
+    for name in change.names:
+        held.pop(name, None)
+    held.update(change.before)
+    return Contact(change.contact_id, held, {}, change.updated_before_us)
 
 
 def everything(workspace: str, contact_id: str) -> Touched:
