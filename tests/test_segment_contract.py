@@ -101,6 +101,27 @@ async def test_given_a_segment_when_events_apply_then_entries_and_exits_are_repo
     assert await members(store, segment_id) == []
 
 
+async def test_given_a_rewrite_of_the_same_value_then_no_move_and_membership_kept(
+    store: Store,
+) -> None:
+    """A ready segment whose properties keep their values is not decided again (SQLite skips
+    it): the same value written again moves nothing, a value of another type that compares
+    equal (True and 1) does."""
+    one = {"property": "n", "op": "eq", "value": 1}
+    in_pro, in_one = await new_segment(store, PRO), await new_segment(store, one)
+    await store.apply([event("u1", "e1", 10 * S, plan="pro", n=1)])
+    result = await store.apply([event("u1", "e2", 20 * S, plan="pro", n=1, other="x")])
+    assert result.segment_moves == {}
+    assert await members(store, in_pro) == ["u1"] and await members(store, in_one) == ["u1"]
+    result = await store.apply([event("u1", "e3", 30 * S, n=True)])
+    assert {k: v.view() for k, v in result.segment_moves.items()} == {
+        (W, "u1"): {"entered": [], "exited": [in_one]}
+    }
+    result = await store.apply([event("u1", "e4", 40 * S, n=1.0)])  # a number equal to 1
+    assert result.segment_moves[(W, "u1")].entered == (in_one,)
+    assert await members(store, in_one) == await matching(store, one) == ["u1"]
+
+
 async def test_given_a_segment_then_the_change_feed_says_which_segments_each_change_entered(
     store: Store,
 ) -> None:
@@ -161,6 +182,7 @@ FILTERS = [
         ]
     },
     {"all": []},
+    {"property": "n", "op": "eq", "value": 1},
 ]
 
 
@@ -175,7 +197,7 @@ def random_event(rng: random.Random, i: int) -> Event:
     if rng.random() < 0.6:
         props["plan"] = rng.choice(["pro", "free", None])
     if rng.random() < 0.4:
-        props["n"] = rng.choice([1, 5, 2.5])
+        props["n"] = rng.choice([1, 5, 2.5, 1.0, True])
         if rng.random() < 0.5:
             ops["n"] = "add"
     if rng.random() < 0.3:

@@ -526,6 +526,13 @@ def compile_filter(node: Filter) -> Predicate:
     same answers (tests/test_filters.py), without walking the filter on each call."""
     if isinstance(node, All | AnyOf):
         parts = [compile_filter(item) for item in node.items]
+        if len(parts) == 1:
+            return parts[0]
+        if len(parts) == 2:  # the common pair, without a generator per call
+            first, second = parts
+            if isinstance(node, All):
+                return lambda c, p, u: first(c, p, u) and second(c, p, u)
+            return lambda c, p, u: first(c, p, u) or second(c, p, u)
         if isinstance(node, All):
             return lambda c, p, u: all(f(c, p, u) for f in parts)
         return lambda c, p, u: any(f(c, p, u) for f in parts)

@@ -1501,7 +1501,7 @@ async def _write_plans(
         result.cleared.update(((key[0], i), n) for i, n in plan.cleared.items())
         if segments:
             before = state or ContactState()
-            if change := touched_by(key, before.last_update, before.deleted, plan):
+            if change := touched_by(key, before.last_update, before.deleted, plan, before.values):
                 result.touched.append(change)
         if (
             state is None
@@ -1544,9 +1544,12 @@ class _Written(ApplyResult):
 
 
 async def _contacts_now(
-    conn: Conn, keys: list[tuple[str, str]]
+    conn: Conn,
+    keys: list[tuple[str, str]],
+    names: list[tuple[str, str, str]] | None = None,
 ) -> dict[tuple[str, str], Contact | None]:
-    """These contacts' profiles as the transaction sees them (absent ones left out)."""
+    """These contacts' profiles as the transaction sees them (absent ones left out); with
+    ``names``, (workspace, contact_id, name) triples, only those of their properties."""
     cur = await conn.execute(
         f"SELECT k.workspace, k.contact_id, {_VERSION_COLUMNS} FROM contacts k"
         " JOIN unnest(%s::text[], %s::text[]) AS u(w, c)"
@@ -1554,12 +1557,22 @@ async def _contacts_now(
         _columns(keys, 2),
     )
     live = {(w, c): last for w, c, *v in await cur.fetchall() if (last := _last_if_exists(v))}
-    cur = await conn.execute(
-        f"SELECT p.workspace, p.contact_id, {_PROPERTY_COLUMNS} FROM properties p"
-        " JOIN unnest(%s::text[], %s::text[]) AS u(w, c)"
-        " ON p.workspace = u.w AND p.contact_id = u.c WHERE p.value IS NOT NULL",
-        _columns(list(live), 2),
-    )
+    if names is None:
+        cur = await conn.execute(
+            f"SELECT p.workspace, p.contact_id, {_PROPERTY_COLUMNS} FROM properties p"
+            " JOIN unnest(%s::text[], %s::text[]) AS u(w, c)"
+            " ON p.workspace = u.w AND p.contact_id = u.c WHERE p.value IS NOT NULL",
+            _columns(list(live), 2),
+        )
+    else:
+        wanted = [(w, c, n) for w, c, n in names if (w, c) in live]
+        cur = await conn.execute(
+            f"SELECT p.workspace, p.contact_id, {_PROPERTY_COLUMNS} FROM properties p"
+            " JOIN unnest(%s::text[], %s::text[], %s::text[]) AS u(w, c, n)"
+            " ON p.workspace = u.w AND p.contact_id = u.c AND p.name = u.n"
+            " WHERE p.value IS NOT NULL",
+            _columns(wanted, 3),
+        )
     held: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
     for workspace, contact_id, *prop in await cur.fetchall():
         held.setdefault((workspace, contact_id), []).append(tuple(prop))

@@ -18,6 +18,7 @@ from profilehook.stores.segments import (
     RuleSet,
     Segment,
     Touched,
+    before_of,
     decide,
     member_rows,
     work,
@@ -45,7 +46,12 @@ CREATE INDEX segment_members_by_contact ON segment_members (workspace, contact_i
 """
 
 Conn = Any  # psycopg.AsyncConnection (loaded by the store)
-Load = Callable[[Conn, list[tuple[str, str]]], Awaitable[dict[tuple[str, str], Contact | None]]]
+Load = Callable[
+    [Conn, list[tuple[str, str]], list[tuple[str, str, str]] | None],
+    Awaitable[dict[tuple[str, str], Contact | None]],
+]
+"""The profiles of these contacts now (absent ones left out), with only the (workspace,
+contact_id, name) properties given (None: all of them)."""
 
 _rules_cache: dict[tuple[str, str], Rule] = {}
 
@@ -71,28 +77,53 @@ async def keep(conn: Conn, touched: Sequence[Touched], load: Load) -> Moves:
     if not touched:
         return {}
     cur = await conn.execute(
-        "SELECT workspace, segment_id, filter FROM segments WHERE workspace = ANY(%s)",
+        "SELECT workspace, segment_id, filter, status FROM segments WHERE workspace = ANY(%s)",
         (sorted({t.workspace for t in touched}),),
     )
     by_workspace: dict[str, RuleSet] = {}
-    for workspace, segment_id, text in await cur.fetchall():
+    ready = set()
+    for workspace, segment_id, text, status in await cur.fetchall():
         by_workspace.setdefault(workspace, RuleSet()).add(_rule(segment_id, text))
+        if status == "ready":
+            ready.add(segment_id)
     todo = work(by_workspace, touched) if by_workspace else []
     if not todo:
         return {}
     keys = [(t.workspace, t.contact_id) for t, _ in todo]
-    # Only the memberships of the segments each contact's change can move.
-    pairs = [(t.workspace, r.segment_id, t.contact_id) for t, rules in todo for r in rules]
-    cur = await conn.execute(
-        "SELECT m.workspace, m.segment_id, m.contact_id FROM segment_members m"
-        " JOIN unnest(%s::text[], %s::text[], %s::text[]) AS u(w, s, c)"
-        " ON m.workspace = u.w AND m.segment_id = u.s AND m.contact_id = u.c",
-        _columns(pairs, 3),
-    )
-    members = {(w, s, c) for w, s, c in await cur.fetchall()}
-    moves = decide(todo, await load(conn, keys), members)
+    # Of each contact, only the properties its segments look at: a rule's answer is a
+    # function of those (and of the contact's id and last update), so the rest are not read.
+    names = [(t.workspace, t.contact_id, n) for t, rules in todo for n in _named(rules)]
+    now = await load(conn, keys, names)
+    # A ready segment's membership is the filter's answer on the profile before, which the
+    # apply knew where it read the values its plan changes (``Touched.before``): only the
+    # other memberships are read.
+    before = {
+        (t.workspace, t.contact_id): before_of(t, now.get((t.workspace, t.contact_id)))
+        for t, _ in todo
+        if t.before is not None
+    }
+    pairs = [
+        (t.workspace, r.segment_id, t.contact_id)
+        for t, rules in todo
+        for r in rules
+        if t.before is None or r.segment_id not in ready
+    ]
+    members: set[tuple[str, str, str]] = set()
+    if pairs:
+        cur = await conn.execute(
+            "SELECT m.workspace, m.segment_id, m.contact_id FROM segment_members m"
+            " JOIN unnest(%s::text[], %s::text[], %s::text[]) AS u(w, s, c)"
+            " ON m.workspace = u.w AND m.segment_id = u.s AND m.contact_id = u.c",
+            _columns(pairs, 3),
+        )
+        members = {(w, s, c) for w, s, c in await cur.fetchall()}
+    moves = decide(todo, now, members, before, frozenset(ready))
     await _write(conn, *member_rows(moves))
     return moves
+
+
+def _named(rules: Sequence[Rule]) -> set[str]:
+    return {name for rule in rules for name in rule.names}
 
 
 async def _write(

@@ -17,7 +17,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from profilehook.events import Version
 from profilehook.filters import (
@@ -75,6 +75,12 @@ class Touched:
     names: frozenset[str] | None
     exists_changed: bool
     updated_changed: bool
+    # The values of ``names`` before (absent: none), when the caller knew them, and whether
+    # the contact existed then and its last update: what the profile before the batch was,
+    # given the profile after (``before_of``). None: not known.
+    before: Mapping[str, Any] | None = None
+    existed: bool = False
+    updated_before_us: int = 0
 
 
 def touched_by(
@@ -82,16 +88,44 @@ def touched_by(
     last: Version | None,
     deleted: Version | None,
     plan: ContactPlan,
+    values: Mapping[str, Any] | None = None,
 ) -> Touched | None:
     """What ``plan`` changes of a contact whose row held ``last`` and ``deleted``; None when
-    nothing a filter can see."""
+    nothing a filter can see. ``values``: the row's values of (at least) the properties the
+    plan writes, when the caller read them."""
     names = None if plan.delete_upto is not None else frozenset(plan.upserts) | plan.removes
     existed = last is not None and contact_exists(last, deleted)
     exists = plan.last_update is not None and contact_exists(plan.last_update, plan.deleted)
     updated = exists and (last is None or plan.last_update != last)
     if names is not None and not names and existed == exists and not updated:
         return None
-    return Touched(key[0], key[1], names, existed != exists, updated)
+    before = None
+    if values is not None and names is not None:
+        before = {n: v for n in names if (v := values.get(n)) is not None} if existed else {}
+    return Touched(
+        key[0],
+        key[1],
+        names,
+        existed != exists,
+        updated,
+        before,
+        existed,
+        last[0] if last is not None else 0,
+    )
+
+
+def before_of(change: Touched, now: Contact | None) -> Contact | None:
+    """The contact before the batch, from its profile now (with at least the properties the
+    segments look at) and what ``change`` knew of the values it changed; only when
+    ``change.before`` is known."""
+    assert change.before is not None and change.names is not None
+    if not change.existed:
+        return None
+    held = dict(now.properties) if now is not None else {}
+    for name in change.names:
+        held.pop(name, None)
+    held.update(change.before)
+    return Contact(change.contact_id, held, {}, change.updated_before_us)
 
 
 def everything(workspace: str, contact_id: str) -> Touched:
@@ -199,20 +233,34 @@ def decide(
     exactly what the filter says of that profile."""
     moves: Moves = {}
     for change, rules in todo:
-        key = (change.workspace, change.contact_id)
+        workspace, contact_id = key = (change.workspace, change.contact_id)
         contact = contacts.get(key)
         known = before is not None and key in before
         old = before.get(key) if before is not None else None
+        now_props = contact.properties if contact is not None else {}
+        now_us = contact.updated_us if contact is not None else 0
+        # Both profiles known and the contact there before and after: a ready segment whose
+        # properties (and last update, if it looks at it) hold the same values gives the same
+        # answer, whatever the batch wrote (a rewrite of the same value, say): nothing to move.
+        same_contact = known and old is not None and contact is not None
+        old_props = old.properties if old is not None else {}
+        old_us = old.updated_us if old is not None else 0
         entered, exited = [], []
         for rule in rules:
             test = rule.test or compile_filter(rule.filter)
-            now = contact is not None and test(
-                contact.contact_id, contact.properties, contact.updated_us
-            )
-            if known and rule.segment_id in ready:
-                was = old is not None and test(old.contact_id, old.properties, old.updated_us)
+            ready_before = known and rule.segment_id in ready
+            if (
+                same_contact
+                and ready_before
+                and (not rule.uses_updated or old_us == now_us)
+                and _unchanged(old_props, now_props, rule.names)
+            ):
+                continue
+            now = contact is not None and test(contact_id, now_props, now_us)
+            if ready_before:
+                was = old is not None and test(contact_id, old_props, old_us)
             else:
-                was = (change.workspace, rule.segment_id, change.contact_id) in members
+                was = (workspace, rule.segment_id, contact_id) in members
             if now and not was:
                 entered.append(rule.segment_id)
             elif was and not now:
@@ -220,6 +268,20 @@ def decide(
         if entered or exited:
             moves[key] = SegmentMoves(tuple(entered), tuple(exited))
     return moves
+
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _unchanged(old: Mapping[str, Any], now: Mapping[str, Any], names: frozenset[str]) -> bool:
+    """Whether every one of ``names`` holds the same scalar before and after: the same type
+    too, since equal values of different types (1 and 1.0, 1 and True) answer a filter
+    differently (no coercion: filters.py). A list or an object is never taken as unchanged."""
+    for name in names:
+        a, b = old.get(name), now.get(name)
+        if a.__class__ is not b.__class__ or a.__class__ not in _SCALARS or a != b:
+            return False
+    return True
 
 
 def member_rows(moves: Moves) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]]:
