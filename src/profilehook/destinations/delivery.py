@@ -82,7 +82,7 @@ class Deliverer:
         self.resolver = resolver
         self.tls = tls
         self.timeout_s = timeout_s
-        self.lease_s = max(c.DESTINATION_LEASE_S, 3 * timeout_s)
+        self.lease_s = max(c.DESTINATION_LEASE_S, 2 * timeout_s)
         self._slots = asyncio.Semaphore(concurrency)
         self._concurrency = concurrency
         self._destinations: dict[str, Destination] = {}
