@@ -160,7 +160,9 @@ DESTINATION_TIMEOUT_S = 10.0  # a delivery attempt answered later has failed
 DESTINATION_RETRY_S = (5.0, 300.0, 1_800.0, 7_200.0, 18_000.0, 36_000.0, 36_000.0)
 DESTINATION_RETRY_JITTER = 0.2
 DESTINATION_DISABLE_AFTER_S = 5 * 86_400.0  # failing this long in a row: disabled
-DESTINATION_LEASE_S = 20.0  # a claimed delivery is another worker's again after this (2 x the timeout)
+DESTINATION_LEASE_S = (
+    20.0  # a claimed delivery is another worker's again after this (2 x the timeout)
+)
 DESTINATION_CLAIM_BATCH = 200
 DESTINATION_FILL_BATCH = 1_000  # changes read from the feed per destination per pass
 DESTINATION_CONCURRENCY = 64  # calls in flight per delivering process
