@@ -146,3 +146,66 @@ def test_a_workspace_has_at_most_50_destinations(client: TestClient) -> None:
         f"/v1/destinations/{made[0]['destination_id']}/replay", json={"after": "x"}, headers=admin
     )
     assert r.status_code in (400, 422), r.text
+
+
+def metric(text: str, name: str, **labels: str) -> float | None:
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{{want}}} "):
+            return float(line.split()[-1])
+    return None
+
+
+def test_metrics_show_deliveries_by_outcome_the_lag_and_the_retry_queue(
+    private_client: TestClient, receiver: Receiver
+) -> None:
+    client = private_client
+    admin = headers(client, "admin")
+    receiver.answers = [500] * 1000  # never succeeds: the retry queue fills, the lag grows
+    r = client.post(
+        "/v1/destinations", json={"url": f"http://127.0.0.1:{receiver.port}/x"}, headers=admin
+    )
+    destination_id = r.json()["destination_id"]
+    receiver.secret = r.json()["secret"]
+    ingest = headers(client, "ingest", "read")
+    send(client, ingest, "u1", "e1", 100, plan="pro")
+
+    def retrying() -> Any:
+        text = client.get("/metrics").text
+        depth = metric(
+            text, "profilehook_destination_retry_queue_depth", destination=destination_id
+        )
+        return text if depth == 1 else None
+
+    text = wait_until(retrying, timeout_s=20)
+    assert (
+        metric(
+            text,
+            "profilehook_destination_deliveries",
+            destination=destination_id,
+            outcome="pending",
+        )
+        == 1
+    )
+    lag = metric(text, "profilehook_destination_delivery_lag_seconds", destination=destination_id)
+    assert lag is not None and lag > 0
+    receiver.answers = []  # now it answers 200: delivered at the next retry
+
+    def delivered() -> Any:
+        text = client.get("/metrics").text
+        done = metric(
+            text,
+            "profilehook_destination_deliveries",
+            destination=destination_id,
+            outcome="delivered",
+        )
+        return text if done == 1 else None
+
+    text = wait_until(delivered, timeout_s=30)
+    assert (
+        metric(text, "profilehook_destination_retry_queue_depth", destination=destination_id) == 0
+    )
+    assert (
+        metric(text, "profilehook_destination_delivery_lag_seconds", destination=destination_id)
+        == 0
+    )

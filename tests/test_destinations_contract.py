@@ -12,7 +12,7 @@ import pytest
 
 from profilehook.changes import Change, ChangeBody, PropertyChange, SegmentChanges
 from profilehook.stores.base import Store
-from profilehook.stores.destinations import Destination, NewDelivery
+from profilehook.stores.destinations import DeliveryStats, Destination, NewDelivery
 from tests.store_backends import S, StoreBackend
 
 T0 = 1_700_000_000 * S
@@ -81,7 +81,7 @@ async def test_cursor_moves_by_compare_and_set(store: Store) -> None:
     ]
     assert rows[0].position > rows[1].position
     assert rows[1].payload == b'{"n": 1}' and rows[1].cursor == "1"
-    assert await store.pending_deliveries() == {"d1": 2}
+    assert await store.delivery_stats() == {"d1": DeliveryStats(0, 0, 2, 0, T0 + 1)}
 
 
 async def test_claims_the_earliest_pending_per_contact_only(store: Store) -> None:
@@ -118,6 +118,7 @@ async def test_retries_failures_and_the_delivery_log(store: Store) -> None:
     )
     got = await store.get_destination("acme", "d1")
     assert got is not None and got.failing_since_us == T0 + S
+    assert await store.delivery_stats() == {"d1": DeliveryStats(0, 0, 2, 1, T0 + 1)}
     assert await store.claim_deliveries("w", T0 + 4 * S, T0 + 60 * S, 10) == []  # not due yet
     (two,) = await store.claim_deliveries("w", T0 + 5 * S, T0 + 60 * S, 10)
     assert (two.change_id, two.attempts, two.last_status) == ("ch1", 1, 500)
@@ -138,7 +139,7 @@ async def test_retries_failures_and_the_delivery_log(store: Store) -> None:
     got = await store.get_destination("acme", "d1")
     assert got is not None and got.failing_since_us is None
     assert [d.change_id for d in await store.list_deliveries("d1", "delivered", 10)] == ["ch2"]
-    assert await store.pending_deliveries() == {"d1": 0}
+    assert await store.delivery_stats() == {"d1": DeliveryStats(1, 1, 0, 0, None)}
 
 
 async def test_replay_and_disable(store: Store) -> None:
@@ -157,7 +158,7 @@ async def test_replay_and_disable(store: Store) -> None:
     )
     assert await store.active_destinations() == []
     assert await store.claim_deliveries("w", T0 + S, T0 + 30 * S, 10) == []
-    assert await store.pending_deliveries() == {"d1": 3}
+    assert await store.delivery_stats() == {"d1": DeliveryStats(0, 0, 3, 0, T0 + 1)}
 
 
 async def test_workers_on_the_same_data_never_claim_a_delivery_twice(

@@ -93,6 +93,17 @@ class Delivery(msgspec.Struct, frozen=True):
     lease_until_us: int | None = None
 
 
+class DeliveryStats(msgspec.Struct, frozen=True):
+    """A destination's deliveries by status; ``retrying``: pending after a failed attempt;
+    ``oldest_pending_us``: when the oldest pending one's change was applied (None: none)."""
+
+    delivered: int = 0
+    failed: int = 0
+    pending: int = 0
+    retrying: int = 0
+    oldest_pending_us: int | None = None
+
+
 class Destinations(ABC):
     """The destinations registry and the delivery state (module doc). Backend errors are raised
     as ``StorageUnavailable``."""
@@ -174,5 +185,6 @@ class Destinations(ABC):
         """Stop delivering to the destination, saying why; its pending deliveries stay."""
 
     @abstractmethod
-    async def pending_deliveries(self) -> dict[str, int]:
-        """Per destination id, how many deliveries are pending (the retry queue's depth)."""
+    async def delivery_stats(self) -> dict[str, DeliveryStats]:
+        """Per destination id (every destination, of every workspace), its deliveries by
+        status, those waiting for a retry, and the oldest pending one's change time."""

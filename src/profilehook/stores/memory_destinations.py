@@ -9,6 +9,7 @@ import msgspec
 
 from profilehook.stores.destinations import (
     Delivery,
+    DeliveryStats,
     DeliveryStatus,
     Destination,
     Destinations,
@@ -164,11 +165,18 @@ class MemoryDestinations(Destinations):
                 found, disabled_us=at_us, disabled_reason=reason
             )
 
-    async def pending_deliveries(self) -> dict[str, int]:
-        return {
-            destination_id: sum(1 for r in rows if r.status == "pending")
-            for destination_id, rows in self._deliveries.items()
-        }
+    async def delivery_stats(self) -> dict[str, DeliveryStats]:
+        found = {}
+        for destination_id, rows in self._deliveries.items():
+            pending = [r for r in rows if r.status == "pending"]
+            found[destination_id] = DeliveryStats(
+                sum(1 for r in rows if r.status == "delivered"),
+                sum(1 for r in rows if r.status == "failed"),
+                len(pending),
+                sum(1 for r in pending if r.attempts > 0),
+                min((r.applied_us for r in pending), default=None),
+            )
+        return found
 
 
 def _index(rows: list[Delivery], position: int) -> int | None:

@@ -12,6 +12,7 @@ import psycopg
 
 from profilehook.stores.destinations import (
     Delivery,
+    DeliveryStats,
     DeliveryStatus,
     Destination,
     Destinations,
@@ -287,14 +288,9 @@ class PostgresDestinations(Destinations):
 
         await self._run(disable)
 
-    async def pending_deliveries(self) -> dict[str, int]:
-        rows = await self._rows(
-            "SELECT d.destination_id, (SELECT count(*) FROM deliveries p"
-            " WHERE p.destination_id = d.destination_id AND p.status = 'pending')"
-            " FROM destinations d",
-            (),
-        )
-        return {destination_id: count for destination_id, count in rows}
+    async def delivery_stats(self) -> dict[str, DeliveryStats]:
+        rows = await self._rows(_STATS, ())
+        return {row[0]: DeliveryStats(*row[1:]) for row in rows}
 
     async def _rows(self, query: str, params: Sequence[Any]) -> list[Any]:
         async def select(conn: Conn) -> list[Any]:
@@ -357,3 +353,15 @@ def _delivery(row: Sequence[Any]) -> Delivery:
         row[13],
         row[14],
     )
+
+
+_STATS = """
+SELECT s.destination_id,
+    count(*) FILTER (WHERE d.status = 'delivered'),
+    count(*) FILTER (WHERE d.status = 'failed'),
+    count(*) FILTER (WHERE d.status = 'pending'),
+    count(*) FILTER (WHERE d.status = 'pending' AND d.attempts > 0),
+    min(d.applied_us) FILTER (WHERE d.status = 'pending')
+FROM destinations s LEFT JOIN deliveries d ON d.destination_id = s.destination_id
+GROUP BY s.destination_id
+"""

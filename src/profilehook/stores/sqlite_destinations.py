@@ -13,6 +13,7 @@ from typing import Any
 from profilehook.sqlite_db import SqliteDatabase
 from profilehook.stores.destinations import (
     Delivery,
+    DeliveryStats,
     DeliveryStatus,
     Destination,
     Destinations,
@@ -297,15 +298,9 @@ class SqliteDestinations(Destinations):
             )
         )
 
-    async def pending_deliveries(self) -> dict[str, int]:
-        rows = await self.destinations_db.read(
-            lambda conn: conn.execute(
-                "SELECT d.destination_id, (SELECT count(*) FROM deliveries p"
-                " WHERE p.destination_id = d.destination_id AND p.status = 'pending')"
-                " FROM destinations d"
-            ).fetchall()
-        )
-        return {destination_id: count for destination_id, count in rows}
+    async def delivery_stats(self) -> dict[str, DeliveryStats]:
+        rows = await self.destinations_db.read(lambda conn: conn.execute(_STATS).fetchall())
+        return {row[0]: DeliveryStats(*row[1:]) for row in rows}
 
 
 # Due, unleased, pending rows of active destinations that are their contact's earliest pending.
@@ -363,3 +358,15 @@ def _delivery(row: Sequence[Any]) -> Delivery:
         row[13],
         row[14],
     )
+
+
+_STATS = """
+SELECT s.destination_id,
+    count(*) FILTER (WHERE d.status = 'delivered'),
+    count(*) FILTER (WHERE d.status = 'failed'),
+    count(*) FILTER (WHERE d.status = 'pending'),
+    count(*) FILTER (WHERE d.status = 'pending' AND d.attempts > 0),
+    min(d.applied_us) FILTER (WHERE d.status = 'pending')
+FROM destinations s LEFT JOIN deliveries d ON d.destination_id = s.destination_id
+GROUP BY s.destination_id
+"""
