@@ -136,8 +136,9 @@ async def test_a_receiver_that_never_succeeds_fails_the_delivery_then_the_destin
         receiver.answers = [500] * 100
         destination_id = await destination(store, receiver)
         await store.apply([update("a", 1, n=1)])
-        # Scaled so that the seven retries take a moment and 5 days about 0.4 s... of failing.
-        deliverer = Deliverer(store, settings(0.000001), timeout_s=1)
+        # Scaled: the seven retries take about 2 s, 5 days of failing about 9 s (room for a
+        # loaded machine: the delivery must fail before the destination is disabled).
+        deliverer = Deliverer(store, settings(0.00002), timeout_s=1)
 
         async def failed() -> bool:
             return len(await store.list_deliveries(destination_id, "failed", 10)) == 1
@@ -152,7 +153,7 @@ async def test_a_receiver_that_never_succeeds_fails_the_delivery_then_the_destin
             found = await store.get_destination("acme", destination_id)
             return found is not None and found.disabled_us is not None
 
-        await run_until(deliverer, disabled)
+        await run_until(deliverer, disabled, timeout_s=30)
         found = await store.get_destination("acme", destination_id)
         assert found is not None and "5 days" in (found.disabled_reason or "")
 
