@@ -1267,6 +1267,166 @@ def _feed_latencies(client: Any, after: str | None, count: int) -> list[float]:
     return latencies
 
 
+def scenario_l(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Destinations, in process on the embedded SQLite store, to a local receiver in a thread of
+    its own that answers every POST at once (one call per change, nothing batched): deliveries/s
+    of a backlog; apply -> delivery latency at half that rate; the applier's rate with one
+    destination delivering beside it vs none."""
+    return asyncio.run(_destinations(tmp))
+
+
+class _Receiver:
+    """Answers 204 to every POST; keeps when each change id arrived."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.arrived: dict[str, float] = {}
+        self.port = 0
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=asyncio.run, args=(self._serve(),), daemon=True)
+
+    def __enter__(self) -> _Receiver:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        loop, stop = self._loop, self._stop
+        assert stop is not None
+        loop.call_soon_threadsafe(stop.set)
+        self._thread.join(10)
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = server.sockets[0].getsockname()[1]
+        self._ready.set()
+        await self._stop.wait()
+        server.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length, webhook_id = 0, ""
+        for line in head.split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            if name.lower() == b"content-length":
+                length = int(value)
+            elif name.lower() == b"webhook-id":
+                webhook_id = value.strip().decode()
+        await reader.readexactly(length)
+        self.arrived.setdefault(webhook_id, time.perf_counter())
+        writer.write(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+
+def _events(start: int, count: int, contacts: int = 5_000) -> list[Any]:
+    from profilehook.events import Event
+
+    return [
+        Event(
+            workspace="bench",
+            event_id=uuid.uuid4().hex,
+            contact_id=f"c{i % contacts}",
+            ts_us=1_000_000 + i,
+            properties={"n": i},
+        )
+        for i in range(start, start + count)
+    ]
+
+
+async def _destinations(tmp: Path) -> dict[str, Any]:
+    from profilehook.destinations import registry
+    from profilehook.destinations.delivery import Deliverer
+    from profilehook.settings import Settings
+    from profilehook.stores.sqlite import SqliteStore
+
+    settings = Settings(destinations_allow_private=True)
+    result: dict[str, Any] = {}
+    backlog = 2_000
+    with _Receiver() as receiver:
+        url = f"http://127.0.0.1:{receiver.port}/in"
+        # 1. A backlog of changes, delivered as fast as the loop goes.
+        store = SqliteStore(tmp / "l-backlog.sqlite3")
+        await store.open()
+        await registry.create(store, "bench", {"url": url}, allow_private=True)
+        for start in range(0, backlog, 2_000):
+            await store.apply(_events(start, 2_000))
+        stop = asyncio.Event()
+        t0 = time.perf_counter()
+        running_loop = asyncio.create_task(Deliverer(store, settings).run(stop))
+        while len(receiver.arrived) < backlog:
+            await asyncio.sleep(0.01)
+        rate = backlog / (time.perf_counter() - t0)
+        stop.set()
+        await running_loop
+        await store.close()
+        result["deliveries_per_s"] = rate
+        # 2. Latency at half that rate: batches every 20 ms, apply -> arrival.
+        receiver.arrived.clear()
+        store = SqliteStore(tmp / "l-latency.sqlite3")
+        await store.open()
+        await registry.create(store, "bench", {"url": url}, allow_private=True)
+        stop = asyncio.Event()
+        running_loop = asyncio.create_task(Deliverer(store, settings).run(stop))
+        per_batch = max(1, int(rate / 2 * 0.02))
+        handed: dict[str, float] = {}
+        n = 0
+        t_end = time.perf_counter() + 5
+        while time.perf_counter() < t_end:
+            batch = _events(n, per_batch)
+            n += per_batch
+            at = time.perf_counter()
+            await store.apply(batch)
+            for change in await store.read_changes(
+                "bench", None if not handed else str(len(handed)), per_batch
+            ):
+                handed[change.change_id] = at
+            await asyncio.sleep(max(0.0, 0.02 - (time.perf_counter() - at)))
+        deadline = time.perf_counter() + 30
+        while len(receiver.arrived) < len(handed) and time.perf_counter() < deadline:
+            await asyncio.sleep(0.01)
+        stop.set()
+        await running_loop
+        await store.close()
+        lat = sorted(
+            (receiver.arrived[i] - handed[i]) * 1000 for i in handed if i in receiver.arrived
+        )
+        result["latency_rate_per_s"] = per_batch / 0.02
+        result["latency_delivered"] = f"{len(lat)} of {len(handed)}"
+        result["apply_to_delivery_p50_ms"] = statistics.median(lat)
+        result["apply_to_delivery_p99_ms"] = lat[int(len(lat) * 0.99) - 1]
+        # 3. The applier's rate with one destination delivering beside it, and with none.
+        rates: dict[str, list[float]] = {"one": [], "none": []}
+        for round_no in range(3):
+            for mode in ("one", "none"):
+                store = SqliteStore(tmp / f"l-apply-{mode}-{round_no}.sqlite3")
+                await store.open()
+                stop = asyncio.Event()
+                running_loop = None
+                if mode == "one":
+                    await registry.create(store, "bench", {"url": url}, allow_private=True)
+                    running_loop = asyncio.create_task(Deliverer(store, settings).run(stop))
+                t0 = time.perf_counter()
+                for start in range(0, 10_000, 2_000):
+                    await store.apply(_events(start, 2_000))
+                    await store.sync()
+                rates[mode].append(10_000 / (time.perf_counter() - t0))
+                stop.set()
+                if running_loop is not None:
+                    await running_loop
+                await store.close()
+        one, none = statistics.median(rates["one"]), statistics.median(rates["none"])
+        result["apply_one_destination_events_per_s"] = one
+        result["apply_no_destination_events_per_s"] = none
+        result["apply_ratio_one_to_none"] = one / none
+    result["events_per_s"] = rate
+    return result
+
+
 SCENARIOS = {
     "A": scenario_a,
     "B": scenario_b,
@@ -1279,6 +1439,7 @@ SCENARIOS = {
     "I": scenario_i,
     "J": scenario_j,
     "K": scenario_k,
+    "L": scenario_l,
 }
 TITLES = {
     "A": "ceiling: raw ASGI, reads body, answers 202",
@@ -1292,6 +1453,7 @@ TITLES = {
     "I": "Segment batches of 100 on /v1/batch, beside the native batch endpoint",
     "J": "queries and segments (in process)",
     "K": "change feed: outbox cost on apply, GET /v1/changes reads, ingest -> feed",
+    "L": "destinations: deliveries/s, apply -> delivery at half that rate, apply cost",
 }
 
 
@@ -1435,6 +1597,30 @@ def targets(r: dict[str, dict[str, Any]]) -> list[tuple[str, str, bool | None]]:
                 k["ingest_to_feed_p99_ms"] <= 1000,
             )
         )
+    if has("L"):
+        ell = r["L"]
+        rows.append(
+            (
+                "L: deliveries/s to a local receiver, one POST per change (in process, SQLite)",
+                f"{ell['deliveries_per_s']:,.0f} /s",
+                ell["deliveries_per_s"] >= 5_000,
+            )
+        )
+        rows.append(
+            (
+                "L: apply -> delivery at half that rate (in process; no HTTP ingest)",
+                f"p50 {ell['apply_to_delivery_p50_ms']:.0f} ms,"
+                f" p99 {ell['apply_to_delivery_p99_ms']:.0f} ms",
+                ell["apply_to_delivery_p99_ms"] <= 1000,
+            )
+        )
+        rows.append(
+            (
+                "L: apply rate with one destination delivering vs none",
+                f"{ell['apply_ratio_one_to_none']:.2f} x",
+                ell["apply_ratio_one_to_none"] >= 0.8,
+            )
+        )
     if has("G") and "sqlite_property_updates_per_s" in r["G"]:
         rows.append(
             (
@@ -1542,7 +1728,7 @@ def main() -> None:
     args = parser.parse_args()
     results: dict[str, dict[str, Any]] = {}
     chosen = [n for n in SCENARIOS if n in args.only.upper()]
-    if set(chosen) - {"E", "G", "J", "K"}:  # the others send their load with wrk
+    if set(chosen) - {"E", "G", "J", "K", "L"}:  # the others send their load with wrk
         ensure_wrk()
     # The throughput scenarios run in interleaved rounds (A C D, A C D, ...) and report the
     # median of each figure: a slow minute of a shared machine then moves one round, not a ratio.

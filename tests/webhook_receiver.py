@@ -28,8 +28,11 @@ class Receiver:
     answers: list[int | str] = field(default_factory=list)  # next answers: a status, or "hang"
     received: list[Received] = field(default_factory=list)
     port: int = 0
+    delay_s: float = 0.0  # before reading each call: so that a kill finds calls in flight
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         conn = h11.Connection(h11.SERVER)
         request: h11.Request | None = None
         body = b""

@@ -31,6 +31,7 @@ import msgspec
 
 from profilehook.applier import Applier
 from profilehook.applier_endpoints import ApplierEndpoints
+from profilehook.destinations.delivery import Deliverer
 from profilehook.erasure import Eraser
 from profilehook.errors import StorageUnavailable
 from profilehook.metrics import ApplierTotals, Metrics
@@ -94,6 +95,11 @@ async def run_applier(
         purging_changes = asyncio.create_task(
             ChangePurger(services.store, settings).run(stop), name="change-purge"
         )
+        # Destinations are delivered to here: in serve's applier process, and in every worker
+        # (they share the deliveries through the store's leases).
+        delivering = asyncio.create_task(
+            Deliverer(services.store, settings).run(stop), name="destinations"
+        )
         # A worker executes erasures too (any number may: each step is idempotent); serve's
         # applier process does not: the server does, it writes the embedded log.
         erasing = None
@@ -109,6 +115,7 @@ async def run_applier(
             stop.set()
             await purging
             await purging_changes
+            await delivering
             if erasing is not None:
                 with contextlib.suppress(asyncio.CancelledError):
                     await erasing

@@ -587,6 +587,116 @@ def segments_delete(ctx: click.Context, segment_id: str, workspace: str) -> None
 
 
 @main.group()
+def destinations() -> None:
+    """Create and manage webhook destinations: where changes are pushed, signed."""
+
+
+@destinations.command("create")
+@click.option("--workspace", callback=_nonblank, required=True)
+@click.option("--url", required=True, help="https URL that receives the changes.")
+@click.option("--property", "properties", multiple=True, help="Only changes of this property.")
+@click.option("--segment", "segment_ids", multiple=True, help="Or entries/exits of this segment.")
+@click.option("--description", default="", help="What it is for.")
+@click.option(
+    "--json", "as_json", is_flag=True, help='Print {"destination_id", "secret", …} as JSON.'
+)
+@click.pass_context
+def destinations_create(
+    ctx: click.Context,
+    workspace: str,
+    url: str,
+    properties: tuple[str, ...],
+    segment_ids: tuple[str, ...],
+    description: str,
+    as_json: bool,
+) -> None:
+    """Create a destination; its signing secret is printed once (exit 1 when refused).
+
+    \b
+    Example:
+      profilehook destinations create --workspace default \\
+        --url https://hooks.example.com/profiles --property plan --json
+    """
+    from profilehook.destinations import registry
+
+    settings = _settings(ctx)
+    body: dict[str, Any] = {"url": url, "description": description}
+    if properties:
+        body["properties"] = list(properties)
+    if segment_ids:
+        body["segments"] = list(segment_ids)
+    made, secret = _with_services(
+        settings,
+        lambda s: registry.create(
+            s.store, workspace, body, allow_private=settings.destinations_allow_private
+        ),
+    )
+    if as_json:
+        click.echo(json.dumps({**registry.view(made), "secret": secret}))
+    else:
+        click.echo(f"Destination {made.destination_id} -> {made.url}")
+        click.echo(f"Secret (shown once): {secret}")
+
+
+@destinations.command("list")
+@click.option("--workspace", callback=_nonblank, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.pass_context
+def destinations_list(ctx: click.Context, workspace: str, as_json: bool) -> None:
+    """List a workspace's destinations.
+
+    \b
+    Example:
+      profilehook destinations list --workspace default
+    """
+    from profilehook.destinations import registry
+
+    found = _with_services(_settings(ctx), lambda s: s.store.list_destinations(workspace))
+    views = [registry.view(d) for d in found]
+    if as_json:
+        click.echo(json.dumps(views))
+        return
+    for v in views:
+        click.echo(f"{v['destination_id']}  {v['status']:8}  {v['url']}")
+
+
+@destinations.command("show")
+@click.argument("destination_id")
+@click.option("--workspace", callback=_nonblank, required=True)
+@click.pass_context
+def destinations_show(ctx: click.Context, destination_id: str, workspace: str) -> None:
+    """Print a destination as JSON (exit 1 when not found).
+
+    \b
+    Example:
+      profilehook destinations show dst_0123456789abcdef0123456789abcdef --workspace default
+    """
+    from profilehook.destinations import registry
+
+    found = _with_services(
+        _settings(ctx), lambda s: registry.get(s.store, workspace, destination_id)
+    )
+    click.echo(json.dumps(registry.view(found), indent=2))
+
+
+@destinations.command("delete")
+@click.argument("destination_id")
+@click.option("--workspace", callback=_nonblank, required=True)
+@click.pass_context
+def destinations_delete(ctx: click.Context, destination_id: str, workspace: str) -> None:
+    """Stop and forget a destination (exit 1 when not found).
+
+    \b
+    Example:
+      profilehook destinations delete dst_0123456789abcdef0123456789abcdef --workspace default
+    """
+    from profilehook.destinations import registry
+
+    _with_services(_settings(ctx), lambda s: registry.delete(s.store, workspace, destination_id))
+    click.echo(f"Destination {destination_id} deleted")
+
+
+@main.group()
 def events() -> None:
     """Read events."""
 

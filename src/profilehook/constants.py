@@ -150,3 +150,20 @@ CHANGES_PAGE_MAX = 1_000
 CHANGES_WAIT_MAX_S = 60  # the longest long-poll a GET /v1/changes may ask for (wait_s)
 CHANGES_POLL_S = 0.05  # how often a waiting reader looks for new changes
 CHANGES_STREAM_KEEPALIVE_S = 15.0  # an SSE comment line this often while nothing happens
+
+# Destinations (README, Getting changes out)
+MAX_DESTINATIONS_PER_WORKSPACE = 50
+MAX_DESTINATION_DESCRIPTION_CHARS = 1_000
+MAX_DESTINATION_FILTER_NAMES = 100
+DESTINATION_TIMEOUT_S = 10.0  # a delivery attempt answered later has failed
+# The waits before each retry (then the delivery is failed); each gets up to 20% jitter.
+DESTINATION_RETRY_S = (5.0, 300.0, 1_800.0, 7_200.0, 18_000.0, 36_000.0, 36_000.0)
+DESTINATION_RETRY_JITTER = 0.2
+DESTINATION_DISABLE_AFTER_S = 5 * 86_400.0  # failing this long in a row: disabled
+DESTINATION_LEASE_S = (
+    20.0  # a claimed delivery is another worker's again after this (2 x the timeout)
+)
+DESTINATION_CLAIM_BATCH = 200
+DESTINATION_FILL_BATCH = 1_000  # changes read from the feed per destination per pass
+DESTINATION_CONCURRENCY = 64  # calls in flight per delivering process
+DESTINATION_POLL_S = 0.05  # how often an idle delivery loop looks for changes

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 import msgspec
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
@@ -56,6 +57,41 @@ class Metrics:
             "Event records purged from the history as older than the retention window",
             registry=self.registry,
         )
+
+        # Destinations: read from the store at each scrape (deliveries may be made by any
+        # process sharing it), so every server shows the same figures.
+        self.deliveries = Gauge(
+            "profilehook_destination_deliveries",
+            "Deliveries kept per destination by outcome (delivered, failed, pending)",
+            ["destination", "outcome"],
+            registry=self.registry,
+        )
+        self.delivery_lag = Gauge(
+            "profilehook_destination_delivery_lag_seconds",
+            "Per destination, how long ago the oldest change still to deliver was applied"
+            " (0: none waits)",
+            ["destination"],
+            registry=self.registry,
+        )
+        self.retry_queue = Gauge(
+            "profilehook_destination_retry_queue_depth",
+            "Per destination, deliveries waiting for a retry after a failed attempt",
+            ["destination"],
+            registry=self.registry,
+        )
+
+    def set_deliveries(self, stats: Mapping[str, Any], now_us: int) -> None:
+        """The destination gauges from ``Destinations.delivery_stats`` (a destination gone
+        since the last scrape is no longer shown)."""
+        for gauge in (self.deliveries, self.delivery_lag, self.retry_queue):
+            gauge.clear()
+        for destination_id, st in stats.items():
+            for outcome in ("delivered", "failed", "pending"):
+                self.deliveries.labels(destination_id, outcome).set(getattr(st, outcome))
+            oldest = st.oldest_pending_us
+            lag_s = 0.0 if oldest is None else max(0.0, (now_us - oldest) / 1_000_000)
+            self.delivery_lag.labels(destination_id).set(lag_s)
+            self.retry_queue.labels(destination_id).set(st.retrying)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -117,6 +117,16 @@ class Settings:
         "Days the change feed keeps each change (GET /v1/changes); older ones are purged"
         " continuously, and a cursor before them is answered 410",
     )
+    destinations_allow_private: bool = _setting(
+        False,
+        "Let destination URLs be http and reach loopback, private and link-local addresses"
+        " (tests, closed networks); otherwise https and public addresses only",
+    )
+    destinations_retry_scale: float = _setting(
+        1.0,
+        "Multiplies the destinations' retry schedule (5 s, 5 min, 30 min, 2 h, 5 h, 10 h,"
+        " 10 h) and the 5 days after which a failing destination is disabled (tests: 0.001)",
+    )
     log_level: str = _setting("info", "Log level: debug, info, warning, error")
 
     def __post_init__(self) -> None:
@@ -212,9 +222,21 @@ def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
             return int(raw)
         if kind is float:
             return float(raw)
+        if kind is bool:
+            return _flag(raw)
         if issubclass(kind, Path):
             return Path(raw)
     except ValueError:
-        what = {int: "an integer", float: "a number"}.get(kind, "a path")
+        what = {int: "an integer", float: "a number", bool: "true or false"}.get(kind, "a path")
         raise ConfigurationError(f"{ENV_PREFIX}{f.name.upper()}={raw!r} is not {what}") from None
     return raw
+
+
+def _flag(raw: str) -> bool:
+    """A yes/no setting: 1, true, yes, on or 0, false, no, off. Raises ``ValueError``."""
+    text = raw.strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)

@@ -17,6 +17,7 @@ from starlette.types import Receive, Scope, Send
 from profilehook.api.access import ScopedRoute
 from profilehook.api.changes import change_routes
 from profilehook.api.deadlines import Deadlines
+from profilehook.api.destinations import destination_routes
 from profilehook.api.ingest import ACCESS as INGEST_ACCESS
 from profilehook.api.ingest import Handler, ingest_handlers
 from profilehook.api.management import management_routes
@@ -32,6 +33,7 @@ from profilehook.applier_process import ApplierProcess
 from profilehook.console.overview import Series
 from profilehook.console.routes import console_routes
 from profilehook.console.web import Console
+from profilehook.destinations.delivery import Deliverer
 from profilehook.erasure import Eraser
 from profilehook.errors import ProfilehookError
 from profilehook.retention import ChangePurger, HistoryPurger
@@ -90,6 +92,7 @@ class ProfilehookApp:
             + read_routes(services, self.deadlines, self._stall_watch(), self.eraser)
             + management_routes(services)
             + change_routes(services)
+            + destination_routes(services)
             + console_routes(self.console, self.series, self.eraser, self.backfiller),
             lifespan=self._lifespan,
             exception_handlers={
@@ -124,7 +127,7 @@ class ProfilehookApp:
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         await self.services.open()
         stop = asyncio.Event()
-        task = purging = purging_changes = None
+        task = purging = purging_changes = delivering = None
         services = self.services
         # Erasures are executed here (whatever applies): this process writes the embedded log.
         erasing = asyncio.create_task(self.eraser.run(stop), name="eraser")
@@ -145,6 +148,9 @@ class ProfilehookApp:
             purging_changes = asyncio.create_task(
                 ChangePurger(services.store, services.settings).run(stop), name="change-purge"
             )
+            delivering = asyncio.create_task(
+                Deliverer(services.store, services.settings).run(stop), name="destinations"
+            )
         elif self.applies_in == "process":
             process = ApplierProcess(services.settings, services.metrics, services.queue)
             task = asyncio.create_task(process.run(stop), name="applier-process")
@@ -152,7 +158,15 @@ class ProfilehookApp:
             yield
         finally:
             stop.set()
-            for running_task in (task, purging, purging_changes, erasing, sampling, backfilling):
+            for running_task in (
+                task,
+                purging,
+                purging_changes,
+                delivering,
+                erasing,
+                sampling,
+                backfilling,
+            ):
                 if running_task is not None:
                     with suppress(asyncio.CancelledError):
                         await running_task

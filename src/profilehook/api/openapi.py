@@ -1044,6 +1044,7 @@ def _paths() -> dict[str, Any]:
     paths.update(_query_paths())
     paths.update(_segment_paths())
     paths.update(_change_paths())
+    paths.update(_destination_paths())
     for operations in paths.values():
         for operation in operations.values():
             operation["responses"] = {**_MALFORMED, **operation["responses"]}
@@ -1250,3 +1251,183 @@ def html(doc: dict[str, Any]) -> str:
         parts.append(f"<h3>{esc(name)}</h3><pre>{esc(pretty)}</pre>")
     parts.append("</body></html>")
     return "".join(parts)
+
+
+_DESTINATION_ID = {
+    "name": "destination_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+}
+_NO_DESTINATION = {"404": _error("`Destination not found` (also another workspace's)")}
+
+
+def _destination_paths() -> dict[str, Any]:
+    def admin(summary: str, responses: dict[str, Any], **more: Any) -> dict[str, Any]:
+        return {
+            "summary": summary,
+            SCOPE: c.SCOPE_ADMIN,
+            **more,
+            "responses": {**responses, **_ERRORS_ADMIN},
+        }
+
+    deleted = {
+        "type": "object",
+        "properties": {"destination_id": {"type": "string"}, "deleted": {"type": "boolean"}},
+    }
+    body = {
+        "required": True,
+        "content": {"application/json": {"schema": _ref("DestinationCreate")}},
+    }
+    replay = {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"after": {"type": ["string", "null"]}},
+                    "required": ["after"],
+                }
+            }
+        },
+    }
+    deliveries = {
+        "type": "object",
+        "properties": {
+            "destination_id": {"type": "string"},
+            "deliveries": {"type": "array", "items": _ref("Delivery")},
+        },
+    }
+    status = {
+        "name": "status",
+        "in": "query",
+        "schema": {"enum": ["pending", "delivered", "failed"]},
+    }
+    limit = {
+        "name": "limit",
+        "in": "query",
+        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+    }
+    return {
+        "/v1/destinations": {
+            "post": admin(
+                "Create a webhook destination: each matching change is POSTed to it, signed"
+                " (Standard Webhooks), retried, in order per contact",
+                {
+                    "201": _json(_ref("DestinationCreated"), "Created; the secret is shown once"),
+                    **_ERRORS_BODY,
+                },
+                requestBody=body,
+            ),
+            "get": admin(
+                "The workspace's destinations",
+                {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "destinations": {"type": "array", "items": _ref("Destination")}
+                            },
+                        },
+                        "Oldest first",
+                    )
+                },
+            ),
+        },
+        "/v1/destinations/{destination_id}": {
+            "get": admin(
+                "A destination, and whether it is disabled and why",
+                {"200": _json(_ref("Destination"), "The destination"), **_NO_DESTINATION},
+                parameters=[_DESTINATION_ID],
+            ),
+            "delete": admin(
+                "Stop and forget a destination",
+                {"200": _json(deleted, "Deleted"), **_NO_DESTINATION},
+                parameters=[_DESTINATION_ID],
+            ),
+        },
+        "/v1/destinations/{destination_id}/deliveries": {
+            "get": admin(
+                "The destination's deliveries, newest first: attempts, status code, error,"
+                " next retry",
+                {
+                    "200": _json(deliveries, "Newest first"),
+                    "422": _ERRORS_BODY["422"],
+                    **_NO_DESTINATION,
+                },
+                parameters=[_DESTINATION_ID, status, limit],
+            ),
+        },
+        "/v1/destinations/{destination_id}/replay": {
+            "post": admin(
+                "Deliver again every change after a cursor of the feed (null: the oldest kept)",
+                {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "destination_id": {"type": "string"},
+                                "after": {"type": ["string", "null"]},
+                            },
+                        },
+                        "Replaying",
+                    ),
+                    "410": _error("The cursor is older than the changes kept"),
+                    **_ERRORS_BODY,
+                    **_NO_DESTINATION,
+                },
+                parameters=[_DESTINATION_ID],
+                requestBody=replay,
+            ),
+        },
+    }
+
+
+_NAMES = {"type": "array", "items": {"type": "string", "minLength": 1}}
+_SCHEMAS["DestinationCreate"] = {
+    "type": "object",
+    "properties": {
+        "url": {"type": "string", "description": "https, resolving to public addresses only"},
+        "description": {"type": "string", "maxLength": c.MAX_DESTINATION_DESCRIPTION_CHARS},
+        "properties": {**_NAMES, "description": "Only changes of these properties"},
+        "segments": {**_NAMES, "description": "Or entries into and exits from these segments"},
+    },
+    "required": ["url"],
+    "additionalProperties": False,
+}
+_SCHEMAS["Destination"] = {
+    "type": "object",
+    "properties": {
+        "destination_id": {"type": "string"},
+        "url": {"type": "string"},
+        "description": {"type": "string"},
+        "properties": _NAMES,
+        "segments": _NAMES,
+        "created_at": {"type": "string"},
+        "cursor": {"type": ["string", "null"], "description": "The feed looked at up to here"},
+        "status": {"enum": ["active", "disabled"]},
+        "disabled_at": {"type": ["string", "null"]},
+        "disabled_reason": {"type": ["string", "null"]},
+        "failing_since": {"type": ["string", "null"]},
+    },
+}
+_SCHEMAS["DestinationCreated"] = {
+    "allOf": [
+        _ref("Destination"),
+        {"type": "object", "properties": {"secret": {"type": "string", "pattern": "^whsec_"}}},
+    ]
+}
+_SCHEMAS["Delivery"] = {
+    "type": "object",
+    "properties": {
+        "change_id": {"type": "string"},
+        "cursor": {"type": "string"},
+        "contact_id": {"type": "string"},
+        "status": {"enum": ["pending", "delivered", "failed"]},
+        "attempts": {"type": "integer"},
+        "status_code": {"type": ["integer", "null"]},
+        "error": {"type": ["string", "null"]},
+        "next_attempt_at": {"type": ["string", "null"]},
+        "updated_at": {"type": "string"},
+    },
+}

@@ -23,8 +23,8 @@ from profilehook.api.deadlines import Deadlines, within
 from profilehook.api.responses import json_response
 from profilehook.applier import StallWatch
 from profilehook.erasure import Eraser
-from profilehook.errors import NotFound, StorageUnavailable, ValidationFailed
-from profilehook.events import Version
+from profilehook.errors import BackendError, NotFound, StorageUnavailable, ValidationFailed
+from profilehook.events import Version, now_us
 from profilehook.service import Services
 from profilehook.stores.base import KeyGrant
 from profilehook.validation import problem, value_error
@@ -135,6 +135,12 @@ def read_routes(
 
     async def metrics(request: Request) -> Response:
         services.metrics.queue_depth.set(await queue.depth())
+        try:  # the destinations' figures, unless the store does not answer now
+            stats = await within(READY_TIMEOUT_S, store.delivery_stats())
+        except (TimeoutError, BackendError):
+            pass
+        else:
+            services.metrics.set_deliveries(stats, now_us())
         return Response(services.metrics.render(), media_type="text/plain; version=0.0.4")
 
     async def openapi_json(request: Request) -> Response:

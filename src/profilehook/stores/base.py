@@ -36,6 +36,7 @@ import msgspec
 from profilehook.changes import Change
 from profilehook.constants import DEFAULT_KEY_SCOPES, SCOPE_ADMIN, SCOPES
 from profilehook.events import Event, Version, erased_stub, iso, predates
+from profilehook.stores.destinations import Destinations
 
 EventStatus = Literal["queued", "applied", "duplicate", "failed", "erased"]
 """``duplicate``: applied, and since then accepted again (another delivery, not the log's
@@ -1074,7 +1075,9 @@ class ChangeFeed(ABC):
         how many. A cursor behind a purged change is expired from then on."""
 
 
-class Store(ProfileStore, Catalog, ProfileAliases, SeenNonces, Erasures, ChangeFeed, ABC):
+class Store(
+    ProfileStore, Catalog, ProfileAliases, SeenNonces, Erasures, ChangeFeed, Destinations, ABC
+):
     """Every interface above, over one backend's data (what each backend class implements, and
     what ``open_store`` returns): opened and closed once for all of them."""
 

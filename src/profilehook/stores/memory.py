@@ -37,6 +37,7 @@ from profilehook.stores.base import (
     too_old_error,
 )
 from profilehook.stores.changes import ChangeLog
+from profilehook.stores.memory_destinations import MemoryDestinations
 from profilehook.stores.query import ContactQueries, QueryPage
 from profilehook.stores.segments import (
     BACKFILL_CHUNK_CONTACTS,
@@ -53,8 +54,9 @@ class _Profile:
     values: dict[str, Any] = field(default_factory=dict)  # None = tombstone
 
 
-class MemoryStore(Store, ContactQueries, Segments):
+class MemoryStore(Store, ContactQueries, Segments, MemoryDestinations):
     def __init__(self) -> None:
+        MemoryDestinations.__init__(self)
         self._events: dict[tuple[str, str], EventRecord] = {}
         self._profiles: dict[tuple[str, str], _Profile] = {}
         # What purge_history folded: the contact's state as of its purged events.

@@ -36,7 +36,7 @@ from profilehook.errors import (
 )
 from profilehook.events import Event, Version, decode_event, encode_event, now_us
 from profilehook.filters import Query
-from profilehook.stores import postgres_query, postgres_segments
+from profilehook.stores import postgres_destinations, postgres_query, postgres_segments
 from profilehook.stores.base import (
     AliasUpdate,
     ApiKey,
@@ -68,6 +68,7 @@ from profilehook.stores.base import (
     too_old_error,
 )
 from profilehook.stores.changes import ChangeLog
+from profilehook.stores.postgres_destinations import PostgresDestinations
 from profilehook.stores.query import ContactQueries, QueryPage
 from profilehook.stores.segments import (
     BACKFILL_CHUNK_CONTACTS,
@@ -339,6 +340,7 @@ MIGRATIONS: list[Migration] = [
         upto_us bigint NOT NULL
     );
     """,
+    postgres_destinations.MIGRATION,  # destinations and their deliveries
 ]
 
 
@@ -351,7 +353,7 @@ def split_url(url: str) -> tuple[str, str]:
     return urlunsplit(parts._replace(query=rest)), schema
 
 
-class PostgresStore(Store, ContactQueries, Segments):
+class PostgresStore(Store, ContactQueries, Segments, PostgresDestinations):
     """Profiles in PostgreSQL. Connection faults cost a bounded time, never a stuck process:
     every connection has TCP keepalives, a pooled one is checked before use, a transaction
     that does not answer within ``timeout_s`` has its connection cut; start-up does not wait

@@ -65,6 +65,7 @@ from profilehook.stores.segments import (
     everything,
     touched_by,
 )
+from profilehook.stores.sqlite_destinations import SqliteDestinations, destinations_database
 
 # 1: events keyed by their ids, one property per map entry; 2: id_key a hash; 3: id_key
 # time-ordered; 4: erasures (older versions would apply an erased contact's events: they must not
@@ -230,7 +231,7 @@ CATALOG_CHECK_INTERVAL_S = 0.001
 STORE_CACHE_KIB = 65_536
 
 
-class SqliteStore(Store, ContactQueries, Segments):
+class SqliteStore(Store, ContactQueries, Segments, SqliteDestinations):
     def __init__(self, path: Path):
         # Commits are not fsynced one by one: the applier calls ``sync`` before it lets the log
         # forget what was applied, so a power loss only means re-applying (deduplicated).
@@ -257,6 +258,7 @@ class SqliteStore(Store, ContactQueries, Segments):
             CATALOG_VERSION,
             migrations={1: _scopes_1_to_2},
         )
+        self.destinations_db = destinations_database(path)
         # Answers for the hot path, valid until any connection commits to the catalog.
         self._cache: dict[tuple[str, str], Any] = {}
         self._cache_version: int | None = None
@@ -269,9 +271,15 @@ class SqliteStore(Store, ContactQueries, Segments):
         except BaseException:
             await self.db.close()
             raise
+        try:
+            await self.destinations_db.open()
+        except BaseException:
+            await self.close()
+            raise
 
     async def close(self) -> None:
         try:
+            await self.destinations_db.close()
             await self.catalog.close()
         finally:
             await self.db.close()

@@ -1,0 +1,190 @@
+"""Destinations and their deliveries (README, Getting changes out): the interface
+every store implements, and the records it keeps.
+
+A destination is a webhook URL of one workspace, with its secret, its filter, and a cursor into
+the change feed: every change up to the cursor has been looked at, and each one that matched the
+filter became a **delivery** row. ``enqueue_deliveries`` moves the cursor with compare-and-set
+and adds the rows in one transaction, so two workers filling the same destination never add a
+change twice. Each row has a position (the order it was added in, per destination), a status
+(``pending``, ``delivered``, ``failed``), its attempts, the time of its next attempt, a lease,
+and the last status code or error.
+
+``claim_deliveries`` hands out due, unleased pending rows, only the earliest pending one per
+(destination, contact): a later change of a contact waits for the earlier one (delivered or
+failed), contacts proceed in parallel. The claim leases the row to its worker until a time;
+``finish_delivery`` records the outcome only while the worker still holds the lease. A worker
+that dies leaves its leases to expire, and another claims the rows again: at least once.
+Passes tests/test_destinations_contract.py.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Literal
+
+import msgspec
+
+from profilehook.changes import Change
+
+DeliveryStatus = Literal["pending", "delivered", "failed"]
+DELIVERY_STATUSES: tuple[DeliveryStatus, ...] = ("pending", "delivered", "failed")
+
+
+class Destination(msgspec.Struct, frozen=True):
+    """A destination as kept. ``properties``/``segments``: the filter (module doc of
+    ``matches``); ``cursor``: the feed position looked at up to (None: none yet);
+    ``failing_since_us``: since when every attempt failed (None: the last one succeeded);
+    ``disabled_us``/``disabled_reason``: set once it is disabled."""
+
+    destination_id: str
+    workspace: str
+    url: str
+    secret: str
+    created_us: int
+    description: str = ""
+    properties: tuple[str, ...] = ()
+    segments: tuple[str, ...] = ()
+    cursor: str | None = None
+    failing_since_us: int | None = None
+    disabled_us: int | None = None
+    disabled_reason: str | None = None
+
+    def matches(self, change: Change) -> bool:
+        """Whether ``change`` goes to this destination: with no filter, every change; else one
+        that changes a listed property (or deletes the contact, which changes all of them), or
+        enters or exits a listed segment."""
+        if not self.properties and not self.segments:
+            return True
+        body = change.body
+        if self.properties and (body.deleted or any(p in body.properties for p in self.properties)):
+            return True
+        moved = {*body.segments.entered, *body.segments.exited}
+        return any(s in moved for s in self.segments)
+
+
+class NewDelivery(msgspec.Struct, frozen=True):
+    """A change to deliver: its ids and the body to POST (``payload``, JSON bytes)."""
+
+    change_id: str
+    cursor: str
+    contact_id: str
+    applied_us: int
+    payload: bytes
+
+
+class Delivery(msgspec.Struct, frozen=True):
+    """A delivery row (module doc)."""
+
+    destination_id: str
+    position: int
+    change_id: str
+    cursor: str
+    contact_id: str
+    applied_us: int
+    payload: bytes
+    status: DeliveryStatus
+    attempts: int
+    next_attempt_us: int
+    updated_us: int
+    last_status: int | None = None
+    last_error: str | None = None
+    lease_owner: str | None = None
+    lease_until_us: int | None = None
+
+
+class DeliveryStats(msgspec.Struct, frozen=True):
+    """A destination's deliveries by status; ``retrying``: pending after a failed attempt;
+    ``oldest_pending_us``: when the oldest pending one's change was applied (None: none)."""
+
+    delivered: int = 0
+    failed: int = 0
+    pending: int = 0
+    retrying: int = 0
+    oldest_pending_us: int | None = None
+
+
+class Destinations(ABC):
+    """The destinations registry and the delivery state (module doc). Backend errors are raised
+    as ``StorageUnavailable``."""
+
+    @abstractmethod
+    async def create_destination(self, destination: Destination, most: int) -> bool:
+        """Keep ``destination``, unless its workspace already has ``most``: then False."""
+
+    @abstractmethod
+    async def list_destinations(self, workspace: str) -> list[Destination]:
+        """The workspace's destinations, oldest first."""
+
+    @abstractmethod
+    async def get_destination(self, workspace: str, destination_id: str) -> Destination | None:
+        """One destination of the workspace (None: none of that id there)."""
+
+    @abstractmethod
+    async def delete_destination(self, workspace: str, destination_id: str) -> bool:
+        """Forget the destination and its deliveries; whether it existed."""
+
+    @abstractmethod
+    async def active_destinations(self) -> list[Destination]:
+        """Every destination not disabled, of every workspace (what the workers deliver to)."""
+
+    @abstractmethod
+    async def enqueue_deliveries(
+        self,
+        destination_id: str,
+        expected: str | None,
+        cursor: str,
+        deliveries: Sequence[NewDelivery],
+        now_us: int,
+    ) -> bool:
+        """If the destination's cursor is still ``expected``: move it to ``cursor`` and add
+        ``deliveries`` (in order, pending, due now) in the same transaction; True. Else (another
+        worker moved it, or the destination is gone) change nothing; False."""
+
+    @abstractmethod
+    async def claim_deliveries(
+        self, owner: str, now_us: int, lease_until_us: int, limit: int
+    ) -> list[Delivery]:
+        """Lease up to ``limit`` pending deliveries to ``owner`` until ``lease_until_us``: due
+        (``next_attempt_us <= now_us``), not leased (or the lease ran out), of an active
+        destination, and the earliest pending of their (destination, contact). Oldest first."""
+
+    @abstractmethod
+    async def finish_delivery(
+        self,
+        destination_id: str,
+        position: int,
+        owner: str,
+        now_us: int,
+        *,
+        delivered: bool,
+        next_attempt_us: int | None = None,
+        status: int | None = None,
+        error: str | None = None,
+    ) -> bool:
+        """Record one attempt of a delivery ``owner`` leased: ``delivered``; or failed, to be
+        tried again at ``next_attempt_us`` (None: given up, status ``failed``). The lease ends;
+        the destination's ``failing_since_us`` is cleared by a success and set by a failure
+        (if not set). False (nothing changed) when ``owner`` no longer holds the lease."""
+
+    @abstractmethod
+    async def list_deliveries(
+        self, destination_id: str, status: DeliveryStatus | None, limit: int
+    ) -> list[Delivery]:
+        """The destination's deliveries (of one status, or all), newest first."""
+
+    @abstractmethod
+    async def replay_destination(
+        self, workspace: str, destination_id: str, after: str | None
+    ) -> bool:
+        """Move the destination's cursor back (or anywhere) to ``after``: the changes after it
+        are delivered again, as new deliveries. Whether the destination exists."""
+
+    @abstractmethod
+    async def disable_destination(self, destination_id: str, at_us: int, reason: str) -> None:
+        """Stop delivering to the destination, saying why; its pending deliveries stay."""
+
+    @abstractmethod
+    async def delivery_stats(self) -> dict[str, DeliveryStats]:
+        """Per destination id (every destination, of every workspace), its deliveries by
+        status, those waiting for a retry, and the oldest pending one's change time."""

@@ -1,0 +1,367 @@
+"""``Destinations`` on PostgreSQL (stores/destinations.py). Several workers share the delivery
+rows: a claim takes rows with ``FOR UPDATE SKIP LOCKED`` and leases them in the same statement,
+so two workers never hold the same row; the destination's cursor moves by compare-and-set."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import psycopg
+
+from profilehook.stores.destinations import (
+    Delivery,
+    DeliveryStats,
+    DeliveryStatus,
+    Destination,
+    Destinations,
+    NewDelivery,
+)
+
+T = TypeVar("T")
+Conn = psycopg.AsyncConnection[Any]
+
+MIGRATION = """
+CREATE TABLE destinations (
+    destination_id text COLLATE "C" PRIMARY KEY,
+    workspace text COLLATE "C" NOT NULL,
+    url text NOT NULL,
+    secret text NOT NULL,
+    created_us bigint NOT NULL,
+    description text NOT NULL,
+    properties jsonb NOT NULL,
+    segments jsonb NOT NULL,
+    cursor text,
+    next_position bigint NOT NULL DEFAULT 1,
+    failing_since_us bigint,
+    disabled_us bigint,
+    disabled_reason text
+);
+CREATE INDEX destinations_by_workspace ON destinations (workspace, created_us);
+CREATE TABLE deliveries (
+    destination_id text COLLATE "C" NOT NULL,
+    position bigint NOT NULL,
+    change_id text NOT NULL,
+    cursor text NOT NULL,
+    contact_id text COLLATE "C" NOT NULL,
+    applied_us bigint NOT NULL,
+    payload bytea NOT NULL,
+    status text NOT NULL,
+    attempts integer NOT NULL,
+    next_attempt_us bigint NOT NULL,
+    updated_us bigint NOT NULL,
+    last_status integer,
+    last_error text,
+    lease_owner text,
+    lease_until_us bigint,
+    PRIMARY KEY (destination_id, position)
+);
+CREATE INDEX deliveries_pending ON deliveries (destination_id, contact_id, position)
+    WHERE status = 'pending';
+CREATE INDEX deliveries_by_status ON deliveries (destination_id, status, position);
+"""
+"""The tables (appended to ``stores/postgres.py`` MIGRATIONS)."""
+
+_DESTINATION = (
+    "destination_id, workspace, url, secret, created_us, description, properties, segments,"
+    " cursor, failing_since_us, disabled_us, disabled_reason"
+)
+_DELIVERY = (
+    "destination_id, position, change_id, cursor, contact_id, applied_us, payload, status,"
+    " attempts, next_attempt_us, updated_us, last_status, last_error, lease_owner, lease_until_us"
+)
+
+
+class PostgresDestinations(Destinations):
+    _run: Callable[..., Awaitable[Any]]  # the store's: one transaction, errors translated
+
+    async def create_destination(self, destination: Destination, most: int) -> bool:
+        d = destination
+
+        async def insert(conn: Conn) -> bool:
+            # One creation per workspace at a time, so the count holds until the insert.
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (d.workspace,))
+            cur = await conn.execute(
+                "SELECT count(*) FROM destinations WHERE workspace = %s", (d.workspace,)
+            )
+            if (await cur.fetchone() or (0,))[0] >= most:
+                return False
+            await conn.execute(
+                f"INSERT INTO destinations ({_DESTINATION})"
+                " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                (
+                    d.destination_id,
+                    d.workspace,
+                    d.url,
+                    d.secret,
+                    d.created_us,
+                    d.description,
+                    json.dumps(list(d.properties)),
+                    json.dumps(list(d.segments)),
+                    d.cursor,
+                    d.failing_since_us,
+                    d.disabled_us,
+                    d.disabled_reason,
+                ),
+            )
+            return True
+
+        found: bool = await self._run(insert)
+        return found
+
+    async def list_destinations(self, workspace: str) -> list[Destination]:
+        rows = await self._rows(
+            f"SELECT {_DESTINATION} FROM destinations WHERE workspace = %s"
+            " ORDER BY created_us, destination_id",
+            (workspace,),
+        )
+        return [_destination(row) for row in rows]
+
+    async def get_destination(self, workspace: str, destination_id: str) -> Destination | None:
+        rows = await self._rows(
+            f"SELECT {_DESTINATION} FROM destinations WHERE destination_id = %s AND workspace = %s",
+            (destination_id, workspace),
+        )
+        return _destination(rows[0]) if rows else None
+
+    async def delete_destination(self, workspace: str, destination_id: str) -> bool:
+        async def delete(conn: Conn) -> bool:
+            cur = await conn.execute(
+                "DELETE FROM destinations WHERE destination_id = %s AND workspace = %s",
+                (destination_id, workspace),
+            )
+            if not cur.rowcount:
+                return False
+            await conn.execute(
+                "DELETE FROM deliveries WHERE destination_id = %s", (destination_id,)
+            )
+            return True
+
+        found: bool = await self._run(delete)
+        return found
+
+    async def active_destinations(self) -> list[Destination]:
+        rows = await self._rows(
+            f"SELECT {_DESTINATION} FROM destinations WHERE disabled_us IS NULL"
+            " ORDER BY created_us, destination_id",
+            (),
+        )
+        return [_destination(row) for row in rows]
+
+    async def enqueue_deliveries(
+        self,
+        destination_id: str,
+        expected: str | None,
+        cursor: str,
+        deliveries: Sequence[NewDelivery],
+        now_us: int,
+    ) -> bool:
+        async def enqueue(conn: Conn) -> bool:
+            cur = await conn.execute(
+                "UPDATE destinations SET cursor = %s, next_position = next_position + %s"
+                " WHERE destination_id = %s AND cursor IS NOT DISTINCT FROM %s"
+                " RETURNING next_position",
+                (cursor, len(deliveries), destination_id, expected),
+            )
+            row = await cur.fetchone()
+            if row is None:
+                return False
+            start = row[0] - len(deliveries)
+            if deliveries:
+                async with conn.cursor() as c:
+                    await c.executemany(
+                        f"INSERT INTO deliveries ({_DELIVERY}) VALUES"
+                        " (%s,%s,%s,%s,%s,%s,%s,'pending',0,%s,%s,NULL,NULL,NULL,NULL)",
+                        [
+                            (
+                                destination_id,
+                                start + i,
+                                d.change_id,
+                                d.cursor,
+                                d.contact_id,
+                                d.applied_us,
+                                d.payload,
+                                now_us,
+                                now_us,
+                            )
+                            for i, d in enumerate(deliveries)
+                        ],
+                    )
+            return True
+
+        done: bool = await self._run(enqueue)
+        return done
+
+    async def claim_deliveries(
+        self, owner: str, now_us: int, lease_until_us: int, limit: int
+    ) -> list[Delivery]:
+        async def claim(conn: Conn) -> list[Delivery]:
+            cur = await conn.execute(
+                f"UPDATE deliveries SET lease_owner = %s, lease_until_us = %s"
+                f" WHERE (destination_id, position) IN ({_CLAIMABLE})"
+                f" RETURNING {_DELIVERY}",
+                (owner, lease_until_us, now_us, now_us, limit),
+            )
+            found = [_delivery(row) for row in await cur.fetchall()]
+            found.sort(key=lambda d: (d.next_attempt_us, d.position))
+            return found
+
+        claimed: list[Delivery] = await self._run(claim)
+        return claimed
+
+    async def finish_delivery(
+        self,
+        destination_id: str,
+        position: int,
+        owner: str,
+        now_us: int,
+        *,
+        delivered: bool,
+        next_attempt_us: int | None = None,
+        status: int | None = None,
+        error: str | None = None,
+    ) -> bool:
+        if delivered:
+            outcome = "delivered"
+        else:
+            outcome = "pending" if next_attempt_us is not None else "failed"
+
+        async def finish(conn: Conn) -> bool:
+            cur = await conn.execute(
+                "UPDATE deliveries SET status = %s, attempts = attempts + 1,"
+                " next_attempt_us = coalesce(%s, next_attempt_us), updated_us = %s,"
+                " last_status = %s, last_error = %s, lease_owner = NULL, lease_until_us = NULL"
+                " WHERE destination_id = %s AND position = %s AND status = 'pending'"
+                " AND lease_owner = %s",
+                (outcome, next_attempt_us, now_us, status, error, destination_id, position, owner),
+            )
+            if not cur.rowcount:
+                return False
+            if delivered:
+                await conn.execute(
+                    "UPDATE destinations SET failing_since_us = NULL WHERE destination_id = %s"
+                    " AND failing_since_us IS NOT NULL",
+                    (destination_id,),
+                )
+            else:
+                await conn.execute(
+                    "UPDATE destinations SET failing_since_us = %s WHERE destination_id = %s"
+                    " AND failing_since_us IS NULL",
+                    (now_us, destination_id),
+                )
+            return True
+
+        done: bool = await self._run(finish)
+        return done
+
+    async def list_deliveries(
+        self, destination_id: str, status: DeliveryStatus | None, limit: int
+    ) -> list[Delivery]:
+        rows = await self._rows(
+            f"SELECT {_DELIVERY} FROM deliveries WHERE destination_id = %s"
+            " AND (%s::text IS NULL OR status = %s) ORDER BY position DESC LIMIT %s",
+            (destination_id, status, status, limit),
+        )
+        return [_delivery(row) for row in rows]
+
+    async def replay_destination(
+        self, workspace: str, destination_id: str, after: str | None
+    ) -> bool:
+        async def replay(conn: Conn) -> bool:
+            cur = await conn.execute(
+                "UPDATE destinations SET cursor = %s WHERE destination_id = %s AND workspace = %s",
+                (after, destination_id, workspace),
+            )
+            return bool(cur.rowcount)
+
+        done: bool = await self._run(replay)
+        return done
+
+    async def disable_destination(self, destination_id: str, at_us: int, reason: str) -> None:
+        async def disable(conn: Conn) -> None:
+            await conn.execute(
+                "UPDATE destinations SET disabled_us = %s, disabled_reason = %s"
+                " WHERE destination_id = %s",
+                (at_us, reason, destination_id),
+            )
+
+        await self._run(disable)
+
+    async def delivery_stats(self) -> dict[str, DeliveryStats]:
+        rows = await self._rows(_STATS, ())
+        return {row[0]: DeliveryStats(*row[1:]) for row in rows}
+
+    async def _rows(self, query: str, params: Sequence[Any]) -> list[Any]:
+        async def select(conn: Conn) -> list[Any]:
+            cur = await conn.execute(query, params)
+            return await cur.fetchall()
+
+        rows: list[Any] = await self._run(select)
+        return rows
+
+
+# Due, unleased, pending rows of active destinations that are their contact's earliest pending;
+# rows another worker is claiming right now are skipped, not waited for.
+_CLAIMABLE = """
+SELECT d.destination_id, d.position FROM deliveries d
+JOIN destinations s ON s.destination_id = d.destination_id AND s.disabled_us IS NULL
+WHERE d.status = 'pending' AND d.next_attempt_us <= %s
+AND (d.lease_until_us IS NULL OR d.lease_until_us <= %s)
+AND NOT EXISTS (
+    SELECT 1 FROM deliveries e WHERE e.destination_id = d.destination_id
+    AND e.contact_id = d.contact_id AND e.status = 'pending' AND e.position < d.position
+)
+ORDER BY d.next_attempt_us, d.position
+LIMIT %s
+FOR UPDATE OF d SKIP LOCKED
+"""
+
+
+def _destination(row: Sequence[Any]) -> Destination:
+    return Destination(
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        row[4],
+        row[5],
+        tuple(row[6]),
+        tuple(row[7]),
+        row[8],
+        row[9],
+        row[10],
+        row[11],
+    )
+
+
+def _delivery(row: Sequence[Any]) -> Delivery:
+    return Delivery(
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        row[4],
+        row[5],
+        bytes(row[6]),
+        row[7],
+        row[8],
+        row[9],
+        row[10],
+        row[11],
+        row[12],
+        row[13],
+        row[14],
+    )
+
+
+_STATS = """
+SELECT s.destination_id,
+    count(*) FILTER (WHERE d.status = 'delivered'),
+    count(*) FILTER (WHERE d.status = 'failed'),
+    count(*) FILTER (WHERE d.status = 'pending'),
+    count(*) FILTER (WHERE d.status = 'pending' AND d.attempts > 0),
+    min(d.applied_us) FILTER (WHERE d.status = 'pending')
+FROM destinations s LEFT JOIN deliveries d ON d.destination_id = s.destination_id
+GROUP BY s.destination_id
+"""

@@ -1,0 +1,372 @@
+"""``Destinations`` on SQLite (stores/destinations.py), in a file of its own beside the store's
+(``<name>.destinations.sqlite3``): delivery bookkeeping commits often, and must not queue behind
+(or hold up) the applier's writes to the profiles file."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from profilehook.sqlite_db import SqliteDatabase
+from profilehook.stores.destinations import (
+    Delivery,
+    DeliveryStats,
+    DeliveryStatus,
+    Destination,
+    Destinations,
+    NewDelivery,
+)
+
+VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS destinations (
+    destination_id TEXT PRIMARY KEY,
+    workspace TEXT NOT NULL,
+    url TEXT NOT NULL,
+    secret TEXT NOT NULL,
+    created_us INTEGER NOT NULL,
+    description TEXT NOT NULL,
+    properties TEXT NOT NULL,  -- JSON list
+    segments TEXT NOT NULL,  -- JSON list
+    cursor TEXT,
+    next_position INTEGER NOT NULL DEFAULT 1,
+    failing_since_us INTEGER,
+    disabled_us INTEGER,
+    disabled_reason TEXT
+);
+CREATE INDEX IF NOT EXISTS destinations_by_workspace ON destinations (workspace, created_us);
+CREATE TABLE IF NOT EXISTS deliveries (
+    destination_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    change_id TEXT NOT NULL,
+    cursor TEXT NOT NULL,
+    contact_id TEXT NOT NULL,
+    applied_us INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    next_attempt_us INTEGER NOT NULL,
+    updated_us INTEGER NOT NULL,
+    last_status INTEGER,
+    last_error TEXT,
+    lease_owner TEXT,
+    lease_until_us INTEGER,
+    PRIMARY KEY (destination_id, position)
+) WITHOUT ROWID;
+-- The pending rows, per contact in order: what a claim looks at.
+CREATE INDEX IF NOT EXISTS deliveries_pending
+    ON deliveries (destination_id, contact_id, position) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS deliveries_by_status ON deliveries (destination_id, status, position);
+"""
+
+_DESTINATION = (
+    "destination_id, workspace, url, secret, created_us, description, properties, segments,"
+    " cursor, failing_since_us, disabled_us, disabled_reason"
+)
+_DELIVERY = (
+    "destination_id, position, change_id, cursor, contact_id, applied_us, payload, status,"
+    " attempts, next_attempt_us, updated_us, last_status, last_error, lease_owner, lease_until_us"
+)
+
+
+def destinations_database(store_path: Path) -> SqliteDatabase:
+    path = store_path.with_name(f"{store_path.stem}.destinations{store_path.suffix}")
+    return SqliteDatabase(path, SCHEMA, VERSION)
+
+
+class SqliteDestinations(Destinations):
+    destinations_db: SqliteDatabase  # set by the store, opened and closed with it
+
+    async def create_destination(self, destination: Destination, most: int) -> bool:
+        d = destination
+
+        def insert(conn: sqlite3.Connection) -> bool:
+            (count,) = conn.execute(
+                "SELECT count(*) FROM destinations WHERE workspace = ?", (d.workspace,)
+            ).fetchone()
+            if count >= most:
+                return False
+            conn.execute(
+                f"INSERT INTO destinations ({_DESTINATION}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    d.destination_id,
+                    d.workspace,
+                    d.url,
+                    d.secret,
+                    d.created_us,
+                    d.description,
+                    _list(d.properties),
+                    _list(d.segments),
+                    d.cursor,
+                    d.failing_since_us,
+                    d.disabled_us,
+                    d.disabled_reason,
+                ),
+            )
+            return True
+
+        return await self.destinations_db.write(insert)
+
+    async def list_destinations(self, workspace: str) -> list[Destination]:
+        rows = await self.destinations_db.read(
+            lambda conn: conn.execute(
+                f"SELECT {_DESTINATION} FROM destinations WHERE workspace = ?"
+                " ORDER BY created_us, destination_id",
+                (workspace,),
+            ).fetchall()
+        )
+        return [_destination(row) for row in rows]
+
+    async def get_destination(self, workspace: str, destination_id: str) -> Destination | None:
+        row = await self.destinations_db.read(
+            lambda conn: conn.execute(
+                f"SELECT {_DESTINATION} FROM destinations WHERE destination_id = ?"
+                " AND workspace = ?",
+                (destination_id, workspace),
+            ).fetchone()
+        )
+        return None if row is None else _destination(row)
+
+    async def delete_destination(self, workspace: str, destination_id: str) -> bool:
+        def delete(conn: sqlite3.Connection) -> bool:
+            gone = conn.execute(
+                "DELETE FROM destinations WHERE destination_id = ? AND workspace = ?",
+                (destination_id, workspace),
+            ).rowcount
+            if gone:
+                conn.execute("DELETE FROM deliveries WHERE destination_id = ?", (destination_id,))
+            return bool(gone)
+
+        return await self.destinations_db.write(delete)
+
+    async def active_destinations(self) -> list[Destination]:
+        rows = await self.destinations_db.read(
+            lambda conn: conn.execute(
+                f"SELECT {_DESTINATION} FROM destinations WHERE disabled_us IS NULL"
+                " ORDER BY created_us, destination_id"
+            ).fetchall()
+        )
+        return [_destination(row) for row in rows]
+
+    async def enqueue_deliveries(
+        self,
+        destination_id: str,
+        expected: str | None,
+        cursor: str,
+        deliveries: Sequence[NewDelivery],
+        now_us: int,
+    ) -> bool:
+        def enqueue(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                "UPDATE destinations SET cursor = ?, next_position = next_position + ?"
+                " WHERE destination_id = ? AND cursor IS ? RETURNING next_position",
+                (cursor, len(deliveries), destination_id, expected),
+            ).fetchone()
+            if row is None:
+                return False
+            start = row[0] - len(deliveries)
+            conn.executemany(
+                f"INSERT INTO deliveries ({_DELIVERY})"
+                " VALUES (?,?,?,?,?,?,?,'pending',0,?,?,NULL,NULL,NULL,NULL)",
+                [
+                    (
+                        destination_id,
+                        start + i,
+                        d.change_id,
+                        d.cursor,
+                        d.contact_id,
+                        d.applied_us,
+                        d.payload,
+                        now_us,
+                        now_us,
+                    )
+                    for i, d in enumerate(deliveries)
+                ],
+            )
+            return True
+
+        return await self.destinations_db.write(enqueue)
+
+    async def claim_deliveries(
+        self, owner: str, now_us: int, lease_until_us: int, limit: int
+    ) -> list[Delivery]:
+        def claim(conn: sqlite3.Connection) -> list[Delivery]:
+            rows = conn.execute(
+                f"UPDATE deliveries SET lease_owner = ?, lease_until_us = ?"
+                f" WHERE (destination_id, position) IN ({_CLAIMABLE} LIMIT ?)"
+                f" RETURNING {_DELIVERY}",
+                (owner, lease_until_us, now_us, now_us, limit),
+            ).fetchall()
+            found = [_delivery(row) for row in rows]
+            found.sort(key=lambda d: (d.next_attempt_us, d.position))
+            return found
+
+        return await self.destinations_db.write(claim)
+
+    async def finish_delivery(
+        self,
+        destination_id: str,
+        position: int,
+        owner: str,
+        now_us: int,
+        *,
+        delivered: bool,
+        next_attempt_us: int | None = None,
+        status: int | None = None,
+        error: str | None = None,
+    ) -> bool:
+        outcome = (
+            "delivered" if delivered else ("pending" if next_attempt_us is not None else "failed")
+        )
+
+        def finish(conn: sqlite3.Connection) -> bool:
+            done = conn.execute(
+                "UPDATE deliveries SET status = ?, attempts = attempts + 1,"
+                " next_attempt_us = coalesce(?, next_attempt_us), updated_us = ?,"
+                " last_status = ?, last_error = ?, lease_owner = NULL, lease_until_us = NULL"
+                " WHERE destination_id = ? AND position = ? AND status = 'pending'"
+                " AND lease_owner = ?",
+                (
+                    outcome,
+                    next_attempt_us,
+                    now_us,
+                    status,
+                    error,
+                    destination_id,
+                    position,
+                    owner,
+                ),
+            ).rowcount
+            if not done:
+                return False
+            if delivered:
+                conn.execute(
+                    "UPDATE destinations SET failing_since_us = NULL WHERE destination_id = ?"
+                    " AND failing_since_us IS NOT NULL",
+                    (destination_id,),
+                )
+            else:
+                conn.execute(
+                    "UPDATE destinations SET failing_since_us = ? WHERE destination_id = ?"
+                    " AND failing_since_us IS NULL",
+                    (now_us, destination_id),
+                )
+            return True
+
+        return await self.destinations_db.write(finish)
+
+    async def list_deliveries(
+        self, destination_id: str, status: DeliveryStatus | None, limit: int
+    ) -> list[Delivery]:
+        def select(conn: sqlite3.Connection) -> list[Any]:
+            if status is None:
+                return conn.execute(
+                    f"SELECT {_DELIVERY} FROM deliveries WHERE destination_id = ?"
+                    " ORDER BY position DESC LIMIT ?",
+                    (destination_id, limit),
+                ).fetchall()
+            return conn.execute(
+                f"SELECT {_DELIVERY} FROM deliveries WHERE destination_id = ? AND status = ?"
+                " ORDER BY position DESC LIMIT ?",
+                (destination_id, status, limit),
+            ).fetchall()
+
+        return [_delivery(row) for row in await self.destinations_db.read(select)]
+
+    async def replay_destination(
+        self, workspace: str, destination_id: str, after: str | None
+    ) -> bool:
+        def replay(conn: sqlite3.Connection) -> bool:
+            return bool(
+                conn.execute(
+                    "UPDATE destinations SET cursor = ? WHERE destination_id = ? AND workspace = ?",
+                    (after, destination_id, workspace),
+                ).rowcount
+            )
+
+        return await self.destinations_db.write(replay)
+
+    async def disable_destination(self, destination_id: str, at_us: int, reason: str) -> None:
+        await self.destinations_db.write(
+            lambda conn: conn.execute(
+                "UPDATE destinations SET disabled_us = ?, disabled_reason = ?"
+                " WHERE destination_id = ?",
+                (at_us, reason, destination_id),
+            )
+        )
+
+    async def delivery_stats(self) -> dict[str, DeliveryStats]:
+        rows = await self.destinations_db.read(lambda conn: conn.execute(_STATS).fetchall())
+        return {row[0]: DeliveryStats(*row[1:]) for row in rows}
+
+
+# Due, unleased, pending rows of active destinations that are their contact's earliest pending.
+_CLAIMABLE = """
+SELECT d.destination_id, d.position FROM deliveries d
+JOIN destinations s ON s.destination_id = d.destination_id AND s.disabled_us IS NULL
+WHERE d.status = 'pending' AND d.next_attempt_us <= ?
+AND (d.lease_until_us IS NULL OR d.lease_until_us <= ?)
+AND NOT EXISTS (
+    SELECT 1 FROM deliveries e WHERE e.destination_id = d.destination_id
+    AND e.contact_id = d.contact_id AND e.status = 'pending' AND e.position < d.position
+)
+ORDER BY d.next_attempt_us, d.position
+"""
+
+
+def _list(names: Sequence[str]) -> str:
+
+    return json.dumps(list(names))
+
+
+def _destination(row: Sequence[Any]) -> Destination:
+
+    return Destination(
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        row[4],
+        row[5],
+        tuple(json.loads(row[6])),
+        tuple(json.loads(row[7])),
+        row[8],
+        row[9],
+        row[10],
+        row[11],
+    )
+
+
+def _delivery(row: Sequence[Any]) -> Delivery:
+    return Delivery(
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        row[4],
+        row[5],
+        bytes(row[6]),
+        row[7],
+        row[8],
+        row[9],
+        row[10],
+        row[11],
+        row[12],
+        row[13],
+        row[14],
+    )
+
+
+_STATS = """
+SELECT s.destination_id,
+    count(*) FILTER (WHERE d.status = 'delivered'),
+    count(*) FILTER (WHERE d.status = 'failed'),
+    count(*) FILTER (WHERE d.status = 'pending'),
+    count(*) FILTER (WHERE d.status = 'pending' AND d.attempts > 0),
+    min(d.applied_us) FILTER (WHERE d.status = 'pending')
+FROM destinations s LEFT JOIN deliveries d ON d.destination_id = s.destination_id
+GROUP BY s.destination_id
+"""

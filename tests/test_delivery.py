@@ -1,0 +1,192 @@
+"""The delivery loop (destinations/delivery.py, SPEC 2.10) against a real local receiver that
+verifies every signature with the reference ``standardwebhooks`` library: each matching change
+arrives, signed, in order per contact; a receiver that answers 500 or not at all gets the same
+``webhook-id`` again on the retry schedule (scaled down), then the delivery is failed; a
+destination failing long enough is disabled; replay sends again from a cursor."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from profilehook.destinations import registry
+from profilehook.destinations.delivery import Deliverer, retry_wait_s
+from profilehook.events import Event
+from profilehook.settings import Settings
+from profilehook.stores.base import Store
+from profilehook.stores.memory import MemoryStore
+from profilehook.stores.sqlite import SqliteStore
+from tests.store_backends import S
+from tests.webhook_receiver import Receiver, receiving
+
+SCALE = 0.001  # 5 s -> 5 ms, 5 min -> 0.3 s, ...
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    made: Store = (
+        MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "p.sqlite3")
+    )
+    await made.open()
+    yield made
+    await made.close()
+
+
+def settings(scale: float = SCALE) -> Settings:
+    return Settings(destinations_allow_private=True, destinations_retry_scale=scale)
+
+
+def update(contact: str, seq: int, **props: Any) -> Event:
+    return Event(
+        workspace="acme",
+        event_id=f"{contact}-{seq}",
+        contact_id=contact,
+        ts_us=(100 + seq) * S,
+        properties=props,
+    )
+
+
+async def destination(store: Store, receiver: Receiver, **body: Any) -> str:
+    made, secret = await registry.create(
+        store, "acme", {"url": f"http://127.0.0.1:{receiver.port}/in", **body}, allow_private=True
+    )
+    receiver.secret = secret
+    return made.destination_id
+
+
+async def run_until(deliverer: Deliverer, done: Any, timeout_s: float = 20.0) -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(deliverer.run(stop))
+    try:
+        async with asyncio.timeout(timeout_s):
+            while not await done():
+                await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await task
+
+
+def per_contact(receiver: Receiver) -> dict[str, list[int]]:
+    seen: dict[str, list[int]] = defaultdict(list)
+    for call in receiver.received:
+        data = json.loads(call.body)["data"]
+        seen[data["contact_id"]].append(data["properties"]["n"]["new"])
+    return seen
+
+
+async def test_every_change_arrives_signed_and_in_order_per_contact(store: Store) -> None:
+    async with receiving() as receiver:
+        await destination(store, receiver)
+        for n in range(1, 11):
+            await store.apply([update(f"c{i}", n, n=n) for i in range(5)])
+        await store.apply([update("c0", 11, n=10)])  # changes nothing: no change, no call
+        deliverer = Deliverer(store, settings())
+
+        async def all_in() -> bool:
+            return len(receiver.received) >= 50
+
+        await run_until(deliverer, all_in)
+        await asyncio.sleep(0.1)
+        assert len(receiver.received) == 50
+        assert all(call.verified is not None for call in receiver.received)
+        first = json.loads(receiver.received[0].body)
+        assert first["type"] == "profile.changed" and first["timestamp"]
+        assert first["data"]["properties"] == {"n": {"old": None, "new": 1}}
+        assert receiver.received[0].headers["webhook-id"] == first["data"]["change_id"]
+        assert per_contact(receiver) == {f"c{i}": list(range(1, 11)) for i in range(5)}
+
+
+async def test_500s_and_timeouts_are_retried_with_the_same_id_and_order_holds(
+    store: Store,
+) -> None:
+    async with receiving() as receiver:
+        receiver.answers = [500, "hang", 503]
+        destination_id = await destination(store, receiver)
+        await store.apply([update("a", 1, n=1)])
+        await store.apply([update("a", 2, n=2), update("b", 1, n=1)])
+        deliverer = Deliverer(store, settings(), timeout_s=0.3)
+
+        async def delivered() -> bool:
+            return len(await store.list_deliveries(destination_id, "delivered", 10)) == 3
+
+        await run_until(deliverer, delivered)
+        ids: dict[str, set[str]] = defaultdict(set)
+        for call in receiver.received:
+            assert call.verified is not None
+            ids[json.loads(call.body)["data"]["change_id"]].add(call.headers["webhook-id"])
+        assert all(len(found) == 1 and change_id in found for change_id, found in ids.items())
+        # a's second change waited for its first, whatever it took.
+        bodies = [json.loads(call.body)["data"] for call in receiver.received]
+        a_calls = [d["properties"]["n"]["new"] for d in bodies if d["contact_id"] == "a"]
+        assert a_calls == sorted(a_calls) and a_calls[-1] == 2
+        log = await store.list_deliveries(destination_id, None, 10)
+        assert max(d.attempts for d in log) >= 2
+        assert sum(d.attempts for d in log) == len(receiver.received)
+
+
+async def test_a_receiver_that_never_succeeds_fails_the_delivery_then_the_destination(
+    store: Store,
+) -> None:
+    async with receiving() as receiver:
+        receiver.answers = [500] * 100
+        destination_id = await destination(store, receiver)
+        await store.apply([update("a", 1, n=1)])
+        # Scaled: the seven retries take about 2 s, 5 days of failing about 9 s (room for a
+        # loaded machine: the delivery must fail before the destination is disabled).
+        deliverer = Deliverer(store, settings(0.00002), timeout_s=1)
+
+        async def failed() -> bool:
+            return len(await store.list_deliveries(destination_id, "failed", 10)) == 1
+
+        await run_until(deliverer, failed)
+        (row,) = await store.list_deliveries(destination_id, "failed", 10)
+        assert row.attempts == 8 and row.last_status == 500 and "500" in (row.last_error or "")
+        assert len(receiver.received) == 8
+        assert len({call.headers["webhook-id"] for call in receiver.received}) == 1
+
+        async def disabled() -> bool:
+            found = await store.get_destination("acme", destination_id)
+            return found is not None and found.disabled_us is not None
+
+        await run_until(deliverer, disabled, timeout_s=30)
+        found = await store.get_destination("acme", destination_id)
+        assert found is not None and "5 days" in (found.disabled_reason or "")
+
+
+async def test_the_filter_and_replay(store: Store) -> None:
+    async with receiving() as receiver:
+        destination_id = await destination(store, receiver, properties=["plan"])
+        await store.apply([update("a", 1, plan="free", n=1)])
+        await store.apply([update("a", 2, city="Delft")])  # not the plan: not sent
+        await store.apply([update("b", 1, plan="pro")])
+        deliverer = Deliverer(store, settings())
+
+        async def two() -> bool:
+            return len(await store.list_deliveries(destination_id, "delivered", 10)) == 2
+
+        await run_until(deliverer, two)
+        assert [json.loads(c.body)["data"]["contact_id"] for c in receiver.received] == ["a", "b"]
+        first_cursor = json.loads(receiver.received[0].body)["data"]["cursor"]
+        await registry.replay(store, "acme", destination_id, {"after": first_cursor})
+
+        async def three() -> bool:
+            return len(await store.list_deliveries(destination_id, "delivered", 10)) == 3
+
+        await run_until(deliverer, three)
+        assert [json.loads(c.body)["data"]["contact_id"] for c in receiver.received] == [
+            "a",
+            "b",
+            "b",
+        ]
+
+
+def test_the_retry_schedule() -> None:
+    waits = [retry_wait_s(n, 1.0, lambda: 0.0) for n in range(1, 9)]
+    assert waits == [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0, None]
+    jittered = retry_wait_s(1, 1.0, lambda: 1.0)
+    assert jittered is not None and 5.0 < jittered <= 6.0

@@ -1,0 +1,138 @@
+"""At least once across crashes (SPEC 2.10): a real ``profilehook serve`` delivers to a local
+receiver (which verifies every signature with ``standardwebhooks``); its delivering process (the
+applier process) and the server are SIGKILLed mid-delivery and restarted. Every change arrives,
+none out of order per contact; duplicates (the calls in flight at the kill) carry the same
+``webhook-id``. The figures are printed: changes, delivered, out-of-order, duplicates."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+import pytest
+
+from tests.support import ServerProcess, create_key
+from tests.webhook_receiver import Receiver, receiving
+
+EVENTS = 300
+CONTACTS = 10
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    ready: list[Receiver] = []
+    stop = threading.Event()
+
+    async def serve() -> None:
+        async with receiving() as found:
+            found.delay_s = 0.01
+            ready.append(found)
+            while not stop.is_set():
+                await asyncio.sleep(0.01)
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
+    thread.start()
+    for _ in range(500):
+        if ready:
+            break
+        time.sleep(0.01)
+    yield ready[0]
+    stop.set()
+    thread.join(5)
+
+
+def children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        found += [int(p) for p in text]
+    return found
+
+
+def test_given_kill_9_of_the_delivering_process_then_every_change_arrives_in_order(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    data = tmp_path / "data"
+    server = ServerProcess(data, extra_env={"PROFILEHOOK_DESTINATIONS_ALLOW_PRIVATE": "1"})
+    server.start()
+    admin = {"Authorization": f"Bearer {create_key(data, scopes=('admin',))['key']}"}
+    r = httpx.post(
+        f"{server.base_url}/v1/destinations",
+        json={"url": f"http://127.0.0.1:{receiver.port}/in"},
+        headers=admin,
+    )
+    assert r.status_code == 201, r.text
+    secret = r.json()["secret"]
+    receiver.secret = secret
+    kills = 0
+    try:
+        with httpx.Client(headers=admin, timeout=5) as client:
+            for i in range(EVENTS):
+                body = {
+                    "contact_id": f"c{i % CONTACTS}",
+                    "event_id": f"ev-{i:05d}",
+                    "event_name": "e",
+                    "timestamp": 1_700_000_000 + i,
+                    "user_properties": {"n": i},
+                }
+                while True:
+                    try:
+                        r = client.post(f"{server.base_url}/v1/properties", json=body)
+                        if r.status_code == 202:
+                            break
+                    except httpx.HTTPError:
+                        pass
+                    time.sleep(0.02)
+                if i in (EVENTS // 3, 2 * EVENTS // 3):
+                    # Once deliveries are under way: the applier process (which delivers)
+                    # and the server, both SIGKILLed.
+                    deadline = time.monotonic() + 20
+                    while len(receiver.received) < i // 2 and time.monotonic() < deadline:
+                        time.sleep(0.01)
+                    assert server.proc is not None
+                    for child in children(server.proc.pid):
+                        os.kill(child, signal.SIGKILL)
+                    server.kill()
+                    kills += 1
+                    server.start()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if len({c.headers["webhook-id"] for c in receiver.received}) >= EVENTS:
+                break
+            time.sleep(0.1)
+    finally:
+        server.stop()
+
+    calls = list(receiver.received)
+    assert all(c.verified is not None for c in calls), "a signature did not verify"
+    first: dict[str, dict[str, Any]] = {}
+    duplicates = 0
+    out_of_order = 0
+    last: dict[str, int] = {}
+    for call in calls:
+        data_ = json.loads(call.body)["data"]
+        assert call.headers["webhook-id"] == data_["change_id"]
+        if data_["change_id"] in first:
+            duplicates += 1
+            assert first[data_["change_id"]] == data_  # the same change, byte for byte
+            continue
+        first[data_["change_id"]] = data_
+        n = data_["properties"]["n"]["new"]
+        if n < last.get(data_["contact_id"], -1):
+            out_of_order += 1
+        last[data_["contact_id"]] = n
+    print(
+        f"\nkill -9 delivery: kills={kills} changes={EVENTS} delivered={len(first)}"
+        f" out-of-order={out_of_order} duplicates={duplicates} calls={len(calls)}"
+    )
+    assert len(first) == EVENTS
+    assert sorted(d["event_id"] for d in first.values()) == [f"ev-{i:05d}" for i in range(EVENTS)]
+    assert out_of_order == 0

@@ -1,0 +1,215 @@
+"""The destinations' contract (``Destinations``, SPEC 2.10): the registry (per workspace, at
+most a given number), the cursor moved by compare-and-set with the deliveries it adds, claims
+that lease only the earliest pending delivery per (destination, contact), outcomes recorded only
+by the lease's holder, retries, failures, replay and disabling. Every backend passes this one
+suite (tests/store_backends.py)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from profilehook.changes import Change, ChangeBody, PropertyChange, SegmentChanges
+from profilehook.stores.base import Store
+from profilehook.stores.destinations import DeliveryStats, Destination, NewDelivery
+from tests.store_backends import S, StoreBackend
+
+T0 = 1_700_000_000 * S
+
+
+@pytest.fixture
+def store(backend: StoreBackend) -> Store:
+    return backend.store
+
+
+def destination(destination_id: str = "d1", workspace: str = "acme", **kw: object) -> Destination:
+    return Destination(
+        destination_id, workspace, "https://example.com/hook", "whsec_c2VjcmV0", T0, **kw
+    )  # type: ignore[arg-type]
+
+
+def new(n: int, contact_id: str) -> NewDelivery:
+    return NewDelivery(f"ch{n}", str(n), contact_id, T0 + n, b'{"n": %d}' % n)
+
+
+async def enqueued(store: Store, *contacts: str, start: int = 1) -> None:
+    found = await store.get_destination("acme", "d1")
+    assert found is not None
+    rows = [new(start + i, c) for i, c in enumerate(contacts)]
+    assert await store.enqueue_deliveries("d1", found.cursor, str(start + len(rows) - 1), rows, T0)
+
+
+async def test_registry_per_workspace_with_a_limit(store: Store) -> None:
+    assert await store.create_destination(
+        destination("d1", description="crm", properties=("plan",), segments=("vip",)), 2
+    )
+    assert await store.create_destination(destination("d2"), 2)
+    assert not await store.create_destination(destination("d3"), 2)  # the workspace is full
+    assert await store.create_destination(destination("d4", workspace="other"), 2)
+    listed = await store.list_destinations("acme")
+    assert [d.destination_id for d in listed] == ["d1", "d2"]
+    got = await store.get_destination("acme", "d1")
+    assert got is not None
+    assert (got.url, got.secret, got.description) == (
+        "https://example.com/hook",
+        "whsec_c2VjcmV0",
+        "crm",
+    )
+    assert (got.properties, got.segments, got.cursor) == (("plan",), ("vip",), None)
+    assert await store.get_destination("other", "d1") is None
+    assert not await store.delete_destination("other", "d1")
+    assert await store.delete_destination("acme", "d1")
+    assert await store.get_destination("acme", "d1") is None
+    assert not await store.delete_destination("acme", "d1")
+    assert {d.destination_id for d in await store.active_destinations()} == {"d2", "d4"}
+
+
+async def test_cursor_moves_by_compare_and_set(store: Store) -> None:
+    await store.create_destination(destination(), 50)
+    assert await store.enqueue_deliveries("d1", None, "2", [new(1, "a"), new(2, "b")], T0)
+    # A second worker that read the cursor before the move adds nothing.
+    assert not await store.enqueue_deliveries("d1", None, "2", [new(1, "a"), new(2, "b")], T0)
+    assert not await store.enqueue_deliveries("gone", None, "2", [new(1, "a")], T0)
+    assert await store.enqueue_deliveries("d1", "2", "5", [], T0)  # nothing matched: cursor only
+    got = await store.get_destination("acme", "d1")
+    assert got is not None and got.cursor == "5"
+    rows = await store.list_deliveries("d1", None, 10)
+    assert [(r.change_id, r.contact_id, r.status, r.attempts) for r in rows] == [
+        ("ch2", "b", "pending", 0),
+        ("ch1", "a", "pending", 0),
+    ]
+    assert rows[0].position > rows[1].position
+    assert rows[1].payload == b'{"n": 1}' and rows[1].cursor == "1"
+    assert await store.delivery_stats() == {"d1": DeliveryStats(0, 0, 2, 0, T0 + 1)}
+
+
+async def test_claims_the_earliest_pending_per_contact_only(store: Store) -> None:
+    await store.create_destination(destination(), 50)
+    await enqueued(store, "a", "b", "a", "c", "b")
+    claimed = await store.claim_deliveries("w1", T0, T0 + 30 * S, 100)
+    assert [(d.change_id, d.contact_id) for d in claimed] == [
+        ("ch1", "a"),
+        ("ch2", "b"),
+        ("ch4", "c"),
+    ]
+    assert all(d.lease_owner == "w1" for d in claimed)
+    # Leased: no one else gets them, nor the contacts' later changes.
+    assert await store.claim_deliveries("w2", T0 + S, T0 + 31 * S, 100) == []
+    first = claimed[0]
+    assert await store.finish_delivery(
+        "d1", first.position, "w1", T0 + S, delivered=True, status=204
+    )
+    again = await store.claim_deliveries("w2", T0 + S, T0 + 31 * S, 100)
+    assert [d.change_id for d in again] == ["ch3"]  # a's next, now that ch1 went
+    # A lease that ran out (its worker died) is claimed again.
+    late = await store.claim_deliveries("w3", T0 + 40 * S, T0 + 70 * S, 100)
+    assert sorted(d.change_id for d in late) == ["ch2", "ch3", "ch4"]
+    # The first holder's outcome no longer counts.
+    assert not await store.finish_delivery("d1", claimed[1].position, "w1", T0, delivered=True)
+
+
+async def test_retries_failures_and_the_delivery_log(store: Store) -> None:
+    await store.create_destination(destination(), 50)
+    await enqueued(store, "a", "a")
+    (one,) = await store.claim_deliveries("w", T0, T0 + 30 * S, 10)
+    assert await store.finish_delivery(
+        "d1", one.position, "w", T0 + S, delivered=False, next_attempt_us=T0 + 5 * S, status=500
+    )
+    got = await store.get_destination("acme", "d1")
+    assert got is not None and got.failing_since_us == T0 + S
+    assert await store.delivery_stats() == {"d1": DeliveryStats(0, 0, 2, 1, T0 + 1)}
+    assert await store.claim_deliveries("w", T0 + 4 * S, T0 + 60 * S, 10) == []  # not due yet
+    (two,) = await store.claim_deliveries("w", T0 + 5 * S, T0 + 60 * S, 10)
+    assert (two.change_id, two.attempts, two.last_status) == ("ch1", 1, 500)
+    assert await store.finish_delivery(
+        "d1", two.position, "w", T0 + 6 * S, delivered=False, error="timed out after 10 s"
+    )  # given up: failed, and the contact's next change goes
+    got = await store.get_destination("acme", "d1")
+    assert got is not None and got.failing_since_us == T0 + S  # still failing since the first
+    failed = await store.list_deliveries("d1", "failed", 10)
+    assert [(d.change_id, d.attempts, d.last_error) for d in failed] == [
+        ("ch1", 2, "timed out after 10 s")
+    ]
+    (three,) = await store.claim_deliveries("w", T0 + 7 * S, T0 + 60 * S, 10)
+    assert three.change_id == "ch2"
+    assert await store.finish_delivery(
+        "d1", three.position, "w", T0 + 8 * S, delivered=True, status=200
+    )
+    got = await store.get_destination("acme", "d1")
+    assert got is not None and got.failing_since_us is None
+    assert [d.change_id for d in await store.list_deliveries("d1", "delivered", 10)] == ["ch2"]
+    assert await store.delivery_stats() == {"d1": DeliveryStats(1, 1, 0, 0, None)}
+
+
+async def test_replay_and_disable(store: Store) -> None:
+    await store.create_destination(destination(), 50)
+    await enqueued(store, "a", "b")
+    assert await store.replay_destination("acme", "d1", "1")
+    assert not await store.replay_destination("other", "d1", "1")
+    got = await store.get_destination("acme", "d1")
+    assert got is not None and got.cursor == "1"
+    assert await store.enqueue_deliveries("d1", "1", "2", [new(2, "b")], T0)  # b's again
+    await store.disable_destination("d1", T0 + S, "failing for 5 days")
+    got = await store.get_destination("acme", "d1")
+    assert got is not None and (got.disabled_us, got.disabled_reason) == (
+        T0 + S,
+        "failing for 5 days",
+    )
+    assert await store.active_destinations() == []
+    assert await store.claim_deliveries("w", T0 + S, T0 + 30 * S, 10) == []
+    assert await store.delivery_stats() == {"d1": DeliveryStats(0, 0, 3, 0, T0 + 1)}
+
+
+async def test_workers_on_the_same_data_never_claim_a_delivery_twice(
+    backend: StoreBackend,
+) -> None:
+    store = backend.store
+    await store.create_destination(destination(), 50)
+    await enqueued(store, *[f"c{i}" for i in range(60)])
+    others = [await backend.open_another() for _ in range(2)]
+    batches = await asyncio.gather(
+        *(s.claim_deliveries(f"w{i}", T0, T0 + 30 * S, 25) for i, s in enumerate([store, *others]))
+    )
+    ids = [d.change_id for batch in batches for d in batch]
+    assert len(ids) == len(set(ids)) == 60
+
+
+def change(
+    properties: dict[str, tuple[object, object]],
+    *,
+    entered: tuple[str, ...] = (),
+    deleted: bool = False,
+) -> Change:
+    body = ChangeBody(
+        "api",
+        deleted,
+        {n: PropertyChange(o, v) for n, (o, v) in properties.items()},
+        SegmentChanges(list(entered), []),
+    )
+    return Change("id", "1", "acme", "c", "e", T0, body)
+
+
+def test_the_filter() -> None:
+    everything = destination()
+    by_plan = destination(properties=("plan",))
+    by_vip = destination(segments=("vip",))
+    either = destination(properties=("plan",), segments=("vip",))
+    plan = change({"plan": ("free", "pro")})
+    city = change({"city": (None, "Delft")})
+    entered = change({"city": (None, "Delft")}, entered=["vip"])
+    deleted = change({}, deleted=True)
+    assert [everything.matches(c) for c in (plan, city, entered, deleted)] == [True] * 4
+    assert [by_plan.matches(c) for c in (plan, city, entered, deleted)] == [
+        True,
+        False,
+        False,
+        True,
+    ]
+    assert [by_vip.matches(c) for c in (plan, city, entered, deleted)] == [
+        False,
+        False,
+        True,
+        False,
+    ]
+    assert [either.matches(c) for c in (plan, city, entered, deleted)] == [True, False, True, True]
