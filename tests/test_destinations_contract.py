@@ -11,7 +11,7 @@ import asyncio
 import pytest
 
 from profilehook.changes import Change, ChangeBody, PropertyChange, SegmentChanges
-from profilehook.stores.base import Store
+from profilehook.stores.base import Erasure, Store
 from profilehook.stores.destinations import DeliveryStats, Destination, NewDelivery
 from tests.store_backends import S, StoreBackend
 
@@ -213,3 +213,19 @@ def test_the_filter() -> None:
         False,
     ]
     assert [either.matches(c) for c in (plan, city, entered, deleted)] == [True, False, True, True]
+
+
+async def test_an_erased_contacts_deliveries_are_gone_whatever_their_status(store: Store) -> None:
+    """A delivery holds its change: erasing the contact (SPEC 2.11) removes them, delivered,
+    failed or pending, in its workspace only."""
+    await store.create_destination(destination(), 50)
+    await store.create_destination(destination("d9", workspace="other"), 50)
+    await enqueued(store, "gone", "kept", "gone")
+    assert await store.enqueue_deliveries("d9", None, "1", [new(1, "gone")], T0)
+    claimed = await store.claim_deliveries("w", T0, T0 + 10 * S, 10)
+    first = next(d for d in claimed if (d.destination_id, d.contact_id) == ("d1", "gone"))
+    assert await store.finish_delivery("d1", first.position, "w", T0, delivered=True)
+    await store.request_erasure(Erasure("er1", "acme", "gone", T0, False))
+    await store.erase_contact(Erasure("er1", "acme", "gone", T0, False))
+    assert [r.contact_id for r in await store.list_deliveries("d1", None, 10)] == ["kept"]
+    assert [r.contact_id for r in await store.list_deliveries("d9", None, 10)] == ["gone"]

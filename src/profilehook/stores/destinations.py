@@ -125,6 +125,11 @@ class Destinations(ABC):
         """Forget the destination and its deliveries; whether it existed."""
 
     @abstractmethod
+    async def forget_contact_deliveries(self, workspace: str, contact_id: str) -> None:
+        """Drop every delivery of the contact (its erasure: a delivery holds its change), to
+        every destination of the workspace, whatever its status."""
+
+    @abstractmethod
     async def active_destinations(self) -> list[Destination]:
         """Every destination not disabled, of every workspace (what the workers deliver to)."""
 

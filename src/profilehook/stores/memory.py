@@ -467,6 +467,7 @@ class MemoryStore(Store, ContactQueries, Segments, MemoryDestinations):
             for p, c in self._changes
             if (c.workspace, c.contact_id) != (workspace, contact_id)
         ]
+        await self.forget_contact_deliveries(workspace, contact_id)
         for alias, (mapped, version) in list(self._aliases.items()):
             if (alias[0], mapped) == (workspace, contact_id) and plan.covers_alias(version, upto):
                 del self._aliases[alias]

@@ -43,6 +43,12 @@ class MemoryDestinations(Destinations):
         self._deliveries.pop(destination_id, None)
         return True
 
+    async def forget_contact_deliveries(self, workspace: str, contact_id: str) -> None:
+        for destination_id, rows in self._deliveries.items():
+            found = self._destinations.get(destination_id)
+            if found is not None and found.workspace == workspace:
+                rows[:] = [row for row in rows if row.contact_id != contact_id]
+
     async def active_destinations(self) -> list[Destination]:
         return [d for d in self._destinations.values() if d.disabled_us is None]
 

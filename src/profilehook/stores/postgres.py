@@ -1032,6 +1032,7 @@ class PostgresStore(Store, ContactQueries, Segments, PostgresDestinations):
 
     async def erase_contact(self, erasure: Erasure) -> None:
         await self._run(lambda conn: _erase_contact(conn, erasure))
+        await self.forget_contact_deliveries(erasure.workspace, erasure.contact_id)
 
     async def complete_erasure(self, erasure_id: str, completed_us: int) -> None:
         async def update(conn: Conn) -> None:

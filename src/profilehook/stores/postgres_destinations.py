@@ -141,6 +141,16 @@ class PostgresDestinations(Destinations):
         found: bool = await self._run(delete)
         return found
 
+    async def forget_contact_deliveries(self, workspace: str, contact_id: str) -> None:
+        async def delete(conn: Conn) -> None:
+            await conn.execute(
+                "DELETE FROM deliveries WHERE contact_id = %s AND destination_id IN"
+                " (SELECT destination_id FROM destinations WHERE workspace = %s)",
+                (contact_id, workspace),
+            )
+
+        await self._run(delete)
+
     async def active_destinations(self) -> list[Destination]:
         rows = await self._rows(
             f"SELECT {_DESTINATION} FROM destinations WHERE disabled_us IS NULL"

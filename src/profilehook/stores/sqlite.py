@@ -603,6 +603,7 @@ class SqliteStore(Store, ContactQueries, Segments, SqliteDestinations):
     async def erase_contact(self, erasure: Erasure) -> None:
         await self.db.write(lambda conn: _erase_contact(conn, erasure))
         await self.db.scrub()
+        await self.forget_contact_deliveries(erasure.workspace, erasure.contact_id)
 
     async def complete_erasure(self, erasure_id: str, completed_us: int) -> None:
         await self.db.write(

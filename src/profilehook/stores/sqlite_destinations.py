@@ -74,7 +74,8 @@ _DELIVERY = (
 
 def destinations_database(store_path: Path) -> SqliteDatabase:
     path = store_path.with_name(f"{store_path.stem}.destinations{store_path.suffix}")
-    return SqliteDatabase(path, SCHEMA, VERSION)
+    # secure_delete: an erased contact's deliveries (their changes) leave no bytes in the file.
+    return SqliteDatabase(path, SCHEMA, VERSION, secure_delete="ON")
 
 
 class SqliteDestinations(Destinations):
@@ -141,6 +142,16 @@ class SqliteDestinations(Destinations):
             return bool(gone)
 
         return await self.destinations_db.write(delete)
+
+    async def forget_contact_deliveries(self, workspace: str, contact_id: str) -> None:
+        await self.destinations_db.write(
+            lambda conn: conn.execute(
+                "DELETE FROM deliveries WHERE contact_id = ? AND destination_id IN"
+                " (SELECT destination_id FROM destinations WHERE workspace = ?)",
+                (contact_id, workspace),
+            )
+        )
+        await self.destinations_db.scrub()
 
     async def active_destinations(self) -> list[Destination]:
         rows = await self.destinations_db.read(
