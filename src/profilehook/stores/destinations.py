@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -193,3 +193,58 @@ class Destinations(ABC):
     async def delivery_stats(self) -> dict[str, DeliveryStats]:
         """Per destination id (every destination, of every workspace), its deliveries by
         status, those waiting for a retry, and the oldest pending one's change time."""
+
+
+def destination_of(
+    row: Sequence[Any], properties: Sequence[str], segments: Sequence[str]
+) -> Destination:
+    """A destination from a SQL store's row (its columns in the stores' order; the filter's
+    lists decoded by the store)."""
+    return Destination(
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        row[4],
+        row[5],
+        tuple(properties),
+        tuple(segments),
+        row[8],
+        row[9],
+        row[10],
+        row[11],
+    )
+
+
+def delivery_of(row: Sequence[Any]) -> Delivery:
+    """A delivery from a SQL store's row (its columns in the stores' order)."""
+    return Delivery(
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        row[4],
+        row[5],
+        bytes(row[6]),
+        row[7],
+        row[8],
+        row[9],
+        row[10],
+        row[11],
+        row[12],
+        row[13],
+        row[14],
+    )
+
+
+# Per destination: delivered, failed, pending, retrying, the oldest pending change's apply time.
+STATS_SQL = """
+SELECT s.destination_id,
+    count(*) FILTER (WHERE d.status = 'delivered'),
+    count(*) FILTER (WHERE d.status = 'failed'),
+    count(*) FILTER (WHERE d.status = 'pending'),
+    count(*) FILTER (WHERE d.status = 'pending' AND d.attempts > 0),
+    min(d.applied_us) FILTER (WHERE d.status = 'pending')
+FROM destinations s LEFT JOIN deliveries d ON d.destination_id = s.destination_id
+GROUP BY s.destination_id
+"""

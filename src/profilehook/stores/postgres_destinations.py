@@ -11,12 +11,15 @@ from typing import Any, TypeVar
 import psycopg
 
 from profilehook.stores.destinations import (
+    STATS_SQL,
     Delivery,
     DeliveryStats,
     DeliveryStatus,
     Destination,
     Destinations,
     NewDelivery,
+    delivery_of,
+    destination_of,
 )
 
 T = TypeVar("T")
@@ -116,14 +119,14 @@ class PostgresDestinations(Destinations):
             " ORDER BY created_us, destination_id",
             (workspace,),
         )
-        return [_destination(row) for row in rows]
+        return [destination_of(row, row[6], row[7]) for row in rows]
 
     async def get_destination(self, workspace: str, destination_id: str) -> Destination | None:
         rows = await self._rows(
             f"SELECT {_DESTINATION} FROM destinations WHERE destination_id = %s AND workspace = %s",
             (destination_id, workspace),
         )
-        return _destination(rows[0]) if rows else None
+        return destination_of(rows[0], rows[0][6], rows[0][7]) if rows else None
 
     async def delete_destination(self, workspace: str, destination_id: str) -> bool:
         async def delete(conn: Conn) -> bool:
@@ -157,7 +160,7 @@ class PostgresDestinations(Destinations):
             " ORDER BY created_us, destination_id",
             (),
         )
-        return [_destination(row) for row in rows]
+        return [destination_of(row, row[6], row[7]) for row in rows]
 
     async def enqueue_deliveries(
         self,
@@ -213,7 +216,7 @@ class PostgresDestinations(Destinations):
                 f" RETURNING {_DELIVERY}",
                 (owner, lease_until_us, now_us, now_us, limit),
             )
-            found = [_delivery(row) for row in await cur.fetchall()]
+            found = [delivery_of(row) for row in await cur.fetchall()]
             found.sort(key=lambda d: (d.next_attempt_us, d.position))
             return found
 
@@ -273,7 +276,7 @@ class PostgresDestinations(Destinations):
             " AND (%s::text IS NULL OR status = %s) ORDER BY position DESC LIMIT %s",
             (destination_id, status, status, limit),
         )
-        return [_delivery(row) for row in rows]
+        return [delivery_of(row) for row in rows]
 
     async def replay_destination(
         self, workspace: str, destination_id: str, after: str | None
@@ -299,7 +302,7 @@ class PostgresDestinations(Destinations):
         await self._run(disable)
 
     async def delivery_stats(self) -> dict[str, DeliveryStats]:
-        rows = await self._rows(_STATS, ())
+        rows = await self._rows(STATS_SQL, ())
         return {row[0]: DeliveryStats(*row[1:]) for row in rows}
 
     async def _rows(self, query: str, params: Sequence[Any]) -> list[Any]:
@@ -325,53 +328,4 @@ AND NOT EXISTS (
 ORDER BY d.next_attempt_us, d.position
 LIMIT %s
 FOR UPDATE OF d SKIP LOCKED
-"""
-
-
-def _destination(row: Sequence[Any]) -> Destination:
-    return Destination(
-        row[0],
-        row[1],
-        row[2],
-        row[3],
-        row[4],
-        row[5],
-        tuple(row[6]),
-        tuple(row[7]),
-        row[8],
-        row[9],
-        row[10],
-        row[11],
-    )
-
-
-def _delivery(row: Sequence[Any]) -> Delivery:
-    return Delivery(
-        row[0],
-        row[1],
-        row[2],
-        row[3],
-        row[4],
-        row[5],
-        bytes(row[6]),
-        row[7],
-        row[8],
-        row[9],
-        row[10],
-        row[11],
-        row[12],
-        row[13],
-        row[14],
-    )
-
-
-_STATS = """
-SELECT s.destination_id,
-    count(*) FILTER (WHERE d.status = 'delivered'),
-    count(*) FILTER (WHERE d.status = 'failed'),
-    count(*) FILTER (WHERE d.status = 'pending'),
-    count(*) FILTER (WHERE d.status = 'pending' AND d.attempts > 0),
-    min(d.applied_us) FILTER (WHERE d.status = 'pending')
-FROM destinations s LEFT JOIN deliveries d ON d.destination_id = s.destination_id
-GROUP BY s.destination_id
 """

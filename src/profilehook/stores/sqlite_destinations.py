@@ -12,12 +12,15 @@ from typing import Any
 
 from profilehook.sqlite_db import SqliteDatabase
 from profilehook.stores.destinations import (
+    STATS_SQL,
     Delivery,
     DeliveryStats,
     DeliveryStatus,
     Destination,
     Destinations,
     NewDelivery,
+    delivery_of,
+    destination_of,
 )
 
 VERSION = 1
@@ -119,7 +122,7 @@ class SqliteDestinations(Destinations):
                 (workspace,),
             ).fetchall()
         )
-        return [_destination(row) for row in rows]
+        return [destination_of(row, json.loads(row[6]), json.loads(row[7])) for row in rows]
 
     async def get_destination(self, workspace: str, destination_id: str) -> Destination | None:
         row = await self.destinations_db.read(
@@ -129,7 +132,7 @@ class SqliteDestinations(Destinations):
                 (destination_id, workspace),
             ).fetchone()
         )
-        return None if row is None else _destination(row)
+        return None if row is None else destination_of(row, json.loads(row[6]), json.loads(row[7]))
 
     async def delete_destination(self, workspace: str, destination_id: str) -> bool:
         def delete(conn: sqlite3.Connection) -> bool:
@@ -160,7 +163,7 @@ class SqliteDestinations(Destinations):
                 " ORDER BY created_us, destination_id"
             ).fetchall()
         )
-        return [_destination(row) for row in rows]
+        return [destination_of(row, json.loads(row[6]), json.loads(row[7])) for row in rows]
 
     async def enqueue_deliveries(
         self,
@@ -211,7 +214,7 @@ class SqliteDestinations(Destinations):
                 f" RETURNING {_DELIVERY}",
                 (owner, lease_until_us, now_us, now_us, limit),
             ).fetchall()
-            found = [_delivery(row) for row in rows]
+            found = [delivery_of(row) for row in rows]
             found.sort(key=lambda d: (d.next_attempt_us, d.position))
             return found
 
@@ -285,7 +288,7 @@ class SqliteDestinations(Destinations):
                 (destination_id, status, limit),
             ).fetchall()
 
-        return [_delivery(row) for row in await self.destinations_db.read(select)]
+        return [delivery_of(row) for row in await self.destinations_db.read(select)]
 
     async def replay_destination(
         self, workspace: str, destination_id: str, after: str | None
@@ -310,7 +313,7 @@ class SqliteDestinations(Destinations):
         )
 
     async def delivery_stats(self) -> dict[str, DeliveryStats]:
-        rows = await self.destinations_db.read(lambda conn: conn.execute(_STATS).fetchall())
+        rows = await self.destinations_db.read(lambda conn: conn.execute(STATS_SQL).fetchall())
         return {row[0]: DeliveryStats(*row[1:]) for row in rows}
 
 
@@ -331,53 +334,3 @@ ORDER BY d.next_attempt_us, d.position
 def _list(names: Sequence[str]) -> str:
 
     return json.dumps(list(names))
-
-
-def _destination(row: Sequence[Any]) -> Destination:
-
-    return Destination(
-        row[0],
-        row[1],
-        row[2],
-        row[3],
-        row[4],
-        row[5],
-        tuple(json.loads(row[6])),
-        tuple(json.loads(row[7])),
-        row[8],
-        row[9],
-        row[10],
-        row[11],
-    )
-
-
-def _delivery(row: Sequence[Any]) -> Delivery:
-    return Delivery(
-        row[0],
-        row[1],
-        row[2],
-        row[3],
-        row[4],
-        row[5],
-        bytes(row[6]),
-        row[7],
-        row[8],
-        row[9],
-        row[10],
-        row[11],
-        row[12],
-        row[13],
-        row[14],
-    )
-
-
-_STATS = """
-SELECT s.destination_id,
-    count(*) FILTER (WHERE d.status = 'delivered'),
-    count(*) FILTER (WHERE d.status = 'failed'),
-    count(*) FILTER (WHERE d.status = 'pending'),
-    count(*) FILTER (WHERE d.status = 'pending' AND d.attempts > 0),
-    min(d.applied_us) FILTER (WHERE d.status = 'pending')
-FROM destinations s LEFT JOIN deliveries d ON d.destination_id = s.destination_id
-GROUP BY s.destination_id
-"""
