@@ -80,6 +80,10 @@ _OPAQUE = {
     ("GET", "/v1/segments/{segment_id}/contacts"),
     ("POST", "/v1/contacts/query"),
     ("POST", "/v1/segments"),
+    ("POST", "/v1/destinations/{destination_id}/replay"),
+    # A destination's URL must be a public https address that resolves, which a schema cannot
+    # say (and a fuzzer's strings are not).
+    ("POST", "/v1/destinations"),
 }
 
 

@@ -15,7 +15,7 @@ from profilehook.constants import (
 )
 from profilehook.destinations.addresses import parse_url, resolve
 from profilehook.destinations.signing import new_secret
-from profilehook.errors import DestinationRefused, NotFound, ValidationFailed
+from profilehook.errors import DestinationRefused, InvalidCursor, NotFound, ValidationFailed
 from profilehook.events import iso, now_us
 from profilehook.stores.base import Store
 from profilehook.stores.destinations import DELIVERY_STATUSES, Delivery, Destination
@@ -181,8 +181,14 @@ async def replay(store: Store, workspace: str, destination_id: str, body: Any) -
             raise ValidationFailed(
                 [problem("string_type", ("body", "after"), "Input should be a cursor", after)]
             )
-        # A cursor this feed did not issue, or one already expired, is refused here.
-        await store.read_changes(workspace, after, 1)
+        # A cursor this feed did not issue (a 422 pointing at it), or one already expired
+        # (410), is refused here.
+        try:
+            await store.read_changes(workspace, after, 1)
+        except InvalidCursor:
+            raise ValidationFailed(
+                [value_error(("body", "after"), after, "not a cursor of this feed")]
+            ) from None
     if not await store.replay_destination(workspace, destination_id, after):
         raise NotFound("Destination not found")
     return str(after) if after is not None else None
