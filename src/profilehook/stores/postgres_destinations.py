@@ -8,8 +8,6 @@ import json
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-import psycopg
-
 from profilehook.stores.destinations import (
     STATS_SQL,
     Delivery,
@@ -23,7 +21,7 @@ from profilehook.stores.destinations import (
 )
 
 T = TypeVar("T")
-Conn = psycopg.AsyncConnection[Any]
+Conn = Any  # psycopg.AsyncConnection (loaded by the store: psycopg is the postgres extra)
 
 MIGRATION = """
 CREATE TABLE destinations (
@@ -308,7 +306,8 @@ class PostgresDestinations(Destinations):
     async def _rows(self, query: str, params: Sequence[Any]) -> list[Any]:
         async def select(conn: Conn) -> list[Any]:
             cur = await conn.execute(query, params)
-            return await cur.fetchall()
+            found: list[Any] = await cur.fetchall()
+            return found
 
         rows: list[Any] = await self._run(select)
         return rows
