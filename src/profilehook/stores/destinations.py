@@ -216,6 +216,27 @@ def destination_of(
     )
 
 
+def new_delivery_rows(
+    destination_id: str, start: int, deliveries: Sequence[NewDelivery], now_us: int
+) -> list[tuple[Any, ...]]:
+    """The SQL stores' parameters for ``deliveries`` at positions ``start``… (the columns
+    their INSERT names before the constants): pending, due ``now_us``."""
+    return [
+        (
+            destination_id,
+            start + i,
+            d.change_id,
+            d.cursor,
+            d.contact_id,
+            d.applied_us,
+            d.payload,
+            now_us,
+            now_us,
+        )
+        for i, d in enumerate(deliveries)
+    ]
+
+
 def delivery_of(row: Sequence[Any]) -> Delivery:
     """A delivery from a SQL store's row (its columns in the stores' order)."""
     return Delivery(

@@ -18,6 +18,7 @@ from profilehook.stores.destinations import (
     NewDelivery,
     delivery_of,
     destination_of,
+    new_delivery_rows,
 )
 
 T = TypeVar("T")
@@ -184,20 +185,7 @@ class PostgresDestinations(Destinations):
                     await c.executemany(
                         f"INSERT INTO deliveries ({_DELIVERY}) VALUES"
                         " (%s,%s,%s,%s,%s,%s,%s,'pending',0,%s,%s,NULL,NULL,NULL,NULL)",
-                        [
-                            (
-                                destination_id,
-                                start + i,
-                                d.change_id,
-                                d.cursor,
-                                d.contact_id,
-                                d.applied_us,
-                                d.payload,
-                                now_us,
-                                now_us,
-                            )
-                            for i, d in enumerate(deliveries)
-                        ],
+                        new_delivery_rows(destination_id, start, deliveries, now_us),
                     )
             return True
 

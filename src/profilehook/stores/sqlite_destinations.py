@@ -21,6 +21,7 @@ from profilehook.stores.destinations import (
     NewDelivery,
     delivery_of,
     destination_of,
+    new_delivery_rows,
 )
 
 VERSION = 1
@@ -185,20 +186,7 @@ class SqliteDestinations(Destinations):
             conn.executemany(
                 f"INSERT INTO deliveries ({_DELIVERY})"
                 " VALUES (?,?,?,?,?,?,?,'pending',0,?,?,NULL,NULL,NULL,NULL)",
-                [
-                    (
-                        destination_id,
-                        start + i,
-                        d.change_id,
-                        d.cursor,
-                        d.contact_id,
-                        d.applied_us,
-                        d.payload,
-                        now_us,
-                        now_us,
-                    )
-                    for i, d in enumerate(deliveries)
-                ],
+                new_delivery_rows(destination_id, start, deliveries, now_us),
             )
             return True
 
