@@ -25,6 +25,8 @@ from tests.console_browser import (
     unlabelled_fields,
 )
 from tests.support import ServerProcess, create_key, wait_until
+from tests.test_destinations_api import receiver  # noqa: F401  (a fixture)
+from tests.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +38,13 @@ HOSTILE_VALUE = '"><img src=/hostile-img onerror="window.__pwned=2">'
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     data_dir = tmp_path_factory.mktemp("console") / "data"
-    server = ServerProcess(data_dir).start()
+    # Destinations may call the tests' local receiver, and give up on a closed port in about
+    # a second (then are disabled after about 4 s) instead of a day and a half.
+    allowed = {
+        "PROFILEHOOK_DESTINATIONS_ALLOW_PRIVATE": "true",
+        "PROFILEHOOK_DESTINATIONS_RETRY_SCALE": "0.00001",
+    }
+    server = ServerProcess(data_dir, extra_env=allowed).start()
     try:
         yield server
     finally:
@@ -297,6 +305,7 @@ def test_every_control_is_reachable_by_keyboard_and_a_key_is_created_with_tab_an
         "/console/segments/new",
         "/console/sources",
         "/console/keys",
+        "/console/destinations",
     ):
         page.goto(f"{server.base_url}{path}")
         unreachable = page.evaluate(
@@ -499,3 +508,95 @@ def test_create_a_segment_with_its_live_count_see_its_members_then_delete_it(
     page.keyboard.press("Enter")
     page.wait_for_url(f"{server.base_url}/console/segments")
     assert page.locator("table tbody tr", has_text=f"Paid {team}").count() == 0
+
+
+# -- destinations --------------------------------------------------------------------------------
+
+
+def test_create_destinations_see_deliveries_and_failures_replay_then_delete_them(
+    server: ServerProcess,
+    admin_key: str,
+    watched: Watched,
+    receiver: Receiver,  # noqa: F811
+) -> None:
+    page = watched.page
+    name = watched.name
+    sign_in(page, server.base_url, admin_key)
+    page.get_by_role("link", name="Destinations").click()
+    page.get_by_role("heading", name="Destinations", exact=True).wait_for()
+    assert unlabelled_fields(page) == []
+    page.get_by_label("URL").fill(f"http://127.0.0.1:{receiver.port}/in-{name}")
+    page.get_by_label("Description").fill(f"CRM {name}")
+    # Only this test's property: a new destination also gets the changes the feed still keeps.
+    page.get_by_label("Only changes of these properties").fill(f"plan-{name}")
+    page.get_by_role("button", name="Create destination").click()
+    secret = page.locator("#destination-secret").inner_text()
+    assert secret.startswith("whsec_") and "shown only this once" in page.content()
+    receiver.secret = secret  # the receiver verifies each call with the reference library
+    watched.shot("destination-created")
+    no_horizontal_scroll(page)
+    good = page.locator("h1 code").inner_text()
+
+    # A second one by keyboard only; this one's receiver is not there.
+    page.get_by_role("link", name="All destinations").click()
+    page.get_by_label("URL").focus()
+    page.keyboard.type(f"http://127.0.0.1:9/closed-{name}")
+    page.keyboard.press("Tab")  # the description
+    page.keyboard.press("Tab")
+    page.keyboard.type(f"plan-{name}")
+    for _ in range(20):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.textContent.trim()") == "Create destination":
+            break
+    page.keyboard.press("Enter")
+    bad = page.locator("h1 code").inner_text()
+    assert page.locator("#destination-secret").inner_text() != secret
+
+    contact = f"dst-{name}"
+    assert send(server, admin_key, _event(contact, 1, {f"plan-{name}": "pro"})).is_success
+    wait_until(lambda: len(receiver.received) == 1 or None, timeout_s=10)
+    assert receiver.received[0].verified is not None
+    page.goto(f"{server.base_url}/console/destination?id={good}")
+    wait_until(lambda: _reload_until(page, ">delivered"), timeout_s=10)
+    row = page.locator("table.deliveries tbody tr").first
+    assert row.locator("td[data-label=Contact]").inner_text() == contact
+    assert "HTTP 200" in row.locator(".outcome").inner_text()
+    watched.shot("destination")
+    no_horizontal_scroll(page)
+
+    # The other one fails every attempt, gives up, then is disabled, and says why.
+    page.goto(f"{server.base_url}/console/destinations")
+    wait_until(lambda: _reload_until(page, ">disabled</span>"), timeout_s=20)
+    listed = page.locator(f"#destination-{bad}")
+    assert "every delivery failed since" in listed.locator("td[data-label=Status]").inner_text()
+    watched.shot("destinations")
+    no_horizontal_scroll(page)
+    listed.get_by_role("link", name="1 failed").click()
+    failed = page.locator("table.deliveries tbody tr").first
+    assert failed.locator(".outcome").inner_text().strip() == "failed"
+    assert failed.locator("td[data-label=Attempts]").inner_text() == "8"
+    assert failed.locator("td.error").inner_text() not in ("", "—")
+    assert page.locator("a[aria-current]", has_text="Failures").count() == 1
+    watched.shot("destination-failures")
+    no_horizontal_scroll(page)
+
+    # Replay the good one from the oldest change kept, after confirming: the change comes again.
+    page.goto(f"{server.base_url}/console/destination?id={good}")
+    page.get_by_role("button", name="Replay…").click()
+    page.get_by_role("heading", name=f"Replay to {good}?").wait_for()
+    assert len(receiver.received) == 1
+    no_horizontal_scroll(page)
+    page.get_by_role("button", name="Replay", exact=True).focus()
+    page.keyboard.press("Enter")
+    page.get_by_text("Replay started").wait_for()
+    wait_until(lambda: len(receiver.received) == 2 or None, timeout_s=10)
+    ids = [call.headers["webhook-id"] for call in receiver.received]
+    assert ids[0] == ids[1] and receiver.received[1].verified is not None
+
+    for destination_id in (bad, good):
+        page.goto(f"{server.base_url}/console/destination?id={destination_id}")
+        page.get_by_role("link", name="Delete this destination…").click()
+        page.get_by_text("This cannot be undone").wait_for()
+        page.get_by_role("button", name="Delete destination").click()
+        assert f"{destination_id} is deleted" in page.locator(".warn").inner_text()
+    assert page.locator(f"#destination-{good}").count() == 0
