@@ -386,7 +386,7 @@ def test_build_a_filter_with_the_keyboard_and_open_a_matching_contact(
     wait_until(
         lambda: (
             page.request.get(
-                f"{server.base_url}/console/contacts/count?match=all&property=team&op=eq&type=string&value={team}"
+                f"{server.base_url}/console/contacts/count?match=all&property-0=team&op-0=eq&type-0=string&value-0={team}"
             ).json()["count"]
             == 3
         ),
@@ -452,6 +452,89 @@ def test_build_a_filter_with_the_keyboard_and_open_a_matching_contact(
     page.get_by_role("link", name=f"{team}-b").focus()
     page.keyboard.press("Enter")
     page.get_by_role("heading", name=f"Contact {team}-b").wait_for()
+
+
+def test_build_a_nested_negated_group_by_keyboard_and_see_a_bad_value_on_its_row(
+    server: ServerProcess, admin_key: str, watched: Watched
+) -> None:
+    page = watched.page
+    team = f"nest-{watched.name}"
+    people = {
+        f"{team}-a": {"plan": "pro"},
+        f"{team}-b": {"plan": "free"},
+        f"{team}-c": {"plan": "pro", "trial": True},
+    }
+    for contact, props in people.items():
+        assert send(server, admin_key, _event(contact, 100, {"team": team, **props})).is_success
+    sign_in(page, server.base_url, admin_key)
+    page.goto(f"{server.base_url}/console/contacts")
+    wait_until(
+        lambda: (
+            page.request.get(
+                f"{server.base_url}/console/contacts/count?match=all&property-0=team&op-0=eq"
+                f"&type-0=string&value-0={team}"
+            ).json()["count"]
+            == 3
+        ),
+        timeout_s=10,
+    )
+
+    page.locator("#property-0").fill("team")
+    page.locator("#value-0").fill(team)
+    page.get_by_role("button", name="Add group", exact=True).focus()
+    page.keyboard.press("Enter")
+    page.locator("#group-1").wait_for()
+    assert page.evaluate("document.activeElement.id") == "property-1-0"  # the group's first row
+    page.keyboard.type("plan")
+    page.keyboard.press("Tab")
+    page.keyboard.press("Tab")
+    page.keyboard.press("Tab")
+    page.keyboard.type("free")
+    page.get_by_label("Group 2 matches a contact that matches").select_option("none")
+    page.get_by_role("button", name="Add a condition to group 2").focus()
+    page.keyboard.press("Enter")
+    page.locator("#property-1-1").wait_for()
+    assert page.evaluate("document.activeElement.id") == "property-1-1"
+    assert page.locator("#match-1").input_value() == "none"  # kept across the edit
+    page.keyboard.type("trial")
+    page.keyboard.press("Tab")
+    page.locator("#op-1-1").select_option("exists")
+    page.locator("#value-1-1").press("Enter")
+    page.get_by_role("heading", name="1 matching contact").wait_for()
+
+    assert _listed(page) == [f"{team}-a"]  # not free, and no trial
+    shown = json.loads(page.locator("#filter-json").inner_text())
+    assert shown == {
+        "all": [
+            {"property": "team", "op": "eq", "value": team},
+            {
+                "not": {
+                    "any": [
+                        {"property": "plan", "op": "eq", "value": "free"},
+                        {"property": "trial", "op": "exists"},
+                    ]
+                }
+            },
+        ]
+    }
+    watched.shot("contacts-nested")
+    no_horizontal_scroll(page)
+    assert unlabelled_fields(page) == []
+
+    # A value not of its row's type, inside the group: the 422's problem is on that row.
+    page.locator("#type-1-0").select_option("number")
+    page.locator("#value-1-0").press("Enter")
+    problem = page.locator("#problems-1-0")
+    problem.wait_for()
+    watched.expect_failed_status(422)
+    assert "not a number" in problem.inner_text()
+    assert page.locator("#group-1").evaluate("(el, p) => el.contains(p)", problem.element_handle())
+    watched.shot("contacts-nested-problem")
+    no_horizontal_scroll(page)
+
+    page.get_by_role("button", name="Remove group 2").click()
+    page.locator("#group-1").wait_for(state="detached")
+    assert page.locator("#property-0").input_value() == "team"
 
 
 def test_create_a_segment_with_its_live_count_see_its_members_then_delete_it(
