@@ -2,7 +2,8 @@
 by outcome), create one (URL, description, the properties and segments it is for; its signing
 secret is shown once), a destination's recent deliveries and failures, replay from a cursor and
 delete, each after confirming. Every action calls the function the API route calls
-(destinations/registry.py); all of it needs an ``admin`` key, as the API does (SPEC 2.10)."""
+(destinations/registry.py); all of it needs an ``admin`` key, as the API does (README, Getting
+changes out)."""
 
 from __future__ import annotations
 
