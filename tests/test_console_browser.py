@@ -138,6 +138,56 @@ def test_sign_in_by_keyboard_then_an_event_sent_with_curl_appears_in_the_live_ta
     assert page.locator("li.call", has_text=f"x-{contact}").count() == 0
 
 
+def test_the_live_tail_pauses_and_resumes_filters_by_source_and_copies_a_call_as_curl(
+    server: ServerProcess, admin_key: str, watched: Watched
+) -> None:
+    page = watched.page
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    sign_in(page, server.base_url, admin_key)
+    page.goto(f"{server.base_url}/console/live")
+    page.get_by_text("Watching").wait_for()
+    contact = f"pause-{watched.name}"
+
+    page.get_by_role("button", name="Pause").click()
+    held = send(server, admin_key, _event(contact, 1, {"plan": "pro"}))
+    assert held.status_code == 202
+    page.get_by_text("Paused: 1 new call(s) held.").wait_for(timeout=2000)
+    assert page.locator("li.call", has_text=held.json()["event_id"]).count() == 0
+    page.get_by_role("button", name="Resume").press("Enter")
+    row = page.locator("li.call", has_text=held.json()["event_id"])
+    row.wait_for(timeout=1000)
+
+    # Copy as curl: what lands in the clipboard sends the same body, the key left as $KEY.
+    row.get_by_text("Body and curl").click()
+    row.get_by_role("button", name="Copy as curl").click()
+    copied = page.evaluate("navigator.clipboard.readText()")
+    assert copied.startswith("curl ") and "$KEY" in copied and admin_key not in copied
+    assert "/v1/properties" in copied and contact in copied
+
+    # Only the amplitude sources' calls: an API call does not show, a webhook call after it does
+    # (the tail keeps the order calls arrive in).
+    source = httpx.post(
+        f"{server.base_url}/v1/sources",
+        json={"kind": "amplitude"},
+        headers={"Authorization": f"Bearer {admin_key}"},
+    ).json()
+    page.get_by_label("Source").fill("amplitude")
+    page.get_by_role("button", name="Filter").click()
+    page.get_by_role("button", name="Clear").click()
+    page.get_by_text("Watching").wait_for()
+    hidden = send(server, admin_key, _event(contact, 2, {"plan": "team"}))
+    assert hidden.status_code == 202
+    webhook = httpx.post(
+        f"{server.base_url}/v1/webhooks/{source['source_id']}",
+        json={"users": []},
+        headers={"Authorization": "Bearer wrong"},
+    )
+    assert webhook.status_code == 401
+    page.locator("li.call.refused", has_text=source["source_id"]).wait_for(timeout=1000)
+    assert page.locator("li.call", has_text=hidden.json()["event_id"]).count() == 0
+    no_horizontal_scroll(page)
+
+
 def test_a_contact_shows_each_property_with_the_event_that_set_it_escaped_and_its_history(
     server: ServerProcess, admin_key: str, watched: Watched
 ) -> None:
