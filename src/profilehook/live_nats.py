@@ -33,6 +33,7 @@ from profilehook.live import Call, LiveCalls
 
 log = logging.getLogger(__name__)
 RETRY_CONNECT_S = 2.0
+CLOSE_TIMEOUT_S = 2.0
 
 
 class _Forwarded(msgspec.Struct, frozen=True):
@@ -95,8 +96,9 @@ class LiveFanout:
             sending.cancel()
             with suppress(asyncio.CancelledError):
                 await sending
+            # Bounded: a server stopping while NATS is away must not wait on it.
             with suppress(Exception):
-                await nc.close()
+                await asyncio.wait_for(nc.close(), CLOSE_TIMEOUT_S)
 
     async def _connect(self) -> Any:
         import nats
@@ -108,6 +110,7 @@ class LiveFanout:
             max_reconnect_attempts=-1,
             allow_reconnect=True,
             name=f"profilehook-live-{self.origin[:8]}",
+            error_cb=_quietly,  # the queue's connection already says when NATS is away
         )
 
     def _forward(self, call: Call) -> None:
@@ -140,6 +143,10 @@ class LiveFanout:
     async def _heard_interest(self, msg: Any) -> None:
         if msg.data != self.origin.encode():
             self.live.remote_interest(time.monotonic() + LIVE_INTEREST_TTL_S)
+
+
+async def _quietly(error: Exception) -> None:
+    log.debug("live tail: NATS: %s", error)
 
 
 async def _stopped(stop: asyncio.Event, timeout_s: float) -> bool:
