@@ -130,10 +130,6 @@ class Builder:
     sources: dict[tuple[str | int, ...], Row | Group] = field(default_factory=dict)
 
     @property
-    def match(self) -> str:
-        return self.root.match
-
-    @property
     def rows(self) -> list[Row]:
         """Every condition, in the order of the page."""
         return [item for item in self.root.walk() if isinstance(item, Row)]
