@@ -36,6 +36,7 @@ from profilehook.console.web import Console
 from profilehook.destinations.delivery import Deliverer
 from profilehook.erasure import Eraser
 from profilehook.errors import ProfilehookError
+from profilehook.live_nats import LiveFanout
 from profilehook.retention import ChangePurger, HistoryPurger
 from profilehook.segments import Backfiller
 from profilehook.service import Services
@@ -135,6 +136,13 @@ class ProfilehookApp:
         # New segments are filled from the profiles here (any number of servers may: a
         # segment's chunks take its row's lock, or the one SQLite writer).
         backfilling = asyncio.create_task(self.backfiller.run(stop), name="segment-backfill")
+        # Scaled out, the console's live tail shows what every server receives (live_nats.py).
+        sharing = None
+        if services.settings.queue_url.startswith(("nats://", "tls://")):
+            fanout = LiveFanout(
+                services.live, services.settings.queue_url, services.settings.connect_timeout_s
+            )
+            sharing = asyncio.create_task(fanout.run(stop), name="live-fanout")
         if self.applies_in == "task":
             applier = Applier(
                 services.queue,
@@ -166,6 +174,7 @@ class ProfilehookApp:
                 erasing,
                 sampling,
                 backfilling,
+                sharing,
             ):
                 if running_task is not None:
                     with suppress(asyncio.CancelledError):
