@@ -1,0 +1,131 @@
+"""Scenario S (issue 23): memory over a sustained run of the whole product. One ``profilehook
+serve`` (embedded, applier running) on the ``--read-contacts`` store of scenario R, for
+``--soak`` seconds (the issue's run is 600), with at once: batch ingest at ``--soak-rate``
+events/s (batches of 10), reads of random contacts at ``--soak-read-rate`` req/s, a query
+(``POST /v1/contacts/query``, a selective equality, first page of 100) every 100 ms, and one
+destination receiving every change (a local receiver answering 204). The resident memory of
+the server and of its applier process is sampled every 2 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+SAMPLE_EVERY_S = 2.0
+QUERY_EVERY_S = 0.1
+CONNECTIONS = 16
+
+
+def scenario_s(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    import httpx2
+    from benchmarks import run as harness
+    from benchmarks.contacts_loader import data_dir_with_contacts
+    from benchmarks.reads import read_lua
+
+    data_dir = data_dir_with_contacts(tmp / "s", args.read_contacts)
+    env = harness.profilehook_env(data_dir, PROFILEHOOK_DESTINATIONS_ALLOW_PRIVATE="true")
+    key = harness.cli(env, "keys", "create", "--workspace", "bench", "--scope", "admin")["key"]
+    with harness._Receiver() as receiver:
+        url = f"http://127.0.0.1:{receiver.port}/in"
+        harness.cli(env, "destinations", "create", "--workspace", "bench", "--url", url)
+        with harness.running(harness.serve("profilehook", env)) as server:
+            per_request = 10
+            body = {
+                "events": [
+                    {**harness.EVENT, "contact_id": f"user{i}", "timestamp": 1672531200 + i}
+                    for i in range(per_request)
+                ]
+            }
+            ingest_delay_ms = 1000 * CONNECTIONS * per_request / args.soak_rate
+            reads_delay_ms = 1000 * CONNECTIONS / args.soak_read_rate
+            loads: dict[str, dict[str, float]] = {}
+            jobs = [
+                (
+                    "ingest",
+                    "/v1/properties/batch",
+                    harness.lua(tmp / "s-ingest.lua", body, key, ingest_delay_ms),
+                ),
+                (
+                    "reads",
+                    "",
+                    read_lua(tmp / "s-reads.lua", key, args.read_contacts, reads_delay_ms),
+                ),
+            ]
+            threads = [
+                threading.Thread(
+                    target=lambda n=name, p=path, s=script: loads.__setitem__(
+                        n,
+                        harness.wrk(
+                            server.url + p, s, args.soak, connections=CONNECTIONS, threads=1
+                        ),
+                    )
+                )
+                for name, path, script in jobs
+            ]
+            for thread in threads:
+                thread.start()
+            samples: list[tuple[float, float]] = []
+            query_ms: list[float] = []
+            auth = {"Authorization": f"Bearer {key}"}
+            query = {"filter": {"property": "plan", "op": "eq", "value": "enterprise"}}
+            with httpx2.Client(base_url=server.url, headers=auth, timeout=30) as client:
+                started = next_sample = time.monotonic()
+                while time.monotonic() - started < args.soak:
+                    now = time.monotonic()
+                    if now >= next_sample:
+                        samples.append(_rss_mb(server))
+                        next_sample += SAMPLE_EVERY_S
+                    q0 = time.perf_counter()
+                    answer = client.post("/v1/contacts/query", json=query)
+                    assert answer.status_code == 200, answer.text
+                    query_ms.append(1000 * (time.perf_counter() - q0))
+                    time.sleep(max(0.0, QUERY_EVERY_S - (time.perf_counter() - q0)))
+            for thread in threads:
+                thread.join()
+            delivered = len(receiver.arrived)
+    third = max(1, len(samples) // 3)
+    totals = [serve + applier for serve, applier in samples]
+    query_ms.sort()
+    return {
+        "duration_s": args.soak,
+        "ingest_events_per_s": loads["ingest"]["rps"] * per_request,
+        "ingest_non_2xx": loads["ingest"]["non_2xx"],
+        "reads_rps": loads["reads"]["rps"],
+        "reads_p99_ms": loads["reads"]["p99_ms"],
+        "reads_non_2xx": loads["reads"]["non_2xx"],
+        "queries": len(query_ms),
+        "query_p99_ms": query_ms[int(len(query_ms) * 0.99) - 1],
+        "deliveries": delivered,
+        "peak_rss_mb": max(totals),
+        "serve_peak_rss_mb": max(s for s, _ in samples),
+        "applier_peak_rss_mb": max(a for _, a in samples),
+        "rss_first_third_mb": max(totals[:third]),
+        "rss_last_third_mb": max(totals[-third:]),
+        "rss_samples_mb": [round(t) for t in totals],
+    }
+
+
+def _rss_mb(server: Any) -> tuple[float, float]:
+    """The server's resident memory and its children's (the applier process), in MB."""
+    pid = server.proc.pid
+    children = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            children += (task / "children").read_text().split()
+        except OSError:
+            continue
+    return _vmrss(pid), sum(_vmrss(int(c)) for c in children)
+
+
+def _vmrss(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
