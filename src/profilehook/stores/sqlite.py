@@ -307,7 +307,8 @@ class SqliteStore(Store, ContactQueries, Segments, SqliteDestinations):
         await self.db.write(insert)
 
     async def get_contact(self, workspace: str, contact_id: str) -> Contact | None:
-        return await self.db.read(lambda conn: _contact(conn, workspace, contact_id))
+        # One lookup by key: on the event loop when it can run at once (sqlite_db.read_quick).
+        return await self.db.read_quick(lambda conn: _contact(conn, workspace, contact_id))
 
     async def contacts_page(
         self, workspace: str, after: str | None, limit: int
