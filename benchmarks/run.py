@@ -1782,11 +1782,16 @@ def _r_rows(rr: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
     offered = rr["ingest_offered_events_per_s"]
     return [
         (
-            "R: GET /v1/contacts/{id} >= 0.5 x the read ceiling, beside F's ingest",
-            f"{rr['ratio']:.2f} x ({rr['rps']:,.0f} of {rr['ceiling_rps']:,.0f} req/s,"
-            f" {rr['contacts']:,} contacts, {rr['beside_ingest_non_2xx']:.0f} non-2xx;"
-            f" alone {rr['ratio_alone']:.2f} x)",
+            "R: GET /v1/contacts/{id} >= 0.5 x the read ceiling, both beside F's ingest",
+            f"{rr['ratio']:.2f} x ({rr['rps']:,.0f} of {rr['ceiling_beside_ingest_rps']:,.0f}"
+            f" req/s, {rr['contacts']:,} contacts, {rr['beside_ingest_non_2xx']:.0f} non-2xx)",
             rr["ratio"] >= 0.5 and not rr["beside_ingest_non_2xx"],
+        ),
+        (
+            "(R: the same against the ceiling alone; the reads alone against it)",
+            f"{rr['ratio_to_ceiling_alone']:.2f} x; alone {rr['ratio_alone']:.2f} x"
+            f" ({rr['alone_rps']:,.0f} of {rr['ceiling_rps']:,.0f} req/s)",
+            None,
         ),
         (
             "R: p99 <= 10 ms at half that rate, beside F's ingest",
@@ -1815,7 +1820,8 @@ def _s_rows(ss: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
             f" {ss['rss_last_third_mb']:.0f}; serve {ss['serve_peak_rss_mb']:.0f}, applier"
             f" {ss['applier_peak_rss_mb']:.0f}); {ss['ingest_events_per_s']:,.0f} events/s,"
             f" {ss['reads_rps']:,.0f} reads/s (p99 {ss['reads_p99_ms']:.0f} ms),"
-            f" {ss['queries']} queries (p99 {ss['query_p99_ms']:.0f} ms),"
+            f" {ss['queries']} queries (p99 {ss['query_p99_ms']:.0f} ms,"
+            f" {ss['queries_non_200']} not 200),"
             f" {ss['deliveries']:,} deliveries",
             ss["peak_rss_mb"] <= 250 and flat,
         )
