@@ -102,6 +102,7 @@ def scenario_s(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
         "applier_peak_rss_mb": max(a for _, a in samples),
         "rss_first_third_mb": max(totals[:third]),
         "rss_last_third_mb": max(totals[-third:]),
+        "rss_growth_in_last_third_mb": totals[-1] - totals[-third],
         "rss_samples_mb": [round(t) for t in totals],
     }
 
