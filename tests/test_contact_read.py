@@ -18,7 +18,7 @@ from profilehook.errors import StorageUnavailable
 from profilehook.keys import create_key
 from profilehook.service import running
 from profilehook.settings import Settings
-from profilehook.sqlite_db import SqliteDatabase
+from profilehook.sqlite_db import LATER, SqliteDatabase
 from tests.test_reads import applied, send
 
 
@@ -106,7 +106,8 @@ def test_given_a_contact_get_then_starlette_is_not_called(client, auth):
 
 
 def test_given_a_store_that_does_not_answer_then_503_in_time_and_readyz_stays_ready(tmp_path):
-    # Given a server whose store never answers a contact lookup, with a short backend deadline
+    # Given a server whose store finds the file locked and then never answers, with a short
+    # backend deadline
     settings = Settings(data_dir=tmp_path / "data", backend_timeout_s=0.3)
     key = scoped_key(settings, "acme", ("read",))
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
@@ -116,6 +117,7 @@ def test_given_a_store_that_does_not_answer_then_503_in_time_and_readyz_stays_re
             await asyncio.sleep(30)
 
         store.get_contact = hang
+        store.contact_at_once = lambda workspace, contact_id: LATER  # (a lock to wait for)
         # When a contact is read
         response = client.get("/v1/contacts/c1", headers={"Authorization": f"Bearer {key}"})
         # Then the answer is the routes' 503 with Retry-After, on time
@@ -200,3 +202,29 @@ def test_given_a_lookup_that_fails_otherwise_then_storage_unavailable_and_no_ret
     with pytest.raises(StorageUnavailable):
         asyncio.run(main())
     assert calls == [1]
+
+
+def test_given_sqlite_then_a_read_takes_no_task_unless_its_lookup_would_wait(
+    client, auth, monkeypatch
+):
+    # Given a contact on the embedded SQLite store, and the deadline's task counted
+    from profilehook.api import contact_read
+
+    send(client, auth, "c1", "e1", 100, plan="pro")
+    applied(client, auth, "e1")
+    bounded: list[float] = []
+    real_within = contact_read.within
+
+    async def counted(timeout_s: float, awaitable: Any) -> Any:
+        bounded.append(timeout_s)
+        return await real_within(timeout_s, awaitable)
+
+    monkeypatch.setattr(contact_read, "within", counted)
+    # When it is read: at once, without a task under the deadline
+    assert client.get("/v1/contacts/c1", headers=auth).json()["properties"] == {"plan": "pro"}
+    assert bounded == []
+    # When its lookup would wait for a lock: under the deadline, and the same answer
+    store = client.app.services.store
+    monkeypatch.setattr(store, "contact_at_once", lambda workspace, contact_id: LATER)
+    assert client.get("/v1/contacts/c1", headers=auth).json()["properties"] == {"plan": "pro"}
+    assert len(bounded) == 1

@@ -8,6 +8,7 @@ next transaction and share its fsync: this is what makes ``synchronous=FULL`` ch
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import os
 import queue
@@ -42,6 +43,15 @@ CHECKPOINT_WARNING_INTERVAL_S = 60.0
 # A WAL that grew larger (a long reader kept it from restarting) is cut back to this on restart.
 WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
 SCRUB_TIMEOUT_S = 10.0  # ``scrub`` waits this long at most for readers to let the WAL go
+
+
+class Later(enum.Enum):
+    """``read_at_once``'s answer when the read would have to wait: run it with ``read``."""
+
+    LATER = "later"
+
+
+LATER = Later.LATER
 
 
 @dataclass(slots=True)
@@ -303,9 +313,15 @@ class SqliteDatabase:
         A lookup takes tens of microseconds. Handed to the reader thread it costs more than
         that, and while the event loop is busy the reader waits for the GIL (up to the switch
         interval, 5 ms) at each step: one reader served a sixth of what the HTTP server could
-        (benchmarks/README.md, Reads). The loop's connection waits for no lock (busy timeout 0):
-        a read that would wait (a checkpoint restarting the WAL, a recovery) goes to the reader
-        thread, which waits as ``read`` does, under its caller's deadline."""
+        (benchmarks/README.md, Reads)."""
+        found = self.read_at_once(fn)
+        return await self.read(fn) if found is LATER else found
+
+    def read_at_once(self, fn: Callable[[sqlite3.Connection], T]) -> T | Later:
+        """``fn(conn)`` on the calling thread if it needs no lock that is held, else ``LATER``
+        (for ``read``, which waits). The connection waits for nothing (busy timeout 0): a read
+        that would wait (a checkpoint restarting the WAL, a recovery) must not hold the event
+        loop. Raises ``StorageUnavailable``."""
         conn = self._quick_conn
         try:
             if conn is None:
@@ -318,7 +334,7 @@ class SqliteDatabase:
                 raise _translate(exc, self.path) from exc
         except sqlite3.Error as exc:
             raise _translate(exc, self.path) from exc
-        return await self.read(fn)
+        return LATER
 
     def read_now(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run a read of a few microseconds on the calling thread (the event loop)."""

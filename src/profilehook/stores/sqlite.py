@@ -22,7 +22,7 @@ from profilehook.constants import SCOPES
 from profilehook.errors import CursorExpired, InvalidCursor
 from profilehook.events import Event, Version, decode_event, encode_event, now_us
 from profilehook.filters import Query
-from profilehook.sqlite_db import SqliteDatabase, insert_rows
+from profilehook.sqlite_db import Later, SqliteDatabase, insert_rows
 from profilehook.stores import sqlite_segments, sqlite_values
 from profilehook.stores.base import (
     AliasUpdate,
@@ -310,6 +310,11 @@ class SqliteStore(Store, ContactQueries, Segments, SqliteDestinations):
         # One lookup by key: on the event loop when it can run at once (sqlite_db.read_quick).
         return await self.db.read_quick(lambda conn: _contact(conn, workspace, contact_id))
 
+    def contact_at_once(self, workspace: str, contact_id: str) -> Contact | Later | None:
+        """``get_contact`` on the calling thread, or ``LATER`` when it would wait for a lock
+        (then await ``get_contact``). Raises ``StorageUnavailable``."""
+        return self.db.read_at_once(lambda conn: _contact(conn, workspace, contact_id))
+
     async def contacts_page(
         self, workspace: str, after: str | None, limit: int
     ) -> tuple[list[Contact], str | None]:
@@ -498,6 +503,10 @@ class SqliteStore(Store, ContactQueries, Segments, SqliteDestinations):
         )
 
     async def key_grant(self, key_hash: str) -> KeyGrant | None:
+        return self.key_grant_at_once(key_hash)
+
+    def key_grant_at_once(self, key_hash: str) -> KeyGrant | None:
+        """``key_grant`` on the calling thread (it is read there anyway: ``_cached``)."""
         found: KeyGrant | None = self._cached(("key", key_hash), _load_grant)
         return found
 
