@@ -228,3 +228,23 @@ def test_given_sqlite_then_a_read_takes_no_task_unless_its_lookup_would_wait(
     monkeypatch.setattr(store, "contact_at_once", lambda workspace, contact_id: LATER)
     assert client.get("/v1/contacts/c1", headers=auth).json()["properties"] == {"plan": "pro"}
     assert len(bounded) == 1
+
+
+def test_given_one_event_that_sets_and_unsets_then_the_contact_shows_what_it_set_by_name(
+    client, auth
+):
+    # Given a contact made by one event that sets two properties and unsets a third
+    send(client, auth, "c2", "e4", 50.5, zeta=1, alpha="a", gone=None)
+    applied(client, auth, "e4")
+    # When it is read
+    response = client.get("/v1/contacts/c2", headers=auth)
+    # Then it shows the two, by name, each with the event's version
+    version = {"timestamp": 50.5, "event_id": "e4"}
+    assert response.json() == {
+        "contact_id": "c2",
+        "properties": {"alpha": "a", "zeta": 1},
+        "updated_at": "1970-01-01T00:00:50.500000Z",
+        "versions": {"alpha": version, "zeta": version},
+    }
+    assert list(response.json()["properties"]) == ["alpha", "zeta"]
+    assert list(response.json()["versions"]) == ["alpha", "zeta"]
