@@ -248,3 +248,45 @@ def test_given_one_event_that_sets_and_unsets_then_the_contact_shows_what_it_set
     }
     assert list(response.json()["properties"]) == ["alpha", "zeta"]
     assert list(response.json()["versions"]) == ["alpha", "zeta"]
+
+
+async def test_given_postgresql_then_a_contact_is_read_in_one_statement(postgres_store_backend):
+    # Given a contact with live and unset properties, and one without any live property
+    from profilehook.events import Event
+    from profilehook.stores import postgres
+
+    store = postgres_store_backend.store
+    await store.apply(
+        [
+            Event("acme", "e1", "c1", 100 * 1_000_000, {"b": 2, "a": "x", "gone": 1}),
+            Event("acme", "e2", "c1", 200 * 1_000_000, {"gone": None}),
+            Event("acme", "e3", "c2", 100 * 1_000_000, {"only": 1}),
+            Event("acme", "e4", "c2", 300 * 1_000_000, {"only": None}),
+        ]
+    )
+    statements: list[str] = []
+
+    class Counting:
+        def __init__(self, conn: Any):
+            self.conn = conn
+
+        async def execute(self, sql: str, params: Any = None) -> Any:
+            statements.append(sql)
+            return await self.conn.execute(sql, params)
+
+    async def read(contact_id: str) -> Any:
+        return await store._run(lambda conn: postgres._contact(Counting(conn), "acme", contact_id))
+
+    # When each is read (and one that does not exist)
+    c1, c2, nobody = await read("c1"), await read("c2"), await read("nobody")
+    # Then each took one statement, and the answers are the store's
+    assert len(statements) == 3
+    assert (c1.properties, c1.versions, c1.updated_us) == (
+        {"a": "x", "b": 2},
+        {"a": (100 * 1_000_000, "e1"), "b": (100 * 1_000_000, "e1")},
+        200 * 1_000_000,
+    )
+    assert list(c1.properties) == ["a", "b"]
+    assert (c2.properties, c2.versions, c2.updated_us) == ({}, {}, 300 * 1_000_000)
+    assert nobody is None
+    assert await store.get_contact("acme", "c1") == c1
