@@ -313,7 +313,7 @@ class SqliteDatabase:
         A lookup takes tens of microseconds. Handed to the reader thread it costs more than
         that, and while the event loop is busy the reader waits for the GIL (up to the switch
         interval, 5 ms) at each step: one reader served a sixth of what the HTTP server could
-        (benchmarks/README.md, Reads)."""
+        (benchmarks/README.md, The read path)."""
         found = self.read_at_once(fn)
         return await self.read(fn) if found is LATER else found
 

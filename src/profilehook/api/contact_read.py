@@ -3,7 +3,7 @@
 The route is also declared to Starlette (api/routes.py: its history page, other methods, the
 API description); this handler answers the profile itself, byte for byte as that route would,
 without Starlette's routing and request objects, which cost as much CPU as the rest of a read
-(benchmarks/README.md, Reads). Its deadline is the routes' (api/routes.py ``deadline``:
+(benchmarks/README.md, The read path). Its deadline is the routes' (api/routes.py ``deadline``:
 ``backend_timeout_s`` over the key check and the lookup, then ``503``, on time even when the
 store is slow to let go of a cancelled query).
 """
@@ -42,10 +42,9 @@ class ContactRead:
     history page) to ``fallback``, the Starlette app."""
 
     def __init__(self, services: Services, fallback: ASGIApp):
-        self.store = services.store
+        self.store = store = services.store
         self.fallback = fallback
         self.timeout_s = services.settings.backend_timeout_s
-        store = services.store
         self.at_once = store if isinstance(store, ReadsAtOnce) else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -106,7 +105,8 @@ class ReadsAtOnce(Protocol):
 
 
 def _checked(grant: KeyGrant | None, scope: Scope) -> tuple[str, str | None]:
-    """The workspace and the contact id the request may read (None: a history page). Raises 401, 403 (the key first, as the route checks it), then 404."""
+    """The workspace and the contact id the request may read (None: a history page).
+    Raises 401, 403 (the key first, as the route checks it), then 404."""
     if grant is None:
         raise InvalidApiKey()
     if not grant.allows(ACCESS):
