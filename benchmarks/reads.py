@@ -65,6 +65,7 @@ def scenario_r(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
         alone = harness.measured(server, script, args.duration, path="")
         result["alone_rps"] = alone["rps"]
         result["alone_p99_ms"] = alone["p99_ms"]
+        result["alone_cpu_us_per_read"] = _cpu_us_per_request(alone)
         # The read ceiling, between the server's runs: the same answer, nothing looked up;
         # alone, and again with F's ingest running on the server beside it (like for like).
         ceiling_env = {**os.environ, "READ_CEILING_BODY": answer.text}
@@ -75,6 +76,7 @@ def scenario_r(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
             top = harness.measured(ceiling, script, args.duration, path="")
             result["ceiling_rps"] = top["rps"]
             result["ceiling_p99_ms"] = top["p99_ms"]
+            result["ceiling_cpu_us_per_read"] = _cpu_us_per_request(top)
             result.update(_beside_ingest(tmp, server, ceiling, key, script, count, args))
     result["rps"] = result["beside_ingest_rps"]
     result["p50_ms"] = result["beside_ingest_p50_ms"]
@@ -83,6 +85,12 @@ def scenario_r(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     result["ratio_to_ceiling_alone"] = result["rps"] / result["ceiling_rps"]
     result["ratio"] = result["rps"] / result["ceiling_beside_ingest_rps"]
     return result
+
+
+def _cpu_us_per_request(run: dict[str, float]) -> float:
+    """The server's CPU per request (all its threads): less sensitive to what else the machine
+    runs than requests per second."""
+    return 1e4 * run["server_cpu_pct"] / run["rps"] if run["rps"] else float("nan")
 
 
 def _beside_ingest(

@@ -1790,7 +1790,9 @@ def _r_rows(rr: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
         (
             "(R: the same against the ceiling alone; the reads alone against it)",
             f"{rr['ratio_to_ceiling_alone']:.2f} x; alone {rr['ratio_alone']:.2f} x"
-            f" ({rr['alone_rps']:,.0f} of {rr['ceiling_rps']:,.0f} req/s)",
+            f" ({rr['alone_rps']:,.0f} of {rr['ceiling_rps']:,.0f} req/s; server CPU per"
+            f" request {rr['alone_cpu_us_per_read']:.0f} us, the ceiling's"
+            f" {rr['ceiling_cpu_us_per_read']:.0f} us)",
             None,
         ),
         (
