@@ -1340,11 +1340,22 @@ def _deleted(conn: sqlite3.Connection, workspace: str, contact_id: str) -> Versi
 
 
 def _contact(conn: sqlite3.Connection, workspace: str, contact_id: str) -> Contact | None:
+    # Only what a contact's answer needs (a read's hot path): not the marks the planner keeps.
     found = conn.execute(
-        f"SELECT {_ROW_COLUMNS} FROM contacts WHERE workspace = ? AND contact_id = ?",
+        "SELECT last_ts_us, last_event_id, deleted_ts_us, deleted_event_id, properties"
+        " FROM contacts WHERE workspace = ? AND contact_id = ?",
         (workspace, contact_id),
     ).fetchone()
-    return None if found is None else _contact_of(contact_id, _row(found))
+    if found is None:
+        return None
+    last_ts, last_id, deleted_ts, deleted_id, encoded = found
+    row = _Row(
+        None if last_ts is None else (last_ts, last_id),
+        None if deleted_ts is None else (deleted_ts, deleted_id),
+        _decode_groups(encoded),
+        encoded,
+    )
+    return _contact_of(contact_id, row)
 
 
 def _contact_of(contact_id: str, row: _Row) -> Contact | None:
