@@ -172,7 +172,9 @@ class PostgresCompiler(FilterCompiler):
                 f"(json_typeof(p.value) = 'number' AND {NUMBER} = %s::numeric)",
                 [_number(value)],
             )
-        return f"(json_typeof(p.value) = 'boolean' AND {BOOLEAN} = %s)", ["true" if value else "false"]
+        return f"(json_typeof(p.value) = 'boolean' AND {BOOLEAN} = %s)", [
+            "true" if value else "false"
+        ]
 
     def _range(self, op: str, value: Any) -> Sql:
         sign = SQL_OPS[op]
@@ -233,9 +235,7 @@ class PostgresCompiler(FilterCompiler):
 def _drives(node: Filter) -> bool:
     """Whether a filter is one positive test of a stored property (``select`` reads such a
     page from that property's rows)."""
-    return (
-        isinstance(node, Condition) and node.property not in PSEUDO and node.op not in NEGATIONS
-    )
+    return isinstance(node, Condition) and node.property not in PSEUDO and node.op not in NEGATIONS
 
 
 async def select(conn: Any, workspace: str, query: Query, columns: str) -> list[tuple[Any, ...]]:
@@ -249,7 +249,8 @@ async def select(conn: Any, workspace: str, query: Query, columns: str) -> list[
     if not _drives(query.filter):
         cur = await conn.execute(*select_sql(workspace, query, columns))
         return list(await cur.fetchall())
-    want, after, found = query.limit + 1, query.after, []
+    want, after = query.limit + 1, query.after
+    found: list[tuple[Any, ...]] = []
     while True:
         chunk = max(want - len(found), CHUNK_ROWS_MIN)
         cur = await conn.execute(*driven_sql(workspace, query.filter, after, chunk, columns))

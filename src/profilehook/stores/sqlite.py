@@ -63,6 +63,8 @@ from profilehook.stores.segments import (
     Segments,
     Touched,
     everything,
+    profile_after,
+    profile_before,
     touched_by,
 )
 from profilehook.stores.sqlite_destinations import SqliteDestinations, destinations_database
@@ -1060,7 +1062,7 @@ def _apply_profiles(
     changed: list[tuple[Any, ...]] = []
     values: list[sqlite_values.Change] = []  # the searchable copy's changes (profiles only)
     touched: list[Touched] = []  # what segments may need to decide again (profiles only)
-    after: dict[tuple[str, str], tuple[_Row, ContactPlan]] = {}
+    after: dict[tuple[str, str], tuple[_Row, ContactState, ContactPlan]] = {}
     for key, group in groups.items():
         row = rows.get(key) or _Row()
         # The values copy (profiles) reads the values before the plan from ``state``.
@@ -1106,7 +1108,7 @@ def _apply_profiles(
                 values += sqlite_values.value_changes(*key, state.values, state.versions, plan)
             if (change := touched_by(key, row.last, row.deleted, plan)) is not None:
                 touched.append(change)
-                after[key] = (row, plan)  # the row's properties: only if a segment looks
+                after[key] = (row, state, plan)  # the profiles: only if a segment looks
     # One step per row, which measured faster here than multi-row upserts of these large rows.
     conn.executemany(
         f"INSERT INTO {table} (workspace, contact_id, last_ts_us, last_event_id, deleted_ts_us,"
@@ -1120,51 +1122,27 @@ def _apply_profiles(
         changed,
     )
     sqlite_values.write_changes(conn, values)
+    # The profiles before and after, of the names the segments look at, from the state the
+    # plan was made from (what ``_Row.merged`` writes): nothing read again.
     result.segment_moves = sqlite_segments.keep(
         conn,
         touched,
-        lambda keys: {k: _contact_after(k[1], after[k][0].properties(), after[k][1]) for k in keys},
-        lambda keys: {
-            k: _contact_before(k[1], after[k][0].properties(), rows.get(k)) for k in keys
+        lambda keys, names: {
+            k: profile_after(k[1], (s := after[k][1]).values, s.versions, after[k][2], names[k])
+            for k in keys
+        },
+        lambda keys, names: {
+            k: profile_before(
+                k[1], (r := after[k][0]).last, r.deleted, after[k][1].values, names[k]
+            )
+            for k in keys
         },
     )
     return result
 
 
-def _contact_before(
-    contact_id: str, held: dict[str, tuple[Any, Version]], row: _Row | None
-) -> Contact | None:
-    """The contact as its row held it before the batch (versions left out)."""
-    if row is None or row.last is None or not contact_exists(row.last, row.deleted):
-        return None
-    live = {name: value for name, (value, _) in held.items() if value is not None}
-    return Contact(contact_id, live, {}, row.last[0])
-
-
-def _contact_after(
-    contact_id: str, held: dict[str, tuple[Any, Version]], plan: ContactPlan
-) -> Contact | None:
-    """The contact as ``plan`` leaves it (what ``_Row.merged`` writes), from the properties
-    held before; its versions left out (segments look at the values and the last update)."""
-    if plan.last_update is None or not contact_exists(plan.last_update, plan.deleted):
-        return None
-    upto, upserts, removes = plan.delete_upto, plan.upserts, plan.removes
-    live = {
-        name: value
-        for name, (value, version) in held.items()
-        if value is not None
-        and (upto is None or version > upto)
-        and name not in upserts
-        and name not in removes
-    }
-    for name, (value, _) in upserts.items():
-        if value is not None and name not in removes:
-            live[name] = value
-    return Contact(contact_id, live, {}, plan.last_update[0])
-
-
 def _loader(conn: sqlite3.Connection) -> sqlite_segments.Load:
-    def load(keys: list[tuple[str, str]]) -> dict[tuple[str, str], Contact | None]:
+    def load(keys: list[tuple[str, str]], _: object) -> dict[tuple[str, str], Contact | None]:
         return {key: _contact_of(key[1], row) for key, row in _rows(conn, keys).items()}
 
     return load

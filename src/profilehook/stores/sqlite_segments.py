@@ -5,7 +5,7 @@ in the caller's transaction (stores/segments.py says why that keeps memberships 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -45,8 +45,12 @@ CREATE TABLE IF NOT EXISTS segment_members (
 CREATE INDEX IF NOT EXISTS segment_members_by_contact ON segment_members (workspace, contact_id);
 """
 
-Load = Callable[[list[tuple[str, str]]], dict[tuple[str, str], Contact | None]]
-"""The profiles of these contacts now (absent ones may be left out)."""
+Load = Callable[
+    [list[tuple[str, str]], Mapping[tuple[str, str], frozenset[str]]],
+    Mapping[tuple[str, str], Contact | None],
+]
+"""The profiles of these contacts (absent ones may be left out), each with at least the
+properties named for it (those its segments look at)."""
 
 _rules_cache: dict[tuple[str, str], Rule] = {}
 _json = msgspec.json.encode
@@ -94,7 +98,8 @@ def keep(
     if not todo:
         return {}
     keys = [(t.workspace, t.contact_id) for t, _ in todo]
-    old = before(keys) if before is not None else None
+    names = {(t.workspace, t.contact_id): _named(rules) for t, rules in todo}
+    old = before(keys, names) if before is not None else None
     # Stored memberships are read only where the profile before is no answer.
     unknown = [
         (t.workspace, t.contact_id)
@@ -114,7 +119,7 @@ def keep(
         if unknown
         else set()
     )
-    moves = decide(todo, load(keys), members, old, ready)
+    moves = decide(todo, load(keys, names), members, old, ready)
     added, removed = member_rows(moves)
     conn.executemany(
         "DELETE FROM segment_members WHERE workspace = ? AND segment_id = ? AND contact_id = ?",
@@ -126,6 +131,12 @@ def keep(
         added,
     )
     return moves
+
+
+def _named(rules: Sequence[Rule]) -> frozenset[str]:
+    if len(rules) == 1:
+        return rules[0].names
+    return frozenset(name for rule in rules for name in rule.names)
 
 
 # -- the segments themselves -----------------------------------------------------------------
