@@ -717,8 +717,10 @@ class PostgresStore(Store, ContactQueries, Segments, PostgresDestinations):
 
         return await self._run(select)
 
-    async def create_segment(self, segment: Segment) -> None:
-        await self._run(lambda conn: postgres_segments.create(conn, segment))
+    async def create_segment(
+        self, segment: Segment, most: int = c.MAX_SEGMENTS_PER_WORKSPACE
+    ) -> bool:
+        return await self._run(lambda conn: postgres_segments.create(conn, segment, most))
 
     async def list_segments(self, workspace: str) -> list[Segment]:
         return await self._run(lambda conn: postgres_segments.listed(conn, workspace))

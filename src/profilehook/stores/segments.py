@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from profilehook.constants import MAX_SEGMENTS_PER_WORKSPACE
 from profilehook.events import Version
 from profilehook.filters import (
     UPDATED_AT,
@@ -345,9 +346,13 @@ class Segments(ABC):
     """Segments and their members. Backend errors are raised as ``StorageUnavailable``."""
 
     @abstractmethod
-    async def create_segment(self, segment: Segment) -> None:
+    async def create_segment(
+        self, segment: Segment, most: int = MAX_SEGMENTS_PER_WORKSPACE
+    ) -> bool:
         """Record a new segment (``building``, no members yet); the applier keeps it from
-        then on, ``backfill_segment`` fills it from the contacts that exist already."""
+        then on, ``backfill_segment`` fills it from the contacts that exist already. False
+        (and nothing recorded) when its workspace has ``most`` segments already: decided
+        atomically, so that creations at once never pass the limit together."""
 
     @abstractmethod
     async def list_segments(self, workspace: str) -> list[Segment]:

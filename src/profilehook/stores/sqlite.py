@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 
 from profilehook.changes import Change, change_id, decode_body, encode_body
-from profilehook.constants import SCOPES
+from profilehook.constants import MAX_SEGMENTS_PER_WORKSPACE, SCOPES
 from profilehook.errors import CursorExpired, InvalidCursor
 from profilehook.events import Event, Version, decode_event, encode_event, now_us
 from profilehook.filters import Query
@@ -345,8 +345,10 @@ class SqliteStore(Store, ContactQueries, Segments, SqliteDestinations):
 
         return await self.db.read(select)
 
-    async def create_segment(self, segment: Segment) -> None:
-        await self.db.write(lambda conn: sqlite_segments.create(conn, segment))
+    async def create_segment(
+        self, segment: Segment, most: int = MAX_SEGMENTS_PER_WORKSPACE
+    ) -> bool:
+        return await self.db.write(lambda conn: sqlite_segments.create(conn, segment, most))
 
     async def list_segments(self, workspace: str) -> list[Segment]:
         return await self.db.read(lambda conn: sqlite_segments.listed(conn, workspace))

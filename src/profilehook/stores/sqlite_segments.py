@@ -144,7 +144,14 @@ def _named(rules: Sequence[Rule]) -> frozenset[str]:
 _COLUMNS = "workspace, segment_id, name, filter, created_us, status, scanned"
 
 
-def create(conn: sqlite3.Connection, segment: Segment) -> None:
+def create(conn: sqlite3.Connection, segment: Segment, most: int) -> bool:
+    """Record ``segment`` unless its workspace has ``most`` already (on the one writer: the
+    count holds until the insert)."""
+    (count,) = conn.execute(
+        "SELECT COUNT(*) FROM segments WHERE workspace = ?", (segment.workspace,)
+    ).fetchone()
+    if count >= most:
+        return False
     conn.execute(
         f"INSERT INTO segments ({_COLUMNS}, backfill_after) VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
         (
@@ -157,6 +164,7 @@ def create(conn: sqlite3.Connection, segment: Segment) -> None:
             0,
         ),
     )
+    return True
 
 
 def _segment(conn: sqlite3.Connection, row: Sequence[Any]) -> Segment:
