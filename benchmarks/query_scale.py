@@ -298,6 +298,30 @@ async def check_postgres_load() -> None:
                 conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
+def server_times(schema: str) -> dict[str, float]:
+    """PostgreSQL's own time for each query's first page (EXPLAIN ANALYZE of the statement
+    ``query_contacts`` runs first, median of 5): what the plan costs, apart from the round
+    trips and the Python around it, which a loaded machine stretches."""
+    import psycopg
+
+    from profilehook.stores import postgres_query
+    from profilehook.stores.postgres import _VERSION_COLUMNS
+
+    out = {}
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f'SET search_path TO "{schema}"')
+        for label, raw in QUERIES.items():
+            sql, params = postgres_query.driven_sql(
+                WORKSPACE, node(raw), None, 101, _VERSION_COLUMNS
+            )
+            times = []
+            for _ in range(5):
+                plan = [row[0] for row in conn.execute(f"EXPLAIN ANALYZE {sql}", params)]
+                times.append(float(plan[-1].split(":")[1].split()[0]))
+            out[f"postgres_{label}_server_ms"] = sorted(times)[2]
+    return out
+
+
 async def main(args: argparse.Namespace) -> None:
     result: dict[str, Any] = {"contacts": args.contacts, "properties_per_contact": 20}
     if "sqlite" in args.stores:
@@ -334,6 +358,7 @@ async def main(args: argparse.Namespace) -> None:
             result["postgres_bulk_load_s"] = round(time.perf_counter() - t0, 1)
             measured = await measure(pg, args.contacts, args.runs)
             result.update({f"postgres_{k}": v for k, v in measured.items()})
+            result.update(server_times(schema))
             await pg.close()
         finally:
             with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
