@@ -26,7 +26,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from profilehook.filters import CONTACT_ID, UPDATED_AT, Condition, Filter, Query
+from profilehook.filters import PSEUDO, Condition, Filter, Query
 from profilehook.stores.query import (
     NEGATIONS,
     SQL_OPS,
@@ -36,8 +36,6 @@ from profilehook.stores.query import (
     kind_of,
     prefix_end,
 )
-
-PSEUDO = (CONTACT_ID, UPDATED_AT)
 
 KEY_CHARS = 200  # a string's index key: at most 800 bytes, well under a B-tree entry's limit
 _TEXT = "(p.value #>> '{}')"

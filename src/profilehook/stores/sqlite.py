@@ -330,7 +330,7 @@ class SqliteStore(Store, ContactQueries, Segments, SqliteDestinations):
         def select(conn: sqlite3.Connection) -> QueryPage:
             conn.execute("BEGIN")  # one snapshot for the page and its count
             try:
-                rows = conn.execute(*sqlite_values.select_sql(workspace, query, _ROW_COLUMNS))
+                rows = sqlite_values.select(conn, workspace, query, _ROW_COLUMNS)
                 found = [_contact_of(i, _row(values)) for i, *values in rows]
                 count = None
                 if query.count:
