@@ -170,6 +170,7 @@ def load_postgres(schema: str, count: int) -> None:
         conn.execute(f'SET search_path TO "{schema}"')
         conn.execute("SET maintenance_work_mem = '512MB'")
         conn.execute("SET synchronous_commit = off")
+        conn.execute("SET max_parallel_maintenance_workers = 0")  # a shared machine: one core
         for index in postgres_query.INDEX_NAMES:
             conn.execute(f"DROP INDEX {index}")
         conn.execute(
