@@ -42,7 +42,9 @@ CREATE TABLE IF NOT EXISTS segment_members (
     contact_id TEXT NOT NULL,
     PRIMARY KEY (workspace, segment_id, contact_id)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS segment_members_by_contact ON segment_members (workspace, contact_id);
+-- Memberships are read and written by their whole key only; an index by contact (once here)
+-- doubled the cost of every membership an apply moves.
+DROP INDEX IF EXISTS segment_members_by_contact;
 """
 
 Load = Callable[
@@ -100,19 +102,21 @@ def keep(
     keys = [(t.workspace, t.contact_id) for t, _ in todo]
     names = {(t.workspace, t.contact_id): _named(rules) for t, rules in todo}
     old = before(keys, names) if before is not None else None
-    # Stored memberships are read only where the profile before is no answer.
+    # Stored memberships are read only where the profile before is no answer, by their key.
     unknown = [
-        (t.workspace, t.contact_id)
+        (t.workspace, r.segment_id, t.contact_id)
         for t, needed in todo
-        if old is None or any(r.segment_id not in ready for r in needed)
+        for r in needed
+        if old is None or r.segment_id not in ready
     ]
     members = (
         {
             (w, s, c)
             for w, s, c in conn.execute(
-                "SELECT m.workspace, m.segment_id, m.contact_id FROM segment_members m"
-                " JOIN json_each(?) k ON m.workspace = json_extract(k.value, '$[0]')"
-                " AND m.contact_id = json_extract(k.value, '$[1]')",
+                "SELECT m.workspace, m.segment_id, m.contact_id FROM json_each(?) k"
+                " CROSS JOIN segment_members m ON m.workspace = json_extract(k.value, '$[0]')"
+                " AND m.segment_id = json_extract(k.value, '$[1]')"
+                " AND m.contact_id = json_extract(k.value, '$[2]')",
                 (_json(unknown).decode(),),
             )
         }
