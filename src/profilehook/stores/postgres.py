@@ -341,6 +341,7 @@ MIGRATIONS: list[Migration] = [
     );
     """,
     postgres_destinations.MIGRATION,  # destinations and their deliveries
+    postgres_destinations.INDEXES,  # deliveries by when due, and finished ones by when
 ]
 
 
