@@ -17,6 +17,7 @@ import pytest
 from profilehook.destinations import registry
 from profilehook.destinations.delivery import Deliverer, retry_wait_s
 from profilehook.events import Event, now_us
+from profilehook.retention import ChangePurger
 from profilehook.settings import Settings
 from profilehook.stores.base import Store
 from profilehook.stores.memory import MemoryStore
@@ -228,3 +229,24 @@ def test_the_retry_schedule() -> None:
     assert waits == [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0, None]
     jittered = retry_wait_s(1, 1.0, lambda: 1.0)
     assert jittered is not None and 5.0 < jittered <= 6.0
+
+
+async def test_given_deliveries_past_the_changes_retention_then_the_purger_forgets_them(
+    store: Store,
+) -> None:
+    async with receiving() as receiver:
+        destination_id = await destination(store, receiver)
+        await store.apply([update("a", 1, n=1), update("b", 1, n=1)])
+        deliverer = Deliverer(store, settings())
+
+        async def delivered() -> bool:
+            return len(await store.list_deliveries(destination_id, "delivered", 10)) == 2
+
+        await run_until(deliverer, delivered)
+    days = settings().changes_retention_days
+    # Given the changes' retention has passed since they were delivered, when the change
+    # purger runs (as it does beside every applier), then the deliveries go with the changes
+    later = ChangePurger(store, settings(), clock_us=lambda: now_us() + (days + 1) * 86_400 * S)
+    assert await later.step() == 2
+    assert await store.list_deliveries(destination_id, None, 10) == []
+    assert await store.read_changes("acme", None, 10) == []
