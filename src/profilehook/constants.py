@@ -166,7 +166,7 @@ DESTINATION_LEASE_S = (
 DESTINATION_CLAIM_BATCH = 500
 DESTINATION_FILL_BATCH = 2_000  # changes read from the feed per destination per pass
 DESTINATION_CONCURRENCY = 128  # calls in flight per delivering process
-DESTINATION_CONNECTIONS = 16  # keep-alive connections per destination, per delivering process
+DESTINATION_CONNECTIONS = 32  # keep-alive connections per destination, per delivering process
 DESTINATION_CONNECTION_IDLE_S = 30.0  # an idle connection older than this is not reused
 DESTINATION_MAX_ANSWER_BYTES = 65_536  # a longer answer's body is not read: not reused
 # An idle delivery loop is woken by the applier's commits (same process); it also looks this

@@ -317,13 +317,17 @@ class SqliteDestinations(Destinations):
 
 
 # Due, unleased, pending rows of active destinations that are their contact's earliest pending.
+# INDEXED BY: left to itself the planner looked for an earlier pending row of the contact by
+# the primary key (every earlier position of the destination): 7.5 s for a claim of 500 with
+# 28,000 rows, against 2 ms through deliveries_pending.
 _CLAIMABLE = """
 SELECT d.destination_id, d.position FROM deliveries d
 JOIN destinations s ON s.destination_id = d.destination_id AND s.disabled_us IS NULL
 WHERE d.status = 'pending' AND d.next_attempt_us <= ?
 AND (d.lease_until_us IS NULL OR d.lease_until_us <= ?)
 AND NOT EXISTS (
-    SELECT 1 FROM deliveries e WHERE e.destination_id = d.destination_id
+    SELECT 1 FROM deliveries e INDEXED BY deliveries_pending
+    WHERE e.destination_id = d.destination_id
     AND e.contact_id = d.contact_id AND e.status = 'pending' AND e.position < d.position
 )
 ORDER BY d.next_attempt_us, d.position
