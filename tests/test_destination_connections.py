@@ -9,6 +9,8 @@ import asyncio
 import time
 from pathlib import Path
 
+import pytest
+
 from profilehook.applier import Applier
 from profilehook.destinations import registry
 from profilehook.destinations.addresses import parse_url
@@ -129,3 +131,62 @@ async def test_given_the_applier_commits_then_the_delivery_loop_sends_without_it
             assert len(delivered) == 1
         finally:
             await store.close()
+
+
+@pytest.mark.parametrize(
+    ("answer", "status", "reused"),
+    [
+        (b"HTTP/1.1 204 No Content\r\n\r\n", 204, True),
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello", 200, True),
+        (
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n",
+            202,
+            True,
+        ),
+        (b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n", 200, False),
+        (b"HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n", 200, False),
+        (
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            200,
+            False,
+        ),
+        (b"HTTP/1.1 500 Oops\r\ncontent-length: 2\r\n\r\nno", 500, True),
+    ],
+)
+async def test_given_an_answer_then_its_status_counts_and_the_connection_is_reused_only_if_safe(
+    answer: bytes, status: int, reused: bool
+) -> None:
+    """Only an answer whose end is known (a length, or none for 204) and that keeps the
+    connection open leaves it for the next call."""
+    ended: list[asyncio.Event] = []
+
+    async def answering(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        done = asyncio.Event()
+        ended.append(done)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+                writer.write(answer)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+            done.set()
+
+    server = await asyncio.start_server(answering, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    senders = Senders(allow_private=True)
+    target = parse_url(f"http://127.0.0.1:{port}/in", allow_private=True)
+    try:
+        outcomes = [await senders.post(target, b"{}", {}, timeout_s=5) for _ in range(2)]
+    finally:
+        senders.close()
+        server.close()
+        async with asyncio.timeout(5):  # the server's side sees the close and ends
+            for each in ended:
+                await each.wait()
+    assert [o.status_code for o in outcomes] == [status, status]
+    assert senders.connections_made == (1 if reused else 2)
