@@ -250,3 +250,27 @@ async def test_given_deliveries_past_the_changes_retention_then_the_purger_forge
     assert await later.step() == 2
     assert await store.list_deliveries(destination_id, None, 10) == []
     assert await store.read_changes("acme", None, 10) == []
+
+
+async def test_given_no_destination_then_a_pass_claims_nothing() -> None:
+    """Every worker runs a delivery loop; with no destination it must not write to the store
+    on every pass (on PostgreSQL a claim is an UPDATE)."""
+    claims: list[int] = []
+
+    class Counting(MemoryStore):
+        async def claim_deliveries(self, owner: str, now_us: int, lease: int, limit: int) -> Any:
+            claims.append(limit)
+            return await super().claim_deliveries(owner, now_us, lease, limit)
+
+    store = Counting()
+    await store.open()
+    deliverer = Deliverer(store, settings())
+    for _ in range(3):
+        assert not await deliverer.step()
+    assert claims == []
+    async with receiving() as receiver:
+        await destination(store, receiver)
+        deliverer.changes_committed()
+        await deliverer._refresh()
+        await deliverer.step()
+    assert len(claims) == 1

@@ -248,8 +248,11 @@ class Deliverer:
         """Claim what is due (as many as there are free slots) and start each call; how many
         were started."""
         free = self._concurrency - len(self._in_flight)
-        # Claim in batches: each claim is a transaction; a few free slots wait for more.
+        # Claim in batches: each claim is a transaction; a few free slots wait for more. With
+        # no active destination (as of the last refresh) there is nothing to claim.
         if free <= 0 or (self._in_flight and free < self._concurrency // 4):
+            return 0
+        if not self._destinations:
             return 0
         now = now_us()
         claimed = await self.store.claim_deliveries(
