@@ -190,3 +190,40 @@ async def test_given_an_answer_then_its_status_counts_and_the_connection_is_reus
                 await each.wait()
     assert [o.status_code for o in outcomes] == [status, status]
     assert senders.connections_made == (1 if reused else 2)
+
+
+async def test_given_a_reused_connection_reset_at_the_next_call_then_it_is_sent_on_a_new_one() -> (
+    None
+):
+    # Given a receiver that answers a connection's first call and resets it at the second
+    # (as a server that dropped the idle connection does), unanswered
+    async def resetting(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        calls = 0
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+                calls += 1
+                if calls == 2:
+                    writer.transport.abort()  # an RST, no answer
+                    return
+                writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(resetting, "127.0.0.1", 0)
+    target = parse_url(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/", True)
+    senders = Senders(allow_private=True)
+    try:
+        # When three calls are made one after the other
+        outcomes = [await senders.post(target, b"{}", {}, timeout_s=5) for _ in range(3)]
+    finally:
+        senders.close()
+        server.close()
+    # Then each is delivered: the reset one went again on a new connection, with no failure
+    assert [o.status_code for o in outcomes] == [204, 204, 204], outcomes
+    assert senders.connections_made == 3  # each connection takes one call and resets the next

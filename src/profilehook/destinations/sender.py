@@ -83,7 +83,10 @@ class Connection(asyncio.Protocol):
             self.reusable = False  # bytes nobody asked for: never reuse this one
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._lost = exc or _Closed("the connection closed before an answer")
+        # A reset or a close before any byte of the answer: the receiver had closed the
+        # connection (idle) when the request went out; the call is made again (``_Closed``).
+        why = "the connection closed before an answer" + (f" ({exc})" if exc else "")
+        self._lost = _Closed(why)
         if self._waiter is not None and not self._waiter.done():
             if self._buffer:
                 self._waiter.set_exception(ConnectionError("the connection closed mid-answer"))
@@ -231,8 +234,8 @@ class Senders:
             return Outcome(None, f"no answer within {timeout_s:g} s")
         except DestinationRefused as exc:
             return Outcome(None, str(exc.detail))
-        except _Closed:
-            return Outcome(None, "the connection closed before an answer")
+        except _Closed as exc:
+            return Outcome(None, str(exc))
         except AnswerError as exc:
             return Outcome(None, str(exc))
         except (OSError, ssl.SSLError) as exc:
