@@ -3,8 +3,9 @@ serve`` (embedded, applier running) on the ``--read-contacts`` store of scenario
 ``--soak`` seconds (the issue's run is 600), with at once: batch ingest at ``--soak-rate``
 events/s (batches of 10), reads of random contacts at ``--soak-read-rate`` req/s, a query
 (``POST /v1/contacts/query``, an equality on a unique property, first page) every 100 ms, and one
-destination receiving every change (a local receiver answering 204). The resident memory of
-the server and of its applier process is sampled every 2 s.
+destination receiving every change (benchmarks/receiver.py: a process of its own that verifies
+every signature and answers 204). The resident memory of the server and of its applier process
+is sampled every 2 s.
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ def scenario_s(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     data_dir = data_dir_with_contacts(tmp / "s", args.read_contacts)
     env = harness.profilehook_env(data_dir, PROFILEHOOK_DESTINATIONS_ALLOW_PRIVATE="true")
     key = harness.cli(env, "keys", "create", "--workspace", "bench", "--scope", "admin")["key"]
-    with harness._Receiver() as receiver:
-        url = f"http://127.0.0.1:{receiver.port}/in"
-        harness.cli(env, "destinations", "create", "--workspace", "bench", "--url", url)
+    with harness._FastReceiver(tmp / "s-receiver") as receiver:
+        made = harness.cli(
+            env, "destinations", "create", "--workspace", "bench", "--url", receiver.url
+        )
+        receiver.secret(made["secret"])
         with harness.running(harness.serve("profilehook", env)) as server:
             per_request = 10
             ingest_delay_ms = 1000 * CONNECTIONS * per_request / args.soak_rate
@@ -82,7 +85,7 @@ def scenario_s(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
                     time.sleep(max(0.0, QUERY_EVERY_S - (time.perf_counter() - q0)))
             for thread in threads:
                 thread.join()
-            delivered = len(receiver.arrived)
+            delivered = receiver.counts()["changes"]
     third = max(1, len(samples) // 3)
     totals = [serve + applier for serve, applier in samples]
     query_ms.sort()

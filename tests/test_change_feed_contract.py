@@ -228,3 +228,25 @@ async def test_given_an_erased_contact_then_none_of_its_changes_remain(store: St
     await store.erase_contact(Erasure("era_1", "acme", "c1", 10 * S, False))
 
     assert [c.contact_id for c in await everything(store)] == ["c2"]
+
+
+async def test_given_changes_after_the_erasure_time_then_they_go_too_and_the_new_profile_stays(
+    store: Store,
+) -> None:
+    """SPEC 2.11: once an erasure is done nothing of the contact remains, changes included. A
+    change of an event after the erasure's time T, applied before the eraser ran, goes as well:
+    its ``old`` values are the erased profile's (here the MARKER). The new profile that event
+    started stays (it is not the erased contact's data), and its later changes flow as usual."""
+    await store.apply([event("c1", "e1", 1 * S, secret="MARKER")])
+    await store.request_erasure(Erasure("era_1", "acme", "c1", 10 * S, False))
+    await store.apply([event("c1", "e2", 20 * S, secret="NEW")])  # after T, before execution
+    assert any("MARKER" in repr(c.body) for c in await everything(store))
+
+    await store.erase_contact(Erasure("era_1", "acme", "c1", 10 * S, False))
+
+    assert await everything(store) == []
+    contact = await store.get_contact("acme", "c1")
+    assert contact is not None and contact.properties["secret"] == "NEW"
+    await store.apply([event("c1", "e3", 30 * S, secret="NEWER")])
+    (after,) = await everything(store)
+    assert after.body.properties["secret"].old == "NEW" and after.event_id == "e3"

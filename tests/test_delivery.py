@@ -16,7 +16,8 @@ import pytest
 
 from profilehook.destinations import registry
 from profilehook.destinations.delivery import Deliverer, retry_wait_s
-from profilehook.events import Event
+from profilehook.events import Event, now_us
+from profilehook.retention import ChangePurger
 from profilehook.settings import Settings
 from profilehook.stores.base import Store
 from profilehook.stores.memory import MemoryStore
@@ -155,7 +156,45 @@ async def test_a_receiver_that_never_succeeds_fails_the_delivery_then_the_destin
 
         await run_until(deliverer, disabled, timeout_s=30)
         found = await store.get_destination("acme", destination_id)
-        assert found is not None and "5 days" in (found.disabled_reason or "")
+        # The reason says what happened: how long (scaled: seconds, not "5 days") and the
+        # failure itself.
+        reason = found.disabled_reason if found is not None else None
+        assert reason is not None and reason.startswith("every delivery failed for ")
+        assert " s (since " in reason and "5 days" not in reason
+        assert reason.endswith("the last call: answered 500")
+
+
+async def test_given_a_destination_failing_for_6_days_then_its_reason_names_them_and_the_error(
+    store: Store,
+) -> None:
+    # Given a destination whose calls failed (refused connections) 6 days ago and since, as
+    # recorded by another delivery loop (this one starts with nothing in memory)
+    made, _ = await registry.create(
+        store, "acme", {"url": "http://127.0.0.1:9/in"}, allow_private=True
+    )
+    await store.apply([update("a", 1, n=1)])
+    first = Deliverer(store, settings(1.0), owner="before")
+    await first.fill()
+    (claimed,) = await store.claim_deliveries("before", now_us(), now_us() + 10**9, 10)
+    six_days_ago = now_us() - 6 * 86_400 * S
+    error = "ConnectionRefusedError: [Errno 111] Connect call failed ('127.0.0.1', 9)"
+    await store.finish_delivery(
+        made.destination_id,
+        claimed.position,
+        "before",
+        six_days_ago,
+        delivered=False,
+        next_attempt_us=now_us() + 10**9,
+        error=error,
+    )
+    # When a new loop looks at it
+    await Deliverer(store, settings(1.0)).fill()
+    # Then it is disabled, saying for how long every call failed and how the last one did
+    found = await store.get_destination("acme", made.destination_id)
+    assert found is not None and found.disabled_us is not None
+    assert found.disabled_reason is not None
+    assert found.disabled_reason.startswith("every delivery failed for 6 days (since ")
+    assert found.disabled_reason.endswith(f"the last call: {error}")
 
 
 async def test_the_filter_and_replay(store: Store) -> None:
@@ -190,3 +229,48 @@ def test_the_retry_schedule() -> None:
     assert waits == [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0, None]
     jittered = retry_wait_s(1, 1.0, lambda: 1.0)
     assert jittered is not None and 5.0 < jittered <= 6.0
+
+
+async def test_given_deliveries_past_the_changes_retention_then_the_purger_forgets_them(
+    store: Store,
+) -> None:
+    async with receiving() as receiver:
+        destination_id = await destination(store, receiver)
+        await store.apply([update("a", 1, n=1), update("b", 1, n=1)])
+        deliverer = Deliverer(store, settings())
+
+        async def delivered() -> bool:
+            return len(await store.list_deliveries(destination_id, "delivered", 10)) == 2
+
+        await run_until(deliverer, delivered)
+    days = settings().changes_retention_days
+    # Given the changes' retention has passed since they were delivered, when the change
+    # purger runs (as it does beside every applier), then the deliveries go with the changes
+    later = ChangePurger(store, settings(), clock_us=lambda: now_us() + (days + 1) * 86_400 * S)
+    assert await later.step() == 2
+    assert await store.list_deliveries(destination_id, None, 10) == []
+    assert await store.read_changes("acme", None, 10) == []
+
+
+async def test_given_no_destination_then_a_pass_claims_nothing() -> None:
+    """Every worker runs a delivery loop; with no destination it must not write to the store
+    on every pass (on PostgreSQL a claim is an UPDATE)."""
+    claims: list[int] = []
+
+    class Counting(MemoryStore):
+        async def claim_deliveries(self, owner: str, now_us: int, lease: int, limit: int) -> Any:
+            claims.append(limit)
+            return await super().claim_deliveries(owner, now_us, lease, limit)
+
+    store = Counting()
+    await store.open()
+    deliverer = Deliverer(store, settings())
+    for _ in range(3):
+        assert not await deliverer.step()
+    assert claims == []
+    async with receiving() as receiver:
+        await destination(store, receiver)
+        deliverer.changes_committed()
+        await deliverer._refresh()
+        await deliverer.step()
+    assert len(claims) == 1

@@ -29,49 +29,62 @@ class Receiver:
     received: list[Received] = field(default_factory=list)
     port: int = 0
     delay_s: float = 0.0  # before reading each call: so that a kill finds calls in flight
+    # Calls answered per connection before it is closed (1: a connection per call, the
+    # receiver closing it without saying so, as many servers do).
+    calls_per_connection: int = 1
+    connections: int = 0
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
+        self.connections += 1
         conn = h11.Connection(h11.SERVER)
-        request: h11.Request | None = None
-        body = b""
         try:
-            while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    data = await reader.read(65536)
-                    if not data:
-                        return
-                    conn.receive_data(data)
-                elif isinstance(event, h11.Request):
-                    request = event
-                elif isinstance(event, h11.Data):
-                    body += event.data
-                elif isinstance(event, h11.EndOfMessage):
-                    break
-            assert request is not None
-            headers = {k.decode().lower(): v.decode() for k, v in request.headers}
-            verified = None
-            if self.secret is not None:
-                with contextlib.suppress(WebhookVerificationError):
-                    verified = Webhook(self.secret).verify(body, headers)
-            self.received.append(Received(request.target.decode(), headers, body, verified))
-            answer = self.answers.pop(0) if self.answers else 200
-            if answer == "hang":
-                await asyncio.sleep(3600)
-                return
-            status = int(answer)
-            extra = [("location", "http://127.0.0.1:1/elsewhere")] if 300 <= status < 400 else []
-            writer.write(
-                conn.send(
-                    h11.Response(status_code=status, headers=[("content-length", "0"), *extra])
-                )
-                + conn.send(h11.EndOfMessage())
-            )
-            await writer.drain()
+            for _ in range(self.calls_per_connection):
+                if not await self._one_call(conn, reader, writer):
+                    return
+                conn.start_next_cycle()
         finally:
             writer.close()
+
+    async def _one_call(
+        self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        """Read, verify and answer one call; False when the connection is done."""
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        request: h11.Request | None = None
+        body = b""
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await reader.read(65536)
+                if not data:
+                    return False
+                conn.receive_data(data)
+            elif isinstance(event, h11.Request):
+                request = event
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                break
+        assert request is not None
+        headers = {k.decode().lower(): v.decode() for k, v in request.headers}
+        verified = None
+        if self.secret is not None:
+            with contextlib.suppress(WebhookVerificationError):
+                verified = Webhook(self.secret).verify(body, headers)
+        self.received.append(Received(request.target.decode(), headers, body, verified))
+        answer = self.answers.pop(0) if self.answers else 200
+        if answer == "hang":
+            await asyncio.sleep(3600)
+            return False
+        status = int(answer)
+        extra = [("location", "http://127.0.0.1:1/elsewhere")] if 300 <= status < 400 else []
+        writer.write(
+            conn.send(h11.Response(status_code=status, headers=[("content-length", "0"), *extra]))
+            + conn.send(h11.EndOfMessage())
+        )
+        await writer.drain()
+        return True
 
 
 @contextlib.asynccontextmanager

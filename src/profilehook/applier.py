@@ -11,7 +11,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from profilehook.constants import (
     ACK_INTERVAL_S,
@@ -37,6 +37,9 @@ class Applier:
         self.batch_max_events = batch_max_events
         self._unacked: list[Delivery] = []  # applied, acknowledged after the next store sync
         self._synced_at = time.monotonic()
+        # Called after each batch that applied something (its changes are committed): the
+        # delivery loop of this process sends them without waiting for its poll.
+        self.on_applied: Callable[[], None] | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Apply until ``stop`` is set; backend outages are retried with backoff, not fatal."""
@@ -84,6 +87,8 @@ class Applier:
                 await self.flush()  # what was applied before need not come again
             raise
         self._unacked.extend(deliveries)
+        if result.applied and self.on_applied is not None:
+            self.on_applied()
         if time.monotonic() - self._synced_at >= ACK_INTERVAL_S:
             await self.flush()
         self._observe(events, result)

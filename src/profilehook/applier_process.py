@@ -97,9 +97,9 @@ async def run_applier(
         )
         # Destinations are delivered to here: in serve's applier process, and in every worker
         # (they share the deliveries through the store's leases).
-        delivering = asyncio.create_task(
-            Deliverer(services.store, settings).run(stop), name="destinations"
-        )
+        deliverer = Deliverer(services.store, settings)
+        applier.on_applied = deliverer.changes_committed
+        delivering = asyncio.create_task(deliverer.run(stop), name="destinations")
         # A worker executes erasures too (any number may: each step is idempotent); serve's
         # applier process does not: the server does, it writes the embedded log.
         erasing = None

@@ -168,7 +168,12 @@ DESTINATION_DISABLE_AFTER_S = 5 * 86_400.0  # failing this long in a row: disabl
 DESTINATION_LEASE_S = (
     20.0  # a claimed delivery is another worker's again after this (2 x the timeout)
 )
-DESTINATION_CLAIM_BATCH = 200
-DESTINATION_FILL_BATCH = 1_000  # changes read from the feed per destination per pass
-DESTINATION_CONCURRENCY = 64  # calls in flight per delivering process
-DESTINATION_POLL_S = 0.05  # how often an idle delivery loop looks for changes
+DESTINATION_CLAIM_BATCH = 500
+DESTINATION_FILL_BATCH = 2_000  # changes read from the feed per destination per pass
+DESTINATION_CONCURRENCY = 128  # calls in flight per delivering process
+DESTINATION_CONNECTIONS = 32  # keep-alive connections per destination, per delivering process
+DESTINATION_CONNECTION_IDLE_S = 30.0  # an idle connection older than this is not reused
+DESTINATION_MAX_ANSWER_BYTES = 65_536  # a longer answer's body is not read: not reused
+# An idle delivery loop is woken by the applier's commits (same process); it also looks this
+# often, for changes applied elsewhere (other workers) and retries coming due.
+DESTINATION_POLL_S = 0.25

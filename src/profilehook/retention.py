@@ -25,7 +25,7 @@ from profilehook.errors import StorageUnavailable
 from profilehook.events import iso, now_us
 from profilehook.metrics import Metrics
 from profilehook.settings import Settings
-from profilehook.stores.base import ChangeFeed, ProfileStore
+from profilehook.stores.base import ProfileStore, Store
 
 log = logging.getLogger(__name__)
 
@@ -115,11 +115,13 @@ class HistoryPurger:
 class ChangePurger:
     """Purges the change feed's changes older than ``PROFILEHOOK_CHANGES_RETENTION_DAYS`` beside
     an applier, as ``HistoryPurger`` purges the history: a batch at a time, each its own short
-    transaction, paused in between; several at once take different changes."""
+    transaction, paused in between; several at once take different changes. The destinations'
+    delivered and failed deliveries (each holds its change) go by the same window, counted
+    from their last attempt; pending ones stay."""
 
     def __init__(
         self,
-        store: ChangeFeed,
+        store: Store,
         settings: Settings,
         *,
         batch_changes: int = c.PURGE_BATCH_EVENTS,
@@ -150,7 +152,9 @@ class ChangePurger:
                 await asyncio.wait_for(stop.wait(), pause)
 
     async def step(self) -> int:
-        """Purge one batch of the changes applied before the window; how many."""
-        return await self.store.purge_changes(
-            self.clock_us() - self.retention_us, self.batch_changes
-        )
+        """Purge one batch of the changes applied before the window, and one of the deliveries
+        finished before it; the larger count (a full batch: more wait)."""
+        before_us = self.clock_us() - self.retention_us
+        changes = await self.store.purge_changes(before_us, self.batch_changes)
+        deliveries = await self.store.purge_deliveries(before_us, self.batch_changes)
+        return max(changes, deliveries)

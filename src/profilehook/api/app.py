@@ -165,9 +165,9 @@ class ProfilehookApp:
             purging_changes = asyncio.create_task(
                 ChangePurger(services.store, services.settings).run(stop), name="change-purge"
             )
-            delivering = asyncio.create_task(
-                Deliverer(services.store, services.settings).run(stop), name="destinations"
-            )
+            deliverer = Deliverer(services.store, services.settings)
+            applier.on_applied = deliverer.changes_committed
+            delivering = asyncio.create_task(deliverer.run(stop), name="destinations")
         elif self.applies_in == "process":
             process = ApplierProcess(services.settings, services.metrics, services.queue)
             task = asyncio.create_task(process.run(stop), name="applier-process")

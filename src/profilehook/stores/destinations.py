@@ -93,6 +93,34 @@ class Delivery(msgspec.Struct, frozen=True):
     lease_until_us: int | None = None
 
 
+class Finished(msgspec.Struct, frozen=True):
+    """One attempt's outcome, for ``finish_deliveries``: ``delivered``; or failed, to be tried
+    again at ``next_attempt_us`` (None: given up, status ``failed``)."""
+
+    destination_id: str
+    position: int
+    delivered: bool
+    next_attempt_us: int | None = None
+    status: int | None = None
+    error: str | None = None
+
+    @property
+    def outcome(self) -> DeliveryStatus:
+        if self.delivered:
+            return "delivered"
+        return "pending" if self.next_attempt_us is not None else "failed"
+
+
+def failing_since(done: Sequence[Finished], now_us: int) -> dict[str, int | None]:
+    """Per destination of ``done`` (the attempts recorded, in the order they ended), what its
+    ``failing_since_us`` becomes: None after a success, ``now_us`` (unless already set) after
+    a failure. The last attempt of each decides."""
+    last: dict[str, int | None] = {}
+    for f in done:
+        last[f.destination_id] = None if f.delivered else now_us
+    return last
+
+
 class DeliveryStats(msgspec.Struct, frozen=True):
     """A destination's deliveries by status; ``retrying``: pending after a failed attempt;
     ``oldest_pending_us``: when the oldest pending one's change was applied (None: none)."""
@@ -154,7 +182,6 @@ class Destinations(ABC):
         (``next_attempt_us <= now_us``), not leased (or the lease ran out), of an active
         destination, and the earliest pending of their (destination, contact). Oldest first."""
 
-    @abstractmethod
     async def finish_delivery(
         self,
         destination_id: str,
@@ -167,10 +194,22 @@ class Destinations(ABC):
         status: int | None = None,
         error: str | None = None,
     ) -> bool:
-        """Record one attempt of a delivery ``owner`` leased: ``delivered``; or failed, to be
-        tried again at ``next_attempt_us`` (None: given up, status ``failed``). The lease ends;
-        the destination's ``failing_since_us`` is cleared by a success and set by a failure
-        (if not set). False (nothing changed) when ``owner`` no longer holds the lease."""
+        """Record one attempt (``finish_deliveries`` of one)."""
+        done = Finished(destination_id, position, delivered, next_attempt_us, status, error)
+        return await self.finish_deliveries(owner, now_us, [done]) == 1
+
+    @abstractmethod
+    async def finish_deliveries(self, owner: str, now_us: int, finished: Sequence[Finished]) -> int:
+        """Record the attempts of deliveries ``owner`` leased, in one transaction: each one's
+        status, attempts, next attempt, status code and error (``Finished``); its lease ends.
+        An attempt whose lease ``owner`` no longer holds changes nothing. Each destination's
+        ``failing_since_us`` is cleared by a success and set by a failure (if not set), its
+        last recorded attempt deciding. How many were recorded."""
+
+    @abstractmethod
+    async def purge_deliveries(self, before_us: int, limit: int) -> int:
+        """Retention: forget up to ``limit`` delivered or failed deliveries whose last attempt
+        ended before ``before_us``, oldest first; how many. Pending ones stay."""
 
     @abstractmethod
     async def list_deliveries(

@@ -13,7 +13,9 @@ from profilehook.stores.destinations import (
     DeliveryStatus,
     Destination,
     Destinations,
+    Finished,
     NewDelivery,
+    failing_since,
 )
 
 
@@ -109,45 +111,49 @@ class MemoryDestinations(Destinations):
             claimed.append(rows[index])
         return claimed
 
-    async def finish_delivery(
-        self,
-        destination_id: str,
-        position: int,
-        owner: str,
-        now_us: int,
-        *,
-        delivered: bool,
-        next_attempt_us: int | None = None,
-        status: int | None = None,
-        error: str | None = None,
-    ) -> bool:
-        rows = self._deliveries.get(destination_id)
-        index = _index(rows or [], position)
-        if rows is None or index is None:
-            return False
-        row = rows[index]
-        if row.status != "pending" or row.lease_owner != owner:
-            return False
-        new_status: DeliveryStatus = (
-            "delivered" if delivered else ("pending" if next_attempt_us is not None else "failed")
-        )
-        rows[index] = msgspec.structs.replace(
-            row,
-            status=new_status,
-            attempts=row.attempts + 1,
-            next_attempt_us=next_attempt_us if next_attempt_us is not None else row.next_attempt_us,
-            updated_us=now_us,
-            last_status=status,
-            last_error=error,
-            lease_owner=None,
-            lease_until_us=None,
-        )
-        destination = self._destinations[destination_id]
-        since = None if delivered else (destination.failing_since_us or now_us)
-        self._destinations[destination_id] = msgspec.structs.replace(
-            destination, failing_since_us=since
-        )
-        return True
+    async def finish_deliveries(self, owner: str, now_us: int, finished: Sequence[Finished]) -> int:
+        done: list[Finished] = []
+        for f in finished:
+            rows = self._deliveries.get(f.destination_id)
+            index = _index(rows or [], f.position)
+            if rows is None or index is None:
+                continue
+            row = rows[index]
+            if row.status != "pending" or row.lease_owner != owner:
+                continue
+            next_us = f.next_attempt_us
+            rows[index] = msgspec.structs.replace(
+                row,
+                status=f.outcome,
+                attempts=row.attempts + 1,
+                next_attempt_us=next_us if next_us is not None else row.next_attempt_us,
+                updated_us=now_us,
+                last_status=f.status,
+                last_error=f.error,
+                lease_owner=None,
+                lease_until_us=None,
+            )
+            done.append(f)
+        for destination_id, since in failing_since(done, now_us).items():
+            destination = self._destinations[destination_id]
+            if since is not None and destination.failing_since_us is not None:
+                continue
+            self._destinations[destination_id] = msgspec.structs.replace(
+                destination, failing_since_us=since
+            )
+        return len(done)
+
+    async def purge_deliveries(self, before_us: int, limit: int) -> int:
+        old = sorted(
+            (row.updated_us, destination_id, row.position)
+            for destination_id, rows in self._deliveries.items()
+            for row in rows
+            if row.status != "pending" and row.updated_us < before_us
+        )[:limit]
+        gone = {(destination_id, position) for _, destination_id, position in old}
+        for destination_id, rows in self._deliveries.items():
+            rows[:] = [r for r in rows if (destination_id, r.position) not in gone]
+        return len(gone)
 
     async def list_deliveries(
         self, destination_id: str, status: DeliveryStatus | None, limit: int

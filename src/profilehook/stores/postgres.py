@@ -343,6 +343,7 @@ MIGRATIONS: list[Migration] = [
     postgres_destinations.MIGRATION,  # destinations and their deliveries
     # The query indexes again, with contact_id last: pages in index order (postgres_query.py).
     postgres_query.INDEXES_BY_CONTACT,
+    postgres_destinations.INDEXES,  # deliveries by when due, and finished ones by when
 ]
 
 

@@ -15,9 +15,11 @@ from profilehook.stores.destinations import (
     DeliveryStatus,
     Destination,
     Destinations,
+    Finished,
     NewDelivery,
     delivery_of,
     destination_of,
+    failing_since,
     new_delivery_rows,
 )
 
@@ -64,6 +66,13 @@ CREATE INDEX deliveries_pending ON deliveries (destination_id, contact_id, posit
 CREATE INDEX deliveries_by_status ON deliveries (destination_id, status, position);
 """
 """The tables (appended to ``stores/postgres.py`` MIGRATIONS)."""
+
+INDEXES = """
+CREATE INDEX deliveries_due ON deliveries (next_attempt_us, position) WHERE status = 'pending';
+CREATE INDEX deliveries_finished ON deliveries (updated_us) WHERE status <> 'pending';
+"""
+"""A claim walks the due rows in order and stops after its batch; retention finds the finished
+ones (appended to MIGRATIONS after ``MIGRATION``)."""
 
 _DESTINATION = (
     "destination_id, workspace, url, secret, created_us, description, properties, segments,"
@@ -209,50 +218,53 @@ class PostgresDestinations(Destinations):
         claimed: list[Delivery] = await self._run(claim)
         return claimed
 
-    async def finish_delivery(
-        self,
-        destination_id: str,
-        position: int,
-        owner: str,
-        now_us: int,
-        *,
-        delivered: bool,
-        next_attempt_us: int | None = None,
-        status: int | None = None,
-        error: str | None = None,
-    ) -> bool:
-        if delivered:
-            outcome = "delivered"
-        else:
-            outcome = "pending" if next_attempt_us is not None else "failed"
+    async def finish_deliveries(self, owner: str, now_us: int, finished: Sequence[Finished]) -> int:
+        if not finished:
+            return 0
 
-        async def finish(conn: Conn) -> bool:
+        async def finish(conn: Conn) -> int:
             cur = await conn.execute(
-                "UPDATE deliveries SET status = %s, attempts = attempts + 1,"
-                " next_attempt_us = coalesce(%s, next_attempt_us), updated_us = %s,"
-                " last_status = %s, last_error = %s, lease_owner = NULL, lease_until_us = NULL"
-                " WHERE destination_id = %s AND position = %s AND status = 'pending'"
-                " AND lease_owner = %s",
-                (outcome, next_attempt_us, now_us, status, error, destination_id, position, owner),
+                _FINISH,
+                (
+                    now_us,
+                    [f.destination_id for f in finished],
+                    [f.position for f in finished],
+                    [f.outcome for f in finished],
+                    [f.next_attempt_us for f in finished],
+                    [f.status for f in finished],
+                    [f.error for f in finished],
+                    owner,
+                ),
             )
-            if not cur.rowcount:
-                return False
-            if delivered:
+            recorded = {(row[0], row[1]) for row in await cur.fetchall()}
+            done = [f for f in finished if (f.destination_id, f.position) in recorded]
+            for destination_id, since in failing_since(done, now_us).items():
                 await conn.execute(
-                    "UPDATE destinations SET failing_since_us = NULL WHERE destination_id = %s"
-                    " AND failing_since_us IS NOT NULL",
-                    (destination_id,),
+                    "UPDATE destinations SET failing_since_us = coalesce(failing_since_us, %s)"
+                    " WHERE destination_id = %s"
+                    if since is not None
+                    else "UPDATE destinations SET failing_since_us = %s"
+                    " WHERE destination_id = %s AND failing_since_us IS NOT NULL",
+                    (since, destination_id),
                 )
-            else:
-                await conn.execute(
-                    "UPDATE destinations SET failing_since_us = %s WHERE destination_id = %s"
-                    " AND failing_since_us IS NULL",
-                    (now_us, destination_id),
-                )
-            return True
+            return len(done)
 
-        done: bool = await self._run(finish)
-        return done
+        count: int = await self._run(finish)
+        return count
+
+    async def purge_deliveries(self, before_us: int, limit: int) -> int:
+        async def purge(conn: Conn) -> int:
+            cur = await conn.execute(
+                "DELETE FROM deliveries WHERE (destination_id, position) IN"
+                " (SELECT destination_id, position FROM deliveries"
+                "  WHERE status <> 'pending' AND updated_us < %s ORDER BY updated_us LIMIT %s"
+                "  FOR UPDATE SKIP LOCKED)",
+                (before_us, limit),
+            )
+            return int(cur.rowcount)
+
+        count: int = await self._run(purge)
+        return count
 
     async def list_deliveries(
         self, destination_id: str, status: DeliveryStatus | None, limit: int
@@ -300,6 +312,18 @@ class PostgresDestinations(Destinations):
         rows: list[Any] = await self._run(select)
         return rows
 
+
+# One UPDATE for a batch of outcomes; the rows it changed (the others: lease lost).
+_FINISH = """
+UPDATE deliveries d SET status = o.status, attempts = d.attempts + 1,
+    next_attempt_us = coalesce(o.next_us, d.next_attempt_us), updated_us = %s,
+    last_status = o.code, last_error = o.error, lease_owner = NULL, lease_until_us = NULL
+FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::bigint[], %s::integer[], %s::text[])
+    AS o(destination_id, position, status, next_us, code, error)
+WHERE d.destination_id = o.destination_id AND d.position = o.position
+    AND d.status = 'pending' AND d.lease_owner = %s
+RETURNING d.destination_id, d.position
+"""
 
 # Due, unleased, pending rows of active destinations that are their contact's earliest pending;
 # rows another worker is claiming right now are skipped, not waited for.

@@ -1,6 +1,11 @@
 """``Destinations`` on SQLite (stores/destinations.py), in a file of its own beside the store's
 (``<name>.destinations.sqlite3``): delivery bookkeeping commits often, and must not queue behind
-(or hold up) the applier's writes to the profiles file."""
+(or hold up) the applier's writes to the profiles file.
+
+Its commits are not fsynced one by one (``synchronous=NORMAL``; still whole after a killed
+process): a claim, an outcome or a cursor lost to a power cut only sends a change again, which
+at least once allows. What an API call answers for (a destination created, deleted, replayed,
+disabled) is fsynced before it returns."""
 
 from __future__ import annotations
 
@@ -18,13 +23,15 @@ from profilehook.stores.destinations import (
     DeliveryStatus,
     Destination,
     Destinations,
+    Finished,
     NewDelivery,
     delivery_of,
     destination_of,
+    failing_since,
     new_delivery_rows,
 )
 
-VERSION = 1
+VERSION = 2  # 2: deliveries_due, deliveries_finished
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS destinations (
     destination_id TEXT PRIMARY KEY,
@@ -64,6 +71,11 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE INDEX IF NOT EXISTS deliveries_pending
     ON deliveries (destination_id, contact_id, position) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS deliveries_by_status ON deliveries (destination_id, status, position);
+-- Pending rows by when they are due: a claim walks this and stops after its batch.
+CREATE INDEX IF NOT EXISTS deliveries_due
+    ON deliveries (next_attempt_us, position) WHERE status = 'pending';
+-- Finished rows by when: what retention purges.
+CREATE INDEX IF NOT EXISTS deliveries_finished ON deliveries (updated_us) WHERE status <> 'pending';
 """
 
 _DESTINATION = (
@@ -79,7 +91,19 @@ _DELIVERY = (
 def destinations_database(store_path: Path) -> SqliteDatabase:
     path = store_path.with_name(f"{store_path.stem}.destinations{store_path.suffix}")
     # secure_delete: an erased contact's deliveries (their changes) leave no bytes in the file.
-    return SqliteDatabase(path, SCHEMA, VERSION, secure_delete="ON")
+    # Version 2 only adds indexes, which the schema creates.
+    return SqliteDatabase(
+        path,
+        SCHEMA,
+        VERSION,
+        synchronous="NORMAL",
+        migrations={1: _nothing},
+        secure_delete="ON",
+    )
+
+
+def _nothing(conn: sqlite3.Connection) -> None:
+    return None
 
 
 class SqliteDestinations(Destinations):
@@ -113,7 +137,9 @@ class SqliteDestinations(Destinations):
             )
             return True
 
-        return await self.destinations_db.write(insert)
+        made = await self.destinations_db.write(insert)
+        await self.destinations_db.fsync_wal()
+        return made
 
     async def list_destinations(self, workspace: str) -> list[Destination]:
         rows = await self.destinations_db.read(
@@ -145,7 +171,9 @@ class SqliteDestinations(Destinations):
                 conn.execute("DELETE FROM deliveries WHERE destination_id = ?", (destination_id,))
             return bool(gone)
 
-        return await self.destinations_db.write(delete)
+        gone = await self.destinations_db.write(delete)
+        await self.destinations_db.fsync_wal()
+        return gone
 
     async def forget_contact_deliveries(self, workspace: str, contact_id: str) -> None:
         await self.destinations_db.write(
@@ -208,57 +236,37 @@ class SqliteDestinations(Destinations):
 
         return await self.destinations_db.write(claim)
 
-    async def finish_delivery(
-        self,
-        destination_id: str,
-        position: int,
-        owner: str,
-        now_us: int,
-        *,
-        delivered: bool,
-        next_attempt_us: int | None = None,
-        status: int | None = None,
-        error: str | None = None,
-    ) -> bool:
-        outcome = (
-            "delivered" if delivered else ("pending" if next_attempt_us is not None else "failed")
-        )
-
-        def finish(conn: sqlite3.Connection) -> bool:
-            done = conn.execute(
-                "UPDATE deliveries SET status = ?, attempts = attempts + 1,"
-                " next_attempt_us = coalesce(?, next_attempt_us), updated_us = ?,"
-                " last_status = ?, last_error = ?, lease_owner = NULL, lease_until_us = NULL"
-                " WHERE destination_id = ? AND position = ? AND status = 'pending'"
-                " AND lease_owner = ?",
-                (
-                    outcome,
-                    next_attempt_us,
-                    now_us,
-                    status,
-                    error,
-                    destination_id,
-                    position,
-                    owner,
-                ),
-            ).rowcount
-            if not done:
-                return False
-            if delivered:
+    async def finish_deliveries(self, owner: str, now_us: int, finished: Sequence[Finished]) -> int:
+        def finish(conn: sqlite3.Connection) -> int:
+            done = [
+                f
+                for f in finished
+                if conn.execute(_FINISH, (*_finish_params(f, now_us), owner)).rowcount
+            ]
+            for destination_id, since in failing_since(done, now_us).items():
                 conn.execute(
-                    "UPDATE destinations SET failing_since_us = NULL WHERE destination_id = ?"
+                    "UPDATE destinations SET failing_since_us = coalesce(failing_since_us, ?)"
+                    " WHERE destination_id = ?"
+                    if since is not None
+                    else "UPDATE destinations SET failing_since_us = ? WHERE destination_id = ?"
                     " AND failing_since_us IS NOT NULL",
-                    (destination_id,),
+                    (since, destination_id),
                 )
-            else:
-                conn.execute(
-                    "UPDATE destinations SET failing_since_us = ? WHERE destination_id = ?"
-                    " AND failing_since_us IS NULL",
-                    (now_us, destination_id),
-                )
-            return True
+            return len(done)
 
         return await self.destinations_db.write(finish)
+
+    async def purge_deliveries(self, before_us: int, limit: int) -> int:
+        return await self.destinations_db.write(
+            lambda conn: (
+                conn.execute(
+                    "DELETE FROM deliveries WHERE (destination_id, position) IN"
+                    " (SELECT destination_id, position FROM deliveries"
+                    "  WHERE status <> 'pending' AND updated_us < ? ORDER BY updated_us LIMIT ?)",
+                    (before_us, limit),
+                ).rowcount
+            )
+        )
 
     async def list_deliveries(
         self, destination_id: str, status: DeliveryStatus | None, limit: int
@@ -289,7 +297,9 @@ class SqliteDestinations(Destinations):
                 ).rowcount
             )
 
-        return await self.destinations_db.write(replay)
+        done = await self.destinations_db.write(replay)
+        await self.destinations_db.fsync_wal()
+        return done
 
     async def disable_destination(self, destination_id: str, at_us: int, reason: str) -> None:
         await self.destinations_db.write(
@@ -299,6 +309,7 @@ class SqliteDestinations(Destinations):
                 (at_us, reason, destination_id),
             )
         )
+        await self.destinations_db.fsync_wal()
 
     async def delivery_stats(self) -> dict[str, DeliveryStats]:
         rows = await self.destinations_db.read(lambda conn: conn.execute(STATS_SQL).fetchall())
@@ -306,17 +317,33 @@ class SqliteDestinations(Destinations):
 
 
 # Due, unleased, pending rows of active destinations that are their contact's earliest pending.
+# INDEXED BY: left to itself the planner looked for an earlier pending row of the contact by
+# the primary key (every earlier position of the destination): 7.5 s for a claim of 500 with
+# 28,000 rows, against 2 ms through deliveries_pending.
 _CLAIMABLE = """
 SELECT d.destination_id, d.position FROM deliveries d
 JOIN destinations s ON s.destination_id = d.destination_id AND s.disabled_us IS NULL
 WHERE d.status = 'pending' AND d.next_attempt_us <= ?
 AND (d.lease_until_us IS NULL OR d.lease_until_us <= ?)
 AND NOT EXISTS (
-    SELECT 1 FROM deliveries e WHERE e.destination_id = d.destination_id
+    SELECT 1 FROM deliveries e INDEXED BY deliveries_pending
+    WHERE e.destination_id = d.destination_id
     AND e.contact_id = d.contact_id AND e.status = 'pending' AND e.position < d.position
 )
 ORDER BY d.next_attempt_us, d.position
 """
+
+
+_FINISH = """
+UPDATE deliveries SET status = ?, attempts = attempts + 1,
+    next_attempt_us = coalesce(?, next_attempt_us), updated_us = ?, last_status = ?,
+    last_error = ?, lease_owner = NULL, lease_until_us = NULL
+WHERE destination_id = ? AND position = ? AND status = 'pending' AND lease_owner = ?
+"""
+
+
+def _finish_params(f: Finished, now_us: int) -> tuple[Any, ...]:
+    return (f.outcome, f.next_attempt_us, now_us, f.status, f.error, f.destination_id, f.position)
 
 
 def _list(names: Sequence[str]) -> str:
