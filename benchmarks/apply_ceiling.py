@@ -30,6 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import msgspec
+from applier_heap import as_the_applier
 from run import POSTGRES_URL, _operation_events
 
 BATCH = 2_000
@@ -166,4 +167,5 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batches", type=int, default=10)
     parser.add_argument("--workloads", default="set,mixed,mixed_late")
-    asyncio.run(main(parser.parse_args()))
+    with as_the_applier():
+        asyncio.run(main(parser.parse_args()))

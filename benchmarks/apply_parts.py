@@ -34,6 +34,7 @@ from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from applier_heap import as_the_applier
 from run import _operation_events
 
 from profilehook import sqlite_db
@@ -166,4 +167,5 @@ if __name__ == "__main__":
     parser.add_argument("workload", nargs="?", default="set")
     parser.add_argument("--batches", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
-    asyncio.run(main(parser.parse_args()))
+    with as_the_applier():
+        asyncio.run(main(parser.parse_args()))
