@@ -1,7 +1,8 @@
 """SQLite's apply on G's workloads per CPU-second of this process (less swayed than wall
 clock by other work on a shared machine): all sets, the mix of operations, the mix with 5 %
 late (benchmarks/run.py ``_operation_events``), each on a fresh store, with the syncs and the
-garbage collection the applier process has (applier_heap.py). Prints one JSON line. To compare two checkouts, alternate:
+garbage collection the applier process has (applier_heap.py). Prints one JSON line. To compare
+two checkouts, alternate:
 
     for i in 1 2 3; do for src in OTHER/src src; do
         PYTHONPATH=$src .venv/bin/python benchmarks/apply_cpu.py --batches 10; done; done
