@@ -28,15 +28,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "profilehook.metrics",
         ),
     ),
-    (
-        "backends",
-        (
-            "profilehook.sqlite_commits",
-            "profilehook.sqlite_db",
-            "profilehook.queues",
-            "profilehook.stores",
-        ),
-    ),
+    ("backends", ("profilehook.sqlite_db", "profilehook.queues", "profilehook.stores")),
     ("sources", ("profilehook.sources",)),
     (
         "library",
