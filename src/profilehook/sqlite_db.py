@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from profilehook.errors import ConfigurationError, StorageUnavailable
-from profilehook.sqlite_commits import CommitWatch
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +116,6 @@ class SqliteDatabase:
         self._reader = ThreadPoolExecutor(1, thread_name_prefix=f"sqlite-read-{path.name}")
         self._reader_conn: sqlite3.Connection | None = None
         self._local_conn: sqlite3.Connection | None = None
-        self._commits: CommitWatch | None = None
         self._checkpointer: threading.Thread | None = None
         self._committed = threading.Event() if background_checkpoints else None
         self._closing = threading.Event()
@@ -215,9 +213,6 @@ class SqliteDatabase:
             await asyncio.to_thread(self._checkpointer.join)
             self._checkpointer = None
         self._reader.shutdown(wait=True)
-        if self._commits is not None:
-            self._commits.close()  # (before its connection: the index must outlive the map)
-            self._commits = None
         for conn in (self._reader_conn, self._local_conn):
             if conn is not None:
                 conn.close()
@@ -304,18 +299,6 @@ class SqliteDatabase:
         if self._local_conn is None:
             self._local_conn = connect(self.path)
         return _translated(fn, self._local_conn, self.path)
-
-    def commit_mark(self) -> object:
-        """A value that differs after any connection of any process commits to the file, read
-        on the calling thread (the event loop) without a statement when it can be
-        (``CommitWatch``); otherwise ``PRAGMA data_version`` of the calling thread's connection."""
-        if self._commits is not None and (mark := self._commits.mark()) is not None:
-            return mark
-        version = self.read_now(_data_version)  # (opens the connection and its WAL index)
-        if self._commits is None:
-            self._commits = CommitWatch(self.path)
-            return self._commits.mark() or version
-        return version
 
     def _run_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._reader_conn is None:
@@ -509,10 +492,6 @@ def _translate(exc: BaseException, path: Path) -> BaseException:
         return exc  # a job's own error (ProfilehookError included) goes back unchanged
     # KeyboardInterrupt and the like, caught on the writer thread: report, don't re-raise there.
     return StorageUnavailable(f"Storage unavailable ({exc!r})")
-
-
-def _data_version(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("PRAGMA data_version").fetchone()[0])
 
 
 def _translated(fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection, path: Path) -> T:

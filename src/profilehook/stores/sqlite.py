@@ -261,7 +261,7 @@ class SqliteStore(Store, ContactQueries, Segments, SqliteDestinations):
         self.destinations_db = destinations_database(path)
         # Answers for the hot path, valid until any connection commits to the catalog.
         self._cache: dict[tuple[str, str], Any] = {}
-        self._cache_version: object = None
+        self._cache_version: int | None = None
         self._cache_checked_at = float("-inf")
 
     async def open(self) -> None:
@@ -641,15 +641,14 @@ class SqliteStore(Store, ContactQueries, Segments, SqliteDestinations):
     def _cached(self, key: tuple[str, str], load: Callable[[sqlite3.Connection, str], Any]) -> Any:
         """A catalog answer for the hot path, read on the event loop only when not cached.
 
-        A cached answer holds until any connection commits to the catalog (its WAL-index header
-        or PRAGMA data_version moves: ``SqliteDatabase.commit_mark``). The check runs at most
-        once a millisecond: a change from another process (the CLI) is seen by every request
-        that starts more than 1 ms after its commit.
+        A cached answer holds until any connection commits to the catalog (PRAGMA data_version
+        moves). The check runs at most once a millisecond: a change from another process (the
+        CLI) is seen by every request that starts more than 1 ms after its commit.
         """
         now = time.monotonic()
         if now - self._cache_checked_at >= CATALOG_CHECK_INTERVAL_S:
             self._cache_checked_at = now
-            version = self.catalog.commit_mark()
+            version = self.catalog.read_now(_data_version)
             if version != self._cache_version or len(self._cache) > MAX_CACHED_ANSWERS:
                 self._cache.clear()
                 self._cache_version = version
@@ -668,6 +667,10 @@ def _remember_nonce(conn: sqlite3.Connection, nonce: Nonce, expires_us: int, now
         (nonce.key(), expires_us),
     )
     return inserted.rowcount == 1
+
+
+def _data_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA data_version").fetchone()[0])
 
 
 def _load_source(conn: sqlite3.Connection, source_id: str) -> Source | None:
