@@ -25,6 +25,8 @@ from tests.console_browser import (
     unlabelled_fields,
 )
 from tests.support import ServerProcess, create_key, wait_until
+from tests.test_destinations_api import receiver  # noqa: F401  (a fixture)
+from tests.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +38,13 @@ HOSTILE_VALUE = '"><img src=/hostile-img onerror="window.__pwned=2">'
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     data_dir = tmp_path_factory.mktemp("console") / "data"
-    server = ServerProcess(data_dir).start()
+    # Destinations may call the tests' local receiver, and give up on a closed port in about
+    # a second (then are disabled after about 4 s) instead of a day and a half.
+    allowed = {
+        "PROFILEHOOK_DESTINATIONS_ALLOW_PRIVATE": "true",
+        "PROFILEHOOK_DESTINATIONS_RETRY_SCALE": "0.00001",
+    }
+    server = ServerProcess(data_dir, extra_env=allowed).start()
     try:
         yield server
     finally:
@@ -128,6 +136,56 @@ def test_sign_in_by_keyboard_then_an_event_sent_with_curl_appears_in_the_live_ta
     assert other.status_code == mine.status_code == 202
     page.locator("li.call", has_text=mine.json()["event_id"]).wait_for(timeout=1000)
     assert page.locator("li.call", has_text=f"x-{contact}").count() == 0
+
+
+def test_the_live_tail_pauses_and_resumes_filters_by_source_and_copies_a_call_as_curl(
+    server: ServerProcess, admin_key: str, watched: Watched
+) -> None:
+    page = watched.page
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    sign_in(page, server.base_url, admin_key)
+    page.goto(f"{server.base_url}/console/live")
+    page.get_by_text("Watching").wait_for()
+    contact = f"pause-{watched.name}"
+
+    page.get_by_role("button", name="Pause").click()
+    held = send(server, admin_key, _event(contact, 1, {"plan": "pro"}))
+    assert held.status_code == 202
+    page.get_by_text("Paused: 1 new call(s) held.").wait_for(timeout=2000)
+    assert page.locator("li.call", has_text=held.json()["event_id"]).count() == 0
+    page.get_by_role("button", name="Resume").press("Enter")
+    row = page.locator("li.call", has_text=held.json()["event_id"])
+    row.wait_for(timeout=1000)
+
+    # Copy as curl: what lands in the clipboard sends the same body, the key left as $KEY.
+    row.get_by_text("Body and curl").click()
+    row.get_by_role("button", name="Copy as curl").click()
+    copied = page.evaluate("navigator.clipboard.readText()")
+    assert copied.startswith("curl ") and "$KEY" in copied and admin_key not in copied
+    assert "/v1/properties" in copied and contact in copied
+
+    # Only the amplitude sources' calls: an API call does not show, a webhook call after it does
+    # (the tail keeps the order calls arrive in).
+    source = httpx.post(
+        f"{server.base_url}/v1/sources",
+        json={"kind": "amplitude"},
+        headers={"Authorization": f"Bearer {admin_key}"},
+    ).json()
+    page.get_by_label("Source").fill("amplitude")
+    page.get_by_role("button", name="Filter").click()
+    page.get_by_role("button", name="Clear").click()
+    page.get_by_text("Watching").wait_for()
+    hidden = send(server, admin_key, _event(contact, 2, {"plan": "team"}))
+    assert hidden.status_code == 202
+    webhook = httpx.post(
+        f"{server.base_url}/v1/webhooks/{source['source_id']}",
+        json={"users": []},
+        headers={"Authorization": "Bearer wrong"},
+    )
+    assert webhook.status_code == 401
+    page.locator("li.call.refused", has_text=source["source_id"]).wait_for(timeout=1000)
+    assert page.locator("li.call", has_text=hidden.json()["event_id"]).count() == 0
+    no_horizontal_scroll(page)
 
 
 def test_a_contact_shows_each_property_with_the_event_that_set_it_escaped_and_its_history(
@@ -296,7 +354,8 @@ def test_every_control_is_reachable_by_keyboard_and_a_key_is_created_with_tab_an
         "/console/segments",
         "/console/segments/new",
         "/console/sources",
-        "/console/keys",
+        "/console/destinations",
+        "/console/keys",  # last: a key is then created on it by keyboard
     ):
         page.goto(f"{server.base_url}{path}")
         unreachable = page.evaluate(
@@ -377,7 +436,7 @@ def test_build_a_filter_with_the_keyboard_and_open_a_matching_contact(
     wait_until(
         lambda: (
             page.request.get(
-                f"{server.base_url}/console/contacts/count?match=all&property=team&op=eq&type=string&value={team}"
+                f"{server.base_url}/console/contacts/count?match=all&property-0=team&op-0=eq&type-0=string&value-0={team}"
             ).json()["count"]
             == 3
         ),
@@ -445,6 +504,89 @@ def test_build_a_filter_with_the_keyboard_and_open_a_matching_contact(
     page.get_by_role("heading", name=f"Contact {team}-b").wait_for()
 
 
+def test_build_a_nested_negated_group_by_keyboard_and_see_a_bad_value_on_its_row(
+    server: ServerProcess, admin_key: str, watched: Watched
+) -> None:
+    page = watched.page
+    team = f"nest-{watched.name}"
+    people = {
+        f"{team}-a": {"plan": "pro"},
+        f"{team}-b": {"plan": "free"},
+        f"{team}-c": {"plan": "pro", "trial": True},
+    }
+    for contact, props in people.items():
+        assert send(server, admin_key, _event(contact, 100, {"team": team, **props})).is_success
+    sign_in(page, server.base_url, admin_key)
+    page.goto(f"{server.base_url}/console/contacts")
+    wait_until(
+        lambda: (
+            page.request.get(
+                f"{server.base_url}/console/contacts/count?match=all&property-0=team&op-0=eq"
+                f"&type-0=string&value-0={team}"
+            ).json()["count"]
+            == 3
+        ),
+        timeout_s=10,
+    )
+
+    page.locator("#property-0").fill("team")
+    page.locator("#value-0").fill(team)
+    page.get_by_role("button", name="Add group", exact=True).focus()
+    page.keyboard.press("Enter")
+    page.locator("#group-1").wait_for()
+    assert page.evaluate("document.activeElement.id") == "property-1-0"  # the group's first row
+    page.keyboard.type("plan")
+    page.keyboard.press("Tab")
+    page.keyboard.press("Tab")
+    page.keyboard.press("Tab")
+    page.keyboard.type("free")
+    page.get_by_label("Group 2 matches a contact that matches").select_option("none")
+    page.get_by_role("button", name="Add a condition to group 2").focus()
+    page.keyboard.press("Enter")
+    page.locator("#property-1-1").wait_for()
+    assert page.evaluate("document.activeElement.id") == "property-1-1"
+    assert page.locator("#match-1").input_value() == "none"  # kept across the edit
+    page.keyboard.type("trial")
+    page.keyboard.press("Tab")
+    page.locator("#op-1-1").select_option("exists")
+    page.locator("#value-1-1").press("Enter")
+    page.get_by_role("heading", name="1 matching contact").wait_for()
+
+    assert _listed(page) == [f"{team}-a"]  # not free, and no trial
+    shown = json.loads(page.locator("#filter-json").inner_text())
+    assert shown == {
+        "all": [
+            {"property": "team", "op": "eq", "value": team},
+            {
+                "not": {
+                    "any": [
+                        {"property": "plan", "op": "eq", "value": "free"},
+                        {"property": "trial", "op": "exists"},
+                    ]
+                }
+            },
+        ]
+    }
+    watched.shot("contacts-nested")
+    no_horizontal_scroll(page)
+    assert unlabelled_fields(page) == []
+
+    # A value not of its row's type, inside the group: the 422's problem is on that row.
+    page.locator("#type-1-0").select_option("number")
+    page.locator("#value-1-0").press("Enter")
+    problem = page.locator("#problems-1-0")
+    problem.wait_for()
+    watched.expect_failed_status(422)
+    assert "not a number" in problem.inner_text()
+    assert page.locator("#group-1").evaluate("(el, p) => el.contains(p)", problem.element_handle())
+    watched.shot("contacts-nested-problem")
+    no_horizontal_scroll(page)
+
+    page.get_by_role("button", name="Remove group 2").click()
+    page.locator("#group-1").wait_for(state="detached")
+    assert page.locator("#property-0").input_value() == "team"
+
+
 def test_create_a_segment_with_its_live_count_see_its_members_then_delete_it(
     server: ServerProcess, admin_key: str, watched: Watched
 ) -> None:
@@ -499,3 +641,95 @@ def test_create_a_segment_with_its_live_count_see_its_members_then_delete_it(
     page.keyboard.press("Enter")
     page.wait_for_url(f"{server.base_url}/console/segments")
     assert page.locator("table tbody tr", has_text=f"Paid {team}").count() == 0
+
+
+# -- destinations --------------------------------------------------------------------------------
+
+
+def test_create_destinations_see_deliveries_and_failures_replay_then_delete_them(
+    server: ServerProcess,
+    admin_key: str,
+    watched: Watched,
+    receiver: Receiver,  # noqa: F811
+) -> None:
+    page = watched.page
+    name = watched.name
+    sign_in(page, server.base_url, admin_key)
+    page.get_by_role("link", name="Destinations").click()
+    page.get_by_role("heading", name="Destinations", exact=True).wait_for()
+    assert unlabelled_fields(page) == []
+    page.get_by_label("URL").fill(f"http://127.0.0.1:{receiver.port}/in-{name}")
+    page.get_by_label("Description").fill(f"CRM {name}")
+    # Only this test's property: a new destination also gets the changes the feed still keeps.
+    page.get_by_label("Only changes of these properties").fill(f"plan-{name}")
+    page.get_by_role("button", name="Create destination").click()
+    secret = page.locator("#destination-secret").inner_text()
+    assert secret.startswith("whsec_") and "shown only this once" in page.content()
+    receiver.secret = secret  # the receiver verifies each call with the reference library
+    watched.shot("destination-created")
+    no_horizontal_scroll(page)
+    good = page.locator("h1 code").inner_text()
+
+    # A second one by keyboard only; this one's receiver is not there.
+    page.get_by_role("link", name="All destinations").click()
+    page.get_by_label("URL").focus()
+    page.keyboard.type(f"http://127.0.0.1:9/closed-{name}")
+    page.keyboard.press("Tab")  # the description
+    page.keyboard.press("Tab")
+    page.keyboard.type(f"plan-{name}")
+    for _ in range(20):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.textContent.trim()") == "Create destination":
+            break
+    page.keyboard.press("Enter")
+    bad = page.locator("h1 code").inner_text()
+    assert page.locator("#destination-secret").inner_text() != secret
+
+    contact = f"dst-{name}"
+    assert send(server, admin_key, _event(contact, 1, {f"plan-{name}": "pro"})).is_success
+    wait_until(lambda: len(receiver.received) == 1 or None, timeout_s=10)
+    assert receiver.received[0].verified is not None
+    page.goto(f"{server.base_url}/console/destination?id={good}")
+    wait_until(lambda: _reload_until(page, ">delivered"), timeout_s=10)
+    row = page.locator("table.deliveries tbody tr").first
+    assert row.locator("td[data-label=Contact]").inner_text() == contact
+    assert "HTTP 200" in row.locator(".outcome").inner_text()
+    watched.shot("destination")
+    no_horizontal_scroll(page)
+
+    # The other one fails every attempt, gives up, then is disabled, and says why.
+    page.goto(f"{server.base_url}/console/destinations")
+    wait_until(lambda: _reload_until(page, ">disabled</span>"), timeout_s=20)
+    listed = page.locator(f"#destination-{bad}")
+    assert "every delivery failed since" in listed.locator("td[data-label=Status]").inner_text()
+    watched.shot("destinations")
+    no_horizontal_scroll(page)
+    listed.get_by_role("link", name="1 failed").click()
+    failed = page.locator("table.deliveries tbody tr").first
+    assert failed.locator(".outcome").inner_text().strip() == "failed"
+    assert failed.locator("td[data-label=Attempts]").inner_text() == "8"
+    assert failed.locator("td.error").inner_text() not in ("", "—")
+    assert page.locator("a[aria-current]", has_text="Failures").count() == 1
+    watched.shot("destination-failures")
+    no_horizontal_scroll(page)
+
+    # Replay the good one from the oldest change kept, after confirming: the change comes again.
+    page.goto(f"{server.base_url}/console/destination?id={good}")
+    page.get_by_role("button", name="Replay…").click()
+    page.get_by_role("heading", name=f"Replay to {good}?").wait_for()
+    assert len(receiver.received) == 1
+    no_horizontal_scroll(page)
+    page.get_by_role("button", name="Replay", exact=True).focus()
+    page.keyboard.press("Enter")
+    page.get_by_text("Replay started").wait_for()
+    wait_until(lambda: len(receiver.received) == 2 or None, timeout_s=10)
+    ids = [call.headers["webhook-id"] for call in receiver.received]
+    assert ids[0] == ids[1] and receiver.received[1].verified is not None
+
+    for destination_id in (bad, good):
+        page.goto(f"{server.base_url}/console/destination?id={destination_id}")
+        page.get_by_role("link", name="Delete this destination…").click()
+        page.get_by_text("This cannot be undone").wait_for()
+        page.get_by_role("button", name="Delete destination").click()
+        assert f"{destination_id} is deleted" in page.locator(".warn").inner_text()
+    assert page.locator(f"#destination-{good}").count() == 0

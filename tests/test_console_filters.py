@@ -51,8 +51,9 @@ def send(client: TestClient, key: str, people: dict[str, dict[str, Any]]) -> Non
 
 def rows(*conditions: tuple[str, str, str, str], match: str = "all", **extra: str) -> str:
     fields: list[tuple[str, str]] = [("match", match)]
-    for prop, op, type_, value in conditions:
-        fields += [("property", prop), ("op", op), ("type", type_), ("value", value)]
+    for i, (prop, op, type_, value) in enumerate(conditions):
+        fields += [(f"property-{i}", prop), (f"op-{i}", op), (f"type-{i}", type_)]
+        fields += [(f"value-{i}", value)]
     return urlencode(fields + list(extra.items()))
 
 
@@ -192,16 +193,86 @@ def test_a_bad_condition_is_a_422_with_its_problem_next_to_its_row(
     assert set(problems) == {"2", "3"}
     assert "not a number" in problems["2"]
     assert "op" in problems["3"] or "value" in problems["3"]
-    assert 'id="property-2" name="property" value="n"' in page.text
+    assert 'id="property-2" name="property-2" value="n"' in page.text
     assert 'aria-invalid="true" aria-describedby="problems-2"' in page.text
+
+
+def nested(match: str, **fields: str) -> str:
+    """A builder's query string: ``fields`` named as the form names them (``value-1-0``)."""
+    return urlencode([("match", match), *fields.items()])
+
+
+def test_a_nested_group_and_a_negated_one_find_what_the_same_api_filter_finds(
+    console: TestClient, people: str
+) -> None:
+    # plan is "pro" and NOT (n is 42 or n is "42"): nobody; then free and not any n = 100.
+    both = {"property-0": "plan", "op-0": "eq", "type-0": "string", "value-0": "pro"}
+    both |= {"match-1": "none", "property-1-0": "n", "op-1-0": "eq", "type-1-0": "number"}
+    both |= {"value-1-0": "42", "property-1-1": "n", "op-1-1": "eq", "type-1-1": "string"}
+    both |= {"value-1-1": "42"}
+    nobody = console.get("/console/contacts?" + nested("all", **both))
+    free = console.get(
+        "/console/contacts?"
+        + nested("all", **(both | {"value-0": "free", "value-1-0": "100", "value-1-1": "x"}))
+    )
+
+    assert nobody.status_code == 200 and listed(nobody.text) == []
+    assert listed(free.text) == ["none"]
+    shown = re.search(r'<pre id="filter-json">(.*?)</pre>', free.text, re.S)
+    assert shown and '"not"' in shown.group(1).replace("&#34;", '"')
+    assert 'id="group-1"' in free.text and 'id="property-1-1" name="property-1-1"' in free.text
+    api = console.post(
+        "/v1/contacts/query",
+        json={
+            "filter": {
+                "all": [
+                    {"property": "plan", "op": "eq", "value": "free"},
+                    {"not": {"any": [{"property": "n", "op": "eq", "value": 100}]}},
+                ]
+            }
+        },
+        headers={"Authorization": f"Bearer {people}"},
+    )
+    assert [c["contact_id"] for c in api.json()["contacts"]] == ["none"]
+
+
+def test_a_bad_condition_in_a_nested_group_is_a_422_on_the_page_not_a_500(
+    console: TestClient, people: str
+) -> None:
+    fields = {"match-0": "any", "property-0-0": "plan", "op-0-0": "eq", "type-0-0": "string"}
+    fields |= {"value-0-0": "pro", "property-0-1": "active", "op-0-1": "starts_with"}
+    fields |= {"type-0-1": "boolean", "value-0-1": "true"}  # starts_with takes a string
+
+    page = console.get("/console/contacts?" + nested("all", **fields))
+    counted = console.get("/console/contacts/count?" + nested("all", **fields))
+
+    assert page.status_code == 422 and listed(page.text) == []
+    problem = re.search(r'<ul class="problem" id="problems-0-1" role="alert">(.*?)</ul>', page.text)
+    assert problem and problem.group(1).startswith("<li>value: ")
+    assert 'aria-describedby="problems-0-1"' in page.text
+    assert counted.status_code == 200 and counted.json()["count"] is None
+    assert counted.json()["problems"][0].startswith("Condition 1.2: value: ")
+
+
+def test_adding_a_group_focuses_its_first_condition_and_runs_nothing(
+    console: TestClient, people: str
+) -> None:
+    page = console.get(
+        "/console/contacts?" + rows(("plan", "eq", "string", "pro"), add_group="root")
+    )
+
+    assert page.status_code == 200 and listed(page.text) == []
+    assert re.search(r'id="property-1-0" name="property-1-0" value=""[^>]*autofocus', page.text)
+    assert 'aria-label="Remove group 2"' in page.text
+    assert 'aria-label="Add a condition to group 2"' in page.text
 
 
 def test_adding_and_removing_a_row_runs_nothing_and_focuses_the_new_row(
     console: TestClient, people: str
 ) -> None:
-    added = console.get("/console/contacts?" + rows(("plan", "eq", "string", "pro"), add="1"))
+    added = console.get("/console/contacts?" + rows(("plan", "eq", "string", "pro"), add="root"))
     assert added.status_code == 200 and listed(added.text) == []
-    assert re.search(r'id="property-1" name="property" value=""[^>]*autofocus', added.text)
+    assert re.search(r'id="property-1" name="property-1" value=""[^>]*autofocus', added.text)
     assert 'value="plan"' in added.text
 
     removed = console.get(
@@ -209,7 +280,7 @@ def test_adding_and_removing_a_row_runs_nothing_and_focuses_the_new_row(
         + rows(("plan", "eq", "string", "pro"), ("n", "eq", "number", "42"), remove="0")
     )
     assert removed.status_code == 200 and listed(removed.text) == []
-    assert 'id="property-0" name="property" value="n"' in removed.text
+    assert 'id="property-0" name="property-0" value="n"' in removed.text
     assert 'id="property-1"' not in removed.text
 
 
@@ -248,8 +319,9 @@ def create_form(
 ) -> dict[str, Any]:
     token = csrf_of(client, "/console/segments/new")
     fields: dict[str, Any] = {"csrf_token": token, "name": name, "match": "all"}
-    for column, i in (("property", 0), ("op", 1), ("type", 2), ("value", 3)):
-        fields[column] = [c[i] for c in conditions]
+    for n, condition in enumerate(conditions):
+        for column, value in zip(("property", "op", "type", "value"), condition, strict=True):
+            fields[f"{column}-{n}"] = value
     return fields
 
 
@@ -314,7 +386,7 @@ def test_a_segment_with_a_bad_filter_or_no_name_is_a_422_and_is_not_made(
 def test_adding_a_row_to_a_new_segment_keeps_its_name_and_makes_nothing(
     console: TestClient, people: str
 ) -> None:
-    form = create_form(console, "Kept", ("plan", "eq", "string", "pro")) | {"add": "1"}
+    form = create_form(console, "Kept", ("plan", "eq", "string", "pro")) | {"add": "root"}
     page = console.post("/console/segments/new", data=form)
 
     assert page.status_code == 200
@@ -393,7 +465,13 @@ def test_a_read_key_sees_segments_but_gets_no_forms_and_a_403_on_post(
 
 
 def create_form_fields(name: str) -> dict[str, Any]:
-    return {"name": name, "match": "all", "property": "plan", "op": "exists", "type": "string"}
+    return {
+        "name": name,
+        "match": "all",
+        "property-0": "plan",
+        "op-0": "exists",
+        "type-0": "string",
+    }
 
 
 def test_hostile_names_and_values_are_escaped_in_segments_and_their_members(

@@ -51,6 +51,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "profilehook.retention",
             "profilehook.service",
             "profilehook.live",
+            "profilehook.live_nats",
         ),
     ),
     ("api", ("profilehook.api", "profilehook.console")),

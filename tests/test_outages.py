@@ -12,6 +12,7 @@ themselves are never touched.
 from __future__ import annotations
 
 import asyncio
+import gc
 import resource
 import sqlite3
 import threading
@@ -366,10 +367,23 @@ def accepted_and_applied(client: Any, auth: dict[str, str], event_id: str) -> No
 
 @pytest.mark.slow
 @pytest.mark.parametrize("failure", ["cut", "blackhole"])
+# nats-py 2.x leaks a connection when a reconnect attempt fails after TCP connected (the proxy
+# accepts and resets it): `_attempt_reconnect` neither closes the transport nor drops it, and
+# the next attempt's `TcpTransport.connect` overwrites its StreamWriter. That writer's
+# ResourceWarning is the library's, not ours; it is collected inside this test (gc below) so it
+# cannot land on whichever test runs when the garbage collector next passes.
+@pytest.mark.filterwarnings("ignore:unclosed <StreamWriter:ResourceWarning")
 def test_given_nats_down_or_silent_then_503_within_1s_readyz_fails_and_it_recovers(
     tmp_path, failure
 ):
     require_server(POSTGRES_URL, 5432)
+    try:
+        _nats_down_or_silent(tmp_path, failure)
+    finally:
+        gc.collect()
+
+
+def _nats_down_or_silent(tmp_path: Path, failure: str) -> None:
     with (
         proxied(NATS_URL, 4222) as nats_proxy,
         scale_out_app(tmp_path, nats_proxy.url(NATS_URL), POSTGRES_URL, nats_proxy) as (

@@ -131,6 +131,11 @@ LIVE_BODY_MAX_BYTES = 16 * 1024  # of each call's body kept for the tail and cop
 LIVE_RECENT_PER_SOURCE = 20  # webhook calls a source's page shows
 LIVE_IDS_MAX = 100  # event and contact ids a call keeps (a cohort call may make 10,000 events)
 LIVE_WATCHER_BACKLOG = 1_000  # calls a slow tail may fall behind before it loses the oldest
+# Scaled out (live_nats.py): a process with an open tail says so this often over core NATS;
+# the others post their calls while they heard it within the last LIVE_INTEREST_TTL_S.
+LIVE_INTEREST_EVERY_S = 2.0
+LIVE_INTEREST_TTL_S = 6.0
+LIVE_FANOUT_BACKLOG = 10_000  # calls waiting to go out to NATS before the newest are dropped
 CONSOLE_SESSION_S = 12 * 3600  # a console sign-in lasts this long (or until its key is revoked)
 CONSOLE_SAMPLE_INTERVAL_S = 10.0  # the overview's charts: one point per interval...
 CONSOLE_SAMPLES_KEPT = 360  # ...over the last hour

@@ -5,16 +5,19 @@ source's page ("recent calls").
 The hot path pays one attribute read (``LiveCalls.watched``) while nobody watches: only then
 is a ``Call`` built. Webhook calls are also kept, the last ``RECENT_PER_SOURCE`` per source,
 whether watched or not (a webhook call costs milliseconds; a deque append is nothing beside it).
-Each serve process has its own bus: scaled out, a console sees the calls of the process it is
-connected to.
+Each serve process has its own bus. Scaled out (several ``serve`` on one NATS), live_nats.py
+joins them: a process with an open tail says so, the others then forward their calls (``forward``)
+and each hands the calls it hears to its own watchers (``receive``); ``watched`` is then also
+true while another process has a tail open (``remote_interest``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,21 +105,49 @@ class LiveCalls:
         self._recent: dict[str, deque[Call]] = {}
         self._recent_max = recent_per_source
         self._seq = itertools.count(1)
+        self._remote_until_s = 0.0  # monotonic: another process has a tail open until then
+        # Scaled out: each call this process receives also goes here (live_nats.py), and a
+        # first watcher is announced at once.
+        self.forward: Callable[[Call], None] | None = None
+        self.on_watch: Callable[[], None] | None = None
+
+    @property
+    def has_watchers(self) -> bool:
+        """Whether a tail is open on this process."""
+        return bool(self._watchers)
 
     def watch(self, workspace: str) -> _Watcher:
         watcher = _Watcher(workspace)
         self._watchers.append(watcher)
         self.watched = True
+        if self.on_watch is not None:
+            self.on_watch()
         return watcher
 
     def unwatch(self, watcher: _Watcher) -> None:
         if watcher in self._watchers:
             self._watchers.remove(watcher)
-        self.watched = bool(self._watchers)
+        self.refresh()
+
+    def remote_interest(self, until_s: float) -> None:
+        """Another process has a tail open, until ``until_s`` (monotonic) unless it says so
+        again: build and forward calls meanwhile."""
+        self._remote_until_s = max(self._remote_until_s, until_s)
+        self.watched = True
+
+    def refresh(self) -> None:
+        """Recompute ``watched`` (a remote interest runs out unless renewed)."""
+        self.watched = bool(self._watchers) or time.monotonic() < self._remote_until_s
 
     def publish(self, call: Call) -> Call:
-        """Hand ``call`` to its workspace's watchers (and remember a webhook call); returns it
-        numbered."""
+        """Hand ``call`` to its workspace's watchers (and remember a webhook call), and
+        forward it to the other processes when scaled out; returns it numbered."""
+        if self.forward is not None:
+            self.forward(call)
+        return self.receive(call)
+
+    def receive(self, call: Call) -> Call:
+        """Like ``publish``, for a call another process received (not forwarded again)."""
         call = _numbered(call, next(self._seq))
         if call.source_id is not None:
             recent = self._recent.get(call.source_id)

@@ -8,6 +8,7 @@ next transaction and share its fsync: this is what makes ``synchronous=FULL`` ch
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import os
 import queue
@@ -42,6 +43,15 @@ CHECKPOINT_WARNING_INTERVAL_S = 60.0
 # A WAL that grew larger (a long reader kept it from restarting) is cut back to this on restart.
 WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
 SCRUB_TIMEOUT_S = 10.0  # ``scrub`` waits this long at most for readers to let the WAL go
+
+
+class Later(enum.Enum):
+    """``read_at_once``'s answer when the read would have to wait: run it with ``read``."""
+
+    LATER = "later"
+
+
+LATER = Later.LATER
 
 
 @dataclass(slots=True)
@@ -116,6 +126,7 @@ class SqliteDatabase:
         self._reader = ThreadPoolExecutor(1, thread_name_prefix=f"sqlite-read-{path.name}")
         self._reader_conn: sqlite3.Connection | None = None
         self._local_conn: sqlite3.Connection | None = None
+        self._quick_conn: sqlite3.Connection | None = None
         self._checkpointer: threading.Thread | None = None
         self._committed = threading.Event() if background_checkpoints else None
         self._closing = threading.Event()
@@ -213,9 +224,10 @@ class SqliteDatabase:
             await asyncio.to_thread(self._checkpointer.join)
             self._checkpointer = None
         self._reader.shutdown(wait=True)
-        for conn in (self._reader_conn, self._local_conn):
+        for conn in (self._reader_conn, self._local_conn, self._quick_conn):
             if conn is not None:
                 conn.close()
+        self._reader_conn = self._local_conn = self._quick_conn = None
 
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(conn)`` inside a transaction that is committed (fsynced) before returning."""
@@ -293,6 +305,36 @@ class SqliteDatabase:
         """Run ``fn(conn)`` on the reader thread (a consistent WAL snapshot per call)."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._reader, self._run_read, fn)
+
+    async def read_quick(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a short read (a lookup by key) on the calling thread, the event loop, when it can
+        run at once; else on the reader thread, as ``read``. Raises ``StorageUnavailable``.
+
+        A lookup takes tens of microseconds. Handed to the reader thread it costs more than
+        that, and while the event loop is busy the reader waits for the GIL (up to the switch
+        interval, 5 ms) at each step: one reader served a sixth of what the HTTP server could
+        (benchmarks/README.md, The read path)."""
+        found = self.read_at_once(fn)
+        return await self.read(fn) if found is LATER else found
+
+    def read_at_once(self, fn: Callable[[sqlite3.Connection], T]) -> T | Later:
+        """``fn(conn)`` on the calling thread if it needs no lock that is held, else ``LATER``
+        (for ``read``, which waits). The connection waits for nothing (busy timeout 0): a read
+        that would wait (a checkpoint restarting the WAL, a recovery) must not hold the event
+        loop. Raises ``StorageUnavailable``."""
+        conn = self._quick_conn
+        try:
+            if conn is None:
+                conn = connect(self.path)
+                conn.execute("PRAGMA busy_timeout=0")
+                self._quick_conn = conn
+            return fn(conn)
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                raise _translate(exc, self.path) from exc
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path) from exc
+        return LATER
 
     def read_now(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run a read of a few microseconds on the calling thread (the event loop)."""

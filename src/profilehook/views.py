@@ -5,21 +5,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from profilehook.events import Event, iso, seconds
+from profilehook.events import Event, Version, iso, seconds
 from profilehook.queues.base import Queue
 from profilehook.stores.base import Contact, Erasure, EventRecord, ProfileStore
 
 
 def contact_view(found: Contact) -> dict[str, Any]:
     """A contact as ``GET /v1/contacts/{id}`` answers it, and as export writes it."""
+    # One view per version: the properties one event set share it (a read's hot path).
+    views: dict[Version, dict[str, Any]] = {}
+    versions: dict[str, dict[str, Any]] = {}
+    for name, version in found.versions.items():
+        view = views.get(version)
+        if view is None:
+            view = views[version] = {"timestamp": seconds(version[0]), "event_id": version[1]}
+        versions[name] = view
     return {
         "contact_id": found.contact_id,
         "properties": found.properties,
         "updated_at": iso(found.updated_us),
-        "versions": {
-            name: {"timestamp": seconds(ts_us), "event_id": event_id}
-            for name, (ts_us, event_id) in found.versions.items()
-        },
+        "versions": versions,
     }
 
 

@@ -16,6 +16,8 @@ from starlette.types import Receive, Scope, Send
 
 from profilehook.api.access import ScopedRoute
 from profilehook.api.changes import change_routes
+from profilehook.api.contact_read import PREFIX as CONTACT_PREFIX
+from profilehook.api.contact_read import ContactRead
 from profilehook.api.deadlines import Deadlines
 from profilehook.api.destinations import destination_routes
 from profilehook.api.ingest import ACCESS as INGEST_ACCESS
@@ -36,6 +38,7 @@ from profilehook.console.web import Console
 from profilehook.destinations.delivery import Deliverer
 from profilehook.erasure import Eraser
 from profilehook.errors import ProfilehookError
+from profilehook.live_nats import LiveFanout
 from profilehook.retention import ChangePurger, HistoryPurger
 from profilehook.segments import Backfiller
 from profilehook.service import Services
@@ -50,7 +53,8 @@ nowhere (``--no-applier``: ``profilehook worker`` processes do it)."""
 
 
 class ProfilehookApp:
-    """Dispatches the two ingest POSTs without Starlette's routing; all else goes to Starlette."""
+    """Dispatches the ingest POSTs and ``GET /v1/contacts/{id}`` without Starlette's routing;
+    all else goes to Starlette."""
 
     def __init__(self, services: Services, applies_in: AppliesIn = "task"):
         self.services = services
@@ -101,6 +105,7 @@ class ProfilehookApp:
                 Exception: _unexpected,
             },
         )
+        self._contact_read = ContactRead(services, self._starlette)
 
     def _stall_watch(self) -> StallWatch | None:
         if self.applies_in == "nowhere":
@@ -113,13 +118,18 @@ class ProfilehookApp:
         self.console.close_streams()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            handler = self._ingest.get(scope["path"])
-            if handler is not None:
-                await handler(scope, receive, send)
-                return
-            if scope["path"].startswith(PATH_PREFIX):
-                await self._webhooks(scope, receive, send)
+        if scope["type"] == "http":
+            method = scope["method"]
+            if method == "POST":
+                handler = self._ingest.get(scope["path"])
+                if handler is not None:
+                    await handler(scope, receive, send)
+                    return
+                if scope["path"].startswith(PATH_PREFIX):
+                    await self._webhooks(scope, receive, send)
+                    return
+            elif method == "GET" and scope["path"].startswith(CONTACT_PREFIX):
+                await self._contact_read(scope, receive, send)
                 return
         await self._starlette(scope, receive, send)
 
@@ -135,6 +145,13 @@ class ProfilehookApp:
         # New segments are filled from the profiles here (any number of servers may: a
         # segment's chunks take its row's lock, or the one SQLite writer).
         backfilling = asyncio.create_task(self.backfiller.run(stop), name="segment-backfill")
+        # Scaled out, the console's live tail shows what every server receives (live_nats.py).
+        sharing = None
+        if services.settings.queue_url.startswith(("nats://", "tls://")):
+            fanout = LiveFanout(
+                services.live, services.settings.queue_url, services.settings.connect_timeout_s
+            )
+            sharing = asyncio.create_task(fanout.run(stop), name="live-fanout")
         if self.applies_in == "task":
             applier = Applier(
                 services.queue,
@@ -166,6 +183,7 @@ class ProfilehookApp:
                 erasing,
                 sampling,
                 backfilling,
+                sharing,
             ):
                 if running_task is not None:
                     with suppress(asyncio.CancelledError):

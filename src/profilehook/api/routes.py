@@ -14,6 +14,7 @@ import msgspec
 from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
+from starlette.types import Scope
 
 from profilehook import constants as c
 from profilehook import erasure as erasure_lib
@@ -57,7 +58,7 @@ def read_routes(
 
     async def contact(request: Request, grant: KeyGrant) -> Response:
         workspace = grant.workspace
-        contact_id, is_history = _contact_path(request)
+        contact_id, is_history = contact_path(request.scope)
         if is_history:
             return await _history(request, workspace, contact_id)
         found = await store.get_contact(workspace, contact_id)
@@ -95,7 +96,7 @@ def read_routes(
 
     async def erase_contact(request: Request, grant: KeyGrant) -> Response:
         workspace = grant.workspace
-        contact_id, is_history = _contact_path(request)
+        contact_id, is_history = contact_path(request.scope)
         if is_history:
             raise NotFound("Not Found")
         suppress = _flag(request, "suppress")
@@ -212,8 +213,10 @@ def _raw_tail(request: Request, prefix: str) -> str:
     return value
 
 
-def _contact_path(request: Request) -> tuple[str, bool]:
-    raw = request.scope.get("raw_path") or request.scope["path"].encode()
+def contact_path(scope: Scope) -> tuple[str, bool]:
+    """The contact id of a ``/v1/contacts/…`` request (percent-decoded once: ids may hold an
+    encoded ``/``), and whether it asks for the history page. Raises ``NotFound``."""
+    raw = scope.get("raw_path") or scope["path"].encode()
     tail = raw.decode("latin-1").split("?", 1)[0][len("/v1/contacts/") :]
     is_history = tail.endswith("/history")
     if is_history:

@@ -16,13 +16,7 @@ from starlette.responses import JSONResponse, Response
 from profilehook import erasure as erasure_lib
 from profilehook.api.access import ScopedRoute
 from profilehook.api.routes import decode_history_cursor, history_cursor
-from profilehook.console.filter_form import (
-    OP_LABELS,
-    TYPES,
-    Builder,
-    builder_query,
-    read_builder,
-)
+from profilehook.console.filter_form import builder_query, form_context, read_builder
 from profilehook.console.web import Console, Viewer, form_of, redirect, secured
 from profilehook.constants import HISTORY_PAGE_DEFAULT
 from profilehook.erasure import Eraser
@@ -102,15 +96,14 @@ def contact_routes(console: Console, eraser: Eraser | None) -> list[ScopedRoute]
             next_link=next_link,
             paged=after is not None,
             first_query=builder_query({k: v for k, v in fields.items() if k != "cursor"}),
-            op_labels=OP_LABELS,
-            types=TYPES,
+            **form_context(),
         )
 
     async def count(request: Request, viewer: Viewer) -> Response:
         """How many contacts the builder's filter matches (the segment form's live count):
         always a 200, so a filter still being typed is no failed request in the browser."""
         builder = read_builder(query_fields(request))
-        answer: dict[str, Any] = {"count": None, "problems": _builder_problems(builder)}
+        answer: dict[str, Any] = {"count": None, "problems": builder.problem_list()}
         if builder.valid and builder.node is not None:
             page = await queries.query_contacts(
                 viewer.workspace, Query(builder.node, 1, None, count=True)
@@ -239,13 +232,6 @@ def _history_row(view: dict[str, Any], versions: dict[str, Any]) -> dict[str, An
             state = "superseded"
         writes.append({"name": name, "operation": operation, "value": shown(value), "state": state})
     return {**view, "writes": writes}
-
-
-def _builder_problems(builder: Builder) -> list[str]:
-    rows = [
-        f"Condition {i + 1}: {text}" for i, row in enumerate(builder.rows) for text in row.problems
-    ]
-    return [*rows, *builder.problems]
 
 
 def _id(request: Request) -> str:

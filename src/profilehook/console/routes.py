@@ -1,11 +1,12 @@
-"""Every console route, one line per page module. A new page (Destinations) is a
-module beside these with its ``*_routes(console)``, one line below and one entry in ``NAV``."""
+"""Every console route, one line per page module. A new page is a module beside these with
+its ``*_routes(console)``, one line below and one entry in ``NAV`` (web.py)."""
 
 from __future__ import annotations
 
 from profilehook.api.access import ScopedRoute
 from profilehook.console.assets import asset_routes
 from profilehook.console.contacts import contact_routes
+from profilehook.console.destinations import destination_routes
 from profilehook.console.keys import key_routes
 from profilehook.console.live_events import live_routes
 from profilehook.console.overview import Series, overview_routes
@@ -28,5 +29,6 @@ def console_routes(
         *segment_routes(console, backfiller),
         *source_routes(console),
         *key_routes(console),
+        *destination_routes(console),
         *asset_routes(console),
     ]

@@ -16,7 +16,7 @@ from starlette.responses import Response
 from profilehook import segments
 from profilehook.api.access import ScopedRoute
 from profilehook.console.contacts import RESULTS_PAGE, result_rows
-from profilehook.console.filter_form import OP_LABELS, TYPES, Builder, read_builder
+from profilehook.console.filter_form import Builder, form_context, read_builder
 from profilehook.console.web import Console, Viewer, form_lists, form_of, redirect
 from profilehook.errors import NotFound, ValidationFailed
 from profilehook.filters import decode_cursor, encode_cursor
@@ -46,8 +46,7 @@ def segment_routes(console: Console, backfiller: segments.Backfiller | None) -> 
             builder=builder,
             name=name,
             name_problems=name_problems,
-            op_labels=OP_LABELS,
-            types=TYPES,
+            **form_context(),
         )
 
     async def new(request: Request, viewer: Viewer) -> Response:

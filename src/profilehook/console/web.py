@@ -23,7 +23,7 @@ from profilehook.service import Services
 from profilehook.stores.base import KeyGrant
 
 MAX_FORM_BYTES = 64 * 1024
-# The navigation: (path, title, admin only). Destinations joins here.
+# The navigation: (path, title, admin only).
 NAV: tuple[tuple[str, str, bool], ...] = (
     ("/", "Overview", False),
     ("/console/live", "Live events", False),
@@ -31,6 +31,7 @@ NAV: tuple[tuple[str, str, bool], ...] = (
     ("/console/segments", "Segments", False),
     ("/console/sources", "Sources", True),
     ("/console/keys", "Keys", True),
+    ("/console/destinations", "Destinations", True),
     ("/console/reference", "API reference", False),
 )
 LOGIN_PATH = "/console/login"

@@ -1851,21 +1851,24 @@ _VERSION_COLUMNS = "last_ts_us, last_event_id, deleted_ts_us, deleted_event_id"
 _PROPERTY_COLUMNS = "name, value::text, ts_us, event_id"  # the text, decoded by msgspec
 
 
+_CONTACT_SELECT = (
+    "SELECT c.last_ts_us, c.last_event_id, c.deleted_ts_us, c.deleted_event_id,"
+    " p.name, p.value::text, p.ts_us, p.event_id"
+    " FROM contacts c LEFT JOIN properties p ON p.workspace = c.workspace"
+    " AND p.contact_id = c.contact_id AND p.value IS NOT NULL"
+    " WHERE c.workspace = %s AND c.contact_id = %s ORDER BY p.name"
+)
+
+
 async def _contact(conn: Conn, workspace: str, contact_id: str) -> Contact | None:
-    cur = await conn.execute(
-        f"SELECT {_VERSION_COLUMNS} FROM contacts WHERE workspace = %s AND contact_id = %s",
-        (workspace, contact_id),
-    )
-    row = await cur.fetchone()
-    last = None if row is None else _last_if_exists(row)
+    # One statement, one round trip (a read's hot path): the contact's row, once per live
+    # property (once with NULLs when it has none).
+    cur = await conn.execute(_CONTACT_SELECT, (workspace, contact_id))
+    rows = await cur.fetchall()
+    last = _last_if_exists(rows[0][:4]) if rows else None
     if last is None:
         return None
-    cur = await conn.execute(
-        f"SELECT {_PROPERTY_COLUMNS} FROM properties"
-        " WHERE workspace = %s AND contact_id = %s AND value IS NOT NULL ORDER BY name",
-        (workspace, contact_id),
-    )
-    return _contact_of(contact_id, last, await cur.fetchall())
+    return _contact_of(contact_id, last, [row[4:] for row in rows if row[4] is not None])
 
 
 def _last_if_exists(versions: Sequence[Any]) -> Version | None:

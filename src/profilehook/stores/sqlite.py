@@ -22,7 +22,7 @@ from profilehook.constants import SCOPES
 from profilehook.errors import CursorExpired, InvalidCursor
 from profilehook.events import Event, Version, decode_event, encode_event, now_us
 from profilehook.filters import Query
-from profilehook.sqlite_db import SqliteDatabase, insert_rows
+from profilehook.sqlite_db import Later, SqliteDatabase, insert_rows
 from profilehook.stores import sqlite_segments, sqlite_values
 from profilehook.stores.base import (
     AliasUpdate,
@@ -307,7 +307,13 @@ class SqliteStore(Store, ContactQueries, Segments, SqliteDestinations):
         await self.db.write(insert)
 
     async def get_contact(self, workspace: str, contact_id: str) -> Contact | None:
-        return await self.db.read(lambda conn: _contact(conn, workspace, contact_id))
+        # One lookup by key: on the event loop when it can run at once (sqlite_db.read_quick).
+        return await self.db.read_quick(lambda conn: _contact(conn, workspace, contact_id))
+
+    def contact_at_once(self, workspace: str, contact_id: str) -> Contact | Later | None:
+        """``get_contact`` on the calling thread, or ``LATER`` when it would wait for a lock
+        (then await ``get_contact``). Raises ``StorageUnavailable``."""
+        return self.db.read_at_once(lambda conn: _contact(conn, workspace, contact_id))
 
     async def contacts_page(
         self, workspace: str, after: str | None, limit: int
@@ -497,6 +503,10 @@ class SqliteStore(Store, ContactQueries, Segments, SqliteDestinations):
         )
 
     async def key_grant(self, key_hash: str) -> KeyGrant | None:
+        return self.key_grant_at_once(key_hash)
+
+    def key_grant_at_once(self, key_hash: str) -> KeyGrant | None:
+        """``key_grant`` on the calling thread (it is read there anyway: ``_cached``)."""
         found: KeyGrant | None = self._cached(("key", key_hash), _load_grant)
         return found
 
@@ -1330,17 +1340,37 @@ def _deleted(conn: sqlite3.Connection, workspace: str, contact_id: str) -> Versi
 
 
 def _contact(conn: sqlite3.Connection, workspace: str, contact_id: str) -> Contact | None:
+    # Only what a contact's answer needs (a read's hot path): not the marks the planner keeps.
     found = conn.execute(
-        f"SELECT {_ROW_COLUMNS} FROM contacts WHERE workspace = ? AND contact_id = ?",
+        "SELECT last_ts_us, last_event_id, deleted_ts_us, deleted_event_id, properties"
+        " FROM contacts WHERE workspace = ? AND contact_id = ?",
         (workspace, contact_id),
     ).fetchone()
-    return None if found is None else _contact_of(contact_id, _row(found))
+    if found is None:
+        return None
+    last_ts, last_id, deleted_ts, deleted_id, encoded = found
+    row = _Row(
+        None if last_ts is None else (last_ts, last_id),
+        None if deleted_ts is None else (deleted_ts, deleted_id),
+        _decode_groups(encoded),
+        encoded,
+    )
+    return _contact_of(contact_id, row)
 
 
 def _contact_of(contact_id: str, row: _Row) -> Contact | None:
     """The contact a stored row holds; None when it does not exist (deleted)."""
     if row.last is None or not contact_exists(row.last, row.deleted):
         return None
+    if len(row.groups) == 1:  # (most rows: every property set by one event) a read's hot path
+        ts_us, event_id, values = row.groups[0]
+        names = sorted(n for n, value in values.items() if value is not None)
+        return Contact(
+            contact_id=contact_id,
+            properties={n: values[n] for n in names},
+            versions=dict.fromkeys(names, (ts_us, event_id)),
+            updated_us=row.last[0],
+        )
     held = row.properties()
     live = sorted(n for n, (value, _) in held.items() if value is not None)
     return Contact(

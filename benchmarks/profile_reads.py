@@ -1,0 +1,128 @@
+"""Where a read's time goes: ``GET /v1/contacts/{id}`` called in process on the whole app (no
+HTTP server, no wrk), random ids of the loaded contacts (contacts_loader.py), 64 at a time,
+timed and then under cProfile (sorted by own time).
+
+    .venv/bin/python benchmarks/profile_reads.py [--contacts 1000000] [--requests 20000]
+        [--no-profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import pstats
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.contacts_loader import contact_id, data_dir_with_contacts
+
+CONCURRENCY = 64
+
+
+async def run(args: argparse.Namespace, data_dir: Path) -> None:
+    from profilehook.api.app import create_app
+    from profilehook.keys import create_key
+    from profilehook.service import running
+    from profilehook.settings import Settings
+
+    settings = Settings(data_dir=data_dir)
+    async with running(settings) as services:
+        key, _ = await create_key(services.store, "bench")
+    app = create_app(settings, applies_in="nowhere")
+    lifespan = _Lifespan(app)
+    await lifespan.start()
+    headers = [(b"authorization", f"Bearer {key}".encode()), (b"host", b"bench")]
+    rng = random.Random(23)
+
+    async def one() -> int:
+        path = f"/v1/contacts/{contact_id(rng.randrange(args.contacts))}"
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "headers": headers,
+            "http_version": "1.1",
+            "scheme": "http",
+            "server": ("127.0.0.1", 8000),
+            "client": ("127.0.0.1", 1),
+            "root_path": "",
+            "asgi": {"version": "3.0"},
+        }
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await app(scope, receive, send)
+        return int(sent[0]["status"])
+
+    async def many(count: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(count // CONCURRENCY):
+            statuses = await asyncio.gather(*(one() for _ in range(CONCURRENCY)))
+            assert set(statuses) == {200}, statuses
+        return time.perf_counter() - t0
+
+    await many(CONCURRENCY * 10)  # warm
+    cpu0 = time.process_time()
+    wall = await many(args.requests)
+    cpu = time.process_time() - cpu0
+    print(
+        f"{args.requests:,} reads: {1e6 * wall / args.requests:.0f} us wall,"
+        f" {1e6 * cpu / args.requests:.0f} us CPU per read ({args.requests / wall:,.0f}/s)"
+    )
+    if args.profile:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        await many(args.requests)
+        profiler.disable()
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
+    await lifespan.stop()
+
+
+class _Lifespan:
+    def __init__(self, app: Any):
+        self.app = app
+        self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def start(self) -> None:
+        self.task = asyncio.create_task(
+            self.app({"type": "lifespan", "asgi": {"version": "3.0"}}, self.inbox.get, self._put)
+        )
+        await self.inbox.put({"type": "lifespan.startup"})
+        assert (await self.outbox.get())["type"] == "lifespan.startup.complete"
+
+    async def stop(self) -> None:
+        await self.inbox.put({"type": "lifespan.shutdown"})
+        await self.task
+
+    async def _put(self, message: dict[str, Any]) -> None:
+        await self.outbox.put(message)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--contacts", type=int, default=1_000_000)
+    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--no-profile", dest="profile", action="store_false")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="profilehook-reads-") as tmp:
+        data_dir = data_dir_with_contacts(Path(tmp) / "data", args.contacts)
+        asyncio.run(run(args, data_dir))
+
+
+if __name__ == "__main__":
+    main()

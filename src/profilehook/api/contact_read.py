@@ -1,0 +1,127 @@
+"""``GET /v1/contacts/{contact_id}`` as raw ASGI: the read hot path.
+
+The route is also declared to Starlette (api/routes.py: its history page, other methods, the
+API description); this handler answers the profile itself, byte for byte as that route would,
+without Starlette's routing and request objects, which cost as much CPU as the rest of a read
+(benchmarks/README.md, The read path). Its deadline is the routes' (api/routes.py ``deadline``:
+``backend_timeout_s`` over the key check and the lookup, then ``503``, on time even when the
+store is slow to let go of a cancelled query).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol, runtime_checkable
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from profilehook import keys
+from profilehook.api.deadlines import within
+from profilehook.api.responses import encode, error_body, send_error, send_json
+from profilehook.api.routes import contact_path
+from profilehook.errors import (
+    InvalidApiKey,
+    MissingScope,
+    NotFound,
+    ProfilehookError,
+    StorageUnavailable,
+)
+from profilehook.service import Services
+from profilehook.sqlite_db import LATER, Later
+from profilehook.stores.base import Contact, KeyGrant
+from profilehook.views import contact_view
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/v1/contacts/"
+ACCESS = "read"
+
+
+class ContactRead:
+    """Answers ``GET /v1/contacts/{id}``; hands every other request under the prefix (a
+    history page) to ``fallback``, the Starlette app."""
+
+    def __init__(self, services: Services, fallback: ASGIApp):
+        self.store = store = services.store
+        self.fallback = fallback
+        self.timeout_s = services.settings.backend_timeout_s
+        self.at_once = store if isinstance(store, ReadsAtOnce) else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            found = self._at_once(scope) if self.at_once is not None else LATER
+            if found is LATER:
+                found = await within(self.timeout_s, self._lookup(scope))
+        except TimeoutError:
+            error = f"Storage did not answer within {self.timeout_s:g} s, retry later"
+            await send_error(send, StorageUnavailable(error))
+        except ProfilehookError as exc:
+            await send_error(send, exc)
+        except Exception:
+            log.exception("unexpected error on GET %s", scope["path"])
+            await send_json(send, 500, error_body("Internal error"))
+        else:
+            if found is _HISTORY:
+                await self.fallback(scope, receive, send)
+            elif found is None:
+                await send_error(send, NotFound("Contact not found"))
+            else:
+                assert isinstance(found, Contact)
+                await send_json(send, 200, encode(contact_view(found)))
+
+    async def _lookup(self, scope: Scope) -> Contact | object | None:
+        """The contact, None when not found, or ``_HISTORY`` for a history page (after the
+        key's check, as the route makes it). Raises 401, 403, 404 and the store's errors."""
+        grant = await keys.authenticate(self.store, _authorization(scope))
+        workspace, contact_id = _checked(grant, scope)
+        if contact_id is None:
+            return _HISTORY
+        return await self.store.get_contact(workspace, contact_id)
+
+    def _at_once(self, scope: Scope) -> Contact | object | None:
+        """``_lookup`` without a task or a timer, for a store that looks up keys and contacts
+        on this thread (SQLite: nothing to wait for, so nothing to bound); ``LATER`` when
+        either would wait (then ``_lookup`` under the deadline)."""
+        assert self.at_once is not None  # (the store, as ReadsAtOnce)
+        key_hash = keys.key_hash_of(_authorization(scope))
+        grant = None if key_hash is None else self.at_once.key_grant_at_once(key_hash)
+        workspace, contact_id = _checked(grant, scope)
+        if contact_id is None:
+            return _HISTORY
+        return self.at_once.contact_at_once(workspace, contact_id)
+
+
+_HISTORY = object()
+
+
+@runtime_checkable
+class ReadsAtOnce(Protocol):
+    """A store that can look up a key's grant (``Catalog.key_grant``) and a contact on the
+    calling thread; the contact lookup answers ``LATER`` when it would wait."""
+
+    def key_grant_at_once(self, key_hash: str) -> KeyGrant | None: ...
+
+    def contact_at_once(self, workspace: str, contact_id: str) -> Contact | Later | None: ...
+
+
+def _checked(grant: KeyGrant | None, scope: Scope) -> tuple[str, str | None]:
+    """The workspace and the contact id the request may read (None: a history page).
+    Raises 401, 403 (the key first, as the route checks it), then 404."""
+    if grant is None:
+        raise InvalidApiKey()
+    if not grant.allows(ACCESS):
+        raise MissingScope(ACCESS)
+    contact_id, is_history = contact_path(scope)
+    return grant.workspace, None if is_history else contact_id
+
+
+def _authorization(scope: Scope) -> bytes | None:
+    """The Authorization header; None when absent or repeated (two keys: refused, rather than
+    choosing one of them)."""
+    found = None
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            if found is not None:
+                return None
+            found = value
+    return found
