@@ -1,4 +1,4 @@
-"""The PostgreSQL plan of query_scale.py's equality (issue 19): ``N`` contacts bulk-loaded as
+"""The PostgreSQL plans of query_scale.py's queries (issue 19): ``N`` contacts bulk-loaded as
 query_scale.py loads them, the store's statements of one ``query_contacts`` captured and each
 run under EXPLAIN (ANALYZE, BUFFERS).
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,6 @@ async def main(count: int) -> None:
     schema = f"bench_expl_{uuid.uuid4().hex[:6]}"
     store = PostgresStore(f"{qs.POSTGRES_URL}?schema={schema}")
     await store.open()
-    qs.load_postgres(schema, count)
     seen: list[tuple[Any, Any]] = []
     execute = psycopg.AsyncConnection.execute
 
@@ -36,8 +36,12 @@ async def main(count: int) -> None:
         return await execute(self, query, params, **kw)
 
     psycopg.AsyncConnection.execute = capture  # type: ignore[method-assign]
+    t0 = time.perf_counter()
+    qs.load_postgres(schema, count)
+    print(f"bulk load: {time.perf_counter() - t0:.1f} s", flush=True)
     try:
-        await store.query_contacts("bench", Query(qs.node(qs.QUERIES["equality"]), 100))
+        for raw in qs.QUERIES.values():
+            await store.query_contacts("bench", Query(qs.node(raw), 100))
     finally:
         psycopg.AsyncConnection.execute = execute  # type: ignore[method-assign]
         await store.close()

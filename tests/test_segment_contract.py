@@ -6,12 +6,15 @@ it. Runs on every backend (tests/store_backends.py).
 
 from __future__ import annotations
 
+import asyncio
 import random
 import uuid
 from typing import Any
 
 import pytest
 
+from profilehook import segments
+from profilehook.errors import ValidationFailed
 from profilehook.events import Event
 from profilehook.filters import Filter, Query, parse_filter
 from profilehook.stores.base import Erasure, Store
@@ -164,6 +167,26 @@ async def test_given_a_deleted_segment_then_gone_with_its_members(store: Store) 
     assert await store.segment_members(W, segment_id, None, 10) == ([], None)
     assert not await store.delete_segment(W, segment_id)
     assert (await store.apply([event("b", "e2", 20 * S, plan="pro")])).segment_moves == {}
+
+
+async def test_given_creations_at_once_then_the_workspace_limit_holds(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a limit of 3 segments per workspace, one there already
+    monkeypatch.setattr(segments, "MAX_SEGMENTS_PER_WORKSPACE", 3)
+    await segments.create(store, W, {"name": "first", "filter": PRO})
+    # When 12 more are created at the same moment
+    made = await asyncio.gather(
+        *(segments.create(store, W, {"name": f"s{i}", "filter": PRO}) for i in range(12)),
+        return_exceptions=True,
+    )
+    # Then 2 are made and the others refused as over the limit, whatever the interleaving
+    assert sum(isinstance(m, Segment) for m in made) == 2
+    refused = [m for m in made if not isinstance(m, Segment)]
+    assert all(isinstance(m, ValidationFailed) for m in refused), refused
+    assert len(await segments.of(store).list_segments(W)) == 3
+    # And another workspace has its own limit
+    assert isinstance(await segments.create(store, "other", {"name": "x", "filter": PRO}), Segment)
 
 
 FILTERS = [

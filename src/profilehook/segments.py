@@ -71,8 +71,9 @@ async def create(store: Store, workspace: str, body: Any) -> Segment:
     """A new segment, ``building``: the backfill fills it from the profiles there are. Raises
     ``ValidationFailed`` (bad name or filter, or the workspace has its most segments)."""
     name, node = from_json(body)
-    segments = of(store)
-    if len(await segments.list_segments(workspace)) >= MAX_SEGMENTS_PER_WORKSPACE:
+    segment = Segment(f"seg_{uuid.uuid4().hex}", workspace, name, node, now_us())
+    # The store counts and inserts at once: creations at the same moment cannot pass the limit.
+    if not await of(store).create_segment(segment, MAX_SEGMENTS_PER_WORKSPACE):
         raise ValidationFailed(
             [
                 value_error(
@@ -83,8 +84,6 @@ async def create(store: Store, workspace: str, body: Any) -> Segment:
                 )
             ]
         )
-    segment = Segment(f"seg_{uuid.uuid4().hex}", workspace, name, node, now_us())
-    await segments.create_segment(segment)
     return segment
 
 

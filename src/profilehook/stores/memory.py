@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from profilehook.changes import Change, change_id
+from profilehook.constants import MAX_SEGMENTS_PER_WORKSPACE
 from profilehook.errors import CursorExpired, InvalidCursor
 from profilehook.events import Event, Version, now_us
 from profilehook.filters import Query, matches
@@ -223,9 +224,14 @@ class MemoryStore(Store, ContactQueries, Segments, MemoryDestinations):
                 moves[(workspace, contact_id)] = SegmentMoves(tuple(entered), tuple(exited))
         return moves
 
-    async def create_segment(self, segment: Segment) -> None:
+    async def create_segment(
+        self, segment: Segment, most: int = MAX_SEGMENTS_PER_WORKSPACE
+    ) -> bool:
+        if sum(w == segment.workspace for w, _ in self._segments) >= most:
+            return False
         self._segments[(segment.workspace, segment.segment_id)] = segment
         self._members[(segment.workspace, segment.segment_id)] = set()
+        return True
 
     def _sized(self, segment: Segment) -> Segment:
         members = self._members[(segment.workspace, segment.segment_id)]

@@ -341,6 +341,8 @@ MIGRATIONS: list[Migration] = [
     );
     """,
     postgres_destinations.MIGRATION,  # destinations and their deliveries
+    # The query indexes again, with contact_id last: pages in index order (postgres_query.py).
+    postgres_query.INDEXES_BY_CONTACT,
 ]
 
 
@@ -694,8 +696,7 @@ class PostgresStore(Store, ContactQueries, Segments, PostgresDestinations):
         async def select(conn: Conn) -> QueryPage:
             # One snapshot for the page, its properties and its count.
             await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            cur = await conn.execute(*postgres_query.select_sql(workspace, query, _VERSION_COLUMNS))
-            rows = await cur.fetchall()
+            rows = await postgres_query.select(conn, workspace, query, _VERSION_COLUMNS)
             more = len(rows) > query.limit
             rows = rows[: query.limit]
             live = {row[0]: last for row in rows if (last := _last_if_exists(row[1:]))}
@@ -716,8 +717,10 @@ class PostgresStore(Store, ContactQueries, Segments, PostgresDestinations):
 
         return await self._run(select)
 
-    async def create_segment(self, segment: Segment) -> None:
-        await self._run(lambda conn: postgres_segments.create(conn, segment))
+    async def create_segment(
+        self, segment: Segment, most: int = c.MAX_SEGMENTS_PER_WORKSPACE
+    ) -> bool:
+        return await self._run(lambda conn: postgres_segments.create(conn, segment, most))
 
     async def list_segments(self, workspace: str) -> list[Segment]:
         return await self._run(lambda conn: postgres_segments.listed(conn, workspace))

@@ -146,7 +146,18 @@ async def _write(
 _COLUMNS = "workspace, segment_id, name, filter, created_us, status, scanned"
 
 
-async def create(conn: Conn, segment: Segment) -> None:
+async def create(conn: Conn, segment: Segment, most: int) -> bool:
+    """Record ``segment`` unless its workspace has ``most`` already: one creation per
+    workspace at a time (a transaction lock of its own), so the count holds until the insert."""
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+        ("segments\x1f" + segment.workspace,),
+    )
+    cur = await conn.execute(
+        "SELECT COUNT(*) FROM segments WHERE workspace = %s", (segment.workspace,)
+    )
+    if (await cur.fetchone() or (0,))[0] >= most:
+        return False
     await conn.execute(
         f"INSERT INTO segments ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, 0)",
         (
@@ -158,6 +169,7 @@ async def create(conn: Conn, segment: Segment) -> None:
             segment.status,
         ),
     )
+    return True
 
 
 async def _segment(conn: Conn, row: Sequence[Any]) -> Segment:

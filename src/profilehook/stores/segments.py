@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from profilehook.constants import MAX_SEGMENTS_PER_WORKSPACE
 from profilehook.events import Version
 from profilehook.filters import (
     UPDATED_AT,
@@ -128,6 +129,50 @@ def before_of(change: Touched, now: Contact | None) -> Contact | None:
         held.pop(name, None)
     held.update(change.before)
     return Contact(change.contact_id, held, {}, change.updated_before_us)
+
+
+def profile_before(
+    contact_id: str,
+    last: Version | None,
+    deleted: Version | None,
+    values: Mapping[str, Any],
+    names: Iterable[str],
+) -> Contact | None:
+    """The contact before a batch, from its stored ``values`` (``ContactState.values``,
+    tombstones as None) and versions, with only ``names`` of its properties (those the
+    segments look at); None when it did not exist."""
+    if last is None or not contact_exists(last, deleted):
+        return None
+    live = {n: v for n in names if (v := values.get(n)) is not None}
+    return Contact(contact_id, live, {}, last[0])
+
+
+def profile_after(
+    contact_id: str,
+    values: Mapping[str, Any],
+    versions: Mapping[str, Version],
+    plan: ContactPlan,
+    names: Iterable[str],
+) -> Contact | None:
+    """The contact as ``plan`` leaves it (as the store writes it) from its stored ``values``
+    and ``versions`` before, with only ``names`` of its properties; None when it does not
+    exist then."""
+    if plan.last_update is None or not contact_exists(plan.last_update, plan.deleted):
+        return None
+    upto, upserts, removes = plan.delete_upto, plan.upserts, plan.removes
+    live = {}
+    for name in names:
+        if name in removes:
+            continue
+        if name in upserts:
+            value = upserts[name][0]
+        else:
+            value = values.get(name)
+            if value is not None and upto is not None and versions[name] <= upto:
+                continue
+        if value is not None:
+            live[name] = value
+    return Contact(contact_id, live, {}, plan.last_update[0])
 
 
 def everything(workspace: str, contact_id: str) -> Touched:
@@ -247,15 +292,17 @@ def decide(
         same_contact = known and old is not None and contact is not None
         old_props = old.properties if old is not None else {}
         old_us = old.updated_us if old is not None else 0
+        # The names whose value differs, once per contact (not per segment).
+        changed = _changed(old_props, now_props) if same_contact else None
         entered, exited = [], []
         for rule in rules:
             test = rule.test or compile_filter(rule.filter)
             ready_before = known and rule.segment_id in ready
             if (
-                same_contact
+                changed is not None
                 and ready_before
                 and (not rule.uses_updated or old_us == now_us)
-                and _unchanged(old_props, now_props, rule.names)
+                and rule.names.isdisjoint(changed)
             ):
                 continue
             now = contact is not None and test(contact_id, now_props, now_us)
@@ -275,15 +322,17 @@ def decide(
 _SCALARS = (str, int, float, bool, type(None))
 
 
-def _unchanged(old: Mapping[str, Any], now: Mapping[str, Any], names: frozenset[str]) -> bool:
-    """Whether every one of ``names`` holds the same scalar before and after: the same type
-    too, since equal values of different types (1 and 1.0, 1 and True) answer a filter
-    differently (no coercion: filters.py). A list or an object is never taken as unchanged."""
-    for name in names:
+def _changed(old: Mapping[str, Any], now: Mapping[str, Any]) -> set[str]:
+    """The names that do not hold the same scalar before and after: the same type too, since
+    equal values of different types (1 and 1.0, 1 and True) answer a filter differently (no
+    coercion: filters.py). A list or an object is never taken as unchanged. (A name in
+    neither is unchanged: the profiles need hold only the names the segments look at.)"""
+    changed = set()
+    for name in old.keys() | now.keys():
         a, b = old.get(name), now.get(name)
         if a.__class__ is not b.__class__ or a.__class__ not in _SCALARS or a != b:
-            return False
-    return True
+            changed.add(name)
+    return changed
 
 
 def member_rows(moves: Moves) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]]:
@@ -299,9 +348,13 @@ class Segments(ABC):
     """Segments and their members. Backend errors are raised as ``StorageUnavailable``."""
 
     @abstractmethod
-    async def create_segment(self, segment: Segment) -> None:
+    async def create_segment(
+        self, segment: Segment, most: int = MAX_SEGMENTS_PER_WORKSPACE
+    ) -> bool:
         """Record a new segment (``building``, no members yet); the applier keeps it from
-        then on, ``backfill_segment`` fills it from the contacts that exist already."""
+        then on, ``backfill_segment`` fills it from the contacts that exist already. False
+        (and nothing recorded) when its workspace has ``most`` segments already: decided
+        atomically, so that creations at once never pass the limit together."""
 
     @abstractmethod
     async def list_segments(self, workspace: str) -> list[Segment]:

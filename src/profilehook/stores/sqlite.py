@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 
 from profilehook.changes import Change, change_id, decode_body, encode_body
-from profilehook.constants import SCOPES
+from profilehook.constants import MAX_SEGMENTS_PER_WORKSPACE, SCOPES
 from profilehook.errors import CursorExpired, InvalidCursor
 from profilehook.events import Event, Version, decode_event, encode_event, now_us
 from profilehook.filters import Query
@@ -63,6 +63,8 @@ from profilehook.stores.segments import (
     Segments,
     Touched,
     everything,
+    profile_after,
+    profile_before,
     touched_by,
 )
 from profilehook.stores.sqlite_destinations import SqliteDestinations, destinations_database
@@ -334,7 +336,7 @@ class SqliteStore(Store, ContactQueries, Segments, SqliteDestinations):
         def select(conn: sqlite3.Connection) -> QueryPage:
             conn.execute("BEGIN")  # one snapshot for the page and its count
             try:
-                rows = conn.execute(*sqlite_values.select_sql(workspace, query, _ROW_COLUMNS))
+                rows = sqlite_values.select(conn, workspace, query, _ROW_COLUMNS)
                 found = [_contact_of(i, _row(values)) for i, *values in rows]
                 count = None
                 if query.count:
@@ -349,8 +351,10 @@ class SqliteStore(Store, ContactQueries, Segments, SqliteDestinations):
 
         return await self.db.read(select)
 
-    async def create_segment(self, segment: Segment) -> None:
-        await self.db.write(lambda conn: sqlite_segments.create(conn, segment))
+    async def create_segment(
+        self, segment: Segment, most: int = MAX_SEGMENTS_PER_WORKSPACE
+    ) -> bool:
+        return await self.db.write(lambda conn: sqlite_segments.create(conn, segment, most))
 
     async def list_segments(self, workspace: str) -> list[Segment]:
         return await self.db.read(lambda conn: sqlite_segments.listed(conn, workspace))
@@ -1070,7 +1074,7 @@ def _apply_profiles(
     changed: list[tuple[Any, ...]] = []
     values: list[sqlite_values.Change] = []  # the searchable copy's changes (profiles only)
     touched: list[Touched] = []  # what segments may need to decide again (profiles only)
-    after: dict[tuple[str, str], tuple[_Row, ContactPlan]] = {}
+    after: dict[tuple[str, str], tuple[_Row, ContactState, ContactPlan]] = {}
     for key, group in groups.items():
         row = rows.get(key) or _Row()
         # The values copy (profiles) reads the values before the plan from ``state``.
@@ -1116,7 +1120,7 @@ def _apply_profiles(
                 values += sqlite_values.value_changes(*key, state.values, state.versions, plan)
             if (change := touched_by(key, row.last, row.deleted, plan)) is not None:
                 touched.append(change)
-                after[key] = (row, plan)  # the row's properties: only if a segment looks
+                after[key] = (row, state, plan)  # the profiles: only if a segment looks
     # One step per row, which measured faster here than multi-row upserts of these large rows.
     conn.executemany(
         f"INSERT INTO {table} (workspace, contact_id, last_ts_us, last_event_id, deleted_ts_us,"
@@ -1130,51 +1134,27 @@ def _apply_profiles(
         changed,
     )
     sqlite_values.write_changes(conn, values)
+    # The profiles before and after, of the names the segments look at, from the state the
+    # plan was made from (what ``_Row.merged`` writes): nothing read again.
     result.segment_moves = sqlite_segments.keep(
         conn,
         touched,
-        lambda keys: {k: _contact_after(k[1], after[k][0].properties(), after[k][1]) for k in keys},
-        lambda keys: {
-            k: _contact_before(k[1], after[k][0].properties(), rows.get(k)) for k in keys
+        lambda keys, names: {
+            k: profile_after(k[1], (s := after[k][1]).values, s.versions, after[k][2], names[k])
+            for k in keys
+        },
+        lambda keys, names: {
+            k: profile_before(
+                k[1], (r := after[k][0]).last, r.deleted, after[k][1].values, names[k]
+            )
+            for k in keys
         },
     )
     return result
 
 
-def _contact_before(
-    contact_id: str, held: dict[str, tuple[Any, Version]], row: _Row | None
-) -> Contact | None:
-    """The contact as its row held it before the batch (versions left out)."""
-    if row is None or row.last is None or not contact_exists(row.last, row.deleted):
-        return None
-    live = {name: value for name, (value, _) in held.items() if value is not None}
-    return Contact(contact_id, live, {}, row.last[0])
-
-
-def _contact_after(
-    contact_id: str, held: dict[str, tuple[Any, Version]], plan: ContactPlan
-) -> Contact | None:
-    """The contact as ``plan`` leaves it (what ``_Row.merged`` writes), from the properties
-    held before; its versions left out (segments look at the values and the last update)."""
-    if plan.last_update is None or not contact_exists(plan.last_update, plan.deleted):
-        return None
-    upto, upserts, removes = plan.delete_upto, plan.upserts, plan.removes
-    live = {
-        name: value
-        for name, (value, version) in held.items()
-        if value is not None
-        and (upto is None or version > upto)
-        and name not in upserts
-        and name not in removes
-    }
-    for name, (value, _) in upserts.items():
-        if value is not None and name not in removes:
-            live[name] = value
-    return Contact(contact_id, live, {}, plan.last_update[0])
-
-
 def _loader(conn: sqlite3.Connection) -> sqlite_segments.Load:
-    def load(keys: list[tuple[str, str]]) -> dict[tuple[str, str], Contact | None]:
+    def load(keys: list[tuple[str, str]], _: object) -> dict[tuple[str, str], Contact | None]:
         return {key: _contact_of(key[1], row) for key, row in _rows(conn, keys).items()}
 
     return load

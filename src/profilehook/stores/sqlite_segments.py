@@ -5,7 +5,7 @@ in the caller's transaction (stores/segments.py says why that keeps memberships 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -42,11 +42,17 @@ CREATE TABLE IF NOT EXISTS segment_members (
     contact_id TEXT NOT NULL,
     PRIMARY KEY (workspace, segment_id, contact_id)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS segment_members_by_contact ON segment_members (workspace, contact_id);
+-- Memberships are read and written by their whole key only; an index by contact (once here)
+-- doubled the cost of every membership an apply moves.
+DROP INDEX IF EXISTS segment_members_by_contact;
 """
 
-Load = Callable[[list[tuple[str, str]]], dict[tuple[str, str], Contact | None]]
-"""The profiles of these contacts now (absent ones may be left out)."""
+Load = Callable[
+    [list[tuple[str, str]], Mapping[tuple[str, str], frozenset[str]]],
+    Mapping[tuple[str, str], Contact | None],
+]
+"""The profiles of these contacts (absent ones may be left out), each with at least the
+properties named for it (those its segments look at)."""
 
 _rules_cache: dict[tuple[str, str], Rule] = {}
 _json = msgspec.json.encode
@@ -94,27 +100,30 @@ def keep(
     if not todo:
         return {}
     keys = [(t.workspace, t.contact_id) for t, _ in todo]
-    old = before(keys) if before is not None else None
-    # Stored memberships are read only where the profile before is no answer.
+    names = {(t.workspace, t.contact_id): _named(rules) for t, rules in todo}
+    old = before(keys, names) if before is not None else None
+    # Stored memberships are read only where the profile before is no answer, by their key.
     unknown = [
-        (t.workspace, t.contact_id)
+        (t.workspace, r.segment_id, t.contact_id)
         for t, needed in todo
-        if old is None or any(r.segment_id not in ready for r in needed)
+        for r in needed
+        if old is None or r.segment_id not in ready
     ]
     members = (
         {
             (w, s, c)
             for w, s, c in conn.execute(
-                "SELECT m.workspace, m.segment_id, m.contact_id FROM segment_members m"
-                " JOIN json_each(?) k ON m.workspace = json_extract(k.value, '$[0]')"
-                " AND m.contact_id = json_extract(k.value, '$[1]')",
+                "SELECT m.workspace, m.segment_id, m.contact_id FROM json_each(?) k"
+                " CROSS JOIN segment_members m ON m.workspace = json_extract(k.value, '$[0]')"
+                " AND m.segment_id = json_extract(k.value, '$[1]')"
+                " AND m.contact_id = json_extract(k.value, '$[2]')",
                 (_json(unknown).decode(),),
             )
         }
         if unknown
         else set()
     )
-    moves = decide(todo, load(keys), members, old, ready)
+    moves = decide(todo, load(keys, names), members, old, ready)
     added, removed = member_rows(moves)
     conn.executemany(
         "DELETE FROM segment_members WHERE workspace = ? AND segment_id = ? AND contact_id = ?",
@@ -128,12 +137,25 @@ def keep(
     return moves
 
 
+def _named(rules: Sequence[Rule]) -> frozenset[str]:
+    if len(rules) == 1:
+        return rules[0].names
+    return frozenset(name for rule in rules for name in rule.names)
+
+
 # -- the segments themselves -----------------------------------------------------------------
 
 _COLUMNS = "workspace, segment_id, name, filter, created_us, status, scanned"
 
 
-def create(conn: sqlite3.Connection, segment: Segment) -> None:
+def create(conn: sqlite3.Connection, segment: Segment, most: int) -> bool:
+    """Record ``segment`` unless its workspace has ``most`` already (on the one writer: the
+    count holds until the insert)."""
+    (count,) = conn.execute(
+        "SELECT COUNT(*) FROM segments WHERE workspace = ?", (segment.workspace,)
+    ).fetchone()
+    if count >= most:
+        return False
     conn.execute(
         f"INSERT INTO segments ({_COLUMNS}, backfill_after) VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
         (
@@ -146,6 +168,7 @@ def create(conn: sqlite3.Connection, segment: Segment) -> None:
             0,
         ),
     )
+    return True
 
 
 def _segment(conn: sqlite3.Connection, row: Sequence[Any]) -> Segment:

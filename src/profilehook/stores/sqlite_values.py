@@ -25,9 +25,9 @@ from typing import Any
 import msgspec
 
 from profilehook.events import Version
-from profilehook.filters import Condition, Query
+from profilehook.filters import PSEUDO, Condition, Filter, Query
 from profilehook.stores.base import ContactPlan
-from profilehook.stores.query import SQL_OPS, FilterCompiler, Sql, by_kind, kind_of
+from profilehook.stores.query import NEGATIONS, SQL_OPS, FilterCompiler, Sql, by_kind, kind_of
 
 TABLE = """
 CREATE TABLE IF NOT EXISTS contact_values (
@@ -171,14 +171,16 @@ class SqliteCompiler(FilterCompiler):
         return f"instr({column}, ?) > 0", [value]
 
     def property(self, node: Condition) -> Sql:
-        test, params = self._test(node)
+        test, params = self.test(node)
         return (
             "c.contact_id IN (SELECT v.contact_id FROM contact_values v"
             f" WHERE v.workspace = ? AND v.name = ? AND {test})",
             [self.workspace, node.property, *params],
         )
 
-    def _test(self, node: Condition) -> Sql:
+    def test(self, node: Condition) -> Sql:
+        """A positive test of a stored property, as a condition on its ``contact_values``
+        row ``v``."""
         op, value = node.op, node.value
         if op == "exists":
             return "1 = 1", []
@@ -215,6 +217,56 @@ class SqliteCompiler(FilterCompiler):
         if kind != "string":
             return in_list, params
         return f"((v.kind = {STRING} AND instr(v.value, ?) > 0) OR {in_list})", [value, *params]
+
+
+def _drives(node: Filter) -> bool:
+    """Whether a filter is one positive test of a stored property (``select`` reads such a
+    page from that property's rows)."""
+    return isinstance(node, Condition) and node.property not in PSEUDO and node.op not in NEGATIONS
+
+
+CHUNK_ROWS_MIN = 100  # rows of the property read at once when contacts were skipped
+
+
+def select(
+    conn: sqlite3.Connection, workspace: str, query: Query, columns: str
+) -> list[tuple[Any, ...]]:
+    """The page's rows: ``contact_id`` and ``columns`` of the contacts table, one more than
+    the page holds (telling whether another follows).
+
+    A filter of one test of a stored property reads the property's matching keys first, a
+    page's worth in ``contact_id`` order (an equality's come in that order from the key; a
+    range's are all read from it, and the first kept), and only then their contacts: a
+    contact that does not exist is skipped and the next keys read. Reading the contacts of
+    every match first, as one statement does, grew with the matches (10,000 at 1 % of a
+    million). Any other filter is one statement (``select_sql``)."""
+    if not _drives(query.filter):
+        return conn.execute(*select_sql(workspace, query, columns)).fetchall()
+    want, after = query.limit + 1, query.after
+    found: list[tuple[Any, ...]] = []
+    while True:
+        chunk = max(want - len(found), CHUNK_ROWS_MIN)
+        rows = conn.execute(*driven_sql(workspace, query.filter, after, chunk, columns)).fetchall()
+        found += [row[1:] for row in rows if row[1] is not None]
+        if len(rows) < chunk or len(found) >= want:
+            return found[:want]
+        after = rows[-1][0]
+
+
+def driven_sql(workspace: str, node: Filter, after: str | None, chunk: int, columns: str) -> Sql:
+    """``chunk`` keys of the property of ``node`` (a ``_drives`` filter) that pass its test,
+    after ``after`` in ``contact_id`` order, each with its contact's ``contact_id`` and
+    ``columns`` (NULLs: the contact does not exist)."""
+    assert isinstance(node, Condition) and _drives(node)
+    test, params = SqliteCompiler(workspace).test(node)
+    return (
+        f"SELECT v.contact_id, c.contact_id, {columns} FROM (SELECT v.contact_id"
+        " FROM contact_values v WHERE v.workspace = ? AND v.name = ? AND v.contact_id > ?"
+        f" AND {test} ORDER BY v.contact_id LIMIT ?) v LEFT JOIN contacts c"
+        f" ON c.workspace = ? AND c.contact_id = v.contact_id AND {EXISTS}"
+        " ORDER BY v.contact_id",
+        [workspace, node.property, after or "", *params, chunk, workspace],
+    )
 
 
 def select_sql(workspace: str, query: Query, columns: str) -> Sql:
