@@ -1,7 +1,8 @@
 """SQLite's apply on G's workloads per CPU-second of this process (less swayed than wall
 clock by other work on a shared machine): all sets, the mix of operations, the mix with 5 %
-late (benchmarks/run.py ``_operation_events``), each on a fresh store, syncs as the applier
-makes them. Prints one JSON line. To compare two checkouts, alternate:
+late (benchmarks/run.py ``_operation_events``), each on a fresh store, with the syncs and the
+garbage collection the applier process has (applier_heap.py). Prints one JSON line. To compare
+two checkouts, alternate:
 
     for i in 1 2 3; do for src in OTHER/src src; do
         PYTHONPATH=$src .venv/bin/python benchmarks/apply_cpu.py --batches 10; done; done
@@ -19,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from applier_heap import as_the_applier
 from run import _operation_events
 
 import profilehook
@@ -51,4 +53,5 @@ async def main(batches: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--batches", type=int, default=10)
-    asyncio.run(main(parser.parse_args().batches))
+    with as_the_applier():
+        asyncio.run(main(parser.parse_args().batches))

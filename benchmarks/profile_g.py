@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from applier_heap import as_the_applier
 from run import _operation_events
 
 from profilehook.stores.sqlite import SqliteStore
@@ -60,4 +61,5 @@ if __name__ == "__main__":
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--top", type=int, default=30)
     args = parser.parse_args()
-    asyncio.run(main(args.workload, args.batches, args.top))
+    with as_the_applier():
+        asyncio.run(main(args.workload, args.batches, args.top))

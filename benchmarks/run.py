@@ -618,7 +618,10 @@ def scenario_f(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def scenario_g(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
-    return asyncio.run(_apply_throughput(tmp, args))
+    from benchmarks.applier_heap import as_the_applier  # (the applier process's collector)
+
+    with as_the_applier():
+        return asyncio.run(_apply_throughput(tmp, args))
 
 
 async def _apply_throughput(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:

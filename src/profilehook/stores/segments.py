@@ -19,6 +19,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import msgspec
+
 from profilehook.constants import MAX_SEGMENTS_PER_WORKSPACE
 from profilehook.events import Version
 from profilehook.filters import (
@@ -65,11 +67,11 @@ Moves = dict[tuple[str, str], SegmentMoves]
 """(workspace, contact_id) -> its moves, for the contacts an apply moved."""
 
 
-@dataclass(frozen=True)
-class Touched:
+class Touched(msgspec.Struct, frozen=True):
     """What a batch changed of one contact: the names of the properties whose value changed
     (None: any of them, a delete or a recomputation), and whether its existence or its last
-    update changed."""
+    update changed. (A Struct: the apply makes one per changed contact, and a frozen
+    dataclass's ``__init__`` took ~7 us of it, 20 times a tuple's.)"""
 
     workspace: str
     contact_id: str

@@ -77,10 +77,16 @@ def value_changes(
     the stored properties before it, tombstones included, as ``ContactState`` holds them), as
     ``ContactRow.merged`` writes them."""
     upto = plan.delete_upto
+    changes: list[Change] = []
+    if upto is None and not plan.removes:  # (the everyday plan: writes only)
+        for name, (new, _) in plan.upserts.items():
+            old = values.get(name)
+            if not (type(old) is type(new) and old == new):
+                changes.append((workspace, contact_id, name, old, new))
+        return changes
     touched = set(plan.upserts) | plan.removes if plan.removes else plan.upserts.keys()
     if upto is not None:
         touched = {*touched, *(n for n, version in versions.items() if version <= upto)}
-    changes: list[Change] = []
     for name in touched:
         old = values.get(name)
         if name in plan.removes:
@@ -99,10 +105,23 @@ def write_changes(conn: sqlite3.Connection, changes: Iterable[Change]) -> None:
     gone: list[tuple[Any, ...]] = []
     added: list[tuple[Any, ...]] = []
     for workspace, contact_id, name, old, new in changes:
+        # (floats and strings, the most common values, without ``stored``'s call)
         if old is not None:
-            gone.append((workspace, name, *stored(old), contact_id))
+            kind = type(old)
+            if kind is float:
+                gone.append((workspace, name, NUMBER, old, contact_id))
+            elif kind is str:
+                gone.append((workspace, name, STRING, old, contact_id))
+            else:
+                gone.append((workspace, name, *stored(old), contact_id))
         if new is not None:
-            added.append((workspace, name, *stored(new), contact_id))
+            kind = type(new)
+            if kind is float:
+                added.append((workspace, name, NUMBER, new, contact_id))
+            elif kind is str:
+                added.append((workspace, name, STRING, new, contact_id))
+            else:
+                added.append((workspace, name, *stored(new), contact_id))
     if gone:
         conn.executemany(
             "DELETE FROM contact_values WHERE workspace = ? AND name = ? AND kind = ?"

@@ -1,0 +1,176 @@
+"""Where the server's event loop spends its time on C and D's requests (issue 23): cProfile.
+
+    .venv/bin/python benchmarks/profile_ingest.py [single|batch] [--requests N]
+        [--concurrency N] [--top N] [--no-profile]
+
+Calls profilehook's ASGI app in process (no HTTP server: uvicorn's share, which the ceiling A
+pays too, is not in it) with C's body on ``POST /v1/properties`` or D's 100-event body on the
+batch endpoint, ``--concurrency`` requests at a time, on the embedded default backends (the
+durable SQLite log, its writer thread committing groups of requests; the SQLite store; no
+applier). Prints requests/s and the functions by own and cumulative time. ``--no-profile``
+gives the rate without the profiler, and beside it the rate of an app that only reads the body
+and decodes it with msgspec (the batch ceiling's app, the same way), for a ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import json
+import os
+import pstats
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import msgspec
+from run import EVENT
+
+from profilehook.api.app import create_app
+from profilehook.keys import create_key
+from profilehook.settings import Settings
+
+PATHS = {"single": "/v1/properties", "batch": "/v1/properties/batch"}
+
+
+def _body(kind: str) -> bytes:
+    if kind == "single":
+        return json.dumps(EVENT).encode()
+    return json.dumps(
+        {"events": [{**EVENT, "contact_id": f"user{i}"} for i in range(100)]}
+    ).encode()
+
+
+async def _call(app: Any, path: str, headers: list[tuple[bytes, bytes]], body: bytes) -> int:
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 8000),
+    }
+    sent = False
+    status = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            await asyncio.sleep(3600)
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    await app(scope, receive, send)
+    return status
+
+
+async def _lifespan(app: Any) -> tuple[asyncio.Task[None], asyncio.Queue[Any]]:
+    inbox: asyncio.Queue[Any] = asyncio.Queue()
+    outbox: asyncio.Queue[Any] = asyncio.Queue()
+    task = asyncio.create_task(
+        app({"type": "lifespan", "asgi": {"version": "3.0"}}, inbox.get, outbox.put)
+    )
+    await inbox.put({"type": "lifespan.startup"})
+    message = await outbox.get()
+    assert message["type"] == "lifespan.startup.complete", message
+    return task, inbox
+
+
+async def _drive(
+    app: Any, path: str, headers: Any, body: bytes, requests: int, concurrency: int
+) -> float:
+    left = requests
+
+    async def worker() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            status = await _call(app, path, headers, body)
+            assert status == 202, status
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return requests / (time.perf_counter() - t0)
+
+
+async def _decode_only(body: bytes, requests: int, concurrency: int) -> float:
+    """The batch ceiling's work, as an ASGI app: read the body, decode it, answer 202."""
+    decode = msgspec.json.decode
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        message = await receive()
+        decode(message["body"])
+        await send({"type": "http.response.start", "status": 202, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    return await _drive(app, "/", [], body, requests, concurrency)
+
+
+async def main(args: argparse.Namespace) -> None:
+    body = _body(args.kind)
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(data_dir=Path(tmp), rate_limit_per_s=0)
+        app = create_app(settings, applies_in="nowhere")
+        task, inbox = await _lifespan(app)
+        key, _ = await create_key(app.services.store, "bench")
+        headers = [
+            (b"authorization", f"Bearer {key}".encode()),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        path = PATHS[args.kind]
+        await _drive(app, path, headers, body, min(args.requests, 2_000), args.concurrency)
+        if args.no_profile:
+            for _ in range(args.rounds):
+                ours = await _drive(app, path, headers, body, args.requests, args.concurrency)
+                ceiling = await _decode_only(body, args.requests, args.concurrency)
+                print(
+                    json.dumps(
+                        {
+                            "kind": args.kind,
+                            "loadavg": os.getloadavg()[0],
+                            "requests_per_s": round(ours),
+                            "decode_only_per_s": round(ceiling),
+                            "ratio": round(ours / ceiling, 3),
+                        }
+                    ),
+                    flush=True,
+                )
+        else:
+            profile = cProfile.Profile()
+            profile.enable()
+            rate = await _drive(app, path, headers, body, args.requests, args.concurrency)
+            profile.disable()
+            print(f"{args.kind}: {rate:,.0f} requests/s under the profiler")
+            stats = pstats.Stats(profile).strip_dirs()
+            stats.sort_stats("tottime").print_stats(args.top)
+            stats.sort_stats("cumulative").print_stats(args.top)
+        await inbox.put({"type": "lifespan.shutdown"})
+        await task
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("kind", nargs="?", default="single", choices=sorted(PATHS))
+    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--no-profile", action="store_true")
+    asyncio.run(main(parser.parse_args()))
