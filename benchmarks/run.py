@@ -683,45 +683,127 @@ async def _apply_throughput(tmp: Path, args: argparse.Namespace) -> dict[str, An
             print(f"G: the {name} ceiling failed ({exc})", file=sys.stderr)
     # Property operations (issue 18): events in time order, all sets; the same with a mix of
     # operations (70 % set, 10 % add, 10 % append, 5 % set_once, 5 % remove); and that mix
-    # with 5 % of the events late. Each workload on a fresh store of each kind, in one run:
-    # the ratios to the all-set figure are what to compare.
-    for workload in ("set", "mixed", "mixed_late"):
+    # with 5 % of the events late. Each workload on a fresh store of each kind, alternated in
+    # ``--rounds`` rounds (all sets, mixed, late, all sets, ...), each timed by wall clock and
+    # by CPU: this process's (the store's threads included) and, on PostgreSQL, its server
+    # backends' (/proc/<pid>/stat). On a shared machine the wall clock of one workload swings
+    # with whatever else runs in its seconds; CPU per event much less. The ratios to all sets
+    # (the issue-18 targets) are of the per-CPU medians; the wall-clock ones are kept beside.
+    workloads = ("set", "mixed", "mixed_late")
+    chunked = {}
+    for workload in workloads:
         events = _operation_events(args.apply_batches * 2_000, workload)
-        chunks = [events[i : i + 2_000] for i in range(0, len(events), 2_000)]
-        for name in list(stores):
-            store = (
-                SqliteStore(tmp / f"g-{workload}.sqlite3")
-                if name == "sqlite"
-                else PostgresStore(f"{POSTGRES_URL}?schema={schema}_{workload}")
-            )
-            try:
-                await store.open()
-            except Exception as exc:
-                print(f"G: {name} unavailable ({exc})", file=sys.stderr)
-                continue
-            t0 = time.perf_counter()
-            for i, chunk in enumerate(chunks, start=1):
-                await store.apply(chunk)
-                if i % 5 == 0:
-                    await store.sync()
-            await store.sync()
-            elapsed = time.perf_counter() - t0
-            await store.close()
-            result[f"{name}_{workload}_events_per_s"] = len(events) / elapsed
-        for name in stores:
-            base = result.get(f"{name}_set_events_per_s")
+        chunked[workload] = [events[i : i + 2_000] for i in range(0, len(events), 2_000)]
+    samples: dict[str, list[float]] = {}
+    for round_no in range(1, max(1, args.rounds) + 1):
+        for workload in workloads:
+            for name in list(stores):
+                figures = await _g_operations_once(
+                    tmp,
+                    name,
+                    f"{schema}_{workload}_{round_no}",
+                    workload,
+                    round_no,
+                    chunked[workload],
+                )
+                for key, value in figures.items():
+                    samples.setdefault(f"{name}_{workload}_{key}", []).append(value)
+    for key, values in samples.items():
+        result[key] = statistics.median(values)
+        result[f"{key}_rounds"] = [round(v, 3 if v < 10 else 1) for v in values]
+    for name in stores:
+        for unit in ("events_per_s", "events_per_cpu_s"):
+            base = result.get(f"{name}_set_{unit}")
             for workload in ("mixed", "mixed_late"):
-                found = result.get(f"{name}_{workload}_events_per_s")
+                found = result.get(f"{name}_{workload}_{unit}")
+                suffix = "ratio" if unit == "events_per_s" else "cpu_ratio"
                 if base and found:
-                    result[f"{name}_{workload}_ratio"] = found / base
+                    result[f"{name}_{workload}_{suffix}"] = found / base
+                # each round's ratio too, to show how far one round swings
+                bases = samples.get(f"{name}_set_{unit}", [])
+                founds = samples.get(f"{name}_{workload}_{unit}", [])
+                if bases and founds:
+                    result[f"{name}_{workload}_{suffix}_rounds"] = [
+                        round(f / b, 2) for f, b in zip(founds, bases, strict=True)
+                    ]
+        result[f"{name}_cpu_counts"] = (
+            "process" if name == "sqlite" else "process + server backends"
+        )
     if "postgres" in stores:
         import psycopg
 
         with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-            for workload in ("set", "mixed", "mixed_late"):
-                conn.execute(f'DROP SCHEMA IF EXISTS "{schema}_{workload}" CASCADE')
+            for round_no in range(1, max(1, args.rounds) + 1):
+                for workload in workloads:
+                    conn.execute(f'DROP SCHEMA IF EXISTS "{schema}_{workload}_{round_no}" CASCADE')
     return result
+
+
+async def _g_operations_once(
+    tmp: Path, name: str, schema: str, workload: str, round_no: int, chunks: list[Any]
+) -> dict[str, float]:
+    """One workload on a fresh store: events per second of wall clock and per CPU-second
+    (this process's, plus the server backends' on PostgreSQL when /proc shows them)."""
+    from profilehook.stores.postgres import PostgresStore
+    from profilehook.stores.sqlite import SqliteStore
+
+    tag = f"g_{schema}"  # the application_name of the store's connections: its backends
+    store: Any = (
+        SqliteStore(tmp / f"g-{workload}-{round_no}.sqlite3")
+        if name == "sqlite"
+        else PostgresStore(f"{POSTGRES_URL}?schema={schema}&application_name={tag}")
+    )
+    try:
+        await store.open()
+    except Exception as exc:
+        print(f"G: {name} unavailable ({exc})", file=sys.stderr)
+        return {}
+    backends0 = _g_backend_cpu(tag) if name == "postgres" else None
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    for i, chunk in enumerate(chunks, start=1):
+        await store.apply(chunk)
+        if i % 5 == 0:
+            await store.sync()  # as the applier does before it acknowledges
+    await store.sync()
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    figures = {"events_per_s": len(chunks) * 2_000 / elapsed}
+    if backends0 is not None:
+        backends1 = _g_backend_cpu(tag)
+        if backends0 and backends1:
+            server = sum(s - backends0.get(pid, 0.0) for pid, s in backends1.items())
+            figures["server_cpu_share"] = server / (cpu + server)
+            cpu += server
+        else:  # no /proc of the server here: the client's CPU alone would flatter it
+            cpu = 0.0
+    await store.close()
+    if cpu > 0:
+        figures["events_per_cpu_s"] = len(chunks) * 2_000 / cpu
+    return figures
+
+
+def _g_backend_cpu(application_name: str) -> dict[int, float]:
+    """CPU seconds (user + system) of each PostgreSQL backend serving ``application_name``,
+    read from /proc/<pid>/stat (the server on this machine); empty when it cannot be read."""
+    import psycopg
+
+    ticks = os.sysconf("SC_CLK_TCK")
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        pids = [
+            row[0]
+            for row in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = %s",
+                (application_name,),
+            )
+        ]
+    found: dict[int, float] = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return {}
+        found[pid] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return found
 
 
 def scenario_j(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -1951,19 +2033,34 @@ def _g_rows(g: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
                     found / ceiling >= 0.5,
                 )
             )
+        counted = g.get(f"{store}_cpu_counts", "process")
         for workload, label, limit in (
             ("mixed", "mix", 0.7),
             ("mixed_late", "mix, 5 % late", 0.5),
         ):
-            ratio = g.get(f"{store}_{workload}_ratio")
-            if ratio is not None:
-                rows.append(
-                    (
-                        f"G ({title}) operations {label} >= {limit} x all sets (issue 18)",
-                        f"{ratio:.2f} x",
-                        ratio >= limit,
-                    )
+            # Judged per CPU-second (medians of the rounds): the wall clock of a few seconds
+            # on a shared machine says more about the neighbours than about the apply.
+            ratio = g.get(f"{store}_{workload}_cpu_ratio")
+            wall = g.get(f"{store}_{workload}_ratio")
+            if ratio is None and wall is None:
+                continue
+            per_cpu = (
+                f"{ratio:.2f} x per CPU-second of the {counted}"
+                f" ({_fmt(g.get(f'{store}_{workload}_events_per_cpu_s'))} against"
+                f" {_fmt(g.get(f'{store}_set_events_per_cpu_s'))} events/CPU-s;"
+                f" rounds {', '.join(f'{r:.2f}' for r in g.get(f'{store}_{workload}_cpu_ratio_rounds', []))})"
+                if ratio is not None
+                else "per CPU-second not measured (wall clock only)"
+            )
+            walls = ", ".join(f"{r:.2f}" for r in g.get(f"{store}_{workload}_ratio_rounds", []))
+            rows.append(
+                (
+                    f"G ({title}) operations {label} >= {limit} x all sets (issue 18)",
+                    per_cpu
+                    + (f"; wall clock {wall:.2f} x (rounds {walls})" if wall is not None else ""),
+                    (ratio if ratio is not None else wall) >= limit,  # type: ignore[operator]
                 )
+            )
     return rows
 
 
