@@ -396,3 +396,42 @@ async def test_a_destination_created_by_the_registry_gets_only_later_changes_unt
     assert sorted(r.change_id for r in rows) == sorted(
         [kept[1].change_id, kept[0].change_id, kept[1].change_id]
     )
+
+
+async def test_rows_enqueued_while_heads_finish_are_all_delivered_in_order(
+    backend: StoreBackend,
+) -> None:
+    """A fill adds a contact's changes while workers deliver that contact's earlier ones (on
+    PostgreSQL a claim reads only each contact's head, which a finish and an enqueue hand on
+    under the destination's lock): none is left waiting, each contact's arrive in order."""
+    store = backend.store
+    await store.create_destination(destination(), 50)
+    workers = [store, *[await backend.open_another() for _ in range(2)]]
+    total = 300
+    done = asyncio.Event()
+    delivered: list[tuple[str, int]] = []
+
+    async def fill() -> None:
+        cursor = None
+        for start in range(1, total + 1, 10):
+            rows = [new(n, f"c{n % 4}") for n in range(start, start + 10)]
+            assert await store.enqueue_deliveries("d1", cursor, str(start + 9), rows, T0)
+            cursor = str(start + 9)
+            await asyncio.sleep(0)
+        done.set()
+
+    async def work(i: int, s: Store) -> None:
+        idle = 0
+        while idle < 50 or not done.is_set():
+            batch = await s.claim_deliveries(f"w{i}", T0, T0 + 30 * S, 3)
+            idle = 0 if batch else idle + 1
+            for d in batch:
+                delivered.append((d.contact_id, int(d.cursor)))
+                assert await s.finish_delivery("d1", d.position, f"w{i}", T0, delivered=True)
+            await asyncio.sleep(0)
+
+    await asyncio.gather(fill(), *(work(i, s) for i, s in enumerate(workers)))
+    assert sorted(n for _, n in delivered) == list(range(1, total + 1))
+    for contact in {c for c, _ in delivered}:
+        got = [n for c, n in delivered if c == contact]
+        assert got == sorted(got), contact

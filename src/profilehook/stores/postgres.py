@@ -344,6 +344,7 @@ MIGRATIONS: list[Migration] = [
     # The query indexes again, with contact_id last: pages in index order (postgres_query.py).
     postgres_query.INDEXES_BY_CONTACT,
     postgres_destinations.INDEXES,  # deliveries by when due, and finished ones by when
+    postgres_destinations.HEADS,  # each contact's earliest pending delivery: what a claim reads
 ]
 
 
