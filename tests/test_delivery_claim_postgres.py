@@ -113,3 +113,46 @@ async def test_a_claim_still_gives_every_contacts_next_change_once_the_head_is_d
         assert [d.change_id for d in got] == ["chx"]
     finally:
         await store.close()
+
+
+async def test_deliveries_from_before_the_heads_are_claimable_after_the_migration(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The migration flags each contact's earliest pending row of an existing database."""
+    require_server(POSTGRES_URL, 5432)
+    import psycopg
+
+    from profilehook.stores import postgres as postgres_module
+
+    schema = unique_schema()
+    try:
+        with monkeypatch.context() as old_code:
+            old_code.setattr(postgres_module, "MIGRATIONS", postgres_module.MIGRATIONS[:-1])
+            old = postgres_module.PostgresStore(postgres_url(schema))
+            await old.open()
+            d = Destination("d0", "w", "https://example.com/h", "whsec_eA==", T0)
+            await old.create_destination(d, 50)
+            await old.close()
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f'SET search_path TO "{schema}"')
+            for position, contact, status in [
+                (1, "a", "delivered"),
+                (2, "a", "pending"),
+                (3, "a", "pending"),
+                (4, "b", "pending"),
+            ]:
+                conn.execute(
+                    "INSERT INTO deliveries (destination_id, position, change_id, cursor,"
+                    " contact_id, applied_us, payload, status, attempts, next_attempt_us,"
+                    " updated_us) VALUES ('d0', %s, %s, %s, %s, %s, '{}', %s, 0, %s, %s)",
+                    (position, f"ch{position}", str(position), contact, T0, status, T0, T0),
+                )
+        store = postgres_module.PostgresStore(postgres_url(schema))
+        await store.open()
+        try:
+            claimed = await store.claim_deliveries("w", T0, T0 + 30_000_000, 10)
+            assert [d.position for d in claimed] == [2, 4]
+        finally:
+            await store.close()
+    finally:
+        drop_schema(schema)
