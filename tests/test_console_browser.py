@@ -660,7 +660,7 @@ def test_create_destinations_see_deliveries_and_failures_replay_then_delete_them
     assert unlabelled_fields(page) == []
     page.get_by_label("URL").fill(f"http://127.0.0.1:{receiver.port}/in-{name}")
     page.get_by_label("Description").fill(f"CRM {name}")
-    # Only this test's property: a new destination also gets the changes the feed still keeps.
+    # Only this test's property: the replay below sends every change the feed still keeps.
     page.get_by_label("Only changes of these properties").fill(f"plan-{name}")
     page.get_by_role("button", name="Create destination").click()
     secret = page.locator("#destination-secret").inner_text()
@@ -701,7 +701,7 @@ def test_create_destinations_see_deliveries_and_failures_replay_then_delete_them
     page.goto(f"{server.base_url}/console/destinations")
     wait_until(lambda: _reload_until(page, ">disabled</span>"), timeout_s=20)
     listed = page.locator(f"#destination-{bad}")
-    assert "every delivery failed since" in listed.locator("td[data-label=Status]").inner_text()
+    assert "every delivery failed for" in listed.locator("td[data-label=Status]").inner_text()
     watched.shot("destinations")
     no_horizontal_scroll(page)
     listed.get_by_role("link", name="1 failed").click()

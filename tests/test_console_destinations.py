@@ -82,6 +82,12 @@ def test_an_admin_creates_a_destination_its_secret_is_shown_once_and_the_api_lis
     secret = re.search(r'<code id="destination-secret">(whsec_[^<]+)</code>', page.text)
     assert secret
     destination_id = created_id(page.text)
+    # It says it starts now, and links the replay that sends what is kept from before.
+    assert "none from before" in page.text
+    replay = f"/console/destination/replay?id={destination_id}&amp;from=oldest"
+    assert replay in page.text
+    confirm = console.get(replay.replace("&amp;", "&"))
+    assert confirm.status_code == 200 and "kept (from the oldest)" in confirm.text
     listed = console.get("/v1/destinations", headers=admin).json()["destinations"]
     assert [(d["destination_id"], d["properties"]) for d in listed] == [(destination_id, ["plan"])]
     # Never again: not on the list, not on its page.

@@ -304,3 +304,134 @@ async def test_a_claim_looks_for_a_contacts_earlier_change_through_the_pending_i
     ).fetchall()
     searches = [row[3] for row in plan if "SEARCH e " in row[3]]
     assert searches and all("deliveries_pending" in s for s in searches), plan
+
+
+async def test_the_feed_end_is_where_a_new_destination_starts(store: Store) -> None:
+    """``feed_end``: reading after it finds the changes committed later, none from before; it
+    does not move back when the changes before it are erased or purged (a destination there
+    would otherwise be sent them again, or see its cursor expire)."""
+    from tests.support import event
+
+    assert await store.feed_end("acme") is None  # no change yet: from the start
+    await store.apply([event("c1", "e1", 1 * S, plan="free")])
+    await store.apply([event("c9", "o1", 1 * S, workspace="other", plan="free")])
+    end = await store.feed_end("acme")
+    assert end is not None
+    assert await store.read_changes("acme", end, 10) == []
+    await store.apply([event("c1", "e2", 2 * S, plan="pro")])
+    assert [c.event_id for c in await store.read_changes("acme", end, 10)] == ["e2"]
+    # The newest change erased, then all of them purged: the end stays past them.
+    await store.apply([event("c2", "e3", 3 * S, plan="max")])
+    before = await store.feed_end("acme")
+    await store.erase_contact(Erasure("era_1", "acme", "c2", 10 * S, False))
+    assert await store.feed_end("acme") == before
+    await store.purge_changes(2**62, 100)
+    assert await store.feed_end("acme") == before
+    assert before is not None and await store.read_changes("acme", before, 10) == []
+    await store.apply([event("c3", "e4", 4 * S, plan="pro")])
+    assert [c.event_id for c in await store.read_changes("acme", before, 10)] == ["e4"]
+
+
+async def test_a_change_committed_while_the_end_is_read_is_never_behind_it(store: Store) -> None:
+    """Applies run while ends are read (several connections on PostgreSQL): every change that
+    is behind an end once everything committed was already readable when that end was read,
+    so a destination created there loses none."""
+    from tests.support import event
+
+    ends: list[tuple[str | None, set[str]]] = []
+    done = asyncio.Event()
+
+    async def apply_all() -> None:
+        for i in range(40):
+            await asyncio.gather(
+                *(
+                    store.apply([event(f"c{i}-{j}", f"e{i}-{j}", (i + 1) * S, n=i)])
+                    for j in range(3)
+                )
+            )
+        done.set()
+
+    async def read_ends() -> None:
+        while not done.is_set():
+            end = await store.feed_end("acme")
+            seen = await store.read_changes("acme", None, 10_000)
+            behind = {c.event_id for c in seen if end is not None and int(c.cursor) <= int(end)}
+            ends.append((end, behind))
+            await asyncio.sleep(0)
+
+    await asyncio.gather(apply_all(), read_ends(), read_ends())
+    final = await store.read_changes("acme", None, 10_000)
+    assert len(final) == 120 and len(ends) > 2
+    for end, behind in ends:
+        now_behind = {c.event_id for c in final if end is not None and int(c.cursor) <= int(end)}
+        assert now_behind == behind, end
+
+
+async def test_a_destination_created_by_the_registry_gets_only_later_changes_until_replayed(
+    store: Store,
+) -> None:
+    """Created through ``registry.create`` (the API, the CLI and the console), a destination
+    starts at the feed's end; a replay from null fills in every change kept."""
+    from profilehook.destinations import registry
+    from profilehook.destinations.delivery import Deliverer
+    from profilehook.settings import Settings
+    from tests.support import event
+
+    await store.apply([event("c1", "e1", 1 * S, plan="free")])
+    made, _ = await registry.create(
+        store, "acme", {"url": "https://8.8.8.8/hook"}, allow_private=False
+    )
+    await store.apply([event("c1", "e2", 2 * S, plan="pro")])
+    deliverer = Deliverer(store, Settings())
+    await deliverer.fill()
+    rows = await store.list_deliveries(made.destination_id, None, 10)
+    assert [r.change_id for r in rows] == [
+        c.change_id for c in await store.read_changes("acme", None, 10)
+    ][1:]
+    assert await registry.replay(store, "acme", made.destination_id, {"after": None}) is None
+    deliverer = Deliverer(store, Settings())
+    await deliverer.fill()
+    rows = await store.list_deliveries(made.destination_id, None, 10)
+    kept = await store.read_changes("acme", None, 10)
+    assert sorted(r.change_id for r in rows) == sorted(
+        [kept[1].change_id, kept[0].change_id, kept[1].change_id]
+    )
+
+
+async def test_rows_enqueued_while_heads_finish_are_all_delivered_in_order(
+    backend: StoreBackend,
+) -> None:
+    """A fill adds a contact's changes while workers deliver that contact's earlier ones (on
+    PostgreSQL a claim reads only each contact's head, which a finish and an enqueue hand on
+    under the destination's lock): none is left waiting, each contact's arrive in order."""
+    store = backend.store
+    await store.create_destination(destination(), 50)
+    workers = [store, *[await backend.open_another() for _ in range(2)]]
+    total = 300
+    done = asyncio.Event()
+    delivered: list[tuple[str, int]] = []
+
+    async def fill() -> None:
+        cursor = None
+        for start in range(1, total + 1, 10):
+            rows = [new(n, f"c{n % 4}") for n in range(start, start + 10)]
+            assert await store.enqueue_deliveries("d1", cursor, str(start + 9), rows, T0)
+            cursor = str(start + 9)
+            await asyncio.sleep(0)
+        done.set()
+
+    async def work(i: int, s: Store) -> None:
+        idle = 0
+        while idle < 50 or not done.is_set():
+            batch = await s.claim_deliveries(f"w{i}", T0, T0 + 30 * S, 3)
+            idle = 0 if batch else idle + 1
+            for d in batch:
+                delivered.append((d.contact_id, int(d.cursor)))
+                assert await s.finish_delivery("d1", d.position, f"w{i}", T0, delivered=True)
+            await asyncio.sleep(0)
+
+    await asyncio.gather(fill(), *(work(i, s) for i, s in enumerate(workers)))
+    assert sorted(n for _, n in delivered) == list(range(1, total + 1))
+    for contact in {c for c, _ in delivered}:
+        got = [n for c, n in delivered if c == contact]
+        assert got == sorted(got), contact

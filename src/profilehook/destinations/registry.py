@@ -113,6 +113,10 @@ async def create(
     if problems:
         raise ValidationFailed(problems)
     secret = new_secret()
+    # It starts at the feed's end: every change committed from here on is delivered, none from
+    # before (those come with a replay). Read before the destination exists, so a change
+    # committed meanwhile is after it, not lost.
+    end = await store.feed_end(workspace)
     destination = Destination(
         f"dst_{uuid.uuid4().hex}",
         workspace,
@@ -122,6 +126,7 @@ async def create(
         description if isinstance(description, str) else "",
         properties,
         segment_ids,
+        cursor=end,
     )
     if not await store.create_destination(destination, MAX_DESTINATIONS_PER_WORKSPACE):
         raise ValidationFailed(

@@ -1070,6 +1070,13 @@ class ChangeFeed(ABC):
         ``CursorExpired`` when changes after ``after`` were purged."""
 
     @abstractmethod
+    async def feed_end(self, workspace: str) -> str | None:
+        """The cursor at the end of the workspace's feed now (None: no change was ever made):
+        ``read_changes`` after it finds exactly the changes committed after this call began,
+        also one committed while it runs, never one committed before (a new destination starts
+        here). It stays valid when the changes before it are purged or erased."""
+
+    @abstractmethod
     async def purge_changes(self, before_us: int, limit: int) -> int:
         """Retention: forget up to ``limit`` changes applied before ``before_us``, oldest first;
         how many. A cursor behind a purged change is expired from then on."""

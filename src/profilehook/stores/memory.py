@@ -353,6 +353,10 @@ class MemoryStore(Store, ContactQueries, Segments, MemoryDestinations):
                     break
         return found
 
+    async def feed_end(self, workspace: str) -> str | None:
+        # One position counter for every workspace: past every change of this one.
+        return str(self._change_seq) if self._change_seq else None
+
     async def purge_changes(self, before_us: int, limit: int) -> int:
         old = [(p, c) for p, c in self._changes if c.applied_us < before_us][:limit]
         for position, change in old:

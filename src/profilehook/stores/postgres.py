@@ -344,6 +344,7 @@ MIGRATIONS: list[Migration] = [
     # The query indexes again, with contact_id last: pages in index order (postgres_query.py).
     postgres_query.INDEXES_BY_CONTACT,
     postgres_destinations.INDEXES,  # deliveries by when due, and finished ones by when
+    postgres_destinations.HEADS,  # each contact's earliest pending delivery: what a claim reads
 ]
 
 
@@ -806,6 +807,9 @@ class PostgresStore(Store, ContactQueries, Segments, PostgresDestinations):
     async def read_changes(self, workspace: str, after: str | None, limit: int) -> list[Change]:
         _position(after)  # refused before a connection is taken
         return await self._run(lambda conn: _read_changes(conn, workspace, after, limit))
+
+    async def feed_end(self, workspace: str) -> str | None:
+        return await self._run(lambda conn: _feed_end(conn, workspace))
 
     async def purge_changes(self, before_us: int, limit: int) -> int:
         return await self._run(lambda conn: _purge_changes(conn, before_us, limit))
@@ -1674,6 +1678,16 @@ async def _read_changes(conn: Conn, workspace: str, after: str | None, limit: in
             )
         )
     return found
+
+
+async def _feed_end(conn: Conn, workspace: str) -> str | None:
+    """The workspace's counter as last committed (never lowered by a purge or an erasure). An
+    apply holds the counter's row locked from taking its positions to its commit, so one not
+    yet committed when this reads took positions past what it sees: its changes are after the
+    end this answers, none is missed."""
+    cur = await conn.execute("SELECT last FROM change_positions WHERE workspace = %s", (workspace,))
+    row = await cur.fetchone()
+    return str(row[0]) if row is not None else None
 
 
 async def _purge_changes(conn: Conn, before_us: int, limit: int) -> int:

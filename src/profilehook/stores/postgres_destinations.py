@@ -74,6 +74,25 @@ CREATE INDEX deliveries_finished ON deliveries (updated_us) WHERE status <> 'pen
 """A claim walks the due rows in order and stops after its batch; retention finds the finished
 ones (appended to MIGRATIONS after ``MIGRATION``)."""
 
+HEADS = """
+ALTER TABLE deliveries ADD COLUMN head boolean NOT NULL DEFAULT false;
+UPDATE deliveries d SET head = true WHERE status = 'pending' AND NOT EXISTS (
+    SELECT 1 FROM deliveries e WHERE e.destination_id = d.destination_id
+    AND e.contact_id = d.contact_id AND e.status = 'pending' AND e.position < d.position
+);
+CREATE INDEX deliveries_heads_due ON deliveries (next_attempt_us, position)
+    WHERE status = 'pending' AND head;
+"""
+"""Each (destination, contact)'s earliest pending row is its **head**, and only heads are
+claimable: the claim walks the due heads in order through their own index and reads only what
+it claims, where walking every due row read the ones waiting behind a leased or retrying head
+too (14,000 rows, 40-57 ms, for a batch of nothing). ``enqueue_deliveries`` makes a new row a
+head when its contact has no pending row; ``finish_deliveries`` makes the next pending row one
+when a head is delivered or failed. Both (and an erasure's delete) hold the destination's row
+locked, so one always sees what the other committed: a row is never left waiting behind a head
+that is gone. The claim still checks for an earlier pending row, so the order per contact never
+rests on the flag. (Appended to MIGRATIONS last.)"""
+
 _DESTINATION = (
     "destination_id, workspace, url, secret, created_us, description, properties, segments,"
     " cursor, failing_since_us, disabled_us, disabled_reason"
@@ -154,6 +173,11 @@ class PostgresDestinations(Destinations):
 
     async def forget_contact_deliveries(self, workspace: str, contact_id: str) -> None:
         async def delete(conn: Conn) -> None:
+            await conn.execute(  # HEADS: not beside an enqueue or a finish of the same
+                "SELECT 1 FROM destinations WHERE workspace = %s"
+                " ORDER BY destination_id FOR NO KEY UPDATE",
+                (workspace,),
+            )
             await conn.execute(
                 "DELETE FROM deliveries WHERE contact_id = %s AND destination_id IN"
                 " (SELECT destination_id FROM destinations WHERE workspace = %s)",
@@ -190,11 +214,24 @@ class PostgresDestinations(Destinations):
                 return False
             start = row[0] - len(deliveries)
             if deliveries:
+                # The destination's row is locked (above): a finish of one of these contacts'
+                # heads has committed, or waits for this to commit (HEADS).
+                cur = await conn.execute(
+                    "SELECT DISTINCT contact_id FROM deliveries WHERE destination_id = %s"
+                    " AND status = 'pending' AND contact_id = ANY(%s)",
+                    (destination_id, list({d.contact_id for d in deliveries})),
+                )
+                waiting = {r[0] for r in await cur.fetchall()}
+                heads = []
+                for d in deliveries:
+                    heads.append(d.contact_id not in waiting)
+                    waiting.add(d.contact_id)
+                rows = new_delivery_rows(destination_id, start, deliveries, now_us)
                 async with conn.cursor() as c:
                     await c.executemany(
-                        f"INSERT INTO deliveries ({_DELIVERY}) VALUES"
-                        " (%s,%s,%s,%s,%s,%s,%s,'pending',0,%s,%s,NULL,NULL,NULL,NULL)",
-                        new_delivery_rows(destination_id, start, deliveries, now_us),
+                        f"INSERT INTO deliveries ({_DELIVERY}, head) VALUES"
+                        " (%s,%s,%s,%s,%s,%s,%s,'pending',0,%s,%s,NULL,NULL,NULL,NULL,%s)",
+                        [(*r, h) for r, h in zip(rows, heads, strict=True)],
                     )
             return True
 
@@ -205,11 +242,18 @@ class PostgresDestinations(Destinations):
         self, owner: str, now_us: int, lease_until_us: int, limit: int
     ) -> list[Delivery]:
         async def claim(conn: Conn) -> list[Delivery]:
+            # The disabled destinations as a list, not a join: the claim stays a walk of one
+            # index in order (a join to the small, rarely analysed destinations table made the
+            # planner scan and sort every pending row instead).
+            cur = await conn.execute(
+                "SELECT destination_id FROM destinations WHERE disabled_us IS NOT NULL"
+            )
+            disabled = [row[0] for row in await cur.fetchall()]
             cur = await conn.execute(
                 f"UPDATE deliveries SET lease_owner = %s, lease_until_us = %s"
                 f" WHERE (destination_id, position) IN ({_CLAIMABLE})"
                 f" RETURNING {_DELIVERY}",
-                (owner, lease_until_us, now_us, now_us, limit),
+                (owner, lease_until_us, now_us, disabled, now_us, limit),
             )
             found = [delivery_of(row) for row in await cur.fetchall()]
             found.sort(key=lambda d: (d.next_attempt_us, d.position))
@@ -223,6 +267,13 @@ class PostgresDestinations(Destinations):
             return 0
 
         async def finish(conn: Conn) -> int:
+            # The destinations' rows first, in one order (HEADS: a new row enqueued meanwhile
+            # is seen below, or sees this one's outcome).
+            await conn.execute(
+                "SELECT 1 FROM destinations WHERE destination_id = ANY(%s)"
+                " ORDER BY destination_id FOR NO KEY UPDATE",
+                (sorted({f.destination_id for f in finished}),),
+            )
             cur = await conn.execute(
                 _FINISH,
                 (
@@ -236,8 +287,12 @@ class PostgresDestinations(Destinations):
                     owner,
                 ),
             )
-            recorded = {(row[0], row[1]) for row in await cur.fetchall()}
+            rows = await cur.fetchall()
+            recorded = {(row[0], row[1]) for row in rows}
             done = [f for f in finished if (f.destination_id, f.position) in recorded]
+            ended = [(row[0], row[2]) for row in rows if row[3] != "pending"]
+            if ended:  # the next pending row of each of those contacts is its head now
+                await conn.execute(_NEXT_HEADS, ([e[0] for e in ended], [e[1] for e in ended]))
             for destination_id, since in failing_since(done, now_us).items():
                 await conn.execute(
                     "UPDATE destinations SET failing_since_us = coalesce(failing_since_us, %s)"
@@ -322,15 +377,28 @@ FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::bigint[], %s::integer[], %
     AS o(destination_id, position, status, next_us, code, error)
 WHERE d.destination_id = o.destination_id AND d.position = o.position
     AND d.status = 'pending' AND d.lease_owner = %s
-RETURNING d.destination_id, d.position
+RETURNING d.destination_id, d.position, d.contact_id, d.status
 """
 
-# Due, unleased, pending rows of active destinations that are their contact's earliest pending;
-# rows another worker is claiming right now are skipped, not waited for.
+# The earliest pending row of each (destination, contact) given (their heads ended).
+_NEXT_HEADS = """
+UPDATE deliveries d SET head = true FROM (
+    SELECT DISTINCT ON (e.destination_id, e.contact_id) e.destination_id, e.position
+    FROM deliveries e JOIN unnest(%s::text[], %s::text[]) AS o(destination_id, contact_id)
+        ON e.destination_id = o.destination_id AND e.contact_id = o.contact_id
+    WHERE e.status = 'pending'
+    ORDER BY e.destination_id, e.contact_id, e.position
+) n
+WHERE d.destination_id = n.destination_id AND d.position = n.position
+"""
+
+# Due, unleased, pending rows of active destinations that are their contact's earliest pending
+# (the heads, through deliveries_heads_due: HEADS); rows another worker is claiming right now are
+# skipped, not waited for.
 _CLAIMABLE = """
 SELECT d.destination_id, d.position FROM deliveries d
-JOIN destinations s ON s.destination_id = d.destination_id AND s.disabled_us IS NULL
-WHERE d.status = 'pending' AND d.next_attempt_us <= %s
+WHERE d.status = 'pending' AND d.head AND d.next_attempt_us <= %s
+AND d.destination_id <> ALL(%s::text[])
 AND (d.lease_until_us IS NULL OR d.lease_until_us <= %s)
 AND NOT EXISTS (
     SELECT 1 FROM deliveries e WHERE e.destination_id = d.destination_id

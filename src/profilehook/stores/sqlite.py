@@ -432,6 +432,9 @@ class SqliteStore(Store, ContactQueries, Segments, SqliteDestinations):
         start = _position(after)
         return await self.db.read(lambda conn: _read_changes(conn, workspace, after, start, limit))
 
+    async def feed_end(self, workspace: str) -> str | None:
+        return await self.db.read(_feed_end)
+
     async def purge_changes(self, before_us: int, limit: int) -> int:
         return await self.db.write(lambda conn: _purge_changes(conn, before_us, limit))
 
@@ -1492,6 +1495,14 @@ def _read_changes(
         )
         for seq, contact_id, event_id, at, body in rows
     ]
+
+
+def _feed_end(conn: sqlite3.Connection) -> str | None:
+    """The seq AUTOINCREMENT last gave (one counter for every workspace; never reused, also
+    when the newest change was erased or purged). One writer: a change committed after this
+    read gets a larger seq."""
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'changes'").fetchone()
+    return str(row[0]) if row is not None and row[0] else None
 
 
 def _purge_changes(conn: sqlite3.Connection, before_us: int, limit: int) -> int:
