@@ -343,6 +343,8 @@ MIGRATIONS: list[Migration] = [
     postgres_destinations.MIGRATION,  # destinations and their deliveries
     # The query indexes again, with contact_id last: pages in index order (postgres_query.py).
     postgres_query.INDEXES_BY_CONTACT,
+    # Memberships without their index by contact, which nothing reads (postgres_segments.py).
+    postgres_segments.DROP_BY_CONTACT,
 ]
 
 
