@@ -345,6 +345,8 @@ MIGRATIONS: list[Migration] = [
     postgres_query.INDEXES_BY_CONTACT,
     postgres_destinations.INDEXES,  # deliveries by when due, and finished ones by when
     postgres_destinations.HEADS,  # each contact's earliest pending delivery: what a claim reads
+    # Memberships without their index by contact, which nothing reads (postgres_segments.py).
+    postgres_segments.DROP_BY_CONTACT,
 ]
 
 
