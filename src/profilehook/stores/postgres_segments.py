@@ -46,7 +46,7 @@ CREATE INDEX segment_members_by_contact ON segment_members (workspace, contact_i
 """
 # Memberships are read and written by their whole key only (``keep``, the backfill, a page of
 # members): the index by contact was read by nothing and was a third random page to write for
-# every membership an apply moves (issue 19; SQLite dropped its own for the same reason).
+# every membership an apply moves (SQLite dropped its own for the same reason).
 DROP_BY_CONTACT = "DROP INDEX IF EXISTS segment_members_by_contact;"
 
 Conn = Any  # psycopg.AsyncConnection (loaded by the store)
