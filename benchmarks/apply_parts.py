@@ -35,6 +35,7 @@ from unittest import mock
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from applier_heap import as_the_applier
+from apply_cpu import cpu_per_event
 from run import _operation_events
 
 from profilehook import sqlite_db
@@ -74,20 +75,6 @@ PARTS: dict[str, list[Any]] = {
     ],
     "without the event rows": [mock.patch.object(sqlite_store, "insert_rows", lambda *a: None)],
 }
-
-
-async def _cpu_per_event(path: Path, chunks: list[list[Any]]) -> float:
-    store = sqlite_store.SqliteStore(path)
-    await store.open()
-    cpu0 = time.process_time()
-    for i, chunk in enumerate(chunks, start=1):
-        await store.apply(chunk)
-        if i % 5 == 0:
-            await store.sync()
-    await store.sync()
-    cpu = time.process_time() - cpu0
-    await store.close()
-    return cpu / sum(len(c) for c in chunks)
 
 
 class _Timed:
@@ -147,7 +134,7 @@ async def main(args: argparse.Namespace) -> None:
                     for patch in patches:
                         stack.enter_context(patch)
                     path = Path(tmp) / f"{len(found[name])}-{round_}-{hash(name)}.sqlite3"
-                    found[name].append(await _cpu_per_event(path, chunks))
+                    found[name].append(await cpu_per_event(path, chunks))
         whole = sorted(found["all"])[len(found["all"]) // 2]
         for name, cpus in found.items():
             cpu = sorted(cpus)[len(cpus) // 2]
@@ -155,7 +142,7 @@ async def main(args: argparse.Namespace) -> None:
             print(f"  {name:32} {cpu * 1e6:6.1f} us of CPU per event (median){saved}")
         spent: collections.Counter[str] = collections.Counter()
         with _timing(spent):
-            cpu = await _cpu_per_event(Path(tmp) / "timed.sqlite3", chunks)
+            cpu = await cpu_per_event(Path(tmp) / "timed.sqlite3", chunks)
         sql = sum(spent.values()) / len(events)
         print(f"statements timed: {cpu * 1e6:.1f} us per event, of which SQL {sql * 1e6:.1f} us:")
         for statement, seconds in spent.most_common(10):
