@@ -1,6 +1,7 @@
 """Where C's CPU goes, by process and by thread, beside A's: CPU microseconds per request.
 
     .venv/bin/python benchmarks/c_cpu.py [--duration 8] [--rounds 2] [--connections 64]
+    .venv/bin/python benchmarks/c_cpu.py --profile [--duration 10] [--top 45]
 
 Runs A's raw-ASGI ceiling and C (``profilehook serve``, embedded, applier child running; then
 with ``--no-applier``) under wrk with C's body, alternated, and reads the CPU each thread of
@@ -8,14 +9,22 @@ the server, its applier child and wrk used (/proc/PID/task/TID/stat; wrk's from
 ``RUSAGE_CHILDREN``), with the server's context switches. Per request, CPU time is what a
 shared machine does not distort much (run.py's req/s are wall-clock): the table says which
 thread's work C adds over A. Linux only.
+
+``--profile``: instead, one C run with ``serve`` itself under cProfile (its event loop: uvicorn's
+protocol and the handlers, as wrk drives them; the profile is written on SIGUSR1 when wrk is
+done), printed by own and by cumulative time. For the threads and the kernel, beside it:
+``perf record -F 999 -g -p <serve's pid> -- sleep 8`` then ``perf report --sort pid,dso``.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import os
+import pstats
 import resource
+import signal
 import sys
 import tempfile
 import time
@@ -98,12 +107,58 @@ def measure(server: harness.Server, script: Path, args: argparse.Namespace) -> d
     }
 
 
+def _serve_profiled() -> None:
+    """``profilehook serve`` under cProfile, the profile written to argv[2] on SIGUSR1."""
+    out = sys.argv[2]
+    profile = cProfile.Profile()
+
+    def dump(*_: Any) -> None:
+        profile.disable()
+        profile.dump_stats(out)
+        os._exit(0)
+
+    signal.signal(signal.SIGUSR1, dump)
+    from profilehook.cli import main as cli_main
+
+    sys.argv = ["profilehook", *sys.argv[3:]]
+    profile.enable()
+    cli_main()
+
+
+def profiled(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory(prefix="profilehook-c-cpu-") as tmp:
+        root = Path(tmp)
+        env, key = harness.embedded(root, "c")
+        script = harness.lua(root / "c.lua", harness.EVENT, key)
+        out = root / "serve.prof"
+        argv = [sys.executable, __file__, "--serve-profiled", str(out), "serve", "--port", "{port}"]
+        server = harness.Server("profilehook (cProfile)", argv, env)
+        with harness.running(server):
+            time.sleep(1)
+            result = harness.wrk(server.url + "/v1/properties", script, args.duration)
+            assert server.proc is not None
+            server.proc.send_signal(signal.SIGUSR1)
+            server.proc.wait(60)
+        print(json.dumps({"rps": result["rps"], "loadavg": os.getloadavg()[0]}))
+        stats = pstats.Stats(str(out)).strip_dirs()
+        stats.sort_stats("tottime").print_stats(args.top)
+        stats.sort_stats("cumulative").print_stats(args.top)
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--serve-profiled"]:
+        _serve_profiled()
+        return
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--connections", type=int, default=harness.CONNECTIONS)
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--top", type=int, default=45)
     args = parser.parse_args()
+    if args.profile:
+        profiled(args)
+        return
     with tempfile.TemporaryDirectory(prefix="profilehook-c-cpu-") as tmp:
         root = Path(tmp)
         for r in range(args.rounds):
