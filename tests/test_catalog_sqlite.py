@@ -58,6 +58,10 @@ def catalog_of(path: Path) -> Path:
     return path.with_name(f"{path.stem}.catalog{path.suffix}")
 
 
+def shm_of(path: Path) -> str:
+    return os.path.realpath(f"{catalog_of(path)}-shm")
+
+
 def other_connection(path: Path) -> sqlite3.Connection:
     """Another writer of the catalog, as the CLI would be (this process's SQLite shares the
     ``-shm`` file's descriptor among its connections, so closing this one is safe)."""
@@ -160,7 +164,7 @@ async def test_given_a_checkpoint_and_a_wal_reset_then_the_mapping_still_sees_ea
             for _ in range(times):
                 other.execute("UPDATE api_keys SET created_us = created_us + 1")
 
-        held = sqlite_shm.held()
+        held = sqlite_shm.held()[shm_of(path)]
         checkpoint()
         touch(3)
         assert store.key_grant_at_once("hash-1") is not None  # cached now
@@ -176,7 +180,7 @@ async def test_given_a_checkpoint_and_a_wal_reset_then_the_mapping_still_sees_ea
 
         other.execute("UPDATE api_keys SET revoked_us = NULL WHERE key_id = 'k1'")
         assert store.key_grant_at_once("hash-1") is not None
-        assert sqlite_shm.held() == held  # the same mapping, not made again
+        assert sqlite_shm.held()[shm_of(path)] == held  # the same mapping, not made again
     finally:
         other.close()
 
@@ -277,7 +281,8 @@ async def test_given_no_wal_index_to_map_then_data_version_is_asked_at_most_once
     await store.open()
     other = other_connection(path)
     try:
-        assert store.catalog.commit_mark() is None and sqlite_shm.held() == {}
+        assert store.catalog.commit_mark() is None
+        assert shm_of(path) not in sqlite_shm.held()
         await store.add_key(ApiKey("k1", "acme", created_us=1), "hash-1")
         asked = 0
         read_now = store.catalog.read_now
@@ -313,20 +318,20 @@ async def test_given_two_stores_on_one_file_then_they_share_one_mapping_and_sqli
     process may reset the index under our connections). The mapping's descriptors are
     therefore closed only when the last database on the file closes: while one is open, the
     lock stays and commits are still seen."""
-    shm = Path(os.path.realpath(f"{catalog_of(path)}-shm"))
+    shm = Path(shm_of(path))
     first, second = SqliteStore(path), SqliteStore(path)
     await first.open()
     try:
         await second.open()
         await first.add_key(ApiKey("k1", "acme", created_us=1), "hash-1")
-        assert sqlite_shm.held() == {str(shm): 2}
+        assert sqlite_shm.held().get(str(shm)) == 2
         locks = shm_locks(shm)
         assert locks, "SQLite holds no lock on the -shm file: nothing to protect"
         assert second.key_grant_at_once("hash-1") is not None
     finally:
         await first.close()
     try:
-        assert sqlite_shm.held() == {str(shm): 1}
+        assert sqlite_shm.held().get(str(shm)) == 1
         assert shm_locks(shm) == locks
         other = other_connection(path)
         other.execute("UPDATE api_keys SET revoked_us = 5 WHERE key_id = 'k1'")
@@ -335,13 +340,13 @@ async def test_given_two_stores_on_one_file_then_they_share_one_mapping_and_sqli
         assert second.key_grant_at_once("hash-1") is None
     finally:
         await second.close()
-    assert sqlite_shm.held() == {}
+    assert str(shm) not in sqlite_shm.held()
 
 
 async def test_given_stores_opened_and_closed_then_no_descriptor_or_mapping_of_the_index_is_left(
     path: Path,
 ) -> None:
-    shm = Path(os.path.realpath(f"{catalog_of(path)}-shm"))
+    shm = Path(shm_of(path))
     for _ in range(3):
         stores = [SqliteStore(path), SqliteStore(path)]
         for store in stores:
@@ -352,4 +357,4 @@ async def test_given_stores_opened_and_closed_then_no_descriptor_or_mapping_of_t
             await store.close()
         assert open_descriptors_of(shm) == []
         assert mappings_of(shm) == []
-        assert sqlite_shm.held() == {}
+        assert str(shm) not in sqlite_shm.held()
