@@ -28,7 +28,15 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "profilehook.metrics",
         ),
     ),
-    ("backends", ("profilehook.sqlite_db", "profilehook.queues", "profilehook.stores")),
+    (
+        "backends",
+        (
+            "profilehook.sqlite_db",
+            "profilehook.sqlite_shm",
+            "profilehook.queues",
+            "profilehook.stores",
+        ),
+    ),
     ("sources", ("profilehook.sources",)),
     (
         "library",

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from profilehook import sqlite_shm
 from profilehook.errors import ConfigurationError, StorageUnavailable
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ class SqliteDatabase:
         cache_kib: int | None = None,
         background_checkpoints: bool = False,
         secure_delete: str | None = None,
+        watch_commits: bool = False,
     ):
         """``version`` of ``schema`` is kept in the file (``PRAGMA user_version``). A file of an
         older version is brought up to date at ``open`` by ``migrations[v]`` (``v`` -> ``v + 1``,
@@ -111,7 +113,8 @@ class SqliteDatabase:
         ``synchronous="NORMAL"``: commits are not fsynced (still safe against a killed
         process); ``fsync_wal`` then makes all of them durable at once. ``secure_delete``: the
         writer overwrites what it deletes with zeros (``ON``; ``FAST``: only within the b-tree
-        pages it writes anyway, not in pages it frees), so an erasure leaves no bytes behind."""
+        pages it writes anyway, not in pages it frees), so an erasure leaves no bytes behind.
+        ``watch_commits``: ``commit_mark`` reads the file's WAL-index header (sqlite_shm.py)."""
         self.path = path
         self._schema = schema
         self._version = version
@@ -130,6 +133,8 @@ class SqliteDatabase:
         self._checkpointer: threading.Thread | None = None
         self._committed = threading.Event() if background_checkpoints else None
         self._closing = threading.Event()
+        self._watch_commits = watch_commits
+        self._wal_index: sqlite_shm.WalIndex | None = None
 
     async def open(self) -> None:
         """Create the file and schema, start the writer. Raises ``StorageUnavailable``."""
@@ -177,6 +182,17 @@ class SqliteDatabase:
             daemon=True,
         )
         self._writer.start()
+        if self._watch_commits:
+            # The writer's connection is open (until ``close``): the index exists and stays.
+            self._wal_index = sqlite_shm.acquire(self.path)
+
+    def commit_mark(self) -> bytes | None:
+        """Bytes that differ after any commit to the file, by any connection of any process (and
+        sometimes without one: a checkpoint that resets the WAL); a memory read, no statement.
+        None when not watched (``watch_commits``) or the index cannot be read: then ask
+        ``PRAGMA data_version``."""
+        index = self._wal_index
+        return None if index is None else index.header()
 
     def _create_schema(self, conn: sqlite3.Connection) -> None:
         """Create the schema in a new file; check the version of an existing one."""
@@ -228,6 +244,11 @@ class SqliteDatabase:
             if conn is not None:
                 conn.close()
         self._reader_conn = self._local_conn = self._quick_conn = None
+        if self._wal_index is not None:
+            # Only now that this database's connections are closed: closing the descriptor
+            # drops the process's locks on the file (sqlite_shm.py).
+            index, self._wal_index = self._wal_index, None
+            sqlite_shm.release(index)
 
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(conn)`` inside a transaction that is committed (fsynced) before returning."""

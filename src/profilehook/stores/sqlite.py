@@ -203,7 +203,8 @@ CREATE TABLE IF NOT EXISTS changes_purged (
 )
 
 # Keys and sources live in a file of their own: the hot path checks on every request whether
-# anything changed (PRAGMA data_version), and the applier's commits must not make it look so.
+# anything changed (its WAL-index header: sqlite_shm.py), and the applier's commits must not make
+# it look so.
 CATALOG_VERSION = 2  # 2: keys have scopes (those from before get every scope)
 CATALOG_SCHEMA = """
 CREATE TABLE IF NOT EXISTS sources (
@@ -259,11 +260,14 @@ class SqliteStore(Store, ContactQueries, Segments, SqliteDestinations):
             CATALOG_SCHEMA,
             CATALOG_VERSION,
             migrations={1: _scopes_1_to_2},
+            # This process's own changes are seen from the next lookup on, whatever the check.
+            after_commit=self._forget_catalog,
+            watch_commits=True,
         )
         self.destinations_db = destinations_database(path)
         # Answers for the hot path, valid until any connection commits to the catalog.
         self._cache: dict[tuple[str, str], Any] = {}
-        self._cache_version: int | None = None
+        self._cache_version: object = None
         self._cache_checked_at = float("-inf")
 
     async def open(self) -> None:
@@ -439,7 +443,6 @@ class SqliteStore(Store, ContactQueries, Segments, SqliteDestinations):
         return await self.db.write(lambda conn: _purge_changes(conn, before_us, limit))
 
     async def add_key(self, key: ApiKey, key_hash: str) -> None:
-        self._cache.clear()
         await self.catalog.write(
             lambda conn: conn.execute(
                 "INSERT INTO api_keys (key_id, workspace, key_hash, created_us, scopes)"
@@ -467,7 +470,6 @@ class SqliteStore(Store, ContactQueries, Segments, SqliteDestinations):
             )
             return cursor.rowcount > 0
 
-        self._cache.clear()
         return await self.catalog.write(update)
 
     async def put_source(self, source: Source) -> None:
@@ -478,7 +480,6 @@ class SqliteStore(Store, ContactQueries, Segments, SqliteDestinations):
             _json(source.config),
             source.created_us,
         )
-        self._cache.clear()
         await self.catalog.write(
             lambda conn: conn.execute(
                 "INSERT OR REPLACE INTO sources (source_id, workspace, kind, config, created_us)"
@@ -502,7 +503,6 @@ class SqliteStore(Store, ContactQueries, Segments, SqliteDestinations):
         return await self.catalog.read(select)
 
     async def delete_source(self, source_id: str) -> bool:
-        self._cache.clear()
         return await self.catalog.write(
             lambda conn: (
                 conn.execute("DELETE FROM sources WHERE source_id = ?", (source_id,)).rowcount > 0
@@ -658,22 +658,36 @@ class SqliteStore(Store, ContactQueries, Segments, SqliteDestinations):
     def _cached(self, key: tuple[str, str], load: Callable[[sqlite3.Connection, str], Any]) -> Any:
         """A catalog answer for the hot path, read on the event loop only when not cached.
 
-        A cached answer holds until any connection commits to the catalog (PRAGMA data_version
-        moves). The check runs at most once a millisecond: a change from another process (the
-        CLI) is seen by every request that starts more than 1 ms after its commit.
+        A cached answer holds until any connection commits to the catalog. Each lookup reads the
+        catalog's WAL-index header (``commit_mark``, a memory read): a change from another
+        process (the CLI) is seen by the first lookup after its commit. Where the header cannot
+        be read, ``PRAGMA data_version`` is asked instead, at most once a millisecond (a
+        statement on the event loop; benchmarks/README.md): the change is then seen by every
+        lookup that starts more than 1 ms after its commit. This process's own catalog writes
+        empty the cache as they commit (``_forget_catalog``) either way.
         """
-        now = time.monotonic()
-        if now - self._cache_checked_at >= CATALOG_CHECK_INTERVAL_S:
-            self._cache_checked_at = now
-            version = self.catalog.read_now(_data_version)
-            if version != self._cache_version or len(self._cache) > MAX_CACHED_ANSWERS:
-                self._cache.clear()
-                self._cache_version = version
+        version: object = self.catalog.commit_mark()
+        if version is None:
+            now = time.monotonic()
+            if now - self._cache_checked_at >= CATALOG_CHECK_INTERVAL_S:
+                self._cache_checked_at = now
+                version = self.catalog.read_now(_data_version)
+            else:
+                version = self._cache_version
+        if version != self._cache_version or len(self._cache) > MAX_CACHED_ANSWERS:
+            self._cache.clear()
+            self._cache_version = version
         try:
             return self._cache[key]
         except KeyError:
             value = self._cache[key] = self.catalog.read_now(lambda conn: load(conn, key[1]))
             return value
+
+    def _forget_catalog(self) -> None:
+        """After each commit to the catalog by this process, on the event loop, before the
+        writer's caller resumes: the next lookup reads again."""
+        self._cache.clear()
+        self._cache_checked_at = float("-inf")
 
 
 def _remember_nonce(conn: sqlite3.Connection, nonce: Nonce, expires_us: int, now_us: int) -> bool:
