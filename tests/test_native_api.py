@@ -478,7 +478,7 @@ def test_a_body_gets_the_same_answer_on_the_everyday_path_as_on_the_general_one(
         )
     else:
         body = msgspec.json.encode({"events": [value] * copies})
-        fast, general = _outcome(native.parse_batch, body), _outcome(native._batch_in_general, body)
+        fast, general = _outcome(native.parse_batch, body), _outcome(native.batch_in_general, body)
     given_id = isinstance(value.get("event_id"), str) and value["event_id"]
     assert (fast if given_id else _same_ids(general, fast)) == general
 
@@ -489,7 +489,7 @@ def test_everyday_bodies_are_decoded_once():
     batch = msgspec.json.encode({"events": [event(contact_id=f"u{i}") for i in range(100)]})
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(native, "_single_in_general", None)
-        patch.setattr(native, "_batch_in_general", None)
+        patch.setattr(native, "batch_in_general", None)
         assert native.parse_single(single, "w", 1).contact_id == "c1"
         assert len(native.parse_batch(batch, "w", 1)) == 100
 
