@@ -158,7 +158,7 @@ async def main(args: argparse.Namespace) -> None:
                     flush=True,
                 )
         else:
-            profile = cProfile.Profile()
+            profile = cProfile.Profile(time.thread_time)  # the event loop's CPU, not waits
             profile.enable()
             rate, cpu = await _drive(app, path, headers, body, args.requests, args.concurrency)
             profile.disable()

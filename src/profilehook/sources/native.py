@@ -94,15 +94,14 @@ def _plain_events(
     items: list[_Plain], workspace: str, received_us: int, oldest_us: int
 ) -> list[Event] | None:
     ids = new_event_ids(len(items))
-    # Positional, in the order of Event's fields. ``round``: an int's microseconds, or a
-    # float's as ``timestamp_to_us`` rounds them (the Struct kept both below the milliseconds
-    # threshold).
+    # Positional, in the order of Event's fields. The time as ``timestamp_to_us`` makes it (the
+    # Struct kept it at or above 0 and below the milliseconds threshold).
     events = [
         Event(
             workspace,
             item.event_id or made,
             item.contact_id,
-            round(item.timestamp * 1_000_000),
+            ts * 1_000_000 if type(ts := item.timestamp) is int else round(ts * 1_000_000),
             item.user_properties,
             SOURCE,
             item.event_name,
