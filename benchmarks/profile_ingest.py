@@ -7,9 +7,12 @@ Calls profilehook's ASGI app in process (no HTTP server: uvicorn's share, which 
 pays too, is not in it) with C's body on ``POST /v1/properties`` or D's 100-event body on the
 batch endpoint, ``--concurrency`` requests at a time, on the embedded default backends (the
 durable SQLite log, its writer thread committing groups of requests; the SQLite store; no
-applier). Prints requests/s and the functions by own and cumulative time. ``--no-profile``
-gives the rate without the profiler, and beside it the rate of an app that only reads the body
-and decodes it with msgspec (the batch ceiling's app, the same way), for a ratio.
+applier). Prints requests/s, the CPU per request (this process, every thread: the log's writer
+and checkpointer included) and the functions by own and cumulative time of the event loop's
+thread (CPU time, so that waiting for the GIL or the machine does not count). ``--no-profile``
+gives the rate and CPU per request without the profiler, and beside them those of an app that
+only reads the body and decodes it with msgspec (the batch ceiling's app, the same way), for a
+ratio; ``--compare-with`` is done with ``PYTHONPATH=<other checkout>/src``.
 """
 
 from __future__ import annotations
