@@ -7,9 +7,12 @@ Calls profilehook's ASGI app in process (no HTTP server: uvicorn's share, which 
 pays too, is not in it) with C's body on ``POST /v1/properties`` or D's 100-event body on the
 batch endpoint, ``--concurrency`` requests at a time, on the embedded default backends (the
 durable SQLite log, its writer thread committing groups of requests; the SQLite store; no
-applier). Prints requests/s and the functions by own and cumulative time. ``--no-profile``
-gives the rate without the profiler, and beside it the rate of an app that only reads the body
-and decodes it with msgspec (the batch ceiling's app, the same way), for a ratio.
+applier). Prints requests/s, the CPU per request (this process, every thread: the log's writer
+and checkpointer included) and the functions by own and cumulative time of the event loop's
+thread (CPU time, so that waiting for the GIL or the machine does not count). ``--no-profile``
+gives the rate and CPU per request without the profiler, and beside them those of an app that
+only reads the body and decodes it with msgspec (the batch ceiling's app, the same way), for a
+ratio; ``--compare-with`` is done with ``PYTHONPATH=<other checkout>/src``.
 """
 
 from __future__ import annotations
@@ -94,7 +97,9 @@ async def _lifespan(app: Any) -> tuple[asyncio.Task[None], asyncio.Queue[Any]]:
 
 async def _drive(
     app: Any, path: str, headers: Any, body: bytes, requests: int, concurrency: int
-) -> float:
+) -> tuple[float, float]:
+    """Requests/s, and CPU seconds per request (this process, every thread: the log's
+    writer included)."""
     left = requests
 
     async def worker() -> None:
@@ -104,12 +109,12 @@ async def _drive(
             status = await _call(app, path, headers, body)
             assert status == 202, status
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return requests / (time.perf_counter() - t0)
+    return requests / (time.perf_counter() - t0), (time.process_time() - cpu0) / requests
 
 
-async def _decode_only(body: bytes, requests: int, concurrency: int) -> float:
+async def _decode_only(body: bytes, requests: int, concurrency: int) -> tuple[float, float]:
     """The batch ceiling's work, as an ASGI app: read the body, decode it, answer 202."""
     decode = msgspec.json.decode
 
@@ -138,8 +143,8 @@ async def main(args: argparse.Namespace) -> None:
         await _drive(app, path, headers, body, min(args.requests, 2_000), args.concurrency)
         if args.no_profile:
             for _ in range(args.rounds):
-                ours = await _drive(app, path, headers, body, args.requests, args.concurrency)
-                ceiling = await _decode_only(body, args.requests, args.concurrency)
+                ours, cpu = await _drive(app, path, headers, body, args.requests, args.concurrency)
+                ceiling, ceiling_cpu = await _decode_only(body, args.requests, args.concurrency)
                 print(
                     json.dumps(
                         {
@@ -148,16 +153,22 @@ async def main(args: argparse.Namespace) -> None:
                             "requests_per_s": round(ours),
                             "decode_only_per_s": round(ceiling),
                             "ratio": round(ours / ceiling, 3),
+                            "cpu_us_per_request": round(cpu * 1e6, 1),
+                            "decode_only_cpu_us_per_request": round(ceiling_cpu * 1e6, 1),
+                            "cpu_ratio": round(ceiling_cpu / cpu, 3),
                         }
                     ),
                     flush=True,
                 )
         else:
-            profile = cProfile.Profile()
+            profile = cProfile.Profile(time.thread_time)  # the event loop's CPU, not waits
             profile.enable()
-            rate = await _drive(app, path, headers, body, args.requests, args.concurrency)
+            rate, cpu = await _drive(app, path, headers, body, args.requests, args.concurrency)
             profile.disable()
-            print(f"{args.kind}: {rate:,.0f} requests/s under the profiler")
+            print(
+                f"{args.kind}: {rate:,.0f} requests/s, {cpu * 1e6:,.0f} µs of CPU a request,"
+                " under the profiler"
+            )
             stats = pstats.Stats(profile).strip_dirs()
             stats.sort_stats("tottime").print_stats(args.top)
             stats.sort_stats("cumulative").print_stats(args.top)

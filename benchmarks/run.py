@@ -326,7 +326,7 @@ def embedded(tmp: Path, name: str) -> tuple[dict[str, str], str]:
 
 def scenario_c(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     # --compare-with: the other code runs before C in odd rounds and after it in even ones.
-    even_round = tmp.name.startswith("r") and tmp.name[1:].isdigit() and int(tmp.name[1:]) % 2 == 0
+    even_round = _even_round(tmp)
     before = _c_before(tmp, args) if args.compare_with and not even_round else None
     env, key = embedded(tmp, "c")
     with running(serve("profilehook", env)) as server:
@@ -354,6 +354,10 @@ def scenario_c(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     return full
 
 
+def _even_round(tmp: Path) -> bool:
+    return tmp.name.startswith("r") and tmp.name[1:].isdigit() and int(tmp.name[1:]) % 2 == 0
+
+
 def _c_before(tmp: Path, args: argparse.Namespace) -> dict[str, float]:
     """C's full-rate run on another checkout's code (``--compare-with``: its ``src`` first on
     the path), on a data directory of its own, in the same round as C."""
@@ -379,6 +383,9 @@ def scenario_d(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
             path="/v1/properties/batch",
             connections=16,
         )
+    # --compare-with: D on the other code, just after the ceiling in odd rounds and after D
+    # in even ones.
+    earlier = _d_before(tmp, args, body) if args.compare_with and not _even_round(tmp) else None
     with running(serve("profilehook", env)) as server:
         before = _applied(server)
         result = measured(
@@ -389,6 +396,12 @@ def scenario_d(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
             connections=16,
         )
         result["applied_events_per_s"] = (_applied(server) - before) / args.duration
+    if args.compare_with and _even_round(tmp):
+        earlier = _d_before(tmp, args, body)
+    if earlier is not None:
+        result["before_events_per_s"] = earlier["rps"] * args.batch
+        result["before_p99_ms"] = earlier["p99_ms"]
+        result["before_server_cpu_pct"] = earlier.get("server_cpu_pct")
     with running(serve("profilehook", env, "--no-applier")) as server:
         only = measured(
             server, tmp / "d.lua", args.duration, path="/v1/properties/batch", connections=16
@@ -420,6 +433,21 @@ def scenario_d(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
             if result["applied_events_per_s"]:
                 result[f"{workload}_applied_ratio"] = applied / result["applied_events_per_s"]
     return result
+
+
+def _d_before(tmp: Path, args: argparse.Namespace, body: dict[str, Any]) -> dict[str, float]:
+    """D's run (with the applier) on another checkout's code (``--compare-with``), on a data
+    directory of its own, in the same round as D and its ceiling."""
+    env, key = embedded(tmp, "d-before")
+    env["PYTHONPATH"] = str(Path(args.compare_with).resolve() / "src")
+    with running(serve("profilehook (before)", env)) as server:
+        return measured(
+            server,
+            lua(tmp / "d-before.lua", body, key),
+            args.duration,
+            path="/v1/properties/batch",
+            connections=16,
+        )
 
 
 def _segment_identify(i: int) -> dict[str, Any]:
@@ -2005,6 +2033,21 @@ def _d_rows(d: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
                 ratio >= 0.5,
             )
         )
+    if "before_events_per_s" in d and "ceiling_events_per_s" in d:
+        rounds = d.get("rounds") or [d]
+        rows.append(
+            (
+                "(D / D on --compare-with's code, each round; each x its ceiling)",
+                "; ".join(
+                    f"{x['events_per_s'] / x['before_events_per_s']:.2f}"
+                    f" ({x['events_per_s'] / x['ceiling_events_per_s']:.2f} x"
+                    f" / {x['before_events_per_s'] / x['ceiling_events_per_s']:.2f} x)"
+                    for x in rounds
+                )
+                + f"; medians {d['events_per_s']:,.0f} / {d['before_events_per_s']:,.0f} events/s",
+                None,
+            )
+        )
     for workload, label, limit in (("mixed", "mix", 0.7), ("mixed_late", "mix, 5 % late", 0.5)):
         found = d.get(f"{workload}_applied_ratio")
         if found is not None:
@@ -2170,8 +2213,9 @@ def main() -> None:
     parser.add_argument(
         "--compare-with",
         default="",
-        help="another checkout (e.g. `git archive main | tar -x -C DIR`): C also runs on its"
-        " code in each round, just before C, and the table gives after / before",
+        help="another checkout (e.g. `git archive main | tar -x -C DIR`): C and D also run on"
+        " its code in each round (before them in odd rounds, after in even ones), and the table"
+        " gives after / before",
     )
     parser.add_argument(
         "--query-contacts", type=int, default=100_000, help="contacts (~20 properties) in J"

@@ -297,6 +297,32 @@ class TestBatch:
         assert wait_applied(client, auth, ids[299])["contact_id"] == "m299"
         assert applied_contact(client, auth, "m0")["properties"] == {"plan": "pro"}
 
+    @pytest.mark.parametrize(
+        ("items", "rejected"),
+        [
+            ([event(event_id="b0"), event(event_id='q"uote\\ ✉'), event(event_id=...)], 0),
+            ([event(event_id="m0", timestamp=1700000000123), event(add={"n": 1})], 0),
+            ([event(event_id="n0", user_properties={"a": {"deep": [1]}})], 0),
+            ([event(event_id="r0"), {"contact_id": "x"}], 1),
+        ],
+        ids=["plain", "operations", "general", "one-rejected"],
+    )
+    def test_the_answer_is_byte_for_byte_the_results_of_every_item(
+        self, client, auth, items, rejected
+    ):
+        r = client.post("/v1/properties/batch", json={"events": items}, headers=auth)
+        assert r.status_code == 202
+        found = r.json()["results"]
+        results = [
+            {"index": i, "status": "rejected", "detail": f["detail"]}
+            if "detail" in f
+            else {"index": i, "status": "accepted", "event_id": item.get("event_id", f["event_id"])}
+            for i, (item, f) in enumerate(zip(items, found, strict=True))
+        ]
+        expected = {"accepted": len(items) - rejected, "rejected": rejected, "results": results}
+        assert r.content == msgspec.json.encode(expected)
+        assert r.headers["content-length"] == str(len(r.content))
+
     def test_a_batch_needs_a_key(self, client):
         r = client.post("/v1/properties/batch", json={"events": [event()]})
         assert r.status_code == 401
@@ -478,7 +504,7 @@ def test_a_body_gets_the_same_answer_on_the_everyday_path_as_on_the_general_one(
         )
     else:
         body = msgspec.json.encode({"events": [value] * copies})
-        fast, general = _outcome(native.parse_batch, body), _outcome(native._batch_in_general, body)
+        fast, general = _outcome(native.parse_batch, body), _outcome(native.batch_in_general, body)
     given_id = isinstance(value.get("event_id"), str) and value["event_id"]
     assert (fast if given_id else _same_ids(general, fast)) == general
 
@@ -489,9 +515,72 @@ def test_everyday_bodies_are_decoded_once():
     batch = msgspec.json.encode({"events": [event(contact_id=f"u{i}") for i in range(100)]})
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(native, "_single_in_general", None)
-        patch.setattr(native, "_batch_in_general", None)
+        patch.setattr(native, "batch_in_general", None)
         assert native.parse_single(single, "w", 1).contact_id == "c1"
         assert len(native.parse_batch(batch, "w", 1)) == 100
+
+
+def test_a_batch_of_sets_in_seconds_is_decoded_once_by_the_plain_struct():
+    """SDK-shaped batches (sets only, whole or fractional seconds) decode into the plain Struct
+    alone: neither the Struct of operations nor the general path is tried."""
+    items = [event(contact_id=f"u{i}", timestamp=1700000000 + i / 4) for i in range(100)]
+    items[3]["event_id"] = "given-3"
+    items[4]["metadata"] = {"ip": "203.0.113.9", "n": 1}
+    body = msgspec.json.encode({"events": items})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(native, "_decode_flat_batch", None)
+        patch.setattr(native, "batch_in_general", None)
+        made = native.parse_batch(body, "w", 1)
+    assert [e.ts_us for e in made] == [1_700_000_000_000_000 + i * 250_000 for i in range(100)]  # type: ignore[union-attr]
+    assert made[3].event_id == "given-3"  # type: ignore[union-attr]
+    assert made[4].metadata == {"ip": "203.0.113.9", "n": 1}  # type: ignore[union-attr]
+
+
+_SET = {"contact_id": "c", "event_name": "e", "timestamp": 1700000000, "user_properties": {"a": 1}}
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        [_SET, {**_SET, "add": {"n": 2}}],  # sets, then an operation: the plain Struct fails
+        [{**_SET, "unset": ["u"]}, _SET],
+        [_SET, {**_SET, "timestamp": 1700000000123}],  # milliseconds
+        [{**_SET, "timestamp": 1700000000.5}, {**_SET, "timestamp": 0}],
+        [{**_SET, "timestamp": 99999999999.9}, {**_SET, "timestamp": 99999999999}],
+        [{**_SET, "timestamp": 1e11}, {**_SET, "timestamp": -1}],
+        [{**_SET, "user_properties": {"a": {"deep": 1}}}, _SET],  # the general path's
+        [{**_SET, "event_id": 'x"y\\z ✉'}, {**_SET, "metadata": None}],
+        [_SET, {**_SET, "user_properties": None}],  # one invalid item
+        [{**_SET, "timestamp": 1000}, _SET],  # too old for oldest_us below
+    ],
+)
+@pytest.mark.parametrize("oldest_us", [0, 1_000_000_000_000_000])
+def test_every_path_makes_the_same_events_of_a_batch(items: list[Any], oldest_us: int) -> None:
+    """The plain Struct, the Struct of operations and the general path agree on every batch,
+    the retention window's start included (a batch ``whole_batch`` declines is the general
+    path's, whatever it holds)."""
+    body = msgspec.json.encode({"events": items})
+    general = _outcome(lambda b, w, r: native.batch_in_general(b, w, r, oldest_us), body)
+    whole = native.whole_batch(body, "w", 123, oldest_us)
+    parsed = _outcome(lambda b, w, r: native.parse_batch(b, w, r, oldest_us), body)
+    assert _same_ids(general, parsed) == general
+    if whole is not None:
+        assert all(isinstance(e, Event) for e in general)
+        assert whole == _same_ids(whole, general)
+
+
+def test_a_batchs_ids_count_on_across_their_table_of_last_digits(monkeypatch):
+    # The last three hex digits come from a table of 4,096: the digits before them move on.
+    monkeypatch.setattr(events, "_getrandbits", lambda n: 0xABC << 62 | 0x1234_5678_9FFE)
+    ids = events.new_event_ids(5_000)
+    assert [i[-12:] for i in ids[:4]] == [
+        "123456789ffe",
+        "123456789fff",
+        "12345678a000",
+        "12345678a001",
+    ]
+    assert [int(i[-12:], 16) for i in ids] == [0x1234_5678_9FFE + n for n in range(5_000)]
+    assert {i[:24] for i in ids} == {ids[0][:24]}
 
 
 def test_a_batchs_ids_stay_distinct_and_well_formed_where_their_count_wraps(monkeypatch):

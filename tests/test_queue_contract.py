@@ -18,10 +18,11 @@ from typing import Any
 import msgspec
 import pytest
 
-from profilehook.events import Event
+from profilehook.events import Event, encode_event, encode_events
 from profilehook.queues.base import HandsOverAcknowledgements, Queue
 from profilehook.queues.memory import MemoryQueue
 from profilehook.queues.sqlite import SqliteQueue
+from profilehook.sqlite_db import MAX_RECORDS_PER_ROW
 from tests.support import NATS_URL, SHORT_ACK_WAIT_S, event, require_server
 
 NO_WAIT_S = 0.0
@@ -156,6 +157,58 @@ async def test_given_one_publish_of_thousands_then_it_comes_back_whole_and_in_or
 
     assert [d.event for d in delivered] == events
     assert await backend.queue.depth() == 2_500
+
+
+async def test_given_an_empty_publish_then_nothing_is_logged_and_later_events_come_as_ever(
+    backend: QueueBackend,
+) -> None:
+    queue = backend.queue
+    await queue.publish([])
+    if isinstance(queue, SqliteQueue):  # no row: a row of no events holds no position
+        assert await queue.db.read(_rows) == []
+    assert await queue.depth() == 0
+    assert await queue.fetch(10, NO_WAIT_S) == []
+
+    await asyncio.gather(queue.publish(numbered(2)), queue.publish([]))
+    await queue.publish([])
+
+    assert ids(await fetch_all(queue, 2, backend.redelivery_wait_s)) == ["e000", "e001"]
+    assert await queue.depth() == 2
+
+
+def _rows(conn: Any) -> list[tuple[int, bytes]]:
+    return conn.execute("SELECT events, body FROM batches ORDER BY seq").fetchall()
+
+
+async def test_given_concurrent_publishes_then_the_rows_hold_each_event_as_encoded_alone(
+    sqlite_queue_backend: QueueBackend,
+) -> None:
+    """The log's rows are what they always were (readers and older versions read them): each
+    event's own msgpack encoding, one after the other, at most MAX_RECORDS_PER_ROW to a row;
+    however the publishes that share a commit are encoded."""
+    queue = sqlite_queue_backend.queue
+    assert isinstance(queue, SqliteQueue)
+    sizes = [1, 15, 16, 100, 2_500, 1_999, 3, 4_001]
+    published = [numbered(n, f"s{i}-") for i, n in enumerate(sizes)]
+
+    await asyncio.gather(*(queue.publish(events) for events in published))
+
+    rows = await queue.db.read(_rows)
+    everything = [e for events in published for e in events]
+    assert b"".join(body for _, body in rows) == b"".join(encode_event(e) for e in everything)
+    assert sum(count for count, _ in rows) == len(everything)
+    assert all(0 < count <= MAX_RECORDS_PER_ROW for count, _ in rows)
+    delivered = await fetch_all(queue, len(everything), NO_WAIT_S)
+    assert [d.event for d in delivered] == everything
+
+
+@pytest.mark.parametrize("count", [0, 1, 15, 16, 17, 2**16 - 1, 2**16])
+def test_a_publishs_events_encoded_at_once_are_the_bytes_of_each_encoded_alone(
+    count: int,
+) -> None:
+    # Where msgpack's array header grows (16 and 65,536 elements), the bytes stay the same.
+    events = [event(event_id=str(i), n=i) for i in range(count)]
+    assert encode_events(events) == b"".join(encode_event(e) for e in events)
 
 
 async def test_given_an_empty_log_when_fetching_then_it_waits_up_to_wait_s_and_returns_nothing(

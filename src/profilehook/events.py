@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -67,6 +68,15 @@ def encode_event(event: Event) -> bytes:
     return _encoder.encode(event)
 
 
+def encode_events(events: Sequence[Event]) -> bytes:
+    """``b"".join(encode_event(e) for e in events)``, byte for byte, in one msgspec call: the
+    events encoded as one msgpack array, less the array's header (1, 3 or 5 bytes by length).
+    A third of the CPU of encoding them one by one at 100 events."""
+    count = len(events)
+    encoded = _encoder.encode(events)
+    return encoded[1 if count < 16 else 3 if count < 2**16 else 5 :]
+
+
 def decode_event(data: bytes) -> Event:
     """Raises ``msgspec.DecodeError`` / ``msgspec.ValidationError`` on a corrupt record."""
     return _decoder.decode(data)
@@ -105,8 +115,18 @@ def new_event_ids(count: int) -> list[str]:
     bits = _getrandbits(74)
     variant = 0x8000 | (bits >> 48) & 0x3FFF
     start = f"{_time_prefix()}{bits >> 62:03x}-{variant:04x}-"
-    last = bits & 0xFFFFFFFFFFFF
-    return [start + "%012x" % (last + i & 0xFFFFFFFFFFFF) for i in range(count)]
+    # The last 48 bits as 9 hex digits that change once in 4,096 ids and 3 that count, from a
+    # table: one concatenation an id instead of a formatting (a third of the CPU).
+    high, low = bits >> 12 & 0xFFFFFFFFF, bits & 0xFFF
+    ids: list[str] = []
+    while len(ids) < count:
+        head = "%s%09x" % (start, high)  # noqa: UP031
+        ids += [head + digits for digits in _HEX3[low : low + count - len(ids)]]
+        high, low = high + 1 & 0xFFFFFFFFF, 0  # modulo 2**48 with the 3 digits
+    return ids
+
+
+_HEX3 = ["%03x" % i for i in range(4096)]  # noqa: UP031
 
 
 def _time_prefix() -> str:

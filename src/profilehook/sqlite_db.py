@@ -59,8 +59,8 @@ LATER = Later.LATER
 class _Job:
     fn: Callable[[sqlite3.Connection], Any] | None
     future: asyncio.Future[Any]
-    sql: str = ""  # with ``records``: an append that joins its neighbours' in one row
-    records: list[bytes] | None = None
+    sql: str = ""  # with ``chunks``: an append that joins its neighbours' in one row
+    chunks: list[tuple[int, bytes]] | None = None  # (records, their bytes one after the other)
     alone: bool = False  # run outside any transaction (a checkpoint, VACUUM), by itself
 
 
@@ -258,16 +258,18 @@ class SqliteDatabase:
         self._jobs.put(_Job(fn, future))
         return await future
 
-    def append(self, sql: str, records: list[bytes]) -> asyncio.Future[None]:
-        """Store ``records`` (byte strings); the future completes once they are committed:
-        ``sql`` runs with the parameters ``(count, concatenated records)`` for each row of up
-        to ``MAX_RECORDS_PER_ROW``. Appends with the same statement that arrive together share
-        rows as well as the commit: this is the ingest hot path (hence a future to await, not
-        a coroutine). Raises ``StorageUnavailable`` when the database is not open."""
+    def append(self, sql: str, chunks: list[tuple[int, bytes]]) -> asyncio.Future[None]:
+        """Store records given as chunks ``(count, their bytes one after the other)`` of at
+        most ``MAX_RECORDS_PER_ROW`` records each; the future completes once they are
+        committed: ``sql`` runs with the parameters ``(count, concatenated records)`` for each
+        row, of whole chunks, up to ``MAX_RECORDS_PER_ROW`` records. Appends with the same
+        statement that arrive together share rows as well as the commit: this is the ingest
+        hot path (hence a future to await, not a coroutine). Raises ``StorageUnavailable`` when
+        the database is not open."""
         if self._writer is None or self._loop is None:
             raise StorageUnavailable(f"{self.path.name} is not open")
         future: asyncio.Future[None] = self._loop.create_future()
-        self._jobs.put(_Job(None, future, sql, records))
+        self._jobs.put(_Job(None, future, sql, chunks))
         return future
 
     async def write_alone(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -480,31 +482,38 @@ def _single_row(batch: list[_Job]) -> tuple[int, bytes] | None:
     """The row parameters when the whole batch is appends with one statement that fit one row."""
     sql, count = batch[0].sql, 0
     for job in batch:
-        if job.records is None or job.sql != sql:
+        if job.chunks is None or job.sql != sql:
             return None
-        count += len(job.records)
+        for records, _ in job.chunks:
+            count += records
     if count > MAX_RECORDS_PER_ROW:
         return None
-    return count, b"".join([record for job in batch for record in job.records or ()])
+    return count, b"".join([data for job in batch for _, data in job.chunks or ()])
 
 
 def _run_jobs(conn: sqlite3.Connection, batch: list[_Job]) -> list[Any]:
-    """Each job's result, in order; runs of appends of one statement share rows."""
+    """Each job's result, in order; runs of appends of one statement share rows (of whole
+    chunks, up to ``MAX_RECORDS_PER_ROW`` records)."""
     results: list[Any] = []
     pending: list[bytes] = []
+    count = 0
     for i, job in enumerate(batch):
-        if job.records is None:
+        if job.chunks is None:
             assert job.fn is not None
             results.append(job.fn(conn))
             continue
-        pending.extend(job.records)
+        for records, data in job.chunks:
+            if count + records > MAX_RECORDS_PER_ROW and pending:
+                conn.execute(job.sql, (count, b"".join(pending)))
+                pending, count = [], 0
+            pending.append(data)
+            count += records
         results.append(None)
         following = batch[i + 1] if i + 1 < len(batch) else None
-        if following is None or following.records is None or following.sql != job.sql:
-            for start in range(0, len(pending), MAX_RECORDS_PER_ROW):
-                chunk = pending[start : start + MAX_RECORDS_PER_ROW]
-                conn.execute(job.sql, (len(chunk), b"".join(chunk)))
-            pending = []
+        if following is None or following.chunks is None or following.sql != job.sql:
+            if pending:
+                conn.execute(job.sql, (count, b"".join(pending)))
+            pending, count = [], 0
     return results
 
 

@@ -533,6 +533,8 @@ class NatsQueue(Queue):
         Raises ``StorageUnavailable`` when not every event was acknowledged in time; some may
         have been stored (a retry with the same event_ids is deduplicated).
         """
+        if not events:
+            return  # nothing to store (awaiting no PubAck would only time out)
         try:
             try:
                 await self._publish(events)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import msgspec
 
-from profilehook.events import Event, encode_event, erased_stub, predates
+from profilehook.events import Event, encode_events, erased_stub, predates
 from profilehook.queues.base import Delivery, HandsOverAcknowledgements, Queue
 from profilehook.sqlite_db import MAX_RECORDS_PER_ROW, SqliteDatabase
 
@@ -76,7 +76,17 @@ class SqliteQueue(Queue, HandsOverAcknowledgements):
         await self.db.close()
 
     def publish(self, events: Sequence[Event]) -> Awaitable[None]:
-        return self.db.append(_APPEND, [encode_event(e) for e in events])
+        count = len(events)
+        if not count:  # no row: a row of no events holds no position, and nothing to wait for
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+        # A chunk of up to a row's size is encoded in one msgspec call, not one per event: the
+        # same bytes, less CPU.
+        if count <= MAX_RECORDS_PER_ROW:
+            return self.db.append(_APPEND, [(count, encode_events(events))])
+        chunks = [events[i : i + MAX_RECORDS_PER_ROW] for i in range(0, count, MAX_RECORDS_PER_ROW)]
+        return self.db.append(_APPEND, [(len(chunk), encode_events(chunk)) for chunk in chunks])
 
     async def fetch(self, max_events: int, wait_s: float) -> list[Delivery]:
         deadline = time.monotonic() + wait_s
@@ -183,7 +193,7 @@ class SqliteQueue(Queue, HandsOverAcknowledgements):
                 if changed:
                     conn.execute(
                         "UPDATE batches SET body = ? WHERE seq = ?",
-                        (b"".join(encode_event(e) for e in events), seq),
+                        (encode_events(events), seq),
                     )
             return erased
 

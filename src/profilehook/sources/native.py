@@ -63,23 +63,63 @@ def parse_batch(
     Raises ``ValidationFailed`` when the envelope is wrong or no item is valid. ``oldest_us``
     as for ``parse_single``.
     """
+    events = whole_batch(body, workspace, received_us, oldest_us)
+    if events is not None:
+        return events  # type: ignore[return-value]
+    return batch_in_general(body, workspace, received_us, oldest_us)
+
+
+def whole_batch(
+    body: bytes, workspace: str, received_us: int, oldest_us: int = 0
+) -> list[Event] | None:
+    """The events of a batch body in the everyday shapes whose every item is valid (what
+    ``parse_batch`` returns for it); None for any other body: ``batch_in_general`` decides."""
+    plain = _decoded_flat(_decode_plain_batch, body)
+    if plain is not None:
+        return _plain_events(plain.events, workspace, received_us, oldest_us)
     flat = _decoded_flat(_decode_flat_batch, body)
-    if flat is not None:
-        ids = new_event_ids(len(flat.events))  # (a few unused ones cost less than a test each)
-        events = [
-            _flat_event(item, workspace, received_us, item.event_id or made)
-            for item, made in zip(flat.events, ids, strict=True)
-        ]
-        if None not in events and (
-            not oldest_us or all(e.ts_us >= oldest_us for e in events)  # type: ignore[union-attr]
-        ):
-            return events  # type: ignore[return-value]
-    return _batch_in_general(body, workspace, received_us, oldest_us)
+    if flat is None:
+        return None
+    ids = new_event_ids(len(flat.events))  # (a few unused ones cost less than a test each)
+    events = [
+        _flat_event(item, workspace, received_us, item.event_id or made)
+        for item, made in zip(flat.events, ids, strict=True)
+    ]
+    if None in events or (oldest_us and min(e.ts_us for e in events) < oldest_us):  # type: ignore[union-attr]
+        return None
+    return events  # type: ignore[return-value]
 
 
-def _batch_in_general(
+def _plain_events(
+    items: list[_Plain], workspace: str, received_us: int, oldest_us: int
+) -> list[Event] | None:
+    ids = new_event_ids(len(items))
+    # Positional, in the order of Event's fields. The time as ``timestamp_to_us`` makes it (the
+    # Struct kept it at or above 0 and below the milliseconds threshold).
+    events = [
+        Event(
+            workspace,
+            item.event_id or made,
+            item.contact_id,
+            ts * 1_000_000 if type(ts := item.timestamp) is int else round(ts * 1_000_000),
+            item.user_properties,
+            SOURCE,
+            item.event_name,
+            item.metadata,
+            received_us,
+        )
+        for item, made in zip(items, ids, strict=True)
+    ]
+    if oldest_us and min(e.ts_us for e in events) < oldest_us:
+        return None
+    return events
+
+
+def batch_in_general(
     body: bytes, workspace: str, received_us: int, oldest_us: int = 0
 ) -> list[BatchItem]:
+    """``parse_batch`` for any body: every item checked and explained (``whole_batch`` first
+    takes the everyday bodies for less)."""
     value, problems = decode_json(body, shallow=_flat_batch)
     if problems:
         raise ValidationFailed(problems)
@@ -144,8 +184,29 @@ class _FlatBatch(msgspec.Struct, forbid_unknown_fields=True):
     events: Annotated[list[_Flat], Meta(min_length=1, max_length=c.MAX_BATCH_EVENTS)]
 
 
+# The plainest shape of all, a batch of sets only and timestamps in seconds (what SDKs send):
+# an operation's field, or a time in milliseconds, fails it, and the batch is decoded again as
+# _FlatBatch. Its events are made with no test of operations or of the time's unit.
+_Seconds = Annotated[int, Meta(ge=0, lt=int(c.MILLISECONDS_THRESHOLD))]
+_FractionalSeconds = Annotated[float, Meta(ge=0, lt=c.MILLISECONDS_THRESHOLD)]
+
+
+class _Plain(msgspec.Struct, forbid_unknown_fields=True):
+    contact_id: Annotated[str, Meta(min_length=1, max_length=_PLAIN_ID_CHARS)]
+    event_name: _PropertyName
+    timestamp: _Seconds | _FractionalSeconds
+    user_properties: _Properties
+    metadata: dict[str, _Scalar] | None = None
+    event_id: Annotated[str, Meta(min_length=1, max_length=_PLAIN_EVENT_ID_CHARS)] | None = None
+
+
+class _PlainBatch(msgspec.Struct, forbid_unknown_fields=True):
+    events: Annotated[list[_Plain], Meta(min_length=1, max_length=c.MAX_BATCH_EVENTS)]
+
+
 _decode_flat_event = msgspec.json.Decoder(_Flat).decode
 _decode_flat_batch = msgspec.json.Decoder(_FlatBatch).decode
+_decode_plain_batch = msgspec.json.Decoder(_PlainBatch).decode
 
 
 def _decoded_flat(decode: Any, body: bytes) -> Any:
