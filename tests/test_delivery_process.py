@@ -159,7 +159,8 @@ def test_serve_delivers_from_a_child_of_its_applier_process(tmp_path: Path) -> N
                         p for p in descendants(server.proc.pid) if "worker" in command_of(p)
                     ]
                     assert child in descendants(applier)
-                    # In the applier's session (its scheduler autogroup), at its priority.
+                    # In the applier's session (its scheduler autogroup), at its priority (19:
+                    # never above it).
                     assert os.getsid(child) == os.getsid(applier) != os.getsid(server.proc.pid)
                     assert os.getpriority(os.PRIO_PROCESS, child) == os.getpriority(
                         os.PRIO_PROCESS, applier
@@ -305,7 +306,12 @@ def test_a_worker_on_an_in_memory_store_starts_no_delivery_process(tmp_path: Pat
     )
     workers = [_worker(shared), _worker(memory)]
     try:
-        wait_until(lambda: delivery_pids(workers[0].pid), 20)
+        (child,) = wait_until(lambda: delivery_pids(workers[0].pid), 20)
+        # Below its worker's priority (the apply first), in its session (one autogroup).
+        assert os.getpriority(os.PRIO_PROCESS, child) == min(
+            19, os.getpriority(os.PRIO_PROCESS, workers[0].pid) + 5
+        )
+        assert os.getsid(child) == os.getsid(workers[0].pid)
         time.sleep(2)  # the in-memory worker has started by now too
         assert workers[1].poll() is None
         assert delivery_pids(workers[1].pid) == []

@@ -18,12 +18,15 @@ Only a store other processes share (a SQLite file, PostgreSQL) is delivered from
 an in-memory store the child would deliver from a store of its own, empty; ``delivers_in_a_child``
 says which, and the applier runner delivers in process otherwise.
 
-Priority: the child inherits its parent's niceness and session: serve's applier process runs at
-nice 19 in a session (a scheduler autogroup) of its own, and the delivery child shares both, so
-applying and delivering get equal turns of the CPU time the server leaves them. A child at a
-higher priority than the applier within that autogroup starved the apply and made the
-ingest -> delivery latency worse (benchmarks/README.md, scenario L). It gets a process group of
-its own, so a Ctrl-C in a terminal reaches only the parent, which stops it.
+Priority: the child runs ``NICENESS_STEP`` levels below its parent (``os.nice``, relative, so
+never above it; the kernel stops at 19) and in its parent's session, which on Linux is its
+scheduler autogroup (niceness orders threads only within one autogroup). In a ``worker`` (nice 0)
+the child is at 5: where applying and delivering want the same core, the apply comes first and
+delivery uses what it leaves (a commit wakes the child, a backlog waits). In serve's applier
+process (nice 19, in a session of its own) both are at 19, equal turns of what the server
+leaves: a child *above* the applier there (nice 5 against 19 in one autogroup) starved the
+apply and made the ingest -> delivery p99 worse (benchmarks/README.md, scenario L). It gets a
+process group of its own, so a Ctrl-C in a terminal reaches only the parent, which stops it.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ HEALTHY_RUN_S = 60.0  # a child that ran this long starts the backoff over when 
 STOP_TIMEOUT_S = 15.0  # to finish the calls in flight and record them, before it is killed
 WAKE_POLL_S = 0.25  # the child looks for work this often without a wake-up
 WAKE = b"\x01"
+NICENESS_STEP = 5  # the child's niceness above its parent's (module doc)
 
 
 def delivers_in_a_child(settings: Settings) -> bool:
@@ -154,6 +158,9 @@ class DeliveryProcess:
 async def run_delivery(settings: Settings, poll_s: float = WAKE_POLL_S) -> None:
     """The child's side (``profilehook deliver``): deliver from the settings' store until
     standard input ends (or SIGTERM); each byte read is a wake-up."""
+    # Before the store's threads start: threads inherit their creator's niceness.
+    with contextlib.suppress(OSError):
+        os.nice(NICENESS_STEP)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
