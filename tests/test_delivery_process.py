@@ -133,6 +133,28 @@ def test_only_a_store_other_processes_share_is_delivered_from_a_child() -> None:
     assert not delivers_in_a_child(Settings(store_url="memory://"))
 
 
+async def test_wake_ups_of_one_loop_turn_are_one_byte_and_a_full_pipe_never_blocks() -> None:
+    child = DeliveryProcess(Settings())
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    child._wake_fd = write_fd  # as _spawn leaves it
+    try:
+        for _ in range(3):
+            child.wake()
+        await asyncio.sleep(0)
+        assert os.read(read_fd, 100) == b"\x01"
+        while True:  # fill the pipe, as a child busy for long would leave it
+            try:
+                os.write(write_fd, b"\x01" * 4096)
+            except BlockingIOError:
+                break
+        child.wake()
+        await asyncio.sleep(0)  # dropped, not blocking: the child has bytes to read anyway
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+
+
 def test_serve_delivers_from_a_child_of_its_applier_process(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with receiving() as receiver:
