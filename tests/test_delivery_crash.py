@@ -1,12 +1,14 @@
 """At least once across crashes (SPEC 2.10): a real ``profilehook serve`` delivers to a local
 receiver (which verifies every signature with ``standardwebhooks``); its delivering process (the
-applier process) and the server are SIGKILLed mid-delivery and restarted. Every change arrives,
+applier process's delivery child, ``profilehook deliver``), the applier process and the server
+are SIGKILLed mid-delivery and restarted. Every change arrives,
 none out of order per contact; duplicates (the calls in flight at the kill) carry the same
 ``webhook-id``. The figures are printed: changes, delivered, out-of-order, duplicates."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -49,11 +51,21 @@ def receiver() -> Iterator[Receiver]:
     thread.join(5)
 
 
-def children(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
     found: list[int] = []
     for task in Path(f"/proc/{pid}/task").iterdir():
-        text = (task / "children").read_text().split()
-        found += [int(p) for p in text]
+        for child in (task / "children").read_text().split():
+            found += [int(child), *descendants(int(child))]
+    return found
+
+
+def delivering(pid: int) -> list[int]:
+    """The ``profilehook deliver`` processes under ``pid``."""
+    found = []
+    for child in descendants(pid):
+        with contextlib.suppress(OSError):
+            if b"deliver" in Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0"):
+                found.append(child)
     return found
 
 
@@ -92,14 +104,19 @@ def test_given_kill_9_of_the_delivering_process_then_every_change_arrives_in_ord
                         pass
                     time.sleep(0.02)
                 if i in (EVENTS // 3, 2 * EVENTS // 3):
-                    # Once deliveries are under way: the applier process (which delivers)
-                    # and the server, both SIGKILLed.
+                    # Once deliveries are under way: the delivery process first (calls in
+                    # flight), then the applier process and the server, all SIGKILLed.
                     deadline = time.monotonic() + 20
                     while len(receiver.received) < i // 2 and time.monotonic() < deadline:
                         time.sleep(0.01)
                     assert server.proc is not None
-                    for child in children(server.proc.pid):
-                        os.kill(child, signal.SIGKILL)
+                    while not delivering(server.proc.pid) and time.monotonic() < deadline:
+                        time.sleep(0.01)
+                    (deliverer,) = delivering(server.proc.pid)
+                    os.kill(deliverer, signal.SIGKILL)
+                    for child in descendants(server.proc.pid):
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(child, signal.SIGKILL)
                     server.kill()
                     kills += 1
                     server.start()

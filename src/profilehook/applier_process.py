@@ -32,6 +32,7 @@ import msgspec
 from profilehook.applier import Applier
 from profilehook.applier_endpoints import ApplierEndpoints
 from profilehook.destinations.delivery import Deliverer
+from profilehook.destinations.process import DeliveryProcess, delivers_in_a_child
 from profilehook.erasure import Eraser
 from profilehook.errors import StorageUnavailable
 from profilehook.metrics import ApplierTotals, Metrics
@@ -95,10 +96,17 @@ async def run_applier(
         purging_changes = asyncio.create_task(
             ChangePurger(services.store, settings).run(stop), name="change-purge"
         )
-        # Destinations are delivered to here: in serve's applier process, and in every worker
-        # (they share the deliveries through the store's leases).
-        deliverer = Deliverer(services.store, settings)
-        applier.on_applied = deliverer.changes_committed
+        # Destinations are delivered to from here: serve's applier process and every worker
+        # (they share the deliveries through the store's leases) start a delivery process that
+        # the applier's commits wake; an in-memory store, which no other process can open, is
+        # delivered from in this process.
+        deliverer: Deliverer | DeliveryProcess
+        if delivers_in_a_child(settings):
+            deliverer = DeliveryProcess(settings)
+            applier.on_applied = deliverer.wake
+        else:
+            deliverer = Deliverer(services.store, settings)
+            applier.on_applied = deliverer.changes_committed
         delivering = asyncio.create_task(deliverer.run(stop), name="destinations")
         # A worker executes erasures too (any number may: each step is idempotent); serve's
         # applier process does not: the server does, it writes the embedded log.

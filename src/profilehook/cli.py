@@ -277,6 +277,24 @@ def worker(ctx: click.Context, metrics_port: int | None, report_to_parent: bool)
         sys.exit(1)  # stopped before it started
 
 
+@main.command(hidden=True)
+@click.option("--poll-s", type=float, default=None, hidden=True)
+@click.pass_context
+def deliver(ctx: click.Context, poll_s: float | None) -> None:
+    """Deliver to the destinations until standard input ends (the applier's child process:
+    destinations/process.py)."""
+    from profilehook.destinations.process import WAKE_POLL_S, run_delivery
+
+    settings = _settings(ctx)
+    delivering = run_delivery(settings, WAKE_POLL_S if poll_s is None else poll_s)
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(delivering)
+    else:
+        uvloop.run(delivering)
+
+
 @main.group()
 def keys() -> None:
     """Create, list and revoke API keys."""

@@ -22,6 +22,7 @@ import asyncio
 import ssl
 import time
 from dataclasses import dataclass, field
+from typing import cast
 
 from profilehook.constants import (
     DESTINATION_CONNECTION_IDLE_S,
@@ -72,8 +73,8 @@ class Connection(asyncio.Protocol):
         return self._lost is None and self.transport is not None and self.reusable
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # (uvloop's transports are not subclasses of asyncio's: no isinstance check here)
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
@@ -177,6 +178,7 @@ def _head(head: bytes) -> tuple[int, int | None, bool]:
 
 @dataclass
 class _Pool:
+    head: bytes  # the request's start line and fixed headers (``_head_of``): made once
     idle: list[Connection] = field(default_factory=list)
     slots: asyncio.Semaphore = field(
         default_factory=lambda: asyncio.Semaphore(DESTINATION_CONNECTIONS)
@@ -207,8 +209,8 @@ class Senders:
         call's own failures."""
         pool = self._pools.get(target)
         if pool is None:
-            pool = self._pools[target] = _Pool()
-        request = _request(target, body, headers)
+            pool = self._pools[target] = _Pool(_head_of(target))
+        request = _request(pool.head, body, headers)
         connection: Connection | None = None
         try:
             async with asyncio.timeout(timeout_s), pool.slots:
@@ -284,7 +286,8 @@ async def post(
         senders.close()
 
 
-def _request(target: Target, body: bytes, headers: dict[str, str]) -> bytes:
+def _head_of(target: Target) -> bytes:
+    """What every request to ``target`` starts with: the start line and the fixed headers."""
     host = target.host if ":" not in target.host else f"[{target.host}]"
     default_port = 443 if target.tls else 80
     authority = host if target.port == default_port else f"{host}:{target.port}"
@@ -293,10 +296,13 @@ def _request(target: Target, body: bytes, headers: dict[str, str]) -> bytes:
         f"host: {authority}",
         f"user-agent: {USER_AGENT}",
         "content-type: application/json",
-        f"content-length: {len(body)}",
-        *(f"{name}: {value}" for name, value in headers.items()),
     ]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+    return ("\r\n".join(lines) + "\r\n").encode()
+
+
+def _request(head: bytes, body: bytes, headers: dict[str, str]) -> bytes:
+    varying = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    return b"%scontent-length: %d\r\n%s\r\n%s" % (head, len(body), varying.encode(), body)
 
 
 async def _connect(target: Target, addresses: list[str], tls: ssl.SSLContext | None) -> Connection:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 import secrets
 
@@ -35,7 +34,7 @@ def secret_key(secret: str) -> bytes:
 
 def signature(key: bytes, webhook_id: str, timestamp_s: int, body: bytes) -> str:
     signed = b"%s.%d.%s" % (webhook_id.encode(), timestamp_s, body)
-    digest = hmac.new(key, signed, hashlib.sha256).digest()
+    digest = hmac.digest(key, signed, "sha256")  # one C call: no HMAC object per signature
     return "v1," + base64.b64encode(digest).decode()
 
 
