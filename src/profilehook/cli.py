@@ -57,6 +57,38 @@ def _run(coro: Awaitable[T]) -> T:
         raise click.ClickException(str(exc.detail)) from None
 
 
+def _run_until_sigterm(coro: Awaitable[T]) -> T:
+    """``_run(coro)``, where SIGTERM cancels ``coro`` at its next ``await`` (its ``finally``
+    blocks and context managers run, as for Ctrl-C) and the process then exits 143, as a shell
+    reports a terminated command.
+
+    Not ``sys.exit`` in a plain signal handler: that raises wherever the main thread happens to
+    be, also inside a library call. Landing in ``ThreadPoolExecutor.submit`` between starting
+    its thread and recording it, it left a store's reader thread that ``close`` did not join,
+    whose connection was then closed under it: the process died of a segmentation fault."""
+    terminated = False
+
+    async def main() -> T:
+        task = asyncio.current_task()
+        assert task is not None
+
+        def stop() -> None:
+            nonlocal terminated
+            if not terminated:  # cancelled once: a second SIGTERM must not cut the clean-up
+                terminated = True
+                task.cancel()
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop)
+        return await coro
+
+    try:
+        return _run(main())
+    except asyncio.CancelledError:
+        if terminated:
+            sys.exit(128 + signal.SIGTERM)
+        raise
+
+
 def _settings(ctx: click.Context, **overrides: Any) -> Settings:
     base: Settings = ctx.obj
     try:
@@ -874,8 +906,7 @@ def export_cmd(ctx: click.Context, workspace: str, output: Path, as_json: bool) 
             await store.close()
 
     # SIGTERM unwinds like Ctrl-C, so that a stopped export leaves no temporary file behind.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    count = _run(run())
+    count = _run_until_sigterm(run())
     if count == 0:
         click.echo(f"No contacts in workspace {workspace!r}", err=True)
     if as_json:
