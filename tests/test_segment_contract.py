@@ -206,6 +206,14 @@ FILTERS = [
     },
     {"all": []},
     {"property": "n", "op": "eq", "value": 1},
+    # Ranges on one number property, decided together by bisection once ready (with ties, an
+    # int against a float, and values that are no number: booleans, a missing property).
+    {"property": "n", "op": "gt", "value": 1},
+    {"property": "n", "op": "gte", "value": 1.0},
+    {"property": "n", "op": "gt", "value": 2.5},
+    {"property": "n", "op": "lt", "value": 2.5},
+    {"property": "n", "op": "lte", "value": 1},
+    {"any": [{"property": "n", "op": "gte", "value": 5}]},
 ]
 
 
@@ -220,7 +228,7 @@ def random_event(rng: random.Random, i: int) -> Event:
     if rng.random() < 0.6:
         props["plan"] = rng.choice(["pro", "free", None])
     if rng.random() < 0.4:
-        props["n"] = rng.choice([1, 5, 2.5, 1.0, True])
+        props["n"] = rng.choice([1, 5, 2.5, 1.0, True, 0, -0.5, 7])
         if rng.random() < 0.5:
             ops["n"] = "add"
     if rng.random() < 0.3:

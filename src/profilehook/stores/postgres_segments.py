@@ -15,12 +15,12 @@ from profilehook.stores.postgres_query import EXISTS, PostgresCompiler
 from profilehook.stores.segments import (
     Moves,
     Rule,
-    RuleSet,
     Segment,
     Touched,
     before_of,
     decide,
     member_rows,
+    rule_set,
     work,
 )
 
@@ -84,19 +84,22 @@ async def keep(conn: Conn, touched: Sequence[Touched], load: Load) -> Moves:
         "SELECT workspace, segment_id, filter, status FROM segments WHERE workspace = ANY(%s)",
         (sorted({t.workspace for t in touched}),),
     )
-    by_workspace: dict[str, RuleSet] = {}
-    ready = set()
+    found: dict[str, list[tuple[str, str, str]]] = {}
     for workspace, segment_id, text, status in await cur.fetchall():
-        by_workspace.setdefault(workspace, RuleSet()).add(_rule(segment_id, text))
-        if status == "ready":
-            ready.add(segment_id)
+        found.setdefault(workspace, []).append((segment_id, text, status))
+    by_workspace = {w: rule_set(w, segments, _rule) for w, segments in found.items()}
+    ready = {s for r in by_workspace.values() for s in r.ready}
     todo = work(by_workspace, touched) if by_workspace else []
     if not todo:
         return {}
     keys = [(t.workspace, t.contact_id) for t, _ in todo]
     # Of each contact, only the properties its segments look at: a rule's answer is a
     # function of those (and of the contact's id and last update), so the rest are not read.
-    names = [(t.workspace, t.contact_id, n) for t, rules in todo for n in _named(rules)]
+    names = [
+        (t.workspace, t.contact_id, n)
+        for t, rules in todo
+        for n in by_workspace[t.workspace].names_of(t, rules)
+    ]
     now = await load(conn, keys, names)
     # A ready segment's membership is the filter's answer on the profile before, which the
     # apply knew where it read the values its plan changes (``Touched.before``): only the
@@ -121,13 +124,9 @@ async def keep(conn: Conn, touched: Sequence[Touched], load: Load) -> Moves:
             _columns(pairs, 3),
         )
         members = {(w, s, c) for w, s, c in await cur.fetchall()}
-    moves = decide(todo, now, members, before, frozenset(ready))
+    moves = decide(todo, now, members, before, frozenset(ready), by_workspace)
     await _write(conn, *member_rows(moves))
     return moves
-
-
-def _named(rules: Sequence[Rule]) -> set[str]:
-    return {name for rule in rules for name in rule.names}
 
 
 async def _write(

@@ -20,6 +20,7 @@ from profilehook.stores.segments import (
     Touched,
     decide,
     member_rows,
+    rule_set,
     work,
 )
 from profilehook.stores.sqlite_values import EXISTS, SqliteCompiler
@@ -73,18 +74,16 @@ def rules(
     conn: sqlite3.Connection, workspaces: set[str]
 ) -> tuple[dict[str, RuleSet], frozenset[str]]:
     """The workspaces' segments, and the ids of those that are ready."""
-    by_workspace: dict[str, RuleSet] = {}
-    ready = set()
+    found: dict[str, list[tuple[str, str, str]]] = {}
     rows = conn.execute(
         "SELECT workspace, segment_id, filter, status FROM segments"
         " WHERE workspace IN (SELECT value FROM json_each(?))",
         (_json(sorted(workspaces)).decode(),),
     )
     for workspace, segment_id, text, status in rows:
-        by_workspace.setdefault(workspace, RuleSet()).add(_rule(segment_id, text))
-        if status == "ready":
-            ready.add(segment_id)
-    return by_workspace, frozenset(ready)
+        found.setdefault(workspace, []).append((segment_id, text, status))
+    by_workspace = {w: rule_set(w, segments, _rule) for w, segments in found.items()}
+    return by_workspace, frozenset(s for r in by_workspace.values() for s in r.ready)
 
 
 def keep(
@@ -100,7 +99,10 @@ def keep(
     if not todo:
         return {}
     keys = [(t.workspace, t.contact_id) for t, _ in todo]
-    names = {(t.workspace, t.contact_id): _named(rules) for t, rules in todo}
+    names = {
+        (t.workspace, t.contact_id): by_workspace[t.workspace].names_of(t, rules)
+        for t, rules in todo
+    }
     old = before(keys, names) if before is not None else None
     # Stored memberships are read only where the profile before is no answer, by their key.
     unknown = [
@@ -123,7 +125,7 @@ def keep(
         if unknown
         else set()
     )
-    moves = decide(todo, load(keys, names), members, old, ready)
+    moves = decide(todo, load(keys, names), members, old, ready, by_workspace)
     added, removed = member_rows(moves)
     conn.executemany(
         "DELETE FROM segment_members WHERE workspace = ? AND segment_id = ? AND contact_id = ?",
@@ -135,12 +137,6 @@ def keep(
         added,
     )
     return moves
-
-
-def _named(rules: Sequence[Rule]) -> frozenset[str]:
-    if len(rules) == 1:
-        return rules[0].names
-    return frozenset(name for rule in rules for name in rule.names)
 
 
 # -- the segments themselves -----------------------------------------------------------------
