@@ -1,0 +1,53 @@
+"""Benchmark J's segment cost is judged per CPU-second of the store's processes (issue 19's
+targets: 10 / 100 segments cost at most 15 % / 40 % of the apply rate): the arithmetic from the
+CPU seconds of each round, and the meter that counts them (this process, PostgreSQL backends)."""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+import pytest
+from benchmarks import run
+from benchmarks.cpu_meter import Meter, backend_cpu, spent
+
+from tests.support import POSTGRES_URL, require_server
+
+
+def test_given_cpu_seconds_per_round_then_rates_and_costs_are_per_cpu_second() -> None:
+    cpu = {}
+    for r, (bench, seg10, seg100) in enumerate([(1.0, 1.1, 1.5), (1.0, 1.3, 2.5)]):
+        cpu[("bench", "varied", r)] = bench
+        cpu[("seg10", "varied", r)] = seg10
+        cpu[("seg100", "varied", r)] = seg100
+        cpu[("bench", "worst", r)] = 9.0  # another workload: not counted in this one
+    found = run.j_costs(cpu, "varied", 2_000)
+    assert found["0_segments_events_per_s"] == pytest.approx(2 * 2_000 / 2.0)
+    assert found["100_segments_events_per_s"] == pytest.approx(2 * 2_000 / 4.0)
+    # The cost is the share of the rate that segments take: 1 - rate with / rate without.
+    assert found["cost_10_segments"] == pytest.approx(1 - 2.0 / 2.4)
+    assert found["cost_100_segments"] == pytest.approx(0.5)
+    assert found["cost_10_segments_rounds"] == [round(1 - 1 / 1.1, 3), round(1 - 1 / 1.3, 3)]
+    assert found["cost_100_segments_rounds"] == [round(1 - 1 / 1.5, 3), 0.6]
+
+
+def test_given_work_in_this_process_then_the_meter_counts_it_and_not_sleep() -> None:
+    with Meter() as meter:
+        end = spent() + 0.2
+        while spent() < end:
+            pass
+        time.sleep(0.2)
+    assert 0.19 <= meter.seconds < 0.35
+
+
+def test_given_a_backend_working_then_the_meter_counts_its_cpu() -> None:
+    require_server(POSTGRES_URL, 5432)
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        before = backend_cpu(conn)
+        with Meter(lambda: [conn.info.backend_pid]) as meter:
+            own = spent()
+            conn.execute("SELECT count(*) FROM generate_series(1, 3000000)")
+            own = spent() - own
+        assert backend_cpu(conn) - before >= 0.1
+        # The backend did the work: the meter counts far more than this process spent.
+        assert meter.seconds - own >= 0.1
