@@ -109,9 +109,11 @@ async def keep(conn: Conn, touched: Sequence[Touched], load: Load) -> Moves:
         for t, _ in todo
         if t.before is not None
     }
+    all_ready = all(len(r.ready) == len(r.rules) for r in by_workspace.values())
     pairs = [
         (t.workspace, r.segment_id, t.contact_id)
         for t, rules in todo
+        if t.before is None or not all_ready
         for r in rules
         if t.before is None or r.segment_id not in ready
     ]

@@ -316,6 +316,7 @@ class RuleSet:
     ranged: frozenset[str] = frozenset()
     _names_of: dict[str, frozenset[str]] = field(default_factory=dict)
     _needed: dict[tuple[frozenset[str], bool], list[Rule]] = field(default_factory=dict)
+    _rest: dict[int, tuple[list[Rule], list[Rule]]] = field(default_factory=dict)
 
     def add(self, rule: Rule) -> None:
         self.rules.append(rule)
@@ -325,6 +326,7 @@ class RuleSet:
             self.on_updated.append(rule)
         self._names_of.clear()
         self._needed.clear()
+        self._rest.clear()
 
     def set_ready(self, ready: frozenset[str]) -> RuleSet:
         """Mark the ready segments (and group the ranges among them); the set itself."""
@@ -357,9 +359,21 @@ class RuleSet:
             found = self._needed[key] = list(chosen.values())
         return found
 
+    def rest(self, rules: list[Rule]) -> list[Rule]:
+        """``rules`` (a list ``needed`` gave) without the ranges (``Thresholds`` decides those)."""
+        found = self._rest.get(id(rules))
+        if found is None or found[0] is not rules:
+            if len(self._rest) > 4096:
+                self._rest.clear()
+            found = self._rest[id(rules)] = (
+                rules,
+                [r for r in rules if r.segment_id not in self.ranged],
+            )
+        return found[1]
+
     def names_of(self, touched: Touched, rules: list[Rule]) -> frozenset[str]:
         """The properties that ``rules`` (``needed(touched)``) look at."""
-        if touched.exists_changed or touched.names is None or touched.updated_changed:
+        if touched.exists_changed or touched.names is None:
             return frozenset(name for rule in rules for name in rule.names)
         found: set[str] = set()
         for name in touched.names:
@@ -368,6 +382,8 @@ class RuleSet:
                 rules_of = self.by_name.get(name, ())
                 named = self._names_of[name] = frozenset(n for r in rules_of for n in r.names)
             found |= named
+        if touched.updated_changed and self.on_updated:
+            found.update(name for rule in self.on_updated for name in rule.names)
         return frozenset(found)
 
 
@@ -424,7 +440,6 @@ def decide(
     exactly what the filter says of that profile. ``sets``: the workspaces' rules (with
     ``RuleSet.set_ready``), whose ready ranges are then decided by bisection."""
     moves: Moves = {}
-    nothing: frozenset[str] = frozenset()
     for change, rules in todo:
         workspace, contact_id = key = (change.workspace, change.contact_id)
         contact = contacts.get(key)
@@ -442,20 +457,19 @@ def decide(
         changed = _changed(old_props, now_props) if same_contact else None
         entered: list[str] = []
         exited: list[str] = []
-        ranged = nothing
+        deciding = rules
         if changed is not None and sets is not None:
             found = sets.get(workspace)
             if found is not None and found.ranged:
-                ranged = found.ranged  # all ready: decided here, from the profile before
+                # All ready: decided here, from the profile before, and not one by one.
+                deciding = found.rest(rules)
                 for name in changed:
                     thresholds = found.ranges.get(name)
                     if thresholds is not None:
                         e, x = thresholds.moves(old_props.get(name), now_props.get(name))
                         entered += e
                         exited += x
-        for rule in rules:
-            if rule.segment_id in ranged:
-                continue
+        for rule in deciding:
             test = rule.test or compile_filter(rule.filter)
             ready_before = known and rule.segment_id in ready
             if (

@@ -104,13 +104,19 @@ def keep(
         for t, rules in todo
     }
     old = before(keys, names) if before is not None else None
-    # Stored memberships are read only where the profile before is no answer, by their key.
-    unknown = [
-        (t.workspace, r.segment_id, t.contact_id)
-        for t, needed in todo
-        for r in needed
-        if old is None or r.segment_id not in ready
-    ]
+    # Stored memberships are read only where the profile before is no answer, by their key
+    # (none to look for when every segment is ready and the profiles before are known).
+    all_ready = old is not None and all(len(r.ready) == len(r.rules) for r in by_workspace.values())
+    unknown = (
+        []
+        if all_ready
+        else [
+            (t.workspace, r.segment_id, t.contact_id)
+            for t, needed in todo
+            for r in needed
+            if old is None or r.segment_id not in ready
+        ]
+    )
     members = (
         {
             (w, s, c)
