@@ -886,19 +886,22 @@ class _j_backends:
         self.conn.close()
 
 
-def j_costs(cpu: dict[tuple[str, str, int], float], kind: str, batch: int) -> dict[str, Any]:
+def j_costs(
+    cpu: dict[tuple[str, str, int], float], kind: str, batch: int, tail: str = ""
+) -> dict[str, Any]:
     """J's apply figures of one workload from the CPU seconds of each (workspace, workload,
     round): events per CPU-second with 0, 10 and 100 segments (workspaces ``bench``,
     ``seg10``, ``seg100``), the cost of 10 and 100 segments on that rate (1 - rate with /
-    rate without: the share of the rate they take) over all rounds, and each round's."""
+    rate without: the share of the rate they take) over all rounds, and each round's; each
+    figure's name with ``tail`` after its segments."""
     rounds = sorted({r for (_, k, r) in cpu if k == kind})
     total = {w: sum(cpu[(w, kind, r)] for r in rounds) for w in ("bench", "seg10", "seg100")}
     found: dict[str, Any] = {}
     for workspace, segments in (("bench", 0), ("seg10", 10), ("seg100", 100)):
-        found[f"{segments}_segments_events_per_s"] = len(rounds) * batch / total[workspace]
+        found[f"{segments}_segments{tail}_events_per_s"] = len(rounds) * batch / total[workspace]
     for workspace, segments in (("seg10", 10), ("seg100", 100)):
-        found[f"cost_{segments}_segments"] = 1 - total["bench"] / total[workspace]
-        found[f"cost_{segments}_segments_rounds"] = [
+        found[f"cost_{segments}_segments{tail}"] = 1 - total["bench"] / total[workspace]
+        found[f"cost_{segments}_segments{tail}_rounds"] = [
             round(1 - cpu[("bench", kind, r)] / cpu[(workspace, kind, r)], 3) for r in rounds
         ]
     return found
@@ -1064,8 +1067,8 @@ async def _queries_and_segments(tmp: Path, args: argparse.Namespace) -> dict[str
             for workspace, segments in (("bench", 0), ("seg10", 10), ("seg100", 100)):
                 rate = args.apply_batches * J_BATCH / wall[(workspace, kind)]
                 result[f"{name}_apply_{segments}_segments{tail}_wall_events_per_s"] = rate
-            for key, value in j_costs(cpu, kind, J_BATCH).items():
-                result[f"{name}_apply_{key}{tail}"] = value
+            for key, value in j_costs(cpu, kind, J_BATCH, tail).items():
+                result[f"{name}_apply_{key}"] = value
         await store.close()
     if "postgres" in stores:
         import psycopg
