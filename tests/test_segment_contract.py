@@ -242,16 +242,23 @@ def _fields(e: Event) -> dict[str, Any]:
     return {name: getattr(e, name) for name in e.__struct_fields__}
 
 
-@pytest.mark.parametrize("seed", range(4))
+# Without a filter on the last update, a store may decide an update from its plan alone.
+NOT_ON_UPDATED = [raw for raw in FILTERS if "$updated_at" not in str(raw)]
+
+
+@pytest.mark.parametrize(
+    ("seed", "filters"),
+    [(seed, FILTERS) for seed in range(4)] + [(seed, NOT_ON_UPDATED) for seed in range(4, 7)],
+)
 async def test_given_random_event_sequences_then_members_equal_the_filters_answer(
-    store: Store, seed: int
+    store: Store, seed: int, filters: list[dict[str, Any]]
 ) -> None:
     rng = random.Random(seed)
     await store.apply([random_event(rng, i) for i in range(10)])
     # Some segments created before the rest of the events, backfilled between batches.
     assert isinstance(store, Segments)
     ids = []
-    for raw in FILTERS:
+    for raw in filters:
         segment_id = f"seg_{uuid.uuid4().hex[:8]}"
         await store.create_segment(Segment(segment_id, W, "s", f(raw), 1))
         ids.append(segment_id)
@@ -269,7 +276,7 @@ async def test_given_random_event_sequences_then_members_equal_the_filters_answe
         batch = [random_event(rng, i + k) for k in range(rng.randrange(1, 6))]
         i += len(batch)
         await store.apply(batch)
-        for raw, segment_id in zip(FILTERS, ids, strict=True):
+        for raw, segment_id in zip(filters, ids, strict=True):
             assert await members(store, segment_id) == await matching(store, raw), raw
 
 

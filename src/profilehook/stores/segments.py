@@ -39,6 +39,7 @@ from profilehook.filters import (
 from profilehook.stores.base import Contact, ContactPlan, contact_exists
 
 SegmentStatus = Literal["building", "ready"]
+_SCALARS = (str, int, float, bool, type(None))
 BACKFILL_CHUNK_CONTACTS = 500
 
 
@@ -314,6 +315,9 @@ class RuleSet:
     # Ready segments of one range on one property, by that property; their ids.
     ranges: dict[str, Thresholds] = field(default_factory=dict)
     ranged: frozenset[str] = frozenset()
+    # The others (not decided by ``Thresholds``), by the properties they name.
+    unranged_by_name: dict[str, list[Rule]] = field(default_factory=dict)
+    all_ready: bool = False
     _names_of: dict[str, frozenset[str]] = field(default_factory=dict)
     _needed: dict[tuple[frozenset[str], bool], list[Rule]] = field(default_factory=dict)
     _rest: dict[int, tuple[list[Rule], list[Rule]]] = field(default_factory=dict)
@@ -338,7 +342,77 @@ class RuleSet:
                 grouped.setdefault(name, []).append((rule.segment_id, op, value))
         self.ranges = {name: Thresholds(found) for name, found in grouped.items()}
         self.ranged = frozenset(s for found in grouped.values() for s, _, _ in found)
+        self.unranged_by_name = {
+            name: kept
+            for name, rules in self.by_name.items()
+            if (kept := [r for r in rules if r.segment_id not in self.ranged])
+        }
+        self.all_ready = all(rule.segment_id in ready for rule in self.rules)
         return self
+
+    def quick(
+        self, change: Touched, values: Mapping[str, Any], plan: ContactPlan
+    ) -> SegmentMoves | None:
+        """The moves of a contact that existed before the batch and still does (or did not
+        and does not), decided from the values the batch's plan was made from (``values``:
+        the stored ones, tombstones as None) and the plan itself, for a workspace whose
+        segments are all ready and none looks at the last update (``quick_applies``). Only
+        the names whose value the plan really changes are looked at (the segments' answers
+        on unchanged values stand); the ranges by bisection, the other filters on the profiles
+        before and after, of only the names they look at. None: no move."""
+        assert change.names is not None and plan.delete_upto is None
+        if not contact_exists(plan.last_update, plan.deleted):
+            return None  # nor did it exist before (``quick_applies``): in no segment
+        upserts, removes = plan.upserts, plan.removes
+        entered: list[str] = []
+        exited: list[str] = []
+        others: dict[str, Rule] = {}
+        for name in change.names:
+            if name not in self.by_name:
+                continue
+            old = values.get(name)
+            new = None if name in removes else upserts[name][0] if name in upserts else old
+            if old.__class__ is new.__class__ and old.__class__ in _SCALARS and old == new:
+                continue
+            thresholds = self.ranges.get(name)
+            if thresholds is not None:
+                e, x = thresholds.moves(old, new)
+                entered += e
+                exited += x
+            for rule in self.unranged_by_name.get(name, ()):
+                others[rule.segment_id] = rule
+        if others:
+            names = {n for rule in others.values() for n in rule.names}
+            before = {n: v for n in names if (v := values.get(n)) is not None}
+            after = dict(before)
+            for name in names:
+                if name in removes:
+                    after.pop(name, None)
+                elif name in upserts:
+                    if (value := upserts[name][0]) is None:
+                        after.pop(name, None)
+                    else:
+                        after[name] = value
+            contact_id, now_us = change.contact_id, plan.last_update[0]  # type: ignore[index]
+            for rule in others.values():
+                test = rule.test or compile_filter(rule.filter)
+                was = test(contact_id, before, change.updated_before_us)
+                now = test(contact_id, after, now_us)
+                if now and not was:
+                    entered.append(rule.segment_id)
+                elif was and not now:
+                    exited.append(rule.segment_id)
+        return SegmentMoves(tuple(entered), tuple(exited)) if entered or exited else None
+
+    def quick_applies(self, change: Touched) -> bool:
+        """Whether ``quick`` decides ``change``: all segments ready, none on the last update,
+        and the contact's existence unchanged by a batch that deleted nothing."""
+        return (
+            self.all_ready
+            and not self.on_updated
+            and not change.exists_changed
+            and change.names is not None
+        )
 
     def needed(self, touched: Touched) -> list[Rule]:
         """The segments ``touched`` can move the contact in or out of (``Rule.needs``)."""
@@ -491,9 +565,6 @@ def decide(
         if entered or exited:
             moves[key] = SegmentMoves(tuple(entered), tuple(exited))
     return moves
-
-
-_SCALARS = (str, int, float, bool, type(None))
 
 
 def _changed(old: Mapping[str, Any], now: Mapping[str, Any]) -> set[str]:

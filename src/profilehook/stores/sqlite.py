@@ -1152,6 +1152,7 @@ def _apply_profiles(
             )
             for k in keys
         },
+        {k: (state.values, plan) for k, (_, state, plan) in after.items()},
     )
     return result
 

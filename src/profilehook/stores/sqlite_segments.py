@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 
 from profilehook.filters import parse_filter, to_json
-from profilehook.stores.base import Contact
+from profilehook.stores.base import Contact, ContactPlan
 from profilehook.stores.segments import (
     Moves,
     Rule,
@@ -86,16 +86,58 @@ def rules(
     return by_workspace, frozenset(s for r in by_workspace.values() for s in r.ready)
 
 
+Plans = Mapping[tuple[str, str], tuple[Mapping[str, Any], ContactPlan]]
+"""Of each touched contact: its stored values before the batch (tombstones as None) and the
+batch's plan for it."""
+
+
 def keep(
-    conn: sqlite3.Connection, touched: Sequence[Touched], load: Load, before: Load | None = None
+    conn: sqlite3.Connection,
+    touched: Sequence[Touched],
+    load: Load,
+    before: Load | None = None,
+    plans: Plans | None = None,
 ) -> Moves:
     """Move the touched contacts in and out of their workspaces' segments (the applier's
     call, after it wrote the profiles, in its transaction); the moves. ``before``: the
-    contacts' profiles before the batch, when the caller knows them (``decide``)."""
+    contacts' profiles before the batch, when the caller knows them (``decide``); ``plans``:
+    the values and plans the batch wrote them from, which decide most updates with nothing
+    else built (``RuleSet.quick``)."""
     if not touched:
         return {}
     by_workspace, ready = rules(conn, {t.workspace for t in touched})
-    todo = work(by_workspace, touched) if by_workspace else []
+    if not by_workspace:
+        return {}
+    quick: Moves = {}
+    if plans is not None:
+        rest = []
+        for t in touched:
+            found = by_workspace.get(t.workspace)
+            if found is None:
+                continue
+            if found.quick_applies(t):
+                key = (t.workspace, t.contact_id)
+                if (move := found.quick(t, *plans[key])) is not None:
+                    quick[key] = move
+            else:
+                rest.append(t)
+        touched = rest
+    moves = _keep(conn, touched, load, before, by_workspace, ready)
+    if quick:
+        _write(conn, quick)
+        moves.update(quick)
+    return moves
+
+
+def _keep(
+    conn: sqlite3.Connection,
+    touched: Sequence[Touched],
+    load: Load,
+    before: Load | None,
+    by_workspace: dict[str, RuleSet],
+    ready: frozenset[str],
+) -> Moves:
+    todo = work(by_workspace, touched)
     if not todo:
         return {}
     keys = [(t.workspace, t.contact_id) for t, _ in todo]
@@ -132,6 +174,11 @@ def keep(
         else set()
     )
     moves = decide(todo, load(keys, names), members, old, ready, by_workspace)
+    _write(conn, moves)
+    return moves
+
+
+def _write(conn: sqlite3.Connection, moves: Moves) -> None:
     added, removed = member_rows(moves)
     conn.executemany(
         "DELETE FROM segment_members WHERE workspace = ? AND segment_id = ? AND contact_id = ?",
@@ -142,7 +189,6 @@ def keep(
         " VALUES (?, ?, ?)",
         added,
     )
-    return moves
 
 
 # -- the segments themselves -----------------------------------------------------------------
