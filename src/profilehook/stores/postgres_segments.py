@@ -4,17 +4,18 @@ backfill's chunks, which take the same locks per contact (stores/segments.py say
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
 
 from profilehook.filters import parse_filter, to_json
-from profilehook.stores.base import Contact
+from profilehook.stores.base import Contact, ContactPlan
 from profilehook.stores.postgres_query import EXISTS, PostgresCompiler
 from profilehook.stores.segments import (
     Moves,
     Rule,
+    RuleSet,
     Segment,
     Touched,
     before_of,
@@ -75,9 +76,17 @@ def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
     return [[row[i] for row in rows] for i in range(width)]
 
 
-async def keep(conn: Conn, touched: Sequence[Touched], load: Load) -> Moves:
+Plans = Mapping[tuple[str, str], tuple[Mapping[str, Any], ContactPlan]]
+"""Of touched contacts that existed: the values the apply read for its plan (those of the
+names its events set) and the plan."""
+
+
+async def keep(
+    conn: Conn, touched: Sequence[Touched], load: Load, plans: Plans | None = None
+) -> Moves:
     """Move the touched contacts in and out of their workspaces' segments (the applier's call,
-    after it wrote the profiles, in its transaction); the moves."""
+    after it wrote the profiles, in its transaction); the moves. ``plans``: what decides most
+    updates with nothing read (``RuleSet.quick``)."""
     if not touched:
         return {}
     cur = await conn.execute(
@@ -89,7 +98,41 @@ async def keep(conn: Conn, touched: Sequence[Touched], load: Load) -> Moves:
         found.setdefault(workspace, []).append((segment_id, text, status))
     by_workspace = {w: rule_set(w, segments, _rule) for w, segments in found.items()}
     ready = {s for r in by_workspace.values() for s in r.ready}
-    todo = work(by_workspace, touched) if by_workspace else []
+    if not by_workspace:
+        return {}
+    quick: Moves = {}
+    if plans is not None:
+        rest = []
+        for t in touched:
+            rule_set_of = by_workspace.get(t.workspace)
+            if rule_set_of is None:
+                continue
+            key = (t.workspace, t.contact_id)
+            given = plans.get(key)
+            if given is not None and rule_set_of.quick_applies(t):
+                move = rule_set_of.quick(t, *given, partial=True)
+                if move is False:
+                    rest.append(t)
+                elif move is not None:
+                    quick[key] = move
+            else:
+                rest.append(t)
+        touched = rest
+    moves = await _keep(conn, touched, load, by_workspace, frozenset(ready))
+    if quick:
+        await _write(conn, *member_rows(quick))
+        moves.update(quick)
+    return moves
+
+
+async def _keep(
+    conn: Conn,
+    touched: Sequence[Touched],
+    load: Load,
+    by_workspace: dict[str, RuleSet],
+    ready: frozenset[str],
+) -> Moves:
+    todo = work(by_workspace, touched)
     if not todo:
         return {}
     keys = [(t.workspace, t.contact_id) for t, _ in todo]
@@ -126,7 +169,7 @@ async def keep(conn: Conn, touched: Sequence[Touched], load: Load) -> Moves:
             _columns(pairs, 3),
         )
         members = {(w, s, c) for w, s, c in await cur.fetchall()}
-    moves = decide(todo, now, members, before, frozenset(ready), by_workspace)
+    moves = decide(todo, now, members, before, ready, by_workspace)
     await _write(conn, *member_rows(moves))
     return moves
 

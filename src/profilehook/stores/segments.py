@@ -351,15 +351,21 @@ class RuleSet:
         return self
 
     def quick(
-        self, change: Touched, values: Mapping[str, Any], plan: ContactPlan
-    ) -> SegmentMoves | None:
+        self,
+        change: Touched,
+        values: Mapping[str, Any],
+        plan: ContactPlan,
+        partial: bool = False,
+    ) -> SegmentMoves | Literal[False] | None:
         """The moves of a contact that existed before the batch and still does (or did not
         and does not), decided from the values the batch's plan was made from (``values``:
         the stored ones, tombstones as None) and the plan itself, for a workspace whose
         segments are all ready and none looks at the last update (``quick_applies``). Only
         the names whose value the plan really changes are looked at (the segments' answers
         on unchanged values stand); the ranges by bisection, the other filters on the profiles
-        before and after, of only the names they look at. None: no move."""
+        before and after, of only the names they look at. None: no move. ``partial``:
+        ``values`` holds only the names the plan writes (those read for it), so False (not
+        decided here) when a filter to decide looks at another."""
         assert change.names is not None and plan.delete_upto is None
         if not contact_exists(plan.last_update, plan.deleted):
             return None  # nor did it exist before (``quick_applies``): in no segment
@@ -383,6 +389,8 @@ class RuleSet:
                 others[rule.segment_id] = rule
         if others:
             names = {n for rule in others.values() for n in rule.names}
+            if partial and not names <= change.names:
+                return False
             before = {n: v for n in names if (v := values.get(n)) is not None}
             after = dict(before)
             for name in names:

@@ -117,7 +117,7 @@ def keep(
                 continue
             if found.quick_applies(t):
                 key = (t.workspace, t.contact_id)
-                if (move := found.quick(t, *plans[key])) is not None:
+                if move := found.quick(t, *plans[key]):
                     quick[key] = move
             else:
                 rest.append(t)
