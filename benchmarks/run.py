@@ -31,8 +31,8 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the benchmarks package (its apps, ceilings, reads, soak)
 from benchmarks import ceilings, reads, soak  # noqa: E402
-from benchmarks.cpu_meter import Meter  # noqa: E402
+from benchmarks.cpu_meter import cpu_seconds  # noqa: E402
 
 BIN = Path(sys.executable).parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -868,6 +868,34 @@ async def _j_values_copy_cost(tmp: Path, args: argparse.Namespace) -> dict[str, 
     }
 
 
+class _JMeter:
+    """CPU seconds spent in a ``with`` block by this process (``cpu_meter.cpu_seconds``) and
+    by the processes ``pids()`` names (asked at entry and at exit: one that appears meanwhile
+    counts from zero; asking is not counted)."""
+
+    def __init__(self, pids: Callable[[], list[int]] | None = None) -> None:
+        self.pids = pids or (lambda: [])
+        self.seconds = 0.0
+
+    @staticmethod
+    def _of(pids: list[int]) -> dict[int, float]:
+        found = {}
+        for pid in pids:
+            with suppress(OSError):  # ended, or no /proc of it here
+                found[pid] = cpu_seconds(pid)
+        return found
+
+    def __enter__(self) -> _JMeter:
+        self._others = self._of(self.pids())
+        self._own = cpu_seconds()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        own = cpu_seconds() - self._own
+        others = self._of(self.pids())
+        self.seconds = own + sum(s - self._others.get(pid, 0.0) for pid, s in others.items())
+
+
 class _j_backends:
     """The pids of the PostgreSQL backends whose application_name is ``tag`` (a store's
     connections), asked over a connection of its own."""
@@ -1053,7 +1081,7 @@ async def _queries_and_segments(tmp: Path, args: argparse.Namespace) -> dict[str
                         for j, (contact, props) in enumerate(updates)
                     ]
                     a0 = time.perf_counter()
-                    with Meter(pids) as meter:
+                    with _JMeter(pids) as meter:
                         await store.apply(batch)
                         if b % 5 == 4:
                             await store.sync()

@@ -9,7 +9,7 @@ import time
 import psycopg
 import pytest
 from benchmarks import run
-from benchmarks.cpu_meter import Meter, backend_cpu, spent
+from benchmarks.cpu_meter import cpu_seconds
 
 from tests.support import POSTGRES_URL, require_server
 
@@ -54,9 +54,9 @@ def test_given_j_figures_then_the_summary_judges_each_target_per_cpu_second() ->
 
 
 def test_given_work_in_this_process_then_the_meter_counts_it_and_not_sleep() -> None:
-    with Meter() as meter:
-        end = spent() + 0.2
-        while spent() < end:
+    with run._JMeter() as meter:
+        end = cpu_seconds() + 0.2
+        while cpu_seconds() < end:
             pass
         time.sleep(0.2)
     assert 0.19 <= meter.seconds < 0.35
@@ -65,11 +65,12 @@ def test_given_work_in_this_process_then_the_meter_counts_it_and_not_sleep() -> 
 def test_given_a_backend_working_then_the_meter_counts_its_cpu() -> None:
     require_server(POSTGRES_URL, 5432)
     with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-        before = backend_cpu(conn)
-        with Meter(lambda: [conn.info.backend_pid]) as meter:
-            own = spent()
+        pid = conn.info.backend_pid
+        before = cpu_seconds(pid)
+        with run._JMeter(lambda: [pid]) as meter:
+            own = cpu_seconds()
             conn.execute("SELECT count(*) FROM generate_series(1, 3000000)")
-            own = spent() - own
-        assert backend_cpu(conn) - before >= 0.1
+            own = cpu_seconds() - own
+        assert cpu_seconds(pid) - before >= 0.1
         # The backend did the work: the meter counts far more than this process spent.
         assert meter.seconds - own >= 0.1
