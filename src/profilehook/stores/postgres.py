@@ -1380,7 +1380,12 @@ async def _apply_profiles(
     segments = tables is _PROFILES and base == "history"
     result = await _write_plans(conn, tables, plans, states, segments)
     if segments:
-        result.segment_moves = await postgres_segments.keep(conn, result.touched, _contacts_now)
+        result.segment_moves = await postgres_segments.keep(
+            conn,
+            result.touched,
+            _contacts_now,
+            {k: (state.values, plans[k]) for k, state in states.items() if k in plans},
+        )
     return result
 
 

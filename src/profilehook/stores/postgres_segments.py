@@ -4,13 +4,13 @@ backfill's chunks, which take the same locks per contact (stores/segments.py say
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
 
 from profilehook.filters import parse_filter, to_json
-from profilehook.stores.base import Contact
+from profilehook.stores.base import Contact, ContactPlan
 from profilehook.stores.postgres_query import EXISTS, PostgresCompiler
 from profilehook.stores.segments import (
     Moves,
@@ -21,6 +21,7 @@ from profilehook.stores.segments import (
     before_of,
     decide,
     member_rows,
+    rule_set,
     work,
 )
 
@@ -75,28 +76,73 @@ def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
     return [[row[i] for row in rows] for i in range(width)]
 
 
-async def keep(conn: Conn, touched: Sequence[Touched], load: Load) -> Moves:
+Plans = Mapping[tuple[str, str], tuple[Mapping[str, Any], ContactPlan]]
+"""Of touched contacts that existed: the values the apply read for its plan (those of the
+names its events set) and the plan."""
+
+
+async def keep(
+    conn: Conn, touched: Sequence[Touched], load: Load, plans: Plans | None = None
+) -> Moves:
     """Move the touched contacts in and out of their workspaces' segments (the applier's call,
-    after it wrote the profiles, in its transaction); the moves."""
+    after it wrote the profiles, in its transaction); the moves. ``plans``: what decides most
+    updates with nothing read (``RuleSet.quick``)."""
     if not touched:
         return {}
     cur = await conn.execute(
         "SELECT workspace, segment_id, filter, status FROM segments WHERE workspace = ANY(%s)",
         (sorted({t.workspace for t in touched}),),
     )
-    by_workspace: dict[str, RuleSet] = {}
-    ready = set()
+    found: dict[str, list[tuple[str, str, str]]] = {}
     for workspace, segment_id, text, status in await cur.fetchall():
-        by_workspace.setdefault(workspace, RuleSet()).add(_rule(segment_id, text))
-        if status == "ready":
-            ready.add(segment_id)
-    todo = work(by_workspace, touched) if by_workspace else []
+        found.setdefault(workspace, []).append((segment_id, text, status))
+    by_workspace = {w: rule_set(w, segments, _rule) for w, segments in found.items()}
+    ready = {s for r in by_workspace.values() for s in r.ready}
+    if not by_workspace:
+        return {}
+    quick: Moves = {}
+    if plans is not None:
+        rest = []
+        for t in touched:
+            rule_set_of = by_workspace.get(t.workspace)
+            if rule_set_of is None:
+                continue
+            key = (t.workspace, t.contact_id)
+            given = plans.get(key)
+            if given is not None and rule_set_of.quick_applies(t):
+                move = rule_set_of.quick(t, *given, partial=True)
+                if move is False:
+                    rest.append(t)
+                elif move is not None:
+                    quick[key] = move
+            else:
+                rest.append(t)
+        touched = rest
+    moves = await _keep(conn, touched, load, by_workspace, frozenset(ready))
+    if quick:
+        await _write(conn, *member_rows(quick))
+        moves.update(quick)
+    return moves
+
+
+async def _keep(
+    conn: Conn,
+    touched: Sequence[Touched],
+    load: Load,
+    by_workspace: dict[str, RuleSet],
+    ready: frozenset[str],
+) -> Moves:
+    todo = work(by_workspace, touched)
     if not todo:
         return {}
     keys = [(t.workspace, t.contact_id) for t, _ in todo]
     # Of each contact, only the properties its segments look at: a rule's answer is a
     # function of those (and of the contact's id and last update), so the rest are not read.
-    names = [(t.workspace, t.contact_id, n) for t, rules in todo for n in _named(rules)]
+    names = [
+        (t.workspace, t.contact_id, n)
+        for t, rules in todo
+        for n in by_workspace[t.workspace].names_of(t, rules)
+    ]
     now = await load(conn, keys, names)
     # A ready segment's membership is the filter's answer on the profile before, which the
     # apply knew where it read the values its plan changes (``Touched.before``): only the
@@ -106,9 +152,11 @@ async def keep(conn: Conn, touched: Sequence[Touched], load: Load) -> Moves:
         for t, _ in todo
         if t.before is not None
     }
+    all_ready = all(len(r.ready) == len(r.rules) for r in by_workspace.values())
     pairs = [
         (t.workspace, r.segment_id, t.contact_id)
         for t, rules in todo
+        if t.before is None or not all_ready
         for r in rules
         if t.before is None or r.segment_id not in ready
     ]
@@ -121,13 +169,9 @@ async def keep(conn: Conn, touched: Sequence[Touched], load: Load) -> Moves:
             _columns(pairs, 3),
         )
         members = {(w, s, c) for w, s, c in await cur.fetchall()}
-    moves = decide(todo, now, members, before, frozenset(ready))
+    moves = decide(todo, now, members, before, ready, by_workspace)
     await _write(conn, *member_rows(moves))
     return moves
-
-
-def _named(rules: Sequence[Rule]) -> set[str]:
-    return {name for rule in rules for name in rule.names}
 
 
 async def _write(

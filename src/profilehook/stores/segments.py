@@ -15,7 +15,8 @@ membership from a profile the other has changed.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -24,6 +25,8 @@ import msgspec
 from profilehook.constants import MAX_SEGMENTS_PER_WORKSPACE
 from profilehook.events import Version
 from profilehook.filters import (
+    PSEUDO,
+    RANGE_OPS,
     UPDATED_AT,
     All,
     AnyOf,
@@ -36,6 +39,7 @@ from profilehook.filters import (
 from profilehook.stores.base import Contact, ContactPlan, contact_exists
 
 SegmentStatus = Literal["building", "ready"]
+_SCALARS = (str, int, float, bool, type(None))
 BACKFILL_CHUNK_CONTACTS = 500
 
 
@@ -189,6 +193,9 @@ class Rule:
     names: frozenset[str] = field(default_factory=frozenset)
     uses_updated: bool = False
     test: Predicate | None = None  # filters.compile_filter(filter)
+    # The filter as (property, op, number) when it is one range on one property's numbers
+    # (``Thresholds`` decides those by bisection); None otherwise.
+    ranged: tuple[str, str, int | float] | None = None
 
     @classmethod
     def of(cls, segment_id: str, node: Filter) -> Rule:
@@ -199,6 +206,7 @@ class Rule:
             frozenset(names - {UPDATED_AT}),
             UPDATED_AT in names,
             compile_filter(node),
+            _ranged(node),
         )
 
     def needs(self, touched: Touched) -> bool:
@@ -208,6 +216,80 @@ class Rule:
         if self.uses_updated and touched.updated_changed:
             return True
         return not self.names.isdisjoint(touched.names)
+
+
+def _ranged(node: Filter) -> tuple[str, str, int | float] | None:
+    while isinstance(node, All | AnyOf) and len(node.items) == 1:
+        node = node.items[0]
+    if (
+        isinstance(node, Condition)
+        and node.op in RANGE_OPS
+        and node.property not in PSEUDO
+        and node.value.__class__ in _NUMBERS
+    ):
+        return node.property, node.op, node.value
+    return None
+
+
+_NUMBERS = (int, float)  # not bool: a filter's number never matches a boolean (no coercion)
+
+
+class Thresholds:
+    """The segments whose filter is one range on one property's numbers (``gt 0.5``), all on
+    the same property, decided together by bisection over their sorted thresholds: a value's
+    segments are a run of each op's sorted list, and a change of value moves only those
+    between the old run and the new. The same answers as ``filters.matches``
+    (tests/test_segments_thresholds.py): a value that is not an int or a float (missing, a
+    string, a boolean) is in none of them."""
+
+    __slots__ = ("kinds",)
+
+    def __init__(self, rules: Iterable[tuple[str, str, int | float]]) -> None:
+        """``rules``: (segment_id, op, threshold) of each."""
+        by_op: dict[str, list[tuple[int | float, str]]] = {}
+        for segment_id, op, value in rules:
+            by_op.setdefault(op, []).append((value, segment_id))
+        self.kinds = []
+        for op, found in by_op.items():
+            found.sort(key=lambda pair: pair[0])
+            keys = [value for value, _ in found]
+            ids = [segment_id for _, segment_id in found]
+            self.kinds.append((op, keys, ids))
+
+    @staticmethod
+    def _run(op: str, keys: list[int | float], value: Any) -> tuple[int, int]:
+        """The slice of ``keys`` (sorted) whose segment ``value`` is in."""
+        if value.__class__ not in _NUMBERS:
+            return 0, 0
+        if op == "gt":  # threshold < value
+            return 0, bisect_left(keys, value)
+        if op == "gte":  # threshold <= value
+            return 0, bisect_right(keys, value)
+        if op == "lt":  # threshold > value
+            return bisect_right(keys, value), len(keys)
+        return bisect_left(keys, value), len(keys)  # lte: threshold >= value
+
+    def members(self, value: Any) -> list[str]:
+        """The segments a property holding ``value`` is in."""
+        found = []
+        for op, keys, ids in self.kinds:
+            lo, hi = self._run(op, keys, value)
+            found += ids[lo:hi]
+        return found
+
+    def moves(self, old: Any, new: Any) -> tuple[list[str], list[str]]:
+        """The segments entered and left when the property's value goes from ``old`` to
+        ``new`` (None: absent)."""
+        entered: list[str] = []
+        exited: list[str] = []
+        for op, keys, ids in self.kinds:
+            lo0, hi0 = self._run(op, keys, old)
+            lo1, hi1 = self._run(op, keys, new)
+            if lo0 == lo1 and hi0 == hi1:
+                continue
+            entered += [ids[i] for i in range(lo1, hi1) if not lo0 <= i < hi0]
+            exited += [ids[i] for i in range(lo0, hi0) if not lo1 <= i < hi1]
+        return entered, exited
 
 
 def _names(node: Filter) -> Iterable[str]:
@@ -222,11 +304,23 @@ def _names(node: Filter) -> Iterable[str]:
 
 @dataclass
 class RuleSet:
-    """A workspace's segments, indexed by the properties their filters name."""
+    """A workspace's segments, indexed by the properties their filters name; ``ready`` marks
+    those whose memberships are complete (the backfill is done): only those may be decided
+    from the profile before instead of their stored memberships, and so by ``Thresholds``."""
 
     rules: list[Rule] = field(default_factory=list)
     by_name: dict[str, list[Rule]] = field(default_factory=dict)
     on_updated: list[Rule] = field(default_factory=list)
+    ready: frozenset[str] = frozenset()
+    # Ready segments of one range on one property, by that property; their ids.
+    ranges: dict[str, Thresholds] = field(default_factory=dict)
+    ranged: frozenset[str] = frozenset()
+    # The others (not decided by ``Thresholds``), by the properties they name.
+    unranged_by_name: dict[str, list[Rule]] = field(default_factory=dict)
+    all_ready: bool = False
+    _names_of: dict[str, frozenset[str]] = field(default_factory=dict)
+    _needed: dict[tuple[frozenset[str], bool], list[Rule]] = field(default_factory=dict)
+    _rest: dict[int, tuple[list[Rule], list[Rule]]] = field(default_factory=dict)
 
     def add(self, rule: Rule) -> None:
         self.rules.append(rule)
@@ -234,19 +328,166 @@ class RuleSet:
             self.by_name.setdefault(name, []).append(rule)
         if rule.uses_updated:
             self.on_updated.append(rule)
+        self._names_of.clear()
+        self._needed.clear()
+        self._rest.clear()
+
+    def set_ready(self, ready: frozenset[str]) -> RuleSet:
+        """Mark the ready segments (and group the ranges among them); the set itself."""
+        self.ready = ready
+        grouped: dict[str, list[tuple[str, str, int | float]]] = {}
+        for rule in self.rules:
+            if rule.ranged is not None and rule.segment_id in ready:
+                name, op, value = rule.ranged
+                grouped.setdefault(name, []).append((rule.segment_id, op, value))
+        self.ranges = {name: Thresholds(found) for name, found in grouped.items()}
+        self.ranged = frozenset(s for found in grouped.values() for s, _, _ in found)
+        self.unranged_by_name = {
+            name: kept
+            for name, rules in self.by_name.items()
+            if (kept := [r for r in rules if r.segment_id not in self.ranged])
+        }
+        self.all_ready = all(rule.segment_id in ready for rule in self.rules)
+        return self
+
+    def quick(
+        self,
+        change: Touched,
+        values: Mapping[str, Any],
+        plan: ContactPlan,
+        partial: bool = False,
+    ) -> SegmentMoves | Literal[False] | None:
+        """The moves of a contact that existed before the batch and still does (or did not
+        and does not), decided from the values the batch's plan was made from (``values``:
+        the stored ones, tombstones as None) and the plan itself, for a workspace whose
+        segments are all ready and none looks at the last update (``quick_applies``). Only
+        the names whose value the plan really changes are looked at (the segments' answers
+        on unchanged values stand); the ranges by bisection, the other filters on the profiles
+        before and after, of only the names they look at. None: no move. ``partial``:
+        ``values`` holds only the names the plan writes (those read for it), so False (not
+        decided here) when a filter to decide looks at another."""
+        assert change.names is not None and plan.delete_upto is None
+        if not contact_exists(plan.last_update, plan.deleted):
+            return None  # nor did it exist before (``quick_applies``): in no segment
+        upserts, removes = plan.upserts, plan.removes
+        entered: list[str] = []
+        exited: list[str] = []
+        others: dict[str, Rule] = {}
+        for name in change.names:
+            if name not in self.by_name:
+                continue
+            old = values.get(name)
+            new = None if name in removes else upserts[name][0] if name in upserts else old
+            if old.__class__ is new.__class__ and old.__class__ in _SCALARS and old == new:
+                continue
+            thresholds = self.ranges.get(name)
+            if thresholds is not None:
+                e, x = thresholds.moves(old, new)
+                entered += e
+                exited += x
+            for rule in self.unranged_by_name.get(name, ()):
+                others[rule.segment_id] = rule
+        if others:
+            names = {n for rule in others.values() for n in rule.names}
+            if partial and not names <= change.names:
+                return False
+            before = {n: v for n in names if (v := values.get(n)) is not None}
+            after = dict(before)
+            for name in names:
+                if name in removes:
+                    after.pop(name, None)
+                elif name in upserts:
+                    if (value := upserts[name][0]) is None:
+                        after.pop(name, None)
+                    else:
+                        after[name] = value
+            contact_id, now_us = change.contact_id, plan.last_update[0]  # type: ignore[index]
+            for rule in others.values():
+                test = rule.test or compile_filter(rule.filter)
+                was = test(contact_id, before, change.updated_before_us)
+                now = test(contact_id, after, now_us)
+                if now and not was:
+                    entered.append(rule.segment_id)
+                elif was and not now:
+                    exited.append(rule.segment_id)
+        return SegmentMoves(tuple(entered), tuple(exited)) if entered or exited else None
+
+    def quick_applies(self, change: Touched) -> bool:
+        """Whether ``quick`` decides ``change``: all segments ready, none on the last update,
+        and the contact's existence unchanged by a batch that deleted nothing."""
+        return (
+            self.all_ready
+            and not self.on_updated
+            and not change.exists_changed
+            and change.names is not None
+        )
 
     def needed(self, touched: Touched) -> list[Rule]:
         """The segments ``touched`` can move the contact in or out of (``Rule.needs``)."""
         if touched.exists_changed or touched.names is None:
             return self.rules
-        found: dict[str, Rule] = {}
+        key = (touched.names, touched.updated_changed)
+        found = self._needed.get(key)
+        if found is None:
+            if len(self._needed) > 4096:
+                self._needed.clear()
+            chosen: dict[str, Rule] = {}
+            for name in touched.names:
+                for rule in self.by_name.get(name, ()):
+                    chosen[rule.segment_id] = rule
+            if touched.updated_changed:
+                for rule in self.on_updated:
+                    chosen[rule.segment_id] = rule
+            found = self._needed[key] = list(chosen.values())
+        return found
+
+    def rest(self, rules: list[Rule]) -> list[Rule]:
+        """``rules`` (a list ``needed`` gave) without the ranges (``Thresholds`` decides those)."""
+        found = self._rest.get(id(rules))
+        if found is None or found[0] is not rules:
+            if len(self._rest) > 4096:
+                self._rest.clear()
+            found = self._rest[id(rules)] = (
+                rules,
+                [r for r in rules if r.segment_id not in self.ranged],
+            )
+        return found[1]
+
+    def names_of(self, touched: Touched, rules: list[Rule]) -> frozenset[str]:
+        """The properties that ``rules`` (``needed(touched)``) look at."""
+        if touched.exists_changed or touched.names is None:
+            return frozenset(name for rule in rules for name in rule.names)
+        found: set[str] = set()
         for name in touched.names:
-            for rule in self.by_name.get(name, ()):
-                found[rule.segment_id] = rule
-        if touched.updated_changed:
-            for rule in self.on_updated:
-                found[rule.segment_id] = rule
-        return list(found.values())
+            named = self._names_of.get(name)
+            if named is None:
+                rules_of = self.by_name.get(name, ())
+                named = self._names_of[name] = frozenset(n for r in rules_of for n in r.names)
+            found |= named
+        if touched.updated_changed and self.on_updated:
+            found.update(name for rule in self.on_updated for name in rule.names)
+        return frozenset(found)
+
+
+_rule_sets: dict[tuple[str, tuple[tuple[str, str, str], ...]], RuleSet] = {}
+
+
+def rule_set(
+    workspace: str, rows: Iterable[tuple[str, str, str]], rule: Callable[[str, str], Rule]
+) -> RuleSet:
+    """A workspace's ``RuleSet`` from its stored segments' (segment_id, filter text, status),
+    made once for the same rows (an apply reads them in every batch)."""
+    key = (workspace, tuple(sorted(rows)))
+    found = _rule_sets.get(key)
+    if found is None:
+        if len(_rule_sets) > 1_000:
+            _rule_sets.clear()
+        found = RuleSet()
+        for segment_id, text, _ in key[1]:
+            found.add(rule(segment_id, text))
+        found.set_ready(frozenset(s for s, _, status in key[1] if status == "ready"))
+        _rule_sets[key] = found
+    return found
 
 
 Work = list[tuple[Touched, list[Rule]]]
@@ -272,12 +513,14 @@ def decide(
     members: set[tuple[str, str, str]],
     before: Profiles | None = None,
     ready: frozenset[str] = frozenset(),
+    sets: Mapping[str, RuleSet] | None = None,
 ) -> Moves:
     """The moves of the contacts of ``todo`` (from ``work``): ``contacts`` their profiles now
     (None or left out: absent), ``members`` the (workspace, segment_id, contact_id)
     memberships stored for them before. A backend that knows a contact's profile before the
     batch (``before``) may leave out its memberships of the ``ready`` segments: those are
-    exactly what the filter says of that profile."""
+    exactly what the filter says of that profile. ``sets``: the workspaces' rules (with
+    ``RuleSet.set_ready``), whose ready ranges are then decided by bisection."""
     moves: Moves = {}
     for change, rules in todo:
         workspace, contact_id = key = (change.workspace, change.contact_id)
@@ -294,8 +537,21 @@ def decide(
         old_us = old.updated_us if old is not None else 0
         # The names whose value differs, once per contact (not per segment).
         changed = _changed(old_props, now_props) if same_contact else None
-        entered, exited = [], []
-        for rule in rules:
+        entered: list[str] = []
+        exited: list[str] = []
+        deciding = rules
+        if changed is not None and sets is not None:
+            found = sets.get(workspace)
+            if found is not None and found.ranged:
+                # All ready: decided here, from the profile before, and not one by one.
+                deciding = found.rest(rules)
+                for name in changed:
+                    thresholds = found.ranges.get(name)
+                    if thresholds is not None:
+                        e, x = thresholds.moves(old_props.get(name), now_props.get(name))
+                        entered += e
+                        exited += x
+        for rule in deciding:
             test = rule.test or compile_filter(rule.filter)
             ready_before = known and rule.segment_id in ready
             if (
@@ -317,9 +573,6 @@ def decide(
         if entered or exited:
             moves[key] = SegmentMoves(tuple(entered), tuple(exited))
     return moves
-
-
-_SCALARS = (str, int, float, bool, type(None))
 
 
 def _changed(old: Mapping[str, Any], now: Mapping[str, Any]) -> set[str]:

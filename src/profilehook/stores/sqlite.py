@@ -1166,6 +1166,7 @@ def _apply_profiles(
             )
             for k in keys
         },
+        {k: (state.values, plan) for k, (_, state, plan) in after.items()},
     )
     return result
 

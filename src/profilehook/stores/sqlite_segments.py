@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 
 from profilehook.filters import parse_filter, to_json
-from profilehook.stores.base import Contact
+from profilehook.stores.base import Contact, ContactPlan
 from profilehook.stores.segments import (
     Moves,
     Rule,
@@ -20,6 +20,7 @@ from profilehook.stores.segments import (
     Touched,
     decide,
     member_rows,
+    rule_set,
     work,
 )
 from profilehook.stores.sqlite_values import EXISTS, SqliteCompiler
@@ -73,42 +74,91 @@ def rules(
     conn: sqlite3.Connection, workspaces: set[str]
 ) -> tuple[dict[str, RuleSet], frozenset[str]]:
     """The workspaces' segments, and the ids of those that are ready."""
-    by_workspace: dict[str, RuleSet] = {}
-    ready = set()
+    found: dict[str, list[tuple[str, str, str]]] = {}
     rows = conn.execute(
         "SELECT workspace, segment_id, filter, status FROM segments"
         " WHERE workspace IN (SELECT value FROM json_each(?))",
         (_json(sorted(workspaces)).decode(),),
     )
     for workspace, segment_id, text, status in rows:
-        by_workspace.setdefault(workspace, RuleSet()).add(_rule(segment_id, text))
-        if status == "ready":
-            ready.add(segment_id)
-    return by_workspace, frozenset(ready)
+        found.setdefault(workspace, []).append((segment_id, text, status))
+    by_workspace = {w: rule_set(w, segments, _rule) for w, segments in found.items()}
+    return by_workspace, frozenset(s for r in by_workspace.values() for s in r.ready)
+
+
+Plans = Mapping[tuple[str, str], tuple[Mapping[str, Any], ContactPlan]]
+"""Of each touched contact: its stored values before the batch (tombstones as None) and the
+batch's plan for it."""
 
 
 def keep(
-    conn: sqlite3.Connection, touched: Sequence[Touched], load: Load, before: Load | None = None
+    conn: sqlite3.Connection,
+    touched: Sequence[Touched],
+    load: Load,
+    before: Load | None = None,
+    plans: Plans | None = None,
 ) -> Moves:
     """Move the touched contacts in and out of their workspaces' segments (the applier's
     call, after it wrote the profiles, in its transaction); the moves. ``before``: the
-    contacts' profiles before the batch, when the caller knows them (``decide``)."""
+    contacts' profiles before the batch, when the caller knows them (``decide``); ``plans``:
+    the values and plans the batch wrote them from, which decide most updates with nothing
+    else built (``RuleSet.quick``)."""
     if not touched:
         return {}
     by_workspace, ready = rules(conn, {t.workspace for t in touched})
-    todo = work(by_workspace, touched) if by_workspace else []
+    if not by_workspace:
+        return {}
+    quick: Moves = {}
+    if plans is not None:
+        rest = []
+        for t in touched:
+            found = by_workspace.get(t.workspace)
+            if found is None:
+                continue
+            if found.quick_applies(t):
+                key = (t.workspace, t.contact_id)
+                if move := found.quick(t, *plans[key]):
+                    quick[key] = move
+            else:
+                rest.append(t)
+        touched = rest
+    moves = _keep(conn, touched, load, before, by_workspace, ready)
+    if quick:
+        _write(conn, quick)
+        moves.update(quick)
+    return moves
+
+
+def _keep(
+    conn: sqlite3.Connection,
+    touched: Sequence[Touched],
+    load: Load,
+    before: Load | None,
+    by_workspace: dict[str, RuleSet],
+    ready: frozenset[str],
+) -> Moves:
+    todo = work(by_workspace, touched)
     if not todo:
         return {}
     keys = [(t.workspace, t.contact_id) for t, _ in todo]
-    names = {(t.workspace, t.contact_id): _named(rules) for t, rules in todo}
+    names = {
+        (t.workspace, t.contact_id): by_workspace[t.workspace].names_of(t, rules)
+        for t, rules in todo
+    }
     old = before(keys, names) if before is not None else None
-    # Stored memberships are read only where the profile before is no answer, by their key.
-    unknown = [
-        (t.workspace, r.segment_id, t.contact_id)
-        for t, needed in todo
-        for r in needed
-        if old is None or r.segment_id not in ready
-    ]
+    # Stored memberships are read only where the profile before is no answer, by their key
+    # (none to look for when every segment is ready and the profiles before are known).
+    all_ready = old is not None and all(len(r.ready) == len(r.rules) for r in by_workspace.values())
+    unknown = (
+        []
+        if all_ready
+        else [
+            (t.workspace, r.segment_id, t.contact_id)
+            for t, needed in todo
+            for r in needed
+            if old is None or r.segment_id not in ready
+        ]
+    )
     members = (
         {
             (w, s, c)
@@ -123,7 +173,12 @@ def keep(
         if unknown
         else set()
     )
-    moves = decide(todo, load(keys, names), members, old, ready)
+    moves = decide(todo, load(keys, names), members, old, ready, by_workspace)
+    _write(conn, moves)
+    return moves
+
+
+def _write(conn: sqlite3.Connection, moves: Moves) -> None:
     added, removed = member_rows(moves)
     conn.executemany(
         "DELETE FROM segment_members WHERE workspace = ? AND segment_id = ? AND contact_id = ?",
@@ -134,13 +189,6 @@ def keep(
         " VALUES (?, ?, ?)",
         added,
     )
-    return moves
-
-
-def _named(rules: Sequence[Rule]) -> frozenset[str]:
-    if len(rules) == 1:
-        return rules[0].names
-    return frozenset(name for rule in rules for name in rule.names)
 
 
 # -- the segments themselves -----------------------------------------------------------------
