@@ -893,7 +893,8 @@ async def _j_values_copy_cost(tmp: Path, args: argparse.Namespace) -> dict[str, 
     for run in range(3):
         with_copy.append(await rate(tmp / f"j-copy-{run}.sqlite3"))
         with (
-            mock.patch.object(sqlite_values, "write_changes", lambda *_: None),
+            mock.patch.object(sqlite_values, "copy_rows", lambda *_: None),
+            mock.patch.object(sqlite_values, "write_rows", lambda *_: None),
             mock.patch.object(sqlite_segments, "keep", lambda *_: {}),
         ):
             without.append(await rate(tmp / f"j-nocopy-{run}.sqlite3"))
