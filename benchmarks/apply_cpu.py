@@ -1,8 +1,12 @@
 """SQLite's apply on G's workloads per CPU-second of this process (less swayed than wall
-clock by other work on a shared machine): all sets, the mix of operations, the mix with 5 %
-late (benchmarks/run.py ``_operation_events``), each on a fresh store, with the syncs and the
-garbage collection the applier process has (applier_heap.py). Prints one JSON line. To compare
-two checkouts, alternate:
+clock by other work on a shared machine), with the syncs and the garbage collection the applier
+process has (applier_heap.py). Prints JSON lines.
+
+Default: all sets, the mix of operations, the mix with 5 % late (benchmarks/run.py
+``_operation_events``), each on a fresh store. ``--only-g``: G's own batches
+(run.py ``g_batches``) against G's ceiling, the raw ``executemany`` upsert of the same property
+updates (ceilings.py), store and ceiling alternated in ``--rounds`` rounds; each round's ratio
+per CPU-second and the median (issue 23's target: >= 0.5). To compare two checkouts, alternate:
 
     for i in 1 2 3; do for src in OTHER/src src; do
         PYTHONPATH=$src .venv/bin/python benchmarks/apply_cpu.py --batches 10; done; done
@@ -13,6 +17,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import statistics
 import sys
 import tempfile
 import time
@@ -20,9 +26,11 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from applier_heap import as_the_applier
-from run import _operation_events
+from ceilings import sqlite_upsert_ceiling
+from run import _operation_events, g_batches
 
 import profilehook
 from profilehook.stores.sqlite import SqliteStore
@@ -44,7 +52,7 @@ async def cpu_per_event(path: Path, chunks: list[list[Any]]) -> float:
     return cpu / sum(len(c) for c in chunks)
 
 
-async def main(batches: int) -> None:
+async def workloads(batches: int) -> None:
     result: dict[str, object] = {"code": str(Path(profilehook.__file__).parent)}
     with tempfile.TemporaryDirectory() as tmp:
         for workload in ("set", "mixed", "mixed_late"):
@@ -58,8 +66,38 @@ async def main(batches: int) -> None:
     print(json.dumps(result))
 
 
+async def against_the_ceiling(batches: int, rounds: int) -> None:
+    chunks = g_batches(batches)
+    updates = sum(len(e.properties) for chunk in chunks for e in chunk)
+    events = sum(len(chunk) for chunk in chunks)
+    ratios = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_ in range(rounds):
+            cpu = await cpu_per_event(Path(tmp) / f"g{round_}.sqlite3", chunks) * events
+            _, ceiling = sqlite_upsert_ceiling(Path(tmp) / f"ceiling{round_}.sqlite3", chunks)
+            ratios.append(updates / cpu / ceiling)
+            line = {
+                "round": round_,
+                "store_updates_per_cpu_s": round(updates / cpu),
+                "ceiling_updates_per_cpu_s": round(ceiling),
+                "store_us_per_event": round(cpu / events * 1e6, 1),
+                "ceiling_us_per_event": round(updates / ceiling / events * 1e6, 1),
+                "ratio": round(ratios[-1], 3),
+                "loadavg": os.getloadavg()[0],
+            }
+            print(json.dumps(line), flush=True)
+    code = str(Path(profilehook.__file__).parent)
+    print(json.dumps({"code": code, "ratio_median": round(statistics.median(ratios), 3)}))
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--batches", type=int, default=10)
+    parser.add_argument("--only-g", action="store_true", help="G against its ceiling, per CPU-s")
+    parser.add_argument("--rounds", type=int, default=3, help="with --only-g")
+    args = parser.parse_args()
     with as_the_applier():
-        asyncio.run(main(parser.parse_args().batches))
+        if args.only_g:
+            asyncio.run(against_the_ceiling(args.batches, args.rounds))
+        else:
+            asyncio.run(workloads(args.batches))

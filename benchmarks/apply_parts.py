@@ -66,8 +66,8 @@ PARTS: dict[str, list[Any]] = {
     "all": [],
     "without the change records": [mock.patch.object(sqlite_store, "ChangeLog", _NoChanges)],
     "without the values copy": [
-        mock.patch.object(sqlite_values, "value_changes", lambda *a: []),
-        mock.patch.object(sqlite_values, "write_changes", lambda *a: None),
+        mock.patch.object(sqlite_values, "copy_rows", lambda *a: None),
+        mock.patch.object(sqlite_values, "write_rows", lambda *a: None),
     ],
     "without the segments' check": [
         mock.patch.object(sqlite_segments, "keep", lambda *a: {}),

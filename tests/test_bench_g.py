@@ -59,3 +59,30 @@ def test_g_counts_the_postgres_backends_cpu() -> None:
         after = run._g_backend_cpu(name)
     assert set(before) == {pid} == set(after)
     assert after[pid] - before[pid] > 0.05  # the backend's own CPU, not this process's
+
+
+def test_g_ceiling_target_is_judged_per_cpu_second_on_sqlite_by_wall_clock_on_postgres() -> None:
+    g = {
+        "sqlite_property_updates_per_cpu_s": 60_000.0,
+        "sqlite_ceiling_property_updates_per_cpu_s": 100_000.0,
+        "sqlite_ceiling_ratio_per_cpu_s": 0.6,
+        "sqlite_ceiling_ratio_per_cpu_s_rounds": [0.6, 0.58, 0.61],
+        "sqlite_ceiling_ratio_per_s": 0.3,  # a neighbour took the cores: not judged
+        "postgres_property_updates_per_s": 40_000.0,
+        "postgres_ceiling_property_updates_per_s": 100_000.0,
+        "postgres_ceiling_ratio_per_s": 0.4,
+        "postgres_ceiling_ratio_per_s_rounds": [0.4],
+    }
+    (sqlite_title, sqlite_measured, sqlite_met), (pg_title, _, pg_met) = run._g_rows(g)
+    assert "SQLite" in sqlite_title and sqlite_met is True
+    assert "0.60 x" in sqlite_measured and "per CPU-second" in sqlite_measured
+    assert "wall clock 0.30 x" in sqlite_measured
+    assert "PostgreSQL" in pg_title and pg_met is False
+
+
+def test_sqlite_ceiling_reports_per_second_and_per_cpu_second(tmp_path: Path) -> None:
+    from benchmarks import ceilings
+
+    events = run._operation_events(2_000, "set")
+    per_s, per_cpu_s = ceilings.sqlite_upsert_ceiling(tmp_path / "c.sqlite3", [events])
+    assert per_s > 0 and per_cpu_s > 0

@@ -909,7 +909,12 @@ def _apply(conn: sqlite3.Connection, events: Sequence[Event]) -> ApplyResult:
     new_events = [e for _, e in new]
     _mark_duplicates(conn, repeats(events, fresh))
     changes = ChangeLog(new_events)
-    result = _apply_profiles(conn, new_events, base=_history_base, changes=changes)
+    # No segment defined (the everyday store): no segment work. A segment created meanwhile
+    # waits for this transaction (one writer), and its backfill sees what it wrote.
+    segments = conn.execute("SELECT 1 FROM segments LIMIT 1").fetchone() is not None
+    result = _apply_profiles(
+        conn, new_events, base=_history_base, changes=changes, segments=segments
+    )
     changes.note_segments(result.segment_moves)
     _insert_changes(conn, changes, applied_us, contact_keys)
     if result.cleared:
@@ -1081,15 +1086,19 @@ def _apply_profiles(
     table: str = _CONTACTS,
     base: BaseOf | None = None,
     changes: ChangeLog | None = None,
+    segments: bool = True,
 ) -> ApplyResult:
     """Plan every contact of the batch with the shared rules; rewrite only contacts that change
     (in ``table``: the profiles, or the snapshots that ``purge_history`` folds into). ``base``:
-    what a late event's properties are recomputed from (``plan_contact``)."""
+    what a late event's properties are recomputed from (``plan_contact``). ``segments``: False
+    when no segment exists (the caller checked in this transaction): no segment work at all."""
     groups = by_contact(events)
     rows = _rows(conn, list(groups), table)
     result = ApplyResult()
     changed: list[tuple[Any, ...]] = []
-    values: list[sqlite_values.Change] = []  # the searchable copy's changes (profiles only)
+    gone: sqlite_values.Rows = []  # the searchable copy's rows to drop (profiles only)
+    added: sqlite_values.Rows = []  # and to write
+    segments = segments and table == _CONTACTS
     touched: list[Touched] = []  # what segments may need to decide again (profiles only)
     after: dict[tuple[str, str], tuple[_Row, ContactState, ContactPlan]] = {}
     for key, group in groups.items():
@@ -1132,12 +1141,11 @@ def _apply_profiles(
             )
         )
         result.written += len(plan.upserts)
-        if table == _CONTACTS:
-            if plan.touches_contact_row:
-                values += sqlite_values.value_changes(*key, state.values, state.versions, plan)
-            if (change := touched_by(key, row.last, row.deleted, plan)) is not None:
-                touched.append(change)
-                after[key] = (row, state, plan)  # the profiles: only if a segment looks
+        if table == _CONTACTS and plan.touches_contact_row:
+            sqlite_values.copy_rows(*key, state.values, state.versions, plan, gone, added)
+        if segments and (change := touched_by(key, row.last, row.deleted, plan)) is not None:
+            touched.append(change)
+            after[key] = (row, state, plan)  # the profiles: only if a segment looks
     # One step per row, which measured faster here than multi-row upserts of these large rows.
     conn.executemany(
         f"INSERT INTO {table} (workspace, contact_id, last_ts_us, last_event_id, deleted_ts_us,"
@@ -1150,7 +1158,9 @@ def _apply_profiles(
         " marks = excluded.marks",
         changed,
     )
-    sqlite_values.write_changes(conn, values)
+    sqlite_values.write_rows(conn, gone, added)
+    if not touched:
+        return result
     # The profiles before and after, of the names the segments look at, from the state the
     # plan was made from (what ``_Row.merged`` writes): nothing read again.
     result.segment_moves = sqlite_segments.keep(

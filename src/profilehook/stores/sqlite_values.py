@@ -13,7 +13,7 @@ REAL, which SQLite compares exactly), 1 a string (TEXT, compared bytewise: code 
 list with ``json_each``).
 
 The applier keeps the copy in the transaction that writes the contact, from the plan of what
-changes (``value_changes``): only the properties a batch changes are written.
+changes (``copy_rows``): only the properties a batch changes are written.
 """
 
 from __future__ import annotations
@@ -64,26 +64,54 @@ def stored(value: Any) -> tuple[int, Any]:
 
 Change = tuple[str, str, str, Any, Any]
 """(workspace, contact_id, name, the value before, the value after); None: absent."""
+Rows = list[tuple[Any, ...]]
+"""Rows of ``contact_values``: (workspace, name, kind, value, contact_id)."""
 
 
-def value_changes(
+def _row(workspace: str, name: str, value: Any, contact_id: str) -> tuple[Any, ...]:
+    kind = type(value)  # (floats and strings, the most common values, without ``stored``)
+    if kind is float:
+        return (workspace, name, NUMBER, value, contact_id)
+    if kind is str:
+        return (workspace, name, STRING, value, contact_id)
+    return (workspace, name, *stored(value), contact_id)
+
+
+def _same(old: Any, new: Any) -> bool:
+    """Whether the copy's row of ``old`` is that of ``new`` (Python's == is not enough:
+    ``[1] == [True]``, whose rows differ)."""
+    kind = type(old)
+    if kind is not type(new):
+        return False
+    if kind is float or kind is str or kind is int or kind is bool:
+        return bool(old == new)
+    return stored(old) == stored(new)
+
+
+def copy_rows(
     workspace: str,
     contact_id: str,
     values: Mapping[str, Any],
     versions: Mapping[str, Version],
     plan: ContactPlan,
-) -> list[Change]:
-    """What ``plan`` changes of the contact's live values (``values`` and their ``versions``:
-    the stored properties before it, tombstones included, as ``ContactState`` holds them), as
-    ``ContactRow.merged`` writes them."""
+    gone: Rows,
+    added: Rows,
+) -> None:
+    """Add to ``gone`` and ``added`` the rows of the copy that ``plan`` drops and writes, as
+    ``ContactRow.merged`` writes the contact (``values`` and their ``versions``: the stored
+    properties before it, tombstones included, as ``ContactState`` holds them); one pass."""
     upto = plan.delete_upto
-    changes: list[Change] = []
     if upto is None and not plan.removes:  # (the everyday plan: writes only)
         for name, (new, _) in plan.upserts.items():
             old = values.get(name)
-            if not (type(old) is type(new) and old == new):
-                changes.append((workspace, contact_id, name, old, new))
-        return changes
+            if old is None:
+                if new is not None:
+                    added.append(_row(workspace, name, new, contact_id))
+            elif not _same(old, new):
+                gone.append(_row(workspace, name, old, contact_id))
+                if new is not None:
+                    added.append(_row(workspace, name, new, contact_id))
+        return
     touched = set(plan.upserts) | plan.removes if plan.removes else plan.upserts.keys()
     if upto is not None:
         touched = {*touched, *(n for n, version in versions.items() if version <= upto)}
@@ -95,33 +123,16 @@ def value_changes(
             new = plan.upserts[name][0]
         else:
             new = None  # covered by the delete
-        if not (type(old) is type(new) and old == new):
-            changes.append((workspace, contact_id, name, old, new))
-    return changes
-
-
-def write_changes(conn: sqlite3.Connection, changes: Iterable[Change]) -> None:
-    """Apply ``value_changes`` to the copy (in the caller's transaction)."""
-    gone: list[tuple[Any, ...]] = []
-    added: list[tuple[Any, ...]] = []
-    for workspace, contact_id, name, old, new in changes:
-        # (floats and strings, the most common values, without ``stored``'s call)
+        if (old is None and new is None) or (old is not None and _same(old, new)):
+            continue
         if old is not None:
-            kind = type(old)
-            if kind is float:
-                gone.append((workspace, name, NUMBER, old, contact_id))
-            elif kind is str:
-                gone.append((workspace, name, STRING, old, contact_id))
-            else:
-                gone.append((workspace, name, *stored(old), contact_id))
+            gone.append(_row(workspace, name, old, contact_id))
         if new is not None:
-            kind = type(new)
-            if kind is float:
-                added.append((workspace, name, NUMBER, new, contact_id))
-            elif kind is str:
-                added.append((workspace, name, STRING, new, contact_id))
-            else:
-                added.append((workspace, name, *stored(new), contact_id))
+            added.append(_row(workspace, name, new, contact_id))
+
+
+def write_rows(conn: sqlite3.Connection, gone: Rows, added: Rows) -> None:
+    """Drop ``gone`` from the copy and write ``added`` (in the caller's transaction)."""
     if gone:
         conn.executemany(
             "DELETE FROM contact_values WHERE workspace = ? AND name = ? AND kind = ?"
@@ -134,6 +145,18 @@ def write_changes(conn: sqlite3.Connection, changes: Iterable[Change]) -> None:
             " VALUES (?, ?, ?, ?, ?)",
             added,
         )
+
+
+def write_changes(conn: sqlite3.Connection, changes: Iterable[Change]) -> None:
+    """Apply these changes of values to the copy (in the caller's transaction)."""
+    gone: Rows = []
+    added: Rows = []
+    for workspace, contact_id, name, old, new in changes:
+        if old is not None:
+            gone.append(_row(workspace, name, old, contact_id))
+        if new is not None:
+            added.append(_row(workspace, name, new, contact_id))
+    write_rows(conn, gone, added)
 
 
 def forget(

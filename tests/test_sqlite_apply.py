@@ -1,0 +1,80 @@
+"""SQLite's apply: the searchable copy of the values (stores/sqlite_values.py) follows every
+change of a value as JSON sees it, and a batch with no segment defined skips the segments' work
+without missing a segment defined between batches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from profilehook.filters import Filter, Query, parse_filter
+from profilehook.stores.segments import Segment
+from profilehook.stores.sqlite import SqliteStore
+from tests.store_backends import S
+from tests.support import event
+
+W = "acme"
+PRO = {"property": "plan", "op": "eq", "value": "pro"}
+
+
+def f(raw: dict[str, Any]) -> Filter:
+    node, problems = parse_filter(raw)
+    assert node is not None, problems
+    return node
+
+
+async def found(store: SqliteStore, raw: dict[str, Any]) -> list[str]:
+    page = await store.query_contacts(W, Query(f(raw), 100, None))
+    return [c.contact_id for c in page.contacts]
+
+
+async def test_given_a_list_then_one_equal_in_python_only_when_set_then_the_copy_follows(
+    tmp_path: Path,
+) -> None:
+    # [1] == [True] in Python, not in JSON: the later value must replace the earlier one in the
+    # searchable copy, and the change feed must say so.
+    store = SqliteStore(tmp_path / "s.sqlite3")
+    await store.open()
+    try:
+        await store.apply([event("c1", "e1", 1 * S, W, tags=[1], box={"a": 1})])
+        await store.apply([event("c1", "e2", 2 * S, W, tags=[True], box={"a": True})])
+        assert await found(store, {"property": "tags", "op": "contains", "value": True}) == ["c1"]
+        assert await found(store, {"property": "tags", "op": "contains", "value": 1}) == []
+        changes = await store.read_changes(W, None, 10)
+        assert [c.body.properties["tags"].new for c in changes] == [[1], [True]]
+        # and back: the copy holds [1] again
+        await store.apply([event("c1", "e3", 3 * S, W, tags=[1])])
+        assert await found(store, {"property": "tags", "op": "contains", "value": True}) == []
+        assert await found(store, {"property": "tags", "op": "contains", "value": 1}) == ["c1"]
+    finally:
+        await store.close()
+
+
+async def test_given_no_segment_then_apply_skips_them_and_a_new_one_is_kept(
+    tmp_path: Path,
+) -> None:
+    store = SqliteStore(tmp_path / "s.sqlite3")
+    await store.open()
+    statements: list[str] = []
+    try:
+        await store.db.write(lambda conn: conn.set_trace_callback(statements.append))
+        await store.apply([event("c1", "e1", 1 * S, W, plan="free")])
+        # Given no segment, one look at the table and nothing more of the segments' work
+        segment_sql = [s for s in statements if "segment" in s]
+        assert segment_sql == ["SELECT 1 FROM segments LIMIT 1"], segment_sql
+        # When a segment is created (and built), then the next batch keeps it
+        await store.create_segment(Segment("seg1", W, "pro", f(PRO), 1))
+        while not await store.backfill_segment(W, "seg1"):
+            pass
+        await store.apply([event("c1", "e2", 2 * S, W, plan="pro")])
+        members, _ = await store.segment_members(W, "seg1", None, 10)
+        assert [c.contact_id for c in members] == ["c1"]
+        changes = await store.read_changes(W, None, 10)
+        assert changes[-1].body.segments.entered == ["seg1"]
+        await store.apply([event("c1", "e3", 3 * S, W, plan="free")])
+        members, _ = await store.segment_members(W, "seg1", None, 10)
+        assert members == []
+        assert (await store.read_changes(W, None, 10))[-1].body.segments.exited == ["seg1"]
+    finally:
+        await store.db.write(lambda conn: conn.set_trace_callback(None))
+        await store.close()
