@@ -1479,7 +1479,10 @@ def _insert_changes(
         rows.append(
             (r.workspace, r.contact_id, r.event_id, applied_us, encode_body(r.body), contact_key)
         )
-    conn.executemany(
+    # Multi-row statements: AUTOINCREMENT writes sqlite_sequence at the end of each statement,
+    # with ``executemany`` once per row.
+    insert_rows(
+        conn,
         "INSERT INTO changes (workspace, contact_id, event_id, applied_us, body, contact_key)"
         " VALUES (?, ?, ?, ?, ?, ?)",
         rows,

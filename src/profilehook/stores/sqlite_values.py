@@ -26,6 +26,7 @@ import msgspec
 
 from profilehook.events import Version
 from profilehook.filters import PSEUDO, Condition, Filter, Query
+from profilehook.sqlite_db import insert_rows
 from profilehook.stores.base import ContactPlan
 from profilehook.stores.query import NEGATIONS, SQL_OPS, FilterCompiler, Sql, by_kind, kind_of
 
@@ -140,7 +141,10 @@ def write_rows(conn: sqlite3.Connection, gone: Rows, added: Rows) -> None:
             gone,
         )
     if added:
-        conn.executemany(
+        # Multi-row statements (a third less CPU than a step per row), in key order.
+        added.sort()
+        insert_rows(
+            conn,
             "INSERT OR REPLACE INTO contact_values (workspace, name, kind, value, contact_id)"
             " VALUES (?, ?, ?, ?, ?)",
             added,
