@@ -7,10 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from profilehook.errors import StorageUnavailable
 from profilehook.filters import Filter, Query, parse_filter
-from profilehook.sqlite_db import MAX_ROWS_PER_STATEMENT
+from profilehook.sqlite_db import MAX_ROWS_PER_STATEMENT, insert_rows
 from profilehook.stores.segments import Segment
-from profilehook.stores.sqlite import SqliteStore
+from profilehook.stores.sqlite import _INSERT_EVENT, SqliteStore
 from tests.store_backends import S
 from tests.support import event
 
@@ -116,5 +119,25 @@ async def test_given_a_batch_of_more_changes_than_a_statement_holds_then_all_are
         await store.apply([event("c0000", "x", (count + 1) * S, W, plan="free")])
         (after,) = await store.read_changes(W, str(end), 10)
         assert int(after.cursor) == end + 1
+    finally:
+        await store.close()
+
+
+async def test_given_a_bad_row_in_a_multi_row_insert_then_it_raises_and_nothing_is_kept(
+    tmp_path: Path,
+) -> None:
+    # The events' multi-row insert is OR FAIL (no statement journal): a violation must still
+    # raise, not be skipped, and the rows before it in the statement go with the rollback.
+    store = SqliteStore(tmp_path / "s.sqlite3")
+    await store.open()
+    try:
+        good = (W, "c1", "e1", 1, "applied", 1, None, b"{}", 1, 1)
+        bad = (W, "c1", "e2", 2, "applied", 1, None, None, 2, 1)  # body NOT NULL
+        with pytest.raises(StorageUnavailable, match="NOT NULL"):
+            await store.db.write(lambda conn: insert_rows(conn, _INSERT_EVENT, [good, bad]))
+        count = await store.db.write(
+            lambda conn: conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+        )
+        assert count == 0
     finally:
         await store.close()
