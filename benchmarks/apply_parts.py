@@ -1,9 +1,10 @@
 """Where SQLite's apply spends its time on G's workload, without a profiler (issue 23).
 
-    .venv/bin/python benchmarks/apply_parts.py [set|mixed|mixed_late] [--batches N] [--rounds N]
+    .venv/bin/python benchmarks/apply_parts.py [set|mixed|mixed_late|g] [--batches N] [--rounds N]
 
 Two views of the same work (benchmarks/run.py ``_operation_events``: 2,000-event batches of 5
-properties over 20,000 contacts, syncs as the applier makes them), per CPU-second of this
+properties over 20,000 contacts, syncs as the applier makes them; ``g``: G's own batches,
+run.py ``g_batches``), per CPU-second of this
 process, on fresh stores:
 
 - each part of the apply switched off in turn (in this process only, with ``mock``), rounds
@@ -36,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from applier_heap import as_the_applier
 from apply_cpu import cpu_per_event
-from run import _operation_events
+from run import _operation_events, g_batches
 
 from profilehook import sqlite_db
 from profilehook.stores import sqlite as sqlite_store
@@ -123,7 +124,10 @@ def _timing(spent: collections.Counter[str]) -> Iterator[None]:
 
 
 async def main(args: argparse.Namespace) -> None:
-    events = _operation_events(args.batches * BATCH, args.workload)
+    if args.workload == "g":  # G's own batches (random times and ids)
+        events = [e for batch in g_batches(args.batches) for e in batch]
+    else:
+        events = _operation_events(args.batches * BATCH, args.workload)
     chunks = [events[i : i + BATCH] for i in range(0, len(events), BATCH)]
     print(f"{args.workload}, {len(events):,} events; load average {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,6 +1,6 @@
 """Where SQLite's apply spends its time on G's workloads (issue 18/23): cProfile, top functions.
 
-    .venv/bin/python benchmarks/profile_g.py [set|mixed|mixed_late] [--batches N] [--top N]
+    .venv/bin/python benchmarks/profile_g.py [set|mixed|mixed_late|g] [--batches N] [--top N]
 
 Applies G's events (benchmarks/run.py ``_operation_events``: 2,000-event batches of 5 properties
 over 20,000 contacts) to a fresh SQLite store in process, under cProfile, on the store's writer
@@ -22,13 +22,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from applier_heap import as_the_applier
-from run import _operation_events
+from run import _operation_events, g_batches
 
 from profilehook.stores.sqlite import SqliteStore
 
 
 async def main(workload: str, batches: int, top: int) -> None:
-    events = _operation_events(batches * 2_000, workload)
+    if workload == "g":  # G's own batches (random times and ids)
+        events = [e for batch in g_batches(batches) for e in batch]
+    else:
+        events = _operation_events(batches * 2_000, workload)
     chunks = [events[i : i + 2_000] for i in range(0, len(events), 2_000)]
     profile = cProfile.Profile()
     threading.setprofile(lambda *_: None)  # (cProfile follows one thread: the writer's)

@@ -824,8 +824,11 @@ def _marks_5_to_6(conn: sqlite3.Connection) -> None:
             conn.execute(f"ALTER TABLE {table} ADD COLUMN marks BLOB")
 
 
+# OR FAIL (insert_rows' statements): a violation still raises (and the apply rolls back), but a
+# statement that cannot abort needs no statement journal, which made a multi-row insert copy
+# every page it touched.
 _INSERT_EVENT = (
-    "INSERT INTO events (workspace, contact_id, event_id, ts_us, status, applied_us, error,"
+    "INSERT OR FAIL INTO events (workspace, contact_id, event_id, ts_us, status, applied_us, error,"
     " body, id_key, contact_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
@@ -1479,8 +1482,11 @@ def _insert_changes(
         rows.append(
             (r.workspace, r.contact_id, r.event_id, applied_us, encode_body(r.body), contact_key)
         )
-    conn.executemany(
-        "INSERT INTO changes (workspace, contact_id, event_id, applied_us, body, contact_key)"
+    # Multi-row statements: AUTOINCREMENT writes sqlite_sequence at the end of each statement,
+    # with ``executemany`` once per row. OR FAIL: as _INSERT_EVENT.
+    insert_rows(
+        conn,
+        "INSERT OR FAIL INTO changes (workspace, contact_id, event_id, applied_us, body, contact_key)"
         " VALUES (?, ?, ?, ?, ?, ?)",
         rows,
     )

@@ -26,6 +26,7 @@ import msgspec
 
 from profilehook.events import Version
 from profilehook.filters import PSEUDO, Condition, Filter, Query
+from profilehook.sqlite_db import insert_rows
 from profilehook.stores.base import ContactPlan
 from profilehook.stores.query import NEGATIONS, SQL_OPS, FilterCompiler, Sql, by_kind, kind_of
 
@@ -140,8 +141,12 @@ def write_rows(conn: sqlite3.Connection, gone: Rows, added: Rows) -> None:
             gone,
         )
     if added:
-        conn.executemany(
-            "INSERT OR REPLACE INTO contact_values (workspace, name, kind, value, contact_id)"
+        # Multi-row statements, OR IGNORE: the key is the whole row, so a row already there is
+        # this one; and a statement that cannot abort needs no statement journal (with one, a
+        # multi-row insert cost twice a step per row).
+        insert_rows(
+            conn,
+            "INSERT OR IGNORE INTO contact_values (workspace, name, kind, value, contact_id)"
             " VALUES (?, ?, ?, ?, ?)",
             added,
         )
