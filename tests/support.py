@@ -389,3 +389,21 @@ async def resumed_after_a_crash(
     finally:
         await queue.close()
         await store.close()
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, theirs, ...), read from /proc. A thread or a
+    process that ends while it is read is passed over: the listing races with exits."""
+    found: list[int] = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in children:
+            found += [int(child), *descendants(int(child))]
+    return found

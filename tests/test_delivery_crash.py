@@ -21,7 +21,7 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
-from tests.support import ServerProcess, create_key
+from tests.support import ServerProcess, create_key, descendants
 from tests.webhook_receiver import Receiver, receiving
 
 EVENTS = 300
@@ -49,14 +49,6 @@ def receiver() -> Iterator[Receiver]:
     yield ready[0]
     stop.set()
     thread.join(5)
-
-
-def descendants(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            found += [int(child), *descendants(int(child))]
-    return found
 
 
 def delivering(pid: int) -> list[int]:

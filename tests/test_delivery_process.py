@@ -28,6 +28,7 @@ from tests.support import (
     ServerProcess,
     cli_env,
     create_key,
+    descendants,
     drop_schema,
     postgres_url,
     require_server,
@@ -39,14 +40,6 @@ from tests.webhook_receiver import Receiver, receiving
 pytestmark = pytest.mark.slow
 
 S = 1_000_000
-
-
-def descendants(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            found += [int(child), *descendants(int(child))]
-    return found
 
 
 def command_of(pid: int) -> str:
