@@ -53,9 +53,12 @@ S = 1_000_000
 WORKSPACE = "acme"
 CONTACTS = ("c1", "c2")
 NAMES = ("a", "b", "c")
-SCALARS: tuple[Any, ...] = ("x", 7, 2.5, True, [1, "x"], {"k": 1})
-ITEMS: tuple[Any, ...] = ("x", "y", 1, True, 1.0)
-NUMBERS: tuple[Any, ...] = (1, -2, 0, 0.5, 3)
+# With the values Python's == takes for one another (1 == 1.0 == True, 0 == -0.0 == False,
+# [1] == [True], {"k": 1} == {"k": 1.0}): each is its own JSON value (``_key``), as an item
+# of a list too (a remove of 1 keeps true, an append of [1] beside [true] keeps both).
+SCALARS: tuple[Any, ...] = ("x", 7, 2.5, True, False, -0.0, [1, "x"], [True, "x"], {"k": 1})
+ITEMS: tuple[Any, ...] = ("x", "y", 1, True, 1.0, 0, False, [1], [True], {"k": 1}, {"k": 1.0})
+NUMBERS: tuple[Any, ...] = (1, -2, 0, 0.5, 3, 0.0, -0.0)
 OPERATIONS = ("set", "unset", "set_once", "add", "append", "remove")
 
 
