@@ -188,3 +188,20 @@ async def test_given_a_segment_when_values_equal_in_python_only_follow_each_othe
         assert await members(store, segment_id) == await matching(store, raw), (i, value)
         expected = ["c1"] if matches(f(raw), "c1", {"v": value}, 0) else []
         assert await members(store, segment_id) == expected, (i, value)
+
+
+@pytest.mark.parametrize(("before", "after"), PAIRS)
+async def test_given_an_applied_event_when_its_id_comes_again_with_a_value_equal_in_python_only_then_a_duplicate(
+    store: Store, before: Any, after: Any
+) -> None:
+    # The stores compare a repeat with what was applied as the event's bytes; the memory store
+    # compared the decoded events, where {"v": 1} == {"v": True}, and kept it "applied".
+    first = event("c1", "e1", 1 * S, W, v=before)
+    await store.apply([first])
+    same = await store.apply([first])
+    found = await store.get_event(W, "e1")
+    assert same.duplicates == 1 and found is not None and found.status == "applied"
+    again = await store.apply([msgspec.structs.replace(first, properties={"v": after})])
+    found = await store.get_event(W, "e1")
+    assert again.duplicates == 1 and found is not None and found.status == "duplicate"
+    assert exact((await profile(store))["v"]) == exact(before)
