@@ -141,6 +141,32 @@ def assert_same(found: dict[str, Contact | None], expected: Any, how: str) -> No
             assert exact == msgspec.json.encode(expected[key].properties, order="sorted"), how
 
 
+async def assert_feed_replays(
+    store: Store, workspace: str, expected: dict[str, Contact | None], how: str
+) -> None:
+    """The change feed tells every change of a value (SPEC 2.10), as JSON sees it: each
+    change's ``old`` is, exactly, the value the changes before it left, and the changes in
+    feed order leave the profile. (Python's == would let 1 -> true or 0.0 -> -0.0 go
+    unrecorded.)"""
+    replayed: dict[str, dict[str, Any]] = {}
+    changes = await store.read_changes(workspace, None, 10_000)
+    for change in changes:
+        profile = replayed.setdefault(change.contact_id, {})
+        for name, p in change.body.properties.items():
+            assert _key(profile.get(name)) == _key(p.old), (how, change)
+            assert _key(p.old) != _key(p.new), (how, change)
+            if p.new is None:
+                profile.pop(name)
+            else:
+                profile[name] = p.new
+    for contact_id, contact in expected.items():
+        found = replayed.get(contact_id, {})
+        want = {} if contact is None else contact.properties
+        assert {n: _key(v) for n, v in found.items()} == {n: _key(v) for n, v in want.items()}, (
+            f"{how}: the change feed replayed"
+        )
+
+
 async def actual(store: Store, workspace: str = WORKSPACE) -> dict[str, Contact | None]:
     return {c: await store.get_contact(workspace, c) for c in CONTACTS}
 
@@ -229,6 +255,7 @@ async def deliver(
         await store.apply([msgspec.structs.replace(e, workspace=workspace) for e in batch])
     expected = reference(scenario.events)
     assert_same(await actual(store, workspace), expected, f"{how} after apply")
+    await assert_feed_replays(store, workspace, expected, how)
     if rebuild:
         await store.rebuild()
         assert_same(await actual(store, workspace), expected, f"{how} after rebuild")
