@@ -72,6 +72,7 @@ PAIRS = [
     pytest.param([1], [True], id="list"),
     pytest.param({"a": 1}, {"a": 1.0}, id="object"),
     pytest.param({"a": [0]}, {"a": [False]}, id="nested"),
+    pytest.param({"a": 1, "b": 2}, {"b": 2, "a": 1}, id="key-order"),  # (its text changes)
 ]
 
 

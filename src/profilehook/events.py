@@ -25,7 +25,7 @@ def same_value(a: Any, b: Any) -> bool:
     """Whether two property values (decoded JSON; None: absent) are the same JSON value, the
     one equality of values every stage uses (the fold, change detection, the stores' copies).
     Python's == is not it: ``1``, ``1.0`` and ``true`` are three values, as are ``0``, ``-0.0``
-    and ``false``, ``[1]`` and ``[true]``, ``{"a": 1}`` and ``{"a": 1.0}`` (SPEC 2.9: no
+    and ``false``, ``[1]`` and ``[true]``, ``{"a": 1}`` and ``{"a": 1.0}`` (no
     coercion). Lists and objects are the same when their JSON text is (keys in their order)."""
     kind = type(a)
     if kind is not type(b):
