@@ -33,16 +33,27 @@ S = 1_000_000
 WORKSPACES = ("acme", "globex")
 CONTACTS = ("c1", "c2")
 NAMES = ("a", "b", "c")
-# None (unset) twice, so that unsets are common; no 1/0 beside True/False, which compare equal.
+# None (unset) twice, so that unsets are common. With the values Python's == takes for one
+# another (1 == 1.0 == True, 0 == -0.0 == False, [1] == [True], {"k": 1} == {"k": 1.0}): each
+# is its own JSON value, and the profile must end with the very one that won.
 VALUES: tuple[Any, ...] = (
     None,
     None,
     True,
+    1,
+    1.0,
+    False,
+    0,
+    -0.0,
     7,
     2.5,
     "x",
     "ü😀",
+    [1],
+    [True],
     [3, {"k": None}],
+    {"k": 1},
+    {"k": 1.0},
     {"n": {"m": "deep"}},
 )
 KEYS = [(w, c) for w in WORKSPACES for c in CONTACTS]

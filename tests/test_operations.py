@@ -53,9 +53,12 @@ S = 1_000_000
 WORKSPACE = "acme"
 CONTACTS = ("c1", "c2")
 NAMES = ("a", "b", "c")
-SCALARS: tuple[Any, ...] = ("x", 7, 2.5, True, [1, "x"], {"k": 1})
-ITEMS: tuple[Any, ...] = ("x", "y", 1, True, 1.0)
-NUMBERS: tuple[Any, ...] = (1, -2, 0, 0.5, 3)
+# With the values Python's == takes for one another (1 == 1.0 == True, 0 == -0.0 == False,
+# [1] == [True], {"k": 1} == {"k": 1.0}): each is its own JSON value (``_key``), as an item
+# of a list too (a remove of 1 keeps true, an append of [1] beside [true] keeps both).
+SCALARS: tuple[Any, ...] = ("x", 7, 2.5, True, False, -0.0, [1, "x"], [True, "x"], {"k": 1})
+ITEMS: tuple[Any, ...] = ("x", "y", 1, True, 1.0, 0, False, [1], [True], {"k": 1}, {"k": 1.0})
+NUMBERS: tuple[Any, ...] = (1, -2, 0, 0.5, 3, 0.0, -0.0)
 OPERATIONS = ("set", "unset", "set_once", "add", "append", "remove")
 
 
@@ -136,6 +139,32 @@ def assert_same(found: dict[str, Contact | None], expected: Any, how: str) -> No
         if contact is not None:
             exact = msgspec.json.encode(contact.properties, order="sorted")
             assert exact == msgspec.json.encode(expected[key].properties, order="sorted"), how
+
+
+async def assert_feed_replays(
+    store: Store, workspace: str, expected: dict[str, Contact | None], how: str
+) -> None:
+    """The change feed tells every change of a value (SPEC 2.10), as JSON sees it: each
+    change's ``old`` is, exactly, the value the changes before it left, and the changes in
+    feed order leave the profile. (Python's == would let 1 -> true or 0.0 -> -0.0 go
+    unrecorded.)"""
+    replayed: dict[str, dict[str, Any]] = {}
+    changes = await store.read_changes(workspace, None, 10_000)
+    for change in changes:
+        profile = replayed.setdefault(change.contact_id, {})
+        for name, p in change.body.properties.items():
+            assert _key(profile.get(name)) == _key(p.old), (how, change)
+            assert _key(p.old) != _key(p.new), (how, change)
+            if p.new is None:
+                profile.pop(name)
+            else:
+                profile[name] = p.new
+    for contact_id, contact in expected.items():
+        found = replayed.get(contact_id, {})
+        want = {} if contact is None else contact.properties
+        assert {n: _key(v) for n, v in found.items()} == {n: _key(v) for n, v in want.items()}, (
+            f"{how}: the change feed replayed"
+        )
 
 
 async def actual(store: Store, workspace: str = WORKSPACE) -> dict[str, Contact | None]:
@@ -226,6 +255,7 @@ async def deliver(
         await store.apply([msgspec.structs.replace(e, workspace=workspace) for e in batch])
     expected = reference(scenario.events)
     assert_same(await actual(store, workspace), expected, f"{how} after apply")
+    await assert_feed_replays(store, workspace, expected, how)
     if rebuild:
         await store.rebuild()
         assert_same(await actual(store, workspace), expected, f"{how} after rebuild")

@@ -278,11 +278,14 @@ async def test_given_count_then_every_match_not_only_the_page(store: Store) -> N
 NAMES = ["a", "b", "it's", "%_"]
 SCALARS = st.one_of(
     st.integers(-3, 3),
-    st.sampled_from([0.5, -1.5, 2.0, 1e20]),
+    # (with 1.0, 0.0 and -0.0 beside the integers and booleans Python's == takes them for)
+    st.sampled_from([0.5, -1.5, 2.0, 1e20, 1.0, 0.0, -0.0]),
     st.sampled_from(["", "a", "ab", "b", "A", "a%", "a_", "é", "'"]),
     st.booleans(),
 )
-VALUES = st.one_of(SCALARS, st.lists(SCALARS, max_size=3), st.just({"a": 1}))
+VALUES = st.one_of(
+    SCALARS, st.lists(SCALARS, max_size=3), st.sampled_from([{"a": 1}, {"a": True}, {"a": 1.0}])
+)
 
 
 def conditions() -> st.SearchStrategy[dict[str, Any]]:

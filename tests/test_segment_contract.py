@@ -214,6 +214,13 @@ FILTERS = [
     {"property": "n", "op": "lt", "value": 2.5},
     {"property": "n", "op": "lte", "value": 1},
     {"any": [{"property": "n", "op": "gte", "value": 5}]},
+    # Values Python's == takes for one another (1 == 1.0 == True, 0 == -0.0 == False, as items
+    # of a list too): a filter tells the booleans from the numbers (filters.py).
+    {"property": "n", "op": "eq", "value": True},
+    {"property": "n", "op": "in", "value": [False, "x"]},
+    {"property": "n", "op": "ne", "value": 0},
+    {"property": "tags", "op": "contains", "value": True},
+    {"property": "tags", "op": "contains", "value": 1},
 ]
 
 
@@ -228,11 +235,11 @@ def random_event(rng: random.Random, i: int) -> Event:
     if rng.random() < 0.6:
         props["plan"] = rng.choice(["pro", "free", None])
     if rng.random() < 0.4:
-        props["n"] = rng.choice([1, 5, 2.5, 1.0, True, 0, -0.5, 7])
+        props["n"] = rng.choice([1, 5, 2.5, 1.0, True, 0, -0.5, 7, False, -0.0, 0.0])
         if rng.random() < 0.5:
             ops["n"] = "add"
     if rng.random() < 0.3:
-        props["tags"] = [rng.choice(["x", "y"])]
+        props["tags"] = [rng.choice(["x", "y", 1, True, 1.0, 0, False])]
         ops["tags"] = rng.choice(["append", "remove"])
     built = event(contact, f"e{i}", ts, W, **props)
     return built if not ops else Event(**{**_fields(built), "ops": ops})

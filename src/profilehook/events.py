@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import time
@@ -18,6 +19,26 @@ Op = Literal["set_once", "add", "append", "remove"]
 OPS: tuple[Op, ...] = ("set_once", "add", "append", "remove")
 Version = tuple[int, str]
 """(event time in microseconds, event_id): the order in which updates win."""
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Whether two property values (decoded JSON; None: absent) are the same JSON value, the
+    one equality of values every stage uses (the fold, change detection, the stores' copies).
+    Python's == is not it: ``1``, ``1.0`` and ``true`` are three values, as are ``0``, ``-0.0``
+    and ``false``, ``[1]`` and ``[true]``, ``{"a": 1}`` and ``{"a": 1.0}`` (no
+    coercion). Lists and objects are the same when their JSON text is (keys in their order)."""
+    kind = type(a)
+    if kind is not type(b):
+        return False
+    if kind is str or kind is int or kind is bool or a is None:
+        return bool(a == b)
+    if kind is float:  # -0.0 == 0.0 in Python, not as JSON text
+        return bool(a == b) and (a != 0.0 or _copysign(1.0, a) == _copysign(1.0, b))
+    return bool(_encode_json(a) == _encode_json(b))
+
+
+_encode_json = msgspec.json.Encoder().encode
+_copysign = math.copysign
 
 
 class Event(msgspec.Struct, frozen=True, array_like=True, omit_defaults=True):

@@ -35,7 +35,7 @@ import msgspec
 
 from profilehook.changes import Change
 from profilehook.constants import DEFAULT_KEY_SCOPES, SCOPE_ADMIN, SCOPES
-from profilehook.events import Event, Version, erased_stub, iso, predates
+from profilehook.events import Event, Version, erased_stub, iso, predates, same_value
 from profilehook.stores.destinations import Destinations
 
 EventStatus = Literal["queued", "applied", "duplicate", "failed", "erased"]
@@ -664,23 +664,8 @@ def apply_op(op: str, value: Any, arg: Any) -> tuple[bool, Any, str | None]:
     raise ValueError(f"unknown operation {op!r}")
 
 
-_SCALARS = (str, int, float, bool, type(None))
-
-
-def same_value(a: Any, b: Any) -> bool:
-    """Equal as JSON values: ``1``, ``1.0`` and ``true`` are three different values."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, _SCALARS):
-        return bool(a == b)
-    return bool(_encode_json(a) == _encode_json(b))
-
-
 def contains(items: list[Any], item: Any) -> bool:
     return any(same_value(item, other) for other in items)
-
-
-_encode_json = msgspec.json.Encoder().encode
 
 
 def contact_exists(last_update: Version | None, deleted: Version | None) -> bool:

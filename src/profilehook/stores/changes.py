@@ -22,14 +22,13 @@ from collections.abc import Iterable, Sequence
 import msgspec
 
 from profilehook.changes import ChangeBody, ChangeRecord, PropertyChange, SegmentChanges
-from profilehook.events import Event
+from profilehook.events import Event, same_value
 from profilehook.stores.base import (
     Base,
     ContactPlan,
     ContactState,
     contact_exists,
     plan_contact,
-    same_value,
 )
 from profilehook.stores.segments import Moves
 
@@ -162,7 +161,7 @@ def _change(before: ContactState, event: Event, plan: ContactPlan) -> ChangeReco
     return ChangeRecord(event.workspace, event.contact_id, event.event_id, body)
 
 
-_SCALARS = (str, int, float, bool)
+_SCALARS = (str, int, bool)  # (not float: -0.0 == 0.0, which ``same_value`` tells apart)
 
 
 def _after(state: ContactState, plan: ContactPlan) -> ContactState:

@@ -10,7 +10,7 @@ from typing import Any
 from profilehook.changes import Change, change_id
 from profilehook.constants import MAX_SEGMENTS_PER_WORKSPACE
 from profilehook.errors import CursorExpired, InvalidCursor
-from profilehook.events import Event, Version, now_us
+from profilehook.events import Event, Version, encode_event, now_us
 from profilehook.filters import Query, matches
 from profilehook.stores.base import (
     AliasUpdate,
@@ -102,7 +102,8 @@ class MemoryStore(Store, ContactQueries, Segments, MemoryDestinations):
             self._events[(stub.workspace, stub.event_id)] = EventRecord(stub, "erased", applied_us)
         for repeat in repeats(events, fresh):
             stored = self._events[(repeat.workspace, repeat.event_id)]
-            if stored.status == "applied" and stored.event != repeat:
+            # As bytes, as the other stores compare them: decoded, {"v": 1} == {"v": True}.
+            if stored.status == "applied" and encode_event(stored.event) != encode_event(repeat):
                 self._events[(repeat.workspace, repeat.event_id)] = replace(
                     stored, status="duplicate"
                 )

@@ -24,7 +24,7 @@ from typing import Any
 
 import msgspec
 
-from profilehook.events import Version
+from profilehook.events import Version, same_value
 from profilehook.filters import PSEUDO, Condition, Filter, Query
 from profilehook.sqlite_db import insert_rows
 from profilehook.stores.base import ContactPlan
@@ -78,17 +78,6 @@ def _row(workspace: str, name: str, value: Any, contact_id: str) -> tuple[Any, .
     return (workspace, name, *stored(value), contact_id)
 
 
-def _same(old: Any, new: Any) -> bool:
-    """Whether the copy's row of ``old`` is that of ``new`` (Python's == is not enough:
-    ``[1] == [True]``, whose rows differ)."""
-    kind = type(old)
-    if kind is not type(new):
-        return False
-    if kind is float or kind is str or kind is int or kind is bool:
-        return bool(old == new)
-    return stored(old) == stored(new)
-
-
 def copy_rows(
     workspace: str,
     contact_id: str,
@@ -108,7 +97,7 @@ def copy_rows(
             if old is None:
                 if new is not None:
                     added.append(_row(workspace, name, new, contact_id))
-            elif not _same(old, new):
+            elif not same_value(old, new):
                 gone.append(_row(workspace, name, old, contact_id))
                 if new is not None:
                     added.append(_row(workspace, name, new, contact_id))
@@ -124,7 +113,7 @@ def copy_rows(
             new = plan.upserts[name][0]
         else:
             new = None  # covered by the delete
-        if (old is None and new is None) or (old is not None and _same(old, new)):
+        if (old is None and new is None) or (old is not None and same_value(old, new)):
             continue
         if old is not None:
             gone.append(_row(workspace, name, old, contact_id))
