@@ -18,7 +18,7 @@ import httpx2 as httpx
 import msgspec
 import pytest
 
-from profilehook import applier_process
+from profilehook import applier_process, supervision
 from profilehook.errors import StorageUnavailable
 from profilehook.metrics import Metrics
 from profilehook.queues import QUEUE_FILE
@@ -166,7 +166,7 @@ async def test_a_child_that_cannot_be_started_is_tried_again_not_given_up(
 ) -> None:
     # fork/exec fails now and then (EAGAIN under a process limit, ENOMEM): the supervisor must
     # keep trying, not end silently and leave the server accepting events nobody applies.
-    monkeypatch.setattr(applier_process, "RESTART_BACKOFF_S", (0.001,))
+    monkeypatch.setattr(supervision, "RESTART_BACKOFF_S", (0.001,))
     supervisor = applier_process.ApplierProcess(Settings(), Metrics(), _Log())
     stop = asyncio.Event()
     attempts = 0

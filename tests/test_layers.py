@@ -16,7 +16,10 @@ PACKAGE = Path(__file__).resolve().parent.parent / "src" / "profilehook"
 
 # name -> modules (a package stands for everything in it), lowest layer first
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundation", ("profilehook", "profilehook.constants", "profilehook.errors")),
+    (
+        "foundation",
+        ("profilehook", "profilehook.constants", "profilehook.errors", "profilehook.supervision"),
+    ),
     (
         "values",
         (

@@ -24,7 +24,6 @@ import logging
 import os
 import signal
 import sys
-import time
 from asyncio.subprocess import PIPE, Process
 
 import msgspec
@@ -40,12 +39,11 @@ from profilehook.queues.base import HandsOverAcknowledgements, Queue
 from profilehook.retention import ChangePurger, HistoryPurger
 from profilehook.service import running
 from profilehook.settings import Settings
+from profilehook.supervision import keep_running
 
 log = logging.getLogger(__name__)
 
 REPORT_INTERVAL_S = 0.25
-RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
-HEALTHY_RUN_S = 60.0  # a child that ran this long starts the backoff over when it dies
 STOP_TIMEOUT_S = 15.0  # to finish a batch and acknowledge it, before the child is killed
 
 
@@ -170,24 +168,7 @@ class ApplierProcess:
         self.acknowledgements = queue if isinstance(queue, HandsOverAcknowledgements) else None
 
     async def run(self, stop: asyncio.Event) -> None:
-        failures = 0
-        while not stop.is_set():
-            started_s = time.monotonic()
-            try:
-                proc = await self._spawn()
-            except OSError as exc:  # fork/exec can fail for a while (EAGAIN, ENOMEM): retry
-                outcome = f"could not start ({exc})"
-            else:
-                outcome = f"exited with code {await self._supervise(proc, stop)}"
-            if stop.is_set():
-                return
-            if time.monotonic() - started_s > HEALTHY_RUN_S:
-                failures = 0  # it had been running fine: this is a new failure, not a streak
-            delay = RESTART_BACKOFF_S[min(failures, len(RESTART_BACKOFF_S) - 1)]
-            failures += 1
-            log.error("applier process %s; restarting in %.1fs", outcome, delay)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
+        await keep_running("applier process", self._spawn, self._supervise, stop)
 
     async def _spawn(self) -> Process:
         env = {**os.environ, **self.settings.to_env()}

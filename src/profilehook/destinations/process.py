@@ -37,17 +37,15 @@ import logging
 import os
 import signal
 import sys
-import time
 from asyncio.subprocess import Process
 
 from profilehook.destinations.delivery import Deliverer
 from profilehook.settings import Settings
 from profilehook.stores import open_store
+from profilehook.supervision import keep_running
 
 log = logging.getLogger(__name__)
 
-RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
-HEALTHY_RUN_S = 60.0  # a child that ran this long starts the backoff over when it dies
 STOP_TIMEOUT_S = 15.0  # to finish the calls in flight and record them, before it is killed
 WAKE_POLL_S = 0.25  # the child looks for work this often without a wake-up
 WAKE = b"\x01"
@@ -87,24 +85,7 @@ class DeliveryProcess:
             os.write(self._wake_fd, WAKE)
 
     async def run(self, stop: asyncio.Event) -> None:
-        failures = 0
-        while not stop.is_set():
-            started_s = time.monotonic()
-            try:
-                proc = await self._spawn()
-            except OSError as exc:  # fork/exec can fail for a while (EAGAIN, ENOMEM): retry
-                outcome = f"could not start ({exc})"
-            else:
-                outcome = f"exited with code {await self._supervise(proc, stop)}"
-            if stop.is_set():
-                return
-            if time.monotonic() - started_s > HEALTHY_RUN_S:
-                failures = 0
-            delay = RESTART_BACKOFF_S[min(failures, len(RESTART_BACKOFF_S) - 1)]
-            failures += 1
-            log.error("delivery process %s; restarting in %.1fs", outcome, delay)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
+        await keep_running("delivery process", self._spawn, self._supervise, stop)
 
     async def _spawn(self) -> Process:
         env = {**os.environ, **self.settings.to_env()}
