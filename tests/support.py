@@ -391,6 +391,17 @@ async def resumed_after_a_crash(
         await store.close()
 
 
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs: a zombie (exited, not yet reaped) counts as gone, and so
+    does a process that ends while its state is read."""
+    try:
+        os.kill(pid, 0)
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (ProcessLookupError, FileNotFoundError):
+        return False
+    return state != "Z"
+
+
 def descendants(pid: int) -> list[int]:
     """Every process below ``pid`` (children, theirs, ...), read from /proc. A thread or a
     process that ends while it is read is passed over: the listing races with exits."""

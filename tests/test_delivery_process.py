@@ -26,6 +26,7 @@ from profilehook.settings import Settings
 from profilehook.stores.sqlite import SqliteStore
 from tests.support import (
     ServerProcess,
+    alive,
     cli_env,
     create_key,
     descendants,
@@ -51,14 +52,6 @@ def command_of(pid: int) -> str:
 
 def delivery_pids(root: int) -> list[int]:
     return [p for p in descendants(root) if "profilehook deliver" in command_of(p)]
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return "(Z)" not in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:4]
 
 
 def events(first: int, count: int, contacts: int) -> list[Event]:
