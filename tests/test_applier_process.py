@@ -25,7 +25,7 @@ from profilehook.queues import QUEUE_FILE
 from profilehook.queues.sqlite import INDEX_BITS
 from profilehook.settings import Settings
 from profilehook.stores import STORE_FILE
-from tests.support import ServerProcess, create_key, wait_until
+from tests.support import ServerProcess, alive, create_key, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -38,15 +38,6 @@ def applier_pids(server: ServerProcess) -> list[int]:
         text=True,
     )
     return [int(pid) for pid in out.stdout.split()]
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie (exited, not yet reaped by a dead parent's successor) counts as gone.
-    return "(Z)" not in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:4]
 
 
 def send(server: ServerProcess, key: str, contact_id: str, **properties: object) -> None:
@@ -85,6 +76,24 @@ def test_serve_applies_in_one_child_process_at_a_lower_priority(server: ServerPr
     assert wait_until(lambda: profile(server, key, "c1")) == {"plan": "pro"}
     (child,) = applier_pids(server)
     assert os.getpriority(os.PRIO_PROCESS, child) > os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def test_the_childs_lower_priority_counts_against_the_server(server: ServerProcess) -> None:
+    """Niceness orders threads only within one scheduler autogroup, which on Linux is a session:
+    in a session of its own, the child at nice 19 got as much CPU as the whole server. It is in
+    the server's session, but in a process group of its own (a Ctrl-C goes to the server)."""
+    key = create_key(server.data_dir)["key"]
+    send(server, key, "s1", plan="pro")
+    assert wait_until(lambda: profile(server, key, "s1")) == {"plan": "pro"}
+    assert server.proc is not None
+    (child,) = applier_pids(server)
+
+    assert os.getsid(child) == os.getsid(server.proc.pid)
+    assert os.getpgid(child) == child != os.getpgid(server.proc.pid)
+    autogroup = Path(f"/proc/{child}/autogroup")
+    if autogroup.exists():  # a kernel built with scheduler autogroups
+        server_group = Path(f"/proc/{server.proc.pid}/autogroup").read_text().split()[0]
+        assert autogroup.read_text().split()[0] == server_group
 
 
 def test_the_servers_metrics_count_what_the_child_applied(server: ServerProcess) -> None:

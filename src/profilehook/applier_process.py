@@ -68,6 +68,7 @@ async def run_applier(
     ``ConfigurationError`` and ``StorageUnavailable`` as ``Services`` does.
     """
     if report_to_parent:
+        leave_process_group()
         lower_priority()  # before any thread exists: threads inherit it
     stop, started = asyncio.Event(), asyncio.Event()
     _stop_on_signals(stop, started)
@@ -181,8 +182,8 @@ class ApplierProcess:
             env=env,
             stdin=PIPE,
             stdout=PIPE,
-            # Its own session: a Ctrl-C in the terminal stops the server, which stops the child.
-            start_new_session=True,
+            # In the server's session; the child moves to a process group of its own as it starts
+            # (``leave_process_group``, which says why).
         )
 
     async def _supervise(self, proc: Process, stop: asyncio.Event) -> int:
@@ -243,6 +244,20 @@ class ApplierProcess:
 # saturation applying waits (and catches up after) rather than slow answering (19 against 10:
 # benchmarks/README.md).
 NICENESS = 19
+
+
+def leave_process_group() -> None:
+    """Move the server's child to a process group of its own, in the server's session.
+
+    Its own group: a Ctrl-C in the terminal goes to the foreground group, the server's, which
+    then stops the child in order. The server's session: on Linux a session is a scheduler
+    autogroup, and niceness orders threads only within one autogroup; in a session of its own
+    (as it once was) the child at nice 19 got as much CPU as the whole server whenever both
+    wanted it. (The child does this itself: uvloop, the server's loop, cannot start a process in
+    a new group; a Ctrl-C in the fraction of a second before this runs stops the child, which
+    the stopping server no longer needs.)"""
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
 
 
 def lower_priority() -> None:

@@ -23,7 +23,7 @@ never above it; the kernel stops at 19) and in its parent's session, which on Li
 scheduler autogroup (niceness orders threads only within one autogroup). In a ``worker`` (nice 0)
 the child is at 5: where applying and delivering want the same core, the apply comes first and
 delivery uses what it leaves (a commit wakes the child, a backlog waits). In serve's applier
-process (nice 19, in a session of its own) both are at 19, equal turns of what the server
+process (nice 19, in the server's session) both are at 19, equal turns of what the server
 leaves: a child *above* the applier there (nice 5 against 19 in one autogroup) starved the
 apply and made the ingest -> delivery p99 worse (benchmarks/README.md, scenario L). It gets a
 process group of its own, so a Ctrl-C in a terminal reaches only the parent, which stops it.
