@@ -1,7 +1,7 @@
 """Where the server's event loop spends its time on C and D's requests (issue 23): cProfile.
 
     .venv/bin/python benchmarks/profile_ingest.py [single|batch] [--requests N]
-        [--concurrency N] [--top N] [--no-profile]
+        [--concurrency N] [--top N] [--no-profile] [--pieces]
 
 Calls profilehook's ASGI app in process (no HTTP server: uvicorn's share, which the ceiling A
 pays too, is not in it) with C's body on ``POST /v1/properties`` or D's 100-event body on the
@@ -12,7 +12,9 @@ and checkpointer included) and the functions by own and cumulative time of the e
 thread (CPU time, so that waiting for the GIL or the machine does not count). ``--no-profile``
 gives the rate and CPU per request without the profiler (and of it the event loop's thread's), and beside them those of an app that
 only reads the body and decodes it with msgspec (the batch ceiling's app, the same way), for a
-ratio; ``--compare-with`` is done with ``PYTHONPATH=<other checkout>/src``.
+ratio; ``--compare-with`` is done with ``PYTHONPATH=<other checkout>/src``. ``--pieces``: each
+step of C's handler alone, in a loop, in CPU microseconds of the calling thread (what no
+profiler's overhead distorts).
 """
 
 from __future__ import annotations
@@ -131,6 +133,66 @@ async def _decode_only(body: bytes, requests: int, concurrency: int) -> tuple[fl
     return await _drive(app, "/", [], body, requests, concurrency)
 
 
+async def _pieces(app: Any, key: str, body: bytes, times: int) -> dict[str, float]:
+    """CPU microseconds of this thread for each step of C's handler, done ``times`` times."""
+    from profilehook.api.deadlines import Deadlines
+    from profilehook.api.responses import encode, send_json
+    from profilehook.events import now_us
+    from profilehook.keys import authenticate, key_hash_of
+    from profilehook.sources import native
+    from profilehook.validation import check_json_content_type
+
+    store, queue = app.services.store, app.services.queue
+    authorization = f"Bearer {key}".encode()
+    deadlines = Deadlines(10.0, 10.0)
+    accepted = app.services.metrics.events.labels("api", "accepted")
+
+    async def nothing(message: Any) -> None:
+        pass
+
+    def watched() -> None:
+        with deadlines.watch(nothing) as watch:
+            watch.awaiting_backend()
+
+    now = now_us()
+    event = native.parse_single(body, "bench", now)
+    answer = b'{"status":"accepted","event_id":%s}' % encode(event.event_id)
+    steps: dict[str, Any] = {
+        "deadline watch (enter, phase, exit)": watched,
+        "parse_single (decode, validate, event id)": lambda: native.parse_single(
+            body, "bench", now
+        ),
+        "key grant, keys.authenticate": lambda: authenticate(store, authorization),
+        "key grant, key_grant_at_once": lambda: store.key_grant_at_once(key_hash_of(authorization)),
+        "content type": lambda: check_json_content_type(b"application/json"),
+        "accepted counter": accepted.inc,
+        "send_json (both messages)": lambda: send_json(nothing, 202, answer),
+    }
+    found: dict[str, float] = {}
+    for name, step in steps.items():
+        awaited = asyncio.iscoroutine(probe := step())
+        if awaited:
+            await probe
+        cpu0 = time.thread_time()
+        for _ in range(times):
+            if awaited:
+                await step()
+            else:
+                step()
+        found[name] = round(1e6 * (time.thread_time() - cpu0) / times, 2)
+    # The log's append as the handler makes it (encode, future, job), 64 at a time as C's
+    # connections make them (thousands outstanding would time the garbage collector instead),
+    # their commits left to the writer thread: the loop's side only.
+    spent = 0.0
+    for _ in range(max(1, times // 64)):
+        cpu0 = time.thread_time()
+        appended = [queue.publish([event]) for _ in range(64)]
+        spent += time.thread_time() - cpu0
+        await asyncio.gather(*appended)
+    found["queue.publish, the loop's side"] = round(1e6 * spent / (max(1, times // 64) * 64), 2)
+    return found
+
+
 async def main(args: argparse.Namespace) -> None:
     body = _body(args.kind)
     with tempfile.TemporaryDirectory() as tmp:
@@ -144,6 +206,13 @@ async def main(args: argparse.Namespace) -> None:
             (b"content-length", str(len(body)).encode()),
         ]
         path = PATHS[args.kind]
+        if args.pieces:
+            for _ in range(args.rounds):
+                found = await _pieces(app, key, _body("single"), args.requests)
+                print(json.dumps({"loadavg": os.getloadavg()[0], **found}), flush=True)
+            await inbox.put({"type": "lifespan.shutdown"})
+            await task
+            return
         await _drive(app, path, headers, body, min(args.requests, 2_000), args.concurrency)
         if args.no_profile:
             for _ in range(args.rounds):
@@ -190,4 +259,5 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--pieces", action="store_true")
     asyncio.run(main(parser.parse_args()))

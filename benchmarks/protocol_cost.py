@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.apps.ceiling import BODY, HEADERS
 from benchmarks.apps.ceiling import app as ceiling_app
+
 from profilehook.api.protocol import http_protocol
 
 CONNECTIONS = 64
@@ -183,7 +184,10 @@ def _connections(kind: str, loop: asyncio.AbstractEventLoop) -> list[tuple[Any, 
         )
         config.load()
         state = ServerState()
-        state.default_headers = [(b"date", b"Fri, 04 Dec 2026 14:00:00 GMT"), (b"server", b"uvicorn")]
+        state.default_headers = [
+            (b"date", b"Fri, 04 Dec 2026 14:00:00 GMT"),
+            (b"server", b"uvicorn"),
+        ]
         for _ in range(CONNECTIONS):
             transport = _Transport()
             protocol = protocol_class(config=config, server_state=state, app_state={}, _loop=loop)
@@ -192,7 +196,9 @@ def _connections(kind: str, loop: asyncio.AbstractEventLoop) -> list[tuple[Any, 
     else:
         for _ in range(CONNECTIONS):
             transport = _Transport()
-            made.append((_LeanAsgi(transport, loop) if kind == "lean-asgi" else _Raw(transport), transport))
+            made.append(
+                (_LeanAsgi(transport, loop) if kind == "lean-asgi" else _Raw(transport), transport)
+            )
     return made
 
 
