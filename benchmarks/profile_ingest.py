@@ -1,7 +1,7 @@
 """Where the server's event loop spends its time on C and D's requests (issue 23): cProfile.
 
     .venv/bin/python benchmarks/profile_ingest.py [single|batch] [--requests N]
-        [--concurrency N] [--top N] [--no-profile]
+        [--concurrency N] [--top N] [--no-profile] [--pieces]
 
 Calls profilehook's ASGI app in process (no HTTP server: uvicorn's share, which the ceiling A
 pays too, is not in it) with C's body on ``POST /v1/properties`` or D's 100-event body on the
@@ -10,9 +10,11 @@ durable SQLite log, its writer thread committing groups of requests; the SQLite 
 applier). Prints requests/s, the CPU per request (this process, every thread: the log's writer
 and checkpointer included) and the functions by own and cumulative time of the event loop's
 thread (CPU time, so that waiting for the GIL or the machine does not count). ``--no-profile``
-gives the rate and CPU per request without the profiler, and beside them those of an app that
+gives the rate and CPU per request without the profiler (and of it the event loop's thread's), and beside them those of an app that
 only reads the body and decodes it with msgspec (the batch ceiling's app, the same way), for a
-ratio; ``--compare-with`` is done with ``PYTHONPATH=<other checkout>/src``.
+ratio; ``--compare-with`` is done with ``PYTHONPATH=<other checkout>/src``. ``--pieces``: each
+step of C's handler alone, in a loop, in CPU microseconds of the calling thread (what no
+profiler's overhead distorts).
 """
 
 from __future__ import annotations
@@ -109,9 +111,13 @@ async def _drive(
             status = await _call(app, path, headers, body)
             assert status == 202, status
 
-    t0, cpu0 = time.perf_counter(), time.process_time()
+    t0, cpu0, loop0 = time.perf_counter(), time.process_time(), time.thread_time()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
+    _loop_cpu[0] = (time.thread_time() - loop0) / requests
     return requests / (time.perf_counter() - t0), (time.process_time() - cpu0) / requests
+
+
+_loop_cpu = [0.0]  # the event loop's own CPU per request in the last ``_drive`` (its thread's)
 
 
 async def _decode_only(body: bytes, requests: int, concurrency: int) -> tuple[float, float]:
@@ -127,6 +133,66 @@ async def _decode_only(body: bytes, requests: int, concurrency: int) -> tuple[fl
     return await _drive(app, "/", [], body, requests, concurrency)
 
 
+async def _pieces(app: Any, key: str, body: bytes, times: int) -> dict[str, float]:
+    """CPU microseconds of this thread for each step of C's handler, done ``times`` times."""
+    from profilehook.api.deadlines import Deadlines
+    from profilehook.api.responses import encode, send_json
+    from profilehook.events import now_us
+    from profilehook.keys import authenticate, key_hash_of
+    from profilehook.sources import native
+    from profilehook.validation import check_json_content_type
+
+    store, queue = app.services.store, app.services.queue
+    authorization = f"Bearer {key}".encode()
+    deadlines = Deadlines(10.0, 10.0)
+    accepted = app.services.metrics.events.labels("api", "accepted")
+
+    async def nothing(message: Any) -> None:
+        pass
+
+    def watched() -> None:
+        with deadlines.watch(nothing) as watch:
+            watch.awaiting_backend()
+
+    now = now_us()
+    event = native.parse_single(body, "bench", now)
+    answer = b'{"status":"accepted","event_id":%s}' % encode(event.event_id)
+    steps: dict[str, Any] = {
+        "deadline watch (enter, phase, exit)": watched,
+        "parse_single (decode, validate, event id)": lambda: native.parse_single(
+            body, "bench", now
+        ),
+        "key grant, keys.authenticate": lambda: authenticate(store, authorization),
+        "key grant, key_grant_at_once": lambda: store.key_grant_at_once(key_hash_of(authorization)),
+        "content type": lambda: check_json_content_type(b"application/json"),
+        "accepted counter": accepted.inc,
+        "send_json (both messages)": lambda: send_json(nothing, 202, answer),
+    }
+    found: dict[str, float] = {}
+    for name, step in steps.items():
+        awaited = asyncio.iscoroutine(probe := step())
+        if awaited:
+            await probe
+        cpu0 = time.thread_time()
+        for _ in range(times):
+            if awaited:
+                await step()
+            else:
+                step()
+        found[name] = round(1e6 * (time.thread_time() - cpu0) / times, 2)
+    # The log's append as the handler makes it (encode, future, job), 64 at a time as C's
+    # connections make them (thousands outstanding would time the garbage collector instead),
+    # their commits left to the writer thread: the loop's side only.
+    spent = 0.0
+    for _ in range(max(1, times // 64)):
+        cpu0 = time.thread_time()
+        appended = [queue.publish([event]) for _ in range(64)]
+        spent += time.thread_time() - cpu0
+        await asyncio.gather(*appended)
+    found["queue.publish, the loop's side"] = round(1e6 * spent / (max(1, times // 64) * 64), 2)
+    return found
+
+
 async def main(args: argparse.Namespace) -> None:
     body = _body(args.kind)
     with tempfile.TemporaryDirectory() as tmp:
@@ -140,10 +206,18 @@ async def main(args: argparse.Namespace) -> None:
             (b"content-length", str(len(body)).encode()),
         ]
         path = PATHS[args.kind]
+        if args.pieces:
+            for _ in range(args.rounds):
+                found = await _pieces(app, key, _body("single"), args.requests)
+                print(json.dumps({"loadavg": os.getloadavg()[0], **found}), flush=True)
+            await inbox.put({"type": "lifespan.shutdown"})
+            await task
+            return
         await _drive(app, path, headers, body, min(args.requests, 2_000), args.concurrency)
         if args.no_profile:
             for _ in range(args.rounds):
                 ours, cpu = await _drive(app, path, headers, body, args.requests, args.concurrency)
+                loop_cpu = _loop_cpu[0]
                 ceiling, ceiling_cpu = await _decode_only(body, args.requests, args.concurrency)
                 print(
                     json.dumps(
@@ -154,6 +228,7 @@ async def main(args: argparse.Namespace) -> None:
                             "decode_only_per_s": round(ceiling),
                             "ratio": round(ours / ceiling, 3),
                             "cpu_us_per_request": round(cpu * 1e6, 1),
+                            "of_it_event_loop_us": round(loop_cpu * 1e6, 1),
                             "decode_only_cpu_us_per_request": round(ceiling_cpu * 1e6, 1),
                             "cpu_ratio": round(ceiling_cpu / cpu, 3),
                         }
@@ -184,4 +259,5 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--pieces", action="store_true")
     asyncio.run(main(parser.parse_args()))
