@@ -31,7 +31,6 @@ from profilehook.events import Event, now_us
 from profilehook.live import Call, LiveCalls, body_excerpt, first_ids, kept_headers
 from profilehook.service import Services
 from profilehook.sources import native
-from profilehook.stores.base import KeyGrant
 from profilehook.validation import check_json_content_type
 
 log = logging.getLogger(__name__)
@@ -54,24 +53,13 @@ def ingest_handlers(
     limiter = limiter or RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
 
     live = services.live
-    # A store that answers a key's grant on this thread (SQLite: from its cache) is asked so,
-    # without the two coroutines of ``keys.authenticate``.
-    grant_at_once: Callable[[str], KeyGrant | None] | None = getattr(
-        services.store, "key_grant_at_once", None
-    )
 
     async def single(scope: Scope, receive: Receive, send: Send) -> None:
         body = b""
         try:
             with deadlines.watch(send) as watch:
                 workspace, body = await _authorized_body(
-                    services,
-                    scope,
-                    receive,
-                    settings.max_single_body_bytes,
-                    limiter,
-                    watch,
-                    grant_at_once,
+                    services, scope, receive, settings.max_single_body_bytes, limiter, watch
                 )
                 now = now_us()
                 event = native.parse_single(body, workspace, now, settings.oldest_accepted_us(now))
@@ -92,13 +80,7 @@ def ingest_handlers(
         try:
             with deadlines.watch(send) as watch:
                 workspace, body = await _authorized_body(
-                    services,
-                    scope,
-                    receive,
-                    settings.max_batch_body_bytes,
-                    limiter,
-                    watch,
-                    grant_at_once,
+                    services, scope, receive, settings.max_batch_body_bytes, limiter, watch
                 )
                 now = now_us()
                 oldest = settings.oldest_accepted_us(now)
@@ -258,28 +240,19 @@ async def _authorized_body(
     max_body_bytes: int,
     limiter: RateLimiter,
     watch: Watch,
-    grant_at_once: Callable[[str], KeyGrant | None] | None = None,
 ) -> tuple[str, bytes]:
-    """Check the key (and its scope), its rate, the content type, then read the body up to the
-    cap. ``grant_at_once``: the store's ``key_grant`` on this thread, when it has one."""
+    """Check the key (and its scope), its rate, the content type, then read the body up to the cap."""
     headers = dict(scope["headers"])
     authorization = headers.get(b"authorization")
     if len(headers) != len(scope["headers"]) and _repeated(scope["headers"], b"authorization"):
         authorization = None  # two keys: refused, rather than choosing one of them
-    # keys.authorize, inlined
-    key_hash = keys.key_hash_of(authorization)
-    if key_hash is None:
-        grant = None
-    elif grant_at_once is not None:
-        grant = grant_at_once(key_hash)
-    else:
-        grant = await services.store.key_grant(key_hash)
+    grant = await keys.authenticate(services.store, authorization)  # keys.authorize, inlined
     if grant is None:
         raise InvalidApiKey()
     if not grant.allows(ACCESS):
         raise MissingScope(ACCESS)
     workspace = grant.workspace
-    limiter.admit(key_hash or "")
+    limiter.admit(keys.key_hash_of(authorization) or "")
     check_json_content_type(headers.get(b"content-type"))
     watch.reading_body()
     if b"content-encoding" in headers:
