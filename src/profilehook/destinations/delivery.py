@@ -17,7 +17,8 @@ reason. A loop killed mid-call leaves its leases to run out: another (or itself,
 sends again, at least once.
 
 A pass runs when there is work: the applier of the same process calls ``changes_committed``
-after each batch it applied (so a change goes out without waiting for a poll), a call that ends
+after each batch that recorded changes (so a change goes out without waiting for a poll; a batch
+that changed nothing wakes nothing), a call that ends
 wakes the loop, and an idle loop still looks every ``DESTINATION_POLL_S`` (changes another
 process applied, retries coming due).
 """
