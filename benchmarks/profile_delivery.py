@@ -68,12 +68,13 @@ def _summary(raw: Path, top: int) -> None:
             print(f"{100 * n / total:5.1f}%  {name}")
 
 
-def _threads(pid: int) -> dict[int, float]:
-    """CPU seconds per thread of ``pid``."""
+def _threads(pid: int) -> dict[int, tuple[float, float]]:
+    """CPU seconds (user, system) per thread of ``pid``."""
     found = {}
+    tick = os.sysconf("SC_CLK_TCK")
     for task in Path(f"/proc/{pid}/task").iterdir():
         fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        found[int(task.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        found[int(task.name)] = (int(fields[11]) / tick, int(fields[12]) / tick)
     return found
 
 
@@ -114,8 +115,11 @@ def main(backlog: int, top: int, gil: bool) -> None:
             f" {os.getloadavg()[0]:.1f} (py-spy's sampling adds to the CPU)"
         )
         print(
-            "CPU s per thread (the first: the event loop):",
-            ", ".join(f"{threads[t] - threads0.get(t, 0):.2f}" for t in sorted(threads)),
+            "CPU s per thread, user + system (the first: the event loop):",
+            ", ".join(
+                f"{u - threads0.get(t, (0, 0))[0]:.2f} + {s - threads0.get(t, (0, 0))[1]:.2f}"
+                for t, (u, s) in sorted(threads.items())
+            ),
         )
         _summary(raw, top)
 
