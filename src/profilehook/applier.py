@@ -37,8 +37,9 @@ class Applier:
         self.batch_max_events = batch_max_events
         self._unacked: list[Delivery] = []  # applied, acknowledged after the next store sync
         self._synced_at = time.monotonic()
-        # Called after each batch that applied something (its changes are committed): the
-        # delivery loop of this process sends them without waiting for its poll.
+        # Called after each batch that recorded changes (committed): the delivery loop (or
+        # process) sends them without waiting for its poll. A batch that changed nothing (a
+        # repeat, a value already held) wakes nothing.
         self.on_applied: Callable[[], None] | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -87,7 +88,7 @@ class Applier:
                 await self.flush()  # what was applied before need not come again
             raise
         self._unacked.extend(deliveries)
-        if result.applied and self.on_applied is not None:
+        if result.changes and self.on_applied is not None:
             self.on_applied()
         if time.monotonic() - self._synced_at >= ACK_INTERVAL_S:
             await self.flush()

@@ -17,7 +17,8 @@ reason. A loop killed mid-call leaves its leases to run out: another (or itself,
 sends again, at least once.
 
 A pass runs when there is work: the applier of the same process calls ``changes_committed``
-after each batch it applied (so a change goes out without waiting for a poll), a call that ends
+after each batch that recorded changes (so a change goes out without waiting for a poll; a batch
+that changed nothing wakes nothing), a call that ends
 wakes the loop, and an idle loop still looks every ``DESTINATION_POLL_S`` (changes another
 process applied, retries coming due).
 """
@@ -48,15 +49,15 @@ from profilehook.stores.base import Store
 from profilehook.stores.destinations import Delivery, Destination, Finished, NewDelivery
 
 log = logging.getLogger(__name__)
+_encode = msgspec.json.Encoder().encode
 LOG_INTERVAL_S = 60.0
 REFRESH_S = 1.0  # the destinations are read again at least this often
 
 
 def payload(change: Change) -> bytes:
     """The body POSTed for ``change`` (the same bytes on every attempt)."""
-    return msgspec.json.encode(
-        {"type": "profile.changed", "timestamp": iso(change.applied_us), "data": change.view()}
-    )
+    view = change.view()  # its applied_at is the timestamp: one RFC 3339 formatting, not two
+    return _encode({"type": "profile.changed", "timestamp": view["applied_at"], "data": view})
 
 
 def retry_wait_s(

@@ -133,6 +133,7 @@ class ApplyResult:
     superseded: int = 0
     written: int = 0
     erased: int = 0
+    changes: int = 0  # changes recorded in the change feed (what a destination may want)
     applied_by_source: dict[str, int] = field(default_factory=dict)
     # (workspace, event_id) -> why an operation of the event changed nothing (README, Property operations: ``add``
     # on a value that is not a number): the store keeps it as the event record's ``error``.
@@ -156,6 +157,7 @@ class ApplyResult:
         self.duplicates += other.duplicates
         self.superseded += other.superseded
         self.written += other.written
+        self.changes += other.changes
         self.warnings.update(other.warnings)
         self.segment_moves.update(other.segment_moves)
         self.cleared.update(other.cleared)

@@ -111,6 +111,7 @@ class MemoryStore(Store, ContactQueries, Segments, MemoryDestinations):
         result = _fold(self._profiles, new, self._base, changes)
         result.segment_moves = self._move({(e.workspace, e.contact_id) for e in new})
         changes.note_segments(result.segment_moves)
+        result.changes = len(changes)
         for record in changes.records():
             self._change_seq += 1
             cursor = str(self._change_seq)

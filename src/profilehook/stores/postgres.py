@@ -1251,6 +1251,7 @@ async def _apply(conn: Conn, events: Sequence[Event]) -> ApplyResult:
             _columns([(*key, w) for key, w in result.warnings.items()], 3),
         )
     await _insert_changes(conn, changes, applied_us)  # last: it holds its workspaces' counters
+    result.changes = len(changes)
     return result.count_new(events, new, erased, refused)
 
 

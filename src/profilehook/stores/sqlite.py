@@ -920,6 +920,7 @@ def _apply(conn: sqlite3.Connection, events: Sequence[Event]) -> ApplyResult:
     )
     changes.note_segments(result.segment_moves)
     _insert_changes(conn, changes, applied_us, contact_keys)
+    result.changes = len(changes)
     if result.cleared:
         conn.executemany(
             "UPDATE events SET error = NULL WHERE id_key = ? AND workspace = ? AND event_id = ?"

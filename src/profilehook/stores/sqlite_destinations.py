@@ -238,11 +238,17 @@ class SqliteDestinations(Destinations):
 
     async def finish_deliveries(self, owner: str, now_us: int, finished: Sequence[Finished]) -> int:
         def finish(conn: sqlite3.Connection) -> int:
-            done = [
-                f
-                for f in finished
-                if conn.execute(_FINISH, (*_finish_params(f, now_us), owner)).rowcount
-            ]
+            recorded: set[tuple[str, int]] = set()
+            for start in range(0, len(finished), _FINISH_ROWS):
+                chunk = finished[start : start + _FINISH_ROWS]
+                params: list[Any] = []
+                for f in chunk:
+                    params += (f.destination_id, f.position, f.outcome, f.next_attempt_us)
+                    params += (f.status, f.error)
+                params += (now_us, owner)
+                sql = _FINISH.format(rows=",".join(["(?,?,?,?,?,?)"] * len(chunk)))
+                recorded.update(conn.execute(sql, params).fetchall())
+            done = [f for f in finished if (f.destination_id, f.position) in recorded]
             for destination_id, since in failing_since(done, now_us).items():
                 conn.execute(
                     "UPDATE destinations SET failing_since_us = coalesce(failing_since_us, ?)"
@@ -334,16 +340,19 @@ ORDER BY d.next_attempt_us, d.position
 """
 
 
+# The outcomes of many calls in one statement (a row of ``f`` each), each recorded only while
+# the loop (the last parameter) still holds the delivery's lease; what it recorded comes back.
 _FINISH = """
-UPDATE deliveries SET status = ?, attempts = attempts + 1,
-    next_attempt_us = coalesce(?, next_attempt_us), updated_us = ?, last_status = ?,
-    last_error = ?, lease_owner = NULL, lease_until_us = NULL
-WHERE destination_id = ? AND position = ? AND status = 'pending' AND lease_owner = ?
+WITH f(destination_id, position, status, next_us, last_status, last_error) AS (VALUES {rows})
+UPDATE deliveries SET status = f.status, attempts = attempts + 1,
+    next_attempt_us = coalesce(f.next_us, deliveries.next_attempt_us), updated_us = ?,
+    last_status = f.last_status, last_error = f.last_error, lease_owner = NULL,
+    lease_until_us = NULL
+FROM f WHERE deliveries.destination_id = f.destination_id AND deliveries.position = f.position
+AND deliveries.status = 'pending' AND deliveries.lease_owner = ?
+RETURNING deliveries.destination_id, deliveries.position
 """
-
-
-def _finish_params(f: Finished, now_us: int) -> tuple[Any, ...]:
-    return (f.outcome, f.next_attempt_us, now_us, f.status, f.error, f.destination_id, f.position)
+_FINISH_ROWS = 1_000  # rows of ``f`` per statement: 6,002 parameters (SQLite allows 32,766)
 
 
 def _list(names: Sequence[str]) -> str:
