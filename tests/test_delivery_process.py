@@ -167,9 +167,10 @@ def test_serve_delivers_from_a_child_of_its_applier_process(tmp_path: Path) -> N
                         p for p in descendants(server.proc.pid) if "worker" in command_of(p)
                     ]
                     assert child in descendants(applier)
-                    # In the applier's session (its scheduler autogroup), at its priority (19:
-                    # never above it).
-                    assert os.getsid(child) == os.getsid(applier) != os.getsid(server.proc.pid)
+                    # In the applier's session, the server's (one scheduler autogroup), in a
+                    # process group of its own, at the applier's priority (19: never above it).
+                    assert os.getsid(child) == os.getsid(applier) == os.getsid(server.proc.pid)
+                    assert len({os.getpgid(p) for p in (child, applier, server.proc.pid)}) == 3
                     assert os.getpriority(os.PRIO_PROCESS, child) == os.getpriority(
                         os.PRIO_PROCESS, applier
                     )
