@@ -6,7 +6,6 @@ no change and breaks no contact's order; an in-memory store is delivered from in
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -36,7 +35,7 @@ from tests.support import (
     unique_schema,
     wait_until,
 )
-from tests.webhook_receiver import Receiver, receiving
+from tests.webhook_receiver import Receiver, receiving, tally
 
 pytestmark = pytest.mark.slow
 
@@ -65,26 +64,6 @@ def events(first: int, count: int, contacts: int) -> list[Event]:
         )
         for i in range(first, first + count)
     ]
-
-
-def in_order(receiver: Receiver) -> tuple[int, int, int]:
-    """(distinct changes, duplicates, out-of-order first arrivals per contact)."""
-    seen: set[str] = set()
-    last: dict[str, int] = {}
-    duplicates = out_of_order = 0
-    for call in receiver.received:
-        assert call.verified is not None, "a signature did not verify"
-        data = json.loads(call.body)["data"]
-        assert call.headers["webhook-id"] == data["change_id"]
-        if data["change_id"] in seen:
-            duplicates += 1
-            continue
-        seen.add(data["change_id"])
-        n = data["properties"]["n"]["new"]
-        if n < last.get(data["contact_id"], -1):
-            out_of_order += 1
-        last[data["contact_id"]] = n
-    return len(seen), duplicates, out_of_order
 
 
 async def until(predicate: object, timeout_s: float) -> None:
@@ -275,18 +254,18 @@ async def test_kill_9_of_the_delivery_process_mid_delivery_loses_nothing_and_kee
                     kills += 1
                     await until(lambda p=pid: child.pid not in (None, p), 15)
             # A killed child's leases run out (DESTINATION_LEASE_S) before its calls go again.
-            await until(lambda: in_order(receiver)[0] >= changes, 120)
+            await until(lambda: tally(receiver.received).distinct >= changes, 120)
         finally:
             stop.set()
             await running
             await store.close()
-    distinct, duplicates, out_of_order = in_order(receiver)
+    got = tally(receiver.received)
     print(
         f"\nkill -9 of the delivery process: kills={kills} changes={changes}"
-        f" delivered={distinct} out-of-order={out_of_order} duplicates={duplicates}"
+        f" delivered={got.distinct} out-of-order={got.out_of_order} duplicates={got.duplicates}"
     )
-    assert distinct == changes
-    assert out_of_order == 0
+    assert got.distinct == changes
+    assert got.out_of_order == 0
 
 
 def _worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -391,5 +370,5 @@ def test_two_postgres_workers_deliver_from_their_children_without_doubles(
     ids, receiver, children = asyncio.run(scenario())
     assert len(ids) == contacts * rounds
     assert max(ids.values()) == 1, "a change was delivered twice"
-    assert in_order(receiver)[2] == 0
+    assert tally(receiver.received).out_of_order == 0
     assert all(not alive(pid) for pid in children)

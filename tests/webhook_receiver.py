@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,42 @@ class Received:
     headers: dict[str, str]
     body: bytes
     verified: Any | None  # the payload when the signature verified, else None
+
+
+@dataclass
+class Tally:
+    """What a receiver got, change by change: each distinct change's payload (first arrival
+    order), the calls that repeated one, and the first arrivals that came after a later change
+    of the same contact (by the ``n`` the tests' events set)."""
+
+    first: dict[str, dict[str, Any]] = field(default_factory=dict)
+    duplicates: int = 0
+    out_of_order: int = 0
+
+    @property
+    def distinct(self) -> int:
+        return len(self.first)
+
+
+def tally(calls: list[Received]) -> Tally:
+    """Count ``calls``; every signature must have verified, each ``webhook-id`` be its change's
+    id, and a repeated change be the same change, byte for byte."""
+    found = Tally()
+    last: dict[str, int] = {}
+    for call in calls:
+        assert call.verified is not None, "a signature did not verify"
+        data = json.loads(call.body)["data"]
+        assert call.headers["webhook-id"] == data["change_id"]
+        if data["change_id"] in found.first:
+            found.duplicates += 1
+            assert found.first[data["change_id"]] == data
+            continue
+        found.first[data["change_id"]] = data
+        n = data["properties"]["n"]["new"]
+        if n < last.get(data["contact_id"], -1):
+            found.out_of_order += 1
+        last[data["contact_id"]] = n
+    return found
 
 
 @dataclass
