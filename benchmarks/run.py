@@ -76,6 +76,7 @@ class Server:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     rss_mb: list[float] = field(default_factory=list)
+    log: Any = None  # its standard error (``start``)
 
     @property
     def url(self) -> str:
@@ -83,21 +84,29 @@ class Server:
 
     def start(self) -> Server:
         argv = [a.replace("{port}", str(self.port)) for a in self.argv]
+        # Its log to a file, never to a pipe nobody reads: a full pipe would stop the server
+        # (and its children, which share it) at their next line of log.
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed by ``stop``)
         self.proc = subprocess.Popen(
-            argv, env=self.env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            argv, env=self.env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self.log
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"{self.name} exited: {self.proc.stderr.read().decode()[-2000:]}"
-                )  # type: ignore[union-attr]
+                raise RuntimeError(f"{self.name} exited: {self.log_tail()}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), 0.2):
                     return self
             except OSError:
                 time.sleep(0.05)
         raise TimeoutError(f"{self.name} did not listen")
+
+    def log_tail(self, chars: int = 2000) -> str:
+        """The end of what the server wrote to standard error."""
+        if self.log is None:
+            return ""
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-chars:]
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -106,6 +115,9 @@ class Server:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+        if self.log is not None:
+            self.log.close()
+            self.log = None
 
     def cpu_s(self) -> float:
         assert self.proc is not None
@@ -1831,7 +1843,7 @@ def _ingest_to_delivery(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
         sent = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
         non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
         assert non_2xx is None, out
-        done = receiver.wait_for(sent, 300)
+        done = _delivered(receiver, server, sent, 300)
         # wrk counts the requests answered; the ones in flight when it stopped may have been
         # taken too: what arrived once nothing more comes is the flood's count.
         flood = receiver.settled(1.0)
@@ -1840,7 +1852,7 @@ def _ingest_to_delivery(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
         result["e2e_max_events_per_s"] = sent / (done - t0)
         half = result["e2e_max_events_per_s"] / 2
         sent_at = asyncio.run(_paced(server.port, key, half, args.duration))
-        receiver.wait_for(flood + len(sent_at), 120)
+        _delivered(receiver, server, flood + len(sent_at), 120)
         report = receiver.report()
     arrivals = report["arrivals"]
     lat = sorted((arrivals[e] - at) * 1000 for e, at in sent_at.items() if e in arrivals)
@@ -1852,6 +1864,16 @@ def _ingest_to_delivery(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     result["e2e_duplicates"] = report["duplicates"]
     result["e2e_refused"] = report["refused"]
     return result
+
+
+def _delivered(receiver: _FastReceiver, server: Server, changes: int, timeout_s: float) -> float:
+    """``receiver.wait_for``, saying on a timeout what the server's deliveries came to and
+    the end of its log."""
+    try:
+        return receiver.wait_for(changes, timeout_s)
+    except TimeoutError as exc:
+        outcomes = metric(server.url, "profilehook_destination_")
+        raise TimeoutError(f"{exc}; deliveries {outcomes}; log: {server.log_tail()}") from None
 
 
 async def _paced(port: int, key: str, rate: float, duration_s: int) -> dict[str, float]:
