@@ -275,6 +275,8 @@ def plan_contact(
     state holds, which is what the rebuild and the retention snapshots use, whose events come
     in version order)."""
     events = events if isinstance(events, list) else list(events)
+    if len(events) == 1 and state.ops_upto is None and not events[0].ops:
+        return _plan_sets(state, events)  # (the everyday contact: no operation, as below)
     newest = newest_version(state)
     oldest = min(e.version for e in events) if events and newest is not None else None
     # Otherwise what came after each late event on its properties were sets, which versions
@@ -301,6 +303,8 @@ def newest_version(state: ContactState) -> Version | None:
 
 def _plan_sets(state: ContactState, events: Iterable[Event]) -> ContactPlan:
     """``plan_contact`` for events that only set (or unset) properties."""
+    if isinstance(events, list) and len(events) == 1 and events[0].kind != "delete":
+        return _plan_one_set(state, events[0])
     best: dict[str, tuple[Any, Version]] = {}
     batch_delete: Version | None = None
     last_update = state.last_update
@@ -335,6 +339,35 @@ def _plan_sets(state: ContactState, events: Iterable[Event]) -> ContactPlan:
         last_update,
         deleted,
         writes - len(upserts),
+        ops_upto=state.ops_upto,
+        marks=marks if marked is None else marked,
+        marks_changed=marked is not None,
+    )
+
+
+def _plan_one_set(state: ContactState, event: Event) -> ContactPlan:
+    """``_plan_sets`` for one event that sets (the everyday contact of a batch)."""
+    version = event.version
+    last_update = state.last_update
+    if last_update is None or version > last_update:
+        last_update = version
+    deleted, versions = state.deleted, state.versions
+    if deleted is not None and version <= deleted:
+        upserts = {}
+    else:
+        upserts = {
+            name: (value, version)
+            for name, value in event.properties.items()
+            if (held := versions.get(name)) is None or version > held
+        }
+    marks = state.marks
+    marked = _marked_by_sets(marks, (event,)) if marks else None
+    return ContactPlan(
+        upserts,
+        None,
+        last_update,
+        deleted,
+        len(event.properties) - len(upserts),
         ops_upto=state.ops_upto,
         marks=marks if marked is None else marked,
         marks_changed=marked is not None,

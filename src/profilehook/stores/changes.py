@@ -17,7 +17,8 @@ on its last change of the batch.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 
@@ -53,6 +54,12 @@ class ChangeLog:
         of them when one deletes), whose batch plan is ``plan``; ``base`` as for
         ``plan_contact``. ``state`` is not modified."""
         order = self._order
+        if len(events) == 1:  # (the everyday contact: its change read off the batch's plan)
+            event = events[0]
+            found = _change(state, event, plan)
+            if found is not None:
+                self._found.append((order.get(id(event), len(order)), found))
+            return
         for event, record in contact_changes(state, events, plan, base):
             self._found.append((order.get(id(event), len(order)), record))
 
@@ -128,26 +135,32 @@ def _change(before: ContactState, event: Event, plan: ContactPlan) -> ChangeReco
     """What ``plan`` (of ``event`` alone) changes in the contact held as ``before``."""
     upserts = plan.upserts
     upto = plan.delete_upto
-    names: Iterable[str] = upserts
-    if upto is not None or plan.removes:  # (the everyday event writes only)
-        names = {*upserts, *plan.removes}
-        if upto is not None:
-            names.update(n for n, version in before.versions.items() if version <= upto)
     properties: dict[str, PropertyChange] = {}
     versions, values, hidden_upto = before.versions, before.values, before.deleted
-    for name in names:  # (each property's value as the profile shows it)
-        version = versions.get(name)
-        if version is None or (hidden_upto is not None and version <= hidden_upto):
-            old = None
-        else:
-            old = values.get(name)
-        held = upserts.get(name)
-        new = None if held is None else held[0]
-        kind = type(old)
-        if kind is type(new) and (old is None or (kind in _SCALARS and old == new)):
-            continue
-        if not same_value(old, new):
-            properties[name] = PropertyChange(old, new)
+    if upto is None and not plan.removes:  # (the everyday event writes only)
+        for name, (new, _) in upserts.items():
+            version = versions.get(name)
+            if version is None or (hidden_upto is not None and version <= hidden_upto):
+                old = None
+            else:
+                old = values.get(name)
+            kind = type(old)
+            if kind is type(new) and (old is None or (kind in _SCALARS and old == new)):
+                continue
+            if not same_value(old, new):
+                properties[name] = PropertyChange(old, new)
+    else:
+        names = {*upserts, *plan.removes}
+        if upto is not None:
+            names.update(n for n, version in versions.items() if version <= upto)
+        for name in names:  # (each property's value as the profile shows it)
+            version = versions.get(name)
+            if version is None or (hidden_upto is not None and version <= hidden_upto):
+                old = None
+            else:
+                old = values.get(name)
+            held = upserts.get(name)
+            _note(properties, name, old, None if held is None else held[0])
     deleted = (
         event.kind == "delete"
         and contact_exists(before.last_update, before.deleted)
@@ -159,6 +172,15 @@ def _change(before: ContactState, event: Event, plan: ContactPlan) -> ChangeReco
         properties = dict(sorted(properties.items()))
     body = ChangeBody(event.source, deleted, properties)
     return ChangeRecord(event.workspace, event.contact_id, event.event_id, body)
+
+
+def _note(properties: dict[str, PropertyChange], name: str, old: Any, new: Any) -> None:
+    """Put in ``properties`` the change of ``name`` from ``old`` to ``new``, if it is one."""
+    kind = type(old)
+    if kind is type(new) and (old is None or (kind in _SCALARS and old == new)):
+        return
+    if not same_value(old, new):
+        properties[name] = PropertyChange(old, new)
 
 
 _SCALARS = (str, int, bool)  # (not float: -0.0 == 0.0, which ``same_value`` tells apart)

@@ -1127,9 +1127,11 @@ def _apply_profiles(
         if plan.cleared:
             result.cleared.update(((key[0], i), n) for i, n in plan.cleared.items())
         # A newer last update matters only if it is visible (newer than the contact's delete).
+        touches = plan.touches_contact_row
+        ops_upto = plan.ops_upto
         if (
-            not plan.touches_contact_row
-            and plan.ops_upto == row.ops
+            not touches
+            and ops_upto == row.ops
             and not plan.marks_changed
             and (plan.last_update == row.last or not contact_exists(plan.last_update, plan.deleted))
         ):
@@ -1137,15 +1139,15 @@ def _apply_profiles(
         changed.append(
             (
                 *key,
-                *_nullable(plan.last_update),
-                *_nullable(plan.deleted),
+                *(plan.last_update or _NULLS),
+                *(plan.deleted or _NULLS),
                 row.merged(plan),
-                *_nullable(plan.ops_upto),
-                None if plan.ops_upto is None else encode_marks(plan.marks, plan.ops_upto),
+                *(ops_upto or _NULLS),
+                None if ops_upto is None else encode_marks(plan.marks, ops_upto),
             )
         )
         result.written += len(plan.upserts)
-        if table == _CONTACTS and plan.touches_contact_row:
+        if touches and table == _CONTACTS:
             sqlite_values.copy_rows(*key, state.values, state.versions, plan, gone, added)
         if segments and (change := touched_by(key, row.last, row.deleted, plan)) is not None:
             touched.append(change)
@@ -1261,14 +1263,17 @@ class _Row:
         for name in removes:
             upserts = {**upserts, name: (None, (0, ""))}  # dropped below, never added
         groups: PropertyGroups = []
-        for ts_us, event_id, values in self.groups:
+        names = upserts.keys()
+        for group in self.groups:
+            ts_us, event_id, values = group
             if upto is not None and (ts_us, event_id) <= upto:
                 continue
-            if not upserts.keys().isdisjoint(values):
-                values = {n: v for n, v in values.items() if n not in upserts}
-                if not values:
-                    continue
-            groups.append((ts_us, event_id, values))
+            if names.isdisjoint(values):
+                groups.append(group)  # (as it was: no new tuple)
+                continue
+            values = {n: v for n, v in values.items() if n not in upserts}
+            if values:
+                groups.append((ts_us, event_id, values))
         added: dict[Version, dict[str, Any]] = {}
         for name, (value, version) in upserts.items():
             if name in removes:
@@ -1297,8 +1302,7 @@ def _json(value: Any) -> str:
     return msgspec.json.encode(value).decode()
 
 
-def _nullable(version: Version | None) -> tuple[int | None, str | None]:
-    return (None, None) if version is None else version
+_NULLS = (None, None)  # a version's columns when it has none (``version or _NULLS``)
 
 
 def _row(values: Sequence[Any]) -> _Row:

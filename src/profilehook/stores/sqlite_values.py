@@ -94,13 +94,19 @@ def copy_rows(
     if upto is None and not plan.removes:  # (the everyday plan: writes only)
         for name, (new, _) in plan.upserts.items():
             old = values.get(name)
-            if old is None:
-                if new is not None:
-                    added.append(_row(workspace, name, new, contact_id))
-            elif not same_value(old, new):
+            if old is not None:
+                if same_value(old, new):
+                    continue
                 gone.append(_row(workspace, name, old, contact_id))
-                if new is not None:
-                    added.append(_row(workspace, name, new, contact_id))
+            if new is None:
+                continue
+            kind = type(new)  # (floats and strings, as ``_row``, without a call)
+            if kind is float:
+                added.append((workspace, name, NUMBER, new, contact_id))
+            elif kind is str:
+                added.append((workspace, name, STRING, new, contact_id))
+            else:
+                added.append(_row(workspace, name, new, contact_id))
         return
     touched = set(plan.upserts) | plan.removes if plan.removes else plan.upserts.keys()
     if upto is not None:
