@@ -144,11 +144,7 @@ def _change(before: ContactState, event: Event, plan: ContactPlan) -> ChangeReco
                 old = None
             else:
                 old = values.get(name)
-            kind = type(old)
-            if kind is type(new) and (old is None or (kind in _SCALARS and old == new)):
-                continue
-            if not same_value(old, new):
-                properties[name] = PropertyChange(old, new)
+            _note(properties, name, old, new)
     else:
         names = {*upserts, *plan.removes}
         if upto is not None:

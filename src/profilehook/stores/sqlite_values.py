@@ -98,14 +98,7 @@ def copy_rows(
                 if same_value(old, new):
                     continue
                 gone.append(_row(workspace, name, old, contact_id))
-            if new is None:
-                continue
-            kind = type(new)  # (floats and strings, as ``_row``, without a call)
-            if kind is float:
-                added.append((workspace, name, NUMBER, new, contact_id))
-            elif kind is str:
-                added.append((workspace, name, STRING, new, contact_id))
-            else:
+            if new is not None:
                 added.append(_row(workspace, name, new, contact_id))
         return
     touched = set(plan.upserts) | plan.removes if plan.removes else plan.upserts.keys()
