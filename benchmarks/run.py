@@ -1570,11 +1570,12 @@ class _FastReceiver:
     """benchmarks/receiver.py as a process: ``secret`` once the destination exists, ``counts``
     while it runs, ``report`` once it stopped."""
 
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, niceness: int = 0) -> None:
         work.mkdir(parents=True, exist_ok=True)
         self.secret_file, self.report_file = work / "secret", work / "report.json"
         self.proc = subprocess.Popen(
             [
+                *(("nice", "-n", str(niceness)) if niceness else ()),
                 sys.executable,
                 str(ROOT / "benchmarks" / "receiver.py"),
                 str(self.secret_file),
@@ -1745,10 +1746,11 @@ async def _destinations(tmp: Path) -> dict[str, Any]:
         result[f"backlog_refused{suffix}"] = report["refused"]
         result[f"backlog_out_of_order{suffix}"] = report["out_of_order"]
         result[f"backlog_duplicates{suffix}"] = report["duplicates"]
-    # 2. The applier's rate (10,000 events, 2,000 a batch) with one destination delivered to by
+    # 2. The applier's rate (20,000 events, 2,000 a batch) with one destination delivered to by
     # a delivery process woken by each commit, by a loop in this process, with one that exists
     # but nobody delivers to (what the destination adds to the apply path itself), and with
-    # none; alternating, median of 3.
+    # none; alternating, median of 3. The receiver stands for another machine: at nice 19 it
+    # takes what the apply and the delivery leave of these cores, not a share of the apply's.
     rates: dict[str, list[float]] = {"one": [], "one_in_process": [], "idle": [], "none": []}
     for round_no in range(3):
         for mode in rates:
@@ -1756,7 +1758,7 @@ async def _destinations(tmp: Path) -> dict[str, Any]:
             store = SqliteStore(path)
             await store.open()
             stop = asyncio.Event()
-            with _FastReceiver(tmp / f"l-apply-{mode}-{round_no}") as receiver:
+            with _FastReceiver(tmp / f"l-apply-{mode}-{round_no}", niceness=19) as receiver:
                 wake = None
                 if mode != "none":
                     _, secret = await registry.create(
@@ -1777,12 +1779,12 @@ async def _destinations(tmp: Path) -> dict[str, Any]:
                     wake = deliverer.changes_committed
                     running_loop = asyncio.create_task(deliverer.run(stop))
                 t0 = time.perf_counter()
-                for start in range(0, 10_000, 2_000):
+                for start in range(0, 20_000, 2_000):
                     await store.apply(_events(start, 2_000))
                     if wake is not None:
                         wake()  # as the applier does
                     await store.sync()
-                rates[mode].append(10_000 / (time.perf_counter() - t0))
+                rates[mode].append(20_000 / (time.perf_counter() - t0))
                 stop.set()
                 if wake is not None:
                     await running_loop
