@@ -1025,13 +1025,19 @@ async def _queries_and_segments(tmp: Path, args: argparse.Namespace) -> dict[str
 
     rng = random.Random(19)
     count = args.query_contacts
-    stores: dict[str, Any] = {"sqlite": SqliteStore(tmp / "j.sqlite3")}
+    chosen = set(args.j_stores.split(","))
+    stores: dict[str, Any] = {}
+    if "sqlite" in chosen:
+        stores["sqlite"] = SqliteStore(tmp / "j.sqlite3")
     schema = f"bench_j_{uuid.uuid4().hex[:8]}"
     tag = f"j_{schema}"  # the application_name of the store's connections: its backends
     try:
         from profilehook.stores.postgres import PostgresStore
 
-        stores["postgres"] = PostgresStore(f"{POSTGRES_URL}?schema={schema}&application_name={tag}")
+        if "postgres" in chosen:
+            stores["postgres"] = PostgresStore(
+                f"{POSTGRES_URL}?schema={schema}&application_name={tag}"
+            )
     except Exception as exc:
         print(f"J: PostgreSQL skipped ({exc})", file=sys.stderr)
 
@@ -2401,6 +2407,11 @@ def main() -> None:
         "--j-apply-only",
         action="store_true",
         help="J: only the apply with 0, 10 and 100 segments (no queries, no values copy)",
+    )
+    parser.add_argument(
+        "--j-stores",
+        default="sqlite,postgres",
+        help="J: the stores to measure, comma-separated (sqlite, postgres)",
     )
     parser.add_argument("--feed-events", type=int, default=50_000, help="changes read in K")
     parser.add_argument("--feed-latency-events", type=int, default=200, help="events timed in K")

@@ -347,6 +347,8 @@ MIGRATIONS: list[Migration] = [
     postgres_destinations.HEADS,  # each contact's earliest pending delivery: what a claim reads
     # Memberships without their index by contact, which nothing reads (postgres_segments.py).
     postgres_segments.DROP_BY_CONTACT,
+    # Memberships keyed by the segment's integer (postgres_segments.py).
+    postgres_segments.BY_KEY,
 ]
 
 
