@@ -20,6 +20,7 @@ from profilehook.stores.segments import (
     Touched,
     before_of,
     decide,
+    decide_quickly,
     member_rows,
     rule_set,
     work,
@@ -126,22 +127,7 @@ async def keep(
         return {}
     quick: Moves = {}
     if plans is not None:
-        rest = []
-        for t in touched:
-            rule_set_of = by_workspace.get(t.workspace)
-            if rule_set_of is None:
-                continue
-            key = (t.workspace, t.contact_id)
-            given = plans.get(key)
-            if given is not None and rule_set_of.quick_applies(t):
-                move = rule_set_of.quick(t, *given, partial=True)
-                if move is False:
-                    rest.append(t)
-                elif move is not None:
-                    quick[key] = move
-            else:
-                rest.append(t)
-        touched = rest
+        quick, touched = decide_quickly(by_workspace, touched, plans, partial=True)
     moves = await _keep(conn, touched, load, by_workspace, frozenset(ready), keys)
     if quick:
         await _write(conn, keys, *member_rows(quick))

@@ -588,6 +588,35 @@ def _changed(old: Mapping[str, Any], now: Mapping[str, Any]) -> set[str]:
     return changed
 
 
+def decide_quickly(
+    by_workspace: Mapping[str, RuleSet],
+    touched: Iterable[Touched],
+    plans: Mapping[tuple[str, str], tuple[Mapping[str, Any], ContactPlan]],
+    partial: bool = False,
+) -> tuple[Moves, list[Touched]]:
+    """The moves ``RuleSet.quick`` decides of the contacts in ``touched`` (from ``plans``: of
+    each, the values its plan was made from and the plan), and the changes left to decide
+    otherwise; a contact of a workspace without segments is in neither. ``partial``: as for
+    ``quick``."""
+    moves: Moves = {}
+    rest: list[Touched] = []
+    for t in touched:
+        rules = by_workspace.get(t.workspace)
+        if rules is None:
+            continue
+        key = (t.workspace, t.contact_id)
+        given = plans.get(key)
+        if given is not None and rules.quick_applies(t):
+            move = rules.quick(t, *given, partial=partial)
+            if move is False:
+                rest.append(t)
+            elif move is not None:
+                moves[key] = move
+        else:
+            rest.append(t)
+    return moves, rest
+
+
 def member_rows(moves: Moves) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]]:
     """(workspace, segment_id, contact_id) rows to add and to remove."""
     added, removed = [], []

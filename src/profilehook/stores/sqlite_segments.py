@@ -19,6 +19,7 @@ from profilehook.stores.segments import (
     Segment,
     Touched,
     decide,
+    decide_quickly,
     member_rows,
     rule_set,
     work,
@@ -145,18 +146,7 @@ def keep(
         return {}
     quick: Moves = {}
     if plans is not None:
-        rest = []
-        for t in touched:
-            found = by_workspace.get(t.workspace)
-            if found is None:
-                continue
-            if found.quick_applies(t):
-                key = (t.workspace, t.contact_id)
-                if move := found.quick(t, *plans[key]):
-                    quick[key] = move
-            else:
-                rest.append(t)
-        touched = rest
+        quick, touched = decide_quickly(by_workspace, touched, plans)
     moves = _keep(conn, touched, load, before, by_workspace, ready, keys)
     if quick:
         _write(conn, quick, keys)
