@@ -55,9 +55,9 @@ CREATE TABLE IF NOT EXISTS segment_members (
 def keys_7_to_8(conn: sqlite3.Connection) -> None:
     """Memberships keyed by (workspace, segment_id, contact_id) to (segment_key, contact_id):
     each segment numbered, its members copied under its number."""
-    found = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    if "segments" not in found:
-        return  # made by the schema, as in a new file
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(segment_members)")}
+    if "workspace" not in columns:
+        return  # none yet (the schema makes them), or keyed so already
     conn.execute("ALTER TABLE segments RENAME TO segments_7")
     conn.execute("DROP INDEX IF EXISTS segment_members_by_contact")
     conn.execute("ALTER TABLE segment_members RENAME TO segment_members_7")
