@@ -4,7 +4,7 @@ backfill's chunks, which take the same locks per contact (stores/segments.py say
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -103,31 +103,46 @@ Keys = dict[tuple[str, str], int]
 """(workspace, segment_id) -> the segment's key in its members' rows."""
 
 
-async def keep(
-    conn: Conn, touched: Sequence[Touched], load: Load, plans: Plans | None = None
-) -> Moves:
-    """Move the touched contacts in and out of their workspaces' segments (the applier's call,
-    after it wrote the profiles, in its transaction); the moves. ``plans``: what decides most
-    updates with nothing read (``RuleSet.quick``)."""
-    if not touched:
-        return {}
+async def rules(conn: Conn, workspaces: Iterable[str]) -> tuple[dict[str, RuleSet], Keys]:
+    """The workspaces' segments, and their keys."""
     cur = await conn.execute(
         "SELECT workspace, segment_id, filter, status, segment_key FROM segments"
         " WHERE workspace = ANY(%s)",
-        (sorted({t.workspace for t in touched}),),
+        (sorted(set(workspaces)),),
     )
     found: dict[str, list[tuple[str, str, str]]] = {}
     keys: Keys = {}
     for workspace, segment_id, text, status, key in await cur.fetchall():
         found.setdefault(workspace, []).append((segment_id, text, status))
         keys[(workspace, segment_id)] = key
-    by_workspace = {w: rule_set(w, segments, _rule) for w, segments in found.items()}
+    return {w: rule_set(w, segments, _rule) for w, segments in found.items()}, keys
+
+
+async def keep(
+    conn: Conn,
+    touched: Sequence[Touched],
+    load: Load,
+    plans: Plans | None = None,
+    read: tuple[tuple[dict[str, RuleSet], Keys], Mapping[tuple[str, str], frozenset[str]]]
+    | None = None,
+) -> Moves:
+    """Move the touched contacts in and out of their workspaces' segments (the applier's call,
+    after it wrote the profiles, in its transaction); the moves. ``plans``: what decides most
+    updates with nothing read (``RuleSet.quick``). ``read``: the segments (``rules``) as the
+    caller read them, under its locks on the contacts, and of each contact the properties its
+    plan's values hold (the names of its events and those ``RuleSet.quick_reads`` gave)."""
+    if not touched:
+        return {}
+    if read is None:
+        (by_workspace, keys), held = await rules(conn, {t.workspace for t in touched}), None
+    else:
+        (by_workspace, keys), held = read
     ready = {s for r in by_workspace.values() for s in r.ready}
     if not by_workspace:
         return {}
     quick: Moves = {}
     if plans is not None:
-        quick, touched = decide_quickly(by_workspace, touched, plans, partial=True)
+        quick, touched = decide_quickly(by_workspace, touched, plans, partial=True, held=held)
     moves = await _keep(conn, touched, load, by_workspace, frozenset(ready), keys)
     if quick:
         await _write(conn, keys, *member_rows(quick))
