@@ -1870,7 +1870,11 @@ def _ingest_to_delivery(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
         result["e2e_max_events_per_s"] = sent / (done - t0)
         half = result["e2e_max_events_per_s"] / 2
         sent_at = asyncio.run(_paced(server.port, key, half, args.duration))
-        _delivered(receiver, server, flood + len(sent_at), 120)
+        try:
+            _delivered(receiver, server, flood + len(sent_at), 120)
+        except TimeoutError as exc:
+            missing = [e for e in sent_at if e not in receiver.report()["arrivals"]]
+            raise TimeoutError(f"{exc}; paced events not delivered: {missing[:20]}") from None
         report = receiver.report()
     arrivals = report["arrivals"]
     lat = sorted((arrivals[e] - at) * 1000 for e, at in sent_at.items() if e in arrivals)
