@@ -1916,7 +1916,10 @@ async def _paced(port: int, key: str, rate: float, duration_s: int) -> dict[str,
                 "event_id": event_id,
                 "event_name": "e",
                 "timestamp": 1672531200 + i,
-                "user_properties": {"n": i},
+                # A property of this pass over the contacts: the event changes its contact even
+                # when it arrives after the contact's next one (two connections can swap them),
+                # which, late on the same property, it would not (it loses to the newer value).
+                "user_properties": {f"pass{i // 5000}": i},
             }
         ).encode()
         sent_at[event_id] = time.monotonic()
