@@ -117,7 +117,7 @@ def test_given_a_store_that_does_not_answer_then_503_in_time_and_readyz_stays_re
             await asyncio.sleep(30)
 
         store.get_contact = hang
-        store.contact_at_once = lambda workspace, contact_id: LATER  # (a lock to wait for)
+        store.contact_groups_at_once = lambda workspace, contact_id: LATER  # (a lock to wait for)
         # When a contact is read
         response = client.get("/v1/contacts/c1", headers={"Authorization": f"Bearer {key}"})
         # Then the answer is the routes' 503 with Retry-After, on time
@@ -225,7 +225,7 @@ def test_given_sqlite_then_a_read_takes_no_task_unless_its_lookup_would_wait(
     assert bounded == []
     # When its lookup would wait for a lock: under the deadline, and the same answer
     store = client.app.services.store
-    monkeypatch.setattr(store, "contact_at_once", lambda workspace, contact_id: LATER)
+    monkeypatch.setattr(store, "contact_groups_at_once", lambda workspace, contact_id: LATER)
     assert client.get("/v1/contacts/c1", headers=auth).json()["properties"] == {"plan": "pro"}
     assert len(bounded) == 1
 
