@@ -320,7 +320,6 @@ GROUPS = st.lists(
         st.sampled_from(("e1", "e2", "é/3")),
         st.dictionaries(st.sampled_from(NAMES), VALUES, max_size=5),
     ),
-    min_size=1,
     max_size=4,
 )
 
