@@ -60,8 +60,9 @@ async def main(args: argparse.Namespace) -> None:
         )
     for k in range(args.segments):
         node, _ = parse_filter(_segment_filter(k))
-        await store.create_segment(Segment(f"s{k}", "w", f"s{k}", node, k))  # type: ignore
-        while not await store.backfill_segment("w", f"s{k}", 2_000):  # type: ignore
+        segment_id = f"seg_{uuid.uuid4().hex}"  # as the API makes them (segments.py)
+        await store.create_segment(Segment(segment_id, "w", f"s{k}", node, k))  # type: ignore
+        while not await store.backfill_segment("w", segment_id, 2_000):  # type: ignore
             pass
     batches = [
         [

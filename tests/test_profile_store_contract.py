@@ -924,6 +924,11 @@ async def _before_segments(*_: Any) -> dict[Any, Any]:
     return {}
 
 
+async def _before_segment_rules(*_: Any) -> tuple[dict[Any, Any], dict[Any, Any]]:
+    """... nor any segment to read."""
+    return {}, {}
+
+
 async def _before_erasures(conn: Any, events: Any) -> dict[Any, Any]:
     """The code of a schema before erasures (migration 6) checked none."""
     return {}
@@ -952,6 +957,7 @@ async def test_given_values_stored_as_jsonb_when_migrated_then_they_are_exact_ag
             old_code.setattr(postgres_module, "MIGRATIONS", postgres_module.MIGRATIONS[:2])
             old_code.setattr(postgres_module, "_erased_contacts", _before_erasures)
             old_code.setattr(postgres_segments, "keep", _before_segments)
+            old_code.setattr(postgres_segments, "rules", _before_segment_rules)
             old_code.setattr(postgres_module, "_insert_changes", _before_changes)
             old_code.setattr(postgres_module, "_purged_upto", _before_purge_mark)
             old = postgres_module.PostgresStore(postgres_url(schema))
@@ -990,6 +996,7 @@ async def test_given_ties_decided_by_an_en_us_collation_when_migrated_then_bytes
         old_code.setattr(postgres_module, "MIGRATIONS", postgres_module.MIGRATIONS[:4])
         old_code.setattr(postgres_module, "_erased_contacts", _before_erasures)
         old_code.setattr(postgres_segments, "keep", _before_segments)
+        old_code.setattr(postgres_segments, "rules", _before_segment_rules)
         old_code.setattr(postgres_module, "_insert_changes", _before_changes)
         old_code.setattr(postgres_module, "_purged_upto", _before_purge_mark)
         old = postgres_module.PostgresStore(url)

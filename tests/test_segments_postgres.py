@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from tests.support import POSTGRES_URL, drop_schema, postgres_url, require_server, unique_schema
@@ -29,7 +31,100 @@ async def test_given_a_migrated_store_then_memberships_have_their_key_as_only_in
 
         found = await store._run(indexes)
         assert len(found) == 1, found
-        assert "(workspace, segment_id, contact_id)" in found[0]
+        assert "(segment_key, contact_id)" in found[0]
+    finally:
+        await store.close()
+        drop_schema(schema)
+
+
+@pytest.mark.slow
+async def test_given_memberships_keyed_by_segment_id_when_migrated_then_they_are_kept() -> None:
+    """A store migrated before memberships were keyed by the segment's integer: its segments
+    are numbered and their members copied; the applier, the backfill and the pages of
+    members then work on the new key, each workspace's segment its own."""
+    require_server(POSTGRES_URL, 5432)
+    from profilehook.events import Event
+    from profilehook.filters import parse_filter
+    from profilehook.stores import postgres
+    from profilehook.stores.postgres import PostgresStore
+    from profilehook.stores.segments import Segment
+
+    def events(workspace: str, plans: dict[str, str], ts_us: int) -> list[Event]:
+        return [
+            Event(workspace, f"e-{workspace}-{c}-{ts_us}", c, ts_us + i, {"plan": p})
+            for i, (c, p) in enumerate(plans.items())
+        ]
+
+    pro = '{"property":"plan","op":"eq","value":"pro"}'
+    schema = unique_schema()
+    # Given a store as the migration before left it, with a ready segment and its members in
+    # one workspace and a building segment of the same id in another
+    store = PostgresStore(postgres_url(schema))
+    await store.open()
+    try:
+        await store.apply(events("a", {"c1": "pro", "c2": "free", "c3": "pro"}, 1))
+        await store.apply(events("b", {"c1": "pro"}, 1))
+
+        async def seed(conn: Any) -> None:
+            await conn.execute(
+                "DROP TABLE segment_members; DROP INDEX segments_by_key;"
+                " ALTER TABLE segments DROP COLUMN segment_key;"
+                " CREATE TABLE segment_members (workspace text NOT NULL,"
+                ' segment_id text NOT NULL, contact_id text COLLATE "C" NOT NULL,'
+                " PRIMARY KEY (workspace, segment_id, contact_id))"
+            )
+            await conn.execute(
+                "DELETE FROM schema_migrations WHERE version = %s", (len(postgres.MIGRATIONS),)
+            )
+            await conn.execute(
+                "INSERT INTO segments (workspace, segment_id, name, filter, created_us, status,"
+                " scanned, backfill_after) VALUES ('a', 'seg_1', 'pros', %s, 1, 'ready', 3, 'c3'),"
+                " ('b', 'seg_1', 'pros', %s, 1, 'building', 0, NULL)",
+                (pro, pro),
+            )
+            await conn.execute(
+                "INSERT INTO segment_members (workspace, segment_id, contact_id)"
+                " VALUES ('a', 'seg_1', 'c1'), ('a', 'seg_1', 'c3')"
+            )
+
+        await store._run(seed)
+    finally:
+        await store.close()
+    # When this version opens it
+    store = PostgresStore(postgres_url(schema))
+    await store.open()
+    try:
+        # Then the members are as they were
+        ready = await store.get_segment("a", "seg_1")
+        assert ready is not None and (ready.status, ready.size) == ("ready", 2)
+        page, _ = await store.segment_members("a", "seg_1", None, 10)
+        assert [c.contact_id for c in page] == ["c1", "c3"]
+        # and the applier moves them: c1 leaves, c2 enters
+        result = await store.apply(events("a", {"c1": "free", "c2": "pro"}, 10))
+        assert {k[1]: m.view() for k, m in result.segment_moves.items()} == {
+            "c1": {"entered": [], "exited": ["seg_1"]},
+            "c2": {"entered": ["seg_1"], "exited": []},
+        }
+        page, _ = await store.segment_members("a", "seg_1", None, 10)
+        assert [c.contact_id for c in page] == ["c2", "c3"]
+        # the other workspace's segment of the same id is backfilled into its own members
+        while not await store.backfill_segment("b", "seg_1", 10):
+            pass
+        page, _ = await store.segment_members("b", "seg_1", None, 10)
+        assert [c.contact_id for c in page] == ["c1"]
+        # a new segment gets a key of its own, and deleting it leaves the others' members
+        node, _ = parse_filter({"property": "plan", "op": "eq", "value": "free"})
+        assert node is not None
+        await store.create_segment(Segment("seg_2", "a", "free", node, 2))
+        while not await store.backfill_segment("a", "seg_2", 10):
+            pass
+        assert [(s.segment_id, s.size) for s in await store.list_segments("a")] == [
+            ("seg_1", 2),
+            ("seg_2", 1),
+        ]
+        assert await store.delete_segment("a", "seg_2")
+        page, _ = await store.segment_members("a", "seg_1", None, 10)
+        assert [c.contact_id for c in page] == ["c2", "c3"]
     finally:
         await store.close()
         drop_schema(schema)

@@ -1,34 +1,118 @@
-"""SQLite keeps segment memberships by their whole key only (stores/sqlite_segments.py): an
-apply reads and writes a membership by (workspace, segment_id, contact_id), so a second index
-by contact would only double the cost of each membership it moves."""
+"""SQLite keeps segment memberships by (segment_key, contact_id), the segment's integer and the
+contact (stores/sqlite_segments.py): an apply reads and writes a membership by that whole key,
+and a smaller key puts more memberships on a page. A file of schema 7 (memberships keyed by
+(workspace, segment_id, contact_id), with an index by contact) is migrated at open."""
 
 from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
 
+from profilehook.events import Event
+from profilehook.filters import parse_filter
+from profilehook.stores.segments import Segment
 from profilehook.stores.sqlite import SqliteStore
 
+# The segments' tables as schema 7 made them.
+SCHEMA_7 = """
+CREATE TABLE segments (
+    workspace TEXT NOT NULL,
+    segment_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    filter TEXT NOT NULL,
+    created_us INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    scanned INTEGER NOT NULL,
+    backfill_after TEXT,
+    PRIMARY KEY (workspace, segment_id)
+) WITHOUT ROWID;
+CREATE TABLE segment_members (
+    workspace TEXT NOT NULL,
+    segment_id TEXT NOT NULL,
+    contact_id TEXT NOT NULL,
+    PRIMARY KEY (workspace, segment_id, contact_id)
+) WITHOUT ROWID;
+CREATE INDEX segment_members_by_contact ON segment_members (workspace, contact_id);
+"""
+PRO = '{"property":"plan","op":"eq","value":"pro"}'
 
-async def test_given_a_file_with_the_index_by_contact_when_opened_then_it_is_dropped(
+
+def _event(workspace: str, contact_id: str, ts_us: int, plan: str) -> Event:
+    return Event(
+        workspace, f"e-{workspace}-{contact_id}-{ts_us}", contact_id, ts_us, {"plan": plan}
+    )
+
+
+async def test_given_a_schema_7_file_with_segments_when_opened_then_its_members_are_kept(
     tmp_path: Path,
 ) -> None:
-    # Given a store file whose members table has the index an earlier version made
+    # Given a store file of schema 7: two workspaces' segments of the same id, one ready with
+    # its members, one still building
     path = tmp_path / "p.sqlite3"
     store = SqliteStore(path)
     await store.open()
+    await store.apply(
+        [
+            _event("a", "c1", 1, "pro"),
+            _event("a", "c2", 2, "free"),
+            _event("a", "c3", 3, "pro"),
+            _event("b", "c1", 4, "pro"),
+        ]
+    )
     await store.close()
     conn = sqlite3.connect(path)
-    conn.execute(
-        "CREATE INDEX segment_members_by_contact ON segment_members (workspace, contact_id)"
+    conn.execute("DROP TABLE segments")
+    conn.execute("DROP TABLE segment_members")
+    conn.executescript(SCHEMA_7)
+    conn.executemany(
+        "INSERT INTO segments VALUES (?, 'seg_1', 'pros', ?, 1, ?, ?, ?)",
+        [("a", PRO, "ready", 3, "c3"), ("b", PRO, "building", 0, None)],
     )
+    conn.executemany("INSERT INTO segment_members VALUES ('a', 'seg_1', ?)", [("c1",), ("c3",)])
+    conn.execute("PRAGMA user_version = 7")
     conn.commit()
     conn.close()
-    # When it is opened again
+    # When it is opened by this version
     store = SqliteStore(path)
     await store.open()
-    await store.close()
-    # Then the members table has its primary key alone
+    try:
+        # Then the segments and their members are as they were
+        ready = await store.get_segment("a", "seg_1")
+        assert ready is not None and (ready.status, ready.size) == ("ready", 2)
+        page, _ = await store.segment_members("a", "seg_1", None, 10)
+        assert [c.contact_id for c in page] == ["c1", "c3"]
+        # and the applier moves them: c1 leaves, c2 enters
+        result = await store.apply([_event("a", "c1", 10, "free"), _event("a", "c2", 11, "pro")])
+        assert {k[1]: m.view() for k, m in result.segment_moves.items()} == {
+            "c1": {"entered": [], "exited": ["seg_1"]},
+            "c2": {"entered": ["seg_1"], "exited": []},
+        }
+        page, _ = await store.segment_members("a", "seg_1", None, 10)
+        assert [c.contact_id for c in page] == ["c2", "c3"]
+        # the building one is backfilled into its own members, not the other workspace's
+        while not await store.backfill_segment("b", "seg_1", 10):
+            pass
+        page, _ = await store.segment_members("b", "seg_1", None, 10)
+        assert [c.contact_id for c in page] == ["c1"]
+        # a new segment gets a key of its own: its members are its own
+        node, _ = parse_filter({"property": "plan", "op": "eq", "value": "free"})
+        assert node is not None
+        await store.create_segment(Segment("seg_2", "a", "free", node, 2))
+        while not await store.backfill_segment("a", "seg_2", 10):
+            pass
+        page, _ = await store.segment_members("a", "seg_2", None, 10)
+        assert [c.contact_id for c in page] == ["c1"]
+        assert [(s.segment_id, s.size) for s in await store.list_segments("a")] == [
+            ("seg_1", 2),
+            ("seg_2", 1),
+        ]
+        # and deleting one leaves the other's members
+        assert await store.delete_segment("a", "seg_2")
+        page, _ = await store.segment_members("a", "seg_1", None, 10)
+        assert [c.contact_id for c in page] == ["c2", "c3"]
+    finally:
+        await store.close()
+    # and the members table has its primary key alone (the index by contact is gone)
     conn = sqlite3.connect(path)
     indexes = [
         name
@@ -36,5 +120,6 @@ async def test_given_a_file_with_the_index_by_contact_when_opened_then_it_is_dro
             "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'segment_members'"
         )
     ]
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 8
     conn.close()
     assert indexes == [], indexes

@@ -18,7 +18,7 @@ import os
 import select
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -72,6 +72,7 @@ from profilehook.stores.postgres_destinations import PostgresDestinations
 from profilehook.stores.query import ContactQueries, QueryPage
 from profilehook.stores.segments import (
     BACKFILL_CHUNK_CONTACTS,
+    RuleSet,
     Segment,
     Segments,
     Touched,
@@ -347,6 +348,8 @@ MIGRATIONS: list[Migration] = [
     postgres_destinations.HEADS,  # each contact's earliest pending delivery: what a claim reads
     # Memberships without their index by contact, which nothing reads (postgres_segments.py).
     postgres_segments.DROP_BY_CONTACT,
+    # Memberships keyed by the segment's integer (postgres_segments.py).
+    postgres_segments.BY_KEY,
 ]
 
 
@@ -1362,7 +1365,19 @@ async def _apply_profiles(
     keys = _columns([key for key, _ in groups], 2)
     await conn.execute(tables.lock)
     await conn.execute(tables.lock_contacts, keys)
-    states = await _states(conn, tables, groups, whole_on_delete=changes is not None)
+    # Segments follow the profiles (not the snapshots, nor a rebuild: it fills them anew). Read
+    # under the contacts' locks (a segment made since is backfilled after this commits), so
+    # the properties the segments look at are read with the plan's own.
+    segments = tables is _PROFILES and base == "history"
+    rules = await postgres_segments.rules(conn, {w for (w, _), _ in groups}) if segments else None
+    held: dict[tuple[str, str], frozenset[str]] = {}
+    states = await _states(
+        conn,
+        tables,
+        groups,
+        whole_on_delete=changes is not None,
+        more=None if not rules or not rules[0] else (rules[0], held),
+    )
     plans: dict[tuple[str, str], ContactPlan] = {}
     again: list[tuple[tuple[str, str], list[Event]]] = []
     later = None if base is None else _HISTORY_LATER
@@ -1377,15 +1392,14 @@ async def _apply_profiles(
             plans[key] = plan
     if again:
         plans.update(await _plan_with_history(conn, tables, again, events, base, states, changes))
-    # Segments follow the profiles (not the snapshots, nor a rebuild: it fills them anew).
-    segments = tables is _PROFILES and base == "history"
     result = await _write_plans(conn, tables, plans, states, segments)
-    if segments:
+    if rules is not None:
         result.segment_moves = await postgres_segments.keep(
             conn,
             result.touched,
             _contacts_now,
             {k: (state.values, plans[k]) for k, state in states.items() if k in plans},
+            (rules, held),
         )
     return result
 
@@ -1424,9 +1438,12 @@ async def _states(
     groups: Sequence[tuple[tuple[str, str], list[Event]]],
     *,
     whole_on_delete: bool = False,
+    more: tuple[Mapping[str, RuleSet], dict[tuple[str, str], frozenset[str]]] | None = None,
 ) -> dict[tuple[str, str], ContactState]:
     """The contacts' rows, with the properties their events name (every property of one with
-    a delete when ``whole_on_delete``: a change says what a delete took)."""
+    a delete when ``whole_on_delete``: a change says what a delete took). ``more``: the
+    workspaces' segments, and where to note of each contact without a delete the names read,
+    with those the segments' quick decision looks at (``RuleSet.quick_reads``)."""
     keys = _columns([key for key, _ in groups], 2)
     cur = await conn.execute(tables.select_contacts, keys)
     states: dict[tuple[str, str], ContactState] = {}
@@ -1437,10 +1454,17 @@ async def _states(
     for key, group in groups:
         if key not in states:
             continue
-        if whole_on_delete and any(e.kind == "delete" for e in group):
-            whole.append(key)
+        if any(e.kind == "delete" for e in group):
+            if whole_on_delete:
+                whole.append(key)
+                continue
+            names = {n for e in group for n in e.properties}
         else:
-            wanted += [(*key, name) for name in {n for e in group for n in e.properties}]
+            names = {n for e in group for n in e.properties}
+            if more is not None and (found := more[0].get(key[0])) is not None:
+                names |= found.quick_reads(names)
+                more[1][key] = frozenset(names)
+        wanted += [(*key, name) for name in names]
     if wanted:
         await _read_properties(conn, tables, states, wanted)
     if whole:

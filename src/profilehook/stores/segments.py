@@ -356,6 +356,7 @@ class RuleSet:
         values: Mapping[str, Any],
         plan: ContactPlan,
         partial: bool = False,
+        held: frozenset[str] | None = None,
     ) -> SegmentMoves | Literal[False] | None:
         """The moves of a contact that existed before the batch and still does (or did not
         and does not), decided from the values the batch's plan was made from (``values``:
@@ -364,8 +365,8 @@ class RuleSet:
         the names whose value the plan really changes are looked at (the segments' answers
         on unchanged values stand); the ranges by bisection, the other filters on the profiles
         before and after, of only the names they look at. None: no move. ``partial``:
-        ``values`` holds only the names the plan writes (those read for it), so False (not
-        decided here) when a filter to decide looks at another."""
+        ``values`` holds only the names the plan writes (those read for it) or ``held``, so
+        False (not decided here) when a filter to decide looks at another."""
         assert change.names is not None and plan.delete_upto is None
         if not contact_exists(plan.last_update, plan.deleted):
             return None  # nor did it exist before (``quick_applies``): in no segment
@@ -389,7 +390,7 @@ class RuleSet:
                 others[rule.segment_id] = rule
         if others:
             names = {n for rule in others.values() for n in rule.names}
-            if partial and not names <= change.names:
+            if partial and not names <= (change.names if held is None else held):
                 return False
             before = {n: v for n in names if (v := values.get(n)) is not None}
             after = dict(before)
@@ -411,6 +412,13 @@ class RuleSet:
                 elif was and not now:
                     exited.append(rule.segment_id)
         return SegmentMoves(tuple(entered), tuple(exited)) if entered or exited else None
+
+    def quick_reads(self, names: Iterable[str]) -> set[str]:
+        """The properties ``quick`` may look at for a change of ``names``, besides them: those
+        of the filters it tests on profiles (none when it does not apply to the workspace)."""
+        if not self.all_ready or self.on_updated:
+            return set()
+        return {n for name in names for r in self.unranged_by_name.get(name, ()) for n in r.names}
 
     def quick_applies(self, change: Touched) -> bool:
         """Whether ``quick`` decides ``change``: all segments ready, none on the last update,
@@ -586,6 +594,38 @@ def _changed(old: Mapping[str, Any], now: Mapping[str, Any]) -> set[str]:
         if a.__class__ is not b.__class__ or a.__class__ not in _SCALARS or a != b:
             changed.add(name)
     return changed
+
+
+def decide_quickly(
+    by_workspace: Mapping[str, RuleSet],
+    touched: Iterable[Touched],
+    plans: Mapping[tuple[str, str], tuple[Mapping[str, Any], ContactPlan]],
+    partial: bool = False,
+    held: Mapping[tuple[str, str], frozenset[str]] | None = None,
+) -> tuple[Moves, list[Touched]]:
+    """The moves ``RuleSet.quick`` decides of the contacts in ``touched`` (from ``plans``: of
+    each, the values its plan was made from and the plan), and the changes left to decide
+    otherwise; a contact of a workspace without segments is in neither. ``partial`` and
+    ``held`` (of each contact, when known): as for ``quick``."""
+    moves: Moves = {}
+    rest: list[Touched] = []
+    for t in touched:
+        rules = by_workspace.get(t.workspace)
+        if rules is None:
+            continue
+        key = (t.workspace, t.contact_id)
+        given = plans.get(key)
+        if given is not None and rules.quick_applies(t):
+            move = rules.quick(
+                t, *given, partial=partial, held=None if held is None else held.get(key)
+            )
+            if move is False:
+                rest.append(t)
+            elif move is not None:
+                moves[key] = move
+        else:
+            rest.append(t)
+    return moves, rest
 
 
 def member_rows(moves: Moves) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]]:

@@ -73,8 +73,9 @@ from profilehook.stores.sqlite_destinations import SqliteDestinations, destinati
 # time-ordered; 4: erasures (older versions would apply an erased contact's events: they must not
 # open a file that has them); 5: contacts (and snapshots) keep their newest operation's version;
 # 6: and their properties' marks (ContactState.marks); 7: contact_values, the searchable copy of
-# the live values (stores/sqlite_values.py)
-SCHEMA_VERSION = 7
+# the live values (stores/sqlite_values.py); 8: segment members keyed by the segment's integer
+# (stores/sqlite_segments.py)
+SCHEMA_VERSION = 8
 SCHEMA = (
     """
 CREATE TABLE IF NOT EXISTS events (
@@ -249,6 +250,7 @@ class SqliteStore(Store, ContactQueries, Segments, SqliteDestinations):
                 4: _operations_4_to_5,
                 5: _marks_5_to_6,
                 6: _values_6_to_7,
+                7: sqlite_segments.keys_7_to_8,
             },
             cache_kib=STORE_CACHE_KIB,
             # Every deleted or rewritten row is overwritten with zeros, in pages and in freed

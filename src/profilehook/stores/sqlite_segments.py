@@ -19,6 +19,7 @@ from profilehook.stores.segments import (
     Segment,
     Touched,
     decide,
+    decide_quickly,
     member_rows,
     rule_set,
     work,
@@ -35,18 +36,47 @@ CREATE TABLE IF NOT EXISTS segments (
     status TEXT NOT NULL,
     scanned INTEGER NOT NULL,
     backfill_after TEXT,
+    segment_key INTEGER NOT NULL,  -- its members' rows name it by this (``create``)
     PRIMARY KEY (workspace, segment_id)
 ) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS segments_by_key ON segments (segment_key);
+-- Keyed by the segment's integer: a row is the contact's id and a small number, so a page holds
+-- twice to three times the rows of (workspace, segment_id, contact_id) and an apply's moved
+-- memberships dirty that many fewer pages. Read and written by the whole key only (an index by
+-- contact, once here, doubled the cost of every membership an apply moves).
 CREATE TABLE IF NOT EXISTS segment_members (
-    workspace TEXT NOT NULL,
-    segment_id TEXT NOT NULL,
+    segment_key INTEGER NOT NULL,
     contact_id TEXT NOT NULL,
-    PRIMARY KEY (workspace, segment_id, contact_id)
+    PRIMARY KEY (segment_key, contact_id)
 ) WITHOUT ROWID;
--- Memberships are read and written by their whole key only; an index by contact (once here)
--- doubled the cost of every membership an apply moves.
-DROP INDEX IF EXISTS segment_members_by_contact;
 """
+
+
+def keys_7_to_8(conn: sqlite3.Connection) -> None:
+    """Memberships keyed by (workspace, segment_id, contact_id) to (segment_key, contact_id):
+    each segment numbered, its members copied under its number."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(segment_members)")}
+    if "workspace" not in columns:
+        return  # none yet (the schema makes them), or keyed so already
+    conn.execute("ALTER TABLE segments RENAME TO segments_7")
+    conn.execute("DROP INDEX IF EXISTS segment_members_by_contact")
+    conn.execute("ALTER TABLE segment_members RENAME TO segment_members_7")
+    for statement in TABLES.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    conn.execute(
+        f"INSERT INTO segments ({_COLUMNS}, backfill_after, segment_key)"
+        f" SELECT {_COLUMNS}, backfill_after, ROW_NUMBER() OVER (ORDER BY workspace, segment_id)"
+        " FROM segments_7"
+    )
+    conn.execute(
+        "INSERT INTO segment_members (segment_key, contact_id)"
+        " SELECT s.segment_key, m.contact_id FROM segment_members_7 m JOIN segments s"
+        " ON s.workspace = m.workspace AND s.segment_id = m.segment_id"
+    )
+    conn.execute("DROP TABLE segment_members_7")
+    conn.execute("DROP TABLE segments_7")
+
 
 Load = Callable[
     [list[tuple[str, str]], Mapping[tuple[str, str], frozenset[str]]],
@@ -70,20 +100,26 @@ def _rule(segment_id: str, text: str) -> Rule:
     return found
 
 
+Keys = dict[tuple[str, str], int]
+"""(workspace, segment_id) -> the segment's key in its members' rows."""
+
+
 def rules(
     conn: sqlite3.Connection, workspaces: set[str]
-) -> tuple[dict[str, RuleSet], frozenset[str]]:
-    """The workspaces' segments, and the ids of those that are ready."""
+) -> tuple[dict[str, RuleSet], frozenset[str], Keys]:
+    """The workspaces' segments, the ids of those that are ready, and their keys."""
     found: dict[str, list[tuple[str, str, str]]] = {}
+    keys: Keys = {}
     rows = conn.execute(
-        "SELECT workspace, segment_id, filter, status FROM segments"
+        "SELECT workspace, segment_id, filter, status, segment_key FROM segments"
         " WHERE workspace IN (SELECT value FROM json_each(?))",
         (_json(sorted(workspaces)).decode(),),
     )
-    for workspace, segment_id, text, status in rows:
+    for workspace, segment_id, text, status, key in rows:
         found.setdefault(workspace, []).append((segment_id, text, status))
+        keys[(workspace, segment_id)] = key
     by_workspace = {w: rule_set(w, segments, _rule) for w, segments in found.items()}
-    return by_workspace, frozenset(s for r in by_workspace.values() for s in r.ready)
+    return by_workspace, frozenset(s for r in by_workspace.values() for s in r.ready), keys
 
 
 Plans = Mapping[tuple[str, str], tuple[Mapping[str, Any], ContactPlan]]
@@ -105,26 +141,15 @@ def keep(
     else built (``RuleSet.quick``)."""
     if not touched:
         return {}
-    by_workspace, ready = rules(conn, {t.workspace for t in touched})
+    by_workspace, ready, keys = rules(conn, {t.workspace for t in touched})
     if not by_workspace:
         return {}
     quick: Moves = {}
     if plans is not None:
-        rest = []
-        for t in touched:
-            found = by_workspace.get(t.workspace)
-            if found is None:
-                continue
-            if found.quick_applies(t):
-                key = (t.workspace, t.contact_id)
-                if move := found.quick(t, *plans[key]):
-                    quick[key] = move
-            else:
-                rest.append(t)
-        touched = rest
-    moves = _keep(conn, touched, load, before, by_workspace, ready)
+        quick, touched = decide_quickly(by_workspace, touched, plans)
+    moves = _keep(conn, touched, load, before, by_workspace, ready, keys)
     if quick:
-        _write(conn, quick)
+        _write(conn, quick, keys)
         moves.update(quick)
     return moves
 
@@ -136,16 +161,17 @@ def _keep(
     before: Load | None,
     by_workspace: dict[str, RuleSet],
     ready: frozenset[str],
+    keys: Keys,
 ) -> Moves:
     todo = work(by_workspace, touched)
     if not todo:
         return {}
-    keys = [(t.workspace, t.contact_id) for t, _ in todo]
+    contacts = [(t.workspace, t.contact_id) for t, _ in todo]
     names = {
         (t.workspace, t.contact_id): by_workspace[t.workspace].names_of(t, rules)
         for t, rules in todo
     }
-    old = before(keys, names) if before is not None else None
+    old = before(contacts, names) if before is not None else None
     # Stored memberships are read only where the profile before is no answer, by their key
     # (none to look for when every segment is ready and the profiles before are known).
     all_ready = old is not None and all(len(r.ready) == len(r.rules) for r in by_workspace.values())
@@ -153,41 +179,36 @@ def _keep(
         []
         if all_ready
         else [
-            (t.workspace, r.segment_id, t.contact_id)
+            (keys[(t.workspace, r.segment_id)], t.contact_id)
             for t, needed in todo
             for r in needed
             if old is None or r.segment_id not in ready
         ]
     )
-    members = (
-        {
-            (w, s, c)
-            for w, s, c in conn.execute(
-                "SELECT m.workspace, m.segment_id, m.contact_id FROM json_each(?) k"
-                " CROSS JOIN segment_members m ON m.workspace = json_extract(k.value, '$[0]')"
-                " AND m.segment_id = json_extract(k.value, '$[1]')"
-                " AND m.contact_id = json_extract(k.value, '$[2]')",
-                (_json(unknown).decode(),),
-            )
-        }
-        if unknown
-        else set()
-    )
-    moves = decide(todo, load(keys, names), members, old, ready, by_workspace)
-    _write(conn, moves)
+    members: set[tuple[str, str, str]] = set()
+    if unknown:
+        named = {key: segment for segment, key in keys.items()}
+        rows = conn.execute(
+            "SELECT m.segment_key, m.contact_id FROM json_each(?) k"
+            " CROSS JOIN segment_members m ON m.segment_key = json_extract(k.value, '$[0]')"
+            " AND m.contact_id = json_extract(k.value, '$[1]')",
+            (_json(unknown).decode(),),
+        )
+        members = {(*named[key], contact_id) for key, contact_id in rows}
+    moves = decide(todo, load(contacts, names), members, old, ready, by_workspace)
+    _write(conn, moves, keys)
     return moves
 
 
-def _write(conn: sqlite3.Connection, moves: Moves) -> None:
+def _write(conn: sqlite3.Connection, moves: Moves, keys: Keys) -> None:
     added, removed = member_rows(moves)
     conn.executemany(
-        "DELETE FROM segment_members WHERE workspace = ? AND segment_id = ? AND contact_id = ?",
-        removed,
+        "DELETE FROM segment_members WHERE segment_key = ? AND contact_id = ?",
+        [(keys[(w, s)], c) for w, s, c in removed],
     )
     conn.executemany(
-        "INSERT OR IGNORE INTO segment_members (workspace, segment_id, contact_id)"
-        " VALUES (?, ?, ?)",
-        added,
+        "INSERT OR IGNORE INTO segment_members (segment_key, contact_id) VALUES (?, ?)",
+        [(keys[(w, s)], c) for w, s, c in added],
     )
 
 
@@ -204,8 +225,11 @@ def create(conn: sqlite3.Connection, segment: Segment, most: int) -> bool:
     ).fetchone()
     if count >= most:
         return False
+    # A key no segment holds now: one deleted had its members deleted with it.
     conn.execute(
-        f"INSERT INTO segments ({_COLUMNS}, backfill_after) VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
+        f"INSERT INTO segments ({_COLUMNS}, backfill_after, segment_key)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, NULL,"
+        " (SELECT COALESCE(MAX(segment_key), 0) + 1 FROM segments))",
         (
             segment.workspace,
             segment.segment_id,
@@ -220,10 +244,9 @@ def create(conn: sqlite3.Connection, segment: Segment, most: int) -> bool:
 
 
 def _segment(conn: sqlite3.Connection, row: Sequence[Any]) -> Segment:
-    workspace, segment_id, name, text, created_us, status, scanned = row
+    workspace, segment_id, name, text, created_us, status, scanned, key = row
     size = conn.execute(
-        "SELECT COUNT(*) FROM segment_members WHERE workspace = ? AND segment_id = ?",
-        (workspace, segment_id),
+        "SELECT COUNT(*) FROM segment_members WHERE segment_key = ?", (key,)
     ).fetchone()[0]
     rule = _rule(segment_id, text)
     return Segment(segment_id, workspace, name, rule.filter, created_us, status, size, scanned)
@@ -231,7 +254,8 @@ def _segment(conn: sqlite3.Connection, row: Sequence[Any]) -> Segment:
 
 def listed(conn: sqlite3.Connection, workspace: str) -> list[Segment]:
     rows = conn.execute(
-        f"SELECT {_COLUMNS} FROM segments WHERE workspace = ? ORDER BY created_us, segment_id",
+        f"SELECT {_COLUMNS}, segment_key FROM segments WHERE workspace = ?"
+        " ORDER BY created_us, segment_id",
         (workspace,),
     ).fetchall()
     return [_segment(conn, row) for row in rows]
@@ -239,29 +263,30 @@ def listed(conn: sqlite3.Connection, workspace: str) -> list[Segment]:
 
 def get(conn: sqlite3.Connection, workspace: str, segment_id: str) -> Segment | None:
     row = conn.execute(
-        f"SELECT {_COLUMNS} FROM segments WHERE workspace = ? AND segment_id = ?",
+        f"SELECT {_COLUMNS}, segment_key FROM segments WHERE workspace = ? AND segment_id = ?",
         (workspace, segment_id),
     ).fetchone()
     return None if row is None else _segment(conn, row)
 
 
 def delete(conn: sqlite3.Connection, workspace: str, segment_id: str) -> bool:
-    gone = conn.execute(
-        "DELETE FROM segments WHERE workspace = ? AND segment_id = ?", (workspace, segment_id)
-    ).rowcount
-    conn.execute(
-        "DELETE FROM segment_members WHERE workspace = ? AND segment_id = ?",
+    row = conn.execute(
+        "DELETE FROM segments WHERE workspace = ? AND segment_id = ? RETURNING segment_key",
         (workspace, segment_id),
-    )
-    return bool(gone)
+    ).fetchone()
+    if row is None:
+        return False
+    conn.execute("DELETE FROM segment_members WHERE segment_key = ?", row)
+    return True
 
 
 def members_sql(columns: str) -> str:
     """The rows of a page of members: contact_id and ``columns`` of the contacts table."""
     return (
-        f"SELECT c.contact_id, {columns} FROM segment_members m JOIN contacts c"
-        " ON c.workspace = m.workspace AND c.contact_id = m.contact_id"
-        " WHERE m.workspace = ? AND m.segment_id = ? AND m.contact_id > ?"
+        f"SELECT c.contact_id, {columns} FROM segments s"
+        " CROSS JOIN segment_members m ON m.segment_key = s.segment_key"
+        " JOIN contacts c ON c.workspace = s.workspace AND c.contact_id = m.contact_id"
+        " WHERE s.workspace = ? AND s.segment_id = ? AND m.contact_id > ?"
         " ORDER BY m.contact_id LIMIT ?"
     )
 
@@ -271,7 +296,8 @@ def backfill(conn: sqlite3.Connection, workspace: str, segment_id: str, limit: i
     SQL (the query's compiler: the same answers as the reference evaluator); True once it is
     ready."""
     row = conn.execute(
-        "SELECT filter, status, backfill_after FROM segments WHERE workspace = ? AND segment_id = ?",
+        "SELECT filter, status, backfill_after, segment_key FROM segments"
+        " WHERE workspace = ? AND segment_id = ?",
         (workspace, segment_id),
     ).fetchone()
     if row is None or row[1] == "ready":
@@ -286,18 +312,18 @@ def backfill(conn: sqlite3.Connection, workspace: str, segment_id: str, limit: i
         )
     ]
     if ids:
-        span = (workspace, segment_id, after, ids[-1])
+        key = row[3]
         conn.execute(
-            "DELETE FROM segment_members WHERE workspace = ? AND segment_id = ?"
-            " AND contact_id > ? AND contact_id <= ?",
-            span,
+            "DELETE FROM segment_members WHERE segment_key = ? AND contact_id > ?"
+            " AND contact_id <= ?",
+            (key, after, ids[-1]),
         )
         where, params = SqliteCompiler(workspace).compile(rule.filter)
         conn.execute(
-            "INSERT OR IGNORE INTO segment_members (workspace, segment_id, contact_id)"
-            f" SELECT ?, ?, c.contact_id FROM contacts c WHERE c.workspace = ? AND {EXISTS}"
+            "INSERT OR IGNORE INTO segment_members (segment_key, contact_id)"
+            f" SELECT ?, c.contact_id FROM contacts c WHERE c.workspace = ? AND {EXISTS}"
             f" AND c.contact_id > ? AND c.contact_id <= ? AND {where}",
-            (workspace, segment_id, workspace, after, ids[-1], *params),
+            (key, workspace, after, ids[-1], *params),
         )
     done = len(ids) < limit
     conn.execute(
