@@ -1,6 +1,8 @@
 """Where a read's time goes: ``GET /v1/contacts/{id}`` called in process on the whole app (no
 HTTP server, no wrk), random ids of the loaded contacts (contacts_loader.py), 64 at a time,
-timed and then under cProfile (sorted by own time).
+timed and then under cProfile (sorted by own time). "Handler alone" drives the app's
+coroutine without the event loop (a read that runs at once never suspends): the handler's CPU
+without the tasks and the gathering this script adds around it.
 
     .venv/bin/python benchmarks/profile_reads.py [--contacts 1000000] [--requests 20000]
         [--no-profile]
@@ -83,6 +85,7 @@ async def run(args: argparse.Namespace, data_dir: Path) -> None:
         f"{args.requests:,} reads: {1e6 * wall / args.requests:.0f} us wall,"
         f" {1e6 * cpu / args.requests:.0f} us CPU per read ({args.requests / wall:,.0f}/s)"
     )
+    print(f"handler alone: {handler_alone(app, headers, rng, args):.1f} us CPU per read")
     if args.profile:
         profiler = cProfile.Profile()
         profiler.enable()
@@ -90,6 +93,45 @@ async def run(args: argparse.Namespace, data_dir: Path) -> None:
         profiler.disable()
         pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
     await lifespan.stop()
+
+
+def handler_alone(
+    app: Any, headers: list[tuple[bytes, bytes]], rng: random.Random, args: Any
+) -> float:
+    """CPU per read (µs) of ``app`` called on ``args.requests`` random contacts, each call's
+    coroutine run to its end by one ``send(None)`` (no event loop: it must not suspend)."""
+    statuses: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    scopes = []
+    for _ in range(args.requests):
+        path = f"/v1/contacts/{contact_id(rng.randrange(args.contacts))}"
+        scopes.append(
+            {
+                "type": "http",
+                "method": "GET",
+                "path": path,
+                "raw_path": path.encode(),
+                "query_string": b"",
+                "headers": headers,
+            }
+        )
+    cpu0 = time.process_time()
+    for scope in scopes:
+        try:
+            app(scope, receive, send).send(None)
+        except StopIteration:
+            continue
+        raise AssertionError("a read suspended: it did not run at once")
+    cpu = time.process_time() - cpu0
+    assert set(statuses) == {200}, set(statuses)
+    return 1e6 * cpu / args.requests
 
 
 class _Lifespan:

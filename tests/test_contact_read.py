@@ -10,15 +10,22 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from profilehook.api.app import create_app
+from profilehook.api.responses import encode
 from profilehook.errors import StorageUnavailable
 from profilehook.keys import create_key
 from profilehook.service import running
 from profilehook.settings import Settings
 from profilehook.sqlite_db import LATER, SqliteDatabase
+from profilehook.stores.sqlite import SqliteStore, _contact_of, _Row
+from profilehook.views import contact_body, contact_view
+from tests.support import examples
+from tests.test_operations import WORKSPACE, event
 from tests.test_reads import applied, send
 
 
@@ -117,7 +124,7 @@ def test_given_a_store_that_does_not_answer_then_503_in_time_and_readyz_stays_re
             await asyncio.sleep(30)
 
         store.get_contact = hang
-        store.contact_at_once = lambda workspace, contact_id: LATER  # (a lock to wait for)
+        store.contact_groups_at_once = lambda workspace, contact_id: LATER  # (a lock to wait for)
         # When a contact is read
         response = client.get("/v1/contacts/c1", headers={"Authorization": f"Bearer {key}"})
         # Then the answer is the routes' 503 with Retry-After, on time
@@ -225,7 +232,7 @@ def test_given_sqlite_then_a_read_takes_no_task_unless_its_lookup_would_wait(
     assert bounded == []
     # When its lookup would wait for a lock: under the deadline, and the same answer
     store = client.app.services.store
-    monkeypatch.setattr(store, "contact_at_once", lambda workspace, contact_id: LATER)
+    monkeypatch.setattr(store, "contact_groups_at_once", lambda workspace, contact_id: LATER)
     assert client.get("/v1/contacts/c1", headers=auth).json()["properties"] == {"plan": "pro"}
     assert len(bounded) == 1
 
@@ -290,3 +297,81 @@ async def test_given_postgresql_then_a_contact_is_read_in_one_statement(postgres
     assert (c2.properties, c2.versions, c2.updated_us) == ({}, {}, 300 * 1_000_000)
     assert nobody is None
     assert await store.get_contact("acme", "c1") == c1
+
+
+# -- the answer encoded from the stored groups (views.contact_body) ---------------------------
+
+NAMES = ("a", "b", "zeta", "Zeta", "ü", "日本", "a b", "")
+VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.sampled_from((0.0, -0.0, 1e300, -1.5, 0.1, 1.0, 2.5e-308))
+    | st.text(max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(("z", "a", "ü", "m")), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+GROUPS = st.lists(
+    st.tuples(
+        st.sampled_from((0, 1, 100_000_000, 1_672_531_200_000_001, 1_672_531_200_500_000)),
+        st.sampled_from(("e1", "e2", "é/3")),
+        st.dictionaries(st.sampled_from(NAMES), VALUES, max_size=5),
+    ),
+    max_size=4,
+)
+
+
+@hypothesis.settings(max_examples=examples(400), deadline=None)
+@hypothesis.given(groups=GROUPS, updated_us=st.sampled_from((0, 1_672_531_200_123_456, 2**40)))
+def test_given_any_stored_groups_then_the_encoded_answer_is_the_views_own(
+    groups: list[tuple[int, str, dict[str, Any]]], updated_us: int
+) -> None:
+    # Given a contact's property groups as the store keeps them (tombstones, a name set by
+    # several groups, huge ints, -0.0, unicode names, nested objects whose keys are not sorted)
+    contact = _contact_of("c/ü", _Row(last=(updated_us, "e9"), groups=groups))
+    assert contact is not None
+    # When its answer is encoded straight from the groups
+    body = contact_body("c/ü", updated_us, groups)
+    # Then it is byte for byte the contact's view, encoded
+    assert body == encode(contact_view(contact))
+
+
+def test_given_contacts_of_every_shape_then_the_store_read_answers_as_the_contact_view(
+    tmp_path: Path,
+) -> None:
+    # Given contacts made by sets, unsets, operations (sums past 64 bits), deletions
+    events = [
+        event("e1", 100, "c1", set={"plan": "pro", "n": -0.0, "名前": "ü"}, add={"big": 2**63}),
+        event("e2", 200, "c1", add={"big": 2**63}, unset=["plan"], append={"tags": ["x"]}),
+        event("e3", 300, "c1", remove={"tags": ["x"]}, set_once={"first": {"z": 1, "a": 2}}),
+        event("e4", 100, "gone", set={"plan": "team"}),
+        event("e5", 200, "gone", kind="delete"),
+        event("e6", 300, "back", kind="delete"),
+        event("e7", 400, "back", set={"plan": "free"}),
+        event("e8", 500, "only-tombstones", unset=["plan"]),
+    ]
+
+    async def run() -> None:
+        store = SqliteStore(tmp_path / "profiles.sqlite3")
+        await store.open()
+        try:
+            await store.apply(events)
+            for contact_id in ("c1", "gone", "back", "only-tombstones", "never"):
+                # When a contact is read on the hot path, and as the Starlette route reads it
+                found = store.contact_groups_at_once(WORKSPACE, contact_id)
+                contact = await store.get_contact(WORKSPACE, contact_id)
+                # Then both find it or neither does, and the answers are the same bytes
+                assert (found is None) == (contact is None), contact_id
+                if contact is not None:
+                    assert isinstance(found, tuple)
+                    assert contact_body(contact_id, *found) == encode(contact_view(contact))
+            big = store.contact_groups_at_once(WORKSPACE, "c1")
+            assert isinstance(big, tuple)
+            assert b'"big":18446744073709551616' in contact_body("c1", *big)
+        finally:
+            await store.close()
+
+    asyncio.run(run())

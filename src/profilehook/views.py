@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
+
+import msgspec
 
 from profilehook.events import Event, Version, iso, seconds
 from profilehook.queues.base import Queue
@@ -26,6 +29,42 @@ def contact_view(found: Contact) -> dict[str, Any]:
         "updated_at": iso(found.updated_us),
         "versions": versions,
     }
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def contact_body(
+    contact_id: str, updated_us: int, groups: Sequence[tuple[int, str, dict[str, Any]]]
+) -> bytes:
+    """``contact_view`` of a contact, encoded (byte for byte the same JSON), straight from its
+    property groups as a store keeps them: (ts_us, event_id, {name: value}) per version, later
+    groups over earlier ones, None a tombstone. A read's hot path: no ``Contact``, no view
+    that is thrown away, one encode."""
+    if len(groups) == 1:  # (most contacts: every property set by one event)
+        ts_us, event_id, values = groups[0]
+        names = sorted(values)
+        if None in values.values():
+            names = [n for n in names if values[n] is not None]
+        version = {"timestamp": seconds(ts_us), "event_id": event_id}
+        properties = {n: values[n] for n in names}
+        versions = dict.fromkeys(names, version)
+    else:
+        held: dict[str, tuple[Any, dict[str, Any]]] = {}
+        for ts_us, event_id, values in groups:
+            version = {"timestamp": seconds(ts_us), "event_id": event_id}
+            held.update((name, (value, version)) for name, value in values.items())
+        live = sorted(n for n, (value, _) in held.items() if value is not None)
+        properties = {n: held[n][0] for n in live}
+        versions = {n: held[n][1] for n in live}
+    return _encode(
+        {
+            "contact_id": contact_id,
+            "properties": properties,
+            "updated_at": iso(updated_us),
+            "versions": versions,
+        }
+    )
 
 
 async def event_status(

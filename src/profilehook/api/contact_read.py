@@ -11,7 +11,9 @@ store is slow to let go of a cancelled query).
 from __future__ import annotations
 
 import logging
-from typing import Protocol, runtime_checkable
+import re
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -28,8 +30,8 @@ from profilehook.errors import (
 )
 from profilehook.service import Services
 from profilehook.sqlite_db import LATER, Later
-from profilehook.stores.base import Contact, KeyGrant
-from profilehook.views import contact_view
+from profilehook.stores.base import KeyGrant
+from profilehook.views import contact_body, contact_view
 
 log = logging.getLogger(__name__)
 
@@ -66,19 +68,21 @@ class ContactRead:
             elif found is None:
                 await send_error(send, NotFound("Contact not found"))
             else:
-                assert isinstance(found, Contact)
-                await send_json(send, 200, encode(contact_view(found)))
+                assert isinstance(found, bytes)
+                await send_json(send, 200, found)
 
-    async def _lookup(self, scope: Scope) -> Contact | object | None:
-        """The contact, None when not found, or ``_HISTORY`` for a history page (after the
-        key's check, as the route makes it). Raises 401, 403, 404 and the store's errors."""
+    async def _lookup(self, scope: Scope) -> bytes | object | None:
+        """The contact's answer (its JSON), None when not found, or ``_HISTORY`` for a history
+        page (after the key's check, as the route makes it). Raises 401, 403, 404 and the
+        store's errors."""
         grant = await keys.authenticate(self.store, _authorization(scope))
         workspace, contact_id = _checked(grant, scope)
         if contact_id is None:
             return _HISTORY
-        return await self.store.get_contact(workspace, contact_id)
+        found = await self.store.get_contact(workspace, contact_id)
+        return None if found is None else encode(contact_view(found))
 
-    def _at_once(self, scope: Scope) -> Contact | object | None:
+    def _at_once(self, scope: Scope) -> bytes | object | None:
         """``_lookup`` without a task or a timer, for a store that looks up keys and contacts
         on this thread (SQLite: nothing to wait for, so nothing to bound); ``LATER`` when
         either would wait (then ``_lookup`` under the deadline)."""
@@ -88,7 +92,11 @@ class ContactRead:
         workspace, contact_id = _checked(grant, scope)
         if contact_id is None:
             return _HISTORY
-        return self.at_once.contact_at_once(workspace, contact_id)
+        found = self.at_once.contact_groups_at_once(workspace, contact_id)
+        if found is None or found is LATER:
+            return found
+        updated_us, groups = found
+        return contact_body(contact_id, updated_us, groups)
 
 
 _HISTORY = object()
@@ -101,7 +109,9 @@ class ReadsAtOnce(Protocol):
 
     def key_grant_at_once(self, key_hash: str) -> KeyGrant | None: ...
 
-    def contact_at_once(self, workspace: str, contact_id: str) -> Contact | Later | None: ...
+    def contact_groups_at_once(
+        self, workspace: str, contact_id: str
+    ) -> tuple[int, Sequence[tuple[int, str, dict[str, Any]]]] | Later | None: ...
 
 
 def _checked(grant: KeyGrant | None, scope: Scope) -> tuple[str, str | None]:
@@ -111,8 +121,18 @@ def _checked(grant: KeyGrant | None, scope: Scope) -> tuple[str, str | None]:
         raise InvalidApiKey()
     if not grant.allows(ACCESS):
         raise MissingScope(ACCESS)
+    raw = scope.get("raw_path")
+    if raw is not None and raw.startswith(_RAW_PREFIX):
+        tail = raw[len(_RAW_PREFIX) :]
+        if tail and not _NEEDS_PARSING.search(tail):  # (most ids: nothing to decode or refuse)
+            return grant.workspace, tail.decode("latin-1")
     contact_id, is_history = contact_path(scope)
     return grant.workspace, None if is_history else contact_id
+
+
+_RAW_PREFIX = PREFIX.encode()
+# What ``contact_path`` decodes, splits or refuses: an escape, a slash, a query, a NUL.
+_NEEDS_PARSING = re.compile(rb"[%/?\x00]")
 
 
 def _authorization(scope: Scope) -> bytes | None:

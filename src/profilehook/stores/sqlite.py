@@ -318,10 +318,15 @@ class SqliteStore(Store, ContactQueries, Segments, SqliteDestinations):
         # One lookup by key: on the event loop when it can run at once (sqlite_db.read_quick).
         return await self.db.read_quick(lambda conn: _contact(conn, workspace, contact_id))
 
-    def contact_at_once(self, workspace: str, contact_id: str) -> Contact | Later | None:
-        """``get_contact`` on the calling thread, or ``LATER`` when it would wait for a lock
-        (then await ``get_contact``). Raises ``StorageUnavailable``."""
-        return self.db.read_at_once(lambda conn: _contact(conn, workspace, contact_id))
+    def contact_groups_at_once(
+        self, workspace: str, contact_id: str
+    ) -> tuple[int, PropertyGroups] | Later | None:
+        """A contact as stored, read on the calling thread: its last update's time and its
+        property groups (tombstones included: ``views.contact_body`` drops them), None when it
+        does not exist, or ``LATER`` when the read would wait for a lock (then await
+        ``get_contact``). Raises ``StorageUnavailable``. No ``Contact`` is built: the read's
+        hot path encodes its answer from the groups as they are decoded."""
+        return self.db.read_at_once(lambda conn: _contact_groups(conn, workspace, contact_id))
 
     async def contacts_page(
         self, workspace: str, after: str | None, limit: int
@@ -1357,13 +1362,28 @@ def _deleted(conn: sqlite3.Connection, workspace: str, contact_id: str) -> Versi
     return None if found is None else (found[0], found[1])
 
 
+# Only what a contact's answer needs (a read's hot path): not the marks the planner keeps.
+_CONTACT_SELECT = (
+    "SELECT last_ts_us, last_event_id, deleted_ts_us, deleted_event_id, properties"
+    " FROM contacts WHERE workspace = ? AND contact_id = ?"
+)
+
+
+def _contact_groups(
+    conn: sqlite3.Connection, workspace: str, contact_id: str
+) -> tuple[int, PropertyGroups] | None:
+    found = conn.execute(_CONTACT_SELECT, (workspace, contact_id)).fetchone()
+    if found is None:
+        return None
+    last_ts, last_id, deleted_ts, deleted_id, encoded = found
+    deleted = None if deleted_ts is None else (deleted_ts, deleted_id)
+    if last_ts is None or not contact_exists((last_ts, last_id), deleted):
+        return None
+    return last_ts, _decode_groups(encoded)
+
+
 def _contact(conn: sqlite3.Connection, workspace: str, contact_id: str) -> Contact | None:
-    # Only what a contact's answer needs (a read's hot path): not the marks the planner keeps.
-    found = conn.execute(
-        "SELECT last_ts_us, last_event_id, deleted_ts_us, deleted_event_id, properties"
-        " FROM contacts WHERE workspace = ? AND contact_id = ?",
-        (workspace, contact_id),
-    ).fetchone()
+    found = conn.execute(_CONTACT_SELECT, (workspace, contact_id)).fetchone()
     if found is None:
         return None
     last_ts, last_id, deleted_ts, deleted_id, encoded = found
