@@ -28,6 +28,25 @@ from benchmarks.contacts_loader import contact_id, data_dir_with_contacts
 CONCURRENCY = 64
 
 
+def read_scope(contact: str, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    """The ASGI scope of ``GET /v1/contacts/{contact}`` as uvicorn gives it."""
+    path = f"/v1/contacts/{contact}"
+    return {
+        "type": "http",
+        "method": "GET",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": headers,
+        "http_version": "1.1",
+        "scheme": "http",
+        "server": ("127.0.0.1", 8000),
+        "client": ("127.0.0.1", 1),
+        "root_path": "",
+        "asgi": {"version": "3.0"},
+    }
+
+
 async def run(args: argparse.Namespace, data_dir: Path) -> None:
     from profilehook.api.app import create_app
     from profilehook.keys import create_key
@@ -44,21 +63,7 @@ async def run(args: argparse.Namespace, data_dir: Path) -> None:
     rng = random.Random(23)
 
     async def one() -> int:
-        path = f"/v1/contacts/{contact_id(rng.randrange(args.contacts))}"
-        scope = {
-            "type": "http",
-            "method": "GET",
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": b"",
-            "headers": headers,
-            "http_version": "1.1",
-            "scheme": "http",
-            "server": ("127.0.0.1", 8000),
-            "client": ("127.0.0.1", 1),
-            "root_path": "",
-            "asgi": {"version": "3.0"},
-        }
+        scope = read_scope(contact_id(rng.randrange(args.contacts)), headers)
         sent: list[dict[str, Any]] = []
 
         async def receive() -> dict[str, Any]:
@@ -109,19 +114,9 @@ def handler_alone(
         if message["type"] == "http.response.start":
             statuses.append(message["status"])
 
-    scopes = []
-    for _ in range(args.requests):
-        path = f"/v1/contacts/{contact_id(rng.randrange(args.contacts))}"
-        scopes.append(
-            {
-                "type": "http",
-                "method": "GET",
-                "path": path,
-                "raw_path": path.encode(),
-                "query_string": b"",
-                "headers": headers,
-            }
-        )
+    scopes = [
+        read_scope(contact_id(rng.randrange(args.contacts)), headers) for _ in range(args.requests)
+    ]
     cpu0 = time.process_time()
     for scope in scopes:
         try:

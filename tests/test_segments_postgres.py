@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from tests.segments_migrated import then_the_members_carried_over
 from tests.support import POSTGRES_URL, drop_schema, postgres_url, require_server, unique_schema
 
 
@@ -44,10 +45,8 @@ async def test_given_memberships_keyed_by_segment_id_when_migrated_then_they_are
     members then work on the new key, each workspace's segment its own."""
     require_server(POSTGRES_URL, 5432)
     from profilehook.events import Event
-    from profilehook.filters import parse_filter
     from profilehook.stores import postgres
     from profilehook.stores.postgres import PostgresStore
-    from profilehook.stores.segments import Segment
 
     def events(workspace: str, plans: dict[str, str], ts_us: int) -> list[Event]:
         return [
@@ -94,37 +93,8 @@ async def test_given_memberships_keyed_by_segment_id_when_migrated_then_they_are
     store = PostgresStore(postgres_url(schema))
     await store.open()
     try:
-        # Then the members are as they were
-        ready = await store.get_segment("a", "seg_1")
-        assert ready is not None and (ready.status, ready.size) == ("ready", 2)
-        page, _ = await store.segment_members("a", "seg_1", None, 10)
-        assert [c.contact_id for c in page] == ["c1", "c3"]
-        # and the applier moves them: c1 leaves, c2 enters
-        result = await store.apply(events("a", {"c1": "free", "c2": "pro"}, 10))
-        assert {k[1]: m.view() for k, m in result.segment_moves.items()} == {
-            "c1": {"entered": [], "exited": ["seg_1"]},
-            "c2": {"entered": ["seg_1"], "exited": []},
-        }
-        page, _ = await store.segment_members("a", "seg_1", None, 10)
-        assert [c.contact_id for c in page] == ["c2", "c3"]
-        # the other workspace's segment of the same id is backfilled into its own members
-        while not await store.backfill_segment("b", "seg_1", 10):
-            pass
-        page, _ = await store.segment_members("b", "seg_1", None, 10)
-        assert [c.contact_id for c in page] == ["c1"]
-        # a new segment gets a key of its own, and deleting it leaves the others' members
-        node, _ = parse_filter({"property": "plan", "op": "eq", "value": "free"})
-        assert node is not None
-        await store.create_segment(Segment("seg_2", "a", "free", node, 2))
-        while not await store.backfill_segment("a", "seg_2", 10):
-            pass
-        assert [(s.segment_id, s.size) for s in await store.list_segments("a")] == [
-            ("seg_1", 2),
-            ("seg_2", 1),
-        ]
-        assert await store.delete_segment("a", "seg_2")
-        page, _ = await store.segment_members("a", "seg_1", None, 10)
-        assert [c.contact_id for c in page] == ["c2", "c3"]
+        # Then the members are as they were, and kept on the new key
+        await then_the_members_carried_over(store, events("a", {"c1": "free", "c2": "pro"}, 10))
     finally:
         await store.close()
         drop_schema(schema)

@@ -9,9 +9,8 @@ import sqlite3
 from pathlib import Path
 
 from profilehook.events import Event
-from profilehook.filters import parse_filter
-from profilehook.stores.segments import Segment
 from profilehook.stores.sqlite import SqliteStore
+from tests.segments_migrated import then_the_members_carried_over
 
 # The segments' tables as schema 7 made them.
 SCHEMA_7 = """
@@ -76,40 +75,10 @@ async def test_given_a_schema_7_file_with_segments_when_opened_then_its_members_
     store = SqliteStore(path)
     await store.open()
     try:
-        # Then the segments and their members are as they were
-        ready = await store.get_segment("a", "seg_1")
-        assert ready is not None and (ready.status, ready.size) == ("ready", 2)
-        page, _ = await store.segment_members("a", "seg_1", None, 10)
-        assert [c.contact_id for c in page] == ["c1", "c3"]
-        # and the applier moves them: c1 leaves, c2 enters
-        result = await store.apply([_event("a", "c1", 10, "free"), _event("a", "c2", 11, "pro")])
-        assert {k[1]: m.view() for k, m in result.segment_moves.items()} == {
-            "c1": {"entered": [], "exited": ["seg_1"]},
-            "c2": {"entered": ["seg_1"], "exited": []},
-        }
-        page, _ = await store.segment_members("a", "seg_1", None, 10)
-        assert [c.contact_id for c in page] == ["c2", "c3"]
-        # the building one is backfilled into its own members, not the other workspace's
-        while not await store.backfill_segment("b", "seg_1", 10):
-            pass
-        page, _ = await store.segment_members("b", "seg_1", None, 10)
-        assert [c.contact_id for c in page] == ["c1"]
-        # a new segment gets a key of its own: its members are its own
-        node, _ = parse_filter({"property": "plan", "op": "eq", "value": "free"})
-        assert node is not None
-        await store.create_segment(Segment("seg_2", "a", "free", node, 2))
-        while not await store.backfill_segment("a", "seg_2", 10):
-            pass
-        page, _ = await store.segment_members("a", "seg_2", None, 10)
-        assert [c.contact_id for c in page] == ["c1"]
-        assert [(s.segment_id, s.size) for s in await store.list_segments("a")] == [
-            ("seg_1", 2),
-            ("seg_2", 1),
-        ]
-        # and deleting one leaves the other's members
-        assert await store.delete_segment("a", "seg_2")
-        page, _ = await store.segment_members("a", "seg_1", None, 10)
-        assert [c.contact_id for c in page] == ["c2", "c3"]
+        # Then the segments and their members are as they were, and kept on the new key
+        await then_the_members_carried_over(
+            store, [_event("a", "c1", 10, "free"), _event("a", "c2", 11, "pro")]
+        )
     finally:
         await store.close()
     # and the members table has its primary key alone (the index by contact is gone)
