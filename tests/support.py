@@ -19,6 +19,7 @@ from typing import Any
 import httpx2 as httpx
 
 from profilehook.events import Event
+from profilehook.filters import Filter, parse_filter
 from tests.nats_cluster import NatsCluster, free_ports
 
 READY_TIMEOUT_S = 20.0
@@ -418,3 +419,10 @@ def descendants(pid: int) -> list[int]:
         for child in children:
             found += [int(child), *descendants(int(child))]
     return found
+
+
+def parsed_filter(raw: dict[str, Any]) -> Filter:
+    """``raw`` parsed as a filter (SPEC 2.9), which it must be."""
+    node, problems = parse_filter(raw)
+    assert node is not None, problems
+    return node

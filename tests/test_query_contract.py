@@ -33,6 +33,7 @@ from tests.support import (
     require_server,
     unique_schema,
 )
+from tests.support import parsed_filter as f
 
 W = "acme"
 
@@ -40,12 +41,6 @@ W = "acme"
 @pytest.fixture
 def store(backend: StoreBackend) -> Store:
     return backend.store
-
-
-def f(raw: dict[str, Any]) -> Filter:
-    node, problems = parse_filter(raw)
-    assert node is not None, problems
-    return node
 
 
 async def answer(store: Store, node: Filter, workspace: str = W, limit: int = 1000) -> list[str]:

@@ -16,12 +16,13 @@ import pytest
 from profilehook import segments
 from profilehook.errors import ValidationFailed
 from profilehook.events import Event
-from profilehook.filters import Filter, Query, parse_filter
+from profilehook.filters import Query
 from profilehook.stores.base import Erasure, Store
 from profilehook.stores.query import ContactQueries
 from profilehook.stores.segments import Segment, Segments
 from tests.store_backends import S, StoreBackend
 from tests.support import event
+from tests.support import parsed_filter as f
 
 W = "acme"
 
@@ -29,12 +30,6 @@ W = "acme"
 @pytest.fixture
 def store(backend: StoreBackend) -> Store:
     return backend.store
-
-
-def f(raw: dict[str, Any]) -> Filter:
-    node, problems = parse_filter(raw)
-    assert node is not None, problems
-    return node
 
 
 async def new_segment(store: Store, raw: dict[str, Any], chunk: int = 1000) -> str:

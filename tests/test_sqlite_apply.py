@@ -10,21 +10,16 @@ from typing import Any
 import pytest
 
 from profilehook.errors import StorageUnavailable
-from profilehook.filters import Filter, Query, parse_filter
+from profilehook.filters import Query
 from profilehook.sqlite_db import MAX_ROWS_PER_STATEMENT, insert_rows
 from profilehook.stores.segments import Segment
 from profilehook.stores.sqlite import _INSERT_EVENT, SqliteStore
 from tests.store_backends import S
 from tests.support import event
+from tests.support import parsed_filter as f
 
 W = "acme"
 PRO = {"property": "plan", "op": "eq", "value": "pro"}
-
-
-def f(raw: dict[str, Any]) -> Filter:
-    node, problems = parse_filter(raw)
-    assert node is not None, problems
-    return node
 
 
 async def found(store: SqliteStore, raw: dict[str, Any]) -> list[str]:

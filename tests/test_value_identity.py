@@ -17,12 +17,13 @@ import msgspec
 import pytest
 
 from profilehook.events import Event, same_value
-from profilehook.filters import Filter, Query, matches, parse_filter
+from profilehook.filters import Query, matches
 from profilehook.stores.base import Store
 from profilehook.stores.query import ContactQueries
 from profilehook.stores.segments import Segment, Segments
 from tests.store_backends import S, StoreBackend
 from tests.support import event
+from tests.support import parsed_filter as f
 
 W = "acme"
 
@@ -30,12 +31,6 @@ W = "acme"
 @pytest.fixture
 def store(backend: StoreBackend) -> Store:
     return backend.store
-
-
-def f(raw: dict[str, Any]) -> Filter:
-    node, problems = parse_filter(raw)
-    assert node is not None, problems
-    return node
 
 
 def op_event(event_id: str, ts_s: int, ops: dict[str, str], **properties: Any) -> Event:
