@@ -22,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+from profilehook.events import Event
 from profilehook.stores.base import Store
 from profilehook.stores.memory import MemoryStore
 from profilehook.stores.sqlite import SqliteStore
@@ -34,6 +35,21 @@ from tests.support import (
 )
 
 S = 1_000_000  # one second in microseconds
+
+
+def round_of_events(n: int, contacts: int) -> list[Event]:
+    """Round ``n`` of events to contacts c0, c1, ...: each sets ``n`` at (100 + n) s, so every
+    round changes every contact, a change of each for a destination."""
+    return [
+        Event(
+            workspace="acme",
+            event_id=f"c{i}-{n}",
+            contact_id=f"c{i}",
+            ts_us=(100 + n) * S,
+            properties={"n": n},
+        )
+        for i in range(contacts)
+    ]
 
 
 @dataclass

@@ -23,6 +23,7 @@ from profilehook.destinations.process import DeliveryProcess, delivers_in_a_chil
 from profilehook.events import Event
 from profilehook.settings import Settings
 from profilehook.stores.sqlite import SqliteStore
+from tests.store_backends import round_of_events
 from tests.support import (
     ServerProcess,
     alive,
@@ -346,18 +347,7 @@ def test_two_postgres_workers_deliver_from_their_children_without_doubles(
                         await asyncio.sleep(0.05)
                 children = [delivery_pids(w.pid)[0] for w in workers]
                 for n in range(rounds):
-                    await store.apply(
-                        [
-                            Event(
-                                workspace="acme",
-                                event_id=f"c{i}-{n}",
-                                contact_id=f"c{i}",
-                                ts_us=(100 + n) * S,
-                                properties={"n": n},
-                            )
-                            for i in range(contacts)
-                        ]
-                    )
+                    await store.apply(round_of_events(n, contacts))
                     await asyncio.sleep(0.05)
                 await until(lambda: len(receiver.received) >= contacts * rounds, 60)
                 await asyncio.sleep(0.5)  # a double would arrive by now

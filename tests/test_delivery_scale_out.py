@@ -12,9 +12,8 @@ from collections import Counter
 
 from profilehook.destinations import registry
 from profilehook.destinations.delivery import Deliverer
-from profilehook.events import Event
 from profilehook.settings import Settings
-from tests.store_backends import S, StoreBackend
+from tests.store_backends import StoreBackend, round_of_events
 from tests.webhook_receiver import receiving
 
 CONTACTS = 20
@@ -40,18 +39,7 @@ async def test_two_workers_share_the_deliveries_without_doubles(
         stop = asyncio.Event()
         tasks = [asyncio.create_task(w.run(stop)) for w in workers]
         for n in range(ROUNDS):  # events keep coming while both deliver
-            await store.apply(
-                [
-                    Event(
-                        workspace="acme",
-                        event_id=f"c{i}-{n}",
-                        contact_id=f"c{i}",
-                        ts_us=(100 + n) * S,
-                        properties={"n": n},
-                    )
-                    for i in range(CONTACTS)
-                ]
-            )
+            await store.apply(round_of_events(n, CONTACTS))
             await asyncio.sleep(0.02)
         async with asyncio.timeout(60):
             while len(receiver.received) < CONTACTS * ROUNDS:
