@@ -1,20 +1,21 @@
 """Where the server's event loop spends its time on C and D's requests (issue 23): cProfile.
 
     .venv/bin/python benchmarks/profile_ingest.py [single|batch] [--requests N]
-        [--concurrency N] [--top N] [--no-profile] [--pieces]
+        [--concurrency N] [--top N] [--no-profile] [--pieces] [--python-gc]
 
 Calls profilehook's ASGI app in process (no HTTP server: uvicorn's share, which the ceiling A
 pays too, is not in it) with C's body on ``POST /v1/properties`` or D's 100-event body on the
 batch endpoint, ``--concurrency`` requests at a time, on the embedded default backends (the
 durable SQLite log, its writer thread committing groups of requests; the SQLite store; no
-applier). Prints requests/s, the CPU per request (this process, every thread: the log's writer
-and checkpointer included) and the functions by own and cumulative time of the event loop's
+applier; the garbage collector set as serve sets it, ``cli._settle_heap``, unless
+``--python-gc``). Prints requests/s, the CPU per request (this process, every thread: the
+log's writer and checkpointer included) and the functions by own and cumulative time of the event loop's
 thread (CPU time, so that waiting for the GIL or the machine does not count). ``--no-profile``
 gives the rate and CPU per request without the profiler (and of it the event loop's thread's), and beside them those of an app that
 only reads the body and decodes it with msgspec (the batch ceiling's app, the same way), for a
 ratio; ``--compare-with`` is done with ``PYTHONPATH=<other checkout>/src``. ``--pieces``: each
-step of C's handler alone, in a loop, in CPU microseconds of the calling thread (what no
-profiler's overhead distorts).
+step of C's handler alone (``batch``: each step of D's per-event work, on its 100-event body),
+in a loop, in CPU microseconds of the calling thread (what no profiler's overhead distorts).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import msgspec
 from run import EVENT
 
 from profilehook.api.app import create_app
+from profilehook.cli import _settle_heap
 from profilehook.keys import create_key
 from profilehook.settings import Settings
 
@@ -133,41 +135,63 @@ async def _decode_only(body: bytes, requests: int, concurrency: int) -> tuple[fl
     return await _drive(app, "/", [], body, requests, concurrency)
 
 
-async def _pieces(app: Any, key: str, body: bytes, times: int) -> dict[str, float]:
-    """CPU microseconds of this thread for each step of C's handler, done ``times`` times."""
+async def _pieces(app: Any, key: str, kind: str, times: int) -> dict[str, float]:
+    """CPU microseconds of this thread for each step of C's handler (``single``) or of the
+    per-event work of D's (``batch``: its 100-event body), done ``times`` times."""
     from profilehook.api.deadlines import Deadlines
+    from profilehook.api.ingest import _batch_answer
     from profilehook.api.responses import encode, send_json
-    from profilehook.events import now_us
+    from profilehook.events import encode_events, new_event_ids, now_us
     from profilehook.keys import authenticate, key_hash_of
     from profilehook.sources import native
     from profilehook.validation import check_json_content_type
 
     store, queue = app.services.store, app.services.queue
-    authorization = f"Bearer {key}".encode()
-    deadlines = Deadlines(10.0, 10.0)
-    accepted = app.services.metrics.events.labels("api", "accepted")
-
-    async def nothing(message: Any) -> None:
-        pass
-
-    def watched() -> None:
-        with deadlines.watch(nothing) as watch:
-            watch.awaiting_backend()
-
+    body = _body(kind)
     now = now_us()
-    event = native.parse_single(body, "bench", now)
-    answer = b'{"status":"accepted","event_id":%s}' % encode(event.event_id)
-    steps: dict[str, Any] = {
-        "deadline watch (enter, phase, exit)": watched,
-        "parse_single (decode, validate, event id)": lambda: native.parse_single(
-            body, "bench", now
-        ),
-        "key grant, keys.authenticate": lambda: authenticate(store, authorization),
-        "key grant, key_grant_at_once": lambda: store.key_grant_at_once(key_hash_of(authorization)),
-        "content type": lambda: check_json_content_type(b"application/json"),
-        "accepted counter": accepted.inc,
-        "send_json (both messages)": lambda: send_json(nothing, 202, answer),
-    }
+    steps: dict[str, Any]
+    if kind == "batch":
+        plain = native._decode_plain_batch(body)
+        events = native.whole_batch(body, "bench", now)
+        assert events is not None
+        steps = {
+            "decode (msgspec into _PlainBatch)": lambda: native._decode_plain_batch(body),
+            "new_event_ids": lambda: new_event_ids(len(plain.events)),
+            "the Events (_plain_events, ids included)": lambda: native._plain_events(
+                plain.events, "bench", now, 0
+            ),
+            "whole_batch (all of the above)": lambda: native.whole_batch(body, "bench", now),
+            "encode_events (the log's bytes)": lambda: encode_events(events),
+            "the answer (_batch_answer)": lambda: _batch_answer(events, None),
+        }
+    else:
+        authorization = f"Bearer {key}".encode()
+        deadlines = Deadlines(10.0, 10.0)
+        accepted = app.services.metrics.events.labels("api", "accepted")
+
+        async def nothing(message: Any) -> None:
+            pass
+
+        def watched() -> None:
+            with deadlines.watch(nothing) as watch:
+                watch.awaiting_backend()
+
+        event = native.parse_single(body, "bench", now)
+        events = [event]
+        answer = b'{"status":"accepted","event_id":%s}' % encode(event.event_id)
+        steps = {
+            "deadline watch (enter, phase, exit)": watched,
+            "parse_single (decode, validate, event id)": lambda: native.parse_single(
+                body, "bench", now
+            ),
+            "key grant, keys.authenticate": lambda: authenticate(store, authorization),
+            "key grant, key_grant_at_once": lambda: store.key_grant_at_once(
+                key_hash_of(authorization)
+            ),
+            "content type": lambda: check_json_content_type(b"application/json"),
+            "accepted counter": accepted.inc,
+            "send_json (both messages)": lambda: send_json(nothing, 202, answer),
+        }
     found: dict[str, float] = {}
     for name, step in steps.items():
         awaited = asyncio.iscoroutine(probe := step())
@@ -181,15 +205,17 @@ async def _pieces(app: Any, key: str, body: bytes, times: int) -> dict[str, floa
                 step()
         found[name] = round(1e6 * (time.thread_time() - cpu0) / times, 2)
     # The log's append as the handler makes it (encode, future, job), 64 at a time as C's
-    # connections make them (thousands outstanding would time the garbage collector instead),
-    # their commits left to the writer thread: the loop's side only.
+    # connections make them (thousands outstanding would time the garbage collector instead;
+    # 16 for D's), their commits left to the writer thread: the loop's side only.
+    at_once = 64 if kind == "single" else 16
+    rounds = max(1, times // at_once)
     spent = 0.0
-    for _ in range(max(1, times // 64)):
+    for _ in range(rounds):
         cpu0 = time.thread_time()
-        appended = [queue.publish([event]) for _ in range(64)]
+        appended = [queue.publish(events) for _ in range(at_once)]
         spent += time.thread_time() - cpu0
         await asyncio.gather(*appended)
-    found["queue.publish, the loop's side"] = round(1e6 * spent / (max(1, times // 64) * 64), 2)
+    found["queue.publish, the loop's side"] = round(1e6 * spent / (rounds * at_once), 2)
     return found
 
 
@@ -199,6 +225,8 @@ async def main(args: argparse.Namespace) -> None:
         settings = Settings(data_dir=Path(tmp), rate_limit_per_s=0)
         app = create_app(settings, applies_in="nowhere")
         task, inbox = await _lifespan(app)
+        if not args.python_gc:
+            _settle_heap()  # the collector as serve sets it once started
         key, _ = await create_key(app.services.store, "bench")
         headers = [
             (b"authorization", f"Bearer {key}".encode()),
@@ -208,7 +236,7 @@ async def main(args: argparse.Namespace) -> None:
         path = PATHS[args.kind]
         if args.pieces:
             for _ in range(args.rounds):
-                found = await _pieces(app, key, _body("single"), args.requests)
+                found = await _pieces(app, key, args.kind, args.requests)
                 print(json.dumps({"loadavg": os.getloadavg()[0], **found}), flush=True)
             await inbox.put({"type": "lifespan.shutdown"})
             await task
@@ -260,4 +288,9 @@ if __name__ == "__main__":
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--pieces", action="store_true")
+    parser.add_argument(
+        "--python-gc",
+        action="store_true",
+        help="leave the collector at Python's defaults (before 2026-12-04 17:20 UTC, the only way)",
+    )
     asyncio.run(main(parser.parse_args()))
