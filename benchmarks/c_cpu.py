@@ -8,7 +8,9 @@ with ``--no-applier``) under wrk with C's body, alternated, and reads the CPU ea
 the server, its applier child and wrk used (/proc/PID/task/TID/stat; wrk's from
 ``RUSAGE_CHILDREN``), with the server's context switches. Per request, CPU time is what a
 shared machine does not distort much (run.py's req/s are wall-clock): the table says which
-thread's work C adds over A. Linux only.
+thread's work C adds over A. With the applier running, C's row also has the applier child's CPU
+per event it applied and its batches' size, counted once it has applied everything (at nice 19
+it may lag the load). Linux only.
 
 ``--profile``: instead, one C run with ``serve`` itself under cProfile (its event loop: uvicorn's
 protocol and the handlers, as wrk drives them; the profile is written on SIGUSR1 when wrk is
@@ -100,6 +102,8 @@ def measure(server: harness.Server, script: Path, args: argparse.Namespace) -> d
         if name != "switches" and after[name] - before.get(name, 0.0) > 0
     }
     per_request = {k: v for k, v in every.items() if not k.endswith(" in the kernel")}
+    # (A has no applier; nor has C with --no-applier, whose events stay in the log)
+    applier = _applier_until_drained(server, before) if _children(server.proc.pid) else {}
     return {
         "rps": round(result["rps"]),
         "p50_ms": result["p50_ms"],
@@ -112,6 +116,31 @@ def measure(server: harness.Server, script: Path, args: argparse.Namespace) -> d
             k.removesuffix(" in the kernel"): v for k, v in every.items() if k not in per_request
         },
         "switches_per_request": round((after["switches"] - before["switches"]) / requests, 2),
+        **applier,
+    }
+
+
+def _applier_until_drained(server: harness.Server, before: dict[str, float]) -> dict[str, Any]:
+    """The applier child's CPU per event it applied and its batches' size, counted once it has
+    applied every event accepted (at most 30 s after the load): at nice 19 it may still be
+    applying when wrk ends, and the per-request figure above leaves that part out."""
+    assert server.proc is not None
+    deadline = time.monotonic() + 30
+    while True:
+        counts = harness.metric(server.url, "profilehook_")
+        applied = sum(v for k, v in counts.items() if 'outcome="applied"' in k and "_total" in k)
+        accepted = sum(v for k, v in counts.items() if 'outcome="accepted"' in k and "_total" in k)
+        if applied >= accepted or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    cpu = _snapshot(server.proc.pid)
+    child = sum(
+        cpu[k] - before.get(k, 0.0) for k in cpu if k in ("child:main", "child:other threads")
+    )
+    batches = counts.get("profilehook_apply_batches_total", 0.0)
+    return {
+        "applier_us_per_event": round(1e6 * child / applied, 1) if applied else None,
+        "events_per_batch": round(applied / batches) if batches else None,
     }
 
 

@@ -1,18 +1,19 @@
 """The everyday contact of a batch (one event of sets, no operation held) is planned and its
 change read off by shorter paths than the fold of several events: they must decide exactly
 as the general ones do, whatever the contact holds (versions older and newer, a delete, marks,
-tombstones, values of every kind)."""
+tombstones, values of every kind). So must the changes of a contact's run of several events of
+sets, read with one state kept for the run rather than a new one per event."""
 
 from __future__ import annotations
 
 import dataclasses
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from profilehook.events import Event, Version
 from profilehook.stores.base import ContactState, _plan_sets, plan_contact
-from profilehook.stores.changes import _change
+from profilehook.stores.changes import _change, _folded_changes, _set_changes
 
 NAMES = ["a", "b", "c", "d"]
 values = st.one_of(
@@ -80,3 +81,15 @@ def test_given_one_event_of_sets_then_its_change_is_read_as_any_plan_s(
     general = dataclasses.replace(plan, removes={"never-held"})
     # Then both changes are the same
     assert _change(state, event, plan) == _change(state, event, general)
+
+
+@settings(max_examples=500)
+@given(state=states(), events=st.lists(set_events(), min_size=2, max_size=6))
+def test_given_a_run_of_events_of_sets_then_their_changes_are_the_general_fold_s(
+    state: ContactState, events: list[Event]
+) -> None:
+    # Given a contact in any state and several events of sets, in any order (late ones too)
+    # When their changes are read with one state kept for the run (the short path) and by the
+    # general fold (a new state after each event)
+    # Then both find the same changes, for the same events
+    assert _set_changes(state, events) == _folded_changes(state, events, None)

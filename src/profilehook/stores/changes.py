@@ -102,6 +102,16 @@ def contact_changes(
     if len(events) == 1:
         found = _change(state, events[0], plan)
         return [] if found is None else [(events[0], found)]
+    if state.ops_upto is None and all(not e.ops and e.kind != "delete" for e in events):
+        return _set_changes(state, events)
+    return _folded_changes(state, events, base)
+
+
+def _folded_changes(
+    state: ContactState, events: Sequence[Event], base: Base | None
+) -> list[tuple[Event, ChangeRecord]]:
+    """``contact_changes`` in general: each event planned alone on the contact as the events
+    before it left it."""
     changes: list[tuple[Event, ChangeRecord]] = []
     now = state
     loaded: list[tuple[ContactState, list[Event]]] = []
@@ -113,6 +123,41 @@ def contact_changes(
         if found is not None:
             changes.append((event, found))
         now = _after(now, step)
+    return changes
+
+
+def _set_changes(state: ContactState, events: Sequence[Event]) -> list[tuple[Event, ChangeRecord]]:
+    """``_folded_changes`` for events that only set, on a contact no operation touched, where
+    each event's plan is its versions against the contact's (``_plan_one_set``): decided here
+    property by property in one state kept for the whole run, without a plan and a new state
+    per event. A contact with many events in a batch (one user's burst) pays per event only
+    what it sets (tests/test_plan_one_event.py holds it equal to the general fold)."""
+    versions, values, hidden_upto = dict(state.versions), dict(state.values), state.deleted
+    changes: list[tuple[Event, ChangeRecord]] = []
+    for event in events:
+        version = event.version
+        if hidden_upto is not None and version <= hidden_upto:
+            continue  # older than the contact's delete: writes nothing
+        properties: dict[str, PropertyChange] = {}
+        for name, new in event.properties.items():
+            held = versions.get(name)
+            if held is not None and version <= held:
+                continue
+            old = (
+                None
+                if held is None or (hidden_upto is not None and held <= hidden_upto)
+                else values.get(name)
+            )
+            _note(properties, name, old, new)
+            versions[name] = version
+            values[name] = new
+        if properties:
+            if len(properties) > 1:
+                properties = dict(sorted(properties.items()))
+            body = ChangeBody(event.source, False, properties)
+            changes.append(
+                (event, ChangeRecord(event.workspace, event.contact_id, event.event_id, body))
+            )
     return changes
 
 
