@@ -2369,12 +2369,13 @@ def _s_rows(ss: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
     flat = ss["rss_last_third_mb"] <= 1.2 * ss["rss_first_third_mb"]
     return [
         (
-            f"S: RSS (server + applier) <= 250 MB and flat over {ss['duration_s']} s with"
+            f"S: RSS (server, applier, delivery) <= 250 MB and flat over {ss['duration_s']} s with"
             " ingest, reads, queries and a destination",
             f"{ss['peak_rss_mb']:.0f} MB (first third {ss['rss_first_third_mb']:.0f}, last third"
             f" {ss['rss_last_third_mb']:.0f}, growing {ss['rss_growth_in_last_third_mb']:.0f} MB"
             f" over it; serve {ss['serve_peak_rss_mb']:.0f}, applier"
-            f" {ss['applier_peak_rss_mb']:.0f}); {ss['ingest_events_per_s']:,.0f} events/s,"
+            f" {ss['applier_peak_rss_mb']:.0f}, delivery {ss.get('delivery_peak_rss_mb', 0):.0f});"
+            f" {ss['ingest_events_per_s']:,.0f} events/s,"
             f" {ss['reads_rps']:,.0f} reads/s (p99 {ss['reads_p99_ms']:.0f} ms),"
             f" {ss['queries']} queries (p99 {ss['query_p99_ms']:.0f} ms,"
             f" {ss['queries_non_200']} not 200),"

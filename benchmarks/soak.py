@@ -4,8 +4,8 @@ serve`` (embedded, applier running) on the ``--read-contacts`` store of scenario
 events/s (batches of 10), reads of random contacts at ``--soak-read-rate`` req/s, a query
 (``POST /v1/contacts/query``, an equality on a unique property, first page) every 100 ms, and one
 destination receiving every change (benchmarks/receiver.py: a process of its own that verifies
-every signature and answers 204). The resident memory of the server and of its applier process
-is sampled every 2 s.
+every signature and answers 204). The resident memory of the server, of its applier process and
+of the applier's delivery process is sampled every 2 s.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def scenario_s(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
                 thread.join()
             delivered = receiver.counts()["changes"]
     third = max(1, len(samples) // 3)
-    totals = [serve + applier for serve, applier in samples]
+    totals = [sum(sample) for sample in samples]
     query_ms.sort()
     return {
         "duration_s": args.soak,
@@ -101,8 +101,9 @@ def scenario_s(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
         "query_p99_ms": query_ms[int(len(query_ms) * 0.99) - 1],
         "deliveries": delivered,
         "peak_rss_mb": max(totals),
-        "serve_peak_rss_mb": max(s for s, _ in samples),
-        "applier_peak_rss_mb": max(a for _, a in samples),
+        "serve_peak_rss_mb": max(s for s, _, _ in samples),
+        "applier_peak_rss_mb": max(a for _, a, _ in samples),
+        "delivery_peak_rss_mb": max(d for _, _, d in samples),
         "rss_first_third_mb": max(totals[:third]),
         "rss_last_third_mb": max(totals[-third:]),
         "rss_growth_in_last_third_mb": totals[-1] - totals[-third],
@@ -132,16 +133,30 @@ def _changing_ingest_lua(path: Path, key: str, per_request: int, delay_ms: float
     return path
 
 
-def _rss_mb(server: Any) -> tuple[float, float]:
-    """The server's resident memory and its children's (the applier process), in MB."""
+def _rss_mb(server: Any) -> tuple[float, float, float]:
+    """The resident memory, in MB, of the server, of its applier process (its child) and of
+    everything below that (the delivery process)."""
     pid = server.proc.pid
-    children = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
+    applier = _children(pid)
+    below, deeper = [], applier
+    while deeper:
+        deeper = [grandchild for child in deeper for grandchild in _children(child)]
+        below += deeper
+    return _vmrss(pid), sum(map(_vmrss, applier)), sum(map(_vmrss, below))
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return found
+    for task in tasks:
         try:
-            children += (task / "children").read_text().split()
+            found += map(int, (task / "children").read_text().split())
         except OSError:
             continue
-    return _vmrss(pid), sum(_vmrss(int(c)) for c in children)
+    return found
 
 
 def _vmrss(pid: int) -> float:
