@@ -136,27 +136,13 @@ def _changing_ingest_lua(path: Path, key: str, per_request: int, delay_ms: float
 def _rss_mb(server: Any) -> tuple[float, float, float]:
     """The resident memory, in MB, of the server, of its applier process (its child) and of
     everything below that (the delivery process)."""
+    from tests.support import descendants
+
     pid = server.proc.pid
-    applier = _children(pid)
-    below, deeper = [], applier
-    while deeper:
-        deeper = [grandchild for child in deeper for grandchild in _children(child)]
-        below += deeper
+    tree = descendants(pid)
+    below = {d for child in tree for d in descendants(child)}
+    applier = [p for p in tree if p not in below]
     return _vmrss(pid), sum(map(_vmrss, applier)), sum(map(_vmrss, below))
-
-
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    try:
-        tasks = list(Path(f"/proc/{pid}/task").iterdir())
-    except OSError:
-        return found
-    for task in tasks:
-        try:
-            found += map(int, (task / "children").read_text().split())
-        except OSError:
-            continue
-    return found
 
 
 def _vmrss(pid: int) -> float:
