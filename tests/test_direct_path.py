@@ -7,6 +7,7 @@ aside), one by one on keep-alive connections and pipelined, for every answer: 20
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import socket
@@ -311,3 +312,40 @@ def test_given_a_client_gone_before_its_answer_then_the_event_is_stored_and_the_
     with connect(seeded.ports[True]) as sock:
         sock.sendall(post(seeded.keys["all"], msgspec.json.encode(event("c5", "e9"))))
         assert read_answers(sock, 1)[0].startswith(b"HTTP/1.1 202 ")
+
+
+def test_given_a_reader_that_does_not_read_then_the_server_holds_little_and_answers_all(seeded):
+    """Pipelined reads answered from the data callback stop being read from the client once
+    the transport pauses writing (and go to uvicorn's path, which waits for it to drain)."""
+    request = get(seeded.keys["all"], "/v1/contacts/seeded")
+    count = 30_000  # ~2.6 MB of requests, ~9 MB of answers
+    [server] = [s for s in seeded._servers if s.config.port == seeded.ports[True]]
+    with connect(seeded.ports[True]) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+        sock.sendall(request)
+        read_answers(sock, 1)
+        for connection in server.server_state.connections:  # the kernel holds little either
+            found = connection.transport.get_extra_info("socket")
+            found.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+            found.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        sock.setblocking(False)
+        data, sent, held = request * count, 0, 0
+        deadline = time.monotonic() + 2
+        while sent < len(data) and time.monotonic() < deadline:
+            with contextlib.suppress(BlockingIOError):  # (the server stopped reading)
+                sent += sock.send(data[sent : sent + 65536])
+            time.sleep(0.01)
+            held = max(
+                [held]
+                + [c.transport.get_write_buffer_size() for c in server.server_state.connections]
+            )
+        assert sent < len(data)  # the server stopped reading
+        assert held < 1_000_000, held
+        sock.setblocking(True)
+        sock.settimeout(10)
+        rest = threading.Thread(target=sock.sendall, args=(data[sent:],))
+        rest.start()  # (the reader reads now, while the rest goes out)
+        answers = read_answers(sock, count)
+        rest.join()
+    assert len(set(answers)) == 1 and answers[0].startswith(b"HTTP/1.1 200 ")

@@ -383,12 +383,13 @@ class _OneWritePerPass:
     calls that write (``writelines``, ``write_eof``) keep the order; the rest are the
     transport's own."""
 
-    __slots__ = ("_held", "_pass", "_transport")
+    __slots__ = ("_held", "_held_bytes", "_pass", "_transport")
 
     def __init__(self, transport: asyncio.Transport, end_of_pass: _EndOfPass):
         self._transport = transport
         self._pass = end_of_pass
         self._held: list[bytes] | None = None
+        self._held_bytes = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if type(data) is not bytes:
@@ -396,9 +397,16 @@ class _OneWritePerPass:
         held = self._held
         if held is None:
             self._held = [data]
+            self._held_bytes = len(data)
             self._pass.flush_later(self)
         else:
             held.append(data)
+            self._held_bytes += len(data)
+        # Many answers in one pass (pipelined reads answered from the data callback) leave
+        # at once past the high-water mark, so that a reader slower than that makes the
+        # transport pause the protocol's writes rather than this hold them without bound.
+        if self._held_bytes >= HIGH_WATER_LIMIT:
+            self.flush()
 
     def writelines(self, chunks: Iterable[bytes | bytearray | memoryview]) -> None:
         for chunk in chunks:
