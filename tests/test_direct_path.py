@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import re
 import socket
@@ -17,16 +18,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import hypothesis
 import msgspec
 import pytest
 import uvicorn
 import uvloop
+from hypothesis import strategies as st
 
 from profilehook.api import protocol as protocol_module
 from profilehook.api.app import create_app
 from profilehook.api.protocol import http_protocol
 from profilehook.settings import Settings
-from tests.support import free_port, wait_until
+from tests.support import examples, free_port, wait_until
 from tests.test_contact_read import scoped_key
 
 WORKSPACE = "acme"
@@ -54,6 +57,8 @@ class _Served:
                 "read": ("read",),
                 "limited-direct": ("ingest",),
                 "limited-uvicorn": ("ingest",),
+                "any-direct": ("ingest", "read"),
+                "any-uvicorn": ("ingest", "read"),
             }.items()
         }
         self.app = create_app(settings)
@@ -238,13 +243,34 @@ def pipelined(port: int, sent: list[bytes]) -> list[bytes]:
         return read_answers(sock, len(sent))
 
 
+def counted(served: _Served) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The app's counters (accepted and rejected events, refused requests), by labels."""
+    time.sleep(0.2)  # (the 503's handler counts it as its cancellation arrives, after the answer)
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for metric in served.app.services.metrics.registry.collect()
+        if metric.type == "counter"
+        for sample in metric.samples
+        if sample.name == "profilehook_requests_rejected_total"
+        or sample.labels.get("outcome") in ("accepted", "rejected")  # (not the applier's)
+    }
+
+
 def test_given_each_answer_one_by_one_then_both_paths_write_the_same_bytes(seeded):
     sent = requests(seeded.keys)
-    before = seeded.direct
+    before, counts = seeded.direct, [counted(seeded)]
     direct = one_by_one(seeded.ports[True], sent)
     assert seeded.direct - before == len(sent) - 2  # all but the history and the escaped id
+    counts.append(counted(seeded))
     uvicorn_s = one_by_one(seeded.ports[False], sent)
     assert seeded.direct - before == len(sent) - 2  # (the other server took uvicorn's path)
+    counts.append(counted(seeded))
+    deltas = [
+        {name: after[name] - earlier.get(name, 0.0) for name in after}
+        for earlier, after in itertools.pairwise(counts)
+    ]
+    assert deltas[0] == deltas[1]  # the same requests counted the same way
+    assert any(deltas[0].values())
     statuses = [answer.split(b" ", 2)[1] for answer in direct]
     assert statuses == [
         *(b"202", b"202", b"202", b"422", b"422", b"401", b"403", b"415", b"413"),
@@ -349,3 +375,48 @@ def test_given_a_reader_that_does_not_read_then_the_server_holds_little_and_answ
         answers = read_answers(sock, count)
         rest.join()
     assert len(set(answers)) == 1 and answers[0].startswith(b"HTTP/1.1 200 ")
+
+
+IDS = st.text(st.sampled_from("ab-_.~%2F?#/é\x01 "), min_size=0, max_size=6)
+VALUES = st.one_of(st.integers(), st.text(max_size=5), st.none(), st.booleans(), st.floats())
+BODIES = st.one_of(
+    st.builds(
+        lambda contact_id, event_id, properties: msgspec.json.encode(
+            event(contact_id or "c", event_id or "e", **properties)
+        ),
+        IDS,
+        IDS,
+        st.dictionaries(st.text(min_size=1, max_size=4), VALUES, min_size=1, max_size=3),
+    ),
+    st.builds(
+        lambda items: msgspec.json.encode({"events": items}),
+        st.lists(st.builds(lambda i: event(f"h{i}", f"hb{i}"), st.integers(0, 9)), max_size=3),
+    ),
+    st.binary(max_size=30),
+)
+
+
+@hypothesis.settings(max_examples=examples(100), deadline=None)
+@hypothesis.given(
+    kind=st.sampled_from(["single", "batch", "read"]),
+    body=BODIES,
+    contact_id=IDS,
+    close=st.booleans(),
+)
+def test_given_any_hot_request_then_both_paths_answer_the_same_bytes(
+    seeded, kind, body, contact_id, close
+):
+    """Any body to either POST, any id to the read, with or without ``Connection: close``."""
+    extra = "Connection: close\r\n" if close else ""
+    answers = []
+    for direct, port in seeded.ports.items():
+        key = seeded.keys["any-direct" if direct else "any-uvicorn"]
+        if kind == "read":
+            request = get(key, "/v1/contacts/" + contact_id, extra)
+        else:
+            path = "/v1/properties" + ("/batch" if kind == "batch" else "")
+            request = post(key, body, path, extra=extra)
+        with connect(port) as sock:
+            sock.sendall(request)
+            answers += read_answers(sock, 1)
+    assert answers[0] == answers[1]

@@ -155,7 +155,12 @@ def http_protocol(
                 handler = app.direct_posts.get(target)
                 if handler is None or not length:
                     return None
-            elif method == b"GET" and not length and target.startswith(_CONTACTS):
+            elif (
+                method == b"GET"
+                and not length
+                and target.startswith(_CONTACTS)
+                and target.isascii()
+            ):
                 handler = None
             else:
                 return None
