@@ -2,7 +2,10 @@
 HTTP server, no wrk), random ids of the loaded contacts (contacts_loader.py), 64 at a time,
 timed and then under cProfile (sorted by own time). "Handler alone" drives the app's
 coroutine without the event loop (a read that runs at once never suspends): the handler's CPU
-without the tasks and the gathering this script adds around it.
+without the tasks and the gathering this script adds around it. "Through the protocol" feeds
+the requests' bytes to profilehook's HTTP protocol (api/protocol.py), 64 connections, through
+a transport that only counts 200s (no sockets, no kernel): the read as the server's event loop
+does it, with the hot requests' direct path and, alternated, without it (uvicorn's cycle).
 
     .venv/bin/python benchmarks/profile_reads.py [--contacts 1000000] [--requests 20000]
         [--no-profile]
@@ -91,6 +94,12 @@ async def run(args: argparse.Namespace, data_dir: Path) -> None:
         f" {1e6 * cpu / args.requests:.0f} us CPU per read ({args.requests / wall:,.0f}/s)"
     )
     print(f"handler alone: {handler_alone(app, headers, rng, args):.1f} us CPU per read")
+    for _ in range(3):
+        for direct in (True, False):
+            cpu_us = await through_protocol(app, key, rng, args, direct)
+            if cpu_us is not None:
+                path = "the direct path" if direct else "uvicorn's cycle"
+                print(f"through the protocol, {path}: {cpu_us:.1f} us CPU per read")
     if args.profile:
         profiler = cProfile.Profile()
         profiler.enable()
@@ -127,6 +136,60 @@ def handler_alone(
     cpu = time.process_time() - cpu0
     assert set(statuses) == {200}, set(statuses)
     return 1e6 * cpu / args.requests
+
+
+async def through_protocol(
+    app: Any, key: str, rng: random.Random, args: Any, direct: bool
+) -> float | None:
+    """CPU per read (µs) of ``args.requests`` reads fed to the HTTP protocol (see the module's
+    text); None when the protocol has no direct path to switch (an older checkout)."""
+    import uvicorn
+    from benchmarks.protocol_cost import _Transport
+    from uvicorn.server import ServerState
+
+    from profilehook.api.protocol import http_protocol
+
+    try:
+        protocol_class = http_protocol(10.0, 5.0, direct=direct)  # type: ignore[call-arg]
+    except TypeError:
+        if not direct:
+            return None
+        protocol_class = http_protocol(10.0, 5.0)
+    config = uvicorn.Config(
+        app, http=protocol_class, access_log=False, proxy_headers=False, log_config=None
+    )
+    config.load()
+    state = ServerState()
+    state.default_headers = [(b"date", b"Fri, 04 Dec 2026 14:00:00 GMT"), (b"server", b"uvicorn")]
+    loop = asyncio.get_running_loop()
+
+    class Counted(_Transport):
+        def write(self, data: Any) -> None:
+            self.writes += bytes(data).startswith(b"HTTP/1.1 200 ")
+
+    connections = []
+    for _ in range(CONCURRENCY):
+        transport = Counted()
+        protocol = protocol_class(config=config, server_state=state, app_state={}, _loop=loop)
+        protocol.connection_made(transport)
+        connections.append((protocol, transport))
+    passes = args.requests // CONCURRENCY
+    sent = [
+        f"GET /v1/contacts/{contact_id(rng.randrange(args.contacts))} HTTP/1.1\r\n"
+        f"Host: bench\r\nAuthorization: Bearer {key}\r\n\r\n".encode()
+        for _ in range(passes * CONCURRENCY)
+    ]
+    cpu0 = time.process_time()
+    for at in range(0, len(sent), CONCURRENCY):
+        for (protocol, _), request in zip(connections, sent[at : at + CONCURRENCY], strict=True):
+            protocol.data_received(request)
+        for _ in range(3):  # the requests' tasks run, answer, and the writes are flushed
+            await asyncio.sleep(0)
+    cpu = time.process_time() - cpu0
+    assert all(t.writes == passes for _, t in connections), "a read was not answered 200"
+    for protocol, _ in connections:
+        protocol.connection_lost(None)
+    return 1e6 * cpu / (passes * CONCURRENCY)
 
 
 class _Lifespan:

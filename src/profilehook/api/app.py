@@ -17,7 +17,7 @@ from starlette.types import Receive, Scope, Send
 from profilehook.api.access import ScopedRoute
 from profilehook.api.changes import change_routes
 from profilehook.api.contact_read import PREFIX as CONTACT_PREFIX
-from profilehook.api.contact_read import ContactRead
+from profilehook.api.contact_read import Answer, ContactRead, plain_contact_target
 from profilehook.api.deadlines import Deadlines
 from profilehook.api.destinations import destination_routes
 from profilehook.api.ingest import ACCESS as INGEST_ACCESS
@@ -106,6 +106,18 @@ class ProfilehookApp:
             },
         )
         self._contact_read = ContactRead(services, self._starlette)
+        # The hot requests that the HTTP protocol (api/protocol.py) hands to their handlers
+        # without uvicorn's request cycle, by their request target as it is.
+        self.direct_posts: dict[bytes, Handler] = {
+            path.encode(): self._ingest[path] for path in ("/v1/properties", "/v1/properties/batch")
+        }
+
+    def direct_read(self, target: bytes, scope: Scope) -> Answer | object:
+        """A contact's read answered on this thread, for the protocol to write; ``None`` when
+        ``target`` is not a plain contact path, else as ``ContactRead.answer_at_once``."""
+        if not plain_contact_target(target):
+            return None
+        return self._contact_read.answer_at_once(scope)
 
     def _stall_watch(self) -> StallWatch | None:
         if self.applies_in == "nowhere":

@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from profilehook import keys
 from profilehook.api.deadlines import within
-from profilehook.api.responses import encode, error_body, send_error, send_json
+from profilehook.api.responses import encode, error_body, send_json
 from profilehook.api.routes import contact_path
 from profilehook.errors import (
     InvalidApiKey,
@@ -50,26 +50,43 @@ class ContactRead:
         self.at_once = store if isinstance(store, ReadsAtOnce) else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            found = self._at_once(scope) if self.at_once is not None else LATER
-            if found is LATER:
+        answer = self.answer_at_once(scope)
+        if answer is LATER:
+            try:
                 found = await within(self.timeout_s, self._lookup(scope))
-        except TimeoutError:
-            error = f"Storage did not answer within {self.timeout_s:g} s, retry later"
-            await send_error(send, StorageUnavailable(error))
-        except ProfilehookError as exc:
-            await send_error(send, exc)
-        except Exception:
-            log.exception("unexpected error on GET %s", scope["path"])
-            await send_json(send, 500, error_body("Internal error"))
-        else:
-            if found is _HISTORY:
-                await self.fallback(scope, receive, send)
-            elif found is None:
-                await send_error(send, NotFound("Contact not found"))
+            except Exception as exc:
+                answer = self._refused(scope, exc)
             else:
-                assert isinstance(found, bytes)
-                await send_json(send, 200, found)
+                answer = found if found is _HISTORY else _answer(found)
+        if answer is _HISTORY:
+            await self.fallback(scope, receive, send)
+        else:
+            assert isinstance(answer, tuple)
+            await send_json(send, *answer)
+
+    def answer_at_once(self, scope: Scope) -> Answer | object:
+        """The answer, when this thread can give it (api/protocol.py writes it without a task);
+        ``LATER`` when the lookup would wait (then ``_lookup``, under the deadline), ``_HISTORY``
+        for a history page."""
+        if self.at_once is None:
+            return LATER
+        try:
+            found = self._at_once(scope)
+        except Exception as exc:
+            return self._refused(scope, exc)
+        if found is LATER or found is _HISTORY:
+            return found
+        return _answer(found)
+
+    def _refused(self, scope: Scope, exc: Exception) -> Answer:
+        """The answer to a read that raised ``exc`` (a timeout: the deadline passed)."""
+        if isinstance(exc, TimeoutError):
+            error = f"Storage did not answer within {self.timeout_s:g} s, retry later"
+            exc = StorageUnavailable(error)
+        if isinstance(exc, ProfilehookError):
+            return exc.status_code, error_body(exc.detail), exc.headers
+        log.exception("unexpected error on GET %s", scope["path"], exc_info=exc)
+        return 500, error_body("Internal error"), None
 
     async def _lookup(self, scope: Scope) -> bytes | object | None:
         """The contact's answer (its JSON), None when not found, or ``_HISTORY`` for a history
@@ -100,6 +117,17 @@ class ContactRead:
 
 
 _HISTORY = object()
+Answer = tuple[int, bytes, dict[str, str] | None]
+"""Status, JSON body and extra headers, as ``send_json`` takes them."""
+
+
+def _answer(found: object) -> Answer:
+    """The answer to a contact's lookup: its JSON, or a 404."""
+    if found is None:
+        exc = NotFound("Contact not found")
+        return exc.status_code, error_body(exc.detail), exc.headers
+    assert isinstance(found, bytes)
+    return 200, found, None
 
 
 @runtime_checkable
@@ -133,6 +161,13 @@ def _checked(grant: KeyGrant | None, scope: Scope) -> tuple[str, str | None]:
 _RAW_PREFIX = PREFIX.encode()
 # What ``contact_path`` decodes, splits or refuses: an escape, a slash, a query, a NUL.
 _NEEDS_PARSING = re.compile(rb"[%/?\x00]")
+# A request target that is a contact's path with an id taken as it is (ASCII, no fragment).
+_PLAIN_TARGET = re.compile(rb"/v1/contacts/[^%/?#\x00\x80-\xff]+")
+
+
+def plain_contact_target(target: bytes) -> bool:
+    """True when ``target`` (the request line's) is a contact's path whose id needs no parsing."""
+    return _PLAIN_TARGET.fullmatch(target) is not None
 
 
 def _authorization(scope: Scope) -> bytes | None:

@@ -13,6 +13,15 @@
   is two ``send`` system calls for every small answer. Writes wait in the connection until the
   end of the event loop's current pass, and go out as one.
 - A request the parser refuses (``400``) is answered in the one error shape as well.
+- **The hot requests skip uvicorn's request cycle.** ``POST /v1/properties``, its batch and
+  ``GET /v1/contacts/{id}`` (``direct_posts`` and ``direct_read`` of the app, api/app.py), when
+  plain (HTTP/1.1, no ``Expect``, ``Transfer-Encoding``, ``Content-Encoding`` or upgrade, the whole
+  body in the bytes that brought its head, nothing in flight before it on the connection), go to
+  the same handlers without uvicorn's cycle, its event, its header checks and its done-callbacks:
+  an ingest POST runs its ASGI handler in a task of its own with a send that writes the answer
+  in one piece (``_Direct``); a read the store answers on this thread is written from the data
+  callback, with no task at all. Anything else, and a read that would wait, takes uvicorn's
+  path as before, so the bytes on the wire are the same either way (tests/test_direct_path.py).
 
 One timer per server sweeps the open connections every quarter of the shorter deadline (at
 least 50 ms, at most 1 s), so each deadline holds to within that; the hot path pays attribute
@@ -31,18 +40,27 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from starlette.types import ASGIApp, Message, Scope
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 
-from profilehook.api.responses import error_body
+from profilehook.api.responses import error_body, json_headers
 
 log = logging.getLogger(__name__)
 MIN_SWEEP_S = 0.05
 
 
-def http_protocol(header_timeout_s: float, keep_alive_s: float) -> type[HttpToolsProtocol]:
+def http_protocol(
+    header_timeout_s: float, keep_alive_s: float, direct: bool = True
+) -> type[HttpToolsProtocol]:
     """An ``HttpToolsProtocol`` class for ``uvicorn.Config(http=...)``: a connection whose
     request head takes longer than ``header_timeout_s``, or that stays idle between requests
-    longer than ``keep_alive_s``, is closed (the first with a ``408``)."""
+    longer than ``keep_alive_s``, is closed (the first with a ``408``). ``direct``: the hot
+    requests skip uvicorn's request cycle (see the module's text; False only to compare)."""
     body = error_body(f"Request headers not received within {header_timeout_s:g} s")
     answer = (
         b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
@@ -72,9 +90,21 @@ def http_protocol(header_timeout_s: float, keep_alive_s: float) -> type[HttpTool
     class Protocol(HttpToolsProtocol):
         head_started: float | None = None  # loop time the pending request head began
         idle_since: float | None = None  # loop time the last response ended, while idle
+        direct_app: Any = None  # the app, when its hot requests may skip uvicorn's cycle
+        pending: _Direct | None = None  # a hot request whose head is in, its body coming
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            app = self.app
+            if (
+                direct
+                and hasattr(app, "direct_posts")
+                and not self.access_log  # (uvicorn's access log is written by its cycle)
+                and self.limit_concurrency is None
+                and not self.root_path
+                and not self.config.reset_contextvars
+            ):
+                self.direct_app = app
             # The request/response cycles write through this; the flow control (pausing
             # reads) keeps the transport itself.
             if not end_of_pass or end_of_pass[0].loop is not self.loop:
@@ -88,15 +118,103 @@ def http_protocol(header_timeout_s: float, keep_alive_s: float) -> type[HttpTool
         def data_received(self, data: bytes) -> None:
             self.idle_since = None  # any byte makes the connection busy, as under uvicorn
             super().data_received(data)
+            pending = self.pending
+            if pending is not None:  # its body did not come whole: uvicorn's path reads it
+                self.pending = None
+                if not self.transport.is_closing():  # (else a 400 answered what followed)
+                    self._to_asgi(pending, complete=False)
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
+            self.idle_since = None  # (a request answered in this pass noted the connection idle)
             if self.head_started is None:
                 self.head_started = self.loop.time()
 
         def on_headers_complete(self) -> None:
             self.head_started = None
+            app = self.direct_app
+            if app is not None and (self.cycle is None or self.cycle.response_complete):
+                self.pending = self._direct(app)
+                if self.pending is not None:
+                    return
             super().on_headers_complete()
+
+        def _direct(self, app: Any) -> _Direct | None:
+            """The request as a ``_Direct``, when it is a plain hot one (see the module's text)."""
+            parser = self.parser
+            if parser.get_http_version() != "1.1" or parser.should_upgrade():
+                return None
+            length = False
+            for name, _ in self.headers:
+                if name in _NOT_PLAIN:
+                    return None
+                if name == b"content-length":
+                    length = True
+            method, target = parser.get_method(), self.url
+            if method == b"POST":
+                handler = app.direct_posts.get(target)
+                if handler is None or not length:
+                    return None
+            elif (
+                method == b"GET"
+                and not length
+                and target.startswith(_CONTACTS)
+                and target.isascii()
+            ):
+                handler = None
+            else:
+                return None
+            scope = self.scope
+            scope["method"] = method.decode("ascii")
+            scope["path"] = target.decode("ascii")
+            scope["raw_path"] = target
+            scope["query_string"] = b""
+            return _Direct(self, handler, scope, parser.should_keep_alive())  # type: ignore[arg-type]
+
+        def on_body(self, body: bytes) -> None:
+            pending = self.pending
+            if pending is None:
+                super().on_body(body)
+            else:
+                pending.chunks.append(body)
+
+        def on_message_complete(self) -> None:
+            direct = self.pending
+            if direct is None:
+                super().on_message_complete()
+                return
+            self.pending = None
+            if direct.handler is not None:
+                self.cycle = direct  # type: ignore[assignment]
+                direct.body = b"".join(direct.chunks)
+                task = self.loop.create_task(direct.run(direct.handler))
+                self.tasks.add(task)
+                return
+            answer = (
+                None
+                if self.flow.write_paused
+                else self.direct_app.direct_read(self.url, direct.scope)
+            )
+            if type(answer) is not tuple:  # not known on this thread, or a slow reader
+                self._to_asgi(direct, complete=True)
+                return
+            status, body, headers = answer
+            self.transport.write(direct.response(status, json_headers(body, headers), body))
+            if not direct.keep_alive:
+                self.transport.close()
+            self.on_response_complete()
+
+        def _to_asgi(self, direct: _Direct, complete: bool) -> None:
+            """Hand ``direct`` to uvicorn's cycle, as if its head had just been read."""
+            super().on_headers_complete()
+            cycle = self.cycle
+            if direct.chunks:
+                cycle.body += b"".join(direct.chunks)
+                if len(cycle.body) > HIGH_WATER_LIMIT:
+                    self.flow.pause_reading()
+            if complete:
+                cycle.more_body = False
+            cycle.message_event.set()
 
         def on_response_complete(self) -> None:
             # uvicorn's, with the keep-alive timer replaced by a note for the sweep.
@@ -142,6 +260,127 @@ def http_protocol(header_timeout_s: float, keep_alive_s: float) -> type[HttpTool
     return Protocol
 
 
+_NOT_PLAIN = frozenset((b"expect", b"transfer-encoding", b"content-encoding", b"upgrade"))
+_CONTACTS = b"/v1/contacts/"
+
+
+class _NoEvent:
+    """What uvicorn's protocol sets when the client goes away; a ``_Direct`` waits on nothing."""
+
+    @staticmethod
+    def set() -> None:
+        pass
+
+
+class _Direct:
+    """A hot request served without uvicorn's ``RequestResponseCycle``; it stands in its place
+    as the protocol's ``cycle`` (uvicorn's code reads ``response_complete``, ``disconnected``,
+    ``keep_alive``, ``message_event``). Its ASGI handler gets the whole body from one
+    ``receive``, and ``send`` writes the answer as uvicorn's cycle would, in one piece, after
+    waiting for a slow reader's transport to drain."""
+
+    __slots__ = (
+        "body",
+        "chunks",
+        "default_headers",
+        "disconnected",
+        "handler",
+        "headers",
+        "keep_alive",
+        "protocol",
+        "response_complete",
+        "scope",
+        "started",
+        "status",
+    )
+    message_event = _NoEvent
+
+    def __init__(
+        self, protocol: Any, handler: ASGIApp | None, scope: Scope, keep_alive: bool
+    ) -> None:
+        self.protocol = protocol
+        self.handler = handler
+        self.scope = scope
+        self.keep_alive = keep_alive
+        self.default_headers: list[tuple[bytes, bytes]] = protocol.server_state.default_headers
+        self.chunks: list[bytes] = []
+        self.body: bytes | None = None
+        self.started = self.response_complete = self.disconnected = False
+        self.status = 0
+        self.headers: Iterable[tuple[bytes, bytes]] = ()
+
+    async def run(self, app: ASGIApp) -> None:
+        """uvicorn's ``RequestResponseCycle.run_asgi``, for a handler that answers in one body."""
+        try:
+            await app(self.scope, self.receive, self.send)
+        except BaseException as exc:
+            self.protocol.logger.error("Exception in ASGI application\n", exc_info=exc)
+            if not self.started:
+                await RequestResponseCycle.send_500_response(self)  # type: ignore[arg-type]
+            else:
+                self.protocol.transport.close()
+        else:
+            if not self.started and not self.disconnected:
+                self.protocol.logger.error("ASGI callable returned without starting response.")
+                await RequestResponseCycle.send_500_response(self)  # type: ignore[arg-type]
+            elif not self.response_complete and not self.disconnected:
+                self.protocol.logger.error("ASGI callable returned without completing response.")
+                self.protocol.transport.close()
+        finally:
+            self.protocol.tasks.discard(asyncio.current_task())
+
+    async def receive(self) -> Message:
+        body = self.body
+        if body is None or self.disconnected or self.response_complete:
+            return {"type": "http.disconnect"}
+        self.body = None
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(self, message: Message) -> None:
+        protocol = self.protocol
+        if protocol.flow.write_paused and not self.disconnected:
+            await protocol.flow.drain()
+        if self.disconnected:
+            return
+        if not self.started:
+            if message["type"] != "http.response.start":
+                raise RuntimeError(f"Expected 'http.response.start', got {message['type']!r}.")
+            self.started = True
+            self.status = message["status"]
+            self.headers = message.get("headers", ())
+            return
+        if (
+            self.response_complete
+            or message["type"] != "http.response.body"
+            or message.get("more_body", False)
+        ):
+            raise RuntimeError(f"Unexpected ASGI message {message['type']!r} on a direct request.")
+        body = message.get("body", b"")
+        protocol.transport.write(self.response(self.status, self.headers, body))
+        self.response_complete = True
+        if not self.keep_alive:
+            protocol.transport.close()
+        protocol.on_response_complete()
+
+    def response(self, status: int, headers: Iterable[tuple[bytes, bytes]], body: bytes) -> bytes:
+        """The answer's bytes, as uvicorn's cycle writes them (for a body of known length)."""
+        content = [STATUS_LINE[status]]
+        closes = False
+        for headers_ in (self.default_headers, headers):
+            for name, value in headers_:
+                name = name.lower()
+                if name == b"connection" and b"close" in [
+                    token.lower().strip() for token in value.split(b",")
+                ]:
+                    self.keep_alive = False
+                    closes = True
+                content += (name, b": ", value, b"\r\n")
+        if not self.keep_alive and not closes:
+            content.append(b"connection: close\r\n")
+        content += (b"\r\n", body)
+        return b"".join(content)
+
+
 class _OneWritePerPass:
     """A transport whose writes are held until the end of the event loop's current pass, then
     written as one: a response's head and body leave in one ``send``. Closing writes what is
@@ -149,12 +388,13 @@ class _OneWritePerPass:
     calls that write (``writelines``, ``write_eof``) keep the order; the rest are the
     transport's own."""
 
-    __slots__ = ("_held", "_pass", "_transport")
+    __slots__ = ("_held", "_held_bytes", "_pass", "_transport")
 
     def __init__(self, transport: asyncio.Transport, end_of_pass: _EndOfPass):
         self._transport = transport
         self._pass = end_of_pass
         self._held: list[bytes] | None = None
+        self._held_bytes = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if type(data) is not bytes:
@@ -162,9 +402,16 @@ class _OneWritePerPass:
         held = self._held
         if held is None:
             self._held = [data]
+            self._held_bytes = len(data)
             self._pass.flush_later(self)
         else:
             held.append(data)
+            self._held_bytes += len(data)
+        # Many answers in one pass (pipelined reads answered from the data callback) leave
+        # at once past the high-water mark, so that a reader slower than that makes the
+        # transport pause the protocol's writes rather than this hold them without bound.
+        if self._held_bytes >= HIGH_WATER_LIMIT:
+            self.flush()
 
     def writelines(self, chunks: Iterable[bytes | bytearray | memoryview]) -> None:
         for chunk in chunks:

@@ -32,13 +32,20 @@ def json_response(content: Any, status_code: int = 200) -> Response:
     return Response(_encode(content), status_code=status_code, media_type="application/json")
 
 
-async def send_json(
-    send: Send, status: int, body: bytes, headers: dict[str, str] | None = None
-) -> None:
+def json_headers(body: bytes, headers: dict[str, str] | None = None) -> list[tuple[bytes, bytes]]:
+    """A JSON answer's headers: its type, its length, then ``headers``."""
     raw_headers = [(b"content-type", JSON), (b"content-length", str(len(body)).encode())]
     if headers:
         raw_headers.extend((k.encode(), v.encode()) for k, v in headers.items())
-    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    return raw_headers
+
+
+async def send_json(
+    send: Send, status: int, body: bytes, headers: dict[str, str] | None = None
+) -> None:
+    await send(
+        {"type": "http.response.start", "status": status, "headers": json_headers(body, headers)}
+    )
     await send({"type": "http.response.body", "body": body})
 
 
