@@ -231,6 +231,28 @@ async def test_an_erased_contacts_deliveries_are_gone_whatever_their_status(stor
     assert [r.contact_id for r in await store.list_deliveries("d9", None, 10)] == ["gone"]
 
 
+async def test_a_late_outcome_of_an_erased_delivery_records_nothing_on_a_later_one(
+    store: Store,
+) -> None:
+    """A position is never given twice: a worker's outcome of a delivery erased while it was
+    being sent must not land on a later delivery the same worker holds (the memory store
+    reused the erased row's position, and marked the later change delivered unsent)."""
+    # Given w holds a's change, and a is erased while it is being sent
+    await store.create_destination(destination(), 50)
+    await enqueued(store, "a")
+    (erased,) = await store.claim_deliveries("w", T0, T0 + 30 * S, 10)
+    await store.forget_contact_deliveries("acme", "a")
+    # And b's change, enqueued since, is held by w too
+    await enqueued(store, "b", start=2)
+    (later,) = await store.claim_deliveries("w", T0 + S, T0 + 30 * S, 10)
+    # When w records the erased delivery's outcome
+    recorded = await store.finish_delivery("d1", erased.position, "w", T0 + S, delivered=True)
+    # Then nothing is recorded: b's change is still pending, w's to send
+    assert not recorded and later.position != erased.position
+    (row,) = await store.list_deliveries("d1", None, 10)
+    assert (row.change_id, row.status, row.lease_owner) == ("ch2", "pending", "w")
+
+
 async def test_a_batch_of_outcomes_is_recorded_at_once_and_a_lost_lease_is_skipped(
     store: Store,
 ) -> None:

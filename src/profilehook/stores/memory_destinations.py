@@ -23,12 +23,16 @@ class MemoryDestinations(Destinations):
     def __init__(self) -> None:
         self._destinations: dict[str, Destination] = {}
         self._deliveries: dict[str, list[Delivery]] = {}  # destination id -> rows by position
+        # The next position of each destination: never one given before, even once its row is
+        # erased or purged, so a late outcome of that row cannot land on a later one.
+        self._next_position: dict[str, int] = {}
 
     async def create_destination(self, destination: Destination, most: int) -> bool:
         if len(await self.list_destinations(destination.workspace)) >= most:
             return False
         self._destinations[destination.destination_id] = destination
         self._deliveries[destination.destination_id] = []
+        self._next_position[destination.destination_id] = 1
         return True
 
     async def list_destinations(self, workspace: str) -> list[Destination]:
@@ -43,6 +47,7 @@ class MemoryDestinations(Destinations):
             return False
         del self._destinations[destination_id]
         self._deliveries.pop(destination_id, None)
+        self._next_position.pop(destination_id, None)
         return True
 
     async def forget_contact_deliveries(self, workspace: str, contact_id: str) -> None:
@@ -67,7 +72,8 @@ class MemoryDestinations(Destinations):
             return False
         self._destinations[destination_id] = msgspec.structs.replace(found, cursor=cursor)
         rows = self._deliveries[destination_id]
-        start = rows[-1].position + 1 if rows else 1
+        start = self._next_position[destination_id]
+        self._next_position[destination_id] = start + len(deliveries)
         for i, new in enumerate(deliveries):
             rows.append(
                 Delivery(
