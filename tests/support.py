@@ -426,3 +426,20 @@ def parsed_filter(raw: dict[str, Any]) -> Filter:
     node, problems = parse_filter(raw)
     assert node is not None, problems
     return node
+
+
+def responses(sock: socket.socket, count: int) -> list[bytes]:
+    """Read ``count`` complete responses (each with a content-length) from ``sock``."""
+    buffer, found = b"", []
+    while len(found) < count:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed after {len(found)} responses: {buffer!r}"
+        buffer += chunk
+        while b"\r\n\r\n" in buffer:
+            head, _, rest = buffer.partition(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            if len(rest) < length:
+                break
+            found.append(head + b"\r\n\r\n" + rest[:length])
+            buffer = rest[length:]
+    return found

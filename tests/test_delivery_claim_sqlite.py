@@ -6,6 +6,7 @@ file written before heads were kept (version 2) gets them at open."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -111,16 +112,7 @@ async def test_a_version_2_file_gets_its_heads_at_open(tmp_path: Path) -> None:
     ]
     await store.finish_deliveries("w", T0, [Finished("d1", first.position, True, None, 204)])
     await store.close()
-    # As version 2 left it: no head column, the due index.
-    with sqlite3.connect(path) as conn:
-        conn.execute("DROP INDEX deliveries_heads_due")
-        conn.execute("ALTER TABLE deliveries DROP COLUMN head")
-        conn.execute(
-            "CREATE INDEX deliveries_due ON deliveries (next_attempt_us, position)"
-            " WHERE status = 'pending'"
-        )
-        conn.execute("PRAGMA user_version = 2")
-    conn.close()
+    as_version_2(path)
 
     store = SqliteStore(tmp_path / "p.sqlite3")
     await store.open()
@@ -136,3 +128,15 @@ async def test_a_version_2_file_gets_its_heads_at_open(tmp_path: Path) -> None:
         indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
         assert "deliveries_heads_due" in indexes and "deliveries_due" not in indexes
     conn.close()
+
+
+def as_version_2(path: Path) -> None:
+    """The destinations file at ``path`` as version 2 left it: no head column, the due index."""
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("DROP INDEX deliveries_heads_due")
+        conn.execute("ALTER TABLE deliveries DROP COLUMN head")
+        conn.execute(
+            "CREATE INDEX deliveries_due ON deliveries (next_attempt_us, position)"
+            " WHERE status = 'pending'"
+        )
+        conn.execute("PRAGMA user_version = 2")

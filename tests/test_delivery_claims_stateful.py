@@ -12,9 +12,7 @@ row."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
-import sqlite3
 import tempfile
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -46,6 +44,7 @@ from tests.support import (
     require_server,
     unique_schema,
 )
+from tests.test_delivery_claim_sqlite import as_version_2
 
 T = TypeVar("T")
 T0 = 1_700_000_000 * S
@@ -118,15 +117,7 @@ def sqlite_reopened_as_version_2(path: Path) -> Callable[[Backend], Awaitable[No
             file = store.destinations_db.path
             await store.close()
         try:
-            # As version 2 left it (tests/test_delivery_claim_sqlite.py): no head column.
-            with contextlib.closing(sqlite3.connect(file)) as conn, conn:
-                conn.execute("DROP INDEX deliveries_heads_due")
-                conn.execute("ALTER TABLE deliveries DROP COLUMN head")
-                conn.execute(
-                    "CREATE INDEX deliveries_due ON deliveries (next_attempt_us, position)"
-                    " WHERE status = 'pending'"
-                )
-                conn.execute("PRAGMA user_version = 2")
+            as_version_2(file)
         finally:  # open again whatever happened: the next examples use these
             b.instances = [SqliteStore(path), SqliteStore(path)]
             for store in b.instances:

@@ -29,7 +29,7 @@ from profilehook.api import protocol as protocol_module
 from profilehook.api.app import create_app
 from profilehook.api.protocol import http_protocol
 from profilehook.settings import Settings
-from tests.support import examples, free_port, wait_until
+from tests.support import examples, free_port, responses, wait_until
 from tests.test_contact_read import scoped_key
 
 WORKSPACE = "acme"
@@ -171,19 +171,7 @@ _DATE = re.compile(rb"\r\ndate: [^\r]*\r\n")
 
 def read_answers(sock: socket.socket, count: int) -> list[bytes]:
     """``count`` whole answers (each with a content-length), the date header blanked."""
-    buffer, found = b"", []
-    while len(found) < count:
-        chunk = sock.recv(65536)
-        assert chunk, f"closed after {len(found)} answers: {buffer!r}"
-        buffer += chunk
-        while b"\r\n\r\n" in buffer:
-            head, _, rest = buffer.partition(b"\r\n\r\n")
-            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-            if len(rest) < length:
-                break
-            found.append(_DATE.sub(b"\r\ndate: -\r\n", head + b"\r\n\r\n" + rest[:length]))
-            buffer = rest[length:]
-    return found
+    return [_DATE.sub(b"\r\ndate: -\r\n", answer) for answer in responses(sock, count)]
 
 
 def requests(keys: dict[str, str]) -> list[bytes]:

@@ -16,7 +16,7 @@ import pytest
 from profilehook.api.protocol import _EndOfPass, _OneWritePerPass
 from profilehook.errors import ConfigurationError
 from profilehook.settings import Settings
-from tests.support import ServerProcess, create_key, wait_until
+from tests.support import ServerProcess, create_key, responses, wait_until
 
 KEEP_ALIVE_S = 1.0
 EVENT = msgspec.json.encode(
@@ -92,23 +92,6 @@ def post(key: str, body: bytes = EVENT) -> bytes:
         f"POST /v1/properties HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode() + body
-
-
-def responses(sock: socket.socket, count: int) -> list[bytes]:
-    """Read ``count`` complete responses (each with a content-length) from ``sock``."""
-    buffer, found = b"", []
-    while len(found) < count:
-        chunk = sock.recv(65536)
-        assert chunk, f"closed after {len(found)} responses: {buffer!r}"
-        buffer += chunk
-        while b"\r\n\r\n" in buffer:
-            head, _, rest = buffer.partition(b"\r\n\r\n")
-            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-            if len(rest) < length:
-                break
-            found.append(head + b"\r\n\r\n" + rest[:length])
-            buffer = rest[length:]
-    return found
 
 
 @pytest.mark.slow
