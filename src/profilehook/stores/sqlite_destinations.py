@@ -5,7 +5,18 @@
 Its commits are not fsynced one by one (``synchronous=NORMAL``; still whole after a killed
 process): a claim, an outcome or a cursor lost to a power cut only sends a change again, which
 at least once allows. What an API call answers for (a destination created, deleted, replayed,
-disabled) is fsynced before it returns."""
+disabled) is fsynced before it returns.
+
+**Heads.** Each (destination, contact)'s earliest pending row is its **head**, and only heads are
+claimable, as on PostgreSQL (postgres_destinations.HEADS): the claim walks the due heads through
+their own index and reads only what it claims. Walking every due row read the rows waiting
+behind each leased or retrying head too, so a destination with a few busy contacts had a claim
+cost that grew with their backlog: in scenario S (10 contacts changing ~170 times a second each)
+delivery fell to ~80 a second and its backlog grew without end. ``enqueue_deliveries`` makes a
+new row a head when its contact has no pending row; ``finish_deliveries`` makes the next
+pending row one when a head is delivered or failed; an erasure or a destination's deletion
+removes every row of the contact or destination. One writer: each sees what the other wrote.
+The claim still checks for an earlier pending row, so the order never rests on the flag."""
 
 from __future__ import annotations
 
@@ -31,7 +42,7 @@ from profilehook.stores.destinations import (
     new_delivery_rows,
 )
 
-VERSION = 3  # 2: deliveries_due, deliveries_finished; 3: heads (HEADS), in deliveries_due's place
+VERSION = 3  # 2: deliveries_due, deliveries_finished; 3: heads (module doc) for deliveries_due
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS destinations (
     destination_id TEXT PRIMARY KEY,
@@ -65,14 +76,14 @@ CREATE TABLE IF NOT EXISTS deliveries (
     last_error TEXT,
     lease_owner TEXT,
     lease_until_us INTEGER,
-    head INTEGER NOT NULL DEFAULT 0,  -- 1: its contact's earliest pending row (HEADS)
+    head INTEGER NOT NULL DEFAULT 0,  -- 1: its contact's earliest pending row (module doc)
     PRIMARY KEY (destination_id, position)
 ) WITHOUT ROWID;
 -- The pending rows, per contact in order: what a claim looks at.
 CREATE INDEX IF NOT EXISTS deliveries_pending
     ON deliveries (destination_id, contact_id, position) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS deliveries_by_status ON deliveries (destination_id, status, position);
--- The heads by when they are due: a claim walks this and stops after its batch (HEADS).
+-- The heads by when they are due: a claim walks this and stops after its batch (module doc).
 CREATE INDEX IF NOT EXISTS deliveries_heads_due
     ON deliveries (next_attempt_us, position) WHERE status = 'pending' AND head;
 -- Finished rows by when: what retention purges.
@@ -117,18 +128,6 @@ def _mark_heads(conn: sqlite3.Connection) -> None:
         " AND e.position < deliveries.position)"
     )
     conn.execute("DROP INDEX IF EXISTS deliveries_due")
-
-
-HEADS = """Each (destination, contact)'s earliest pending row is its **head**, and only heads are
-claimable, as on PostgreSQL (postgres_destinations.HEADS): the claim walks the due heads through
-their own index and reads only what it claims. Walking every due row read the rows waiting
-behind each leased or retrying head too, so a destination with a few busy contacts had a claim
-cost that grew with their backlog: in scenario S (10 contacts changing ~170 times a second each)
-delivery fell to ~80 a second and its backlog grew without end. ``enqueue_deliveries`` makes a
-new row a head when its contact has no pending row; ``finish_deliveries`` makes the next
-pending row one when a head is delivered or failed; an erasure or a destination's deletion
-removes every row of the contact or destination. One writer: each sees what the other wrote.
-The claim still checks for an earlier pending row, so the order never rests on the flag."""
 
 
 class SqliteDestinations(Destinations):
@@ -237,7 +236,7 @@ class SqliteDestinations(Destinations):
                 return False
             start = row[0] - len(deliveries)
             # A head when its contact has nothing pending: the rows go in one by one, so a
-            # contact's second row of this batch sees its first (HEADS).
+            # contact's second row of this batch sees its first (module doc).
             conn.executemany(
                 f"INSERT INTO deliveries ({_DELIVERY}, head)"
                 " VALUES (?1,?2,?3,?4,?5,?6,?7,'pending',0,?8,?9,NULL,NULL,NULL,NULL,"
@@ -281,7 +280,7 @@ class SqliteDestinations(Destinations):
                     recorded.add((destination_id, position))
                     if status != "pending":
                         ended.add((destination_id, contact_id))
-            # The next pending row of each contact whose head ended is its head now (HEADS).
+            # The next pending row of each contact whose head ended is its head now (module doc).
             conn.executemany(_NEXT_HEAD, ended)
             done = [f for f in finished if (f.destination_id, f.position) in recorded]
             for destination_id, since in failing_since(done, now_us).items():
@@ -357,7 +356,7 @@ class SqliteDestinations(Destinations):
         return {row[0]: DeliveryStats(*row[1:]) for row in rows}
 
 
-# Due, unleased heads of active destinations (HEADS), walked through deliveries_heads_due.
+# Due, unleased heads of active destinations (module doc), walked through deliveries_heads_due.
 # INDEXED BY: left to itself the planner looked for an earlier pending row of the contact by
 # the primary key (every earlier position of the destination): 7.5 s for a claim of 500 with
 # 28,000 rows, against 2 ms through deliveries_pending.
