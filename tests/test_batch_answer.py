@@ -88,3 +88,28 @@ def test_the_batch_handler_holds_no_event_while_it_waits_for_their_commit(client
     # Then it is accepted, and no coroutine held its events while their commit was awaited
     assert answer.status_code == 202 and answer.json()["accepted"] == 3
     assert len(tasks) == 1 and holders == []
+
+
+def test_a_watched_batch_is_in_the_live_tail_with_its_ids_and_count(client, auth):
+    # Given a watcher of the key's workspace
+    watcher = client.app.services.live.watch("acme")
+    batch = {
+        "events": [
+            {"contact_id": contact, "event_name": "e", "timestamp": 1, "user_properties": {}}
+            for contact in ("u1", "u2", "u1")
+        ]
+    }
+    # When a batch is accepted, and another has an invalid item
+    answer = client.post("/v1/properties/batch", json=batch, headers=auth)
+    partly = client.post(
+        "/v1/properties/batch", json={"events": [*batch["events"], {}]}, headers=auth
+    )
+    # Then both are in the tail with their events' ids, their contacts and how many
+    assert (answer.status_code, partly.status_code) == (202, 202)
+    tail = [watcher.queue.get_nowait() for _ in range(watcher.queue.qsize())]
+    assert [(c.status, c.contact_ids, c.event_count) for c in tail] == [
+        (202, ("u1", "u2"), 3),
+        (202, ("u1", "u2"), 3),
+    ]
+    assert tail[0].event_ids == tuple(r["event_id"] for r in answer.json()["results"])
+    assert partly.json()["rejected"] == 1
