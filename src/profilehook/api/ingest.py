@@ -102,7 +102,7 @@ def ingest_handlers(
                 answer = _batch_answer(events, items)
                 accepted_count = len(events)
                 rejected_count = 0 if items is None else len(items) - accepted_count
-                shown = events if live.watched else None
+                shown = events if live.watched else None  # (a tail opened meanwhile misses it)
                 del events, items
                 await stored
         except ProfilehookError as exc:
@@ -113,7 +113,7 @@ def ingest_handlers(
         accepted.inc(accepted_count)
         if rejected_count:
             rejected.inc(rejected_count)
-        if shown is not None:
+        if shown is not None and live.watched:  # (watched at the publish and still)
             tell_accepted(live, workspace, scope, body, 202, shown)
         await send_json(send, 202, answer)
 
