@@ -13,6 +13,9 @@
   is two ``send`` system calls for every small answer. Writes wait in the connection until the
   end of the event loop's current pass, and go out as one.
 - A request the parser refuses (``400``) is answered in the one error shape as well.
+- **A client that half-closes is answered.** uvicorn closes the connection when the client
+  shuts down its sending side, dropping the answers to the requests it sent whole; here they
+  are written, then the connection closes.
 - **The hot requests skip uvicorn's request cycle.** ``POST /v1/properties``, its batch and
   ``GET /v1/contacts/{id}`` (``direct_posts`` and ``direct_read`` of the app, api/app.py), when
   plain (HTTP/1.1, no ``Expect``, ``Transfer-Encoding``, ``Content-Encoding`` or upgrade, the whole
@@ -227,6 +230,20 @@ def http_protocol(
                 self._start_asgi_task(cycle, app)
             elif self.head_started is None:  # (a next request's head is under its own deadline)
                 self.idle_since = self.loop.time()
+
+        def eof_received(self) -> bool:  # type: ignore[override]
+            # A client that shuts down its sending side after whole requests still gets their
+            # answers, the last with ``connection: close`` (as at uvicorn's shutdown). With
+            # nothing in flight, or a request cut short (its body never complete), the
+            # connection closes now, as under uvicorn, but through this protocol's transport,
+            # so that answers written in this pass go out first. (True: asyncio leaves the
+            # closing to the protocol.)
+            cycle = self.cycle
+            if cycle is None or cycle.response_complete or getattr(cycle, "more_body", False):
+                self.transport.close()
+            else:
+                cycle.keep_alive = False
+            return True
 
         def send_400_response(self, msg: str) -> None:
             # A request the parser refused never reaches the app; answer it in the one error
