@@ -10,6 +10,7 @@ pipelines of all of these (Hypothesis)."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import time
@@ -20,6 +21,7 @@ import msgspec
 import pytest
 from hypothesis import strategies as st
 
+from profilehook.constants import MAX_HEAD_BYTES
 from tests.support import examples, wait_until
 from tests.test_direct_path import _Served, connect, event
 
@@ -233,7 +235,7 @@ KEY = "$KEY"  # replaced by the "all" key
 
 
 def _long_header() -> str:
-    return "X-Padding: " + "a" * 100_000 + "\r\n"
+    return "X-Padding: " + "a" * (MAX_HEAD_BYTES - 1000) + "\r\n"
 
 
 # name -> (request, the status both must answer; None: the parser refuses it, 400 and close)
@@ -255,7 +257,10 @@ HEADS: dict[str, tuple[Callable[[str], bytes], int]] = {
     ),
     "no host": (lambda k: post(k, BODY).replace(b"Host: x\r\n", b""), 202),
     "obs-fold": (lambda k: post(k, BODY, head="X-A: a\r\n b\r\n"), 400),
-    "a 100 kB header line": (lambda k: post(k, BODY, head=_long_header()), 202),
+    "a header line just under the head's cap": (
+        lambda k: post(k, BODY, head=_long_header()),
+        202,
+    ),
     "connection: keep-alive, close": (
         lambda k: post(k, BODY, head="Connection: keep-alive, close\r\n"),
         202,
@@ -421,6 +426,44 @@ def test_given_a_head_request_for_a_contact_then_both_paths_give_the_get_head_wi
     assert head.endswith(_HEAD_END) and full.partition(_HEAD_END)[2].startswith(b"{")
     length = re.compile(rb"\r\ncontent-length: \d+\r\n")
     assert length.findall(head) == length.findall(full)
+
+
+@pytest.mark.parametrize("where", ["request line", "header"])
+def test_given_a_request_head_that_never_ends_then_it_gets_431_and_is_closed(served, where):
+    """Given a request line or a header that grows without end, sent as fast as the server
+    reads; then both servers answer 431 and close once it is past ``MAX_HEAD_BYTES`` (and one
+    read), long before the header deadline: neither holds it all in memory until then.
+    (uvicorn and httptools hold a head in memory, and join its pieces in a time that grows with
+    the square of its size: 70 MB of one header took 150 MB of memory in the 5 s of this
+    server's header deadline.)"""
+    start = b"GET /v1/contacts/" if where == "request line" else b"GET / HTTP/1.1\r\nX-A: "
+    piece = b"a" * 65536
+    answers = []
+    for port in served.ports.values():
+        with connect(port) as sock:
+            started = time.monotonic()
+            sock.sendall(start)
+            with contextlib.suppress(OSError):  # (a reset, once refused)
+                for _ in range(64):  # 4 MiB
+                    sock.sendall(piece)
+            answers += read_stream(sock, 1)
+            assert closed(sock)
+            assert time.monotonic() - started < 4  # (the header deadline is 5 s)
+    assert answers[0] == answers[1] and status(answers[0]) == 431
+    assert b'"detail":"Request line and headers larger than 65536 bytes"' in answers[0]
+
+
+def test_given_a_pipeline_of_heads_near_the_cap_in_pieces_then_all_are_answered(served):
+    """Given requests whose heads are each just under ``MAX_HEAD_BYTES``, pipelined and sent in
+    small pieces; then every one is answered (the cap counts one head, not the connection)."""
+    key = served.keys["all"]
+    padding = f"X-Padding: {'p' * (MAX_HEAD_BYTES - 1000)}\r\n"
+    sent = b"".join(get(key, "/v1/contacts/seeded", padding) for _ in range(5))
+    for port in served.ports.values():
+        with connect(port) as sock:
+            for offset in range(0, len(sent), 4096):
+                sock.sendall(sent[offset : offset + 4096])
+            assert [status(a) for a in read_stream(sock, 5)] == [200] * 5
 
 
 # -- bodies cut short, clients that half-close ---------------------------------------------------
