@@ -41,14 +41,18 @@ class _Served:
     """One app behind two servers: ``ports[True]`` with the direct path, ``ports[False]``
     without; ``keys`` by name; ``direct`` counts the answers written by the direct path."""
 
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, **overrides: Any):
         settings = Settings(
-            data_dir=tmp / "data",
-            backend_timeout_s=BACKEND_TIMEOUT_S,
-            rate_limit_per_s=1,
-            rate_limit_burst=BURST,
-            max_single_body_bytes=1000,
+            **{
+                "data_dir": tmp / "data",
+                "backend_timeout_s": BACKEND_TIMEOUT_S,
+                "rate_limit_per_s": 1,
+                "rate_limit_burst": BURST,
+                "max_single_body_bytes": 1000,
+                **overrides,
+            }
         )
+        self.settings = settings
         self.keys = {
             name: scoped_key(settings, WORKSPACE, scopes)
             for name, scopes in {

@@ -59,6 +59,10 @@ RATE_LIMIT_BURST = 2_000
 HEADER_TIMEOUT_S = 10.0
 BODY_TIMEOUT_S = 10.0
 KEEP_ALIVE_S = 5.0  # an idle keep-alive connection is closed after this
+# A request line and headers larger than this get 431 and the connection is closed (they are
+# held in memory until complete: without a cap, one connection could fill it within the
+# header deadline). Checked per read, so up to one read (256 KiB) more may be held.
+MAX_HEAD_BYTES = 64 * 1024
 
 # History retention (PROFILEHOOK_HISTORY_RETENTION_DAYS; README, Retention): the applier purges
 # what is older than the window in batches of this many events, each its own short transaction,

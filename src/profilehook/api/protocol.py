@@ -13,6 +13,13 @@
   is two ``send`` system calls for every small answer. Writes wait in the connection until the
   end of the event loop's current pass, and go out as one.
 - A request the parser refuses (``400``) is answered in the one error shape as well.
+- **A cap on the request head's size.** uvicorn and httptools hold the request line and headers
+  in memory until they are complete, without a limit (and join their pieces at a cost that
+  grows with the square of their size); a request head past ``MAX_HEAD_BYTES`` gets a ``431``
+  and the connection is closed.
+- **A client that half-closes is answered.** uvicorn closes the connection when the client
+  shuts down its sending side, dropping the answers to the requests it sent whole; here they
+  are written, then the connection closes.
 - **The hot requests skip uvicorn's request cycle.** ``POST /v1/properties``, its batch and
   ``GET /v1/contacts/{id}`` (``direct_posts`` and ``direct_read`` of the app, api/app.py), when
   plain (HTTP/1.1, no ``Expect``, ``Transfer-Encoding``, ``Content-Encoding`` or upgrade, the whole
@@ -49,6 +56,7 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 
 from profilehook.api.responses import error_body, json_headers
+from profilehook.constants import MAX_HEAD_BYTES
 
 log = logging.getLogger(__name__)
 MIN_SWEEP_S = 0.05
@@ -59,12 +67,18 @@ def http_protocol(
 ) -> type[HttpToolsProtocol]:
     """An ``HttpToolsProtocol`` class for ``uvicorn.Config(http=...)``: a connection whose
     request head takes longer than ``header_timeout_s``, or that stays idle between requests
-    longer than ``keep_alive_s``, is closed (the first with a ``408``). ``direct``: the hot
+    longer than ``keep_alive_s``, is closed (the first with a ``408``), and so is one whose
+    request head grows past ``MAX_HEAD_BYTES`` (with a ``431``). ``direct``: the hot
     requests skip uvicorn's request cycle (see the module's text; False only to compare)."""
     body = error_body(f"Request headers not received within {header_timeout_s:g} s")
     answer = (
         b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
         b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    too_large_body = error_body(f"Request line and headers larger than {MAX_HEAD_BYTES} bytes")
+    too_large = (
+        b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+        b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(too_large_body), too_large_body)
     )
     # (A keep-alive of 0 closes a connection at the first sweep after its response.)
     sweep_every_s = max(MIN_SWEEP_S, min(1.0, header_timeout_s / 4, keep_alive_s / 4))
@@ -92,6 +106,8 @@ def http_protocol(
         idle_since: float | None = None  # loop time the last response ended, while idle
         direct_app: Any = None  # the app, when its hot requests may skip uvicorn's cycle
         pending: _Direct | None = None  # a hot request whose head is in, its body coming
+        heads_begun = 0  # request heads begun on this connection
+        head_bytes = 0  # bytes of the pending head read after the read it began in
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -117,7 +133,15 @@ def http_protocol(
 
         def data_received(self, data: bytes) -> None:
             self.idle_since = None  # any byte makes the connection busy, as under uvicorn
+            head = self.heads_begun if self.head_started is not None else -1
             super().data_received(data)
+            if head == self.heads_begun and self.head_started is not None:  # all of it head
+                self.head_bytes += len(data)
+                if self.head_bytes > MAX_HEAD_BYTES and not self.transport.is_closing():
+                    self.head_started = None
+                    self.transport.write(too_large)
+                    self.transport.close()
+                    return
             pending = self.pending
             if pending is not None:  # its body did not come whole: uvicorn's path reads it
                 self.pending = None
@@ -126,6 +150,8 @@ def http_protocol(
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
+            self.heads_begun += 1
+            self.head_bytes = 0
             self.idle_since = None  # (a request answered in this pass noted the connection idle)
             if self.head_started is None:
                 self.head_started = self.loop.time()
@@ -227,6 +253,20 @@ def http_protocol(
                 self._start_asgi_task(cycle, app)
             elif self.head_started is None:  # (a next request's head is under its own deadline)
                 self.idle_since = self.loop.time()
+
+        def eof_received(self) -> bool:  # type: ignore[override]
+            # A client that shuts down its sending side after whole requests still gets their
+            # answers, the last with ``connection: close`` (as at uvicorn's shutdown). With
+            # nothing in flight, or a request cut short (its body never complete), the
+            # connection closes now, as under uvicorn, but through this protocol's transport,
+            # so that answers written in this pass go out first. (True: asyncio leaves the
+            # closing to the protocol.)
+            cycle = self.cycle
+            if cycle is None or cycle.response_complete or getattr(cycle, "more_body", False):
+                self.transport.close()
+            else:
+                cycle.keep_alive = False
+            return True
 
         def send_400_response(self, msg: str) -> None:
             # A request the parser refused never reaches the app; answer it in the one error
