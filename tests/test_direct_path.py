@@ -68,6 +68,7 @@ class _Served:
         self.app = create_app(settings)
         self.ports = {True: free_port(), False: free_port()}
         self.direct = 0
+        self.tasks = 0  # the direct requests that ran in a task of their own
         self._servers: list[uvicorn.Server] = []
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -124,6 +125,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Served]:
         def response(self, *args: Any) -> bytes:
             found.direct += 1
             return super().response(*args)  # type: ignore[no-any-return]
+
+        async def run(self, *args: Any) -> None:
+            found.tasks += 1
+            await super().run(*args)
 
     protocol_module._Direct = Counted  # type: ignore[misc]
     try:
@@ -412,3 +417,65 @@ def test_given_any_hot_request_then_both_paths_answer_the_same_bytes(
             sock.sendall(request)
             answers += read_answers(sock, 1)
     assert answers[0] == answers[1]
+
+
+def test_given_plain_single_events_then_they_are_answered_without_a_task(seeded):
+    """The single POST's handler runs from the parser's callback and answers from its append's
+    callback (api/ingest.py ``direct_handlers``): no task, unless it is refused."""
+    sent = [post(seeded.keys["all"], msgspec.json.encode(event("c6", f"t{i}"))) for i in range(5)]
+    tasks, answered = seeded.tasks, seeded.direct
+    answers = one_by_one(seeded.ports[True], sent)
+    assert all(answer.startswith(b"HTTP/1.1 202 ") for answer in answers)
+    assert seeded.direct - answered == 5
+    assert seeded.tasks == tasks
+    refused = one_by_one(seeded.ports[True], [post(seeded.keys["all"], b"{")])
+    assert refused[0].startswith(b"HTTP/1.1 422 ") and seeded.tasks == tasks + 1
+
+
+def test_given_a_reader_too_slow_for_the_answer_then_it_is_written_once_it_drains():
+    """A direct answer meets a paused transport: it waits in a task, as ``send`` would."""
+
+    async def scenario() -> list[bytes]:
+        written: list[bytes] = []
+        drained = asyncio.Event()
+
+        class Flow:
+            write_paused = True
+
+            async def drain(self) -> None:
+                await drained.wait()
+
+        class Transport:
+            def write(self, data: bytes) -> None:
+                written.append(data)
+
+            def close(self) -> None:
+                pass
+
+        class Protocol:
+            flow = Flow()
+            transport = Transport()
+            loop = asyncio.get_running_loop()
+            tasks: set[asyncio.Task[None]] = set()
+            server_state = type("State", (), {"default_headers": [(b"server", b"x")]})()
+            logger = logging.getLogger("test")
+
+            def on_response_complete(self) -> None:
+                written.append(b"complete")
+
+        protocol = Protocol()
+        direct = protocol_module._Direct(protocol, None, {}, True)
+        direct.answer(202, b"{}")
+        await asyncio.sleep(0.01)
+        assert written == [] and len(protocol.tasks) == 1
+        protocol.flow.write_paused = False
+        drained.set()
+        await asyncio.sleep(0.01)
+        return written
+
+    written = asyncio.run(scenario())
+    assert written == [
+        b"HTTP/1.1 202 Accepted\r\nserver: x\r\ncontent-type: application/json\r\n"
+        b"content-length: 2\r\n\r\n{}",
+        b"complete",
+    ]
