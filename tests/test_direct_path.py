@@ -446,7 +446,7 @@ def test_given_a_reader_too_slow_for_the_answer_then_it_is_written_once_it_drain
                 await drained.wait()
 
         class Transport:
-            def write(self, data: bytes) -> None:
+            def write_now(self, data: bytes) -> None:
                 written.append(data)
 
             def close(self) -> None:

@@ -11,7 +11,8 @@
   timer per request for this; here a response only notes when the connection fell idle.
 - **One write per response.** uvicorn writes a response's head and its body separately, which
   is two ``send`` system calls for every small answer. Writes wait in the connection until the
-  end of the event loop's current pass, and go out as one.
+  end of the event loop's current pass, and go out as one. (A direct request's answer, whole
+  and written from a callback or a task, goes out at once, after what the connection holds.)
 - A request the parser refuses (``400``) is answered in the one error shape as well.
 - **A cap on the request head's size.** uvicorn and httptools hold the request line and headers
   in memory until they are complete, without a limit (and join their pieces at a cost that
@@ -428,7 +429,9 @@ class _Direct:
 
     def _write(self, status: int, headers: Iterable[tuple[bytes, bytes]], body: bytes) -> None:
         protocol = self.protocol
-        protocol.transport.write(self.response(status, headers, body))
+        # A whole answer, written from a callback or a task (never from the data callback):
+        # held to the end of the pass, it would wait for the loop's next pass of reads too.
+        protocol.transport.write_now(self.response(status, headers, body))
         self.response_complete = True
         if not self.keep_alive:
             protocol.transport.close()
@@ -484,6 +487,15 @@ class _OneWritePerPass:
         # transport pause the protocol's writes rather than this hold them without bound.
         if self._held_bytes >= HIGH_WATER_LIMIT:
             self.flush()
+
+    def write_now(self, data: bytes) -> None:
+        """Write ``data`` (a whole answer) at once, after what is held."""
+        held = self._held
+        if held is not None:
+            held.append(data)
+            self.flush()
+        elif not self._transport.is_closing():
+            self._transport.write(data)
 
     def writelines(self, chunks: Iterable[bytes | bytearray | memoryview]) -> None:
         for chunk in chunks:
