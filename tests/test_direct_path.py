@@ -27,7 +27,12 @@ from hypothesis import strategies as st
 
 from profilehook.api import protocol as protocol_module
 from profilehook.api.app import create_app
+from profilehook.api.deadlines import Deadlines
+from profilehook.api.ingest import direct_handlers
 from profilehook.api.protocol import http_protocol
+from profilehook.api.ratelimit import RateLimiter
+from profilehook.keys import create_key
+from profilehook.service import running
 from profilehook.settings import Settings
 from tests.support import examples, free_port, responses, wait_until
 from tests.test_contact_read import scoped_key
@@ -479,3 +484,55 @@ def test_given_a_reader_too_slow_for_the_answer_then_it_is_written_once_it_drain
         b"content-length: 2\r\n\r\n{}",
         b"complete",
     ]
+
+
+async def test_single_events_parsed_in_one_pass_are_appended_together_after_it(tmp_path):
+    """Appended one by one as they were parsed, the first woke the log's writer for a commit
+    of its own (C's commits held a third of the requests); they wait for the pass's end."""
+    settings = Settings(data_dir=tmp_path / "data")
+    async with running(settings) as services:
+        key, _ = await create_key(services.store, WORKSPACE, ("ingest",))
+        single = direct_handlers(services, Deadlines.from_settings(settings), RateLimiter(0, 1))[
+            "/v1/properties"
+        ]
+        parsed, appended_after = [0], []
+        publish = services.queue.publish
+
+        def recording(events: Any) -> Any:
+            appended_after.append(parsed[0])
+            return publish(events)
+
+        services.queue.publish = recording  # type: ignore[method-assign]
+        answers: list[tuple[int, bytes]] = []
+
+        class Request:
+            scope = {
+                "headers": [
+                    (b"authorization", f"Bearer {key}".encode()),
+                    (b"content-type", b"application/json"),
+                ]
+            }
+
+            async def send(self, message: Any) -> None:
+                raise AssertionError(message)
+
+            def answer(self, status: int, body: bytes) -> None:
+                answers.append((status, body))
+
+            def later(self, work: Any) -> None:
+                raise AssertionError(work)
+
+        for i in range(3):
+            single(Request(), msgspec.json.encode(event("c7", f"p{i}")))
+            parsed[0] += 1
+        assert appended_after == []  # nothing appended while the pass parses
+        await wait_for(lambda: len(answers) == 3)
+        assert appended_after == [3, 3, 3]
+        assert [status for status, _ in answers] == [202, 202, 202]
+
+
+async def wait_for(condition: Any, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)

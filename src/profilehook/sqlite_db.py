@@ -125,7 +125,6 @@ class SqliteDatabase:
         self._after_commit = after_commit
         self._cache_kib = cache_kib
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._appends: list[_Job] = []  # appends not yet given to the writer (``_hand_over``)
         self._writer: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reader = ThreadPoolExecutor(1, thread_name_prefix=f"sqlite-read-{path.name}")
@@ -233,7 +232,6 @@ class SqliteDatabase:
 
     async def close(self) -> None:
         if self._writer is not None:
-            self._hand_over()
             self._jobs.put(None)
             await asyncio.to_thread(self._writer.join)
             self._writer = None
@@ -258,8 +256,6 @@ class SqliteDatabase:
         if self._writer is None or self._loop is None:
             raise StorageUnavailable(f"{self.path.name} is not open")
         future: asyncio.Future[T] = self._loop.create_future()
-        if self._appends:
-            self._hand_over()
         self._jobs.put(_Job(fn, future))
         return await future
 
@@ -274,20 +270,8 @@ class SqliteDatabase:
         if self._writer is None or self._loop is None:
             raise StorageUnavailable(f"{self.path.name} is not open")
         future: asyncio.Future[None] = self._loop.create_future()
-        held = self._appends
-        if not held:
-            self._loop.call_soon(self._hand_over)
-        held.append(_Job(None, future, sql, chunks))
+        self._jobs.put(_Job(None, future, sql, chunks))
         return future
-
-    def _hand_over(self) -> None:
-        """Give the writer the appends held since the last call, in order. They are held to the
-        end of the event loop's pass (or the next ``write``, which they precede): appends made
-        one by one as requests are parsed would each wake the writer for a commit of its own,
-        three times the commits (and the writer's CPU) of the same requests together."""
-        held, self._appends = self._appends, []
-        for job in held:
-            self._jobs.put(job)
 
     async def write_alone(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(conn)`` on the writer's connection outside any transaction, between two
@@ -295,8 +279,6 @@ class SqliteDatabase:
         if self._writer is None or self._loop is None:
             raise StorageUnavailable(f"{self.path.name} is not open")
         future: asyncio.Future[T] = self._loop.create_future()
-        if self._appends:
-            self._hand_over()
         self._jobs.put(_Job(fn, future, alone=True))
         return await future
 
