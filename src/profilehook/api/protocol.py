@@ -26,9 +26,11 @@
   plain (HTTP/1.1, no ``Expect``, ``Transfer-Encoding``, ``Content-Encoding`` or upgrade, the whole
   body in the bytes that brought its head, nothing in flight before it on the connection), go to
   the same handlers without uvicorn's cycle, its event, its header checks and its done-callbacks:
-  an ingest POST runs its ASGI handler in a task of its own with a send that writes the answer
-  in one piece (``_Direct``); a read the store answers on this thread is written from the data
-  callback, with no task at all. Anything else, and a read that would wait, takes uvicorn's
+  a single-event POST, when the store checks keys on this thread (SQLite), is checked as it is
+  parsed, appended at the end of the pass and answered from its append's callback, with no
+  task (``direct_at_once``, api/ingest.py); another ingest POST runs its ASGI handler in a task
+  of its own with a send that writes the answer in one piece (``_Direct``); a read the store
+  answers on this thread is written from the data callback, with no task at all. Anything else, and a read that would wait, takes uvicorn's
   path as before, so the bytes on the wire are the same either way (tests/test_direct_path.py).
 
 One timer per server sweeps the open connections every quarter of the shorter deadline (at
