@@ -35,6 +35,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import msgspec
+import uvloop
 from run import EVENT
 
 from profilehook.api.app import create_app
@@ -219,6 +220,72 @@ async def _pieces(app: Any, key: str, kind: str, times: int) -> dict[str, float]
     return found
 
 
+async def _through_protocol(
+    app: Any, key: str, kind: str, body: bytes, requests: int, direct: bool = True
+) -> dict[str, float]:
+    """CPU per request (µs) of ``requests`` requests fed as bytes to profilehook's HTTP
+    protocol (api/protocol.py, the hot requests' direct path on), 64 connections at a time,
+    through transports that only count 202s (no sockets, no kernel, no wrk): the event loop's
+    thread, and the process (the log's writer and checkpointer included). Each pass feeds one
+    request to every connection and waits for their answers (the group commit)."""
+    import uvicorn
+    from protocol_cost import _Transport
+    from uvicorn.server import ServerState
+
+    from profilehook.api.protocol import http_protocol
+
+    config = uvicorn.Config(
+        app,
+        http=http_protocol(10.0, 5.0, direct=direct),
+        access_log=False,
+        proxy_headers=False,
+        log_config=None,
+    )
+    config.load()
+    state = ServerState()
+    state.default_headers = [(b"date", b"Fri, 04 Dec 2026 14:00:00 GMT"), (b"server", b"uvicorn")]
+    loop = asyncio.get_running_loop()
+
+    answered = [0]
+    all_answered: list[asyncio.Future[None]] = []
+
+    class Counted(_Transport):
+        def write(self, data: Any) -> None:
+            assert bytes(data).startswith(b"HTTP/1.1 202 "), bytes(data)
+            answered[0] += 1
+            if answered[0] == CONCURRENCY:
+                all_answered[0].set_result(None)
+
+    connections = []
+    for _ in range(CONCURRENCY):
+        transport = Counted()
+        protocol = config.http_protocol_class(
+            config=config, server_state=state, app_state={}, _loop=loop
+        )
+        protocol.connection_made(transport)
+        connections.append((protocol, transport))
+    request = (
+        f"POST {PATHS[kind]} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    passes = max(1, requests // CONCURRENCY)
+    cpu0, loop0 = time.process_time(), time.thread_time()
+    for _ in range(passes):
+        answered[0] = 0
+        all_answered[:] = [loop.create_future()]
+        for protocol, _ in connections:
+            protocol.data_received(request)
+        await all_answered[0]
+    cpu, loop_cpu = time.process_time() - cpu0, time.thread_time() - loop0
+    for protocol, _ in connections:
+        protocol.connection_lost(None)
+    count = passes * CONCURRENCY
+    return {"loop_us": round(1e6 * loop_cpu / count, 2), "process_us": round(1e6 * cpu / count, 2)}
+
+
+CONCURRENCY = 64
+
+
 async def main(args: argparse.Namespace) -> None:
     body = _body(args.kind)
     with tempfile.TemporaryDirectory() as tmp:
@@ -234,6 +301,14 @@ async def main(args: argparse.Namespace) -> None:
             (b"content-length", str(len(body)).encode()),
         ]
         path = PATHS[args.kind]
+        if args.through_protocol:
+            await _through_protocol(app, key, args.kind, body, 2_000)
+            for _ in range(args.rounds):
+                found = await _through_protocol(app, key, args.kind, body, args.requests)
+                print(json.dumps({"loadavg": os.getloadavg()[0], **found}), flush=True)
+            await inbox.put({"type": "lifespan.shutdown"})
+            await task
+            return
         if args.pieces:
             for _ in range(args.rounds):
                 found = await _pieces(app, key, args.kind, args.requests)
@@ -288,9 +363,10 @@ if __name__ == "__main__":
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--pieces", action="store_true")
+    parser.add_argument("--through-protocol", action="store_true")
     parser.add_argument(
         "--python-gc",
         action="store_true",
         help="leave the collector at Python's defaults (before 2026-12-04 17:20 UTC, the only way)",
     )
-    asyncio.run(main(parser.parse_args()))
+    uvloop.run(main(parser.parse_args()))

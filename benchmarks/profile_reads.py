@@ -1,6 +1,6 @@
 """Where a read's time goes: ``GET /v1/contacts/{id}`` called in process on the whole app (no
 HTTP server, no wrk), random ids of the loaded contacts (contacts_loader.py), 64 at a time,
-timed and then under cProfile (sorted by own time). "Handler alone" drives the app's
+timed; then the direct path through the protocol (below) under cProfile (sorted by own time). "Handler alone" drives the app's
 coroutine without the event loop (a read that runs at once never suspends): the handler's CPU
 without the tasks and the gathering this script adds around it. "Through the protocol" feeds
 the requests' bytes to profilehook's HTTP protocol (api/protocol.py), 64 connections, through
@@ -101,9 +101,9 @@ async def run(args: argparse.Namespace, data_dir: Path) -> None:
                 path = "the direct path" if direct else "uvicorn's cycle"
                 print(f"through the protocol, {path}: {cpu_us:.1f} us CPU per read")
     if args.profile:
-        profiler = cProfile.Profile()
+        profiler = cProfile.Profile(time.thread_time)  # (the event loop's CPU, not waits)
         profiler.enable()
-        await many(args.requests)
+        await through_protocol(app, key, rng, args, True)
         profiler.disable()
         pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
     await lifespan.stop()

@@ -27,7 +27,12 @@ from hypothesis import strategies as st
 
 from profilehook.api import protocol as protocol_module
 from profilehook.api.app import create_app
+from profilehook.api.deadlines import Deadlines
+from profilehook.api.ingest import direct_handlers
 from profilehook.api.protocol import http_protocol
+from profilehook.api.ratelimit import RateLimiter
+from profilehook.keys import create_key
+from profilehook.service import running
 from profilehook.settings import Settings
 from tests.support import examples, free_port, responses, wait_until
 from tests.test_contact_read import scoped_key
@@ -68,6 +73,7 @@ class _Served:
         self.app = create_app(settings)
         self.ports = {True: free_port(), False: free_port()}
         self.direct = 0
+        self.tasks = 0  # the direct requests that ran in a task of their own
         self._servers: list[uvicorn.Server] = []
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -124,6 +130,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Served]:
         def response(self, *args: Any) -> bytes:
             found.direct += 1
             return super().response(*args)  # type: ignore[no-any-return]
+
+        async def run(self, *args: Any) -> None:
+            found.tasks += 1
+            await super().run(*args)
 
     protocol_module._Direct = Counted  # type: ignore[misc]
     try:
@@ -412,3 +422,117 @@ def test_given_any_hot_request_then_both_paths_answer_the_same_bytes(
             sock.sendall(request)
             answers += read_answers(sock, 1)
     assert answers[0] == answers[1]
+
+
+def test_given_plain_single_events_then_they_are_answered_without_a_task(seeded):
+    """The single POST's handler runs from the parser's callback and answers from its append's
+    callback (api/ingest.py ``direct_handlers``): no task, unless it is refused."""
+    sent = [post(seeded.keys["all"], msgspec.json.encode(event("c6", f"t{i}"))) for i in range(5)]
+    tasks, answered = seeded.tasks, seeded.direct
+    answers = one_by_one(seeded.ports[True], sent)
+    assert all(answer.startswith(b"HTTP/1.1 202 ") for answer in answers)
+    assert seeded.direct - answered == 5
+    assert seeded.tasks == tasks
+    refused = one_by_one(seeded.ports[True], [post(seeded.keys["all"], b"{")])
+    assert refused[0].startswith(b"HTTP/1.1 422 ") and seeded.tasks == tasks + 1
+
+
+def test_given_a_reader_too_slow_for_the_answer_then_it_is_written_once_it_drains():
+    """A direct answer meets a paused transport: it waits in a task, as ``send`` would."""
+
+    async def scenario() -> list[bytes]:
+        written: list[bytes] = []
+        drained = asyncio.Event()
+
+        class Flow:
+            write_paused = True
+
+            async def drain(self) -> None:
+                await drained.wait()
+
+        class Transport:
+            def write_now(self, data: bytes) -> None:
+                written.append(data)
+
+            def close(self) -> None:
+                pass
+
+        class Protocol:
+            flow = Flow()
+            transport = Transport()
+            loop = asyncio.get_running_loop()
+            tasks: set[asyncio.Task[None]] = set()
+            server_state = type("State", (), {"default_headers": [(b"server", b"x")]})()
+            logger = logging.getLogger("test")
+
+            def on_response_complete(self) -> None:
+                written.append(b"complete")
+
+        protocol = Protocol()
+        direct = protocol_module._Direct(protocol, None, {}, True)
+        direct.answer(202, b"{}")
+        await asyncio.sleep(0.01)
+        assert written == [] and len(protocol.tasks) == 1
+        protocol.flow.write_paused = False
+        drained.set()
+        await asyncio.sleep(0.01)
+        return written
+
+    written = asyncio.run(scenario())
+    assert written == [
+        b"HTTP/1.1 202 Accepted\r\nserver: x\r\ncontent-type: application/json\r\n"
+        b"content-length: 2\r\n\r\n{}",
+        b"complete",
+    ]
+
+
+async def test_single_events_parsed_in_one_pass_are_appended_together_after_it(tmp_path):
+    """Appended one by one as they were parsed, the first woke the log's writer for a commit
+    of its own (C's commits held a third of the requests); they wait for the pass's end."""
+    settings = Settings(data_dir=tmp_path / "data")
+    async with running(settings) as services:
+        key, _ = await create_key(services.store, WORKSPACE, ("ingest",))
+        single = direct_handlers(services, Deadlines.from_settings(settings), RateLimiter(0, 1))[
+            "/v1/properties"
+        ]
+        parsed, appended_after = [0], []
+        publish = services.queue.publish
+
+        def recording(events: Any) -> Any:
+            appended_after.append(parsed[0])
+            return publish(events)
+
+        services.queue.publish = recording  # type: ignore[method-assign]
+        answers: list[tuple[int, bytes]] = []
+
+        class Request:
+            scope = {
+                "headers": [
+                    (b"authorization", f"Bearer {key}".encode()),
+                    (b"content-type", b"application/json"),
+                ]
+            }
+
+            async def send(self, message: Any) -> None:
+                raise AssertionError(message)
+
+            def answer(self, status: int, body: bytes) -> None:
+                answers.append((status, body))
+
+            def later(self, work: Any) -> None:
+                raise AssertionError(work)
+
+        for i in range(3):
+            single(Request(), msgspec.json.encode(event("c7", f"p{i}")))
+            parsed[0] += 1
+        assert appended_after == []  # nothing appended while the pass parses
+        await wait_for(lambda: len(answers) == 3)
+        assert appended_after == [3, 3, 3]
+        assert [status for status, _ in answers] == [202, 202, 202]
+
+
+async def wait_for(condition: Any, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)

@@ -56,6 +56,21 @@ async def test_writes_of_one_pass_leave_as_one_write_at_its_end():
     assert transport.calls[1:] == [("write", b"next")]
 
 
+async def test_a_whole_answer_written_now_leaves_at_once_after_what_is_held():
+    transport = _Transport()
+    connection = _OneWritePerPass(transport, _EndOfPass(asyncio.get_running_loop()))  # type: ignore[arg-type]
+    connection.write_now(b"first")
+    assert transport.calls == [("write", b"first")]  # not held to the end of the pass
+    connection.write(b"held")
+    connection.write_now(b"second")
+    assert transport.calls[1:] == [("write", b"heldsecond")]  # in order, in one write
+    await asyncio.sleep(0)
+    assert len(transport.calls) == 2  # nothing left for the pass's end
+    transport.closing = True
+    connection.write_now(b"gone")
+    assert len(transport.calls) == 2
+
+
 async def test_closing_writes_what_is_held_first_and_other_calls_reach_the_transport():
     loop = asyncio.get_running_loop()
     end_of_pass = _EndOfPass(loop)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -567,6 +568,26 @@ def test_every_path_makes_the_same_events_of_a_batch(items: list[Any], oldest_us
     if whole is not None:
         assert all(isinstance(e, Event) for e in general)
         assert whole == _same_ids(whole, general)
+
+
+@settings(max_examples=examples(2_000))
+@given(
+    st.one_of(
+        st.integers(0, 2**51 + 10**6),
+        st.integers(1_600_000_000_000_000, 1_900_000_000_000_000),  # (this century's days)
+        st.integers(-(2**40), 253_402_300_000_000_000),  # (to the year 9999)
+    )
+)
+@example(0)
+@example(2**51 - 1)
+@example(2**51)
+@example(-1)
+@example(86_400_000_000)
+def test_iso_is_the_string_datetime_makes_of_the_time(us):
+    """``iso`` counts days and seconds where that is exact, and is then byte for byte what
+    ``datetime`` makes of the float seconds, as it always did."""
+    expected = datetime.fromtimestamp(us / 1_000_000, UTC).isoformat().replace("+00:00", "Z")
+    assert events.iso(us) == expected
 
 
 def test_a_batchs_ids_count_on_across_their_table_of_last_digits(monkeypatch):

@@ -6,7 +6,7 @@ import hashlib
 import secrets
 import shlex
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from profilehook.constants import DEFAULT_KEY_SCOPES, KEY_PREFIX, SCOPE_ADMIN, SCOPES
 from profilehook.errors import InvalidApiKey, MissingScope, NotFound
@@ -149,6 +149,13 @@ def key_hash_of(authorization: bytes | None) -> str | None:
             _hashes.clear()
         _hashes[authorization] = key_hash
         return key_hash
+
+
+@runtime_checkable
+class GrantsAtOnce(Protocol):
+    """A store that looks up a key's grant (``Catalog.key_grant``) on the calling thread."""
+
+    def key_grant_at_once(self, key_hash: str) -> KeyGrant | None: ...
 
 
 async def authenticate(store: Catalog, authorization: bytes | None) -> KeyGrant | None:

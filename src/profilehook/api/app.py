@@ -21,7 +21,7 @@ from profilehook.api.contact_read import Answer, ContactRead, plain_contact_targ
 from profilehook.api.deadlines import Deadlines
 from profilehook.api.destinations import destination_routes
 from profilehook.api.ingest import ACCESS as INGEST_ACCESS
-from profilehook.api.ingest import Handler, ingest_handlers
+from profilehook.api.ingest import AtOnce, Handler, direct_handlers, ingest_handlers
 from profilehook.api.management import management_routes
 from profilehook.api.peers import peer_handlers
 from profilehook.api.queries import query_routes
@@ -110,6 +110,12 @@ class ProfilehookApp:
         # without uvicorn's request cycle, by their request target as it is.
         self.direct_posts: dict[bytes, Handler] = {
             path.encode(): self._ingest[path] for path in ("/v1/properties", "/v1/properties/batch")
+        }
+        # Of them, those whose handler answers from a callback, without a task, when the body
+        # is in hand.
+        self.direct_at_once: dict[bytes, AtOnce] = {
+            path.encode(): handler
+            for path, handler in direct_handlers(services, self.deadlines, keys_limit).items()
         }
 
     def direct_read(self, target: bytes, scope: Scope) -> Answer | object:

@@ -131,11 +131,9 @@ def _answer(found: object) -> Answer:
 
 
 @runtime_checkable
-class ReadsAtOnce(Protocol):
+class ReadsAtOnce(keys.GrantsAtOnce, Protocol):
     """A store that can look up a key's grant (``Catalog.key_grant``) and a contact on the
     calling thread; the contact lookup answers ``LATER`` when it would wait."""
-
-    def key_grant_at_once(self, key_hash: str) -> KeyGrant | None: ...
 
     def contact_groups_at_once(
         self, workspace: str, contact_id: str

@@ -61,7 +61,7 @@ class Deadlines:
         self.body_timeout_s = body_timeout_s
         self.backend_timeout_s = backend_timeout_s
         self._tick_s = tick_s
-        self._watched: dict[asyncio.Task[object], Watch] = {}
+        self._watched: dict[asyncio.Future[Any], Watch] = {}
         self._watchdog: asyncio.Task[None] | None = None
         self._failing_since_s: float | None = None
         self._failure = ""
@@ -76,11 +76,15 @@ class Deadlines:
         extra_s = min(max(events - 1, 0) * BACKEND_TIMEOUT_PER_EVENT_S, BACKEND_TIMEOUT_EXTRA_MAX_S)
         return self.backend_timeout_s + extra_s
 
-    def watch(self, send: Send) -> Watch:
+    def watch(self, send: Send, work: asyncio.Future[Any] | None = None) -> Watch:
         """``with deadlines.watch(send) as watch:`` around a request's work, which begins
         waiting for a backend (the key lookup); ``watch`` moves it to its next phase. Nothing
-        may be sent inside the block: at its deadline the watchdog sends the answer."""
-        task = asyncio.current_task()
+        may be sent inside the block: at its deadline the watchdog sends the answer.
+
+        ``work``: a request's backend wait given as a future rather than as the calling task
+        (a request answered from its future's callback, without a task of its own); at the
+        deadline the future is cancelled, and ``watch.ended`` is called when it is done."""
+        task = asyncio.current_task() if work is None else work
         assert task is not None, "deadlines watch a request's task"
         watch = Watch(self, task, send)
         self._watched[task] = watch
@@ -118,7 +122,9 @@ class Deadlines:
     def _wrote(self) -> None:
         self._failing_since_s = None
 
-    def _failed(self, error: ProfilehookError) -> None:
+    def failed(self, error: ProfilehookError) -> None:
+        """A request's backend failed with ``error``: a ``StorageUnavailable`` marks durable
+        writes failing (what the ``Watch`` of a request notes by itself)."""
         if isinstance(error, StorageUnavailable):
             self._failing_since_s = time.monotonic()
             self._failure = str(error.detail)
@@ -149,7 +155,7 @@ class Watch:
         "task",
     )
 
-    def __init__(self, deadlines: Deadlines, task: asyncio.Task[object], send: Send):
+    def __init__(self, deadlines: Deadlines, task: asyncio.Future[Any], send: Send):
         self.deadlines = deadlines
         self.task = task
         self.send = send
@@ -181,7 +187,7 @@ class Watch:
         """Answer ``error`` now and cancel the request's work (the watchdog's part)."""
         self.answer = self.task.get_loop().create_task(send_error(self.send, error))
         self.error = error
-        self.deadlines._failed(error)
+        self.deadlines.failed(error)
         self.task.cancel()
 
     def __enter__(self) -> Watch:
@@ -193,8 +199,16 @@ class Watch:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        """Stop watching. After the watchdog answered, raise ``AlreadyAnswered`` whatever the
-        work came to (it was cancelled, or finished too late to be told).
+        """Stop watching: ``ended``, the task's cancellation by the watchdog undone."""
+        if self.answer is not None and self.error is not None:
+            assert isinstance(self.task, asyncio.Task)
+            self.task.uncancel()
+        self.ended(exc)
+
+    def ended(self, exc: BaseException | None) -> None:
+        """Stop watching the work, which ended with ``exc`` (None: it succeeded). After the
+        watchdog answered, raise ``AlreadyAnswered`` whatever the work came to (it was
+        cancelled, or finished too late to be told).
 
         Only an append that completed clears the failure mark, and only a backend that failed
         sets it; other outcomes (a 422, a 401) say nothing about storage.
@@ -202,13 +216,12 @@ class Watch:
         deadlines = self.deadlines
         del deadlines._watched[self.task]
         if self.answer is not None and self.error is not None:
-            self.task.uncancel()
             raise AlreadyAnswered(self.answer, self.error) from None
         if exc is None:
             if self.phase == _BACKEND and deadlines._failing_since_s is not None:
                 deadlines._wrote()
         elif isinstance(exc, StorageUnavailable):
-            deadlines._failed(exc)
+            deadlines.failed(exc)
 
 
 async def within(timeout_s: float, awaitable: Awaitable[T]) -> T:

@@ -11,7 +11,8 @@
   timer per request for this; here a response only notes when the connection fell idle.
 - **One write per response.** uvicorn writes a response's head and its body separately, which
   is two ``send`` system calls for every small answer. Writes wait in the connection until the
-  end of the event loop's current pass, and go out as one.
+  end of the event loop's current pass, and go out as one. (A direct request's answer, whole
+  and written from a callback or a task, goes out at once, after what the connection holds.)
 - A request the parser refuses (``400``) is answered in the one error shape as well.
 - **A cap on the request head's size.** uvicorn and httptools hold the request line and headers
   in memory until they are complete, without a limit (and join their pieces at a cost that
@@ -25,9 +26,11 @@
   plain (HTTP/1.1, no ``Expect``, ``Transfer-Encoding``, ``Content-Encoding`` or upgrade, the whole
   body in the bytes that brought its head, nothing in flight before it on the connection), go to
   the same handlers without uvicorn's cycle, its event, its header checks and its done-callbacks:
-  an ingest POST runs its ASGI handler in a task of its own with a send that writes the answer
-  in one piece (``_Direct``); a read the store answers on this thread is written from the data
-  callback, with no task at all. Anything else, and a read that would wait, takes uvicorn's
+  a single-event POST, when the store checks keys on this thread (SQLite), is checked as it is
+  parsed, appended at the end of the pass and answered from its append's callback, with no
+  task (``direct_at_once``, api/ingest.py); another ingest POST runs its ASGI handler in a task
+  of its own with a send that writes the answer in one piece (``_Direct``); a read the store
+  answers on this thread is written from the data callback, with no task at all. Anything else, and a read that would wait, takes uvicorn's
   path as before, so the bytes on the wire are the same either way (tests/test_direct_path.py).
 
 One timer per server sweeps the open connections every quarter of the shorter deadline (at
@@ -44,7 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Scope
@@ -55,7 +58,7 @@ from uvicorn.protocols.http.httptools_impl import (
     RequestResponseCycle,
 )
 
-from profilehook.api.responses import error_body, json_headers
+from profilehook.api.responses import error_body, json_headers, send_json
 from profilehook.constants import MAX_HEAD_BYTES
 
 log = logging.getLogger(__name__)
@@ -177,10 +180,12 @@ def http_protocol(
                 if name == b"content-length":
                     length = True
             method, target = parser.get_method(), self.url
+            at_once = None
             if method == b"POST":
                 handler = app.direct_posts.get(target)
                 if handler is None or not length:
                     return None
+                at_once = app.direct_at_once.get(target)
             elif (
                 method == b"GET"
                 and not length
@@ -195,7 +200,9 @@ def http_protocol(
             scope["path"] = target.decode("ascii")
             scope["raw_path"] = target
             scope["query_string"] = b""
-            return _Direct(self, handler, scope, parser.should_keep_alive())  # type: ignore[arg-type]
+            direct = _Direct(self, handler, scope, parser.should_keep_alive())  # type: ignore[arg-type]
+            direct.at_once = at_once
+            return direct
 
         def on_body(self, body: bytes) -> None:
             pending = self.pending
@@ -212,9 +219,13 @@ def http_protocol(
             self.pending = None
             if direct.handler is not None:
                 self.cycle = direct  # type: ignore[assignment]
-                direct.body = b"".join(direct.chunks)
-                task = self.loop.create_task(direct.run(direct.handler))
-                self.tasks.add(task)
+                chunks = direct.chunks
+                body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                if direct.at_once is not None:  # answered from a callback, without a task
+                    direct.at_once(direct, body)
+                    return
+                direct.body = body
+                direct.later(direct.handler(direct.scope, direct.receive, direct.send))
                 return
             answer = (
                 None
@@ -317,9 +328,12 @@ class _Direct:
     as the protocol's ``cycle`` (uvicorn's code reads ``response_complete``, ``disconnected``,
     ``keep_alive``, ``message_event``). Its ASGI handler gets the whole body from one
     ``receive``, and ``send`` writes the answer as uvicorn's cycle would, in one piece, after
-    waiting for a slow reader's transport to drain."""
+    waiting for a slow reader's transport to drain. An ``at_once`` handler (api/ingest.py
+    ``DirectRequest``) takes it with the body instead, and answers through ``answer`` or in a
+    task of its own (``later``)."""
 
     __slots__ = (
+        "at_once",
         "body",
         "chunks",
         "default_headers",
@@ -343,16 +357,23 @@ class _Direct:
         self.scope = scope
         self.keep_alive = keep_alive
         self.default_headers: list[tuple[bytes, bytes]] = protocol.server_state.default_headers
+        self.at_once: Any = None
         self.chunks: list[bytes] = []
         self.body: bytes | None = None
         self.started = self.response_complete = self.disconnected = False
         self.status = 0
         self.headers: Iterable[tuple[bytes, bytes]] = ()
 
-    async def run(self, app: ASGIApp) -> None:
+    def later(self, work: Awaitable[None]) -> None:
+        """Run ``work`` (the request's ASGI handler, or what ends it) in a task, as uvicorn
+        runs an app."""
+        task = self.protocol.loop.create_task(self.run(work))
+        self.protocol.tasks.add(task)
+
+    async def run(self, work: Awaitable[None]) -> None:
         """uvicorn's ``RequestResponseCycle.run_asgi``, for a handler that answers in one body."""
         try:
-            await app(self.scope, self.receive, self.send)
+            await work
         except BaseException as exc:
             self.protocol.logger.error("Exception in ASGI application\n", exc_info=exc)
             if not self.started:
@@ -395,8 +416,24 @@ class _Direct:
             or message.get("more_body", False)
         ):
             raise RuntimeError(f"Unexpected ASGI message {message['type']!r} on a direct request.")
-        body = message.get("body", b"")
-        protocol.transport.write(self.response(self.status, self.headers, body))
+        self._write(self.status, self.headers, message.get("body", b""))
+
+    def answer(self, status: int, body: bytes) -> None:
+        """``send_json(self.send, status, body)``, written now unless the transport waits for a
+        slow reader to drain (then in a task)."""
+        if self.disconnected:
+            return
+        if self.protocol.flow.write_paused:
+            self.later(send_json(self.send, status, body))
+            return
+        self.started = True
+        self._write(status, json_headers(body), body)
+
+    def _write(self, status: int, headers: Iterable[tuple[bytes, bytes]], body: bytes) -> None:
+        protocol = self.protocol
+        # A whole answer, written from a callback or a task (never from the data callback):
+        # held to the end of the pass, it would wait for the loop's next pass of reads too.
+        protocol.transport.write_now(self.response(status, headers, body))
         self.response_complete = True
         if not self.keep_alive:
             protocol.transport.close()
@@ -452,6 +489,15 @@ class _OneWritePerPass:
         # transport pause the protocol's writes rather than this hold them without bound.
         if self._held_bytes >= HIGH_WATER_LIMIT:
             self.flush()
+
+    def write_now(self, data: bytes) -> None:
+        """Write ``data`` (a whole answer) at once, after what is held."""
+        held = self._held
+        if held is not None:
+            held.append(data)
+            self.flush()
+        elif not self._transport.is_closing():
+            self._transport.write(data)
 
     def writelines(self, chunks: Iterable[bytes | bytearray | memoryview]) -> None:
         for chunk in chunks:
