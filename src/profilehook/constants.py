@@ -31,8 +31,11 @@ MAX_EVENT_TIME_S = 253_402_300_799
 # Applier.
 APPLY_BATCH_MAX_EVENTS = 2_000
 APPLY_IDLE_WAIT_S = 0.2
-APPLY_LINGER_S = 0.05  # after a partial batch, before fetching again
-APPLY_BUSY_LINGER_S = 0.15  # the same, after a batch of over a tenth of the maximum
+# After a partial batch the applier waits before fetching again (applier.py, linger_s): this
+# many times as long as the batch took, within these bounds.
+APPLY_LINGER_PER_BUSY = 2.0
+APPLY_LINGER_MIN_S = 0.01
+APPLY_LINGER_MAX_S = 0.15
 ACK_INTERVAL_S = 0.25  # applied events are synced in the store and acknowledged this often
 APPLY_RETRY_BACKOFF_S = (0.05, 0.2, 1.0, 5.0)
 
