@@ -157,6 +157,7 @@ CHANGES_PAGE_DEFAULT = 500
 CHANGES_PAGE_MAX = 1_000
 CHANGES_WAIT_MAX_S = 60  # the longest long-poll a GET /v1/changes may ask for (wait_s)
 CHANGES_POLL_S = 0.05  # how often a waiting reader looks for new changes
+CHANGES_MARK_POLL_S = 0.005  # ...or, on a store with a feed_mark, at that mark (a memory read)
 CHANGES_STREAM_KEEPALIVE_S = 15.0  # an SSE comment line this often while nothing happens
 
 # Destinations (README, Getting changes out)
