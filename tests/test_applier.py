@@ -145,6 +145,32 @@ async def test_after_a_partial_batch_the_applier_waits_as_linger_s_says_for_that
     assert all(wait > 0 for wait in lingered[:2])
 
 
+async def test_the_time_a_batch_took_leaves_out_the_stores_periodic_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The linger is for CPU work a fuller batch would share; a sync waits for the disk (an
+    fsync can take long on a busy machine) and is not counted."""
+    from profilehook import applier as applier_module
+
+    monkeypatch.setattr(applier_module, "ACK_INTERVAL_S", 0.0)  # this step syncs
+    queue, store = MemoryQueue(), SqliteStore(tmp_path / "p.sqlite3")
+    await store.open()
+    real_sync = store.sync
+
+    async def slow_sync() -> None:
+        await asyncio.sleep(1.0)
+        await real_sync()
+
+    monkeypatch.setattr(store, "sync", slow_sync)
+    applier = Applier(queue, store, Metrics(), 1_000)
+    await queue.publish([event(event_id="e1", a=1)])
+    try:
+        assert await applier.step() == 1
+    finally:
+        await store.close()
+    assert applier.busy_s < 0.5
+
+
 def test_the_linger_follows_the_batchs_own_time_within_its_bounds() -> None:
     """A full batch: no wait (a backlog). A partial one: APPLY_LINGER_PER_BUSY times its time,
     at least APPLY_LINGER_MIN_S (many tiny batches would spend the applier's CPU on each one's

@@ -38,7 +38,7 @@ class Applier:
         self.batch_max_events = batch_max_events
         self._unacked: list[Delivery] = []  # applied, acknowledged after the next store sync
         self._synced_at = time.monotonic()
-        self.busy_s = 0.0  # how long the last step took once its batch was fetched
+        self.busy_s = 0.0  # how long the last batch took to apply, once fetched
         # Called after each batch that recorded changes (committed): the delivery loop (or
         # process) sends them without waiting for its poll. A batch that changed nothing (a
         # repeat, a value already held) wakes nothing.
@@ -87,10 +87,12 @@ class Applier:
         self._unacked.extend(deliveries)
         if result.changes and self.on_applied is not None:
             self.on_applied()
+        # The batch's own time: the periodic sync below waits for the disk, it is not work that
+        # a fuller batch would share.
+        self.busy_s = time.monotonic() - started_s
         if time.monotonic() - self._synced_at >= ACK_INTERVAL_S:
             await self.flush()
         self._observe(events, result)
-        self.busy_s = time.monotonic() - started_s
         return len(deliveries)
 
     async def flush(self) -> None:
@@ -166,7 +168,8 @@ class Applier:
 
 def linger_s(applied: int, batch_max_events: int, busy_s: float) -> float:
     """How long the applier waits before its next fetch, after a step that handled ``applied``
-    events in ``busy_s`` (from its fetch's answer to its end, wall clock).
+    events in ``busy_s`` (from its fetch's answer until they were applied, wall clock; not the
+    store's periodic sync, which waits for the disk).
 
     A full batch: not at all, a backlog waits. A partial one: ``APPLY_LINGER_PER_BUSY`` times
     as long as it took, within ``APPLY_LINGER_MIN_S`` and ``APPLY_LINGER_MAX_S``: a batch has a
