@@ -1868,7 +1868,7 @@ def _ingest_to_delivery(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
         result["e2e_events"] = sent
         result["e2e_ingest_per_s"] = sent / args.duration
         result["e2e_max_events_per_s"] = sent / (done - t0)
-        half = result["e2e_max_events_per_s"] / 2
+        half = args.e2e_rate or result["e2e_max_events_per_s"] / 2
         sent_at = asyncio.run(_paced(server.port, key, half, args.duration))
         try:
             _delivered(receiver, server, flood + len(sent_at), 120)
@@ -2457,6 +2457,13 @@ def main() -> None:
     )
     parser.add_argument("--feed-events", type=int, default=50_000, help="changes read in K")
     parser.add_argument("--feed-latency-events", type=int, default=200, help="events timed in K")
+    parser.add_argument(
+        "--e2e-rate",
+        type=float,
+        default=0,
+        help="L: time ingest -> delivery at this rate (events/s) instead of half the most"
+        " measured (a fixed rate compares two versions of the code like for like)",
+    )
     parser.add_argument(
         "--read-contacts", type=int, default=1_000_000, help="contacts loaded for R and S"
     )

@@ -110,35 +110,86 @@ async def test_given_an_id_postgresql_cannot_index_then_it_is_refused_not_an_out
         drop_schema(schema)
 
 
-async def test_under_load_the_applier_waits_for_fuller_batches_and_when_quiet_it_does_not(
+async def test_after_a_partial_batch_the_applier_waits_as_linger_s_says_for_that_batch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """After a batch of over a tenth of the maximum, the next gathers longer (fewer, larger
-    commits take less CPU from ingestion); after a small one, the lag stays short."""
+    """Each partial batch is followed by the wait ``linger_s`` gives for its size and the time
+    it took: a bigger batch (more work) is followed by a longer wait than a quiet one."""
     from profilehook import applier as applier_module
-    from profilehook.constants import APPLY_BUSY_LINGER_S, APPLY_LINGER_S
 
     queue, store = MemoryQueue(), SqliteStore(tmp_path / "p.sqlite3")
     await store.open()
     stop = asyncio.Event()
     lingered: list[float] = []
+    expected: list[float] = []
     real_sleep = applier_module._sleep_unless
+    applier = Applier(queue, store, Metrics(), 1_000)
 
     async def sleep(stop_: asyncio.Event, delay_s: float) -> None:
         lingered.append(delay_s)
         if len(lingered) == 1:  # the busy batch is applied: a quiet one follows
+            expected.append(applier_module.linger_s(150, 1_000, applier.busy_s))
             await queue.publish([event(event_id="quiet", a=1)])
         else:
+            expected.append(applier_module.linger_s(1, 1_000, applier.busy_s))
             stop.set()
         await real_sleep(stop_, 0)
 
     monkeypatch.setattr(applier_module, "_sleep_unless", sleep)
     await queue.publish([event(event_id=f"e{i}", a=i) for i in range(150)])
     try:
-        await asyncio.wait_for(Applier(queue, store, Metrics(), 1_000).run(stop), 10)
+        await asyncio.wait_for(applier.run(stop), 10)
     finally:
         await store.close()
-    assert lingered[:2] == [APPLY_BUSY_LINGER_S, APPLY_LINGER_S]
+    assert lingered[:2] == expected
+    assert all(wait > 0 for wait in lingered[:2])
+
+
+async def test_the_time_a_batch_took_leaves_out_the_stores_periodic_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The linger is for CPU work a fuller batch would share; a sync waits for the disk (an
+    fsync can take long on a busy machine) and is not counted."""
+    from profilehook import applier as applier_module
+
+    monkeypatch.setattr(applier_module, "ACK_INTERVAL_S", 0.0)  # this step syncs
+    queue, store = MemoryQueue(), SqliteStore(tmp_path / "p.sqlite3")
+    await store.open()
+    real_sync = store.sync
+
+    async def slow_sync() -> None:
+        await asyncio.sleep(1.0)
+        await real_sync()
+
+    monkeypatch.setattr(store, "sync", slow_sync)
+    applier = Applier(queue, store, Metrics(), 1_000)
+    await queue.publish([event(event_id="e1", a=1)])
+    try:
+        assert await applier.step() == 1
+    finally:
+        await store.close()
+    assert applier.busy_s < 0.5
+
+
+def test_the_linger_follows_the_batchs_own_time_within_its_bounds() -> None:
+    """A full batch: no wait (a backlog). A partial one: APPLY_LINGER_PER_BUSY times its time,
+    at least APPLY_LINGER_MIN_S (many tiny batches would spend the applier's CPU on each one's
+    fixed cost) and at most APPLY_LINGER_MAX_S; a quick batch is followed by a short wait (a
+    change goes out soon: 10 ms after a 1 ms batch, where a fixed linger waited 50)."""
+    from profilehook.applier import linger_s
+    from profilehook.constants import (
+        APPLY_LINGER_MAX_S,
+        APPLY_LINGER_MIN_S,
+        APPLY_LINGER_PER_BUSY,
+    )
+
+    assert linger_s(2_000, 2_000, 0.5) == 0.0
+    assert linger_s(0, 2_000, 0.5) == 0.0
+    assert linger_s(1, 2_000, 0.001) == APPLY_LINGER_MIN_S <= 0.02
+    assert linger_s(500, 2_000, 0.02) == pytest.approx(APPLY_LINGER_PER_BUSY * 0.02)
+    assert linger_s(1_999, 2_000, 10.0) == APPLY_LINGER_MAX_S
+    waits = [linger_s(100, 2_000, busy_ms / 1000) for busy_ms in range(0, 200)]
+    assert waits == sorted(waits)  # more work, never a shorter wait
 
 
 async def test_given_a_purged_event_redelivered_then_it_counts_failed_not_duplicate(

@@ -357,3 +357,52 @@ async def test_a_child_whose_output_ends_is_waited_for_not_killed() -> None:
     code = await asyncio.wait_for(supervisor._supervise(child, asyncio.Event()), 5)  # type: ignore[arg-type]
 
     assert (child.killed, code) == (False, 1)
+
+
+def test_the_servers_commits_reach_the_child_through_a_pipe_of_its_own(
+    server: ServerProcess,
+) -> None:
+    """The child is told which descriptor is its wake-up pipe (the read end; the server keeps
+    the write end): the server's appends wake it instead of its next look at the log."""
+    (child,) = applier_pids(server)
+    args = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+    fd = int(args[args.index(b"--wake-fd") + 1])
+    assert os.readlink(f"/proc/{child}/fd/{fd}").startswith("pipe:")
+
+
+async def test_an_append_by_another_process_wakes_a_waiting_fetch_through_the_pipe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given a consumer waiting for events with no look at the log due for a minute, when
+    another writer (its own connection and queue, as the server's) commits an append, then
+    the consumer has it at once; once the pipe's writer is gone it falls back to looking."""
+    from profilehook.queues import sqlite as sqlite_queue
+    from tests.support import event
+
+    monkeypatch.setattr(sqlite_queue, "POLL_INTERVAL_S", 60.0)
+    path = tmp_path / "log.sqlite3"
+    server, child = sqlite_queue.SqliteQueue(path), sqlite_queue.SqliteQueue(path)
+    await server.open()
+    await child.open()
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    server.tell_appends_to(write_fd)
+    child.woken_by(read_fd)
+    try:
+        fetching = asyncio.create_task(child.fetch(10, 50))
+        await asyncio.sleep(0.1)  # waiting now
+        await server.publish([event(event_id="woken", a=1)])
+        (delivery,) = await asyncio.wait_for(fetching, 10)
+        assert delivery.event.event_id == "woken"
+
+        server.tell_appends_to(None)
+        os.close(write_fd)
+        monkeypatch.setattr(sqlite_queue, "POLL_INTERVAL_S", 0.01)
+        await server.publish([event(event_id="polled", a=2)])
+        (delivery,) = await asyncio.wait_for(child.fetch(10, 5), 10)
+        assert delivery.event.event_id == "polled"
+        assert await asyncio.wait_for(child.fetch(10, 0.2), 10) == []  # the pipe's end: no spin
+    finally:
+        os.close(read_fd)
+        await child.close()
+        await server.close()

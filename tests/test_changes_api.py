@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import msgspec
+import pytest
 from starlette.testclient import TestClient
 
 from profilehook.events import now_us
@@ -93,6 +94,26 @@ def test_given_no_change_past_the_cursor_then_it_long_polls_until_one_comes(
     waiting.join(20)
     assert [c["contact_id"] for c in found[0]["changes"]] == ["c1"]
     assert time.monotonic() - started < 10  # answered when it came, not at wait_s
+
+
+def test_given_a_long_poll_then_a_commit_wakes_it_without_waiting_for_its_next_look(
+    client: TestClient, auth: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite's commits are seen by a memory read of the file's WAL-index header, every few
+    milliseconds, whoever commits: a waiting reader answers as the change is applied, not at
+    its next look at the store (here made 30 s apart)."""
+    from profilehook import constants
+
+    monkeypatch.setattr(constants, "CHANGES_POLL_S", 30.0)
+    found: list[dict[str, Any]] = []
+    waiting = threading.Thread(target=lambda: found.append(changes(client, auth, wait_s=20)))
+    started = time.monotonic()
+    waiting.start()
+    time.sleep(0.3)
+    post(client, auth, "c1", 1, plan="pro")
+    waiting.join(20)
+    assert [c["contact_id"] for c in found[0]["changes"]] == ["c1"]
+    assert time.monotonic() - started < 10  # not at its next look (30 s) nor at wait_s (20 s)
 
 
 def test_given_keys_then_only_a_read_key_of_the_workspace_reads_its_changes(

@@ -15,9 +15,10 @@ from collections.abc import Callable, Sequence
 
 from profilehook.constants import (
     ACK_INTERVAL_S,
-    APPLY_BUSY_LINGER_S,
     APPLY_IDLE_WAIT_S,
-    APPLY_LINGER_S,
+    APPLY_LINGER_MAX_S,
+    APPLY_LINGER_MIN_S,
+    APPLY_LINGER_PER_BUSY,
     APPLY_RETRY_BACKOFF_S,
 )
 from profilehook.errors import StorageUnavailable, StoreRefused
@@ -37,6 +38,7 @@ class Applier:
         self.batch_max_events = batch_max_events
         self._unacked: list[Delivery] = []  # applied, acknowledged after the next store sync
         self._synced_at = time.monotonic()
+        self.busy_s = 0.0  # how long the last batch took to apply, once fetched
         # Called after each batch that recorded changes (committed): the delivery loop (or
         # process) sends them without waiting for its poll. A batch that changed nothing (a
         # repeat, a value already held) wakes nothing.
@@ -51,14 +53,8 @@ class Applier:
                 failures = 0
                 if not applied:
                     await self.refresh_depth()
-                elif applied < self.batch_max_events:
-                    # Caught up: let the next batch gather for a moment. Small batches would
-                    # each cost a commit in the store and an ack in the log, taking CPU and
-                    # fsyncs from ingestion; the lag this adds is bounded by the linger. Under
-                    # load, wait for a fuller batch: an event applied in a batch of 2,000 costs
-                    # ~10% less CPU than in one of 1,000 (and a third less than in 300).
-                    busy = applied >= self.batch_max_events // 10
-                    await _sleep_unless(stop, APPLY_BUSY_LINGER_S if busy else APPLY_LINGER_S)
+                elif wait_s := linger_s(applied, self.batch_max_events, self.busy_s):
+                    await _sleep_unless(stop, wait_s)
             except Exception as exc:  # the applier must outlive any one failure
                 delay = APPLY_RETRY_BACKOFF_S[min(failures, len(APPLY_RETRY_BACKOFF_S) - 1)]
                 failures += 1
@@ -76,6 +72,7 @@ class Applier:
         """Fetch one batch and apply it; acknowledge what was applied once the store made it
         durable (``flush``, at most every ``ACK_INTERVAL_S``). Returns the events handled."""
         deliveries = await self.queue.fetch(self.batch_max_events, wait_s)
+        started_s = time.monotonic()
         if not deliveries:
             await self.flush()
             return 0
@@ -90,6 +87,9 @@ class Applier:
         self._unacked.extend(deliveries)
         if result.changes and self.on_applied is not None:
             self.on_applied()
+        # The batch's own time: the periodic sync below waits for the disk, it is not work that
+        # a fuller batch would share.
+        self.busy_s = time.monotonic() - started_s
         if time.monotonic() - self._synced_at >= ACK_INTERVAL_S:
             await self.flush()
         self._observe(events, result)
@@ -164,6 +164,27 @@ class Applier:
                 self.metrics.events.labels(source, "erased").inc(erased)
         self.metrics.superseded.inc(result.superseded)
         self.metrics.apply_batches.inc()
+
+
+def linger_s(applied: int, batch_max_events: int, busy_s: float) -> float:
+    """How long the applier waits before its next fetch, after a step that handled ``applied``
+    events in ``busy_s`` (from its fetch's answer until they were applied, wall clock; not the
+    store's periodic sync, which waits for the disk).
+
+    A full batch: not at all, a backlog waits. A partial one: ``APPLY_LINGER_PER_BUSY`` times
+    as long as it took, within ``APPLY_LINGER_MIN_S`` and ``APPLY_LINGER_MAX_S``: a batch has a
+    fixed cost (the log's read, the store's transaction, the delivery process's wake-up), so an
+    applier that went straight back would spend its CPU on many small batches, taken from
+    ingestion. Tied to the batch's own time, the wait is short while the applier has little to
+    do (a change goes out soon), and grows with its work, or with a machine so busy that the
+    applier, at the lowest priority, gets little of it: batches then grow, and an event costs
+    less CPU (benchmarks/README.md). At a steady rate, once the batch's cost per event times
+    the rate reaches 1 / (1 + ``APPLY_LINGER_PER_BUSY``) of a core, batches grow to the
+    maximum.
+    """
+    if applied <= 0 or applied >= batch_max_events:
+        return 0.0
+    return min(APPLY_LINGER_MAX_S, max(APPLY_LINGER_MIN_S, APPLY_LINGER_PER_BUSY * busy_s))
 
 
 async def _sleep_unless(stop: asyncio.Event, delay_s: float) -> None:

@@ -13,7 +13,9 @@ pipe), after acknowledging what it applied. On its standard output it writes one
 ``Report``, every ``REPORT_INTERVAL_S`` and at each acknowledgement: its ``ApplierTotals``, which
 the server adds to its own ``/metrics``, and, for the SQLite log, the position it acknowledges,
 which the server writes to the log (``HandsOverAcknowledgements``): applying, the child only
-reads the log (it checks the log's schema once, when it starts).
+reads the log (it checks the log's schema once, when it starts). And for the SQLite log, the
+server's commits wake the child waiting for events (``TellsOfAppends``): a byte on a pipe of
+its own (``--wake-fd``), read by the child only while it waits.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from profilehook.destinations.process import DeliveryProcess, delivers_in_a_chil
 from profilehook.erasure import Eraser
 from profilehook.errors import StorageUnavailable
 from profilehook.metrics import ApplierTotals, Metrics
-from profilehook.queues.base import HandsOverAcknowledgements, Queue
+from profilehook.queues.base import HandsOverAcknowledgements, Queue, TellsOfAppends
 from profilehook.retention import ChangePurger, HistoryPurger
 from profilehook.service import running
 from profilehook.settings import Settings
@@ -58,11 +60,15 @@ _decode_report = msgspec.json.Decoder(Report).decode
 
 
 async def run_applier(
-    settings: Settings, metrics_port: int | None = None, report_to_parent: bool = False
+    settings: Settings,
+    metrics_port: int | None = None,
+    report_to_parent: bool = False,
+    wake_fd: int | None = None,
 ) -> None:
     """Apply the log to the store until SIGINT or SIGTERM (``profilehook worker``); with
     ``metrics_port``, serve the applier's Prometheus metrics there. ``report_to_parent``: as the
     child of ``serve``, at the lowest priority, until the server closes standard input.
+    ``wake_fd``: the read end of the pipe the server's appends write to (``TellsOfAppends``).
 
     Raises ``asyncio.CancelledError`` when a signal stops it before the backends are open,
     ``ConfigurationError`` and ``StorageUnavailable`` as ``Services`` does.
@@ -74,6 +80,8 @@ async def run_applier(
     _stop_on_signals(stop, started)
     async with running(settings) as services:
         started.set()
+        if wake_fd is not None and isinstance(services.queue, TellsOfAppends):
+            services.queue.woken_by(wake_fd)
         endpoints = None
         if metrics_port is not None:
             endpoints = ApplierEndpoints(services, settings.host, metrics_port)
@@ -167,24 +175,50 @@ class ApplierProcess:
         self.settings = settings
         self.metrics = metrics
         self.acknowledgements = queue if isinstance(queue, HandsOverAcknowledgements) else None
+        self.appends = queue if isinstance(queue, TellsOfAppends) else None
+        self._wake_fd: int | None = None  # the write end of the running child's wake-up pipe
 
     async def run(self, stop: asyncio.Event) -> None:
         await keep_running("applier process", self._spawn, self._supervise, stop)
 
     async def _spawn(self) -> Process:
         env = {**os.environ, **self.settings.to_env()}
-        return await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "profilehook",
-            "worker",
-            "--report-to-parent",
-            env=env,
-            stdin=PIPE,
-            stdout=PIPE,
-            # In the server's session; the child moves to a process group of its own as it starts
-            # (``leave_process_group``, which says why).
-        )
+        wake: tuple[str, ...] = ()
+        read_fd = None
+        if self.appends is not None:
+            read_fd, self._wake_fd = os.pipe()
+            os.set_blocking(self._wake_fd, False)
+            wake = ("--wake-fd", str(read_fd))
+        try:
+            return await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "profilehook",
+                "worker",
+                "--report-to-parent",
+                *wake,
+                env=env,
+                stdin=PIPE,
+                stdout=PIPE,
+                pass_fds=() if read_fd is None else (read_fd,),
+                # In the server's session; the child moves to a process group of its own as it
+                # starts (``leave_process_group``, which says why).
+            )
+        except BaseException:
+            self._close_wake_pipe()
+            raise
+        finally:
+            if read_fd is not None:
+                os.close(read_fd)
+            if self.appends is not None and self._wake_fd is not None:
+                self.appends.tell_appends_to(self._wake_fd)
+
+    def _close_wake_pipe(self) -> None:
+        fd, self._wake_fd = self._wake_fd, None
+        if fd is not None:
+            assert self.appends is not None
+            self.appends.tell_appends_to(None)  # before the close: the number may be reused
+            os.close(fd)
 
     async def _supervise(self, proc: Process, stop: asyncio.Event) -> int:
         relay = asyncio.create_task(self._relay(proc))
@@ -206,6 +240,7 @@ class ApplierProcess:
                 log.error("applier process did not stop within %ss; killing it", STOP_TIMEOUT_S)
                 proc.kill()
         code = await exited
+        self._close_wake_pipe()
         try:
             await relay
         except Exception:  # (a line longer than the reader's limit, say): the child is restarted

@@ -291,8 +291,11 @@ async def _quickstart_text(settings: Settings) -> str:
     " (503 when its backends fail or it is stalled) on this port.",
 )
 @click.option("--report-to-parent", is_flag=True, hidden=True)
+@click.option("--wake-fd", type=int, hidden=True)
 @click.pass_context
-def worker(ctx: click.Context, metrics_port: int | None, report_to_parent: bool) -> None:
+def worker(
+    ctx: click.Context, metrics_port: int | None, report_to_parent: bool, wake_fd: int | None
+) -> None:
     """Run only the applier (queue -> store) until interrupted.
 
     \b
@@ -304,7 +307,7 @@ def worker(ctx: click.Context, metrics_port: int | None, report_to_parent: bool)
     settings = _settings(ctx)
     _settle_heap()
     try:
-        _run(run_applier(settings, metrics_port, report_to_parent))
+        _run(run_applier(settings, metrics_port, report_to_parent, wake_fd))
     except asyncio.CancelledError:
         sys.exit(1)  # stopped before it started
 

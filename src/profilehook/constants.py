@@ -31,8 +31,11 @@ MAX_EVENT_TIME_S = 253_402_300_799
 # Applier.
 APPLY_BATCH_MAX_EVENTS = 2_000
 APPLY_IDLE_WAIT_S = 0.2
-APPLY_LINGER_S = 0.05  # after a partial batch, before fetching again
-APPLY_BUSY_LINGER_S = 0.15  # the same, after a batch of over a tenth of the maximum
+# After a partial batch the applier waits before fetching again (applier.py, linger_s): this
+# many times as long as the batch took, within these bounds.
+APPLY_LINGER_PER_BUSY = 2.0
+APPLY_LINGER_MIN_S = 0.01
+APPLY_LINGER_MAX_S = 0.15
 ACK_INTERVAL_S = 0.25  # applied events are synced in the store and acknowledged this often
 APPLY_RETRY_BACKOFF_S = (0.05, 0.2, 1.0, 5.0)
 
@@ -158,6 +161,7 @@ CHANGES_PAGE_DEFAULT = 500
 CHANGES_PAGE_MAX = 1_000
 CHANGES_WAIT_MAX_S = 60  # the longest long-poll a GET /v1/changes may ask for (wait_s)
 CHANGES_POLL_S = 0.05  # how often a waiting reader looks for new changes
+CHANGES_MARK_POLL_S = 0.005  # ...or, on a store with a feed_mark, at that mark (a memory read)
 CHANGES_STREAM_KEEPALIVE_S = 15.0  # an SSE comment line this often while nothing happens
 
 # Destinations (README, Getting changes out)

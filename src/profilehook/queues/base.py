@@ -1,7 +1,8 @@
 """The durable log's contract, and its optional capability.
 
 A backend is correct when it passes tests/test_queue_contract.py. ``HandsOverAcknowledgements``
-is not part of every queue's contract: only a log that another process can write (SQLite) has it.
+and ``TellsOfAppends`` are not part of every queue's contract: only a log that another process
+can write (SQLite) has them.
 """
 
 from __future__ import annotations
@@ -97,3 +98,22 @@ class HandsOverAcknowledgements(Protocol):
     async def acknowledge_upto(self, position: int) -> None:
         """Write an acknowledgement handed over by ``hand_acknowledgements_to``'s ``record``:
         every event up to ``position`` is done (a stale position moves nothing back)."""
+
+
+@runtime_checkable
+class TellsOfAppends(Protocol):
+    """A log whose consumer in another process can be woken by this process's appends, through
+    a pipe: the server's commits wake the applier process of ``serve`` waiting for events
+    (see applier_process.py). Without it, that consumer sees an append at its next look
+    (``POLL_INTERVAL_S``). A broker (NATS) pushes to its consumers itself. Checked with
+    ``isinstance`` where it is used."""
+
+    def tell_appends_to(self, fd: int | None) -> None:
+        """From now on, after each commit of an append, write one byte to ``fd`` (the write
+        end of a pipe, made non-blocking: a full pipe already holds a wake-up); None stops.
+        The caller closes ``fd`` only after passing None."""
+
+    def woken_by(self, fd: int) -> None:
+        """From now on a ``fetch`` waiting for events wakes at once on a byte in ``fd`` (the
+        read end of the pipe another process's ``tell_appends_to`` writes); it reads the pipe
+        only then, so bytes written meanwhile cost this process nothing."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -16,7 +17,7 @@ from pathlib import Path
 import msgspec
 
 from profilehook.events import Event, encode_events, erased_stub, predates
-from profilehook.queues.base import Delivery, HandsOverAcknowledgements, Queue
+from profilehook.queues.base import Delivery, HandsOverAcknowledgements, Queue, TellsOfAppends
 from profilehook.sqlite_db import MAX_RECORDS_PER_ROW, SqliteDatabase
 
 # 1: one row per event (before group-commit rows); 2: written without secure_delete
@@ -43,10 +44,11 @@ def _written_without_secure_delete_2_to_3(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT INTO vacuum_due (since_schema) VALUES (2)")
 
 
-class SqliteQueue(Queue, HandsOverAcknowledgements):
+class SqliteQueue(Queue, HandsOverAcknowledgements, TellsOfAppends):
     """A delivery's token is its position in the log, ``seq << INDEX_BITS | index in its row``;
-    the cursor in the file is the position of the last event acknowledged. Another process
-    (``serve``'s) may write the acknowledgements: see ``HandsOverAcknowledgements``."""
+        the cursor in the file is the position of the last event acknowledged. Another process
+        (``serve``'s) may write the acknowledgements: see ``HandsOverAcknowledgements``; and its
+    appends may wake this consumer: see ``TellsOfAppends``."""
 
     def __init__(self, path: Path):
         self._wake = asyncio.Event()  # set after each commit: a fetch in this process wakes
@@ -57,7 +59,7 @@ class SqliteQueue(Queue, HandsOverAcknowledgements):
             path,
             SCHEMA,
             SCHEMA_VERSION,
-            after_commit=self._wake.set,
+            after_commit=self._committed,
             background_checkpoints=True,
             migrations={2: _written_without_secure_delete_2_to_3},
             # What a commit deletes is overwritten with zeros, in the pages it frees too: FAST
@@ -67,6 +69,23 @@ class SqliteQueue(Queue, HandsOverAcknowledgements):
         )
         self._delivered = 0
         self._record_ack: Callable[[int], None] | None = None
+        self._tell_fd: int | None = None  # tell_appends_to's pipe
+        self._woken_by_fd: int | None = None  # woken_by's pipe
+
+    def _committed(self) -> None:
+        self._wake.set()
+        if self._tell_fd is not None:
+            # One write a commit (about a microsecond; commits are 20-60 requests each under
+            # load). A full pipe (the consumer is busy, not waiting) already holds a wake-up.
+            with contextlib.suppress(OSError):
+                os.write(self._tell_fd, b"\x01")
+
+    def tell_appends_to(self, fd: int | None) -> None:
+        self._tell_fd = fd
+
+    def woken_by(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+        self._woken_by_fd = fd
 
     async def open(self) -> None:
         await self.db.open()
@@ -92,13 +111,12 @@ class SqliteQueue(Queue, HandsOverAcknowledgements):
         deadline = time.monotonic() + wait_s
         while True:
             self._wake.clear()
+            # Before the read: a byte written after it is a commit the read may not have seen.
+            self._read_wake_ups()
             rows = await self.db.read(lambda conn: _rows_from(conn, self._delivered, max_events))
             if rows or time.monotonic() >= deadline:
                 break
-            # Woken at once by a publish in this process; appends by another process (the
-            # server, when this is its applier process) are seen within POLL_INTERVAL_S.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), POLL_INTERVAL_S)
+            await self._wait_for_appends()
         deliveries: list[Delivery] = []
         for seq, count, body in rows:
             first = seq << INDEX_BITS
@@ -108,6 +126,35 @@ class SqliteQueue(Queue, HandsOverAcknowledgements):
         if deliveries:
             self._delivered = deliveries[-1].token
         return deliveries
+
+    async def _wait_for_appends(self) -> None:
+        """Woken at once by a publish in this process, and by a byte from another process's
+        (``woken_by``); otherwise an append by another process is seen within POLL_INTERVAL_S."""
+        fd = self._woken_by_fd
+        loop = asyncio.get_running_loop()
+        if fd is not None:
+            loop.add_reader(fd, self._wake.set)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), POLL_INTERVAL_S)
+        finally:
+            if fd is not None:
+                loop.remove_reader(fd)
+
+    def _read_wake_ups(self) -> None:
+        """Empty ``woken_by``'s pipe; at its end (the writer is gone) stop reading it."""
+        fd = self._woken_by_fd
+        if fd is None:
+            return
+        try:
+            while data := os.read(fd, 65_536):
+                if len(data) < 65_536:
+                    return
+        except BlockingIOError:  # empty
+            return
+        except OSError:
+            pass
+        self._woken_by_fd = None  # ended or unreadable: appends are seen by polling
 
     async def release(self, deliveries: Sequence[Delivery]) -> None:
         # Without this, the next fetch would start after them and a later ack would delete

@@ -1089,6 +1089,12 @@ class ChangeFeed(ABC):
         a cursor handed out). Raises ``InvalidCursor`` for a cursor this store did not issue,
         ``CursorExpired`` when changes after ``after`` were purged."""
 
+    def feed_mark(self) -> object:
+        """A value that differs after any commit that may have recorded changes, by any process,
+        read without a statement (a memory read): a waiting reader looks at the feed again when
+        it moves. None: this store cannot tell (readers look every ``CHANGES_POLL_S``)."""
+        return None
+
     @abstractmethod
     async def feed_end(self, workspace: str) -> str | None:
         """The cursor at the end of the workspace's feed now (None: no change was ever made):

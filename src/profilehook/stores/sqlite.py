@@ -244,6 +244,7 @@ class SqliteStore(Store, ContactQueries, Segments, SqliteDestinations):
             SCHEMA,
             SCHEMA_VERSION,
             synchronous="NORMAL",
+            watch_commits=True,  # feed_mark
             migrations={
                 2: _rekey_2_to_3,
                 3: _add_erasures_3_to_4,
@@ -442,6 +443,10 @@ class SqliteStore(Store, ContactQueries, Segments, SqliteDestinations):
     async def read_changes(self, workspace: str, after: str | None, limit: int) -> list[Change]:
         start = _position(after)
         return await self.db.read(lambda conn: _read_changes(conn, workspace, after, start, limit))
+
+    def feed_mark(self) -> object:
+        # The profiles file's WAL-index header: every apply commits there (sqlite_db.py).
+        return self.db.commit_mark()
 
     async def feed_end(self, workspace: str) -> str | None:
         return await self.db.read(_feed_end)
