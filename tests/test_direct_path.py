@@ -119,9 +119,10 @@ class _Served:
         await asyncio.gather(*tasks)
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Served]:
-    found = _Served(tmp_path_factory.mktemp("direct"))
+@contextlib.contextmanager
+def counting(found: _Served) -> Iterator[None]:
+    """While inside, ``found.direct`` counts the answers the direct path gives and
+    ``found.tasks`` the tasks it starts."""
     counted = protocol_module._Direct
 
     class Counted(counted):  # type: ignore[valid-type, misc]
@@ -137,11 +138,20 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Served]:
 
     protocol_module._Direct = Counted  # type: ignore[misc]
     try:
-        found.start()
-        yield found
+        yield
     finally:
         protocol_module._Direct = counted  # type: ignore[misc]
-        found.stop()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Served]:
+    found = _Served(tmp_path_factory.mktemp("direct"))
+    with counting(found):
+        found.start()
+        try:
+            yield found
+        finally:
+            found.stop()
 
 
 def connect(port: int) -> socket.socket:

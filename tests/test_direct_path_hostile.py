@@ -15,17 +15,15 @@ import re
 import socket
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import hypothesis
 import msgspec
 import pytest
 from hypothesis import strategies as st
 
-from profilehook.api import protocol as protocol_module
 from profilehook.constants import MAX_HEAD_BYTES
 from tests.support import examples, wait_until
-from tests.test_direct_path import _Served, connect, event
+from tests.test_direct_path import _Served, connect, counting, event
 
 ANSWER_WAIT_S = 10.0  # past the server's keep-alive (5 s): a hang fails rather than waits
 BODY_TIMEOUT_S = 1.0
@@ -40,26 +38,16 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Served]:
     found = _Served(
         tmp_path_factory.mktemp("hostile"), rate_limit_per_s=0, body_timeout_s=BODY_TIMEOUT_S
     )
-    counted = protocol_module._Direct
-
-    class Counted(counted):  # type: ignore[valid-type, misc]
-        __slots__ = ()
-
-        def response(self, *args: Any) -> bytes:
-            found.direct += 1
-            return super().response(*args)  # type: ignore[no-any-return]
-
-    protocol_module._Direct = Counted  # type: ignore[misc]
-    found.start()
-    try:
-        with connect(found.ports[True]) as sock:
-            sock.sendall(post(found.keys["all"], single("seeded", "s1")))
-            assert read_stream(sock, 1)[0].startswith(b"HTTP/1.1 202 ")
-        wait_until(lambda: stored(found, "seeded"))
-        yield found
-    finally:
-        protocol_module._Direct = counted  # type: ignore[misc]
-        found.stop()
+    with counting(found):
+        found.start()
+        try:
+            with connect(found.ports[True]) as sock:
+                sock.sendall(post(found.keys["all"], single("seeded", "s1")))
+                assert read_stream(sock, 1)[0].startswith(b"HTTP/1.1 202 ")
+            wait_until(lambda: stored(found, "seeded"))
+            yield found
+        finally:
+            found.stop()
 
 
 # -- requests ------------------------------------------------------------------------------------
