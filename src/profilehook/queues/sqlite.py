@@ -46,8 +46,8 @@ def _written_without_secure_delete_2_to_3(conn: sqlite3.Connection) -> None:
 
 class SqliteQueue(Queue, HandsOverAcknowledgements, TellsOfAppends):
     """A delivery's token is its position in the log, ``seq << INDEX_BITS | index in its row``;
-        the cursor in the file is the position of the last event acknowledged. Another process
-        (``serve``'s) may write the acknowledgements: see ``HandsOverAcknowledgements``; and its
+    the cursor in the file is the position of the last event acknowledged. Another process
+    (``serve``'s) may write the acknowledgements: see ``HandsOverAcknowledgements``; and its
     appends may wake this consumer: see ``TellsOfAppends``."""
 
     def __init__(self, path: Path):
