@@ -3,7 +3,8 @@ by default, benchmarks/contacts_loader.py), random ids, against a read ceiling m
 the same run (apps/read_ceiling.py, answering the same profile JSON), and the same while F's
 sustained ingest runs beside it on the same server: full rate, then half of that rate for the
 p99. F's ingest is offered ``--sustain-rate`` events/s as in F (batches of ``--sustain-batch``,
-32 connections, the wait calibrated by two probes).
+32 connections), paced by the clock (``paced_lua``): offered whatever the reads do to its
+answers' latency.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def _beside_ingest(
     at full rate, then at half that rate."""
     from benchmarks import run as harness
 
-    ingest_script = _calibrated_ingest(tmp, server, key, args)
+    ingest_script = _paced_ingest(tmp, key, args)
     load: dict[str, float] = {}
     span_s = 3 * args.duration + 5
     before = harness.metric(server.url, "profilehook_events_total")
@@ -166,22 +167,15 @@ def _beside_ingest(
     }
 
 
-def _calibrated_ingest(tmp: Path, server: Any, key: str, args: argparse.Namespace) -> Path:
-    """F's load script: the wait per request that offers ``--sustain-rate`` events/s from
-    ``INGEST_CONNECTIONS`` connections, corrected by two 3 s probes (as F does)."""
+def _paced_ingest(tmp: Path, key: str, args: argparse.Namespace) -> Path:
+    """F's load, offered by the clock: ``--sustain-rate`` events/s in batches of
+    ``--sustain-batch`` whatever the answers' latency (``paced_lua``). F's own wrk script waits a
+    fixed time after each answer, calibrated by probes on the idle server; beside the reads the
+    answers slow down and the same wait offers fewer events than claimed."""
     from benchmarks import run as harness
 
-    per_request = args.sustain_batch
-    body = {"events": [{**harness.EVENT, "contact_id": f"user{i}"} for i in range(per_request)]}
-    period_ms = 1000 * INGEST_CONNECTIONS * per_request / args.sustain_rate
-    delay_ms = period_ms
-    for _ in range(2):
-        probe = harness.wrk(
-            server.url + "/v1/properties/batch",
-            harness.lua(tmp / "r-ingest.lua", body, key, delay_ms),
-            3,
-            connections=INGEST_CONNECTIONS,
-            threads=1,
-        )
-        delay_ms = max(0.0, delay_ms + period_ms - 1000 * INGEST_CONNECTIONS / probe["rps"])
-    return harness.lua(tmp / "r-ingest.lua", body, key, delay_ms)
+    body = {
+        "events": [{**harness.EVENT, "contact_id": f"user{i}"} for i in range(args.sustain_batch)]
+    }
+    rate = args.sustain_rate / args.sustain_batch
+    return harness.paced_lua(tmp / "r-ingest.lua", body, key, rate)

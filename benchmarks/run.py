@@ -189,6 +189,34 @@ def lua(path: Path, body: Any, key: str, delay_ms: float | None = None) -> Path:
     return path
 
 
+def paced_lua(path: Path, body: Any, key: str, requests_per_s: float, threads: int = 1) -> Path:
+    """``lua``'s POST, offered at ``requests_per_s`` by the clock (open loop): each request takes
+    the next slot of its wrk thread's schedule and waits for it; slots already past are sent at
+    once, so a server that answers slowly for a while is offered the same load, caught up on
+    its connections, not less (a fixed wait after each answer offers less as answers slow)."""
+    lua(path, body, key)
+    period_ms = 1000 * threads / requests_per_s
+    path.write_text(
+        path.read_text()
+        + 'local ffi = require("ffi")\n'
+        + "ffi.cdef[[ typedef struct { long s; long ns; } paced_ts;"
+        + " int clock_gettime(int, paced_ts *); ]]\n"
+        + 'local ts = ffi.new("paced_ts")\n'
+        + "local function now_ms() ffi.C.clock_gettime(1, ts)"  # CLOCK_MONOTONIC
+        + " return tonumber(ts.s) * 1000 + tonumber(ts.ns) / 1e6 end\n"
+        + "local next_ms = nil\n"
+        + "function delay()\n"
+        + "  local now = now_ms()\n"
+        + "  if next_ms == nil then next_ms = now end\n"
+        + "  local slot = next_ms\n"
+        + f"  next_ms = next_ms + {period_ms:.6f}\n"
+        + "  if slot <= now then return 0 end\n"
+        + "  return math.ceil(slot - now)\n"
+        + "end\n"
+    )
+    return path
+
+
 def wrk(
     url: str, script: Path, duration_s: int, connections: int = CONNECTIONS, threads: int = 2
 ) -> dict[str, float]:
