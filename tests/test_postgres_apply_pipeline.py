@@ -148,3 +148,21 @@ async def test_a_pipelined_write_the_server_refuses_is_refused_and_the_store_goe
     finally:
         await store.close()
         drop_schema(schema)
+
+
+def test_without_the_driver_the_store_still_says_what_to_install() -> None:
+    """The arrays' module loads psycopg only when the store registers it: importing the store
+    without the driver still ends in the message, not in a bare ImportError."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['psycopg'] = None\n"
+        "from profilehook.errors import ConfigurationError\n"
+        "try:\n"
+        "    import profilehook.stores.postgres\n"
+        "except ConfigurationError as exc:\n"
+        "    print(exc)\n"
+    )
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "pip install 'profilehook[postgres]'" in found.stdout, found.stderr

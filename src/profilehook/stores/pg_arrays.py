@@ -14,9 +14,6 @@ import struct
 from collections.abc import Sequence
 from typing import Any
 
-from psycopg import adapt, pq
-from psycopg.abc import AdaptContext
-
 TEXT_ARRAY, INT8_ARRAY, BYTEA_ARRAY = 1009, 1016, 1001  # the arrays' type oids
 _ELEMENT = {TEXT_ARRAY: 25, INT8_ARRAY: 20, BYTEA_ARRAY: 17}
 _HEAD = struct.Struct("!iiIii").pack  # dimensions, has NULLs, element oid, length, lower bound
@@ -36,28 +33,29 @@ class Array:
         self.data = data
 
 
-class ArrayDumper(adapt.Dumper):
-    """Passes an ``Array``'s bytes, typed by its oid (a dumper per oid: psycopg's
-    ``get_key``/``upgrade``, so that none is registered as *the* dumper of text[], say)."""
+def register(adapters: Any) -> None:
+    """Teach ``adapters`` (a psycopg ``AdaptersMap``) to send an ``Array``: its bytes, typed by
+    its oid (a dumper per oid, by psycopg's ``get_key``/``upgrade``, so that none becomes *the*
+    dumper of text[], say). psycopg is imported here: by the store, once it has loaded it."""
+    from psycopg import adapt, pq
 
-    format = pq.Format.BINARY
+    class ArrayDumper(adapt.Dumper):
+        format = pq.Format.BINARY
 
-    def __init__(self, cls: type, context: AdaptContext | None = None, oid: int = 0):
-        super().__init__(cls, context)
-        self.oid = oid
+        def __init__(self, cls: type, context: Any = None, oid: int = 0):
+            super().__init__(cls, context)
+            self.oid = oid
 
-    def get_key(self, obj: Any, format: adapt.PyFormat) -> Any:
-        return (self.cls, obj.oid)
+        def get_key(self, obj: Any, format: adapt.PyFormat) -> Any:
+            return (self.cls, obj.oid)
 
-    def upgrade(self, obj: Any, format: adapt.PyFormat) -> adapt.Dumper:
-        return ArrayDumper(self.cls, None, obj.oid)
+        def upgrade(self, obj: Any, format: adapt.PyFormat) -> adapt.Dumper:
+            return ArrayDumper(self.cls, None, obj.oid)
 
-    def dump(self, obj: Any) -> bytes:
-        data: bytes = obj.data
-        return data
+        def dump(self, obj: Any) -> bytes:
+            data: bytes = obj.data
+            return data
 
-
-def register(adapters: adapt.AdaptersMap) -> None:
     adapters.register_dumper(Array, ArrayDumper)
 
 
