@@ -2494,7 +2494,7 @@ def main() -> None:
     )
     parser.add_argument("--soak-rate", type=int, default=2_000, help="events/s offered in S")
     parser.add_argument("--soak-read-rate", type=int, default=1_000, help="reads/s offered in S")
-    parser.add_argument("--only", default="ABCDEFGHIJKRS", help="scenarios to run, e.g. ACF")
+    parser.add_argument("--only", default="ABCDEFGHIJKLRS", help="scenarios to run, e.g. ACF")
     parser.add_argument(
         "--rounds", type=int, default=5, help="interleaved rounds of A-D (medians reported)"
     )
