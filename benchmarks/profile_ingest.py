@@ -1,7 +1,7 @@
 """Where the server's event loop spends its time on C and D's requests (issue 23): cProfile.
 
-    .venv/bin/python benchmarks/profile_ingest.py [single|batch|segment|posthog|amplitude]
-        [--requests N]
+    .venv/bin/python benchmarks/profile_ingest.py
+        [single|batch|segment|posthog|amplitude|cohort] [--requests N]
         [--concurrency N] [--top N] [--no-profile] [--pieces] [--python-gc]
 
 Calls profilehook's ASGI app in process (no HTTP server: uvicorn's share, which the ceiling A
@@ -19,8 +19,9 @@ step of C's handler alone (``batch``: each step of D's per-event work, on its 10
 in a loop, in CPU microseconds of the calling thread (what no profiler's overhead distorts).
 ``segment``, ``posthog``, ``amplitude``: the same 100 updates as D's on the SDK-compatible batch
 endpoints (api/peers.py: ``/v1/batch`` as segment-analytics-python sends them, run.py's scenario
-I; PostHog's ``/batch/`` as ``$identify`` events; ``/amplitude/batch``), answered 200 (neither
-``--pieces`` nor ``--through-protocol``).
+I; PostHog's ``/batch/`` as ``$identify`` events; ``/amplitude/batch``); ``cohort``: E's
+Amplitude cohort webhook of 10,000 users (api/webhooks.py; use fewer ``--requests``). Answered
+200; neither ``--pieces`` nor ``--through-protocol``.
 """
 
 from __future__ import annotations
@@ -47,9 +48,15 @@ from profilehook.api.app import create_app
 from profilehook.cli import _settle_heap
 from profilehook.keys import create_key
 from profilehook.settings import Settings
+from profilehook.sources.registry import create_source
 
 PATHS = {"single": "/v1/properties", "batch": "/v1/properties/batch"}
-PEER_PATHS = {"segment": "/v1/batch", "posthog": "/batch/", "amplitude": "/amplitude/batch"}
+PEER_PATHS = {
+    "segment": "/v1/batch",
+    "posthog": "/batch/",
+    "amplitude": "/amplitude/batch",
+    "cohort": "/v1/webhooks/",  # and the source's id
+}
 
 
 def _body(kind: str, key: str = "") -> bytes:
@@ -79,6 +86,15 @@ def _body(kind: str, key: str = "") -> bytes:
                 for i, user in enumerate(users)
             ],
         }  # fmt: skip
+    elif kind == "cohort":  # run.py's scenario E
+        body = {
+            "cohort_name": "Bench cohort",
+            "cohort_id": "bench1",
+            "in_cohort": True,
+            "computed_time": "1692206763",
+            "message_id": "m1",
+            "users": [{"user_id": f"user_{i}@example.com"} for i in range(10_000)],
+        }
     else:
         body = {"events": [{**EVENT, "contact_id": user} for user in users]}
     return json.dumps(body).encode()
@@ -331,13 +347,16 @@ async def main(args: argparse.Namespace) -> None:
             _settle_heap()  # the collector as serve sets it once started
         key, _ = await create_key(app.services.store, "bench")
         body = _body(args.kind, key)
+        path = {**PATHS, **PEER_PATHS}[args.kind]
+        ok = 200 if args.kind in PEER_PATHS else 202
+        if args.kind == "cohort":
+            source, key = await create_source(app.services.store, "amplitude", "bench", {}, True)
+            path += source.source_id
         headers = [
             (b"authorization", f"Bearer {key}".encode()),
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
         ]
-        path = {**PATHS, **PEER_PATHS}[args.kind]
-        ok = 200 if args.kind in PEER_PATHS else 202
         if args.through_protocol:
             await _through_protocol(app, key, args.kind, body, 2_000)
             for _ in range(args.rounds):
