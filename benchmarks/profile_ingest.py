@@ -1,6 +1,7 @@
 """Where the server's event loop spends its time on C and D's requests (issue 23): cProfile.
 
-    .venv/bin/python benchmarks/profile_ingest.py [single|batch] [--requests N]
+    .venv/bin/python benchmarks/profile_ingest.py
+        [single|batch|segment|posthog|amplitude|cohort] [--requests N]
         [--concurrency N] [--top N] [--no-profile] [--pieces] [--python-gc]
 
 Calls profilehook's ASGI app in process (no HTTP server: uvicorn's share, which the ceiling A
@@ -16,6 +17,11 @@ only reads the body and decodes it with msgspec (the batch ceiling's app, the sa
 ratio; ``--compare-with`` is done with ``PYTHONPATH=<other checkout>/src``. ``--pieces``: each
 step of C's handler alone (``batch``: each step of D's per-event work, on its 100-event body),
 in a loop, in CPU microseconds of the calling thread (what no profiler's overhead distorts).
+``segment``, ``posthog``, ``amplitude``: the same 100 updates as D's on the SDK-compatible batch
+endpoints (api/peers.py: ``/v1/batch`` as segment-analytics-python sends them, run.py's scenario
+I; PostHog's ``/batch/`` as ``$identify`` events; ``/amplitude/batch``); ``cohort``: E's
+Amplitude cohort webhook of 10,000 users (api/webhooks.py; use fewer ``--requests``). Answered
+200; neither ``--pieces`` nor ``--through-protocol``.
 """
 
 from __future__ import annotations
@@ -36,22 +42,62 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import msgspec
 import uvloop
-from run import EVENT
+from run import EVENT, _segment_identify
 
 from profilehook.api.app import create_app
 from profilehook.cli import _settle_heap
 from profilehook.keys import create_key
 from profilehook.settings import Settings
+from profilehook.sources.registry import create_source
 
 PATHS = {"single": "/v1/properties", "batch": "/v1/properties/batch"}
+PEER_PATHS = {
+    "segment": "/v1/batch",
+    "posthog": "/batch/",
+    "amplitude": "/amplitude/batch",
+    "cohort": "/v1/webhooks/",  # and the source's id
+}
 
 
-def _body(kind: str) -> bytes:
+def _body(kind: str, key: str = "") -> bytes:
+    """The request's body: C's, D's, or D's 100 updates as a peer's SDK sends them (the key in
+    the body where the peer puts it)."""
     if kind == "single":
         return json.dumps(EVENT).encode()
-    return json.dumps(
-        {"events": [{**EVENT, "contact_id": f"user{i}"} for i in range(100)]}
-    ).encode()
+    users = [f"user{i}" for i in range(100)]
+    traits = EVENT["user_properties"]
+    if kind == "segment":
+        body: Any = {"batch": [_segment_identify(i) for i in range(100)], "writeKey": key}
+    elif kind == "posthog":
+        body = {
+            "api_key": key,
+            "batch": [
+                {"event": "$identify", "distinct_id": user, "uuid": f"0190b6a4-4e0c-7bd4-9d8a-{i:012d}",
+                 "timestamp": "2023-01-01T00:00:00+00:00", "$set": traits}
+                for i, user in enumerate(users)
+            ],
+        }  # fmt: skip
+    elif kind == "amplitude":
+        body = {
+            "api_key": key,
+            "events": [
+                {"user_id": user, "insert_id": f"i{i}", "time": 1672531200000,
+                 "event_type": "$identify", "user_properties": {"$set": traits}}
+                for i, user in enumerate(users)
+            ],
+        }  # fmt: skip
+    elif kind == "cohort":  # run.py's scenario E
+        body = {
+            "cohort_name": "Bench cohort",
+            "cohort_id": "bench1",
+            "in_cohort": True,
+            "computed_time": "1692206763",
+            "message_id": "m1",
+            "users": [{"user_id": f"user_{i}@example.com"} for i in range(10_000)],
+        }
+    else:
+        body = {"events": [{**EVENT, "contact_id": user} for user in users]}
+    return json.dumps(body).encode()
 
 
 async def _call(app: Any, path: str, headers: list[tuple[bytes, bytes]], body: bytes) -> int:
@@ -101,7 +147,13 @@ async def _lifespan(app: Any) -> tuple[asyncio.Task[None], asyncio.Queue[Any]]:
 
 
 async def _drive(
-    app: Any, path: str, headers: Any, body: bytes, requests: int, concurrency: int
+    app: Any,
+    path: str,
+    headers: Any,
+    body: bytes,
+    requests: int,
+    concurrency: int,
+    status_expected: int = 202,
 ) -> tuple[float, float]:
     """Requests/s, and CPU seconds per request (this process, every thread: the log's
     writer included)."""
@@ -112,7 +164,7 @@ async def _drive(
         while left > 0:
             left -= 1
             status = await _call(app, path, headers, body)
-            assert status == 202, status
+            assert status == status_expected, status
 
     t0, cpu0, loop0 = time.perf_counter(), time.process_time(), time.thread_time()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -287,7 +339,6 @@ CONCURRENCY = 64
 
 
 async def main(args: argparse.Namespace) -> None:
-    body = _body(args.kind)
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(data_dir=Path(tmp), rate_limit_per_s=0)
         app = create_app(settings, applies_in="nowhere")
@@ -295,12 +346,17 @@ async def main(args: argparse.Namespace) -> None:
         if not args.python_gc:
             _settle_heap()  # the collector as serve sets it once started
         key, _ = await create_key(app.services.store, "bench")
+        body = _body(args.kind, key)
+        path = {**PATHS, **PEER_PATHS}[args.kind]
+        ok = 200 if args.kind in PEER_PATHS else 202
+        if args.kind == "cohort":
+            source, key = await create_source(app.services.store, "amplitude", "bench", {}, True)
+            path += source.source_id
         headers = [
             (b"authorization", f"Bearer {key}".encode()),
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
         ]
-        path = PATHS[args.kind]
         if args.through_protocol:
             await _through_protocol(app, key, args.kind, body, 2_000)
             for _ in range(args.rounds):
@@ -316,10 +372,12 @@ async def main(args: argparse.Namespace) -> None:
             await inbox.put({"type": "lifespan.shutdown"})
             await task
             return
-        await _drive(app, path, headers, body, min(args.requests, 2_000), args.concurrency)
+        await _drive(app, path, headers, body, min(args.requests, 2_000), args.concurrency, ok)
         if args.no_profile:
             for _ in range(args.rounds):
-                ours, cpu = await _drive(app, path, headers, body, args.requests, args.concurrency)
+                ours, cpu = await _drive(
+                    app, path, headers, body, args.requests, args.concurrency, ok
+                )
                 loop_cpu = _loop_cpu[0]
                 ceiling, ceiling_cpu = await _decode_only(body, args.requests, args.concurrency)
                 print(
@@ -341,7 +399,7 @@ async def main(args: argparse.Namespace) -> None:
         else:
             profile = cProfile.Profile(time.thread_time)  # the event loop's CPU, not waits
             profile.enable()
-            rate, cpu = await _drive(app, path, headers, body, args.requests, args.concurrency)
+            rate, cpu = await _drive(app, path, headers, body, args.requests, args.concurrency, ok)
             profile.disable()
             print(
                 f"{args.kind}: {rate:,.0f} requests/s, {cpu * 1e6:,.0f} µs of CPU a request,"
@@ -356,7 +414,7 @@ async def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("kind", nargs="?", default="single", choices=sorted(PATHS))
+    parser.add_argument("kind", nargs="?", default="single", choices=[*PATHS, *PEER_PATHS])
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
@@ -369,4 +427,7 @@ if __name__ == "__main__":
         action="store_true",
         help="leave the collector at Python's defaults (before 2026-12-04 17:20 UTC, the only way)",
     )
-    uvloop.run(main(parser.parse_args()))
+    arguments = parser.parse_args()
+    if arguments.kind in PEER_PATHS and (arguments.pieces or arguments.through_protocol):
+        parser.error(f"{arguments.kind}: neither --pieces nor --through-protocol")
+    uvloop.run(main(arguments))

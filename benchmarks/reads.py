@@ -107,7 +107,7 @@ def _beside_ingest(
     at full rate, then at half that rate."""
     from benchmarks import run as harness
 
-    ingest_script = _paced_ingest(tmp, key, args)
+    ingest_script = harness.sustained_ingest(tmp / "r-ingest.lua", key, args, threads=1)
     load: dict[str, float] = {}
     span_s = 3 * args.duration + 5
     before = harness.metric(server.url, "profilehook_events_total")
@@ -165,17 +165,3 @@ def _beside_ingest(
         "ingest_drain_after_load_s": drained_s,
         "ingest_apply_lag_p99_s": harness.histogram_quantile(lag, 0.99),
     }
-
-
-def _paced_ingest(tmp: Path, key: str, args: argparse.Namespace) -> Path:
-    """F's load, offered by the clock: ``--sustain-rate`` events/s in batches of
-    ``--sustain-batch`` whatever the answers' latency (``paced_lua``). F's own wrk script waits a
-    fixed time after each answer, calibrated by probes on the idle server; beside the reads the
-    answers slow down and the same wait offers fewer events than claimed."""
-    from benchmarks import run as harness
-
-    body = {
-        "events": [{**harness.EVENT, "contact_id": f"user{i}"} for i in range(args.sustain_batch)]
-    }
-    rate = args.sustain_rate / args.sustain_batch
-    return harness.paced_lua(tmp / "r-ingest.lua", body, key, rate)

@@ -1,10 +1,9 @@
 """The batch endpoint's everyday answer, made from a template: the same bytes as the Structs
-encode; and the handler lets go of a request's events before it waits for their commit."""
+encode; and a watched batch in the live tail (the handler lets go of a request's events before
+it waits for their commit: tests/test_commit_wait.py)."""
 
 from __future__ import annotations
 
-import asyncio
-import gc
 import string
 from typing import Any
 
@@ -51,43 +50,6 @@ def test_the_template_answers_the_ids_made_here_and_leaves_those_that_need_escap
         assert _all_accepted([*made, needs_escaping]) is None
     assert _all_accepted([]) is None
     assert _all_accepted(new_event_ids(c.MAX_BATCH_EVENTS + 1)) is None
-
-
-def test_the_batch_handler_holds_no_event_while_it_waits_for_their_commit(client, auth):
-    # Given a log whose commits report, before they complete, which coroutines hold the events
-    # (a suspended one's locals are seen; this task's own, running, are not)
-    queue = client.app.services.queue
-    publish = queue.publish
-    holders: list[str] = []
-
-    def publish_and_look(events: list[Event]) -> asyncio.Future[None]:
-        done = asyncio.get_running_loop().create_future()
-
-        async def look() -> None:
-            await publish(events)
-            holders.extend(
-                referrer.cr_code.co_name
-                for referrer in gc.get_referrers(events)
-                if asyncio.iscoroutine(referrer)
-            )
-            done.set_result(None)
-
-        tasks.append(asyncio.create_task(look()))
-        return done
-
-    tasks: list[asyncio.Task[None]] = []
-    queue.publish = publish_and_look
-    # When a batch is sent
-    batch = {
-        "events": [
-            {"contact_id": f"c{i}", "event_name": "e", "timestamp": 1, "user_properties": {}}
-            for i in range(3)
-        ]
-    }
-    answer = client.post("/v1/properties/batch", json=batch, headers=auth)
-    # Then it is accepted, and no coroutine held its events while their commit was awaited
-    assert answer.status_code == 202 and answer.json()["accepted"] == 3
-    assert len(tasks) == 1 and holders == []
 
 
 def test_a_watched_batch_is_in_the_live_tail_with_its_ids_and_count(client, auth):

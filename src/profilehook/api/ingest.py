@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import msgspec
@@ -74,7 +75,7 @@ def ingest_handlers(
             return
         accepted.inc()
         if live.watched:
-            tell_accepted(live, workspace, scope, body, 202, [event])
+            tell_accepted(live, workspace, scope, body, 202, Shown.of([event]))
         await send_json(send, 202, _single_answer(event))
 
     async def batch(scope: Scope, receive: Receive, send: Send) -> None:
@@ -95,15 +96,17 @@ def ingest_handlers(
                     events = [item for item in items if isinstance(item, Event)]
                 watch.awaiting_backend(len(events))
                 stored = services.queue.publish(events)
-                # What follows the commit is taken before it, and the events are let go
-                # (unless the live tail shows them): freed now, while the CPU's caches still
-                # hold them, they cost a fraction of what they do after the wait, when other
-                # requests have pushed them out (a third of the event loop's CPU a request:
-                # benchmarks/README.md). The log's own copy is encoded (or held) by ``publish``.
+                # What follows the commit is taken before it, and the events are let go:
+                # freed now, while the CPU's caches still hold them, they cost a fraction of
+                # what they do after the wait, when other requests have pushed them out (a
+                # third of the event loop's CPU a request: benchmarks/README.md). The log's own
+                # copy is encoded (or held) by ``publish``. The peers' and webhooks' handlers
+                # do the same (api/peers.py, api/webhooks.py).
                 answer = _batch_answer(events, items)
                 accepted_count = len(events)
                 rejected_count = 0 if items is None else len(items) - accepted_count
-                shown = events if live.watched else None  # (a tail opened meanwhile misses it)
+                # (a tail opened meanwhile misses it)
+                shown = Shown.of(events) if live.watched else None
                 del events, items
                 await stored
         except ProfilehookError as exc:
@@ -243,7 +246,7 @@ class _SingleAtOnce:
             return
         self.accepted.inc()
         if services.live.watched:
-            tell_accepted(services.live, workspace, request.scope, body, 202, [event])
+            tell_accepted(services.live, workspace, request.scope, body, 202, Shown.of([event]))
         request.answer(202, _single_answer(event))
 
 
@@ -337,17 +340,36 @@ class _BatchAnswer(msgspec.Struct, frozen=True):
     results: list[_Accepted | _Rejected]
 
 
+@dataclass(frozen=True)
+class Shown:
+    """What the live tail shows of a call's events: the first ids of them and of their
+    contacts, and how many. Taken before their commit is awaited, so that the events need not
+    be held across it (see ``ingest_handlers``' ``batch``)."""
+
+    event_ids: tuple[str, ...]
+    contact_ids: tuple[str, ...]
+    event_count: int
+
+    @classmethod
+    def of(cls, events: Sequence[Event]) -> Shown:
+        return cls(
+            first_ids(e.event_id for e in events),
+            first_ids(e.contact_id for e in events),
+            len(events),
+        )
+
+
 def tell_accepted(
     live: LiveCalls,
     workspace: str,
     scope: Scope,
     body: bytes,
     status: int,
-    events: list[Event],
+    shown: Shown,
     source: str = native.SOURCE,
     source_id: str | None = None,
 ) -> None:
-    """Post an accepted call to the console's live tail (live.py)."""
+    """Post an accepted call, ``shown`` of its events, to the console's live tail (live.py)."""
     excerpt, truncated = body_excerpt(body)
     live.publish(
         Call(
@@ -362,9 +384,9 @@ def tell_accepted(
             truncated=truncated,
             status=status,
             detail=None,
-            event_ids=first_ids(e.event_id for e in events),
-            contact_ids=first_ids(e.contact_id for e in events),
-            event_count=len(events),
+            event_ids=shown.event_ids,
+            contact_ids=shown.contact_ids,
+            event_count=shown.event_count,
         )
     )
 

@@ -259,6 +259,10 @@ PEERS: tuple[tuple[Peer, tuple[str, ...]], ...] = (
 )
 
 
+_LEFT_OUT = ("ignored", "skipped", "rejected", "too_old")
+"""The outcomes of the calls a request's events leave out (``Mapped``), as counted."""
+
+
 def peer_handlers(
     services: Services, deadlines: Deadlines | None = None, limiter: RateLimiter | None = None
 ) -> dict[str, Handler]:
@@ -307,18 +311,26 @@ def _handler(services: Services, deadlines: Deadlines, limiter: RateLimiter, pee
                     )
                 else:
                     mapped = peer.map(request, grant.workspace, now, oldest_us)
+                stored = None
                 if mapped.events:
                     watch.awaiting_backend(len(mapped.events))
-                    await services.queue.publish(mapped.events)
+                    stored = services.queue.publish(mapped.events)
+                # As the native batch does (api/ingest.py): what follows the commit is taken
+                # before it, and the request let go, its events and the calls they were mapped
+                # from (which their properties are part of), freed while still in the CPU's
+                # caches.
+                content_type, body = peer.ok(mapped, call, request)
+                accepted_count = len(mapped.events)
+                left_out = [(o, getattr(mapped, o)) for o in _LEFT_OUT if getattr(mapped, o)]
+                del call, request, mapped
+                if stored is not None:
+                    await stored
         except ProfilehookError as exc:
             await _refuse(services, send, peer, exc)
             return
-        accepted.inc(len(mapped.events))
-        for outcome in ("ignored", "skipped", "rejected", "too_old"):
-            count = getattr(mapped, outcome)
-            if count:
-                counter.labels(peer.source, outcome).inc(count)
-        content_type, body = peer.ok(mapped, call, request)
+        accepted.inc(accepted_count)
+        for outcome, count in left_out:
+            counter.labels(peer.source, outcome).inc(count)
         await send(
             {
                 "type": "http.response.start",

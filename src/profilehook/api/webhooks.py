@@ -5,13 +5,21 @@ sender expects. Raw ASGI, like the ingest path, with the same deadlines."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qsl
 
 from starlette.types import Receive, Scope, Send
 
 from profilehook.api.content_coding import coding_of, read_decoded_body
 from profilehook.api.deadlines import Deadlines
-from profilehook.api.ingest import Handler, read_body, refuse, tell_accepted, tell_refused
+from profilehook.api.ingest import (
+    Handler,
+    Shown,
+    read_body,
+    refuse,
+    tell_accepted,
+    tell_refused,
+)
 from profilehook.api.ratelimit import RateLimiter
 from profilehook.api.responses import encode, send_json
 from profilehook.errors import (
@@ -22,7 +30,7 @@ from profilehook.errors import (
 from profilehook.events import now_us
 from profilehook.service import Services
 from profilehook.sources.kinds import KINDS
-from profilehook.sources.webhooks import Released, WebhookRequest, WebhookResult, WebhookSource
+from profilehook.sources.webhooks import Released, WebhookRequest, WebhookSource
 from profilehook.stores.base import Source
 
 log = logging.getLogger(__name__)
@@ -50,7 +58,7 @@ def webhook_handler(services: Services, deadlines: Deadlines | None = None) -> H
     limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
 
     async def handle(scope: Scope, receive: Receive, send: Send) -> None:
-        result: WebhookResult | None = None
+        undo: Callable[[], Awaitable[None]] | None = None
         source: Source | None = None
         request: WebhookRequest | None = None
         try:
@@ -68,15 +76,31 @@ def webhook_handler(services: Services, deadlines: Deadlines | None = None) -> H
                 # by its DNS timeout: no deadline, so a large body is not cut mid-parse.
                 watch.unwatched()
                 result = await kind.handle(source, request)
+                undo = result.undo
                 await release(services, source.kind, result.released)
                 # After authentication, so that nobody but the sender can spend its tokens.
                 limiter.admit(source.source_id)
+                stored = None
                 if result.events:
                     watch.awaiting_backend(len(result.events))
-                    await services.queue.publish(result.events)
+                    stored = services.queue.publish(result.events)
+                # As the native batch does (api/ingest.py): what follows the commit is taken
+                # before it, and the events let go, freed while still in the CPU's caches.
+                answer, status = encode(result.body), result.status
+                shown = Shown.of(result.events)
+                counts = [
+                    ("accepted", shown.event_count),
+                    ("ignored", result.ignored),
+                    ("skipped", result.skipped),
+                ]
+                if result.too_old:
+                    counts.append(("too_old", result.too_old))
+                del result
+                if stored is not None:
+                    await stored
         except ProfilehookError as exc:
-            if result is not None and result.undo is not None:
-                await result.undo()
+            if undo is not None:
+                await undo()
             if source is not None:  # a call to no source belongs to no workspace
                 await tell_refused(
                     services,
@@ -89,21 +113,17 @@ def webhook_handler(services: Services, deadlines: Deadlines | None = None) -> H
                 )
             await refuse(services, send, exc)
             return
-        counter = services.metrics.events
-        counter.labels(source.kind, "accepted").inc(len(result.events))
-        counter.labels(source.kind, "ignored").inc(result.ignored)
-        counter.labels(source.kind, "skipped").inc(result.skipped)
-        if result.too_old:
-            counter.labels(source.kind, "too_old").inc(result.too_old)
-        await send_json(send, result.status, encode(result.body))
+        for outcome, count in counts:
+            services.metrics.events.labels(source.kind, outcome).inc(count)
+        await send_json(send, status, answer)
         # Always (not only when watched): a source's page shows its recent calls.
         tell_accepted(
             services.live,
             source.workspace,
             scope,
             request.body,
-            result.status,
-            result.events,
+            status,
+            shown,
             source.kind,
             source.source_id,
         )
