@@ -5,8 +5,9 @@ header aside), never a 5xx, answers in request order, nothing answered 2xx that 
 log and nothing accepted from a request that never arrived whole; every wait is bounded.
 
 Mixed pipelines where direct and uvicorn-path requests alternate, malformed and unusual request
-heads, bodies cut short, clients that half-close, garbage after whole requests, and random
-pipelines of all of these (Hypothesis)."""
+heads, bodies cut short, clients that half-close, garbage after whole requests, requests that
+ask to switch protocols (h2c, WebSocket, CONNECT), and random pipelines of all of these
+(Hypothesis)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import hypothesis
 import msgspec
 import pytest
 from hypothesis import strategies as st
+from starlette.routing import WebSocketRoute
 
 from profilehook.constants import MAX_HEAD_BYTES
 from tests.support import examples, wait_until
@@ -77,10 +79,10 @@ def post(
     ).encode() + body
 
 
-def chunked(key: str, body: bytes, path: str = "/v1/properties") -> bytes:
+def chunked(key: str, body: bytes, path: str = "/v1/properties", head: str = "") -> bytes:
     return (
         f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
-        f"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        f"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n{head}\r\n"
     ).encode() + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
 
 
@@ -580,6 +582,135 @@ def test_given_garbage_after_whole_requests_then_the_400_comes_last_after_answer
         all_stored(served, ["garbage-1"])
 
 
+# -- requests that ask to switch protocols -------------------------------------------------------
+
+# What `curl --http2` adds to a request to a plain-HTTP URL, and a WebSocket handshake's
+# headers: no route takes either, so the answer is in HTTP/1.1, as if neither had been asked
+# (RFC 9110 §7.8).
+UPGRADES = {
+    "h2c": "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+    "HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n",
+    "websocket": "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+}
+PROMPT_S = 2.0  # well inside the keep-alive (5 s): an answer that waited for it is too late
+MALFORMED = {
+    "bad json": b'{"contact_id": ',
+    "not an event": b'{"contact_id": 1}',
+    "empty": b"",
+    "past the limit": b"{" + b" " * 1200 + b"}",
+}
+
+
+def promptly(served: _Served, sent: bytes, count: int) -> list[bytes]:
+    """``both``, each server's answers (and its close, after ``connection: close``) within
+    ``PROMPT_S``."""
+    started = time.monotonic()
+    answers = both(served, sent, count)
+    assert time.monotonic() - started < 2 * PROMPT_S
+    return answers
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+@pytest.mark.parametrize("upgrade", sorted(UPGRADES))
+def test_given_a_post_asking_to_upgrade_then_it_and_what_follows_are_answered_in_http_1_1(
+    served, upgrade, framing
+):
+    """Given a POST of a valid event that asks to upgrade (as `curl --http2 -d @event.json`
+    does to a plain-HTTP URL), with a read and another POST pipelined behind it in the same
+    packet; then both servers answer all three at once, in order, with the bytes the same
+    requests get without the upgrade headers (202, 200, 202), and both events are stored."""
+    key, tag = served.keys["all"], f"upgrade-{upgrade}-{framing}"
+
+    send = post if framing == "content-length" else chunked
+
+    def requests(head: str) -> bytes:
+        return (
+            send(key, single(f"{tag}-0", f"{tag}-0"), head=head)
+            + get(key, "/v1/contacts/seeded")
+            + post(key, single(f"{tag}-1", f"{tag}-1"))
+        )
+
+    answers = promptly(served, requests(UPGRADES[upgrade]), 3)
+    assert [status(a) for a in answers] == [202, 200, 202]
+    all_stored(served, [f"{tag}-0", f"{tag}-1"])
+    assert answers == both(served, requests(""), 3)
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+@pytest.mark.parametrize("upgrade", sorted(UPGRADES))
+def test_given_a_closing_post_asking_to_upgrade_then_it_is_answered_and_the_connection_closed(
+    served, upgrade, framing
+):
+    """Given a POST that asks to upgrade and says ``Connection: close``, then a read; then
+    both servers answer the POST (202, ``connection: close``) and close at once, as without
+    the upgrade headers, and its event is stored."""
+    key, tag = served.keys["all"], f"closing-upgrade-{upgrade}-{framing}"
+    send = post if framing == "content-length" else chunked
+    head = UPGRADES[upgrade] + "Connection: close\r\n"
+    follow = get(key, "/v1/contacts/seeded")
+    answers = promptly(served, send(key, single(tag, tag), head=head) + follow, 2)
+    assert [status(a) for a in answers] == [202]
+    assert b"\r\nconnection: close\r\n" in answers[0]
+    all_stored(served, [tag])
+
+
+@pytest.mark.parametrize("body", sorted(MALFORMED))
+@pytest.mark.parametrize("upgrade", sorted(UPGRADES))
+def test_given_a_malformed_body_asking_to_upgrade_then_it_gets_the_4xx_it_gets_without(
+    served, upgrade, body
+):
+    """Given a POST asking to upgrade whose body is malformed, then a read, on one connection;
+    then both servers answer at once with the bytes they give without the upgrade headers: the
+    body's 4xx (not a "body missing" for a body that was sent), then the read's answer."""
+    key = served.keys["all"]
+    follow = get(key, "/v1/contacts/seeded")
+    answers = promptly(served, post(key, MALFORMED[body], head=UPGRADES[upgrade]) + follow, 2)
+    assert 400 <= status(answers[0]) < 500
+    assert answers == both(served, post(key, MALFORMED[body]) + follow, 2)
+
+
+@pytest.mark.parametrize("upgrade", sorted(UPGRADES))
+def test_given_reads_asking_to_upgrade_then_they_are_answered_as_without(served, upgrade):
+    """Given two reads without a body that ask to upgrade, then a plain one, pipelined; then both
+    servers answer the three at once, with the bytes they give without the upgrade headers."""
+    key = served.keys["all"]
+
+    def requests(head: str) -> bytes:
+        return (
+            get(key, "/v1/contacts/seeded", head)
+            + get(key, "/v1/contacts/nobody", head)
+            + get(key, "/v1/contacts/seeded")
+        )
+
+    answers = promptly(served, requests(UPGRADES[upgrade]), 3)
+    assert [status(a) for a in answers] == [200, 404, 200]
+    assert answers == both(served, requests(""), 3)
+
+
+def test_given_a_connect_then_it_is_answered_and_the_connection_closed_at_once(served):
+    """Given a CONNECT to a path, then bytes (a tunnel's, to its client) and a read; then both
+    servers answer the CONNECT (405: no route takes it) with ``connection: close`` and close
+    at once, rather than leave the connection to the keep-alive."""
+    key = served.keys["all"]
+    connect = b"CONNECT /v1/properties HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n"
+    answers = promptly(served, connect + b"abc" + get(key, "/v1/contacts/seeded"), 2)
+    assert [status(a) for a in answers] == [405]
+    assert b"\r\nconnection: close\r\n" in answers[0]
+
+
+def test_given_the_app_then_no_route_takes_a_websocket_so_ignoring_upgrades_loses_none(served):
+    """The protocol answers every upgrade request in HTTP/1.1 (api/protocol.py): a WebSocket
+    route would need it to hand such requests to uvicorn's WebSocket protocol again."""
+    routes, found = list(served.app._starlette.routes), []
+    while routes:
+        route = routes.pop()
+        routes += getattr(route, "routes", [])
+        if isinstance(route, WebSocketRoute):
+            found.append(route.path)
+    assert found == []
+
+
 # -- random pipelines ----------------------------------------------------------------------------
 
 # Each kind: (request from the key and a fresh contact id, answers it writes, is it a HEAD).
@@ -594,6 +725,10 @@ KINDS: dict[str, Callable[[str, str], bytes]] = {
     ),
     "post, lowercase bearer": lambda k, c: post(k, single(c, c)).replace(b"Bearer", b"bearer"),
     "post, bad json": lambda k, c: post(k, b'{"contact_id": '),
+    "post, h2c upgrade": lambda k, c: post(k, single(c, c), head=UPGRADES["h2c"]),
+    "post, chunked, websocket upgrade": lambda k, c: chunked(
+        k, single(c, c), head=UPGRADES["websocket"]
+    ),
     "post, no key": lambda k, c: post("phk_nope", single(c, c)),
     "post, too large": lambda k, c: post(k, b"{" + b" " * 1200 + b"}"),
     "post, text/plain": lambda k, c: post(k, single(c, c)).replace(b"application/json", b"text/a"),
@@ -603,6 +738,7 @@ KINDS: dict[str, Callable[[str, str], bytes]] = {
     "read, escaped": lambda k, c: get(k, "/v1/contacts/seed%65d"),
     "read, history": lambda k, c: get(k, "/v1/contacts/seeded/history"),
     "read, no key": lambda k, c: get(None, "/v1/contacts/seeded"),
+    "read, h2c upgrade": lambda k, c: get(k, "/v1/contacts/seeded", UPGRADES["h2c"]),
     "read, head": lambda k, c: get(k, "/v1/contacts/seeded", method="HEAD"),
     "read, with a body": lambda k, c: (
         get(k, "/v1/contacts/seeded", "Content-Length: 2\r\n") + b"{}"

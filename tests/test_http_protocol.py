@@ -4,7 +4,9 @@ sweep, pipelined requests answered in order, and each response written in one pi
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from urllib.parse import quote
@@ -16,7 +18,7 @@ import pytest
 from profilehook.api.protocol import _EndOfPass, _OneWritePerPass
 from profilehook.errors import ConfigurationError
 from profilehook.settings import Settings
-from tests.support import ServerProcess, create_key, responses, wait_until
+from tests.support import ServerProcess, _in_ci, create_key, responses, wait_until
 
 KEEP_ALIVE_S = 1.0
 EVENT = msgspec.json.encode(
@@ -230,6 +232,85 @@ def test_a_client_still_sending_a_refused_body_is_not_cut_off_by_the_keep_alive(
         sock.sendall(post(key))
         [answer] = responses(sock, 1)
     assert refused.startswith(b"HTTP/1.1 401 ") and answer.startswith(b"HTTP/1.1 202 ")
+
+
+# -- requests that ask to switch protocols ------------------------------------------------------
+
+H2C = (
+    "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+    "HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n"
+)
+
+
+def applied(http: httpx.Client, event_id: str) -> bool:
+    r = http.get(f"/v1/events/{event_id}")
+    return r.status_code == 200 and r.json()["status"] == "applied"
+
+
+@pytest.mark.slow
+def test_requests_pipelined_after_an_h2c_upgrade_post_are_answered_at_once_by_serve(server):
+    """Given `serve`, and on one connection in one packet a POST asking to upgrade to h2c, a
+    plain POST and a read asking the same; then all three are answered in order before the
+    keep-alive could close the connection, and both events are applied."""
+    server, key = server
+    bodies = [
+        msgspec.json.encode(
+            {"contact_id": f"h2c-{n}", "event_name": "e", "timestamp": 1, "event_id": f"h2c-{n}"}
+            | {"user_properties": {"n": n}}
+        )
+        for n in range(2)
+    ]
+    read = f"GET /healthz HTTP/1.1\r\nHost: x\r\n{H2C}\r\n".encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        started = time.monotonic()
+        asks = post(key, bodies[0]).replace(b"Host: x\r\n", b"Host: x\r\n" + H2C.encode())
+        sock.sendall(asks + post(key, bodies[1]) + read)
+        answers = responses(sock, 3)
+        assert time.monotonic() - started < KEEP_ALIVE_S
+    assert [answer.split(b" ", 2)[1] for answer in answers] == [b"202", b"202", b"200"]
+    with httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {key}"}) as http:
+        wait_until(lambda: applied(http, "h2c-0") and applied(http, "h2c-1"))
+
+
+@pytest.mark.slow
+def test_curl_asking_for_http2_on_a_plain_url_gets_its_event_stored_over_http_1_1(server, tmp_path):
+    """Given `serve` on plain HTTP, when `curl --http2 -d @event.json` posts an event (curl then
+    asks to upgrade to h2c), then curl gets a 202 over HTTP/1.1 and the event is applied."""
+    curl = shutil.which("curl")
+    if curl is None:
+        if _in_ci():
+            pytest.fail("curl is not installed; CI must have it")
+        pytest.skip("curl is not installed")
+    server, key = server
+    event = tmp_path / "event.json"
+    event.write_bytes(
+        msgspec.json.encode(
+            {
+                "contact_id": "curl-h2c",
+                "event_name": "e",
+                "timestamp": 1,
+                "event_id": "curl-h2c-1",
+                "user_properties": {"a": 1},
+            }
+        )
+    )
+    auth = {"Authorization": f"Bearer {key}"}
+    command = [curl, "--silent", "--show-error", "--verbose", "--http2", "--max-time", "10"]
+    command += ["-H", f"Authorization: Bearer {key}", "-H", "Content-Type: application/json"]
+    command += ["-d", f"@{event}", "--write-out", "\n%{http_code} %{http_version}"]
+    run = subprocess.run(
+        [*command, f"{server.base_url}/v1/properties"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "> Upgrade: h2c" in run.stderr  # (else this curl did not ask, and proves nothing)
+    body, _, written = run.stdout.rpartition("\n")
+    assert written == "202 1.1", run.stdout
+    assert msgspec.json.decode(body)["event_id"] == "curl-h2c-1"
+    with httpx.Client(base_url=server.base_url, headers=auth) as http:
+        wait_until(lambda: applied(http, "curl-h2c-1"))
 
 
 # -- ids with control characters ------------------------------------------------------------

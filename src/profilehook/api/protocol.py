@@ -18,6 +18,14 @@
   in memory until they are complete, without a limit (and join their pieces at a cost that
   grows with the square of their size); a request head past ``MAX_HEAD_BYTES`` gets a ``431``
   and the connection is closed.
+- **A request asking to switch protocols is answered in HTTP/1.1.** No route speaks another
+  protocol (WebSocket, h2c), and RFC 9110 §7.8 lets a server ignore ``Upgrade``; but httptools
+  stops at such a request's head, skipping its body, and uvicorn then dropped what followed
+  (``curl --http2 -d`` to a plain URL got a 422 for a body it sent, and requests pipelined
+  behind it no answer until the keep-alive closed the connection; a POST with ``Upgrade:
+  websocket`` hung). Here the head is parsed again without its ``Upgrade`` header, and the
+  request, body and all, is served as if it had not asked. A ``CONNECT`` (which httptools
+  always treats so) is answered, and the connection closed: what follows it is not HTTP.
 - **A client that half-closes is answered.** uvicorn closes the connection when the client
   shuts down its sending side, dropping the answers to the requests it sent whole; here they
   are written, then the connection closes.
@@ -39,7 +47,9 @@ writes only.
 
 It relies on uvicorn's protocol callbacks and state (``connection_made``, ``on_message_begin``,
 ``on_headers_complete``, ``on_response_complete``, ``connection_lost``, ``send_400_response``,
-``flow``, ``pipeline``, ``_start_asgi_task``), which constraints.txt pins;
+``flow``, ``pipeline``, ``_start_asgi_task``, ``_should_upgrade``) and on httptools raising
+``HttpParserUpgrade`` after such a head, at the offset of what follows it, with the message
+complete, which constraints.txt pins;
 tests/test_slow_clients.py and tests/test_http_protocol.py fail if they change.
 """
 
@@ -50,6 +60,7 @@ import logging
 from collections.abc import Awaitable, Iterable
 from typing import Any
 
+import httptools
 from starlette.types import ASGIApp, Message, Scope
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import (
@@ -111,6 +122,7 @@ def http_protocol(
         pending: _Direct | None = None  # a hot request whose head is in, its body coming
         heads_begun = 0  # request heads begun on this connection
         head_bytes = 0  # bytes of the pending head read after the read it began in
+        unupgraded: bytes | None = None  # a head that asked to upgrade, without its Upgrade
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -137,7 +149,7 @@ def http_protocol(
         def data_received(self, data: bytes) -> None:
             self.idle_since = None  # any byte makes the connection busy, as under uvicorn
             head = self.heads_begun if self.head_started is not None else -1
-            super().data_received(data)
+            self._feed(data)
             if head == self.heads_begun and self.head_started is not None:  # all of it head
                 self.head_bytes += len(data)
                 if self.head_bytes > MAX_HEAD_BYTES and not self.transport.is_closing():
@@ -151,6 +163,46 @@ def http_protocol(
                 if not self.transport.is_closing():  # (else a 400 answered what followed)
                     self._to_asgi(pending, complete=False)
 
+        def _feed(self, data: bytes) -> None:
+            """uvicorn's ``data_received`` (but for its keep-alive timer, which this protocol
+            never arms), except that a request that asked to upgrade is parsed again without
+            asking, and what follows it with it."""
+            parser, head = self.parser, None
+            rest: bytes | memoryview = data
+            while True:
+                try:
+                    if head is not None:
+                        parser.feed_data(head)
+                    parser.feed_data(rest)
+                    return
+                except httptools.HttpParserError:
+                    msg = "Invalid HTTP request received."
+                    self.logger.warning(msg)
+                    self.send_400_response(msg)
+                    return
+                except httptools.HttpParserUpgrade as exc:
+                    head, self.unupgraded = self.unupgraded, None
+                    if head is None:  # a CONNECT: the connection closes after its answer
+                        self._close_after_answer()
+                        return
+                    # A new parser: one that has seen ``Connection: close`` with the upgrade
+                    # would drop the rest. (A view: many such requests in one read are not
+                    # copied once each.)
+                    parser = self.parser = httptools.HttpRequestParser(self)
+                    parser.set_dangerous_leniencies(lenient_data_after_close=True)  # as uvicorn
+                    rest = memoryview(rest)[exc.args[0] :]
+
+        def _close_after_answer(self) -> None:
+            cycle = self.cycle
+            if cycle is None or cycle.response_complete:
+                self.transport.close()
+            else:
+                cycle.keep_alive = False
+                self.flow.pause_reading()  # (what comes next is not HTTP: a 400 would cut in)
+
+        def _should_upgrade(self) -> bool:
+            return False  # uvicorn's WebSocket hand-over: no route takes one
+
         def on_message_begin(self) -> None:
             super().on_message_begin()
             self.heads_begun += 1
@@ -161,6 +213,11 @@ def http_protocol(
 
         def on_headers_complete(self) -> None:
             self.head_started = None
+            parser = self.parser
+            if parser.should_upgrade() and parser.get_method() != b"CONNECT":
+                # httptools now skips the body: ``_feed`` parses the head again without asking.
+                self.unupgraded = b"".join(self._head_without_upgrade())
+                return
             app = self.direct_app
             if app is not None and (self.cycle is None or self.cycle.response_complete):
                 self.pending = self._direct(app)
@@ -168,10 +225,20 @@ def http_protocol(
                     return
             super().on_headers_complete()
 
+        def _head_without_upgrade(self) -> Iterable[bytes]:
+            parser = self.parser
+            version = parser.get_http_version().encode("ascii")
+            yield b"%s %s HTTP/%s\r\n" % (parser.get_method(), self.url, version)
+            for name, value in self.headers:
+                if name != b"upgrade":
+                    yield b"%s: %s\r\n" % (name, value)
+            yield b"\r\n"
+
         def _direct(self, app: Any) -> _Direct | None:
             """The request as a ``_Direct``, when it is a plain hot one (see the module's text)."""
             parser = self.parser
-            if parser.get_http_version() != "1.1" or parser.should_upgrade():
+            # (A CONNECT, the one upgrade that gets here, is neither a POST nor a GET.)
+            if parser.get_http_version() != "1.1":
                 return None
             length = False
             for name, _ in self.headers:
@@ -214,7 +281,8 @@ def http_protocol(
         def on_message_complete(self) -> None:
             direct = self.pending
             if direct is None:
-                super().on_message_complete()
+                if self.unupgraded is None:  # (else its body comes when its head is fed again)
+                    super().on_message_complete()
                 return
             self.pending = None
             if direct.handler is not None:
