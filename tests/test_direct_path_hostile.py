@@ -699,6 +699,32 @@ def test_given_a_connect_then_it_is_answered_and_the_connection_closed_at_once(s
     assert b"\r\nconnection: close\r\n" in answers[0]
 
 
+@pytest.mark.parametrize("closing", ["HTTP/1.0", "Connection: close"])
+def test_given_an_answer_before_the_body_then_the_client_sends_the_rest_and_reads_it(
+    served, closing
+):
+    """A request refused on its head (a wrong key: 401) on a connection that then closes, its
+    body still coming in pieces: the client's sends do not meet a reset (the connection
+    lingers, dropping them), it reads the whole answer, then the connection closes."""
+    body = single("linger", "linger") + b" " * 2000
+    version, head = (
+        ("HTTP/1.0", "") if closing == "HTTP/1.0" else ("HTTP/1.1", "Connection: close\r\n")
+    )
+    request = post("phk_nope", body, version=version, head=head)
+    cut = request.index(b"\r\n\r\n") + 4 + 100
+    for port in served.ports.values():
+        with connect(port) as sock:
+            sock.sendall(request[:cut])
+            time.sleep(0.1)  # the 401 is written, and the connection would close
+            for start in range(cut, len(request), 700):
+                sock.sendall(request[start : start + 700])
+                time.sleep(0.05)
+            answers = read_stream(sock, 1)
+            assert status(answers[0]) == 401
+            assert b"\r\nconnection: close\r\n" in answers[0]
+            assert closed(sock)
+
+
 def test_given_the_app_then_no_route_takes_a_websocket_so_ignoring_upgrades_loses_none(served):
     """The protocol answers every upgrade request in HTTP/1.1 (api/protocol.py): a WebSocket
     route would need it to hand such requests to uvicorn's WebSocket protocol again."""

@@ -66,6 +66,11 @@ KEEP_ALIVE_S = 5.0  # an idle keep-alive connection is closed after this
 # held in memory until complete: without a cap, one connection could fill it within the
 # header deadline). Checked per read, so up to one read (256 KiB) more may be held.
 MAX_HEAD_BYTES = 64 * 1024
+# A connection closed after an answer given before its request's body was all read (a 401 on
+# the head, say) is half-closed and what the client still sends is read and dropped, until it
+# closes or this long has passed: closed at once, the rest of the body would meet a reset,
+# which can destroy the answer before the client reads it.
+LINGER_S = 2.0
 
 # History retention (PROFILEHOOK_HISTORY_RETENTION_DAYS; README, Retention): the applier purges
 # what is older than the window in batches of this many events, each its own short transaction,

@@ -26,6 +26,11 @@
   websocket`` hung). Here the head is parsed again without its ``Upgrade`` header, and the
   request, body and all, is served as if it had not asked. A ``CONNECT`` (which httptools
   always treats so) is answered, and the connection closed: what follows it is not HTTP.
+- **A connection closed before its request's body is read lingers.** An answer given on the
+  head (a ``401``, say) to a request whose connection then closes (HTTP/1.0, ``Connection:
+  close``) left the rest of the body to meet a reset, which could destroy the answer before the
+  client read it (and failed the client's send). The answer is followed by a half-close, and
+  what the client still sends is read and dropped until it closes or ``LINGER_S`` has passed.
 - **A client that half-closes is answered.** uvicorn closes the connection when the client
   shuts down its sending side, dropping the answers to the requests it sent whole; here they
   are written, then the connection closes.
@@ -70,7 +75,7 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 
 from profilehook.api.responses import error_body, json_headers, send_json
-from profilehook.constants import MAX_HEAD_BYTES
+from profilehook.constants import LINGER_S, MAX_HEAD_BYTES
 
 log = logging.getLogger(__name__)
 MIN_SWEEP_S = 0.05
@@ -123,6 +128,7 @@ def http_protocol(
         heads_begun = 0  # request heads begun on this connection
         head_bytes = 0  # bytes of the pending head read after the read it began in
         unupgraded: bytes | None = None  # a head that asked to upgrade, without its Upgrade
+        lingering: asyncio.TimerHandle | None = None  # half-closed, dropping what comes (linger)
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -140,13 +146,15 @@ def http_protocol(
             # reads) keeps the transport itself.
             if not end_of_pass or end_of_pass[0].loop is not self.loop:
                 end_of_pass[:] = [_EndOfPass(self.loop)]
-            self.transport = _OneWritePerPass(transport, end_of_pass[0])  # type: ignore[assignment]
+            self.transport = _OneWritePerPass(transport, end_of_pass[0], self)  # type: ignore[assignment]
             self.head_started = self.loop.time()
             open_connections.add(self)
             if not sweeper:
                 sweeper.append(self.loop.call_later(sweep_every_s, sweep))
 
         def data_received(self, data: bytes) -> None:
+            if self.lingering is not None:
+                return  # the rest of a body answered already: dropped (``linger``)
             self.idle_since = None  # any byte makes the connection busy, as under uvicorn
             head = self.heads_begun if self.head_started is not None else -1
             self._feed(data)
@@ -333,7 +341,23 @@ def http_protocol(
             elif self.head_started is None:  # (a next request's head is under its own deadline)
                 self.idle_since = self.loop.time()
 
+        def body_unread(self) -> bool:
+            """Whether the request being answered has more body to come."""
+            if self.pending is not None:
+                return True
+            cycle = self.cycle
+            return cycle is not None and getattr(cycle, "more_body", False)
+
+        def linger(self, transport: asyncio.Transport) -> None:
+            """After ``transport``'s half-close: read and drop what the client still sends
+            until it closes, or ``LINGER_S`` has passed (see the module's text)."""
+            self.lingering = self.loop.call_later(LINGER_S, transport.close)
+            self.flow.resume_reading()
+
         def eof_received(self) -> bool:  # type: ignore[override]
+            if self.lingering is not None:
+                self.transport.close()
+                return True
             # A client that shuts down its sending side after whole requests still gets their
             # answers, the last with ``connection: close`` (as at uvicorn's shutdown). With
             # nothing in flight, or a request cut short (its body never complete), the
@@ -360,6 +384,8 @@ def http_protocol(
 
         def connection_lost(self, exc: Exception | None) -> None:
             self.head_started = self.idle_since = None
+            if self.lingering is not None:
+                self.lingering.cancel()
             if isinstance(self.transport, _OneWritePerPass):
                 self.transport.discard()  # nobody to write to any more
             open_connections.discard(self)
@@ -533,13 +559,15 @@ class _OneWritePerPass:
     calls that write (``writelines``, ``write_eof``) keep the order; the rest are the
     transport's own."""
 
-    __slots__ = ("_held", "_held_bytes", "_pass", "_transport")
+    __slots__ = ("_held", "_held_bytes", "_lingers", "_pass", "_protocol", "_transport")
 
-    def __init__(self, transport: asyncio.Transport, end_of_pass: _EndOfPass):
+    def __init__(self, transport: asyncio.Transport, end_of_pass: _EndOfPass, protocol: Any = None):
         self._transport = transport
         self._pass = end_of_pass
+        self._protocol = protocol
         self._held: list[bytes] | None = None
         self._held_bytes = 0
+        self._lingers = False
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if type(data) is not bytes:
@@ -564,7 +592,7 @@ class _OneWritePerPass:
         if held is not None:
             held.append(data)
             self.flush()
-        elif not self._transport.is_closing():
+        elif not self.is_closing():
             self._transport.write(data)
 
     def writelines(self, chunks: Iterable[bytes | bytearray | memoryview]) -> None:
@@ -575,7 +603,7 @@ class _OneWritePerPass:
         held = self._held
         if held is not None:
             self._held = None
-            if not self._transport.is_closing():
+            if not self.is_closing():
                 self._transport.write(held[0] if len(held) == 1 else b"".join(held))
 
     def discard(self) -> None:
@@ -586,15 +614,29 @@ class _OneWritePerPass:
         self._transport.write_eof()
 
     def close(self) -> None:
+        """Close after what is held; half-close and linger if the request being answered has
+        more body to come (the protocol's ``linger``)."""
         self.flush()
-        self._transport.close()
+        transport = self._transport
+        if self._lingers or transport.is_closing():
+            transport.close()
+        elif (
+            self._protocol is not None
+            and self._protocol.body_unread()
+            and transport.can_write_eof()
+        ):
+            self._lingers = True
+            transport.write_eof()
+            self._protocol.linger(transport)
+        else:
+            transport.close()
 
     def abort(self) -> None:
         self._held = None
         self._transport.abort()
 
     def is_closing(self) -> bool:
-        return self._transport.is_closing()
+        return self._lingers or self._transport.is_closing()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
