@@ -27,6 +27,7 @@ from profilehook.errors import PeerRefused
 from profilehook.events import Event, Kind, Op, new_event_ids
 from profilehook.sources.peer_events import (
     Mapped,
+    storable_names,
     storable_properties,
     usable_event_id,
     usable_id,
@@ -170,6 +171,12 @@ def _map_one(
 def _update(given: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Op], bool] | None:
     """(properties, their operations, whether ``$clearAll``), or None when invalid: an
     operation that is not an object, a non-number to ``$add``, a name in two operations."""
+    if len(given) == 1 and "$set" in given:
+        # A $set alone (what identify() sends): its object is the properties.
+        sets = given["$set"]
+        if type(sets) is not dict or not storable_names(sets):
+            return None
+        return sets, {}, False
     properties: dict[str, Any] = {}
     ops: dict[str, Op] = {}
     clear_all = False
@@ -202,7 +209,7 @@ def _update(given: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Op], bool]
                 properties[name], ops[name] = found, op
             else:
                 return None  # an operation Amplitude does not have
-    if not storable_properties(dict.fromkeys(properties)):
+    if not storable_names(properties):
         return None
     return properties, ops, clear_all
 

@@ -77,3 +77,18 @@ def storable_properties(properties: dict[str, Any]) -> bool:
         if type(name) is not str or not 0 < len(name) <= c.MAX_PROPERTY_NAME_CHARS:
             return False
     return not holds_unstorable(properties)
+
+
+def storable_names(properties: dict[str, Any]) -> bool:
+    """``storable_properties(dict.fromkeys(properties))``: whether the names alone may be an
+    event's (how many, their lengths, no U+0000), without building a dict to walk it."""
+    if len(properties) > c.MAX_PROPERTIES_PER_EVENT:
+        return False
+    for name in properties:
+        if (
+            type(name) is not str
+            or not 0 < len(name) <= c.MAX_PROPERTY_NAME_CHARS
+            or "\x00" in name
+        ):
+            return False
+    return True

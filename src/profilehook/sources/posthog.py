@@ -13,6 +13,7 @@ events, or an event whose ``uuid`` is not a UUID is refused whole (400), as Post
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
@@ -24,6 +25,7 @@ from profilehook.events import Event, Op, new_event_ids
 from profilehook.sources.peer_events import (
     Mapped,
     iso_to_us,
+    storable_names,
     storable_properties,
     usable_event_id,
     usable_id,
@@ -82,14 +84,27 @@ def map_events(request: Request, workspace: str, received_us: int, oldest_us: in
         if type(event) is not dict:
             raise PeerRefused("Every event must be an object")
         given = event.get("uuid")
-        if given is not None and not _is_uuid(given):
+        if given is None:
+            event_id: str | None = made_id
+        elif type(given) is str and _CANONICAL_UUID(given):
+            event_id = given  # 36 ASCII characters: an event_id as it is
+        elif _is_uuid(given):
+            event_id = usable_event_id(given)
+        else:
             raise PeerRefused(f"Invalid uuid {given!r}: must be a UUID")
         left_out = _person_update(
-            event, made_id, workspace, received_us, oldest_us, request, mapped
+            event, event_id, workspace, received_us, oldest_us, request, mapped
         )
         if left_out is not None:
             mapped.failures[index] = left_out
     return mapped
+
+
+# The form the SDKs send (8-4-4-4-12 hex digits), which ``uuid.UUID`` takes; a match costs a
+# fifth of building the UUID, which is left for the other forms it takes (braces, no dashes).
+_CANONICAL_UUID = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+).fullmatch
 
 
 def _is_uuid(value: Any) -> bool:
@@ -104,7 +119,7 @@ def _is_uuid(value: Any) -> bool:
 
 def _person_update(
     event: dict[str, Any],
-    made_id: str,
+    event_id: str | None,
     workspace: str,
     received_us: int,
     oldest_us: int,
@@ -131,12 +146,11 @@ def _person_update(
         mapped.skipped += 1
         return "no usable distinct_id"
     ts_us = _event_time(event, received_us)
-    event_id = made_id if event.get("uuid") is None else usable_event_id(event["uuid"])
     if (
         ts_us is None
         or event_id is None
         or (request.may_hold_unstorable and not storable_properties(values))
-        or not storable_properties(dict.fromkeys(values))
+        or not storable_names(values)
     ):
         mapped.rejected += 1
         return "an invalid timestamp, or properties no store can keep"
@@ -167,27 +181,33 @@ def _updates(
 ) -> tuple[dict[str, Any], dict[str, Op]] | None:
     """The properties an event sets (``None``: unsets) and which of them are only set once;
     None when an update is of the wrong shape."""
+    onces = (properties.get("$set_once"), event.get("$set_once"))
+    sets = (properties.get("$set"), event.get("$set"))
+    unsets = (properties.get("$unset"), event.get("$unset"))
+    if onces == _NONE and unsets == _NONE and None in sets:
+        # One $set alone (what set() and identify() send): its object is the properties.
+        only = sets[1] if sets[0] is None else sets[0]
+        if only is None:
+            return {}, {}
+        return (only, {}) if type(only) is dict else None
     values: dict[str, Any] = {}
     ops: dict[str, Op] = {}
-    for where in (properties, event):
-        once = where.get("$set_once")
+    for once in onces:
         if once is None:
             continue
         if type(once) is not dict:
             return None
         values.update(once)
         ops.update(dict.fromkeys(once, "set_once"))
-    for where in (properties, event):
-        sets = where.get("$set")
-        if sets is None:
+    for one in sets:
+        if one is None:
             continue
-        if type(sets) is not dict:
+        if type(one) is not dict:
             return None
-        values.update(sets)
-        for name in sets:
+        values.update(one)
+        for name in one:
             ops.pop(name, None)
-    for where in (properties, event):
-        unset = where.get("$unset")
+    for unset in unsets:
         if unset is None:
             continue
         names = list(unset) if type(unset) is dict else unset
@@ -197,6 +217,9 @@ def _updates(
         for name in names:
             ops.pop(name, None)
     return values, ops
+
+
+_NONE = (None, None)
 
 
 def _event_time(event: dict[str, Any], received_us: int) -> int | None:
