@@ -4,9 +4,10 @@ process has (applier_heap.py). Prints JSON lines.
 
 Default: all sets, the mix of operations, the mix with 5 % late (benchmarks/run.py
 ``_operation_events``), each on a fresh store. ``--only-g``: G's own batches
-(run.py ``g_batches``) against G's ceiling, the raw ``executemany`` upsert of the same property
-updates (ceilings.py), store and ceiling alternated in ``--rounds`` rounds; each round's ratio
-per CPU-second and the median (issue 23's target: >= 0.5). To compare two checkouts, alternate:
+(run.py ``g_batches``) against G's ceiling, the raw ``executemany`` upsert writing as many rows
+as the apply wrote (ceilings.py), store and ceiling alternated in ``--rounds`` rounds; each
+round's ratio per CPU-second and the median (issue 23's target: >= 0.5), and the ratio against
+one row per property update (the former ceiling) beside it. To compare two checkouts, alternate:
 
     for i in 1 2 3; do for src in OTHER/src src; do
         PYTHONPATH=$src .venv/bin/python benchmarks/apply_cpu.py --batches 10; done; done
@@ -30,17 +31,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from applier_heap import as_the_applier
 from ceilings import sqlite_upsert_ceiling
-from run import _operation_events, g_batches
+from run import _g_rows_written, _operation_events, g_batches
 
 import profilehook
 from profilehook.stores.sqlite import SqliteStore
 
 
-async def cpu_per_event(path: Path, chunks: list[list[Any]]) -> float:
+async def cpu_per_event(
+    path: Path, chunks: list[list[Any]], rows: list[int] | None = None
+) -> float:
     """CPU seconds of this process per event for applying ``chunks`` to a fresh SQLite store,
-    synced every 5 batches as the applier does."""
+    synced every 5 batches as the applier does; the rows it wrote appended to ``rows``."""
     store = SqliteStore(path)
     await store.open()
+    written = await _g_rows_written(store, "sqlite", "")
     cpu0 = time.process_time()
     for i, chunk in enumerate(chunks, start=1):
         await store.apply(chunk)
@@ -48,6 +52,8 @@ async def cpu_per_event(path: Path, chunks: list[list[Any]]) -> float:
             await store.sync()
     await store.sync()
     cpu = time.process_time() - cpu0
+    if rows is not None:
+        rows.append(await _g_rows_written(store, "sqlite", "") - written)
     await store.close()
     return cpu / sum(len(c) for c in chunks)
 
@@ -73,16 +79,23 @@ async def against_the_ceiling(batches: int, rounds: int) -> None:
     ratios = []
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(rounds):
-            cpu = await cpu_per_event(Path(tmp) / f"g{round_}.sqlite3", chunks) * events
-            _, ceiling = sqlite_upsert_ceiling(Path(tmp) / f"ceiling{round_}.sqlite3", chunks)
-            ratios.append(updates / cpu / ceiling)
+            written: list[int] = []
+            cpu = await cpu_per_event(Path(tmp) / f"g{round_}.sqlite3", chunks, written) * events
+            rows = written[0]
+            _, ceiling = sqlite_upsert_ceiling(
+                Path(tmp) / f"ceiling{round_}.sqlite3", chunks, round(rows / len(chunks))
+            )
+            _, per_update = sqlite_upsert_ceiling(Path(tmp) / f"updates{round_}.sqlite3", chunks)
+            ratios.append(rows / cpu / ceiling)
             line = {
                 "round": round_,
-                "store_updates_per_cpu_s": round(updates / cpu),
-                "ceiling_updates_per_cpu_s": round(ceiling),
+                "store_rows_per_cpu_s": round(rows / cpu),
+                "ceiling_rows_per_cpu_s": round(ceiling),
+                "rows_per_event": round(rows / events, 2),
                 "store_us_per_event": round(cpu / events * 1e6, 1),
-                "ceiling_us_per_event": round(updates / ceiling / events * 1e6, 1),
+                "ceiling_us_per_event": round(rows / ceiling / events * 1e6, 1),
                 "ratio": round(ratios[-1], 3),
+                "ratio_one_row_per_update": round(updates / cpu / per_update, 3),
                 "loadavg": os.getloadavg()[0],
             }
             print(json.dumps(line), flush=True)

@@ -1,10 +1,12 @@
 """Ceilings measured in the same run as what they bound (issue 23): what the machine does with
 the least code for the same work, so that every target is a ratio that holds on any machine.
 
-* apply: a raw upsert loop writing G's property updates, one row per (contact, property), with
-  ``executemany`` in one transaction per batch and a last-writer-wins guard, on SQLite (WAL,
-  ``synchronous=NORMAL`` and the WAL fsynced every 5 batches, as the store's applier does) and
-  on PostgreSQL (a commit per batch);
+* apply: a raw upsert loop writing as many rows as the store's apply wrote for the same batches
+  (the issue's "writing the same number of rows"): G's property updates, one row per (contact,
+  property), and as many more made from them under other names, with ``executemany`` in one
+  transaction per batch and a last-writer-wins guard, on SQLite (WAL, ``synchronous=NORMAL``
+  and the WAL fsynced every 5 batches, as the store's applier does) and on PostgreSQL (a commit
+  per batch); without a row count, the property updates alone (the ceiling before 2026-12-05);
 * the HTTP ceilings are ASGI apps under uvicorn: A (apps/ceiling.py), the batch ceiling
   (apps/batch_ceiling.py: decodes D's body with msgspec, answers), the read ceiling
   (apps/read_ceiling.py: answers a fixed profile JSON); ``http_ceiling`` runs one with wrk.
@@ -26,17 +28,33 @@ UPSERT_COLUMNS = "workspace, contact_id, name, value, ts_us, event_id"
 SYNC_EVERY_BATCHES = 5  # as G (and the applier, about 4 times a second)
 
 
-def _rows(batch: Sequence[Any]) -> list[tuple[Any, ...]]:
-    return [
+def _rows(batch: Sequence[Any], count: int | None = None) -> list[tuple[Any, ...]]:
+    """The rows of ``batch`` (Events): one per property update; with ``count``, exactly that
+    many: the updates, then the same updates again under other names (``p3~1``, ``p3~2``, …: a
+    key of their own each pass, so each is a row of its own and not the same row twice)."""
+    updates = [
         (e.workspace, e.contact_id, name, value, e.ts_us, e.event_id)
         for e in batch
         for name, value in e.properties.items()
     ]
+    if count is None:
+        return updates
+    rows, again = updates[:count], 0
+    while len(rows) < count and updates:
+        again += 1
+        rows.extend(
+            (w, c, f"{name}~{again}", value, ts, event_id)
+            for w, c, name, value, ts, event_id in updates[: count - len(rows)]
+        )
+    return rows
 
 
-def sqlite_upsert_ceiling(path: Path, batches: Sequence[Sequence[Any]]) -> tuple[float, float]:
-    """Property updates per second and per CPU-second of this process of the raw SQLite upsert
-    loop over ``batches`` (of Events), on a new file at ``path``."""
+def sqlite_upsert_ceiling(
+    path: Path, batches: Sequence[Sequence[Any]], rows_per_batch: int | None = None
+) -> tuple[float, float]:
+    """Rows per second and per CPU-second of this process of the raw SQLite upsert loop over
+    ``batches`` (of Events), on a new file at ``path``: ``rows_per_batch`` rows a batch, or
+    (None) one per property update."""
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
@@ -54,7 +72,7 @@ def sqlite_upsert_ceiling(path: Path, batches: Sequence[Sequence[Any]]) -> tuple
     updates = 0
     cpu0, t0 = cpu_seconds(), time.perf_counter()
     for i, batch in enumerate(batches, start=1):
-        rows = _rows(batch)
+        rows = _rows(batch, rows_per_batch)
         conn.execute("BEGIN IMMEDIATE")
         conn.executemany(sql, rows)
         conn.execute("COMMIT")
@@ -75,9 +93,12 @@ def _fsync(path: str) -> None:
         os.close(fd)
 
 
-def postgres_upsert_ceiling(url: str, batches: Sequence[Sequence[Any]]) -> float:
-    """Property updates/s of the raw PostgreSQL upsert loop (psycopg's ``executemany``, which
-    pipelines the statements, one transaction per batch) in a schema of its own."""
+def postgres_upsert_ceiling(
+    url: str, batches: Sequence[Sequence[Any]], rows_per_batch: int | None = None
+) -> float:
+    """Rows/s of the raw PostgreSQL upsert loop (psycopg's ``executemany``, which pipelines the
+    statements, one transaction per batch) in a schema of its own: ``rows_per_batch`` rows a
+    batch, or (None) one per property update."""
     import psycopg
 
     schema = f"bench_ceiling_{uuid.uuid4().hex[:8]}"
@@ -99,7 +120,7 @@ def postgres_upsert_ceiling(url: str, batches: Sequence[Sequence[Any]]) -> float
             updates = 0
             t0 = time.perf_counter()
             for batch in batches:
-                rows = _rows(batch)
+                rows = _rows(batch, rows_per_batch)
                 with conn.transaction(), conn.cursor() as cur:
                     cur.executemany(sql, rows)
                 updates += len(rows)

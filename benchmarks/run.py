@@ -452,6 +452,10 @@ def scenario_d(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     result["ceiling_events_per_s"] = top["rps"] * args.batch
     result["ceiling_p99_ms"] = top["p99_ms"]
     result["batch_size"] = args.batch
+    # The issue's body too (1,000 events), judged the same way: its own ceiling, then D on
+    # it, with the applier.
+    if args.issue_batch and args.issue_batch != args.batch:
+        result.update(_d_issue_sized(tmp, args, env, key))
     # Property operations (issue 18): the same load with a mix of operations, and with 5 % of
     # the events late (a minute older), each on a fresh data directory; applied events/s
     # (what the applier kept up with) against the all-set run's.
@@ -474,6 +478,30 @@ def scenario_d(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
             if result["applied_events_per_s"]:
                 result[f"{workload}_applied_ratio"] = applied / result["applied_events_per_s"]
     return result
+
+
+def _d_issue_sized(
+    tmp: Path, args: argparse.Namespace, env: dict[str, str], key: str
+) -> dict[str, float]:
+    """D's part on bodies of ``--issue-batch`` events: that body's batch ceiling, then the
+    server (applier running) on the same data directory."""
+    size = args.issue_batch
+    body = {"events": [{**EVENT, "contact_id": f"user{i}"} for i in range(size)]}
+    script = lua(tmp / "d-issue.lua", body, key)
+    path = "/v1/properties/batch"
+    ceiling_app = uvicorn_app(
+        "batch-ceiling", "benchmarks.apps.batch_ceiling:app", dict(os.environ)
+    )
+    with running(ceiling_app) as app:
+        top = measured(app, script, args.duration, path=path, connections=16)
+    with running(serve("profilehook", env)) as server:
+        found = measured(server, script, args.duration, path=path, connections=16)
+    return {
+        "issue_batch_size": size,
+        "issue_events_per_s": found["rps"] * size,
+        "issue_ceiling_events_per_s": top["rps"] * size,
+        "issue_p99_ms": found["p99_ms"],
+    }
 
 
 def _d_before(tmp: Path, args: argparse.Namespace, body: dict[str, Any]) -> dict[str, float]:
@@ -687,6 +715,32 @@ def scenario_g(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
         return asyncio.run(_apply_throughput(tmp, args))
 
 
+async def _g_rows_written(store: Any, name: str, schema: str) -> int:
+    """Rows written so far: on SQLite by the store's writer connection (``total_changes``: rows
+    inserted, updated or deleted by its statements); on PostgreSQL in ``schema``'s tables
+    (``pg_stat_user_tables``; a backend's counts are there once its transaction ends or,
+    at the latest, once it disconnects: read after ``close``)."""
+    if name == "sqlite":
+        return int(await store.db.write(lambda conn: conn.total_changes))
+    import psycopg
+
+    seen: list[int] = []
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        # A backend that just disconnected may not have reported yet: read until two readings
+        # 0.1 s apart agree.
+        while len(seen) < 2 or (seen[-1] != seen[-2] and len(seen) < 30):
+            if seen:
+                time.sleep(0.1)
+            conn.execute("SELECT pg_stat_clear_snapshot()")
+            (total,) = conn.execute(
+                "SELECT COALESCE(SUM(n_tup_ins + n_tup_upd + n_tup_del), 0)"
+                " FROM pg_stat_user_tables WHERE schemaname = %s",
+                (schema,),
+            ).fetchone()  # type: ignore[misc]
+            seen.append(int(total))
+    return seen[-1]
+
+
 def g_batches(count: int) -> list[list[Any]]:
     """G's ``count`` 2,000-event batches: 5 properties (of 20) over 20,000 contacts, random
     times and ids (so about half the updates of a property already held lose to its version)."""
@@ -743,6 +797,9 @@ async def _apply_throughput(tmp: Path, args: argparse.Namespace) -> dict[str, An
                 print(f"G: {name} unavailable ({exc})", file=sys.stderr)
                 continue
             updates = 0
+            # The rows the apply writes (every row inserted, updated or deleted, in every
+            # table), counted by the store's own database: the ceiling writes as many.
+            written = await _g_rows_written(store, name, f"{schema}_r{round_no}")
             with Meter() as meter:
                 for i, batch in enumerate(batches, start=1):
                     await store.apply(batch)
@@ -750,34 +807,49 @@ async def _apply_throughput(tmp: Path, args: argparse.Namespace) -> dict[str, An
                     if i % 5 == 0:
                         await store.sync()  # as the applier does before it acknowledges
                 await store.sync()
+            rows = -written
+            if name == "sqlite":
+                rows += await _g_rows_written(store, name, "")
             await store.close()
+            if name != "sqlite":
+                rows += await _g_rows_written(store, name, f"{schema}_r{round_no}")
             found = measured.setdefault
             found(f"{name}_property_updates_per_s", []).append(updates / meter.wall_s)
+            found(f"{name}_rows_per_s", []).append(rows / meter.wall_s)
+            found(f"{name}_rows_per_event", []).append(rows / (len(batches) * 2_000))
             found(f"{name}_events_per_s", []).append(len(batches) * 2_000 / meter.wall_s)
             if name == "sqlite":
                 found(f"{name}_property_updates_per_cpu_s", []).append(updates / meter.cpu_s)
-            # The apply ceiling (issue 23): the same updates by a raw upsert loop (ceilings.py).
-            try:
-                if name == "sqlite":
-                    per_s, per_cpu_s = ceilings.sqlite_upsert_ceiling(
-                        tmp / f"g-ceiling-{round_no}.sqlite3", batches
-                    )
-                    found(f"{name}_ceiling_property_updates_per_cpu_s", []).append(per_cpu_s)
-                else:
-                    per_s = ceilings.postgres_upsert_ceiling(POSTGRES_URL, batches)
-                found(f"{name}_ceiling_property_updates_per_s", []).append(per_s)
-            except Exception as exc:
-                print(f"G: the {name} ceiling failed ({exc})", file=sys.stderr)
+                found(f"{name}_rows_per_cpu_s", []).append(rows / meter.cpu_s)
+            # The apply ceilings (issue 23, ceilings.py): a raw upsert loop writing as many rows
+            # as the apply did (judged), and one writing a row per property update (the former
+            # ceiling, reported beside it).
+            for unit, per_batch in (
+                ("rows", round(rows / len(batches))),
+                ("property_updates", None),
+            ):
+                try:
+                    if name == "sqlite":
+                        per_s, per_cpu_s = ceilings.sqlite_upsert_ceiling(
+                            tmp / f"g-ceiling-{unit}-{round_no}.sqlite3", batches, per_batch
+                        )
+                        found(f"{name}_ceiling_{unit}_per_cpu_s", []).append(per_cpu_s)
+                    else:
+                        per_s = ceilings.postgres_upsert_ceiling(POSTGRES_URL, batches, per_batch)
+                    found(f"{name}_ceiling_{unit}_per_s", []).append(per_s)
+                except Exception as exc:
+                    print(f"G: the {name} ceiling ({unit}) failed ({exc})", file=sys.stderr)
     for key, values in measured.items():
         result[key] = statistics.median(values)
-        result[f"{key}_rounds"] = [round(v) for v in values]
+        result[f"{key}_rounds"] = [round(v, 2) if v < 100 else round(v) for v in values]
     for name, unit in (("sqlite", "per_cpu_s"), ("sqlite", "per_s"), ("postgres", "per_s")):
-        founds = measured.get(f"{name}_property_updates_{unit}", [])
-        ceils = measured.get(f"{name}_ceiling_property_updates_{unit}", [])
-        if founds and len(founds) == len(ceils):
-            ratios = [f / c for f, c in zip(founds, ceils, strict=True)]
-            result[f"{name}_ceiling_ratio_{unit}"] = statistics.median(ratios)
-            result[f"{name}_ceiling_ratio_{unit}_rounds"] = [round(r, 3) for r in ratios]
+        for counted, prefix in (("rows", "ceiling_ratio"), ("property_updates", "update_ratio")):
+            founds = measured.get(f"{name}_{counted}_{unit}", [])
+            ceils = measured.get(f"{name}_ceiling_{counted}_{unit}", [])
+            if founds and len(founds) == len(ceils):
+                ratios = [f / c for f, c in zip(founds, ceils, strict=True)]
+                result[f"{name}_{prefix}_{unit}"] = statistics.median(ratios)
+                result[f"{name}_{prefix}_{unit}_rounds"] = [round(r, 3) for r in ratios]
     # Property operations (issue 18): events in time order, all sets; the same with a mix of
     # operations (70 % set, 10 % add, 10 % append, 5 % set_once, 5 % remove); and that mix
     # with 5 % of the events late. Each workload on a fresh store of each kind, alternated in
@@ -2268,6 +2340,21 @@ def _d_rows(d: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
                 ratio >= 0.5,
             )
         )
+    if "issue_ceiling_events_per_s" in d:
+        ratio = d["issue_events_per_s"] / d["issue_ceiling_events_per_s"]
+        per_round = [
+            x["issue_events_per_s"] / x["issue_ceiling_events_per_s"] for x in d.get("rounds", [d])
+        ]
+        rows.append(
+            (
+                f"D >= 0.5 x the batch ceiling ({d['issue_batch_size']:.0f}-event bodies,"
+                " the issue's)",
+                f"{ratio:.2f} x ({d['issue_events_per_s']:,.0f} of"
+                f" {d['issue_ceiling_events_per_s']:,.0f} events/s;"
+                f" rounds {', '.join(f'{x:.2f}' for x in per_round)})",
+                ratio >= 0.5,
+            )
+        )
     if "before_events_per_s" in d and "ceiling_events_per_s" in d:
         rounds = d.get("rounds") or [d]
         rows.append(
@@ -2297,28 +2384,42 @@ def _d_rows(d: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
 
 
 def _g_rows(g: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
-    """G against the raw upsert loop of the same updates (ceilings.py), per store; and the
+    """G against the raw upsert loop writing as many rows as the apply did (ceilings.py), per
+    store, and (reported) against the former ceiling of one row per property update; and the
     operations mix (issue 18) against all sets."""
     rows: list[tuple[str, str, bool | None]] = []
     for store, title in (("sqlite", "SQLite"), ("postgres", "PostgreSQL")):
         # SQLite per CPU-second of the process (store and ceiling alternated in each round,
         # the median of the rounds' ratios), the wall clock beside; PostgreSQL by wall clock.
         unit = "per_cpu_s" if store == "sqlite" else "per_s"
-        ratio = g.get(f"{store}_ceiling_ratio_{unit}")
-        if ratio is not None:
-            found = g[f"{store}_property_updates_{unit}"]
-            ceiling = g[f"{store}_ceiling_property_updates_{unit}"]
-            rounds = ", ".join(
-                f"{r:.2f}" for r in g.get(f"{store}_ceiling_ratio_{unit}_rounds", [])
-            )
-            what = "property updates per CPU-second" if store == "sqlite" else "property updates/s"
-            wall = g.get(f"{store}_ceiling_ratio_per_s") if store == "sqlite" else None
+        per = "per CPU-second" if store == "sqlite" else "/s"
+        for counted, prefix, title_of in (
+            ("rows", "ceiling_ratio", "as many rows as the apply writes"),
+            ("property_updates", "update_ratio", "one row per property update (reported)"),
+        ):
+            ratio = g.get(f"{store}_{prefix}_{unit}")
+            if ratio is None:
+                continue
+            found = g[f"{store}_{counted}_{unit}"]
+            ceiling = g[f"{store}_ceiling_{counted}_{unit}"]
+            rounds = ", ".join(f"{r:.2f}" for r in g.get(f"{store}_{prefix}_{unit}_rounds", []))
+            what = f"{counted.replace('_', ' ')} {per}"
+            wall = g.get(f"{store}_{prefix}_per_s") if store == "sqlite" else None
+            judged = counted == "rows"
+            per_event = g.get(f"{store}_rows_per_event")
             rows.append(
                 (
-                    f"G ({title}) >= 0.5 x a raw executemany upsert of the same updates",
+                    f"G ({title}) >= 0.5 x a raw executemany upsert writing {title_of}"
+                    if judged
+                    else f"G ({title}) against a raw executemany upsert writing {title_of}",
                     f"{ratio:.2f} x ({found:,.0f} of {ceiling:,.0f} {what}; rounds {rounds})"
-                    + (f"; wall clock {wall:.2f} x" if wall is not None else ""),
-                    ratio >= 0.5,
+                    + (f"; wall clock {wall:.2f} x" if wall is not None else "")
+                    + (
+                        f"; the apply wrote {per_event:.2f} rows an event"
+                        if judged and per_event
+                        else ""
+                    ),
+                    ratio >= 0.5 if judged else None,
                 )
             )
         counted = g.get(f"{store}_cpu_counts", "process")
@@ -2454,6 +2555,12 @@ def main() -> None:
     parser.add_argument("--sustain-batch", type=int, default=10, help="events per request in F")
     parser.add_argument("--sustain-rate", type=int, default=16_000, help="events/s offered in F")
     parser.add_argument("--batch", type=int, default=100, help="events per request in D")
+    parser.add_argument(
+        "--issue-batch",
+        type=int,
+        default=1000,
+        help="D's second body, the issue's 1,000 events (0: not measured)",
+    )
     parser.add_argument("--amplitude-requests", type=int, default=10)
     parser.add_argument("--apply-batches", type=int, default=25, help="2,000-event batches in G")
     parser.add_argument(
