@@ -312,6 +312,78 @@ def test_given_a_body_split_from_its_head_then_the_answer_is_the_same(seeded):
     assert answers[0] == answers[1] and answers[0].startswith(b"HTTP/1.1 202 ")
 
 
+def _sent_in_pieces(port: int, request: bytes, pieces: int, pause_s: float) -> bytes:
+    """``request`` sent in ``pieces`` parts (the first its head and a little of its body),
+    ``pause_s`` apart; its answer."""
+    head_end = request.index(b"\r\n\r\n") + 4
+    cuts = [0, head_end + 5] + [
+        head_end + 5 + (len(request) - head_end - 5) * i // (pieces - 1) for i in range(1, pieces)
+    ]
+    with connect(port) as sock:
+        for start, end in itertools.pairwise(cuts):
+            sock.sendall(request[start:end])
+            time.sleep(pause_s)
+        [answer] = read_answers(sock, 1)
+    return answer
+
+
+def test_given_a_batch_whose_body_comes_in_pieces_then_the_direct_path_serves_it(seeded):
+    """A body within its limit that does not come whole with its head is awaited by the
+    protocol, not handed to uvicorn's cycle (which copied it over and over, and woke the
+    handler for every 64 KB of it); the answer is the same."""
+    events = [event(f"p{i}", f"ep{i}", note="x" * 200) for i in range(300)]
+    batch = post(
+        seeded.keys["all"], msgspec.json.encode({"events": events}), "/v1/properties/batch"
+    )
+    assert len(batch) > 64 * 1024  # more than one read, and past uvicorn's high-water mark
+    answered = seeded.direct
+    direct = _sent_in_pieces(seeded.ports[True], batch, pieces=4, pause_s=0.02)
+    assert seeded.direct == answered + 1
+    assert direct == _sent_in_pieces(seeded.ports[False], batch, pieces=4, pause_s=0.02)
+    assert direct.startswith(b"HTTP/1.1 202 ") and b'"accepted":300' in direct
+
+
+def test_given_a_single_event_whose_body_comes_in_pieces_then_no_task_serves_it(seeded):
+    request = post(seeded.keys["all"], msgspec.json.encode(event("c8", "e8")))
+    tasks, answered = seeded.tasks, seeded.direct
+    answer = _sent_in_pieces(seeded.ports[True], request, pieces=3, pause_s=0.02)
+    assert answer.startswith(b"HTTP/1.1 202 ")
+    assert (seeded.direct, seeded.tasks) == (answered + 1, tasks)
+
+
+def test_given_a_body_slower_than_a_sweep_then_uvicorns_path_reads_the_rest(seeded):
+    """One still incomplete at a sweep (1 s with these deadlines) goes to uvicorn's path, where
+    the handler's body deadline holds (tests/test_slow_clients.py); it is served as ever."""
+    request = post(seeded.keys["all"], msgspec.json.encode(event("c9", "e9")))
+    answered = seeded.direct
+    answer = _sent_in_pieces(seeded.ports[True], request, pieces=2, pause_s=2.2)
+    assert answer.startswith(b"HTTP/1.1 202 ")
+    assert seeded.direct == answered  # answered by uvicorn's cycle
+
+
+def test_given_a_body_over_its_limit_then_413_comes_on_the_head_as_before(seeded):
+    """Only a body within its endpoint's limit is awaited: a larger one is refused as soon as
+    its head is in, by the handler on uvicorn's path, without waiting for the body."""
+    request = post(seeded.keys["all"], msgspec.json.encode(event("c1", "e5", blob="x" * 2000)))
+    head = request[: request.index(b"\r\n\r\n") + 4]
+    answers = []
+    for port in seeded.ports.values():
+        with connect(port) as sock:
+            sock.sendall(head)  # and no body
+            sock.settimeout(0.5)  # well within a sweep (1 s)
+            answers += read_answers(sock, 1)
+    assert answers[0] == answers[1] and answers[0].startswith(b"HTTP/1.1 413 ")
+
+
+def test_given_a_client_gone_mid_body_then_the_server_serves_the_next(seeded):
+    request = post(seeded.keys["all"], msgspec.json.encode(event("c10", "e10")))
+    with connect(seeded.ports[True]) as sock:
+        sock.sendall(request[: request.index(b"\r\n\r\n") + 6])
+        time.sleep(0.05)
+    answers = one_by_one(seeded.ports[True], [request])
+    assert answers[0].startswith(b"HTTP/1.1 202 ")
+
+
 def test_given_connection_close_then_both_paths_answer_with_it_and_close(seeded):
     sent = [
         post(

@@ -18,7 +18,7 @@ import msgspec
 import pytest
 
 from profilehook import keys
-from profilehook.api.deadlines import TICK_S, Deadlines
+from profilehook.api.deadlines import TICK_S, Deadlines, Watch
 from profilehook.api.ingest import ingest_handlers
 from profilehook.service import Services
 from profilehook.settings import Settings
@@ -145,6 +145,33 @@ def test_given_a_client_that_stops_mid_body_then_it_gets_408_and_is_disconnected
     assert received.startswith(b"HTTP/1.1 408 "), received
     assert b'{"detail":"Request body not received within 1 s"}' in received
     assert TIMEOUT_S - 0.1 <= took_s < TIMEOUT_S + 1.0
+
+
+@pytest.mark.slow
+def test_given_a_batch_body_that_stops_after_a_first_piece_then_408_counts_from_its_start(
+    slow_server,
+):
+    """The protocol awaits a hot POST's body itself for up to a sweep (a quarter of a second
+    here) before the handler reads the rest: the body deadline still counts from the first
+    piece, not from the hand-over."""
+    server, key = slow_server
+    body = b'{"events": [' + b",".join([EVENT] * 50) + b"]}"
+    head = (
+        f"POST /v1/properties/batch HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    received, took_s = exchange(server, head + body[:100])
+    assert received.startswith(b"HTTP/1.1 408 "), received
+    assert TIMEOUT_S - 0.1 <= took_s < TIMEOUT_S + 0.2  # (the hand-over: 0.25-0.5 s later)
+
+
+def test_the_body_deadline_counts_from_when_the_body_began_to_be_awaited():
+    watch = Watch(Deadlines(10.0, 1.0), None, None)  # type: ignore[arg-type]  (no task, no send)
+    since = time.monotonic() - 4.0
+    watch.reading_body(since)
+    assert watch.deadline_s == since + 10.0
+    watch.reading_body()
+    assert since + 13.9 < watch.deadline_s <= time.monotonic() + 10.0
 
 
 @pytest.mark.slow

@@ -111,6 +111,13 @@ class ProfilehookApp:
         self.direct_posts: dict[bytes, Handler] = {
             path.encode(): self._ingest[path] for path in ("/v1/properties", "/v1/properties/batch")
         }
+        # Their bodies' limits: a body within its limit that does not come whole with its
+        # head is awaited by the protocol too (a larger one is refused by the handler, on
+        # uvicorn's path, as soon as its head is in).
+        self.direct_body_limits: dict[bytes, int] = {
+            b"/v1/properties": services.settings.max_single_body_bytes,
+            b"/v1/properties/batch": services.settings.max_batch_body_bytes,
+        }
         # Of them, those whose handler answers from a callback, without a task, when the body
         # is in hand.
         self.direct_at_once: dict[bytes, AtOnce] = {

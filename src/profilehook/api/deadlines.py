@@ -38,6 +38,10 @@ from profilehook.settings import Settings
 
 T = TypeVar("T")
 TICK_S = 0.1
+BODY_SINCE = "profilehook.body_since"
+"""A scope's key for when its body began to be awaited (``time.monotonic()``), when that was
+before its handler ran: the HTTP protocol awaits a hot request's body itself (api/protocol.py),
+and hands one still incomplete to the handler, whose body deadline counts from then."""
 _BACKEND, _BODY, _NONE = 0, 1, 2
 # Work cancelled after its answer was sent, kept referenced until it ends.
 _abandoned: set[asyncio.Future[Any]] = set()
@@ -165,8 +169,11 @@ class Watch:
         self.answer: asyncio.Task[None] | None = None
         self.error: ProfilehookError | None = None
 
-    def reading_body(self) -> None:
-        self.deadline_s = time.monotonic() + self.deadlines.body_timeout_s
+    def reading_body(self, since: float | None = None) -> None:
+        """Reading the body, awaited since ``since`` (``time.monotonic()``; None: now)."""
+        self.deadline_s = (time.monotonic() if since is None else since) + (
+            self.deadlines.body_timeout_s
+        )
         self.phase = _BODY
 
     def awaiting_backend(self, events: int = 1) -> None:

@@ -21,7 +21,7 @@ from profilehook import constants as c
 from profilehook import keys
 from profilehook.api.access import Access
 from profilehook.api.content_coding import coding_of, read_decoded_body
-from profilehook.api.deadlines import AlreadyAnswered, Deadlines, Watch
+from profilehook.api.deadlines import BODY_SINCE, AlreadyAnswered, Deadlines, Watch
 from profilehook.api.ratelimit import RateLimiter
 from profilehook.api.responses import encode, send_error, send_json
 from profilehook.errors import (
@@ -459,7 +459,7 @@ async def _authorized_body(
     headers, authorization = _credentials(scope)
     grant = await keys.authenticate(services.store, authorization)
     workspace = _admitted(grant, authorization, headers, limiter)
-    watch.reading_body()
+    watch.reading_body(scope.get(BODY_SINCE))
     if b"content-encoding" in headers:
         return workspace, await _decoded_body(receive, scope, headers, max_body_bytes)
     return workspace, await read_body(receive, headers.get(b"content-length"), max_body_bytes)

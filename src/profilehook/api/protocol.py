@@ -36,15 +36,21 @@
   are written, then the connection closes.
 - **The hot requests skip uvicorn's request cycle.** ``POST /v1/properties``, its batch and
   ``GET /v1/contacts/{id}`` (``direct_posts`` and ``direct_read`` of the app, api/app.py), when
-  plain (HTTP/1.1, no ``Expect``, ``Transfer-Encoding``, ``Content-Encoding`` or upgrade, the whole
-  body in the bytes that brought its head, nothing in flight before it on the connection), go to
-  the same handlers without uvicorn's cycle, its event, its header checks and its done-callbacks:
+  plain (HTTP/1.1, no ``Expect``, ``Transfer-Encoding``, ``Content-Encoding`` or upgrade, nothing
+  in flight before it on the connection, a read's whole head in the bytes that brought it, a
+  POST's body within its endpoint's limit), go to the same handlers without uvicorn's cycle, its
+  event, its header checks and its done-callbacks:
   a single-event POST, when the store checks keys on this thread (SQLite), is checked as it is
   parsed, appended at the end of the pass and answered from its append's callback, with no
   task (``direct_at_once``, api/ingest.py); another ingest POST runs its ASGI handler in a task
   of its own with a send that writes the answer in one piece (``_Direct``); a read the store
-  answers on this thread is written from the data callback, with no task at all. Anything else, and a read that would wait, takes uvicorn's
-  path as before, so the bytes on the wire are the same either way (tests/test_direct_path.py).
+  answers on this thread is written from the data callback, with no task at all. A POST's body
+  that does not come whole with its head is gathered here as it arrives (a list of the parser's
+  pieces, joined once: uvicorn's path copied a 200 KB body four times over, and woke the
+  handler, paused and resumed reading for every 64 KB of it); one still incomplete after a
+  sweep goes to uvicorn's path, and the handler's body deadline counts from when the body began
+  to be awaited (``deadlines.BODY_SINCE``). Anything else, and a read that would wait, takes uvicorn's path as before, so
+  the bytes on the wire are the same either way (tests/test_direct_path.py).
 
 One timer per server sweeps the open connections every quarter of the shorter deadline (at
 least 50 ms, at most 1 s), so each deadline holds to within that; the hot path pays attribute
@@ -62,6 +68,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Iterable
 from typing import Any
 
@@ -74,6 +81,7 @@ from uvicorn.protocols.http.httptools_impl import (
     RequestResponseCycle,
 )
 
+from profilehook.api.deadlines import BODY_SINCE
 from profilehook.api.responses import error_body, json_headers, send_json
 from profilehook.constants import LINGER_S, MAX_HEAD_BYTES
 
@@ -112,12 +120,15 @@ def http_protocol(
         loop = next(iter(open_connections)).loop
         now = loop.time()
         head_too_old, idle_too_long = now - header_timeout_s, now - keep_alive_s
+        body_too_slow = time.monotonic() - sweep_every_s
         for protocol in list(open_connections):
             started, idle = protocol.head_started, protocol.idle_since
             if started is not None and started <= head_too_old:
                 protocol.head_timed_out()
             elif idle is not None and idle <= idle_too_long:
                 protocol.idle_timed_out()
+            elif (waiting := protocol.pending_since) is not None and waiting <= body_too_slow:
+                protocol.body_to_asgi()  # a slow body: the handler's deadline holds
         sweeper.append(loop.call_later(sweep_every_s, sweep))
 
     class Protocol(HttpToolsProtocol):
@@ -125,6 +136,8 @@ def http_protocol(
         idle_since: float | None = None  # loop time the last response ended, while idle
         direct_app: Any = None  # the app, when its hot requests may skip uvicorn's cycle
         pending: _Direct | None = None  # a hot request whose head is in, its body coming
+        pending_since: float | None = None  # when a pending body was first left waiting
+        # (``time.monotonic()``, as the handler's deadlines)
         heads_begun = 0  # request heads begun on this connection
         head_bytes = 0  # bytes of the pending head read after the read it began in
         unupgraded: bytes | None = None  # a head that asked to upgrade, without its Upgrade
@@ -166,10 +179,13 @@ def http_protocol(
                     self.transport.close()
                     return
             pending = self.pending
-            if pending is not None:  # its body did not come whole: uvicorn's path reads it
-                self.pending = None
-                if not self.transport.is_closing():  # (else a 400 answered what followed)
-                    self._to_asgi(pending, complete=False)
+            if pending is None:
+                return
+            if pending.whole_within_limit and not self.transport.is_closing():
+                if self.pending_since is None:  # the rest of its body is awaited here
+                    self.pending_since = time.monotonic()
+                return
+            self.body_to_asgi()  # its body is uvicorn's path's to read
 
         def _feed(self, data: bytes) -> None:
             """uvicorn's ``data_received`` (but for its keep-alive timer, which this protocol
@@ -248,22 +264,24 @@ def http_protocol(
             # (A CONNECT, the one upgrade that gets here, is neither a POST nor a GET.)
             if parser.get_http_version() != "1.1":
                 return None
-            length = False
-            for name, _ in self.headers:
+            length: bytes | None = None
+            for name, value in self.headers:
                 if name in _NOT_PLAIN:
                     return None
                 if name == b"content-length":
-                    length = True
+                    length = value
             method, target = parser.get_method(), self.url
-            at_once = None
+            at_once, within = None, False
             if method == b"POST":
                 handler = app.direct_posts.get(target)
-                if handler is None or not length:
+                if handler is None or length is None:
                     return None
                 at_once = app.direct_at_once.get(target)
+                limit = app.direct_body_limits.get(target, -1)
+                within = length.isdigit() and int(length) <= limit
             elif (
                 method == b"GET"
-                and not length
+                and length is None
                 and target.startswith(_CONTACTS)
                 and target.isascii()
             ):
@@ -277,6 +295,7 @@ def http_protocol(
             scope["query_string"] = b""
             direct = _Direct(self, handler, scope, parser.should_keep_alive())  # type: ignore[arg-type]
             direct.at_once = at_once
+            direct.whole_within_limit = within
             return direct
 
         def on_body(self, body: bytes) -> None:
@@ -292,7 +311,7 @@ def http_protocol(
                 if self.unupgraded is None:  # (else its body comes when its head is fed again)
                     super().on_message_complete()
                 return
-            self.pending = None
+            self.pending = self.pending_since = None
             if direct.handler is not None:
                 self.cycle = direct  # type: ignore[assignment]
                 chunks = direct.chunks
@@ -316,6 +335,15 @@ def http_protocol(
             if not direct.keep_alive:
                 self.transport.close()
             self.on_response_complete()
+
+        def body_to_asgi(self) -> None:
+            """Hand the pending request, its body incomplete, to uvicorn's path."""
+            pending, since = self.pending, self.pending_since
+            self.pending = self.pending_since = None
+            if pending is not None and not self.transport.is_closing():  # (else a 400 came)
+                if since is not None:
+                    pending.scope[BODY_SINCE] = since  # its body deadline counts from then
+                self._to_asgi(pending, complete=False)
 
         def _to_asgi(self, direct: _Direct, complete: bool) -> None:
             """Hand ``direct`` to uvicorn's cycle, as if its head had just been read."""
@@ -383,7 +411,7 @@ def http_protocol(
             self.transport.close()
 
         def connection_lost(self, exc: Exception | None) -> None:
-            self.head_started = self.idle_since = None
+            self.head_started = self.idle_since = self.pending = self.pending_since = None
             if self.lingering is not None:
                 self.lingering.cancel()
             if isinstance(self.transport, _OneWritePerPass):
@@ -440,6 +468,7 @@ class _Direct:
         "scope",
         "started",
         "status",
+        "whole_within_limit",
     )
     message_event = _NoEvent
 
@@ -452,6 +481,7 @@ class _Direct:
         self.keep_alive = keep_alive
         self.default_headers: list[tuple[bytes, bytes]] = protocol.server_state.default_headers
         self.at_once: Any = None
+        self.whole_within_limit = False  # a POST whose body may be awaited across reads
         self.chunks: list[bytes] = []
         self.body: bytes | None = None
         self.started = self.response_complete = self.disconnected = False
