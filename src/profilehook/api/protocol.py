@@ -49,8 +49,9 @@
   pieces, joined once: uvicorn's path copied a 200 KB body four times over, and woke the
   handler, paused and resumed reading for every 64 KB of it); one still incomplete after a
   sweep goes to uvicorn's path, and the handler's body deadline counts from when the body began
-  to be awaited (``deadlines.BODY_SINCE``). Anything else, and a read that would wait, takes uvicorn's path as before, so
-  the bytes on the wire are the same either way (tests/test_direct_path.py).
+  to be awaited (``deadlines.BODY_SINCE``). Anything else, and a read that would wait, takes
+  uvicorn's path as before, so the bytes on the wire are the same either way
+  (tests/test_direct_path.py).
 
 One timer per server sweeps the open connections every quarter of the shorter deadline (at
 least 50 ms, at most 1 s), so each deadline holds to within that; the hot path pays attribute
