@@ -360,8 +360,12 @@ def scenario_b(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
         return measured(app, lua(tmp / "b.lua", EVENT, "x"), args.duration)
 
 
-def embedded(tmp: Path, name: str) -> tuple[dict[str, str], str]:
+def embedded(tmp: Path, name: str, code: str | None = None) -> tuple[dict[str, str], str]:
+    """A data directory and a key of it, made by this checkout's code or ``code``'s (another
+    checkout: its files must be in the format that code reads)."""
     env = profilehook_env(tmp / name)
+    if code is not None:
+        env["PYTHONPATH"] = str(Path(code).resolve() / "src")
     return env, cli(env, "keys", "create", "--workspace", "bench")["key"]
 
 
@@ -402,8 +406,7 @@ def _even_round(tmp: Path) -> bool:
 def _c_before(tmp: Path, args: argparse.Namespace) -> dict[str, float]:
     """C's full-rate run on another checkout's code (``--compare-with``: its ``src`` first on
     the path), on a data directory of its own, in the same round as C."""
-    env, key = embedded(tmp, "c-before")
-    env["PYTHONPATH"] = str(Path(args.compare_with).resolve() / "src")
+    env, key = embedded(tmp, "c-before", args.compare_with)
     with running(serve("profilehook (before)", env)) as server:
         return measured(server, lua(tmp / "c-before.lua", EVENT, key), args.duration)
 
@@ -507,8 +510,7 @@ def _d_issue_sized(
 def _d_before(tmp: Path, args: argparse.Namespace, body: dict[str, Any]) -> dict[str, float]:
     """D's run (with the applier) on another checkout's code (``--compare-with``), on a data
     directory of its own, in the same round as D and its ceiling."""
-    env, key = embedded(tmp, "d-before")
-    env["PYTHONPATH"] = str(Path(args.compare_with).resolve() / "src")
+    env, key = embedded(tmp, "d-before", args.compare_with)
     with running(serve("profilehook (before)", env)) as server:
         return measured(
             server,

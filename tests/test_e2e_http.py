@@ -7,6 +7,7 @@ configuration; every test writes its own contacts, so tests stay independent.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -250,6 +251,45 @@ def test_given_a_batch_with_valid_and_invalid_items_then_valid_ones_are_accepted
     ]
     api_a.wait_applied(good["event_id"], also_good["event_id"])
     assert api_a.contact(contact_id)["properties"] == {"a": 1, "c": 3}
+
+
+def test_given_a_plain_batch_with_escaped_ids_then_each_answered_id_is_the_event_applied(
+    api_a: Api,
+) -> None:
+    """A batch of sets only (the SQLite log keeps its body as it came, plain_batch.py): the
+    ids answered, made or the client's, are the events' in the log and in the store, ids the
+    client escaped in its JSON included."""
+    contact_id, escaped_contact = unique("plain"), unique("plaïn")
+    client_id = unique("mine")
+    items = [
+        {"contact_id": contact_id, "event_name": "e", "timestamp": 1_700_000_000,
+         "user_properties": {"a": 1}},
+        {"contact_id": escaped_contact, "event_name": "e", "timestamp": 1_700_000_000.5,
+         "user_properties": {"b": "x"}, "event_id": client_id, "metadata": {"m": 1}},
+        {"contact_id": contact_id, "event_name": "e", "timestamp": 1_700_000_001,
+         "user_properties": {"c": True}},
+    ]  # fmt: skip
+    body = json.dumps({"events": items}, ensure_ascii=True)  # "ï" as \u00ef
+    for text in (client_id, contact_id):
+        body = body.replace(text, "".join(f"\\u{ord(ch):04x}" for ch in text))
+
+    response = api_a.http.post(
+        "/v1/properties/batch",
+        content=body,
+        headers={**api_a.auth, "Content-Type": "application/json"},
+    )
+
+    assert response.status_code == 202, response.text
+    answered = [r["event_id"] for r in response.json()["results"]]
+    assert answered[1] == client_id
+    assert len(set(answered)) == 3
+    for event_id, contact in zip(answered, (contact_id, escaped_contact, contact_id), strict=True):
+        found = api_a.get(f"/v1/events/{event_id}")
+        assert found.status_code == 200, found.text
+        assert found.json()["contact_id"] == contact
+    api_a.wait_applied(*answered)
+    assert api_a.contact(contact_id)["properties"] == {"a": 1, "c": True}
+    assert api_a.contact(escaped_contact)["properties"] == {"b": "x"}
 
 
 def test_given_a_batch_where_every_item_is_invalid_then_422_lists_every_problem(

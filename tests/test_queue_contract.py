@@ -8,6 +8,7 @@ channel backends); NATS JetStream will add ``nats`` and skip locally when the se
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,10 +19,13 @@ from typing import Any
 import msgspec
 import pytest
 
+from profilehook.errors import ConfigurationError
 from profilehook.events import Event, encode_event, encode_events
+from profilehook.plain_batch import PlainBatch
 from profilehook.queues.base import HandsOverAcknowledgements, Queue
 from profilehook.queues.memory import MemoryQueue
-from profilehook.queues.sqlite import SqliteQueue
+from profilehook.queues.sqlite import SCHEMA_VERSION, SqliteQueue
+from profilehook.sources import native
 from profilehook.sqlite_db import MAX_RECORDS_PER_ROW
 from tests.support import NATS_URL, SHORT_ACK_WAIT_S, event, require_server
 
@@ -513,3 +517,211 @@ async def test_given_nats_events_published_under_the_old_subjects_then_they_are_
     assert await queue.find("acme", "old-1") == old
     assert (found := await queue.find("acme", "new-1")) is not None and found.properties == {"x": 2}
     assert ids(await queue.fetch(10, 1.0)) == ["old-1", "new-1"]
+
+
+# -- plain batches (plain_batch.py) ------------------------------------------------------------
+#
+# The SQLite log keeps a plain batch's body as it came, and gives back the events the handler
+# answered for; every other log takes them as events. A client may escape its ids in its JSON
+# ("\\u0061" for "a"), and its contacts' ids: a lookup or an erasure finds them all the same.
+
+_ITEM = {"event_name": "signup", "timestamp": 1_700_000_000, "user_properties": {"plan": "pro"}}
+
+
+def _body(*items: dict[str, Any]) -> bytes:
+    return msgspec.json.encode({"events": list(items)})
+
+
+def _escaped(body: bytes, text: str) -> bytes:
+    """``body`` with ``text`` (a JSON string's content in it) written as \\u escapes."""
+    escaped = "".join(f"\\u{ord(ch):04x}" for ch in text).encode()
+    assert text.encode() in body
+    return body.replace(text.encode(), escaped)
+
+
+def _plain(body: bytes, workspace: str = "acme", received_us: int = 5) -> PlainBatch:
+    batch = native.whole_batch(body, workspace, received_us)
+    assert isinstance(batch, PlainBatch)
+    return batch
+
+
+async def _log_rows(queue: SqliteQueue) -> list[tuple[int, bytes]]:
+    return await queue.db.read(
+        lambda conn: conn.execute("SELECT events, body FROM batches ORDER BY seq").fetchall()
+    )
+
+
+async def test_given_a_plain_batch_then_every_log_gives_back_the_events_answered_for(
+    backend: QueueBackend,
+) -> None:
+    body = _escaped(
+        _body(
+            {**_ITEM, "contact_id": "ann"},
+            {**_ITEM, "contact_id": "bob", "event_id": "client-1", "metadata": {"ip": "x"}},
+            {**_ITEM, "contact_id": "cy", "timestamp": 1_700_000_000.25},
+        ),
+        "client-1",
+    )
+    batch = _plain(body)
+    answered = batch.event_ids()
+    before, after = [event("zed", "z1", 1)], [event("zed", "z2", 2)]
+    queue = backend.queue
+
+    await asyncio.gather(queue.publish(before), queue.publish(batch), queue.publish(after))
+
+    delivered = [d.event for d in await fetch_all(queue, 5, NO_WAIT_S)]
+    made = [e for e in delivered if e.contact_id != "zed"]
+    assert [e.event_id for e in made] == answered
+    assert answered[1] == "client-1"
+    assert made == [
+        Event("acme", answered[0], "ann", 1_700_000_000_000_000, {"plan": "pro"}, "api", "signup",
+              None, 5),
+        Event("acme", "client-1", "bob", 1_700_000_000_000_000, {"plan": "pro"}, "api", "signup",
+              {"ip": "x"}, 5),
+        Event("acme", answered[2], "cy", 1_700_000_000_250_000, {"plan": "pro"}, "api", "signup",
+              None, 5),
+    ]  # fmt: skip
+    assert await queue.find("acme", answered[0]) == made[0]  # an id made for it
+    assert await queue.find("acme", "client-1") == made[1]  # escaped in the body
+    assert await queue.find("acme", answered[2]) == made[2]
+    assert await queue.find("other", "client-1") is None
+
+    queue = await backend.restart()
+    again = await fetch_all(queue, 5, backend.redelivery_wait_s)
+    assert sorted(d.event.event_id for d in again) == sorted(e.event_id for e in delivered)
+    assert {d.event.event_id: d.event for d in again}["client-1"] == made[1]
+
+
+async def test_given_a_plain_batch_then_its_row_holds_the_clients_body_not_its_events_encoded(
+    sqlite_queue_backend: QueueBackend,
+) -> None:
+    """The event loop neither makes the events nor encodes them: the row holds the body as it
+    came, one record for the batch and a nil for each other event (one record an event)."""
+    queue = sqlite_queue_backend.queue
+    assert isinstance(queue, SqliteQueue)
+    body = _body(*({**_ITEM, "contact_id": f"c{i}"} for i in range(1_000)))
+    batch = _plain(body)
+
+    await queue.publish(batch)
+
+    ((count, row),) = await _log_rows(queue)
+    assert count == 1_000
+    assert body in row
+    assert row.endswith(b"\xc0" * 999)
+    assert len(row) < len(body) + 1_100  # no copy of the events besides
+    assert [d.event for d in await queue.fetch(1_000, NO_WAIT_S)] == list(batch)
+    assert batch._events is not None  # (made by the test's list(batch) only)
+
+
+async def test_given_a_plain_batch_of_one_event_then_its_row_holds_the_event_itself(
+    sqlite_queue_backend: QueueBackend,
+) -> None:
+    """One event is kept as any event is: a row with a nil in it is one to look into."""
+    queue = sqlite_queue_backend.queue
+    assert isinstance(queue, SqliteQueue)
+    batch = _plain(_body({**_ITEM, "contact_id": "solo"}))
+
+    await queue.publish(batch)
+
+    ((count, row),) = await _log_rows(queue)
+    assert (count, row) == (1, msgspec.msgpack.encode(batch[0]))
+    assert [d.event for d in await queue.fetch(10, NO_WAIT_S)] == list(batch)
+
+
+async def test_given_a_plain_batch_fetched_in_parts_then_each_event_comes_once_in_order(
+    sqlite_queue_backend: QueueBackend,
+) -> None:
+    queue = sqlite_queue_backend.queue
+    batch = _plain(_body(*({**_ITEM, "contact_id": f"c{i}"} for i in range(10))))
+    await queue.publish([event("a", "first", 1)])
+    await queue.publish(batch)
+
+    parts = [await queue.fetch(4, NO_WAIT_S) for _ in range(3)]
+
+    assert [len(p) for p in parts] == [4, 4, 3]
+    got = [d.event.event_id for p in parts for d in p]
+    assert got == ["first", *batch.event_ids()]
+    assert await queue.depth() == 11
+    await queue.ack(parts[0])
+    assert await queue.depth() == 7
+
+
+async def test_given_a_contact_escaped_in_a_plain_batch_when_erased_then_its_events_say_nothing(
+    sqlite_queue_backend: QueueBackend,
+) -> None:
+    """The contact's id is escaped in the body, so the row does not hold it as it is; the
+    erasure finds it all the same, and leaves the row's other events where they were."""
+    queue = sqlite_queue_backend.queue
+    body = _body(
+        {**_ITEM, "contact_id": "kept", "user_properties": {"a": 1}},
+        {**_ITEM, "contact_id": "gøne", "user_properties": {"secret": "MARKER"}},
+        {**_ITEM, "contact_id": "kept", "user_properties": {"a": 2}},
+    )
+    batch = _plain(_escaped(body, "gøne"))
+    answered = batch.event_ids()
+    await queue.publish(batch)
+    first = await queue.fetch(1, NO_WAIT_S)  # a consumer holds part of the row
+
+    assert await queue.erase_pending("acme", "gøne", upto_us=2_000_000_000_000_000) == 1
+    await queue.scrub()
+
+    rest = [d.event for d in await queue.fetch(10, NO_WAIT_S)]
+    assert [d.event.event_id for d in first] + [e.event_id for e in rest] == answered
+    assert rest[0].contact_id == "gøne" and rest[0].properties == {}
+    assert rest[1].properties == {"a": 2}
+    rows = b"".join(row for _, row in await _log_rows(queue))
+    assert b"MARKER" not in rows
+    path = queue.db.path
+    await queue.close()
+    for name in (path.name, f"{path.name}-wal"):
+        file = path.with_name(name)
+        assert not file.exists() or b"MARKER" not in file.read_bytes()
+
+
+async def test_given_a_log_of_the_schema_before_then_it_opens_and_delivers_what_waits(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "log.sqlite3"
+    queue = SqliteQueue(path)
+    await queue.open()
+    await queue.publish([event("a", "waiting", 1)])
+    await queue.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION - 1}")
+
+    queue = SqliteQueue(path)
+    await queue.open()
+
+    assert [d.event.event_id for d in await queue.fetch(10, NO_WAIT_S)] == ["waiting"]
+    await queue.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+async def test_given_a_log_of_a_later_schema_then_it_is_refused_with_why(tmp_path: Path) -> None:
+    """A version that cannot read a plain batch's record does not open a log that may hold one
+    (this one, for a log of a later version: the same check)."""
+    path = tmp_path / "log.sqlite3"
+    queue = SqliteQueue(path)
+    await queue.open()
+    await queue.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+
+    with pytest.raises(ConfigurationError, match="another profilehook version"):
+        await SqliteQueue(path).open()
+
+
+async def test_given_a_corrupt_plain_record_then_fetch_says_so(
+    sqlite_queue_backend: QueueBackend,
+) -> None:
+    queue = sqlite_queue_backend.queue
+    assert isinstance(queue, SqliteQueue)
+    await queue.publish(_plain(_body({**_ITEM, "contact_id": "a"}, {**_ITEM, "contact_id": "b"})))
+    ((_, row),) = await _log_rows(queue)
+    await queue.db.write(
+        lambda conn: conn.execute("UPDATE batches SET events = 3, body = ?", (row + b"\xc0",))
+    )
+
+    with pytest.raises(msgspec.DecodeError, match="a row of 3 events holds 2"):
+        await queue.fetch(10, NO_WAIT_S)

@@ -33,6 +33,7 @@ from profilehook.errors import (
 )
 from profilehook.events import Event, now_us
 from profilehook.live import Call, LiveCalls, body_excerpt, first_ids, kept_headers
+from profilehook.plain_batch import PlainBatch
 from profilehook.service import Services
 from profilehook.sources import native
 from profilehook.stores.base import KeyGrant
@@ -90,7 +91,7 @@ def ingest_handlers(
                 # Every item valid (the everyday case): no per-item sorting out, and a
                 # lighter answer.
                 items: list[native.BatchItem] | None = None
-                events = native.whole_batch(body, workspace, now, oldest)
+                events: Sequence[Event] | None = native.whole_batch(body, workspace, now, oldest)
                 if events is None:
                     items = native.batch_in_general(body, workspace, now, oldest)
                     events = [item for item in items if isinstance(item, Event)]
@@ -101,7 +102,8 @@ def ingest_handlers(
                 # what they do after the wait, when other requests have pushed them out (a
                 # third of the event loop's CPU a request: benchmarks/README.md). The log's own
                 # copy is encoded (or held) by ``publish``. The peers' and webhooks' handlers
-                # do the same (api/peers.py, api/webhooks.py).
+                # do the same (api/peers.py, api/webhooks.py). A plain batch's events are not
+                # made at all when the log keeps its body (plain_batch.py).
                 answer = _batch_answer(events, items)
                 accepted_count = len(events)
                 rejected_count = 0 if items is None else len(items) - accepted_count
@@ -267,11 +269,15 @@ async def refuse_told(
     await refuse(services, send, exc)
 
 
-def _batch_answer(events: list[Event], items: list[native.BatchItem] | None) -> bytes:
+def _batch_answer(events: Sequence[Event], items: list[native.BatchItem] | None) -> bytes:
     """The batch endpoint's answer (README, Sending updates): ``items`` each accepted or
     rejected, or when None, ``events`` all accepted."""
     if items is None:
-        ids = [event.event_id for event in events]
+        ids = (
+            events.event_ids()
+            if isinstance(events, PlainBatch)
+            else [event.event_id for event in events]
+        )
         answer = _all_accepted(ids)
         if answer is not None:
             return answer

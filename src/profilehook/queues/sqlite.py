@@ -17,14 +17,18 @@ from pathlib import Path
 import msgspec
 
 from profilehook.events import Event, encode_events, erased_stub, predates
+from profilehook.plain_batch import PlainBatch
 from profilehook.queues.base import Delivery, HandsOverAcknowledgements, Queue, TellsOfAppends
 from profilehook.sqlite_db import MAX_RECORDS_PER_ROW, SqliteDatabase
 
-# 1: one row per event (before group-commit rows); 2: written without secure_delete
-SCHEMA_VERSION = 3
+# 1: one row per event (before group-commit rows); 2: written without secure_delete; 3: before
+# plain batches' records
+SCHEMA_VERSION = 4
 SCHEMA = """
 -- One row per group commit: the events of every publish that shared it, each encoded
--- (msgpack), one after the other. A row is written in one SQLite step, and read whole.
+-- (msgpack), one after the other; a plain batch's as one record of its body (``_decode``)
+-- and a nil for each of its other events. A row is written in one SQLite step, and read
+-- whole.
 CREATE TABLE IF NOT EXISTS batches (
     seq INTEGER PRIMARY KEY,
     events INTEGER NOT NULL,
@@ -44,6 +48,11 @@ def _written_without_secure_delete_2_to_3(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT INTO vacuum_due (since_schema) VALUES (2)")
 
 
+def _plain_batch_records_3_to_4(conn: sqlite3.Connection) -> None:
+    """Nothing to change: schema 3's rows read as they did. The version keeps a file that may
+    hold plain batches' records from a version that cannot read them."""
+
+
 class SqliteQueue(Queue, HandsOverAcknowledgements, TellsOfAppends):
     """A delivery's token is its position in the log, ``seq << INDEX_BITS | index in its row``;
     the cursor in the file is the position of the last event acknowledged. Another process
@@ -61,7 +70,10 @@ class SqliteQueue(Queue, HandsOverAcknowledgements, TellsOfAppends):
             SCHEMA_VERSION,
             after_commit=self._committed,
             background_checkpoints=True,
-            migrations={2: _written_without_secure_delete_2_to_3},
+            migrations={
+                2: _written_without_secure_delete_2_to_3,
+                3: _plain_batch_records_3_to_4,
+            },
             # What a commit deletes is overwritten with zeros, in the pages it frees too: FAST
             # leaves those as they were, and a later row that takes one as its last overflow page
             # keeps the old bytes after its own (tests/test_log_scrub.py).
@@ -100,6 +112,10 @@ class SqliteQueue(Queue, HandsOverAcknowledgements, TellsOfAppends):
             done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             done.set_result(None)
             return done
+        if type(events) is PlainBatch:
+            if count > 1:  # (at most MAX_BATCH_EVENTS: one chunk)
+                return self.db.append(_APPEND, [(count, _plain_record(events))])
+            events = events.events()  # (see _plain_record)
         # A chunk of up to a row's size is encoded in one msgspec call, not one per event: the
         # same bytes, less CPU.
         if count <= MAX_RECORDS_PER_ROW:
@@ -198,10 +214,12 @@ class SqliteQueue(Queue, HandsOverAcknowledgements, TellsOfAppends):
     async def find(self, workspace: str, event_id: str) -> Event | None:
         def lookup(conn: sqlite3.Connection) -> tuple[int, list[tuple[int, int, bytes]]]:
             cursor = _cursor(conn)
-            # instr() skips, in SQLite's C, every row that cannot hold the id.
+            # instr() skips, in SQLite's C, every row that cannot hold the id: a made id starts
+            # with its run's first characters, which a plain batch's record holds, and one
+            # sent in JSON may be escaped there (_MAY_HOLD).
             return cursor, conn.execute(
-                "SELECT seq, events, body FROM batches WHERE seq >= ? AND instr(body, ?) > 0",
-                (cursor >> INDEX_BITS, event_id.encode()),
+                "SELECT seq, events, body FROM batches WHERE seq >= ? AND " + _MAY_HOLD,
+                (cursor >> INDEX_BITS, event_id.encode(), event_id[:ID_RUN_CHARS].encode()),
             ).fetchall()
 
         cursor, rows = await self.db.read(lookup)
@@ -220,9 +238,10 @@ class SqliteQueue(Queue, HandsOverAcknowledgements, TellsOfAppends):
         # process erases (the server, normally): an erasure is rare and short.
         def rewrite(conn: sqlite3.Connection) -> int:
             cursor = _cursor(conn)
+            found = contact_id.encode(errors="surrogatepass")
             rows = conn.execute(
-                "SELECT seq, events, body FROM batches WHERE seq >= ? AND instr(body, ?) > 0",
-                (cursor >> INDEX_BITS, contact_id.encode(errors="surrogatepass")),
+                "SELECT seq, events, body FROM batches WHERE seq >= ? AND " + _MAY_HOLD,
+                (cursor >> INDEX_BITS, found, found),
             ).fetchall()
             erased = 0
             for seq, count, body in rows:
@@ -271,19 +290,70 @@ INDEX_BITS = 20  # room for an event's index in its row
 INDEX_MASK = (1 << INDEX_BITS) - 1
 assert MAX_RECORDS_PER_ROW <= INDEX_MASK, "a row's events must fit in a position's index bits"
 _APPEND = "INSERT INTO batches (events, body) VALUES (?, ?)"
-_decode_events = msgspec.msgpack.Decoder(list[Event]).decode
+# A row that holds either of these bytes (a string's, or a JSON escape's) may hold the value
+# looked for (the 2nd and 3rd parameters, as UTF-8): the others cannot.
+_MAY_HOLD = "(instr(body, ?) > 0 OR instr(body, ?) > 0 OR instr(body, '\\') > 0)"
+ID_RUN_CHARS = 24  # the characters a made id shares with its run (events.IdRun)
+PLAIN_BATCH = 1  # the msgpack extension type of a plain batch's record
+
+
+class _PlainRecord(msgspec.Struct, array_like=True):
+    workspace: str
+    received_us: int
+    id_start: str
+    id_high: int
+    id_low: int
+    body: bytes
+
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode_plain_record = msgspec.msgpack.Decoder(_PlainRecord).decode
+_decode_records = msgspec.msgpack.Decoder(list[Event | msgspec.msgpack.Ext | None]).decode
+
+
+def _plain_record(batch: PlainBatch) -> bytes:
+    """A plain batch's records: its body (as the client sent it) with what its events share,
+    as one msgpack extension, and a nil for each of its other events, so that a row still
+    holds one record an event (its positions and counts are as before). Of two events or
+    more: a row with a nil in it is one to look into (``_decode``)."""
+    start, high, low = batch.id_run
+    record = _PlainRecord(batch.workspace, batch.received_us, start, high, low, batch.body)
+    return _encode(msgspec.msgpack.Ext(PLAIN_BATCH, _encode(record))) + _NILS[: len(batch) - 1]
+
+
+_NILS = b"\xc0" * MAX_RECORDS_PER_ROW
 
 
 def _decode(count: int, body: bytes) -> list[Event]:
     """The events of a row: its records are one msgpack array once the array's header is put
-    in front. Raises ``msgspec.DecodeError`` on a corrupt row."""
+    in front; a plain batch's record gives its events in its place and the nils after it.
+    Raises ``msgspec.DecodeError`` on a corrupt row."""
     if count < 16:
         header = bytes([0x90 | count])
     elif count < 2**16:
         header = b"\xdc" + count.to_bytes(2, "big")
     else:
         header = b"\xdd" + count.to_bytes(4, "big")
-    return _decode_events(header + body)
+    records = _decode_records(header + body)
+    if None not in records:  # (no plain batch in it: a search of identities, in C)
+        return records  # type: ignore[return-value]
+    events: list[Event] = []
+    for record in records:
+        if type(record) is Event:
+            events.append(record)
+        elif type(record) is msgspec.msgpack.Ext:
+            events += _plain_events(record)
+    if len(events) != count:
+        raise msgspec.DecodeError(f"a row of {count} events holds {len(events)}")
+    return events
+
+
+def _plain_events(ext: msgspec.msgpack.Ext) -> list[Event]:
+    if ext.code != PLAIN_BATCH:
+        raise msgspec.DecodeError(f"an unknown record (extension type {ext.code})")
+    r = _decode_plain_record(ext.data)
+    run = (r.id_start, r.id_high, r.id_low)
+    return PlainBatch.from_record(r.workspace, r.received_us, run, r.body).events()
 
 
 def _vacuum_if_due(conn: sqlite3.Connection) -> None:

@@ -11,6 +11,19 @@ from msgspec import Meta
 from profilehook import constants as c
 from profilehook.errors import ValidationFailed
 from profilehook.events import Event, Op, new_event_id, new_event_ids
+from profilehook.plain_batch import (
+    PLAIN_EVENT_ID_CHARS,
+    PLAIN_ID_CHARS,
+    ContactId,
+    EventId,
+    Int,
+    PlainBatch,
+    Properties,
+    PropertyName,
+    Scalar,
+    decode_plain_body,
+)
+from profilehook.plain_batch import SOURCE as SOURCE  # (the native API's events')
 from profilehook.validation import (
     Loc,
     Problem,
@@ -26,8 +39,6 @@ from profilehook.validation import (
     too_short,
     value_error,
 )
-
-SOURCE = "api"
 
 
 def parse_single(body: bytes, workspace: str, received_us: int, oldest_us: int = 0) -> Event:
@@ -65,18 +76,20 @@ def parse_batch(
     """
     events = whole_batch(body, workspace, received_us, oldest_us)
     if events is not None:
-        return events  # type: ignore[return-value]
+        return list(events)
     return batch_in_general(body, workspace, received_us, oldest_us)
 
 
 def whole_batch(
     body: bytes, workspace: str, received_us: int, oldest_us: int = 0
-) -> list[Event] | None:
+) -> list[Event] | PlainBatch | None:
     """The events of a batch body in the everyday shapes whose every item is valid (what
-    ``parse_batch`` returns for it); None for any other body: ``batch_in_general`` decides."""
-    plain = _decoded_flat(_decode_plain_batch, body)
+    ``parse_batch`` returns for it), the plainest as a ``PlainBatch``; None for any other body:
+    ``batch_in_general`` decides."""
+    plain = _decoded_flat(decode_plain_body, body)
     if plain is not None:
-        return _plain_events(plain.events, workspace, received_us, oldest_us)
+        batch = PlainBatch.received(body, plain.events, workspace, received_us)
+        return None if oldest_us and batch.oldest_us() < oldest_us else batch
     flat = _decoded_flat(_decode_flat_batch, body)
     if flat is None:
         return None
@@ -88,31 +101,6 @@ def whole_batch(
     if None in events or (oldest_us and min(e.ts_us for e in events) < oldest_us):  # type: ignore[union-attr]
         return None
     return events  # type: ignore[return-value]
-
-
-def _plain_events(
-    items: list[_Plain], workspace: str, received_us: int, oldest_us: int
-) -> list[Event] | None:
-    ids = new_event_ids(len(items))
-    # Positional, in the order of Event's fields. The time as ``timestamp_to_us`` makes it (the
-    # Struct kept it at or above 0 and below the milliseconds threshold).
-    events = [
-        Event(
-            workspace,
-            item.event_id or made,
-            item.contact_id,
-            ts * 1_000_000 if type(ts := item.timestamp) is int else round(ts * 1_000_000),
-            item.user_properties,
-            SOURCE,
-            item.event_name,
-            item.metadata,
-            received_us,
-        )
-        for item, made in zip(items, ids, strict=True)
-    ]
-    if oldest_us and min(e.ts_us for e in events) < oldest_us:
-        return None
-    return events
 
 
 def batch_in_general(
@@ -144,72 +132,43 @@ def batch_in_general(
 
 # -- the everyday shape, checked in C ---------------------------------------------------------
 #
-# Most bodies are flat: the known fields only, properties and metadata of scalars. Decoding
+# Most bodies are flat: the known fields only, properties and metadata of scalars; the plainest
+# of them (sets only, times in seconds) are plain_batch.py's. Decoding
 # straight into these Structs makes msgspec check, in C, all that ``_plainly_valid`` checks but
 # the time, and bounds the depth; a body that does not fit (or holds an escaped NUL) goes to
 # the general path, which decodes it again, decides and explains. ``test_native_api`` checks
 # that both paths make the same events.
 
-# Within these, a string's UTF-8 form cannot exceed its byte cap (4 bytes a character at most).
-_PLAIN_ID_CHARS = min(c.MAX_CONTACT_ID_CHARS, c.MAX_CONTACT_ID_BYTES // 4)
-_PLAIN_EVENT_ID_CHARS = min(c.MAX_EVENT_ID_CHARS, c.MAX_EVENT_ID_BYTES // 4)
-_PropertyName = Annotated[str, Meta(min_length=1, max_length=c.MAX_PROPERTY_NAME_CHARS)]
-_Int = Annotated[int, Meta(ge=-c.MAX_JSON_INT, le=c.MAX_JSON_INT)]
-_Scalar = str | _Int | float | bool | None
+_Lists = dict[PropertyName, list[Scalar]]
 
 
-_Properties = Annotated[dict[_PropertyName, _Scalar], Meta(max_length=c.MAX_PROPERTIES_PER_EVENT)]
-_Lists = dict[_PropertyName, list[_Scalar]]
-
-
-# gc=False (here, in _Plain and in Event): decoded JSON cannot refer back to the Struct that
+# gc=False (here, in PlainItem and in Event): decoded JSON cannot refer back to the Struct that
 # holds it, so no cycle can run through one, and the collector need not track it; making and
 # freeing a request's hundreds of them then skips the collector's list (benchmarks/README.md).
 class _Flat(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    contact_id: Annotated[str, Meta(min_length=1, max_length=_PLAIN_ID_CHARS)]
-    event_name: _PropertyName
-    timestamp: _Int | float  # (an integer past a double would overflow timestamp_to_us)
+    contact_id: ContactId
+    event_name: PropertyName
+    timestamp: Int | float  # (an integer past a double would overflow timestamp_to_us)
     # Absent only with an operation below (null is the general path's to refuse).
-    user_properties: _Properties | msgspec.UnsetType = msgspec.UNSET
-    metadata: dict[str, _Scalar] | None = None
-    event_id: Annotated[str, Meta(min_length=1, max_length=_PLAIN_EVENT_ID_CHARS)] | None = None
+    user_properties: Properties | msgspec.UnsetType = msgspec.UNSET
+    metadata: dict[str, Scalar] | None = None
+    event_id: EventId | None = None
     # The operations (README, Property operations), in their everyday shapes (msgspec takes
     # no boolean for a number); a name in two of them, or too many names, is the general
     # path's to explain.
-    set_once: _Properties | None = None
-    add: dict[_PropertyName, _Int | float] | None = None
+    set_once: Properties | None = None
+    add: dict[PropertyName, Int | float] | None = None
     append: _Lists | None = None
     remove: _Lists | None = None
-    unset: list[_PropertyName] | None = None
+    unset: list[PropertyName] | None = None
 
 
 class _FlatBatch(msgspec.Struct, forbid_unknown_fields=True):
     events: Annotated[list[_Flat], Meta(min_length=1, max_length=c.MAX_BATCH_EVENTS)]
 
 
-# The plainest shape of all, a batch of sets only and timestamps in seconds (what SDKs send):
-# an operation's field, or a time in milliseconds, fails it, and the batch is decoded again as
-# _FlatBatch. Its events are made with no test of operations or of the time's unit.
-_Seconds = Annotated[int, Meta(ge=0, lt=int(c.MILLISECONDS_THRESHOLD))]
-_FractionalSeconds = Annotated[float, Meta(ge=0, lt=c.MILLISECONDS_THRESHOLD)]
-
-
-class _Plain(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    contact_id: Annotated[str, Meta(min_length=1, max_length=_PLAIN_ID_CHARS)]
-    event_name: _PropertyName
-    timestamp: _Seconds | _FractionalSeconds
-    user_properties: _Properties
-    metadata: dict[str, _Scalar] | None = None
-    event_id: Annotated[str, Meta(min_length=1, max_length=_PLAIN_EVENT_ID_CHARS)] | None = None
-
-
-class _PlainBatch(msgspec.Struct, forbid_unknown_fields=True):
-    events: Annotated[list[_Plain], Meta(min_length=1, max_length=c.MAX_BATCH_EVENTS)]
-
-
 _decode_flat_event = msgspec.json.Decoder(_Flat).decode
 _decode_flat_batch = msgspec.json.Decoder(_FlatBatch).decode
-_decode_plain_batch = msgspec.json.Decoder(_PlainBatch).decode
 
 
 def _decoded_flat(decode: Any, body: bytes) -> Any:
@@ -340,7 +299,7 @@ def _plainly_valid(value: dict[str, Any], workspace: str, received_us: int) -> E
     if not (
         value.keys().isdisjoint(OPERATION_FIELDS)
         and type(contact_id) is str
-        and 0 < len(contact_id) <= _PLAIN_ID_CHARS
+        and 0 < len(contact_id) <= PLAIN_ID_CHARS
         and type(event_name) is str
         and 0 < len(event_name) <= c.MAX_PROPERTY_NAME_CHARS
         and (type(timestamp) is int or type(timestamp) is float)
@@ -350,7 +309,7 @@ def _plainly_valid(value: dict[str, Any], workspace: str, received_us: int) -> E
         and (metadata is None or type(metadata) is dict)
         and (
             event_id is None
-            or (type(event_id) is str and 0 < len(event_id) <= _PLAIN_EVENT_ID_CHARS)
+            or (type(event_id) is str and 0 < len(event_id) <= PLAIN_EVENT_ID_CHARS)
         )
     ):
         return None

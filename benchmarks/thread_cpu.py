@@ -1,0 +1,128 @@
+"""Each thread's CPU, and its time waiting for a CPU, under D's load (issue 23).
+
+    .venv/bin/python benchmarks/thread_cpu.py [--batch 1000] [--no-applier] [--duration 8]
+        [--idle-applier]
+
+Starts ``profilehook serve`` on a fresh data directory (its applier child with it, unless
+``--no-applier``), drives D's batch body with wrk (16 connections, as run.py), and prints for
+every thread of the server and of its children: CPU % of one core (user, system), CPU µs a
+request, and the share of the time it was ready to run but waited for a CPU (the scheduler's
+run-queue wait, /proc/<pid>/task/<tid>/schedstat), with its niceness and policy; then wrk's
+CPU a request. ``--idle-applier`` puts every thread of the children at SCHED_IDLE from outside
+(what ``applier_process.lower_priority`` now does itself: for the code before it).
+Load and server share the machine's cores; read the waits, not the rates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from run import EVENT, embedded, ensure_wrk, lua, running, serve
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+_POLICIES = {0: "other", 3: "batch", 5: "idle"}
+
+
+def _threads(pid: int) -> dict[str, tuple[float, float, float]]:
+    """Per thread of ``pid``, named ``pid:tid:name:nice:policy``: user and system CPU seconds,
+    and seconds spent waiting on a run queue."""
+    found = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+            waited = int((task / "schedstat").read_text().split()[1]) / 1e9
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat.rsplit(")", 1)[1].split()
+        policy = _POLICIES.get(int(fields[38]), fields[38])
+        key = f"{pid}:{task.name}:{name}:nice {fields[16]}:{policy}"
+        found[key] = (int(fields[11]) / _TICKS, int(fields[12]) / _TICKS, waited)
+    return found
+
+
+def _descendants(pid: int) -> list[int]:
+    found = [pid]
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            continue
+        if parent == pid:
+            found += _descendants(int(proc.name))
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=1000, help="events a request")
+    parser.add_argument("--duration", type=int, default=8, help="seconds of load")
+    parser.add_argument("--no-applier", action="store_true")
+    parser.add_argument("--idle-applier", action="store_true")
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="thread-cpu-"))
+    env, key = embedded(tmp, "d")
+    body = {"events": [{**EVENT, "contact_id": f"user{i}"} for i in range(args.batch)]}
+    script = lua(tmp / "d.lua", body, key)
+    flags = ("--no-applier",) if args.no_applier else ()
+    with running(serve("profilehook", env, *flags)) as server:
+        assert server.proc is not None
+        time.sleep(1)  # the applier child started
+        pids = _descendants(server.proc.pid)
+        if args.idle_applier:
+            for pid in pids[1:]:
+                for task in Path(f"/proc/{pid}/task").iterdir():
+                    os.sched_setscheduler(int(task.name), os.SCHED_IDLE, os.sched_param(0))
+
+        def every_thread() -> dict[str, tuple[float, float, float]]:
+            return {k: v for pid in pids for k, v in _threads(pid).items()}
+
+        before, t0 = every_thread(), time.monotonic()
+        load = subprocess.Popen(
+            [ensure_wrk(), "-t2", "-c16", f"-d{args.duration}s", "-s", str(script),
+             server.url + "/v1/properties/batch"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        time.sleep(0.5)
+        wrk0, w0 = _threads(load.pid), time.monotonic()
+        time.sleep(args.duration - 1.5)
+        wrk1, w1 = _threads(load.pid), time.monotonic()
+        out = load.communicate()[0]
+        after, t1 = every_thread(), time.monotonic()
+    rps = float(out.split("Requests/sec:")[1].split()[0])
+    elapsed = t1 - t0
+    print(f"{rps:,.0f} requests/s, {rps * args.batch:,.0f} events/s ({args.batch} a request)")
+    print(
+        "thread (pid:tid:name:nice:policy)  CPU %  (user, system)  µs a request  waiting for a CPU %"
+    )
+    for name in sorted(after):
+        if name not in before:
+            continue
+        user, system, waited = (a - b for a, b in zip(after[name], before[name], strict=True))
+        if user + system < 0.01:
+            continue
+        print(
+            f"{name:45s} {100 * (user + system) / elapsed:5.1f}"
+            f"  ({100 * user / elapsed:4.1f}, {100 * system / elapsed:4.1f})"
+            f"  {1e6 * (user + system) / (rps * elapsed):8.1f}"
+            f"  {100 * waited / elapsed:5.1f}"
+        )
+    spent = sum(sum(wrk1[k][:2]) - sum(wrk0[k][:2]) for k in wrk1 if k in wrk0)
+    print(
+        f"wrk: {100 * spent / (w1 - w0):.1f} % CPU, {1e6 * spent / (rps * (w1 - w0)):.1f} µs a request"
+    )
+
+
+if __name__ == "__main__":
+    main()
