@@ -215,27 +215,6 @@ def test_every_thread_of_the_child_runs_at_the_lower_priority(server: ServerProc
     assert all(os.getpriority(os.PRIO_PROCESS, tid) > server_nice for tid in tasks)
 
 
-@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux's idle scheduling policy")
-def test_every_thread_of_the_child_runs_at_the_idle_policy_and_the_server_does_not(
-    server: ServerProcess,
-) -> None:
-    """At nice 19 alone, under the EEVDF scheduler a thread of the server that woke while the
-    child ran waited for the child's slice to end (D's event loop: 17-20 % of its time waiting
-    for a CPU); a waking thread preempts one at SCHED_IDLE at once."""
-    key = create_key(server.data_dir)["key"]
-    send(server, key, "i1", n=1)
-    assert wait_until(lambda: profile(server, key, "i1")) == {"n": 1}
-    assert server.proc is not None
-    (child,) = applier_pids(server)
-
-    tasks = [int(tid) for tid in os.listdir(f"/proc/{child}/task")]
-    servers = [int(tid) for tid in os.listdir(f"/proc/{server.proc.pid}/task")]
-
-    assert len(tasks) > 1
-    assert {os.sched_getscheduler(tid) for tid in tasks} == {os.SCHED_IDLE}
-    assert {os.sched_getscheduler(tid) for tid in servers} == {os.SCHED_OTHER}
-
-
 class _Log:
     """The server's log, as the supervisor sees it: where handed-over acknowledgements go."""
 

@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from profilehook import plain_batch
 from profilehook.errors import ConfigurationError
 from profilehook.events import Event, encode_event, encode_events
 from profilehook.plain_batch import PlainBatch
@@ -646,18 +647,20 @@ async def test_given_a_plain_batch_fetched_in_parts_then_each_event_comes_once_i
     assert await queue.depth() == 7
 
 
-async def test_given_a_contact_escaped_in_a_plain_batch_when_erased_then_its_events_say_nothing(
-    sqlite_queue_backend: QueueBackend,
+@pytest.mark.parametrize("escaped", [False, True])
+async def test_given_a_contact_in_a_plain_batch_when_erased_then_its_events_say_nothing(
+    sqlite_queue_backend: QueueBackend, escaped: bool
 ) -> None:
-    """The contact's id is escaped in the body, so the row does not hold it as it is; the
-    erasure finds it all the same, and leaves the row's other events where they were."""
+    """The erasure finds the contact in the row (its id escaped in the body too: such a body
+    is kept as its events), and leaves the row's other events where they were; no byte of
+    what the contact's event said stays in the log's files."""
     queue = sqlite_queue_backend.queue
     body = _body(
         {**_ITEM, "contact_id": "kept", "user_properties": {"a": 1}},
         {**_ITEM, "contact_id": "gøne", "user_properties": {"secret": "MARKER"}},
         {**_ITEM, "contact_id": "kept", "user_properties": {"a": 2}},
     )
-    batch = _plain(_escaped(body, "gøne"))
+    batch = _plain(_escaped(body, "gøne") if escaped else body)
     answered = batch.event_ids()
     await queue.publish(batch)
     first = await queue.fetch(1, NO_WAIT_S)  # a consumer holds part of the row
@@ -669,13 +672,79 @@ async def test_given_a_contact_escaped_in_a_plain_batch_when_erased_then_its_eve
     assert [d.event.event_id for d in first] + [e.event_id for e in rest] == answered
     assert rest[0].contact_id == "gøne" and rest[0].properties == {}
     assert rest[1].properties == {"a": 2}
-    rows = b"".join(row for _, row in await _log_rows(queue))
-    assert b"MARKER" not in rows
+    await _assert_gone_from_files(queue, b"MARKER")
+
+
+async def test_given_a_contact_id_given_twice_in_an_item_when_erased_then_no_byte_of_it_stays(
+    sqlite_queue_backend: QueueBackend,
+) -> None:
+    """JSON decoders keep the last of two values of a key: the body holds a contact's id
+    that no event has. Its row is rewritten all the same when that contact is erased."""
+    queue = sqlite_queue_backend.queue
+    item = {**_ITEM, "contact_id": "other"}
+    twice = _body({**_ITEM, "contact_id": "kept"}, item).replace(
+        b'"contact_id":"other"}', b'"contact_id":"victim-MARKER","contact_id":"other"}'
+    )
+    batch = _plain(twice)
+    assert [e.contact_id for e in batch] == ["kept", "other"]
+    await queue.publish(batch)
+    assert b"victim-MARKER" in (await _log_rows(queue))[0][1]
+
+    assert await queue.erase_pending("acme", "victim-MARKER", upto_us=2**62) == 0
+    await queue.scrub()
+
+    assert [d.event for d in await queue.fetch(10, NO_WAIT_S)] == list(batch)
+    await _assert_gone_from_files(queue, b"victim-MARKER")
+
+
+async def _assert_gone_from_files(queue: Any, marker: bytes) -> None:
+    """No row, and neither the log's file nor its WAL, holds ``marker`` (closes the queue)."""
+    assert marker not in b"".join(row for _, row in await _log_rows(queue))
     path = queue.db.path
     await queue.close()
     for name in (path.name, f"{path.name}-wal"):
         file = path.with_name(name)
-        assert not file.exists() or b"MARKER" not in file.read_bytes()
+        assert not file.exists() or marker not in file.read_bytes()
+
+
+async def test_given_a_body_with_an_escape_then_the_log_keeps_its_events_as_any_events(
+    sqlite_queue_backend: QueueBackend,
+) -> None:
+    """Only a body without escapes is kept as it came: in it every id is as it is, which is
+    how a lookup and an erasure find a row (SQLite's instr) without decoding the others."""
+    queue = sqlite_queue_backend.queue
+    body = _escaped(_body(*({**_ITEM, "contact_id": f"c{i}"} for i in range(3))), "c1")
+    batch = _plain(body)
+
+    await queue.publish(batch)
+
+    ((count, row),) = await _log_rows(queue)
+    assert (count, row) == (3, encode_events(list(batch)))
+    assert await queue.find("acme", batch.event_ids()[1]) == batch[1]
+
+
+async def test_given_a_kept_body_past_the_limits_of_a_later_version_then_it_still_reads(
+    sqlite_queue_backend: QueueBackend,
+) -> None:
+    """A row accepted once reads the same whatever limits a later version sets: the reader
+    decodes a kept body without the limits the request's was checked against."""
+    queue = sqlite_queue_backend.queue
+    assert isinstance(queue, SqliteQueue)
+    long_id = "x" * 10_000  # past today's limit on a contact's id
+    items = [
+        {**_ITEM, "contact_id": long_id},
+        {**_ITEM, "contact_id": "b", "user_properties": {f"p{i}": i for i in range(1_001)}},
+    ]
+    body = _body(*items)
+    assert native.whole_batch(body, "acme", 5) is None  # (today's limits refuse it)
+    kept = PlainBatch("acme", 5, ("run-", 0, 0), body, [])
+    kept.items = [msgspec.convert(item, plain_batch.StoredItem) for item in items]
+    await queue.publish(kept)
+
+    delivered = [d.event for d in await queue.fetch(10, NO_WAIT_S)]
+
+    assert [e.contact_id for e in delivered] == [long_id, "b"]
+    assert len(delivered[1].properties) == 1_001
 
 
 async def test_given_a_log_of_the_schema_before_then_it_opens_and_delivers_what_waits(

@@ -297,26 +297,12 @@ def leave_process_group() -> None:
 
 def lower_priority() -> None:
     """Lower this process's CPU priority; call it before any thread starts. On Linux niceness
-    and scheduling policy belong to each thread and new threads inherit their creator's, so a
-    call made after the SQLite threads started would leave the applying itself at the server's
-    priority.
-
-    Nice 19, and on Linux the idle policy too (SCHED_IDLE): under the kernel's EEVDF scheduler
-    (Linux 6.6 on) a thread of the server that wakes while the child runs at nice 19 waits for
-    the child's slice to end; the event loop spent 17-20 % of D's run waiting for a CPU, and
-    5-8 % with the child at SCHED_IDLE, which a waking thread of any other policy preempts at
-    once: D +3-13 % (benchmarks/README.md). The child still gets every idle CPU, and a little
-    of a busy one. What it costs: under other load that keeps every CPU busy, applying (and a
-    write of the server's that waits for the child's transaction on the store) goes ~5 times
-    slower than at nice 19 alone."""
+    belongs to each thread and new threads inherit their creator's, so a call made after the
+    SQLite threads started would leave the applying itself at the server's priority. (Linux's
+    idle policy, SCHED_IDLE, was measured too: it would leave a thread that holds a SQLite
+    write lock unscheduled while the server waits for that lock.)"""
     with contextlib.suppress(OSError):
         os.nice(NICENESS)
-    if IDLE_POLICY is not None:
-        with contextlib.suppress(OSError):
-            os.sched_setscheduler(0, IDLE_POLICY, os.sched_param(0))
-
-
-IDLE_POLICY: int | None = getattr(os, "SCHED_IDLE", None)  # Linux's; None elsewhere
 
 
 class ParentLink:

@@ -38,9 +38,26 @@ _Seconds = Annotated[int, Meta(ge=0, lt=int(c.MILLISECONDS_THRESHOLD))]
 _FractionalSeconds = Annotated[float, Meta(ge=0, lt=c.MILLISECONDS_THRESHOLD)]
 
 
+_Value = str | int | float | bool | None
+
+
 # gc=False: decoded JSON cannot refer back to the Struct that holds it, so no cycle can run
 # through one, and the collector need not track it (benchmarks/README.md).
-class PlainItem(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+class StoredItem(msgspec.Struct, gc=False):
+    """An item as the log's reader decodes it: ``PlainItem``'s fields without its limits, so
+    that a body accepted once reads the same whatever limits a later version sets."""
+
+    contact_id: str
+    event_name: str
+    timestamp: int | float
+    user_properties: dict[str, _Value]
+    metadata: dict[str, _Value] | None = None
+    event_id: str | None = None
+
+
+class PlainItem(StoredItem, forbid_unknown_fields=True):
+    """An item of a request's body, checked as it is decoded."""
+
     contact_id: ContactId
     event_name: PropertyName
     timestamp: _Seconds | _FractionalSeconds
@@ -53,10 +70,15 @@ class _Body(msgspec.Struct, forbid_unknown_fields=True):
     events: Annotated[list[PlainItem], Meta(min_length=1, max_length=c.MAX_BATCH_EVENTS)]
 
 
+class _Stored(msgspec.Struct):
+    events: list[StoredItem]
+
+
 decode_plain_body = msgspec.json.Decoder(_Body).decode
 """A body -> its items; raises ``msgspec.DecodeError`` (``ValidationError`` included) for a
 body not in the plain shape. (A body holding an escaped NUL decodes: native.py refuses it
 before.)"""
+_decode_stored = msgspec.json.Decoder(_Stored).decode
 
 
 class PlainBatch(Sequence[Event]):
@@ -71,7 +93,7 @@ class PlainBatch(Sequence[Event]):
         received_us: int,
         id_run: IdRun,
         body: bytes,
-        items: list[PlainItem],
+        items: list[PlainItem] | list[StoredItem],
     ):
         self.workspace = workspace
         self.received_us = received_us
@@ -92,8 +114,8 @@ class PlainBatch(Sequence[Event]):
         cls, workspace: str, received_us: int, id_run: IdRun, body: bytes
     ) -> PlainBatch:
         """The batch the log kept (``received`` made it): the same events. Raises
-        ``msgspec.DecodeError`` for a body that is not a plain batch (a corrupt record)."""
-        return cls(workspace, received_us, id_run, body, decode_plain_body(body).events)
+        ``msgspec.DecodeError`` for a body that is not a batch (a corrupt record)."""
+        return cls(workspace, received_us, id_run, body, _decode_stored(body).events)
 
     def oldest_us(self) -> int:
         """The earliest event time, in microseconds."""

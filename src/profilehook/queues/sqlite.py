@@ -16,6 +16,7 @@ from pathlib import Path
 
 import msgspec
 
+from profilehook import constants as c
 from profilehook.events import Event, encode_events, erased_stub, predates
 from profilehook.plain_batch import PlainBatch
 from profilehook.queues.base import Delivery, HandsOverAcknowledgements, Queue, TellsOfAppends
@@ -113,9 +114,9 @@ class SqliteQueue(Queue, HandsOverAcknowledgements, TellsOfAppends):
             done.set_result(None)
             return done
         if type(events) is PlainBatch:
-            if count > 1:  # (at most MAX_BATCH_EVENTS: one chunk)
+            if count > 1 and b"\\" not in events.body:  # (see _plain_record)
                 return self.db.append(_APPEND, [(count, _plain_record(events))])
-            events = events.events()  # (see _plain_record)
+            events = events.events()
         # A chunk of up to a row's size is encoded in one msgspec call, not one per event: the
         # same bytes, less CPU.
         if count <= MAX_RECORDS_PER_ROW:
@@ -215,8 +216,7 @@ class SqliteQueue(Queue, HandsOverAcknowledgements, TellsOfAppends):
         def lookup(conn: sqlite3.Connection) -> tuple[int, list[tuple[int, int, bytes]]]:
             cursor = _cursor(conn)
             # instr() skips, in SQLite's C, every row that cannot hold the id: a made id starts
-            # with its run's first characters, which a plain batch's record holds, and one
-            # sent in JSON may be escaped there (_MAY_HOLD).
+            # with its run's first characters, which a plain batch's record holds (_MAY_HOLD).
             return cursor, conn.execute(
                 "SELECT seq, events, body FROM batches WHERE seq >= ? AND " + _MAY_HOLD,
                 (cursor >> INDEX_BITS, event_id.encode(), event_id[:ID_RUN_CHARS].encode()),
@@ -245,8 +245,12 @@ class SqliteQueue(Queue, HandsOverAcknowledgements, TellsOfAppends):
             ).fetchall()
             erased = 0
             for seq, count, body in rows:
-                events = _decode(count, body)
-                changed = False
+                records = _records(count, body)
+                events = _events_of(records, count)
+                # A plain batch's record holding the contact's id is rewritten whatever its
+                # events say: its body may hold bytes no event has (a key given twice in an
+                # object: the last is the one decoded).
+                changed = None in records
                 for index, event in enumerate(events):
                     if (
                         (event.workspace, event.contact_id) == (workspace, contact_id)
@@ -289,10 +293,11 @@ POLL_INTERVAL_S = 0.02
 INDEX_BITS = 20  # room for an event's index in its row
 INDEX_MASK = (1 << INDEX_BITS) - 1
 assert MAX_RECORDS_PER_ROW <= INDEX_MASK, "a row's events must fit in a position's index bits"
+assert c.MAX_BATCH_EVENTS <= MAX_RECORDS_PER_ROW, "a plain batch's record must fit in one row"
 _APPEND = "INSERT INTO batches (events, body) VALUES (?, ?)"
-# A row that holds either of these bytes (a string's, or a JSON escape's) may hold the value
-# looked for (the 2nd and 3rd parameters, as UTF-8): the others cannot.
-_MAY_HOLD = "(instr(body, ?) > 0 OR instr(body, ?) > 0 OR instr(body, '\\') > 0)"
+# Only a row that holds either value (UTF-8) may hold what is looked for: the log's records
+# hold every string as it is (a plain batch's body holds no escape: _plain_record).
+_MAY_HOLD = "(instr(body, ?) > 0 OR instr(body, ?) > 0)"
 ID_RUN_CHARS = 24  # the characters a made id shares with its run (events.IdRun)
 PLAIN_BATCH = 1  # the msgpack extension type of a plain batch's record
 
@@ -315,7 +320,9 @@ def _plain_record(batch: PlainBatch) -> bytes:
     """A plain batch's records: its body (as the client sent it) with what its events share,
     as one msgpack extension, and a nil for each of its other events, so that a row still
     holds one record an event (its positions and counts are as before). Of two events or
-    more: a row with a nil in it is one to look into (``_decode``)."""
+    more: a row with a nil in it is one to look into (``_decode``). Of a body with no
+    backslash: its strings are in it as they are (no JSON escape), so that a lookup or an
+    erasure finds an id or a contact's id in it as in any record (``_MAY_HOLD``)."""
     start, high, low = batch.id_run
     record = _PlainRecord(batch.workspace, batch.received_us, start, high, low, batch.body)
     return _encode(msgspec.msgpack.Ext(PLAIN_BATCH, _encode(record))) + _NILS[: len(batch) - 1]
@@ -328,13 +335,20 @@ def _decode(count: int, body: bytes) -> list[Event]:
     """The events of a row: its records are one msgpack array once the array's header is put
     in front; a plain batch's record gives its events in its place and the nils after it.
     Raises ``msgspec.DecodeError`` on a corrupt row."""
+    return _events_of(_records(count, body), count)
+
+
+def _records(count: int, body: bytes) -> list[Event | msgspec.msgpack.Ext | None]:
     if count < 16:
         header = bytes([0x90 | count])
     elif count < 2**16:
         header = b"\xdc" + count.to_bytes(2, "big")
     else:
         header = b"\xdd" + count.to_bytes(4, "big")
-    records = _decode_records(header + body)
+    return _decode_records(header + body)
+
+
+def _events_of(records: list[Event | msgspec.msgpack.Ext | None], count: int) -> list[Event]:
     if None not in records:  # (no plain batch in it: a search of identities, in C)
         return records  # type: ignore[return-value]
     events: list[Event] = []
