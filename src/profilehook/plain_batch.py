@@ -4,11 +4,12 @@ A batch of sets only, its times in seconds (what SDKs send), decodes into ``Plai
 msgspec checks in C, as it decodes, all that makes its every event valid (sources/native.py
 tries it first). Its events are what the handler answers for and the log keeps; but the SQLite
 log need not keep them re-encoded one by one: it keeps a body with no JSON escape as it came,
-with what its events share (the workspace, the time of receipt, the ``IdRun`` their ids were made from), and
-its reader makes the same events again (``PlainBatch.from_record``). On the event loop that
-is neither an ``Event`` made nor one encoded an event, the most of what the batch endpoint did
-beyond decoding (benchmarks/README.md). A ``PlainBatch`` is a sequence of its events, made when
-first asked for: a log that keeps events (NATS, memory) takes it as any other.
+with what its events share (the workspace, the time of receipt, the ``IdRun`` their ids were
+made from), and its reader makes the same events again (``PlainBatch.from_record``). On the
+event loop that is neither an ``Event`` made nor one encoded an event, the most of what the
+batch endpoint did beyond decoding (benchmarks/README.md). A ``PlainBatch`` is a sequence of
+its events, made when first asked for: a log that keeps events (NATS, memory) takes it as any
+other.
 """
 
 from __future__ import annotations
