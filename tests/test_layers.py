@@ -24,6 +24,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "values",
         (
             "profilehook.events",
+            "profilehook.plain_batch",
             "profilehook.changes",
             "profilehook.settings",
             "profilehook.validation",
