@@ -344,11 +344,25 @@ class NatsQueue(Queue):
         Raises ``StorageUnavailable`` when no server answered in that time, and
         ``ConfigurationError`` for a stream that cannot serve. Cancellation stops it at once.
         """
+        started_s = time.monotonic()
+        servers = server_list(self.url)
         try:
-            self._nc = await self._connect()
+            self._nc = await self._keep_trying(
+                started_s,
+                lambda remaining_s: self._connect_once(servers, remaining_s),
+                f"NATS unreachable at {self.url}",
+                "is the server running?",
+            )
             require_supported_server(self._nc._server_info.get("version", ""), self.url)
             self._js = self._nc.jetstream(timeout=PUBLISH_TIMEOUT_S)
-            await self._ensure_stream()
+            # A JetStream cluster that is (re)starting takes connections before its API
+            # answers (no meta leader yet): start-up waits for it as it waits for a server.
+            await self._keep_trying(
+                started_s,
+                lambda _remaining_s: self._ensure_stream(),
+                f"NATS JetStream at {self.url} did not answer",
+                "does a majority of its cluster run?",
+            )
             self._acks = _PubAcks(self._nc.new_inbox())
             # Its messages never reach the subscription's queue: _Client hands them over.
             sub = await self._nc.subscribe(f"{self._acks.prefix}.*")
@@ -363,35 +377,34 @@ class NatsQueue(Queue):
             await self.close()
             raise
 
-    async def _connect(self) -> Any:
-        """A connection to any of the servers, tried with backoff until ``connect_timeout_s``
-        has passed, with one log line per failed attempt."""
-        started_s = time.monotonic()
-        servers = server_list(self.url)
-        for attempt in range(1, 1_000_000):
+    async def _keep_trying(self, started_s: float, attempt: Any, failure: str, hint: str) -> Any:
+        """``await attempt(remaining_s)`` until it returns, retried with backoff while NATS
+        errors come and ``connect_timeout_s`` since ``started_s`` has not passed, with one log
+        line per failed attempt; then ``StorageUnavailable`` says ``failure`` and ``hint``."""
+        for tries in range(1, 1_000_000):
             remaining_s = started_s + self.connect_timeout_s - time.monotonic()
             try:
-                return await self._connect_once(servers, max(remaining_s, CONNECT_TIMEOUT_S))
+                return await attempt(max(remaining_s, CONNECT_TIMEOUT_S))
             except NATS_ERRORS as exc:
                 error = exc
-            wait_s = CONNECT_BACKOFF_S[min(attempt, len(CONNECT_BACKOFF_S)) - 1]
+            wait_s = CONNECT_BACKOFF_S[min(tries, len(CONNECT_BACKOFF_S)) - 1]
             remaining_s = started_s + self.connect_timeout_s - time.monotonic()
             if remaining_s <= 0:
                 break
             wait_s = min(wait_s, remaining_s)
             log.warning(
-                "NATS unreachable at %s (%s); attempt %d, next in %.1f s, giving up in %.1f s",
-                self.url,
+                "%s (%s); attempt %d, next in %.1f s, giving up in %.1f s",
+                failure,
                 _describe(error),
-                attempt,
+                tries,
                 wait_s,
                 remaining_s,
             )
             await asyncio.sleep(wait_s)
         raise StorageUnavailable(
-            f"NATS unreachable at {self.url} after {attempt} attempt(s) in "
-            f"{time.monotonic() - started_s:.0f} s ({_describe(error)}); is the server "
-            "running? (PROFILEHOOK_CONNECT_TIMEOUT_S sets how long to keep trying)"
+            f"{failure} after {tries} attempt(s) in {time.monotonic() - started_s:.0f} s "
+            f"({_describe(error)}); {hint} "
+            "(PROFILEHOOK_CONNECT_TIMEOUT_S sets how long to keep trying)"
         ) from error
 
     async def _connect_once(self, servers: list[str], timeout_s: float) -> Any:
