@@ -140,9 +140,10 @@ def new_event_ids(count: int) -> list[str]:
 
 
 IdRun = tuple[str, int, int]
-"""What a request's ids are made from (``new_event_ids``): their first 24 characters, then the
-first id's last 48 bits as 36 and 12 (the ones that count up). The SQLite log keeps a plain
-batch's run instead of its ids (plain_batch.py)."""
+"""What a request's ids are made from (``new_event_ids``): their first ``ID_RUN_CHARS``
+characters, then the first id's last 48 bits as 36 and 12 (the ones that count up). The SQLite
+log keeps a plain batch's run instead of its ids (plain_batch.py)."""
+ID_RUN_CHARS = 24  # the characters every id of a run starts with (an IdRun's first item)
 
 
 def new_id_run() -> IdRun:

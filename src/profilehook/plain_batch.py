@@ -120,7 +120,7 @@ class PlainBatch(Sequence[Event]):
 
     def oldest_us(self) -> int:
         """The earliest event time, in microseconds."""
-        return min(_us(item.timestamp) for item in self.items)
+        return min(_times_us(self.items))
 
     def event_ids(self) -> list[str]:
         """The events' ids, in order (an item's own, or the one made for it)."""
@@ -139,14 +139,14 @@ class PlainBatch(Sequence[Event]):
                     workspace,
                     item.event_id or mine,
                     item.contact_id,
-                    ts * 1_000_000 if type(ts := item.timestamp) is int else round(ts * 1_000_000),
+                    us,
                     item.user_properties,
                     SOURCE,
                     item.event_name,
                     item.metadata,
                     received_us,
                 )
-                for item, mine in zip(self.items, made, strict=True)
+                for item, mine, us in zip(self.items, made, _times_us(self.items), strict=True)
             ]
         return self._events
 
@@ -166,6 +166,10 @@ class PlainBatch(Sequence[Event]):
         return iter(self.events())
 
 
-def _us(seconds: int | float) -> int:
-    """As ``timestamp_to_us`` makes it of a time the item's Struct kept in seconds."""
-    return seconds * 1_000_000 if type(seconds) is int else round(seconds * 1_000_000)
+def _times_us(items: list[PlainItem] | list[StoredItem]) -> list[int]:
+    """The items' times in microseconds, as ``timestamp_to_us`` makes them of the seconds their
+    Structs kept (one comprehension for all: this runs for every event the log reads)."""
+    return [
+        ts * 1_000_000 if type(ts := item.timestamp) is int else round(ts * 1_000_000)
+        for item in items
+    ]

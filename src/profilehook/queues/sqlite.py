@@ -17,7 +17,7 @@ from pathlib import Path
 import msgspec
 
 from profilehook import constants as c
-from profilehook.events import Event, encode_events, erased_stub, predates
+from profilehook.events import ID_RUN_CHARS, Event, encode_events, erased_stub, predates
 from profilehook.plain_batch import PlainBatch
 from profilehook.queues.base import Delivery, HandsOverAcknowledgements, Queue, TellsOfAppends
 from profilehook.sqlite_db import MAX_RECORDS_PER_ROW, SqliteDatabase
@@ -216,9 +216,9 @@ class SqliteQueue(Queue, HandsOverAcknowledgements, TellsOfAppends):
         def lookup(conn: sqlite3.Connection) -> tuple[int, list[tuple[int, int, bytes]]]:
             cursor = _cursor(conn)
             # instr() skips, in SQLite's C, every row that cannot hold the id: a made id starts
-            # with its run's first characters, which a plain batch's record holds (_MAY_HOLD).
+            # with its run's first characters, which a plain batch's record holds (_MAY_HOLD_ID).
             return cursor, conn.execute(
-                "SELECT seq, events, body FROM batches WHERE seq >= ? AND " + _MAY_HOLD,
+                "SELECT seq, events, body FROM batches WHERE seq >= ? AND " + _MAY_HOLD_ID,
                 (cursor >> INDEX_BITS, event_id.encode(), event_id[:ID_RUN_CHARS].encode()),
             ).fetchall()
 
@@ -241,7 +241,7 @@ class SqliteQueue(Queue, HandsOverAcknowledgements, TellsOfAppends):
             found = contact_id.encode(errors="surrogatepass")
             rows = conn.execute(
                 "SELECT seq, events, body FROM batches WHERE seq >= ? AND " + _MAY_HOLD,
-                (cursor >> INDEX_BITS, found, found),
+                (cursor >> INDEX_BITS, found),
             ).fetchall()
             erased = 0
             for seq, count, body in rows:
@@ -295,10 +295,11 @@ INDEX_MASK = (1 << INDEX_BITS) - 1
 assert MAX_RECORDS_PER_ROW <= INDEX_MASK, "a row's events must fit in a position's index bits"
 assert c.MAX_BATCH_EVENTS <= MAX_RECORDS_PER_ROW, "a plain batch's record must fit in one row"
 _APPEND = "INSERT INTO batches (events, body) VALUES (?, ?)"
-# Only a row that holds either value (UTF-8) may hold what is looked for: the log's records
-# hold every string as it is (a plain batch's body holds no escape: _plain_record).
-_MAY_HOLD = "(instr(body, ?) > 0 OR instr(body, ?) > 0)"
-ID_RUN_CHARS = 24  # the characters a made id shares with its run (events.IdRun)
+# Only a row that holds the value (UTF-8) may hold what is looked for: the log's records hold
+# every string as it is (a plain batch's body holds no escape: _plain_record). An event id may
+# also be one made from a run, which a plain batch's record holds instead (its first chars).
+_MAY_HOLD = "instr(body, ?) > 0"
+_MAY_HOLD_ID = "(instr(body, ?) > 0 OR instr(body, ?) > 0)"
 PLAIN_BATCH = 1  # the msgpack extension type of a plain batch's record
 
 
@@ -322,7 +323,7 @@ def _plain_record(batch: PlainBatch) -> bytes:
     holds one record an event (its positions and counts are as before). Of two events or
     more: a row with a nil in it is one to look into (``_decode``). Of a body with no
     backslash: its strings are in it as they are (no JSON escape), so that a lookup or an
-    erasure finds an id or a contact's id in it as in any record (``_MAY_HOLD``)."""
+    erasure finds an id or a contact's id in it as in any record (``_MAY_HOLD``, ``_MAY_HOLD_ID``)."""
     start, high, low = batch.id_run
     record = _PlainRecord(batch.workspace, batch.received_us, start, high, low, batch.body)
     return _encode(msgspec.msgpack.Ext(PLAIN_BATCH, _encode(record))) + _NILS[: len(batch) - 1]
