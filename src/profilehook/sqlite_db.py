@@ -283,14 +283,20 @@ class SqliteDatabase:
         return await future
 
     async def scrub(self, clean: Callable[[sqlite3.Connection], None] | None = None) -> None:
-        """Leave no page image of deleted content in the files: ``clean(conn)`` first, outside
-        any transaction, for a database whose deleted content may still be in it (free pages
-        hold what was deleted without ``secure_delete=ON``); then copy the WAL into the file and
-        truncate it to zero bytes (``wal_checkpoint(TRUNCATE)``, retried while other connections
-        read). Raises ``StorageUnavailable`` when readers kept the WAL from being emptied for
-        ``SCRUB_TIMEOUT_S``."""
+        """Leave no byte of deleted content in the files: copy the file into a new one
+        (``VACUUM``), then ``clean(conn)``, both outside any transaction; then copy the WAL into
+        the file and truncate it to zero bytes (``wal_checkpoint(TRUNCATE)``, retried while
+        other connections read). Raises ``StorageUnavailable`` when readers kept the WAL from
+        being emptied for ``SCRUB_TIMEOUT_S``.
+
+        ``secure_delete=ON`` is not enough: it zeroes what is deleted and the pages freed, but
+        when SQLite's b-tree rebuilds a page to move cells to a sibling (a balance), the moved
+        cells' old bytes stay in the page's unused gap, and deleting the live copy later does
+        not reach them (tests/test_log_scrub.py, tests/test_store_scrub.py). The copy takes a
+        time that grows with the file, and every write waits for it."""
 
         def run(conn: sqlite3.Connection) -> None:
+            conn.execute("VACUUM")
             if clean is not None:
                 clean(conn)
             deadline = time.monotonic() + SCRUB_TIMEOUT_S

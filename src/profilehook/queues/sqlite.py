@@ -39,7 +39,7 @@ CREATE TABLE IF NOT EXISTS batches (
 CREATE TABLE IF NOT EXISTS cursors (name TEXT PRIMARY KEY, seq INTEGER NOT NULL);
 INSERT OR IGNORE INTO cursors (name, seq) VALUES ('applier_position', 0);
 -- A row: the file was written by a version that deleted without secure_delete (schema 2), so
--- its pages may hold deleted content. Kept for those files; every scrub now runs VACUUM.
+-- its pages may hold deleted content. Kept for those files; every scrub runs VACUUM now.
 CREATE TABLE IF NOT EXISTS vacuum_due (since_schema INTEGER NOT NULL);
 """
 
@@ -270,15 +270,10 @@ class SqliteQueue(Queue, HandsOverAcknowledgements, TellsOfAppends):
         return await self.db.write(rewrite)
 
     async def scrub(self) -> None:
-        # Rows are deleted with secure_delete=ON, which zeroes what is deleted and the pages
-        # freed, but not everything: when SQLite's b-tree rebuilds a page to move cells to a
-        # sibling (a balance, after the acknowledgements' deletes or a rewrite), the moved cells'
-        # old bytes stay in the page's unused gap. An erased contact's events could be read there
-        # (tests/test_log_scrub.py). Only a copy into a new file leaves nothing: VACUUM. Its
-        # time grows with the events waiting (~2 ms a thousand; benchmarks/README.md, session
-        # 18), and appends wait for it; erasures are rare, and the log is short while the
-        # applier keeps up. Then the WAL's older page images go with the scrub's checkpoint.
-        await self.db.scrub(_vacuum)
+        # The file is copied into a new one (SqliteDatabase.scrub): its time grows with the
+        # events waiting (~2 ms a thousand; benchmarks/README.md, session 18) and appends wait
+        # for it. Erasures are rare, and the log is short while the applier keeps up.
+        await self.db.scrub(_vacuumed)
 
     async def depth(self) -> int:
         def count(conn: sqlite3.Connection) -> int:
@@ -376,10 +371,9 @@ def _plain_events(ext: msgspec.msgpack.Ext) -> list[Event]:
     return PlainBatch.from_record(r.workspace, r.received_us, run, r.body).events()
 
 
-def _vacuum(conn: sqlite3.Connection) -> None:
-    """Copy the file into a new one: no byte of deleted content is left in it (``scrub``)."""
-    conn.execute("VACUUM")
-    conn.execute("DELETE FROM vacuum_due")  # (a file of schema 2 asked for one: done)
+def _vacuumed(conn: sqlite3.Connection) -> None:
+    """After ``scrub``'s copy: a file of schema 2 asked for one (``vacuum_due``), done."""
+    conn.execute("DELETE FROM vacuum_due")
 
 
 def _cursor(conn: sqlite3.Connection) -> int:
