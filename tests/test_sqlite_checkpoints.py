@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from profilehook.queues.sqlite import SqliteQueue
-from profilehook.sqlite_db import CHECKPOINT_PAGES, WAL_SIZE_LIMIT_BYTES
+from profilehook.queues.sqlite import LOG_PAGE_SIZE, SqliteQueue
+from profilehook.sqlite_db import CHECKPOINT_WAL_BYTES, WAL_SIZE_LIMIT_BYTES
 from tests.support import event
 
 PAYLOAD_BYTES = 2_000_000  # far below the 10,000 pages (40 MB) of SQLite's own checkpoint here
@@ -45,7 +45,7 @@ def checkpoint_threads(path: Path) -> list[threading.Thread]:
 async def test_given_appends_far_below_the_wal_limit_then_they_are_copied_into_the_file(
     tmp_path: Path,
 ) -> None:
-    assert PAYLOAD_BYTES < CHECKPOINT_PAGES * 4096 // 10
+    assert PAYLOAD_BYTES < CHECKPOINT_WAL_BYTES // 10
     path = tmp_path / "log.sqlite3"
     queue = SqliteQueue(path)
     await queue.open()
@@ -84,7 +84,7 @@ async def test_given_commits_without_pause_then_the_wal_stays_within_its_limit(
         await asyncio.gather(*(publisher(n) for n in range(8)))  # ~150 MB of events
     finally:
         await queue.close()
-    assert largest <= max(WAL_SIZE_LIMIT_BYTES, CHECKPOINT_PAGES * 4096 * 3 // 2)
+    assert largest <= max(WAL_SIZE_LIMIT_BYTES, CHECKPOINT_WAL_BYTES * 3 // 2)
 
 
 class FlakyCheckpoints(sqlite3.Connection):
@@ -153,3 +153,55 @@ def flaky_connections(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(
         sqlite3, "connect", lambda *a, **kw: connect(*a, factory=FlakyCheckpoints, **kw)
     )
+
+
+async def _page_pragmas(queue: SqliteQueue) -> list[int]:
+    return await queue.db.write(
+        lambda conn: [
+            int(conn.execute(f"PRAGMA {name}").fetchone()[0])
+            for name in ("page_size", "wal_autocheckpoint")
+        ]
+    )
+
+
+async def test_a_new_log_has_large_pages_and_checkpoints_at_the_same_wal_size(
+    tmp_path: Path,
+) -> None:
+    """A 1,000-event batch's row is four 64 KiB pages, not ~55 of 4 KiB: a commit writes far
+    fewer WAL frames (benchmarks/README.md, session 18). SQLite counts its own checkpoint's
+    threshold in pages: it stays at the same WAL size in bytes."""
+    path = tmp_path / "log.sqlite3"
+    queue = SqliteQueue(path)
+    await queue.open()
+    try:
+        await queue.publish(big_events(20, "a-"))
+        assert await _page_pragmas(queue) == [LOG_PAGE_SIZE, CHECKPOINT_WAL_BYTES // LOG_PAGE_SIZE]
+        assert len(await queue.fetch(1_000, 0.0)) == 20
+        await queue.scrub()  # (the copy keeps the page size)
+    finally:
+        await queue.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA page_size").fetchone()[0] == LOG_PAGE_SIZE
+
+
+async def test_a_log_made_with_small_pages_keeps_them_and_its_events(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A log an earlier version made (SQLite's 4 KiB pages) opens as it is: its waiting events
+    are read, new ones appended, and its checkpoint threshold is the same WAL size."""
+    path = tmp_path / "log.sqlite3"
+    with monkeypatch.context() as earlier:
+        earlier.setattr("profilehook.queues.sqlite.LOG_PAGE_SIZE", None)
+        queue = SqliteQueue(path)
+        await queue.open()
+        await queue.publish(big_events(20, "before-"))
+        await queue.close()
+    queue = SqliteQueue(path)
+    await queue.open()
+    try:
+        await queue.publish(big_events(20, "after-"))
+        assert await _page_pragmas(queue) == [4_096, CHECKPOINT_WAL_BYTES // 4_096]
+        ids = [d.event.event_id for d in await queue.fetch(1_000, 0.0)]
+        assert ids == [f"before-{i}" for i in range(20)] + [f"after-{i}" for i in range(20)]
+    finally:
+        await queue.close()

@@ -32,11 +32,12 @@ MAX_JOBS_PER_COMMIT = 4_096
 MAX_ROWS_PER_STATEMENT = 256  # multi-row inserts; each distinct row count is prepared once
 MAX_RECORDS_PER_ROW = 2_000  # appends joined in one row
 BUSY_TIMEOUT_MS = 5_000
-# The WAL size (pages) at which the writer's commits checkpoint. SQLite's default (1,000) made
-# the applier's store checkpoint every few commits, rewriting the same index pages each time.
-CHECKPOINT_PAGES = 10_000
+# The WAL size at which the writer's commits checkpoint (10,000 pages of SQLite's default 4 KiB;
+# SQLite counts it in pages). SQLite's default (1,000 pages) made the applier's store checkpoint
+# every few commits, rewriting the same index pages each time.
+CHECKPOINT_WAL_BYTES = 10_000 * 4_096
 # With ``background_checkpoints``: how often the checkpointer thread copies the WAL into the
-# file while commits arrive. The writer keeps SQLite's own checkpoint at CHECKPOINT_PAGES: by
+# file while commits arrive. The writer keeps SQLite's own checkpoint at CHECKPOINT_WAL_BYTES: by
 # then the thread has copied all but the last few milliseconds, so it is short, and only a
 # checkpoint between two commits lets the next one restart the WAL from its beginning (with the
 # thread's alone, commits always outran it and the WAL grew to whatever limit there was).
@@ -66,10 +67,15 @@ class _Job:
 
 
 def connect(
-    path: Path, synchronous: str = "FULL", secure_delete: str | None = None
+    path: Path,
+    synchronous: str = "FULL",
+    secure_delete: str | None = None,
+    page_size: int | None = None,
 ) -> sqlite3.Connection:
     """A connection with the pragmas every profilehook database uses; ``secure_delete``
-    (``ON`` or ``FAST``): deleted content is overwritten (see ``SqliteDatabase``)."""
+    (``ON`` or ``FAST``): deleted content is overwritten (see ``SqliteDatabase``);
+    ``page_size``: the page size of the file if this connection creates it (an existing file
+    keeps its own)."""
     try:
         conn = sqlite3.connect(
             path,
@@ -78,6 +84,8 @@ def connect(
             cached_statements=2 * MAX_ROWS_PER_STATEMENT,
         )
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        if page_size is not None:  # (before the first write: journal_mode makes the file)
+            conn.execute(f"PRAGMA page_size={int(page_size)}")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={synchronous}")
         if secure_delete is not None:
@@ -102,6 +110,7 @@ class SqliteDatabase:
         background_checkpoints: bool = False,
         secure_delete: str | None = None,
         watch_commits: bool = False,
+        page_size: int | None = None,
     ):
         """``version`` of ``schema`` is kept in the file (``PRAGMA user_version``). A file of an
         older version is brought up to date at ``open`` by ``migrations[v]`` (``v`` -> ``v + 1``,
@@ -110,12 +119,14 @@ class SqliteDatabase:
         ``cache_kib`` sizes the writer's page cache (None: SQLite's 2 MiB).
         ``background_checkpoints``: a thread of its own copies the WAL into the file as commits
         arrive, so that SQLite's own checkpoint, which runs inside the commit that crosses
-        ``CHECKPOINT_PAGES`` while later commits wait, has little left to copy.
+        ``CHECKPOINT_WAL_BYTES`` while later commits wait, has little left to copy.
         ``synchronous="NORMAL"``: commits are not fsynced (still safe against a killed
         process); ``fsync_wal`` then makes all of them durable at once. ``secure_delete``: the
         writer overwrites what it deletes with zeros (``ON``; ``FAST``: only within the b-tree
         pages it writes anyway, not in pages it frees), so an erasure leaves no bytes behind.
-        ``watch_commits``: ``commit_mark`` reads the file's WAL-index header (sqlite_shm.py)."""
+        ``watch_commits``: ``commit_mark`` reads the file's WAL-index header (sqlite_shm.py).
+        ``page_size``: of a file this creates (None: SQLite's 4 KiB); a file keeps the page size
+        it was made with."""
         self.path = path
         self._schema = schema
         self._version = version
@@ -135,6 +146,7 @@ class SqliteDatabase:
         self._committed = threading.Event() if background_checkpoints else None
         self._closing = threading.Event()
         self._watch_commits = watch_commits
+        self._page_size = page_size
         self._wal_index: sqlite_shm.WalIndex | None = None
 
     async def open(self) -> None:
@@ -146,12 +158,13 @@ class SqliteDatabase:
                 f"Cannot create the directory {self.path.parent}: {exc.strerror or exc}"
             ) from exc
         self._loop = asyncio.get_running_loop()
-        conn = connect(self.path, self._synchronous, self._secure_delete)
+        conn = connect(self.path, self._synchronous, self._secure_delete, self._page_size)
         checkpointing: sqlite3.Connection | None = None
         try:
             if self._cache_kib is not None:
                 conn.execute(f"PRAGMA cache_size=-{self._cache_kib}")
-            conn.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES}")
+            pages = CHECKPOINT_WAL_BYTES // conn.execute("PRAGMA page_size").fetchone()[0]
+            conn.execute(f"PRAGMA wal_autocheckpoint={pages}")
             conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
             self._create_schema(conn)
             if self._committed is not None:

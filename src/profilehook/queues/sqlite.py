@@ -79,6 +79,11 @@ class SqliteQueue(Queue, HandsOverAcknowledgements, TellsOfAppends):
             # leaves those as they were, and a later row that takes one as its last overflow page
             # keeps the old bytes after its own (tests/test_log_scrub.py).
             secure_delete="ON",
+            # A 1,000-event batch's row is four pages instead of ~55: a commit writes a
+            # sixteenth of the WAL frames, and the batch endpoint gains 6-18 % on a disk whose
+            # syncs of megabytes are slow (benchmarks/README.md, session 18). A log made
+            # before keeps its 4 KiB pages.
+            page_size=LOG_PAGE_SIZE,
         )
         self._delivered = 0
         self._record_ack: Callable[[int], None] | None = None
@@ -301,6 +306,7 @@ _APPEND = "INSERT INTO batches (events, body) VALUES (?, ?)"
 _MAY_HOLD = "instr(body, ?) > 0"
 _MAY_HOLD_ID = "(instr(body, ?) > 0 OR instr(body, ?) > 0)"
 PLAIN_BATCH = 1  # the msgpack extension type of a plain batch's record
+LOG_PAGE_SIZE = 65_536  # bytes: SQLite's largest page
 
 
 class _PlainRecord(msgspec.Struct, array_like=True):
