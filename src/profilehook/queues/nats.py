@@ -19,7 +19,7 @@ import dataclasses
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -377,7 +377,13 @@ class NatsQueue(Queue):
             await self.close()
             raise
 
-    async def _keep_trying(self, started_s: float, attempt: Any, failure: str, hint: str) -> Any:
+    async def _keep_trying(
+        self,
+        started_s: float,
+        attempt: Callable[[float], Awaitable[Any]],
+        failure: str,
+        hint: str,
+    ) -> Any:
         """``await attempt(remaining_s)`` until it returns, retried with backoff while NATS
         errors come and ``connect_timeout_s`` since ``started_s`` has not passed, with one log
         line per failed attempt; then ``StorageUnavailable`` says ``failure`` and ``hint``."""

@@ -80,8 +80,9 @@ class SqliteQueue(Queue, HandsOverAcknowledgements, TellsOfAppends):
             # keeps the old bytes after its own (tests/test_log_scrub.py).
             secure_delete="ON",
             # A 1,000-event batch's row is four pages instead of ~55: a commit writes a
-            # sixteenth of the WAL frames, and the batch endpoint gains 6-18 % on a disk whose
-            # syncs of megabytes are slow (benchmarks/README.md, session 18). A log made
+            # sixteenth of the WAL frames: on a disk whose syncs of megabytes are slow, the
+            # batch endpoint on such bodies went 1.01-1.49 x as fast, round for round
+            # (benchmarks/README.md, session 18). A log made
             # before keeps its 4 KiB pages.
             page_size=LOG_PAGE_SIZE,
         )
