@@ -1,10 +1,11 @@
-"""Each thread's CPU, and its time waiting for a CPU, under D's load (issue 23).
+"""Each thread's CPU, and its time waiting for a CPU, under D's load or C's (issue 23).
 
-    .venv/bin/python benchmarks/thread_cpu.py [--batch 1000] [--no-applier] [--duration 8]
-        [--idle-applier]
+    .venv/bin/python benchmarks/thread_cpu.py [--batch 1000 | --single] [--no-applier]
+        [--duration 8] [--idle-applier]
 
 Starts ``profilehook serve`` on a fresh data directory (its applier child with it, unless
-``--no-applier``), drives D's batch body with wrk (16 connections, as run.py), and prints for
+``--no-applier``), drives D's batch body with wrk (16 connections, as run.py), or with
+``--single`` C's one event on ``POST /v1/properties`` (64 connections, as run.py), and prints for
 every thread of the server and of its children: CPU % of one core (user, system), CPU µs a
 request, and the share of the time it was ready to run but waited for a CPU (the scheduler's
 run-queue wait, /proc/<pid>/task/<tid>/schedstat), with its niceness and policy; then wrk's
@@ -25,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import EVENT, embedded, ensure_wrk, lua, running, serve
+from run import CONNECTIONS, EVENT, embedded, ensure_wrk, lua, running, serve
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 _POLICIES = {0: "other", 3: "batch", 5: "idle"}
@@ -67,13 +68,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=1000, help="events a request")
     parser.add_argument("--duration", type=int, default=8, help="seconds of load")
+    parser.add_argument("--single", action="store_true", help="C's load instead of D's")
     parser.add_argument("--no-applier", action="store_true")
     parser.add_argument("--idle-applier", action="store_true")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="thread-cpu-"))
     env, key = embedded(tmp, "d")
-    body = {"events": [{**EVENT, "contact_id": f"user{i}"} for i in range(args.batch)]}
-    script = lua(tmp / "d.lua", body, key)
+    if args.single:
+        args.batch, body, path, connections = 1, EVENT, "/v1/properties", CONNECTIONS
+    else:
+        body = {"events": [{**EVENT, "contact_id": f"user{i}"} for i in range(args.batch)]}
+        path, connections = "/v1/properties/batch", 16
+    script = lua(tmp / "load.lua", body, key)
     flags = ("--no-applier",) if args.no_applier else ()
     with running(serve("profilehook", env, *flags)) as server:
         assert server.proc is not None
@@ -89,8 +95,8 @@ def main() -> None:
 
         before, t0 = every_thread(), time.monotonic()
         load = subprocess.Popen(
-            [ensure_wrk(), "-t2", "-c16", f"-d{args.duration}s", "-s", str(script),
-             server.url + "/v1/properties/batch"],
+            [ensure_wrk(), "-t2", f"-c{connections}", f"-d{args.duration}s", "-s", str(script),
+             server.url + path],
             stdout=subprocess.PIPE,
             text=True,
         )  # fmt: skip
