@@ -82,8 +82,7 @@ class SqliteQueue(Queue, HandsOverAcknowledgements, TellsOfAppends):
             # A 1,000-event batch's row is four pages instead of ~55: a commit writes a
             # sixteenth of the WAL frames: on a disk whose syncs of megabytes are slow, the
             # batch endpoint on such bodies went 1.01-1.49 x as fast, round for round
-            # (benchmarks/README.md, session 18). A log made
-            # before keeps its 4 KiB pages.
+            # (benchmarks/README.md, session 18). A log made before keeps its 4 KiB pages.
             page_size=LOG_PAGE_SIZE,
         )
         self._delivered = 0
