@@ -25,6 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         (
             "profilehook.events",
             "profilehook.plain_batch",
+            "profilehook.plain_segment_batch",
             "profilehook.changes",
             "profilehook.settings",
             "profilehook.validation",

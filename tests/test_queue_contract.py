@@ -23,10 +23,11 @@ from profilehook import plain_batch
 from profilehook.errors import ConfigurationError
 from profilehook.events import Event, encode_event, encode_events
 from profilehook.plain_batch import PlainBatch
+from profilehook.plain_segment_batch import PlainSegmentBatch
 from profilehook.queues.base import HandsOverAcknowledgements, Queue
 from profilehook.queues.memory import MemoryQueue
 from profilehook.queues.sqlite import SCHEMA_VERSION, SqliteQueue
-from profilehook.sources import native
+from profilehook.sources import native, segment
 from profilehook.sqlite_db import MAX_RECORDS_PER_ROW
 from tests.support import NATS_URL, SHORT_ACK_WAIT_S, event, require_server
 
@@ -794,3 +795,145 @@ async def test_given_a_corrupt_plain_record_then_fetch_says_so(
 
     with pytest.raises(msgspec.DecodeError, match="a row of 3 events holds 2"):
         await queue.fetch(10, NO_WAIT_S)
+
+
+# -- Segment batches kept as they came (plain_segment_batch.py) --------------------------------
+#
+# A /v1/batch body whose every message is an identify that sets traits is kept by the SQLite
+# log as the SDK sent it (context, integrations and all), and read back as the same events.
+
+
+def _identify(user: str, traits: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """An identify as segment-analytics-python sends it."""
+    return {
+        "integrations": {},
+        "anonymousId": None,
+        "timestamp": "2026-12-03T10:00:00.5+00:00",
+        "context": {"library": {"name": "analytics-python", "version": "2.4.0"}},
+        "type": "identify",
+        "userId": user,
+        "traits": traits,
+        "messageId": f"msg-{user}",
+        **extra,
+    }
+
+
+def _segment_body(*messages: dict[str, Any]) -> bytes:
+    return msgspec.json.encode(
+        {"batch": list(messages), "sentAt": "2026-12-03T10:00:01+00:00", "writeKey": "k"}
+    )
+
+
+def _kept_segment(body: bytes, received_us: int = 5) -> PlainSegmentBatch:
+    mapped = segment.map_messages(segment.parse_batch(body), "acme", received_us, 0)
+    assert isinstance(mapped.kept, PlainSegmentBatch)
+    return mapped.kept
+
+
+TEN_HALF_US = 1_796_292_000_500_000  # 2026-12-03T10:00:00.5Z
+
+
+async def test_given_a_kept_segment_batch_then_every_log_gives_back_its_identifies_as_events(
+    backend: QueueBackend,
+) -> None:
+    body = _segment_body(
+        _identify("ann", {"plan": "pro"}),
+        _identify("bob", {"n": 2}, messageId=None, timestamp="2026-12-03T12:00:00.5+02:00"),
+        {**_identify("x", {}), "userId": None, "anonymousId": "anon-1",
+         "traits": None, "context": {"traits": {"t": True}, "ip": "1.2.3.4"}},
+        _identify("cy", {"a": None}, timestamp=None),
+        _identify("dee", {"a": 1.5}, timestamp="2026-12-03T10:00:00.5"),  # no zone: UTC
+    )  # fmt: skip
+    batch = _kept_segment(body)
+    queue = backend.queue
+    other = event("zed", "z1", 1)
+
+    await asyncio.gather(queue.publish([other]), queue.publish(batch), queue.publish([]))
+
+    made = [d.event for d in await fetch_all(queue, 6, NO_WAIT_S) if d.event.contact_id != "zed"]
+    bob_id = made[1].event_id
+    assert bob_id.startswith(batch.id_run[0])  # made from the batch's run: the same each time
+    assert made == [
+        Event("acme", "msg-ann", "ann", TEN_HALF_US, {"plan": "pro"}, "segment", "identify",
+              None, 5),
+        Event("acme", bob_id, "bob", TEN_HALF_US, {"n": 2}, "segment", "identify", None, 5),
+        Event("acme", "msg-x", "anon-1", TEN_HALF_US, {"t": True}, "segment", "identify",
+              None, 5),
+        Event("acme", "msg-cy", "cy", 5, {"a": None}, "segment", "identify", None, 5),
+        Event("acme", "msg-dee", "dee", TEN_HALF_US, {"a": 1.5}, "segment", "identify",
+              None, 5),
+    ]  # fmt: skip
+    assert made == list(batch)
+    assert await queue.find("acme", "msg-ann") == made[0]
+    assert await queue.find("acme", bob_id) == made[1]
+    assert await queue.find("other", "msg-ann") is None
+
+    queue = await backend.restart()
+    again = [d.event for d in await fetch_all(queue, 6, backend.redelivery_wait_s)]
+    assert sorted(again, key=lambda e: e.event_id) == sorted(
+        [other, *made], key=lambda e: e.event_id
+    )
+
+
+async def test_given_a_kept_segment_batch_then_its_row_holds_the_sdks_body_not_events(
+    sqlite_queue_backend: QueueBackend,
+) -> None:
+    """The event loop neither makes the events nor encodes them (the reader makes them)."""
+    queue = sqlite_queue_backend.queue
+    assert isinstance(queue, SqliteQueue)
+    body = _segment_body(*(_identify(f"c{i}", {"plan": "pro", "n": i}) for i in range(100)))
+    batch = _kept_segment(body)
+
+    await queue.publish(batch)
+
+    assert batch._events is None
+    ((count, row),) = await _log_rows(queue)
+    assert count == 100 and body in row and row.endswith(b"\xc0" * 99)
+    assert len(row) < len(body) + 200  # no copy of the events besides
+    delivered = [d.event for d in await queue.fetch(100, NO_WAIT_S)]
+    assert [(e.contact_id, e.properties) for e in delivered] == [
+        (f"c{i}", {"plan": "pro", "n": i}) for i in range(100)
+    ]
+
+
+async def test_given_a_contact_in_a_kept_segment_batch_when_erased_then_nothing_of_it_stays(
+    sqlite_queue_backend: QueueBackend,
+) -> None:
+    """What the SDK sent beside the traits (its context: an IP address) goes with them."""
+    queue = sqlite_queue_backend.queue
+    body = _segment_body(
+        _identify("kept", {"a": 1}),
+        _identify("gone", {"secret": "MARKER"}, context={"ip": "MARKER-IP"}),
+        _identify("kept", {"a": 2}, messageId="msg-kept-2"),
+    )
+    batch = _kept_segment(body)
+    await queue.publish(batch)
+    first = await queue.fetch(1, NO_WAIT_S)  # a consumer holds part of the row
+
+    assert await queue.erase_pending("acme", "gone", upto_us=2**62) == 1
+    await queue.scrub()
+
+    rest = [d.event for d in await queue.fetch(10, NO_WAIT_S)]
+    assert [d.event.event_id for d in first] + [e.event_id for e in rest] == [
+        "msg-kept", "msg-gone", "msg-kept-2"
+    ]  # fmt: skip
+    assert rest[0].contact_id == "gone" and rest[0].properties == {}
+    assert rest[1].properties == {"a": 2}
+    await _assert_gone_from_files(queue, b"MARKER")
+
+
+async def test_given_a_segment_batch_of_more_messages_than_a_row_then_the_log_keeps_its_events(
+    sqlite_queue_backend: QueueBackend,
+) -> None:
+    queue = sqlite_queue_backend.queue
+    messages = [{"type": "identify", "userId": f"u{i}", "traits": {"n": i}} for i in range(2_500)]
+    assert len(messages) > MAX_RECORDS_PER_ROW
+    batch = _kept_segment(_segment_body(*messages))
+
+    await queue.publish(batch)
+
+    rows = await _log_rows(queue)
+    assert [count for count, _ in rows] == [MAX_RECORDS_PER_ROW, 500]
+    delivered = [d.event for d in await fetch_all(queue, 2_500, NO_WAIT_S)]
+    assert delivered == list(batch)
+    assert [e.properties for e in delivered[-2:]] == [{"n": 2_498}, {"n": 2_499}]

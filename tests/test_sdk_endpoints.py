@@ -475,7 +475,7 @@ def test_segment_batches_in_the_everyday_shape_make_the_events_the_general_path_
     ]
     body = json.dumps({"batch": batch}).encode()
     fast = segment.parse_batch(body)
-    assert type(fast.messages[0]).__name__ == "_Message"  # it took the everyday path
+    assert type(fast.messages[0]).__name__ == "Message"  # it took the everyday path
     general = segment.Request(json.loads(body)["batch"], None, False)
     made = [segment.map_messages(r, "w", 5_000_000, 0) for r in (fast, general)]
     assert made[0].events == made[1].events and len(made[0].events) == 4
@@ -484,6 +484,84 @@ def test_segment_batches_in_the_everyday_shape_make_the_events_the_general_path_
     assert made[0].events[2].ts_us == made[0].events[0].ts_us - 123_456
     counts = [(m.ignored, m.skipped, m.rejected) for m in made]
     assert counts[0] == counts[1] == (2, 1, 1)
+
+
+_ALL_IDENTIFIES = [
+    identify("u1", {"a": 1, "b": None}, "2026-12-03T10:00:00.123456+00:00", "m1"),
+    identify("u2", {"a": "x"}, "2026-12-03T10:00:00", "m2"),  # no zone: UTC
+    identify("u3", {"a": 1.5}, "2026-12-03T12:00:00+02:00", "m3"),
+    {
+        "type": "identify",
+        "anonymousId": "an",
+        "context": {"traits": {"t": True}},
+        "messageId": "m4",
+    },
+    {**identify("u5", {"a": 1}, "2026-12-03T10:00:00Z", "m5"), "context": {"ip": "1.2.3.4"}},
+]
+
+
+def test_a_segment_batch_of_identifies_only_is_kept_as_it_came_with_the_general_paths_events() -> (
+    None
+):
+    """Every message an identify that sets traits: the log may keep the body as it came
+    (plain_segment_batch.py); its events are the ones the general path makes of it."""
+    from profilehook.plain_segment_batch import PlainSegmentBatch
+    from profilehook.sources import segment
+
+    body = json.dumps({"batch": _ALL_IDENTIFIES, "writeKey": "k"}).encode()
+    general = segment.Request(json.loads(body)["batch"], None, False)
+    kept, made = (
+        segment.map_messages(r, "w", 5_000_000, 0) for r in (segment.parse_batch(body), general)
+    )
+    assert isinstance(kept.kept, PlainSegmentBatch) and kept.kept.body == body
+    assert kept.made == [] and made.kept is None
+    assert list(kept.events) == made.events and len(made.events) == 5
+    assert (kept.ignored, kept.skipped, kept.rejected, kept.too_old) == (0, 0, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("odd_one", "left_out"),
+    [
+        ({"type": "track", "userId": "u9", "event": "e", "messageId": "m9"}, "ignored"),
+        (identify("u9", {}, "2026-12-03T10:00:00Z", "m9"), "ignored"),  # no trait set
+        ({"type": "identify", "traits": {"a": 1}, "messageId": "m9"}, "skipped"),  # no user
+        (identify("u9", {"a": 1}, "1969-12-31T23:59:59+00:00", "m9"), "rejected"),
+        (identify("u9", {"a": 1}, "2026-11-01T00:00:00+00:00", "m9"), "too_old"),
+    ],
+)
+def test_a_segment_batch_with_a_message_that_is_no_update_is_not_kept_and_maps_as_before(
+    odd_one: dict[str, Any], left_out: str
+) -> None:
+    from profilehook.sources import segment
+
+    body = json.dumps({"batch": [*_ALL_IDENTIFIES, odd_one]}).encode()
+    general = segment.Request(json.loads(body)["batch"], None, False)
+    oldest = int(datetime(2026, 12, 1, tzinfo=UTC).timestamp()) * 1_000_000
+    now = int(datetime(2026, 12, 3, 11, tzinfo=UTC).timestamp()) * 1_000_000
+    mapped = [
+        segment.map_messages(r, "w", now, oldest)
+        for r in (segment.parse_batch(body), general)
+    ]
+    assert mapped[0].kept is None
+    assert mapped[0].events == mapped[1].events and len(mapped[0].events) == 5
+    assert getattr(mapped[0], left_out) == getattr(mapped[1], left_out) == 1
+
+
+def test_a_segment_batch_of_identifies_sets_every_profile_and_counts_each_once(
+    client: TestClient, key: str, auth: dict[str, str]
+) -> None:
+    """Through the embedded default (the SQLite log keeps the body as it came)."""
+    batch = [
+        identify(f"k{i}", {"plan": "pro", "n": i}, "2026-12-03T10:00:00Z", f"km{i}")
+        for i in range(50)
+    ]
+    batch.append({"type": "identify", "userId": "k0", "traits": {"late": True}})  # no time
+    r = client.post("/v1/batch", json={"batch": batch}, headers=basic(key))
+    assert r.status_code == 200 and r.json() == {"success": True}
+    settle(client, auth, "k0", {"plan": "pro", "n": 0, "late": True})
+    settle(client, auth, "k49", {"plan": "pro", "n": 49})
+    metrics = client.get("/metrics").text
+    assert 'profilehook_events_total{outcome="accepted",source="segment"} 51.0' in metrics
 
 
 def test_a_keys_rate_limit_is_shared_by_the_native_and_the_sdk_endpoints(tmp_path: Path) -> None:

@@ -9,13 +9,14 @@ made from), and its reader makes the same events again (``PlainBatch.from_record
 event loop that is neither an ``Event`` made nor one encoded an event, the most of what the
 batch endpoint did beyond decoding (benchmarks/README.md). A ``PlainBatch`` is a sequence of
 its events, made when first asked for: a log that keeps events (NATS, memory) takes it as any
-other.
+other. What it shares with Segment's batch kept the same way (plain_segment_batch.py) is
+``KeptBatch``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Annotated, overload
+from typing import Annotated, Any, ClassVar, Self, overload
 
 import msgspec
 from msgspec import Meta
@@ -82,19 +83,21 @@ before.)"""
 _decode_stored = msgspec.json.Decoder(_Stored).decode
 
 
-class PlainBatch(Sequence[Event]):
-    """A plain batch's events: ``items`` as decoded from ``body``, in ``workspace``, received at
-    ``received_us``, the ids of those without one made from ``id_run``."""
+class KeptBatch(Sequence[Event]):
+    """A request's events, every one of its messages an event, that the SQLite log may keep as
+    the request's ``body`` came (``items``: the messages decoded from it), with what they share:
+    the ``workspace``, the time of receipt ``received_us``, and the ``IdRun`` the ids of those
+    without one are made from. The log tells the shapes apart by ``RECORD``; each makes from
+    ``items`` the events the handler answered for, when first asked for. The shapes:
+    ``PlainBatch`` (the native API's) and ``PlainSegmentBatch`` (plain_segment_batch.py)."""
 
     __slots__ = ("_events", "body", "id_run", "items", "received_us", "workspace")
 
+    RECORD: ClassVar[int]
+    """The log's code for the shape (queues/sqlite.py): never reused for another."""
+
     def __init__(
-        self,
-        workspace: str,
-        received_us: int,
-        id_run: IdRun,
-        body: bytes,
-        items: list[PlainItem] | list[StoredItem],
+        self, workspace: str, received_us: int, id_run: IdRun, body: bytes, items: list[Any]
     ):
         self.workspace = workspace
         self.received_us = received_us
@@ -104,50 +107,30 @@ class PlainBatch(Sequence[Event]):
         self._events: list[Event] | None = None
 
     @classmethod
-    def received(
-        cls, body: bytes, items: list[PlainItem], workspace: str, received_us: int
-    ) -> PlainBatch:
+    def received(cls, body: bytes, items: list[Any], workspace: str, received_us: int) -> Self:
         """The batch of a request just decoded: its ids' run made now."""
         return cls(workspace, received_us, new_id_run(), body, items)
 
     @classmethod
-    def from_record(
-        cls, workspace: str, received_us: int, id_run: IdRun, body: bytes
-    ) -> PlainBatch:
+    def from_record(cls, workspace: str, received_us: int, id_run: IdRun, body: bytes) -> Self:
         """The batch the log kept (``received`` made it): the same events. Raises
         ``msgspec.DecodeError`` for a body that is not a batch (a corrupt record)."""
-        return cls(workspace, received_us, id_run, body, _decode_stored(body).events)
+        return cls(workspace, received_us, id_run, body, cls._stored_items(body))
 
-    def oldest_us(self) -> int:
-        """The earliest event time, in microseconds."""
-        return min(_times_us(self.items))
+    @staticmethod
+    def _stored_items(body: bytes) -> list[Any]:
+        """The items of a kept body, decoded without the limits a request's were checked
+        against, so that a body accepted once reads the same whatever limits a later version
+        sets."""
+        raise NotImplementedError
 
-    def event_ids(self) -> list[str]:
-        """The events' ids, in order (an item's own, or the one made for it)."""
-        if self._events is not None:
-            return [event.event_id for event in self._events]
-        made = ids_of_run(self.id_run, len(self.items))
-        return [item.event_id or mine for item, mine in zip(self.items, made, strict=True)]
+    def _made(self) -> list[Event]:
+        """The events of ``items``."""
+        raise NotImplementedError
 
     def events(self) -> list[Event]:
         if self._events is None:
-            workspace, received_us = self.workspace, self.received_us
-            made = ids_of_run(self.id_run, len(self.items))
-            # Positional, in the order of Event's fields (a third cheaper than by keyword).
-            self._events = [
-                Event(
-                    workspace,
-                    item.event_id or mine,
-                    item.contact_id,
-                    us,
-                    item.user_properties,
-                    SOURCE,
-                    item.event_name,
-                    item.metadata,
-                    received_us,
-                )
-                for item, mine, us in zip(self.items, made, _times_us(self.items), strict=True)
-            ]
+            self._events = self._made()
         return self._events
 
     def __len__(self) -> int:
@@ -164,6 +147,50 @@ class PlainBatch(Sequence[Event]):
 
     def __iter__(self) -> Iterator[Event]:
         return iter(self.events())
+
+
+class PlainBatch(KeptBatch):
+    """A plain batch's events: ``items`` (``PlainItem``, or ``StoredItem`` as the log's reader
+    decodes them)."""
+
+    __slots__ = ()
+    RECORD = 1
+
+    items: list[PlainItem] | list[StoredItem]
+
+    @staticmethod
+    def _stored_items(body: bytes) -> list[Any]:
+        return _decode_stored(body).events
+
+    def oldest_us(self) -> int:
+        """The earliest event time, in microseconds."""
+        return min(_times_us(self.items))
+
+    def event_ids(self) -> list[str]:
+        """The events' ids, in order (an item's own, or the one made for it)."""
+        if self._events is not None:
+            return [event.event_id for event in self._events]
+        made = ids_of_run(self.id_run, len(self.items))
+        return [item.event_id or mine for item, mine in zip(self.items, made, strict=True)]
+
+    def _made(self) -> list[Event]:
+        workspace, received_us = self.workspace, self.received_us
+        made = ids_of_run(self.id_run, len(self.items))
+        # Positional, in the order of Event's fields (a third cheaper than by keyword).
+        return [
+            Event(
+                workspace,
+                item.event_id or mine,
+                item.contact_id,
+                us,
+                item.user_properties,
+                SOURCE,
+                item.event_name,
+                item.metadata,
+                received_us,
+            )
+            for item, mine, us in zip(self.items, made, _times_us(self.items), strict=True)
+        ]
 
 
 def _times_us(items: list[PlainItem] | list[StoredItem]) -> list[int]:

@@ -18,16 +18,17 @@ import msgspec
 
 from profilehook import constants as c
 from profilehook.events import ID_RUN_CHARS, Event, encode_events, erased_stub, predates
-from profilehook.plain_batch import PlainBatch
+from profilehook.plain_batch import KeptBatch, PlainBatch
+from profilehook.plain_segment_batch import PlainSegmentBatch
 from profilehook.queues.base import Delivery, HandsOverAcknowledgements, Queue, TellsOfAppends
 from profilehook.sqlite_db import MAX_RECORDS_PER_ROW, SqliteDatabase
 
 # 1: one row per event (before group-commit rows); 2: written without secure_delete; 3: before
-# plain batches' records
-SCHEMA_VERSION = 4
+# plain batches' records; 4: before Segment's (plain_segment_batch.py)
+SCHEMA_VERSION = 5
 SCHEMA = """
 -- One row per group commit: the events of every publish that shared it, each encoded
--- (msgpack), one after the other; a plain batch's as one record of its body (``_decode``)
+-- (msgpack), one after the other; a kept batch's as one record of its body (``_decode``)
 -- and a nil for each of its other events. A row is written in one SQLite step, and read
 -- whole.
 CREATE TABLE IF NOT EXISTS batches (
@@ -54,6 +55,10 @@ def _plain_batch_records_3_to_4(conn: sqlite3.Connection) -> None:
     hold plain batches' records from a version that cannot read them."""
 
 
+def _segment_batch_records_4_to_5(conn: sqlite3.Connection) -> None:
+    """Nothing to change, as for 3 to 4: a file that may hold Segment batches' records."""
+
+
 class SqliteQueue(Queue, HandsOverAcknowledgements, TellsOfAppends):
     """A delivery's token is its position in the log, ``seq << INDEX_BITS | index in its row``;
     the cursor in the file is the position of the last event acknowledged. Another process
@@ -74,6 +79,7 @@ class SqliteQueue(Queue, HandsOverAcknowledgements, TellsOfAppends):
             migrations={
                 2: _written_without_secure_delete_2_to_3,
                 3: _plain_batch_records_3_to_4,
+                4: _segment_batch_records_4_to_5,
             },
             # What a commit deletes is overwritten with zeros, in the pages it frees too: FAST
             # leaves those as they were, and a later row that takes one as its last overflow page
@@ -118,8 +124,9 @@ class SqliteQueue(Queue, HandsOverAcknowledgements, TellsOfAppends):
             done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             done.set_result(None)
             return done
-        if type(events) is PlainBatch:
-            if count > 1 and b"\\" not in events.body:  # (see _plain_record)
+        if isinstance(events, KeptBatch):
+            # (A record is one row's: a Segment batch may hold more messages than a row.)
+            if 1 < count <= MAX_RECORDS_PER_ROW and b"\\" not in events.body:  # (_plain_record)
                 return self.db.append(_APPEND, [(count, _plain_record(events))])
             events = events.events()
         # A chunk of up to a row's size is encoded in one msgspec call, not one per event: the
@@ -305,7 +312,8 @@ _APPEND = "INSERT INTO batches (events, body) VALUES (?, ?)"
 # also be one made from a run, which a plain batch's record holds instead (its first chars).
 _MAY_HOLD = "instr(body, ?) > 0"
 _MAY_HOLD_ID = "(instr(body, ?) > 0 OR instr(body, ?) > 0)"
-PLAIN_BATCH = 1  # the msgpack extension type of a plain batch's record
+# The kept batches' shapes by the msgpack extension type of their records (``RECORD``).
+_KEPT: dict[int, type[KeptBatch]] = {kind.RECORD: kind for kind in (PlainBatch, PlainSegmentBatch)}
 LOG_PAGE_SIZE = 65_536  # bytes: SQLite's largest page
 
 
@@ -323,16 +331,16 @@ _decode_plain_record = msgspec.msgpack.Decoder(_PlainRecord).decode
 _decode_records = msgspec.msgpack.Decoder(list[Event | msgspec.msgpack.Ext | None]).decode
 
 
-def _plain_record(batch: PlainBatch) -> bytes:
-    """A plain batch's records: its body (as the client sent it) with what its events share,
-    as one msgpack extension, and a nil for each of its other events, so that a row still
+def _plain_record(batch: KeptBatch) -> bytes:
+    """A kept batch's records: its body (as the client sent it) with what its events share,
+    as one msgpack extension of its shape's type, and a nil for each of its other events, so that a row still
     holds one record an event (its positions and counts are as before). Of two events or
     more: a row with a nil in it is one to look into (``_decode``). Of a body with no
     backslash: its strings are in it as they are (no JSON escape), so that a lookup or an
     erasure finds an id or a contact's id in it as in any record (``_MAY_HOLD``, ``_MAY_HOLD_ID``)."""
     start, high, low = batch.id_run
     record = _PlainRecord(batch.workspace, batch.received_us, start, high, low, batch.body)
-    return _encode(msgspec.msgpack.Ext(PLAIN_BATCH, _encode(record))) + _NILS[: len(batch) - 1]
+    return _encode(msgspec.msgpack.Ext(batch.RECORD, _encode(record))) + _NILS[: len(batch) - 1]
 
 
 _NILS = b"\xc0" * MAX_RECORDS_PER_ROW
@@ -370,11 +378,12 @@ def _events_of(records: list[Event | msgspec.msgpack.Ext | None], count: int) ->
 
 
 def _plain_events(ext: msgspec.msgpack.Ext) -> list[Event]:
-    if ext.code != PLAIN_BATCH:
+    kind = _KEPT.get(ext.code)
+    if kind is None:
         raise msgspec.DecodeError(f"an unknown record (extension type {ext.code})")
     r = _decode_plain_record(ext.data)
     run = (r.id_start, r.id_high, r.id_low)
-    return PlainBatch.from_record(r.workspace, r.received_us, run, r.body).events()
+    return kind.from_record(r.workspace, r.received_us, run, r.body).events()
 
 
 def _vacuumed(conn: sqlite3.Connection) -> None:

@@ -150,7 +150,7 @@ def _map_one(
     name = event.get("event_type")
     name = name if type(name) is str and name else "$identify"
     kind: Kind = "delete" if clear_all else "update"
-    mapped.events.append(
+    mapped.made.append(
         Event(
             workspace,
             event_id,

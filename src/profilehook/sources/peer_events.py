@@ -4,12 +4,14 @@ of mapping one request, ISO 8601 times, and the checks every event passes
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from profilehook import constants as c
 from profilehook.events import Event
+from profilehook.plain_batch import KeptBatch
 from profilehook.validation import holds_unstorable
 
 
@@ -17,12 +19,16 @@ from profilehook.validation import holds_unstorable
 class Mapped:
     """One request of a peer protocol, mapped: the events to store and what was left out.
 
+    ``made``: the events made one by one; ``kept``: instead, when every call is an event of a
+    batch the SQLite log keeps as it came (plain_segment_batch.py); ``events``: whichever.
+
     ``ignored``: calls that carry no property update (a track, a page view);
     ``skipped``: calls without a usable user id; ``rejected``: calls the peer itself would have
     dropped without failing the request (an invalid message in a Segment batch); ``too_old``:
     updates older than the retention window."""
 
-    events: list[Event] = field(default_factory=list)
+    made: list[Event] = field(default_factory=list)
+    kept: KeptBatch | None = None
     ignored: int = 0
     skipped: int = 0
     rejected: int = 0
@@ -31,6 +37,10 @@ class Mapped:
     failures: dict[int, str] = field(default_factory=dict)
     """Why each call left out as skipped or rejected was, by its index (for the peers that
     answer per call: PostHog's capture v1)."""
+
+    @property
+    def events(self) -> Sequence[Event]:
+        return self.made if self.kept is None else self.kept
 
 
 def iso_to_us(value: Any) -> int | None:

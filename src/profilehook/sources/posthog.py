@@ -158,7 +158,7 @@ def _person_update(
         mapped.too_old += 1
         return "older than the retention window"
     name = event.get("event")
-    mapped.events.append(
+    mapped.made.append(
         Event(
             workspace,
             event_id,

@@ -12,7 +12,7 @@ counted, and the batch answered 200.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
@@ -21,6 +21,15 @@ from msgspec import Meta
 from profilehook import constants as c
 from profilehook.errors import PeerRefused
 from profilehook.events import Event, new_event_id, new_event_ids
+from profilehook.plain_segment_batch import (
+    MAX_US,
+    PlainSegmentBatch,
+    StoredContext,
+    StoredMessage,
+    time_us,
+    traits_of,
+)
+from profilehook.plain_segment_batch import SOURCE as SOURCE  # (Segment's events')
 from profilehook.sources.peer_events import (
     Mapped,
     iso_to_us,
@@ -30,17 +39,18 @@ from profilehook.sources.peer_events import (
 )
 from profilehook.validation import decode_json_keeping_unstorable
 
-SOURCE = "segment"
 CALL_TYPES = ("identify", "track", "page", "screen", "group", "alias")
 """The call types of the Tracking API; each has its single-call path ``/v1/<type>``."""
 
 
 class Request(msgspec.Struct, frozen=True):
-    """A request's messages, and the write key its body names (``writeKey``), if any."""
+    """A request's messages, and the write key its body names (``writeKey``), if any; of a
+    batch in the everyday shape, the ``body`` they were decoded from (else empty)."""
 
     messages: list[Any]
     write_key: str | None
     may_hold_unstorable: bool
+    body: bytes = b""
 
 
 def parse_batch(body: bytes) -> Request:
@@ -94,11 +104,14 @@ _ContactId = Annotated[
 ]
 
 
-class _Context(msgspec.Struct):
+class _Context(StoredContext):
     traits: _Traits | None = None
 
 
-class _Message(msgspec.Struct):
+class Message(StoredMessage):
+    """A message of a batch in the everyday shape (plain_segment_batch.py's ``StoredMessage``
+    with the limits every event's values must keep)."""
+
     type: str = ""
     userId: _ContactId | None = None
     anonymousId: _ContactId | None = None
@@ -109,7 +122,7 @@ class _Message(msgspec.Struct):
 
 
 class _Batch(msgspec.Struct):
-    batch: list[_Message]
+    batch: list[Message]
     writeKey: str | None = None
 
 
@@ -124,7 +137,7 @@ def _plainly(body: bytes) -> Request | None:
         found = _decode_batch(body)
     except (msgspec.DecodeError, UnicodeDecodeError):
         return None
-    return Request(found.batch, found.writeKey or None, False)
+    return Request(found.batch, found.writeKey or None, False, body)
 
 
 def parse_single(body: bytes, call_type: str) -> Request:
@@ -158,8 +171,14 @@ def _too_large(what: str, limit_bytes: int) -> str:
 def map_messages(request: Request, workspace: str, received_us: int, oldest_us: int) -> Mapped:
     """The events of a request's identify calls, and the count of everything else."""
     mapped = Mapped(calls=len(request.messages))
-    if request.messages and type(request.messages[0]) is _Message:  # all of them, then
-        _map_plain(request.messages, workspace, received_us, oldest_us, mapped)
+    if request.messages and type(request.messages[0]) is Message:  # all of them, then
+        kept = PlainSegmentBatch.of(
+            request.body, request.messages, workspace, received_us, oldest_us
+        )
+        if kept is not None:
+            mapped.kept = kept
+        else:
+            _map_plain(request.messages, workspace, received_us, oldest_us, mapped)
         return mapped
     ids = new_event_ids(len(request.messages))  # for the messages without a messageId
     for message, made_id in zip(request.messages, ids, strict=True):
@@ -210,23 +229,18 @@ def _identify(
     if ts_us < oldest_us:
         mapped.too_old += 1
         return
-    mapped.events.append(
+    mapped.made.append(
         Event(workspace, event_id, contact_id, ts_us, traits, SOURCE, "identify", None, received_us)
     )
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-_MAX_US = c.MAX_EVENT_TIME_S * 1_000_000
-
-
 def _map_plain(
-    messages: list[_Message], workspace: str, received_us: int, oldest_us: int, mapped: Mapped
+    messages: list[Message], workspace: str, received_us: int, oldest_us: int, mapped: Mapped
 ) -> None:
     """``_identify`` for the messages of a batch decoded in the everyday shape (their values
-    checked by the decoder): one loop, no call per message (the hot path of /v1/batch)."""
-    events = mapped.events
-    epoch, microsecond, max_us = _EPOCH, _MICROSECOND, _MAX_US
+    checked by the decoder) that not all become events (else ``PlainSegmentBatch``): one loop,
+    no call per message but the time's."""
+    events = mapped.made
     for message in messages:
         if message.type != "identify":
             mapped.ignored += 1
@@ -235,22 +249,14 @@ def _map_plain(
         if contact_id is None:
             mapped.skipped += 1
             continue
-        traits = message.traits
-        if traits is None and message.context is not None:
-            traits = message.context.traits
+        traits = traits_of(message)
         if not traits:
             mapped.ignored += 1
             continue
-        stamp = message.timestamp
-        if stamp is None:
-            ts_us = received_us
-        else:
-            if stamp.tzinfo is None:
-                stamp = stamp.replace(tzinfo=UTC)
-            ts_us = (stamp - epoch) // microsecond
-            if not 0 <= ts_us <= max_us:
-                mapped.rejected += 1
-                continue
+        ts_us = time_us(message.timestamp, received_us)
+        if not 0 <= ts_us <= MAX_US:
+            mapped.rejected += 1
+            continue
         if ts_us < oldest_us:
             mapped.too_old += 1
             continue
