@@ -30,6 +30,7 @@ from profilehook.validation import (
     decode_json,
     dict_type,
     fits_bytes,
+    holds_escaped_nul,
     missing,
     problem,
     required_string,
@@ -173,9 +174,8 @@ _decode_flat_batch = msgspec.json.Decoder(_FlatBatch).decode
 
 def _decoded_flat(decode: Any, body: bytes) -> Any:
     """``decode(body)``, or None when the body is not in the everyday shape."""
-    # NUL is refused, with its place: the general path says where. Most bodies hold no
-    # backslash at all, which memchr finds out ~40x faster than the search for the escape.
-    if b"\\" in body and b"\\u0000" in body:
+    # NUL is refused, with its place: the general path says where.
+    if holds_escaped_nul(body):
         return None
     try:
         return decode(body)

@@ -37,7 +37,7 @@ from profilehook.sources.peer_events import (
     usable_event_id,
     usable_id,
 )
-from profilehook.validation import decode_json_keeping_unstorable
+from profilehook.validation import decode_json_keeping_unstorable, holds_escaped_nul
 
 CALL_TYPES = ("identify", "track", "page", "screen", "group", "alias")
 """The call types of the Tracking API; each has its single-call path ``/v1/<type>``."""
@@ -131,7 +131,7 @@ _decode_batch = msgspec.json.Decoder(_Batch).decode
 
 def _plainly(body: bytes) -> Request | None:
     """The request, when the body is in the everyday shape; else None."""
-    if b"\\u0000" in body:
+    if holds_escaped_nul(body):
         return None
     try:
         found = _decode_batch(body)
