@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from profilehook import plain_batch
+from profilehook import plain_batch, plain_segment_batch
 from profilehook.errors import ConfigurationError
 from profilehook.events import Event, encode_event, encode_events
 from profilehook.plain_batch import PlainBatch
@@ -937,3 +937,24 @@ async def test_given_a_segment_batch_of_more_messages_than_a_row_then_the_log_ke
     delivered = [d.event for d in await fetch_all(queue, 2_500, NO_WAIT_S)]
     assert delivered == list(batch)
     assert [e.properties for e in delivered[-2:]] == [{"n": 2_498}, {"n": 2_499}]
+
+
+async def test_given_a_kept_segment_body_past_the_limits_of_a_later_version_then_it_still_reads(
+    sqlite_queue_backend: QueueBackend,
+) -> None:
+    """As for the native batch: the reader decodes a kept body without today's limits."""
+    queue = sqlite_queue_backend.queue
+    long_id = "x" * 10_000  # past today's limit on a contact's id
+    messages = [
+        {"type": "identify", "userId": long_id, "traits": {"a": 1}},
+        {"type": "identify", "userId": "b", "traits": {f"p{i}": i for i in range(1_001)}},
+    ]
+    body = _segment_body(*messages)
+    assert segment.map_messages(segment.parse_batch(body), "acme", 5, 0).kept is None
+    items = [msgspec.convert(m, plain_segment_batch.StoredMessage) for m in messages]
+    await queue.publish(PlainSegmentBatch("acme", 5, ("run-", 0, 0), body, items))
+
+    delivered = [d.event for d in await queue.fetch(10, NO_WAIT_S)]
+
+    assert [e.contact_id for e in delivered] == [long_id, "b"]
+    assert len(delivered[1].properties) == 1_001

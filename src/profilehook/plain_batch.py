@@ -15,6 +15,7 @@ other. What it shares with Segment's batch kept the same way (plain_segment_batc
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Iterator, Sequence
 from typing import Annotated, Any, ClassVar, Self, overload
 
@@ -118,15 +119,15 @@ class KeptBatch(Sequence[Event]):
         return cls(workspace, received_us, id_run, body, cls._stored_items(body))
 
     @staticmethod
+    @abstractmethod
     def _stored_items(body: bytes) -> list[Any]:
         """The items of a kept body, decoded without the limits a request's were checked
         against, so that a body accepted once reads the same whatever limits a later version
         sets."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _made(self) -> list[Event]:
         """The events of ``items``."""
-        raise NotImplementedError
 
     def events(self) -> list[Event]:
         if self._events is None:
