@@ -539,8 +539,7 @@ def test_a_segment_batch_with_a_message_that_is_no_update_is_not_kept_and_maps_a
     oldest = int(datetime(2026, 12, 1, tzinfo=UTC).timestamp()) * 1_000_000
     now = int(datetime(2026, 12, 3, 11, tzinfo=UTC).timestamp()) * 1_000_000
     mapped = [
-        segment.map_messages(r, "w", now, oldest)
-        for r in (segment.parse_batch(body), general)
+        segment.map_messages(r, "w", now, oldest) for r in (segment.parse_batch(body), general)
     ]
     assert mapped[0].kept is None
     assert mapped[0].events == mapped[1].events and len(mapped[0].events) == 5
