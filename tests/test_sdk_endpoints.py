@@ -455,19 +455,25 @@ def test_new_key_fixture_is_per_workspace(settings: Settings, client: TestClient
     settle(client, {"Authorization": f"Bearer {other}"}, "w", {"a": 1})
 
 
+_ALL_IDENTIFIES = [
+    identify("u1", {"a": 1, "b": None}, "2026-12-03T10:00:00.123456+00:00", "m1"),
+    identify("u2", {"a": "x"}, "2026-12-03T10:00:00", "m2"),  # no zone: UTC
+    identify("u3", {"a": 1.5}, "2026-12-03T12:00:00+02:00", "m3"),
+    {
+        "type": "identify",
+        "anonymousId": "an",
+        "context": {"traits": {"t": True}},
+        "messageId": "m4",
+    },
+    {**identify("u5", {"a": 1}, "2026-12-03T10:00:00Z", "m5"), "context": {"ip": "1.2.3.4"}},
+]
+
+
 def test_segment_batches_in_the_everyday_shape_make_the_events_the_general_path_makes() -> None:
     from profilehook.sources import segment
 
     batch = [
-        identify("u1", {"a": 1, "b": None}, "2026-12-03T10:00:00.123456+00:00", "m1"),
-        identify("u2", {"a": "x"}, "2026-12-03T10:00:00", "m2"),  # no zone: UTC
-        identify("u3", {"a": 1.5}, "2026-12-03T12:00:00+02:00", "m3"),
-        {
-            "type": "identify",
-            "anonymousId": "an",
-            "context": {"traits": {"t": True}},
-            "messageId": "m4",
-        },
+        *_ALL_IDENTIFIES[:4],
         {"type": "identify", "userId": "u4", "traits": {}, "messageId": "m5"},
         {"type": "track", "userId": "u1", "event": "e", "properties": {"deep": {"x": [1]}}},
         {"type": "identify", "traits": {"a": 1}, "messageId": "m6"},
@@ -484,20 +490,6 @@ def test_segment_batches_in_the_everyday_shape_make_the_events_the_general_path_
     assert made[0].events[2].ts_us == made[0].events[0].ts_us - 123_456
     counts = [(m.ignored, m.skipped, m.rejected) for m in made]
     assert counts[0] == counts[1] == (2, 1, 1)
-
-
-_ALL_IDENTIFIES = [
-    identify("u1", {"a": 1, "b": None}, "2026-12-03T10:00:00.123456+00:00", "m1"),
-    identify("u2", {"a": "x"}, "2026-12-03T10:00:00", "m2"),  # no zone: UTC
-    identify("u3", {"a": 1.5}, "2026-12-03T12:00:00+02:00", "m3"),
-    {
-        "type": "identify",
-        "anonymousId": "an",
-        "context": {"traits": {"t": True}},
-        "messageId": "m4",
-    },
-    {**identify("u5", {"a": 1}, "2026-12-03T10:00:00Z", "m5"), "context": {"ip": "1.2.3.4"}},
-]
 
 
 def test_a_segment_batch_of_identifies_only_is_kept_as_it_came_with_the_general_paths_events() -> (
