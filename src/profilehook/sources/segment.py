@@ -12,7 +12,7 @@ counted, and the batch answered 200.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import msgspec
@@ -26,8 +26,6 @@ from profilehook.plain_segment_batch import (
     PlainSegmentBatch,
     StoredContext,
     StoredMessage,
-    time_us,
-    traits_of,
 )
 from profilehook.plain_segment_batch import SOURCE as SOURCE  # (Segment's events')
 from profilehook.sources.peer_events import (
@@ -234,13 +232,19 @@ def _identify(
     )
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
 def _map_plain(
     messages: list[Message], workspace: str, received_us: int, oldest_us: int, mapped: Mapped
 ) -> None:
     """``_identify`` for the messages of a batch decoded in the everyday shape (their values
     checked by the decoder) that not all become events (else ``PlainSegmentBatch``): one loop,
-    no call per message but the time's."""
+    no call per message (``traits_of`` and ``time_us`` written out: a third of the loop's CPU;
+    tests/test_sdk_endpoints.py checks both paths make the same events)."""
     events = mapped.made
+    epoch, microsecond = _EPOCH, _MICROSECOND
     for message in messages:
         if message.type != "identify":
             mapped.ignored += 1
@@ -249,11 +253,19 @@ def _map_plain(
         if contact_id is None:
             mapped.skipped += 1
             continue
-        traits = traits_of(message)
+        traits = message.traits
+        if traits is None and message.context is not None:
+            traits = message.context.traits
         if not traits:
             mapped.ignored += 1
             continue
-        ts_us = time_us(message.timestamp, received_us)
+        stamp = message.timestamp
+        if stamp is None:
+            ts_us = received_us
+        else:
+            if stamp.tzinfo is None:
+                stamp = stamp.replace(tzinfo=UTC)
+            ts_us = (stamp - epoch) // microsecond
         if not 0 <= ts_us <= MAX_US:
             mapped.rejected += 1
             continue
