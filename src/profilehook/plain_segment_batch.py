@@ -55,10 +55,10 @@ class _Stored(msgspec.Struct):
 
 _decode_stored = msgspec.json.Decoder(_Stored).decode
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MICROSECOND = timedelta(microseconds=1)
 MAX_US = c.MAX_EVENT_TIME_S * 1_000_000
-_MAX_TIME = _EPOCH + MAX_US * _MICROSECOND
+_MAX_TIME = EPOCH + MAX_US * MICROSECOND
 
 
 def time_us(stamp: datetime | None, received_us: int) -> int:
@@ -68,7 +68,7 @@ def time_us(stamp: datetime | None, received_us: int) -> int:
         return received_us
     if stamp.tzinfo is None:
         stamp = stamp.replace(tzinfo=UTC)
-    return (stamp - _EPOCH) // _MICROSECOND
+    return (stamp - EPOCH) // MICROSECOND
 
 
 def traits_of(message: StoredMessage) -> dict[str, Any] | None:
@@ -110,7 +110,7 @@ class PlainSegmentBatch(KeptBatch):
             if (stamp := message.timestamp) is not None
         ]
         if stamps:
-            floor = _EPOCH + max(oldest_us, 0) * _MICROSECOND
+            floor = EPOCH + max(oldest_us, 0) * MICROSECOND
             if min(stamps) < floor or max(stamps) > _MAX_TIME:
                 return None
         if not 0 <= received_us <= MAX_US:

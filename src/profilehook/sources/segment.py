@@ -12,7 +12,7 @@ counted, and the batch answered 200.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import msgspec
@@ -22,7 +22,9 @@ from profilehook import constants as c
 from profilehook.errors import PeerRefused
 from profilehook.events import Event, new_event_id, new_event_ids
 from profilehook.plain_segment_batch import (
+    EPOCH,
     MAX_US,
+    MICROSECOND,
     PlainSegmentBatch,
     StoredContext,
     StoredMessage,
@@ -232,10 +234,6 @@ def _identify(
     )
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-
-
 def _map_plain(
     messages: list[Message], workspace: str, received_us: int, oldest_us: int, mapped: Mapped
 ) -> None:
@@ -244,7 +242,7 @@ def _map_plain(
     no call per message (``traits_of`` and ``time_us`` written out: a third of the loop's CPU;
     tests/test_sdk_endpoints.py checks both paths make the same events)."""
     events = mapped.made
-    epoch, microsecond = _EPOCH, _MICROSECOND
+    epoch, microsecond = EPOCH, MICROSECOND
     for message in messages:
         if message.type != "identify":
             mapped.ignored += 1
