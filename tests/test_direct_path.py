@@ -570,7 +570,8 @@ def test_given_a_reader_too_slow_for_the_answer_then_it_is_written_once_it_drain
 
 async def test_single_events_parsed_in_one_pass_are_appended_together_after_it(tmp_path):
     """Appended one by one as they were parsed, the first woke the log's writer for a commit
-    of its own (C's commits held a third of the requests); they wait for the pass's end."""
+    of its own (C's commits held a third of the requests); they wait for the pass's end, and
+    go in one append (one future, one job, one deadline), each answered with its own id."""
     settings = Settings(data_dir=tmp_path / "data")
     async with running(settings) as services:
         key, _ = await create_key(services.store, WORKSPACE, ("ingest",))
@@ -581,7 +582,7 @@ async def test_single_events_parsed_in_one_pass_are_appended_together_after_it(t
         publish = services.queue.publish
 
         def recording(events: Any) -> Any:
-            appended_after.append(parsed[0])
+            appended_after.append((parsed[0], [e.event_id for e in events]))
             return publish(events)
 
         services.queue.publish = recording  # type: ignore[method-assign]
@@ -609,8 +610,67 @@ async def test_single_events_parsed_in_one_pass_are_appended_together_after_it(t
             parsed[0] += 1
         assert appended_after == []  # nothing appended while the pass parses
         await wait_for(lambda: len(answers) == 3)
-        assert appended_after == [3, 3, 3]
+        assert appended_after == [(3, ["p0", "p1", "p2"])]
         assert [status for status, _ in answers] == [202, 202, 202]
+        # each answer names its own request's event, and each is in the log
+        assert [msgspec.json.decode(body)["event_id"] for _, body in answers] == ["p0", "p1", "p2"]
+        for i in range(3):
+            assert await services.queue.find(WORKSPACE, f"p{i}") is not None
+
+
+async def test_a_pass_whose_append_misses_the_deadline_gets_a_503_on_each_request(tmp_path):
+    """The pass's requests share one append and its deadline: at the deadline the watchdog
+    answers every one of them 503 (a slow reader's drain holding back none), each counted."""
+    settings = Settings(data_dir=tmp_path / "data")
+    async with running(settings) as services:
+        key, _ = await create_key(services.store, WORKSPACE, ("ingest",))
+        single = direct_handlers(services, Deadlines(10.0, 0.05, tick_s=0.01), RateLimiter(0, 1))[
+            "/v1/properties"
+        ]
+        publish = services.queue.publish
+
+        async def slow(events: Any) -> None:
+            await asyncio.sleep(0.5)  # past the backend deadline
+            await publish(events)
+
+        services.queue.publish = slow  # type: ignore[method-assign]
+        rejected = services.metrics.requests_rejected.labels("503")
+        before = rejected._value.get()
+        tasks: list[asyncio.Task[Any]] = []
+
+        class Request:
+            scope = {
+                "headers": [
+                    (b"authorization", f"Bearer {key}".encode()),
+                    (b"content-type", b"application/json"),
+                ]
+            }
+
+            def __init__(self, drain_s: float) -> None:
+                self.drain_s = drain_s
+                self.sent: list[dict[str, Any]] = []
+
+            async def send(self, message: Any) -> None:
+                await asyncio.sleep(self.drain_s)  # (a slow reader's transport)
+                self.sent.append(message)
+
+            def answer(self, status: int, body: bytes) -> None:
+                raise AssertionError((status, body))
+
+            def later(self, work: Any) -> None:
+                tasks.append(asyncio.get_running_loop().create_task(work))
+
+        requests = [Request(drain_s) for drain_s in (1.0, 0.0, 0.0)]
+        for i, request in enumerate(requests):
+            single(request, msgspec.json.encode(event("c8", f"q{i}")))
+        await wait_for(lambda: all(len(r.sent) == 2 for r in requests[1:]), timeout_s=0.9)
+        for request in requests[1:]:
+            assert request.sent[0]["status"] == 503
+            assert b"Storage did not answer within 0.05 s" in request.sent[1]["body"]
+        await wait_for(lambda: len(requests[0].sent) == 2)
+        assert requests[0].sent[0]["status"] == 503
+        await asyncio.gather(*tasks)
+        assert rejected._value.get() - before == 3
 
 
 async def wait_for(condition: Any, timeout_s: float = 10.0) -> None:

@@ -159,8 +159,9 @@ def direct_handlers(
 class _SingleAtOnce:
     """The single-event POST without a task or a coroutine: the checks run as the request is
     parsed, its event is appended at the end of the event loop's pass with the others of that
-    pass, and the 202 is written from the append's callback. A refusal, or a reader too slow to
-    take the answer at once, ends in a task, as under ``single``.
+    pass, in one append under one deadline, and the 202s are written from that append's
+    callback. A refusal, or a reader too slow to take the answer at once, ends in a task, as
+    under ``single``.
 
     The appends wait for the pass's end because made one by one as requests are parsed, the
     first woke the log's writer for a commit of its own: C committed ~10 requests at a time
@@ -206,34 +207,33 @@ class _SingleAtOnce:
         self.pending.append((request, body, workspace, event))
 
     def _publish(self) -> None:
-        """Append the pass's events, each its own (the log's writer commits them together)."""
+        """Append the pass's events in one append, watched by one deadline, and answer them all
+        from its one callback: a future, a job, a watch and a callback a pass, not one each a
+        request (benchmarks/README.md, session 22)."""
         pending, self.pending = self.pending, []
-        publish = self.services.queue.publish
-        for request, body, workspace, event in pending:
-            try:
-                stored = asyncio.ensure_future(publish([event]))
-            except ProfilehookError as exc:
-                self.deadlines.failed(exc)
+        publish, events = self.services.queue.publish, [event for _, _, _, event in pending]
+        try:
+            stored = asyncio.ensure_future(publish(events))
+        except ProfilehookError as exc:
+            self.deadlines.failed(exc)
+            for request, body, _, _ in pending:
                 request.later(refuse_told(self.services, request.scope, body, exc, request.send))
-                continue
-            except Exception as exc:
+            return
+        except Exception as exc:
+            for request, _, _, _ in pending:
                 request.later(_raise(exc))
-                continue
-            watch = self.deadlines.watch(request.send, stored)
-            stored.add_done_callback(
-                functools.partial(self._answer, request, body, workspace, event, watch)
-            )
+            return
+        watch = self.deadlines.watch(_SendToAll([request for request, _, _, _ in pending]), stored)
+        stored.add_done_callback(functools.partial(self._answer, pending, watch))
 
     def _answer(
         self,
-        request: DirectRequest,
-        body: bytes,
-        workspace: str,
-        event: Event,
+        pending: list[tuple[DirectRequest, bytes, str, Event]],
         watch: Watch,
         done: asyncio.Future[None],
     ) -> None:
-        """The append of ``event`` is ``done``: answer 202, or what it failed with."""
+        """The append of the pass's events is ``done``: answer each 202, or what it failed
+        with."""
         services = self.services
         try:
             failure = asyncio.CancelledError() if done.cancelled() else done.exception()
@@ -241,15 +241,45 @@ class _SingleAtOnce:
             if failure is not None:
                 raise failure
         except ProfilehookError as exc:
-            request.later(refuse_told(services, request.scope, body, exc, request.send))
+            for request, body, _, _ in pending:
+                request.later(refuse_told(services, request.scope, body, exc, request.send))
             return
         except BaseException as exc:  # (as the task of ``single`` would end)
-            request.later(_raise(exc))
+            for request, _, _, _ in pending:
+                request.later(_raise(exc))
             return
-        self.accepted.inc()
-        if services.live.watched:
-            tell_accepted(services.live, workspace, request.scope, body, 202, Shown.of([event]))
-        request.answer(202, _single_answer(event))
+        self.accepted.inc(len(pending))
+        live = services.live
+        for request, body, workspace, event in pending:
+            if live.watched:
+                tell_accepted(live, workspace, request.scope, body, 202, Shown.of([event]))
+            request.answer(202, _single_answer(event))
+
+
+class _SendToAll:
+    """One ``send`` for the requests of a pass, which share an append and its deadline: the
+    answer the deadline's watchdog sends goes to each of them, whole, each at its own pace (a
+    slow reader's drain holds back no other answer)."""
+
+    __slots__ = ("requests", "start")
+
+    def __init__(self, requests: list[DirectRequest]):
+        self.requests = requests
+        self.start: Message | None = None
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.start = message
+            return
+        assert self.start is not None, "an answer's head comes before its body"
+        await asyncio.gather(
+            *[_send_whole(request, self.start, message) for request in self.requests]
+        )
+
+
+async def _send_whole(request: DirectRequest, start: Message, body: Message) -> None:
+    await request.send(start)
+    await request.send(body)
 
 
 def _single_answer(event: Event) -> bytes:
