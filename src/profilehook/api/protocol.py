@@ -42,8 +42,9 @@
   event, its header checks and its done-callbacks:
   a single-event POST, when the store checks keys on this thread (SQLite), is checked as it is
   parsed, appended at the end of the pass in one append with the pass's others, and answered
-  from that append's callback, with no task (``direct_at_once``, api/ingest.py); another ingest POST runs its ASGI handler in a task
-  of its own with a send that writes the answer in one piece (``_Direct``); a read the store
+  from that append's callback, with no task (``direct_at_once``, api/ingest.py); another
+  ingest POST runs its ASGI handler in a task of its own with a send that writes the answer in
+  one piece (``_Direct``); a read the store
   answers on this thread is written from the data callback, with no task at all. A POST's body
   that does not come whole with its head is gathered here as it arrives (a list of the parser's
   pieces, joined once: uvicorn's path copied a 200 KB body four times over, and woke the
