@@ -1,7 +1,7 @@
 """Each thread's CPU, and its time waiting for a CPU, under D's load or C's (issue 23).
 
     .venv/bin/python benchmarks/thread_cpu.py [--batch 1000 | --single] [--no-applier]
-        [--duration 8] [--idle-applier]
+        [--duration 8] [--idle-applier | --paused-applier [--burner DUTY,PERIOD_MS]]
 
 Starts ``profilehook serve`` on a fresh data directory (its applier child with it, unless
 ``--no-applier``), drives D's batch body with wrk (16 connections, as run.py), or with
@@ -11,13 +11,19 @@ request, and the share of the time it was ready to run but waited for a CPU (the
 run-queue wait, /proc/<pid>/task/<tid>/schedstat), with its niceness and policy; then wrk's
 CPU a request. ``--idle-applier`` puts every thread of the children at SCHED_IDLE from outside
 (what ``applier_process.lower_priority`` now does itself: for the code before it).
+``--paused-applier`` stops the children (SIGSTOP) for the load and lets them go on after: the
+server as it is, but nothing applied meanwhile. With ``--burner 0.27,5``, a process at nice 19
+that only spins for 27 % of every 5 ms runs beside it instead: CPU taken at the applier's
+priority and rate, doing no work of the server's (what the applier's CPU alone costs C).
 Load and server share the machine's cores; read the waits, not the rates.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -64,6 +70,17 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+def _spin(duty: float, period_ms: float) -> None:
+    """Busy for ``duty`` of every ``period_ms``, asleep the rest, at nice 19, until killed."""
+    os.nice(19)
+    period_s = period_ms / 1000
+    while True:
+        until = time.perf_counter() + duty * period_s
+        while time.perf_counter() < until:
+            pass
+        time.sleep((1 - duty) * period_s)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=1000, help="events a request")
@@ -71,7 +88,14 @@ def main() -> None:
     parser.add_argument("--single", action="store_true", help="C's load instead of D's")
     parser.add_argument("--no-applier", action="store_true")
     parser.add_argument("--idle-applier", action="store_true")
+    parser.add_argument("--paused-applier", action="store_true")
+    parser.add_argument("--burner", help="DUTY,PERIOD_MS: a nice 19 spinner (--paused-applier)")
+    parser.add_argument("--spin", help=argparse.SUPPRESS)  # the burner's own process
     args = parser.parse_args()
+    if args.spin:
+        _spin(*(float(part) for part in args.spin.split(",")))
+    if args.burner and not args.paused_applier:
+        parser.error("--burner stands in for the applier: give --paused-applier with it")
     tmp = Path(tempfile.mkdtemp(prefix="thread-cpu-"))
     env, key = embedded(tmp, "d")
     if args.single:
@@ -89,6 +113,13 @@ def main() -> None:
             for pid in pids[1:]:
                 for task in Path(f"/proc/{pid}/task").iterdir():
                     os.sched_setscheduler(int(task.name), os.SCHED_IDLE, os.sched_param(0))
+        if args.paused_applier:
+            for pid in pids[1:]:
+                os.kill(pid, signal.SIGSTOP)
+            if args.burner:
+                burner = subprocess.Popen([sys.executable, __file__, "--spin", args.burner])
+                pids.append(burner.pid)
+                time.sleep(0.5)  # at nice 19 before the first count (a thread's key holds it)
 
         def every_thread() -> dict[str, tuple[float, float, float]]:
             return {k: v for pid in pids for k, v in _threads(pid).items()}
@@ -106,6 +137,13 @@ def main() -> None:
         wrk1, w1 = _threads(load.pid), time.monotonic()
         out = load.communicate()[0]
         after, t1 = every_thread(), time.monotonic()
+        if args.paused_applier:
+            if args.burner:
+                burner.kill()
+                burner.wait()
+            for pid in pids[1:]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
     rps = float(out.split("Requests/sec:")[1].split()[0])
     elapsed = t1 - t0
     print(f"{rps:,.0f} requests/s, {rps * args.batch:,.0f} events/s ({args.batch} a request)")
