@@ -28,7 +28,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -113,40 +115,73 @@ def main() -> None:
             for pid in pids[1:]:
                 for task in Path(f"/proc/{pid}/task").iterdir():
                     os.sched_setscheduler(int(task.name), os.SCHED_IDLE, os.sched_param(0))
-        if args.paused_applier:
-            for pid in pids[1:]:
-                os.kill(pid, signal.SIGSTOP)
-            if args.burner:
-                burner = subprocess.Popen([sys.executable, __file__, "--spin", args.burner])
-                pids.append(burner.pid)
-                time.sleep(0.5)  # at nice 19 before the first count (a thread's key holds it)
+        paused = _paused(pids[1:], args.burner) if args.paused_applier else contextlib.nullcontext()
+        with paused as burner:
+            if burner is not None:
+                pids.append(burner)
+            found = _measure(pids, server.url + path, script, connections, args.duration)
+    _report(*found, args.batch)
 
-        def every_thread() -> dict[str, tuple[float, float, float]]:
-            return {k: v for pid in pids for k, v in _threads(pid).items()}
 
-        before, t0 = every_thread(), time.monotonic()
-        load = subprocess.Popen(
-            [ensure_wrk(), "-t2", f"-c{connections}", f"-d{args.duration}s", "-s", str(script),
-             server.url + path],
-            stdout=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
-        time.sleep(0.5)
-        wrk0, w0 = _threads(load.pid), time.monotonic()
-        time.sleep(args.duration - 1.5)
-        wrk1, w1 = _threads(load.pid), time.monotonic()
-        out = load.communicate()[0]
-        after, t1 = every_thread(), time.monotonic()
-        if args.paused_applier:
-            if args.burner:
-                burner.kill()
-                burner.wait()
-            for pid in pids[1:]:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGCONT)
+def _measure(
+    pids: list[int], url: str, script: Path, connections: int, duration_s: int
+) -> tuple[float, float, dict[str, Any], dict[str, Any], float]:
+    """wrk's req/s, its CPU seconds a second, each thread's CPU before and after, and the
+    seconds between."""
+
+    def every_thread() -> dict[str, tuple[float, float, float]]:
+        return {k: v for pid in pids for k, v in _threads(pid).items()}
+
+    before, t0 = every_thread(), time.monotonic()
+    load = subprocess.Popen(
+        [ensure_wrk(), "-t2", f"-c{connections}", f"-d{duration_s}s", "-s", str(script), url],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(0.5)
+    wrk0, w0 = _threads(load.pid), time.monotonic()
+    time.sleep(duration_s - 1.5)
+    wrk1, w1 = _threads(load.pid), time.monotonic()
+    out = load.communicate()[0]
+    after, t1 = every_thread(), time.monotonic()
     rps = float(out.split("Requests/sec:")[1].split()[0])
-    elapsed = t1 - t0
-    print(f"{rps:,.0f} requests/s, {rps * args.batch:,.0f} events/s ({args.batch} a request)")
+    wrk_cpu = sum(sum(wrk1[k][:2]) - sum(wrk0[k][:2]) for k in wrk1 if k in wrk0) / (w1 - w0)
+    return rps, wrk_cpu, before, after, t1 - t0
+
+
+@contextlib.contextmanager
+def _paused(children: list[int], burner: str | None) -> Iterator[int | None]:
+    """The children stopped (SIGSTOP) while the block runs, and with ``burner`` (DUTY,PERIOD_MS)
+    a spinning process at nice 19 beside them; yields its pid. The children go on afterwards,
+    whatever happened in the block (stopped, they would not see the server close their pipe)."""
+    for pid in children:
+        os.kill(pid, signal.SIGSTOP)
+    spinner = None
+    try:
+        if burner:
+            spinner = subprocess.Popen([sys.executable, __file__, "--spin", burner])
+            # A thread's key holds its niceness: counted before the spinner lowers it, it would
+            # not be found again after.
+            time.sleep(0.5)
+        yield None if spinner is None else spinner.pid
+    finally:
+        if spinner is not None:
+            spinner.kill()
+            spinner.wait()
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
+def _report(
+    rps: float,
+    wrk_cpu: float,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    elapsed: float,
+    batch: int,
+) -> None:
+    print(f"{rps:,.0f} requests/s, {rps * batch:,.0f} events/s ({batch} a request)")
     print(
         "thread (pid:tid:name:nice:policy)  CPU %  (user, system)  µs a request  waiting for a CPU %"
     )
@@ -162,10 +197,7 @@ def main() -> None:
             f"  {1e6 * (user + system) / (rps * elapsed):8.1f}"
             f"  {100 * waited / elapsed:5.1f}"
         )
-    spent = sum(sum(wrk1[k][:2]) - sum(wrk0[k][:2]) for k in wrk1 if k in wrk0)
-    print(
-        f"wrk: {100 * spent / (w1 - w0):.1f} % CPU, {1e6 * spent / (rps * (w1 - w0)):.1f} µs a request"
-    )
+    print(f"wrk: {100 * wrk_cpu:.1f} % CPU, {1e6 * wrk_cpu / rps:.1f} µs a request")
 
 
 if __name__ == "__main__":
