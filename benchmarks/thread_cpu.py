@@ -30,7 +30,6 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -40,7 +39,10 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 _POLICIES = {0: "other", 3: "batch", 5: "idle"}
 
 
-def _threads(pid: int) -> dict[str, tuple[float, float, float]]:
+ThreadCpu = dict[str, tuple[float, float, float]]  # _threads' answer
+
+
+def _threads(pid: int) -> ThreadCpu:
     """Per thread of ``pid``, named ``pid:tid:name:nice:policy``: user and system CPU seconds,
     and seconds spent waiting on a run queue."""
     found = {}
@@ -125,11 +127,11 @@ def main() -> None:
 
 def _measure(
     pids: list[int], url: str, script: Path, connections: int, duration_s: int
-) -> tuple[float, float, dict[str, Any], dict[str, Any], float]:
+) -> tuple[float, float, ThreadCpu, ThreadCpu, float]:
     """wrk's req/s, its CPU seconds a second, each thread's CPU before and after, and the
     seconds between."""
 
-    def every_thread() -> dict[str, tuple[float, float, float]]:
+    def every_thread() -> ThreadCpu:
         return {k: v for pid in pids for k, v in _threads(pid).items()}
 
     before, t0 = every_thread(), time.monotonic()
@@ -176,8 +178,8 @@ def _paused(children: list[int], burner: str | None) -> Iterator[int | None]:
 def _report(
     rps: float,
     wrk_cpu: float,
-    before: dict[str, Any],
-    after: dict[str, Any],
+    before: ThreadCpu,
+    after: ThreadCpu,
     elapsed: float,
     batch: int,
 ) -> None:
