@@ -225,7 +225,7 @@ async def test_given_an_erased_contact_then_none_of_its_changes_remain(store: St
     await store.apply([event("c1", "e1", 1 * S, secret="MARKER"), event("c2", "e2", 1 * S, n=1)])
     await store.request_erasure(Erasure("era_1", "acme", "c1", 10 * S, False))
 
-    await store.erase_contact(Erasure("era_1", "acme", "c1", 10 * S, False))
+    await store.erase_contacts([Erasure("era_1", "acme", "c1", 10 * S, False)])
 
     assert [c.contact_id for c in await everything(store)] == ["c2"]
 
@@ -242,7 +242,7 @@ async def test_given_changes_after_the_erasure_time_then_they_go_too_and_the_new
     await store.apply([event("c1", "e2", 20 * S, secret="NEW")])  # after T, before execution
     assert any("MARKER" in repr(c.body) for c in await everything(store))
 
-    await store.erase_contact(Erasure("era_1", "acme", "c1", 10 * S, False))
+    await store.erase_contacts([Erasure("era_1", "acme", "c1", 10 * S, False)])
 
     assert await everything(store) == []
     contact = await store.get_contact("acme", "c1")

@@ -226,7 +226,7 @@ async def test_an_erased_contacts_deliveries_are_gone_whatever_their_status(stor
     first = next(d for d in claimed if (d.destination_id, d.contact_id) == ("d1", "gone"))
     assert await store.finish_delivery("d1", first.position, "w", T0, delivered=True)
     await store.request_erasure(Erasure("er1", "acme", "gone", T0, False))
-    await store.erase_contact(Erasure("er1", "acme", "gone", T0, False))
+    await store.erase_contacts([Erasure("er1", "acme", "gone", T0, False)])
     assert [r.contact_id for r in await store.list_deliveries("d1", None, 10)] == ["kept"]
     assert [r.contact_id for r in await store.list_deliveries("d9", None, 10)] == ["gone"]
 
@@ -345,7 +345,7 @@ async def test_the_feed_end_is_where_a_new_destination_starts(store: Store) -> N
     # The newest change erased, then all of them purged: the end stays past them.
     await store.apply([event("c2", "e3", 3 * S, plan="max")])
     before = await store.feed_end("acme")
-    await store.erase_contact(Erasure("era_1", "acme", "c2", 10 * S, False))
+    await store.erase_contacts([Erasure("era_1", "acme", "c2", 10 * S, False)])
     assert await store.feed_end("acme") == before
     await store.purge_changes(2**62, 100)
     assert await store.feed_end("acme") == before

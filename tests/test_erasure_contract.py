@@ -1,5 +1,5 @@
 """The erasures' contract (``Erasures``): requests recorded durably, what ``apply`` drops once a
-contact is erased or suppressed, and what ``erase_contact`` leaves. Every backend passes this
+contact is erased or suppressed, and what ``erase_contacts`` leaves. Every backend passes this
 one suite (see tests/store_backends.py).
 """
 
@@ -60,8 +60,8 @@ async def test_given_an_applied_contact_when_erased_then_nothing_of_it_up_to_t_i
     await store.put_alias("acme", "src_1", "p7", "c1", (1 * S, "e1"))
     await store.request_erasure(erasure())
 
-    await store.erase_contact(erasure())
-    await store.erase_contact(erasure())  # idempotent
+    await store.erase_contacts([erasure()])
+    await store.erase_contacts([erasure()])  # idempotent
 
     assert await store.get_contact("acme", "c1") is None
     assert await store.history("acme", "c1", None, 10) == []
@@ -75,12 +75,42 @@ async def test_given_an_applied_contact_when_erased_then_nothing_of_it_up_to_t_i
     assert await store.get_contact("acme", "c1") is None
 
 
+async def test_given_erasures_of_several_contacts_erased_together_then_each_is_gone_and_others_kept(
+    store: Store,
+) -> None:
+    await store.apply(
+        [
+            event("c1", "e1", 1 * S, secret="MARKER-1"),
+            event("c2", "e2", 2 * S, secret="MARKER-2"),
+            event("c3", "e3", 3 * S, keep="yes"),
+            event("c2", "e4", 12 * S, after="kept"),  # after the erasure's time
+        ]
+    )
+    together = [erasure("c1", erasure_id="era_1"), erasure("c2", erasure_id="era_2")]
+    for each in together:
+        await store.request_erasure(each)
+
+    await store.erase_contacts(together)
+    await store.erase_contacts(together)  # idempotent
+
+    assert await store.get_contact("acme", "c1") is None
+    c2 = await store.get_contact("acme", "c2")
+    assert c2 is not None and c2.properties == {"after": "kept"}
+    for event_id in ("e1", "e2"):
+        record = await store.get_event("acme", event_id)
+        assert record is not None and record.status == "erased" and record.event.properties == {}
+    c3 = await store.get_contact("acme", "c3")
+    assert c3 is not None and c3.properties == {"keep": "yes"}
+    await store.erase_contacts([])  # nothing to erase: nothing changes
+    assert await store.get_contact("acme", "c3") == c3
+
+
 async def test_given_an_erased_contact_when_late_events_arrive_then_only_later_ones_apply(
     store: Store,
 ) -> None:
     await store.apply([event("c1", "e1", 1 * S, secret="MARKER")])
     await store.request_erasure(erasure())
-    await store.erase_contact(erasure())
+    await store.erase_contacts([erasure()])
 
     result = await store.apply(
         [
@@ -104,7 +134,7 @@ async def test_given_events_applied_between_request_and_execution_then_later_one
     await store.request_erasure(erasure())
     await store.apply([event("c1", "e2", T + 5, b="kept")])
 
-    await store.erase_contact(erasure())
+    await store.erase_contacts([erasure()])
 
     contact = await store.get_contact("acme", "c1")
     assert contact is not None and contact.properties == {"b": "kept"}
@@ -137,7 +167,7 @@ async def test_given_an_erasure_of_another_workspace_then_this_workspace_is_unto
 ) -> None:
     await store.apply([event("c1", "e1", 1 * S, workspace="globex", a=1)])
     await store.request_erasure(erasure())
-    await store.erase_contact(erasure())
+    await store.erase_contacts([erasure()])
 
     assert (await store.apply([event("c1", "e2", 2 * S, workspace="globex", b=2)])).applied == 1
     contact = await store.get_contact("globex", "c1")
@@ -159,7 +189,7 @@ async def test_given_a_future_dated_event_received_before_the_erasure_then_it_is
     contact = await store.get_contact("acme", "c1")
     assert contact is not None and contact.properties == {"p": "MARKER"}  # it won, until now
 
-    await store.erase_contact(erasure())
+    await store.erase_contacts([erasure()])
 
     contact = await store.get_contact("acme", "c1")
     assert contact is not None and contact.properties == {"p": "after the erasure"}
@@ -193,7 +223,7 @@ async def test_given_a_contact_whose_old_history_retention_purged_when_erased_th
     await store.request_erasure(erasure())
     await store.apply([event("c1", "later", T + 1, c="kept")])
 
-    await store.erase_contact(erasure())
+    await store.erase_contacts([erasure()])
     await store.rebuild()
 
     contact = await store.get_contact("acme", "c1")
@@ -217,7 +247,7 @@ async def test_given_a_contact_with_operations_when_erased_then_its_stubs_keep_n
     await store.request_erasure(erasure())
     await store.apply([with_ops(event("c1", "e3", T + 5, logins=1), logins="add")])
 
-    await store.erase_contact(erasure())
+    await store.erase_contacts([erasure()])
 
     for event_id in ("e1", "e2"):
         record = await store.get_event("acme", event_id)

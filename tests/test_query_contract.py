@@ -422,7 +422,7 @@ async def test_given_an_erasure_and_a_rebuild_then_queries_follow_the_profiles(
     node = f({"property": "plan", "op": "eq", "value": "pro"})
     erasure = Erasure("er1", W, "b", 50 * S, suppress=False)
     await store.request_erasure(erasure)
-    await store.erase_contact(erasure)
+    await store.erase_contacts([erasure])
     assert await answer(store, node) == []
     await store.rebuild()
     assert await answer(store, node) == []

@@ -149,7 +149,7 @@ async def test_given_a_member_when_deleted_or_erased_then_it_leaves(store: Store
     await store.apply([event("a", "d1", 20 * S, kind="delete")])
     erasure = Erasure("er1", W, "b", 30 * S, suppress=False)
     await store.request_erasure(erasure)
-    await store.erase_contact(erasure)
+    await store.erase_contacts([erasure])
     assert await members(store, segment_id) == []
 
 

@@ -59,7 +59,7 @@ async def test_given_a_store_whose_pages_were_rebalanced_when_a_contact_is_erase
     try:
         await write_store(store, marker, random.Random(seed))
         assert hits() > 0
-        await store.erase_contact(Erasure("era_1", "acme", CONTACT, 10**15, False))
+        await store.erase_contacts([Erasure("era_1", "acme", CONTACT, 10**15, False)])
         assert hits() == 0
         assert await store.get_contact("acme", CONTACT) is None
         assert await store.get_contact("acme", "c00001") is not None

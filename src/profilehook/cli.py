@@ -467,7 +467,7 @@ def contacts_erase(
     async def call(services: Any) -> Any:
         erasure = await erasure_lib.request_erasure(services.store, workspace, contact_id, suppress)
         if wait:
-            await erasure_lib.execute(services.queue, services.store, erasure)
+            await erasure_lib.execute(services.queue, services.store, [erasure])
             erasure = await erasure_lib.get_erasure(services.store, workspace, erasure.erasure_id)
         return erasure
 

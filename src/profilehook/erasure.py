@@ -7,11 +7,12 @@ and by the routes (`DELETE /v1/contacts/{id}`, `GET /v1/erasures/{id}`,
 1. ``request_erasure`` records a pending erasure in the store (its time T = now) and marks the
    contact erased up to T. From that commit on, every apply drops the contact's events with an
    event time at or before T (status ``erased``), and all of them while it is suppressed.
-2. An ``Eraser`` executes pending erasures (``execute``): it removes the contact's events
-   still in the log (``Queue.erase_pending``) and what the store holds of it up to T
-   (``Erasures.erase_contact``), leaves no bytes of them in the files (``scrub``), and only
-   then marks the erasure done. Every step is idempotent: a process killed midway leaves the
-   erasure pending, and the next eraser (the restarted one, or any other) does it again.
+2. An ``Eraser`` executes pending erasures (``execute``), up to ``ERASURES_PER_PASS`` together:
+   it removes each contact's events still in the log (``Queue.erase_pending``) and what the
+   store holds of it up to T (``Erasures.erase_contacts``), leaves no bytes of them in the files
+   (``scrub``: once a pass, since a scrub copies a whole file), and only then marks the
+   erasures done. Every step is idempotent: a process killed midway leaves the erasures
+   pending, and the next eraser (the restarted one, or any other) does them again.
 
 Who runs an ``Eraser``: ``serve`` (the server process, which owns the embedded log's writes)
 and ``profilehook worker``; ``contacts erase --wait`` runs one pass itself, so that an erasure
@@ -26,6 +27,7 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Sequence
 
 from profilehook import constants as c
 from profilehook.errors import NotFound, StorageUnavailable, ValidationFailed
@@ -84,27 +86,29 @@ async def unsuppress(store: Erasures, workspace: str, contact_id: str) -> None:
         raise NotFound("Contact is not suppressed")
 
 
-async def execute(queue: Queue, store: Erasures, erasure: Erasure) -> None:
-    """Carry out one erasure to the end (see the module's docstring); idempotent."""
+async def execute(queue: Queue, store: Erasures, erasures: Sequence[Erasure]) -> None:
+    """Carry out erasures to the end, together (see the module's docstring); idempotent."""
     await _pause()
-    await queue.erase_pending(
-        erasure.workspace, erasure.contact_id, erasure.requested_us, everything=erasure.suppress
-    )
+    for erasure in erasures:
+        await queue.erase_pending(
+            erasure.workspace, erasure.contact_id, erasure.requested_us, everything=erasure.suppress
+        )
     await _pause()
-    await store.erase_contact(erasure)
+    await store.erase_contacts(erasures)
     await _pause()
     await queue.scrub()
-    await store.complete_erasure(erasure.erasure_id, now_us())
-    log.info("erasure %s done", erasure.erasure_id)
+    completed_us = now_us()
+    for erasure in erasures:
+        await store.complete_erasure(erasure.erasure_id, completed_us)
+        log.info("erasure %s done", erasure.erasure_id)
 
 
 async def execute_pending(queue: Queue, store: Erasures) -> int:
     """Carry out every pending erasure; returns how many were done."""
     done = 0
     while pending := await store.pending_erasures(ERASURES_PER_PASS):
-        for erasure in pending:
-            await execute(queue, store, erasure)
-            done += 1
+        await execute(queue, store, pending)
+        done += len(pending)
     return done
 
 

@@ -1002,7 +1002,7 @@ H = TypeVar("H")
 
 @dataclass
 class ContactErasure(Generic[H]):
-    """What ``erase_contact`` does to a contact's stored events (each with a backend's handle):
+    """What ``erase_contacts`` does to a contact's stored events (each with a backend's handle):
     the ones the erasure covers become stubs; the contact's profile is then the fold of the
     applied ones left (``remaining``), recomputed from nothing."""
 
@@ -1033,7 +1033,7 @@ class Erasures(ABC):
     A request is recorded durably first (``request_erasure``): from then on ``apply`` drops the
     contact's events up to its time (in the apply transaction, so that concurrent appliers
     agree). Whoever executes it (erasure.py) then removes the contact's data up to that time
-    (``erase_contact``, idempotent), and marks it done (``complete_erasure``).
+    (``erase_contacts``, idempotent), and marks it done (``complete_erasure``).
 
     Backend errors are raised as ``StorageUnavailable``.
     """
@@ -1051,12 +1051,14 @@ class Erasures(ABC):
         """Erasures not done yet, oldest first."""
 
     @abstractmethod
-    async def erase_contact(self, erasure: Erasure) -> None:
-        """Remove what the store holds of the contact from before the erasure: its events that
-        ``predates`` T become ``erased_stub`` records, its profile is recomputed from the events
-        left (none: no profile), and its profile aliases set by those events go with the events
-        parked for them. Idempotent. On SQLite, deleted bytes are overwritten and no page image
-        of them stays in the WAL once this returns."""
+    async def erase_contacts(self, erasures: Sequence[Erasure]) -> None:
+        """Remove what the store holds of each erasure's contact from before its time: its
+        events that ``predates`` T become ``erased_stub`` records, its profile is recomputed from
+        the events left (none: no profile), its profile aliases set by those events go with the
+        events parked for them, and its deliveries go. Idempotent. On SQLite, no byte of what
+        was removed is left in the files, nor any page image of it in the WALs, once this
+        returns: each file is copied once for all the erasures (a copy's time grows with the
+        file, not with what it removes)."""
 
     @abstractmethod
     async def complete_erasure(self, erasure_id: str, completed_us: int) -> None:
@@ -1075,7 +1077,7 @@ class ChangeFeed(ABC):
     per applied event that changed a profile (``stores/changes.py`` says which and how), in the
     transaction that writes the profile, and the feed serves them per workspace in the order
     they were applied, each at a position (its cursor) that no later reader can find a change
-    behind. ``erase_contact`` removes the contact's changes. Passes
+    behind. ``erase_contacts`` removes the contacts' changes. Passes
     tests/test_change_feed_contract.py.
 
     Backend errors are raised as ``StorageUnavailable``.

@@ -155,7 +155,8 @@ class Destinations(ABC):
     @abstractmethod
     async def forget_contact_deliveries(self, workspace: str, contact_id: str) -> None:
         """Drop every delivery of the contact (its erasure: a delivery holds its change), to
-        every destination of the workspace, whatever its status."""
+        every destination of the workspace, whatever its status. On SQLite the bytes stay in
+        the file's free pages until ``Erasures.erase_contacts``, which calls this, scrubs it."""
 
     @abstractmethod
     async def active_destinations(self) -> list[Destination]:

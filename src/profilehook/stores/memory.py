@@ -456,7 +456,11 @@ class MemoryStore(Store, ContactQueries, Segments, MemoryDestinations):
         pending = [e for e in self._erasures.values() if e.completed_us is None]
         return sorted(pending, key=lambda e: e.requested_us)[:limit]
 
-    async def erase_contact(self, erasure: Erasure) -> None:
+    async def erase_contacts(self, erasures: Sequence[Erasure]) -> None:
+        for erasure in erasures:
+            await self._erase_contact(erasure)
+
+    async def _erase_contact(self, erasure: Erasure) -> None:
         workspace, contact_id, upto = erasure.workspace, erasure.contact_id, erasure.requested_us
         plan = ContactErasure.of(
             (

@@ -1051,9 +1051,10 @@ class PostgresStore(Store, ContactQueries, Segments, PostgresDestinations):
 
         return await self._run(select)
 
-    async def erase_contact(self, erasure: Erasure) -> None:
-        await self._run(lambda conn: _erase_contact(conn, erasure))
-        await self.forget_contact_deliveries(erasure.workspace, erasure.contact_id)
+    async def erase_contacts(self, erasures: Sequence[Erasure]) -> None:
+        for erasure in erasures:  # a transaction each: one contact's rows locked at a time
+            await self._run(functools.partial(_erase_contact, erasure=erasure))
+            await self.forget_contact_deliveries(erasure.workspace, erasure.contact_id)
 
     async def complete_erasure(self, erasure_id: str, completed_us: int) -> None:
         async def update(conn: Conn) -> None:

@@ -207,7 +207,6 @@ class SqliteDestinations(Destinations):
                 (contact_id, workspace),
             )
         )
-        await self.destinations_db.scrub()
 
     async def active_destinations(self) -> list[Destination]:
         rows = await self.destinations_db.read(
